@@ -1,0 +1,109 @@
+"""The transformers captioner: batched, left-padded generation through the model's chat template."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from .config import CaptionConfig
+from .models.loading import resolve_model
+from .models.registry import ModelFamily, family_for
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Generation:
+    text: str
+    num_tokens: int  # generated tokens up to and including the end-of-turn token
+    truncated: bool  # stopped by max_new_tokens rather than by the model
+
+
+def pick_device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {requested} asked for, but torch sees no CUDA GPU")
+    return requested
+
+
+def pick_dtype(requested: str, device: str):
+    import torch
+
+    if requested == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return getattr(torch, requested)
+
+
+class TransformersCaptioner:
+    """Loads once in `setup()` (so it stays picklable until then); `prepare` runs on CPU workers,
+    `generate` on the model's device."""
+
+    def __init__(self, config: CaptionConfig):
+        self.config = config
+        self.model = None
+        self.processor = None
+        self.family: ModelFamily | None = None
+
+    def setup(self) -> None:
+        import torch
+        import transformers
+        from transformers import AutoConfig, AutoProcessor
+
+        source = resolve_model(self.config.model)
+        model_config = AutoConfig.from_pretrained(source)
+        self.family = family_for(model_config.model_type)
+        self.device = pick_device(self.config.device)
+        self.dtype = pick_dtype(self.config.dtype, self.device)
+        self.processor = AutoProcessor.from_pretrained(source, **self.family.processor_kwargs)
+        tokenizer = self.processor.tokenizer
+        tokenizer.padding_side = "left"  # decoder-only batching: pad on the left
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        auto_class = getattr(transformers, self.family.auto_class)
+        kwargs = {"dtype": self.dtype}
+        if self.config.attn_implementation:
+            kwargs["attn_implementation"] = self.config.attn_implementation
+        self.model = auto_class.from_pretrained(source, **kwargs).to(self.device).eval()
+        gen = self.model.generation_config
+        eos = gen.eos_token_id if gen.eos_token_id is not None else tokenizer.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+        self.pad_id = gen.pad_token_id if gen.pad_token_id is not None else tokenizer.pad_token_id
+        self.plain_prompt = self.family.render_prompt(self.processor, self.config.prompt)
+        torch.set_grad_enabled(False)
+        log.info("loaded %s (%s family) on %s as %s", source, self.family.name, self.device, self.dtype)
+
+    def conditional_prompt(self, caption: str | None) -> str:
+        text = self.config.conditional_prompt.replace("{caption}", (caption or "").strip())
+        return self.family.render_prompt(self.processor, text)
+
+    def prepare(self, images: list, prompts: list[str]):
+        """Processor call (resize, normalise, tokenise, pad): CPU work, safe to run in a thread."""
+        return self.processor(images=images, text=prompts, return_tensors="pt", padding=True)
+
+    def generate(self, inputs, sample: bool = False, seed: int | None = None) -> list[Generation]:
+        import torch
+
+        inputs = inputs.to(self.device)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        kwargs = dict(max_new_tokens=self.config.max_new_tokens, num_beams=1, pad_token_id=self.pad_id)
+        if sample:
+            if seed is not None:
+                torch.manual_seed(seed)
+            kwargs.update(do_sample=True, top_k=self.config.top_k, temperature=1.0, top_p=1.0)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        with torch.inference_mode():
+            output = self.model.generate(**inputs, **kwargs)
+        new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
+        return [self._finish(row) for row in new_tokens]
+
+    def _finish(self, tokens: list[int]) -> Generation:
+        end = next((i for i, t in enumerate(tokens) if t in self.eos_ids), None)
+        kept = tokens if end is None else tokens[:end]
+        text = self.processor.tokenizer.decode(kept, skip_special_tokens=True).strip()
+        truncated = end is None and len(tokens) >= self.config.max_new_tokens
+        return Generation(text=text, num_tokens=len(tokens) if end is None else end + 1, truncated=truncated)

@@ -1,0 +1,54 @@
+"""Typed settings, one dataclass per concern; the CLI only maps flags onto these."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from .images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
+from .models.registry import CONDITIONAL_PROMPT, PAPER_PROMPT
+
+
+@dataclass
+class CaptionConfig:
+    """What the captioner does: model, prompt and decoding."""
+
+    model: str = "tiny"
+    prompt: str = PAPER_PROMPT
+    max_new_tokens: int = 128
+    batch_size: int = 8
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
+    conditional: bool = False  # also write re_caption_condition_diverse_topk
+    conditional_prompt: str = CONDITIONAL_PROMPT  # `{caption}` is replaced by the alt-text
+    top_k: int = 0  # conditional mode only; 0 means greedy
+    seed: int = 0
+    attn_implementation: str | None = "sdpa"
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be at least 1")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        if self.top_k < 0:
+            raise ValueError("top_k must be 0 (greedy) or positive")
+        if self.conditional and "{caption}" not in self.conditional_prompt:
+            raise ValueError("the conditional prompt must contain {caption}")
+
+    def provenance(self) -> dict:
+        """What decides the output's content; stored with every shard and checked on resume."""
+        keys = ["model", "prompt", "max_new_tokens", "conditional", "seed"]
+        if self.conditional:
+            keys += ["conditional_prompt", "top_k"]
+        return {k: asdict(self)[k] for k in keys}
+
+
+@dataclass
+class RunConfig:
+    """Where output goes and how the run treats existing output and bad input."""
+
+    output: str
+    overwrite: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_side: int | None = DEFAULT_MAX_SIDE
+    prefetch_batches: int = 2
+    row_group_rows: int = 1000

@@ -1,0 +1,175 @@
+"""The built-in offline model: a tiny LLaVA-1.5 built deterministically from config.
+
+It has the real architecture (CLIP ViT vision tower at 336 px / patch 14 -> 576 image tokens,
+2-layer GELU MLP projector, Llama language model, LLaMA-3 chat template) at toy widths, with
+seeded random weights and a word-level tokenizer built from a fixed corpus. Its captions carry no
+meaning; it exists so the pipeline, tests, demo and benchmarks run with no download.
+It is built once into the cache directory and loaded from there like any local model folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+TINY_MODEL_NAME = "tiny"
+# Bump when the recipe below changes, so stale caches are rebuilt rather than reused.
+TINY_MODEL_VERSION = "v1"
+IMAGE_SIZE = 336
+PATCH_SIZE = 14
+
+LLAMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>' }}{{ '\n\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}{{ '<image>' }}{{ '\n' }}"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{{ '<|eot_id|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>' }}{{ '\n\n' }}"
+    "{% endif %}"
+)
+
+_SPECIAL_TOKENS = [
+    "<|begin_of_text|>",
+    "<|eot_id|>",
+    "<|pad|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<image>",
+]
+
+# Words a captioner would use; the tokenizer learns its merges from these.
+_CORPUS = """
+Please generate a detailed caption of this image. Please be as descriptive as possible.
+The image shows a red circle and a blue square on a white background. A small green triangle
+sits in the top left corner next to a large yellow star. Two purple ellipses overlap near the
+center. A photograph of a cat sitting on a wooden table beside a cup of coffee. An astronaut in
+a white suit stands in front of a flag. A rocket launches into a clear sky, leaving a trail of
+smoke. Orange, pink, brown, black, grey and cyan shapes are arranged in a row. The scene is
+bright, colorful and simple, with sharp edges and flat colors.
+"""
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("RECAPTION_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "recaption"
+    )
+    return Path(root)
+
+
+def tiny_model_path(cache_dir: Path | None = None) -> Path:
+    """Return the folder of the tiny model, building it there on first use."""
+    target = (cache_dir or default_cache_dir()) / "models" / f"tiny-llava-{TINY_MODEL_VERSION}"
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Build beside the target and rename, so concurrent workers never see a half-built model.
+    staging = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=target.parent))
+    try:
+        build_tiny_model(staging)
+        try:
+            os.replace(staging, target)
+        except OSError:
+            if not (target / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _build_tokenizer():
+    """A word-level tokenizer over the corpus words: random weights then emit real words."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.WordLevelTrainer(special_tokens=_SPECIAL_TOKENS + ["<unk>"], show_progress=False)
+    tok.train_from_iterator([_CORPUS], trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        pad_token="<|pad|>",
+        unk_token="<unk>",
+        extra_special_tokens={"image_token": "<image>"},
+        padding_side="left",
+        chat_template=LLAMA3_CHAT_TEMPLATE,
+    )
+
+
+def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
+    """Write a tiny LLaVA model folder (config, safetensors, tokenizer, processor) to out_dir."""
+    import torch
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaImageProcessor,
+        LlavaProcessor,
+    )
+
+    tokenizer = _build_tokenizer()
+    vision = CLIPVisionConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH_SIZE,
+        projection_dim=64,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        projector_hidden_act="gelu",
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+    )
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    model.save_pretrained(out_dir)
+
+    # LLaVA-1.5's preprocessing: pad to a square with the mean colour, then resize to 336.
+    image_processor = LlavaImageProcessor(
+        do_pad=True,
+        size={"shortest_edge": IMAGE_SIZE},
+        crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        do_center_crop=True,
+        image_mean=[0.48145466, 0.4578275, 0.40821073],
+        image_std=[0.26862954, 0.26130258, 0.27577711],
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=PATCH_SIZE,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=LLAMA3_CHAT_TEMPLATE,
+    )
+    processor.save_pretrained(out_dir)
+    return out_dir

@@ -1,0 +1,236 @@
+"""The local executor: read -> decode -> caption -> write, one shard at a time, resumable.
+
+A shard is the unit of work and of failure: a broken shard is reported and skipped, its output
+never appears, and the run goes on. Broken images inside a good shard become rows with a status.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from . import __version__
+from .batching import Batch, Prefetcher, group_batches
+from .captioner import TransformersCaptioner
+from .config import CaptionConfig, RunConfig
+from .images import decode_sample
+from .readers import Shard, ShardError, discover_shards
+from .sample import CAPTION_ERROR, Sample
+from .writer import OutputDir, ShardWriter
+
+log = logging.getLogger(__name__)
+
+DONE, SKIPPED, FAILED = "done", "skipped", "failed"
+
+
+@dataclass
+class ShardResult:
+    name: str
+    source: str
+    outcome: str  # done | skipped | failed
+    rows: int = 0
+    status_counts: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    tokens: int = 0
+    error: str | None = None
+
+
+@dataclass
+class RunSummary:
+    results: list[ShardResult] = field(default_factory=list)
+
+    def by_outcome(self, outcome: str) -> list[ShardResult]:
+        return [r for r in self.results if r.outcome == outcome]
+
+    @property
+    def failed(self) -> list[ShardResult]:
+        return self.by_outcome(FAILED)
+
+    @property
+    def status_counts(self) -> Counter:
+        total: Counter = Counter()
+        for r in self.results:
+            total.update(r.status_counts)
+        return total
+
+    @property
+    def rows(self) -> int:
+        return sum(r.rows for r in self.results if r.outcome == DONE)
+
+
+class Progress:
+    """Hooks for a progress display; the default shows nothing."""
+
+    def run_started(self, shards: list[Shard]) -> None: ...
+    def shard_started(self, shard: Shard) -> None: ...
+    def rows_done(self, rows: int, ok: int) -> None: ...
+    def shard_finished(self, result: ShardResult) -> None: ...
+
+
+class ConfigMismatchError(RuntimeError):
+    """OUTDIR already holds shards made with other settings; mixing them would corrupt it."""
+
+
+def batch_seed(seed: int, shard: str, batch_index: int) -> int:
+    """A per-batch seed that depends only on the shard and position, so a resumed shard samples
+    exactly as an uninterrupted one does."""
+    digest = hashlib.sha256(f"{seed}:{shard}:{batch_index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+class CaptionPipeline:
+    def __init__(self, caption: CaptionConfig, run: RunConfig,
+                 captioner: TransformersCaptioner | None = None, progress: Progress | None = None):
+        self.caption = caption
+        self.run_config = run
+        self.captioner = captioner or TransformersCaptioner(caption)
+        self.progress = progress or Progress()
+        self.out = OutputDir(run.output)
+        self.provenance = {**caption.provenance(), "recaption_version": __version__}
+
+    # -- planning ---------------------------------------------------------------------------
+    def pending(self, shards: list[Shard]) -> tuple[list[Shard], list[Shard]]:
+        """Split shards into (to do, already done); refuse to mix output of other settings."""
+        if self.run_config.overwrite:
+            return list(shards), []
+        todo, done = [], []
+        for shard in shards:
+            if not self.out.is_done(shard.name):
+                todo.append(shard)
+                continue
+            previous = self.out.done_provenance(shard.name) or {}
+            previous = {k: v for k, v in previous.items() if k != "recaption_version"}
+            current = {k: v for k, v in self.provenance.items() if k != "recaption_version"}
+            if previous != current:
+                changed = sorted(k for k in current.keys() | previous.keys()
+                                 if current.get(k) != previous.get(k))
+                raise ConfigMismatchError(
+                    f"{self.out.url} holds {shard.name}.parquet made with other settings "
+                    f"({', '.join(changed)} differ); use --overwrite or another output folder"
+                )
+            done.append(shard)
+        return todo, done
+
+    # -- running ----------------------------------------------------------------------------
+    def run(self, shards: list[Shard]) -> RunSummary:
+        todo, done = self.pending(shards)
+        summary = RunSummary([ShardResult(s.name, s.source, SKIPPED) for s in done])
+        self.progress.run_started(todo)
+        if not todo:
+            return summary
+        if self.captioner.model is None:
+            self.captioner.setup()
+        for shard in todo:
+            self.progress.shard_started(shard)
+            result = self.caption_shard(shard)
+            summary.results.append(result)
+            self.progress.shard_finished(result)
+        return summary
+
+    def _produce(self, shard: Shard) -> Iterator[Batch]:
+        run = self.run_config
+        decoded = (decode_sample(s, run.max_pixels, run.max_side) for s in shard)
+        for batch in group_batches(decoded, self.caption.batch_size):
+            ok = batch.ok_samples
+            if ok:
+                images = [s.image for s in ok]
+                batch.inputs = self.captioner.prepare(images, [self.captioner.plain_prompt] * len(ok))
+                if self.caption.conditional:
+                    prompts = [self.captioner.conditional_prompt(s.org_caption) for s in ok]
+                    batch.conditional_inputs = self.captioner.prepare(images, prompts)
+            for s in ok:
+                s.image = None  # tensors hold what the model needs; free the pixels
+            yield batch
+
+    def caption_shard(self, shard: Shard) -> ShardResult:
+        started = time.perf_counter()
+        self.out.invalidate(shard.name)
+        writer = ShardWriter(self.out, shard.name, self.caption.conditional, self.provenance,
+                             self.run_config.row_group_rows)
+        counts: Counter = Counter()
+        tokens = truncated = 0
+        try:
+            with Prefetcher(lambda: self._produce(shard), self.run_config.prefetch_batches) as batches:
+                for batch in batches:
+                    tokens += self._caption_batch(shard.name, batch)
+                    writer.write(batch.samples)
+                    counts.update(s.status for s in batch.samples)
+                    truncated += sum(bool(s.re_truncated) for s in batch.samples)
+                    self.progress.rows_done(len(batch.samples), len(batch.ok_samples))
+        except ShardError as exc:
+            writer.abort()
+            return ShardResult(shard.name, shard.source, FAILED, error=exc.message,
+                               seconds=time.perf_counter() - started)
+        except BaseException:
+            writer.abort()
+            raise
+        seconds = time.perf_counter() - started
+        rows = sum(counts.values())
+        stats = {
+            "shard": shard.name,
+            "source": shard.source,
+            "rows": rows,
+            "status_counts": dict(sorted(counts.items())),
+            "seconds": round(seconds, 3),
+            "images_per_second": round(counts.get("ok", 0) / seconds, 3) if seconds else None,
+            "tokens_generated": tokens,
+            "truncated": truncated,
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **self.provenance,
+        }
+        writer.commit(stats)
+        return ShardResult(shard.name, shard.source, DONE, rows, dict(counts), seconds, tokens)
+
+    def _caption_batch(self, shard_name: str, batch: Batch) -> int:
+        """Caption the batch's ok samples in place; returns tokens generated."""
+        ok = batch.ok_samples
+        if not ok:
+            return 0
+        tokens = self._generate_into(ok, batch.inputs, "re", None)
+        if self.caption.conditional:
+            sample = self.caption.top_k > 0
+            seed = batch_seed(self.caption.seed, shard_name, batch.index) if sample else None
+            tokens += self._generate_into(ok, batch.conditional_inputs, "conditional", seed)
+        return tokens
+
+    def _generate_into(self, samples: list[Sample], inputs, target: str, seed: int | None) -> int:
+        try:
+            generations = self.captioner.generate(inputs, sample=seed is not None, seed=seed)
+        except (RuntimeError, ValueError) as exc:
+            # One failing sample (or memory) must not sink the batch: retry one by one.
+            if len(samples) == 1:
+                samples[0].fail(CAPTION_ERROR, f"{type(exc).__name__}: {exc}")
+                return 0
+            log.warning("batch of %d failed (%s); retrying one by one", len(samples), exc)
+            return sum(
+                self._generate_into([s], self._slice(inputs, i), target, seed)
+                for i, s in enumerate(samples)
+            )
+        for s, g in zip(samples, generations, strict=True):
+            if target == "re":
+                s.re_caption, s.re_truncated, s.re_num_tokens = g.text, g.truncated, g.num_tokens
+            else:
+                s.conditional_caption = g.text
+        return sum(g.num_tokens for g in generations)
+
+    @staticmethod
+    def _slice(inputs, i: int):
+        """Row i of a processor batch (left padding kept: the mask still marks the padding)."""
+        return type(inputs)({k: v[i : i + 1] for k, v in inputs.items()})
+
+
+def caption(inputs: list[str], output: str, **options) -> RunSummary:
+    """Python entry point: `recaption.caption(["shards/*.tar"], "out/", model="tiny")`.
+
+    Keyword options go to CaptionConfig or RunConfig by name."""
+    from dataclasses import fields
+
+    caption_keys = {f.name for f in fields(CaptionConfig)}
+    caption_cfg = CaptionConfig(**{k: v for k, v in options.items() if k in caption_keys})
+    run_cfg = RunConfig(output=output, **{k: v for k, v in options.items() if k not in caption_keys})
+    return CaptionPipeline(caption_cfg, run_cfg).run(discover_shards(inputs))

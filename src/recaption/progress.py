@@ -1,0 +1,48 @@
+"""Terminal progress for the CLI: shards and images done, images/s, ETA."""
+
+from __future__ import annotations
+
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from .pipeline import FAILED, ShardResult
+from .pipeline import Progress as PipelineProgress
+
+
+class RichProgress(PipelineProgress):
+    def __init__(self, console: Console | None = None):
+        self.console = console or Console(stderr=True)
+        self._bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("shards  {task.fields[images]} images  {task.fields[rate]} img/s"),
+            TimeRemainingColumn(),
+            console=self.console,
+        )
+        self._task = None
+        self._images = 0
+        self._ok = 0
+        self._started = time.perf_counter()
+
+    def run_started(self, shards) -> None:
+        self._bar.start()
+        self._started = time.perf_counter()
+        self._task = self._bar.add_task("captioning", total=len(shards), images=0, rate="-")
+
+    def rows_done(self, rows: int, ok: int) -> None:
+        self._images += rows
+        self._ok += ok
+        elapsed = time.perf_counter() - self._started
+        rate = f"{self._ok / elapsed:.1f}" if elapsed > 0 else "-"
+        self._bar.update(self._task, images=self._images, rate=rate)
+
+    def shard_finished(self, result: ShardResult) -> None:
+        self._bar.advance(self._task)
+        if result.outcome == FAILED:
+            self._bar.console.print(f"[red]shard failed[/red] {result.source}: {result.error}")
+
+    def stop(self) -> None:
+        self._bar.stop()

@@ -1,0 +1,46 @@
+"""The unit that flows through the pipeline: one image-text sample and its outcome."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# Outcome kinds written to the `status` column. Anything but OK has a message in `error`.
+OK = "ok"
+EMPTY_IMAGE = "empty_image"
+MISSING_IMAGE = "missing_image"
+DECODE_ERROR = "decode_error"
+TOO_LARGE = "too_large"
+CAPTION_ERROR = "caption_error"
+
+
+@dataclass
+class Sample:
+    """One row of input as a reader yields it, and everything later stages learn about it.
+
+    Readers fill the identity fields and `image_bytes`; the decode stage fills `image` or marks
+    the sample failed; the captioner fills the `re_*` fields.
+    """
+
+    key: str
+    url: str | None = None
+    org_caption: str | None = None
+    sha256: str | None = None
+    image_bytes: bytes | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    image: Any = None  # PIL.Image.Image in RGB once decoded
+    status: str = OK
+    error: str | None = None
+    re_caption: str | None = None
+    re_truncated: bool | None = None
+    re_num_tokens: int | None = None
+    conditional_caption: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+    def fail(self, status: str, error: str) -> None:
+        self.status = status
+        self.error = error
+        self.image = None

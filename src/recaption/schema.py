@@ -1,0 +1,42 @@
+"""The output schema: Recap-DataComp-1B's published columns, then outcome columns."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+# Published columns and types (Recap-DataComp-1B dataset card), in the card's order.
+PUBLISHED_FIELDS = [
+    pa.field("url", pa.string()),
+    pa.field("re_caption", pa.string()),
+    pa.field("org_caption", pa.string()),
+    pa.field("sha256", pa.string()),
+    pa.field("key", pa.string()),
+    pa.field("re_clip_score", pa.float64()),
+    pa.field("org_clip_score", pa.float64()),
+    pa.field("re_length", pa.int64()),
+    pa.field("org_length", pa.int64()),
+    pa.field("re_gpt4v_score", pa.int64()),
+    pa.field("org_gpt4v_score", pa.int64()),
+]
+# The dataset's later version: a caption conditioned on the alt-text, sampled top-k.
+CONDITIONAL_FIELDS = [
+    pa.field("re_caption_condition_diverse_topk", pa.string()),
+    pa.field("re_condition_length", pa.int64()),
+]
+# Ours: what happened to each row.
+OUTCOME_FIELDS = [
+    pa.field("re_truncated", pa.bool_()),  # generation stopped at max_new_tokens
+    pa.field("status", pa.string()),  # "ok" or a short error kind
+    pa.field("error", pa.string()),  # message when status is not ok
+]
+
+METADATA_KEY = b"recaption"
+
+
+def output_schema(conditional: bool) -> pa.Schema:
+    return pa.schema(PUBLISHED_FIELDS + (CONDITIONAL_FIELDS if conditional else []) + OUTCOME_FIELDS)
+
+
+def word_count(text: str | None) -> int | None:
+    """Length as the paper reports it: whitespace-separated words."""
+    return None if text is None else len(text.split())
