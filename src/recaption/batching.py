@@ -1,21 +1,31 @@
-"""Group samples into model batches and prepare them ahead of the model in a background thread."""
+"""Read -> decode -> preprocess, as a stream of model-ready batches built in loader workers.
+
+A torch DataLoader runs `BatchStream` in worker processes (no GIL shared with generation;
+tensors travel through shared memory; pinned when the model is on a GPU), prefetching a few
+batches ahead. Each worker takes its own shards; the stream marks where each shard starts and
+ends so the consumer can commit or abort per shard.
+"""
 
 from __future__ import annotations
 
-import queue
-import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from .images import decode_sample
+from .readers import Shard, ShardError
 from .sample import Sample
 
 
 @dataclass
 class Batch:
-    """Up to batch_size decodable samples, plus any failed samples that came between them, so
-    rows are written in input order. `inputs` are the processor's tensors for the ok samples."""
+    """Up to batch_size decodable samples of one shard, plus any failed samples that came between
+    them, so rows are written in input order. `inputs` are the model tensors for the ok samples."""
 
+    shard: str
     index: int
     samples: list[Sample]
     inputs: Any = None
@@ -25,8 +35,28 @@ class Batch:
     def ok_samples(self) -> list[Sample]:
         return [s for s in self.samples if s.ok]
 
+    def pin_memory(self) -> Batch:
+        """Called by the DataLoader when pin_memory=True: page-locked host memory lets the copy
+        to the GPU run asynchronously."""
+        for name in ("inputs", "conditional_inputs"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, type(value)({k: v.pin_memory() for k, v in value.items()}))
+        return self
 
-def group_batches(samples: Iterable[Sample], batch_size: int) -> Iterator[Batch]:
+
+@dataclass
+class ShardStart:
+    shard: Shard
+
+
+@dataclass
+class ShardEnd:
+    shard: str
+    error: str | None  # the ShardError message when the shard turned out broken
+
+
+def group_batches(samples: Iterable[Sample], batch_size: int, shard: str = "") -> Iterator[Batch]:
     current: list[Sample] = []
     ok_count = 0
     index = 0
@@ -34,61 +64,64 @@ def group_batches(samples: Iterable[Sample], batch_size: int) -> Iterator[Batch]
         current.append(sample)
         ok_count += sample.ok
         if ok_count == batch_size:
-            yield Batch(index, current)
+            yield Batch(shard, index, current)
             index += 1
             current, ok_count = [], 0
     if current:
-        yield Batch(index, current)
+        yield Batch(shard, index, current)
 
 
-_DONE = object()
+class BatchStream(IterableDataset):
+    """ShardStart, Batch..., ShardEnd for every shard; worker k of n takes shards k, k+n, ..."""
 
+    def __init__(self, shards: list[Shard], preparer, batch_size: int, conditional: bool,
+                 max_pixels: int, max_side: int | None):
+        self.shards = shards
+        self.preparer = preparer
+        self.batch_size = batch_size
+        self.conditional = conditional
+        self.max_pixels = max_pixels
+        self.max_side = max_side
 
-class Prefetcher:
-    """Runs `produce()` (read, decode, preprocess) in a thread, at most `depth` batches ahead,
-    so the CPU work of batch n+1 overlaps generation of batch n. Exceptions from the producer
-    are re-raised in the consumer; closing early stops the producer."""
-
-    def __init__(self, produce: Callable[[], Iterator[Batch]], depth: int = 2):
-        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(produce,), daemon=True)
-        self._thread.start()
-
-    def _put(self, item) -> bool:
-        while not self._stop.is_set():
+    def __iter__(self) -> Iterator[object]:
+        worker = get_worker_info()
+        mine = self.shards if worker is None else self.shards[worker.id :: worker.num_workers]
+        for shard in mine:
+            yield ShardStart(shard)
             try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
+                yield from self._batches(shard)
+            except ShardError as exc:
+                yield ShardEnd(shard.name, exc.message)
                 continue
-        return False
+            yield ShardEnd(shard.name, None)
 
-    def _run(self, produce) -> None:
-        try:
-            for batch in produce():
-                if not self._put(batch):
-                    return
-        except BaseException as exc:  # handed to the consumer, which decides
-            self._put(exc)
-            return
-        self._put(_DONE)
+    def _batches(self, shard: Shard) -> Iterator[Batch]:
+        decoded = (decode_sample(s, self.max_pixels, self.max_side) for s in shard)
+        for batch in group_batches(decoded, self.batch_size, shard.name):
+            ok = batch.ok_samples
+            if ok:
+                images = [s.image for s in ok]
+                batch.inputs = self.preparer.prepare(images, [self.preparer.plain_prompt] * len(ok))
+                if self.conditional:
+                    prompts = [self.preparer.conditional_prompt(s.org_caption) for s in ok]
+                    batch.conditional_inputs = self.preparer.prepare(images, prompts)
+            for s in ok:
+                s.image = None  # the tensors hold what the model needs; do not ship pixels twice
+            yield batch
 
-    def __iter__(self) -> Iterator[Batch]:
-        while True:
-            item = self._queue.get()
-            if item is _DONE:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
 
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+def _as_is(item):
+    return item
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, *exc):
-        self.close()
+def batch_loader(stream: BatchStream, workers: int, prefetch_batches: int, pin_memory: bool) -> DataLoader:
+    workers = min(workers, len(stream.shards))
+    return DataLoader(
+        stream,
+        batch_size=None,  # items are already batches (or shard markers)
+        collate_fn=_as_is,
+        num_workers=workers,
+        prefetch_factor=max(1, prefetch_batches) if workers > 0 else None,
+        pin_memory=pin_memory and torch.cuda.is_available(),
+        persistent_workers=False,
+    )

@@ -50,5 +50,6 @@ class RunConfig:
     overwrite: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_side: int | None = DEFAULT_MAX_SIDE
-    prefetch_batches: int = 2
+    workers: int = 1  # loader processes that read, decode and preprocess (0: in the main process)
+    prefetch_batches: int = 2  # batches each worker keeps ready
     row_group_rows: int = 1000

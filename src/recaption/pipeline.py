@@ -10,16 +10,14 @@ import hashlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from . import __version__
-from .batching import Batch, Prefetcher, group_batches
+from .batching import Batch, BatchStream, ShardStart, batch_loader
 from .captioner import TransformersCaptioner
 from .config import CaptionConfig, RunConfig
-from .images import decode_sample
-from .readers import Shard, ShardError, discover_shards
+from .readers import Shard, discover_shards
 from .sample import CAPTION_ERROR, Sample
 from .writer import OutputDir, ShardWriter
 
@@ -70,6 +68,45 @@ class Progress:
     def shard_started(self, shard: Shard) -> None: ...
     def rows_done(self, rows: int, ok: int) -> None: ...
     def shard_finished(self, result: ShardResult) -> None: ...
+
+
+class _ShardInProgress:
+    """Counts and the open writer of the shard being captioned."""
+
+    def __init__(self, shard: Shard, writer: ShardWriter):
+        self.shard = shard
+        self.writer = writer
+        self.counts: Counter = Counter()
+        self.tokens = 0
+        self.truncated = 0
+        self.started = time.perf_counter()
+
+    def add(self, batch: Batch, tokens: int) -> None:
+        self.writer.write(batch.samples)
+        self.counts.update(s.status for s in batch.samples)
+        self.tokens += tokens
+        self.truncated += sum(bool(s.re_truncated) for s in batch.samples)
+
+    def finish(self, error: str | None, provenance: dict) -> ShardResult:
+        seconds = time.perf_counter() - self.started
+        name, source = self.shard.name, self.shard.source
+        if error is not None:
+            self.writer.abort()
+            return ShardResult(name, source, FAILED, error=error, seconds=seconds)
+        rows = sum(self.counts.values())
+        self.writer.commit({
+            "shard": name,
+            "source": source,
+            "rows": rows,
+            "status_counts": dict(sorted(self.counts.items())),
+            "seconds": round(seconds, 3),
+            "images_per_second": round(self.counts.get("ok", 0) / seconds, 3) if seconds else None,
+            "tokens_generated": self.tokens,
+            "truncated": self.truncated,
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **provenance,
+        })
+        return ShardResult(name, source, DONE, rows, dict(self.counts), seconds, self.tokens)
 
 
 class ConfigMismatchError(RuntimeError):
@@ -125,68 +162,37 @@ class CaptionPipeline:
             return summary
         if self.captioner.model is None:
             self.captioner.setup()
-        for shard in todo:
-            self.progress.shard_started(shard)
-            result = self.caption_shard(shard)
-            summary.results.append(result)
-            self.progress.shard_finished(result)
+        run = self.run_config
+        stream = BatchStream(todo, self.captioner.preparer, self.caption.batch_size,
+                             self.caption.conditional, run.max_pixels, run.max_side)
+        loader = batch_loader(stream, run.workers, run.prefetch_batches,
+                              pin_memory=str(self.captioner.device).startswith("cuda"))
+        in_progress: dict[str, _ShardInProgress] = {}
+        try:
+            for item in loader:
+                if isinstance(item, ShardStart):
+                    self.progress.shard_started(item.shard)
+                    in_progress[item.shard.name] = _ShardInProgress(item.shard, self._open_writer(item.shard))
+                elif isinstance(item, Batch):
+                    tokens = self._caption_batch(item)
+                    in_progress[item.shard].add(item, tokens)
+                    self.progress.rows_done(len(item.samples), len(item.ok_samples))
+                else:
+                    result = in_progress.pop(item.shard).finish(item.error, self.provenance)
+                    summary.results.append(result)
+                    self.progress.shard_finished(result)
+        except BaseException:
+            for shard in in_progress.values():
+                shard.writer.abort()
+            raise
         return summary
 
-    def _produce(self, shard: Shard) -> Iterator[Batch]:
-        run = self.run_config
-        decoded = (decode_sample(s, run.max_pixels, run.max_side) for s in shard)
-        for batch in group_batches(decoded, self.caption.batch_size):
-            ok = batch.ok_samples
-            if ok:
-                images = [s.image for s in ok]
-                batch.inputs = self.captioner.prepare(images, [self.captioner.plain_prompt] * len(ok))
-                if self.caption.conditional:
-                    prompts = [self.captioner.conditional_prompt(s.org_caption) for s in ok]
-                    batch.conditional_inputs = self.captioner.prepare(images, prompts)
-            for s in ok:
-                s.image = None  # tensors hold what the model needs; free the pixels
-            yield batch
-
-    def caption_shard(self, shard: Shard) -> ShardResult:
-        started = time.perf_counter()
+    def _open_writer(self, shard: Shard) -> ShardWriter:
         self.out.invalidate(shard.name)
-        writer = ShardWriter(self.out, shard.name, self.caption.conditional, self.provenance,
-                             self.run_config.row_group_rows)
-        counts: Counter = Counter()
-        tokens = truncated = 0
-        try:
-            with Prefetcher(lambda: self._produce(shard), self.run_config.prefetch_batches) as batches:
-                for batch in batches:
-                    tokens += self._caption_batch(shard.name, batch)
-                    writer.write(batch.samples)
-                    counts.update(s.status for s in batch.samples)
-                    truncated += sum(bool(s.re_truncated) for s in batch.samples)
-                    self.progress.rows_done(len(batch.samples), len(batch.ok_samples))
-        except ShardError as exc:
-            writer.abort()
-            return ShardResult(shard.name, shard.source, FAILED, error=exc.message,
-                               seconds=time.perf_counter() - started)
-        except BaseException:
-            writer.abort()
-            raise
-        seconds = time.perf_counter() - started
-        rows = sum(counts.values())
-        stats = {
-            "shard": shard.name,
-            "source": shard.source,
-            "rows": rows,
-            "status_counts": dict(sorted(counts.items())),
-            "seconds": round(seconds, 3),
-            "images_per_second": round(counts.get("ok", 0) / seconds, 3) if seconds else None,
-            "tokens_generated": tokens,
-            "truncated": truncated,
-            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            **self.provenance,
-        }
-        writer.commit(stats)
-        return ShardResult(shard.name, shard.source, DONE, rows, dict(counts), seconds, tokens)
+        return ShardWriter(self.out, shard.name, self.caption.conditional, self.provenance,
+                           self.run_config.row_group_rows)
 
-    def _caption_batch(self, shard_name: str, batch: Batch) -> int:
+    def _caption_batch(self, batch: Batch) -> int:
         """Caption the batch's ok samples in place; returns tokens generated."""
         ok = batch.ok_samples
         if not ok:
@@ -194,7 +200,7 @@ class CaptionPipeline:
         tokens = self._generate_into(ok, batch.inputs, "re", None)
         if self.caption.conditional:
             sample = self.caption.top_k > 0
-            seed = batch_seed(self.caption.seed, shard_name, batch.index) if sample else None
+            seed = batch_seed(self.caption.seed, batch.shard, batch.index) if sample else None
             tokens += self._generate_into(ok, batch.conditional_inputs, "conditional", seed)
         return tokens
 

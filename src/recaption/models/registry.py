@@ -30,6 +30,11 @@ class ModelFamily:
     processor_kwargs: dict = field(default_factory=dict)
     # transformers Auto class that loads the model.
     auto_class: str = "AutoModelForImageTextToText"
+    # Every image becomes the same number of tokens (LLaVA-1.5: 576), so a prompt's token ids
+    # do not depend on the image and can be computed once and reused for every batch.
+    fixed_image_tokens: bool = False
+    # The image processor is CLIP-style, so recaption.preprocess may stand in for it.
+    clip_style_images: bool = False
 
     def messages(self, prompt: str) -> list[dict]:
         """One user turn: the image, then the instruction (LLaVA's order)."""
@@ -56,6 +61,8 @@ LLAVA_1_5 = ModelFamily(
     ),
     model_types=("llava",),
     fallback_template="USER: <image>\n{prompt} ASSISTANT:",
+    fixed_image_tokens=True,
+    clip_style_images=True,
 )
 
 GENERIC = ModelFamily(

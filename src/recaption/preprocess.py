@@ -1,0 +1,87 @@
+"""A fast path for CLIP-style image preprocessing (CLIP, LLaVA-1.5 pad-to-square).
+
+transformers' PIL image processors do the same steps in several float64 numpy passes per image;
+here the padding and resizing stay in uint8 PIL (C code that releases the GIL) and rescale +
+normalise is one float32 pass. It reads every setting from the model's own image processor and
+is used only when those settings are ones it reproduces; otherwise the processor runs as is.
+Tests check it against the processor's output.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+_SUPPORTED = {"CLIPImageProcessor", "CLIPImageProcessorPil", "LlavaImageProcessor", "LlavaImageProcessorPil"}
+
+
+def _size_dict(value) -> dict:
+    return dict(value) if value is not None else {}
+
+
+class FastClipPreprocessor:
+    def __init__(self, image_processor):
+        ip = image_processor
+        self.do_pad = bool(getattr(ip, "do_pad", False))
+        self.do_resize = bool(ip.do_resize)
+        self.size = _size_dict(ip.size)
+        self.resample = Image.Resampling(int(ip.resample))
+        self.do_center_crop = bool(ip.do_center_crop)
+        self.crop = _size_dict(ip.crop_size)
+        mean = np.asarray(ip.image_mean, dtype=np.float32)
+        std = np.asarray(ip.image_std, dtype=np.float32)
+        scale = np.float32(ip.rescale_factor if ip.do_rescale else 1.0)
+        if not ip.do_normalize:
+            mean, std = np.zeros(3, np.float32), np.ones(3, np.float32)
+        # (x * scale - mean) / std  ==  x * a + b, one fused pass
+        self.a = (scale / std).reshape(3, 1, 1)
+        self.b = (-mean / std).reshape(3, 1, 1)
+        self.pad_colour = tuple(int(x * 255) for x in ip.image_mean)
+
+    @staticmethod
+    def supports(image_processor) -> bool:
+        ip = image_processor
+        size = _size_dict(getattr(ip, "size", None))
+        return (
+            type(ip).__name__ in _SUPPORTED
+            and getattr(ip, "do_convert_rgb", True) in (True, None)
+            and (set(size) == {"shortest_edge"} or set(size) == {"height", "width"})
+        )
+
+    def _resize_shape(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) after resize, computed as transformers computes it."""
+        if "shortest_edge" in self.size:
+            from transformers.image_transforms import get_resize_output_image_size
+
+            dummy = np.empty((3, height, width), dtype=np.uint8)  # shape only
+            out_h, out_w = get_resize_output_image_size(
+                dummy, self.size["shortest_edge"], default_to_square=False,
+                input_data_format="channels_first",
+            )
+            return out_w, out_h
+        return self.size["width"], self.size["height"]
+
+    def image(self, img: Image.Image) -> np.ndarray:
+        if self.do_pad and img.width != img.height:
+            side = max(img.size)
+            square = Image.new("RGB", (side, side), self.pad_colour)
+            square.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
+            img = square
+        if self.do_resize:
+            shape = self._resize_shape(img.width, img.height)
+            if shape != img.size:
+                img = img.resize(shape, resample=self.resample)
+        arr = np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+        if self.do_center_crop:
+            ch, cw = self.crop["height"], self.crop["width"]
+            top, left = (arr.shape[1] - ch) // 2, (arr.shape[2] - cw) // 2
+            if top >= 0 and left >= 0:
+                arr = arr[:, top : top + ch, left : left + cw]
+            else:  # smaller than the crop: the processor pads; rare, so let it
+                raise ValueError("image smaller than crop size")
+        return arr.astype(np.float32) * self.a + self.b
+
+    def __call__(self, images: list[Image.Image]):
+        import torch
+
+        return torch.from_numpy(np.stack([self.image(im) for im in images]))

@@ -1,0 +1,58 @@
+import json
+
+import pyarrow.parquet as pq
+from typer.testing import CliRunner
+
+from recaption.cli import app
+
+from .conftest import write_shards
+
+runner = CliRunner()
+
+
+def test_caption_command_reports_broken_shard_and_exits_nonzero(tmp_path):
+    shards = write_shards(tmp_path / "in", 2, 2)
+    data = open(shards[0], "rb").read()
+    open(shards[0], "wb").write(data[:700])
+    result = runner.invoke(app, ["caption", str(tmp_path / "in"), "-o", str(tmp_path / "out"),
+                                 "--max-new-tokens", "8"])
+    assert result.exit_code == 1, result.output
+    assert "FAILED" in result.output and "00000.tar" in result.output
+    assert pq.read_table(tmp_path / "out" / "00001.parquet").num_rows == 2
+
+
+def test_caption_command_options_reach_the_output(tmp_path):
+    write_shards(tmp_path / "in", 1, 2)
+    result = runner.invoke(app, ["caption", str(tmp_path / "in" / "00000.tar"), "-o", str(tmp_path / "out"),
+                                 "--max-new-tokens", "5", "--prompt", "Describe the image.",
+                                 "--batch-size", "1", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    stats = json.loads((tmp_path / "out" / "00000_stats.json").read_text())
+    assert stats["prompt"] == "Describe the image." and stats["max_new_tokens"] == 5
+    table = pq.read_table(tmp_path / "out" / "00000.parquet").to_pylist()
+    assert all(r["re_truncated"] is not None for r in table)
+    assert all(len(r["re_caption"].split()) <= 5 for r in table)
+
+
+def test_missing_input_is_a_clear_error(tmp_path):
+    result = runner.invoke(app, ["caption", str(tmp_path / "missing.tar"), "-o", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "no such file" in result.output
+
+
+def test_bad_option_is_rejected(tmp_path):
+    result = runner.invoke(app, ["caption", "x.tar", "-o", str(tmp_path), "--max-new-tokens", "0"])
+    assert result.exit_code == 2
+
+
+def test_demo_runs_offline(tmp_path):
+    result = runner.invoke(app, ["demo", "-o", str(tmp_path / "demo")])
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(tmp_path / "demo" / "captions" / "00000.parquet").to_pylist()
+    assert sum(r["status"] == "ok" for r in table) == 7
+    assert [r["status"] for r in table if r["status"] != "ok"] == ["decode_error"]
+    assert "output:" in result.output
+
+
+def test_models_lists_the_table():
+    result = runner.invoke(app, ["models"])
+    assert result.exit_code == 0 and "llava-1.5" in result.output
