@@ -41,16 +41,18 @@ def bare_generate(captioner: TransformersCaptioner, paths: list[Path], batch_siz
     """Decode and preprocess everything first (untimed), then time generate alone."""
     images = [decode_image(s.image_bytes) for shard in discover_shards([str(p) for p in paths])
               for s in shard]
-    batches = [captioner.prepare(images[i : i + batch_size], [captioner.plain_prompt] * len(images[i : i + batch_size]))
-               for i in range(0, len(images), batch_size)]
+    chunks = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
+    batches = [captioner.prepare(chunk, [captioner.plain_prompt] * len(chunk)) for chunk in chunks]
     start = time.perf_counter()
     for inputs in batches:
         captioner.generate(inputs)
     return time.perf_counter() - start, len(images)
 
 
-def pipeline_run(captioner: TransformersCaptioner, paths: list[Path], out: Path) -> tuple[float, int]:
-    pipeline = CaptionPipeline(captioner.config, RunConfig(output=str(out), overwrite=True), captioner)
+def pipeline_run(captioner: TransformersCaptioner, paths: list[Path], out: Path,
+                 workers: int | None = None) -> tuple[float, int]:
+    run_config = RunConfig(output=str(out), overwrite=True, workers=workers)
+    pipeline = CaptionPipeline(captioner.config, run_config, captioner)
     shards = discover_shards([str(p) for p in paths])
     start = time.perf_counter()
     summary = pipeline.run(shards)
@@ -66,6 +68,8 @@ def main() -> None:
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=None,
+                        help="pipeline loader workers (default: the pipeline's own choice)")
     args = parser.parse_args()
 
     captioner = TransformersCaptioner(CaptionConfig(model=args.model, batch_size=args.batch_size,
@@ -76,7 +80,7 @@ def main() -> None:
         bare_generate(captioner, paths[:1], args.batch_size)  # warm-up
         print(f"device={captioner.device} torch={torch.__version__} threads={torch.get_num_threads()} "
               f"cpu={platform.processor() or platform.machine()} images={args.shards * args.per_shard} "
-              f"batch={args.batch_size} max_new_tokens={args.max_new_tokens}")
+              f"batch={args.batch_size} max_new_tokens={args.max_new_tokens} workers={args.workers}")
         ratios = []
         for r in range(args.repeats):
             # Alternate the order so drift on a noisy machine hits both sides alike.
@@ -86,14 +90,15 @@ def main() -> None:
                 if name == "bare":
                     result[name] = bare_generate(captioner, paths, args.batch_size)
                 else:
-                    result[name] = pipeline_run(captioner, paths, Path(tmp) / "out")
+                    result[name] = pipeline_run(captioner, paths, Path(tmp) / "out", args.workers)
             (tb, nb), (tp, np_) = result["bare"], result["pipeline"]
             ratio = (np_ / tp) / (nb / tb)
             ratios.append(ratio)
             print(f"repeat {r}: bare generate {nb / tb:7.1f} img/s   pipeline {np_ / tp:7.1f} img/s   "
                   f"ratio {ratio:.3f}")
         ratios.sort()
-        print(f"ratio pipeline/bare: median {ratios[len(ratios) // 2]:.3f}, min {ratios[0]:.3f}, max {ratios[-1]:.3f}")
+        print(f"ratio pipeline/bare: median {ratios[len(ratios) // 2]:.3f}, "
+              f"min {ratios[0]:.3f}, max {ratios[-1]:.3f}")
 
 
 if __name__ == "__main__":

@@ -95,7 +95,8 @@ def test_batch_size_does_not_change_greedy_captions(tmp_path, tiny_model_dir):
     for batch_size in (1, 8):
         c = TransformersCaptioner(CaptionConfig(model="tiny", max_new_tokens=24, batch_size=batch_size))
         run(shards, tmp_path / f"out{batch_size}", c)
-        captions[batch_size] = [r["re_caption"] for r in rows(tmp_path / f"out{batch_size}" / "00000.parquet")]
+        out = tmp_path / f"out{batch_size}" / "00000.parquet"
+        captions[batch_size] = [r["re_caption"] for r in rows(out)]
     assert captions[1] == captions[8]
     assert len(set(captions[1])) > 1  # different images really get different captions
 
@@ -169,3 +170,14 @@ def test_tar_output_is_untouched(tmp_path, captioner):
 
 def test_records_of_make_records_differ():
     assert len({r.image for r in make_records(3)}) == 3
+
+
+def test_several_loader_workers_give_the_same_output(tmp_path, captioner):
+    shards = write_shards(tmp_path / "in", 3, 5)
+    run(shards, tmp_path / "w0", captioner, workers=0)
+    summary = run(shards, tmp_path / "w2", captioner, workers=2)
+    assert sorted(r.name for r in summary.results) == ["00000", "00001", "00002"]
+    for name in ("00000", "00001", "00002"):
+        a = pq.read_table(tmp_path / "w0" / f"{name}.parquet")
+        b = pq.read_table(tmp_path / "w2" / f"{name}.parquet")
+        assert a.equals(b)

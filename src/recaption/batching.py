@@ -8,6 +8,7 @@ ends so the consumer can commit or abort per shard.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -112,6 +113,14 @@ class BatchStream(IterableDataset):
 
 def _as_is(item):
     return item
+
+
+def default_workers(device: str) -> int:
+    """On a GPU, CPU workers keep it fed. On a CPU the model's threads already use every core:
+    a worker process only preempts them (measured in docs/benchmarks.md), so prepare in-line."""
+    if not str(device).startswith("cuda"):
+        return 0
+    return min(4, max(1, (os.cpu_count() or 2) - 1))
 
 
 def batch_loader(stream: BatchStream, workers: int, prefetch_batches: int, pin_memory: bool) -> DataLoader:

@@ -73,6 +73,7 @@ def caption_cmd(
     conditional_prompt: Annotated[str, typer.Option(help="Prompt for --conditional; {caption} is replaced by the original caption.")] = CONDITIONAL_PROMPT,
     top_k: Annotated[int, typer.Option(help="Top-k sampling for --conditional (0 = greedy).")] = 0,
     seed: Annotated[int, typer.Option(help="Seed for --conditional sampling.")] = 0,
+    workers: Annotated[int | None, typer.Option(help="Processes that read, decode and preprocess ahead of the model (default: 0 on CPU, up to 4 with a GPU).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Redo shards that are already complete.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -86,7 +87,7 @@ def caption_cmd(
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    code = run_caption_command(inputs, caption_cfg, RunConfig(output=output, overwrite=overwrite))
+    code = run_caption_command(inputs, caption_cfg, RunConfig(output=output, overwrite=overwrite, workers=workers))
     raise typer.Exit(code)
 
 

@@ -50,6 +50,8 @@ class RunConfig:
     overwrite: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_side: int | None = DEFAULT_MAX_SIDE
-    workers: int = 1  # loader processes that read, decode and preprocess (0: in the main process)
+    # Loader processes that read, decode and preprocess; 0: in the main process; None: 0 when
+    # the model runs on CPU, up to 4 when it runs on a GPU.
+    workers: int | None = None
     prefetch_batches: int = 2  # batches each worker keeps ready
     row_group_rows: int = 1000

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from . import __version__
-from .batching import Batch, BatchStream, ShardStart, batch_loader
+from .batching import Batch, BatchStream, ShardStart, batch_loader, default_workers
 from .captioner import TransformersCaptioner
 from .config import CaptionConfig, RunConfig
 from .readers import Shard, discover_shards
@@ -165,7 +165,8 @@ class CaptionPipeline:
         run = self.run_config
         stream = BatchStream(todo, self.captioner.preparer, self.caption.batch_size,
                              self.caption.conditional, run.max_pixels, run.max_side)
-        loader = batch_loader(stream, run.workers, run.prefetch_batches,
+        workers = default_workers(self.captioner.device) if run.workers is None else run.workers
+        loader = batch_loader(stream, workers, run.prefetch_batches,
                               pin_memory=str(self.captioner.device).startswith("cuda"))
         in_progress: dict[str, _ShardInProgress] = {}
         try:
