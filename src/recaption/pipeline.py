@@ -220,7 +220,7 @@ class CaptionPipeline:
             )
         for s, g in zip(samples, generations, strict=True):
             if target == "re":
-                s.re_caption, s.re_truncated, s.re_num_tokens = g.text, g.truncated, g.num_tokens
+                s.re_caption, s.re_truncated = g.text, g.truncated
             else:
                 s.conditional_caption = g.text
         return sum(g.num_tokens for g in generations)

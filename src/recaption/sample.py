@@ -33,7 +33,6 @@ class Sample:
     error: str | None = None
     re_caption: str | None = None
     re_truncated: bool | None = None
-    re_num_tokens: int | None = None
     conditional_caption: str | None = None
 
     @property
