@@ -61,3 +61,18 @@ def test_demo_runs_offline(tmp_path):
 def test_models_lists_the_table():
     result = runner.invoke(app, ["models"])
     assert result.exit_code == 0 and "llava-1.5" in result.output
+
+
+def test_column_options_name_parquet_columns(tmp_path):
+    import pyarrow as pa
+
+    from .conftest import image_bytes
+
+    pq.write_table(pa.table({"pixels": [image_bytes()], "alt": ["an alt text"], "link": ["http://x/1.jpg"]}),
+                   tmp_path / "p.parquet")
+    result = runner.invoke(app, ["caption", str(tmp_path / "p.parquet"), "-o", str(tmp_path / "out"),
+                                 "--max-new-tokens", "4", "--image-col", "pixels", "--caption-col", "alt",
+                                 "--url-col", "link"])
+    assert result.exit_code == 0, result.output
+    (row,) = pq.read_table(tmp_path / "out" / "p.parquet").to_pylist()
+    assert (row["org_caption"], row["url"], row["status"]) == ("an alt text", "http://x/1.jpg", "ok")

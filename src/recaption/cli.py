@@ -38,13 +38,14 @@ def _print_summary(summary, output: str) -> int:
     return 1 if summary.failed else 0
 
 
-def run_caption_command(inputs: list[str], caption_cfg: CaptionConfig, run_cfg: RunConfig) -> int:
+def run_caption_command(inputs: list[str], caption_cfg: CaptionConfig, run_cfg: RunConfig,
+                        columns=None) -> int:
     from .pipeline import CaptionPipeline, ConfigMismatchError
     from .progress import RichProgress
-    from .readers import InputError, discover_shards
+    from .readers import ColumnConfig, InputError, discover_shards
 
     try:
-        shards = discover_shards(inputs)
+        shards = discover_shards(inputs, columns or ColumnConfig())
     except InputError as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
@@ -75,6 +76,10 @@ def caption_cmd(
     seed: Annotated[int, typer.Option(help="Seed for --conditional sampling.")] = 0,
     workers: Annotated[int | None, typer.Option(help="Processes that read, decode and preprocess ahead of the model (default: 0 on CPU, up to 4 with a GPU).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Redo shards that are already complete.")] = False,
+    image_col: Annotated[str | None, typer.Option(help="Parquet image column (default: image, jpg, png, ...); tar image extension.")] = None,
+    caption_col: Annotated[str | None, typer.Option(help="Parquet caption column or tar .json field (default: caption, text, ...; tars use .txt).")] = None,
+    url_col: Annotated[str, typer.Option(help="Column / .json field holding the URL.")] = "url",
+    key_col: Annotated[str, typer.Option(help="Column / .json field holding the key.")] = "key",
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Caption every image of INPUTS into one Recap-DataComp-1B-schema parquet per shard."""
@@ -87,7 +92,11 @@ def caption_cmd(
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    code = run_caption_command(inputs, caption_cfg, RunConfig(output=output, overwrite=overwrite, workers=workers))
+    from .readers import ColumnConfig
+
+    columns = ColumnConfig(image=image_col, caption=caption_col, url=url_col, key=key_col)
+    run_cfg = RunConfig(output=output, overwrite=overwrite, workers=workers)
+    code = run_caption_command(inputs, caption_cfg, run_cfg, columns)
     raise typer.Exit(code)
 
 
