@@ -53,6 +53,18 @@ def test_tar_members_in_any_order(tmp_path):
     assert samples["b"].url == "http://b" and samples["b"].image_bytes == img_b
 
 
+def test_named_caption_field_wins_over_txt(tmp_path):
+    path = tmp_path / "named.tar"
+    with tarfile.open(path, "w") as tar:
+        _add(tar, "a.jpg", image_bytes())
+        _add(tar, "a.txt", b"short alt")
+        _add(tar, "a.json", json.dumps({"long_caption": "a longer human caption"}).encode())
+    (default,) = list(open_shard(str(path)))
+    (named,) = list(open_shard(str(path), ColumnConfig(caption="long_caption")))
+    assert default.org_caption == "short alt"
+    assert named.org_caption == "a longer human caption"
+
+
 def test_tar_sample_without_image_is_kept(tmp_path):
     path = tmp_path / "noimg.tar"
     with tarfile.open(path, "w") as tar:

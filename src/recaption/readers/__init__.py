@@ -7,7 +7,7 @@ import posixpath
 from braceexpand import braceexpand
 from fsspec.core import url_to_fs
 
-from .base import ColumnConfig, Shard, ShardError, is_local
+from .base import ColumnConfig, Shard, ShardError, full_url
 from .folder import FOLDER_IMAGE_EXTENSIONS, FolderShard
 from .parquet import ParquetShard
 from .webdataset import TarShard
@@ -58,25 +58,20 @@ def _shard_files(paths: list[str]) -> list[str]:
     return tars or sorted(p for p in paths if p.endswith(PARQUET_SUFFIXES))
 
 
-def _url(fs, path: str) -> str:
-    """Local paths stay plain paths; remote ones get their protocol back."""
-    return path if is_local(fs) else fs.unstrip_protocol(path)
-
-
 def _expand_one(pattern: str, columns: ColumnConfig, folder_shard_size: int) -> list[Shard]:
     fs, path = url_to_fs(pattern)
     if any(ch in path for ch in "*?["):
         matches = _shard_files(fs.glob(path))
         if not matches:
             raise InputError(f"{pattern}: no .tar or .parquet files match")
-        return [open_shard(_url(fs, m), columns) for m in matches]
+        return [open_shard(full_url(fs, m), columns) for m in matches]
     if not fs.exists(path):
         raise InputError(f"{pattern}: no such file or directory")
     if not fs.isdir(path):
         return [open_shard(pattern, columns)]
     shard_files = _shard_files(fs.find(path))
     if shard_files:
-        return [open_shard(_url(fs, m), columns) for m in shard_files]
+        return [open_shard(full_url(fs, m), columns) for m in shard_files]
     shards = _folder_shards(fs, path, folder_shard_size)
     if not shards:
         raise InputError(f"{pattern}: folder holds no shards (.tar, .parquet) and no images")

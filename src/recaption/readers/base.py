@@ -53,3 +53,8 @@ def sha256_hex(data: bytes | None) -> str | None:
 def is_local(fs) -> bool:
     protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
     return "file" in protocols
+
+
+def full_url(fs, path: str) -> str:
+    """Local paths stay plain paths; remote ones get their protocol back."""
+    return path if is_local(fs) else fs.unstrip_protocol(path)

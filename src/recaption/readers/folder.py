@@ -6,7 +6,7 @@ import posixpath
 from collections.abc import Iterator
 
 from ..sample import Sample
-from .base import Shard, ShardError, is_local, sha256_hex
+from .base import Shard, ShardError, full_url, sha256_hex
 
 FOLDER_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 
@@ -34,7 +34,7 @@ class FolderShard(Shard):
                 caption = self.fs.cat_file(stem + ".txt").decode("utf-8", errors="replace").strip()
             yield Sample(
                 key=posixpath.splitext(rel)[0],
-                url=path if is_local(self.fs) else self.fs.unstrip_protocol(path),
+                url=full_url(self.fs, path),
                 org_caption=caption,
                 sha256=sha256_hex(data),
                 image_bytes=data,

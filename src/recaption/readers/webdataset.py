@@ -86,18 +86,19 @@ class TarShard(Shard):
                 meta = json.loads(self._read(tar, parts["json"]))
             except (json.JSONDecodeError, UnicodeDecodeError):
                 meta = {}
+        # A caption field the user named wins; else img2dataset's {key}.txt; else json "caption".
         caption = None
-        if "txt" in parts:
-            caption = self._read(tar, parts["txt"]).decode("utf-8", errors="replace")
-        elif self.columns.caption and meta.get(self.columns.caption) is not None:
+        if self.columns.caption and meta.get(self.columns.caption) is not None:
             caption = str(meta[self.columns.caption])
+        elif "txt" in parts:
+            caption = self._read(tar, parts["txt"]).decode("utf-8", errors="replace")
         elif meta.get("caption") is not None:
             caption = str(meta["caption"])
         image_ext = next((e for e in IMAGE_EXTENSIONS if e in parts), None)
         if self.columns.image and self.columns.image in parts:
             image_ext = self.columns.image
         image = self._read(tar, parts[image_ext]) if image_ext else None
-        sample = Sample(
+        return Sample(
             key=str(meta.get(self.columns.key) or posixpath.basename(key)),
             url=meta.get(self.columns.url),
             org_caption=caption,
@@ -105,4 +106,3 @@ class TarShard(Shard):
             image_bytes=image,
             extra={c: meta.get(c) for c in self.columns.extra},
         )
-        return sample
