@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from recaption.captioner import TransformersCaptioner
 from recaption.config import CaptionConfig, RunConfig
+from recaption.engines.transformers_engine import TransformersCaptioner
 from recaption.images import decode_image
 from recaption.pipeline import CaptionPipeline
 from recaption.readers import discover_shards

@@ -58,8 +58,8 @@ def tiny_model_dir():
 @pytest.fixture(scope="session")
 def captioner(tiny_model_dir):
     """One loaded tiny captioner shared by tests (loading costs ~1 s)."""
-    from recaption.captioner import TransformersCaptioner
     from recaption.config import CaptionConfig
+    from recaption.engines.transformers_engine import TransformersCaptioner
 
     c = TransformersCaptioner(CaptionConfig(model="tiny", max_new_tokens=24))
     c.setup()

@@ -5,8 +5,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from recaption.captioner import BatchPreparer, TransformersCaptioner
 from recaption.config import CaptionConfig, RunConfig
+from recaption.engines.transformers_engine import BatchPreparer, TransformersCaptioner
 from recaption.pipeline import DONE, FAILED, SKIPPED, CaptionPipeline, ConfigMismatchError
 from recaption.readers import discover_shards
 from recaption.schema import METADATA_KEY, output_schema

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from .images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
 from .models.registry import CONDITIONAL_PROMPT, PAPER_PROMPT
@@ -12,10 +12,10 @@ from .models.registry import CONDITIONAL_PROMPT, PAPER_PROMPT
 class CaptionConfig:
     """What the captioner does: model, prompt and decoding."""
 
-    model: str = "tiny"
+    model: str = "tiny"  # for --engine openai: the model name the server serves
     prompt: str = PAPER_PROMPT
     max_new_tokens: int = 128
-    batch_size: int = 8
+    batch_size: int = 8  # 0: automatic (GPU: from free memory, backing off on out-of-memory)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
     conditional: bool = False  # also write re_caption_condition_diverse_topk
@@ -23,12 +23,22 @@ class CaptionConfig:
     top_k: int = 0  # conditional mode only; 0 means greedy
     seed: int = 0
     attn_implementation: str | None = "sdpa"
+    engine: str = "transformers"  # transformers | vllm | openai
+    # --engine openai: servers, and how hard to push them.
+    endpoints: list[str] = field(default_factory=list)
+    concurrency: int = 64  # requests in flight over all endpoints
+    request_timeout: float = 120.0  # seconds for one request, connect to last byte
+    retries: int = 4
+    retry_backoff: float = 1.0  # seconds before the first retry; doubles each time
+    api_key_env: str | None = "OPENAI_API_KEY"  # the key is read from this variable, never logged
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
             raise ValueError("max_new_tokens must be at least 1")
-        if self.batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
+        if self.batch_size < 0:
+            raise ValueError("batch_size must be positive, or 0 for automatic")
+        if self.concurrency < 1 or self.retries < 0 or self.request_timeout <= 0:
+            raise ValueError("concurrency and request_timeout must be positive, retries at least 0")
         if self.top_k < 0:
             raise ValueError("top_k must be 0 (greedy) or positive")
         if self.conditional and "{caption}" not in self.conditional_prompt:
@@ -55,3 +65,21 @@ class RunConfig:
     workers: int | None = None
     prefetch_batches: int = 2  # batches each worker keeps ready
     row_group_rows: int = 1000
+
+
+@dataclass
+class ExecutorConfig:
+    """Where the work runs: this process, one process per device, or Ray workers."""
+
+    executor: str = "local"  # local | ray
+    # local: one worker process per device over disjoint shards ("cuda:0", "cuda:1", ...);
+    # None: every visible GPU when there are several, else this process.
+    devices: list[str] | None = None
+    ray_address: str | None = None  # None: start a local Ray; "auto" or ray://host:port: join one
+    ray_workers: int | None = None  # caption workers; None: one per GPU in the cluster (or 1)
+    ray_gpus_per_worker: float = 1.0  # fractional (0.5, 0.25) packs small models on one GPU
+    ray_cpus_per_worker: float = 1.0
+
+    def __post_init__(self):
+        if self.executor not in ("local", "ray"):
+            raise ValueError(f"unknown executor {self.executor!r}; choose local or ray")

@@ -9,14 +9,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from . import __version__
 from .batching import Batch, BatchStream, ShardStart, batch_loader, default_workers
-from .captioner import TransformersCaptioner
 from .config import CaptionConfig, RunConfig
+from .engines import make_engine
+from .engines.base import slice_inputs
 from .readers import Shard, discover_shards
 from .sample import CAPTION_ERROR, Sample
 from .writer import OutputDir, ShardWriter
@@ -113,6 +115,33 @@ class ConfigMismatchError(RuntimeError):
     """OUTDIR already holds shards made with other settings; mixing them would corrupt it."""
 
 
+def plan_shards(shards: list[Shard], caption: CaptionConfig,
+                run: RunConfig) -> tuple[list[Shard], list[Shard]]:
+    """Split shards into (to do, already done) by their completion markers in run.output.
+
+    Raises ConfigMismatchError when a done shard was made with other settings: mixing them
+    would corrupt the output folder."""
+    if run.overwrite:
+        return list(shards), []
+    out = OutputDir(run.output)
+    current = caption.provenance()
+    todo, done = [], []
+    for shard in shards:
+        if not out.is_done(shard.name):
+            todo.append(shard)
+            continue
+        previous = out.done_provenance(shard.name) or {}
+        previous = {k: v for k, v in previous.items() if k != "recaption_version"}
+        if previous != current:
+            changed = sorted(k for k in current.keys() | previous.keys() if current.get(k) != previous.get(k))
+            raise ConfigMismatchError(
+                f"{out.url} holds {shard.name}.parquet made with other settings "
+                f"({', '.join(changed)} differ); use --overwrite or another output folder"
+            )
+        done.append(shard)
+    return todo, done
+
+
 def batch_seed(seed: int, shard: str, batch_index: int) -> int:
     """A per-batch seed that depends only on the shard and position, so a resumed shard samples
     exactly as an uninterrupted one does."""
@@ -122,10 +151,10 @@ def batch_seed(seed: int, shard: str, batch_index: int) -> int:
 
 class CaptionPipeline:
     def __init__(self, caption: CaptionConfig, run: RunConfig,
-                 captioner: TransformersCaptioner | None = None, progress: Progress | None = None):
+                 captioner=None, progress: Progress | None = None):
         self.caption = caption
         self.run_config = run
-        self.captioner = captioner or TransformersCaptioner(caption)
+        self.captioner = captioner or make_engine(caption)
         self.progress = progress or Progress()
         self.out = OutputDir(run.output)
         self.provenance = {**caption.provenance(), "recaption_version": __version__}
@@ -133,25 +162,7 @@ class CaptionPipeline:
     # -- planning ---------------------------------------------------------------------------
     def pending(self, shards: list[Shard]) -> tuple[list[Shard], list[Shard]]:
         """Split shards into (to do, already done); refuse to mix output of other settings."""
-        if self.run_config.overwrite:
-            return list(shards), []
-        todo, done = [], []
-        for shard in shards:
-            if not self.out.is_done(shard.name):
-                todo.append(shard)
-                continue
-            previous = self.out.done_provenance(shard.name) or {}
-            previous = {k: v for k, v in previous.items() if k != "recaption_version"}
-            current = {k: v for k, v in self.provenance.items() if k != "recaption_version"}
-            if previous != current:
-                changed = sorted(k for k in current.keys() | previous.keys()
-                                 if current.get(k) != previous.get(k))
-                raise ConfigMismatchError(
-                    f"{self.out.url} holds {shard.name}.parquet made with other settings "
-                    f"({', '.join(changed)} differ); use --overwrite or another output folder"
-                )
-            done.append(shard)
-        return todo, done
+        return plan_shards(shards, self.caption, self.run_config)
 
     # -- running ----------------------------------------------------------------------------
     def run(self, shards: list[Shard]) -> RunSummary:
@@ -163,30 +174,52 @@ class CaptionPipeline:
         if self.captioner.model is None:
             self.captioner.setup()
         run = self.run_config
-        stream = BatchStream(todo, self.captioner.preparer, self.caption.batch_size,
+        batch_size = getattr(self.captioner, "batch_size", None) or self.caption.batch_size
+        stream = BatchStream(todo, self.captioner.preparer, batch_size,
                              self.caption.conditional, run.max_pixels, run.max_side)
-        workers = default_workers(self.captioner.device) if run.workers is None else run.workers
-        loader = batch_loader(stream, workers, run.prefetch_batches,
-                              pin_memory=str(self.captioner.device).startswith("cuda"))
+        device = str(self.captioner.device)
+        workers = default_workers(device) if run.workers is None else run.workers
+        loader = batch_loader(stream, workers, run.prefetch_batches, pin_memory=device.startswith("cuda"))
         in_progress: dict[str, _ShardInProgress] = {}
+        # Engines that serve many requests at once (a server) take several batches in flight;
+        # items still leave the window in input order, so rows are written in order.
+        window = max(1, getattr(self.captioner, "batches_in_flight", 1))
+        pool = ThreadPoolExecutor(window, thread_name_prefix="recap-batch") if window > 1 else None
+        in_flight: deque[tuple[object, Future | None]] = deque()
         try:
             for item in loader:
-                if isinstance(item, ShardStart):
-                    self.progress.shard_started(item.shard)
-                    in_progress[item.shard.name] = _ShardInProgress(item.shard, self._open_writer(item.shard))
-                elif isinstance(item, Batch):
-                    tokens = self._caption_batch(item)
-                    in_progress[item.shard].add(item, tokens)
-                    self.progress.rows_done(len(item.samples), len(item.ok_samples))
+                if isinstance(item, Batch):
+                    caption = self._caption_batch
+                    work = pool.submit(caption, item) if pool else _done(caption(item))
+                    in_flight.append((item, work))
                 else:
-                    result = in_progress.pop(item.shard).finish(item.error, self.provenance)
-                    summary.results.append(result)
-                    self.progress.shard_finished(result)
+                    in_flight.append((item, None))
+                while in_flight and (len(in_flight) > window or _ready(in_flight[0][1])):
+                    self._finish_item(*in_flight.popleft(), in_progress, summary)
+            while in_flight:
+                self._finish_item(*in_flight.popleft(), in_progress, summary)
         except BaseException:
             for shard in in_progress.values():
                 shard.writer.abort()
             raise
+        finally:
+            if pool:
+                pool.shutdown(wait=True, cancel_futures=True)
         return summary
+
+    def _finish_item(self, item, work: Future | None, in_progress: dict, summary: RunSummary) -> None:
+        """Consume one stream item in order: open a shard, write a captioned batch, or close a shard."""
+        if isinstance(item, ShardStart):
+            self.progress.shard_started(item.shard)
+            in_progress[item.shard.name] = _ShardInProgress(item.shard, self._open_writer(item.shard))
+        elif isinstance(item, Batch):
+            tokens = work.result()
+            in_progress[item.shard].add(item, tokens)
+            self.progress.rows_done(len(item.samples), len(item.ok_samples))
+        else:
+            result = in_progress.pop(item.shard).finish(item.error, self.provenance)
+            summary.results.append(result)
+            self.progress.shard_finished(result)
 
     def _open_writer(self, shard: Shard) -> ShardWriter:
         self.out.invalidate(shard.name)
@@ -215,20 +248,27 @@ class CaptionPipeline:
                 return 0
             log.warning("batch of %d failed (%s); retrying one by one", len(samples), exc)
             return sum(
-                self._generate_into([s], self._slice(inputs, i), target, seed)
+                self._generate_into([s], slice_inputs(inputs, i), target, seed)
                 for i, s in enumerate(samples)
             )
         for s, g in zip(samples, generations, strict=True):
-            if target == "re":
+            if g.error is not None:
+                s.fail(CAPTION_ERROR, g.error)
+            elif target == "re":
                 s.re_caption, s.re_truncated = g.text, g.truncated
             else:
                 s.conditional_caption = g.text
         return sum(g.num_tokens for g in generations)
 
-    @staticmethod
-    def _slice(inputs, i: int):
-        """Row i of a processor batch (left padding kept: the mask still marks the padding)."""
-        return type(inputs)({k: v[i : i + 1] for k, v in inputs.items()})
+
+def _done(value) -> Future:
+    future: Future = Future()
+    future.set_result(value)
+    return future
+
+
+def _ready(work: Future | None) -> bool:
+    return work is None or work.done()
 
 
 def caption(inputs: list[str], output: str, **options) -> RunSummary:

@@ -1,25 +1,21 @@
-"""The transformers captioner: batched, left-padded generation through the model's chat template."""
+"""The transformers engine: batched, left-padded generation through the model's chat template.
+
+On a GPU it backs off on out-of-memory: a batch that does not fit is split in halves (and the
+smaller size kept for later batches) instead of crashing the run."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 from transformers import BatchFeature
 
-from .config import CaptionConfig
-from .models.loading import resolve_model
-from .models.registry import ModelFamily, family_for
-from .preprocess import FastClipPreprocessor
+from ..config import CaptionConfig
+from ..models.loading import resolve_model
+from ..models.registry import ModelFamily, family_for
+from ..preprocess import FastClipPreprocessor
+from .base import Generation, batch_rows
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Generation:
-    text: str
-    num_tokens: int  # generated tokens up to and including the end-of-turn token
-    truncated: bool  # stopped by max_new_tokens rather than by the model
 
 
 def pick_device(requested: str) -> str:
@@ -38,6 +34,25 @@ def pick_dtype(requested: str, device: str):
     if requested == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     return getattr(torch, requested)
+
+
+def auto_batch_size(model, device: str, config: CaptionConfig) -> int:
+    """A first guess for --batch-size 0: as many sequences as the KV cache of free GPU memory
+    holds (capped at 256); out-of-memory back-off corrects a guess that is too big."""
+    import torch
+
+    if not str(device).startswith("cuda"):
+        return 8
+    text_config = model.config.get_text_config()
+    head_dim = getattr(text_config, "head_dim", None) or (
+        text_config.hidden_size // text_config.num_attention_heads)
+    kv_heads = getattr(text_config, "num_key_value_heads", None) or text_config.num_attention_heads
+    dtype_bytes = torch.finfo(model.dtype).bits // 8
+    bytes_per_token = 2 * text_config.num_hidden_layers * kv_heads * head_dim * dtype_bytes
+    tokens_per_sequence = 1024 + config.max_new_tokens  # image tokens, prompt, caption, headroom
+    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    fits = int(0.7 * free) // (bytes_per_token * tokens_per_sequence)
+    return max(1, min(256, fits))
 
 
 class BatchPreparer:
@@ -100,6 +115,9 @@ class TransformersCaptioner:
         self.model = None
         self.processor = None
         self.family: ModelFamily | None = None
+        self.device = "cpu"
+        self.max_rows = 1 << 30  # lowered when a batch runs out of GPU memory
+        self.batches_in_flight = 1
 
     def setup(self) -> None:
         import torch
@@ -127,6 +145,7 @@ class TransformersCaptioner:
         self.pad_id = gen.pad_token_id if gen.pad_token_id is not None else tokenizer.pad_token_id
         self.preparer = BatchPreparer(self.processor, self.family, self.config)
         self.plain_prompt = self.preparer.plain_prompt
+        self.batch_size = self.config.batch_size or auto_batch_size(self.model, self.device, self.config)
         torch.set_grad_enabled(False)
         log.info("loaded %s (%s family) on %s as %s", source, self.family.name, self.device, self.dtype)
 
@@ -137,9 +156,40 @@ class TransformersCaptioner:
         return self.preparer.prepare(images, prompts)
 
     def generate(self, inputs, sample: bool = False, seed: int | None = None) -> list[Generation]:
+        """Captions for a prepared batch, split into chunks of at most `max_rows` rows; a chunk
+        that runs out of GPU memory is halved and `max_rows` lowered for the rest of the run."""
         import torch
 
-        inputs = inputs.to(self.device)
+        rows, step = batch_rows(inputs), self.max_rows
+        if rows > step:
+            generations = []
+            for start in range(0, rows, step):
+                part = type(inputs)({k: v[start : start + step] for k, v in inputs.items()})
+                generations += self.generate(part, sample, seed)
+            return generations
+        try:
+            return self._generate_rows(inputs, sample, seed)
+        except torch.OutOfMemoryError:
+            if rows == 1:
+                raise
+            self.max_rows = max(1, rows // 2)
+            log.warning("out of GPU memory with %d rows; continuing with batches of %d", rows, self.max_rows)
+            self._release_memory()
+            return self.generate(inputs, sample, seed)
+
+    def _release_memory(self) -> None:
+        import gc
+
+        import torch
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _generate_rows(self, inputs, sample: bool, seed: int | None) -> list[Generation]:
+        import torch
+
+        inputs = inputs.to(self.device, non_blocking=True)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         kwargs = dict(max_new_tokens=self.config.max_new_tokens, num_beams=1, pad_token_id=self.pad_id)

@@ -1,0 +1,209 @@
+"""The OpenAI-compatible server engine (`--engine openai --endpoint URL [URL...]`).
+
+Sends one chat-completions request per image to one or more vLLM / SGLang / hosted servers:
+the paper's prompt with the image as a base64 data URL, greedy (temperature 0), max_tokens =
+max_new_tokens. The server applies the model's chat template.
+
+Many requests are in flight at once (`concurrency`, shared by all batches the pipeline hands
+over), each going to the endpoint with the fewest requests outstanding. A request that times
+out, fails to connect, or gets 429 / 5xx is retried with exponential backoff (honouring
+Retry-After), on another endpoint when there is one. A request that still fails becomes that
+one row's caption_error; the rest of the batch is kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import logging
+import os
+import random
+import threading
+
+from ..config import CaptionConfig
+from .base import Generation
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES = {408, 409, 429, 500, 502, 503, 504}
+
+
+def chat_completions_url(endpoint: str) -> str:
+    """Accept http://host:port, http://host:port/v1 or the full .../chat/completions URL."""
+    url = endpoint.rstrip("/")
+    if url.endswith("/chat/completions"):
+        return url
+    if not url.endswith("/v1"):
+        url += "/v1"
+    return url + "/chat/completions"
+
+
+def image_data_url(image, quality: int = 95) -> str:
+    """The decoded RGB image as a JPEG data URL (the format every server decodes)."""
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=quality)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+class OpenAIPreparer:
+    """Chat messages with the image inlined; built in loader workers (JPEG encoding is CPU work)."""
+
+    def __init__(self, config: CaptionConfig):
+        self.config = config
+        self.plain_prompt = config.prompt
+
+    def conditional_prompt(self, caption: str | None) -> str:
+        return self.config.conditional_prompt.replace("{caption}", (caption or "").strip())
+
+    def prepare(self, images: list, prompts: list[str]) -> list[list[dict]]:
+        return [
+            [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": image_data_url(img)}},
+                {"type": "text", "text": prompt},
+            ]}]
+            for img, prompt in zip(images, prompts, strict=True)
+        ]
+
+
+class _RequestFailed(Exception):
+    def __init__(self, message: str, retry: bool, wait: float | None = None):
+        super().__init__(message)
+        self.retry = retry
+        self.wait = wait
+
+
+class OpenAICaptioner:
+    def __init__(self, config: CaptionConfig):
+        if not config.endpoints:
+            raise ValueError("--engine openai needs at least one --endpoint URL")
+        self.config = config
+        self.model = None
+        self.device = "remote"
+        self.preparer = OpenAIPreparer(config)
+        self.batch_size = config.batch_size or 32
+        # Enough batches in flight to keep `concurrency` requests busy, plus one being prepared.
+        self.batches_in_flight = max(1, -(-config.concurrency // self.batch_size)) + 1
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- lifecycle: one event loop thread and one HTTP session serve every batch -----------------
+    def setup(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="recap-openai", daemon=True)
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._open(), self._loop).result()
+        self.model = self.config.model
+
+    async def _open(self) -> None:
+        import aiohttp
+
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.config.request_timeout),
+            connector=aiohttp.TCPConnector(limit=self.config.concurrency),
+        )
+        self._slots = asyncio.Semaphore(self.config.concurrency)
+        self._urls = [chat_completions_url(e) for e in self.config.endpoints]
+        self._outstanding = dict.fromkeys(self._urls, 0)
+
+    def close(self) -> None:
+        if self._loop is None:
+            return
+        asyncio.run_coroutine_threadsafe(self._session.close(), self._loop).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop = None
+
+    def __del__(self):  # pragma: no cover - best effort at interpreter exit
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # -- generation -------------------------------------------------------------------------------
+    def generate(self, inputs: list[list[dict]], sample: bool = False,
+                 seed: int | None = None) -> list[Generation]:
+        """Thread-safe: several pipeline threads may wait on batches at once."""
+        requests = [self._body(messages, sample, None if seed is None else seed + i)
+                    for i, messages in enumerate(inputs)]
+        future = asyncio.run_coroutine_threadsafe(self._all(requests), self._loop)
+        return future.result()
+
+    def _body(self, messages: list[dict], sample: bool, seed: int | None) -> dict:
+        body = {"model": self.config.model, "messages": messages, "max_tokens": self.config.max_new_tokens}
+        if sample:
+            body.update(temperature=1.0, top_k=self.config.top_k)
+            if seed is not None:
+                body["seed"] = seed
+        else:
+            body["temperature"] = 0.0
+        return body
+
+    async def _all(self, bodies: list[dict]) -> list[Generation]:
+        return list(await asyncio.gather(*(self._one(b) for b in bodies)))
+
+    async def _one(self, body: dict) -> Generation:
+        attempts = self.config.retries + 1
+        last_error = ""
+        for attempt in range(attempts):
+            url = min(self._urls, key=lambda u: (self._outstanding[u], random.random()))
+            try:
+                async with self._slots:
+                    self._outstanding[url] += 1
+                    try:
+                        return await self._post(url, body)
+                    finally:
+                        self._outstanding[url] -= 1
+            except _RequestFailed as exc:
+                last_error = str(exc)
+                if not exc.retry or attempt == attempts - 1:
+                    break
+                delay = exc.wait if exc.wait is not None else self.config.retry_backoff * 2**attempt
+                log.info("%s; retry %d/%d in %.2fs", exc, attempt + 1, attempts - 1, delay)
+                await asyncio.sleep(delay * (1 + 0.1 * random.random()))
+        return Generation(text=None, num_tokens=0, truncated=False,
+                          error=f"request failed after {attempt + 1} attempt(s): {last_error}")
+
+    async def _post(self, url: str, body: dict) -> Generation:
+        import aiohttp
+
+        headers = {}
+        api_key = os.environ.get(self.config.api_key_env) if self.config.api_key_env else None
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"  # never logged: errors name only the URL
+        try:
+            async with self._session.post(url, json=body, headers=headers) as response:
+                if response.status != 200:
+                    text = (await response.text())[:200]
+                    retry_after = _seconds(response.headers.get("Retry-After"))
+                    raise _RequestFailed(f"{url}: HTTP {response.status} {text}",
+                                         retry=response.status in RETRY_STATUSES, wait=retry_after)
+                reply = await response.json(content_type=None)
+        except asyncio.TimeoutError as exc:
+            message = f"{url}: no reply within {self.config.request_timeout}s"
+            raise _RequestFailed(message, retry=True) from exc
+        except aiohttp.ClientError as exc:
+            raise _RequestFailed(f"{url}: {type(exc).__name__}: {exc}", retry=True) from exc
+        except ValueError as exc:  # the body was not JSON
+            raise _RequestFailed(f"{url}: reply is not JSON: {exc}", retry=True) from exc
+        return _parse_reply(url, reply)
+
+
+def _parse_reply(url: str, reply: dict) -> Generation:
+    try:
+        choice = reply["choices"][0]
+        text = choice["message"]["content"]
+    except (KeyError, IndexError, TypeError) as exc:
+        raise _RequestFailed(f"{url}: reply has no choices[0].message.content", retry=False) from exc
+    usage = reply.get("usage") or {}
+    return Generation(
+        text=(text or "").strip(),
+        num_tokens=int(usage.get("completion_tokens") or 0),
+        truncated=choice.get("finish_reason") == "length",
+    )
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return min(60.0, max(0.0, float(value))) if value else None
+    except ValueError:
+        return None  # an HTTP date: fall back to our own backoff

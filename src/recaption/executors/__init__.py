@@ -1,0 +1,52 @@
+"""Where captioning runs. Every executor runs the same `CaptionPipeline` over disjoint shards,
+so outputs, file names, completion markers and resume are the same whichever one is used:
+
+  local    this process (one device)
+  devices  one process per GPU on this machine, shards dealt round-robin
+  ray      Ray actors on a local or remote cluster, shards handed out as actors free up
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ..config import CaptionConfig, ExecutorConfig, RunConfig
+from ..pipeline import CaptionPipeline, Progress, RunSummary
+from ..readers import Shard
+
+
+def visible_gpus() -> list[str]:
+    import torch
+
+    return [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+
+def devices_to_use(caption: CaptionConfig, executor: ExecutorConfig) -> list[str]:
+    """Explicit --devices, else every visible GPU when there are several and --device is auto."""
+    if executor.devices:
+        return list(executor.devices)
+    if caption.engine == "transformers" and caption.device == "auto":
+        gpus = visible_gpus()
+        if len(gpus) > 1:
+            return gpus
+    return []
+
+
+def run_caption(shards: list[Shard], caption: CaptionConfig, run: RunConfig,
+                executor: ExecutorConfig | None = None, progress: Progress | None = None) -> RunSummary:
+    executor = executor or ExecutorConfig()
+    if executor.executor == "ray":
+        from .ray_executor import run_on_ray
+
+        return run_on_ray(shards, caption, run, executor, progress)
+    devices = devices_to_use(caption, executor)
+    if len(devices) > 1:
+        from .devices import run_on_devices
+
+        return run_on_devices(shards, caption, run, devices, progress)
+    if len(devices) == 1:
+        caption = replace(caption, device=devices[0])
+    return CaptionPipeline(caption, run, progress=progress).run(shards)
+
+
+__all__ = ["run_caption", "devices_to_use", "visible_gpus"]

@@ -1,0 +1,212 @@
+"""Engines other than in-process transformers: an OpenAI-compatible server on loopback, a vLLM
+stand-in with vLLM's call signature, and out-of-memory back-off."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import types
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from recaption.config import CaptionConfig, RunConfig
+from recaption.models.registry import PAPER_PROMPT
+from recaption.pipeline import CaptionPipeline
+from recaption.readers import discover_shards
+
+from .conftest import write_shards
+from .openai_server import LoopbackServer, completion, default_behaviour, describe, image_of
+
+
+def expected_caption(i: int) -> str:
+    """What the loopback server answers for record i of make_records (40+4i by 30+3i pixels)."""
+    return f"an image of {40 + 4 * i} by {30 + 3 * i} pixels ({PAPER_PROMPT[:24]})"
+
+
+def run_openai(shards, out, endpoints, **options):
+    cfg = CaptionConfig(engine="openai", model="served-llava", endpoints=endpoints, max_new_tokens=32,
+                        retry_backoff=0.01, **{"batch_size": 3, "concurrency": 4, **options})
+    pipeline = CaptionPipeline(cfg, RunConfig(output=str(out)))
+    try:
+        return pipeline.run(discover_shards(shards))
+    finally:
+        pipeline.captioner.close()
+
+
+def caption_with(captioner, shards, out):
+    pipeline = CaptionPipeline(captioner.config, RunConfig(output=str(out)), captioner)
+    return pipeline.run(discover_shards(shards))
+
+
+def captions(out, shard="00000"):
+    return [r["re_caption"] for r in rows(out, shard)]
+
+
+def rows(out, shard="00000"):
+    return pq.read_table(out / f"{shard}.parquet").to_pylist()
+
+
+def test_openai_engine_spreads_requests_and_keeps_row_order(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("RECAP_TEST_KEY", "sk-secret-123")
+    shards = write_shards(tmp_path / "in", n_shards=2, per_shard=10)
+    caplog.set_level(logging.DEBUG)
+    with LoopbackServer() as a, LoopbackServer() as b:
+        summary = run_openai(shards, tmp_path / "out", [a.url, b.url + "/v1"], api_key_env="RECAP_TEST_KEY")
+        assert len(summary.failed) == 0 and summary.rows == 20
+        for shard in ("00000", "00001"):
+            captions = [r["re_caption"] for r in rows(tmp_path / "out", shard)]
+            assert captions == [expected_caption(i) for i in range(10)]
+            assert {r["status"] for r in rows(tmp_path / "out", shard)} == {"ok"}
+        # Both servers served, never more than `concurrency` at once, and requests overlapped.
+        assert len(a.state.requests) > 0 and len(b.state.requests) > 0
+        assert len(a.state.requests) + len(b.state.requests) == 20
+        assert max(a.state.max_active, b.state.max_active) <= 4
+        assert a.state.max_active + b.state.max_active > 2
+        body = a.state.requests[0]
+        assert body["model"] == "served-llava" and body["temperature"] == 0.0 and body["max_tokens"] == 32
+        assert a.state.headers[0]["Authorization"] == "Bearer sk-secret-123"
+    assert "sk-secret-123" not in caplog.text
+
+
+def test_openai_engine_retries_429_and_5xx(tmp_path):
+    shards = write_shards(tmp_path / "in", n_shards=1, per_shard=6)
+
+    async def flaky(body, state):
+        if state.counter <= 2:
+            return 429, "slow down", {"Retry-After": "0"}
+        if state.counter <= 4:
+            return 503, "overloaded", {}
+        return await default_behaviour(body, state)
+
+    with LoopbackServer(flaky) as server:
+        summary = run_openai(shards, tmp_path / "out", [server.url])
+        assert server.state.counter == 6 + 4  # every fault retried once, nothing asked twice after success
+    assert summary.rows == 6 and len(summary.failed) == 0
+    assert [r["re_caption"] for r in rows(tmp_path / "out")] == [expected_caption(i) for i in range(6)]
+
+
+def test_openai_engine_failures_stay_with_their_row(tmp_path):
+    shards = write_shards(tmp_path / "in", n_shards=1, per_shard=6)
+
+    async def faulty(body, state):
+        width = image_of(body).width
+        if width == 44:  # record 1: the server always errors
+            return 500, "internal error", {}
+        if width == 48:  # record 2: never answers in time
+            await asyncio.sleep(3)
+        if width == 52:  # record 3: a reply without choices
+            return 200, {"object": "error"}, {}
+        if width == 56:  # record 4: hit the token limit
+            return 200, completion(describe(body), finish_reason="length", tokens=32), {}
+        return await default_behaviour(body, state)
+
+    with LoopbackServer(faulty) as server:
+        summary = run_openai(shards, tmp_path / "out", [server.url], retries=1, request_timeout=0.5)
+    assert len(summary.failed) == 0, "a failing request must not fail the shard"
+    got = rows(tmp_path / "out")
+    assert [r["status"] for r in got] == ["ok", "caption_error", "caption_error", "caption_error", "ok", "ok"]
+    assert "HTTP 500" in got[1]["error"] and "2 attempt(s)" in got[1]["error"]
+    assert "no reply within 0.5s" in got[2]["error"]
+    assert "no choices" in got[3]["error"] and "1 attempt(s)" in got[3]["error"]
+    assert got[4]["re_truncated"] is True and got[5]["re_truncated"] is False
+    assert got[1]["re_caption"] is None and got[0]["re_caption"] == expected_caption(0)
+
+
+def test_openai_engine_needs_an_endpoint():
+    with pytest.raises(ValueError, match="--endpoint"):
+        CaptionPipeline(CaptionConfig(engine="openai"), RunConfig(output="unused"))
+
+
+# -- vLLM, through a stand-in with vLLM's call signature ----------------------------------------------
+
+class _StandInVLLM:
+    """`vllm.LLM` and `vllm.SamplingParams` as far as the adapter uses them, generating with the
+    tiny model through transformers one request at a time (as vLLM's scheduler would see them)."""
+
+    calls: list = []
+
+    class SamplingParams:
+        def __init__(self, *, temperature=1.0, top_k=0, max_tokens=16, seed=None):
+            self.temperature, self.top_k, self.max_tokens, self.seed = temperature, top_k, max_tokens, seed
+
+    class LLM:
+        def __init__(self, model, *, dtype="auto", seed=0, limit_mm_per_prompt=None):
+            from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+            assert limit_mm_per_prompt == {"image": 1}
+            self.processor = AutoProcessor.from_pretrained(model)
+            self.model = LlavaForConditionalGeneration.from_pretrained(model).eval()
+
+        def generate(self, prompts, sampling_params=None, *, use_tqdm=True):
+            _StandInVLLM.calls.append((prompts, sampling_params))
+            outputs = []
+            for request in prompts:
+                assert set(request) == {"prompt", "multi_modal_data"}
+                assert request["prompt"].count("<image>") == 1
+                params = sampling_params
+                assert params.temperature == 0.0
+                inputs = self.processor(images=[request["multi_modal_data"]["image"]],
+                                        text=[request["prompt"]], return_tensors="pt")
+                with torch.inference_mode():
+                    out = self.model.generate(**inputs, max_new_tokens=params.max_tokens, do_sample=False)
+                tokens = out[0, inputs["input_ids"].shape[1]:].tolist()
+                eos = self.model.generation_config.eos_token_id
+                eos = set(eos if isinstance(eos, list) else [eos])
+                end = next((i for i, t in enumerate(tokens) if t in eos), None)
+                kept = tokens if end is None else tokens[: end + 1]
+                completion = types.SimpleNamespace(
+                    text=self.processor.tokenizer.decode(kept, skip_special_tokens=True), token_ids=kept,
+                    finish_reason="stop" if end is not None else "length")
+                outputs.append(types.SimpleNamespace(outputs=[completion]))
+            return outputs
+
+
+def test_vllm_adapter_against_stand_in_matches_transformers_engine(tmp_path, monkeypatch, captioner):
+    module = types.ModuleType("vllm")
+    module.LLM, module.SamplingParams = _StandInVLLM.LLM, _StandInVLLM.SamplingParams
+    monkeypatch.setitem(sys.modules, "vllm", module)
+    shards = write_shards(tmp_path / "in", n_shards=1, per_shard=5)
+    caption_with(captioner, shards, tmp_path / "hf")
+    vllm_cfg = CaptionConfig(model="tiny", max_new_tokens=captioner.config.max_new_tokens,
+                             engine="vllm", batch_size=4)
+    summary = CaptionPipeline(vllm_cfg, RunConfig(output=str(tmp_path / "vllm"))).run(discover_shards(shards))
+    assert summary.rows == 5
+    assert len(_StandInVLLM.calls) == 2  # batches of 4 and 1
+    hf, vl = rows(tmp_path / "hf"), rows(tmp_path / "vllm")
+    assert [r["re_caption"] for r in vl] == [r["re_caption"] for r in hf]
+    assert [r["re_truncated"] for r in vl] == [r["re_truncated"] for r in hf]
+
+
+def test_vllm_engine_says_what_is_missing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # import fails
+    from recaption.engines.vllm_engine import VLLMCaptioner
+
+    with pytest.raises(RuntimeError, match="pip install vllm"):
+        VLLMCaptioner(CaptionConfig(engine="vllm")).setup()
+
+
+# -- out-of-memory back-off ------------------------------------------------------------------------
+
+def test_out_of_memory_halves_the_batch_and_keeps_every_caption(tmp_path, monkeypatch, captioner):
+    shards = write_shards(tmp_path / "in", n_shards=1, per_shard=9)
+    caption_with(captioner, shards, tmp_path / "fits")
+    real_generate = captioner.model.generate
+    sizes = []
+
+    def small_gpu(**kwargs):
+        sizes.append(kwargs["input_ids"].shape[0])
+        if kwargs["input_ids"].shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_generate(**kwargs)
+
+    monkeypatch.setattr(captioner.model, "generate", small_gpu)
+    monkeypatch.setattr(captioner, "max_rows", 1 << 30)
+    summary = caption_with(captioner, shards, tmp_path / "oom")
+    assert summary.rows == 9 and summary.status_counts == {"ok": 9}
+    assert captioner.max_rows == 2
+    assert sizes[:3] == [8, 4, 2]  # halved until it fits, then kept small for the next batch
+    assert max(sizes[3:]) <= 2
+    assert captions(tmp_path / "oom") == captions(tmp_path / "fits")
