@@ -76,3 +76,26 @@ def test_column_options_name_parquet_columns(tmp_path):
     assert result.exit_code == 0, result.output
     (row,) = pq.read_table(tmp_path / "out" / "p.parquet").to_pylist()
     assert (row["org_caption"], row["url"], row["status"]) == ("an alt text", "http://x/1.jpg", "ok")
+
+
+def test_caption_command_with_openai_engine_and_two_endpoints(tmp_path):
+    from .openai_server import LoopbackServer
+
+    write_shards(tmp_path / "in", 1, 4)
+    with LoopbackServer() as a, LoopbackServer() as b:
+        result = runner.invoke(app, ["caption", str(tmp_path / "in"), "-o", str(tmp_path / "out"),
+                                     "--engine", "openai", "--model", "served",
+                                     "--endpoint", f"{a.url},{b.url}", "--concurrency", "2",
+                                     "--max-new-tokens", "16"])
+        assert result.exit_code == 0, result.output
+        assert a.state.requests and b.state.requests
+        assert {r["max_tokens"] for r in a.state.requests + b.state.requests} == {16}
+    captions = [r["re_caption"] for r in pq.read_table(tmp_path / "out" / "00000.parquet").to_pylist()]
+    assert captions[0].startswith("an image of 40 by 30 pixels") and len(set(captions)) == 4
+
+
+def test_caption_command_openai_engine_needs_an_endpoint(tmp_path):
+    write_shards(tmp_path / "in", 1, 1)
+    result = runner.invoke(app, ["caption", str(tmp_path / "in"), "-o", str(tmp_path / "out"),
+                                 "--engine", "openai"])
+    assert result.exit_code == 2 and "--endpoint" in flat(result.output)

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .config import CaptionConfig, RunConfig
+from .config import CaptionConfig, ExecutorConfig, RunConfig
 from .models.registry import CONDITIONAL_PROMPT, MODEL_FAMILIES, PAPER_PROMPT
 
 app = typer.Typer(
@@ -39,8 +39,9 @@ def _print_summary(summary, output: str) -> int:
 
 
 def run_caption_command(inputs: list[str], caption_cfg: CaptionConfig, run_cfg: RunConfig,
-                        columns=None) -> int:
-    from .pipeline import CaptionPipeline, ConfigMismatchError
+                        columns=None, executor_cfg: ExecutorConfig | None = None) -> int:
+    from .executors import run_caption
+    from .pipeline import ConfigMismatchError
     from .progress import RichProgress
     from .readers import ColumnConfig, InputError, discover_shards
 
@@ -51,8 +52,8 @@ def run_caption_command(inputs: list[str], caption_cfg: CaptionConfig, run_cfg: 
         return 2
     progress = RichProgress()
     try:
-        summary = CaptionPipeline(caption_cfg, run_cfg, progress=progress).run(shards)
-    except (ConfigMismatchError, FileNotFoundError, ValueError) as exc:
+        summary = run_caption(shards, caption_cfg, run_cfg, executor_cfg, progress)
+    except (ConfigMismatchError, FileNotFoundError, ValueError, RuntimeError) as exc:
         progress.stop()
         console.print(f"[red]error:[/red] {exc}")
         return 2
@@ -60,12 +61,21 @@ def run_caption_command(inputs: list[str], caption_cfg: CaptionConfig, run_cfg: 
     return _print_summary(summary, run_cfg.output)
 
 
+def _split(values: list[str] | None) -> list[str]:
+    """Repeated options and comma-separated values alike: --endpoint a,b --endpoint c."""
+    return [v.strip() for value in values or [] for v in value.split(",") if v.strip()]
+
+
+def _device(name: str) -> str:
+    return f"cuda:{name}" if name.isdigit() else name
+
+
 @app.command("caption")
 def caption_cmd(
     inputs: Annotated[list[str], typer.Argument(help="Tar/parquet shards, folders, globs, {00000..00009} ranges or fsspec URLs.")],
     output: Annotated[str, typer.Option("--output", "-o", help="Output folder (local or fsspec URL).")],
     model: Annotated[str, typer.Option(help="'tiny' (built-in, offline), a local model folder or a hub id.")] = "tiny",
-    batch_size: Annotated[int, typer.Option(help="Images per generate call.")] = 8,
+    batch_size: Annotated[int, typer.Option(help="Images per generate call; 0: as many as GPU memory holds (backs off on out-of-memory).")] = 8,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16.")] = "auto",
     prompt: Annotated[str, typer.Option(help="Instruction sent with each image.")] = PAPER_PROMPT,
@@ -80,6 +90,17 @@ def caption_cmd(
     caption_col: Annotated[str | None, typer.Option(help="Parquet caption column or tar .json field (default: caption, text, ...; tars use .txt).")] = None,
     url_col: Annotated[str, typer.Option(help="Column / .json field holding the URL.")] = "url",
     key_col: Annotated[str, typer.Option(help="Column / .json field holding the key.")] = "key",
+    engine: Annotated[str, typer.Option(help="transformers (in-process), vllm (in-process, needs vLLM) or openai (OpenAI-compatible servers).")] = "transformers",
+    endpoint: Annotated[list[str] | None, typer.Option(help="--engine openai: server URL (http://host:8000 or .../v1); repeat it or separate with commas for several.")] = None,
+    concurrency: Annotated[int, typer.Option(help="--engine openai: requests in flight over all endpoints.")] = 64,
+    request_timeout: Annotated[float, typer.Option(help="--engine openai: seconds per request, connect to last byte.")] = 120.0,
+    retries: Annotated[int, typer.Option(help="--engine openai: retries on timeouts, connection errors, 429 and 5xx.")] = 4,
+    api_key_env: Annotated[str, typer.Option(help="--engine openai: environment variable holding the API key (never logged).")] = "OPENAI_API_KEY",
+    devices: Annotated[str | None, typer.Option(help="One worker process per device over disjoint shards, e.g. 0,1,2,3 or cuda:0,cuda:1 (default: every GPU when there are several).")] = None,
+    executor: Annotated[str, typer.Option(help="local (this machine) or ray (Ray actors, one per GPU).")] = "local",
+    ray_address: Annotated[str | None, typer.Option(help="--executor ray: cluster to join (auto, ray://host:10001); default: start a local Ray.")] = None,
+    ray_workers: Annotated[int | None, typer.Option(help="--executor ray: caption workers (default: one per GPU share in the cluster).")] = None,
+    ray_gpus_per_worker: Annotated[float, typer.Option(help="--executor ray: GPU share per worker; 0.5 or 0.25 packs small models.")] = 1.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Caption every image of INPUTS into one Recap-DataComp-1B-schema parquet per shard."""
@@ -88,15 +109,23 @@ def caption_cmd(
         caption_cfg = CaptionConfig(
             model=model, prompt=prompt, max_new_tokens=max_new_tokens, batch_size=batch_size,
             device=device, dtype=dtype, conditional=conditional,
-            conditional_prompt=conditional_prompt, top_k=top_k, seed=seed,
+            conditional_prompt=conditional_prompt, top_k=top_k, seed=seed, engine=engine,
+            endpoints=_split(endpoint), concurrency=concurrency, request_timeout=request_timeout,
+            retries=retries, api_key_env=api_key_env,
         )
+        executor_cfg = ExecutorConfig(
+            executor=executor, devices=[_device(d) for d in _split([devices] if devices else None)] or None,
+            ray_address=ray_address, ray_workers=ray_workers, ray_gpus_per_worker=ray_gpus_per_worker,
+        )
+        if engine == "openai" and not caption_cfg.endpoints:
+            raise ValueError("--engine openai needs --endpoint URL")
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     from .readers import ColumnConfig
 
     columns = ColumnConfig(image=image_col, caption=caption_col, url=url_col, key=key_col)
     run_cfg = RunConfig(output=output, overwrite=overwrite, workers=workers)
-    code = run_caption_command(inputs, caption_cfg, run_cfg, columns)
+    code = run_caption_command(inputs, caption_cfg, run_cfg, columns, executor_cfg)
     raise typer.Exit(code)
 
 
