@@ -15,6 +15,7 @@ class CaptionConfig:
     model: str = "tiny"  # for --engine openai: the model name the server serves
     prompt: str = PAPER_PROMPT
     max_new_tokens: int = 128
+    min_new_tokens: int = 0  # benchmarks set it to max_new_tokens for a fixed output length
     batch_size: int = 8  # 0: automatic (GPU: from free memory, backing off on out-of-memory)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
@@ -49,6 +50,8 @@ class CaptionConfig:
         keys = ["model", "prompt", "max_new_tokens", "conditional", "seed"]
         if self.conditional:
             keys += ["conditional_prompt", "top_k"]
+        if self.min_new_tokens:
+            keys.append("min_new_tokens")
         return {k: asdict(self)[k] for k in keys}
 
 

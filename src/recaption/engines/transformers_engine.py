@@ -120,34 +120,47 @@ class TransformersCaptioner:
         self.batches_in_flight = 1
 
     def setup(self) -> None:
-        import torch
         import transformers
         from transformers import AutoConfig, AutoProcessor
 
         source = resolve_model(self.config.model)
-        model_config = AutoConfig.from_pretrained(source)
-        self.family = family_for(model_config.model_type)
+        family = family_for(AutoConfig.from_pretrained(source).model_type)
         self.device = pick_device(self.config.device)
         self.dtype = pick_dtype(self.config.dtype, self.device)
-        self.processor = AutoProcessor.from_pretrained(source, **self.family.processor_kwargs)
-        tokenizer = self.processor.tokenizer
-        tokenizer.padding_side = "left"  # decoder-only batching: pad on the left
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        auto_class = getattr(transformers, self.family.auto_class)
+        processor = AutoProcessor.from_pretrained(source, **family.processor_kwargs)
+        auto_class = getattr(transformers, family.auto_class)
         kwargs = {"dtype": self.dtype}
         if self.config.attn_implementation:
             kwargs["attn_implementation"] = self.config.attn_implementation
-        self.model = auto_class.from_pretrained(source, **kwargs).to(self.device).eval()
-        gen = self.model.generation_config
+        model = auto_class.from_pretrained(source, **kwargs).to(self.device).eval()
+        self.attach(model, processor, family)
+        log.info("loaded %s (%s family) on %s as %s", source, family.name, self.device, self.dtype)
+
+    @classmethod
+    def from_model(cls, model, processor, config: CaptionConfig) -> TransformersCaptioner:
+        """An engine around a model already in memory (benchmarks, notebooks); no loading."""
+        engine = cls(config)
+        engine.device = str(next(model.parameters()).device)
+        engine.dtype = model.dtype
+        engine.attach(model.eval(), processor, family_for(model.config.model_type))
+        return engine
+
+    def attach(self, model, processor, family: ModelFamily) -> None:
+        import torch
+
+        self.model, self.processor, self.family = model, processor, family
+        tokenizer = processor.tokenizer
+        tokenizer.padding_side = "left"  # decoder-only batching: pad on the left
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        gen = model.generation_config
         eos = gen.eos_token_id if gen.eos_token_id is not None else tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
         self.pad_id = gen.pad_token_id if gen.pad_token_id is not None else tokenizer.pad_token_id
-        self.preparer = BatchPreparer(self.processor, self.family, self.config)
+        self.preparer = BatchPreparer(processor, family, self.config)
         self.plain_prompt = self.preparer.plain_prompt
-        self.batch_size = self.config.batch_size or auto_batch_size(self.model, self.device, self.config)
+        self.batch_size = self.config.batch_size or auto_batch_size(model, self.device, self.config)
         torch.set_grad_enabled(False)
-        log.info("loaded %s (%s family) on %s as %s", source, self.family.name, self.device, self.dtype)
 
     def conditional_prompt(self, caption: str | None) -> str:
         return self.preparer.conditional_prompt(caption)
@@ -193,6 +206,8 @@ class TransformersCaptioner:
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         kwargs = dict(max_new_tokens=self.config.max_new_tokens, num_beams=1, pad_token_id=self.pad_id)
+        if self.config.min_new_tokens:
+            kwargs["min_new_tokens"] = self.config.min_new_tokens
         if sample:
             if seed is not None:
                 torch.manual_seed(seed)
