@@ -58,9 +58,12 @@ def decode_image(
                 raise ImageDecodeError(
                     TOO_LARGE, f"{width}x{height} pixels exceeds the limit of {max_pixels}"
                 )
-            if max_side and max(width, height) > 2 * max_side and img.format == "JPEG":
-                # Let libjpeg decode at 1/2, 1/4 or 1/8 scale: far faster for big photos.
-                img.draft("RGB", (max_side, max_side))
+            if max_side and max(width, height) > max_side and img.format == "JPEG":
+                # Let libjpeg decode at 1/2, 1/4 or 1/8 scale, never below the size we shrink
+                # to anyway: far faster for big photos. Draft keeps both sides >= the request,
+                # so ask for the shrunk size itself (asking for a square would stop it at 1/1).
+                scale = max_side / max(width, height)
+                img.draft("RGB", (max(1, int(width * scale)), max(1, int(height * scale))))
             img.load()
             img = ImageOps.exif_transpose(img) or img
             img = _to_rgb(img)
