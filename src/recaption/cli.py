@@ -90,6 +90,7 @@ def caption_cmd(
     caption_col: Annotated[str | None, typer.Option(help="Parquet caption column or tar .json field (default: caption, text, ...; tars use .txt).")] = None,
     url_col: Annotated[str, typer.Option(help="Column / .json field holding the URL.")] = "url",
     key_col: Annotated[str, typer.Option(help="Column / .json field holding the key.")] = "key",
+    attn_implementation: Annotated[str, typer.Option(help="transformers engine attention: sdpa, flash_attention_2 (needs flash-attn) or eager.")] = "sdpa",
     engine: Annotated[str, typer.Option(help="transformers (in-process), vllm (in-process, needs vLLM) or openai (OpenAI-compatible servers).")] = "transformers",
     endpoint: Annotated[list[str] | None, typer.Option(help="--engine openai: server URL (http://host:8000 or .../v1); repeat it or separate with commas for several.")] = None,
     concurrency: Annotated[int, typer.Option(help="--engine openai: requests in flight over all endpoints.")] = 64,
@@ -110,6 +111,7 @@ def caption_cmd(
             model=model, prompt=prompt, max_new_tokens=max_new_tokens, batch_size=batch_size,
             device=device, dtype=dtype, conditional=conditional,
             conditional_prompt=conditional_prompt, top_k=top_k, seed=seed, engine=engine,
+            attn_implementation=attn_implementation,
             endpoints=_split(endpoint), concurrency=concurrency, request_timeout=request_timeout,
             retries=retries, api_key_env=api_key_env,
         )
