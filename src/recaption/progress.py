@@ -12,13 +12,14 @@ from .pipeline import Progress as PipelineProgress
 
 
 class RichProgress(PipelineProgress):
-    def __init__(self, console: Console | None = None):
+    def __init__(self, console: Console | None = None, description: str = "captioning", unit: str = "images"):
         self.console = console or Console(stderr=True)
+        self.description = description
         self._bar = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("shards  {task.fields[images]} images  {task.fields[rate]} img/s"),
+            TextColumn(f"shards  {{task.fields[images]}} {unit}  {{task.fields[rate]}} {unit}/s"),
             TimeRemainingColumn(),
             console=self.console,
         )
@@ -30,7 +31,7 @@ class RichProgress(PipelineProgress):
     def run_started(self, shards) -> None:
         self._bar.start()
         self._started = time.perf_counter()
-        self._task = self._bar.add_task("captioning", total=len(shards), images=0, rate="-")
+        self._task = self._bar.add_task(self.description, total=len(shards) or None, images=0, rate="-")
 
     def rows_done(self, rows: int, ok: int) -> None:
         self._images += rows

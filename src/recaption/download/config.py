@@ -1,0 +1,75 @@
+"""Settings of `recap download`, one dataclass; the CLI only maps flags onto it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..images import DEFAULT_MAX_PIXELS
+
+RESIZE_MODES = ("none", "keep_ratio", "center_crop", "border")
+FORMATS = ("jpg", "png", "webp", "keep")
+# img2dataset's default opt-out directives, plus "none" (= noindex, nofollow).
+DEFAULT_DISALLOWED = ("noai", "noimageai", "noindex", "noimageindex", "none")
+
+
+@dataclass
+class DownloadConfig:
+    output: str
+    url_col: str = "url"
+    caption_col: str | None = "text"
+    extra_cols: list[str] = field(default_factory=list)
+    sha256_col: str | None = None  # verify the downloaded bytes against this column when given
+    shard_size: int = 10_000
+    resize: str = "keep_ratio"
+    image_size: int = 512
+    max_aspect_ratio: float | None = None
+    min_size: int = 0
+    format: str = "jpg"
+    quality: int = 95
+    timeout: float = 10.0  # seconds: connect, redirects and the whole body together
+    retries: int = 2
+    retry_backoff: float = 0.5  # seconds before the first retry; doubles each time
+    concurrency: int = 64
+    per_host_concurrency: int = 8
+    user_agent: str = "recaption/0.1 (+https://github.com/recaption; image-text research)"
+    max_redirects: int = 5
+    max_bytes: int = 32 * 1024 * 1024
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    allow_private_network: bool = False
+    disallowed_directives: tuple[str, ...] = DEFAULT_DISALLOWED  # empty: ignore X-Robots-Tag
+    overwrite: bool = False
+    retry_failed: bool = False
+    shards_in_flight: int = 2  # a shard's slow tail overlaps the next shard's start
+
+    def __post_init__(self):
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"--resize must be one of {', '.join(RESIZE_MODES)}")
+        if self.format not in FORMATS:
+            raise ValueError(f"--format must be one of {', '.join(FORMATS)}")
+        if self.shard_size < 1 or self.concurrency < 1 or self.per_host_concurrency < 1:
+            raise ValueError("--shard-size, --concurrency and --per-host-concurrency must be positive")
+        if self.timeout <= 0 or self.retries < 0:
+            raise ValueError("--timeout must be positive and --retries at least 0")
+        if not 1 <= self.quality <= 100:
+            raise ValueError("--quality must be between 1 and 100")
+
+    @property
+    def user_agent_token(self) -> str:
+        """The product token X-Robots-Tag directives may address (`recaption: noai`)."""
+        return self.user_agent.split("/", 1)[0].strip().lower()
+
+    def provenance(self) -> dict:
+        keys = [
+            "url_col",
+            "caption_col",
+            "extra_cols",
+            "sha256_col",
+            "shard_size",
+            "resize",
+            "image_size",
+            "max_aspect_ratio",
+            "min_size",
+            "format",
+            "quality",
+        ]
+        return {k: getattr(self, k) for k in keys}

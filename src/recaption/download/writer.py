@@ -1,0 +1,122 @@
+"""One download shard in img2dataset's layout, written atomically.
+
+  00000.tar           {key}.{jpg|png|webp}, {key}.txt (caption), {key}.json (the row) per success
+  00000.parquet       one row per input row, failures included, in input order
+  00000_stats.json    counts by status and outcome, timing
+  00000.done          completion marker, written last (holds the settings)
+The tar and parquet are written under .tmp names and renamed into place, so a reader never sees
+half a shard; a shard without its marker is redone from scratch.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..writer import OutputDir
+
+BASE_FIELDS = [
+    ("key", pa.string()),
+    ("url", pa.string()),
+    ("caption", pa.string()),
+    ("status", pa.string()),
+    ("error_message", pa.string()),
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("original_width", pa.int32()),
+    ("original_height", pa.int32()),
+    ("sha256", pa.string()),
+    ("outcome", pa.string()),
+    ("http_status", pa.int32()),
+    ("attempts", pa.int32()),
+]
+
+
+def shard_paths(out: OutputDir, name: str) -> dict[str, str]:
+    return {
+        "tar": out.path(f"{name}.tar"),
+        "parquet": out.parquet(name),
+        "stats": out.stats(name),
+        "done": out.marker(name),
+    }
+
+
+def forget_shard(out: OutputDir, name: str) -> None:
+    """Remove a shard's marker first, then whatever else of it exists (before redoing it)."""
+    paths = shard_paths(out, name)
+    for path in (
+        paths["done"],
+        paths["stats"],
+        paths["tar"] + ".tmp",
+        paths["parquet"] + ".tmp",
+        paths["tar"],
+        paths["parquet"],
+    ):
+        if out.fs.exists(path):
+            out.fs.rm(path)
+
+
+class DownloadShardWriter:
+    def __init__(self, out: OutputDir, name: str, extra_cols: list[str], save_caption: bool):
+        import webdataset as wds
+
+        self.out, self.name = out, name
+        self.paths = shard_paths(out, name)
+        self.extra_cols = extra_cols
+        self.save_caption = save_caption
+        out.fs.makedirs(out.root, exist_ok=True)
+        self._file = out.fs.open(self.paths["tar"] + ".tmp", "wb")
+        self._tar = wds.TarWriter(self._file)
+        self.rows: dict[str, dict] = {}
+
+    def add(self, row: dict, image: bytes | None = None, ext: str | None = None) -> None:
+        """Record a row; a success also goes into the tar with its caption and metadata."""
+        self.rows[row["key"]] = row
+        if image is not None:
+            sample = {
+                "__key__": row["key"],
+                ext: image,
+                "json": json.dumps(row, default=str, ensure_ascii=False).encode(),
+            }
+            if self.save_caption and row.get("caption") is not None:
+                sample["txt"] = row["caption"].encode()
+            self._tar.write(sample)
+
+    def copy_samples(self, tar_path: str, keys: set[str]) -> None:
+        """Carry over the members of these keys from an existing tar (for --retry-failed)."""
+        with self.out.fs.open(tar_path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as old:
+            for member in old:
+                key = member.name.split("/")[-1].split(".", 1)[0]
+                if member.isfile() and key in keys:
+                    self._tar.tarstream.addfile(member, io.BytesIO(old.extractfile(member).read()))
+
+    def commit(self, stats: dict, provenance: dict) -> None:
+        self._tar.close()
+        self._file.close()
+        table = self.table()
+        with self.out.fs.open(self.paths["parquet"] + ".tmp", "wb") as f:
+            pq.write_table(table, f)
+        self.out.fs.mv(self.paths["tar"] + ".tmp", self.paths["tar"])
+        self.out.fs.mv(self.paths["parquet"] + ".tmp", self.paths["parquet"])
+        self.out.write_json_atomic(self.paths["stats"], stats)
+        self.out.write_json_atomic(self.paths["done"], provenance)
+
+    def table(self) -> pa.Table:
+        rows = [self.rows[k] for k in sorted(self.rows)]
+        columns = {name: pa.array([r.get(name) for r in rows], type=kind) for name, kind in BASE_FIELDS}
+        for name in self.extra_cols:
+            columns[name] = pa.array([r.get(name) for r in rows])
+        return pa.table(columns)
+
+    def abort(self) -> None:
+        try:
+            self._tar.close()
+            self._file.close()
+        finally:
+            for path in (self.paths["tar"] + ".tmp", self.paths["parquet"] + ".tmp"):
+                if self.out.fs.exists(path):
+                    self.out.fs.rm(path)

@@ -1,0 +1,284 @@
+"""`recap download` against a real HTTP server on 127.0.0.1 serving images and faulty endpoints."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from recaption.download import DownloadConfig, download
+from recaption.download.fetch import address_blocked, robots_opt_out
+from recaption.download.metadata import MetadataReader
+
+from .image_server import IMAGES, ImageServer
+
+
+def write_metadata(path, rows: list[dict]):
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return str(path)
+
+
+def config(out, **options) -> DownloadConfig:
+    defaults = dict(
+        retries=1,
+        retry_backoff=0.01,
+        timeout=1.0,
+        allow_private_network=True,
+        shard_size=100,
+        resize="keep_ratio",
+        image_size=32,
+        extra_cols=["license"],
+        sha256_col="sha256",
+        max_bytes=200_000,
+    )
+    return DownloadConfig(output=str(out), **{**defaults, **options})
+
+
+def table(out, shard="00000") -> dict[str, dict]:
+    return {r["url"]: r for r in pq.read_table(out / f"{shard}.parquet").to_pylist()}
+
+
+def tar_members(path) -> list[str]:
+    with tarfile.open(path) as tar:
+        return sorted(m.name for m in tar.getmembers())
+
+
+FAULTS = {  # path -> (outcome, http_status)
+    "/img/0.jpg": ("ok", 200),
+    "/404": ("http_error", 404),
+    "/flaky429/a": ("ok", 200),
+    "/500": ("http_error", 500),
+    "/slow": ("timeout", None),
+    "/truncated": ("truncated", 200),
+    "/html": ("decode_error", 200),
+    "/loop": ("too_many_redirects", None),
+    "/huge": ("too_large", 200),
+    "/optout": ("opted_out", 200),
+    "/optout-other": ("ok", 200),
+    "/img/5.jpg": ("hash_mismatch", 200),
+    "/img/6.jpg": ("ok", 200),
+    "/redirect": ("ok", 200),
+}
+
+
+def test_every_fault_gets_its_exact_outcome(tmp_path):
+    with ImageServer() as server:
+        rows = [
+            {
+                "url": server.url + path,
+                "text": f"caption of {path}",
+                "license": f"L{i}",
+                "sha256": (
+                    "0" * 64
+                    if path == "/img/5.jpg"
+                    else hashlib.sha256(IMAGES["6.jpg"]).hexdigest()
+                    if path == "/img/6.jpg"
+                    else None
+                ),
+            }
+            for i, path in enumerate(FAULTS)
+        ]
+        rows.append({"url": "ftp://example.org/x.jpg", "text": "ftp", "license": "L-ftp", "sha256": None})
+        meta = write_metadata(tmp_path / "urls.parquet", rows)
+        started = time.perf_counter()
+        summary = download([meta], config(tmp_path / "out"))
+        elapsed = time.perf_counter() - started
+        assert server.hits["/flaky429/a"] == 2 and server.hits["/500"] == 2  # retried once each
+        assert server.hits["/404"] == 1  # a 404 is not retried
+    assert elapsed < 8, "a slow body must time out within the bound, not hang the shard"
+    assert len(summary.failed) == 0
+    got = table(tmp_path / "out")
+    for path, (outcome, http_status) in FAULTS.items():
+        row = got[server.url + path]
+        assert (row["outcome"], row["http_status"]) == (outcome, http_status), (path, row)
+        assert row["status"] == (
+            "success"
+            if outcome == "ok"
+            else "failed_to_resize"
+            if outcome == "decode_error"
+            else "failed_to_download"
+        )
+        assert (row["error_message"] is None) == (outcome == "ok"), row
+    assert "Content-Type text/html" in got[server.url + "/html"]["error_message"]
+    assert "no complete response within 1s" in got[server.url + "/slow"]["error_message"]
+    assert got["ftp://example.org/x.jpg"]["outcome"] == "bad_url"
+    ok = [r for r in got.values() if r["outcome"] == "ok"]
+    members = tar_members(tmp_path / "out" / "00000.tar")
+    assert members == sorted(f"{r['key']}.{ext}" for r in ok for ext in ("jpg", "json", "txt"))
+    assert [r["key"] for r in pq.read_table(tmp_path / "out" / "00000.parquet").to_pylist()] == [
+        f"00000{i:02d}" for i in range(len(rows))
+    ]  # img2dataset keys, one row per input row, in order
+    stats = json.loads((tmp_path / "out" / "00000_stats.json").read_text())
+    assert stats["count"] == len(rows) and stats["successes"] == len(ok)
+    assert stats["outcomes"]["ok"] == len(ok) and stats["outcomes"]["http_error"] == 2
+    assert (tmp_path / "out" / "00000.done").exists()
+
+
+def test_sample_json_and_resize(tmp_path):
+    with ImageServer() as server:
+        rows = [
+            {"url": f"{server.url}/img/{i}.jpg", "text": f"photo {i}", "license": "CC0", "sha256": None}
+            for i in range(3)
+        ]
+        download(
+            [write_metadata(tmp_path / "urls.parquet", rows)], config(tmp_path / "out", resize="center_crop")
+        )
+    with tarfile.open(tmp_path / "out" / "00000.tar") as tar:
+        meta = json.loads(tar.extractfile("0000001.json").read())
+        image = Image.open(io.BytesIO(tar.extractfile("0000001.jpg").read()))
+        caption = tar.extractfile("0000001.txt").read().decode()
+    assert image.size == (32, 32) and caption == "photo 1"
+    assert meta["width"] == meta["height"] == 32 and (meta["original_width"], meta["original_height"]) == (
+        70,
+        45,
+    )
+    assert meta["sha256"] == hashlib.sha256(IMAGES["1.jpg"]).hexdigest()
+    assert meta["license"] == "CC0" and meta["key"] == "0000001" and meta["status"] == "success"
+
+
+@pytest.mark.parametrize(
+    "mode,size", [("keep_ratio", (96, 32)), ("border", (32, 32)), ("center_crop", (32, 32))]
+)
+def test_resize_modes(tmp_path, mode, size):
+    with ImageServer() as server:
+        rows = [{"url": f"{server.url}/img/big.png", "text": "wide", "license": None, "sha256": None}]
+        download(
+            [write_metadata(tmp_path / "urls.parquet", rows)],
+            config(tmp_path / "out", resize=mode, max_bytes=4_000_000),
+        )
+    with tarfile.open(tmp_path / "out" / "00000.tar") as tar:
+        assert Image.open(io.BytesIO(tar.extractfile("0000000.jpg").read())).size == size
+
+
+def test_keep_format_stores_the_servers_bytes(tmp_path):
+    with ImageServer() as server:
+        rows = [{"url": f"{server.url}/img/big.png", "text": "wide", "license": None, "sha256": None}]
+        download(
+            [write_metadata(tmp_path / "urls.parquet", rows)],
+            config(tmp_path / "out", resize="none", format="keep", max_bytes=4_000_000),
+        )
+    with tarfile.open(tmp_path / "out" / "00000.tar") as tar:
+        assert tar.extractfile("0000000.png").read() == IMAGES["big.png"]
+
+
+def test_private_addresses_are_refused_by_default(tmp_path):
+    with ImageServer() as server:
+        urls = [
+            f"{server.url}/img/0.jpg",
+            f"http://localhost:{server.port}/img/0.jpg",
+            f"http://[::1]:{server.port}/img/0.jpg",
+            "http://169.254.169.254/latest/meta-data/",
+        ]
+        rows = [{"url": u, "text": "x", "license": None, "sha256": None} for u in urls]
+        download(
+            [write_metadata(tmp_path / "urls.parquet", rows)],
+            config(tmp_path / "out", allow_private_network=False),
+        )
+        assert sum(server.hits.values()) == 0, "no request may reach a private address"
+    got = table(tmp_path / "out")
+    assert {r["outcome"] for r in got.values()} == {"blocked_address"}, got
+
+
+def test_address_and_robots_rules():
+    assert (
+        address_blocked("10.1.2.3") and address_blocked("::ffff:127.0.0.1") and address_blocked("224.0.0.1")
+    )
+    assert not address_blocked("93.184.216.34")
+    disallowed = ("noai", "noimageai", "noindex", "none")
+    assert robots_opt_out(["NoAI"], "recaption", disallowed) == "noai"
+    assert robots_opt_out(["recaption: noimageai, nofollow"], "recaption", disallowed) == "noimageai"
+    assert robots_opt_out(["otherbot: noai"], "recaption", disallowed) is None
+    assert robots_opt_out(["nofollow", "noarchive"], "recaption", disallowed) is None
+
+
+def test_retry_failed_merges_only_transient_failures(tmp_path):
+    with ImageServer() as server:
+        rows = [
+            {"url": server.url + p, "text": p, "license": None, "sha256": None}
+            for p in ["/img/0.jpg", "/maybe/1", "/404", "/maybe/2", "/img/1.jpg"]
+        ]
+        meta = write_metadata(tmp_path / "urls.parquet", rows)
+        download([meta], config(tmp_path / "out", retries=0))
+        first = table(tmp_path / "out")
+        assert first[server.url + "/maybe/1"]["http_status"] == 503
+        server.down = False
+        hits_before = server.hits.copy()
+        download([meta], config(tmp_path / "out", retries=0, retry_failed=True))
+        refetched = {p for p in server.hits if server.hits[p] > hits_before.get(p, 0)}
+    assert refetched == {"/maybe/1", "/maybe/2"}, "only transient failures are fetched again"
+    second = table(tmp_path / "out")
+    assert [second[u]["outcome"] for u in first] == ["ok", "ok", "http_error", "ok", "ok"]
+    assert second[server.url + "/img/0.jpg"] == first[server.url + "/img/0.jpg"]
+    members = tar_members(tmp_path / "out" / "00000.tar")
+    assert len(members) == len(set(members)) == 4 * 3  # no duplicates: 4 images x jpg/json/txt
+    # A plain rerun skips the complete shard and fetches nothing.
+    summary = download([meta], config(tmp_path / "out"))
+    assert [r.outcome for r in summary.results] == ["skipped"]
+
+
+def test_metadata_formats_read_the_same_rows(tmp_path):
+    import gzip
+
+    rows = [
+        {"url": f"https://example.org/{i}.jpg", "text": f"cap, with comma {i}", "license": f"L{i}"}
+        for i in range(5)
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "a.parquet")
+    lines = ["url,text,license"] + [f'{r["url"]},"{r["text"]}",{r["license"]}' for r in rows]
+    with gzip.open(tmp_path / "a.csv.gz", "wt") as f:
+        f.write("\n".join(lines) + "\n")
+    (tmp_path / "a.tsv").write_text(
+        "\n".join(["url\ttext\tlicense"] + [f"{r['url']}\t{r['text']}\t{r['license']}" for r in rows]) + "\n"
+    )
+    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    reader = MetadataReader("url", "text", None, ["license"])
+    expected = [(r["url"], r["text"], {"license": r["license"]}) for r in rows]
+    for name in ("a.parquet", "a.csv.gz", "a.tsv", "a.jsonl"):
+        got = [(r.url, r.caption, r.extra) for r in reader.rows([str(tmp_path / name)])]
+        assert got == expected, name
+    (tmp_path / "a.txt").write_text("\n".join(r["url"] for r in rows) + "\n")
+    assert [r.url for r in reader.rows([str(tmp_path / "a.txt")])] == [r["url"] for r in rows]
+
+
+def test_missing_url_column_is_a_clear_error(tmp_path):
+    from recaption.readers import InputError
+
+    meta = write_metadata(tmp_path / "urls.parquet", [{"link": "https://example.org/a.jpg"}])
+    with pytest.raises(InputError, match="no URL column 'url'.*--url-col"):
+        download([meta], config(tmp_path / "out"))
+
+
+def test_nothing_is_written_outside_the_output_folder(tmp_path):
+    with ImageServer() as server:
+        rows = [
+            {
+                "url": f"{server.url}/img/../../../0.jpg",
+                "text": "../../escape",
+                "license": "../x",
+                "sha256": None,
+            },
+            {
+                "url": f"{server.url}/img/%2e%2e%2f%2e%2e%2fpasswd",
+                "text": "/etc/passwd",
+                "license": None,
+                "sha256": None,
+            },
+        ]
+        (tmp_path / "in").mkdir()
+        meta = write_metadata(tmp_path / "in" / "urls.parquet", rows)
+        download([meta], config(tmp_path / "out"))
+    written = {p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file()}
+    assert all(p.parts[0] in ("in", "out") for p in written), written
+    assert {p.name for p in (tmp_path / "out").iterdir()} <= {
+        "00000.tar",
+        "00000.parquet",
+        "00000_stats.json",
+        "00000.done",
+    }
