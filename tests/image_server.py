@@ -18,7 +18,8 @@ class ImageServer:
     """Paths: /img/{name} (an image), /404, /flaky429/{n} (429 once, then the image), /500,
     /slow (headers, then a body that trickles), /truncated (Content-Length longer than the body),
     /html (a web page), /loop (redirects to itself), /redirect (to /img/0.jpg), /huge (a large
-    body), /optout (X-Robots-Tag: noai), /optout-other (X-Robots-Tag: otherbot: noai), /maybe/{n} (503 while `down`)."""
+    body), /optout (X-Robots-Tag: noai), /optout-other (X-Robots-Tag: otherbot: noai),
+    /maybe/{n} (503 while `down`)."""
 
     def __init__(self, huge_bytes: int = 400_000, slow_seconds: float = 5.0):
         self.hits: Counter = Counter()
