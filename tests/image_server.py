@@ -19,7 +19,7 @@ class ImageServer:
     /slow (headers, then a body that trickles), /truncated (Content-Length longer than the body),
     /html (a web page), /loop (redirects to itself), /redirect (to /img/0.jpg), /huge (a large
     body), /optout (X-Robots-Tag: noai), /optout-other (X-Robots-Tag: otherbot: noai),
-    /maybe/{n} (503 while `down`)."""
+    /maybe/{n} (503 while `down`), /delay/{name} (an image after 0.15 s)."""
 
     def __init__(self, huge_bytes: int = 400_000, slow_seconds: float = 5.0):
         self.hits: Counter = Counter()
@@ -36,6 +36,10 @@ class ImageServer:
             return web.Response(status=404)
         kind = "image/png" if name.endswith(".png") else "image/jpeg"
         return web.Response(body=IMAGES[name], content_type=kind)
+
+    async def _delayed(self, request: web.Request) -> web.Response:
+        await asyncio.sleep(0.15)
+        return await self._image(request)
 
     async def _route(self, request: web.Request) -> web.StreamResponse:
         path = request.path
@@ -88,6 +92,7 @@ class ImageServer:
     async def _start(self) -> None:
         app = web.Application()
         app.router.add_get("/img/{name}", self._image)
+        app.router.add_get("/delay/{name}", self._delayed)
         app.router.add_get("/{tail:.*}", self._route)
         self._runner = web.AppRunner(app)
         await self._runner.setup()

@@ -13,15 +13,18 @@ from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 from . import __version__
-from .batching import Batch, BatchStream, ShardStart, batch_loader, default_workers
 from .config import CaptionConfig, RunConfig
 from .engines import make_engine
 from .engines.base import slice_inputs
 from .readers import Shard, discover_shards
 from .sample import CAPTION_ERROR, Sample
 from .writer import OutputDir, ShardWriter
+
+if TYPE_CHECKING:
+    from .batching import Batch
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +176,8 @@ class CaptionPipeline:
             return summary
         if self.captioner.model is None:
             self.captioner.setup()
+        from .batching import Batch, BatchStream, batch_loader, default_workers  # torch: only here
+
         run = self.run_config
         batch_size = getattr(self.captioner, "batch_size", None) or self.caption.batch_size
         stream = BatchStream(todo, self.captioner.preparer, batch_size,
@@ -209,6 +214,8 @@ class CaptionPipeline:
 
     def _finish_item(self, item, work: Future | None, in_progress: dict, summary: RunSummary) -> None:
         """Consume one stream item in order: open a shard, write a captioned batch, or close a shard."""
+        from .batching import Batch, ShardStart
+
         if isinstance(item, ShardStart):
             self.progress.shard_started(item.shard)
             in_progress[item.shard.name] = _ShardInProgress(item.shard, self._open_writer(item.shard))
