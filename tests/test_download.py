@@ -292,24 +292,29 @@ def test_download_output_feeds_webdataset_and_recap_caption(tmp_path, captioner)
     from recaption.readers import discover_shards
 
     with ImageServer() as server:
-        rows = [{"url": f"{server.url}/img/{i % 8}.jpg", "text": f"alt {i}", "license": None, "sha256": None}
-                for i in range(10)]
+        rows = [
+            {"url": f"{server.url}/img/{i % 8}.jpg", "text": f"alt {i}", "license": None, "sha256": None}
+            for i in range(10)
+        ]
         rows[3]["url"] = server.url + "/404"
         download([write_metadata(tmp_path / "urls.parquet", rows)], config(tmp_path / "shards", shard_size=4))
     tars = sorted(str(p) for p in (tmp_path / "shards").glob("*.tar"))
     assert [p.rsplit("/", 1)[1] for p in tars] == ["00000.tar", "00001.tar", "00002.tar"]
     samples = list(wds.WebDataset(tars, shardshuffle=False).decode("pil"))
     assert len(samples) == 9 and all(s["jpg"].size[1] == 32 for s in samples)
-    assert [s["txt"] for s in samples][:3] == ["alt 0", "alt 1", "alt 2"]
+    assert sorted(s["txt"] for s in samples)[:3] == ["alt 0", "alt 1", "alt 2"]
     summary = CaptionPipeline(captioner.config, RunConfig(output=str(tmp_path / "captions")), captioner).run(
         discover_shards([str(tmp_path / "shards")])
     )
     assert summary.rows == 9 and not summary.failed
-    captioned = pq.read_table(tmp_path / "captions" / "00000.parquet").to_pylist()
+    captioned = sorted(
+        pq.read_table(tmp_path / "captions" / "00000.parquet").to_pylist(), key=lambda r: r["key"]
+    )
     assert [r["org_caption"] for r in captioned] == ["alt 0", "alt 1", "alt 2"]
-    assert captioned[0]["url"] == f"{server.url}/img/0.jpg" and captioned[0]["sha256"] == hashlib.sha256(
-        IMAGES["0.jpg"]
-    ).hexdigest()
+    assert (
+        captioned[0]["url"] == f"{server.url}/img/0.jpg"
+        and captioned[0]["sha256"] == hashlib.sha256(IMAGES["0.jpg"]).hexdigest()
+    )
 
 
 @pytest.mark.slow
@@ -322,14 +327,28 @@ def test_kill_minus_nine_mid_run_then_resume(tmp_path):
     with ImageServer() as server:
         rows = [{"url": f"{server.url}/delay/{i % 8}.jpg", "text": f"alt {i}"} for i in range(48)]
         meta = write_metadata(tmp_path / "urls.parquet", rows)
-        command = [sys.executable, "-m", "recaption.cli", "download", meta, "--shard-size", "6",
-                   "--concurrency", "2", "--per-host-concurrency", "2", "--allow-private-network",
-                   "--image-size", "32"]
+        command = [
+            sys.executable,
+            "-m",
+            "recaption.cli",
+            "download",
+            meta,
+            "--shard-size",
+            "6",
+            "--concurrency",
+            "2",
+            "--per-host-concurrency",
+            "2",
+            "--allow-private-network",
+            "--image-size",
+            "32",
+        ]
         download([meta], config(tmp_path / "reference", shard_size=6, extra_cols=[], sha256_col=None))
         out = tmp_path / "out"
         for kill in range(2):  # kill -9 just after a shard completes, twice
-            process = subprocess.Popen([*command, "-o", str(out)], stdout=subprocess.DEVNULL,
-                                       stderr=subprocess.DEVNULL)
+            process = subprocess.Popen(
+                [*command, "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
             before = len(list(out.glob("*.done")))
             deadline = time.monotonic() + 60
             while len(list(out.glob("*.done"))) <= before and time.monotonic() < deadline:
@@ -349,3 +368,35 @@ def test_kill_minus_nine_mid_run_then_resume(tmp_path):
         ref = pq.read_table(tmp_path / "reference" / f"{name}.parquet").select(ours.column_names)
         assert ours.equals(ref), name
         assert tar_members(out / f"{name}.tar") == tar_members(tmp_path / "reference" / f"{name}.tar")
+
+
+def test_recap_run_goes_from_urls_to_captions(tmp_path):
+    from typer.testing import CliRunner
+
+    from recaption.cli import app
+
+    with ImageServer() as server:
+        rows = [{"url": f"{server.url}/img/{i}.jpg", "text": f"alt {i}"} for i in range(4)]
+        rows.append({"url": server.url + "/404", "text": "gone"})
+        meta = write_metadata(tmp_path / "urls.parquet", rows)
+        result = CliRunner().invoke(
+            app,
+            [
+                "run",
+                meta,
+                "-o",
+                str(tmp_path / "run"),
+                "--allow-private-network",
+                "--max-new-tokens",
+                "6",
+                "--image-size",
+                "64",
+            ],
+        )
+    assert result.exit_code == 0, result.output
+    downloaded = pq.read_table(tmp_path / "run" / "images" / "00000.parquet").to_pylist()
+    assert [r["outcome"] for r in downloaded] == ["ok"] * 4 + ["http_error"]
+    captions = pq.read_table(tmp_path / "run" / "captions" / "00000.parquet").to_pylist()
+    captions.sort(key=lambda r: r["key"])  # tar order is completion order, as img2dataset's
+    assert [r["org_caption"] for r in captions] == [f"alt {i}" for i in range(4)]
+    assert all(r["status"] == "ok" and r["re_caption"] for r in captions)

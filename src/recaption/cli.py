@@ -207,6 +207,41 @@ def run_download_command(inputs: list[str], config) -> int:
     return 1 if summary.failed else 0
 
 
+@app.command("run")
+def run_cmd(
+    inputs: Annotated[list[str], typer.Argument(help="URL metadata (parquet, csv, tsv, jsonl, txt; .gz too).")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Run folder: images/ (shards) and captions/ go inside.")],
+    url_col: Annotated[str, typer.Option(help="Column holding the image URL.")] = "url",
+    caption_col: Annotated[str, typer.Option(help="Column holding the original caption ('' for none).")] = "text",
+    shard_size: Annotated[int, typer.Option(help="Rows per shard.")] = 10_000,
+    image_size: Annotated[int, typer.Option(help="Images are stored with this short side (keep_ratio).")] = 512,
+    concurrency: Annotated[int, typer.Option(help="Connections open at once.")] = 64,
+    allow_private_network: Annotated[bool, typer.Option(help="Allow hosts that resolve to private or loopback addresses.")] = False,
+    model: Annotated[str, typer.Option(help="'tiny', a local model folder or a hub id.")] = "tiny",
+    batch_size: Annotated[int, typer.Option(help="Images per generate call (0: automatic on GPU).")] = 8,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    max_new_tokens: Annotated[int, typer.Option(help="Generation limit per caption.")] = 128,
+) -> None:
+    """URLs to captions in one command: `recap download` into OUT/images, then `recap caption`
+    into OUT/captions. Both halves resume, so rerunning the command finishes an interrupted run."""
+    from .download import DownloadConfig
+
+    base = output.rstrip("/")
+    try:
+        download_cfg = DownloadConfig(
+            output=f"{base}/images", url_col=url_col, caption_col=caption_col or None, shard_size=shard_size,
+            image_size=image_size, concurrency=concurrency, allow_private_network=allow_private_network,
+        )
+        caption_cfg = CaptionConfig(model=model, batch_size=batch_size, device=device, max_new_tokens=max_new_tokens)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    code = run_download_command(inputs, download_cfg)
+    if code == 2:
+        raise typer.Exit(code)
+    caption_code = run_caption_command([f"{base}/images"], caption_cfg, RunConfig(output=f"{base}/captions"))
+    raise typer.Exit(max(code, caption_code))
+
+
 @app.command("demo")
 def demo_cmd(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the sample shard and the captions.")] = Path("recap-demo"),
