@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -62,29 +63,31 @@ def forget_shard(out: OutputDir, name: str) -> None:
 
 class DownloadShardWriter:
     def __init__(self, out: OutputDir, name: str, extra_cols: list[str], save_caption: bool):
-        import webdataset as wds
-
         self.out, self.name = out, name
         self.paths = shard_paths(out, name)
         self.extra_cols = extra_cols
         self.save_caption = save_caption
         out.fs.makedirs(out.root, exist_ok=True)
         self._file = out.fs.open(self.paths["tar"] + ".tmp", "wb")
-        self._tar = wds.TarWriter(self._file)
+        # The stdlib writes webdataset's convention ({key}.{ext} members, a sample's members
+        # together) directly; webdataset's TarWriter would import torch into the downloader.
+        self._tar = tarfile.open(fileobj=self._file, mode="w|")
         self.rows: dict[str, dict] = {}
 
     def add(self, row: dict, image: bytes | None = None, ext: str | None = None) -> None:
         """Record a row; a success also goes into the tar with its caption and metadata."""
         self.rows[row["key"]] = row
         if image is not None:
-            sample = {
-                "__key__": row["key"],
-                ext: image,
-                "json": json.dumps(row, default=str, ensure_ascii=False).encode(),
-            }
+            key = row["key"]
+            self._member(f"{key}.{ext}", image)
             if self.save_caption and row.get("caption") is not None:
-                sample["txt"] = row["caption"].encode()
-            self._tar.write(sample)
+                self._member(f"{key}.txt", row["caption"].encode())
+            self._member(f"{key}.json", json.dumps(row, default=str, ensure_ascii=False).encode())
+
+    def _member(self, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = len(data), int(time.time()), 0o444
+        self._tar.addfile(info, io.BytesIO(data))
 
     def copy_samples(self, tar_path: str, keys: set[str]) -> None:
         """Carry over the members of these keys from an existing tar (for --retry-failed)."""
@@ -92,7 +95,7 @@ class DownloadShardWriter:
             for member in old:
                 key = member.name.split("/")[-1].split(".", 1)[0]
                 if member.isfile() and key in keys:
-                    self._tar.tarstream.addfile(member, io.BytesIO(old.extractfile(member).read()))
+                    self._tar.addfile(member, io.BytesIO(old.extractfile(member).read()))
 
     def commit(self, stats: dict, provenance: dict) -> None:
         self._tar.close()

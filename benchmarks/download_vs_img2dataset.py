@@ -1,0 +1,243 @@
+"""`recap download` vs img2dataset on the same metadata, against the same loopback server, in one run.
+
+A local aiohttp server serves N distinct JPEGs (640 px, re-encoded bundled photos) with a fixed
+per-request latency standing in for the network. Both tools resize to 256 px (keep_ratio), encode
+JPEG, write webdataset tars of 1000 samples, with 64 connections/threads (img2dataset: 2
+processes x 64 threads on this 2-core machine). Runs alternate (ours, img2dataset, ours, ...).
+Printed per run: images/s and the peak RSS of the whole process tree (polled from /proc); then
+the medians and ratios; then that `recap caption`'s reader takes img2dataset's shards; then
+ours' peak RSS on inputs of growing size (rows that fail fast with 404, so only metadata flows).
+
+img2dataset pins webdataset<0.3 and pandas<3, so it lives in its own virtual environment:
+    python3 -m venv /tmp/i2d && /tmp/i2d/bin/pip install img2dataset
+    python benchmarks/download_vs_img2dataset.py --img2dataset-python /tmp/i2d/bin/python
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import date
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from aiohttp import web
+from PIL import Image
+
+from recaption.readers import discover_shards
+from recaption.shards import bundled_samples
+
+
+def make_images(n: int) -> list[bytes]:
+    photos = [Image.open(io.BytesIO(r.image)).convert("RGB").resize((640, 480)) for r in bundled_samples()]
+    images = []
+    for i in range(n):
+        img = photos[i % len(photos)].rotate((i // len(photos)) % 360)  # distinct bytes per URL
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=85)
+        images.append(buf.getvalue())
+    return images
+
+
+class Server:
+    def __init__(self, images: list[bytes], latency: float):
+        self.images, self.latency = images, latency
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    async def image(self, request: web.Request) -> web.Response:
+        await asyncio.sleep(self.latency)
+        index = int(request.match_info["i"])
+        if index >= len(self.images):
+            return web.Response(status=404)
+        return web.Response(body=self.images[index], content_type="image/jpeg")
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/{i}.jpg", self.image)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0, backlog=1024)
+        await site.start()
+        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+
+    def __enter__(self) -> Server:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.start(), self.loop).result()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def tree_rss(root: int) -> int:
+    """Resident memory of a process and all its descendants, in bytes."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/statm") as f:
+                rss[int(entry)] = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        total += rss.get(pid, 0)
+        stack += children.get(pid, [])
+    return total
+
+
+def timed(command: list[str]) -> tuple[float, int]:
+    """Wall seconds and peak process-tree RSS of a command (polled every 50 ms)."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd="/")
+    peak = 0
+    while process.poll() is None:
+        peak = max(peak, tree_rss(process.pid))
+        time.sleep(0.05)
+    seconds = time.perf_counter() - start
+    if process.returncode != 0:
+        raise RuntimeError(f"{command[0]} failed: {process.stderr.read().decode()[-2000:]}")
+    return seconds, peak
+
+
+def ours_command(meta: str, out: str, concurrency: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "recaption.cli",
+        "download",
+        meta,
+        "-o",
+        out,
+        "--allow-private-network",
+        "--caption-col",
+        "caption",
+        "--image-size",
+        "256",
+        "--resize",
+        "keep_ratio",
+        "--shard-size",
+        "1000",
+        "--concurrency",
+        str(concurrency),
+        "--per-host-concurrency",
+        str(concurrency),
+        "--retries",
+        "0",
+    ]
+
+
+def img2dataset_command(python: str, meta: str, out: str, threads: int) -> list[str]:
+    code = (
+        "from img2dataset import download; "
+        f"download(url_list={meta!r}, input_format='parquet', url_col='url', caption_col='caption', "
+        f"output_format='webdataset', output_folder={out!r}, processes_count=2, thread_count={threads}, "
+        "image_size=256, resize_mode='keep_ratio', number_sample_per_shard=1000, "
+        "distributor='multiprocessing', "
+        "enable_wandb=False, timeout=10, retries=0)"
+    )
+    return [python, "-c", code]
+
+
+def count_tar_samples(folder: str) -> int:
+    return sum(1 for shard in discover_shards([folder]) for sample in shard if sample.ok)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--img2dataset-python", required=True, help="a python with img2dataset installed")
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--latency-ms", type=float, default=20.0)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--memory-rows", default="20000,100000", help="input sizes for the RSS-vs-input check"
+    )
+    args = parser.parse_args()
+
+    print(
+        f"download_vs_img2dataset  {date.today()}  {platform.processor() or platform.machine()}  "
+        f"{os.cpu_count()} cores  {args.images} images  {args.latency_ms:g} ms latency per request"
+    )
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        Server(make_images(args.images), args.latency_ms / 1000) as server,
+    ):
+        meta = f"{tmp}/urls.parquet"
+        pq.write_table(
+            pa.table(
+                {
+                    "url": [f"{server.url}/{i}.jpg" for i in range(args.images)],
+                    "caption": [f"photo {i}" for i in range(args.images)],
+                }
+            ),
+            meta,
+        )
+        runs: dict[str, list[tuple[float, int]]] = {"recap download": [], "img2dataset": []}
+        for round_ in range(args.rounds):
+            for name in (
+                ["recap download", "img2dataset"] if round_ % 2 == 0 else ["img2dataset", "recap download"]
+            ):
+                out = f"{tmp}/{name.split()[0]}-{round_}"
+                command = (
+                    ours_command(meta, out, args.concurrency)
+                    if name == "recap download"
+                    else img2dataset_command(args.img2dataset_python, meta, out, args.concurrency)
+                )
+                seconds, peak = timed(command)
+                got = count_tar_samples(out)
+                runs[name].append((args.images / seconds, peak))
+                print(
+                    f"round {round_}  {name:15s} {args.images / seconds:8.1f} images/s  "
+                    f"peak RSS {peak / 2**20:7.1f} MiB  ({got} samples read back by recap's reader)"
+                )
+                if round_ < args.rounds - 1:
+                    shutil.rmtree(out)
+        rate = {k: statistics.median(r for r, _ in v) for k, v in runs.items()}
+        rss = {k: statistics.median(m for _, m in v) for k, v in runs.items()}
+        print(
+            f"median images/s: ours {rate['recap download']:.1f}, img2dataset {rate['img2dataset']:.1f}, "
+            f"ratio {rate['recap download'] / rate['img2dataset']:.2f}x"
+        )
+        print(
+            f"median peak RSS: ours {rss['recap download'] / 2**20:.0f} MiB, img2dataset "
+            f"{rss['img2dataset'] / 2**20:.0f} MiB, ratio {rss['recap download'] / rss['img2dataset']:.2f}x"
+        )
+
+        for rows in (int(x) for x in args.memory_rows.split(",")):
+            meta_big = f"{tmp}/urls-{rows}.parquet"
+            missing = args.images  # past the last image: the server answers 404 at once
+            pq.write_table(
+                pa.table(
+                    {
+                        "url": [f"{server.url}/{missing + i}.jpg" for i in range(rows)],
+                        "caption": [f"row {i}" for i in range(rows)],
+                    }
+                ),
+                meta_big,
+                row_group_size=10_000,
+            )
+            seconds, peak = timed(ours_command(meta_big, f"{tmp}/mem-{rows}", args.concurrency))
+            print(f"input of {rows:7d} rows: peak RSS {peak / 2**20:7.1f} MiB ({rows / seconds:.0f} rows/s)")
+
+
+if __name__ == "__main__":
+    main()
