@@ -400,3 +400,29 @@ def test_recap_run_goes_from_urls_to_captions(tmp_path):
     captions.sort(key=lambda r: r["key"])  # tar order is completion order, as img2dataset's
     assert [r["org_caption"] for r in captions] == [f"alt {i}" for i in range(4)]
     assert all(r["status"] == "ok" and r["re_caption"] for r in captions)
+
+
+def test_recap_caption_reads_a_shard_made_by_img2dataset(tmp_path, captioner):
+    """tests/data/img2dataset was written by img2dataset 1.47 itself (benchmarks/img2dataset_fixture.py)."""
+    from pathlib import Path
+
+    from recaption.config import RunConfig
+    from recaption.pipeline import CaptionPipeline
+    from recaption.readers import discover_shards
+
+    fixture = Path(__file__).parent / "data" / "img2dataset"
+    made_by_img2dataset = {r["key"]: r for r in pq.read_table(fixture / "00000.parquet").to_pylist()}
+    shards = discover_shards([str(fixture)])
+    assert [s.name for s in shards] == ["00000"]  # the tar, not img2dataset's metadata parquet
+    summary = CaptionPipeline(captioner.config, RunConfig(output=str(tmp_path / "out")), captioner).run(
+        shards
+    )
+    assert summary.rows == 6 and not summary.failed
+    for row in pq.read_table(tmp_path / "out" / "00000.parquet").to_pylist():
+        source = made_by_img2dataset[row["key"]]
+        assert source["status"] == "success" and row["status"] == "ok" and row["re_caption"]
+        assert (row["url"], row["org_caption"], row["sha256"]) == (
+            source["url"],
+            source["caption"],
+            source["sha256"],
+        )
