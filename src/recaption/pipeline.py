@@ -19,6 +19,7 @@ from . import __version__
 from .config import CaptionConfig, RunConfig
 from .engines import make_engine
 from .engines.base import slice_inputs
+from .quality.flags import is_boilerplate, is_repetitive
 from .readers import Shard, discover_shards
 from .sample import CAPTION_ERROR, Sample
 from .writer import OutputDir, ShardWriter
@@ -84,6 +85,8 @@ class _ShardInProgress:
         self.counts: Counter = Counter()
         self.tokens = 0
         self.truncated = 0
+        self.repetitive = 0
+        self.boilerplate = 0
         self.started = time.perf_counter()
 
     def add(self, batch: Batch, tokens: int) -> None:
@@ -91,6 +94,8 @@ class _ShardInProgress:
         self.counts.update(s.status for s in batch.samples)
         self.tokens += tokens
         self.truncated += sum(bool(s.re_truncated) for s in batch.samples)
+        self.repetitive += sum(bool(is_repetitive(s.re_caption)) for s in batch.samples)
+        self.boilerplate += sum(bool(is_boilerplate(s.re_caption)) for s in batch.samples)
 
     def finish(self, error: str | None, provenance: dict) -> ShardResult:
         seconds = time.perf_counter() - self.started
@@ -108,6 +113,11 @@ class _ShardInProgress:
             "images_per_second": round(self.counts.get("ok", 0) / seconds, 3) if seconds else None,
             "tokens_generated": self.tokens,
             "truncated": self.truncated,
+            "flag_rates": {  # over captioned (ok) rows
+                name: round(count / ok, 4) if (ok := self.counts.get("ok", 0)) else None
+                for name, count in (("re_truncated", self.truncated), ("re_repetition", self.repetitive),
+                                    ("re_boilerplate", self.boilerplate))
+            },
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             **provenance,
         })

@@ -26,6 +26,8 @@ CONDITIONAL_FIELDS = [
 # Ours: what happened to each row.
 OUTCOME_FIELDS = [
     pa.field("re_truncated", pa.bool_()),  # generation stopped at max_new_tokens
+    pa.field("re_repetition", pa.bool_()),  # a repeated-n-gram loop (quality/flags.py)
+    pa.field("re_boilerplate", pa.bool_()),  # opens with "The image shows..." and the like
     pa.field("status", pa.string()),  # "ok" or a short error kind
     pa.field("error", pa.string()),  # message when status is not ok
 ]

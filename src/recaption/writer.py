@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
+from .quality.flags import is_boilerplate, is_repetitive
 from .sample import Sample
 from .schema import METADATA_KEY, output_schema, word_count
 
@@ -33,6 +34,8 @@ def sample_row(sample: Sample, conditional: bool) -> dict:
         "re_gpt4v_score": None,
         "org_gpt4v_score": None,
         "re_truncated": sample.re_truncated,
+        "re_repetition": is_repetitive(sample.re_caption),
+        "re_boilerplate": is_boilerplate(sample.re_caption),
         "status": sample.status,
         "error": sample.error,
     }

@@ -1,0 +1,1 @@
+"""Caption quality: failure flags, CLIP scores, an LLM judge, and the report built on them."""

@@ -1,0 +1,55 @@
+"""Failure flags computed from the caption text alone.
+
+re_repetition: greedy decoding's loops ("a red car. a red car. a red car. ..."). Measure: the
+  share of the caption's word 4-grams (lower-cased, punctuation stripped) that already occurred
+  earlier in the same caption. Flagged at >= 0.3 with at least 3 repeated 4-grams: a natural
+  60-word description repeats a phrase like "in the background" once or twice (share < 0.1);
+  a caption that loops for even a third of its length crosses 0.3.
+re_boilerplate: the caption opens with a stock phrase ("The image shows", "This picture
+  depicts", "In this image, ...") that carries no content. Not an error, but peers' captioners
+  start most captions so and it costs tokens and CLIP-score headroom.
+re_truncated (from generation, not here): stopped at max_new_tokens.
+"""
+
+from __future__ import annotations
+
+import re
+
+REPETITION_N = 4
+REPETITION_THRESHOLD = 0.3
+REPETITION_MIN_REPEATS = 3
+
+_WORD = re.compile(r"[a-z0-9']+")
+_BOILERPLATE = re.compile(
+    r"^\s*(?:(?:the|this)\s+(?:image|picture|photo|photograph|scene|illustration)\s+"
+    r"(?:shows|depicts|features|displays|captures|presents|showcases|portrays|is\s+of|contains)"
+    r"|in\s+(?:this|the)\s+(?:image|picture|photo|photograph|scene)\b)",
+    re.IGNORECASE,
+)
+
+
+def repetition_rate(text: str | None, n: int = REPETITION_N) -> tuple[float, int]:
+    """(share of n-grams seen before in the text, how many such repeats)."""
+    words = _WORD.findall((text or "").lower())
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    if not grams:
+        return 0.0, 0
+    seen: set[tuple] = set()
+    repeats = 0
+    for gram in grams:
+        repeats += gram in seen
+        seen.add(gram)
+    return repeats / len(grams), repeats
+
+
+def is_repetitive(text: str | None) -> bool | None:
+    if text is None:
+        return None
+    rate, repeats = repetition_rate(text)
+    return rate >= REPETITION_THRESHOLD and repeats >= REPETITION_MIN_REPEATS
+
+
+def is_boilerplate(text: str | None) -> bool | None:
+    if text is None:
+        return None
+    return bool(_BOILERPLATE.match(text))
