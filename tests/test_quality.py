@@ -39,3 +39,129 @@ def test_repetition_flags_loops_not_natural_repeats():
 )
 def test_boilerplate_openers(text, expected):
     assert is_boilerplate(text) is expected
+
+
+# -- CLIP scores ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def scorer(tiny_model_dir):
+    from recaption.quality.clip import ClipScorer
+
+    s = ClipScorer("tiny-clip", device="cpu", batch_size=3)
+    s.setup()
+    return s
+
+
+def independent_scores(scorer, images, texts):
+    """CLIPModel's own forward: logits_per_image = logit_scale * cosine."""
+    import torch
+
+    tokens = scorer.tokenizer(texts, padding=True, truncation=True, max_length=77, return_tensors="pt")
+    pixels = scorer.image_processor(images=images, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        out = scorer.model(
+            input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"], pixel_values=pixels
+        )
+    return (100 * out.logits_per_image.diagonal() / scorer.model.logit_scale.exp()).tolist()
+
+
+def test_clip_score_matches_the_models_own_forward(scorer):
+    from PIL import Image
+
+    from .conftest import image_bytes
+
+    images = [
+        Image.open(__import__("io").BytesIO(image_bytes(50 + i, 40, seed=i))).convert("RGB") for i in range(5)
+    ]
+    texts = ["a red circle", "a blue square on a white background", "a cat", "two purple ellipses", "smoke"]
+    ours = [r.score for r in scorer.score(scorer.image_embeddings(scorer.pixel_values(images)), texts)]
+    assert ours == pytest.approx(independent_scores(scorer, images, texts), abs=1e-3)
+    assert len(set(ours)) == 5  # not a constant
+
+
+def test_long_texts_are_truncated_and_say_so(scorer):
+    from PIL import Image
+
+    image = Image.new("RGB", (64, 64), (200, 10, 10))
+    long_text = " ".join(["a red circle and a blue square"] * 20)  # ~140 words, over 77 tokens
+    results = scorer.score(
+        scorer.image_embeddings(scorer.pixel_values([image, image])), [long_text, "a red circle"]
+    )
+    assert [r.truncated for r in results] == [True, False]
+    assert results[0].score == pytest.approx(independent_scores(scorer, [image], [long_text])[0], abs=1e-3)
+
+
+def test_score_command_fills_columns_in_place_resumably(tmp_path, captioner, scorer):
+    import json
+
+    import pyarrow.parquet as pq
+
+    from recaption.config import RunConfig
+    from recaption.pipeline import CaptionPipeline
+    from recaption.quality.score import score_output
+    from recaption.readers import discover_shards
+
+    from .conftest import write_shards
+
+    shards = write_shards(tmp_path / "in", n_shards=2, per_shard=4)
+    out = tmp_path / "out"
+    CaptionPipeline(captioner.config, RunConfig(output=str(out)), captioner).run(discover_shards(shards))
+    before = pq.read_table(out / "00000.parquet")
+    assert before.column("re_clip_score").null_count == 4  # null until scored, never 0
+
+    summary = score_output(str(out), scorer)
+    assert summary.scored == ["00000", "00001"] and not summary.failed
+    after = pq.read_table(out / "00000.parquet")
+    assert after.num_rows == 4 and after.drop_columns(
+        ["re_clip_score", "org_clip_score", "re_clip_truncated", "org_clip_truncated"]
+    ).equals(
+        before.drop_columns(["re_clip_score", "org_clip_score", "re_clip_truncated", "org_clip_truncated"])
+    )
+    rows = after.to_pylist()
+    assert all(isinstance(r["re_clip_score"], float) and isinstance(r["org_clip_score"], float) for r in rows)
+    assert all(r["org_clip_truncated"] is False for r in rows)
+    assert json.loads(after.schema.metadata[b"recaption_scores"])["clip_model"] == "tiny-clip"
+    assert b"recaption" in after.schema.metadata  # the captioning provenance is kept
+    # The scores are those of the model's own forward on the same images and captions.
+    from recaption.images import decode_sample
+    from recaption.readers import open_shard
+
+    images = [decode_sample(s).image for s in open_shard(shards[0])]
+    assert [r["org_clip_score"] for r in rows] == pytest.approx(
+        independent_scores(scorer, images, [r["org_caption"] for r in rows]), abs=1e-3
+    )
+    # Rerun: nothing to do, file untouched.
+    stamp = (out / "00000.parquet").stat().st_mtime_ns
+    again = score_output(str(out), scorer)
+    assert again.skipped == ["00000", "00001"] and (out / "00000.parquet").stat().st_mtime_ns == stamp
+    assert not list(out.glob("*.tmp"))
+
+
+def test_scoring_in_the_caption_pass_equals_scoring_afterwards(tmp_path, captioner, scorer):
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from recaption.cli import app
+    from recaption.config import RunConfig
+    from recaption.pipeline import CaptionPipeline
+    from recaption.readers import discover_shards
+
+    from .conftest import write_shards
+
+    shards = write_shards(tmp_path / "in", n_shards=1, per_shard=5)
+    CaptionPipeline(
+        captioner.config, RunConfig(output=str(tmp_path / "same"), clip_model="tiny-clip"), captioner
+    ).run(discover_shards(shards))
+    CaptionPipeline(captioner.config, RunConfig(output=str(tmp_path / "after")), captioner).run(
+        discover_shards(shards)
+    )
+    result = CliRunner().invoke(
+        app, ["score", str(tmp_path / "after"), "--clip-model", "tiny-clip", "--device", "cpu"]
+    )
+    assert result.exit_code == 0, result.output
+    same = pq.read_table(tmp_path / "same" / "00000.parquet").to_pylist()
+    after = pq.read_table(tmp_path / "after" / "00000.parquet").to_pylist()
+    for column in ("re_clip_score", "org_clip_score"):
+        assert [r[column] for r in same] == pytest.approx([r[column] for r in after], abs=1e-3)
+        assert all(r[column] is not None for r in same)

@@ -31,6 +31,7 @@ class Batch:
     samples: list[Sample]
     inputs: Any = None
     conditional_inputs: Any = None
+    score_inputs: Any = None  # CLIP pixel values when scoring in the same pass
 
     @property
     def ok_samples(self) -> list[Sample]:
@@ -41,8 +42,10 @@ class Batch:
         to the GPU run asynchronously."""
         for name in ("inputs", "conditional_inputs"):
             value = getattr(self, name)
-            if value is not None:
+            if value is not None and hasattr(value, "items"):
                 setattr(self, name, type(value)({k: v.pin_memory() for k, v in value.items()}))
+        if self.score_inputs is not None:
+            self.score_inputs = self.score_inputs.pin_memory()
         return self
 
 
@@ -76,8 +79,9 @@ class BatchStream(IterableDataset):
     """ShardStart, Batch..., ShardEnd for every shard; worker k of n takes shards k, k+n, ..."""
 
     def __init__(self, shards: list[Shard], preparer, batch_size: int, conditional: bool,
-                 max_pixels: int, max_side: int | None):
+                 max_pixels: int, max_side: int | None, score_pixels=None):
         self.shards = shards
+        self.score_pixels = score_pixels  # images -> CLIP pixel values (picklable), or None
         self.preparer = preparer
         self.batch_size = batch_size
         self.conditional = conditional
@@ -106,6 +110,8 @@ class BatchStream(IterableDataset):
                 if self.conditional:
                     prompts = [self.preparer.conditional_prompt(s.org_caption) for s in ok]
                     batch.conditional_inputs = self.preparer.prepare(images, prompts)
+                if self.score_pixels is not None:
+                    batch.score_inputs = self.score_pixels(images)
             for s in ok:
                 s.image = None  # the tensors hold what the model needs; do not ship pixels twice
             yield batch

@@ -102,6 +102,8 @@ def caption_cmd(
     ray_address: Annotated[str | None, typer.Option(help="--executor ray: cluster to join (auto, ray://host:10001); default: start a local Ray.")] = None,
     ray_workers: Annotated[int | None, typer.Option(help="--executor ray: caption workers (default: one per GPU share in the cluster).")] = None,
     ray_gpus_per_worker: Annotated[float, typer.Option(help="--executor ray: GPU share per worker; 0.5 or 0.25 packs small models.")] = 1.0,
+    score: Annotated[bool, typer.Option(help="Also fill the CLIP-score columns in the same pass (images decoded once).")] = False,
+    clip_model: Annotated[str, typer.Option(help="CLIP for --score: hub id, local folder, or tiny-clip (built in).")] = "openai/clip-vit-large-patch14",
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Caption every image of INPUTS into one Recap-DataComp-1B-schema parquet per shard."""
@@ -126,7 +128,7 @@ def caption_cmd(
     from .readers import ColumnConfig
 
     columns = ColumnConfig(image=image_col, caption=caption_col, url=url_col, key=key_col)
-    run_cfg = RunConfig(output=output, overwrite=overwrite, workers=workers)
+    run_cfg = RunConfig(output=output, overwrite=overwrite, workers=workers, clip_model=clip_model if score else None)
     code = run_caption_command(inputs, caption_cfg, run_cfg, columns, executor_cfg)
     raise typer.Exit(code)
 
@@ -240,6 +242,25 @@ def run_cmd(
         raise typer.Exit(code)
     caption_code = run_caption_command([f"{base}/images"], caption_cfg, RunConfig(output=f"{base}/captions"))
     raise typer.Exit(max(code, caption_code))
+
+
+@app.command("score")
+def score_cmd(
+    output: Annotated[str, typer.Argument(help="An output folder of `recap caption`.")],
+    clip_model: Annotated[str, typer.Option(help="Hub id or local folder of a CLIP / SigLIP / long-text CLIP; tiny-clip is built in.")] = "openai/clip-vit-large-patch14",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Images per CLIP batch.")] = 64,
+    overwrite: Annotated[bool, typer.Option(help="Rescore files already scored by this model.")] = False,
+) -> None:
+    """Fill re_clip_score / org_clip_score (100 x cosine) and the length columns of finished shards, in place."""
+    from .quality.clip import ClipScorer
+    from .quality.score import score_output
+
+    summary = score_output(output, ClipScorer(clip_model, device=device, batch_size=batch_size), overwrite)
+    console.print(f"scored {len(summary.scored)} shard(s), skipped {len(summary.skipped)} already scored by {clip_model}")
+    for name, error in summary.failed.items():
+        console.print(f"[red]FAILED[/red] {name}: {error}")
+    raise typer.Exit(1 if summary.failed else 0)
 
 
 @app.command("demo")

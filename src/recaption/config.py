@@ -68,6 +68,7 @@ class RunConfig:
     workers: int | None = None
     prefetch_batches: int = 2  # batches each worker keeps ready
     row_group_rows: int = 1000
+    clip_model: str | None = None  # score in the same pass (images decoded once): CLIP id or folder
 
 
 @dataclass

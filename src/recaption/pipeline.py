@@ -190,8 +190,15 @@ class CaptionPipeline:
 
         run = self.run_config
         batch_size = getattr(self.captioner, "batch_size", None) or self.caption.batch_size
+        score_pixels = None
+        if run.clip_model:
+            from .quality.clip import ClipScorer
+
+            self.scorer = ClipScorer(run.clip_model, device=self.caption.device)
+            self.scorer.setup()
+            score_pixels = self.scorer.image_processor_call
         stream = BatchStream(todo, self.captioner.preparer, batch_size,
-                             self.caption.conditional, run.max_pixels, run.max_side)
+                             self.caption.conditional, run.max_pixels, run.max_side, score_pixels)
         device = str(self.captioner.device)
         workers = default_workers(device) if run.workers is None else run.workers
         loader = batch_loader(stream, workers, run.prefetch_batches, pin_memory=device.startswith("cuda"))
@@ -253,6 +260,10 @@ class CaptionPipeline:
             sample = self.caption.top_k > 0
             seed = batch_seed(self.caption.seed, batch.shard, batch.index) if sample else None
             tokens += self._generate_into(ok, batch.conditional_inputs, "conditional", seed)
+        if batch.score_inputs is not None:
+            from .quality.score import score_samples
+
+            score_samples(self.scorer, ok, batch.score_inputs)  # after captioning: rows that failed stay null
         return tokens
 
     def _generate_into(self, samples: list[Sample], inputs, target: str, seed: int | None) -> int:

@@ -34,6 +34,7 @@ class Sample:
     re_caption: str | None = None
     re_truncated: bool | None = None
     conditional_caption: str | None = None
+    scores: dict[str, Any] = field(default_factory=dict)  # re_clip_score, org_clip_score, ... when scored
 
     @property
     def ok(self) -> bool:

@@ -28,11 +28,15 @@ OUTCOME_FIELDS = [
     pa.field("re_truncated", pa.bool_()),  # generation stopped at max_new_tokens
     pa.field("re_repetition", pa.bool_()),  # a repeated-n-gram loop (quality/flags.py)
     pa.field("re_boilerplate", pa.bool_()),  # opens with "The image shows..." and the like
+    pa.field("re_clip_truncated", pa.bool_()),  # the caption was cut to the CLIP text window to score it
+    pa.field("org_clip_truncated", pa.bool_()),
     pa.field("status", pa.string()),  # "ok" or a short error kind
     pa.field("error", pa.string()),  # message when status is not ok
 ]
 
 METADATA_KEY = b"recaption"
+SCORES_METADATA_KEY = b"recaption_scores"  # which CLIP scored the file, when
+SCORE_COLUMNS = ("re_clip_score", "org_clip_score", "re_clip_truncated", "org_clip_truncated")
 
 
 def output_schema(conditional: bool) -> pa.Schema:

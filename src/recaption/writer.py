@@ -27,8 +27,8 @@ def sample_row(sample: Sample, conditional: bool) -> dict:
         "org_caption": sample.org_caption,
         "sha256": sample.sha256,
         "key": sample.key,
-        "re_clip_score": None,  # unknown until scored: null, never 0
-        "org_clip_score": None,
+        "re_clip_score": sample.scores.get("re_clip_score"),  # unknown until scored: null, never 0
+        "org_clip_score": sample.scores.get("org_clip_score"),
         "re_length": word_count(sample.re_caption),
         "org_length": word_count(sample.org_caption),
         "re_gpt4v_score": None,
@@ -36,6 +36,8 @@ def sample_row(sample: Sample, conditional: bool) -> dict:
         "re_truncated": sample.re_truncated,
         "re_repetition": is_repetitive(sample.re_caption),
         "re_boilerplate": is_boilerplate(sample.re_caption),
+        "re_clip_truncated": sample.scores.get("re_clip_truncated"),
+        "org_clip_truncated": sample.scores.get("org_clip_truncated"),
         "status": sample.status,
         "error": sample.error,
     }

@@ -66,14 +66,19 @@ def default_cache_dir() -> Path:
 
 def tiny_model_path(cache_dir: Path | None = None) -> Path:
     """Return the folder of the tiny model, building it there on first use."""
-    target = (cache_dir or default_cache_dir()) / "models" / f"tiny-llava-{TINY_MODEL_VERSION}"
+    return cached_build(f"tiny-llava-{TINY_MODEL_VERSION}", build_tiny_model, cache_dir)
+
+
+def cached_build(folder: str, build, cache_dir: Path | None = None) -> Path:
+    """`cache/models/{folder}`, made by `build(staging_dir)` on first use."""
+    target = (cache_dir or default_cache_dir()) / "models" / folder
     if (target / "config.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     # Build beside the target and rename, so concurrent workers never see a half-built model.
     staging = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=target.parent))
     try:
-        build_tiny_model(staging)
+        build(staging)
         try:
             os.replace(staging, target)
         except OSError:
