@@ -165,3 +165,90 @@ def test_scoring_in_the_caption_pass_equals_scoring_afterwards(tmp_path, caption
     for column in ("re_clip_score", "org_clip_score"):
         assert [r[column] for r in same] == pytest.approx([r[column] for r in after], abs=1e-3)
         assert all(r[column] is not None for r in same)
+
+
+# -- the judge ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "reply,expected",
+    [
+        ("Rating: 4", (4, "ok")),
+        ("The caption is accurate and fluent.\nRating: **5**", (5, "ok")),
+        ("3", (3, "ok")),
+        ("4/5 - fluent, one small error", (4, "ok")),
+        ("Rating: 7", (None, "out_of_range")),
+        ("Rating: 0", (None, "out_of_range")),
+        ("Rating: 3.5", (None, "out_of_range")),
+        ("I'm sorry, but I can't help with rating this image.", (None, "no_rating")),
+        ("Between 2 and 3, I'd say.", (None, "no_rating")),
+        ("", (None, "no_rating")),
+        (None, (None, "no_rating")),
+    ],
+)
+def test_judge_reply_parser(reply, expected):
+    from recaption.quality.judge import parse_rating
+
+    assert parse_rating(reply) == expected
+
+
+def test_judge_fills_ratings_on_a_sample_and_survives_bad_replies(tmp_path, captioner, monkeypatch, caplog):
+    import logging
+
+    import pyarrow.parquet as pq
+
+    from recaption.config import RunConfig
+    from recaption.pipeline import CaptionPipeline
+    from recaption.quality.judge import JudgeConfig, judge_output, selected
+    from recaption.readers import discover_shards
+
+    from .conftest import write_shards
+    from .openai_server import LoopbackServer, completion, prompt_of
+
+    async def judge(body, state):
+        prompt = prompt_of(body)
+        if "alt text number 1 " in prompt:
+            return 200, completion("I'm sorry, I can't rate this image."), {}
+        if "alt text number 2 " in prompt:
+            return 200, completion("Rating: 9"), {}
+        if "alt text number 6 " in prompt:
+            return 500, "internal error", {}
+        return 200, completion("Rating: 2" if "alt text" in prompt else "Rating: 5"), {}
+
+    monkeypatch.setenv("JUDGE_KEY", "sk-judge-secret")
+    caplog.set_level(logging.DEBUG)
+    shards = write_shards(tmp_path / "in", n_shards=1, per_shard=12)
+    out = tmp_path / "out"
+    CaptionPipeline(captioner.config, RunConfig(output=str(out)), captioner).run(discover_shards(shards))
+    with LoopbackServer(judge) as server:
+        config = JudgeConfig(
+            endpoints=[server.url],
+            model="judge-vlm",
+            fraction=0.5,
+            seed=1,
+            retries=1,
+            api_key_env="JUDGE_KEY",
+        )
+        summary = judge_output(str(out), config)
+        assert all(h["Authorization"] == "Bearer sk-judge-secret" for h in server.state.headers)
+        requests = len(server.state.requests)
+    rows = pq.read_table(out / "00000.parquet").to_pylist()
+    chosen = [r for r in rows if selected(r["key"], 0.5, 1)]
+    assert 0 < len(chosen) < 12 and summary.judged == {"00000": len(chosen)}
+    assert {1, 2, 6} <= {int(r["org_caption"].split()[3]) for r in chosen}  # the faulty replies are sampled
+    for r in rows:
+        if r not in chosen:
+            assert (r["re_gpt4v_score"], r["org_gpt4v_score"], r["org_judge_status"]) == (None, None, None)
+            continue
+        assert (r["re_gpt4v_score"], r["re_judge_status"]) == (5, "ok")
+        number = int(r["org_caption"].split()[3])
+        expected = {1: (None, "no_rating"), 2: (None, "out_of_range"), 6: (None, "request_failed")}.get(
+            number, (2, "ok")
+        )
+        assert (r["org_gpt4v_score"], r["org_judge_status"]) == expected
+    assert "sk-judge-secret" not in caplog.text
+    # Same settings again: nothing sent, nothing rewritten.
+    with LoopbackServer(judge) as server:
+        config.endpoints = [server.url]
+        assert judge_output(str(out), config).skipped == ["00000"] and not server.state.requests
+    assert requests >= 2 * len(chosen)

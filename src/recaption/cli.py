@@ -263,6 +263,36 @@ def score_cmd(
     raise typer.Exit(1 if summary.failed else 0)
 
 
+@app.command("judge")
+def judge_cmd(
+    output: Annotated[str, typer.Argument(help="An output folder of `recap caption`.")],
+    endpoint: Annotated[list[str], typer.Option(help="OpenAI-compatible server(s) taking images; repeat or comma-separate.")],
+    model: Annotated[str, typer.Option(help="Model name the server serves (e.g. gpt-4o, or a local VLM).")],
+    fraction: Annotated[float, typer.Option(help="Share of rows to judge, chosen by a hash of (seed, key).")] = 0.01,
+    seed: Annotated[int, typer.Option(help="Chooses the sample.")] = 0,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight.")] = 32,
+    retries: Annotated[int, typer.Option(help="Retries on timeouts, connection errors, 429 and 5xx.")] = 4,
+    request_timeout: Annotated[float, typer.Option(help="Seconds per request.")] = 120.0,
+    api_key_env: Annotated[str, typer.Option(help="Environment variable holding the API key (never logged).")] = "OPENAI_API_KEY",
+    overwrite: Annotated[bool, typer.Option(help="Judge again files already judged with these settings.")] = False,
+) -> None:
+    """Rate original and new captions 1-5 with the paper's GPT-4V prompt into re_/org_gpt4v_score."""
+    from .quality.judge import JudgeConfig, judge_output
+
+    try:
+        config = JudgeConfig(endpoints=_split(endpoint), model=model, fraction=fraction, seed=seed,
+                             concurrency=concurrency, retries=retries, request_timeout=request_timeout,
+                             api_key_env=api_key_env, overwrite=overwrite)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    summary = judge_output(output, config)
+    console.print(f"judged {sum(summary.judged.values())} row(s) in {len(summary.judged)} shard(s); "
+                  f"skipped {len(summary.skipped)} already judged")
+    for name, error in summary.failed.items():
+        console.print(f"[red]FAILED[/red] {name}: {error}")
+    raise typer.Exit(1 if summary.failed else 0)
+
+
 @app.command("demo")
 def demo_cmd(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the sample shard and the captions.")] = Path("recap-demo"),

@@ -30,6 +30,8 @@ OUTCOME_FIELDS = [
     pa.field("re_boilerplate", pa.bool_()),  # opens with "The image shows..." and the like
     pa.field("re_clip_truncated", pa.bool_()),  # the caption was cut to the CLIP text window to score it
     pa.field("org_clip_truncated", pa.bool_()),
+    pa.field("re_judge_status", pa.string()),  # judged rows: ok | no_rating | out_of_range | request_failed
+    pa.field("org_judge_status", pa.string()),
     pa.field("status", pa.string()),  # "ok" or a short error kind
     pa.field("error", pa.string()),  # message when status is not ok
 ]

@@ -38,6 +38,8 @@ def sample_row(sample: Sample, conditional: bool) -> dict:
         "re_boilerplate": is_boilerplate(sample.re_caption),
         "re_clip_truncated": sample.scores.get("re_clip_truncated"),
         "org_clip_truncated": sample.scores.get("org_clip_truncated"),
+        "re_judge_status": None,
+        "org_judge_status": None,
         "status": sample.status,
         "error": sample.error,
     }

@@ -1,0 +1,206 @@
+"""A judge: the paper's GPT-4V caption rating, sent to any OpenAI-compatible chat endpoint that
+takes images (vLLM, SGLang, a hosted API), the reply parsed to an int 1-5.
+
+The paper's prompt (Recap-DataComp-1B, sec. 4) is quoted abbreviated in our reference notes;
+JUDGE_PROMPT fills its ellipsis with the scale's ends and keeps its wording otherwise.
+Requests go through the OpenAI engine's client (concurrency, retries with backoff on 429 / 5xx /
+timeouts, Retry-After, the API key read from an environment variable and never logged).
+A fraction of each shard's rows is judged, chosen by a hash of (seed, key): the same rows on
+every rerun and on every machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..config import CaptionConfig
+from ..engines.openai_engine import OpenAICaptioner, image_data_url
+from ..images import decode_sample
+from ..writer import OutputDir
+from .score import done_shards, source_shard
+
+log = logging.getLogger(__name__)
+
+JUDGE_PROMPT = (
+    "[Image Caption] {caption}\n"
+    "Rate whether the caption is of high-quality and fluent and correctly matches the given image. "
+    "The rating should be 1-5, where 1 is the worst and 5 is the best. "
+    "Answer in the format:\nRating: (int)"
+)
+JUDGE_METADATA_KEY = b"recaption_judge"
+OK, NO_RATING, OUT_OF_RANGE, REQUEST_FAILED = "ok", "no_rating", "out_of_range", "request_failed"
+
+_RATING = re.compile(r"rating\s*[:=]?\s*\**\s*(-?\d+(?:\.\d+)?)", re.IGNORECASE)
+_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w.])")
+
+
+def parse_rating(reply: str | None) -> tuple[int | None, str]:
+    """(rating 1-5 or None, status). "Rating: 4" wins; else a reply whose only number is the
+    rating ("4", "4/5" counts the 4); anything else (a refusal, prose, 0, 7, 3.5) is no rating."""
+    if not reply:
+        return None, NO_RATING
+    match = _RATING.search(reply)
+    if match:
+        value = match.group(1)
+    else:
+        numbers = _NUMBER.findall(reply.replace("/5", " "))
+        if len(numbers) != 1:
+            return None, NO_RATING
+        value = numbers[0]
+    if "." in value and float(value) != int(float(value)):
+        return None, OUT_OF_RANGE
+    rating = int(float(value))
+    return (rating, OK) if 1 <= rating <= 5 else (None, OUT_OF_RANGE)
+
+
+def selected(key: str, fraction: float, seed: int) -> bool:
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") / 2**64 < fraction
+
+
+@dataclass
+class JudgeConfig:
+    endpoints: list[str]
+    model: str
+    fraction: float = 0.01
+    seed: int = 0
+    concurrency: int = 32
+    retries: int = 4
+    request_timeout: float = 120.0
+    api_key_env: str | None = "OPENAI_API_KEY"
+    overwrite: bool = False
+
+    def __post_init__(self):
+        if not 0 < self.fraction <= 1:
+            raise ValueError("--fraction must be in (0, 1]")
+
+    def stamp(self) -> dict:
+        return {"model": self.model, "fraction": self.fraction, "seed": self.seed, "prompt": JUDGE_PROMPT}
+
+
+@dataclass
+class JudgeSummary:
+    judged: dict[str, int] = field(default_factory=dict)  # shard -> rows judged
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def judge_output(output: str, config: JudgeConfig) -> JudgeSummary:
+    out = OutputDir(output)
+    summary = JudgeSummary()
+    client = OpenAICaptioner(
+        CaptionConfig(
+            engine="openai",
+            model=config.model,
+            endpoints=config.endpoints,
+            max_new_tokens=32,
+            concurrency=config.concurrency,
+            retries=config.retries,
+            request_timeout=config.request_timeout,
+            api_key_env=config.api_key_env,
+            batch_size=config.concurrency,
+        )
+    )
+    client.setup()
+    try:
+        for name in done_shards(out):
+            with out.fs.open(out.parquet(name), "rb") as f:
+                table = pq.read_table(f)
+            previous = json.loads((table.schema.metadata or {}).get(JUDGE_METADATA_KEY, b"{}"))
+            if previous == config.stamp() and not config.overwrite:
+                summary.skipped.append(name)
+                continue
+            try:
+                with out.fs.open(out.stats(name), "r") as f:
+                    source = json.load(f)["source"]
+                ratings = _judge_shard(client, source_shard(source, name), table, config)
+            except Exception as exc:  # a missing input shard: say which, go on
+                summary.failed[name] = f"{type(exc).__name__}: {exc}"
+                continue
+            _rewrite(out, name, table, ratings, config.stamp())
+            summary.judged[name] = len(ratings)
+    finally:
+        client.close()
+    return summary
+
+
+def _judge_shard(client: OpenAICaptioner, shard, table: pa.Table, config: JudgeConfig) -> dict[str, dict]:
+    rows = {r["key"]: r for r in table.select(["key", "re_caption", "org_caption", "status"]).to_pylist()}
+    chosen = {k for k, r in rows.items() if r["status"] == "ok" and selected(k, config.fraction, config.seed)}
+    ratings: dict[str, dict] = {}
+    batch: list[tuple[str, str, list]] = []  # (key, which caption, messages)
+    for sample in shard:
+        if sample.key not in chosen:
+            continue
+        image = decode_sample(sample).image
+        if image is None:
+            continue
+        url = image_data_url(image)
+        for which in ("re", "org"):
+            caption = rows[sample.key][f"{which}_caption"]
+            if caption:
+                text = JUDGE_PROMPT.format(caption=caption)
+                batch.append(
+                    (
+                        sample.key,
+                        which,
+                        [
+                            {
+                                "role": "user",
+                                "content": [
+                                    {"type": "image_url", "image_url": {"url": url}},
+                                    {"type": "text", "text": text},
+                                ],
+                            }
+                        ],
+                    )
+                )
+        if len(batch) >= config.concurrency:
+            _send(client, batch, ratings)
+            batch = []
+    if batch:
+        _send(client, batch, ratings)
+    return ratings
+
+
+def _send(client: OpenAICaptioner, batch: list, ratings: dict) -> None:
+    replies = client.generate([messages for _, _, messages in batch])
+    for (key, which, _), reply in zip(batch, replies, strict=True):
+        if reply.error is not None:
+            rating, status = None, REQUEST_FAILED
+            log.warning("judge request for %s failed: %s", key, reply.error)
+        else:
+            rating, status = parse_rating(reply.text)
+        ratings.setdefault(key, {})[which] = (rating, status)
+
+
+def _rewrite(out: OutputDir, name: str, table: pa.Table, ratings: dict, stamp: dict) -> None:
+    keys = table.column("key").to_pylist()
+    for which in ("re", "org"):
+        scores = [ratings.get(k, {}).get(which, (None, None)) for k in keys]
+        score_field = table.schema.field(f"{which}_gpt4v_score")
+        table = table.set_column(
+            table.schema.get_field_index(score_field.name),
+            score_field,
+            pa.array([s[0] for s in scores], type=pa.int64()),
+        )
+        status_field = table.schema.field(f"{which}_judge_status")
+        table = table.set_column(
+            table.schema.get_field_index(status_field.name),
+            status_field,
+            pa.array([s[1] for s in scores], type=pa.string()),
+        )
+    table = table.replace_schema_metadata(
+        {**(table.schema.metadata or {}), JUDGE_METADATA_KEY: json.dumps(stamp).encode()}
+    )
+    tmp = out.parquet(name) + ".judging.tmp"
+    with out.fs.open(tmp, "wb") as f:
+        pq.write_table(table, f)
+    out.fs.mv(tmp, out.parquet(name))
