@@ -252,3 +252,83 @@ def test_judge_fills_ratings_on_a_sample_and_survives_bad_replies(tmp_path, capt
         config.endpoints = [server.url]
         assert judge_output(str(out), config).skipped == ["00000"] and not server.state.requests
     assert requests >= 2 * len(chosen)
+
+
+# -- stats and report --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def scored_output(tmp_path, captioner, scorer):
+    from recaption.config import RunConfig
+    from recaption.pipeline import CaptionPipeline
+    from recaption.readers import discover_shards
+
+    from .conftest import write_shards
+
+    shards = write_shards(tmp_path / "in", n_shards=2, per_shard=6)
+    out = tmp_path / "out"
+    CaptionPipeline(captioner.config, RunConfig(output=str(out), clip_model="tiny-clip"), captioner).run(
+        discover_shards(shards)
+    )
+    return out
+
+
+def test_stats_vocabulary_overlap_is_the_papers_measure(scored_output):
+    import pyarrow.parquet as pq
+
+    from recaption.quality.stats import collect, words
+
+    stats = collect(str(scored_output))
+    rows = [r for n in ("00000", "00001") for r in pq.read_table(scored_output / f"{n}.parquet").to_pylist()]
+    re_vocab = {w for r in rows for w in words(r["re_caption"])}
+    org_vocab = {w for r in rows for w in words(r["org_caption"])}
+    overlap = stats.vocabulary_overlap
+    assert overlap["re_share_of_combined"] == pytest.approx(len(re_vocab) / len(re_vocab | org_vocab))
+    assert overlap["shared"] == len(re_vocab & org_vocab)
+    assert stats.rows == 12 and stats.status_counts == {"ok": 12}
+    assert len(stats.clip_scores["re"]) == 12
+    assert stats.summary()["length"]["org"]["mean"] == pytest.approx(sum(r["org_length"] for r in rows) / 12)
+
+
+def test_report_is_self_contained_and_renders_in_chromium(scored_output, tmp_path):
+    import re
+    import shutil
+    import subprocess
+
+    from recaption.quality.report import write_report
+
+    report = tmp_path / "report.html"
+    write_report(str(scored_output), str(report), gallery_size=5)
+    html = report.read_text()
+    assert not re.search(r'(src|href)\s*=\s*"(https?:)?//', html), "the report must fetch nothing"
+    assert "<script" not in html and "<link" not in html
+    assert html.count('<div class="card">') == 5 and html.count('src="data:image/jpeg;base64,') == 5
+    assert 'id="plot-length"' in html and 'id="plot-clip"' in html
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian's chromium package is not installed")
+    flags = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--window-size=1280,2400",
+    ]
+    shot = tmp_path / "report.png"
+    run = subprocess.run(
+        [*flags, f"--screenshot={shot}", report.as_uri()], capture_output=True, text=True, timeout=120
+    )
+    assert shot.exists() and shot.stat().st_size > 10_000, run.stderr[-2000:]
+    console_errors = [
+        line for line in run.stderr.splitlines() if "CONSOLE" in line and "ERROR" in line.upper()
+    ]
+    assert not console_errors, console_errors
+    dom = subprocess.run([*flags, "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=120)
+    gallery = dom.stdout[dom.stdout.index('id="gallery"') :]
+    assert gallery.count("<img") == 5, "the rendered gallery shows every sample's image"
+    from PIL import Image
+
+    assert Image.open(shot).size == (1280, 2400)

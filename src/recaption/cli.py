@@ -293,6 +293,53 @@ def judge_cmd(
     raise typer.Exit(1 if summary.failed else 0)
 
 
+@app.command("report")
+def report_cmd(
+    output: Annotated[str, typer.Argument(help="An output folder of `recap caption`.")],
+    report: Annotated[str, typer.Option("--output", "-o", help="HTML file to write.")] = "report.html",
+    gallery: Annotated[int, typer.Option(help="Samples in the gallery.")] = 24,
+    seed: Annotated[int, typer.Option(help="Chooses the gallery's samples.")] = 0,
+) -> None:
+    """Write one self-contained HTML report: statuses, lengths, scores, vocabulary, flags, gallery."""
+    from .quality.report import write_report
+
+    write_report(output, report, gallery, seed)
+    console.print(f"wrote {report}")
+
+
+@app.command("stats")
+def stats_cmd(
+    output: Annotated[str, typer.Argument(help="An output folder of `recap caption`.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """Print the numbers of an output folder: statuses, lengths, scores, vocabulary overlap, flag rates."""
+    import json
+
+    from .quality.stats import collect
+
+    stats = collect(output)
+    summary = stats.summary()
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    table = Table(title=f"recap stats: {output}", show_header=False)
+    table.add_row("shards", str(summary["shards"]))
+    table.add_row("rows", str(summary["rows"]))
+    for status, n in summary["status_counts"].items():
+        table.add_row(f"  status {status}", str(n))
+    for name in ("length", "clip_score", "judge_score"):
+        for which in ("re", "org"):
+            d = summary[name][which]
+            table.add_row(f"{which}_{name} mean / median", "-" if d is None else f"{d['mean']} / {d['median']}")
+    vocab = summary["vocabulary"]
+    table.add_row("vocabulary re / org / shared", f"{vocab['re_vocabulary']} / {vocab['org_vocabulary']} / {vocab['shared']}")
+    if vocab["re_share_of_combined"] is not None:
+        table.add_row("recaptions' share of the combined vocabulary", f"{100 * vocab['re_share_of_combined']:.2f}%")
+    for flag, rate in summary["flag_rates"].items():
+        table.add_row(f"{flag} rate", "-" if rate is None else f"{100 * rate:.2f}%")
+    console.print(table)
+
+
 @app.command("demo")
 def demo_cmd(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the sample shard and the captions.")] = Path("recap-demo"),
