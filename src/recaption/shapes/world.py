@@ -1,0 +1,177 @@
+"""The shapes world: seeded, deterministic images of 1-4 coloured shapes, with
+
+  description  the full truth, objects in reading order:
+               "a large red circle in the top left and a small blue square in the center"
+  alt_text     web-like and noisy: ONE object only, and
+                 - its colour wrong with probability WRONG_COLOUR_RATE (0.25),
+                 - its colour left out with probability NO_COLOUR_RATE (0.2),
+                 - unrelated words added with probability JUNK_RATE (0.3) ("stock photo", ...)
+  label        "{colour} {shape}" of the first object in reading order (24 classes), for
+               zero-shot classification
+
+Sample i of a world depends only on (seed, i), so any split into shards gives the same samples.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+SHAPES = ("circle", "square", "triangle", "diamond")
+COLOURS = {
+    "red": (220, 30, 30),
+    "green": (30, 160, 50),
+    "blue": (30, 70, 220),
+    "yellow": (240, 210, 20),
+    "purple": (140, 40, 170),
+    "orange": (245, 130, 20),
+}
+SIZES = {"small": 0.1, "large": 0.17}  # radius as a share of the side; neighbours never touch
+# Cells in reading order, as (name, centre x, centre y) in image-side units.
+CELLS = (
+    ("top left", 0.25, 0.25),
+    ("top right", 0.75, 0.25),
+    ("center", 0.5, 0.5),
+    ("bottom left", 0.25, 0.75),
+    ("bottom right", 0.75, 0.75),
+)
+WRONG_COLOUR_RATE = 0.25
+NO_COLOUR_RATE = 0.2
+JUNK_RATE = 0.3
+JUNK = (
+    "stock photo",
+    "free download",
+    "hd wallpaper",
+    "best price",
+    "image",
+    "clipart",
+    "vector art",
+    "high quality",
+    "buy now",
+    "royalty free",
+)
+CLASSES = tuple(f"{c} {s}" for c in COLOURS for s in SHAPES)
+
+
+@dataclass
+class ShapeObject:
+    shape: str
+    colour: str
+    size: str
+    position: str
+
+    def phrase(self) -> str:
+        return f"a {self.size} {self.colour} {self.shape} in the {self.position}"
+
+
+@dataclass
+class ShapeSample:
+    index: int
+    image: bytes  # PNG
+    objects: list[ShapeObject]
+    description: str
+    alt_text: str
+    label: str
+    extra: dict = field(default_factory=dict)
+
+
+def describe(objects: list[ShapeObject]) -> str:
+    phrases = [o.phrase() for o in objects]
+    return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+
+
+class ShapesWorld:
+    def __init__(self, seed: int = 0, image_size: int = 64):
+        self.seed = seed
+        self.image_size = image_size
+
+    def sample(self, index: int) -> ShapeSample:
+        rng = random.Random(f"shapes:{self.seed}:{index}")
+        cells = sorted(rng.sample(range(len(CELLS)), rng.randint(1, 4)))
+        objects = [
+            ShapeObject(rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.choice(list(SIZES)), CELLS[c][0])
+            for c in cells
+        ]
+        image = self._draw(objects, rng)
+        return ShapeSample(
+            index,
+            image,
+            objects,
+            describe(objects),
+            self._alt_text(objects, rng),
+            f"{objects[0].colour} {objects[0].shape}",
+        )
+
+    def _draw(self, objects: list[ShapeObject], rng: random.Random) -> bytes:
+        scale = 4  # draw large, then shrink: smooth edges, same pixels every time
+        side = self.image_size * scale
+        tint = tuple(rng.randint(225, 255) for _ in range(3))
+        canvas = Image.new("RGB", (side, side), tint)
+        draw = ImageDraw.Draw(canvas)
+        for obj in objects:
+            _, cx, cy = next(c for c in CELLS if c[0] == obj.position)
+            x, y, r = cx * side, cy * side, SIZES[obj.size] * side
+            colour = COLOURS[obj.colour]
+            if obj.shape == "circle":
+                draw.ellipse((x - r, y - r, x + r, y + r), fill=colour)
+            elif obj.shape == "square":
+                draw.rectangle((x - r * 0.85, y - r * 0.85, x + r * 0.85, y + r * 0.85), fill=colour)
+            elif obj.shape == "triangle":
+                draw.polygon([(x, y - r), (x - r, y + r * 0.8), (x + r, y + r * 0.8)], fill=colour)
+            else:  # diamond
+                draw.polygon([(x, y - r), (x + r, y), (x, y + r), (x - r, y)], fill=colour)
+        image = canvas.resize((self.image_size, self.image_size), Image.Resampling.LANCZOS)
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        return buf.getvalue()
+
+    @staticmethod
+    def _alt_text(objects: list[ShapeObject], rng: random.Random) -> str:
+        obj = rng.choice(objects)
+        colour = obj.colour
+        if rng.random() < WRONG_COLOUR_RATE:
+            colour = rng.choice([c for c in COLOURS if c != obj.colour])
+        words = [obj.shape] if rng.random() < NO_COLOUR_RATE else [colour, obj.shape]
+        if rng.random() < JUNK_RATE:
+            words = [rng.choice(JUNK)] + words if rng.random() < 0.5 else words + [rng.choice(JUNK)]
+        return " ".join(words)
+
+
+def write_shapes_shards(
+    folder: str | Path,
+    count: int,
+    seed: int = 0,
+    image_size: int = 64,
+    shard_size: int = 1000,
+    start: int = 0,
+) -> list[Path]:
+    """Samples start..start+count as img2dataset-layout tars: {key}.png, {key}.txt (alt-text),
+    {key}.json (url, description, label, objects)."""
+    from ..shards import ShardRecord, write_webdataset_shard
+
+    world = ShapesWorld(seed, image_size)
+    paths = []
+    for shard_id, first in enumerate(range(start, start + count, shard_size)):
+        records = []
+        for index in range(first, min(first + shard_size, start + count)):
+            s = world.sample(index)
+            records.append(
+                ShardRecord(
+                    image=s.image,
+                    caption=s.alt_text,
+                    url=f"shapes://{seed}/{index}",
+                    extension="png",
+                    extra={
+                        "description": s.description,
+                        "label": s.label,
+                        "objects": [vars(o) for o in s.objects],
+                    },
+                )
+            )
+        paths.append(Path(folder) / f"{shard_id:05d}.tar")
+        write_webdataset_shard(paths[-1], records, shard_id=shard_id)
+    return paths
