@@ -356,6 +356,63 @@ def shapes_cmd(
     console.print(f"wrote {len(paths)} shard(s) of shapes-world samples to {output}")
 
 
+@app.command("train-clip")
+def train_clip_cmd(
+    data: Annotated[list[str], typer.Argument(help="`recap caption` output folders (original + recaption per row) or image-text shards.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Folder for checkpoints and the final model.")],
+    p: Annotated[float, typer.Option("--p", help="Probability of training on the ORIGINAL caption (the paper's p); else the recaption.")] = 0.5,
+    concat: Annotated[bool, typer.Option(help="Train on 'original recaption' concatenated instead.")] = False,
+    text_length: Annotated[int, typer.Option(help="Text tokens (the paper: 128).")] = 128,
+    model: Annotated[str | None, typer.Option(help="CLIP folder to start from (default: a small CLIP built fresh).")] = None,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 500,
+    batch_size: Annotated[int, typer.Option(help="Pairs per step (per GPU under torchrun).")] = 64,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW; warmup then cosine).")] = 5e-4,
+    warmup: Annotated[int, typer.Option(help="Warmup steps.")] = 50,
+    save_every: Annotated[int, typer.Option(help="Checkpoint every N steps (a rerun resumes).")] = 250,
+    seed: Annotated[int, typer.Option(help="Seed for sampling batches and captions.")] = 0,
+    caption_field: Annotated[str | None, typer.Option(help="Plain shards: field with the original caption.")] = None,
+    recaption_field: Annotated[str | None, typer.Option(help="Plain shards: json field used as the recaption.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda.")] = "auto",
+) -> None:
+    """Train CLIP contrastively on a mix of original captions and recaptions (Recap-CLIP)."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from .training.clip_train import ClipTrainConfig, train_clip
+
+    try:
+        config = ClipTrainConfig(data=data, output=output, model=model, p=p, concat=concat, text_length=text_length,
+                                 steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, save_every=save_every,
+                                 seed=seed, caption_field=caption_field, recaption_field=recaption_field, device=device)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    result = train_clip(config)
+    console.print(f"trained {result['steps']} steps on {result['pairs']} pairs; final loss {result['losses'][-1]:.4f}" if result["losses"] else "nothing to train")
+
+
+@app.command("eval-retrieval")
+def eval_retrieval_cmd(
+    model: Annotated[str, typer.Argument(help="CLIP / SigLIP model folder or hub id.")],
+    data: Annotated[list[str], typer.Argument(help="Image-text shards (e.g. COCO / Flickr30k test in WebDataset, or a shapes test split).")],
+    caption_field: Annotated[str | None, typer.Option(help="Field with the caption to retrieve (default: the shard's caption; shapes: description).")] = None,
+    label_field: Annotated[str | None, typer.Option(help="Field with a class label, for zero-shot accuracy.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Evaluate on the first N pairs.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Image->text and text->image Recall@1/5/10, and zero-shot classification accuracy."""
+    import json
+
+    from .training.retrieval import evaluate
+
+    result = evaluate(model, data, caption_field, label_field, device=device, limit=limit)
+    if as_json:
+        print(json.dumps({"n": result.n, **result.metrics}, indent=2))
+        return
+    table = Table(title=f"retrieval on {result.n} pairs", show_header=False)
+    for name, value in result.metrics.items():
+        table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
+    console.print(table)
+
+
 @app.command("demo")
 def demo_cmd(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the sample shard and the captions.")] = Path("recap-demo"),

@@ -16,7 +16,7 @@ from pathlib import Path
 
 TINY_MODEL_NAME = "tiny"
 # Bump when the recipe below changes, so stale caches are rebuilt rather than reused.
-TINY_MODEL_VERSION = "v1"
+TINY_MODEL_VERSION = "v2"
 IMAGE_SIZE = 336
 PATCH_SIZE = 14
 
@@ -89,6 +89,14 @@ def cached_build(folder: str, build, cache_dir: Path | None = None) -> Path:
     return target
 
 
+def shapes_vocabulary() -> str:
+    """Every word the shapes world writes, so its models never see an unknown word."""
+    from ..shapes.world import CELLS, COLOURS, JUNK, SHAPES, SIZES
+
+    words = [*SHAPES, *COLOURS, *SIZES, *(c[0] for c in CELLS), *JUNK, "a", "in", "the", "and", ","]
+    return " ".join(words)
+
+
 def _build_tokenizer():
     """A word-level tokenizer over the corpus words: random weights then emit real words."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
@@ -97,7 +105,7 @@ def _build_tokenizer():
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     trainer = trainers.WordLevelTrainer(special_tokens=_SPECIAL_TOKENS + ["<unk>"], show_progress=False)
-    tok.train_from_iterator([_CORPUS], trainer=trainer)
+    tok.train_from_iterator([_CORPUS, shapes_vocabulary()], trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<|begin_of_text|>",

@@ -1,0 +1,235 @@
+"""`recap train-clip`: contrastive training of a transformers CLIPModel on original/recaption mixes.
+
+The paper's mixing (Recap-CLIP): each sample uses its ORIGINAL caption with probability p and
+its recaption with probability 1 - p, drawn anew every time the sample is seen; `concat` trains
+on "original recaption" instead. Text length defaults to the paper's 128 tokens (the text
+encoder's positions are set to it when the model is built fresh). AdamW, linear warmup then
+cosine decay, gradient clipping. Checkpoints (model folder + optimizer, scheduler, step, RNG)
+every `save_every` steps; a rerun resumes from the newest. Several GPUs: launch with torchrun,
+each rank draws its own batches and DDP averages gradients.
+
+The dataset is held in memory as preprocessed pixels (uint8): right for the shapes world and
+for evaluation-sized sets; web-scale training belongs in a streaming trainer (open_clip).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .data import Pair, image_text_pairs, recaptioned_pairs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ClipTrainConfig:
+    data: list[str]
+    output: str
+    model: str | None = None  # a CLIP folder to start from; None: a small CLIP built fresh
+    p: float = 0.5  # probability of the ORIGINAL caption (the paper's p)
+    concat: bool = False
+    text_length: int = 128
+    image_size: int = 64  # fresh models only
+    width: int = 128  # fresh models only: hidden size of both towers
+    layers: int = 2
+    steps: int = 500
+    batch_size: int = 64
+    lr: float = 5e-4
+    weight_decay: float = 0.1
+    warmup: int = 50
+    save_every: int = 250
+    seed: int = 0
+    caption_field: str | None = None  # plain shards: where the original caption is
+    recaption_field: str | None = None  # plain shards: a json field to use as the recaption
+    device: str = "auto"
+    log_every: int = 50
+
+    def __post_init__(self):
+        if not 0.0 <= self.p <= 1.0:
+            raise ValueError("p must be in [0, 1]")
+
+
+def choose_caption(pair: Pair, p: float, concat: bool, rng: random.Random) -> str:
+    """The caption a sample trains with this time (falls back to whichever exists)."""
+    if concat:
+        return " ".join(t for t in (pair.org, pair.re) if t)
+    use_original = rng.random() < p
+    text = pair.org if use_original else pair.re
+    return text or pair.re or pair.org or ""
+
+
+def load_pairs(config: ClipTrainConfig) -> list[Pair]:
+    pairs: list[Pair] = []
+    for item in config.data:
+        if Path(item).is_dir() and list(Path(item).glob("*.done")) and list(Path(item).glob("*_stats.json")):
+            pairs += list(recaptioned_pairs(item))
+        else:
+            pairs += list(
+                image_text_pairs([item], config.caption_field, recaption_field=config.recaption_field)
+            )
+    if not pairs:
+        raise ValueError(f"no image-text pairs in {config.data}")
+    return pairs
+
+
+def fresh_clip(config: ClipTrainConfig):
+    """A small CLIP for the shapes world: the tiny tokenizer (begin/end tokens added), a CLIP
+    image processor at `image_size`, text positions = text_length."""
+    from tokenizers.processors import TemplateProcessing
+    from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    from ..models.tiny import tiny_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path())
+    bos, eos = tokenizer.bos_token, tokenizer.eos_token
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+        single=f"{bos} $A {eos}",
+        special_tokens=[(bos, tokenizer.bos_token_id), (eos, tokenizer.eos_token_id)],
+    )
+    tokenizer.padding_side = "right"
+    tokenizer.model_max_length = config.text_length
+    heads = max(1, config.width // 32)
+    clip_config = CLIPConfig(
+        text_config=dict(
+            hidden_size=config.width,
+            intermediate_size=4 * config.width,
+            num_hidden_layers=config.layers,
+            num_attention_heads=heads,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=config.text_length,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+        vision_config=dict(
+            hidden_size=config.width,
+            intermediate_size=4 * config.width,
+            num_hidden_layers=config.layers,
+            num_attention_heads=heads,
+            image_size=config.image_size,
+            patch_size=max(4, config.image_size // 8),
+        ),
+        projection_dim=config.width,
+    )
+    torch.manual_seed(config.seed)
+    processor = CLIPImageProcessor(
+        size={"shortest_edge": config.image_size},
+        crop_size={"height": config.image_size, "width": config.image_size},
+    )
+    return CLIPModel(clip_config), tokenizer, processor
+
+
+def train_clip(config: ClipTrainConfig) -> dict:
+    from transformers import AutoImageProcessor, AutoModel, AutoTokenizer, get_cosine_schedule_with_warmup
+
+    from ..engines.transformers_engine import pick_device
+
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    rank = int(os.environ.get("RANK", "0"))
+    if distributed:
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    device = (
+        f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        if distributed and torch.cuda.is_available()
+        else pick_device(config.device)
+    )
+    out = Path(config.output)
+    resume = latest_checkpoint(out)
+    source = resume or config.model
+    if source:
+        model = AutoModel.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        processor = AutoImageProcessor.from_pretrained(source)
+    else:
+        model, tokenizer, processor = fresh_clip(config)
+    tokenizer.padding_side = "right"
+    model.to(device).train()
+    pairs = load_pairs(config)
+    pixels = torch.cat(
+        [
+            processor(images=[p.image for p in pairs[i : i + 256]], return_tensors="pt")["pixel_values"]
+            for i in range(0, len(pairs), 256)
+        ]
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup, config.steps)
+    step, rng = 0, random.Random(config.seed * 1000 + rank)
+    if resume:
+        state = torch.load(Path(resume) / "trainer_state.pt", weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, rng = state["step"], state["rng"]
+        log.info("resumed from %s at step %d", resume, step)
+    trained = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
+    window = min(
+        config.text_length, getattr(model.config.text_config, "max_position_embeddings", config.text_length)
+    )
+    losses = []
+    while step < config.steps:
+        batch = rng.sample(range(len(pairs)), min(config.batch_size, len(pairs)))
+        texts = [choose_caption(pairs[i], config.p, config.concat, rng) for i in batch]
+        tokens = tokenizer(texts, padding=True, truncation=True, max_length=window, return_tensors="pt").to(
+            device
+        )
+        output = trained(
+            input_ids=tokens["input_ids"],
+            attention_mask=tokens["attention_mask"],
+            pixel_values=pixels[batch].to(device),
+            return_loss=True,
+        )
+        output.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        losses.append(output.loss.item())
+        if step % config.log_every == 0 or step == config.steps:
+            log.info(
+                "step %d loss %.4f lr %.2e",
+                step,
+                sum(losses[-config.log_every :]) / len(losses[-config.log_every :]),
+                scheduler.get_last_lr()[0],
+            )
+        if rank == 0 and (step % config.save_every == 0 or step == config.steps):
+            save_checkpoint(
+                out / f"checkpoint-{step:07d}", model, tokenizer, processor, optimizer, scheduler, step, rng
+            )
+    if rank == 0:
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        processor.save_pretrained(out)
+        summary = {
+            "steps": step,
+            "pairs": len(pairs),
+            "losses": losses,
+            "config": {k: v for k, v in asdict(config).items() if k != "history"},
+        }
+        (out / "train_summary.json").write_text(json.dumps(summary))
+    if distributed:
+        torch.distributed.destroy_process_group()
+    return {"steps": step, "losses": losses, "pairs": len(pairs)}
+
+
+def save_checkpoint(folder: Path, model, tokenizer, processor, optimizer, scheduler, step: int, rng) -> None:
+    tmp = folder.with_name(folder.name + ".tmp")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step, "rng": rng},
+        tmp / "trainer_state.pt",
+    )
+    os.replace(tmp, folder)  # a checkpoint is there whole, or not at all
+
+
+def latest_checkpoint(output: Path) -> str | None:
+    found = sorted(output.glob("checkpoint-*[0-9]")) if output.exists() else []
+    return str(found[-1]) if found else None

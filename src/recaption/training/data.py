@@ -1,0 +1,70 @@
+"""Image-text pairs for training and evaluation, from any shards or from a caption output folder.
+
+image_text_pairs(inputs)    tars / parquet / folders: the caption (or a json field) and a label
+recaptioned_pairs(outdir)   `recap caption` output: each row's original caption and recaption,
+                            with the image read from the row's input shard
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pyarrow.parquet as pq
+
+from ..images import decode_sample
+from ..readers import ColumnConfig, discover_shards
+from ..writer import OutputDir
+
+
+@dataclass
+class Pair:
+    key: str
+    image: object  # RGB PIL image
+    org: str | None  # the original caption
+    re: str | None = None  # the recaption, when there is one
+    label: str | None = None
+
+
+def image_text_pairs(
+    inputs: list[str],
+    caption_field: str | None = None,
+    label_field: str | None = None,
+    recaption_field: str | None = None,
+    max_side: int = 512,
+) -> Iterator[Pair]:
+    extra = tuple(f for f in (label_field, recaption_field) if f)
+    columns = ColumnConfig(caption=caption_field, extra=extra)
+    for shard in discover_shards(inputs, columns):
+        for sample in shard:
+            decode_sample(sample, max_side=max_side)
+            if sample.ok:
+                yield Pair(
+                    sample.key,
+                    sample.image,
+                    sample.org_caption,
+                    sample.extra.get(recaption_field) if recaption_field else None,
+                    sample.extra.get(label_field) if label_field else None,
+                )
+
+
+def recaptioned_pairs(output: str, max_side: int = 512) -> Iterator[Pair]:
+    from ..quality.score import done_shards, source_shard
+
+    out = OutputDir(output)
+    for name in done_shards(out):
+        with out.fs.open(out.parquet(name), "rb") as f:
+            rows = {
+                r["key"]: r
+                for r in pq.read_table(f, columns=["key", "org_caption", "re_caption", "status"]).to_pylist()
+            }
+        with out.fs.open(out.stats(name), "r") as f:
+            shard = source_shard(json.load(f)["source"], name)
+        for sample in shard:
+            row = rows.get(sample.key)
+            if row is None or row["status"] != "ok":
+                continue
+            decode_sample(sample, max_side=max_side)
+            if sample.ok:
+                yield Pair(sample.key, sample.image, row["org_caption"], row["re_caption"])

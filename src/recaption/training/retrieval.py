@@ -1,0 +1,79 @@
+"""Retrieval and zero-shot evaluation of a CLIP-style dual encoder.
+
+image->text Recall@K: for image i, is its own caption among the K texts most similar to it;
+text->image likewise. Each image has one caption (its row's), so ranks are over N candidates.
+Zero-shot classification: each image's label against prompts "a {label}" for every label seen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..quality.clip import ClipScorer
+from .data import image_text_pairs
+
+KS = (1, 5, 10)
+
+
+def recall_at_k(similarity: torch.Tensor, ks: tuple[int, ...] = KS) -> dict[str, float]:
+    """similarity[i, j] = image i vs text j; the match of image i is text i."""
+    n = similarity.shape[0]
+    target = torch.arange(n)
+    # Rank of the correct item = how many candidates score strictly higher.
+    i2t = (similarity > similarity[target, target].unsqueeze(1)).sum(1)
+    t2i = (similarity.T > similarity[target, target].unsqueeze(1)).sum(1)
+    out = {}
+    for k in ks:
+        out[f"image_to_text_R@{k}"] = (i2t < k).float().mean().item()
+        out[f"text_to_image_R@{k}"] = (t2i < k).float().mean().item()
+    return out
+
+
+@dataclass
+class EvalResult:
+    n: int
+    metrics: dict[str, float]
+
+
+def evaluate(
+    model: str,
+    data: list[str],
+    caption_field: str | None = None,
+    label_field: str | None = None,
+    device: str = "auto",
+    batch_size: int = 64,
+    limit: int | None = None,
+) -> EvalResult:
+    scorer = ClipScorer(model, device=device, batch_size=batch_size)
+    scorer.setup()
+    images, texts, labels = [], [], []
+    for pair in image_text_pairs(data, caption_field, label_field):
+        images.append(pair.image)
+        texts.append(pair.org or "")
+        labels.append(pair.label)
+        if limit and len(images) >= limit:
+            break
+    image_emb = torch.cat(
+        [
+            scorer.image_embeddings(scorer.pixel_values(images[i : i + batch_size])).float().cpu()
+            for i in range(0, len(images), batch_size)
+        ]
+    )
+    text_emb = torch.cat(
+        [
+            scorer.text_embeddings(texts[i : i + batch_size]).float().cpu()
+            for i in range(0, len(texts), batch_size)
+        ]
+    )
+    metrics = recall_at_k(image_emb @ text_emb.T)
+    if label_field and all(label is not None for label in labels):
+        classes = sorted(set(labels))
+        class_emb = scorer.text_embeddings([f"a {c}" for c in classes]).float().cpu()
+        predicted = (image_emb @ class_emb.T).argmax(1).tolist()
+        metrics["zero_shot_accuracy"] = sum(
+            classes[p] == y for p, y in zip(predicted, labels, strict=True)
+        ) / len(labels)
+        metrics["zero_shot_classes"] = len(classes)
+    return EvalResult(len(images), metrics)
