@@ -146,7 +146,6 @@ class TransformersCaptioner:
         return engine
 
     def attach(self, model, processor, family: ModelFamily) -> None:
-        import torch
 
         self.model, self.processor, self.family = model, processor, family
         tokenizer = processor.tokenizer
@@ -160,7 +159,6 @@ class TransformersCaptioner:
         self.preparer = BatchPreparer(processor, family, self.config)
         self.plain_prompt = self.preparer.plain_prompt
         self.batch_size = self.config.batch_size or auto_batch_size(model, self.device, self.config)
-        torch.set_grad_enabled(False)
 
     def conditional_prompt(self, caption: str | None) -> str:
         return self.preparer.conditional_prompt(caption)

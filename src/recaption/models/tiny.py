@@ -16,7 +16,7 @@ from pathlib import Path
 
 TINY_MODEL_NAME = "tiny"
 # Bump when the recipe below changes, so stale caches are rebuilt rather than reused.
-TINY_MODEL_VERSION = "v2"
+TINY_MODEL_VERSION = "v3"
 IMAGE_SIZE = 336
 PATCH_SIZE = 14
 
@@ -162,6 +162,10 @@ def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
     )
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        # Random weights: keep the end token's logit at 0 so it (almost) never wins and every
+        # caption runs to max_new_tokens, as before; a trained model learns when to stop.
+        model.lm_head.weight[tokenizer.eos_token_id].zero_()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id

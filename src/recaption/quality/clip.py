@@ -54,7 +54,6 @@ class ClipScorer:
         text_config = getattr(self.model.config, "text_config", self.model.config)
         self.window = int(text_config.max_position_embeddings)
         self.pad_to_window = self.model.config.model_type == "siglip"  # trained on max-length padding
-        torch.set_grad_enabled(False)
         log.info("CLIP scorer %s on %s, text window %d", source, self.device, self.window)
 
     def pixel_values(self, images: list):
