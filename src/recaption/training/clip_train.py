@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from .checkpoints import latest_checkpoint, load_state, save_checkpoint
 from .data import Pair, image_text_pairs, recaptioned_pairs
 
 log = logging.getLogger(__name__)
@@ -162,7 +163,7 @@ def train_clip(config: ClipTrainConfig) -> dict:
     scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup, config.steps)
     step, rng = 0, random.Random(config.seed * 1000 + rank)
     if resume:
-        state = torch.load(Path(resume) / "trainer_state.pt", weights_only=False)
+        state = load_state(resume)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, rng = state["step"], state["rng"]
@@ -200,7 +201,7 @@ def train_clip(config: ClipTrainConfig) -> dict:
             )
         if rank == 0 and (step % config.save_every == 0 or step == config.steps):
             save_checkpoint(
-                out / f"checkpoint-{step:07d}", model, tokenizer, processor, optimizer, scheduler, step, rng
+                out / f"checkpoint-{step:07d}", [model, tokenizer, processor], optimizer, scheduler, step, rng
             )
     if rank == 0:
         model.save_pretrained(out)
@@ -216,20 +217,3 @@ def train_clip(config: ClipTrainConfig) -> dict:
     if distributed:
         torch.distributed.destroy_process_group()
     return {"steps": step, "losses": losses, "pairs": len(pairs)}
-
-
-def save_checkpoint(folder: Path, model, tokenizer, processor, optimizer, scheduler, step: int, rng) -> None:
-    tmp = folder.with_name(folder.name + ".tmp")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step, "rng": rng},
-        tmp / "trainer_state.pt",
-    )
-    os.replace(tmp, folder)  # a checkpoint is there whole, or not at all
-
-
-def latest_checkpoint(output: Path) -> str | None:
-    found = sorted(output.glob("checkpoint-*[0-9]")) if output.exists() else []
-    return str(found[-1]) if found else None
