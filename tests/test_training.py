@@ -114,3 +114,74 @@ def test_eval_retrieval_on_the_trained_model(shapes, tmp_path):
     metrics = json.loads(result.output[result.output.index("{") :])
     assert metrics["n"] == 64 and metrics["zero_shot_classes"] <= 24
     assert metrics["image_to_text_R@10"] > 10 / 64 * 1.5, "better than chance after a little training"
+
+
+def test_captioner_training_recipe(shapes, tmp_path):
+    from transformers import LlavaForConditionalGeneration
+
+    from recaption.training.captioner_train import CaptionerTrainConfig, fresh_llava, train_captioner
+
+    config = CaptionerTrainConfig(
+        data=[str(shapes / "train")],
+        output=str(tmp_path / "cap"),
+        stage1_steps=6,
+        stage2_steps=30,
+        batch_size=16,
+        width=32,
+        layers=1,
+        warmup=2,
+        save_every=6,
+        stage2_lr=3e-3,
+        device="cpu",
+    )
+    before, _ = fresh_llava(config)
+    result = train_captioner(config)
+    history = result["history"]
+    assert len(history["stage1"]) == 6 and len(history["stage2"]) == 30
+    assert sum(history["stage2"][-5:]) / 5 < sum(history["stage2"][:5]) / 5 - 0.5, "stage 2 learns"
+    after = LlavaForConditionalGeneration.from_pretrained(tmp_path / "cap")
+
+    def same(a, b):
+        return all(
+            torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+        )
+
+    assert same(before.model.vision_tower, after.model.vision_tower), "the vision tower stays frozen"
+    assert not same(before.model.multi_modal_projector, after.model.multi_modal_projector)
+    assert not same(before.model.language_model, after.model.language_model)
+    assert (tmp_path / "cap" / "checkpoint-s1-0000006").is_dir() and (
+        tmp_path / "cap" / "checkpoint-s2-0000030"
+    ).is_dir()
+    # More stage-2 steps resume from the newest checkpoint.
+    config.stage2_steps = 36
+    again = train_captioner(config)
+    assert len(again["history"]["stage2"]) == 36 and again["history"]["stage2"][:30] == history["stage2"]
+
+
+def test_only_the_answer_is_learned(tmp_path):
+    from recaption.models.registry import LLAVA_1_5
+    from recaption.training.captioner_train import (
+        CaptionerTrainConfig,
+        ConversationBatcher,
+        Example,
+        fresh_llava,
+    )
+
+    _, processor = fresh_llava(CaptionerTrainConfig(data=[], output=str(tmp_path), width=32, layers=1))
+    batcher = ConversationBatcher(processor, LLAVA_1_5)
+    pixels = torch.zeros(3, 64, 64)
+    batch = batcher(
+        [Example(pixels, None, None)] * 2,
+        "Describe it.",
+        ["a red circle", "a small blue square in the center"],
+    )
+    labels, ids = batch["labels"], batch["input_ids"]
+    prompt = len(batcher.prompt_ids("Describe it."))
+    assert (labels[:, :prompt] == -100).all()
+    answer = processor.tokenizer("a red circle", add_special_tokens=False)["input_ids"] + [
+        processor.tokenizer.eos_token_id
+    ]
+    assert labels[0, prompt : prompt + len(answer)].tolist() == answer
+    assert (labels[0, prompt + len(answer) :] == -100).all() and (
+        ids[0, prompt + len(answer) :] == processor.tokenizer.pad_token_id
+    ).all()

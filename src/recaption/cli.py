@@ -388,6 +388,49 @@ def train_clip_cmd(
     console.print(f"trained {result['steps']} steps on {result['pairs']} pairs; final loss {result['losses'][-1]:.4f}" if result["losses"] else "nothing to train")
 
 
+@app.command("train-captioner")
+def train_captioner_cmd(
+    data: Annotated[list[str], typer.Argument(help="Image shards with a short caption and a detailed description (shapes world: recap shapes).")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Folder for checkpoints and the final model.")],
+    model: Annotated[str | None, typer.Option(help="LlavaForConditionalGeneration folder to start from (default: a small one built fresh).")] = None,
+    vision_tower: Annotated[str | None, typer.Option(help="Fresh models: CLIP folder whose vision tower to use (e.g. from recap train-clip).")] = None,
+    stage1_field: Annotated[str | None, typer.Option(help="Stage 1 caption field (default: the shard's caption).")] = None,
+    stage2_field: Annotated[str, typer.Option(help="Stage 2 target: json field with the detailed description.")] = "description",
+    stage1_steps: Annotated[int, typer.Option(help="Stage 1 steps (projector only).")] = 200,
+    stage2_steps: Annotated[int, typer.Option(help="Stage 2 steps (projector + language model).")] = 1500,
+    batch_size: Annotated[int, typer.Option(help="Conversations per step (per GPU under torchrun).")] = 32,
+    save_every: Annotated[int, typer.Option(help="Checkpoint every N steps (a rerun resumes).")] = 500,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda.")] = "auto",
+) -> None:
+    """Train a captioner with the LLaVA-1.5 recipe (stage 1 projector, stage 2 projector + LM; vision frozen)."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from .training.captioner_train import CaptionerTrainConfig, train_captioner
+
+    config = CaptionerTrainConfig(data=data, output=output, model=model, vision_tower=vision_tower,
+                                  stage1_field=stage1_field, stage2_field=stage2_field, stage1_steps=stage1_steps,
+                                  stage2_steps=stage2_steps, batch_size=batch_size, save_every=save_every, seed=seed,
+                                  device=device)
+    result = train_captioner(config)
+    console.print(f"trained on {result['examples']} examples; saved to {output}")
+
+
+@app.command("eval-captioner")
+def eval_captioner_cmd(
+    model: Annotated[str, typer.Argument(help="Captioner folder, or tiny.")],
+    images: Annotated[int, typer.Option(help="Held-out shapes-world images.")] = 200,
+    seed: Annotated[int, typer.Option(help="World seed.")] = 0,
+    start: Annotated[int, typer.Option(help="First sample index (keep it outside the training range).")] = 200_000,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda.")] = "auto",
+) -> None:
+    """Share of objects described with the right colour and shape, and a CHAIR-style hallucination rate."""
+    import json
+
+    from .training.caption_eval import evaluate_captioner
+
+    console.print_json(json.dumps(evaluate_captioner(model, images, seed, start, device)))
+
+
 @app.command("eval-retrieval")
 def eval_retrieval_cmd(
     model: Annotated[str, typer.Argument(help="CLIP / SigLIP model folder or hub id.")],

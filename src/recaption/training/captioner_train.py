@@ -1,0 +1,299 @@
+"""`recap train-captioner`: the LLaVA-1.5 recipe on transformers, for any LlavaForConditionalGeneration.
+
+  stage 1  projector only, on image-caption pairs (a brief-caption instruction -> the caption)
+  stage 2  projector + language model, on instruction conversations (the recaption prompt ->
+           the detailed description)
+The vision tower stays frozen throughout. Loss is on the answer tokens only (prompt and padding
+are masked). AdamW, warmup + cosine per stage. Checkpoints are safetensors model folders
+(`checkpoint-s1-0000200`, ...) with optimizer state beside them; a rerun resumes from the newest;
+the final model is saved to OUTPUT as a model folder `recap caption --model OUTPUT` loads.
+Several GPUs: launch under torchrun (DDP).
+
+With no `--model`, a small LLaVA for the shapes world is built (64 px images, 8 px patches -> 64
+image tokens, LLaMA-3 template), its vision tower taken from `--vision-tower` (a CLIP folder,
+e.g. one `recap train-clip` made, as LLaVA takes CLIP's) or left random.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from ..models.registry import PAPER_PROMPT
+from .checkpoints import latest_checkpoint, load_state, save_checkpoint
+from .data import image_text_pairs
+
+log = logging.getLogger(__name__)
+
+BRIEF_PROMPT = "Describe the image briefly."
+
+
+@dataclass
+class CaptionerTrainConfig:
+    data: list[str]
+    output: str
+    model: str | None = None  # a LlavaForConditionalGeneration folder; None: a small one built fresh
+    vision_tower: str | None = None  # fresh models: CLIP folder whose vision tower to use (frozen)
+    stage1_field: str | None = None  # the caption for stage 1 (default: the shard's caption)
+    stage2_field: str = "description"  # the detailed description for stage 2 (a json field)
+    prompt: str = PAPER_PROMPT
+    stage1_steps: int = 200
+    stage2_steps: int = 600
+    stage1_lr: float = 1e-3
+    stage2_lr: float = 5e-4
+    batch_size: int = 32
+    warmup: int = 30
+    save_every: int = 200
+    seed: int = 0
+    width: int = 128  # fresh models: language model width
+    layers: int = 3
+    device: str = "auto"
+    log_every: int = 50
+
+
+@dataclass
+class Example:
+    pixels: torch.Tensor  # (3, H, W)
+    brief: str | None
+    detailed: str | None
+
+
+def fresh_llava(config: CaptionerTrainConfig, image_size: int = 64, patch: int = 8):
+    from transformers import (
+        AutoModel,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaImageProcessor,
+        LlavaProcessor,
+    )
+
+    from ..models.tiny import _build_tokenizer
+
+    tokenizer = _build_tokenizer()
+    if config.vision_tower:
+        clip = AutoModel.from_pretrained(config.vision_tower)
+        vision = CLIPVisionConfig(**clip.config.vision_config.to_dict())
+        image_size, patch = vision.image_size, vision.patch_size
+    else:
+        clip = None
+        vision = CLIPVisionConfig(
+            hidden_size=64,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=image_size,
+            patch_size=patch,
+        )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=config.width,
+        intermediate_size=3 * config.width,
+        num_hidden_layers=config.layers,
+        num_attention_heads=max(1, config.width // 32),
+        num_key_value_heads=max(1, config.width // 32),
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    llava_config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        projector_hidden_act="gelu",
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+    )
+    torch.manual_seed(config.seed)
+    model = LlavaForConditionalGeneration(llava_config)
+    if clip is not None:
+        model.model.vision_tower.load_state_dict(clip.vision_model.state_dict(), strict=False)
+    for key, value in (
+        ("pad_token_id", tokenizer.pad_token_id),
+        ("eos_token_id", tokenizer.eos_token_id),
+        ("bos_token_id", tokenizer.bos_token_id),
+    ):
+        setattr(model.generation_config, key, value)
+    image_processor = LlavaImageProcessor(
+        do_pad=True,
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        image_mean=[0.48145466, 0.4578275, 0.40821073],
+        image_std=[0.26862954, 0.26130258, 0.27577711],
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=patch,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=tokenizer.chat_template,
+    )
+    return model, processor
+
+
+class ConversationBatcher:
+    """Prompt (chat template, image token expanded by the processor) + answer + end token; labels
+    are -100 everywhere but the answer and its end token; right padding."""
+
+    def __init__(self, processor, family):
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.family = family
+        self._prompt_ids: dict[str, list[int]] = {}
+
+    def prompt_ids(self, instruction: str) -> list[int]:
+        if instruction not in self._prompt_ids:
+            from PIL import Image
+
+            text = self.family.render_prompt(self.processor, instruction)
+            probe = self.processor(images=[Image.new("RGB", (8, 8))], text=[text], return_tensors="pt")
+            self._prompt_ids[instruction] = probe["input_ids"][0].tolist()
+        return self._prompt_ids[instruction]
+
+    def __call__(self, examples: list[Example], instruction: str, targets: list[str]) -> dict:
+        eos = self.tokenizer.eos_token_id
+        prompt = self.prompt_ids(instruction)
+        sequences, labels = [], []
+        for target in targets:
+            answer = self.tokenizer(target, add_special_tokens=False)["input_ids"] + [eos]
+            sequences.append(prompt + answer)
+            labels.append([-100] * len(prompt) + answer)
+        width = max(len(s) for s in sequences)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([s + [pad] * (width - len(s)) for s in sequences])
+        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences])
+        label_ids = torch.tensor([lab + [-100] * (width - len(lab)) for lab in labels])
+        return {
+            "input_ids": input_ids,
+            "attention_mask": mask,
+            "labels": label_ids,
+            "pixel_values": torch.stack([e.pixels for e in examples]),
+        }
+
+
+def load_examples(config: CaptionerTrainConfig, processor) -> list[Example]:
+    examples = []
+    pairs = list(image_text_pairs(config.data, config.stage1_field, recaption_field=config.stage2_field))
+    for start in range(0, len(pairs), 256):
+        chunk = pairs[start : start + 256]
+        pixels = processor.image_processor(images=[p.image for p in chunk], return_tensors="pt")[
+            "pixel_values"
+        ]
+        examples += [Example(px, p.org, p.re) for px, p in zip(pixels, chunk, strict=True)]
+    if not examples:
+        raise ValueError(f"no training pairs in {config.data}")
+    return examples
+
+
+def trainable(model, stage: int) -> list:
+    """Stage 1: the projector. Stage 2: projector and language model. Never the vision tower."""
+    for p in model.parameters():
+        p.requires_grad = False
+    parts = [model.model.multi_modal_projector]
+    if stage == 2:
+        parts += [model.model.language_model, model.lm_head]
+    params = [p for part in parts for p in part.parameters()]
+    for p in params:
+        p.requires_grad = True
+    return params
+
+
+def train_captioner(config: CaptionerTrainConfig) -> dict:
+    from transformers import AutoProcessor, LlavaForConditionalGeneration, get_cosine_schedule_with_warmup
+
+    from ..engines.transformers_engine import pick_device
+    from ..models.registry import family_for
+
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    rank = int(os.environ.get("RANK", "0"))
+    if distributed:
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    device = (
+        f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        if distributed and torch.cuda.is_available()
+        else pick_device(config.device)
+    )
+    out = Path(config.output)
+    resume = latest_checkpoint(out)
+    source = resume or config.model
+    if source:
+        model = LlavaForConditionalGeneration.from_pretrained(source)
+        processor = AutoProcessor.from_pretrained(source)
+    else:
+        model, processor = fresh_llava(config)
+    model.to(device)
+    batcher = ConversationBatcher(processor, family_for(model.config.model_type))
+    examples = load_examples(config, processor)
+    state = load_state(resume) if resume else None
+    stage, step = (state["stage"], state["step"]) if state else (1, 0)
+    rng = state["rng"] if state else random.Random(config.seed * 1000 + rank)
+    history: dict[str, list[float]] = state["history"] if state else {"stage1": [], "stage2": []}
+    for current in (1, 2):
+        total = config.stage1_steps if current == 1 else config.stage2_steps
+        if current < stage or total == 0:
+            continue
+        params = trainable(model, current)
+        optimizer = torch.optim.AdamW(
+            params, lr=config.stage1_lr if current == 1 else config.stage2_lr, weight_decay=0.0
+        )
+        scheduler = get_cosine_schedule_with_warmup(optimizer, min(config.warmup, total // 2), total)
+        if state and current == stage:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+        else:
+            step = 0
+        model.train()
+        trained = (
+            torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+            if distributed
+            else model
+        )
+        while step < total:
+            batch = rng.sample(range(len(examples)), min(config.batch_size, len(examples)))
+            chosen = [examples[i] for i in batch]
+            targets = [
+                (e.brief if current == 1 else e.detailed) or e.detailed or e.brief or "" for e in chosen
+            ]
+            instruction = BRIEF_PROMPT if current == 1 else config.prompt
+            inputs = {k: v.to(device) for k, v in batcher(chosen, instruction, targets).items()}
+            loss = trained(**inputs).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            history[f"stage{current}"].append(loss.item())
+            if step % config.log_every == 0 or step == total:
+                recent = history[f"stage{current}"][-config.log_every :]
+                log.info("stage %d step %d loss %.4f", current, step, sum(recent) / len(recent))
+            if rank == 0 and (step % config.save_every == 0 or step == total):
+                save_checkpoint(
+                    out / f"checkpoint-s{current}-{step:07d}",
+                    [model, processor],
+                    optimizer,
+                    scheduler,
+                    step,
+                    rng,
+                    stage=current,
+                    history=history,
+                )
+        stage = current + 1
+        state = None
+    model.eval()
+    if rank == 0:
+        model.save_pretrained(out)
+        processor.save_pretrained(out)
+        (out / "train_summary.json").write_text(json.dumps({"history": history, "config": asdict(config)}))
+    if distributed:
+        torch.distributed.destroy_process_group()
+    return {"history": history, "examples": len(examples)}
