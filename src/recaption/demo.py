@@ -1,4 +1,5 @@
-"""`recap demo`: build a sample shard from the bundled photos and caption it offline."""
+"""`recap demo`: write a shapes-world sample shard and recaption it offline with the built-in
+captioner (a tiny LLaVA trained on the shapes world, shipped in the package)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,33 @@ from rich.console import Console
 from rich.table import Table
 
 from .config import CaptionConfig, RunConfig
-from .shards import ShardRecord, bundled_samples, write_webdataset_shard
+from .shapes import ShapesWorld
+from .shards import ShardRecord, write_webdataset_shard
+
+DEMO_SEED, DEMO_START, DEMO_IMAGES = 0, 700_000, 8  # a range no training split used
 
 
 def build_demo_shard(folder: Path) -> Path:
-    """The bundled photos, plus one truncated JPEG to show how a broken image is reported."""
-    records = bundled_samples()
-    broken = records[0].image[: len(records[0].image) // 3]
-    records.append(ShardRecord(image=broken, caption="broken download", url="https://example.org/broken.jpg"))
+    """Eight shapes-world images with their noisy alt-text, plus one truncated image to show how a
+    broken image is reported."""
+    world = ShapesWorld(DEMO_SEED)
+    samples = [world.sample(DEMO_START + i) for i in range(DEMO_IMAGES)]
+    records = [
+        ShardRecord(
+            image=s.image,
+            caption=s.alt_text,
+            url=f"shapes://{DEMO_SEED}/{s.index}",
+            extension="png",
+            extra={"description": s.description},
+        )
+        for s in samples
+    ]
+    broken = samples[0].image[: len(samples[0].image) // 3]
+    records.append(
+        ShardRecord(
+            image=broken, caption="broken download", url="https://example.org/broken.png", extension="png"
+        )
+    )
     shard = folder / "00000.tar"
     write_webdataset_shard(shard, records)
     return shard
@@ -29,22 +49,24 @@ def run_demo(output: Path, console: Console, rows: int = 5) -> int:
     out_dir = output / "captions"
     console.print(f"sample shard: {shard}")
     code = run_caption_command(
-        [str(shard)], CaptionConfig(model="tiny"),
-        RunConfig(output=str(out_dir), overwrite=True),
+        [str(shard)], CaptionConfig(model="tiny"), RunConfig(output=str(out_dir), overwrite=True)
     )
     parquet = out_dir / "00000.parquet"
     if not parquet.exists():
         return code or 1
     table = pq.read_table(parquet).to_pylist()
+    world = ShapesWorld(DEMO_SEED)
     view = Table(title=f"first {rows} rows of {parquet}")
-    for column in ("key", "org_caption", "re_caption", "status"):
+    for column in ("key", "alt-text (org_caption)", "recaption (re_caption)", "truth", "status"):
         view.add_column(column, overflow="fold")
     for row in table[:rows] + [r for r in table if r["status"] != "ok"]:
-        view.add_row(row["key"], row["org_caption"], (row["re_caption"] or "")[:80], row["status"])
+        index = int(row["url"].rsplit("/", 1)[1]) if row["url"].startswith("shapes://") else None
+        truth = world.sample(index).description if index is not None else ""
+        view.add_row(row["key"], row["org_caption"], row["re_caption"] or "", truth, row["status"])
     console.print(view)
     console.print(
-        "The built-in tiny model has random weights: its captions show the pipeline works, not "
-        "what a trained captioner writes. Use --model with a real model for real captions."
+        "The built-in captioner is a tiny LLaVA trained on the shapes world (docs/shapes.md): it "
+        "describes shapes, colours and positions, not photos. Use --model with a real model for photos."
     )
     console.print(f"output: {out_dir}")
     return code

@@ -66,10 +66,21 @@ def choose_caption(pair: Pair, p: float, concat: bool, rng: random.Random) -> st
     return text or pair.re or pair.org or ""
 
 
+def is_caption_output(path: str) -> bool:
+    """A `recap caption` output folder (parquet with re_caption beside .done markers)."""
+    import pyarrow.parquet as pq
+
+    folder = Path(path)
+    if not folder.is_dir() or not list(folder.glob("*.done")):
+        return False
+    first = next(iter(sorted(folder.glob("*.parquet"))), None)
+    return first is not None and "re_caption" in pq.read_schema(first).names
+
+
 def load_pairs(config: ClipTrainConfig) -> list[Pair]:
     pairs: list[Pair] = []
     for item in config.data:
-        if Path(item).is_dir() and list(Path(item).glob("*.done")) and list(Path(item).glob("*_stats.json")):
+        if is_caption_output(item):
             pairs += list(recaptioned_pairs(item))
         else:
             pairs += list(
