@@ -53,7 +53,7 @@ def test_demo_runs_offline(tmp_path):
     result = runner.invoke(app, ["demo", "-o", str(tmp_path / "demo")])
     assert result.exit_code == 0, result.output
     table = pq.read_table(tmp_path / "demo" / "captions" / "00000.parquet").to_pylist()
-    assert sum(r["status"] == "ok" for r in table) == 7
+    assert sum(r["status"] == "ok" for r in table) == 8
     assert [r["status"] for r in table if r["status"] != "ok"] == ["decode_error"]
     assert "output:" in result.output
 
