@@ -372,6 +372,7 @@ def train_clip_cmd(
     seed: Annotated[int, typer.Option(help="Seed for sampling batches and captions.")] = 0,
     caption_field: Annotated[str | None, typer.Option(help="Plain shards: field with the original caption.")] = None,
     recaption_field: Annotated[str | None, typer.Option(help="Plain shards: json field used as the recaption.")] = None,
+    width: Annotated[int, typer.Option(help="Fresh models: hidden size of both towers.")] = 128,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda.")] = "auto",
 ) -> None:
     """Train CLIP contrastively on a mix of original captions and recaptions (Recap-CLIP)."""
@@ -381,7 +382,8 @@ def train_clip_cmd(
     try:
         config = ClipTrainConfig(data=data, output=output, model=model, p=p, concat=concat, text_length=text_length,
                                  steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, save_every=save_every,
-                                 seed=seed, caption_field=caption_field, recaption_field=recaption_field, device=device)
+                                 seed=seed, caption_field=caption_field, recaption_field=recaption_field, width=width,
+                                 device=device)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     result = train_clip(config)
@@ -401,6 +403,8 @@ def train_captioner_cmd(
     batch_size: Annotated[int, typer.Option(help="Conversations per step (per GPU under torchrun).")] = 32,
     save_every: Annotated[int, typer.Option(help="Checkpoint every N steps (a rerun resumes).")] = 500,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    width: Annotated[int, typer.Option(help="Fresh models: language model width.")] = 192,
+    layers: Annotated[int, typer.Option(help="Fresh models: language model layers.")] = 4,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda.")] = "auto",
 ) -> None:
     """Train a captioner with the LLaVA-1.5 recipe (stage 1 projector, stage 2 projector + LM; vision frozen)."""
@@ -410,7 +414,7 @@ def train_captioner_cmd(
     config = CaptionerTrainConfig(data=data, output=output, model=model, vision_tower=vision_tower,
                                   stage1_field=stage1_field, stage2_field=stage2_field, stage1_steps=stage1_steps,
                                   stage2_steps=stage2_steps, batch_size=batch_size, save_every=save_every, seed=seed,
-                                  device=device)
+                                  width=width, layers=layers, device=device)
     result = train_captioner(config)
     console.print(f"trained on {result['examples']} examples; saved to {output}")
 

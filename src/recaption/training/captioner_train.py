@@ -51,8 +51,8 @@ class CaptionerTrainConfig:
     warmup: int = 30
     save_every: int = 200
     seed: int = 0
-    width: int = 128  # fresh models: language model width
-    layers: int = 3
+    width: int = 192  # fresh models: language model width
+    layers: int = 4
     device: str = "auto"
     log_every: int = 50
 
