@@ -185,3 +185,44 @@ def test_only_the_answer_is_learned(tmp_path):
     assert (labels[0, prompt + len(answer) :] == -100).all() and (
         ids[0, prompt + len(answer) :] == processor.tokenizer.pad_token_id
     ).all()
+
+
+@pytest.mark.slow
+def test_train_clip_under_torchrun_with_two_processes(shapes, tmp_path):
+    """Two ranks on CPU (gloo): DDP averages gradients, rank 0 writes the checkpoints and model."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [
+        str(torchrun),
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "recaption.cli",
+        "train-clip",
+        str(shapes / "train"),
+        "-o",
+        str(tmp_path / "clip"),
+        "--caption-field",
+        "description",
+        "--recaption-field",
+        "description",
+        "--steps",
+        "6",
+        "--batch-size",
+        "16",
+        "--width",
+        "32",
+        "--save-every",
+        "3",
+        "--device",
+        "cpu",
+    ]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("trained 6 steps") == 2  # both ranks ran
+    assert (tmp_path / "clip" / "checkpoint-0000006").is_dir() and (
+        tmp_path / "clip" / "model.safetensors"
+    ).exists()
