@@ -471,6 +471,26 @@ def demo_cmd(
     raise typer.Exit(run_demo(output, console, rows))
 
 
+@app.command("convert-llava")
+def convert_llava_cmd(
+    src: Annotated[Path, typer.Argument(help="LLaVA-repo checkpoint folder (model_type llava_llama), e.g. tennant/llava-llama-3-8b-hqedit downloaded.")],
+    dst: Annotated[Path, typer.Argument(help="Output folder: a transformers LlavaForConditionalGeneration model.")],
+    vision_tower: Annotated[str | None, typer.Option(help="CLIP folder or hub id for the vision tower (default: the checkpoint's mm_vision_tower).")] = None,
+    tokenizer: Annotated[str | None, typer.Option(help="Tokenizer folder or hub id (default: the checkpoint's own).")] = None,
+    allow_pickle: Annotated[bool, typer.Option(help="Accept pickle checkpoints (.bin); pickle can run code when loaded.")] = False,
+) -> None:
+    """Convert a LLaVA-repo checkpoint into a transformers model folder that `recap caption --model` loads."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from .models.convert_llava import ConversionError, convert_llava
+
+    try:
+        out = convert_llava(src, dst, vision_tower, tokenizer, allow_pickle)
+    except ConversionError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    console.print(f"wrote {out}; caption with: recap caption SHARDS -o OUT --model {out}")
+
+
 @app.command("models")
 def models_cmd() -> None:
     """List the model families recaption knows and how it prompts them."""

@@ -1,0 +1,188 @@
+"""recap convert-llava on tiny checkpoints written in the LLaVA repository's layout (random weights):
+the converted model's logits equal a reference forward pass written from the LLaVA-repo architecture."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from recaption.models.convert_llava import ConversionError, convert_llava
+
+
+def llama3_tokenizer(folder):
+    """A small LLaMA-3-style tokenizer without an <image> token (the LLaVA repo splices images at
+    IMAGE_TOKEN_INDEX = -200 instead)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    specials = [
+        "<|begin_of_text|>",
+        "<|end_of_text|>",
+        "<|eot_id|>",
+        "<|start_header_id|>",
+        "<|end_header_id|>",
+        "<unk>",
+    ]
+    tok.train_from_iterator(
+        ["user assistant describe the image please a red circle detailed caption"],
+        trainers.WordLevelTrainer(special_tokens=specials, show_progress=False),
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>", unk_token="<unk>"
+    )
+    fast.save_pretrained(folder)
+    return fast
+
+
+def write_llava_repo_checkpoint(root, vision_inside: bool, pickle: bool = False):
+    """config.json with mm_* fields, LLaMA weights under model.*, projector model.mm_projector.{0,2},
+    sharded safetensors with an index; the CLIP tower in its own folder (named by mm_vision_tower)."""
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
+
+    src, tower = root / "llava-repo", root / "clip-tower"
+    src.mkdir()
+    tok = llama3_tokenizer(src)
+    torch.manual_seed(0)
+    vision = CLIPVisionModel(
+        CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            image_size=56,
+            patch_size=14,
+        )
+    )
+    vision.save_pretrained(tower)
+    text_config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=48,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    llama = LlamaForCausalLM(text_config)
+    tensors = {k: v.clone() for k, v in llama.state_dict().items()}
+    tensors["model.mm_projector.0.weight"] = torch.randn(48, 32) * 0.2
+    tensors["model.mm_projector.0.bias"] = torch.randn(48) * 0.1
+    tensors["model.mm_projector.2.weight"] = torch.randn(48, 48) * 0.2
+    tensors["model.mm_projector.2.bias"] = torch.randn(48) * 0.1
+    if vision_inside:
+        tensors.update(
+            {"model.vision_tower.vision_tower." + k: v.clone() for k, v in vision.state_dict().items()}
+        )
+    config = {
+        **text_config.to_dict(),
+        "architectures": ["LlavaLlamaForCausalLM"],
+        "model_type": "llava_llama",
+        "mm_vision_tower": str(tower),
+        "mm_hidden_size": 32,
+        "mm_vision_select_layer": -2,
+        "mm_vision_select_feature": "patch",
+        "mm_projector_type": "mlp2x_gelu",
+        "image_aspect_ratio": "pad",
+        "mm_use_im_start_end": False,
+    }
+    (src / "config.json").write_text(json.dumps(config))
+    if pickle:
+        torch.save(tensors, src / "pytorch_model.bin")
+    else:
+        keys = sorted(tensors)
+        halves = {
+            "model-00001-of-00002.safetensors": keys[: len(keys) // 2],
+            "model-00002-of-00002.safetensors": keys[len(keys) // 2 :],
+        }
+        for name, part in halves.items():
+            save_file({k: tensors[k].contiguous() for k in part}, str(src / name))
+        index = {"metadata": {}, "weight_map": {k: n for n, part in halves.items() for k in part}}
+        (src / "model.safetensors.index.json").write_text(json.dumps(index))
+    return src, tower, tensors, text_config
+
+
+def reference_logits(tensors, text_config, tower, pixel_values, before_ids, after_ids):
+    """The LLaVA repo's forward: CLIP hidden state at mm_vision_select_layer, patch tokens only,
+    mlp2x_gelu projector, image features spliced where IMAGE_TOKEN_INDEX stood, LLaMA on embeddings."""
+    from transformers import CLIPVisionModel, LlamaForCausalLM
+
+    vision = CLIPVisionModel.from_pretrained(tower)
+    llama = LlamaForCausalLM(text_config)
+    llama.load_state_dict(
+        {
+            k: v
+            for k, v in tensors.items()
+            if not k.startswith("model.mm_projector") and not k.startswith("model.vision_tower")
+        }
+    )
+    with torch.no_grad():
+        hidden = vision(pixel_values, output_hidden_states=True).hidden_states[-2][:, 1:]
+        h = torch.nn.functional.linear(
+            hidden, tensors["model.mm_projector.0.weight"], tensors["model.mm_projector.0.bias"]
+        )
+        h = torch.nn.functional.gelu(h)
+        features = torch.nn.functional.linear(
+            h, tensors["model.mm_projector.2.weight"], tensors["model.mm_projector.2.bias"]
+        )
+        embed = llama.get_input_embeddings()
+        sequence = torch.cat(
+            [embed(torch.tensor([before_ids]))[0], features[0], embed(torch.tensor([after_ids]))[0]]
+        )
+        return llama(inputs_embeds=sequence.unsqueeze(0)).logits[0]
+
+
+@pytest.mark.parametrize("vision_inside", [False, True])
+def test_converted_logits_equal_the_llava_repo_forward(tmp_path, vision_inside):
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    src, tower, tensors, text_config = write_llava_repo_checkpoint(tmp_path, vision_inside)
+    dst = convert_llava(src, tmp_path / "hf", vision_tower=str(tower) if vision_inside else None)
+    model = LlavaForConditionalGeneration.from_pretrained(dst).eval()
+    processor = AutoProcessor.from_pretrained(dst)
+    assert processor.image_processor.do_pad and processor.image_processor.crop_size["height"] == 56
+    prompt = processor.apply_chat_template(
+        [
+            {
+                "role": "user",
+                "content": [{"type": "image"}, {"type": "text", "text": "describe the image please"}],
+            }
+        ],
+        add_generation_prompt=True,
+    )
+    assert "<|start_header_id|>assistant<|end_header_id|>" in prompt  # the LLaMA-3 template
+    image = Image.new("RGB", (80, 40), (200, 30, 30))
+    inputs = processor(images=[image], text=[prompt], return_tensors="pt")
+    with torch.no_grad():
+        ours = model(**inputs).logits[0]
+    ids = inputs["input_ids"][0].tolist()
+    image_id = model.config.image_token_index
+    first, count = ids.index(image_id), ids.count(image_id)
+    assert count == 16  # (56 / 14)^2 patches
+    reference = reference_logits(
+        tensors, text_config, tower, inputs["pixel_values"], ids[:first], ids[first + count :]
+    )
+    vocab = text_config.vocab_size
+    assert ours.shape[0] == reference.shape[0]
+    torch.testing.assert_close(ours[:, :vocab], reference, atol=2e-4, rtol=1e-4)
+    assert model.config.text_config.vocab_size == vocab + 1  # the <image> token's new row
+
+
+def test_pickle_checkpoints_are_refused_unless_allowed(tmp_path):
+    src, tower, _, _ = write_llava_repo_checkpoint(tmp_path, vision_inside=False, pickle=True)
+    with pytest.raises(ConversionError, match="--allow-pickle"):
+        convert_llava(src, tmp_path / "hf")
+    assert (convert_llava(src, tmp_path / "hf", allow_pickle=True) / "config.json").exists()
+
+
+def test_not_a_llava_repo_checkpoint(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(ConversionError, match="llava_llama"):
+        convert_llava(tmp_path, tmp_path / "out")
