@@ -65,13 +65,22 @@ LLAVA_1_5 = ModelFamily(
     clip_style_images=True,
 )
 
+LLAVA_NEXT = ModelFamily(
+    name="llava-next",
+    description=(
+        "LLaVA-NeXT / LLaVA-1.6 (LlavaNextForConditionalGeneration): any-resolution tiles, so the "
+        "number of image tokens depends on the image; prompted through its chat template"
+    ),
+    model_types=("llava_next",),
+)
+
 GENERIC = ModelFamily(
     name="generic",
     description="Any other transformers image-text-to-text model with a chat template",
     model_types=(),
 )
 
-MODEL_FAMILIES: tuple[ModelFamily, ...] = (LLAVA_1_5,)
+MODEL_FAMILIES: tuple[ModelFamily, ...] = (LLAVA_1_5, LLAVA_NEXT)
 
 
 def family_for(model_type: str) -> ModelFamily:
