@@ -116,6 +116,72 @@ def tiny_llava_next(folder):
     ).save_pretrained(folder)
 
 
+IDEFICS3_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}:"
+    "{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}"
+    "{% elif part['type'] == 'image' %}<image>{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+
+def tiny_idefics3(folder):
+    from transformers import (
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3ImageProcessor,
+        Idefics3Processor,
+    )
+
+    tok = _build_tokenizer()
+    tiles = [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]
+    tok.add_special_tokens(
+        {
+            "additional_special_tokens": [
+                "<fake_token_around_image>",
+                "<global-img>",
+                "<end_of_utterance>",
+                *tiles,
+            ]
+        }
+    )
+    end = tok.convert_tokens_to_ids("<end_of_utterance>")
+    config = Idefics3Config(
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=28,
+            patch_size=14,
+        ),
+        text_config=dict(
+            model_type="llama",
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=1024,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=end,
+            pad_token_id=tok.pad_token_id,
+        ),
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        scale_factor=2,
+    )
+    torch.manual_seed(0)
+    model = Idefics3ForConditionalGeneration(config)
+    model.generation_config.eos_token_id, model.generation_config.pad_token_id = end, tok.pad_token_id
+    model.save_pretrained(folder)
+    image_processor = Idefics3ImageProcessor(
+        size={"longest_edge": 56}, max_image_size={"longest_edge": 28}, do_image_splitting=True
+    )
+    Idefics3Processor(
+        image_processor=image_processor, tokenizer=tok, image_seq_len=1, chat_template=IDEFICS3_TEMPLATE
+    ).save_pretrained(folder)
+
+
 VICUNA = None  # no chat template: the family's fallback "USER: <image>\\n{prompt} ASSISTANT:"
 FAMILIES = {
     "llava-llama-3": (
@@ -128,6 +194,7 @@ FAMILIES = {
         "llava-1.5",
         "USER: <image>\nPlease generate a detailed caption",
     ),
+    "idefics3": (tiny_idefics3, "idefics3", "<|im_start|>User:<image>Please generate a detailed caption"),
     "llava-next": (
         tiny_llava_next,
         "llava-next",

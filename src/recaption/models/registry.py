@@ -74,13 +74,22 @@ LLAVA_NEXT = ModelFamily(
     model_types=("llava_next",),
 )
 
+IDEFICS3 = ModelFamily(
+    name="idefics3",
+    description=(
+        "Idefics3 and SmolVLM (Idefics3ForConditionalGeneration, SmolVLMForConditionalGeneration): "
+        "images split into tiles plus a global view; prompted through the chat template"
+    ),
+    model_types=("idefics3", "smolvlm"),
+)
+
 GENERIC = ModelFamily(
     name="generic",
     description="Any other transformers image-text-to-text model with a chat template",
     model_types=(),
 )
 
-MODEL_FAMILIES: tuple[ModelFamily, ...] = (LLAVA_1_5, LLAVA_NEXT)
+MODEL_FAMILIES: tuple[ModelFamily, ...] = (LLAVA_1_5, LLAVA_NEXT, IDEFICS3)
 
 
 def family_for(model_type: str) -> ModelFamily:
