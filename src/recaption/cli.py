@@ -499,7 +499,8 @@ def models_cmd() -> None:
         table.add_column(column)
     for family in MODEL_FAMILIES:
         table.add_row(family.name, ", ".join(family.model_types),
-                      "chat template; else " + repr(family.fallback_template), family.description)
+                      "chat template" + (f"; else {family.fallback_template!r}" if family.fallback_template else ""),
+                      family.description)
     console.print(table)
 
 
