@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--per-shard", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--model", default="tiny-random", help="default: random 336 px tiny LLaVA")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workers", type=int, default=None,
