@@ -16,7 +16,7 @@ from pathlib import Path
 
 TINY_MODEL_NAME = "tiny"
 # Bump when the recipe below changes, so stale caches are rebuilt rather than reused.
-TINY_MODEL_VERSION = "v3"
+TINY_MODEL_VERSION = "v4"
 IMAGE_SIZE = 336
 PATCH_SIZE = 14
 
@@ -99,13 +99,15 @@ def shapes_vocabulary() -> str:
 
 def _build_tokenizer():
     """A word-level tokenizer over the corpus words: random weights then emit real words."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     trainer = trainers.WordLevelTrainer(special_tokens=_SPECIAL_TOKENS + ["<unk>"], show_progress=False)
     tok.train_from_iterator([_CORPUS, shapes_vocabulary()], trainer=trainer)
+    # Join words with spaces but none before punctuation ("left, a" rather than "left , a").
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<|begin_of_text|>",
