@@ -181,3 +181,11 @@ def test_several_loader_workers_give_the_same_output(tmp_path, captioner):
         a = pq.read_table(tmp_path / "w0" / f"{name}.parquet")
         b = pq.read_table(tmp_path / "w2" / f"{name}.parquet")
         assert a.equals(b)
+
+
+def test_output_folder_that_holds_the_inputs_is_refused(tmp_path, captioner):
+    shards = write_shards(tmp_path / "in", 1, 2)
+    (tmp_path / "in" / "00000.parquet").write_bytes(b"img2dataset metadata")  # what would be overwritten
+    with pytest.raises(ConfigMismatchError, match="overwrite input files"):
+        run(shards, tmp_path / "in", captioner)
+    assert (tmp_path / "in" / "00000.parquet").read_bytes() == b"img2dataset metadata"

@@ -104,23 +104,28 @@ class _ShardInProgress:
             self.writer.abort()
             return ShardResult(name, source, FAILED, error=error, seconds=seconds)
         rows = sum(self.counts.values())
-        self.writer.commit({
-            "shard": name,
-            "source": source,
-            "rows": rows,
-            "status_counts": dict(sorted(self.counts.items())),
-            "seconds": round(seconds, 3),
-            "images_per_second": round(self.counts.get("ok", 0) / seconds, 3) if seconds else None,
-            "tokens_generated": self.tokens,
-            "truncated": self.truncated,
-            "flag_rates": {  # over captioned (ok) rows
-                name: round(count / ok, 4) if (ok := self.counts.get("ok", 0)) else None
-                for name, count in (("re_truncated", self.truncated), ("re_repetition", self.repetitive),
-                                    ("re_boilerplate", self.boilerplate))
-            },
-            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            **provenance,
-        })
+        self.writer.commit(
+            {
+                "shard": name,
+                "source": source,
+                "rows": rows,
+                "status_counts": dict(sorted(self.counts.items())),
+                "seconds": round(seconds, 3),
+                "images_per_second": round(self.counts.get("ok", 0) / seconds, 3) if seconds else None,
+                "tokens_generated": self.tokens,
+                "truncated": self.truncated,
+                "flag_rates": {  # over captioned (ok) rows
+                    name: round(count / ok, 4) if (ok := self.counts.get("ok", 0)) else None
+                    for name, count in (
+                        ("re_truncated", self.truncated),
+                        ("re_repetition", self.repetitive),
+                        ("re_boilerplate", self.boilerplate),
+                    )
+                },
+                "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                **provenance,
+            }
+        )
         return ShardResult(name, source, DONE, rows, dict(self.counts), seconds, self.tokens)
 
 
@@ -128,12 +133,15 @@ class ConfigMismatchError(RuntimeError):
     """OUTDIR already holds shards made with other settings; mixing them would corrupt it."""
 
 
-def plan_shards(shards: list[Shard], caption: CaptionConfig,
-                run: RunConfig) -> tuple[list[Shard], list[Shard]]:
+def plan_shards(
+    shards: list[Shard], caption: CaptionConfig, run: RunConfig
+) -> tuple[list[Shard], list[Shard]]:
     """Split shards into (to do, already done) by their completion markers in run.output.
 
     Raises ConfigMismatchError when a done shard was made with other settings: mixing them
-    would corrupt the output folder."""
+    would corrupt the output folder, or when the output folder is an input shard's folder:
+    `{shard}.parquet` would overwrite what is there (img2dataset's metadata parquet, say)."""
+    _refuse_output_among_inputs(shards, run.output)
     if run.overwrite:
         return list(shards), []
     out = OutputDir(run.output)
@@ -155,6 +163,25 @@ def plan_shards(shards: list[Shard], caption: CaptionConfig,
     return todo, done
 
 
+def _refuse_output_among_inputs(shards: list[Shard], output: str) -> None:
+    import os
+
+    from .readers.base import is_local
+
+    out = OutputDir(output)
+    if not is_local(out.fs):
+        return
+    target = os.path.realpath(out.root)
+    for shard in shards:
+        source = shard.source.rsplit(" [", 1)[0]  # folder slices: "root [name]"
+        folder = source if os.path.isdir(source) else os.path.dirname(source)
+        if os.path.realpath(folder) == target:
+            raise ConfigMismatchError(
+                f"the output folder {output} holds the input {shard.source}; writing {shard.name}.parquet "
+                "there would overwrite input files: choose another output folder"
+            )
+
+
 def batch_seed(seed: int, shard: str, batch_index: int) -> int:
     """A per-batch seed that depends only on the shard and position, so a resumed shard samples
     exactly as an uninterrupted one does."""
@@ -163,8 +190,9 @@ def batch_seed(seed: int, shard: str, batch_index: int) -> int:
 
 
 class CaptionPipeline:
-    def __init__(self, caption: CaptionConfig, run: RunConfig,
-                 captioner=None, progress: Progress | None = None):
+    def __init__(
+        self, caption: CaptionConfig, run: RunConfig, captioner=None, progress: Progress | None = None
+    ):
         self.caption = caption
         self.run_config = run
         self.captioner = captioner or make_engine(caption)
@@ -197,8 +225,15 @@ class CaptionPipeline:
             self.scorer = ClipScorer(run.clip_model, device=self.caption.device)
             self.scorer.setup()
             score_pixels = self.scorer.image_processor_call
-        stream = BatchStream(todo, self.captioner.preparer, batch_size,
-                             self.caption.conditional, run.max_pixels, run.max_side, score_pixels)
+        stream = BatchStream(
+            todo,
+            self.captioner.preparer,
+            batch_size,
+            self.caption.conditional,
+            run.max_pixels,
+            run.max_side,
+            score_pixels,
+        )
         device = str(self.captioner.device)
         workers = default_workers(device) if run.workers is None else run.workers
         loader = batch_loader(stream, workers, run.prefetch_batches, pin_memory=device.startswith("cuda"))
@@ -247,8 +282,9 @@ class CaptionPipeline:
 
     def _open_writer(self, shard: Shard) -> ShardWriter:
         self.out.invalidate(shard.name)
-        return ShardWriter(self.out, shard.name, self.caption.conditional, self.provenance,
-                           self.run_config.row_group_rows)
+        return ShardWriter(
+            self.out, shard.name, self.caption.conditional, self.provenance, self.run_config.row_group_rows
+        )
 
     def _caption_batch(self, batch: Batch) -> int:
         """Caption the batch's ok samples in place; returns tokens generated."""
@@ -276,8 +312,7 @@ class CaptionPipeline:
                 return 0
             log.warning("batch of %d failed (%s); retrying one by one", len(samples), exc)
             return sum(
-                self._generate_into([s], slice_inputs(inputs, i), target, seed)
-                for i, s in enumerate(samples)
+                self._generate_into([s], slice_inputs(inputs, i), target, seed) for i, s in enumerate(samples)
             )
         for s, g in zip(samples, generations, strict=True):
             if g.error is not None:
