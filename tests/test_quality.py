@@ -332,3 +332,53 @@ def test_report_is_self_contained_and_renders_in_chromium(scored_output, tmp_pat
     from PIL import Image
 
     assert Image.open(shot).size == (1280, 2400)
+
+
+def test_siglip_scores_match_the_models_own_forward(tmp_path):
+    """SigLIP: max-length padding, no attention mask, sigmoid logits = scale * cos + bias."""
+    from PIL import Image
+    from transformers import AutoTokenizer, SiglipConfig, SiglipImageProcessor, SiglipModel
+
+    from recaption.models.tiny import tiny_model_path
+    from recaption.quality.clip import ClipScorer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_path())
+    tok.padding_side, tok.model_max_length = "right", 16
+    config = SiglipConfig(
+        text_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            vocab_size=len(tok),
+            max_position_embeddings=16,
+            pad_token_id=tok.pad_token_id,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
+    )
+    import torch
+
+    torch.manual_seed(0)
+    model = SiglipModel(config)
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path)
+    scorer = ClipScorer(str(tmp_path), device="cpu")
+    scorer.setup()
+    images = [Image.new("RGB", (40, 30), (200, 0, 0)), Image.new("RGB", (30, 40), (0, 0, 200))]
+    texts = ["a red circle", "a blue square in the center"]
+    ours = [r.score for r in scorer.score(scorer.image_embeddings(scorer.pixel_values(images)), texts)]
+    tokens = tok(texts, padding="max_length", truncation=True, max_length=16, return_tensors="pt")
+    with torch.no_grad():
+        out = model(input_ids=tokens["input_ids"], pixel_values=scorer.pixel_values(images))
+    cosine = (out.logits_per_image.diagonal() - model.logit_bias) / model.logit_scale.exp()
+    assert ours == pytest.approx((100 * cosine).tolist(), abs=1e-3)

@@ -84,9 +84,9 @@ class ClipScorer:
                 return_tensors="pt",
                 padding="max_length" if self.pad_to_window else True,
             ).to(self.device)
-            features = self.model.get_text_features(
-                **{k: v for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
-            )
+            # SigLIP was trained on max-length padding with no attention mask; CLIP masks padding.
+            keys = ("input_ids",) if self.pad_to_window else ("input_ids", "attention_mask")
+            features = self.model.get_text_features(**{k: v for k, v in tokens.items() if k in keys})
         return _normalised(features)
 
     def truncated(self, texts: list[str]) -> list[bool]:
