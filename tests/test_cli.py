@@ -158,3 +158,15 @@ def test_caption_command_openai_engine_needs_an_endpoint(tmp_path):
         app, ["caption", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--engine", "openai"]
     )
     assert result.exit_code == 2 and "--endpoint" in flat(result.output)
+
+
+def test_quality_commands_say_when_the_folder_is_not_caption_output(tmp_path):
+    (tmp_path / "empty").mkdir()
+    for command in (
+        ["score", str(tmp_path / "empty")],
+        ["stats", str(tmp_path / "empty")],
+        ["report", str(tmp_path / "empty"), "-o", str(tmp_path / "r.html")],
+    ):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2 and "holds no finished shards" in flat(result.output), command
+    assert not (tmp_path / "r.html").exists()

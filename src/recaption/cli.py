@@ -254,9 +254,15 @@ def score_cmd(
 ) -> None:
     """Fill re_clip_score / org_clip_score (100 x cosine) and the length columns of finished shards, in place."""
     from .quality.clip import ClipScorer
-    from .quality.score import score_output
+    from .quality.score import NoOutputError, score_output
 
-    summary = score_output(output, ClipScorer(clip_model, device=device, batch_size=batch_size), overwrite)
+    try:
+        with console.status("scoring") as status:
+            summary = score_output(output, ClipScorer(clip_model, device=device, batch_size=batch_size), overwrite,
+                                   on_shard=lambda name: status.update(f"scoring shard {name}"))
+    except NoOutputError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
     console.print(f"scored {len(summary.scored)} shard(s), skipped {len(summary.skipped)} already scored by {clip_model}")
     for name, error in summary.failed.items():
         console.print(f"[red]FAILED[/red] {name}: {error}")
@@ -285,7 +291,14 @@ def judge_cmd(
                              api_key_env=api_key_env, overwrite=overwrite)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    summary = judge_output(output, config)
+    from .quality.score import NoOutputError
+
+    try:
+        with console.status("judging") as status:
+            summary = judge_output(output, config, on_shard=lambda name: status.update(f"judging shard {name}"))
+    except NoOutputError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
     console.print(f"judged {sum(summary.judged.values())} row(s) in {len(summary.judged)} shard(s); "
                   f"skipped {len(summary.skipped)} already judged")
     for name, error in summary.failed.items():
@@ -302,8 +315,14 @@ def report_cmd(
 ) -> None:
     """Write one self-contained HTML report: statuses, lengths, scores, vocabulary, flags, gallery."""
     from .quality.report import write_report
+    from .quality.score import NoOutputError
 
-    write_report(output, report, gallery, seed)
+    try:
+        with console.status("building the report"):
+            write_report(output, report, gallery, seed)
+    except NoOutputError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
     console.print(f"wrote {report}")
 
 
@@ -315,9 +334,14 @@ def stats_cmd(
     """Print the numbers of an output folder: statuses, lengths, scores, vocabulary overlap, flag rates."""
     import json
 
+    from .quality.score import NoOutputError
     from .quality.stats import collect
 
-    stats = collect(output)
+    try:
+        stats = collect(output)
+    except NoOutputError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
     summary = stats.summary()
     if as_json:
         print(json.dumps(summary, indent=2))

@@ -92,7 +92,7 @@ class JudgeSummary:
     failed: dict[str, str] = field(default_factory=dict)
 
 
-def judge_output(output: str, config: JudgeConfig) -> JudgeSummary:
+def judge_output(output: str, config: JudgeConfig, on_shard=None) -> JudgeSummary:
     out = OutputDir(output)
     summary = JudgeSummary()
     client = OpenAICaptioner(
@@ -111,6 +111,8 @@ def judge_output(output: str, config: JudgeConfig) -> JudgeSummary:
     client.setup()
     try:
         for name in done_shards(out):
+            if on_shard:
+                on_shard(name)
             with out.fs.open(out.parquet(name), "rb") as f:
                 table = pq.read_table(f)
             previous = json.loads((table.schema.metadata or {}).get(JUDGE_METADATA_KEY, b"{}"))

@@ -34,8 +34,18 @@ class ScoreSummary:
     failed: dict[str, str] = field(default_factory=dict)
 
 
+class NoOutputError(ValueError):
+    """The folder holds no finished `recap caption` shards."""
+
+
 def done_shards(out: OutputDir) -> list[str]:
-    return sorted(path.rsplit("/", 1)[-1][: -len(".done")] for path in out.fs.glob(out.path("*.done")))
+    """Names of the finished shards in a `recap caption` output folder; an error if there are none."""
+    names = sorted(path.rsplit("/", 1)[-1][: -len(".done")] for path in out.fs.glob(out.path("*.done")))
+    if not names:
+        raise NoOutputError(
+            f"{out.url} holds no finished shards ({{name}}.done): is it a `recap caption` output folder?"
+        )
+    return names
 
 
 def source_shard(source: str, name: str) -> Shard:
@@ -57,11 +67,13 @@ def score_samples(scorer: ClipScorer, samples: list, pixel_values) -> None:
             sample.scores[f"{prefix}_clip_truncated"] = result.truncated
 
 
-def score_output(output: str, scorer: ClipScorer, overwrite: bool = False) -> ScoreSummary:
+def score_output(output: str, scorer: ClipScorer, overwrite: bool = False, on_shard=None) -> ScoreSummary:
     out = OutputDir(output)
     summary = ScoreSummary()
     stamp = {"clip_model": scorer.model_name}
     for name in done_shards(out):
+        if on_shard:
+            on_shard(name)
         with out.fs.open(out.parquet(name), "rb") as f:
             table = pq.read_table(f)
         previous = json.loads((table.schema.metadata or {}).get(SCORES_METADATA_KEY, b"{}"))
