@@ -410,7 +410,11 @@ def train_clip_cmd(
                                  device=device)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    result = train_clip(config)
+    try:
+        result = train_clip(config)
+    except ValueError as exc:  # no input shards, no pairs, a bad folder
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
     console.print(f"trained {result['steps']} steps on {result['pairs']} pairs; final loss {result['losses'][-1]:.4f}" if result["losses"] else "nothing to train")
 
 
@@ -439,7 +443,11 @@ def train_captioner_cmd(
                                   stage1_field=stage1_field, stage2_field=stage2_field, stage1_steps=stage1_steps,
                                   stage2_steps=stage2_steps, batch_size=batch_size, save_every=save_every, seed=seed,
                                   width=width, layers=layers, device=device)
-    result = train_captioner(config)
+    try:
+        result = train_captioner(config)
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
     console.print(f"trained on {result['examples']} examples; saved to {output}")
 
 
@@ -474,7 +482,11 @@ def eval_retrieval_cmd(
 
     from .training.retrieval import evaluate
 
-    result = evaluate(model, data, caption_field, label_field, device=device, limit=limit)
+    try:
+        result = evaluate(model, data, caption_field, label_field, device=device, limit=limit)
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
     if as_json:
         print(json.dumps({"n": result.n, **result.metrics}, indent=2))
         return
