@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections import Counter
 
 from aiohttp import web
 
 from .conftest import image_bytes
+from .loopback import LoopbackApp
 
 IMAGES = {f"{i}.jpg": image_bytes(60 + 10 * i, 40 + 5 * i, seed=i) for i in range(8)}
 IMAGES["big.png"] = image_bytes(900, 300, fmt="PNG", seed=99)
 
 
-class ImageServer:
+class ImageServer(LoopbackApp):
     """Paths: /img/{name} (an image), /404, /flaky429/{n} (429 once, then the image), /500,
     /slow (headers, then a body that trickles), /truncated (Content-Length longer than the body),
     /html (a web page), /loop (redirects to itself), /redirect (to /img/0.jpg), /huge (a large
@@ -26,8 +26,6 @@ class ImageServer:
         self.huge_bytes = huge_bytes
         self.slow_seconds = slow_seconds
         self.down = True  # /maybe answers 503 while down
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
 
     async def _image(self, request: web.Request) -> web.Response:
         self.hits[request.path] += 1
@@ -89,24 +87,7 @@ class ImageServer:
             )
         return web.Response(status=404)
 
-    async def _start(self) -> None:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_get("/img/{name}", self._image)
         app.router.add_get("/delay/{name}", self._delayed)
         app.router.add_get("/{tail:.*}", self._route)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]
-
-    def __enter__(self) -> ImageServer:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result()
-        self.url = f"http://127.0.0.1:{self.port}"
-        return self
-
-    def __exit__(self, *exc) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result()
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()

@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import threading
 from dataclasses import dataclass, field
 
 from aiohttp import web
 from PIL import Image
+
+from .loopback import LoopbackApp
 
 
 @dataclass
@@ -57,12 +58,10 @@ async def default_behaviour(body: dict, state: ServerState):
     return 200, completion(describe(body)), {}
 
 
-class LoopbackServer:
+class LoopbackServer(LoopbackApp):
     def __init__(self, behaviour=default_behaviour):
         self.behaviour = behaviour
         self.state = ServerState()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         state = self.state
@@ -80,22 +79,7 @@ class LoopbackServer:
             return web.json_response(payload, status=status, headers=headers)
         return web.Response(text=payload, status=status, headers=headers)
 
-    async def _start(self) -> None:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+    client_max_size = 64 * 1024 * 1024
+
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chat/completions", self._handle)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]
-
-    def __enter__(self) -> LoopbackServer:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result()
-        self.url = f"http://127.0.0.1:{self.port}"
-        return self
-
-    def __exit__(self, *exc) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result()
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()

@@ -426,3 +426,17 @@ def test_recap_caption_reads_a_shard_made_by_img2dataset(tmp_path, captioner):
             source["caption"],
             source["sha256"],
         )
+
+
+def test_overwrite_redoes_complete_shards_and_other_settings_are_refused(tmp_path):
+    from recaption.pipeline import ConfigMismatchError
+
+    with ImageServer() as server:
+        rows = [{"url": f"{server.url}/img/0.jpg", "text": "a", "license": None, "sha256": None}]
+        meta = write_metadata(tmp_path / "urls.parquet", rows)
+        download([meta], config(tmp_path / "out"))
+        with pytest.raises(ConfigMismatchError, match="image_size"):
+            download([meta], config(tmp_path / "out", image_size=48))
+        summary = download([meta], config(tmp_path / "out", image_size=48, overwrite=True))
+        assert [r.outcome for r in summary.results] == ["done"] and server.hits["/img/0.jpg"] == 2
+    assert table(tmp_path / "out")[f"{server.url}/img/0.jpg"]["height"] == 48

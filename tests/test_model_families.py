@@ -13,54 +13,24 @@ from recaption.models.tiny import LLAMA3_CHAT_TEMPLATE, _build_tokenizer
 
 
 def tiny_llava(folder, chat_template: str | None):
-    from transformers import (
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaImageProcessor,
-        LlavaProcessor,
-    )
+    from transformers import CLIPVisionConfig
+
+    from recaption.models.llava_parts import llava_processor, small_llava
 
     tok = _build_tokenizer()
     tok.chat_template = chat_template
-    config = LlavaConfig(
-        vision_config=CLIPVisionConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=28,
-            patch_size=14,
-        ),
-        text_config=LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-        ),
-        image_token_index=tok.convert_tokens_to_ids("<image>"),
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-2,
-    )
-    torch.manual_seed(0)
-    LlavaForConditionalGeneration(config).save_pretrained(folder)
-    image_processor = LlavaImageProcessor(
-        do_pad=True, size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}
-    )
-    LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tok,
+    vision = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=28,
         patch_size=14,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=chat_template,
+    )
+    small_llava(
+        tok, vision, width=32, layers=1, intermediate=64, heads=2, max_positions=512, seed=0
     ).save_pretrained(folder)
+    llava_processor(tok, 28, 14, chat_template).save_pretrained(folder)
 
 
 def tiny_llava_next(folder):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -59,6 +60,16 @@ def run_caption_command(inputs: list[str], caption_cfg: CaptionConfig, run_cfg: 
         return 2
     progress.stop()
     return _print_summary(summary, run_cfg.output)
+
+
+@contextmanager
+def _clear_error(*errors: type[Exception]):
+    """Expected failures (bad input, a wrong folder) as one red line and exit code 2, not a traceback."""
+    try:
+        yield
+    except errors as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
 
 
 def _split(values: list[str] | None) -> list[str]:
@@ -200,7 +211,7 @@ def run_download_command(inputs: list[str], config) -> int:
     table.add_row("shards done", str(len(summary.by_outcome(DONE))))
     table.add_row("shards skipped (already complete)", str(len(summary.by_outcome(SKIPPED))))
     table.add_row("shards failed", str(len(summary.failed)))
-    for outcome, n in sorted(summary.outcome_counts.items()):
+    for outcome, n in sorted(summary.status_counts.items()):
         table.add_row(f"  rows: {outcome}", str(n))
     table.add_row("output", config.output)
     console.print(table)
@@ -254,15 +265,12 @@ def score_cmd(
 ) -> None:
     """Fill re_clip_score / org_clip_score (100 x cosine) and the length columns of finished shards, in place."""
     from .quality.clip import ClipScorer
-    from .quality.score import NoOutputError, score_output
+    from .quality.outputs import NoOutputError
+    from .quality.score import score_output
 
-    try:
-        with console.status("scoring") as status:
-            summary = score_output(output, ClipScorer(clip_model, device=device, batch_size=batch_size), overwrite,
-                                   on_shard=lambda name: status.update(f"scoring shard {name}"))
-    except NoOutputError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+    with _clear_error(NoOutputError), console.status("scoring") as status:
+        summary = score_output(output, ClipScorer(clip_model, device=device, batch_size=batch_size), overwrite,
+                               on_shard=lambda name: status.update(f"scoring shard {name}"))
     console.print(f"scored {len(summary.scored)} shard(s), skipped {len(summary.skipped)} already scored by {clip_model}")
     for name, error in summary.failed.items():
         console.print(f"[red]FAILED[/red] {name}: {error}")
@@ -291,14 +299,10 @@ def judge_cmd(
                              api_key_env=api_key_env, overwrite=overwrite)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    from .quality.score import NoOutputError
+    from .quality.outputs import NoOutputError
 
-    try:
-        with console.status("judging") as status:
-            summary = judge_output(output, config, on_shard=lambda name: status.update(f"judging shard {name}"))
-    except NoOutputError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+    with _clear_error(NoOutputError), console.status("judging") as status:
+        summary = judge_output(output, config, on_shard=lambda name: status.update(f"judging shard {name}"))
     console.print(f"judged {sum(summary.judged.values())} row(s) in {len(summary.judged)} shard(s); "
                   f"skipped {len(summary.skipped)} already judged")
     for name, error in summary.failed.items():
@@ -314,15 +318,11 @@ def report_cmd(
     seed: Annotated[int, typer.Option(help="Chooses the gallery's samples.")] = 0,
 ) -> None:
     """Write one self-contained HTML report: statuses, lengths, scores, vocabulary, flags, gallery."""
+    from .quality.outputs import NoOutputError
     from .quality.report import write_report
-    from .quality.score import NoOutputError
 
-    try:
-        with console.status("building the report"):
-            write_report(output, report, gallery, seed)
-    except NoOutputError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+    with _clear_error(NoOutputError), console.status("building the report"):
+        write_report(output, report, gallery, seed)
     console.print(f"wrote {report}")
 
 
@@ -334,14 +334,11 @@ def stats_cmd(
     """Print the numbers of an output folder: statuses, lengths, scores, vocabulary overlap, flag rates."""
     import json
 
-    from .quality.score import NoOutputError
+    from .quality.outputs import NoOutputError
     from .quality.stats import collect
 
-    try:
+    with _clear_error(NoOutputError):
         stats = collect(output)
-    except NoOutputError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
     summary = stats.summary()
     if as_json:
         print(json.dumps(summary, indent=2))
@@ -410,11 +407,8 @@ def train_clip_cmd(
                                  device=device)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    try:
+    with _clear_error(ValueError):
         result = train_clip(config)
-    except ValueError as exc:  # no input shards, no pairs, a bad folder
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
     console.print(f"trained {result['steps']} steps on {result['pairs']} pairs; final loss {result['losses'][-1]:.4f}" if result["losses"] else "nothing to train")
 
 
@@ -443,11 +437,8 @@ def train_captioner_cmd(
                                   stage1_field=stage1_field, stage2_field=stage2_field, stage1_steps=stage1_steps,
                                   stage2_steps=stage2_steps, batch_size=batch_size, save_every=save_every, seed=seed,
                                   width=width, layers=layers, device=device)
-    try:
+    with _clear_error(ValueError):
         result = train_captioner(config)
-    except ValueError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
     console.print(f"trained on {result['examples']} examples; saved to {output}")
 
 
@@ -482,11 +473,8 @@ def eval_retrieval_cmd(
 
     from .training.retrieval import evaluate
 
-    try:
+    with _clear_error(ValueError):
         result = evaluate(model, data, caption_field, label_field, device=device, limit=limit)
-    except ValueError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
     if as_json:
         print(json.dumps({"n": result.n, **result.metrics}, indent=2))
         return
@@ -519,11 +507,8 @@ def convert_llava_cmd(
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from .models.convert_llava import ConversionError, convert_llava
 
-    try:
+    with _clear_error(ConversionError):
         out = convert_llava(src, dst, vision_tower, tokenizer, allow_pickle)
-    except ConversionError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
     console.print(f"wrote {out}; caption with: recap caption SHARDS -o OUT --model {out}")
 
 

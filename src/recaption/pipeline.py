@@ -151,16 +151,22 @@ def plan_shards(
         if not out.is_done(shard.name):
             todo.append(shard)
             continue
-        previous = out.done_provenance(shard.name) or {}
-        previous = {k: v for k, v in previous.items() if k != "recaption_version"}
-        if previous != current:
-            changed = sorted(k for k in current.keys() | previous.keys() if current.get(k) != previous.get(k))
-            raise ConfigMismatchError(
-                f"{out.url} holds {shard.name}.parquet made with other settings "
-                f"({', '.join(changed)} differ); use --overwrite or another output folder"
-            )
+        require_same_settings(out, shard.name, current)
         done.append(shard)
     return todo, done
+
+
+def require_same_settings(out: OutputDir, name: str, current: dict) -> None:
+    """Raise ConfigMismatchError when shard `name` in `out` was made with other settings (its
+    .done marker holds them); the recaption version may differ."""
+    previous = {k: v for k, v in (out.done_provenance(name) or {}).items() if k != "recaption_version"}
+    current = {k: v for k, v in current.items() if k != "recaption_version"}
+    if previous != current:
+        changed = sorted(k for k in current.keys() | previous.keys() if current.get(k) != previous.get(k))
+        raise ConfigMismatchError(
+            f"{out.url} holds shard {name} made with other settings "
+            f"({', '.join(changed)} differ); use --overwrite or another output folder"
+        )
 
 
 def _refuse_output_among_inputs(shards: list[Shard], output: str) -> None:

@@ -16,13 +16,12 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from itertools import islice
 
 import pyarrow.parquet as pq
 
 from .. import __version__
-from ..pipeline import DONE, FAILED, SKIPPED, ConfigMismatchError, Progress
+from ..pipeline import DONE, FAILED, SKIPPED, Progress, RunSummary, ShardResult, require_same_settings
 from ..shards import img2dataset_key
 from ..writer import OutputDir
 from . import outcomes as oc
@@ -32,36 +31,8 @@ from .metadata import MetadataReader, UrlRow
 from .process import ProcessError, process_image
 from .writer import DownloadShardWriter, forget_shard, shard_paths
 
-
-@dataclass
-class DownloadShardResult:
-    name: str
-    source: str
-    outcome: str  # done | skipped | failed
-    rows: int = 0
-    status_counts: dict[str, int] = field(default_factory=dict)  # by outcome
-    seconds: float = 0.0
-    error: str | None = None
-
-
-@dataclass
-class DownloadSummary:
-    results: list[DownloadShardResult] = field(default_factory=list)
-
-    @property
-    def failed(self) -> list[DownloadShardResult]:
-        return [r for r in self.results if r.outcome == FAILED]
-
-    @property
-    def outcome_counts(self) -> Counter:
-        total: Counter = Counter()
-        for r in self.results:
-            if r.outcome == DONE:
-                total.update(r.status_counts)
-        return total
-
-    def by_outcome(self, outcome: str) -> list[DownloadShardResult]:
-        return [r for r in self.results if r.outcome == outcome]
+# A download shard reports like a caption shard: ShardResult.status_counts counts outcomes.
+DownloadSummary = RunSummary
 
 
 def download(inputs: list[str], config: DownloadConfig, progress: Progress | None = None) -> DownloadSummary:
@@ -97,10 +68,10 @@ class _Run:
             async with Fetcher(self.cfg) as self.fetcher:
                 for shard_id, rows in plan(self.reader.rows(self.inputs), self.cfg.shard_size):
                     name = f"{shard_id:05d}"
-                    if self.out.is_done(name):
-                        self._check_settings(name)
+                    if self.out.is_done(name) and not self.cfg.overwrite:  # --overwrite redoes it
+                        require_same_settings(self.out, name, self.provenance)
                         if not self.cfg.retry_failed:
-                            summary.results.append(DownloadShardResult(name, name, SKIPPED))
+                            summary.results.append(ShardResult(name, name, SKIPPED))
                             continue
                     await shard_slots.acquire()  # at most shards_in_flight shards' rows in memory
                     task = asyncio.create_task(self._shard(shard_id, rows))
@@ -113,19 +84,7 @@ class _Run:
             self.pool.shutdown(wait=True, cancel_futures=True)
         return summary
 
-    def _check_settings(self, name: str) -> None:
-        previous = {
-            k: v for k, v in (self.out.done_provenance(name) or {}).items() if k != "recaption_version"
-        }
-        current = {k: v for k, v in self.provenance.items() if k != "recaption_version"}
-        if previous != current and not self.cfg.overwrite:
-            changed = sorted(k for k in current.keys() | previous.keys() if current.get(k) != previous.get(k))
-            raise ConfigMismatchError(
-                f"{self.out.url} holds shard {name} made with other settings "
-                f"({', '.join(changed)} differ); use --overwrite or another folder"
-            )
-
-    async def _shard(self, shard_id: int, rows: list[UrlRow]) -> DownloadShardResult:
+    async def _shard(self, shard_id: int, rows: list[UrlRow]) -> ShardResult:
         name = f"{shard_id:05d}"
         started = time.perf_counter()
         retrying = self.cfg.retry_failed and self.out.is_done(name) and not self.cfg.overwrite
@@ -139,7 +98,7 @@ class _Run:
                 todo = self._carry_over(writer, name, todo)
                 if todo is None:
                     writer.abort()
-                    return DownloadShardResult(name, name, SKIPPED)
+                    return ShardResult(name, name, SKIPPED)
             await asyncio.gather(*(self._one(writer, key, row) for key, row in todo))
             counts = Counter(r["outcome"] for r in writer.rows.values())
             seconds = time.perf_counter() - started
@@ -148,7 +107,7 @@ class _Run:
         except BaseException as exc:
             writer.abort()
             if isinstance(exc, Exception):
-                result = DownloadShardResult(
+                result = ShardResult(
                     name,
                     name,
                     FAILED,
@@ -158,7 +117,7 @@ class _Run:
                 self.progress.shard_finished(result)
                 return result
             raise
-        result = DownloadShardResult(name, name, DONE, len(writer.rows), dict(counts), seconds)
+        result = ShardResult(name, name, DONE, len(writer.rows), dict(counts), seconds)
         self.progress.shard_finished(result)
         return result
 

@@ -255,21 +255,14 @@ def _write_generation_config(dst: Path, tok) -> None:
 
 
 def _write_processor(dst: Path, tok, vision_config, strategy: str, pad: bool) -> None:
-    from transformers import LlavaImageProcessor, LlavaProcessor
+    from .llava_parts import llava_processor
 
-    size = vision_config.image_size
-    image_processor = LlavaImageProcessor(
-        do_pad=pad,
-        size={"shortest_edge": size},
-        crop_size={"height": size, "width": size},
-        image_mean=[0.48145466, 0.4578275, 0.40821073],
-        image_std=[0.26862954, 0.26130258, 0.27577711],
+    processor = llava_processor(
+        tok,
+        vision_config.image_size,
+        vision_config.patch_size,
+        LLAMA3_CHAT_TEMPLATE,
+        pad=pad,
+        strategy=strategy,
     )
-    LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tok,
-        patch_size=vision_config.patch_size,
-        vision_feature_select_strategy=strategy,
-        num_additional_image_tokens=1,
-        chat_template=LLAMA3_CHAT_TEMPLATE,
-    ).save_pretrained(dst)
+    processor.save_pretrained(dst)

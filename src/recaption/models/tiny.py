@@ -123,14 +123,9 @@ def _build_tokenizer():
 def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
     """Write a tiny LLaVA model folder (config, safetensors, tokenizer, processor) to out_dir."""
     import torch
-    from transformers import (
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaImageProcessor,
-        LlavaProcessor,
-    )
+    from transformers import CLIPVisionConfig
+
+    from .llava_parts import llava_processor, small_llava
 
     tokenizer = _build_tokenizer()
     vision = CLIPVisionConfig(
@@ -142,53 +137,13 @@ def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
         patch_size=PATCH_SIZE,
         projection_dim=64,
     )
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        projector_hidden_act="gelu",
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-2,
-    )
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config).eval()
+    model = small_llava(
+        tokenizer, vision, width=64, layers=2, intermediate=128, heads=2, max_positions=2048, seed=seed
+    ).eval()
     with torch.no_grad():
         # Random weights: keep the end token's logit at 0 so it (almost) never wins and every
         # caption runs to max_new_tokens, as before; a trained model learns when to stop.
         model.lm_head.weight[tokenizer.eos_token_id].zero_()
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.bos_token_id = tokenizer.bos_token_id
     model.save_pretrained(out_dir)
-
-    # LLaVA-1.5's preprocessing: pad to a square with the mean colour, then resize to 336.
-    image_processor = LlavaImageProcessor(
-        do_pad=True,
-        size={"shortest_edge": IMAGE_SIZE},
-        crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
-        do_center_crop=True,
-        image_mean=[0.48145466, 0.4578275, 0.40821073],
-        image_std=[0.26862954, 0.26130258, 0.27577711],
-    )
-    processor = LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=PATCH_SIZE,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=LLAMA3_CHAT_TEMPLATE,
-    )
-    processor.save_pretrained(out_dir)
+    llava_processor(tokenizer, IMAGE_SIZE, PATCH_SIZE, LLAMA3_CHAT_TEMPLATE).save_pretrained(out_dir)
     return out_dir

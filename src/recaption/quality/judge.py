@@ -12,19 +12,17 @@ every rerun and on every machine.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 from dataclasses import dataclass, field
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ..config import CaptionConfig
 from ..engines.openai_engine import OpenAICaptioner, image_data_url
 from ..images import decode_sample
 from ..writer import OutputDir
-from .score import done_shards, source_shard
+from .outputs import caption_rows, done_shards, input_shard, read_output, rewrite_output, stamp
 
 log = logging.getLogger(__name__)
 
@@ -113,16 +111,12 @@ def judge_output(output: str, config: JudgeConfig, on_shard=None) -> JudgeSummar
         for name in done_shards(out):
             if on_shard:
                 on_shard(name)
-            with out.fs.open(out.parquet(name), "rb") as f:
-                table = pq.read_table(f)
-            previous = json.loads((table.schema.metadata or {}).get(JUDGE_METADATA_KEY, b"{}"))
-            if previous == config.stamp() and not config.overwrite:
+            table = read_output(out, name)
+            if stamp(table, JUDGE_METADATA_KEY) == config.stamp() and not config.overwrite:
                 summary.skipped.append(name)
                 continue
             try:
-                with out.fs.open(out.stats(name), "r") as f:
-                    source = json.load(f)["source"]
-                ratings = _judge_shard(client, source_shard(source, name), table, config)
+                ratings = _judge_shard(client, input_shard(out, name), table, config)
             except Exception as exc:  # a missing input shard: say which, go on
                 summary.failed[name] = f"{type(exc).__name__}: {exc}"
                 continue
@@ -134,7 +128,7 @@ def judge_output(output: str, config: JudgeConfig, on_shard=None) -> JudgeSummar
 
 
 def _judge_shard(client: OpenAICaptioner, shard, table: pa.Table, config: JudgeConfig) -> dict[str, dict]:
-    rows = {r["key"]: r for r in table.select(["key", "re_caption", "org_caption", "status"]).to_pylist()}
+    rows = caption_rows(table)
     chosen = {k for k, r in rows.items() if r["status"] == "ok" and selected(k, config.fraction, config.seed)}
     ratings: dict[str, dict] = {}
     batch: list[tuple[str, str, list]] = []  # (key, which caption, messages)
@@ -183,26 +177,11 @@ def _send(client: OpenAICaptioner, batch: list, ratings: dict) -> None:
         ratings.setdefault(key, {})[which] = (rating, status)
 
 
-def _rewrite(out: OutputDir, name: str, table: pa.Table, ratings: dict, stamp: dict) -> None:
+def _rewrite(out: OutputDir, name: str, table: pa.Table, ratings: dict, metadata: dict) -> None:
     keys = table.column("key").to_pylist()
+    columns = {}
     for which in ("re", "org"):
-        scores = [ratings.get(k, {}).get(which, (None, None)) for k in keys]
-        score_field = table.schema.field(f"{which}_gpt4v_score")
-        table = table.set_column(
-            table.schema.get_field_index(score_field.name),
-            score_field,
-            pa.array([s[0] for s in scores], type=pa.int64()),
-        )
-        status_field = table.schema.field(f"{which}_judge_status")
-        table = table.set_column(
-            table.schema.get_field_index(status_field.name),
-            status_field,
-            pa.array([s[1] for s in scores], type=pa.string()),
-        )
-    table = table.replace_schema_metadata(
-        {**(table.schema.metadata or {}), JUDGE_METADATA_KEY: json.dumps(stamp).encode()}
-    )
-    tmp = out.parquet(name) + ".judging.tmp"
-    with out.fs.open(tmp, "wb") as f:
-        pq.write_table(table, f)
-    out.fs.mv(tmp, out.parquet(name))
+        rated = [ratings.get(k, {}).get(which, (None, None)) for k in keys]
+        columns[f"{which}_gpt4v_score"] = [rating for rating, _ in rated]
+        columns[f"{which}_judge_status"] = [status for _, status in rated]
+    rewrite_output(out, name, table, columns, JUDGE_METADATA_KEY, metadata)

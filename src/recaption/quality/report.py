@@ -11,16 +11,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import resources
 
-import pyarrow.parquet as pq
-
 from ..images import decode_sample
 from ..writer import OutputDir
-from .score import done_shards, source_shard
+from .outputs import done_shards, input_shard, read_output
 from .stats import OutputStats, collect
 
 
@@ -97,9 +94,7 @@ def gallery(output: str, n: int, seed: int = 0) -> list[GalleryItem]:
     out = OutputDir(output)
     candidates = []
     for name in done_shards(out):
-        with out.fs.open(out.parquet(name), "rb") as f:
-            table = pq.read_table(f)
-        for row in table.to_pylist():
+        for row in read_output(out, name).to_pylist():
             if row["status"] == "ok":
                 rank = hashlib.sha256(f"{seed}:{name}:{row['key']}".encode()).hexdigest()
                 candidates.append((rank, name, row))
@@ -110,8 +105,7 @@ def gallery(output: str, n: int, seed: int = 0) -> list[GalleryItem]:
     thumbs: dict[tuple[str, str], str] = {}
     for name, rows in by_shard.items():
         try:
-            with out.fs.open(out.stats(name), "r") as f:
-                shard = source_shard(json.load(f)["source"], name)
+            shard = input_shard(out, name)
             for sample in shard:
                 if sample.key in rows:
                     image = decode_sample(sample, max_side=512).image

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import pyarrow.parquet as pq
 
 from ..writer import OutputDir
-from .score import done_shards
+from .outputs import done_shards
 
 COLUMNS = [
     "key",

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 import torch
 
 from ..models.registry import PAPER_PROMPT
+from . import distributed
 from .checkpoints import latest_checkpoint, load_state, save_checkpoint
 from .data import image_text_pairs
 
@@ -65,25 +65,17 @@ class Example:
 
 
 def fresh_llava(config: CaptionerTrainConfig, image_size: int = 64, patch: int = 8):
-    from transformers import (
-        AutoModel,
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaImageProcessor,
-        LlavaProcessor,
-    )
+    from transformers import AutoModel, CLIPVisionConfig
 
+    from ..models.llava_parts import llava_processor, small_llava
     from ..models.tiny import _build_tokenizer
 
     tokenizer = _build_tokenizer()
-    if config.vision_tower:
-        clip = AutoModel.from_pretrained(config.vision_tower)
+    clip = AutoModel.from_pretrained(config.vision_tower) if config.vision_tower else None
+    if clip is not None:
         vision = CLIPVisionConfig(**clip.config.vision_config.to_dict())
         image_size, patch = vision.image_size, vision.patch_size
     else:
-        clip = None
         vision = CLIPVisionConfig(
             hidden_size=64,
             intermediate_size=256,
@@ -92,52 +84,13 @@ def fresh_llava(config: CaptionerTrainConfig, image_size: int = 64, patch: int =
             image_size=image_size,
             patch_size=patch,
         )
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=config.width,
-        intermediate_size=3 * config.width,
-        num_hidden_layers=config.layers,
-        num_attention_heads=max(1, config.width // 32),
-        num_key_value_heads=max(1, config.width // 32),
-        max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+    heads = max(1, config.width // 32)
+    model = small_llava(
+        tokenizer, vision, config.width, config.layers, 3 * config.width, heads, 512, config.seed
     )
-    llava_config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        projector_hidden_act="gelu",
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-2,
-    )
-    torch.manual_seed(config.seed)
-    model = LlavaForConditionalGeneration(llava_config)
     if clip is not None:
         model.model.vision_tower.load_state_dict(clip.vision_model.state_dict(), strict=False)
-    for key, value in (
-        ("pad_token_id", tokenizer.pad_token_id),
-        ("eos_token_id", tokenizer.eos_token_id),
-        ("bos_token_id", tokenizer.bos_token_id),
-    ):
-        setattr(model.generation_config, key, value)
-    image_processor = LlavaImageProcessor(
-        do_pad=True,
-        size={"shortest_edge": image_size},
-        crop_size={"height": image_size, "width": image_size},
-        image_mean=[0.48145466, 0.4578275, 0.40821073],
-        image_std=[0.26862954, 0.26130258, 0.27577711],
-    )
-    processor = LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=patch,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=tokenizer.chat_template,
-    )
-    return model, processor
+    return model, llava_processor(tokenizer, image_size, patch, tokenizer.chat_template)
 
 
 class ConversationBatcher:
@@ -210,18 +163,10 @@ def trainable(model, stage: int) -> list:
 def train_captioner(config: CaptionerTrainConfig) -> dict:
     from transformers import AutoProcessor, LlavaForConditionalGeneration, get_cosine_schedule_with_warmup
 
-    from ..engines.transformers_engine import pick_device
     from ..models.registry import family_for
 
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    rank = int(os.environ.get("RANK", "0"))
-    if distributed:
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    device = (
-        f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-        if distributed and torch.cuda.is_available()
-        else pick_device(config.device)
-    )
+    ranks = distributed.start(config.device)
+    rank, device = ranks.rank, ranks.device
     out = Path(config.output)
     resume = latest_checkpoint(out)
     source = resume or config.model
@@ -252,11 +197,7 @@ def train_captioner(config: CaptionerTrainConfig) -> dict:
         else:
             step = 0
         model.train()
-        trained = (
-            torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
-            if distributed
-            else model
-        )
+        trained = ranks.wrap(model, find_unused_parameters=True)
         while step < total:
             batch = rng.sample(range(len(examples)), min(config.batch_size, len(examples)))
             chosen = [examples[i] for i in batch]
@@ -294,6 +235,5 @@ def train_captioner(config: CaptionerTrainConfig) -> dict:
         model.save_pretrained(out)
         processor.save_pretrained(out)
         (out / "train_summary.json").write_text(json.dumps({"history": history, "config": asdict(config)}))
-    if distributed:
-        torch.distributed.destroy_process_group()
+    ranks.finish()
     return {"history": history, "examples": len(examples)}

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from . import distributed
 from .checkpoints import latest_checkpoint, load_state, save_checkpoint
 from .data import Pair, image_text_pairs, recaptioned_pairs
 
@@ -94,64 +94,26 @@ def load_pairs(config: ClipTrainConfig) -> list[Pair]:
 def fresh_clip(config: ClipTrainConfig):
     """A small CLIP for the shapes world: the tiny tokenizer (begin/end tokens added), a CLIP
     image processor at `image_size`, text positions = text_length."""
-    from tokenizers.processors import TemplateProcessing
-    from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel
+    from ..models.tiny_clip import small_clip
 
-    from ..models.tiny import tiny_model_path
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path())
-    bos, eos = tokenizer.bos_token, tokenizer.eos_token
-    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
-        single=f"{bos} $A {eos}",
-        special_tokens=[(bos, tokenizer.bos_token_id), (eos, tokenizer.eos_token_id)],
-    )
-    tokenizer.padding_side = "right"
-    tokenizer.model_max_length = config.text_length
-    heads = max(1, config.width // 32)
-    clip_config = CLIPConfig(
-        text_config=dict(
-            hidden_size=config.width,
-            intermediate_size=4 * config.width,
-            num_hidden_layers=config.layers,
-            num_attention_heads=heads,
-            vocab_size=len(tokenizer),
-            max_position_embeddings=config.text_length,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        ),
-        vision_config=dict(
-            hidden_size=config.width,
-            intermediate_size=4 * config.width,
-            num_hidden_layers=config.layers,
-            num_attention_heads=heads,
-            image_size=config.image_size,
-            patch_size=max(4, config.image_size // 8),
-        ),
+    return small_clip(
+        width=config.width,
+        intermediate=4 * config.width,
+        heads=max(1, config.width // 32),
+        layers=config.layers,
+        image_size=config.image_size,
+        patch_size=max(4, config.image_size // 8),
         projection_dim=config.width,
+        text_length=config.text_length,
+        seed=config.seed,
     )
-    torch.manual_seed(config.seed)
-    processor = CLIPImageProcessor(
-        size={"shortest_edge": config.image_size},
-        crop_size={"height": config.image_size, "width": config.image_size},
-    )
-    return CLIPModel(clip_config), tokenizer, processor
 
 
 def train_clip(config: ClipTrainConfig) -> dict:
     from transformers import AutoImageProcessor, AutoModel, AutoTokenizer, get_cosine_schedule_with_warmup
 
-    from ..engines.transformers_engine import pick_device
-
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    rank = int(os.environ.get("RANK", "0"))
-    if distributed:
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    device = (
-        f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-        if distributed and torch.cuda.is_available()
-        else pick_device(config.device)
-    )
+    ranks = distributed.start(config.device)
+    rank, device = ranks.rank, ranks.device
     out = Path(config.output)
     resume = latest_checkpoint(out)
     source = resume or config.model
@@ -179,7 +141,7 @@ def train_clip(config: ClipTrainConfig) -> dict:
         scheduler.load_state_dict(state["scheduler"])
         step, rng = state["step"], state["rng"]
         log.info("resumed from %s at step %d", resume, step)
-    trained = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
+    trained = ranks.wrap(model)
     window = min(
         config.text_length, getattr(model.config.text_config, "max_position_embeddings", config.text_length)
     )
@@ -225,6 +187,5 @@ def train_clip(config: ClipTrainConfig) -> dict:
             "config": {k: v for k, v in asdict(config).items() if k != "history"},
         }
         (out / "train_summary.json").write_text(json.dumps(summary))
-    if distributed:
-        torch.distributed.destroy_process_group()
+    ranks.finish()
     return {"steps": step, "losses": losses, "pairs": len(pairs)}

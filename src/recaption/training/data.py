@@ -7,11 +7,8 @@ recaptioned_pairs(outdir)   `recap caption` output: each row's original caption 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-
-import pyarrow.parquet as pq
 
 from ..images import decode_sample
 from ..readers import ColumnConfig, discover_shards
@@ -50,18 +47,12 @@ def image_text_pairs(
 
 
 def recaptioned_pairs(output: str, max_side: int = 512) -> Iterator[Pair]:
-    from ..quality.score import done_shards, source_shard
+    from ..quality.outputs import caption_rows, done_shards, input_shard, read_output
 
     out = OutputDir(output)
     for name in done_shards(out):
-        with out.fs.open(out.parquet(name), "rb") as f:
-            rows = {
-                r["key"]: r
-                for r in pq.read_table(f, columns=["key", "org_caption", "re_caption", "status"]).to_pylist()
-            }
-        with out.fs.open(out.stats(name), "r") as f:
-            shard = source_shard(json.load(f)["source"], name)
-        for sample in shard:
+        rows = caption_rows(read_output(out, name, ["key", "re_caption", "org_caption", "status"]))
+        for sample in input_shard(out, name):
             row = rows.get(sample.key)
             if row is None or row["status"] != "ok":
                 continue

@@ -1,0 +1,74 @@
+"""Reading and updating finished `recap caption` output, for the steps that come after it
+(score, judge, stats, report, CLIP training): which shards are finished, each one's rows and its
+input shard (where the images are), and rewriting a file's columns in place, atomically."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..readers import discover_shards, open_shard
+from ..readers.base import Shard
+from ..writer import OutputDir
+
+
+class NoOutputError(ValueError):
+    """The folder holds no finished `recap caption` shards."""
+
+
+def done_shards(out: OutputDir) -> list[str]:
+    """Names of the finished shards in a `recap caption` output folder; an error if there are none."""
+    names = sorted(path.rsplit("/", 1)[-1][: -len(".done")] for path in out.fs.glob(out.path("*.done")))
+    if not names:
+        raise NoOutputError(
+            f"{out.url} holds no finished shards ({{name}}.done): is it a `recap caption` output folder?"
+        )
+    return names
+
+
+def read_output(out: OutputDir, name: str, columns: list[str] | None = None) -> pa.Table:
+    with out.fs.open(out.parquet(name), "rb") as f:
+        return pq.read_table(f, columns=columns)
+
+
+def caption_rows(table: pa.Table) -> dict[str, dict]:
+    """key -> {key, re_caption, org_caption, status}."""
+    return {r["key"]: r for r in table.select(["key", "re_caption", "org_caption", "status"]).to_pylist()}
+
+
+def stamp(table: pa.Table, key: bytes) -> dict:
+    """What an earlier step recorded in the file's metadata under `key` ({} if nothing)."""
+    return json.loads((table.schema.metadata or {}).get(key, b"{}"))
+
+
+def input_shard(out: OutputDir, name: str) -> Shard:
+    """The input shard an output came from (its `source` in `{name}_stats.json`): a tar or parquet
+    file, or a slice of an image folder."""
+    with out.fs.open(out.stats(name), "r") as f:
+        source = json.load(f)["source"]
+    try:
+        return open_shard(source)
+    except ValueError:
+        folder = source.rsplit(" [", 1)[0]
+        return next(s for s in discover_shards([folder]) if s.name == name)
+
+
+def rewrite_output(
+    out: OutputDir, name: str, table: pa.Table, columns: dict[str, list], metadata_key: bytes, metadata: dict
+) -> None:
+    """Replace these columns (same names and types) and record `metadata`; the file is written
+    whole under a temporary name and renamed, so readers see the old file or the new one."""
+    for column, values in columns.items():
+        index = table.schema.get_field_index(column)
+        table = table.set_column(
+            index, table.schema.field(column), pa.array(values, type=table.schema.field(column).type)
+        )
+    table = table.replace_schema_metadata(
+        {**(table.schema.metadata or {}), metadata_key: json.dumps(metadata).encode()}
+    )
+    tmp = out.parquet(name) + ".rewrite.tmp"
+    with out.fs.open(tmp, "wb") as f:
+        pq.write_table(table, f)
+    out.fs.mv(tmp, out.parquet(name))
