@@ -277,6 +277,7 @@ def test_nothing_is_written_outside_the_output_folder(tmp_path):
     written = {p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file()}
     assert all(p.parts[0] in ("in", "out") for p in written), written
     assert {p.name for p in (tmp_path / "out").iterdir()} <= {
+        ".recap.lock",  # the output folder's lock (atomic.output_lock)
         "00000.tar",
         "00000.parquet",
         "00000_stats.json",
@@ -440,3 +441,140 @@ def test_overwrite_redoes_complete_shards_and_other_settings_are_refused(tmp_pat
         summary = download([meta], config(tmp_path / "out", image_size=48, overwrite=True))
         assert [r.outcome for r in summary.results] == ["done"] and server.hits["/img/0.jpg"] == 2
     assert table(tmp_path / "out")[f"{server.url}/img/0.jpg"]["height"] == 48
+
+
+# -- from the command line: columns, refused rows, settings that change which rows succeed, the lock --
+
+
+def recap(*args: str):
+    from typer.testing import CliRunner
+
+    from recaption.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_a_caption_column_is_found_like_recap_caption_finds_it(tmp_path):
+    with ImageServer() as server:
+        rows = [{"url": f"{server.url}/img/{i}.jpg", "caption": f"a photo {i}"} for i in range(2)]
+        meta = write_metadata(tmp_path / "urls.parquet", rows)
+        result = recap("download", meta, "-o", tmp_path / "out", "--allow-private-network", "--shard-size=10")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("columns: url: 'url'; caption: 'caption' (found"), result.output
+    assert [r["caption"] for r in table(tmp_path / "out").values()] == ["a photo 0", "a photo 1"]
+    with tarfile.open(tmp_path / "out" / "00000.tar") as tar:
+        assert tar.extractfile("000001.txt").read().decode() == "a photo 1"
+
+
+def test_a_named_column_that_is_missing_is_a_one_line_error(tmp_path):
+    meta = write_metadata(tmp_path / "urls.parquet", [{"url": "https://example.org/a.jpg", "caption": "x"}])
+    for option, value, named in [
+        ("--caption-col", "alt", "caption column 'alt'"),
+        ("--sha256-col", "hash", "SHA-256 column 'hash'"),
+    ]:
+        result = recap("download", meta, "-o", tmp_path / "out", option, value)
+        assert result.exit_code == 2, result.output
+        assert result.output.count("\n") == 1 and result.output.startswith("error: "), result.output
+        assert named in result.output and "has: caption, url" in result.output and option in result.output
+    assert not (tmp_path / "out").exists(), "nothing is started on bad input"
+    # '' means no caption column: the run goes ahead without captions.
+    result = recap("download", meta, "-o", tmp_path / "out", "--caption-col", "", "--timeout", "0.01")
+    assert result.exit_code == 0 and "caption: none" in result.output, result.output
+
+
+def test_refused_rows_are_named_and_a_rerun_with_the_flag_fetches_only_them(tmp_path):
+    with ImageServer() as server:
+        rows = [{"url": f"{server.url}/img/{i}.jpg", "text": f"t{i}"} for i in range(3)]
+        rows.append({"url": "ftp://example.org/x.jpg", "text": "not http"})
+        meta = write_metadata(tmp_path / "urls.parquet", rows)
+        out = tmp_path / "out"
+        first = recap("download", meta, "-o", out, "--image-size", "16")
+        assert first.exit_code == 0 and sum(server.hits.values()) == 0
+        assert "3 row(s) refused" in first.output and "--allow-private-network" in first.output, first.output
+
+        again = recap("download", meta, "-o", out, "--image-size", "16", "--allow-private-network")
+        assert again.exit_code == 0, again.output
+        assert dict(server.hits) == {f"/img/{i}.jpg": 1 for i in range(3)}, "the refused rows, once each"
+        assert [r["outcome"] for r in table(out).values()] == ["ok", "ok", "ok", "bad_url"]
+        assert len(tar_members(out / "00000.tar")) == 3 * 3 and "refused" not in again.output
+
+        third = recap("download", meta, "-o", out, "--image-size", "16", "--allow-private-network")
+        assert "shards skipped (already complete) │ 1" in third.output and sum(server.hits.values()) == 3
+    # Dropping the flag now would mix rows fetched under two policies: refused, with the way out.
+    stricter = recap("download", meta, "-o", out, "--image-size", "16")
+    error = stricter.output.strip().splitlines()[-1]
+    assert stricter.exit_code == 2 and error.startswith("error:"), stricter.output
+    assert "downloaded with --allow-private-network" in error and "--overwrite" in error, error
+
+
+def test_retry_failed_fetches_refused_rows_again(tmp_path):
+    with ImageServer() as server:
+        meta = write_metadata(tmp_path / "urls.parquet", [{"url": f"{server.url}/img/0.jpg", "text": "a"}])
+        recap("download", meta, "-o", tmp_path / "out", "--image-size", "16")
+        result = recap("download", meta, "-o", tmp_path / "out", "--image-size", "16", "--retry-failed")
+        assert sum(server.hits.values()) == 0, "still refused: the flag was not given"
+    assert "shards done                       │ 1" in result.output, result.output
+    stats = json.loads((tmp_path / "out" / "00000_stats.json").read_text())
+    assert stats["retried_rows"] == 1 and stats["outcomes"] == {"blocked_address": 1}
+
+
+@pytest.mark.parametrize(
+    "path,before,after,outcome",
+    [
+        ("/optout", [], ["--no-respect-opt-out"], "ok"),
+        ("/huge", ["--max-bytes", "100000"], ["--max-bytes", "1000000"], "decode_error"),
+    ],
+)
+def test_a_loosened_setting_fetches_the_rows_it_refused(tmp_path, path, before, after, outcome):
+    with ImageServer() as server:
+        rows = [{"url": server.url + path, "text": "x"}, {"url": f"{server.url}/img/0.jpg", "text": "y"}]
+        meta = write_metadata(tmp_path / "urls.parquet", rows)
+        common = ["download", meta, "-o", tmp_path / "out", "--allow-private-network", "--image-size", "16"]
+        assert recap(*common, *before).exit_code == 0
+        result = recap(*common, *after)
+        assert result.exit_code == 0, result.output
+        assert server.hits[path] == 2 and server.hits["/img/0.jpg"] == 1, dict(server.hits)
+    assert [r["outcome"] for r in table(tmp_path / "out").values()] == [outcome, "ok"]
+
+
+def test_download_holds_the_output_folders_lock_and_clears_crashed_temporaries(tmp_path):
+    from recaption.atomic import output_lock
+
+    out = tmp_path / "out"
+    meta = write_metadata(tmp_path / "urls.parquet", [{"url": "ftp://example.org/a.jpg", "text": "a"}])
+    with output_lock(str(out), "recap caption"):
+        result = recap("download", meta, "-o", out)
+    assert result.exit_code == 2, result.output
+    error = result.output.strip().splitlines()[-1]
+    assert error.startswith("error: another run is writing to") and "recap caption" in error, result.output
+    assert not list(out.glob("0000*")), "nothing written while another run holds the folder"
+    stale = [out / "00000.tar.4242-deadbeef.tmp", out / "00000.parquet.tmp"]  # left by a kill -9
+    for path in stale:
+        path.write_bytes(b"half a file")
+    assert recap("download", meta, "-o", out).exit_code == 0
+    assert not [p for p in stale if p.exists()]
+    assert {p.name for p in out.iterdir()} == {
+        ".recap.lock",
+        "00000.tar",
+        "00000.parquet",
+        "00000_stats.json",
+        "00000.done",
+    }
+
+
+def test_a_folder_made_by_the_previous_version_resumes(tmp_path):
+    """Its markers hold neither the fetch policy nor a found caption column ("text" was the
+    default): url-only metadata is still skipped, and --allow-private-network fetches the rows
+    that version refused."""
+    with ImageServer() as server:
+        meta = write_metadata(tmp_path / "urls.parquet", [{"url": f"{server.url}/img/0.jpg"}])
+        out = tmp_path / "out"
+        assert recap("download", meta, "-o", out, "--image-size", "16").exit_code == 0
+        marker = json.loads((out / "00000.done").read_text())
+        marker.pop("fetch_policy", None)
+        (out / "00000.done").write_text(json.dumps({**marker, "caption_col": "text"}))
+        plain = recap("download", meta, "-o", out, "--image-size", "16")
+        assert plain.exit_code == 0 and "shards skipped (already complete) │ 1" in plain.output, plain.output
+        allowed = recap("download", meta, "-o", out, "--image-size", "16", "--allow-private-network")
+        assert allowed.exit_code == 0 and server.hits["/img/0.jpg"] == 1, allowed.output
+    assert [r["outcome"] for r in table(out).values()] == ["ok"]

@@ -4,6 +4,7 @@ stand-in with vLLM's call signature, and out-of-memory back-off."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sys
 import types
@@ -118,6 +119,91 @@ def test_openai_engine_failures_stay_with_their_row(tmp_path):
 def test_openai_engine_needs_an_endpoint():
     with pytest.raises(ValueError, match="--endpoint"):
         CaptionPipeline(CaptionConfig(engine="openai"), RunConfig(output="unused"))
+
+
+def _echo_credentials(status: int):
+    """A server that rejects every request and echoes the credentials it got, as some do."""
+
+    seen: set = set()
+
+    async def behaviour(body, state):
+        sent = state.headers[-1].get("Authorization", "")
+        request = json.dumps(body["messages"], sort_keys=True)
+        if request not in seen:  # first try: retried, and its message is logged on the way
+            seen.add(request)
+            return 429, {"error": {"message": f"rate limited for {sent}"}}, {"Retry-After": "0"}
+        return status, {"error": {"message": f"Incorrect API key provided: {sent}", "header": sent}}, {}
+
+    return behaviour
+
+
+def caption_cli(*args):
+    from typer.testing import CliRunner
+
+    from recaption.cli import app
+
+    return CliRunner().invoke(app, ["caption", *[str(a) for a in args], "--engine", "openai",
+                                    "--model", "served", "--max-new-tokens", "8"])
+
+
+def test_an_api_key_echoed_by_the_server_is_never_stored_or_printed(tmp_path, monkeypatch, caplog):
+    key = "org-key-0123456789abcdef"
+    monkeypatch.setenv("RECAP_ECHO_KEY", key)
+    caplog.set_level(logging.DEBUG)
+    write_shards(tmp_path / "in", n_shards=1, per_shard=2)
+    with LoopbackServer(_echo_credentials(400)) as server:
+        result = caption_cli(tmp_path / "in", "-o", tmp_path / "out", "--endpoint", server.url,
+                             "--api-key-env", "RECAP_ECHO_KEY", "--retries", "1", "--concurrency", "1")
+        assert server.state.headers[0]["Authorization"] == f"Bearer {key}"  # it was sent
+    assert result.exit_code == 0, result.output
+    errors = [r["error"] for r in rows(tmp_path / "out")]
+    assert all("HTTP 400" in e and "Incorrect API key provided: Bearer ***" in e for e in errors), errors
+    assert "rate limited" in caplog.text, "the retry was logged"
+    for text in [*errors, result.output, caplog.text]:
+        assert key not in text and key[:12] not in text
+
+
+def test_endpoint_url_credentials_authenticate_and_are_never_shown(tmp_path, monkeypatch, caplog):
+    import base64
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-also-set-in-the-environment-123")
+    caplog.set_level(logging.DEBUG)
+    write_shards(tmp_path / "in", n_shards=1, per_shard=2)
+    with LoopbackServer(_echo_credentials(401)) as server:
+        endpoint = server.url.replace("http://", "http://captioner:pw-9876543210@") + "/v1"
+        result = caption_cli(tmp_path / "in", "-o", tmp_path / "out", "--endpoint", endpoint,
+                             "--retries", "1", "--concurrency", "1")
+        basic = "Basic " + base64.b64encode(b"captioner:pw-9876543210").decode()
+        assert server.state.headers and all(h["Authorization"] == basic for h in server.state.headers)
+    assert result.exit_code == 0, result.output
+    errors = [r["error"] for r in rows(tmp_path / "out")]
+    assert all(e.startswith("request failed after 2 attempt(s): http://***@127.0.0.1") for e in errors)
+    assert all("HTTP 401" in e for e in errors), errors
+    for text in [*errors, result.output, caplog.text]:
+        for secret in ("pw-9876543210", basic.split()[1], "sk-also-set-in-the-environment-123"):
+            assert secret not in text, (secret, text)
+
+
+def test_judge_never_logs_an_echoed_api_key(tmp_path, monkeypatch, caplog):
+    from typer.testing import CliRunner
+
+    from recaption.cli import app
+
+    key = "judge-key-0123456789abcdef"
+    monkeypatch.setenv("RECAP_JUDGE_KEY", key)
+    caplog.set_level(logging.DEBUG)
+    shards = write_shards(tmp_path / "in", n_shards=1, per_shard=2)
+    with LoopbackServer() as server:
+        run_openai(shards, tmp_path / "out", [server.url])
+    with LoopbackServer(_echo_credentials(400)) as server:
+        result = CliRunner().invoke(app, ["judge", str(tmp_path / "out"), "--endpoint", server.url,
+                                          "--model", "j", "--fraction", "1", "--retries", "1",
+                                          "--api-key-env", "RECAP_JUDGE_KEY"])
+        assert server.state.requests, "the judge asked"
+    assert result.exit_code == 0, result.output
+    assert "Incorrect API key provided: Bearer ***" in caplog.text, caplog.text
+    assert key not in caplog.text and key not in result.output
+    assert {r["re_judge_status"] for r in rows(tmp_path / "out")} == {"request_failed"}
 
 
 # -- vLLM, through a stand-in with vLLM's call signature ----------------------------------------------

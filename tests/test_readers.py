@@ -73,6 +73,18 @@ def test_tar_sample_without_image_is_kept(tmp_path):
     assert sample.image_bytes is None and sample.org_caption == "orphan caption"
 
 
+def test_tar_json_that_is_not_an_object_is_ignored(tmp_path):
+    path = tmp_path / "odd.tar"
+    with tarfile.open(path, "w") as tar:
+        _add(tar, "a.jpg", image_bytes())
+        _add(tar, "a.json", b"[1, 2, 3]")
+        _add(tar, "b.jpg", image_bytes())
+        _add(tar, "b.json", json.dumps({"url": 12345}).encode())
+    a, b = list(open_shard(str(path)))
+    assert (a.key, a.url) == ("a", None)
+    assert b.url == "12345"  # the output's url column is text
+
+
 def test_truncated_tar_is_a_shard_error_naming_the_file(tmp_path):
     (path,) = write_shards(tmp_path, 1, 4)
     data = open(path, "rb").read()
@@ -108,6 +120,12 @@ def test_parquet_named_columns(tmp_path):
                                                       "id": ["k1"]}))
     (s,) = list(open_shard(path, ColumnConfig(image="pixels", caption="alt", key="id")))
     assert s.org_caption == "hello" and s.key == "k1"
+
+
+def test_parquet_numeric_identity_columns_become_text(tmp_path):
+    path = _parquet(tmp_path / "n.parquet", pa.table({"jpg": [image_bytes()], "url": [7], "key": [42]}))
+    (s,) = list(open_shard(path))
+    assert (s.url, s.key) == ("7", "42")
 
 
 def test_parquet_without_image_column_names_shard_and_columns(tmp_path):

@@ -1,13 +1,25 @@
-"""recaption: recaption image-text datasets with vision-language models."""
+"""recaption: recaption image-text datasets with vision-language models.
+
+The main entry points take the options of the `recap` command of the same name:
+
+    import recaption
+    summary = recaption.caption(["shards/*.tar"], "out/", model="tiny", key_col="id")
+    recaption.score("out/", clip_model="tiny-clip")
+    recaption.report("out/")
+"""
 
 __version__ = "0.1.0"
 
+from .api import caption, download, eval_retrieval, judge, report, score, stats, train_clip  # noqa: E402
 
-def caption(inputs, output, **options):
-    """Caption `inputs` into `output`; see recaption.pipeline.caption."""
-    from .pipeline import caption as _caption
-
-    return _caption(inputs, output, **options)
-
-
-__all__ = ["caption", "__version__"]
+__all__ = [
+    "__version__",
+    "caption",
+    "download",
+    "eval_retrieval",
+    "judge",
+    "report",
+    "score",
+    "stats",
+    "train_clip",
+]

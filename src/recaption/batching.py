@@ -8,6 +8,7 @@ ends so the consumer can commit or abort per shard.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from .images import decode_sample
 from .readers import Shard, ShardError
 from .sample import Sample
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -97,6 +100,12 @@ class BatchStream(IterableDataset):
                 yield from self._batches(shard)
             except ShardError as exc:
                 yield ShardEnd(shard.name, exc.message)
+                continue
+            except Exception as exc:  # one shard's surprise must not end the run (in a loader
+                # worker it would end every worker's shards): fail this shard, naming the error;
+                # the traceback with --verbose.
+                log.info("%s failed while reading", shard.source, exc_info=True)
+                yield ShardEnd(shard.name, f"unexpected error while reading: {type(exc).__name__}: {exc}")
                 continue
             yield ShardEnd(shard.name, None)
 

@@ -77,10 +77,6 @@ def _split(values: list[str] | None) -> list[str]:
     return [v.strip() for value in values or [] for v in value.split(",") if v.strip()]
 
 
-def _device(name: str) -> str:
-    return f"cuda:{name}" if name.isdigit() else name
-
-
 @app.command("caption")
 def caption_cmd(
     inputs: Annotated[list[str], typer.Argument(help="Tar/parquet shards, folders, globs, {00000..00009} ranges or fsspec URLs.")],
@@ -101,6 +97,7 @@ def caption_cmd(
     caption_col: Annotated[str | None, typer.Option(help="Parquet caption column or tar .json field (default: caption, text, ...; tars use .txt).")] = None,
     url_col: Annotated[str, typer.Option(help="Column / .json field holding the URL.")] = "url",
     key_col: Annotated[str, typer.Option(help="Column / .json field holding the key.")] = "key",
+    max_image_bytes: Annotated[int, typer.Option(help="Largest image file / tar member read; bigger ones become rows with status too_large (checked before reading).")] = 64 * 1024 * 1024,
     attn_implementation: Annotated[str, typer.Option(help="transformers engine attention: sdpa, flash_attention_2 (needs flash-attn) or eager.")] = "sdpa",
     engine: Annotated[str, typer.Option(help="transformers (in-process), vllm (in-process, needs vLLM) or openai (OpenAI-compatible servers).")] = "transformers",
     endpoint: Annotated[list[str] | None, typer.Option(help="--engine openai: server URL (http://host:8000 or .../v1); repeat it or separate with commas for several.")] = None,
@@ -118,29 +115,15 @@ def caption_cmd(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Caption every image of INPUTS into one Recap-DataComp-1B-schema parquet per shard."""
+    options = {k: v for k, v in locals().items() if k not in ("inputs", "output", "verbose")}
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
+    from .config import caption_settings
+
     try:
-        caption_cfg = CaptionConfig(
-            model=model, prompt=prompt, max_new_tokens=max_new_tokens, batch_size=batch_size,
-            device=device, dtype=dtype, conditional=conditional,
-            conditional_prompt=conditional_prompt, top_k=top_k, seed=seed, engine=engine,
-            attn_implementation=attn_implementation,
-            endpoints=_split(endpoint), concurrency=concurrency, request_timeout=request_timeout,
-            retries=retries, api_key_env=api_key_env,
-        )
-        executor_cfg = ExecutorConfig(
-            executor=executor, devices=[_device(d) for d in _split([devices] if devices else None)] or None,
-            ray_address=ray_address, ray_workers=ray_workers, ray_gpus_per_worker=ray_gpus_per_worker,
-        )
-        if engine == "openai" and not caption_cfg.endpoints:
-            raise ValueError("--engine openai needs --endpoint URL")
+        settings = caption_settings(output, **options)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    from .readers import ColumnConfig
-
-    columns = ColumnConfig(image=image_col, caption=caption_col, url=url_col, key=key_col)
-    run_cfg = RunConfig(output=output, overwrite=overwrite, workers=workers, clip_model=clip_model if score else None)
-    code = run_caption_command(inputs, caption_cfg, run_cfg, columns, executor_cfg)
+    code = run_caption_command(inputs, settings.caption, settings.run, settings.columns, settings.executor)
     raise typer.Exit(code)
 
 
@@ -149,7 +132,7 @@ def download_cmd(
     inputs: Annotated[list[str], typer.Argument(help="URL metadata: parquet, csv, tsv, jsonl or txt files (optionally .gz), folders, globs, fsspec URLs.")],
     output: Annotated[str, typer.Option("--output", "-o", help="Output folder for the shards (local or fsspec URL).")],
     url_col: Annotated[str, typer.Option(help="Column holding the image URL.")] = "url",
-    caption_col: Annotated[str, typer.Option(help="Column holding the caption ('' for none).")] = "text",
+    caption_col: Annotated[str | None, typer.Option(help="Column holding the caption (default: the first of caption, text, org_caption, txt, alt_text, TEXT the metadata has; '' for none).")] = None,
     extra_cols: Annotated[str | None, typer.Option(help="More columns to carry into each sample's .json and the parquet, comma-separated.")] = None,
     sha256_col: Annotated[str | None, typer.Option(help="Column with the expected SHA-256 of the image bytes: verified when present.")] = None,
     shard_size: Annotated[int, typer.Option(help="Rows per shard.")] = 10_000,
@@ -178,7 +161,7 @@ def download_cmd(
 
     try:
         config = DownloadConfig(
-            output=output, url_col=url_col, caption_col=caption_col or None, extra_cols=_split([extra_cols] if extra_cols else None),
+            output=output, url_col=url_col, caption_col=caption_col, extra_cols=_split([extra_cols] if extra_cols else None),
             sha256_col=sha256_col, shard_size=shard_size, resize=resize, image_size=image_size,
             max_aspect_ratio=max_aspect_ratio, min_size=min_size, format=format, quality=quality, timeout=timeout,
             retries=retries, concurrency=concurrency, per_host_concurrency=per_host_concurrency,
@@ -192,18 +175,31 @@ def download_cmd(
 
 
 def run_download_command(inputs: list[str], config) -> int:
-    from .download import download
+    from rich.markup import escape
+
+    from .atomic import OutputLockedError
+    from .download import choose_columns, download
+    from .download.outcomes import BLOCKED_ADDRESS
     from .pipeline import ConfigMismatchError
     from .progress import RichProgress
     from .readers import InputError
+    from .redact import redact
 
+    def error(exc: Exception) -> int:
+        console.print(f"[red]error:[/red] {escape(redact(str(exc)))}", soft_wrap=True)  # one line
+        return 2
+
+    try:
+        columns = choose_columns(inputs, config)
+    except (InputError, FileNotFoundError) as exc:
+        return error(exc)
+    console.print(f"columns: {escape(columns.describe())}", soft_wrap=True)
     progress = RichProgress(description="downloading", unit="rows")
     try:
-        summary = download(inputs, config, progress)
-    except (InputError, ConfigMismatchError, FileNotFoundError) as exc:
+        summary = download(inputs, config, progress, columns=columns)
+    except (InputError, ConfigMismatchError, FileNotFoundError, OutputLockedError) as exc:
         progress.stop()
-        console.print(f"[red]error:[/red] {exc}")
-        return 2
+        return error(exc)
     progress.stop()
     from .pipeline import DONE, SKIPPED
 
@@ -213,10 +209,19 @@ def run_download_command(inputs: list[str], config) -> int:
     table.add_row("shards failed", str(len(summary.failed)))
     for outcome, n in sorted(summary.status_counts.items()):
         table.add_row(f"  rows: {outcome}", str(n))
-    table.add_row("output", config.output)
+    table.add_row("output", escape(redact(config.output)))
     console.print(table)
+    refused = summary.status_counts.get(BLOCKED_ADDRESS, 0)
+    if refused and not config.allow_private_network:
+        console.print(
+            f"[yellow]{refused} row(s) refused[/yellow]: their hosts are private, loopback, link-local "
+            "or reserved addresses (outcome blocked_address). To download them, rerun the same "
+            "command with --allow-private-network (only for hosts you trust): complete shards fetch "
+            "just those rows again.",
+            soft_wrap=True,
+        )
     for r in summary.failed:
-        console.print(f"[red]FAILED[/red] shard {r.name}: {r.error}")
+        console.print(f"[red]FAILED[/red] shard {r.name}: {escape(redact(r.error))}", soft_wrap=True)
     return 1 if summary.failed else 0
 
 
@@ -225,7 +230,7 @@ def run_cmd(
     inputs: Annotated[list[str], typer.Argument(help="URL metadata (parquet, csv, tsv, jsonl, txt; .gz too).")],
     output: Annotated[str, typer.Option("--output", "-o", help="Run folder: images/ (shards) and captions/ go inside.")],
     url_col: Annotated[str, typer.Option(help="Column holding the image URL.")] = "url",
-    caption_col: Annotated[str, typer.Option(help="Column holding the original caption ('' for none).")] = "text",
+    caption_col: Annotated[str | None, typer.Option(help="Column holding the original caption (default: the first of caption, text, ... found; '' for none).")] = None,
     shard_size: Annotated[int, typer.Option(help="Rows per shard.")] = 10_000,
     image_size: Annotated[int, typer.Option(help="Images are stored with this short side (keep_ratio).")] = 512,
     concurrency: Annotated[int, typer.Option(help="Connections open at once.")] = 64,
@@ -242,7 +247,7 @@ def run_cmd(
     base = output.rstrip("/")
     try:
         download_cfg = DownloadConfig(
-            output=f"{base}/images", url_col=url_col, caption_col=caption_col or None, shard_size=shard_size,
+            output=f"{base}/images", url_col=url_col, caption_col=caption_col, shard_size=shard_size,
             image_size=image_size, concurrency=concurrency, allow_private_network=allow_private_network,
         )
         caption_cfg = CaptionConfig(model=model, batch_size=batch_size, device=device, max_new_tokens=max_new_tokens)
@@ -258,20 +263,30 @@ def run_cmd(
 @app.command("score")
 def score_cmd(
     output: Annotated[str, typer.Argument(help="An output folder of `recap caption`.")],
-    clip_model: Annotated[str, typer.Option(help="Hub id or local folder of a CLIP / SigLIP / long-text CLIP; tiny-clip is built in.")] = "openai/clip-vit-large-patch14",
+    clip_model: Annotated[str, typer.Option(help="CLIP / SigLIP / long-text CLIP: a hub id (default: the paper's CLIP ViT-L/14; "
+                                            "used from the local Hugging Face cache when it is there), a local model folder, "
+                                            "or tiny-clip (built in; shapes world only, its scores mean nothing for photos).")] = "openai/clip-vit-large-patch14",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per CLIP batch.")] = 64,
     overwrite: Annotated[bool, typer.Option(help="Rescore files already scored by this model.")] = False,
 ) -> None:
     """Fill re_clip_score / org_clip_score (100 x cosine) and the length columns of finished shards, in place."""
-    from .quality.clip import ClipScorer
+    from rich.markup import escape
+
+    from .quality.clip import ClipModelError, ClipScorer
     from .quality.outputs import NoOutputError
     from .quality.score import score_output
 
-    with _clear_error(NoOutputError), console.status("scoring") as status:
-        summary = score_output(output, ClipScorer(clip_model, device=device, batch_size=batch_size), overwrite,
-                               on_shard=lambda name: status.update(f"scoring shard {name}"))
+    scorer = ClipScorer(clip_model, device=device, batch_size=batch_size)
+    try:
+        with _clear_error(NoOutputError), console.status("scoring") as status:
+            summary = score_output(output, scorer, overwrite, on_shard=lambda name: status.update(f"scoring shard {name}"))
+    except ClipModelError as exc:  # no such model here: one line, at once (soft_wrap: never cut into several)
+        console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from None
     console.print(f"scored {len(summary.scored)} shard(s), skipped {len(summary.skipped)} already scored by {clip_model}")
+    if scorer.note:  # the built-in shapes-world CLIP: say what its numbers are worth
+        console.print(f"[yellow]note:[/yellow] {escape(scorer.note)}", soft_wrap=True)
     for name, error in summary.failed.items():
         console.print(f"[red]FAILED[/red] {name}: {error}")
     raise typer.Exit(1 if summary.failed else 0)
@@ -313,15 +328,17 @@ def judge_cmd(
 @app.command("report")
 def report_cmd(
     output: Annotated[str, typer.Argument(help="An output folder of `recap caption`.")],
-    report: Annotated[str, typer.Option("--output", "-o", help="HTML file to write.")] = "report.html",
+    report: Annotated[str, typer.Option("--output", "-o", help="HTML file to write (local path or fsspec URL).")] = "report.html",
     gallery: Annotated[int, typer.Option(help="Samples in the gallery.")] = 24,
     seed: Annotated[int, typer.Option(help="Chooses the gallery's samples.")] = 0,
 ) -> None:
-    """Write one self-contained HTML report: statuses, lengths, scores, vocabulary, flags, gallery."""
+    """Write one self-contained HTML report: the models, our numbers beside the paper's, statuses,
+    failed rows, distributions, flags, a gallery."""
     from .quality.outputs import NoOutputError
-    from .quality.report import write_report
+    from .quality.report import MissingDependencyError, write_report
 
-    with _clear_error(NoOutputError), console.status("building the report"):
+    # A missing matplotlib / jinja2 is one line naming the pip command (exit 2), not a traceback.
+    with _clear_error(NoOutputError, MissingDependencyError), console.status("building the report"):
         write_report(output, report, gallery, seed)
     console.print(f"wrote {report}")
 
@@ -330,35 +347,64 @@ def report_cmd(
 def stats_cmd(
     output: Annotated[str, typer.Argument(help="An output folder of `recap caption`.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    save: Annotated[str | None, typer.Option("--output", "-o", help="Also write the JSON to this file (local path or fsspec URL).")] = None,
 ) -> None:
-    """Print the numbers of an output folder: statuses, lengths, scores, vocabulary overlap, flag rates."""
+    """Print the numbers of an output folder beside the paper's, and the models that made them:
+    lengths, CLIP and judge scores and preferences, vocabulary, flag rates, failed rows."""
     import json
 
+    from rich.markup import escape
+
+    from .atomic import write_to_url_atomic
     from .quality.outputs import NoOutputError
-    from .quality.stats import collect
+    from .quality.stats import PAPER, collect, comparison, count, fmt, pct, rounded
 
     with _clear_error(NoOutputError):
         stats = collect(output)
-    summary = stats.summary()
+    summary = stats.summary(digits=None)  # exact; the JSON is rounded to 4 decimals, the table to 2
+    text = json.dumps({**rounded(summary), "paper": PAPER}, indent=2)
+    if save:
+        write_to_url_atomic(save, text + "\n")
     if as_json:
-        print(json.dumps(summary, indent=2))
+        print(text)
         return
-    table = Table(title=f"recap stats: {output}", show_header=False)
-    table.add_row("shards", str(summary["shards"]))
-    table.add_row("rows", str(summary["rows"]))
-    for status, n in summary["status_counts"].items():
-        table.add_row(f"  status {status}", str(n))
-    for name in ("length", "clip_score", "judge_score"):
-        for which in ("re", "org"):
-            d = summary[name][which]
-            table.add_row(f"{which}_{name} mean / median", "-" if d is None else f"{d['mean']} / {d['median']}")
-    vocab = summary["vocabulary"]
-    table.add_row("vocabulary re / org / shared", f"{vocab['re_vocabulary']} / {vocab['org_vocabulary']} / {vocab['shared']}")
-    if vocab["re_share_of_combined"] is not None:
-        table.add_row("recaptions' share of the combined vocabulary", f"{100 * vocab['re_share_of_combined']:.2f}%")
-    for flag, rate in summary["flag_rates"].items():
-        table.add_row(f"{flag} rate", "-" if rate is None else f"{100 * rate:.2f}%")
+    console.print(f"[bold]recap stats: {output}[/bold]  {count(summary['shards'], 'shard')}, {count(summary['rows'], 'row')}: "
+                  + ", ".join(f"{fmt(n)} {status}" for status, n in summary["status_counts"].items()))
+    models = summary["models"]
+    for use in models["captioner"]:
+        console.print(f"captioner: [bold]{escape(str(use.get('model') or 'not recorded'))}[/bold], {use['decoding']}, prompt {escape(repr(use.get('prompt')))} "
+                      f"({count(use['shards'], 'shard')}, {count(use['rows'], 'row')} captioned)")
+    for kind in ("clip", "judge"):
+        for use in models[kind]:
+            name = use["model"] if use["model"] is not None else "not recorded"
+            console.print(f"{'CLIP' if kind == 'clip' else 'judge'}: [bold]{escape(str(name))}[/bold] "
+                          f"({count(use['shards'], 'shard')}, {count(use['rows'], 'row')})")
+    for use in [*models["captioner"], *models["clip"]]:
+        if use.get("note"):
+            console.print(f"[yellow]note:[/yellow] {escape(use['note'])}")
+    table = Table(title=f"ours beside the paper's: {PAPER['source']}", show_lines=True)
+    table.add_column("measure, and what made ours", ratio=1)
+    for column in ("recaption", "original", "paper: recaption / original"):
+        table.add_column(column, overflow="fold")
+    for line in comparison(summary):
+        made_by = f"[dim]{escape(line.made_by)}[/dim]" + (f"\n[yellow]{escape(line.note)}[/yellow]" if line.note else "")
+        table.add_row(f"{escape(line.measure)}\n{made_by}", line.re, line.org, line.paper)
     console.print(table)
+    flags = Table(title=f"flags, share of the {fmt(stats.ok_rows)} captioned (ok) rows")
+    flags.add_column("flag")
+    flags.add_column("rows")
+    flags.add_column("share")
+    for flag, rate in summary["flag_rates"].items():
+        flags.add_row(flag, fmt(stats.flag_counts[flag]), pct(rate))
+    console.print(flags)
+    failed = summary["failed_rows"]
+    if failed["count"]:
+        shown = failed["listed"][:10]
+        console.print(f"failed rows: {fmt(failed['count'])}" + (f" (first {len(shown)}; --json lists up to {len(failed['listed'])})" if failed["count"] > len(shown) else ""))
+        for row in shown:
+            console.print(f"  {row['shard']} {row['key']}  {row['status']}: {row['error'] or ''}", markup=False, highlight=False)
+    if save:
+        console.print(f"wrote {save}")
 
 
 @app.command("shapes")
@@ -433,10 +479,14 @@ def train_captioner_cmd(
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from .training.captioner_train import CaptionerTrainConfig, train_captioner
 
-    config = CaptionerTrainConfig(data=data, output=output, model=model, vision_tower=vision_tower,
-                                  stage1_field=stage1_field, stage2_field=stage2_field, stage1_steps=stage1_steps,
-                                  stage2_steps=stage2_steps, batch_size=batch_size, save_every=save_every, seed=seed,
-                                  width=width, layers=layers, device=device)
+    try:
+        config = CaptionerTrainConfig(data=data, output=output, model=model, vision_tower=vision_tower,
+                                      stage1_field=stage1_field, stage2_field=stage2_field,
+                                      stage1_steps=stage1_steps, stage2_steps=stage2_steps, batch_size=batch_size,
+                                      save_every=save_every, seed=seed, width=width, layers=layers, device=device)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    # ValueError: the library's input errors (InputError, TrainingInputError, CheckpointError).
     with _clear_error(ValueError):
         result = train_captioner(config)
     console.print(f"trained on {result['examples']} examples; saved to {output}")
@@ -455,7 +505,9 @@ def eval_captioner_cmd(
 
     from .training.caption_eval import evaluate_captioner
 
-    console.print_json(json.dumps(evaluate_captioner(model, images, seed, start, device)))
+    with _clear_error(ValueError):
+        result = evaluate_captioner(model, images, seed, start, device)
+    console.print_json(json.dumps(result))
 
 
 @app.command("eval-retrieval")
@@ -498,7 +550,7 @@ def demo_cmd(
 @app.command("convert-llava")
 def convert_llava_cmd(
     src: Annotated[Path, typer.Argument(help="LLaVA-repo checkpoint folder (model_type llava_llama), e.g. tennant/llava-llama-3-8b-hqedit downloaded.")],
-    dst: Annotated[Path, typer.Argument(help="Output folder: a transformers LlavaForConditionalGeneration model.")],
+    dst: Annotated[Path, typer.Argument(help="Output folder, new or empty: a transformers LlavaForConditionalGeneration model.")],
     vision_tower: Annotated[str | None, typer.Option(help="CLIP folder or hub id for the vision tower (default: the checkpoint's mm_vision_tower).")] = None,
     tokenizer: Annotated[str | None, typer.Option(help="Tokenizer folder or hub id (default: the checkpoint's own).")] = None,
     allow_pickle: Annotated[bool, typer.Option(help="Accept pickle checkpoints (.bin); pickle can run code when loaded.")] = False,
@@ -525,7 +577,19 @@ def models_cmd() -> None:
     console.print(table)
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM (a scheduler's stop, `kill`, docker stop) unwinds like Ctrl-C: the shard being
+    written is aborted, temporary files removed and the output folder's lock released."""
+    import signal
+
+    def stop(signum, _frame):
+        raise KeyboardInterrupt(f"stopped by signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def main() -> None:  # console-script entry point
+    _stop_on_sigterm()
     app()
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 from .images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
 from .models.registry import CONDITIONAL_PROMPT, PAPER_PROMPT
@@ -87,3 +88,73 @@ class ExecutorConfig:
     def __post_init__(self):
         if self.executor not in ("local", "ray"):
             raise ValueError(f"unknown executor {self.executor!r}; choose local or ray")
+
+
+@dataclass
+class CaptionSettings:
+    """Everything one `recap caption` run needs: the CLI and `recaption.caption()` both build it
+    with `caption_settings`, so the Python API takes exactly the options the CLI takes."""
+
+    caption: CaptionConfig
+    run: RunConfig
+    columns: Any  # readers.ColumnConfig (imported lazily: readers pull in fsspec and pyarrow)
+    executor: ExecutorConfig
+
+
+# Options named as on the command line that do not map one-to-one onto a config field.
+_COLUMN_OPTIONS = {"image_col": "image", "caption_col": "caption", "url_col": "url", "key_col": "key",
+                   "sha256_col": "sha256", "max_image_bytes": "max_image_bytes"}
+_CLI_ONLY = {"endpoint", "score", "devices"}
+
+
+def caption_option_names() -> list[str]:
+    """Every option `caption_settings` (and so `recaption.caption`) accepts."""
+    names = {f.name for cls in (CaptionConfig, RunConfig, ExecutorConfig) for f in fields(cls)}
+    return sorted((names - {"output"}) | set(_COLUMN_OPTIONS) | _CLI_ONLY)
+
+
+def caption_settings(output: str, **options) -> CaptionSettings:
+    """Build and validate a run's settings from CLI-style options (`model="tiny"`, `key_col="id"`,
+    `devices="0,1"`, `endpoint="http://a,http://b"`, `score=True, clip_model=...`).
+
+    Raises TypeError for an option that does not exist (naming the ones that do) and ValueError
+    for a value that is wrong."""
+    from .readers.base import ColumnConfig
+
+    unknown = sorted(set(options) - set(caption_option_names()))
+    if unknown:
+        raise TypeError(
+            f"unknown option(s) {', '.join(unknown)}; options: {', '.join(caption_option_names())}"
+        )
+    options = dict(options)
+    endpoint = options.pop("endpoint", None)
+    if endpoint is not None:
+        options["endpoints"] = split_list(endpoint)
+    devices = options.pop("devices", None)
+    if devices is not None:
+        options["devices"] = [f"cuda:{d}" if d.isdigit() else d for d in split_list(devices)] or None
+    score = options.pop("score", None)
+    if score is False:
+        options["clip_model"] = None
+    elif score and not options.get("clip_model"):
+        raise ValueError("score=True needs clip_model (a CLIP hub id, a local folder or tiny-clip)")
+    columns = ColumnConfig(
+        **{_COLUMN_OPTIONS[k]: options.pop(k) for k in list(options) if k in _COLUMN_OPTIONS}
+    )
+    caption = CaptionConfig(**_take(options, CaptionConfig))
+    executor = ExecutorConfig(**_take(options, ExecutorConfig))
+    run = RunConfig(output=output, **_take(options, RunConfig))
+    if caption.engine == "openai" and not caption.endpoints:
+        raise ValueError("--engine openai needs --endpoint URL")
+    return CaptionSettings(caption, run, columns, executor)
+
+
+def split_list(value) -> list[str]:
+    """A list or a comma-separated string (or a list of those): `"a,b"`, `["a", "b,c"]`."""
+    values = [value] if isinstance(value, str) else list(value or [])
+    return [v.strip() for item in values for v in str(item).split(",") if v.strip()]
+
+
+def _take(options: dict, cls) -> dict:
+    names = {f.name for f in fields(cls)}
+    return {k: options.pop(k) for k in list(options) if k in names}

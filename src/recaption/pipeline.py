@@ -7,6 +7,7 @@ never appears, and the run goes on. Broken images inside a good shard become row
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from collections import Counter, deque
@@ -19,9 +20,10 @@ from . import __version__
 from .config import CaptionConfig, RunConfig
 from .engines import make_engine
 from .engines.base import slice_inputs
-from .quality.flags import is_boilerplate, is_repetitive
-from .readers import Shard, discover_shards
+from .quality.flags import is_boilerplate, is_degenerate, is_repetitive
+from .readers import Shard
 from .sample import CAPTION_ERROR, Sample
+from .schema import SCORES_METADATA_KEY
 from .writer import OutputDir, ShardWriter
 
 if TYPE_CHECKING:
@@ -87,6 +89,7 @@ class _ShardInProgress:
         self.truncated = 0
         self.repetitive = 0
         self.boilerplate = 0
+        self.degenerate = 0
         self.started = time.perf_counter()
 
     def add(self, batch: Batch, tokens: int) -> None:
@@ -96,6 +99,7 @@ class _ShardInProgress:
         self.truncated += sum(bool(s.re_truncated) for s in batch.samples)
         self.repetitive += sum(bool(is_repetitive(s.re_caption)) for s in batch.samples)
         self.boilerplate += sum(bool(is_boilerplate(s.re_caption)) for s in batch.samples)
+        self.degenerate += sum(bool(is_degenerate(s.re_caption)) for s in batch.samples if s.ok)
 
     def finish(self, error: str | None, provenance: dict) -> ShardResult:
         seconds = time.perf_counter() - self.started
@@ -120,6 +124,7 @@ class _ShardInProgress:
                         ("re_truncated", self.truncated),
                         ("re_repetition", self.repetitive),
                         ("re_boilerplate", self.boilerplate),
+                        ("re_degenerate", self.degenerate),
                     )
                 },
                 "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -151,16 +156,49 @@ def plan_shards(
         if not out.is_done(shard.name):
             todo.append(shard)
             continue
-        require_same_settings(out, shard.name, current)
+        marker = out.done_provenance(shard.name) or {}
+        require_same_settings(out, shard.name, current, marker)
+        change = input_change(shard, marker)
+        if change:
+            log.warning("%s: %s; captioning it again", shard.name, change)
+            todo.append(shard)
+            continue
         done.append(shard)
     return todo, done
 
 
-def require_same_settings(out: OutputDir, name: str, current: dict) -> None:
+INPUT_FINGERPRINT = "input_fingerprint"  # in a .done marker: what the shard's input covered
+_NOT_SETTINGS = ("recaption_version", INPUT_FINGERPRINT)  # may differ between shards and runs
+
+
+def input_provenance(shard: Shard) -> dict:
+    """What a shard's .done marker records about its input, beside the settings: the shard's
+    fingerprint (a folder slice's files), so a rerun notices when the input changed."""
+    fingerprint = shard.fingerprint()
+    return {} if fingerprint is None else {INPUT_FINGERPRINT: fingerprint}
+
+
+def input_change(shard: Shard, marker: dict) -> str | None:
+    """How a done shard's input differs from what its marker recorded, or None. A marker
+    without a fingerprint (tars, parquet, older versions) is trusted."""
+    then, now = marker.get(INPUT_FINGERPRINT), shard.fingerprint()
+    if not isinstance(then, dict) or now is None or then == now:
+        return None
+    images_then, images_now = then.get("images"), now.get("images")
+    if images_then != images_now:
+        detail = f"{images_then} images then, {images_now} now"
+    else:
+        detail = f"still {images_now} images, but files were added, removed or modified"
+    return f"folder changed since it was captioned ({detail})"
+
+
+def require_same_settings(out: OutputDir, name: str, current: dict, marker: dict | None = None) -> None:
     """Raise ConfigMismatchError when shard `name` in `out` was made with other settings (its
-    .done marker holds them); the recaption version may differ."""
-    previous = {k: v for k, v in (out.done_provenance(name) or {}).items() if k != "recaption_version"}
-    current = {k: v for k, v in current.items() if k != "recaption_version"}
+    .done marker holds them, read here unless given); the recaption version and the input
+    fingerprint may differ."""
+    marker = out.done_provenance(name) if marker is None else marker
+    previous = {k: v for k, v in (marker or {}).items() if k not in _NOT_SETTINGS}
+    current = {k: v for k, v in current.items() if k not in _NOT_SETTINGS}
     if previous != current:
         changed = sorted(k for k in current.keys() | previous.keys() if current.get(k) != previous.get(k))
         raise ConfigMismatchError(
@@ -288,9 +326,15 @@ class CaptionPipeline:
 
     def _open_writer(self, shard: Shard) -> ShardWriter:
         self.out.invalidate(shard.name)
-        return ShardWriter(
-            self.out, shard.name, self.caption.conditional, self.provenance, self.run_config.row_group_rows
-        )
+        # The marker also records what the input covered (a folder slice's files), for resume.
+        provenance = {**self.provenance, **input_provenance(shard)}
+        metadata = None
+        if self.run_config.clip_model:  # scored in this pass: record which CLIP, as `recap score` does
+            now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            stamp = {**self.scorer.provenance(), "scored_at": now}
+            metadata = {SCORES_METADATA_KEY: json.dumps(stamp).encode()}
+        return ShardWriter(self.out, shard.name, self.caption.conditional, provenance,
+                           self.run_config.row_group_rows, metadata)
 
     def _caption_batch(self, batch: Batch) -> int:
         """Caption the batch's ok samples in place; returns tokens generated."""
@@ -338,15 +382,3 @@ def _done(value) -> Future:
 
 def _ready(work: Future | None) -> bool:
     return work is None or work.done()
-
-
-def caption(inputs: list[str], output: str, **options) -> RunSummary:
-    """Python entry point: `recaption.caption(["shards/*.tar"], "out/", model="tiny")`.
-
-    Keyword options go to CaptionConfig or RunConfig by name."""
-    from dataclasses import fields
-
-    caption_keys = {f.name for f in fields(CaptionConfig)}
-    caption_cfg = CaptionConfig(**{k: v for k, v in options.items() if k in caption_keys})
-    run_cfg = RunConfig(output=output, **{k: v for k, v in options.items() if k not in caption_keys})
-    return CaptionPipeline(caption_cfg, run_cfg).run(discover_shards(inputs))

@@ -8,9 +8,10 @@ from typing import Any
 # Outcome kinds written to the `status` column. Anything but OK has a message in `error`.
 OK = "ok"
 EMPTY_IMAGE = "empty_image"
-MISSING_IMAGE = "missing_image"
+MISSING_IMAGE = "missing_image"  # no image in the sample, or its file is not there
 DECODE_ERROR = "decode_error"
-TOO_LARGE = "too_large"
+TOO_LARGE = "too_large"  # over the pixel limit, or a file over the bytes read per image
+READ_ERROR = "read_error"  # the image file exists but cannot be read (permissions, I/O error)
 CAPTION_ERROR = "caption_error"
 
 

@@ -28,6 +28,7 @@ OUTCOME_FIELDS = [
     pa.field("re_truncated", pa.bool_()),  # generation stopped at max_new_tokens
     pa.field("re_repetition", pa.bool_()),  # a repeated-n-gram loop (quality/flags.py)
     pa.field("re_boilerplate", pa.bool_()),  # opens with "The image shows..." and the like
+    pa.field("re_degenerate", pa.bool_()),  # empty, < 3 words or mostly punctuation (quality/flags.py)
     pa.field("re_clip_truncated", pa.bool_()),  # the caption was cut to the CLIP text window to score it
     pa.field("org_clip_truncated", pa.bool_()),
     pa.field("re_judge_status", pa.string()),  # judged rows: ok | no_rating | out_of_range | request_failed
@@ -38,6 +39,7 @@ OUTCOME_FIELDS = [
 
 METADATA_KEY = b"recaption"
 SCORES_METADATA_KEY = b"recaption_scores"  # which CLIP scored the file, when
+JUDGE_METADATA_KEY = b"recaption_judge"  # which judge rated the file: model, fraction, seed, prompt
 SCORE_COLUMNS = ("re_clip_score", "org_clip_score", "re_clip_truncated", "org_clip_truncated")
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+
+from .atomic import open_atomic
 
 
 @dataclass
@@ -27,12 +28,12 @@ def img2dataset_key(shard_id: int, index: int, shard_digits: int = 5, index_digi
 def write_webdataset_shard(path: str | Path, records: list[ShardRecord], shard_id: int = 0) -> list[str]:
     """Write records as one tar shard, atomically (temporary name, then rename). Returns keys."""
     import webdataset as wds
+    from fsspec.implementations.local import LocalFileSystem
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     keys = []
-    with open(tmp, "wb") as stream:
+    with open_atomic(LocalFileSystem(), str(path), "wb") as stream:
         writer = wds.TarWriter(stream)
         for index, record in enumerate(records):
             key = img2dataset_key(shard_id, index)
@@ -50,7 +51,6 @@ def write_webdataset_shard(path: str | Path, records: list[ShardRecord], shard_i
             writer.write(sample)
             keys.append(key)
         writer.close()
-    os.replace(tmp, path)
     return keys
 
 

@@ -15,7 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
-from .quality.flags import is_boilerplate, is_repetitive
+from .atomic import temporary_name, write_json_atomic
+from .quality.flags import is_boilerplate, is_degenerate, is_repetitive
 from .sample import Sample
 from .schema import METADATA_KEY, output_schema, word_count
 
@@ -36,6 +37,7 @@ def sample_row(sample: Sample, conditional: bool) -> dict:
         "re_truncated": sample.re_truncated,
         "re_repetition": is_repetitive(sample.re_caption),
         "re_boilerplate": is_boilerplate(sample.re_caption),
+        "re_degenerate": is_degenerate(sample.re_caption),  # null without a caption; "" is degenerate
         "re_clip_truncated": sample.scores.get("re_clip_truncated"),
         "org_clip_truncated": sample.scores.get("org_clip_truncated"),
         "re_judge_status": None,
@@ -79,15 +81,13 @@ class OutputDir:
             return None
 
     def write_json_atomic(self, path: str, payload: dict) -> None:
-        tmp = path + ".tmp"
-        with self.fs.open(tmp, "w") as f:
-            json.dump(payload, f, indent=2, sort_keys=True)
-        self.fs.mv(tmp, path)
+        write_json_atomic(self.fs, path, payload)
 
     def invalidate(self, shard: str) -> None:
-        """Forget a shard's completion (before redoing it), marker first."""
-        for path in (self.marker(shard), self.stats(shard), self.parquet(shard) + ".tmp",
-                     self.parquet(shard)):
+        """Forget a shard's completion (before redoing it), marker first. Temporary files are
+        not touched: they belong to whichever process is writing them (the folder's lock holder
+        clears those left by crashed runs, see atomic.remove_stale_temporaries)."""
+        for path in (self.marker(shard), self.stats(shard), self.parquet(shard)):
             if self.fs.exists(path):
                 self.fs.rm(path)
 
@@ -96,16 +96,17 @@ class ShardWriter:
     """Streams rows into `{shard}.parquet.tmp` in row groups; `commit` makes it visible."""
 
     def __init__(self, out: OutputDir, shard: str, conditional: bool, provenance: dict,
-                 row_group_rows: int = 1000):
+                 row_group_rows: int = 1000, metadata: dict[bytes, bytes] | None = None):
         self.out = out
         self.shard = shard
         self.conditional = conditional
         self.provenance = provenance
         self.row_group_rows = row_group_rows
         self.schema = output_schema(conditional).with_metadata(
-            {METADATA_KEY: json.dumps(provenance, sort_keys=True).encode()}
+            {METADATA_KEY: json.dumps(provenance, sort_keys=True).encode(), **(metadata or {})}
         )
-        self.tmp_path = out.parquet(shard) + ".tmp"
+        # Unique per process and writer: a second process can never rename this file into place.
+        self.tmp_path = temporary_name(out.parquet(shard))
         out.fs.makedirs(out.root, exist_ok=True)
         self._file = out.fs.open(self.tmp_path, "wb")
         self._writer = pq.ParquetWriter(self._file, self.schema)

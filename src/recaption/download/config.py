@@ -16,7 +16,9 @@ DEFAULT_DISALLOWED = ("noai", "noimageai", "noindex", "noimageindex", "none")
 class DownloadConfig:
     output: str
     url_col: str = "url"
-    caption_col: str | None = "text"
+    # None: the first of the usual caption columns the metadata has (caption, text, ... as
+    # `recap caption` finds them); "": no caption; a name: that column, an error if missing.
+    caption_col: str | None = None
     extra_cols: list[str] = field(default_factory=list)
     sha256_col: str | None = None  # verify the downloaded bytes against this column when given
     shard_size: int = 10_000
@@ -57,6 +59,18 @@ class DownloadConfig:
     def user_agent_token(self) -> str:
         """The product token X-Robots-Tag directives may address (`recaption: noai`)."""
         return self.user_agent.split("/", 1)[0].strip().lower()
+
+    def fetch_policy(self) -> dict:
+        """The settings that decide which rows may succeed, not what a stored row looks like.
+        Recorded in each shard's marker: a rerun that loosens one fetches again the rows it
+        refused (see downloader.policy_change); tightening one is refused."""
+        return {
+            "allow_private_network": self.allow_private_network,
+            "disallowed_directives": sorted(self.disallowed_directives),
+            "max_bytes": self.max_bytes,
+            "max_pixels": self.max_pixels,
+            "max_redirects": self.max_redirects,
+        }
 
     def provenance(self) -> dict:
         keys = [

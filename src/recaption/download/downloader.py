@@ -2,9 +2,15 @@
 
 Row i of the input (all files, in order) goes to shard i // shard_size with img2dataset's key
 (shard id, then index in the shard, zero-padded), so a rerun plans the same shards: complete
-ones (marker present, same settings) are skipped, the rest redone from scratch. With
-`retry_failed`, complete shards have their transient failures (timeouts, connection errors,
-429, 5xx) fetched again and merged in by key: no duplicates, nothing else touched.
+ones (marker present, same settings) are skipped, the rest redone from scratch. Some rows of a
+complete shard are fetched again and merged in by key (no duplicates, nothing else touched):
+with `retry_failed`, its transient failures (timeouts, connection errors, 429, 5xx) and the
+rows refused as private addresses; and when a fetch-policy setting was loosened since the shard
+was made (`--allow-private-network`, `--no-respect-opt-out`, a larger `--max-bytes`), the rows
+that setting refused. Tightening one is refused like any other change of settings.
+
+The run holds the output folder's lock (atomic.output_lock) and first removes temporary files
+that crashed runs left there.
 """
 
 from __future__ import annotations
@@ -14,20 +20,22 @@ import math
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 
 import pyarrow.parquet as pq
 
 from .. import __version__
-from ..pipeline import DONE, FAILED, SKIPPED, Progress, RunSummary, ShardResult, require_same_settings
+from ..atomic import output_lock, remove_stale_temporaries
+from ..pipeline import DONE, FAILED, SKIPPED, ConfigMismatchError, Progress, RunSummary, ShardResult
+from ..redact import redact
 from ..shards import img2dataset_key
 from ..writer import OutputDir
 from . import outcomes as oc
 from .config import DownloadConfig
 from .fetch import Fetcher
-from .metadata import MetadataReader, UrlRow
+from .metadata import ChosenColumns, MetadataReader, UrlRow, expand_metadata_inputs
 from .process import ProcessError, process_image
 from .writer import DownloadShardWriter, forget_shard, shard_paths
 
@@ -35,9 +43,56 @@ from .writer import DownloadShardWriter, forget_shard, shard_paths
 DownloadSummary = RunSummary
 
 
-def download(inputs: list[str], config: DownloadConfig, progress: Progress | None = None) -> DownloadSummary:
-    """Download every URL of `inputs` into `config.output`; see the module docstring."""
-    return asyncio.run(_Run(inputs, config, progress or Progress()).run())
+def download(
+    inputs: list[str],
+    config: DownloadConfig,
+    progress: Progress | None = None,
+    columns: ChosenColumns | None = None,
+) -> DownloadSummary:
+    """Download every URL of `inputs` into `config.output`; see the module docstring.
+
+    `columns`: what `choose_columns` returned for these inputs (chosen here when not given).
+    Raises InputError (bad input, a named column missing), ConfigMismatchError (the folder holds
+    shards made with other settings) and atomic.OutputLockedError (another run writes there)."""
+    reader = MetadataReader(config.url_col, config.caption_col, config.sha256_col, config.extra_cols)
+    paths = expand_metadata_inputs(inputs)
+    reader.chosen = columns or reader.choose(paths)
+    with output_lock(config.output, "recap download"):
+        out = OutputDir(config.output)
+        remove_stale_temporaries(out.fs, out.root)
+        return asyncio.run(_Run(paths, config, reader, progress or Progress()).run())
+
+
+def choose_columns(inputs: list[str], config: DownloadConfig) -> ChosenColumns:
+    """The url / caption / sha256 / extra columns `download` will read (printed at the start of
+    `recap download`); InputError when a named one is missing."""
+    reader = MetadataReader(config.url_col, config.caption_col, config.sha256_col, config.extra_cols)
+    return reader.choose(expand_metadata_inputs(inputs))
+
+
+DEFAULT_POLICY = DownloadConfig(output="").fetch_policy()  # what markers without one were made with
+_POLICY_FLAGS = {
+    "allow_private_network": lambda v: "--allow-private-network" if v else "private addresses refused",
+    "disallowed_directives": lambda v: "--respect-opt-out" if v else "--no-respect-opt-out",
+    "max_bytes": lambda v: f"--max-bytes {v}",
+}
+
+
+def policy_change(previous: dict, current: dict) -> tuple[list[str], list[str]]:
+    """(loosened, tightened) fetch-policy settings between a shard's marker and this run."""
+    loosened, tightened = [], []
+    for key, now in current.items():
+        before = previous.get(key, now)
+        if before == now:
+            continue
+        if key == "disallowed_directives":
+            looser = set(now) < set(before)
+        elif isinstance(now, bool):
+            looser = now and not before
+        else:
+            looser = before is not None and (now is None or now > before)
+        (loosened if looser else tightened).append(key)
+    return loosened, tightened
 
 
 def plan(rows: Iterator[UrlRow], shard_size: int) -> Iterator[tuple[int, list[UrlRow]]]:
@@ -48,14 +103,23 @@ def plan(rows: Iterator[UrlRow], shard_size: int) -> Iterator[tuple[int, list[Ur
 
 
 class _Run:
-    def __init__(self, inputs: list[str], config: DownloadConfig, progress: Progress):
-        self.inputs = inputs
+    def __init__(self, paths: list[str], config: DownloadConfig, reader: MetadataReader, progress: Progress):
+        self.paths = paths
         self.cfg = config
         self.progress = progress
         self.out = OutputDir(config.output)
-        self.reader = MetadataReader(config.url_col, config.caption_col, config.sha256_col, config.extra_cols)
+        self.reader = reader
+        self.columns = reader.chosen
         self.index_digits = max(1, math.ceil(math.log10(config.shard_size))) if config.shard_size > 1 else 1
-        self.provenance = {**config.provenance(), "recaption_version": __version__}
+        # The columns actually read (a found caption column under its name), so a rerun that
+        # finds another column is refused rather than mixing captions from two columns.
+        self.provenance = {
+            **config.provenance(),
+            "caption_col": self.columns.caption,
+            "sha256_col": self.columns.sha256,
+            "recaption_version": __version__,
+        }
+        self.policy = config.fetch_policy()
 
     async def run(self) -> DownloadSummary:
         summary = DownloadSummary()
@@ -66,15 +130,16 @@ class _Run:
         tasks: list[asyncio.Task] = []
         try:
             async with Fetcher(self.cfg) as self.fetcher:
-                for shard_id, rows in plan(self.reader.rows(self.inputs), self.cfg.shard_size):
+                for shard_id, rows in plan(self.reader.read(self.paths), self.cfg.shard_size):
                     name = f"{shard_id:05d}"
+                    again = None
                     if self.out.is_done(name) and not self.cfg.overwrite:  # --overwrite redoes it
-                        require_same_settings(self.out, name, self.provenance)
-                        if not self.cfg.retry_failed:
+                        again = self._rows_to_fetch_again(name)
+                        if again is None:
                             summary.results.append(ShardResult(name, name, SKIPPED))
                             continue
                     await shard_slots.acquire()  # at most shards_in_flight shards' rows in memory
-                    task = asyncio.create_task(self._shard(shard_id, rows))
+                    task = asyncio.create_task(self._shard(shard_id, rows, again))
                     task.add_done_callback(lambda _t: shard_slots.release())
                     tasks.append(task)
                 summary.results += await asyncio.gather(*tasks)
@@ -84,18 +149,61 @@ class _Run:
             self.pool.shutdown(wait=True, cancel_futures=True)
         return summary
 
-    async def _shard(self, shard_id: int, rows: list[UrlRow]) -> ShardResult:
+    def _rows_to_fetch_again(self, name: str) -> Callable[[dict], bool] | None:
+        """For a complete shard: which of its rows this run fetches again (None: none, skip it).
+        Raises ConfigMismatchError when it was made with other settings, or a stricter policy
+        setting than this run's."""
+        marker = dict(self.out.done_provenance(name) or {})
+        previous_policy = marker.pop("fetch_policy", None)
+        if previous_policy is None:  # made before markers held the policy (and found columns)
+            previous_policy = DEFAULT_POLICY
+            found_none = self.cfg.caption_col is None and self.columns.caption is None
+            if found_none and marker.get("caption_col") == "text":
+                marker["caption_col"] = None  # the old default, on metadata without it: no captions
+        previous = {k: v for k, v in marker.items() if k != "recaption_version"}
+        current = {k: v for k, v in self.provenance.items() if k != "recaption_version"}
+        if previous != current:
+            changed = sorted(k for k in current.keys() | previous.keys() if current.get(k) != previous.get(k))
+            raise ConfigMismatchError(
+                f"{redact(self.out.url)} holds shard {name} made with other settings "
+                f"({', '.join(changed)} differ); use --overwrite or another output folder"
+            )
+        loosened, tightened = policy_change(previous_policy, self.policy)
+        if tightened:
+            key = tightened[0]
+            said = _POLICY_FLAGS.get(key, lambda v, key=key: f"{key}={v}")
+            before = said(previous_policy[key])
+            raise ConfigMismatchError(
+                f"{redact(self.out.url)} holds shard {name} downloaded with {before} (this run: "
+                f"{said(self.policy[key])}); rerun with {before}, or use --overwrite to download again"
+            )
+        outcomes = {oc.POLICY_OUTCOMES[k] for k in loosened if k in oc.POLICY_OUTCOMES}
+        retry_failed = self.cfg.retry_failed
+        if not outcomes and not retry_failed:
+            return None
+
+        def again(row: dict) -> bool:
+            return row["outcome"] in outcomes or (
+                retry_failed and oc.retry_on_rerun(row["outcome"], row["http_status"])
+            )
+
+        return again
+
+    async def _shard(
+        self, shard_id: int, rows: list[UrlRow], again: Callable[[dict], bool] | None
+    ) -> ShardResult:
         name = f"{shard_id:05d}"
         started = time.perf_counter()
-        retrying = self.cfg.retry_failed and self.out.is_done(name) and not self.cfg.overwrite
+        retrying = again is not None
         if not retrying:
             forget_shard(self.out, name)
-        writer = DownloadShardWriter(self.out, name, self.cfg.extra_cols, self.cfg.caption_col is not None)
+        save_caption = self.columns.caption is not None
+        writer = DownloadShardWriter(self.out, name, list(self.columns.extra), save_caption)
         try:
             keys = [img2dataset_key(shard_id, i, index_digits=self.index_digits) for i in range(len(rows))]
             todo = list(zip(keys, rows, strict=True))
             if retrying:
-                todo = self._carry_over(writer, name, todo)
+                todo = self._carry_over(writer, name, todo, again)
                 if todo is None:
                     writer.abort()
                     return ShardResult(name, name, SKIPPED)
@@ -103,7 +211,7 @@ class _Run:
             counts = Counter(r["outcome"] for r in writer.rows.values())
             seconds = time.perf_counter() - started
             stats = self._stats(writer, counts, started, seconds, retried=len(todo) if retrying else None)
-            writer.commit(stats, self.provenance)
+            writer.commit(stats, {**self.provenance, "fetch_policy": self.policy})
         except BaseException as exc:
             writer.abort()
             if isinstance(exc, Exception):
@@ -111,7 +219,7 @@ class _Run:
                     name,
                     name,
                     FAILED,
-                    error=f"{type(exc).__name__}: {exc}",
+                    error=redact(f"{type(exc).__name__}: {exc}"),
                     seconds=time.perf_counter() - started,
                 )
                 self.progress.shard_finished(result)
@@ -121,19 +229,21 @@ class _Run:
         self.progress.shard_finished(result)
         return result
 
-    def _carry_over(self, writer: DownloadShardWriter, name: str, todo: list) -> list | None:
-        """Keep a done shard's rows; return the (key, row) pairs whose failure was transient."""
+    def _carry_over(
+        self, writer: DownloadShardWriter, name: str, todo: list, again: Callable[[dict], bool]
+    ) -> list | None:
+        """Keep a done shard's rows; return the (key, row) pairs to fetch again (None: none)."""
         paths = shard_paths(self.out, name)
         with self.out.fs.open(paths["parquet"], "rb") as f:
             previous = {r["key"]: r for r in pq.read_table(f).to_pylist()}
-        again = {k for k, r in previous.items() if oc.is_transient(r["outcome"], r["http_status"])}
-        if not again:
+        redo = {k for k, r in previous.items() if again(r)}
+        if not redo:
             return None
         for key, row in previous.items():
-            if key not in again:
-                writer.rows[key] = row
+            if key not in redo:
+                writer.rows[key] = {**row, "error_message": redact(row.get("error_message"))}
         writer.copy_samples(paths["tar"], {k for k, r in previous.items() if r["outcome"] == oc.OK})
-        return [(key, row) for key, row in todo if key in again]
+        return [(key, row) for key, row in todo if key in redo]
 
     async def _one(self, writer: DownloadShardWriter, key: str, row: UrlRow) -> None:
         async with self.rows_in_flight:
@@ -152,7 +262,7 @@ class _Run:
                 "outcome": fetched.outcome,
                 "http_status": fetched.http_status,
                 "attempts": fetched.attempts,
-                **{c: row.extra.get(c) for c in self.cfg.extra_cols},
+                **{c: row.extra.get(c) for c in self.columns.extra},
             }
             image = ext = None
             if fetched.outcome == oc.OK:
@@ -162,7 +272,7 @@ class _Run:
                         self.pool, process_image, fetched.data, row.sha256, self.cfg, fetched.content_type
                     )
                 except ProcessError as exc:
-                    record.update(outcome=exc.outcome, error_message=str(exc), sha256=exc.sha256)
+                    record.update(outcome=exc.outcome, error_message=redact(str(exc)), sha256=exc.sha256)
                 else:
                     image, ext = stored.data, stored.ext
                     record.update(
@@ -173,7 +283,7 @@ class _Run:
                         original_height=stored.original_height,
                     )
             else:
-                record["error_message"] = fetched.error
+                record["error_message"] = redact(fetched.error)  # URL credentials, signed queries
             record["status"] = oc.status_of(record["outcome"])
             writer.add(record, image, ext)
             self.progress.rows_done(1, int(image is not None))

@@ -9,14 +9,16 @@ off exponentially and honour Retry-After up to the timeout.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import ipaddress
 import random
+import re
 import socket
 from dataclasses import dataclass
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import aiohttp
-from aiohttp.abc import AbstractResolver
+from yarl import URL
 
 from . import outcomes as oc
 from .config import DownloadConfig
@@ -37,41 +39,127 @@ class FetchResult:
 
 
 class BlockedAddress(OSError):
-    """Raised by the resolver: the host resolves to an address we must not connect to."""
+    """Raised by the connector: the host is, or resolves to, an address we must not connect to."""
 
 
-def address_blocked(ip: str) -> bool:
-    addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return (
-        addr.is_private
-        or addr.is_loopback
-        or addr.is_link_local
-        or addr.is_multicast
-        or addr.is_reserved
-        or addr.is_unspecified
-    )
+ALLOW_HINT = "--allow-private-network allows it"
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+_NUMERIC_HOST = re.compile(r"[0-9A-Fa-fXx.]+")
 
 
-class SafeResolver(AbstractResolver):
-    """DNS through aiohttp's threaded resolver, refusing non-public addresses. Checking the
-    resolved addresses (not the host name) also stops DNS names that point inside."""
+def address_blocked(ip: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """True unless `ip` is a globally routable unicast address. IPv6 forms that carry an IPv4
+    address (mapped, compatible, 6to4, Teredo, NAT64) are judged by that address too."""
+    addr = ip if not isinstance(ip, str) else ipaddress.ip_address(ip.strip("[]").split("%", 1)[0])
+    if addr.is_multicast or addr.is_unspecified or not addr.is_global:
+        return True
+    if isinstance(addr, ipaddress.IPv6Address):
+        packed = int(addr)
+        embedded = [addr.ipv4_mapped, addr.sixtofour, *(addr.teredo or ())]
+        if packed >> 32 == 0 or any(addr in net for net in _NAT64):  # ::a.b.c.d, 64:ff9b::a.b.c.d
+            embedded.append(ipaddress.IPv4Address(packed & 0xFFFFFFFF))
+        return any(v4 is not None and address_blocked(v4) for v4 in embedded)
+    return False
 
-    def __init__(self, allow_private: bool):
-        self._inner = aiohttp.ThreadedResolver()
+
+def literal_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address a host names without DNS, in every spelling the system resolver accepts:
+    dotted quads, IPv6 (bracketed or not), and the legacy inet_aton forms (2130706433,
+    0177.0.0.1, 0x7f.1, 127.1), with or without a trailing dot. None for a host name."""
+    bare = host.strip("[]").split("%", 1)[0]
+    bare = bare[:-1] if bare.endswith(".") else bare
+    try:
+        return ipaddress.ip_address(bare)
+    except ValueError:
+        pass
+    if bare and _NUMERIC_HOST.fullmatch(bare) and bare[0].isdigit():
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(bare))
+        except OSError:
+            return None
+    return None
+
+
+def host_refused(host: str) -> str | None:
+    """Why connecting to `host` (as the connection will use it: IDNA / yarl-normalised) is
+    refused before any DNS lookup, or None: a non-public address in any spelling, or a
+    `localhost` name (RFC 6761: always loopback)."""
+    name = host.rstrip(".").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return f"{host} is a loopback name; {ALLOW_HINT}"
+    addr = literal_address(host)
+    if addr is not None and address_blocked(addr):
+        spelled = "" if host.strip("[]") == str(addr) else f" ({addr})"
+        return f"{host}{spelled} is a {address_kind(addr)} address; {ALLOW_HINT}"
+    return None
+
+
+def address_kind(addr) -> str:
+    """A word for why an address is refused, for messages."""
+    addr = ipaddress.ip_address(str(addr).strip("[]").split("%", 1)[0])
+    mapped = getattr(addr, "ipv4_mapped", None)
+    addr = mapped or addr
+    for kind in ("loopback", "link_local", "multicast", "unspecified", "private", "reserved"):
+        if getattr(addr, f"is_{kind}"):
+            return kind.replace("_", "-")
+    return "non-public"
+
+
+def _guarded_socket(addr_info) -> socket.socket:
+    """aiohttp's socket factory, the last gate: every TCP connection the session opens (first
+    hops, redirects, retries) is checked on the address it is about to connect to."""
+    family, type_, proto, _, sockaddr = addr_info
+    if address_blocked(sockaddr[0]):
+        raise BlockedAddress(
+            f"refused to connect to {sockaddr[0]}, a {address_kind(sockaddr[0])} address; {ALLOW_HINT}"
+        )
+    return socket.socket(family=family, type=type_, proto=proto)
+
+
+class SafeConnector(aiohttp.TCPConnector):
+    """A TCPConnector that refuses non-public addresses at the connector, so no request of the
+    session can reach one: every host is checked as the connection uses it (after yarl's IDNA
+    normalisation, so `①②⑦.⓪.⓪.①` and `１２７．０．０．１` are 127.0.0.1), literal addresses
+    in any spelling before connecting, names on the addresses they resolve to (DNS names that
+    point inside too), and every socket on the address it connects to."""
+
+    def __init__(self, *, allow_private: bool, **options):
         self.allow_private = allow_private
+        if not allow_private and "socket_factory" in inspect.signature(aiohttp.TCPConnector).parameters:
+            options["socket_factory"] = _guarded_socket  # aiohttp >= 3.12
+        super().__init__(resolver=aiohttp.ThreadedResolver(), **options)
 
-    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET):
-        infos = await self._inner.resolve(host, port, family)
+    async def _resolve_host(self, host: str, port: int, traces=None):
+        if not self.allow_private:
+            reason = host_refused(host)
+            if reason:
+                raise BlockedAddress(reason)
+        infos = await super()._resolve_host(host, port, traces=traces)
         if not self.allow_private:
             for info in infos:
                 if address_blocked(info["host"]):
-                    raise BlockedAddress(f"{host} resolves to {info['host']}, a non-public address")
+                    raise BlockedAddress(
+                        f"{host} resolves to {info['host']}, a {address_kind(info['host'])} address; "
+                        f"{ALLOW_HINT}"
+                    )
         return infos
 
-    async def close(self) -> None:
-        await self._inner.close()
+
+def _blocked_cause(exc: BaseException) -> BlockedAddress | None:
+    """The BlockedAddress behind an aiohttp connection error, if any."""
+    seen = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, BlockedAddress):
+            return current
+        os_error = getattr(current, "os_error", None)
+        if isinstance(os_error, BlockedAddress):
+            return os_error
+        current = current.__cause__ or current.__context__
+    if ALLOW_HINT in str(exc):  # happy eyeballs folds several refusals into one OSError
+        return BlockedAddress(str(getattr(exc, "os_error", exc)))
+    return None
 
 
 def robots_opt_out(values: list[str], user_agent_token: str, disallowed: tuple[str, ...]) -> str | None:
@@ -97,10 +185,10 @@ class Fetcher:
         self.config = config
 
     async def __aenter__(self) -> Fetcher:
-        connector = aiohttp.TCPConnector(
+        connector = SafeConnector(
+            allow_private=self.config.allow_private_network,
             limit=self.config.concurrency,
             limit_per_host=self.config.per_host_concurrency,
-            resolver=SafeResolver(self.config.allow_private_network),
             ttl_dns_cache=300,
         )
         self.session = aiohttp.ClientSession(
@@ -137,31 +225,35 @@ class Fetcher:
         except asyncio.TimeoutError:
             return FetchResult(oc.TIMEOUT, error=f"no complete response within {self.config.timeout:g}s")
 
-    def _check_url(self, url: str | None) -> str | None:
-        """Why this URL must not be fetched, or None."""
+    def _target(self, url: str | None) -> URL | str:
+        """The URL as the connection will use it (yarl: IDNA, lower case, no percent
+        tricks left for later), or why it must not be fetched."""
         if not url:
             return "no URL"
         try:
-            parts = urlsplit(url)
-        except ValueError as exc:
+            target = URL(url)
+            scheme, host = target.scheme.lower(), target.raw_host
+        except ValueError as exc:  # UnicodeError (bad IDNA) included
             return f"unparsable URL: {exc}"
-        if parts.scheme.lower() not in ("http", "https"):
-            return f"scheme {parts.scheme or '(none)'!r} is not http or https"
-        if not parts.hostname:
+        if scheme not in ("http", "https"):
+            return f"scheme {target.scheme or '(none)'!r} is not http or https"
+        if not host:
             return "URL has no host"
-        return None
+        return target
 
     async def _follow(self, url: str | None) -> FetchResult:
         current = url
         for _hop in range(self.config.max_redirects + 1):
-            problem = self._check_url(current)
-            if problem:
-                return FetchResult(oc.BAD_URL, error=problem)
-            host = urlsplit(current).hostname
-            if not self.config.allow_private_network and _is_ip(host) and address_blocked(host):
-                return FetchResult(oc.BLOCKED_ADDRESS, error=f"{host} is a non-public address")
+            target = self._target(current)
+            if isinstance(target, str):
+                return FetchResult(oc.BAD_URL, error=target)
+            if not self.config.allow_private_network:
+                # The connector refuses these too (SafeConnector); refusing here names the host.
+                reason = host_refused(target.raw_host)
+                if reason:
+                    return FetchResult(oc.BLOCKED_ADDRESS, error=reason)
             try:
-                async with self.session.get(current, allow_redirects=False) as response:
+                async with self.session.get(target, allow_redirects=False) as response:
                     if response.status in REDIRECTS:
                         location = response.headers.get("Location")
                         if not location:
@@ -170,20 +262,17 @@ class Fetcher:
                                 http_status=response.status,
                                 error=f"HTTP {response.status} without Location",
                             )
-                        current = urljoin(current, location)
+                        current = urljoin(str(target), location)
                         continue
                     return await self._read(response)
-            except aiohttp.ClientConnectorError as exc:
-                if isinstance(getattr(exc, "os_error", None), BlockedAddress) or isinstance(
-                    exc.__cause__, BlockedAddress
-                ):
-                    return FetchResult(oc.BLOCKED_ADDRESS, error=str(exc.os_error or exc.__cause__))
-                return FetchResult(oc.CONNECTION_ERROR, error=f"{type(exc).__name__}: {exc}")
-            except aiohttp.ClientPayloadError as exc:
-                return FetchResult(oc.TRUNCATED, http_status=200, error=f"body cut short: {exc}")
-            except aiohttp.InvalidURL as exc:
-                return FetchResult(oc.BAD_URL, error=f"invalid URL: {exc}")
             except (aiohttp.ClientError, OSError) as exc:
+                blocked = _blocked_cause(exc)
+                if blocked is not None:
+                    return FetchResult(oc.BLOCKED_ADDRESS, error=str(blocked))
+                if isinstance(exc, aiohttp.ClientPayloadError):
+                    return FetchResult(oc.TRUNCATED, http_status=200, error=f"body cut short: {exc}")
+                if isinstance(exc, aiohttp.InvalidURL):
+                    return FetchResult(oc.BAD_URL, error=f"invalid URL: {exc}")
                 return FetchResult(oc.CONNECTION_ERROR, error=f"{type(exc).__name__}: {exc}")
         return FetchResult(oc.TOO_MANY_REDIRECTS, error=f"more than {self.config.max_redirects} redirects")
 
@@ -219,14 +308,6 @@ class Fetcher:
                     oc.TOO_LARGE, http_status=status, error=f"body over the {cfg.max_bytes}-byte limit"
                 )
         return FetchResult(oc.OK, data=bytes(body), http_status=status, content_type=response.content_type)
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    return True
 
 
 def _seconds(value: str | None) -> float | None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import fsspec
 
 from ..readers import InputError
-from ..readers.base import full_url
+from ..readers.base import ColumnConfig, full_url
 
 BATCH_ROWS = 4096
 
@@ -74,21 +74,107 @@ def input_format(path: str) -> str:
     )
 
 
+@dataclass(frozen=True)
+class ChosenColumns:
+    """The columns a run reads, decided once from the first metadata file (see `choose`)."""
+
+    url: str
+    caption: str | None  # None: no caption column
+    sha256: str | None = None
+    extra: tuple[str, ...] = ()
+    caption_found: bool = False  # the caption column was found among the usual names, not named
+    source: str | None = None  # the file they were chosen from
+
+    def describe(self) -> str:
+        if self.source is None:
+            return "url: one per line (txt); caption: none"
+        if self.caption is None:
+            caption = "none"
+        elif self.caption_found:
+            caption = f"{self.caption!r} (found; choose with --caption-col, '' for none)"
+        else:
+            caption = repr(self.caption)
+        parts = [f"url: {self.url!r}", f"caption: {caption}"]
+        if self.sha256:
+            parts.append(f"sha256: {self.sha256!r}")
+        parts.append("extra: " + (", ".join(repr(c) for c in self.extra) if self.extra else "none"))
+        return "; ".join(parts)
+
+
 class MetadataReader:
+    """Rows of metadata files. `caption_col`: a column name, None to take the first of the
+    usual names the file has (caption, text, ... as `recap caption` does), or "" for none."""
+
     def __init__(
         self,
         url_col: str = "url",
-        caption_col: str | None = "text",
+        caption_col: str | None = None,
         sha256_col: str | None = None,
         extra_cols: list[str] | None = None,
     ):
         self.url_col = url_col
         self.caption_col = caption_col
-        self.sha256_col = sha256_col
+        self.sha256_col = sha256_col or None
         self.extra_cols = list(extra_cols or [])
+        self.chosen: ChosenColumns | None = None
+
+    def choose(self, paths: list[str]) -> ChosenColumns:
+        """Decide the columns from the first file that has columns (its schema, header or first
+        records) and check them there: a named column it lacks is an InputError."""
+        for path in paths:
+            if input_format(path) == "txt":
+                continue
+            names = self._names(path)
+            self._require(path, names, self.url_col, "URL", "--url-col")
+            if self.caption_col is None:
+                caption = next(
+                    (c for c in ColumnConfig.CAPTION_CANDIDATES if c in names and c != self.url_col), None
+                )
+                found = caption is not None
+            else:
+                caption, found = self.caption_col or None, False
+                if caption:
+                    self._require(path, names, caption, "caption", "--caption-col", "'' for none")
+            if self.sha256_col:
+                self._require(path, names, self.sha256_col, "SHA-256", "--sha256-col")
+            missing = [c for c in self.extra_cols if c not in names]
+            if missing:
+                raise InputError(f"{path}: --extra-cols {', '.join(missing)} not in the file")
+            self.chosen = ChosenColumns(
+                self.url_col, caption, self.sha256_col, tuple(self.extra_cols), found, path
+            )
+            return self.chosen
+        self.chosen = ChosenColumns(self.url_col, None, None, tuple(self.extra_cols))
+        return self.chosen
+
+    @staticmethod
+    def _require(path: str, names, column: str, what: str, flag: str, more: str = "") -> None:
+        if column not in names:
+            has = ", ".join(sorted(str(n) for n in names)) or "nothing"
+            hint = f"choose one with {flag}" + (f" ({more})" if more else "")
+            raise InputError(f"{path}: no {what} column {column!r} (has: {has}); {hint}")
+
+    def _names(self, path: str) -> list[str]:
+        """The column names of a metadata file, read without reading its rows."""
+        fmt = input_format(path)
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            with fsspec.open(path, "rb") as f:
+                return list(pq.ParquetFile(f).schema_arrow.names)
+        for columns in {"csv": self._csv, "tsv": self._csv, "jsonl": self._jsonl}[fmt](path, fmt):
+            return list(columns)
+        return []
 
     def rows(self, inputs: list[str]) -> Iterator[UrlRow]:
-        for path in expand_metadata_inputs(inputs):
+        """Rows of files, folders, globs and ranges, in order."""
+        return self.read(expand_metadata_inputs(inputs))
+
+    def read(self, paths: list[str]) -> Iterator[UrlRow]:
+        """Rows of these metadata files (already expanded), in order."""
+        if self.chosen is None:
+            self.choose(paths)
+        for path in paths:
             yield from self._rows_of(path)
 
     def _rows_of(self, path: str) -> Iterator[UrlRow]:
@@ -98,30 +184,52 @@ class MetadataReader:
                 if line.strip():
                     yield UrlRow(url=line.strip())
             return
+        chosen = self.chosen
         batches = {"parquet": self._parquet, "csv": self._csv, "tsv": self._csv, "jsonl": self._jsonl}[fmt]
-        for columns in batches(path, fmt):
-            self._check_columns(path, columns)
-            n = len(columns[self.url_col])
+        for number, columns in enumerate(batches(path, fmt)):
+            self._check_columns(path, columns, first=number == 0)
+            n = len(columns[chosen.url])
+            caption = columns.get(chosen.caption) if chosen.caption else None
+            sha256 = columns.get(chosen.sha256) if chosen.sha256 else None
             for i in range(n):
                 yield UrlRow(
-                    url=_text(columns[self.url_col][i]),
-                    caption=_text(columns[self.caption_col][i]) if self.caption_col in columns else None,
-                    sha256=_text(columns[self.sha256_col][i]) if self.sha256_col in columns else None,
-                    extra={c: columns[c][i] for c in self.extra_cols if c in columns},
+                    url=_text(columns[chosen.url][i]),
+                    caption=_text(caption[i]) if caption is not None else None,
+                    sha256=_text(sha256[i]) if sha256 is not None else None,
+                    extra={c: columns[c][i] for c in chosen.extra if c in columns},
                 )
 
-    def _check_columns(self, path: str, columns: dict) -> None:
-        if self.url_col not in columns:
-            raise InputError(
-                f"{path}: no URL column {self.url_col!r} (has: {', '.join(sorted(columns))}); "
-                "choose one with --url-col"
+    def _check_columns(self, path: str, columns, first: bool = True) -> None:
+        """Every batch needs the URL column; a file's first batch also every other chosen
+        column (jsonl records may leave a key out later on: that row's value is null)."""
+        chosen = self.chosen
+        self._require(path, columns, chosen.url, "URL", "--url-col")
+        if not first:
+            return
+        if chosen.caption:
+            hint = (
+                "'' for none"
+                if not chosen.caption_found
+                else (f"chosen from {chosen.source}; name one, or '' for none")
             )
-        missing = [c for c in self.extra_cols if c not in columns]
+            self._require(path, columns, chosen.caption, "caption", "--caption-col", hint)
+        if chosen.sha256:
+            self._require(path, columns, chosen.sha256, "SHA-256", "--sha256-col")
+        missing = [c for c in chosen.extra if c not in columns]
         if missing:
             raise InputError(f"{path}: --extra-cols {', '.join(missing)} not in the file")
 
     def _wanted(self) -> list[str]:
-        return [c for c in [self.url_col, self.caption_col, self.sha256_col, *self.extra_cols] if c]
+        chosen = self.chosen
+        if chosen is None:
+            return [self.url_col]
+        return [c for c in [chosen.url, chosen.caption, chosen.sha256, *chosen.extra] if c]
+
+    def _string_columns(self) -> list[str]:
+        chosen = self.chosen
+        if chosen is None:
+            return [self.url_col]
+        return [c for c in (chosen.url, chosen.caption, chosen.sha256) if c]
 
     def _parquet(self, path: str, fmt: str) -> Iterator[dict]:
         import pyarrow.parquet as pq
@@ -130,8 +238,8 @@ class MetadataReader:
             parquet = pq.ParquetFile(f)
             names = set(parquet.schema_arrow.names)
             wanted = [c for c in self._wanted() if c in names]
-            if self.url_col not in names:
-                self._check_columns(path, dict.fromkeys(names))
+            if self.chosen is not None:
+                self._check_columns(path, names)
             for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=wanted):
                 yield batch.to_pydict()
 
@@ -147,9 +255,7 @@ class MetadataReader:
                 convert_options=pacsv.ConvertOptions(
                     include_columns=None,
                     strings_can_be_null=True,
-                    column_types={
-                        c: "string" for c in (self.url_col, self.caption_col, self.sha256_col) if c
-                    },
+                    column_types={c: "string" for c in self._string_columns()},
                 ),
             )
             for batch in reader:

@@ -34,3 +34,20 @@ def is_transient(outcome: str, http_status: int | None) -> bool:
     if outcome in (TIMEOUT, CONNECTION_ERROR, TRUNCATED):
         return True
     return outcome == HTTP_ERROR and http_status is not None and (http_status == 429 or http_status >= 500)
+
+
+def retry_on_rerun(outcome: str, http_status: int | None) -> bool:
+    """Rows `--retry-failed` fetches again: transient failures, and rows refused as private
+    addresses (a rerun may allow them, and a host's address can change)."""
+    return outcome == BLOCKED_ADDRESS or is_transient(outcome, http_status)
+
+
+# The fetch-policy setting (DownloadConfig.fetch_policy) whose loosening may turn these rows into
+# successes: a rerun that loosens it fetches them again.
+POLICY_OUTCOMES = {
+    "allow_private_network": BLOCKED_ADDRESS,
+    "disallowed_directives": OPTED_OUT,
+    "max_bytes": TOO_LARGE,
+    "max_pixels": TOO_MANY_PIXELS,
+    "max_redirects": TOO_MANY_REDIRECTS,
+}

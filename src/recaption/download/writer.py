@@ -4,8 +4,10 @@
   00000.parquet       one row per input row, failures included, in input order
   00000_stats.json    counts by status and outcome, timing
   00000.done          completion marker, written last (holds the settings)
-The tar and parquet are written under .tmp names and renamed into place, so a reader never sees
-half a shard; a shard without its marker is redone from scratch.
+Every file is written under a temporary name unique to this process (atomic.temporary_name) and
+renamed into place, so a reader never sees half a file and two processes never rename each
+other's files; a shard without its marker is redone from scratch. Temporaries left by a crash
+are removed by the next run, under the output folder's lock.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..atomic import open_atomic, temporary_name, write_json_atomic
 from ..writer import OutputDir
 
 BASE_FIELDS = [
@@ -47,16 +50,10 @@ def shard_paths(out: OutputDir, name: str) -> dict[str, str]:
 
 
 def forget_shard(out: OutputDir, name: str) -> None:
-    """Remove a shard's marker first, then whatever else of it exists (before redoing it)."""
+    """Remove a shard's marker first, then whatever else of it exists (before redoing it).
+    Temporary files are not touched: they belong to whichever writer is writing them."""
     paths = shard_paths(out, name)
-    for path in (
-        paths["done"],
-        paths["stats"],
-        paths["tar"] + ".tmp",
-        paths["parquet"] + ".tmp",
-        paths["tar"],
-        paths["parquet"],
-    ):
+    for path in (paths["done"], paths["stats"], paths["tar"], paths["parquet"]):
         if out.fs.exists(path):
             out.fs.rm(path)
 
@@ -68,7 +65,8 @@ class DownloadShardWriter:
         self.extra_cols = extra_cols
         self.save_caption = save_caption
         out.fs.makedirs(out.root, exist_ok=True)
-        self._file = out.fs.open(self.paths["tar"] + ".tmp", "wb")
+        self._tar_tmp = temporary_name(self.paths["tar"])
+        self._file = out.fs.open(self._tar_tmp, "wb")
         # The stdlib writes webdataset's convention ({key}.{ext} members, a sample's members
         # together) directly; webdataset's TarWriter would import torch into the downloader.
         self._tar = tarfile.open(fileobj=self._file, mode="w|")
@@ -98,15 +96,19 @@ class DownloadShardWriter:
                     self._tar.addfile(member, io.BytesIO(old.extractfile(member).read()))
 
     def commit(self, stats: dict, provenance: dict) -> None:
+        """Tar, parquet, stats, then the marker. A shard redone in place (--retry-failed, a
+        loosened setting) loses its marker first: until the new one is written it is
+        incomplete, never a new tar beside an old parquet."""
+        fs = self.out.fs
         self._tar.close()
         self._file.close()
-        table = self.table()
-        with self.out.fs.open(self.paths["parquet"] + ".tmp", "wb") as f:
-            pq.write_table(table, f)
-        self.out.fs.mv(self.paths["tar"] + ".tmp", self.paths["tar"])
-        self.out.fs.mv(self.paths["parquet"] + ".tmp", self.paths["parquet"])
-        self.out.write_json_atomic(self.paths["stats"], stats)
-        self.out.write_json_atomic(self.paths["done"], provenance)
+        if fs.exists(self.paths["done"]):
+            fs.rm(self.paths["done"])
+        fs.mv(self._tar_tmp, self.paths["tar"])
+        with open_atomic(fs, self.paths["parquet"], "wb") as f:
+            pq.write_table(self.table(), f)
+        write_json_atomic(fs, self.paths["stats"], stats)
+        write_json_atomic(fs, self.paths["done"], provenance)
 
     def table(self) -> pa.Table:
         rows = [self.rows[k] for k in sorted(self.rows)]
@@ -117,9 +119,7 @@ class DownloadShardWriter:
 
     def abort(self) -> None:
         try:
-            self._tar.close()
             self._file.close()
         finally:
-            for path in (self.paths["tar"] + ".tmp", self.paths["parquet"] + ".tmp"):
-                if self.out.fs.exists(path):
-                    self.out.fs.rm(path)
+            if self.out.fs.exists(self._tar_tmp):
+                self.out.fs.rm(self._tar_tmp)

@@ -9,6 +9,10 @@ over), each going to the endpoint with the fewest requests outstanding. A reques
 out, fails to connect, or gets 429 / 5xx is retried with exponential backoff (honouring
 Retry-After), on another endpoint when there is one. A request that still fails becomes that
 one row's caption_error; the rest of the batch is kept.
+
+Error messages are stored (the `error` column) and logged, so they go through `redact` first: the
+API key (a server may echo it in an error body), credentials in an endpoint URL
+(`http://user:pass@host/v1`, sent as basic auth) and token-like strings are masked.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import random
 import threading
 
 from ..config import CaptionConfig
+from ..redact import redact, url_secrets
 from .base import Generation
 
 log = logging.getLogger(__name__)
@@ -85,9 +90,18 @@ class OpenAICaptioner:
         # Enough batches in flight to keep `concurrency` requests busy, plus one being prepared.
         self.batches_in_flight = max(1, -(-config.concurrency // self.batch_size)) + 1
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._api_key: str | None = None  # read in setup(), in the process that sends requests
+        self._secrets = [v for e in config.endpoints for v in url_secrets(e)]
+
+    def redact(self, text: str | None) -> str | None:
+        """`text` without this client's secrets (API key, endpoint credentials) or token-like
+        strings: for every message that is stored, logged or printed."""
+        return redact(text, self._secrets)
 
     # -- lifecycle: one event loop thread and one HTTP session serve every batch -----------------
     def setup(self) -> None:
+        self._api_key = os.environ.get(self.config.api_key_env) if self.config.api_key_env else None
+        self._secrets.append(self._api_key)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="recap-openai", daemon=True)
         self._thread.start()
@@ -104,6 +118,12 @@ class OpenAICaptioner:
         self._slots = asyncio.Semaphore(self.config.concurrency)
         self._urls = [chat_completions_url(e) for e in self.config.endpoints]
         self._outstanding = dict.fromkeys(self._urls, 0)
+        # An endpoint with credentials in its URL authenticates with them (aiohttp sends basic
+        # auth); the API key goes to the others (aiohttp refuses both on one request).
+        self._headers = {
+            u: {"Authorization": f"Bearer {self._api_key}"} if self._api_key and not url_secrets(u) else {}
+            for u in self._urls
+        }
 
     def close(self) -> None:
         if self._loop is None:
@@ -154,11 +174,11 @@ class OpenAICaptioner:
                     finally:
                         self._outstanding[url] -= 1
             except _RequestFailed as exc:
-                last_error = str(exc)
+                last_error = self.redact(str(exc))
                 if not exc.retry or attempt == attempts - 1:
                     break
                 delay = exc.wait if exc.wait is not None else self.config.retry_backoff * 2**attempt
-                log.info("%s; retry %d/%d in %.2fs", exc, attempt + 1, attempts - 1, delay)
+                log.info("%s; retry %d/%d in %.2fs", last_error, attempt + 1, attempts - 1, delay)
                 await asyncio.sleep(delay * (1 + 0.1 * random.random()))
         return Generation(text=None, num_tokens=0, truncated=False,
                           error=f"request failed after {attempt + 1} attempt(s): {last_error}")
@@ -166,26 +186,25 @@ class OpenAICaptioner:
     async def _post(self, url: str, body: dict) -> Generation:
         import aiohttp
 
-        headers = {}
-        api_key = os.environ.get(self.config.api_key_env) if self.config.api_key_env else None
-        if api_key:
-            headers["Authorization"] = f"Bearer {api_key}"  # never logged: errors name only the URL
+        shown = self.redact(url)  # messages name the endpoint without its credentials
         try:
-            async with self._session.post(url, json=body, headers=headers) as response:
+            async with self._session.post(url, json=body, headers=self._headers[url]) as response:
                 if response.status != 200:
-                    text = (await response.text())[:200]
+                    # Masked before it is cut short, so no part of an echoed key survives.
+                    text = self.redact(await response.text(errors="replace"))[:200]
                     retry_after = _seconds(response.headers.get("Retry-After"))
-                    raise _RequestFailed(f"{url}: HTTP {response.status} {text}",
+                    raise _RequestFailed(f"{shown}: HTTP {response.status} {text}",
                                          retry=response.status in RETRY_STATUSES, wait=retry_after)
-                reply = await response.json(content_type=None)
+                try:
+                    reply = await response.json(content_type=None)
+                except ValueError as exc:  # the body was not JSON
+                    raise _RequestFailed(f"{shown}: reply is not JSON: {exc}", retry=True) from exc
         except asyncio.TimeoutError as exc:
-            message = f"{url}: no reply within {self.config.request_timeout}s"
+            message = f"{shown}: no reply within {self.config.request_timeout}s"
             raise _RequestFailed(message, retry=True) from exc
         except aiohttp.ClientError as exc:
-            raise _RequestFailed(f"{url}: {type(exc).__name__}: {exc}", retry=True) from exc
-        except ValueError as exc:  # the body was not JSON
-            raise _RequestFailed(f"{url}: reply is not JSON: {exc}", retry=True) from exc
-        return _parse_reply(url, reply)
+            raise _RequestFailed(f"{shown}: {type(exc).__name__}: {exc}", retry=True) from exc
+        return _parse_reply(shown, reply)
 
 
 def _parse_reply(url: str, reply: dict) -> Generation:

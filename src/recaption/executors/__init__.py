@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from ..atomic import output_lock, remove_stale_temporaries
 from ..config import CaptionConfig, ExecutorConfig, RunConfig
 from ..pipeline import CaptionPipeline, Progress, RunSummary
 from ..readers import Shard
+from ..writer import OutputDir
 
 
 def visible_gpus() -> list[str]:
@@ -34,7 +36,16 @@ def devices_to_use(caption: CaptionConfig, executor: ExecutorConfig) -> list[str
 
 def run_caption(shards: list[Shard], caption: CaptionConfig, run: RunConfig,
                 executor: ExecutorConfig | None = None, progress: Progress | None = None) -> RunSummary:
-    executor = executor or ExecutorConfig()
+    """Caption `shards` into `run.output` while holding the output folder's lock: one run writes
+    to a folder at a time (a second one gets OutputLockedError), whichever executor runs it."""
+    with output_lock(run.output, "recap caption"):
+        out = OutputDir(run.output)
+        remove_stale_temporaries(out.fs, out.root)  # ours alone now: left by crashed runs
+        return _run_unlocked(shards, caption, run, executor or ExecutorConfig(), progress)
+
+
+def _run_unlocked(shards: list[Shard], caption: CaptionConfig, run: RunConfig,
+                  executor: ExecutorConfig, progress: Progress | None) -> RunSummary:
     if executor.executor == "ray":
         from .ray_executor import run_on_ray
 

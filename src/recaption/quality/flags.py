@@ -8,6 +8,12 @@ re_repetition: greedy decoding's loops ("a red car. a red car. a red car. ...").
 re_boilerplate: the caption opens with a stock phrase ("The image shows", "This picture
   depicts", "In this image, ...") that carries no content. Not an error, but peers' captioners
   start most captions so and it costs tokens and CLIP-score headroom.
+re_degenerate: the caption says next to nothing: empty, too few words, or mostly punctuation and
+  symbols (",,,,,,,,", "...", "a", "!!!???"). Rule: fewer than 3 words that contain a letter or a
+  digit (a CJK or kana character counts as a word: those scripts put no spaces between words), or
+  letters and digits are under 50% of the caption's non-space characters. Null when the row has
+  no caption (a failed row); `""` on an ok row is degenerate. A real recaption is dozens of words
+  of mostly letters; a 2-word caption is no detailed description whatever it says.
 re_truncated (from generation, not here): stopped at max_new_tokens.
 """
 
@@ -18,8 +24,13 @@ import re
 REPETITION_N = 4
 REPETITION_THRESHOLD = 0.3
 REPETITION_MIN_REPEATS = 3
+DEGENERATE_MIN_WORDS = 3
+DEGENERATE_MIN_ALNUM_SHARE = 0.5
 
 _WORD = re.compile(r"[a-z0-9']+")
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+# A word: one CJK/kana character, or a run of letters and digits (any script; "_" is no letter).
+_ALNUM_WORD = re.compile(rf"[{_CJK}]|[^\W_{_CJK}]+")
 _BOILERPLATE = re.compile(
     r"^\s*(?:(?:the|this)\s+(?:image|picture|photo|photograph|scene|illustration)\s+"
     r"(?:shows|depicts|features|displays|captures|presents|showcases|portrays|is\s+of|contains)"
@@ -53,3 +64,14 @@ def is_boilerplate(text: str | None) -> bool | None:
     if text is None:
         return None
     return bool(_BOILERPLATE.match(text))
+
+
+def is_degenerate(text: str | None) -> bool | None:
+    """Empty, fewer than DEGENERATE_MIN_WORDS words of letters/digits, or under
+    DEGENERATE_MIN_ALNUM_SHARE letters/digits among the non-space characters. None for no caption."""
+    if text is None:
+        return None
+    if len(_ALNUM_WORD.findall(text)) < DEGENERATE_MIN_WORDS:
+        return True
+    visible = [c for c in text if not c.isspace()]
+    return sum(c.isalnum() for c in visible) / len(visible) < DEGENERATE_MIN_ALNUM_SHARE

@@ -21,6 +21,7 @@ import pyarrow as pa
 from ..config import CaptionConfig
 from ..engines.openai_engine import OpenAICaptioner, image_data_url
 from ..images import decode_sample
+from ..schema import JUDGE_METADATA_KEY
 from ..writer import OutputDir
 from .outputs import caption_rows, done_shards, input_shard, read_output, rewrite_output, stamp
 
@@ -32,7 +33,6 @@ JUDGE_PROMPT = (
     "The rating should be 1-5, where 1 is the worst and 5 is the best. "
     "Answer in the format:\nRating: (int)"
 )
-JUDGE_METADATA_KEY = b"recaption_judge"
 OK, NO_RATING, OUT_OF_RANGE, REQUEST_FAILED = "ok", "no_rating", "out_of_range", "request_failed"
 
 _RATING = re.compile(r"rating\s*[:=]?\s*\**\s*(-?\d+(?:\.\d+)?)", re.IGNORECASE)
@@ -118,7 +118,7 @@ def judge_output(output: str, config: JudgeConfig, on_shard=None) -> JudgeSummar
             try:
                 ratings = _judge_shard(client, input_shard(out, name), table, config)
             except Exception as exc:  # a missing input shard: say which, go on
-                summary.failed[name] = f"{type(exc).__name__}: {exc}"
+                summary.failed[name] = client.redact(f"{type(exc).__name__}: {exc}")
                 continue
             _rewrite(out, name, table, ratings, config.stamp())
             summary.judged[name] = len(ratings)
@@ -171,7 +171,7 @@ def _send(client: OpenAICaptioner, batch: list, ratings: dict) -> None:
     for (key, which, _), reply in zip(batch, replies, strict=True):
         if reply.error is not None:
             rating, status = None, REQUEST_FAILED
-            log.warning("judge request for %s failed: %s", key, reply.error)
+            log.warning("judge request for %s failed: %s", key, client.redact(reply.error))
         else:
             rating, status = parse_rating(reply.text)
         ratings.setdefault(key, {})[which] = (rating, status)

@@ -9,6 +9,7 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..atomic import open_atomic
 from ..readers import discover_shards, open_shard
 from ..readers.base import Shard
 from ..writer import OutputDir
@@ -16,6 +17,10 @@ from ..writer import OutputDir
 
 class NoOutputError(ValueError):
     """The folder holds no finished `recap caption` shards."""
+
+
+class InputChangedError(ValueError):
+    """A shard's input images are no longer what was captioned."""
 
 
 def done_shards(out: OutputDir) -> list[str]:
@@ -52,7 +57,18 @@ def input_shard(out: OutputDir, name: str) -> Shard:
         return open_shard(source)
     except ValueError:
         folder = source.rsplit(" [", 1)[0]
-        return next(s for s in discover_shards([folder]) if s.name == name)
+        shard = next((s for s in discover_shards([folder]) if s.name == name), None)
+    # A folder slice is matched to its rows by key: if its files changed since captioning, keys
+    # could now name other images. Refuse rather than join rows to the wrong pictures.
+    from ..pipeline import input_change
+
+    if shard is None:
+        change = f"{folder} no longer has a slice {name}"
+    else:
+        change = input_change(shard, out.done_provenance(name) or {})
+    if change:
+        raise InputChangedError(f"{name}: {change}; run `recap caption` on {folder} again first")
+    return shard
 
 
 def rewrite_output(
@@ -68,7 +84,5 @@ def rewrite_output(
     table = table.replace_schema_metadata(
         {**(table.schema.metadata or {}), metadata_key: json.dumps(metadata).encode()}
     )
-    tmp = out.parquet(name) + ".rewrite.tmp"
-    with out.fs.open(tmp, "wb") as f:
+    with open_atomic(out.fs, out.parquet(name), "wb") as f:
         pq.write_table(table, f)
-    out.fs.mv(tmp, out.parquet(name))

@@ -2,23 +2,83 @@
 
 Plots are matplotlib SVG inlined in the page, thumbnails are JPEG data URLs, the stylesheet is
 inline, and there is no script: nothing is fetched when the file is opened, anywhere.
-The gallery shows N rows chosen by a seeded hash of their keys, with the image from the shard's
-input, the original caption and the recaption side by side.
+
+What it shows, each number with what made it: the models (the captioner's settings from the
+`.done` markers, the CLIP model and the judge stamped into the files' metadata, with a warning
+next to numbers that mean nothing for photos, such as the built-in tiny-clip's); our numbers
+beside the paper's (mean lengths, CLIP and judge means and per-image preferences, vocabulary
+share); a scatter of each image's recaption CLIP score against its original's, with the diagonal;
+rows by status and the failed rows (key, status, error; the first FAILED_ROWS_KEPT listed); flag
+rates; distributions; common words; and a gallery of N rows chosen by a seeded hash of their keys,
+with the image from the shard's input, the original caption and the recaption side by side.
+The file is written atomically (a temporary name, then renamed).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import heapq
 import io
+import random
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import resources
 
+from ..atomic import write_to_url_atomic
 from ..images import decode_sample
 from ..writer import OutputDir
+from .flags import is_degenerate
 from .outputs import done_shards, input_shard, read_output
-from .stats import OutputStats, collect
+from .stats import FAILED_ROWS_KEPT, PAPER, OutputStats, collect, comparison, count, fmt, pct
+
+# Most points drawn in the per-image scatter (an SVG of millions of points would be megabytes);
+# the share above the diagonal is always computed over every image.
+SCATTER_POINTS = 4000
+GALLERY_FLAGS = ("re_truncated", "re_repetition", "re_boilerplate", "re_degenerate")
+FLAG_MEANINGS = {
+    "re_truncated": "generation stopped at max_new_tokens",
+    "re_repetition": ">= 30% of the caption's word 4-grams repeat an earlier one (a greedy loop)",
+    "re_boilerplate": 'opens with a stock phrase ("The image shows...", "In this picture...")',
+    "re_degenerate": "empty, fewer than 3 words of letters/digits, or under 50% letters/digits",
+    "re_clip_truncated": "recaption cut to the CLIP model's text window to score it",
+    "org_clip_truncated": "original cut to the CLIP model's text window to score it",
+}
+# Module -> what pip installs it (the report's only dependencies beyond the core ones).
+REPORT_PACKAGES = {"matplotlib": "matplotlib", "jinja2": "jinja2"}
+
+
+class MissingDependencyError(ImportError):
+    """A package the report needs cannot be imported; the message names the pip command."""
+
+
+def require_report_dependencies() -> None:
+    """Import what the report needs now, so a missing package is one clear line, not a traceback
+    halfway through."""
+    missing, broken = [], []
+    for module, package in REPORT_PACKAGES.items():
+        try:
+            __import__(module)
+            if module == "matplotlib":
+                import matplotlib
+
+                matplotlib.use("Agg")
+                import matplotlib.pyplot  # noqa: F401
+        except ModuleNotFoundError as exc:
+            (missing if exc.name == module else broken).append((package, exc))
+        except ImportError as exc:
+            broken.append((package, exc))
+    if missing:
+        packages = [p for p, _ in missing]
+        raise MissingDependencyError(
+            f"recap report needs {' and '.join(packages)}: pip install {' '.join(packages)}"
+        )
+    if broken:
+        package, exc = broken[0]
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise MissingDependencyError(
+            f"recap report cannot import {package} ({reason}): pip install --force-reinstall {package}"
+        )
 
 
 @dataclass
@@ -32,9 +92,17 @@ class GalleryItem:
     flags: list[str]
 
 
-def _svg(figure) -> str:
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _svg(figure) -> str:
+    plt = _pyplot()
     buf = io.StringIO()
     figure.savefig(buf, format="svg", bbox_inches="tight")
     plt.close(figure)
@@ -43,13 +111,9 @@ def _svg(figure) -> str:
 
 
 def histogram(values: dict[str, list[float]], title: str, xlabel: str, bins: int = 30) -> str | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if not any(values.values()):
         return None
+    plt = _pyplot()
     figure, axes = plt.subplots(figsize=(6, 3.2))
     low = min(min(v) for v in values.values() if v)
     high = max(max(v) for v in values.values() if v)
@@ -57,7 +121,7 @@ def histogram(values: dict[str, list[float]], title: str, xlabel: str, bins: int
     labels = {"re": "recaption", "org": "original"}
     for which, data in values.items():
         if data:
-            axes.hist(data, bins=edges, alpha=0.6, label=f"{labels[which]} (n={len(data)})")
+            axes.hist(data, bins=edges, alpha=0.6, label=f"{labels[which]} (n={len(data):,})")
     axes.set_title(title)
     axes.set_xlabel(xlabel)
     axes.set_ylabel("rows")
@@ -66,18 +130,45 @@ def histogram(values: dict[str, list[float]], title: str, xlabel: str, bins: int
 
 
 def bar_chart(counts: dict[str, int], title: str) -> str | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if not counts:
         return None
+    plt = _pyplot()
     figure, axes = plt.subplots(figsize=(6, 0.4 * len(counts) + 1))
     names = list(counts)
     axes.barh(names, [counts[n] for n in names])
     axes.invert_yaxis()
     axes.set_title(title)
+    axes.set_xlabel("rows")
+    return _svg(figure)
+
+
+def scatter(pairs: list[tuple[float, float]], model: str, seed: int = 0) -> str | None:
+    """Each image's recaption score (y) against its original's (x), with the diagonal y = x:
+    points above it are images whose recaption the model scores higher."""
+    if not pairs:
+        return None
+    plt = _pyplot()
+    shown = pairs if len(pairs) <= SCATTER_POINTS else random.Random(seed).sample(pairs, SCATTER_POINTS)
+    above = sum(r > o for r, o in pairs)
+    figure, axes = plt.subplots(figsize=(5, 5))
+    size = 30 if len(shown) <= 200 else 6
+    axes.scatter([o for _, o in shown], [r for r, _ in shown], s=size, alpha=0.6, linewidths=0)
+    values = [v for pair in shown for v in pair]
+    low, high = min(values), max(values)
+    pad = (high - low) * 0.05 or 1.0
+    low, high = low - pad, high + pad
+    axes.plot([low, high], [low, high], color="#c0392b", linewidth=1)
+    axes.set_xlim(low, high)
+    axes.set_ylim(low, high)
+    axes.set_aspect("equal")
+    axes.set_xlabel(f"original caption, CLIP score ({model})")
+    axes.set_ylabel(f"recaption, CLIP score ({model})")
+    subset = f"; {len(shown):,} drawn at random" if len(shown) < len(pairs) else ""
+    axes.set_title(
+        f"recaption scores higher (above the red line y = x):\n{100 * above / len(pairs):.2f}% of "
+        f"{len(pairs):,} images{subset}",
+        fontsize=10,
+    )
     return _svg(figure)
 
 
@@ -89,16 +180,25 @@ def thumbnail(image, size: int = 192) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+_GALLERY_COLUMNS = [
+    "key", "status", "re_caption", "org_caption", "re_clip_score", "org_clip_score", *GALLERY_FLAGS
+]
+
+
 def gallery(output: str, n: int, seed: int = 0) -> list[GalleryItem]:
     """n ok rows with the smallest hash of (seed, key): a stable, spread-out sample."""
     out = OutputDir(output)
-    candidates = []
-    for name in done_shards(out):
-        for row in read_output(out, name).to_pylist():
-            if row["status"] == "ok":
-                rank = hashlib.sha256(f"{seed}:{name}:{row['key']}".encode()).hexdigest()
-                candidates.append((rank, name, row))
-    chosen = sorted(candidates, key=lambda c: c[0])[:n]
+
+    def candidates():
+        for name in done_shards(out):
+            table = read_output(out, name)
+            table = table.select([c for c in _GALLERY_COLUMNS if c in table.column_names])
+            for row in table.to_pylist():
+                if row["status"] == "ok":
+                    rank = hashlib.sha256(f"{seed}:{name}:{row['key']}".encode()).hexdigest()
+                    yield rank, name, row
+
+    chosen = heapq.nsmallest(n, candidates(), key=lambda c: c[0])
     by_shard: dict[str, dict[str, dict]] = {}
     for _, name, row in chosen:
         by_shard.setdefault(name, {})[row["key"]] = row
@@ -113,54 +213,92 @@ def gallery(output: str, n: int, seed: int = 0) -> list[GalleryItem]:
                         thumbs[(name, sample.key)] = thumbnail(image)
         except Exception:  # the input moved or is gone: the gallery shows captions without images
             continue
-    flags = ("re_truncated", "re_repetition", "re_boilerplate")
-    return [
-        GalleryItem(
-            row["key"],
-            thumbs.get((name, row["key"])),
-            row["org_caption"],
-            row["re_caption"],
-            row.get("re_clip_score"),
-            row.get("org_clip_score"),
-            [f for f in flags if row.get(f)],
+    items = []
+    for _, name, row in chosen:
+        if "re_degenerate" not in row:  # output of an older version
+            row["re_degenerate"] = is_degenerate(row["re_caption"])
+        items.append(
+            GalleryItem(
+                row["key"],
+                thumbs.get((name, row["key"])),
+                row["org_caption"],
+                row["re_caption"],
+                row.get("re_clip_score"),
+                row.get("org_clip_score"),
+                [f for f in GALLERY_FLAGS if row.get(f)],
+            )
         )
-        for _, name, row in chosen
-    ]
+    return items
+
+
+def _model_label(uses: list[dict]) -> str:
+    names = [u.get("model") if u.get("model") is not None else "an unrecorded model" for u in uses]
+    return " + ".join(str(n) for n in names) if names else ""
 
 
 def render_report(
     output: str, gallery_size: int = 24, seed: int = 0, stats: OutputStats | None = None
 ) -> str:
+    require_report_dependencies()
     import jinja2
 
     stats = stats or collect(output)
-    template = jinja2.Environment(autoescape=True).from_string(
+    summary = stats.summary(digits=None)  # exact: the template formats them
+    models = summary["models"]
+    clip_label = _model_label(models["clip"])
+    judge_label = _model_label(models["judge"])
+    environment = jinja2.Environment(autoescape=True)
+    environment.filters["fmt"] = fmt
+    environment.filters["pct"] = pct
+    environment.filters["count"] = count
+    template = environment.from_string(
         resources.files("recaption.quality").joinpath("templates/report.html.j2").read_text()
     )
     plots = {
-        "status": bar_chart(dict(stats.status_counts.most_common()), "rows by status"),
-        "length": histogram(stats.lengths, "caption length", "words"),
-        "clip": histogram(stats.clip_scores, "CLIP score (100 x cosine)", "score"),
-        "judge": histogram(
-            {k: [float(x) for x in v] for k, v in stats.judge_scores.items()},
-            "judge rating",
-            "rating (1-5)",
-            bins=5,
+        "status": (bar_chart(dict(stats.status_counts.most_common()), "rows by status"), "status column"),
+        "length": (
+            histogram(stats.lengths, "caption length", "words"),
+            "whitespace word counts of the captioned rows",
+        ),
+        "clip-scatter": (scatter(stats.clip_pairs, clip_label, seed), f"CLIP scores by {clip_label}"),
+        "clip": (
+            histogram(stats.clip_scores, f"CLIP score ({clip_label})", "100 x cosine"),
+            f"CLIP scores by {clip_label}",
+        ),
+        "judge": (
+            histogram(
+                {k: [float(x) for x in v] for k, v in stats.judge_scores.items()},
+                f"judge rating ({judge_label})",
+                "rating (1-5)",
+                bins=5,
+            ),
+            f"ratings by {judge_label}",
         ),
     }
+    flags = [
+        {"name": f, "meaning": FLAG_MEANINGS.get(f, ""), "rows": stats.flag_counts[f], "rate": rate}
+        for f, rate in summary["flag_rates"].items()
+    ]
+    clip_notes = [u["note"] for u in models["clip"] if u.get("note")]
     return template.render(
         output=output,
         generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        summary=stats.summary(),
-        plots=plots,
+        summary=summary,
+        models=models,
+        lines=comparison(summary),
+        paper=PAPER,
+        flags=flags,
+        ok_rows=stats.ok_rows,
+        failed=summary["failed_rows"],
+        failed_kept=FAILED_ROWS_KEPT,
+        plots={name: plot for name, plot in plots.items() if plot[0]},
         common={w: stats.common_words(w) for w in ("re", "org")},
         gallery=gallery(output, gallery_size, seed),
+        clip_label=clip_label,
+        clip_notes=clip_notes,
     )
 
 
 def write_report(output: str, path: str, gallery_size: int = 24, seed: int = 0) -> None:
-    import fsspec
-
-    html = render_report(output, gallery_size, seed)
-    with fsspec.open(path, "w", encoding="utf-8") as f:
-        f.write(html)
+    """Render and write the report to a local path or fsspec URL, atomically."""
+    write_to_url_atomic(path, render_report(output, gallery_size, seed))

@@ -1,12 +1,25 @@
-"""Numbers about an output folder: statuses, lengths, CLIP and judge scores, vocabulary, flags.
+"""Numbers about an output folder: statuses, lengths, CLIP and judge scores, vocabulary, flags, and
+the models that made them.
 
-Reads only the columns it needs, one parquet file at a time. `vocabulary overlap` follows the
-paper's statistic (recaptions cover 82.86% of the combined vocabulary of both caption sets):
-|V_re| / |V_re U V_org|, words lower-cased, split on anything not a letter, digit or apostrophe.
+Reads only the columns it needs, one parquet file at a time. Recaption and original are compared
+over the same rows: the captioned (status ok) ones.
+
+- length: whitespace word counts (`re_length`, `org_length`), as the paper counts them.
+- CLIP / judge preference: the paper's CLIP-L and LongCLIP-L figures (49.57 vs 50.43, 89.91 vs
+  10.09) are per-image preferences: for each image, which of its two captions the model scores
+  higher. Ours: over rows with both scores, the share where `re_*` > `org_*`, where `org_*` >
+  `re_*`, and ties (the two shares add up to 1 - ties).
+- vocabulary overlap, the paper's statistic (recaptions cover 82.86% of the combined vocabulary
+  of both caption sets): |V_re| / |V_re U V_org|, words lower-cased, split on anything not a
+  letter, digit or apostrophe.
+- flag rates: share of ok rows with the flag set.
+- models: the captioner's settings from each shard's `.done` marker (parquet metadata as a
+  fallback), the CLIP model `recap score` stamped into each file, the judge `recap judge` stamped.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import statistics
 from collections import Counter
@@ -14,12 +27,15 @@ from dataclasses import dataclass, field
 
 import pyarrow.parquet as pq
 
+from ..schema import JUDGE_METADATA_KEY, METADATA_KEY, SCORES_METADATA_KEY
 from ..writer import OutputDir
+from .flags import is_degenerate
 from .outputs import done_shards
 
 COLUMNS = [
     "key",
     "status",
+    "error",
     "re_caption",
     "org_caption",
     "re_length",
@@ -31,19 +47,133 @@ COLUMNS = [
     "re_truncated",
     "re_repetition",
     "re_boilerplate",
+    "re_degenerate",
     "re_clip_truncated",
     "org_clip_truncated",
 ]
-FLAGS = ["re_truncated", "re_repetition", "re_boilerplate", "re_clip_truncated", "org_clip_truncated"]
+FLAGS = [
+    "re_truncated",
+    "re_repetition",
+    "re_boilerplate",
+    "re_degenerate",
+    "re_clip_truncated",
+    "org_clip_truncated",
+]
+FAILED_ROWS_KEPT = 100  # failed rows listed by key; all are counted
 STOPWORDS = set(
     "a an the of and or in on at to with for from by is are was were be been it its this that these those "
     "as into near over under has have there their his her s".split()
 )
 _WORD = re.compile(r"[a-z0-9']+")
 
+# The paper's figures (Recap-DataComp-1B, arXiv 2406.08478), beside which ours are shown.
+PAPER = {
+    "source": "Recap-DataComp-1B (arXiv 2406.08478)",
+    "length_mean": {"re": 49.43, "org": 10.22},  # words
+    # per-image preference, % of 180K image pairs where each caption scores higher
+    "clip_preference_pct": {
+        "CLIP ViT-L": {"re": 49.57, "org": 50.43},
+        "LongCLIP-L": {"re": 89.91, "org": 10.09},
+    },
+    "judge_mean": {"re": 4.14, "org": 3.71},  # GPT-4V rating 1-5, mean over 10K images
+    "judge_model": "GPT-4V",
+    "re_share_of_combined_vocabulary_pct": 82.86,
+}
+
+CAPTIONER_NOTES = {
+    "tiny": "the built-in tiny captioner, trained on the synthetic shapes world: it describes shapes, "
+    "not photos",
+    "tiny-random": "the built-in tiny captioner with random weights: its captions are word salad",
+}
+
 
 def words(text: str | None) -> list[str]:
     return _WORD.findall(text.lower()) if text else []
+
+
+def clip_note(stamp: dict) -> str | None:
+    """What a reader must know next to the numbers of the CLIP model a file's stamp names (None:
+    nothing): the note recorded with the scores, else the built-in model's note when the version
+    matches (an older built-in tiny-clip had random weights)."""
+    from ..models.tiny_clip import builtin_clip_facts
+
+    model = stamp.get("clip_model")
+    if model is None:
+        return "the CLIP model was not recorded (files scored during `recap caption --score`)"
+    if stamp.get("clip_model_note"):
+        return stamp["clip_model_note"]
+    facts = builtin_clip_facts(model)
+    if facts is None:
+        return None
+    version, note = facts
+    if stamp.get("clip_model_version") != version:
+        recorded = stamp.get("clip_model_version") or "v1, random weights"
+        return f"{model}: scored by an older built-in version ({recorded}); its scores mean nothing"
+    return note
+
+
+def decoding(settings: dict) -> str:
+    """The captioner's decoding, in words, from its recorded settings."""
+    if "max_new_tokens" not in settings:
+        return "not recorded"
+    text = f"greedy, at most {settings['max_new_tokens']} new tokens"
+    if settings.get("min_new_tokens"):
+        text += f", at least {settings['min_new_tokens']}"
+    if settings.get("conditional"):
+        top_k = settings.get("top_k") or 0
+        text += "; conditional caption: " + (
+            f"top-k {top_k} sampling, seed {settings.get('seed')}" if top_k > 0 else "greedy"
+        )
+    return text
+
+
+def rounded(value, digits: int = 4):
+    """Every float in a nested dict / list rounded (for JSON; displays format the exact values)."""
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, dict):
+        return {k: rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [rounded(v, digits) for v in value]
+    return value
+
+
+def describe(values: list) -> dict | None:
+    if not values:
+        return None
+    return {
+        "n": len(values),
+        "mean": statistics.fmean(values),
+        "median": float(statistics.median(values)),
+        "min": min(values),
+        "max": max(values),
+    }
+
+
+def preference(pairs: list[tuple[float, float]]) -> dict | None:
+    """Per image: does the recaption score higher than the original, lower, or the same?"""
+    if not pairs:
+        return None
+    n = len(pairs)
+    re_higher = sum(r > o for r, o in pairs)
+    org_higher = sum(o > r for r, o in pairs)
+    return {
+        "n": n,
+        "re_higher": re_higher,
+        "org_higher": org_higher,
+        "ties": n - re_higher - org_higher,
+        "re_higher_share": re_higher / n,
+        "org_higher_share": org_higher / n,
+    }
+
+
+@dataclass
+class ModelUse:
+    """One model (with its settings) and the shards whose numbers it made."""
+
+    settings: dict
+    shards: list[str] = field(default_factory=list)
+    rows: int = 0  # rows it scored or rated (captioner: rows captioned)
 
 
 @dataclass
@@ -54,9 +184,19 @@ class OutputStats:
     lengths: dict[str, list[int]] = field(default_factory=lambda: {"re": [], "org": []})
     clip_scores: dict[str, list[float]] = field(default_factory=lambda: {"re": [], "org": []})
     judge_scores: dict[str, list[int]] = field(default_factory=lambda: {"re": [], "org": []})
+    clip_pairs: list[tuple[float, float]] = field(default_factory=list)  # (re, org) per image
+    judge_pairs: list[tuple[int, int]] = field(default_factory=list)
     vocab: dict[str, Counter] = field(default_factory=lambda: {"re": Counter(), "org": Counter()})
     flag_counts: Counter = field(default_factory=Counter)
     ok_rows: int = 0
+    failed_rows: list[dict] = field(default_factory=list)  # the first FAILED_ROWS_KEPT
+    captioners: dict[str, ModelUse] = field(default_factory=dict)
+    clip_models: dict[tuple, ModelUse] = field(default_factory=dict)  # by (name, version)
+    judges: dict[str, ModelUse] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> int:
+        return self.rows - self.ok_rows
 
     @property
     def vocabulary_overlap(self) -> dict[str, float | int | None]:
@@ -76,28 +216,71 @@ class OutputStats:
     def common_words(self, which: str, n: int = 20) -> list[tuple[str, int]]:
         return [(w, c) for w, c in self.vocab[which].most_common() if w not in STOPWORDS][:n]
 
-    def summary(self) -> dict:
-        def describe(values):
-            if not values:
-                return None
-            return {
-                "n": len(values),
-                "mean": round(statistics.fmean(values), 3),
-                "median": statistics.median(values),
-                "min": min(values),
-                "max": max(values),
+    def models(self) -> dict[str, list[dict]]:
+        """Which model made which numbers, with the settings that matter and how many shards."""
+        captioners = [
+            {
+                **use.settings,
+                "decoding": decoding(use.settings),
+                "shards": len(use.shards),
+                "rows": use.rows,
+                "note": CAPTIONER_NOTES.get(use.settings.get("model")),
             }
+            for use in self.captioners.values()
+        ]
+        clip = [
+            {
+                "model": use.settings.get("clip_model"),
+                "version": use.settings.get("clip_model_version"),
+                "revision": use.settings.get("clip_model_revision"),
+                "shards": len(use.shards),
+                "rows": use.rows,
+                "note": clip_note(use.settings),
+            }
+            for use in self.clip_models.values()
+        ]
+        judges = [
+            {
+                "model": use.settings.get("model"),
+                "fraction": use.settings.get("fraction"),
+                "seed": use.settings.get("seed"),
+                "shards": len(use.shards),
+                "rows": use.rows,
+            }
+            for use in self.judges.values()
+        ]
+        return {"captioner": captioners, "clip": clip, "judge": judges}
 
-        return {
+    def summary(self, digits: int | None = 4) -> dict:
+        """Everything as a dict; floats rounded to `digits` (None: exact, for formatting)."""
+        summary = {
             "shards": self.shards,
             "rows": self.rows,
             "status_counts": dict(sorted(self.status_counts.items())),
+            "models": self.models(),
             "length": {k: describe(v) for k, v in self.lengths.items()},
             "clip_score": {k: describe(v) for k, v in self.clip_scores.items()},
+            "clip_preference": preference(self.clip_pairs),
             "judge_score": {k: describe(v) for k, v in self.judge_scores.items()},
+            "judge_preference": preference(self.judge_pairs),
             "vocabulary": self.vocabulary_overlap,
             "flag_rates": self.flag_rates(),
+            "failed_rows": {"count": self.failed, "listed": self.failed_rows},
         }
+        return summary if digits is None else rounded(summary, digits)
+
+
+def _metadata(schema, key: bytes) -> dict:
+    try:
+        return json.loads((schema.metadata or {}).get(key, b"{}"))
+    except json.JSONDecodeError:
+        return {}
+
+
+def _use(uses: dict, key, settings: dict) -> ModelUse:
+    if key not in uses:
+        uses[key] = ModelUse(settings)
+    return uses[key]
 
 
 def collect(output: str) -> OutputStats:
@@ -105,11 +288,43 @@ def collect(output: str) -> OutputStats:
     stats = OutputStats()
     for name in done_shards(out):
         with out.fs.open(out.parquet(name), "rb") as f:
-            table = pq.read_table(f, columns=[c for c in COLUMNS if c in pq.read_schema(f).names])
+            schema = pq.read_schema(f)
+            table = pq.read_table(f, columns=[c for c in COLUMNS if c in schema.names])
         stats.shards += 1
-        for row in table.to_pylist():
-            stats.rows += 1
+        rows = table.to_pylist()
+        ok = [r for r in rows if r["status"] == "ok"]
+        # Which models made this file's numbers.
+        captioner = out.done_provenance(name) or _metadata(schema, METADATA_KEY)
+        settings = {k: v for k, v in captioner.items() if k != "recaption_version"}
+        use = _use(stats.captioners, json.dumps(settings, sort_keys=True), settings)
+        use.shards.append(name)
+        use.rows += len(ok)
+        scored = sum(r.get("re_clip_score") is not None or r.get("org_clip_score") is not None for r in rows)
+        if scored:
+            stamp = _metadata(schema, SCORES_METADATA_KEY)
+            use = _use(stats.clip_models, (stamp.get("clip_model"), stamp.get("clip_model_version")), stamp)
+            use.shards.append(name)
+            use.rows += scored
+        rated = sum(r.get("re_gpt4v_score") is not None or r.get("org_gpt4v_score") is not None for r in rows)
+        judge = _metadata(schema, JUDGE_METADATA_KEY)
+        if rated or judge:
+            settings = {k: v for k, v in judge.items() if k != "prompt"}
+            use = _use(stats.judges, json.dumps(settings, sort_keys=True), settings)
+            use.shards.append(name)
+            use.rows += rated
+        # The rows.
+        stats.rows += len(rows)
+        for row in rows:
             stats.status_counts[row["status"]] += 1
+            if row["status"] != "ok" and len(stats.failed_rows) < FAILED_ROWS_KEPT:
+                stats.failed_rows.append(
+                    {"shard": name, "key": row["key"], "status": row["status"], "error": row.get("error")}
+                )
+        for row in ok:
+            stats.ok_rows += 1
+            if "re_degenerate" not in schema.names:  # output of an older version: flag it here
+                row["re_degenerate"] = is_degenerate(row.get("re_caption"))
+            stats.flag_counts.update(f for f in FLAGS if row.get(f))
             for which in ("re", "org"):
                 if row.get(f"{which}_length") is not None:
                     stats.lengths[which].append(row[f"{which}_length"])
@@ -118,7 +333,155 @@ def collect(output: str) -> OutputStats:
                 if row.get(f"{which}_gpt4v_score") is not None:
                     stats.judge_scores[which].append(row[f"{which}_gpt4v_score"])
                 stats.vocab[which].update(words(row.get(f"{which}_caption")))
-            if row["status"] == "ok":
-                stats.ok_rows += 1
-                stats.flag_counts.update(f for f in FLAGS if row.get(f))
+            if row.get("re_clip_score") is not None and row.get("org_clip_score") is not None:
+                stats.clip_pairs.append((row["re_clip_score"], row["org_clip_score"]))
+            if row.get("re_gpt4v_score") is not None and row.get("org_gpt4v_score") is not None:
+                stats.judge_pairs.append((row["re_gpt4v_score"], row["org_gpt4v_score"]))
     return stats
+
+
+# -- display: the same lines in `recap stats` and `recap report` --------------------------------------
+
+
+def fmt(value, digits: int = 2) -> str:
+    """A number for display: ints with thousands separators, floats to `digits` decimals."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool) or isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:,.{digits}f}"
+
+
+def count(n: int, noun: str) -> str:
+    """'1 shard', '2 shards', '1,000 rows'."""
+    return f"{fmt(n)} {noun if n == 1 else noun + 's'}"
+
+
+def pct(share: float | None) -> str:
+    return "-" if share is None else f"{100 * share:.2f}%"
+
+
+@dataclass
+class Line:
+    """One measure, ours beside the paper's, and what made ours."""
+
+    measure: str
+    re: str
+    org: str
+    paper: str
+    made_by: str
+    note: str | None = None  # a warning that belongs next to these numbers
+
+
+def _models_text(uses: list[dict], unit: str) -> tuple[str, str | None]:
+    """("tiny-clip", note) for one model; a mix is named as such, with shards per model."""
+    if not uses:
+        return "", None
+    names = [str(u["model"]) if u.get("model") is not None else "an unrecorded model" for u in uses]
+    if len(set(names)) < len(names):  # one name, several versions (an older built-in tiny-clip)
+        names = [f"{n} {u['version']}" if u.get("version") else n for n, u in zip(names, uses, strict=True)]
+    notes = [u["note"] for u in uses if u.get("note")]
+    if len(uses) == 1:
+        return names[0], (notes[0] if notes else None)
+    mixed = ", ".join(f"{n} ({count(u['shards'], 'shard')})" for n, u in zip(names, uses, strict=True))
+    note = f"{len(uses)} {unit} made these numbers, pooled here: " + "; ".join([mixed, *notes])
+    return mixed, note
+
+
+def comparison(summary: dict) -> list[Line]:
+    """Ours beside the paper's figures; every number says what made it."""
+    lines: list[Line] = []
+    captioner, captioner_note = _models_text(summary["models"]["captioner"], "captioners")
+    clip, clip_warning = _models_text(summary["models"]["clip"], "CLIP models")
+    judge, judge_warning = _models_text(summary["models"]["judge"], "judges")
+    ok = summary["status_counts"].get("ok", 0)
+
+    def mean_median(d: dict | None, digits: int = 2) -> str:
+        return "-" if d is None else f"{fmt(d['mean'], digits)} (median {fmt(d['median'], digits)})"
+
+    length = summary["length"]
+    n = max((d["n"] for d in length.values() if d), default=0)
+    lines.append(
+        Line(
+            "caption length, words (mean)",
+            mean_median(length["re"]),
+            mean_median(length["org"]),
+            f"{fmt(PAPER['length_mean']['re'])} / {fmt(PAPER['length_mean']['org'])}",
+            f"whitespace word count of {fmt(n)} captioned rows; recaptions by {captioner}",
+            captioner_note,
+        )
+    )
+    clip_scores, clip_pref = summary["clip_score"], summary["clip_preference"]
+    truncated = summary["flag_rates"].get("re_clip_truncated")
+    truncation = f"; {pct(truncated)} of recaptions cut to its text window" if truncated else ""
+    if clip_pref or any(clip_scores.values()):
+        lines.append(
+            Line(
+                "CLIP score, 100 x cosine (mean)",
+                mean_median(clip_scores["re"]),
+                mean_median(clip_scores["org"]),
+                "not published (only preferences)",
+                f"{clip} on {fmt(max(d['n'] for d in clip_scores.values() if d))} images{truncation}",
+                clip_warning,
+            )
+        )
+    if clip_pref:
+        paper = "; ".join(
+            f"{name} {v['re']}% / {v['org']}%" for name, v in PAPER["clip_preference_pct"].items()
+        )
+        lines.append(
+            Line(
+                "CLIP prefers this caption (share of images)",
+                pct(clip_pref["re_higher_share"]),
+                pct(clip_pref["org_higher_share"]),
+                paper,
+                f"{clip}: per image, which caption scores higher, over {fmt(clip_pref['n'])} images with "
+                f"both scores ({count(clip_pref['ties'], 'tie')})",
+                clip_warning,
+            )
+        )
+    judge_scores, judge_pref = summary["judge_score"], summary["judge_preference"]
+    if judge_pref or any(judge_scores.values()):
+        lines.append(
+            Line(
+                "judge rating 1-5 (mean)",
+                mean_median(judge_scores["re"]),
+                mean_median(judge_scores["org"]),
+                f"{PAPER['judge_mean']['re']} / {PAPER['judge_mean']['org']} "
+                f"({PAPER['judge_model']}, 10K images)",
+                f"{judge} on {fmt(max(d['n'] for d in judge_scores.values() if d))} images",
+                judge_warning,
+            )
+        )
+    if judge_pref:
+        lines.append(
+            Line(
+                "judge rates this caption higher (share of images)",
+                pct(judge_pref["re_higher_share"]),
+                pct(judge_pref["org_higher_share"]),
+                "not published",
+                f"{judge}: per image, over {fmt(judge_pref['n'])} images rated twice "
+                f"({count(judge_pref['ties'], 'tie')})",
+                judge_warning,
+            )
+        )
+    vocab = summary["vocabulary"]
+    lines.append(
+        Line(
+            "vocabulary, distinct words",
+            fmt(vocab["re_vocabulary"]),
+            fmt(vocab["org_vocabulary"]),
+            "not published",
+            f"lower-cased words of {fmt(ok)} captioned rows ({fmt(vocab['shared'])} in both)",
+        )
+    )
+    lines.append(
+        Line(
+            "share of the combined vocabulary",
+            pct(vocab["re_share_of_combined"]),
+            pct(vocab["org_share_of_combined"]),
+            f"{PAPER['re_share_of_combined_vocabulary_pct']}% / -",
+            "|V| / |V_re U V_org| over the same rows",
+        )
+    )
+    return lines

@@ -8,7 +8,7 @@ from braceexpand import braceexpand
 from fsspec.core import url_to_fs
 
 from .base import ColumnConfig, Shard, ShardError, full_url
-from .folder import FOLDER_IMAGE_EXTENSIONS, FolderShard
+from .folder import FOLDER_IMAGE_EXTENSIONS, FolderFile, FolderShard
 from .parquet import ParquetShard
 from .webdataset import TarShard
 
@@ -40,14 +40,18 @@ def open_shard(url: str, columns: ColumnConfig = ColumnConfig()) -> Shard:
     raise InputError(f"{url}: not a .tar, .tar.gz or .parquet shard")
 
 
-def _folder_shards(fs, root: str, folder_shard_size: int) -> list[Shard]:
-    files = sorted(
-        p for p in fs.find(root) if p.lower().endswith(FOLDER_IMAGE_EXTENSIONS)
-    )
+def _folder_shards(fs, root: str, infos: dict, folder_shard_size: int, columns: ColumnConfig) -> list[Shard]:
+    """Slices of `folder_shard_size` images in path order. The listing's sizes and mtimes go
+    with each slice: its fingerprint, and the size check before a file is read."""
+    listing = [FolderFile.from_info(info) for info in infos.values()]
+    images = sorted((f for f in listing if f.path.lower().endswith(FOLDER_IMAGE_EXTENSIONS)),
+                    key=lambda f: f.path)
+    sidecars = {f.path[: -len(".txt")]: f for f in listing if f.path.endswith(".txt")}
     prefix = posixpath.basename(root.rstrip("/")) or "images"
     return [
-        FolderShard(fs, root, files[i : i + folder_shard_size], f"{prefix}-{i // folder_shard_size:05d}")
-        for i in range(0, len(files), folder_shard_size)
+        FolderShard(fs, root, images[i : i + folder_shard_size], f"{prefix}-{i // folder_shard_size:05d}",
+                    sidecars, columns.max_image_bytes)
+        for i in range(0, len(images), folder_shard_size)
     ]
 
 
@@ -69,10 +73,11 @@ def _expand_one(pattern: str, columns: ColumnConfig, folder_shard_size: int) -> 
         raise InputError(f"{pattern}: no such file or directory")
     if not fs.isdir(path):
         return [open_shard(pattern, columns)]
-    shard_files = _shard_files(fs.find(path))
+    infos = fs.find(path, detail=True)
+    shard_files = _shard_files(list(infos))
     if shard_files:
         return [open_shard(full_url(fs, m), columns) for m in shard_files]
-    shards = _folder_shards(fs, path, folder_shard_size)
+    shards = _folder_shards(fs, path, infos, folder_shard_size, columns)
     if not shards:
         raise InputError(f"{pattern}: folder holds no shards (.tar, .parquet) and no images")
     return shards

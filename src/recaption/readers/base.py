@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from ..sample import Sample
+from ..sample import MISSING_IMAGE, READ_ERROR, TOO_LARGE, Sample
+
+MiB = 1 << 20
+# Largest file (tar member, folder image, parquet image path) a reader loads into memory. An
+# image file this big is almost never a real photo; a member that claims more is refused from
+# its header or listing, before anything is read.
+DEFAULT_MAX_IMAGE_BYTES = 64 * MiB
 
 
 class ShardError(Exception):
@@ -20,7 +26,8 @@ class ShardError(Exception):
 
 @dataclass(frozen=True)
 class ColumnConfig:
-    """Where readers find each field. `None` for image/caption means: try the usual names."""
+    """Where readers find each field, and how much of one file they read. `None` for
+    image/caption means: try the usual names."""
 
     image: str | None = None
     caption: str | None = None
@@ -28,9 +35,14 @@ class ColumnConfig:
     key: str = "key"
     sha256: str = "sha256"
     extra: tuple[str, ...] = field(default_factory=tuple)
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
 
     IMAGE_CANDIDATES = ("image", "jpg", "jpeg", "png", "webp", "img", "image_bytes")
     CAPTION_CANDIDATES = ("caption", "text", "org_caption", "txt", "alt_text", "TEXT")
+
+    def __post_init__(self):
+        if self.max_image_bytes < 1:
+            raise ValueError("max_image_bytes must be positive")
 
 
 class Shard:
@@ -42,8 +54,94 @@ class Shard:
     def __iter__(self) -> Iterator[Sample]:
         raise NotImplementedError
 
+    def fingerprint(self) -> dict | None:
+        """What this shard covered when it was listed, for its `.done` marker: a rerun whose
+        fingerprint differs captions the shard again. None: the input is taken as immutable
+        (a tar or parquet file is replaced, not edited; use --overwrite after replacing one)."""
+        return None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.source!r})"
+
+
+class UniqueKeys:
+    """Keys unique within a shard, the same on every read (`recap score` joins rows by key).
+
+    The first sample with a key keeps it; a repeat gets `_1`, `_2`, ...: the lowest suffix that
+    no earlier sample took and that is not among `reserved` (the keys the input itself holds,
+    when known up front), so a suffix never steals a later sample's own key."""
+
+    def __init__(self, reserved: Iterable[str] = ()):
+        self.reserved = set(reserved)
+        self.used: set[str] = set()
+        self.next_suffix: dict[str, int] = {}  # per base key: where to resume the search
+
+    def __call__(self, key: str) -> str:
+        if key in self.used:
+            n = self.next_suffix.get(key, 1)
+            while f"{key}_{n}" in self.used or f"{key}_{n}" in self.reserved:
+                n += 1
+            self.next_suffix[key] = n + 1
+            key = f"{key}_{n}"
+        self.used.add(key)
+        return key
+
+
+class UnreadableImage(Exception):
+    """One sample's image cannot be read: the sample becomes a row with this status."""
+
+    def __init__(self, status: str, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def human_bytes(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def too_large(what: str, size: int | None, limit: int) -> UnreadableImage:
+    size_text = f"is {human_bytes(size)}" if size is not None else "is larger than that"
+    return UnreadableImage(
+        TOO_LARGE,
+        f"{what} {size_text}, over the limit of {human_bytes(limit)} read per image "
+        "(raise it with --max-image-bytes)",
+    )
+
+
+def read_bounded(fs, path: str, limit: int, size: int | None = None) -> bytes:
+    """The bytes of one file, never reading more than `limit`: the size from a listing (or a
+    stat) is checked first, and the read itself is capped in case the file grew since.
+
+    Raises UnreadableImage: missing_image for a missing file or dangling link, too_large over
+    the limit, read_error for anything else the filesystem refuses."""
+    try:
+        if size is None:
+            size = fs.size(path)
+        if size is not None and size > limit:
+            raise too_large(path, size, limit)
+        data = fs.cat_file(path, start=0, end=limit + 1)
+    except FileNotFoundError as exc:
+        raise UnreadableImage(MISSING_IMAGE, f"cannot read {path}: no such file") from exc
+    except OSError as exc:
+        raise UnreadableImage(READ_ERROR, f"cannot read {path}: {exc.strerror or exc}") from exc
+    if len(data) > limit:
+        raise too_large(path, None, limit)
+    return data
+
+
+def failed_sample(key: str, url: str | None, caption: str | None, problem: UnreadableImage) -> Sample:
+    sample = Sample(key=key, url=url, org_caption=caption)
+    sample.fail(problem.status, str(problem))
+    return sample
+
+
+def text_or_none(value) -> str | None:
+    """Identity columns are strings in the output schema; a number in a url column is not a crash."""
+    return None if value is None else str(value)
 
 
 def sha256_hex(data: bytes | None) -> str | None:

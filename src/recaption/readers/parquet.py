@@ -1,17 +1,43 @@
-"""Parquet shards with an image column: raw bytes or the HF `datasets` Image struct {bytes, path}."""
+"""Parquet shards with an image column: raw bytes, the HF `datasets` Image struct {bytes, path},
+or file paths.
+
+Image column types:
+  binary                     the image file's bytes
+  struct {bytes, path}       what `datasets` writes: the bytes, or (bytes null) only the path of a
+                             file, as `Dataset.cast_column("image", Image()).to_parquet()` does
+                             for images on disk
+  string                     a path per row
+A path is read with the parquet file's own filesystem; a relative path is relative to the
+parquet file's folder, a path with a protocol (s3://...) is read with that protocol. A row whose
+file is missing or unreadable is a row with that status, not a failed shard. http(s) URLs are
+not fetched here: `recap download` fetches them safely into shards.
+"""
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Iterator
 
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec.core import url_to_fs
 
-from ..sample import Sample
-from .base import ColumnConfig, Shard, ShardError, sha256_hex
+from ..sample import MISSING_IMAGE, Sample
+from .base import (
+    ColumnConfig,
+    Shard,
+    ShardError,
+    UniqueKeys,
+    UnreadableImage,
+    failed_sample,
+    read_bounded,
+    sha256_hex,
+    text_or_none,
+)
 
 BATCH_ROWS = 256  # rows decoded from parquet at a time: bounds memory on huge files
+_WEB = ("http://", "https://")
 
 
 def _pick(names: list[str], wanted: str | None, candidates: tuple[str, ...]) -> str | None:
@@ -20,12 +46,21 @@ def _pick(names: list[str], wanted: str | None, candidates: tuple[str, ...]) -> 
     return next((c for c in candidates if c in names), None)
 
 
-def _image_bytes(value) -> bytes | None:
-    if value is None:
-        return None
-    if isinstance(value, dict):  # datasets.Image struct
-        return value.get("bytes")
-    return value
+def _image_kind(column: str, arrow_type: pa.DataType, source: str) -> str:
+    """"bytes", "struct" or "path"; any other type cannot be an image: the shard is refused."""
+    types = pa.types
+    if any(is_(arrow_type) for is_ in (types.is_binary, types.is_large_binary, types.is_binary_view,
+                                       types.is_fixed_size_binary)):
+        return "bytes"
+    if any(is_(arrow_type) for is_ in (types.is_string, types.is_large_string, types.is_string_view)):
+        return "path"
+    if pa.types.is_struct(arrow_type) and {"bytes", "path"} & {f.name for f in arrow_type}:
+        return "struct"
+    raise ShardError(
+        source,
+        f"column {column!r} holds {arrow_type}, not images (binary bytes, a {{bytes, path}} struct "
+        "or file paths); name the image column with --image-col",
+    )
 
 
 class ParquetShard(Shard):
@@ -41,40 +76,86 @@ class ParquetShard(Shard):
                     pf = pq.ParquetFile(raw)
                 except (pa.ArrowInvalid, OSError) as exc:
                     raise ShardError(self.source, f"not a readable parquet file: {exc}") from exc
-                names = pf.schema_arrow.names
-                image_col = _pick(names, self.columns.image, ColumnConfig.IMAGE_CANDIDATES)
-                if image_col is None:
-                    wanted = self.columns.image or " or ".join(ColumnConfig.IMAGE_CANDIDATES)
-                    raise ShardError(
-                        self.source,
-                        f"no image column {wanted!r} (columns: {', '.join(names)}); "
-                        "name it with --image-col",
-                    )
-                caption_col = _pick(names, self.columns.caption, ColumnConfig.CAPTION_CANDIDATES)
-                if self.columns.caption and caption_col is None:
-                    raise ShardError(self.source, f"no caption column {self.columns.caption!r}")
-                optional = [self.columns.url, self.columns.key, self.columns.sha256, *self.columns.extra]
-                wanted_cols = [image_col] + [c for c in [caption_col, *optional] if c and c in names]
-                row_index = 0
-                try:
-                    for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=wanted_cols):
-                        for row in batch.to_pylist():
-                            yield self._sample(row, row_index, image_col, caption_col)
-                            row_index += 1
-                except (pa.ArrowException, OSError) as exc:
-                    raise ShardError(self.source, f"corrupt parquet data: {exc}") from exc
+                yield from self._rows(pf)
         except FileNotFoundError as exc:
             raise ShardError(self.source, f"file not found: {exc}") from exc
+        except OSError as exc:  # a directory, no permission, an I/O error: the whole file is unreadable
+            raise ShardError(self.source, f"cannot read the file: {exc}") from exc
 
-    def _sample(self, row: dict, index: int, image_col: str, caption_col: str | None) -> Sample:
-        image = _image_bytes(row.get(image_col))
-        key = row.get(self.columns.key)
-        caption = row.get(caption_col) if caption_col else None
+    def _rows(self, pf: pq.ParquetFile) -> Iterator[Sample]:
+        schema = pf.schema_arrow
+        names = schema.names
+        image_col = _pick(names, self.columns.image, ColumnConfig.IMAGE_CANDIDATES)
+        if image_col is None:
+            wanted = self.columns.image or " or ".join(ColumnConfig.IMAGE_CANDIDATES)
+            raise ShardError(
+                self.source,
+                f"no image column {wanted!r} (columns: {', '.join(names)}); name it with --image-col",
+            )
+        kind = _image_kind(image_col, schema.field(image_col).type, self.source)
+        caption_col = _pick(names, self.columns.caption, ColumnConfig.CAPTION_CANDIDATES)
+        if self.columns.caption and caption_col is None:
+            raise ShardError(self.source, f"no caption column {self.columns.caption!r}")
+        optional = [self.columns.url, self.columns.key, self.columns.sha256, *self.columns.extra]
+        wanted_cols = [image_col] + [c for c in [caption_col, *optional] if c and c in names]
+        try:
+            unique = UniqueKeys(self._given_keys(pf) if self.columns.key in names else ())
+            row_index = 0
+            for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=wanted_cols):
+                for row in batch.to_pylist():
+                    yield self._sample(row, row_index, image_col, kind, caption_col, unique)
+                    row_index += 1
+        except pa.ArrowException as exc:
+            raise ShardError(self.source, f"corrupt parquet data: {exc}") from exc
+
+    def _given_keys(self, pf: pq.ParquetFile) -> set[str]:
+        """The key column alone (cheap), so a suffix for a repeated key never takes a later key."""
+        return {str(k) for k in pf.read(columns=[self.columns.key]).column(0).to_pylist() if k is not None}
+
+    def _sample(self, row: dict, index: int, image_col: str, kind: str, caption_col: str | None,
+                unique: UniqueKeys) -> Sample:
+        given_key = row.get(self.columns.key)
+        key = unique(str(given_key) if given_key not in (None, "") else f"{self.name}_{index:09d}")
+        caption = text_or_none(row.get(caption_col)) if caption_col else None
+        url = text_or_none(row.get(self.columns.url))
+        try:
+            image = self._image(row.get(image_col), kind)
+        except UnreadableImage as problem:
+            return failed_sample(key, url, caption, problem)
         return Sample(
-            key=str(key) if key is not None else f"{self.name}_{index:09d}",
-            url=row.get(self.columns.url),
-            org_caption=None if caption is None else str(caption),
-            sha256=row.get(self.columns.sha256) or sha256_hex(image),
+            key=key,
+            url=url,
+            org_caption=caption,
+            sha256=text_or_none(row.get(self.columns.sha256)) or sha256_hex(image),
             image_bytes=image,
             extra={c: row.get(c) for c in self.columns.extra},
         )
+
+    def _image(self, value, kind: str) -> bytes | None:
+        if value is None:
+            return None
+        if kind == "bytes":
+            return value
+        if kind == "struct":
+            if value.get("bytes") is not None or not value.get("path"):
+                return value.get("bytes")
+            value = value["path"]  # datasets' path-only image: the file is beside the parquet
+        return self._read_path(value) if value else None
+
+    def _read_path(self, path: str) -> bytes:
+        if path.startswith(_WEB):
+            raise UnreadableImage(
+                MISSING_IMAGE, f"image is a web URL ({path}); fetch URLs with `recap download` first"
+            )
+        fs, resolved = self._resolve(path)
+        return read_bounded(fs, resolved, self.columns.max_image_bytes)
+
+    def _resolve(self, path: str):
+        """(filesystem, path): a URL with a protocol as it says, anything else on the parquet
+        file's filesystem, relative paths from the parquet file's folder."""
+        if "://" in path:
+            return url_to_fs(path)
+        fs, parquet_path = url_to_fs(self.source)  # fsspec caches filesystem instances: cheap
+        if not posixpath.isabs(path):
+            path = posixpath.join(posixpath.dirname(parquet_path), path)
+        return fs, path

@@ -5,12 +5,23 @@ from __future__ import annotations
 import json
 import posixpath
 import tarfile
+from collections import Counter
 from collections.abc import Iterator
 
 import fsspec
 
 from ..sample import Sample
-from .base import ColumnConfig, Shard, ShardError, sha256_hex
+from .base import (
+    ColumnConfig,
+    Shard,
+    ShardError,
+    UniqueKeys,
+    UnreadableImage,
+    failed_sample,
+    sha256_hex,
+    text_or_none,
+    too_large,
+)
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "ppm", "pgm")
 
@@ -34,7 +45,12 @@ def _has_end_of_archive(tar: tarfile.TarFile) -> bool:
 class TarShard(Shard):
     """Reads the tar's headers first (cheap: data blocks are skipped by seeking), then yields
     one sample per key in order of first appearance, reading members on demand. So members of
-    a sample may appear in any order while memory stays bounded by one sample."""
+    a sample may appear in any order while memory stays bounded by one sample.
+
+    Every member gives a row: a second `x.jpg` in one tar is a second sample (the n-th member of
+    a key and extension joins the n-th sample of that key), and keys are made unique within the
+    shard (see UniqueKeys): `a/x.jpg` and `b/x.jpg` are keys `x` and `x_1`. A member bigger
+    than the read limit is never read: its sample is a too_large row."""
 
     def __init__(self, source: str, name: str, columns: ColumnConfig = ColumnConfig()):
         self.source = source
@@ -44,32 +60,34 @@ class TarShard(Shard):
     def __iter__(self) -> Iterator[Sample]:
         try:
             with fsspec.open(self.source, "rb") as raw:
-                try:
-                    tar = tarfile.open(fileobj=raw, mode="r:*")
-                    members = tar.getmembers()
-                    ends_cleanly = _has_end_of_archive(tar)
-                except (tarfile.TarError, EOFError, OSError) as exc:
-                    raise ShardError(self.source, f"unreadable or truncated tar: {exc}") from exc
-                if not ends_cleanly:
-                    raise ShardError(
-                        self.source,
-                        f"truncated tar: no end-of-archive block after {len(members)} members "
-                        "(was it still being written, or cut short?)",
-                    )
-                groups: dict[str, dict[str, tarfile.TarInfo]] = {}
-                for member in members:
-                    if not member.isfile():
-                        continue
-                    key, ext = split_member_name(member.name)
-                    if key.startswith(".") or posixpath.basename(key).startswith("._"):
-                        continue  # macOS resource forks and hidden files are not samples
-                    groups.setdefault(key, {})[ext] = member
-                for key, parts in groups.items():
-                    yield self._sample(tar, key, parts)
+                tar, members = self._headers(raw)
+                groups = _group_members(members)
+                unique = UniqueKeys(posixpath.basename(key) for key, _ in groups)
+                for key, parts in groups:
+                    yield self._sample(tar, key, parts, unique)
         except FileNotFoundError as exc:
             raise ShardError(self.source, f"file not found: {exc}") from exc
+        except OSError as exc:  # a directory, no permission, an I/O error: the whole file is unreadable
+            raise ShardError(self.source, f"cannot read the file: {exc}") from exc
+
+    def _headers(self, raw) -> tuple[tarfile.TarFile, list[tarfile.TarInfo]]:
+        try:
+            tar = tarfile.open(fileobj=raw, mode="r:*")
+            members = tar.getmembers()
+            ends_cleanly = _has_end_of_archive(tar)
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise ShardError(self.source, f"unreadable or truncated tar: {exc}") from exc
+        if not ends_cleanly:
+            raise ShardError(
+                self.source,
+                f"truncated tar: no end-of-archive block after {len(members)} members "
+                "(was it still being written, or cut short?)",
+            )
+        return tar, members
 
     def _read(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+        if member.size > self.columns.max_image_bytes:  # from the header: nothing read yet
+            raise too_large(f"tar member {member.name}", member.size, self.columns.max_image_bytes)
         try:
             handle = tar.extractfile(member)
             data = handle.read() if handle else b""
@@ -79,30 +97,68 @@ class TarShard(Shard):
             raise ShardError(self.source, f"member {member.name} is truncated")
         return data
 
-    def _sample(self, tar: tarfile.TarFile, key: str, parts: dict[str, tarfile.TarInfo]) -> Sample:
-        meta: dict = {}
-        if "json" in parts:
-            try:
-                meta = json.loads(self._read(tar, parts["json"]))
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                meta = {}
-        # A caption field the user named wins; else img2dataset's {key}.txt; else json "caption".
-        caption = None
-        if self.columns.caption and meta.get(self.columns.caption) is not None:
-            caption = str(meta[self.columns.caption])
-        elif "txt" in parts:
-            caption = self._read(tar, parts["txt"]).decode("utf-8", errors="replace")
-        elif meta.get("caption") is not None:
-            caption = str(meta["caption"])
+    def _sample(self, tar: tarfile.TarFile, key: str, parts: dict[str, tarfile.TarInfo],
+                unique: UniqueKeys) -> Sample:
+        try:
+            meta = self._meta(tar, parts)
+            caption = self._caption(tar, parts, meta)
+        except UnreadableImage as problem:
+            return failed_sample(unique(posixpath.basename(key)), None, None, problem)
+        sample_key = unique(str(meta.get(self.columns.key) or posixpath.basename(key)))
+        url = text_or_none(meta.get(self.columns.url))
         image_ext = next((e for e in IMAGE_EXTENSIONS if e in parts), None)
         if self.columns.image and self.columns.image in parts:
             image_ext = self.columns.image
-        image = self._read(tar, parts[image_ext]) if image_ext else None
+        try:
+            image = self._read(tar, parts[image_ext]) if image_ext else None
+        except UnreadableImage as problem:
+            return failed_sample(sample_key, url, caption, problem)
         return Sample(
-            key=str(meta.get(self.columns.key) or posixpath.basename(key)),
-            url=meta.get(self.columns.url),
+            key=sample_key,
+            url=url,
             org_caption=caption,
-            sha256=meta.get(self.columns.sha256) or sha256_hex(image),
+            sha256=text_or_none(meta.get(self.columns.sha256)) or sha256_hex(image),
             image_bytes=image,
             extra={c: meta.get(c) for c in self.columns.extra},
         )
+
+    def _meta(self, tar: tarfile.TarFile, parts: dict[str, tarfile.TarInfo]) -> dict:
+        if "json" not in parts:
+            return {}
+        try:
+            meta = json.loads(self._read(tar, parts["json"]))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return {}
+        return meta if isinstance(meta, dict) else {}  # a JSON list or number holds no fields
+
+    def _caption(self, tar: tarfile.TarFile, parts: dict[str, tarfile.TarInfo], meta: dict) -> str | None:
+        """A caption field the user named wins; else img2dataset's {key}.txt; else json "caption"."""
+        if self.columns.caption and meta.get(self.columns.caption) is not None:
+            return str(meta[self.columns.caption])
+        if "txt" in parts:
+            return self._read(tar, parts["txt"]).decode("utf-8", errors="replace")
+        if meta.get("caption") is not None:
+            return str(meta["caption"])
+        return None
+
+
+def _group_members(members: list[tarfile.TarInfo]) -> list[tuple[str, dict[str, tarfile.TarInfo]]]:
+    """(key, {extension: member}) per sample, in order of first appearance. A repeated
+    (key, extension) starts the key's next sample instead of replacing the first member."""
+    groups: list[tuple[str, dict[str, tarfile.TarInfo]]] = []
+    of_key: dict[str, list[dict[str, tarfile.TarInfo]]] = {}
+    seen: Counter = Counter()
+    for member in members:
+        if not member.isfile():
+            continue
+        key, ext = split_member_name(member.name)
+        if key.startswith(".") or posixpath.basename(key).startswith("._"):
+            continue  # macOS resource forks and hidden files are not samples
+        index = seen[key, ext]
+        seen[key, ext] += 1
+        samples = of_key.setdefault(key, [])
+        if index == len(samples):
+            samples.append({})
+            groups.append((key, samples[-1]))
+        samples[index][ext] = member
+    return groups
