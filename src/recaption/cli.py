@@ -316,7 +316,9 @@ def judge_cmd(
         raise typer.BadParameter(str(exc)) from exc
     from .quality.outputs import NoOutputError
 
-    with _clear_error(NoOutputError), console.status("judging") as status:
+    from .atomic import OutputLockedError
+
+    with _clear_error(NoOutputError, OutputLockedError), console.status("judging") as status:
         summary = judge_output(output, config, on_shard=lambda name: status.update(f"judging shard {name}"))
     console.print(f"judged {sum(summary.judged.values())} row(s) in {len(summary.judged)} shard(s); "
                   f"skipped {len(summary.skipped)} already judged")

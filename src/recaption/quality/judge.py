@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from ..atomic import output_lock
 from ..config import CaptionConfig
 from ..engines.openai_engine import OpenAICaptioner, image_data_url
 from ..images import decode_sample
@@ -91,6 +92,14 @@ class JudgeSummary:
 
 
 def judge_output(output: str, config: JudgeConfig, on_shard=None) -> JudgeSummary:
+    """Rate the finished shards of `output`, rewriting each file atomically. Holds the folder's
+    lock: no caption run or scorer may rewrite the same files meanwhile."""
+    done_shards(OutputDir(output))  # not caption output: say so before taking a lock there
+    with output_lock(output, "recap judge"):
+        return _judge_locked(output, config, on_shard)
+
+
+def _judge_locked(output: str, config: JudgeConfig, on_shard) -> JudgeSummary:
     out = OutputDir(output)
     summary = JudgeSummary()
     client = OpenAICaptioner(
