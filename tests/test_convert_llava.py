@@ -39,9 +39,13 @@ def llama3_tokenizer(folder):
     return fast
 
 
-def write_llava_repo_checkpoint(root, vision_inside: bool, pickle: bool = False):
+def write_llava_repo_checkpoint(
+    root, vision_inside: bool, pickle: bool = False, rope_theta: float | None = None, rope_style: str = "new"
+):
     """config.json with mm_* fields, LLaMA weights under model.*, projector model.mm_projector.{0,2},
-    sharded safetensors with an index; the CLIP tower in its own folder (named by mm_vision_tower)."""
+    sharded safetensors with an index; the CLIP tower in its own folder (named by mm_vision_tower).
+    rope_theta in the config's `rope_style`: "old" (top-level rope_theta, as transformers 4 and the
+    LLaVA repo write it) or "new" (transformers 5's rope_parameters)."""
     from safetensors.torch import save_file
     from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
@@ -70,6 +74,7 @@ def write_llava_repo_checkpoint(root, vision_inside: bool, pickle: bool = False)
         max_position_embeddings=256,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
+        **({"rope_theta": rope_theta} if rope_theta else {}),
     )
     llama = LlamaForCausalLM(text_config)
     tensors = {k: v.clone() for k, v in llama.state_dict().items()}
@@ -81,8 +86,17 @@ def write_llava_repo_checkpoint(root, vision_inside: bool, pickle: bool = False)
         tensors.update(
             {"model.vision_tower.vision_tower." + k: v.clone() for k, v in vision.state_dict().items()}
         )
+    fields = text_config.to_dict()
+    if rope_style == "old":
+        theta = fields.pop("rope_parameters", {}).get("rope_theta", 10000.0)
+        fields.pop("rope_theta", None)
+        fields.update(rope_theta=theta, rope_scaling=None)
+    else:  # transformers 5 writes rope_parameters
+        fields.pop("rope_theta", None)
+        fields.pop("rope_scaling", None)
+        fields["rope_parameters"] = {"rope_type": "default", "rope_theta": rope_theta or 10000.0}
     config = {
-        **text_config.to_dict(),
+        **fields,
         "architectures": ["LlavaLlamaForCausalLM"],
         "model_type": "llava_llama",
         "mm_vision_tower": str(tower),
@@ -139,13 +153,41 @@ def reference_logits(tensors, text_config, tower, pixel_values, before_ids, afte
         return llama(inputs_embeds=sequence.unsqueeze(0)).logits[0]
 
 
-@pytest.mark.parametrize("vision_inside", [False, True])
-def test_converted_logits_equal_the_llava_repo_forward(tmp_path, vision_inside):
+def recap(*args):
+    from typer.testing import CliRunner
+
+    from recaption.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "1000"})  # no wrapping
+
+
+def converted_rope_theta(text_config):
+    parameters = getattr(text_config, "rope_parameters", None) or {}
+    return parameters.get("rope_theta", getattr(text_config, "rope_theta", None))
+
+
+@pytest.mark.parametrize(
+    "vision_inside, rope_style, rope_theta",
+    [
+        (False, "new", None),
+        (True, "new", None),
+        # LLaMA-3's 500000, written the old way (top-level rope_theta) and the new (rope_parameters).
+        (False, "old", 500000.0),
+        (False, "new", 500000.0),
+    ],
+)
+def test_converted_logits_equal_the_llava_repo_forward(tmp_path, vision_inside, rope_style, rope_theta):
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    src, tower, tensors, text_config = write_llava_repo_checkpoint(tmp_path, vision_inside)
-    dst = convert_llava(src, tmp_path / "hf", vision_tower=str(tower) if vision_inside else None)
+    src, tower, tensors, text_config = write_llava_repo_checkpoint(
+        tmp_path, vision_inside, rope_theta=rope_theta, rope_style=rope_style
+    )
+    args = ["--vision-tower", tower] if vision_inside else []
+    result = recap("convert-llava", src, tmp_path / "hf", *args)
+    assert result.exit_code == 0, result.output
+    dst = tmp_path / "hf"
     model = LlavaForConditionalGeneration.from_pretrained(dst).eval()
+    assert converted_rope_theta(model.config.text_config) == (rope_theta or 10000.0)
     processor = AutoProcessor.from_pretrained(dst)
     assert processor.image_processor.do_pad and processor.image_processor.crop_size["height"] == 56
     prompt = processor.apply_chat_template(
@@ -186,3 +228,47 @@ def test_not_a_llava_repo_checkpoint(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(ConversionError, match="llava_llama"):
         convert_llava(tmp_path, tmp_path / "out")
+
+
+def test_wrong_inputs_of_convert_llava_are_one_line(tmp_path):
+    def one_error_line(result, *phrases):
+        assert result.exit_code == 2, result.output
+        assert "Traceback" not in result.output, result.output
+        errors = [line for line in result.output.splitlines() if "error:" in line]
+        assert len(errors) == 1, result.output
+        for phrase in phrases:
+            assert phrase in errors[0], errors[0]
+
+    src, tower, tensors, _ = write_llava_repo_checkpoint(tmp_path, vision_inside=False)
+    one_error_line(recap("convert-llava", tmp_path / "no-such", tmp_path / "a"), "no-such: no such folder")
+    one_error_line(recap("convert-llava", src / "config.json", tmp_path / "a"), "is a file")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    one_error_line(recap("convert-llava", empty, tmp_path / "a"), "no config.json")
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("mine")
+    one_error_line(recap("convert-llava", src, taken), "taken", "not an empty folder")
+    assert [p.name for p in taken.iterdir()] == ["notes.txt"]
+    one_error_line(
+        recap("convert-llava", src, tmp_path / "b", "--vision-tower", tmp_path / "no-tower"),
+        "vision tower",
+        "no-tower",
+        "--vision-tower",
+    )
+    one_error_line(
+        recap("convert-llava", src, tmp_path / "b", "--tokenizer", tmp_path / "no-tokenizer"),
+        "tokenizer",
+        "no-tokenizer",
+    )
+    assert not (tmp_path / "b").exists() and not list(tmp_path.glob("b.*")), "nothing half-written"
+    # A projector-only checkpoint (the LLaVA repo's pretraining output) is not a whole model.
+    for name in src.glob("model-0000*.safetensors"):
+        name.unlink()
+    (src / "model.safetensors.index.json").unlink()
+    from safetensors.torch import save_file
+
+    save_file(
+        {k: v.contiguous() for k, v in tensors.items() if "mm_projector" in k}, str(src / "model.safetensors")
+    )
+    one_error_line(recap("convert-llava", src, tmp_path / "c"), "no language model", "projector-only")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from recaption.quality.flags import is_boilerplate, is_repetitive, repetition_rate
+from recaption.quality.flags import is_boilerplate, is_degenerate, is_repetitive, repetition_rate
 
 NATURAL = (
     "A brown horse stands in a green field in front of a wooden fence, with trees in the background "
@@ -39,6 +39,26 @@ def test_repetition_flags_loops_not_natural_repeats():
 )
 def test_boilerplate_openers(text, expected):
     assert is_boilerplate(text) is expected
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("", True),  # an ok row with an empty caption
+        ("   \n", True),
+        (",,,,,,,,,,,,,,,,,,,,,,,,,,,,,,", True),  # no word at all
+        ("a dog", True),  # 2 words < 3
+        ("... a ... b ... c ...", True),  # 3 words, but 3 of 15 visible characters are letters
+        ("a b c !!!!!!!!", True),  # 3 of 11 visible characters
+        ("A dog runs.", False),  # 3 words, 8 of 9 visible characters
+        ("a, b, c", False),  # 3 of 5
+        ("Ein Hund läuft über die Wiese", False),  # letters of any script
+        ("一只猫坐在沙发上。", False),  # no spaces: each CJK character is a word
+        (None, None),  # no caption (a failed row): null
+    ],
+)
+def test_degenerate_captions(text, expected):
+    assert is_degenerate(text) is expected
 
 
 # -- CLIP scores ------------------------------------------------------------------------------------
@@ -287,7 +307,8 @@ def test_stats_vocabulary_overlap_is_the_papers_measure(scored_output):
     assert overlap["shared"] == len(re_vocab & org_vocab)
     assert stats.rows == 12 and stats.status_counts == {"ok": 12}
     assert len(stats.clip_scores["re"]) == 12
-    assert stats.summary()["length"]["org"]["mean"] == pytest.approx(sum(r["org_length"] for r in rows) / 12)
+    org_mean = stats.summary(digits=None)["length"]["org"]["mean"]
+    assert org_mean == pytest.approx(sum(r["org_length"] for r in rows) / 12)
 
 
 def test_report_is_self_contained_and_renders_in_chromium(scored_output, tmp_path):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import random
+import shutil
 
 import pytest
 import torch
@@ -226,3 +228,169 @@ def test_train_clip_under_torchrun_with_two_processes(shapes, tmp_path):
     assert (tmp_path / "clip" / "checkpoint-0000006").is_dir() and (
         tmp_path / "clip" / "model.safetensors"
     ).exists()
+
+
+# ---- checkpoints hold no pickle; resume is exact; wrong inputs are one line ----
+
+
+def recap(*args):
+    from typer.testing import CliRunner
+
+    from recaption.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "1000"})  # no wrapping
+
+
+SMALL_CLIP = ["--caption-field", "description", "--recaption-field", "description", "--batch-size", "16",
+              "--width", "32", "--warmup", "1", "--device", "cpu"]  # fmt: skip
+SMALL_CAPTIONER = ["--batch-size", "8", "--width", "32", "--layers", "1", "--device", "cpu"]
+
+
+class _Planted:
+    """Unpickling this creates `marker` (as a planted trainer_state.pt would run any code)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def plant_pickle(checkpoint, marker):
+    torch.save({"optimizer": _Planted(marker), "step": 1}, checkpoint / "trainer_state.pt")
+
+
+def weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def one_error_line(result, *phrases):
+    """Exit 2 and one line `error: ...` naming each phrase; no traceback."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output, result.output
+    errors = [line for line in result.output.splitlines() if "error:" in line]
+    assert len(errors) == 1, result.output
+    for phrase in phrases:
+        assert phrase in errors[0], errors[0]
+
+
+def test_resume_never_unpickles_a_planted_trainer_state(shapes, tmp_path):
+    out, marker = tmp_path / "clip", tmp_path / "pwned"
+    first = recap("train-clip", shapes / "train", "-o", out, "--steps", 4, "--save-every", 2, *SMALL_CLIP)
+    assert first.exit_code == 0, first.output
+    checkpoint = out / "checkpoint-0000004"
+    # Beside a checkpoint's real trainer state: resumes from that state, never touches the pickle.
+    plant_pickle(checkpoint, marker)
+    again = recap("train-clip", shapes / "train", "-o", out, "--steps", 6, "--save-every", 2, *SMALL_CLIP)
+    assert again.exit_code == 0, again.output
+    assert "trained 6 steps" in again.output and not marker.exists()
+    # A checkpoint whose only trainer state is the pickle (an old or planted one): refused, one line.
+    checkpoint = out / "checkpoint-0000006"
+    for name in checkpoint.glob("trainer_state.*"):
+        name.unlink()
+    plant_pickle(checkpoint, marker)
+    refused = recap("train-clip", shapes / "train", "-o", out, "--steps", 8, *SMALL_CLIP)
+    one_error_line(refused, "checkpoint-0000006", "trainer_state.pt", "never loaded")
+    assert not marker.exists()
+
+
+def test_captioner_resume_never_unpickles_a_planted_trainer_state(shapes, tmp_path):
+    out, marker = tmp_path / "cap", tmp_path / "pwned"
+    args = ["--stage1-steps", 2, "--stage2-steps", 0, "--save-every", 2, *SMALL_CAPTIONER]
+    first = recap("train-captioner", shapes / "train", "-o", out, *args)
+    assert first.exit_code == 0, first.output
+    checkpoint = out / "checkpoint-s1-0000002"
+    for name in checkpoint.glob("trainer_state.*"):
+        name.unlink()
+    plant_pickle(checkpoint, marker)
+    refused = recap("train-captioner", shapes / "train", "-o", out, *args[:2], "--stage2-steps", 2, *args[4:])
+    one_error_line(refused, "checkpoint-s1-0000002", "trainer_state.pt")
+    assert not marker.exists()
+
+
+def test_a_killed_clip_run_resumes_to_the_same_weights(shapes, tmp_path):
+    out = tmp_path / "clip"
+    args = ["train-clip", shapes / "train", "-o", out, "--steps", 6, "--save-every", 3, *SMALL_CLIP]
+    assert recap(*args).exit_code == 0
+    uninterrupted = weights(out / "model.safetensors")
+    losses = json.loads((out / "train_summary.json").read_text())["losses"]
+    # As if killed after the step-3 checkpoint: the later checkpoint and the final model never written.
+    shutil.rmtree(out / "checkpoint-0000006")
+    (out / "model.safetensors").unlink()
+    resumed = recap(*args)
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads((out / "train_summary.json").read_text())["losses"] == losses[3:]
+    after = weights(out / "model.safetensors")
+    assert after.keys() == uninterrupted.keys()
+    assert all(torch.equal(after[k], uninterrupted[k]) for k in after)
+
+
+def test_a_killed_captioner_run_resumes_to_the_same_weights(shapes, tmp_path):
+    out = tmp_path / "cap"
+    args = ["train-captioner", shapes / "train", "-o", out, "--stage1-steps", 2, "--stage2-steps", 4,
+            "--save-every", 2, *SMALL_CAPTIONER]  # fmt: skip
+    assert recap(*args).exit_code == 0
+    uninterrupted = weights(out / "model.safetensors")
+    history = json.loads((out / "train_summary.json").read_text())["history"]
+    shutil.rmtree(out / "checkpoint-s2-0000004")  # killed in stage 2, after its step-2 checkpoint
+    (out / "model.safetensors").unlink()
+    resumed = recap(*args)
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads((out / "train_summary.json").read_text())["history"] == history
+    after = weights(out / "model.safetensors")
+    assert all(torch.equal(after[k], uninterrupted[k]) for k in uninterrupted)
+
+
+@pytest.fixture(scope="module")
+def clip_folder(tmp_path_factory):
+    from recaption.models.tiny_clip import small_clip
+
+    folder = tmp_path_factory.mktemp("clip") / "a-clip"
+    for part in small_clip(32, 64, 2, 1, 64, 16, 16, 77, seed=0):
+        part.save_pretrained(folder)
+    return folder
+
+
+def test_wrong_inputs_of_train_and_eval_are_one_line(shapes, tmp_path, tiny_model_dir, clip_folder):
+    train = shapes / "train"
+    cases = [
+        (["train-clip", train, "-o", tmp_path / "a", "--model", tmp_path / "no-clip", *SMALL_CLIP],
+         ["--model", "no-clip", "no such folder"]),
+        (["train-clip", train, "-o", tmp_path / "b", "--model", tiny_model_dir, *SMALL_CLIP],
+         ["not a CLIP-style dual encoder"]),
+        (["train-clip", train, "-o", train / "00000.tar", *SMALL_CLIP], ["not a folder"]),
+        (["train-captioner", train, "-o", tmp_path / "c", "--model", clip_folder, *SMALL_CAPTIONER],
+         ["a clip model", "LlavaForConditionalGeneration"]),
+        (["train-captioner", train, "-o", tmp_path / "d", "--vision-tower", tmp_path / "no-tower",
+          *SMALL_CAPTIONER], ["--vision-tower", "no such folder"]),
+        (["train-captioner", train, "-o", tmp_path / "e", "--vision-tower", tiny_model_dir, *SMALL_CAPTIONER],
+         ["expected a CLIP"]),
+        (["train-captioner", train, "-o", tmp_path / "f", "--stage2-field", "no_such_field", "--stage1-steps",
+          1, *SMALL_CAPTIONER], ["--stage2-field no_such_field", "no sample"]),
+        (["train-clip", train, "-o", tmp_path / "h", "--model", clip_folder, "--caption-field", "no_field",
+          "--device", "cpu"], ["--caption-field no_field", "no sample"]),
+        (["eval-retrieval", clip_folder, shapes / "test", "--caption-field", "no_field", "--device", "cpu"],
+         ["--caption-field no_field", "no sample"]),
+        (["eval-retrieval", tmp_path / "no-clip", shapes / "test", "--device", "cpu"], ["no such folder"]),
+        (["eval-retrieval", tiny_model_dir, shapes / "test", "--device", "cpu"],
+         ["not a CLIP-style dual encoder"]),
+        (["eval-retrieval", clip_folder, shapes / "test", "--label-field", "no_label", "--device", "cpu"],
+         ["--label-field no_label", "no sample"]),
+        (["eval-captioner", tmp_path / "no-captioner", "--images", 2, "--device", "cpu"], ["no such folder"]),
+        (["eval-captioner", clip_folder, "--images", 2, "--device", "cpu"], ["a-clip", "model"]),
+    ]  # fmt: skip
+    for args, phrases in cases:
+        one_error_line(recap(*args), *phrases)
+    # An interrupted checkpoint folder (no trainer state) is named, not a traceback.
+    (tmp_path / "g" / "checkpoint-0000002").mkdir(parents=True)
+    one_error_line(
+        recap("train-clip", train, "-o", tmp_path / "g", *SMALL_CLIP), "checkpoint-0000002", "not a complete"
+    )
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_asking_for_cuda_without_a_gpu_is_one_line(shapes, tmp_path):
+    args = ["--caption-field", "description", "--steps", 1, "--device", "cuda"]
+    one_error_line(recap("train-clip", shapes / "train", "-o", tmp_path / "a", *args), "no CUDA GPU")

@@ -7,49 +7,64 @@ repository saves models: `model_type: llava_llama`, LLaMA weights under `model.*
 (`model.vision_tower.vision_tower.vision_model.*`) or only named by `mm_vision_tower`, and its
 settings in `mm_*` config fields. transformers cannot load that. This writes:
 
-  config.json              LlavaConfig: the LLaMA text config, the CLIP vision config, the image
-                           token, vision_feature_layer = mm_vision_select_layer, feature strategy
+  config.json              LlavaConfig: the LLaMA text config (every field of the source config
+                           but the LLaVA repo's own, through transformers' LlamaConfig, so
+                           rope_theta / rope_scaling survive in either style: top-level
+                           `rope_theta` or transformers 5's `rope_parameters`), the CLIP vision
+                           config, the image token, vision_feature_layer = mm_vision_select_layer,
+                           feature strategy
   model-0000k-of-0000n.safetensors (+ index)   tensors renamed, streamed one source shard at a
                            time (an 8B model converts in a few GB of RAM), embeddings and LM head
                            grown by one row for the added <image> token (initialised to the mean)
   tokenizer + processor    the `<image>` token added, the LLaMA-3 chat template, CLIP ViT-L/14-336
                            preprocessing with LLaVA-1.5's pad-to-square (image_aspect_ratio: pad)
 Pickle checkpoints (.bin, .pt) are refused unless allow_pickle, and even then read with
-torch.load(weights_only=True).
+torch.load(weights_only=True). Everything is written into a temporary folder beside DST, which is
+renamed to DST at the end: DST is a whole converted model or absent. Wrong inputs (no such folder,
+not a LLaVA-repo checkpoint, a vision tower or tokenizer that cannot be loaded, a DST that is not
+empty) raise ConversionError with one line saying so.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 from pathlib import Path
 
 import torch
 
+from ..atomic import temporary_name
 from .tiny import LLAMA3_CHAT_TEMPLATE
 
 log = logging.getLogger(__name__)
 
 IMAGE_TOKEN = "<image>"
-TEXT_FIELDS = (
-    "vocab_size",
-    "hidden_size",
-    "intermediate_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "max_position_embeddings",
-    "rms_norm_eps",
-    "rope_theta",
-    "rope_scaling",
-    "hidden_act",
-    "attention_bias",
-    "mlp_bias",
-    "tie_word_embeddings",
-    "bos_token_id",
-    "eos_token_id",
-    "pad_token_id",
-    "head_dim",
+# Fields of a LLaVA-repo config.json that are not the language model's (besides every `mm_*`
+# field): the multimodal settings, the training script's, and what describes the file rather than
+# the model (dtype is a loading choice, left to the loader as for any converted model).
+LLAVA_REPO_FIELDS = frozenset(
+    {
+        "architectures",
+        "model_type",
+        "auto_map",
+        "transformers_version",
+        "_name_or_path",
+        "torch_dtype",
+        "dtype",
+        "image_aspect_ratio",
+        "image_grid_pinpoints",
+        "tokenizer_model_max_length",
+        "tokenizer_padding_side",
+        "tune_mm_mlp_adapter",
+        "freeze_mm_mlp_adapter",
+        "use_mm_proj",
+        "unfreeze_mm_vision_tower",
+        "s2",
+        "s2_scales",
+        "s2_max_split_size",
+    }
 )
 VISION_PREFIX_IN_CHECKPOINT = "model.vision_tower.vision_tower.vision_model."
 
@@ -80,7 +95,13 @@ def rename(key: str) -> str | None:
 def source_shards(src: Path, allow_pickle: bool) -> list[Path]:
     index = src / "model.safetensors.index.json"
     if index.exists():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        try:
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise ConversionError(f"{index}: not a safetensors index ({_reason(exc)})") from None
+        missing = [f for f in files if not (src / f).is_file()]
+        if missing:
+            raise ConversionError(f"{src}: {', '.join(missing)} named in {index.name} but missing")
         return [src / f for f in files]
     if (src / "model.safetensors").exists():
         return [src / "model.safetensors"]
@@ -98,25 +119,124 @@ def source_shards(src: Path, allow_pickle: bool) -> list[Path]:
 def iter_tensors(path: Path):
     """(name, tensor) one at a time from a safetensors file; pickle files load whole (weights only)."""
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(path), framework="pt") as f:
-            for key in f.keys():
-                yield key, f.get_tensor(key)
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                for key in f.keys():
+                    yield key, f.get_tensor(key)
+        except SafetensorError as exc:
+            raise ConversionError(f"{path}: not a readable safetensors file ({_reason(exc)})") from None
     else:
-        yield from torch.load(path, map_location="cpu", weights_only=True).items()
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unpickling failure is the file's fault
+            raise ConversionError(
+                f"{path}: cannot be read as plain weights ({_reason(exc)}); pickle files holding "
+                "anything but tensors are refused"
+            ) from None
+        if not isinstance(loaded, dict):
+            raise ConversionError(f"{path}: holds a {type(loaded).__name__}, not a dict of tensors")
+        yield from loaded.items()
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return first if len(first) <= 160 else first[:157] + "..."
+
+
+def _load(what: str, load, name: str, hint: str = ""):
+    """from_pretrained with a missing or wrong folder / hub id as one ConversionError line."""
+    try:
+        return load(name)
+    except OSError as exc:
+        where = (
+            "cannot be loaded"
+            if Path(name).exists()
+            else "no such folder, and not on the Hugging Face Hub (or offline)"
+        )
+        raise ConversionError(f"{what} {name}: {where} ({_reason(exc)}){hint}") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConversionError(f"{what} {name}: not usable here ({_reason(exc)}){hint}") from None
 
 
 def vision_tensors(vision_tower: str):
     """Vision weights (renamed) and config from a CLIP folder or hub id (CLIPVisionModel or CLIPModel)."""
     from transformers import AutoConfig, CLIPVisionModel
 
-    config = AutoConfig.from_pretrained(vision_tower)
+    config = _load("vision tower", AutoConfig.from_pretrained, vision_tower, VISION_HINT)
+    _check_clip(config, vision_tower)
     vision_config = getattr(config, "vision_config", config)
-    model = CLIPVisionModel.from_pretrained(vision_tower)
+    model = _load("vision tower", CLIPVisionModel.from_pretrained, vision_tower, VISION_HINT)
     # transformers 5 names CLIPVisionModel's tensors without the "vision_model." prefix; older ones with it.
     tensors = {"vision_tower." + k.removeprefix("vision_model."): v for k, v in model.state_dict().items()}
     return tensors, vision_config
+
+
+VISION_HINT = "; pass --vision-tower a CLIP folder or hub id"
+
+
+def _check_clip(config, name: str) -> None:
+    kind = getattr(config, "model_type", "")
+    if kind not in ("clip", "clip_vision_model"):
+        raise ConversionError(f"vision tower {name}: a {kind or 'unknown'} model, not CLIP{VISION_HINT}")
+
+
+def read_source_config(src: Path) -> dict:
+    """The LLaVA-repo config.json, with a missing or wrong folder said in one line."""
+    if not src.exists():
+        raise ConversionError(f"{src}: no such folder")
+    if not src.is_dir():
+        raise ConversionError(f"{src}: is a file; give the checkpoint's folder")
+    path = src / "config.json"
+    if not path.is_file():
+        raise ConversionError(f"{src}: no config.json; not a LLaVA-repo checkpoint folder")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConversionError(f"{path}: not valid JSON ({_reason(exc)})") from None
+    if not isinstance(config, dict):
+        raise ConversionError(f"{path}: not a config (a JSON object)")
+    architectures = config.get("architectures") or []
+    if config.get("model_type") != "llava_llama" and "LlavaLlamaForCausalLM" not in architectures:
+        raise ConversionError(
+            f"{src}: model_type {config.get('model_type')!r} is not a LLaVA-repo llava_llama model"
+        )
+    if config.get("mm_projector_type", "mlp2x_gelu") != "mlp2x_gelu":
+        raise ConversionError(
+            f"mm_projector_type {config['mm_projector_type']!r}: only mlp2x_gelu is supported"
+        )
+    return config
+
+
+def _rope_theta(fields) -> float | None:
+    """rope_theta from a config dict or object, old style (top-level) or new (rope_parameters)."""
+    get = fields.get if isinstance(fields, dict) else lambda key: getattr(fields, key, None)
+    parameters = get("rope_parameters")
+    if isinstance(parameters, dict) and parameters.get("rope_theta") is not None:
+        return parameters["rope_theta"]
+    return get("rope_theta")
+
+
+def text_config_from(config: dict):
+    """The language model's config: the WHOLE source config but the LLaVA repo's own fields,
+    through transformers' LlamaConfig, which reads rope settings in either style."""
+    from transformers import LlamaConfig
+
+    fields = {k: v for k, v in config.items() if not k.startswith("mm_") and k not in LLAVA_REPO_FIELDS}
+    if "rope_scaling" in fields and fields["rope_scaling"] is None:
+        del fields["rope_scaling"]  # old style's "no scaling" (transformers 5 warns on the key)
+    try:
+        text = LlamaConfig(**fields)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ConversionError(f"config.json: not a LLaMA text config ({_reason(exc)})") from None
+    wanted = _rope_theta(config)
+    if wanted is not None and _rope_theta(text) != wanted:  # whatever style this transformers uses
+        raise ConversionError(
+            f"config.json: rope_theta {wanted} did not survive into the LLaMA config ({_rope_theta(text)})"
+        )
+    return text
 
 
 def convert_llava(
@@ -126,26 +246,39 @@ def convert_llava(
     tokenizer: str | None = None,
     allow_pickle: bool = False,
 ) -> Path:
-    from safetensors.torch import save_file
-    from transformers import AutoTokenizer, CLIPVisionConfig, LlamaConfig, LlavaConfig
-
-    src, dst = Path(src), Path(dst)
-    config = json.loads((src / "config.json").read_text())
-    if config.get("model_type") != "llava_llama" and "LlavaLlamaForCausalLM" not in config.get(
-        "architectures", []
-    ):
-        raise ConversionError(
-            f"{src}: model_type {config.get('model_type')!r} is not a LLaVA-repo llava_llama model"
-        )
-    if config.get("mm_projector_type", "mlp2x_gelu") != "mlp2x_gelu":
-        raise ConversionError(
-            f"mm_projector_type {config['mm_projector_type']!r}: only mlp2x_gelu is supported"
-        )
+    """Convert SRC into DST (which must not exist or be empty); see the module docstring."""
+    src, dst = Path(src).expanduser(), Path(dst).expanduser()
+    config = read_source_config(src)
+    text = text_config_from(config)
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+        raise ConversionError(f"{dst}: already exists and is not an empty folder; choose a new output folder")
     shards = source_shards(src, allow_pickle)
-    dst.mkdir(parents=True, exist_ok=True)
+    work = Path(temporary_name(str(dst)))
+    work.mkdir(parents=True)
+    try:
+        _convert(src, work, config, text, shards, vision_tower, tokenizer)
+        if dst.exists():
+            dst.rmdir()  # empty, checked above
+        os.replace(work, dst)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return dst
 
-    tok = AutoTokenizer.from_pretrained(tokenizer or src)
-    old_vocab = config["vocab_size"]
+
+def _convert(src: Path, dst: Path, config: dict, text, shards: list[Path], vision_tower, tokenizer) -> None:
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, AutoTokenizer, CLIPVisionConfig, LlavaConfig
+
+    # Everything named (vision tower, tokenizer) is checked before the weights are streamed.
+    tower = vision_tower or config.get("mm_vision_tower")
+    if not tower:
+        raise ConversionError(f"{src}: names no vision tower (mm_vision_tower){VISION_HINT}")
+    tower_config = _load("vision tower", AutoConfig.from_pretrained, tower, VISION_HINT)
+    _check_clip(tower_config, tower)
+    hint = "" if tokenizer else f"; {src} has no usable tokenizer: pass --tokenizer"
+    tok = _load("tokenizer", AutoTokenizer.from_pretrained, tokenizer or str(src), hint)
+    old_vocab = text.vocab_size
     if IMAGE_TOKEN not in tok.get_vocab():
         tok.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
     if tok.pad_token is None:
@@ -181,12 +314,19 @@ def convert_llava(
         outputs.append((filename, {k: tuple(v.shape) for k, v in tensors.items()}))
         log.info("converted %s (%d tensors)", shard.name, len(tensors))
         del tensors
-    if vision_in_checkpoint:
-        vision_config = CLIPVisionConfig(**_vision_config_from(config, vision_tower))
+    found = {name for _, shapes in outputs for name in shapes}
+    for needed, what in (
+        ("multi_modal_projector.linear_1.weight", "projector (model.mm_projector.*)"),
+        ("language_model.model.embed_tokens.weight", "language model (model.embed_tokens.*)"),
+    ):
+        if needed not in found:
+            raise ConversionError(
+                f"{src}: no {what} weights; a full LLaVA-repo checkpoint is needed (not a "
+                "projector-only or LoRA one)"
+            )
+    if vision_in_checkpoint:  # its shape still comes from the named tower's config
+        vision_config = CLIPVisionConfig(**getattr(tower_config, "vision_config", tower_config).to_dict())
     else:
-        tower = vision_tower or config.get("mm_vision_tower")
-        if not tower:
-            raise ConversionError("the checkpoint has no vision tower and names none: pass --vision-tower")
         tensors, vision_config = vision_tensors(tower)
         filename = f"part-{len(shards):05d}.safetensors"
         save_file(
@@ -195,7 +335,6 @@ def convert_llava(
         outputs.append((filename, {k: tuple(v.shape) for k, v in tensors.items()}))
     _finalise_names(dst, outputs, weight_map)
 
-    text = LlamaConfig(**{k: config[k] for k in TEXT_FIELDS if k in config})
     text.vocab_size = new_vocab
     text.pad_token_id = tok.pad_token_id
     patches = (vision_config.image_size // vision_config.patch_size) ** 2
@@ -213,20 +352,6 @@ def convert_llava(
     llava.save_pretrained(dst)
     _write_generation_config(dst, tok)
     _write_processor(dst, tok, vision_config, strategy, pad=config.get("image_aspect_ratio", "pad") == "pad")
-    return dst
-
-
-def _vision_config_from(config: dict, vision_tower: str | None) -> dict:
-    """With the tower's weights inside the checkpoint, its shape still comes from a config."""
-    from transformers import AutoConfig
-
-    tower = vision_tower or config.get("mm_vision_tower")
-    if not tower:
-        raise ConversionError(
-            "the vision tower's config is needed: pass --vision-tower (a CLIP folder or id)"
-        )
-    loaded = AutoConfig.from_pretrained(tower)
-    return getattr(loaded, "vision_config", loaded).to_dict()
 
 
 def _finalise_names(dst: Path, outputs: list, weight_map: dict) -> None:

@@ -1,26 +1,67 @@
-"""A tiny CLIP built deterministically from config, for scoring offline (tests, demo).
+"""The built-in offline CLIPs: `tiny-clip` (trained on the shapes world, shipped) and
+`tiny-clip-random` (seeded random weights, built into the cache).
 
-Real CLIPModel architecture at toy widths with seeded random weights, the tiny captioner's
-word-level tokenizer and a 64 px CLIP image processor. Its scores carry no meaning; they exist
-so scoring runs with no download. `--clip-model tiny-clip` selects it.
+`tiny-clip` is a transformers CLIPModel at toy widths trained contrastively on the synthetic
+shapes world (docs/shapes.md): images against their true descriptions and, a quarter of the time,
+their noisy alt-text. `benchmarks/train_tiny_clip.py` retrains and measures it; the settings are in
+`recaption/data/tiny-clip/training.json`. It knows the shapes world's ~40 words and 64 px images
+of flat shapes, nothing else: every other word is one unknown token to it, so its scores rank
+shapes-world captions and mean nothing for real photos (`TINY_CLIP_NOTE`, printed wherever its
+scores are shown).
+
+`tiny-clip-random` is the old random-weight model of the same architecture; its scores carry no
+meaning at all (tests of the plumbing only).
 """
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
 from .tiny import cached_build, tiny_model_path
 
 TINY_CLIP_NAME = "tiny-clip"
-TINY_CLIP_VERSION = "v1"
+TINY_CLIP_RANDOM_NAME = "tiny-clip-random"
+# Recorded with every score column it makes (a rerun of `recap score` rescores files scored by an
+# older version). v1 was the random-weight model now called tiny-clip-random.
+TINY_CLIP_VERSION = "v2-shapes-world"
+TINY_CLIP_RANDOM_VERSION = "v1-random"
 TEXT_WINDOW = 77  # CLIP's text positions
 
+TINY_CLIP_NOTE = (
+    "tiny-clip: trained on the synthetic shapes world only; its scores rank shapes-world captions "
+    "and mean nothing for real photos"
+)
+TINY_CLIP_RANDOM_NOTE = "tiny-clip-random: random weights; its scores mean nothing"
 
-def tiny_clip_path(cache_dir: Path | None = None) -> Path:
-    return cached_build(f"tiny-clip-{TINY_CLIP_VERSION}", build_tiny_clip, cache_dir)
+
+def shipped_tiny_clip() -> Path:
+    """The trained shapes-world CLIP shipped in the package (recaption/data/tiny-clip)."""
+    return Path(str(resources.files("recaption") / "data" / "tiny-clip"))
 
 
-def build_tiny_clip(folder: Path) -> None:
+def tiny_clip_random_path(cache_dir: Path | None = None) -> Path:
+    return cached_build(f"tiny-clip-{TINY_CLIP_RANDOM_VERSION}", build_tiny_clip_random, cache_dir)
+
+
+# name -> (folder, version, note): what `--clip-model NAME` loads with no download.
+def builtin_clip(name: str) -> tuple[Path, str, str] | None:
+    if name == TINY_CLIP_NAME:
+        return shipped_tiny_clip(), TINY_CLIP_VERSION, TINY_CLIP_NOTE
+    if name == TINY_CLIP_RANDOM_NAME:
+        return tiny_clip_random_path(), TINY_CLIP_RANDOM_VERSION, TINY_CLIP_RANDOM_NOTE
+    return None
+
+
+def builtin_clip_facts(name: str) -> tuple[str, str] | None:
+    """(version, note) of a built-in CLIP without building or loading anything; None otherwise."""
+    return {
+        TINY_CLIP_NAME: (TINY_CLIP_VERSION, TINY_CLIP_NOTE),
+        TINY_CLIP_RANDOM_NAME: (TINY_CLIP_RANDOM_VERSION, TINY_CLIP_RANDOM_NOTE),
+    }.get(name)
+
+
+def build_tiny_clip_random(folder: Path) -> None:
     model, tokenizer, image_processor = small_clip(
         width=32,
         intermediate=64,

@@ -5,14 +5,41 @@ Any transformers dual encoder with get_image_features / get_text_features: CLIPM
 SiglipModel, or a long-text CLIP (LongCLIP converted) through AutoModel. Texts longer than the
 text encoder's window (CLIP: 77 tokens) are truncated to it, and the row records that it was
 (`re_clip_truncated`, `org_clip_truncated`); give a long-text CLIP to avoid it.
+
+Which model (`resolve_clip_model`), with no waiting when there is no network:
+  tiny-clip, tiny-clip-random   built in (recaption.models.tiny_clip); nothing is downloaded
+  a folder                      a transformers model folder (config.json in it)
+  a hub id                      from the local Hugging Face cache when it is there (no network
+                                access at all); else, unless HF_HUB_OFFLINE is set, one quick
+                                request to the hub (HUB_PROBE_TIMEOUT s, no retries) before
+                                from_pretrained downloads it.
+Anything else fails at once with one line (ClipModelError, a ValueError) naming --clip-model
+and the choices that work here.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+# The paper scored with CLIP ViT-L/14; real users get it by default (a 1.7 GB download once).
+DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
+HUB_PROBE_TIMEOUT = 5.0  # seconds for the one request that asks the hub whether a model is there
+_WEIGHTS = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+_TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "spiece.model")
+
+
+class ClipModelError(ValueError):
+    """A CLIP model that cannot be used here, in one line that says what to do instead."""
 
 
 @dataclass
@@ -21,40 +48,179 @@ class TextScore:
     truncated: bool | None
 
 
-def resolve_clip_model(name: str) -> str:
-    from ..models.tiny_clip import TINY_CLIP_NAME, tiny_clip_path
+@dataclass(frozen=True)
+class ClipSource:
+    name: str  # as asked for: tiny-clip, a folder, a hub id
+    path: str  # what from_pretrained loads: a local folder, or the hub id to download
+    builtin: bool = False
+    version: str | None = None  # built-in models: which build made the scores
+    note: str | None = None  # what a reader must know beside its scores
+    revision: str | None = None  # hub commit, when read from the local Hugging Face cache
 
-    return str(tiny_clip_path()) if name == TINY_CLIP_NAME else name
+
+def local_choices() -> str:
+    from ..models.tiny_clip import TINY_CLIP_NAME
+
+    return (
+        f"Give --clip-model one that is here: {TINY_CLIP_NAME} (built in; trained on the synthetic "
+        "shapes world only, its scores mean nothing for real photos), or a folder with a "
+        "transformers CLIP / SigLIP model (save_pretrained, or `hf download MODEL --local-dir "
+        "DIR` on a machine with a network)."
+    )
+
+
+def resolve_clip_model(name: str) -> ClipSource:
+    """Where `name` loads from, or ClipModelError at once (see the module's docstring)."""
+    from ..models.tiny_clip import builtin_clip
+
+    builtin = builtin_clip(name)
+    if builtin is not None:
+        folder, version, note = builtin
+        if not (folder / "config.json").is_file():
+            raise ClipModelError(f"the built-in CLIP {name} is missing from this installation ({folder})")
+        return ClipSource(name, str(folder), builtin=True, version=version, note=note)
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ClipModelError(
+                f"--clip-model {name}: {path} is not a transformers model folder (no config.json in it)"
+            )
+        return ClipSource(name, str(path.resolve()))
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise ClipModelError(
+            f"--clip-model {name}: no such folder, and not a hub id (owner/name). {local_choices()}"
+        ) from None
+    cached = _cached_snapshot(name)
+    if cached is not None:
+        return ClipSource(name, str(cached), revision=cached.name)
+    if hub_offline():
+        raise ClipModelError(
+            f"CLIP model {name} is not in the local Hugging Face cache and the hub is switched off "
+            f"(HF_HUB_OFFLINE). {local_choices()}"
+        )
+    problem = _probe_hub(name)
+    if problem:
+        raise ClipModelError(
+            f"CLIP model {name} is not in the local Hugging Face cache and {problem}. {local_choices()}"
+        )
+    return ClipSource(name, name)
+
+
+def hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    flags = (os.environ.get("HF_HUB_OFFLINE"), os.environ.get("TRANSFORMERS_OFFLINE"))
+    return constants.is_offline_mode() or any(
+        (f or "").strip().upper() in ("1", "ON", "YES", "TRUE") for f in flags
+    )
+
+
+def _cached_snapshot(name: str) -> Path | None:
+    """The model's folder in the local Hugging Face cache, if config, weights, tokenizer and image
+    processor are all there (read with no network access)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = Path(snapshot_download(name, local_files_only=True))
+    except (OSError, ValueError):
+        return None
+    complete = (
+        (folder / "config.json").is_file()
+        and (folder / "preprocessor_config.json").is_file()
+        and any((folder / f).is_file() for f in _WEIGHTS)
+        and any((folder / f).is_file() for f in _TOKENIZER)
+    )
+    return folder if complete else None
+
+
+def _probe_hub(name: str) -> str | None:
+    """One request, no retries: None if the hub has `name`, else what is wrong, in words."""
+    from huggingface_hub import constants, hf_hub_url
+    from huggingface_hub.utils import build_hf_headers, get_session
+
+    try:
+        response = get_session().head(
+            hf_hub_url(name, "config.json"), headers=build_hf_headers(), timeout=HUB_PROBE_TIMEOUT
+        )
+    except Exception as exc:  # no route, no DNS, refused, timed out: all say "no network"
+        return f"the hub ({constants.ENDPOINT}) cannot be reached ({_one_line(exc) or type(exc).__name__})"
+    if response.status_code in (401, 403, 404):
+        return (
+            f"the hub has no model {name} this machine may read (HTTP {response.status_code}; a "
+            "gated or private model needs `hf auth login`)"
+        )
+    if response.status_code >= 400:
+        return f"the hub answered HTTP {response.status_code}"
+    return None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
 
 
 class ClipScorer:
     """Loads in `setup()`. `pixel_values(images)` is the CPU half (picklable image processor)."""
 
-    def __init__(
-        self, model: str = "openai/clip-vit-large-patch14", device: str = "auto", batch_size: int = 64
-    ):
+    def __init__(self, model: str = DEFAULT_CLIP_MODEL, device: str = "auto", batch_size: int = 64):
+        from ..models.tiny_clip import builtin_clip_facts
+
         self.model_name = model
         self.requested_device = device
         self.batch_size = batch_size
         self.model = None
+        self.source: ClipSource | None = None
+        facts = builtin_clip_facts(model)
+        self.builtin = facts is not None
+        # Known before loading, so `recap score` can say it and skip files this model scored.
+        self.version, self.note = facts or (None, None)
 
     def setup(self) -> None:
+        # Where from, first: a model that is not here fails before torch and transformers load.
+        self.source = resolve_clip_model(self.model_name)
+        source = self.source.path
         import torch
         from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
         from ..engines.transformers_engine import pick_device
 
-        source = resolve_clip_model(self.model_name)
         self.device = pick_device(self.requested_device)
         dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
-        self.model = AutoModel.from_pretrained(source, dtype=dtype).to(self.device).eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(source)
+        try:
+            model = AutoModel.from_pretrained(source, dtype=dtype)
+            self.tokenizer = AutoTokenizer.from_pretrained(source)
+            self.image_processor = AutoImageProcessor.from_pretrained(source)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ClipModelError(
+                f"cannot load CLIP model {self.model_name} ({source}): {_one_line(exc)}"
+            ) from exc
+        if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
+            raise ClipModelError(
+                f"--clip-model {self.model_name} is a {type(model).__name__}, not a dual encoder "
+                "(CLIP / SigLIP / long-text CLIP with get_image_features and get_text_features)"
+            )
+        self.model = model.to(self.device).eval()
         self.tokenizer.padding_side = "right"  # absolute positions: text must start at position 0
-        self.image_processor = AutoImageProcessor.from_pretrained(source)
         text_config = getattr(self.model.config, "text_config", self.model.config)
         self.window = int(text_config.max_position_embeddings)
         self.pad_to_window = self.model.config.model_type == "siglip"  # trained on max-length padding
         log.info("CLIP scorer %s on %s, text window %d", source, self.device, self.window)
+
+    def provenance(self) -> dict:
+        """What to record beside the score columns it made (the parquet file's metadata)."""
+        source = self.source
+        return {
+            "clip_model": self.model_name,
+            "clip_model_builtin": self.builtin,
+            "clip_model_version": self.version,
+            "clip_model_note": self.note,
+            "clip_model_path": source.path if source else None,
+            "clip_model_revision": source.revision if source else None,
+        }
 
     def pixel_values(self, images: list):
         return self.image_processor_call(images)

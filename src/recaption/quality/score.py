@@ -3,8 +3,9 @@
 Images come from each shard's input (the `source` in `{shard}_stats.json`), read again in
 batches; scores are matched to output rows by key. Each parquet file is rewritten whole under
 a temporary name and renamed (atomic per file); the CLIP model that scored it is stored in the
-file's metadata, so a rerun skips files already scored by that model (resumable, idempotent)
-and `overwrite` rescores.
+file's metadata (`ClipScorer.provenance()`: the name, the folder or hub commit it loaded, and for
+the built-in models their version and `TINY_CLIP_NOTE`), so a rerun skips files already scored by
+that model (resumable, idempotent) and `overwrite` rescores.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def score_output(output: str, scorer: ClipScorer, overwrite: bool = False, on_sh
         if on_shard:
             on_shard(name)
         table = read_output(out, name)
-        if not overwrite and stamp(table, SCORES_METADATA_KEY).get("clip_model") == scorer.model_name:
+        if not overwrite and scored_by(stamp(table, SCORES_METADATA_KEY), scorer):
             summary.skipped.append(name)
             continue
         if scorer.model is None:
@@ -60,9 +61,18 @@ def score_output(output: str, scorer: ClipScorer, overwrite: bool = False, on_sh
             log.error("cannot score %s: %s", name, exc)
             summary.failed[name] = f"{type(exc).__name__}: {exc}"
             continue
-        _rewrite(out, name, table, scores, {"clip_model": scorer.model_name, "scored_at": _now()})
+        _rewrite(out, name, table, scores, {**scorer.provenance(), "scored_at": _now()})
         summary.scored.append(name)
     return summary
+
+
+def scored_by(recorded: dict, scorer: ClipScorer) -> bool:
+    """Did this scorer make the recorded scores? Same name, and for a built-in model the same
+    version (files scored by the old random-weight tiny-clip are scored again)."""
+    return (
+        recorded.get("clip_model") == scorer.model_name
+        and recorded.get("clip_model_version") == scorer.version
+    )
 
 
 def _scores_for(scorer: ClipScorer, shard: Shard, table: pa.Table) -> dict[str, dict]:

@@ -82,10 +82,18 @@ def evaluate_captioner(
 
     from ..config import CaptionConfig
     from ..engines.transformers_engine import TransformersCaptioner
+    from ..models.loading import TINY_RANDOM_NAME
+    from ..models.tiny import TINY_MODEL_NAME
     from ..shapes import ShapesWorld
+    from .inputs import TrainingInputError, check_device, load_pretrained, model_source
 
+    if images < 1:
+        raise TrainingInputError("--images must be at least 1")
+    check_device(device)
+    if model not in (TINY_MODEL_NAME, TINY_RANDOM_NAME):
+        model_source(model, "model")
     captioner = TransformersCaptioner(CaptionConfig(model=model, device=device, max_new_tokens=128))
-    captioner.setup()
+    load_pretrained(lambda _: captioner.setup(), model, "model")
     world = ShapesWorld(seed, captioner.processor.image_processor.crop_size["height"])
     score, shown = CaptionScore(), []
     for first in range(start, start + images, batch_size):

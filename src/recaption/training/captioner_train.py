@@ -5,7 +5,8 @@
            the detailed description)
 The vision tower stays frozen throughout. Loss is on the answer tokens only (prompt and padding
 are masked). AdamW, warmup + cosine per stage. Checkpoints are safetensors model folders
-(`checkpoint-s1-0000200`, ...) with optimizer state beside them; a rerun resumes from the newest;
+(`checkpoint-s1-0000200`, ...) with the trainer state beside them (optimizer, scheduler, step,
+stage, every rank's RNG: safetensors + JSON, no pickle); a rerun resumes from the newest exactly;
 the final model is saved to OUTPUT as a model folder `recap caption --model OUTPUT` loads.
 Several GPUs: launch under torchrun (DDP).
 
@@ -16,18 +17,27 @@ e.g. one `recap train-clip` made, as LLaVA takes CLIP's) or left random.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
+from fsspec.implementations.local import LocalFileSystem
 
+from ..atomic import write_json_atomic
 from ..models.registry import PAPER_PROMPT
 from . import distributed
-from .checkpoints import latest_checkpoint, load_state, save_checkpoint
+from .checkpoints import (
+    check_checkpoint,
+    latest_checkpoint,
+    load_state,
+    restore_rng,
+    rng_tensors,
+    save_checkpoint,
+    save_final,
+)
 from .data import image_text_pairs
+from .inputs import TrainingInputError, check_output, load_pretrained, model_source, model_type
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +66,14 @@ class CaptionerTrainConfig:
     device: str = "auto"
     log_every: int = 50
 
+    def __post_init__(self):
+        for name in ("batch_size", "save_every", "log_every", "width", "layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be at least 1")
+        for name in ("stage1_steps", "stage2_steps", "warmup"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name.replace('_', '-')} must not be negative")
+
 
 @dataclass
 class Example:
@@ -71,7 +89,16 @@ def fresh_llava(config: CaptionerTrainConfig, image_size: int = 64, patch: int =
     from ..models.tiny import _build_tokenizer
 
     tokenizer = _build_tokenizer()
-    clip = AutoModel.from_pretrained(config.vision_tower) if config.vision_tower else None
+    clip = None
+    if config.vision_tower:
+        source = model_source(config.vision_tower, "--vision-tower")
+        _, kind = model_type(source, "--vision-tower", config.vision_tower)
+        if kind != "clip":
+            raise TrainingInputError(
+                f"--vision-tower {config.vision_tower}: a {kind or 'unknown'} model; expected a CLIP "
+                "model folder (e.g. one recap train-clip wrote)"
+            )
+        clip = load_pretrained(AutoModel.from_pretrained, source, "--vision-tower", config.vision_tower)
     if clip is not None:
         vision = CLIPVisionConfig(**clip.config.vision_config.to_dict())
         image_size, patch = vision.image_size, vision.patch_size
@@ -136,6 +163,10 @@ class ConversationBatcher:
 def load_examples(config: CaptionerTrainConfig, processor) -> list[Example]:
     examples = []
     pairs = list(image_text_pairs(config.data, config.stage1_field, recaption_field=config.stage2_field))
+    if config.stage1_steps and config.stage1_field and pairs and not any(p.has_caption_field for p in pairs):
+        raise TrainingInputError(
+            f"--stage1-field {config.stage1_field}: no sample in {', '.join(config.data)} has it"
+        )
     for start in range(0, len(pairs), 256):
         chunk = pairs[start : start + 256]
         pixels = processor.image_processor(images=[p.image for p in chunk], return_tensors="pt")[
@@ -143,7 +174,12 @@ def load_examples(config: CaptionerTrainConfig, processor) -> list[Example]:
         ]
         examples += [Example(px, p.org, p.re) for px, p in zip(pixels, chunk, strict=True)]
     if not examples:
-        raise ValueError(f"no training pairs in {config.data}")
+        raise TrainingInputError(f"no readable image-text pairs in {', '.join(config.data)}")
+    if config.stage2_steps and not any(e.detailed for e in examples):
+        raise TrainingInputError(
+            f"--stage2-field {config.stage2_field}: no sample in {', '.join(config.data)} has it "
+            "(stage 2 trains on that detailed description)"
+        )
     return examples
 
 
@@ -165,22 +201,37 @@ def train_captioner(config: CaptionerTrainConfig) -> dict:
 
     from ..models.registry import family_for
 
+    out = check_output(config.output)
+    resume = latest_checkpoint(out)
+    if resume:
+        check_checkpoint(resume)
     ranks = distributed.start(config.device)
     rank, device = ranks.rank, ranks.device
-    out = Path(config.output)
-    resume = latest_checkpoint(out)
-    source = resume or config.model
-    if source:
-        model = LlavaForConditionalGeneration.from_pretrained(source)
-        processor = AutoProcessor.from_pretrained(source)
+    if resume or config.model:
+        option, name = ("checkpoint", resume) if resume else ("--model", config.model)
+        source = resume or model_source(config.model, "--model")
+        _, kind = model_type(source, option, name)
+        if kind != "llava":
+            raise TrainingInputError(
+                f"{option} {name}: a {kind or 'unknown'} model; expected a LlavaForConditionalGeneration "
+                "folder (recap convert-llava makes one from a LLaVA-repo checkpoint)"
+            )
+        safetensors_only = True if resume else None  # a checkpoint: never a pickle file
+        model = load_pretrained(
+            lambda s: LlavaForConditionalGeneration.from_pretrained(s, use_safetensors=safetensors_only),
+            source,
+            option,
+            name,
+        )
+        processor = load_pretrained(AutoProcessor.from_pretrained, source, option, name)
     else:
         model, processor = fresh_llava(config)
     model.to(device)
     batcher = ConversationBatcher(processor, family_for(model.config.model_type))
     examples = load_examples(config, processor)
-    state = load_state(resume) if resume else None
+    state = load_state(resume, rank, ranks.world_size) if resume else None
     stage, step = (state["stage"], state["step"]) if state else (1, 0)
-    rng = state["rng"] if state else random.Random(config.seed * 1000 + rank)
+    rng = restore_rng(state["rng"], device) if state else random.Random(config.seed * 1000 + rank)
     history: dict[str, list[float]] = state["history"] if state else {"stage1": [], "stage2": []}
     for current in (1, 2):
         total = config.stage1_steps if current == 1 else config.stage2_steps
@@ -217,23 +268,26 @@ def train_captioner(config: CaptionerTrainConfig) -> dict:
             if step % config.log_every == 0 or step == total:
                 recent = history[f"stage{current}"][-config.log_every :]
                 log.info("stage %d step %d loss %.4f", current, step, sum(recent) / len(recent))
-            if rank == 0 and (step % config.save_every == 0 or step == total):
-                save_checkpoint(
-                    out / f"checkpoint-s{current}-{step:07d}",
-                    [model, processor],
-                    optimizer,
-                    scheduler,
-                    step,
-                    rng,
-                    stage=current,
-                    history=history,
-                )
+            if step % config.save_every == 0 or step == total:
+                rng_states = ranks.gather(rng_tensors(rng, device))  # every rank takes part
+                if rank == 0:
+                    save_checkpoint(
+                        out / f"checkpoint-s{current}-{step:07d}",
+                        [model, processor],
+                        optimizer,
+                        scheduler,
+                        step,
+                        rng_states,
+                        stage=current,
+                        history=history,
+                    )
         stage = current + 1
         state = None
     model.eval()
     if rank == 0:
-        model.save_pretrained(out)
-        processor.save_pretrained(out)
-        (out / "train_summary.json").write_text(json.dumps({"history": history, "config": asdict(config)}))
+        save_final(out, [model, processor])
+        write_json_atomic(
+            LocalFileSystem(), str(out / "train_summary.json"), {"history": history, "config": asdict(config)}
+        )
     ranks.finish()
     return {"history": history, "examples": len(examples)}

@@ -1,33 +1,255 @@
-"""Checkpoints shared by the trainers: a model folder (safetensors, tokenizer, processor) plus
-trainer_state.pt (optimizer, scheduler, step, RNG), written under a temporary name and renamed,
-so a checkpoint is there whole or not at all; `latest` finds the one to resume from."""
+"""Checkpoints shared by the trainers, with no pickle anywhere.
+
+A checkpoint is a folder: the model folder (safetensors, tokenizer, processor) plus the trainer
+state in two files,
+
+  trainer_state.json         step, scheduler, optimizer hyper-parameters, stage, loss history...
+                             (the structure, with each tensor replaced by a reference)
+  trainer_state.safetensors  the tensors: optimizer moments, and every rank's RNG states
+                             (Python's Mersenne Twister words, torch CPU / CUDA generator states)
+
+so resuming restores everything a run needs to continue exactly as if never stopped, and
+loading a checkpoint can never run code. The folder is written under a temporary name and
+renamed, so it is there whole or not at all; `latest_checkpoint` finds the one to resume from.
+
+Checkpoints of older versions kept the trainer state in trainer_state.pt, a pickle: those are
+refused with a message, never unpickled (a planted file would run code).
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import math
 import os
+import random
+import shutil
 from pathlib import Path
 
 import torch
 
+from ..atomic import temporary_name
+from .inputs import TrainingInputError
 
-def save_checkpoint(folder: Path, parts: list, optimizer, scheduler, step: int, rng, **extra) -> None:
-    """`parts` are objects with save_pretrained (model, tokenizer, processor)."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    for part in parts:
-        part.save_pretrained(tmp)
-    state = {
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "step": step,
-        "rng": rng,
-        **extra,
+log = logging.getLogger(__name__)
+
+STATE_JSON = "trainer_state.json"
+STATE_TENSORS = "trainer_state.safetensors"
+LEGACY_STATE = "trainer_state.pt"
+FORMAT = "recaption-trainer-state"
+VERSION = 1
+_TENSOR, _TUPLE, _ITEMS = "__tensor__", "__tuple__", "__items__"
+
+
+class CheckpointError(TrainingInputError):
+    """A checkpoint that cannot be resumed from (an old pickle one, an incomplete folder)."""
+
+
+# ---- state trees (dicts, lists, tuples, numbers, strings, tensors) <-> JSON + tensors ----
+
+
+def _encode(value, tensors: dict, name: str):
+    if isinstance(value, torch.Tensor):
+        key = name if name not in tensors else f"{name}#{len(tensors)}"
+        tensors[key] = value.detach().cpu().contiguous()
+        return {_TENSOR: key}
+    if isinstance(value, dict):
+        plain = all(isinstance(k, str) for k in value) and not {_TENSOR, _TUPLE, _ITEMS} & set(value)
+        if plain:
+            return {k: _encode(v, tensors, f"{name}.{k}") for k, v in value.items()}
+        return {
+            _ITEMS: [
+                [_encode(k, tensors, f"{name}.key{i}"), _encode(v, tensors, f"{name}.{k}")]
+                for i, (k, v) in enumerate(value.items())
+            ]
+        }
+    if isinstance(value, tuple):
+        return {_TUPLE: [_encode(v, tensors, f"{name}.{i}") for i, v in enumerate(value)]}
+    if isinstance(value, list):
+        return [_encode(v, tensors, f"{name}.{i}") for i, v in enumerate(value)]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"a checkpoint cannot hold {type(value).__name__} (at {name})")
+
+
+def _decode(value, tensors: dict):
+    if isinstance(value, list):
+        return [_decode(v, tensors) for v in value]
+    if isinstance(value, dict):
+        if _TENSOR in value:
+            return tensors[value[_TENSOR]]
+        if _TUPLE in value:
+            return tuple(_decode(v, tensors) for v in value[_TUPLE])
+        if _ITEMS in value:
+            return {_decode(k, tensors): _decode(v, tensors) for k, v in value[_ITEMS]}
+        return {k: _decode(v, tensors) for k, v in value.items()}
+    return value
+
+
+# ---- random number generators ----
+
+
+def rng_tensors(rng: random.Random, device: str) -> dict[str, torch.Tensor]:
+    """This process's RNG states as tensors: the trainer's random.Random (batch and caption
+    draws) and torch's generators (dropout and the like)."""
+    version, words, gauss = rng.getstate()
+    if version != 3:
+        raise TypeError(f"unexpected random.Random state version {version}")
+    states = {
+        "python": torch.tensor(words, dtype=torch.int64),
+        "python_gauss": torch.tensor([math.nan if gauss is None else gauss], dtype=torch.float64),
+        "torch": torch.get_rng_state(),
     }
-    torch.save(state, tmp / "trainer_state.pt")
+    if str(device).startswith("cuda"):
+        states["cuda"] = torch.cuda.get_rng_state(torch.device(device))
+    return states
+
+
+def restore_rng(states: dict[str, torch.Tensor], device: str) -> random.Random:
+    """Set torch's generators back and return the trainer's random.Random as it was."""
+    gauss = float(states["python_gauss"][0])
+    rng = random.Random()
+    rng.setstate((3, tuple(int(w) for w in states["python"].tolist()), None if math.isnan(gauss) else gauss))
+    torch.set_rng_state(states["torch"].to(torch.uint8))
+    if "cuda" in states and str(device).startswith("cuda"):
+        torch.cuda.set_rng_state(states["cuda"].to(torch.uint8), torch.device(device))
+    return rng
+
+
+# ---- writing ----
+
+
+def _replace_folder(tmp: Path, folder: Path) -> None:
+    """Rename a finished folder into place (an existing one is moved aside first, then deleted)."""
+    old = None
+    if folder.exists():
+        old = Path(temporary_name(str(folder)))
+        os.replace(folder, old)
     os.replace(tmp, folder)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
-def load_state(folder: str | Path) -> dict:
-    return torch.load(Path(folder) / "trainer_state.pt", weights_only=False)
+def save_checkpoint(
+    folder: Path,
+    parts: list,
+    optimizer,
+    scheduler,
+    step: int,
+    rng_states: list[dict[str, torch.Tensor]],
+    **extra,
+) -> None:
+    """`parts` are objects with save_pretrained (model, tokenizer, processor); `rng_states` holds
+    one `rng_tensors` dict per rank, in rank order; `extra` is anything else the trainer resumes
+    with (JSON-able values and tensors)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(temporary_name(str(folder)))
+    try:
+        for part in parts:
+            part.save_pretrained(tmp)
+        tensors: dict[str, torch.Tensor] = {}
+        payload = {
+            "format": FORMAT,
+            "version": VERSION,
+            "step": step,
+            "world_size": len(rng_states),
+            "optimizer": _encode(optimizer.state_dict(), tensors, "optimizer"),
+            "scheduler": _encode(scheduler.state_dict(), tensors, "scheduler"),
+            "extra": _encode(extra, tensors, "extra"),
+        }
+        for rank, states in enumerate(rng_states):
+            for key, value in states.items():
+                tensors[f"rng.{rank}.{key}"] = value.detach().cpu().contiguous()
+        save_file(tensors, str(tmp / STATE_TENSORS), metadata={"format": FORMAT})
+        (tmp / STATE_JSON).write_text(json.dumps(payload))
+        _replace_folder(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_final(output: Path, parts: list) -> None:
+    """The final model into OUTPUT: saved under a temporary folder, then each file renamed into
+    place, so every file in OUTPUT is whole."""
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    tmp = Path(temporary_name(str(output / "final")))
+    try:
+        for part in parts:
+            part.save_pretrained(tmp)
+        for path in sorted(tmp.iterdir()):
+            os.replace(path, output / path.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---- reading ----
+
+
+def check_checkpoint(folder: str | Path) -> Path:
+    """Refuse, in one line, a checkpoint that cannot be resumed from: one written by an older
+    version (trainer state in a pickle, never loaded), or an incomplete or foreign folder."""
+    folder = Path(folder)
+    has_state = (folder / STATE_JSON).is_file() and (folder / STATE_TENSORS).is_file()
+    if not has_state:
+        if (folder / LEGACY_STATE).exists():
+            raise CheckpointError(
+                f"{folder} was written by an older recaption: its trainer state is a pickle "
+                f"({LEGACY_STATE}), which is never loaded because unpickling can run code; delete "
+                "that checkpoint folder to resume from an earlier one, or train into a new --output"
+            )
+        raise CheckpointError(
+            f"{folder}: no {STATE_JSON} and {STATE_TENSORS}, so not a complete checkpoint; delete "
+            "it to resume from an earlier one, or train into a new --output"
+        )
+    if not ((folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file()):
+        raise CheckpointError(f"{folder}: no model.safetensors; not a complete checkpoint (delete it)")
+    if (folder / LEGACY_STATE).exists():
+        log.warning("ignoring %s in %s: a pickle, never loaded", LEGACY_STATE, folder)
+    return folder
+
+
+def load_state(folder: str | Path, rank: int = 0, world_size: int = 1) -> dict:
+    """The trainer state of a checkpoint: optimizer and scheduler state dicts, step, the extra
+    values saved with it, and `rng`: this rank's RNG states for `restore_rng`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = check_checkpoint(folder)
+    try:
+        payload = json.loads((folder / STATE_JSON).read_text())
+        tensors = load_file(str(folder / STATE_TENSORS))
+    except (json.JSONDecodeError, UnicodeDecodeError, SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{folder}: unreadable trainer state ({exc})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{folder / STATE_JSON}: not a recaption trainer state")
+    if payload.get("version") != VERSION:
+        raise CheckpointError(
+            f"{folder / STATE_JSON}: trainer state version {payload.get('version')}; "
+            f"this recaption reads version {VERSION}"
+        )
+    if payload["world_size"] != world_size:
+        raise CheckpointError(
+            f"{folder} was written by a run of {payload['world_size']} process(es); resume it with "
+            f"as many (torchrun --nproc_per_node {payload['world_size']}), not {world_size}"
+        )
+    try:
+        state = {
+            "step": payload["step"],
+            "optimizer": _decode(payload["optimizer"], tensors),
+            "scheduler": _decode(payload["scheduler"], tensors),
+            **_decode(payload["extra"], tensors),
+        }
+    except KeyError as exc:
+        raise CheckpointError(f"{folder}: trainer state is missing {exc}") from None
+    prefix = f"rng.{rank}."
+    state["rng"] = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+    if not state["rng"]:
+        raise CheckpointError(f"{folder}: trainer state has no RNG state for rank {rank}")
+    return state
 
 
 def latest_checkpoint(output: Path, prefix: str = "checkpoint-") -> str | None:

@@ -4,8 +4,9 @@ The paper's mixing (Recap-CLIP): each sample uses its ORIGINAL caption with prob
 its recaption with probability 1 - p, drawn anew every time the sample is seen; `concat` trains
 on "original recaption" instead. Text length defaults to the paper's 128 tokens (the text
 encoder's positions are set to it when the model is built fresh). AdamW, linear warmup then
-cosine decay, gradient clipping. Checkpoints (model folder + optimizer, scheduler, step, RNG)
-every `save_every` steps; a rerun resumes from the newest. Several GPUs: launch with torchrun,
+cosine decay, gradient clipping. Checkpoints (model folder + optimizer, scheduler, step, every
+rank's RNG; safetensors + JSON, no pickle) every `save_every` steps; a rerun resumes from the
+newest and continues exactly as an uninterrupted run would. Several GPUs: launch with torchrun,
 each rank draws its own batches and DDP averages gradients.
 
 The dataset is held in memory as preprocessed pixels (uint8): right for the shapes world and
@@ -14,17 +15,33 @@ for evaluation-sized sets; web-scale training belongs in a streaming trainer (op
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from fsspec.implementations.local import LocalFileSystem
 
+from ..atomic import write_json_atomic
 from . import distributed
-from .checkpoints import latest_checkpoint, load_state, save_checkpoint
-from .data import Pair, image_text_pairs, recaptioned_pairs
+from .checkpoints import (
+    check_checkpoint,
+    latest_checkpoint,
+    load_state,
+    restore_rng,
+    rng_tensors,
+    save_checkpoint,
+    save_final,
+)
+from .data import Pair, check_fields, image_text_pairs, recaptioned_pairs
+from .inputs import (
+    TrainingInputError,
+    check_dual_encoder,
+    check_output,
+    load_pretrained,
+    model_source,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +72,14 @@ class ClipTrainConfig:
     def __post_init__(self):
         if not 0.0 <= self.p <= 1.0:
             raise ValueError("p must be in [0, 1]")
+        for name in ("batch_size", "save_every", "log_every", "text_length", "width", "layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be at least 1")
+        for name in ("steps", "warmup"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        if not self.data:
+            raise ValueError("no data given")
 
 
 def choose_caption(pair: Pair, p: float, concat: bool, rng: random.Random) -> str:
@@ -79,15 +104,20 @@ def is_caption_output(path: str) -> bool:
 
 def load_pairs(config: ClipTrainConfig) -> list[Pair]:
     pairs: list[Pair] = []
+    plain: list[str] = []  # the items that are shards, not caption output
     for item in config.data:
         if is_caption_output(item):
             pairs += list(recaptioned_pairs(item))
         else:
-            pairs += list(
-                image_text_pairs([item], config.caption_field, recaption_field=config.recaption_field)
-            )
+            plain.append(item)
+    if plain:
+        from_shards = list(
+            image_text_pairs(plain, config.caption_field, recaption_field=config.recaption_field)
+        )
+        check_fields(from_shards, plain, caption=config.caption_field, recaption=config.recaption_field)
+        pairs += from_shards
     if not pairs:
-        raise ValueError(f"no image-text pairs in {config.data}")
+        raise TrainingInputError(f"no readable image-text pairs in {', '.join(config.data)}")
     return pairs
 
 
@@ -112,15 +142,24 @@ def fresh_clip(config: ClipTrainConfig):
 def train_clip(config: ClipTrainConfig) -> dict:
     from transformers import AutoImageProcessor, AutoModel, AutoTokenizer, get_cosine_schedule_with_warmup
 
+    out = check_output(config.output)
+    resume = latest_checkpoint(out)
+    if resume:
+        check_checkpoint(resume)
     ranks = distributed.start(config.device)
     rank, device = ranks.rank, ranks.device
-    out = Path(config.output)
-    resume = latest_checkpoint(out)
-    source = resume or config.model
-    if source:
-        model = AutoModel.from_pretrained(source)
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        processor = AutoImageProcessor.from_pretrained(source)
+    if resume or config.model:
+        option, name = ("checkpoint", resume) if resume else ("--model", config.model)
+        source = resume or model_source(config.model, "--model")
+        check_dual_encoder(source, option, name)
+        model = load_pretrained(
+            lambda s: AutoModel.from_pretrained(s, use_safetensors=True if resume else None),
+            source,
+            option,
+            name,
+        )
+        tokenizer = load_pretrained(AutoTokenizer.from_pretrained, source, option, name)
+        processor = load_pretrained(AutoImageProcessor.from_pretrained, source, option, name)
     else:
         model, tokenizer, processor = fresh_clip(config)
     tokenizer.padding_side = "right"
@@ -136,10 +175,10 @@ def train_clip(config: ClipTrainConfig) -> dict:
     scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup, config.steps)
     step, rng = 0, random.Random(config.seed * 1000 + rank)
     if resume:
-        state = load_state(resume)
+        state = load_state(resume, rank, ranks.world_size)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        step, rng = state["step"], state["rng"]
+        step, rng = state["step"], restore_rng(state["rng"], device)
         log.info("resumed from %s at step %d", resume, step)
     trained = ranks.wrap(model)
     window = min(
@@ -172,20 +211,25 @@ def train_clip(config: ClipTrainConfig) -> dict:
                 sum(losses[-config.log_every :]) / len(losses[-config.log_every :]),
                 scheduler.get_last_lr()[0],
             )
-        if rank == 0 and (step % config.save_every == 0 or step == config.steps):
-            save_checkpoint(
-                out / f"checkpoint-{step:07d}", [model, tokenizer, processor], optimizer, scheduler, step, rng
-            )
+        if step % config.save_every == 0 or step == config.steps:
+            rng_states = ranks.gather(rng_tensors(rng, device))  # every rank takes part
+            if rank == 0:
+                save_checkpoint(
+                    out / f"checkpoint-{step:07d}",
+                    [model, tokenizer, processor],
+                    optimizer,
+                    scheduler,
+                    step,
+                    rng_states,
+                )
     if rank == 0:
-        model.save_pretrained(out)
-        tokenizer.save_pretrained(out)
-        processor.save_pretrained(out)
+        save_final(out, [model, tokenizer, processor])
         summary = {
             "steps": step,
             "pairs": len(pairs),
             "losses": losses,
             "config": {k: v for k, v in asdict(config).items() if k != "history"},
         }
-        (out / "train_summary.json").write_text(json.dumps(summary))
+        write_json_atomic(LocalFileSystem(), str(out / "train_summary.json"), summary)
     ranks.finish()
     return {"steps": step, "losses": losses, "pairs": len(pairs)}

@@ -11,8 +11,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ..images import decode_sample
-from ..readers import ColumnConfig, discover_shards
+from ..readers import ColumnConfig, ShardError, discover_shards
 from ..writer import OutputDir
+from .inputs import TrainingInputError
 
 
 @dataclass
@@ -22,6 +23,9 @@ class Pair:
     org: str | None  # the original caption
     re: str | None = None  # the recaption, when there is one
     label: str | None = None
+    # With a caption field named: whether this sample has it (readers fall back to the .txt caption
+    # when it does not, so a misspelt field would otherwise go unnoticed).
+    has_caption_field: bool = False
 
 
 def image_text_pairs(
@@ -31,19 +35,36 @@ def image_text_pairs(
     recaption_field: str | None = None,
     max_side: int = 512,
 ) -> Iterator[Pair]:
-    extra = tuple(f for f in (label_field, recaption_field) if f)
+    extra = tuple(f for f in (label_field, recaption_field, caption_field) if f)
     columns = ColumnConfig(caption=caption_field, extra=extra)
     for shard in discover_shards(inputs, columns):
-        for sample in shard:
-            decode_sample(sample, max_side=max_side)
-            if sample.ok:
-                yield Pair(
-                    sample.key,
-                    sample.image,
-                    sample.org_caption,
-                    sample.extra.get(recaption_field) if recaption_field else None,
-                    sample.extra.get(label_field) if label_field else None,
-                )
+        try:
+            for sample in shard:
+                decode_sample(sample, max_side=max_side)
+                if sample.ok:
+                    yield Pair(
+                        sample.key,
+                        sample.image,
+                        sample.org_caption,
+                        sample.extra.get(recaption_field) if recaption_field else None,
+                        sample.extra.get(label_field) if label_field else None,
+                        bool(caption_field) and sample.extra.get(caption_field) is not None,
+                    )
+        except ShardError as exc:
+            raise TrainingInputError(f"broken shard {exc}") from None
+
+
+def check_fields(pairs: list[Pair], inputs: list[str], **fields: str | None) -> None:
+    """Refuse a named field no sample has: `caption=...` (else each caption silently falls back
+    to the shard's own), `recaption=...`, `label=...`."""
+    have = {
+        "caption": lambda p: p.has_caption_field,
+        "recaption": lambda p: p.re is not None,
+        "label": lambda p: p.label is not None,
+    }
+    for kind, field in fields.items():
+        if field and not any(have[kind](p) for p in pairs):
+            raise TrainingInputError(f"--{kind}-field {field}: no sample in {', '.join(inputs)} has it")
 
 
 def recaptioned_pairs(output: str, max_side: int = 512) -> Iterator[Pair]:

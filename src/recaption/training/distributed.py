@@ -13,10 +13,26 @@ class Ranks:
     distributed: bool
     rank: int
     device: str
+    world_size: int = 1
 
     def wrap(self, model, **ddp_options):
         """DDP around the model under torchrun (gradients averaged across ranks), else the model."""
         return torch.nn.parallel.DistributedDataParallel(model, **ddp_options) if self.distributed else model
+
+    def gather(self, tensors: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """Every rank's `tensors` (same keys and shapes on each), in rank order, on every rank
+        (a collective: all ranks call it). Used for each rank's RNG state in checkpoints."""
+        if not self.distributed:
+            return [tensors]
+        device = self.device if torch.distributed.get_backend() == "nccl" else "cpu"
+        gathered: list[dict[str, torch.Tensor]] = [{} for _ in range(self.world_size)]
+        for key in sorted(tensors):
+            local = tensors[key].to(device)
+            parts = [torch.empty_like(local) for _ in range(self.world_size)]
+            torch.distributed.all_gather(parts, local)
+            for rank, part in enumerate(parts):
+                gathered[rank][key] = part.cpu()
+        return gathered
 
     def finish(self) -> None:
         if self.distributed:
@@ -25,13 +41,15 @@ class Ranks:
 
 def start(requested_device: str) -> Ranks:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1); pick this rank's device."""
-    from ..engines.transformers_engine import pick_device
+    from .inputs import check_device
 
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if distributed:
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    distributed = world_size > 1
     if distributed and torch.cuda.is_available():
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(device)
     else:
-        device = pick_device(requested_device)
-    return Ranks(distributed, int(os.environ.get("RANK", "0")), device)
+        device = check_device(requested_device)
+    if distributed:
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return Ranks(distributed, int(os.environ.get("RANK", "0")), device, world_size)

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 
 from ..quality.clip import ClipScorer
-from .data import image_text_pairs
+from .data import check_fields, image_text_pairs
+from .inputs import TrainingInputError, check_device, check_dual_encoder, load_pretrained, model_source
 
 KS = (1, 5, 10)
 
@@ -46,15 +47,27 @@ def evaluate(
     batch_size: int = 64,
     limit: int | None = None,
 ) -> EvalResult:
+    from ..quality.clip import resolve_clip_model
+
+    if limit is not None and limit < 1:
+        raise TrainingInputError("--limit must be at least 1")
+    check_device(device)
+    model_source(model, "model")  # a wrong folder is named as one; built-in names and hub ids pass
+    resolved = resolve_clip_model(model)  # built-in names, folders, hub ids (a wrong one: ValueError)
+    check_dual_encoder(getattr(resolved, "path", resolved), "model", model)
     scorer = ClipScorer(model, device=device, batch_size=batch_size)
-    scorer.setup()
-    images, texts, labels = [], [], []
+    load_pretrained(lambda _: scorer.setup(), model, "model")
+    pairs = []
     for pair in image_text_pairs(data, caption_field, label_field):
-        images.append(pair.image)
-        texts.append(pair.org or "")
-        labels.append(pair.label)
-        if limit and len(images) >= limit:
+        pairs.append(pair)
+        if limit and len(pairs) >= limit:
             break
+    if not pairs:
+        raise TrainingInputError(f"no readable image-text pairs in {', '.join(data)}")
+    check_fields(pairs, data, caption=caption_field, label=label_field)
+    if all(p.org is None for p in pairs):
+        raise TrainingInputError(f"no sample in {', '.join(data)} has a caption: nothing to retrieve")
+    images, texts, labels = [p.image for p in pairs], [p.org or "" for p in pairs], [p.label for p in pairs]
     image_emb = torch.cat(
         [
             scorer.image_embeddings(scorer.pixel_values(images[i : i + batch_size])).float().cpu()
