@@ -49,17 +49,31 @@ def run_caption_command(inputs: list[str], caption_cfg: CaptionConfig, run_cfg: 
     try:
         shards = discover_shards(inputs, columns or ColumnConfig())
     except InputError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        _error_line(exc)
         return 2
     progress = RichProgress()
     try:
         summary = run_caption(shards, caption_cfg, run_cfg, executor_cfg, progress)
     except (ConfigMismatchError, FileNotFoundError, ValueError, RuntimeError) as exc:
         progress.stop()
-        console.print(f"[red]error:[/red] {exc}")
+        _error_line(exc)
         return 2
     progress.stop()
-    return _print_summary(summary, run_cfg.output)
+    code = _print_summary(summary, run_cfg.output)
+    if run_cfg.clip_model:
+        from .models.tiny_clip import builtin_clip_facts
+
+        facts = builtin_clip_facts(run_cfg.clip_model)
+        if facts:
+            console.print(f"note: {facts[1]}", soft_wrap=True)
+    return code
+
+
+def _error_line(exc: BaseException) -> None:
+    """One red line, unwrapped (so it stays one line in logs), markup in the message shown as is."""
+    from rich.markup import escape
+
+    console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
 
 
 @contextmanager
@@ -68,7 +82,7 @@ def _clear_error(*errors: type[Exception]):
     try:
         yield
     except errors as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        _error_line(exc)
         raise typer.Exit(2) from exc
 
 
@@ -314,9 +328,8 @@ def judge_cmd(
                              api_key_env=api_key_env, overwrite=overwrite)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    from .quality.outputs import NoOutputError
-
     from .atomic import OutputLockedError
+    from .quality.outputs import NoOutputError
 
     with _clear_error(NoOutputError, OutputLockedError), console.status("judging") as status:
         summary = judge_output(output, config, on_shard=lambda name: status.update(f"judging shard {name}"))

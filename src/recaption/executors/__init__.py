@@ -38,6 +38,10 @@ def run_caption(shards: list[Shard], caption: CaptionConfig, run: RunConfig,
                 executor: ExecutorConfig | None = None, progress: Progress | None = None) -> RunSummary:
     """Caption `shards` into `run.output` while holding the output folder's lock: one run writes
     to a folder at a time (a second one gets OutputLockedError), whichever executor runs it."""
+    if run.clip_model:  # a CLIP that is not here fails now, not after the captioner has loaded
+        from ..quality.clip import resolve_clip_model
+
+        resolve_clip_model(run.clip_model)
     with output_lock(run.output, "recap caption"):
         out = OutputDir(run.output)
         remove_stale_temporaries(out.fs, out.root)  # ours alone now: left by crashed runs

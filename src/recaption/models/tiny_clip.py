@@ -4,8 +4,8 @@
 `tiny-clip` is a transformers CLIPModel at toy widths trained contrastively on the synthetic
 shapes world (docs/shapes.md): images against their true descriptions and, a quarter of the time,
 their noisy alt-text. `benchmarks/train_tiny_clip.py` retrains and measures it; the settings are in
-`recaption/data/tiny-clip/training.json`. It knows the shapes world's ~40 words and 64 px images
-of flat shapes, nothing else: every other word is one unknown token to it, so its scores rank
+`recaption/data/tiny-clip/training.json`. It knows the shapes world's few dozen words and 64 px
+images of flat shapes, nothing else: every other word is one unknown token to it, so its scores rank
 shapes-world captions and mean nothing for real photos (`TINY_CLIP_NOTE`, printed wherever its
 scores are shown).
 
@@ -44,8 +44,9 @@ def tiny_clip_random_path(cache_dir: Path | None = None) -> Path:
     return cached_build(f"tiny-clip-{TINY_CLIP_RANDOM_VERSION}", build_tiny_clip_random, cache_dir)
 
 
-# name -> (folder, version, note): what `--clip-model NAME` loads with no download.
 def builtin_clip(name: str) -> tuple[Path, str, str] | None:
+    """(folder, version, note) of a built-in CLIP, what `--clip-model NAME` loads with no
+    download (tiny-clip-random is built into the cache on first use); None for other names."""
     if name == TINY_CLIP_NAME:
         return shipped_tiny_clip(), TINY_CLIP_VERSION, TINY_CLIP_NOTE
     if name == TINY_CLIP_RANDOM_NAME:
