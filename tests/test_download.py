@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from recaption.download import DownloadConfig, download
-from recaption.download.fetch import address_blocked, robots_opt_out
-from recaption.download.metadata import MetadataReader
+from recaption.downloads import DownloadConfig, download
+from recaption.downloads.fetch import address_blocked, robots_opt_out
+from recaption.downloads.metadata import MetadataReader
 
 from .image_server import IMAGES, ImageServer
 

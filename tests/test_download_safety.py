@@ -17,8 +17,8 @@ import pytest
 from typer.testing import CliRunner
 
 from recaption.cli import app
-from recaption.download import DownloadConfig
-from recaption.download.fetch import Fetcher
+from recaption.downloads import DownloadConfig
+from recaption.downloads.fetch import Fetcher
 
 from .image_server import ImageServer
 from .netns import needs_netns, run_isolated
@@ -152,7 +152,7 @@ def test_redirects_into_the_private_network_are_refused():
 def test_the_connector_itself_refuses_every_spelling(tmp_path):
     """Not only the downloader's own check: a request made straight through the session (as a
     redirect aiohttp followed itself would be) cannot connect to a private address either."""
-    from recaption.download.fetch import BlockedAddress
+    from recaption.downloads.fetch import BlockedAddress
 
     with ImageServer() as server:
         urls = [u.replace("{P}", str(server.port)) for u in LITERAL_SPELLINGS.values()]
@@ -182,7 +182,7 @@ def test_the_socket_guard_refuses_even_past_the_resolver(tmp_path, monkeypatch):
     refuses to connect to a loopback address."""
     import inspect
 
-    from recaption.download.fetch import SafeConnector
+    from recaption.downloads.fetch import SafeConnector
 
     if "socket_factory" not in inspect.signature(aiohttp.TCPConnector).parameters:
         pytest.skip("aiohttp < 3.12 has no socket_factory")
@@ -193,7 +193,7 @@ def test_the_socket_guard_refuses_even_past_the_resolver(tmp_path, monkeypatch):
             async with Fetcher(DownloadConfig(output=str(tmp_path))) as fetcher:
                 return await fetcher.fetch_once(f"http://127.0.0.1:{server.port}/img/0.jpg")
 
-        monkeypatch.setattr("recaption.download.fetch.host_refused", lambda host: None)
+        monkeypatch.setattr("recaption.downloads.fetch.host_refused", lambda host: None)
         result = asyncio.run(attempt())
         assert sum(server.hits.values()) == 0
     assert result.outcome == "blocked_address" and "127.0.0.1" in result.error, result

@@ -40,8 +40,8 @@ def download(inputs: list[str] | str, output: str, **options: Any):
 
     Options are `DownloadConfig`'s fields (url_col, caption_col, shard_size, resize, image_size,
     allow_private_network, retry_failed, overwrite, ...). Returns a `DownloadSummary`."""
-    from .download import DownloadConfig
-    from .download import download as _download
+    from .downloads import DownloadConfig
+    from .downloads import download as _download
 
     inputs = [inputs] if isinstance(inputs, str) else list(inputs)
     return _download(inputs, DownloadConfig(output=output, **options))

@@ -170,8 +170,8 @@ def download_cmd(
 ) -> None:
     """Download URL metadata into image shards in img2dataset's layout (tar + parquet + stats)."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
-    from .download import DownloadConfig
-    from .download.config import DEFAULT_DISALLOWED
+    from .downloads import DownloadConfig
+    from .downloads.config import DEFAULT_DISALLOWED
 
     try:
         config = DownloadConfig(
@@ -192,8 +192,8 @@ def run_download_command(inputs: list[str], config) -> int:
     from rich.markup import escape
 
     from .atomic import OutputLockedError
-    from .download import choose_columns, download
-    from .download.outcomes import BLOCKED_ADDRESS
+    from .downloads import choose_columns, download
+    from .downloads.outcomes import BLOCKED_ADDRESS
     from .pipeline import ConfigMismatchError
     from .progress import RichProgress
     from .readers import InputError
@@ -256,7 +256,7 @@ def run_cmd(
 ) -> None:
     """URLs to captions in one command: `recap download` into OUT/images, then `recap caption`
     into OUT/captions. Both halves resume, so rerunning the command finishes an interrupted run."""
-    from .download import DownloadConfig
+    from .downloads import DownloadConfig
 
     base = output.rstrip("/")
     try:

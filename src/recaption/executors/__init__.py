@@ -45,7 +45,12 @@ def run_caption(shards: list[Shard], caption: CaptionConfig, run: RunConfig,
     with output_lock(run.output, "recap caption"):
         out = OutputDir(run.output)
         remove_stale_temporaries(out.fs, out.root)  # ours alone now: left by crashed runs
-        return _run_unlocked(shards, caption, run, executor or ExecutorConfig(), progress)
+        try:
+            return _run_unlocked(shards, caption, run, executor or ExecutorConfig(), progress)
+        finally:
+            # However the run ends, none of its temporary files outlives it: a stop signal can
+            # land between a writer opening its file and the pipeline taking note of it.
+            remove_stale_temporaries(out.fs, out.root)
 
 
 def _run_unlocked(shards: list[Shard], caption: CaptionConfig, run: RunConfig,
