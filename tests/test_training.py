@@ -190,8 +190,9 @@ def test_only_the_answer_is_learned(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_clip_under_torchrun_with_two_processes(shapes, tmp_path):
-    """Two ranks on CPU (gloo): DDP averages gradients, rank 0 writes the checkpoints and model."""
+def test_train_clip_under_torchrun_with_two_processes(shapes, tmp_path, tiny_model_dir):
+    """Two ranks on CPU (gloo): DDP averages gradients, rank 0 writes the checkpoints and model.
+    (tiny_model_dir: the tokenizer a fresh CLIP uses is built before the ranks start.)"""
     import subprocess
     import sys
     from pathlib import Path
@@ -228,6 +229,15 @@ def test_train_clip_under_torchrun_with_two_processes(shapes, tmp_path):
     assert (tmp_path / "clip" / "checkpoint-0000006").is_dir() and (
         tmp_path / "clip" / "model.safetensors"
     ).exists()
+    # Killed after the step-3 checkpoint and resumed: each rank continues with its own batches, so
+    # the weights are those of the uninterrupted run.
+    uninterrupted = weights(tmp_path / "clip" / "model.safetensors")
+    shutil.rmtree(tmp_path / "clip" / "checkpoint-0000006")
+    (tmp_path / "clip" / "model.safetensors").unlink()
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    after = weights(tmp_path / "clip" / "model.safetensors")
+    assert all(torch.equal(after[k], uninterrupted[k]) for k in uninterrupted)
 
 
 # ---- checkpoints hold no pickle; resume is exact; wrong inputs are one line ----

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+import time
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +31,10 @@ class Ranks:
         for key in sorted(tensors):
             local = tensors[key].to(device)
             parts = [torch.empty_like(local) for _ in range(self.world_size)]
+            held = [local, *parts]
+            baseline = _references(held)
             torch.distributed.all_gather(parts, local)
+            _wait_released(held, baseline)
             for rank, part in enumerate(parts):
                 gathered[rank][key] = part.cpu()
         return gathered
@@ -37,6 +42,23 @@ class Ranks:
     def finish(self) -> None:
         if self.distributed:
             torch.distributed.destroy_process_group()
+
+
+def _references(tensors: list[torch.Tensor]) -> list[int]:
+    return [sys.getrefcount(t) for t in tensors]
+
+
+def _wait_released(tensors: list[torch.Tensor], baseline: list[int], timeout: float = 10.0) -> None:
+    """Wait until the process group's worker threads have let go of `tensors` (their Python
+    reference counts are back to `baseline`). A finished gloo collective is freed by its worker
+    thread a moment after the call returns, and freeing Python tensors needs the GIL; if the
+    main thread tore the process group down first (holding the GIL, joining that thread), the
+    process would hang at exit. Seen about one run in five without this wait."""
+    deadline = time.monotonic() + timeout
+    while any(now > then for now, then in zip(_references(tensors), baseline, strict=True)):
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.001)
 
 
 def start(requested_device: str) -> Ranks:

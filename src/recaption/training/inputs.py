@@ -1,0 +1,95 @@
+"""Checks of what a user hands the trainers and evaluators, so a wrong input is one clear line
+(`recap` prints it in red and exits 2) instead of a traceback from deep inside transformers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class TrainingInputError(ValueError):
+    """A wrong input of train-* / eval-*: a missing folder, a model of the wrong kind, no data."""
+
+
+def check_device(requested: str) -> str:
+    """The device to use; asking for CUDA without a GPU is an input error."""
+    from ..engines.transformers_engine import pick_device
+
+    try:
+        return pick_device(requested)
+    except RuntimeError as exc:
+        raise TrainingInputError(str(exc)) from None
+
+
+def check_output(output: str) -> Path:
+    """The output folder; a file in its place is refused before any work is done."""
+    out = Path(output).expanduser()
+    if out.exists() and not out.is_dir():
+        raise TrainingInputError(f"--output {output}: exists and is not a folder")
+    return out
+
+
+def _looks_like_a_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def model_source(name: str, option: str) -> str:
+    """A local model folder (it must hold config.json) or a hub id, for from_pretrained."""
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise TrainingInputError(f"{option} {name}: is a file, not a model folder")
+        if not (path / "config.json").is_file():
+            raise TrainingInputError(
+                f"{option} {name}: folder has no config.json; is it a transformers model folder?"
+            )
+        return str(path)
+    if _looks_like_a_path(name):
+        raise TrainingInputError(f"{option} {name}: no such folder")
+    return name
+
+
+def _reason(exc: BaseException) -> str:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return first if len(first) <= 160 else first[:157] + "..."
+
+
+def load_pretrained(load, source: str, option: str, name: str | None = None):
+    """`load(source)` (a from_pretrained), with "not found" and "not that kind of model" turned
+    into one line naming the option the user gave."""
+    shown = name or source
+    try:
+        return load(source)
+    except OSError as exc:
+        where = (
+            "could not be loaded"
+            if Path(source).exists()
+            else "no such folder, and not a model on the Hugging Face Hub (or offline)"
+        )
+        raise TrainingInputError(f"{option} {shown}: {where} ({_reason(exc)})") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise TrainingInputError(
+            f"{option} {shown}: not a model this command can use ({_reason(exc)})"
+        ) from None
+
+
+def model_type(source: str, option: str, name: str | None = None) -> tuple[object, str]:
+    """The model's config and model_type (read before loading weights, to refuse the wrong kind early)."""
+    from transformers import AutoConfig
+
+    config = load_pretrained(AutoConfig.from_pretrained, source, option, name)
+    return config, getattr(config, "model_type", "")
+
+
+def check_dual_encoder(source: str, option: str, name: str) -> None:
+    """Refuse, before loading weights, a model that is not a CLIP-style dual encoder."""
+    from transformers import AutoModel
+
+    config, kind = model_type(source, option, name)
+    try:
+        cls = AutoModel._model_mapping[type(config)]
+    except KeyError:
+        cls = None
+    if cls is None or not (hasattr(cls, "get_text_features") and hasattr(cls, "get_image_features")):
+        raise TrainingInputError(
+            f"{option} {name}: a {kind or 'unknown'} model, not a CLIP-style dual encoder (CLIP, SigLIP)"
+        )
