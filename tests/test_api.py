@@ -23,11 +23,13 @@ def test_caption_with_key_col_from_python(tmp_path):
     source = tmp_path / "photos.parquet"
     pq.write_table(pa.table({"id": ["p-1", "p-2"], "image": [image_bytes(seed=1), image_bytes(seed=2)],
                              "caption": ["a cat", "a dog"]}), source)
-    summary = recaption.caption(str(source), str(tmp_path / "out"), key_col="id", max_new_tokens=4)
+    summary = recaption.caption(source, tmp_path / "out", key_col="id", max_new_tokens=4)  # Paths too
     assert summary.rows == 2 and not summary.failed
     table = pq.read_table(tmp_path / "out" / "photos.parquet")
     assert table.column("key").to_pylist() == ["p-1", "p-2"]
     assert table.column("org_caption").to_pylist() == ["a cat", "a dog"]
+    report = recaption.report(tmp_path / "out", report=tmp_path / "r.html")
+    assert report == str(tmp_path / "r.html") and "a cat" in (tmp_path / "r.html").read_text()
 
 
 def test_unknown_option_names_the_real_ones():
@@ -75,3 +77,34 @@ def test_scoring_in_the_caption_pass_records_which_clip_made_the_scores(tmp_path
     assert stamp["clip_model"] == "tiny-clip-random" and stamp["scored_at"]
     assert all(s is not None for s in table.column("re_clip_score").to_pylist())
     assert recaption.stats(str(tmp_path / "out"))["models"]
+
+
+def test_credentials_in_an_input_url_are_never_printed(tmp_path):
+    import socket
+
+    from typer.testing import CliRunner
+
+    from recaption.cli import app
+
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://reader:s3cret-pass@127.0.0.1:{port}/shards/00000.tar"
+    result = CliRunner().invoke(app, ["caption", url, "-o", str(tmp_path / "out")])
+    assert result.exit_code in (1, 2), result.output
+    assert "s3cret-pass" not in result.output and "***@127.0.0.1" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_shard_with_nothing_captioned_says_so(tmp_path):
+    from typer.testing import CliRunner
+
+    from recaption.cli import app
+
+    source = tmp_path / "broken.parquet"
+    pq.write_table(pa.table({"image": [b"not an image", b""]}), source)
+    result = CliRunner().invoke(app, ["caption", str(source), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    flat = " ".join(result.output.split())
+    assert "broken: none of its 2 rows could be captioned (decode_error 1, empty_image 1)" in flat
+    assert "--overwrite" in flat

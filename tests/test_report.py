@@ -441,3 +441,22 @@ def test_report_and_stats_files_are_written_whole_or_not_at_all(scored, tmp_path
     assert runner.invoke(app, ["stats", str(scored), "-o", str(saved)]).exit_code == 0
     assert json.loads(saved.read_text())["clip_preference"]["re_higher"] == 3
     assert sorted(p.name for p in target.parent.iterdir()) == ["report.html", "stats.json"]  # no temporaries
+
+
+def test_slices_of_one_folder_count_as_one_captioner(tmp_path, captioner):
+    """Each folder slice's marker records its own files; the captioner is still one."""
+    from recaption.config import CaptionConfig, RunConfig
+    from recaption.pipeline import CaptionPipeline
+    from recaption.quality.stats import collect
+    from recaption.readers import discover_shards
+
+    from .conftest import image_bytes
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(4):
+        (photos / f"{i}.jpg").write_bytes(image_bytes(seed=i))
+    pipeline = CaptionPipeline(CaptionConfig(max_new_tokens=24), RunConfig(str(tmp_path / "out")), captioner)
+    pipeline.run(discover_shards([str(photos)], folder_shard_size=2))
+    captioners = collect(str(tmp_path / "out")).summary()["models"]["captioner"]
+    assert len(captioners) == 1, captioners

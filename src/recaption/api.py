@@ -4,10 +4,20 @@ so the two cannot drift apart."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+PathLike = str | os.PathLike
 
-def caption(inputs: list[str] | str, output: str, **options: Any):
+
+def _paths(value) -> list[str]:
+    """One path or URL, or several: as the strings the readers take."""
+    if isinstance(value, (str, os.PathLike)):
+        return [os.fspath(value)]
+    return [os.fspath(v) for v in value]
+
+
+def caption(inputs: PathLike | list[PathLike], output: PathLike, **options: Any):
     """Caption every image of `inputs` into one Recap-DataComp-1B-schema parquet per shard.
 
     Args:
@@ -30,12 +40,12 @@ def caption(inputs: list[str] | str, output: str, **options: Any):
     from .executors import run_caption
     from .readers import discover_shards
 
-    settings = caption_settings(output, **options)
-    shards = discover_shards([inputs] if isinstance(inputs, str) else list(inputs), settings.columns)
+    settings = caption_settings(os.fspath(output), **options)
+    shards = discover_shards(_paths(inputs), settings.columns)
     return run_caption(shards, settings.caption, settings.run, settings.executor)
 
 
-def download(inputs: list[str] | str, output: str, **options: Any):
+def download(inputs: PathLike | list[PathLike], output: PathLike, **options: Any):
     """Download URL metadata into image shards in img2dataset's layout (`recap download`).
 
     Options are `DownloadConfig`'s fields (url_col, caption_col, shard_size, resize, image_size,
@@ -43,22 +53,23 @@ def download(inputs: list[str] | str, output: str, **options: Any):
     from .downloads import DownloadConfig
     from .downloads import download as _download
 
-    inputs = [inputs] if isinstance(inputs, str) else list(inputs)
-    return _download(inputs, DownloadConfig(output=output, **options))
+    return _download(_paths(inputs), DownloadConfig(output=os.fspath(output), **options))
 
 
-def score(output: str, clip_model: str, device: str = "auto", batch_size: int = 64, overwrite: bool = False):
+def score(output: PathLike, clip_model: str | None = None, device: str = "auto", batch_size: int = 64,
+          overwrite: bool = False):
     """Fill re_clip_score / org_clip_score of finished shards in `output` (`recap score`).
 
-    `clip_model`: a transformers CLIP/SigLIP folder or hub id, or `tiny-clip` (built in, shapes
-    world only). Returns a `ScoreSummary`."""
-    from .quality.clip import ClipScorer
+    `clip_model`: a transformers CLIP/SigLIP folder or hub id (default: the paper's CLIP-L), or
+    `tiny-clip` (built in, shapes world only). Returns a `ScoreSummary`."""
+    from .quality.clip import DEFAULT_CLIP_MODEL, ClipScorer
     from .quality.score import score_output
 
-    return score_output(output, ClipScorer(clip_model, device=device, batch_size=batch_size), overwrite)
+    scorer = ClipScorer(clip_model or DEFAULT_CLIP_MODEL, device=device, batch_size=batch_size)
+    return score_output(os.fspath(output), scorer, overwrite)
 
 
-def judge(output: str, **options: Any):
+def judge(output: PathLike, **options: Any):
     """Rate original and new captions 1-5 with the paper's prompt (`recap judge`). Options are
     `JudgeConfig`'s fields: endpoints, model, fraction, seed, concurrency, ... Returns a
     `JudgeSummary`."""
@@ -67,42 +78,42 @@ def judge(output: str, **options: Any):
 
     if "endpoint" in options:
         options["endpoints"] = split_list(options.pop("endpoint"))
-    return judge_output(output, JudgeConfig(**options))
+    return judge_output(os.fspath(output), JudgeConfig(**options))
 
 
-def stats(output: str) -> dict:
+def stats(output: PathLike) -> dict:
     """The numbers of an output folder, as `recap stats --json` prints them."""
     from .quality.stats import collect
 
-    return collect(output).summary()
+    return collect(os.fspath(output)).summary()
 
 
-def report(output: str, path: str | None = None, gallery: int = 24, seed: int = 0) -> str:
-    """Write the self-contained HTML report of `output` (default `{output}/report.html`); returns
-    its path."""
+def report(output: PathLike, report: PathLike | None = None, gallery: int = 24, seed: int = 0) -> str:
+    """Write the self-contained HTML report of the caption output folder `output` to `report`
+    (`recap report OUTPUT -o REPORT`; default `{output}/report.html`); returns its path."""
     from .quality.report import write_report
 
-    path = path or f"{output.rstrip('/')}/report.html"
+    output = os.fspath(output)
+    path = os.fspath(report) if report is not None else f"{output.rstrip('/')}/report.html"
     write_report(output, path, gallery, seed)
     return path
 
 
-def train_clip(data: list[str] | str, output: str, **options: Any) -> dict:
+def train_clip(data: PathLike | list[PathLike], output: PathLike, **options: Any) -> dict:
     """Train CLIP on a mix of original captions and recaptions (`recap train-clip`). Options are
     `ClipTrainConfig`'s fields (p, concat, steps, batch_size, lr, ...)."""
     from .training.clip_train import ClipTrainConfig
     from .training.clip_train import train_clip as _train_clip
 
-    data = [data] if isinstance(data, str) else list(data)
-    return _train_clip(ClipTrainConfig(data=data, output=output, **options))
+    return _train_clip(ClipTrainConfig(data=_paths(data), output=os.fspath(output), **options))
 
 
-def eval_retrieval(model: str, data: list[str] | str, **options: Any):
+def eval_retrieval(model: str, data: PathLike | list[PathLike], **options: Any):
     """Image->text and text->image Recall@1/5/10 and zero-shot accuracy (`recap eval-retrieval`).
     Options: caption_field, label_field, device, batch_size, limit. Returns an `EvalResult`."""
     from .training.retrieval import evaluate
 
-    return evaluate(model, [data] if isinstance(data, str) else list(data), **options)
+    return evaluate(model, _paths(data), **options)
 
 
 __all__ = ["caption", "download", "eval_retrieval", "judge", "report", "score", "stats", "train_clip"]

@@ -23,6 +23,8 @@ console = Console()
 
 
 def _print_summary(summary, output: str) -> int:
+    from rich.markup import escape
+
     from .pipeline import DONE, SKIPPED
 
     table = Table(title="recap caption: summary", show_header=False)
@@ -35,7 +37,15 @@ def _print_summary(summary, output: str) -> int:
     table.add_row("output", output)
     console.print(table)
     for r in summary.failed:
-        console.print(f"[red]FAILED[/red] {r.source}: {r.error}")
+        _failed_line(f"{r.source}: {r.error}")
+    for r in summary.by_outcome(DONE):
+        if r.rows and not r.status_counts.get("ok"):  # complete, yet nothing captioned: say so
+            kinds = ", ".join(f"{status} {n}" for status, n in sorted(r.status_counts.items()))
+            console.print(
+                f"[yellow]note:[/yellow] {escape(r.name)}: none of its {r.rows} rows could be captioned ({kinds}); "
+                "see their error column, and rerun with --overwrite once the inputs are fixed",
+                soft_wrap=True,
+            )
     return 1 if summary.failed else 0
 
 
@@ -70,10 +80,22 @@ def run_caption_command(inputs: list[str], caption_cfg: CaptionConfig, run_cfg: 
 
 
 def _error_line(exc: BaseException) -> None:
-    """One red line, unwrapped (so it stays one line in logs), markup in the message shown as is."""
+    """One red line, unwrapped (so it stays one line in logs), markup in the message shown as is,
+    secrets (URL credentials, keys) masked."""
     from rich.markup import escape
 
-    console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+    from .redact import redact
+
+    console.print(f"[red]error:[/red] {escape(redact(str(exc)))}", soft_wrap=True)
+
+
+def _failed_line(text: str) -> None:
+    """A shard that failed: one line, secrets masked."""
+    from rich.markup import escape
+
+    from .redact import redact
+
+    console.print(f"[red]FAILED[/red] {escape(redact(text))}", soft_wrap=True)
 
 
 @contextmanager
@@ -302,7 +324,7 @@ def score_cmd(
     if scorer.note:  # the built-in shapes-world CLIP: say what its numbers are worth
         console.print(f"[yellow]note:[/yellow] {escape(scorer.note)}", soft_wrap=True)
     for name, error in summary.failed.items():
-        console.print(f"[red]FAILED[/red] {name}: {error}")
+        _failed_line(f"{name}: {error}")
     raise typer.Exit(1 if summary.failed else 0)
 
 
@@ -336,7 +358,7 @@ def judge_cmd(
     console.print(f"judged {sum(summary.judged.values())} row(s) in {len(summary.judged)} shard(s); "
                   f"skipped {len(summary.skipped)} already judged")
     for name, error in summary.failed.items():
-        console.print(f"[red]FAILED[/red] {name}: {error}")
+        _failed_line(f"{name}: {error}")
     raise typer.Exit(1 if summary.failed else 0)
 
 

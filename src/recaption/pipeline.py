@@ -22,8 +22,8 @@ from .engines import make_engine
 from .engines.base import slice_inputs
 from .quality.flags import is_boilerplate, is_degenerate, is_repetitive
 from .readers import Shard
-from .sample import CAPTION_ERROR, Sample
-from .schema import SCORES_METADATA_KEY
+from .sample import CAPTION_ERROR, OK, Sample
+from .schema import INPUT_FINGERPRINT, SCORES_METADATA_KEY
 from .writer import OutputDir, ShardWriter
 
 if TYPE_CHECKING:
@@ -90,6 +90,7 @@ class _ShardInProgress:
         self.repetitive = 0
         self.boilerplate = 0
         self.degenerate = 0
+        self.first_caption_error: str | None = None
         self.started = time.perf_counter()
 
     def add(self, batch: Batch, tokens: int) -> None:
@@ -100,10 +101,19 @@ class _ShardInProgress:
         self.repetitive += sum(bool(is_repetitive(s.re_caption)) for s in batch.samples)
         self.boilerplate += sum(bool(is_boilerplate(s.re_caption)) for s in batch.samples)
         self.degenerate += sum(bool(is_degenerate(s.re_caption)) for s in batch.samples if s.ok)
+        failed = (s.error for s in batch.samples if s.status == CAPTION_ERROR)
+        self.first_caption_error = self.first_caption_error or next(failed, None)
 
     def finish(self, error: str | None, provenance: dict) -> ShardResult:
         seconds = time.perf_counter() - self.started
         name, source = self.shard.name, self.shard.source
+        if error is None and self.counts.get(CAPTION_ERROR) and not self.counts.get(OK):
+            # Not one caption came back (a server down, a model that cannot run): that is the
+            # engine failing, not the data. Leave the shard to do, so a rerun captions it.
+            error = (
+                f"every caption failed ({self.counts[CAPTION_ERROR]} rows), so the shard is left to redo; "
+                f"first error: {self.first_caption_error}"
+            )
         if error is not None:
             self.writer.abort()
             return ShardResult(name, source, FAILED, error=error, seconds=seconds)
@@ -167,7 +177,6 @@ def plan_shards(
     return todo, done
 
 
-INPUT_FINGERPRINT = "input_fingerprint"  # in a .done marker: what the shard's input covered
 _NOT_SETTINGS = ("recaption_version", INPUT_FINGERPRINT)  # may differ between shards and runs
 
 
@@ -223,6 +232,23 @@ def _refuse_output_among_inputs(shards: list[Shard], output: str) -> None:
             raise ConfigMismatchError(
                 f"the output folder {output} holds the input {shard.source}; writing {shard.name}.parquet "
                 "there would overwrite input files: choose another output folder"
+            )
+    # A folder given as input is read recursively: output written inside it would be read as
+    # input by the next run over it.
+    from fsspec.core import url_to_fs
+
+    for root in dict.fromkeys(getattr(s, "scanned_root", None) for s in shards):
+        if root is None:
+            continue
+        fs, root_path = url_to_fs(root)
+        if not is_local(fs):
+            continue
+        root_real = os.path.realpath(root_path)
+        if target == root_real or target.startswith(root_real.rstrip(os.sep) + os.sep):
+            raise ConfigMismatchError(
+                f"the output folder {output} is inside the input folder {root}, which is read with "
+                "its subfolders: the next run over it would read the output as input; "
+                "choose an output folder outside it"
             )
 
 

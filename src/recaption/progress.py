@@ -43,7 +43,12 @@ class RichProgress(PipelineProgress):
     def shard_finished(self, result: ShardResult) -> None:
         self._bar.advance(self._task)
         if result.outcome == FAILED:
-            self._bar.console.print(f"[red]shard failed[/red] {result.source}: {result.error}")
+            from rich.markup import escape
+
+            from .redact import redact
+
+            message = escape(redact(f"{result.source}: {result.error}"))
+            self._bar.console.print(f"[red]shard failed[/red] {message}", soft_wrap=True)
 
     def stop(self) -> None:
         self._bar.stop()

@@ -38,6 +38,7 @@ OUTCOME_FIELDS = [
 ]
 
 METADATA_KEY = b"recaption"
+INPUT_FINGERPRINT = "input_fingerprint"  # in a .done marker: what the shard's input covered
 SCORES_METADATA_KEY = b"recaption_scores"  # which CLIP scored the file, when
 JUDGE_METADATA_KEY = b"recaption_judge"  # which judge rated the file: model, fraction, seed, prompt
 SCORE_COLUMNS = ("re_clip_score", "org_clip_score", "re_clip_truncated", "org_clip_truncated")

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import pyarrow.parquet as pq
 
-from ..schema import JUDGE_METADATA_KEY, METADATA_KEY, SCORES_METADATA_KEY
+from ..schema import INPUT_FINGERPRINT, JUDGE_METADATA_KEY, METADATA_KEY, SCORES_METADATA_KEY
 from ..writer import OutputDir
 from .flags import is_degenerate
 from .outputs import done_shards
@@ -295,7 +295,8 @@ def collect(output: str) -> OutputStats:
         ok = [r for r in rows if r["status"] == "ok"]
         # Which models made this file's numbers.
         captioner = out.done_provenance(name) or _metadata(schema, METADATA_KEY)
-        settings = {k: v for k, v in captioner.items() if k != "recaption_version"}
+        # The model and its settings; not what the shard's input covered (a folder slice's files).
+        settings = {k: v for k, v in captioner.items() if k not in ("recaption_version", INPUT_FINGERPRINT)}
         use = _use(stats.captioners, json.dumps(settings, sort_keys=True), settings)
         use.shards.append(name)
         use.rows += len(ok)
