@@ -403,3 +403,29 @@ def test_siglip_scores_match_the_models_own_forward(tmp_path):
         out = model(input_ids=tokens["input_ids"], pixel_values=scorer.pixel_values(images))
     cosine = (out.logits_per_image.diagonal() - model.logit_bias) / model.logit_scale.exp()
     assert ours == pytest.approx((100 * cosine).tolist(), abs=1e-3)
+
+
+def test_an_unreachable_judge_leaves_shards_unjudged_and_says_so(tmp_path, captioner):
+    import socket
+
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from recaption.cli import app
+    from recaption.config import RunConfig
+    from recaption.pipeline import CaptionPipeline
+    from recaption.readers import discover_shards
+
+    from .conftest import write_shards
+
+    shards = write_shards(tmp_path / "in", n_shards=1, per_shard=3)
+    out = tmp_path / "out"
+    CaptionPipeline(captioner.config, RunConfig(output=str(out)), captioner).run(discover_shards(shards))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    result = CliRunner().invoke(app, ["judge", str(out), "--endpoint", dead, "--model", "j", "--fraction", "1",
+                                      "--retries", "0"])
+    assert result.exit_code == 1, result.output
+    assert "00000: all 6 judge requests failed; left unjudged" in " ".join(result.output.split())
+    assert all(s is None for s in pq.read_table(out / "00000.parquet").column("re_judge_status").to_pylist())

@@ -355,8 +355,9 @@ def judge_cmd(
 
     with _clear_error(NoOutputError, OutputLockedError), console.status("judging") as status:
         summary = judge_output(output, config, on_shard=lambda name: status.update(f"judging shard {name}"))
-    console.print(f"judged {sum(summary.judged.values())} row(s) in {len(summary.judged)} shard(s); "
-                  f"skipped {len(summary.skipped)} already judged")
+    console.print(f"judged {sum(summary.judged.values())} row(s) in {len(summary.judged)} shard(s) "
+                  f"(--fraction {fraction} of the captioned rows, chosen by --seed {seed}); "
+                  f"skipped {len(summary.skipped)} already judged", soft_wrap=True)
     for name, error in summary.failed.items():
         _failed_line(f"{name}: {error}")
     raise typer.Exit(1 if summary.failed else 0)

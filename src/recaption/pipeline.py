@@ -157,9 +157,10 @@ def plan_shards(
     would corrupt the output folder, or when the output folder is an input shard's folder:
     `{shard}.parquet` would overwrite what is there (img2dataset's metadata parquet, say)."""
     _refuse_output_among_inputs(shards, run.output)
+    out = OutputDir(run.output)
+    _forget_vanished_slices(shards, out)
     if run.overwrite:
         return list(shards), []
-    out = OutputDir(run.output)
     current = caption.provenance()
     todo, done = [], []
     for shard in shards:
@@ -178,6 +179,28 @@ def plan_shards(
 
 
 _NOT_SETTINGS = ("recaption_version", INPUT_FINGERPRINT)  # may differ between shards and runs
+
+
+def _forget_vanished_slices(shards: list[Shard], out: OutputDir) -> None:
+    """A folder that shrank has fewer slices of 10,000 than when it was captioned: the output of
+    a slice that no longer exists would count its images twice. Remove it, saying so."""
+    from .readers.folder import FolderShard
+
+    current = {s.name for s in shards}
+    roots = {(s.root, s.name.rsplit("-", 1)[0]) for s in shards if isinstance(s, FolderShard)}
+    for root, prefix in roots:
+        for marker in out.fs.glob(out.path(f"{prefix}-*.done")):
+            name = marker.rsplit("/", 1)[-1][: -len(".done")]
+            if name in current or not name.rsplit("-", 1)[-1].isdigit():
+                continue
+            try:
+                with out.fs.open(out.stats(name), "r") as f:
+                    source = json.load(f).get("source", "")
+            except (FileNotFoundError, json.JSONDecodeError):
+                continue
+            if source == f"{root} [{name}]":  # a slice of this very folder
+                log.warning("%s: %s no longer has this slice (it shrank); removing its output", name, root)
+                out.invalidate(name)
 
 
 def input_provenance(shard: Shard) -> dict:

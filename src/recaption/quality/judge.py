@@ -129,6 +129,11 @@ def _judge_locked(output: str, config: JudgeConfig, on_shard) -> JudgeSummary:
             except Exception as exc:  # a missing input shard: say which, go on
                 summary.failed[name] = client.redact(f"{type(exc).__name__}: {exc}")
                 continue
+            statuses = [status for by_caption in ratings.values() for _, status in by_caption.values()]
+            if statuses and all(status == REQUEST_FAILED for status in statuses):
+                # The judge was unreachable, not the captions bad: leave the shard unjudged, to redo.
+                summary.failed[name] = f"all {len(statuses)} judge requests failed; left unjudged"
+                continue
             _rewrite(out, name, table, ratings, config.stamp())
             summary.judged[name] = len(ratings)
     finally:

@@ -1,0 +1,33 @@
+"""A folder captioned once, then changed: the output always covers exactly its current images."""
+
+import pyarrow.parquet as pq
+
+from recaption.config import CaptionConfig, RunConfig
+from recaption.pipeline import CaptionPipeline
+from recaption.quality.stats import collect
+from recaption.readers import discover_shards
+
+from .conftest import image_bytes
+
+
+def test_a_folder_that_shrank_to_fewer_slices_leaves_no_stale_rows(tmp_path, captioner, caplog):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(5):
+        (photos / f"{i}.jpg").write_bytes(image_bytes(seed=i))
+    out = tmp_path / "out"
+
+    def run():
+        pipeline = CaptionPipeline(CaptionConfig(max_new_tokens=24), RunConfig(str(out)), captioner)
+        return pipeline.run(discover_shards([str(photos)], folder_shard_size=3))
+
+    run()
+    assert sorted(p.name for p in out.glob("*.done")) == ["photos-00000.done", "photos-00001.done"]
+    for i in (3, 4):
+        (photos / f"{i}.jpg").unlink()
+    with caplog.at_level("WARNING"):
+        run()
+    assert "photos-00001: " in caplog.text and "removing its output" in caplog.text
+    assert sorted(p.name for p in out.glob("*.parquet")) == ["photos-00000.parquet"]
+    assert pq.read_table(out / "photos-00000.parquet").column("key").to_pylist() == ["0", "1", "2"]
+    assert collect(str(out)).summary()["rows"] == 3
