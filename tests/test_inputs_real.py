@@ -375,3 +375,197 @@ def test_score_refuses_a_folder_that_changed_since_captioning(tmp_path):
     assert "photos-00000: folder changed since it was captioned" in flat(result.output)
     assert "recap caption" in flat(result.output)
     assert all(r["re_clip_score"] is None for r in rows(out / "photos-00000.parquet"))
+
+
+# -- 7. what a new user's inputs look like -----------------------------------------------------------
+
+
+def test_tar_made_with_tar_C_dot_gives_every_sample_and_skips_hidden_files(tmp_path):
+    """`tar -cf x.tar -C dir .` names members `./000001.jpg`: those are samples, not hidden files."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "000001.jpg").write_bytes(image_bytes(seed=1))
+    (src / "000001.txt").write_text("a red square")
+    (src / "000002.jpg").write_bytes(image_bytes(seed=2))
+    (src / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (src / "._000002.jpg").write_bytes(b"\0\5\26\7 resource fork")
+    with tarfile.open(tmp_path / "x.tar", "w") as tar:
+        tar.add(src, arcname=".")  # what tar -C src . writes: ./, ./000001.jpg, ...
+    with tarfile.open(tmp_path / "x.tar") as tar:
+        assert "./000001.jpg" in tar.getnames()
+
+    result = caption([str(tmp_path / "x.tar")], tmp_path / "out")
+
+    assert result.exit_code == 0, result.output
+    out = rows(tmp_path / "out" / "x.parquet")
+    assert [(r["key"], r["status"], r["org_caption"]) for r in out] == [
+        ("000001", "ok", "a red square"), ("000002", "ok", None)]
+
+
+def test_folder_takes_every_image_type_pillow_reads_and_says_what_it_skipped(tmp_path, caplog):
+    from PIL import features
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    if features.check("avif"):
+        (photos / "x.avif").write_bytes(image_bytes(seed=1, fmt="AVIF"))
+    (photos / "y.jfif").write_bytes(image_bytes(seed=2))
+    (photos / "w.JPE").write_bytes(image_bytes(seed=3))
+    (photos / "z.jpg").write_bytes(image_bytes(seed=4))
+    (photos / "z.TXT").write_text("a caption in upper-case sidecar\n")
+    for name in ["a.pdf", "b.pdf", "c.mov", ".DS_Store", "meta.json", "notes.txt"]:
+        (photos / name).write_bytes(b"not an image")
+
+    with caplog.at_level(logging.WARNING):
+        result = caption([str(photos)], tmp_path / "out")
+
+    assert result.exit_code == 0, result.output
+    out = {r["key"]: r for r in rows(tmp_path / "out" / "photos-00000.parquet")}
+    expected = {"w", "y", "z"} | ({"x"} if features.check("avif") else set())
+    assert set(out) == expected and {r["status"] for r in out.values()} == {"ok"}
+    assert out["z"]["org_caption"] == "a caption in upper-case sidecar"
+    assert f"{photos}: skipped 3 files that are not images (.pdf x2, .mov x1)" in caplog.text
+
+
+def test_tar_images_by_last_extension_part_each_image_member_a_row(tmp_path):
+    path = tmp_path / "t.tar"
+    red, blue = _solid((220, 30, 30)), _solid((20, 40, 230), "PNG")
+    with tarfile.open(path, "w") as tar:
+        _add(tar, "IMG_1234.edited.jpg", image_bytes(seed=1))  # webdataset: key IMG_1234, ext edited.jpg
+        _add(tar, "k.jpg", red)
+        _add(tar, "k.png", blue)
+        _add(tar, "k.txt", b"two pictures of k")
+        _add(tar, "n.txt", b"a caption without its picture")
+        _add(tar, "n.json", b"{}")
+
+    result = caption([str(path)], tmp_path / "out")
+
+    assert result.exit_code == 0, result.output
+    out = rows(tmp_path / "out" / "t.parquet")
+    assert [(r["key"], r["status"]) for r in out] == [
+        ("IMG_1234", "ok"), ("k", "ok"), ("k_1", "ok"), ("n", "missing_image")]
+    assert out[1]["sha256"] == hashlib.sha256(red).hexdigest()
+    assert out[2]["sha256"] == hashlib.sha256(blue).hexdigest()
+    assert out[1]["org_caption"] == out[2]["org_caption"] == "two pictures of k"
+    assert out[3]["error"] == "sample has no image member (has: txt, json)"
+
+
+def test_tar_avif_member_is_an_image(tmp_path):
+    from PIL import features
+
+    if not features.check("avif"):
+        pytest.skip("this Pillow reads no AVIF")
+    with tarfile.open(tmp_path / "a.tar", "w") as tar:
+        _add(tar, "000003.avif", image_bytes(fmt="AVIF"))
+
+    (sample,) = list(open_shard(str(tmp_path / "a.tar")))
+
+    assert (sample.key, sample.status) == ("000003", "ok") and sample.image_bytes
+
+
+def test_parquet_caption_and_image_columns_are_found_whatever_their_case(tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    pq.write_table(pa.table({"jpg": [image_bytes(seed=1)], "alt": ["an alt text"]}), inputs / "a.parquet")
+    pq.write_table(pa.table({"Image": [image_bytes(seed=2)], "Caption": ["a Caption"], "URL": ["http://x/b"]}),
+                   inputs / "b.parquet")
+
+    result = caption([str(inputs)], tmp_path / "out")
+
+    assert result.exit_code == 0, result.output
+    (a,) = rows(tmp_path / "out" / "a.parquet")
+    (b,) = rows(tmp_path / "out" / "b.parquet")
+    assert (a["org_caption"], a["status"]) == ("an alt text", "ok")
+    assert (b["org_caption"], b["url"], b["status"]) == ("a Caption", "http://x/b", "ok")
+
+
+@pytest.mark.parametrize("flag, value, field", [("--key-col", "ID", "key"), ("--url-col", "link", "url")])
+def test_a_named_key_or_url_column_the_parquet_lacks_fails_the_shard_naming_it(tmp_path, flag, value, field):
+    path = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"jpg": [image_bytes()], "id": ["k1"], "url_": ["http://x/1"]}), path)
+
+    result = caption([str(path)], tmp_path / "out", flag, value)
+
+    assert result.exit_code == 1, result.output
+    text = flat(result.output)
+    assert "FAILED" in text and "p.parquet" in text
+    assert f"no {field} column '{value}' (columns: jpg, id, url_); name it with {flag}" in text
+    assert not (tmp_path / "out" / "p.parquet").exists()
+    # the defaults stay optional: no key / url column is row keys and no url
+    assert caption([str(path)], tmp_path / "out2").exit_code == 0
+
+
+def test_folder_with_loose_images_and_shard_files_captions_both(tmp_path, caplog):
+    p2 = tmp_path / "p2"
+    (p2 / "old").mkdir(parents=True)
+    (p2 / "a.jpg").write_bytes(image_bytes(seed=1))
+    (p2 / "b.jpg").write_bytes(image_bytes(seed=2))
+    with tarfile.open(p2 / "old" / "backup.tar", "w") as tar:
+        _add(tar, "000000.jpg", image_bytes(seed=3))
+
+    with caplog.at_level(logging.WARNING):
+        result = caption([str(p2)], tmp_path / "out")
+
+    assert result.exit_code == 0, result.output
+    assert [r["key"] for r in rows(tmp_path / "out" / "backup.parquet")] == ["000000"]
+    assert [r["key"] for r in rows(tmp_path / "out" / "p2-00000.parquet")] == ["a", "b"]
+    assert f"{p2}: 1 shard file and 2 images; captioning both" in caplog.text
+
+
+def test_metadata_parquet_beside_loose_images_is_skipped_not_a_failure(tmp_path, caplog):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(image_bytes(seed=1))
+    pq.write_table(pa.table({"file": ["a.jpg"], "caption": ["a"]}), photos / "metadata.parquet")
+
+    with caplog.at_level(logging.WARNING):
+        result = caption([str(photos)], tmp_path / "out")
+
+    assert result.exit_code == 0, result.output
+    assert [r["status"] for r in rows(tmp_path / "out" / "photos-00000.parquet")] == ["ok"]
+    assert not (tmp_path / "out" / "metadata.parquet").exists()
+    assert f"{photos / 'metadata.parquet'} has no image column (columns: file, caption)" in caplog.text
+
+
+def test_img2dataset_folder_is_still_its_tars_alone(tmp_path, caplog):
+    out = tmp_path / "dl"
+    write_shards(out, 1, 2)
+    pq.write_table(pa.table({"url": ["u0", "u1"], "caption": ["a", "b"]}), out / "00000.parquet")
+    (out / "00000_stats.json").write_text("{}")
+
+    with caplog.at_level(logging.WARNING):
+        shards = discover_shards([str(out)])
+
+    assert [s.name for s in shards] == ["00000"] and not caplog.text
+
+
+def test_output_folder_inside_an_input_folder_is_refused(tmp_path):
+    p3 = tmp_path / "p3"
+    p3.mkdir()
+    (p3 / "a.jpg").write_bytes(image_bytes())
+
+    result = caption([str(p3)], p3 / "sub")
+
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()  # one line
+    assert line.startswith("error: the output folder ")
+    assert f"the output folder {p3 / 'sub'} is inside the input folder {p3}" in result.output
+    assert not list(p3.rglob("*.parquet"))
+    # a shard named directly is not read recursively: an output folder beside it is fine
+    write_shards(tmp_path / "in", 1, 1)
+    assert caption([str(tmp_path / "in" / "00000.tar")], tmp_path / "in" / "sub").exit_code == 0
+
+
+def test_tar_txt_caption_is_stripped_like_a_folder_sidecar(tmp_path):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.jpg").write_bytes(image_bytes())
+    (tmp_path / "photos" / "a.txt").write_text("a cat on a mat\n")
+    with tarfile.open(tmp_path / "t.tar", "w") as tar:
+        _add(tar, "a.jpg", image_bytes())
+        _add(tar, "a.txt", b"a cat on a mat\n")
+
+    result = caption([str(tmp_path / "photos"), str(tmp_path / "t.tar")], tmp_path / "out")
+
+    assert result.exit_code == 0, result.output
+    assert rows(tmp_path / "out" / "t.parquet")[0]["org_caption"] == "a cat on a mat"
+    assert rows(tmp_path / "out" / "photos-00000.parquet")[0]["org_caption"] == "a cat on a mat"

@@ -45,6 +45,17 @@ class CaptionConfig:
             raise ValueError("top_k must be 0 (greedy) or positive")
         if self.conditional and "{caption}" not in self.conditional_prompt:
             raise ValueError("the conditional prompt must contain {caption}")
+        import re
+
+        from .models.loading import DEVICE_PATTERN, DTYPE_CHOICES, DTYPES
+
+        if self.dtype not in DTYPES:
+            raise ValueError(f"--dtype {self.dtype}: unknown; choose {DTYPE_CHOICES}")
+        self.dtype = DTYPES[self.dtype]  # fp16 -> float16: the name every engine takes
+        if not re.fullmatch(f"auto|{DEVICE_PATTERN}", str(self.device)):
+            raise ValueError(
+                f"--device {self.device}: unknown; choose auto, cpu, cuda, cuda:N (N: a GPU number) or mps"
+            )
 
     def provenance(self) -> dict:
         """What decides the output's content; stored with every shard and checked on resume."""
@@ -71,6 +82,14 @@ class RunConfig:
     row_group_rows: int = 1000
     clip_model: str | None = None  # score in the same pass (images decoded once): CLIP id or folder
 
+    def __post_init__(self):
+        if self.max_pixels < 1:
+            raise ValueError(f"--max-pixels {self.max_pixels}: must be at least 1")
+        if self.max_side is not None and self.max_side < 0:
+            raise ValueError(f"max_side {self.max_side}: must be positive, or None for no limit")
+        if self.workers is not None and self.workers < 0:
+            raise ValueError(f"--workers {self.workers}: must be 0 (this process) or more")
+
 
 @dataclass
 class ExecutorConfig:
@@ -88,6 +107,16 @@ class ExecutorConfig:
     def __post_init__(self):
         if self.executor not in ("local", "ray"):
             raise ValueError(f"unknown executor {self.executor!r}; choose local or ray")
+        import re
+
+        from .models.loading import DEVICE_PATTERN
+
+        wrong = [d for d in self.devices or [] if not re.fullmatch(DEVICE_PATTERN, str(d))]
+        if wrong:
+            raise ValueError(
+                f"--devices {','.join(map(str, self.devices))}: {', '.join(map(str, wrong))} is not a "
+                "device; give GPU numbers (0,1), cuda:N or cpu"
+            )
 
 
 @dataclass

@@ -10,7 +10,9 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import fsspec
@@ -160,7 +162,7 @@ class MetadataReader:
         if fmt == "parquet":
             import pyarrow.parquet as pq
 
-            with fsspec.open(path, "rb") as f:
+            with _readable(path, fmt), fsspec.open(path, "rb") as f:
                 return list(pq.ParquetFile(f).schema_arrow.names)
         for columns in {"csv": self._csv, "tsv": self._csv, "jsonl": self._jsonl}[fmt](path, fmt):
             return list(columns)
@@ -234,7 +236,7 @@ class MetadataReader:
     def _parquet(self, path: str, fmt: str) -> Iterator[dict]:
         import pyarrow.parquet as pq
 
-        with fsspec.open(path, "rb") as f:
+        with _readable(path, fmt), fsspec.open(path, "rb") as f:
             parquet = pq.ParquetFile(f)
             names = set(parquet.schema_arrow.names)
             wanted = [c for c in self._wanted() if c in names]
@@ -247,7 +249,7 @@ class MetadataReader:
         import pyarrow.csv as pacsv
 
         delimiter = "\t" if fmt == "tsv" else ","
-        with fsspec.open(path, "rb", compression="infer") as f:
+        with _readable(path, fmt), fsspec.open(path, "rb", compression="infer") as f:
             reader = pacsv.open_csv(
                 f,
                 read_options=pacsv.ReadOptions(block_size=1 << 20),
@@ -283,9 +285,50 @@ class MetadataReader:
 
     @staticmethod
     def _lines(path: str) -> Iterator[str]:
-        with fsspec.open(path, "rb") as raw:
+        with _readable(path, input_format(path)), fsspec.open(path, "rb") as raw:
             stream = gzip.open(raw) if path.lower().endswith((".gz", ".gzip")) else raw
             yield from io.TextIOWrapper(stream, encoding="utf-8")
+
+
+@contextmanager
+def _readable(path: str, fmt: str):
+    """A file that is not what its name says (not parquet, not UTF-8, ragged CSV, broken gzip)
+    as an InputError naming the file and what is wrong, so `recap download` prints one line."""
+    import pyarrow as pa
+
+    try:
+        yield
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, pa.ArrowKeyError,
+            pa.ArrowIndexError, pa.ArrowSerializationError) as exc:
+        raise InputError(_arrow_problem(path, fmt, exc)) from None
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} cannot be decoded); save it as UTF-8"
+        ) from None
+    except EOFError:
+        raise InputError(f"{path}: ends early (a truncated gzip file?)") from None
+    except (gzip.BadGzipFile, zlib.error) as exc:
+        raise InputError(f"{path}: not a valid gzip file ({_first_line(exc)})") from None
+
+
+def _arrow_problem(path: str, fmt: str, exc: BaseException) -> str:
+    reason = _first_line(exc)
+    if fmt == "parquet":
+        return f"{path}: not a readable parquet file ({reason})"
+    if "invalid UTF8" in reason or "invalid utf8" in reason.lower():
+        return f"{path}: not UTF-8 text ({reason}); save it as UTF-8"
+    if "Expected" in reason and "columns" in reason:
+        return (
+            f"{path}: {reason}; every row needs as many fields as the header "
+            "(quote values that hold the delimiter)"
+        )
+    return f"{path}: cannot read as {fmt.upper()} ({reason})"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    line = text.splitlines()[0].strip() if text else type(exc).__name__
+    return line if len(line) <= 300 else line[:297] + "..."
 
 
 def _text(value) -> str | None:

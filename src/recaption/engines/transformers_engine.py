@@ -10,7 +10,7 @@ import logging
 from transformers import BatchFeature
 
 from ..config import CaptionConfig
-from ..models.loading import resolve_model
+from ..models.loading import DTYPE_CHOICES, DTYPES, load_error, resolve_model
 from ..models.registry import ModelFamily, family_for
 from ..preprocess import FastClipPreprocessor
 from .base import Generation, batch_rows
@@ -25,15 +25,25 @@ def pick_device(requested: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"--device {requested} asked for, but torch sees no CUDA GPU")
+    index = requested.partition(":")[2]
+    if requested.startswith("cuda:") and index.isdigit() and int(index) >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise RuntimeError(
+            f"--device {requested} asked for, but torch sees only {count} GPU{'s' if count > 1 else ''}"
+            f" (cuda:0{f' to cuda:{count - 1}' if count > 1 else ''})"
+        )
     return requested
 
 
 def pick_dtype(requested: str, device: str):
     import torch
 
-    if requested == "auto":
+    name = DTYPES.get(requested)
+    if name is None:
+        raise ValueError(f"--dtype {requested}: unknown; choose {DTYPE_CHOICES}")
+    if name == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    return getattr(torch, requested)
+    return getattr(torch, name)
 
 
 def auto_batch_size(model, device: str, config: CaptionConfig) -> int:
@@ -123,16 +133,22 @@ class TransformersCaptioner:
         import transformers
         from transformers import AutoConfig, AutoProcessor
 
-        source = resolve_model(self.config.model)
-        family = family_for(AutoConfig.from_pretrained(source).model_type)
+        source = resolve_model(self.config.model)  # ModelError: not here, in one line
         self.device = pick_device(self.config.device)
         self.dtype = pick_dtype(self.config.dtype, self.device)
-        processor = AutoProcessor.from_pretrained(source, **family.processor_kwargs)
-        auto_class = getattr(transformers, family.auto_class)
-        kwargs = {"dtype": self.dtype}
-        if self.config.attn_implementation:
-            kwargs["attn_implementation"] = self.config.attn_implementation
-        model = auto_class.from_pretrained(source, **kwargs).to(self.device).eval()
+        try:
+            family = family_for(AutoConfig.from_pretrained(source).model_type)
+            processor = AutoProcessor.from_pretrained(source, **family.processor_kwargs)
+            auto_class = getattr(transformers, family.auto_class)
+            kwargs = {"dtype": self.dtype}
+            if self.config.attn_implementation:
+                kwargs["attn_implementation"] = self.config.attn_implementation
+            model = auto_class.from_pretrained(source, **kwargs)
+        except (OSError, ValueError, KeyError, TypeError, ImportError) as exc:
+            # Not found, offline, not a model of a kind transformers knows, missing files,
+            # flash-attn not installed: one line naming the model, not a traceback.
+            raise load_error(self.config.model, exc) from exc
+        model = model.to(self.device).eval()
         self.attach(model, processor, family)
         log.info("loaded %s (%s family) on %s as %s", source, family.name, self.device, self.dtype)
 

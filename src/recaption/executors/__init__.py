@@ -34,14 +34,31 @@ def devices_to_use(caption: CaptionConfig, executor: ExecutorConfig) -> list[str
     return []
 
 
-def run_caption(shards: list[Shard], caption: CaptionConfig, run: RunConfig,
-                executor: ExecutorConfig | None = None, progress: Progress | None = None) -> RunSummary:
-    """Caption `shards` into `run.output` while holding the output folder's lock: one run writes
-    to a folder at a time (a second one gets OutputLockedError), whichever executor runs it."""
+def check_run(caption: CaptionConfig, run: RunConfig, executor: ExecutorConfig) -> None:
+    """What can be checked in seconds, before the output lock, worker processes and model
+    loading: the model (not for --engine openai, where it is a name the server serves), the
+    devices asked for, the CLIP of --score. Each failure is one line (a ValueError)."""
+    if caption.engine != "openai":
+        from ..models.loading import check_model
+        from .devices import check_devices
+
+        check_model(caption.model)
+        if executor.executor == "local":  # Ray places its workers on the cluster's GPUs
+            if executor.devices:
+                check_devices(list(executor.devices), "--devices")
+            elif caption.device != "auto":
+                check_devices([caption.device], "--device")
     if run.clip_model:  # a CLIP that is not here fails now, not after the captioner has loaded
         from ..quality.clip import resolve_clip_model
 
         resolve_clip_model(run.clip_model)
+
+
+def run_caption(shards: list[Shard], caption: CaptionConfig, run: RunConfig,
+                executor: ExecutorConfig | None = None, progress: Progress | None = None) -> RunSummary:
+    """Caption `shards` into `run.output` while holding the output folder's lock: one run writes
+    to a folder at a time (a second one gets OutputLockedError), whichever executor runs it."""
+    check_run(caption, run, executor or ExecutorConfig())
     with output_lock(run.output, "recap caption"):
         out = OutputDir(run.output)
         remove_stale_temporaries(out.fs, out.root)  # ours alone now: left by crashed runs
@@ -69,4 +86,4 @@ def _run_unlocked(shards: list[Shard], caption: CaptionConfig, run: RunConfig,
     return CaptionPipeline(caption, run, progress=progress).run(shards)
 
 
-__all__ = ["run_caption", "devices_to_use", "visible_gpus"]
+__all__ = ["check_run", "run_caption", "devices_to_use", "visible_gpus"]

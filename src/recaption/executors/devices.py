@@ -21,6 +21,36 @@ from ..readers import Shard
 log = logging.getLogger(__name__)
 
 
+class DeviceError(ValueError):
+    """Devices asked for that this machine does not have, in one line."""
+
+
+def check_devices(devices: list[str], option: str = "--devices") -> None:
+    """Refuse, before any worker starts, devices torch does not see: cuda:N with N at or past
+    the GPU count, any CUDA device without a GPU, mps without Apple's GPU. cpu is always there
+    (tests list it several times to stand in for several GPUs)."""
+    shown = f"{option} {','.join(devices)}"
+    cuda = [d for d in devices if d.startswith("cuda")]
+    if cuda:
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise DeviceError(f"{shown}: torch sees no CUDA GPU here; leave {option} out to run on the CPU")
+        missing = [d for d in cuda if d.partition(":")[2].isdigit() and int(d.partition(":")[2]) >= count]
+        if missing:
+            have = "cuda:0" if count == 1 else f"cuda:0 to cuda:{count - 1}"
+            raise DeviceError(
+                f"{shown}: torch sees only {count} GPU{'s' if count > 1 else ''} ({have}); "
+                f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not there"
+            )
+    if "mps" in devices:
+        import torch
+
+        if not torch.backends.mps.is_available():
+            raise DeviceError(f"{shown}: torch sees no Apple GPU (mps) here")
+
+
 class QueueProgress(Progress):
     """Forwards a worker's progress events to the parent process."""
 
@@ -41,6 +71,11 @@ def _worker(worker: int, device: str, shards: list[Shard], caption: CaptionConfi
             events) -> None:
     try:
         pipeline = CaptionPipeline(replace(caption, device=device), run, progress=QueueProgress(events))
+        try:
+            pipeline.captioner.setup()
+        except ValueError as exc:  # the model cannot load here (ModelError), a wrong setting: one line
+            events.put(("refused", (worker, str(exc))))
+            return
         pipeline.run(shards)
     except BaseException:
         events.put(("crashed", (worker, traceback.format_exc())))
@@ -51,6 +86,7 @@ def _worker(worker: int, device: str, shards: list[Shard], caption: CaptionConfi
 def run_on_devices(shards: list[Shard], caption: CaptionConfig, run: RunConfig, devices: list[str],
                    progress: Progress | None = None) -> RunSummary:
     progress = progress or Progress()
+    check_devices(devices)  # before any process starts: a worker on a missing GPU is no shard failure
     todo, done = plan_shards(shards, caption, run)  # refuses mixed settings before any process starts
     summary = RunSummary([ShardResult(s.name, s.source, "skipped") for s in done])
     progress.run_started(todo)
@@ -67,6 +103,7 @@ def run_on_devices(shards: list[Shard], caption: CaptionConfig, run: RunConfig, 
                                      name=f"recap-{devices[k]}", daemon=False)
             workers[k].start()
     finished: dict[str, ShardResult] = {}
+    refused: dict[int, str] = {}
     running = set(workers)
     while running:
         try:
@@ -91,10 +128,21 @@ def run_on_devices(shards: list[Shard], caption: CaptionConfig, run: RunConfig, 
             workers[k].join()
             _report_lost(devices[k], workers[k].exitcode, assignments[k], finished, progress,
                          trace.strip().splitlines()[-1])
+        elif kind == "refused":
+            k, message = payload
+            refused[k] = message
+            running.discard(k)
+            workers[k].join()
+            if len(refused) < len(workers):  # the others go on; this one's shards are failures
+                _report_lost(devices[k], workers[k].exitcode, assignments[k], finished, progress, message)
         elif kind == "exited":
             running.discard(payload)
     for process in workers.values():
         process.join()
+    if refused and len(refused) == len(workers):
+        # Not one worker could load the model (a folder that is no model, missing weights...):
+        # the user's mistake, one line and exit code 2, as with a single device.
+        raise ValueError(next(iter(refused.values())))
     summary.results += [finished[s.name] for s in todo if s.name in finished]
     return summary
 

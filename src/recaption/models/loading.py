@@ -1,4 +1,16 @@
-"""Resolve `--model` (tiny, a local folder, or a hub id) to something from_pretrained takes."""
+"""Resolve `--model` (tiny, a local folder, or a hub id) to something from_pretrained takes.
+
+A model that cannot be used here fails at once, in one line (ModelError, a ValueError) that
+names --model and what to give instead, before any process starts or any weights load:
+
+  tiny, tiny-random   built in; nothing is downloaded
+  a folder            must hold config.json (a transformers model folder)
+  a path that is not there (/x, ./x, ~/x, a/b/c)            "no such folder"
+  a hub id            read from the local Hugging Face cache when it is there; else, with the hub
+                      switched off (HF_HUB_OFFLINE), refused; else one quick request asks the hub
+                      whether it has the model (`check_model`, before the run) before
+                      from_pretrained downloads it.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +20,24 @@ from pathlib import Path
 from .tiny import TINY_MODEL_NAME, tiny_model_path
 
 TINY_RANDOM_NAME = "tiny-random"
+# --dtype names the engines take, short ones mapped to long ones (CaptionConfig checks them).
+DTYPES = {"auto": "auto", "float32": "float32", "bfloat16": "bfloat16", "float16": "float16",
+          "fp32": "float32", "float": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
+DTYPE_CHOICES = "auto, float32, bfloat16 or float16 (short: fp32, bf16, fp16)"
+# --device / --devices spellings: auto (--device only), cpu, cuda, cuda:N, mps.
+DEVICE_PATTERN = r"cpu|cuda(:[0-9]+)?|mps"
+
+
+class ModelError(ValueError):
+    """A captioning model that cannot be used here, in one line saying what to do instead."""
+
+
+def local_choices() -> str:
+    return (
+        f"Give --model one that is here: {TINY_MODEL_NAME} (built in; trained on the synthetic "
+        "shapes world only), or a local model folder (save_pretrained, or `hf download MODEL "
+        "--local-dir DIR` on a machine with a network)."
+    )
 
 
 def shipped_tiny_captioner() -> Path | None:
@@ -16,19 +46,84 @@ def shipped_tiny_captioner() -> Path | None:
     return folder if (folder / "config.json").is_file() else None
 
 
+def _looks_like_a_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+
+
 def resolve_model(name_or_path: str) -> str:
     """`tiny`: the shipped trained captioner (the random one if it is missing); `tiny-random`:
-    the random-weight tiny LLaVA at 336 px; else a local folder or a hub id."""
+    the random-weight tiny LLaVA at 336 px; else a local folder or a hub id.
+
+    Raises ModelError for a folder that is not there or not a model folder, a name that is
+    neither, and a hub id that is not in the local cache while the hub is switched off."""
     if name_or_path == TINY_MODEL_NAME:
         return str(shipped_tiny_captioner() or tiny_model_path())
     if name_or_path == TINY_RANDOM_NAME:
         return str(tiny_model_path())
-    path = Path(name_or_path).expanduser()
+    name = name_or_path
+    path = Path(name).expanduser()
     if path.exists():
-        if not (path / "config.json").exists():
-            raise FileNotFoundError(
-                f"{name_or_path}: folder has no config.json; is it a transformers model folder? "
-                "(LLaVA-repo checkpoints need converting first)"
+        if not path.is_dir():
+            raise ModelError(f"--model {name}: is a file, not a model folder")
+        if not (path / "config.json").is_file():
+            raise ModelError(
+                f"--model {name}: folder has no config.json; is it a transformers model folder? "
+                "(LLaVA-repo checkpoints need converting first: recap convert-llava)"
             )
         return str(path)
-    return name_or_path  # a hub id; from_pretrained downloads or reads the hub cache
+    if _looks_like_a_path(name):
+        raise ModelError(f"--model {name}: no such folder. {local_choices()}")
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise ModelError(
+            f"--model {name}: no such folder, and not a hub id (owner/name). {local_choices()}"
+        ) from None
+    if not in_hub_cache(name):
+        from ..quality.clip import hub_offline
+
+        if hub_offline():
+            raise ModelError(
+                f"--model {name}: not in the local Hugging Face cache and the hub is switched off "
+                f"(HF_HUB_OFFLINE). {local_choices()}"
+            )
+    return name  # a hub id; from_pretrained reads the hub cache or downloads
+
+
+def in_hub_cache(name: str) -> bool:
+    """Whether the local Hugging Face cache holds the model's config (no network access)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(name, "config.json")
+    except (OSError, ValueError):
+        return False
+    return isinstance(found, str)
+
+
+def check_model(name: str) -> None:
+    """Fail now, in seconds and in one line (ModelError), if `--model name` cannot load here;
+    for a hub id neither cached nor offline, one quick request asks the hub whether it has it."""
+    if name in (TINY_MODEL_NAME, TINY_RANDOM_NAME):
+        return  # built in (built on first use, by the run itself)
+    source = resolve_model(name)
+    if source == name and not Path(name).expanduser().exists() and not in_hub_cache(name):
+        from ..quality.clip import _probe_hub
+
+        problem = _probe_hub(name)
+        if problem:
+            raise ModelError(
+                f"--model {name}: not in the local Hugging Face cache and {problem}. {local_choices()}"
+            )
+
+
+def load_error(name: str, exc: BaseException) -> ModelError:
+    """An error from transformers while loading `name`, as one line."""
+    text = str(exc).strip()
+    reason = text.splitlines()[0].strip() if text else type(exc).__name__
+    if len(reason) > 300:
+        reason = reason[:297] + "..."
+    return ModelError(f"cannot load model {name}: {reason}")

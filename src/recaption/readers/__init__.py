@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 import posixpath
+from collections import Counter
+from dataclasses import dataclass, field
 
 from braceexpand import braceexpand
 from fsspec.core import url_to_fs
 
-from .base import ColumnConfig, Shard, ShardError, full_url
-from .folder import FOLDER_IMAGE_EXTENSIONS, FolderFile, FolderShard
+from .base import (
+    SIDECAR_EXTENSIONS,
+    ColumnConfig,
+    Shard,
+    ShardError,
+    extension,
+    full_url,
+    image_extensions,
+    is_hidden,
+    unreadable_types_note,
+)
+from .folder import FolderFile, FolderShard
 from .parquet import ParquetShard
 from .webdataset import TarShard
 
@@ -17,6 +30,8 @@ __all__ = ["ColumnConfig", "InputError", "Shard", "ShardError", "discover_shards
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 PARQUET_SUFFIXES = (".parquet",)
 FOLDER_SHARD_SIZE = 10_000
+
+log = logging.getLogger(__name__)
 
 
 class InputError(ValueError):
@@ -40,17 +55,55 @@ def open_shard(url: str, columns: ColumnConfig = ColumnConfig()) -> Shard:
     raise InputError(f"{url}: not a .tar, .tar.gz or .parquet shard")
 
 
-def _folder_shards(fs, root: str, infos: dict, folder_shard_size: int, columns: ColumnConfig) -> list[Shard]:
+@dataclass
+class _FolderListing:
+    """What a recursive scan of a folder found. Hidden files (`.DS_Store`, `._cat.jpg`) are
+    left out; `.txt` / `.json` files are sidecars; anything else is `skipped`, by extension."""
+
+    images: list[FolderFile] = field(default_factory=list)
+    captions: dict[str, FolderFile] = field(default_factory=dict)  # stem -> its .txt (any case)
+    tars: list[str] = field(default_factory=list)
+    parquets: list[str] = field(default_factory=list)
+    skipped: Counter = field(default_factory=Counter)
+
+    @classmethod
+    def scan(cls, infos: dict) -> _FolderListing:
+        found = cls()
+        for path in sorted(infos):
+            ext = extension(path)
+            if is_hidden(path):
+                continue
+            if path.endswith(TAR_SUFFIXES):
+                found.tars.append(path)
+            elif path.endswith(PARQUET_SUFFIXES):
+                found.parquets.append(path)
+            elif ext in image_extensions():
+                found.images.append(FolderFile.from_info(infos[path]))
+            elif ext == "txt":
+                found.captions.setdefault(path[: -len(".txt")], FolderFile.from_info(infos[path]))
+            elif ext not in SIDECAR_EXTENSIONS:
+                found.skipped[f".{ext}" if ext else "(no extension)"] += 1
+        return found
+
+    def skipped_text(self) -> str:
+        """`.pdf x2, .mov x1`: the most common first."""
+        by_count = sorted(self.skipped.items(), key=lambda e: (-e[1], e[0]))
+        return ", ".join(f"{ext} x{n}" for ext, n in by_count)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _folder_shards(fs, root: str, found: _FolderListing, folder_shard_size: int,
+                   columns: ColumnConfig) -> list[Shard]:
     """Slices of `folder_shard_size` images in path order. The listing's sizes and mtimes go
     with each slice: its fingerprint, and the size check before a file is read."""
-    listing = [FolderFile.from_info(info) for info in infos.values()]
-    images = sorted((f for f in listing if f.path.lower().endswith(FOLDER_IMAGE_EXTENSIONS)),
-                    key=lambda f: f.path)
-    sidecars = {f.path[: -len(".txt")]: f for f in listing if f.path.endswith(".txt")}
+    images = sorted(found.images, key=lambda f: f.path)
     prefix = posixpath.basename(root.rstrip("/")) or "images"
     return [
         FolderShard(fs, root, images[i : i + folder_shard_size], f"{prefix}-{i // folder_shard_size:05d}",
-                    sidecars, columns.max_image_bytes)
+                    found.captions, columns.max_image_bytes)
         for i in range(0, len(images), folder_shard_size)
     ]
 
@@ -60,6 +113,51 @@ def _shard_files(paths: list[str]) -> list[str]:
     images beside each tar (00000.tar + 00000.parquet): the tar is the shard."""
     tars = sorted(p for p in paths if p.endswith(TAR_SUFFIXES))
     return tars or sorted(p for p in paths if p.endswith(PARQUET_SUFFIXES))
+
+
+def _holds_images(shard: Shard, pattern: str) -> bool:
+    """A parquet file beside loose images is a shard only if it has an image column; one
+    without is metadata: said in one line and left out."""
+    if not isinstance(shard, ParquetShard):
+        return True
+    names = shard.column_names()
+    if names is None or shard.image_column(names) is not None:
+        return True  # unreadable: reading it as a shard says why
+    log.warning(
+        "%s: %s has no image column (columns: %s): taken as metadata beside the images and not "
+        "captioned (name its image column with --image-col to caption it)",
+        pattern, shard.source, ", ".join(names),
+    )
+    return False
+
+
+def _expand_folder(fs, pattern: str, path: str, columns: ColumnConfig, folder_shard_size: int) -> list[Shard]:
+    """The shard files under a folder (tars if any, else parquet files) and its loose images
+    (in slices); both when it holds both, saying so."""
+    found = _FolderListing.scan(fs.find(path, detail=True))
+    shards = [open_shard(full_url(fs, m), columns) for m in found.tars or found.parquets]
+    if found.images:
+        if not found.tars:
+            shards = [s for s in shards if _holds_images(s, pattern)]
+        if shards:
+            log.warning(
+                "%s: %s and %s; captioning both (name shard files or a subfolder to take only some)",
+                pattern, _plural(len(shards), "shard file"), _plural(len(found.images), "image"),
+            )
+        skipped = sum(found.skipped.values())
+        if skipped:
+            what = "1 file that is not an image" if skipped == 1 else f"{skipped} files that are not images"
+            note = unreadable_types_note(ext.lstrip(".") for ext in found.skipped)
+            log.warning("%s: skipped %s (%s)%s", pattern, what, found.skipped_text(), note)
+        shards += _folder_shards(fs, path, found, folder_shard_size, columns)
+    if not shards:
+        note = unreadable_types_note(ext.lstrip(".") for ext in found.skipped)
+        has = f" (it has {found.skipped_text()}){note}" if found.skipped else ""
+        raise InputError(f"{pattern}: folder holds no shards (.tar, .parquet) and no images{has}")
+    root = full_url(fs, path)
+    for shard in shards:
+        shard.scanned_root = root  # read recursively: an output folder inside it is refused
+    return shards
 
 
 def _expand_one(pattern: str, columns: ColumnConfig, folder_shard_size: int) -> list[Shard]:
@@ -73,14 +171,7 @@ def _expand_one(pattern: str, columns: ColumnConfig, folder_shard_size: int) -> 
         raise InputError(f"{pattern}: no such file or directory")
     if not fs.isdir(path):
         return [open_shard(pattern, columns)]
-    infos = fs.find(path, detail=True)
-    shard_files = _shard_files(list(infos))
-    if shard_files:
-        return [open_shard(full_url(fs, m), columns) for m in shard_files]
-    shards = _folder_shards(fs, path, infos, folder_shard_size, columns)
-    if not shards:
-        raise InputError(f"{pattern}: folder holds no shards (.tar, .parquet) and no images")
-    return shards
+    return _expand_folder(fs, pattern, path, columns, folder_shard_size)
 
 
 def discover_shards(

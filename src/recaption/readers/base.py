@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import posixpath
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -38,7 +40,8 @@ class ColumnConfig:
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
 
     IMAGE_CANDIDATES = ("image", "jpg", "jpeg", "png", "webp", "img", "image_bytes")
-    CAPTION_CANDIDATES = ("caption", "text", "org_caption", "txt", "alt_text", "TEXT")
+    # Tried in order, exact names first, then ignoring case (`Caption`, `IMAGE`).
+    CAPTION_CANDIDATES = ("caption", "text", "org_caption", "txt", "alt_text", "alt", "TEXT")
 
     def __post_init__(self):
         if self.max_image_bytes < 1:
@@ -46,10 +49,13 @@ class ColumnConfig:
 
 
 class Shard:
-    """An input shard. `name` is the stem its outputs are named after (00042.tar -> 00042)."""
+    """An input shard. `name` is the stem its outputs are named after (00042.tar -> 00042).
+    `scanned_root`: the folder given as input that this shard was found in by a recursive scan
+    (None for a file, glob or pattern named directly): an output folder inside it is refused."""
 
     name: str
     source: str
+    scanned_root: str | None = None
 
     def __iter__(self) -> Iterator[Sample]:
         raise NotImplementedError
@@ -62,6 +68,55 @@ class Shard:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.source!r})"
+
+
+# Image file types worth captioning, by extension; kept only where this Pillow reads them.
+_IMAGE_TYPES = ("jpg", "jpeg", "jpe", "jfif", "png", "apng", "webp", "gif", "bmp", "dib", "tif", "tiff",
+                "avif", "avifs", "heic", "heif", "jxl", "jp2", "j2k", "jpx", "jpf", "ppm", "pgm", "pbm",
+                "pnm", "qoi", "tga")
+# Formats Pillow registers an extension for even when built without the library that reads them.
+_PILLOW_FEATURES = {"AVIF": "avif", "WEBP": "webp", "JPEG2000": "jpg_2000"}
+SIDECAR_EXTENSIONS = ("txt", "json")
+
+
+@functools.cache
+def image_extensions() -> frozenset[str]:
+    """Lower-case extensions (no dot) of the image files readers take: those of `_IMAGE_TYPES`
+    that the installed Pillow decodes (AVIF with libavif, HEIC only with a registered plugin)."""
+    from PIL import Image, features
+
+    Image.init()
+    readable = set()
+    for ext, fmt in Image.registered_extensions().items():
+        feature = _PILLOW_FEATURES.get(fmt)
+        if fmt in Image.OPEN and (feature is None or features.check(feature)):
+            readable.add(ext.lstrip(".").lower())
+    return frozenset(e for e in _IMAGE_TYPES if e in readable)
+
+
+def unreadable_types_note(extensions: Iterable[str]) -> str:
+    """`; Pillow here cannot read heic: convert those files to JPEG or PNG` for image types among
+    `extensions` that this Pillow does not decode, else ``."""
+    readable = image_extensions()
+    unreadable = sorted({e for e in extensions if e in _IMAGE_TYPES and e not in readable})
+    if not unreadable:
+        return ""
+    return f"; Pillow here cannot read {', '.join(unreadable)}: convert those files to JPEG or PNG"
+
+
+def extension(name: str) -> str:
+    """The lower-case extension of a file name's last dot-part (`IMG_1.edited.JPG` -> `jpg`)."""
+    base = posixpath.basename(name)
+    return base.rpartition(".")[2].lower() if "." in base else ""
+
+
+def is_image_name(name: str) -> bool:
+    return extension(name) in image_extensions()
+
+
+def is_hidden(name: str) -> bool:
+    """Hidden files (`.DS_Store`) and macOS resource forks (`._cat.jpg`) are not samples."""
+    return posixpath.basename(name).startswith(".")
 
 
 class UniqueKeys:

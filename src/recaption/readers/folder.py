@@ -23,7 +23,6 @@ from .base import (
 
 log = logging.getLogger(__name__)
 
-FOLDER_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 # Listing fields that change when a file is rewritten: local mtime, then what object stores give.
 _VERSION_FIELDS = ("mtime", "LastModified", "last_modified", "updated", "ETag", "etag", "md5Hash")
 

@@ -40,10 +40,22 @@ BATCH_ROWS = 256  # rows decoded from parquet at a time: bounds memory on huge f
 _WEB = ("http://", "https://")
 
 
+# Where a user names each identity column; a named one the file lacks fails the shard.
+_IDENTITY_FLAGS = {"key": "--key-col", "url": "--url-col", "sha256": "sha256_col"}
+
+
 def _pick(names: list[str], wanted: str | None, candidates: tuple[str, ...]) -> str | None:
+    """A named column exactly as named; else the first candidate the file has, exact names
+    first, then ignoring case (`Caption`, `IMAGE`)."""
     if wanted:
         return wanted if wanted in names else None
-    return next((c for c in candidates if c in names), None)
+    exact = next((c for c in candidates if c in names), None)
+    if exact is not None:
+        return exact
+    by_lower: dict[str, str] = {}
+    for name in names:
+        by_lower.setdefault(name.lower(), name)
+    return next((by_lower[c.lower()] for c in candidates if c.lower() in by_lower), None)
 
 
 def _image_kind(column: str, arrow_type: pa.DataType, source: str) -> str:
@@ -69,6 +81,36 @@ class ParquetShard(Shard):
         self.name = name
         self.columns = columns
 
+    def column_names(self) -> list[str] | None:
+        """The file's columns, from its footer; None if it cannot be read (reading the shard
+        then says why)."""
+        try:
+            with fsspec.open(self.source, "rb") as raw:
+                return pq.read_schema(raw).names
+        except (pa.ArrowException, OSError):
+            return None
+
+    def image_column(self, names: list[str]) -> str | None:
+        return _pick(names, self.columns.image, ColumnConfig.IMAGE_CANDIDATES)
+
+    def _identity_column(self, names: list[str], field: str) -> str | None:
+        """The key / url / sha256 column. The default name is optional (matched ignoring case);
+        a name the user chose that the file lacks fails the shard rather than leave the field
+        empty unnoticed."""
+        wanted = getattr(self.columns, field)
+        default = getattr(ColumnConfig, field)
+        if not wanted:
+            return None
+        if wanted == default:
+            return _pick(names, None, (default,))
+        if wanted in names:
+            return wanted
+        raise ShardError(
+            self.source,
+            f"no {field} column {wanted!r} (columns: {', '.join(names)}); "
+            f"name it with {_IDENTITY_FLAGS[field]}",
+        )
+
     def __iter__(self) -> Iterator[Sample]:
         try:
             with fsspec.open(self.source, "rb") as raw:
@@ -85,7 +127,7 @@ class ParquetShard(Shard):
     def _rows(self, pf: pq.ParquetFile) -> Iterator[Sample]:
         schema = pf.schema_arrow
         names = schema.names
-        image_col = _pick(names, self.columns.image, ColumnConfig.IMAGE_CANDIDATES)
+        image_col = self.image_column(names)
         if image_col is None:
             wanted = self.columns.image or " or ".join(ColumnConfig.IMAGE_CANDIDATES)
             raise ShardError(
@@ -95,38 +137,48 @@ class ParquetShard(Shard):
         kind = _image_kind(image_col, schema.field(image_col).type, self.source)
         caption_col = _pick(names, self.columns.caption, ColumnConfig.CAPTION_CANDIDATES)
         if self.columns.caption and caption_col is None:
-            raise ShardError(self.source, f"no caption column {self.columns.caption!r}")
-        optional = [self.columns.url, self.columns.key, self.columns.sha256, *self.columns.extra]
-        wanted_cols = [image_col] + [c for c in [caption_col, *optional] if c and c in names]
+            raise ShardError(
+                self.source,
+                f"no caption column {self.columns.caption!r} (columns: {', '.join(names)}); "
+                "name it with --caption-col",
+            )
+        cols = {"image": image_col, "caption": caption_col,
+                **{f: self._identity_column(names, f) for f in _IDENTITY_FLAGS}}
+        optional = [cols["caption"], cols["url"], cols["key"], cols["sha256"], *self.columns.extra]
+        wanted_cols = list(dict.fromkeys([image_col] + [c for c in optional if c and c in names]))
         try:
-            unique = UniqueKeys(self._given_keys(pf) if self.columns.key in names else ())
+            unique = UniqueKeys(self._given_keys(pf, cols["key"]) if cols["key"] else ())
             row_index = 0
             for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=wanted_cols):
                 for row in batch.to_pylist():
-                    yield self._sample(row, row_index, image_col, kind, caption_col, unique)
+                    yield self._sample(row, row_index, kind, cols, unique)
                     row_index += 1
         except pa.ArrowException as exc:
             raise ShardError(self.source, f"corrupt parquet data: {exc}") from exc
 
-    def _given_keys(self, pf: pq.ParquetFile) -> set[str]:
+    @staticmethod
+    def _given_keys(pf: pq.ParquetFile, key_col: str) -> set[str]:
         """The key column alone (cheap), so a suffix for a repeated key never takes a later key."""
-        return {str(k) for k in pf.read(columns=[self.columns.key]).column(0).to_pylist() if k is not None}
+        return {str(k) for k in pf.read(columns=[key_col]).column(0).to_pylist() if k is not None}
 
-    def _sample(self, row: dict, index: int, image_col: str, kind: str, caption_col: str | None,
+    def _sample(self, row: dict, index: int, kind: str, cols: dict[str, str | None],
                 unique: UniqueKeys) -> Sample:
-        given_key = row.get(self.columns.key)
+        def value(field: str):
+            return row.get(cols[field]) if cols[field] else None
+
+        given_key = value("key")
         key = unique(str(given_key) if given_key not in (None, "") else f"{self.name}_{index:09d}")
-        caption = text_or_none(row.get(caption_col)) if caption_col else None
-        url = text_or_none(row.get(self.columns.url))
+        caption = text_or_none(value("caption"))
+        url = text_or_none(value("url"))
         try:
-            image = self._image(row.get(image_col), kind)
+            image = self._image(value("image"), kind)
         except UnreadableImage as problem:
             return failed_sample(key, url, caption, problem)
         return Sample(
             key=key,
             url=url,
             org_caption=caption,
-            sha256=text_or_none(row.get(self.columns.sha256)) or sha256_hex(image),
+            sha256=text_or_none(value("sha256")) or sha256_hex(image),
             image_bytes=image,
             extra={c: row.get(c) for c in self.columns.extra},
         )

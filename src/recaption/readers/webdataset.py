@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import fsspec
 
-from ..sample import Sample
+from ..sample import MISSING_IMAGE, Sample
 from .base import (
     ColumnConfig,
     Shard,
@@ -18,18 +18,27 @@ from .base import (
     UniqueKeys,
     UnreadableImage,
     failed_sample,
+    image_extensions,
+    is_hidden,
     sha256_hex,
     text_or_none,
     too_large,
+    unreadable_types_note,
 )
 
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "ppm", "pgm")
+
+def normalise_member_name(name: str) -> str:
+    """The member's path inside the tar as a sample name: `./000001.jpg` (what `tar -C dir .`
+    writes) and `/abs/x.jpg` lose their leading `./` and `/`."""
+    name = posixpath.normpath(name)
+    return "" if name == "." else name.lstrip("/")
 
 
 def split_member_name(name: str) -> tuple[str, str]:
     """Split a member name into (key, extension) the way webdataset does: at the first dot of
-    the basename, so `dir/000001.seg.png` is key `dir/000001`, extension `seg.png`."""
-    directory, base = posixpath.split(name)
+    the basename, so `dir/000001.seg.png` is key `dir/000001`, extension `seg.png`; a leading
+    `./` or `/` is not part of the key."""
+    directory, base = posixpath.split(normalise_member_name(name))
     stem, _, ext = base.partition(".")
     return posixpath.join(directory, stem) if directory else stem, ext.lower()
 
@@ -64,7 +73,7 @@ class TarShard(Shard):
                 groups = _group_members(members)
                 unique = UniqueKeys(posixpath.basename(key) for key, _ in groups)
                 for key, parts in groups:
-                    yield self._sample(tar, key, parts, unique)
+                    yield from self._samples(tar, key, parts, unique)
         except FileNotFoundError as exc:
             raise ShardError(self.source, f"file not found: {exc}") from exc
         except OSError as exc:  # a directory, no permission, an I/O error: the whole file is unreadable
@@ -97,30 +106,50 @@ class TarShard(Shard):
             raise ShardError(self.source, f"member {member.name} is truncated")
         return data
 
-    def _sample(self, tar: tarfile.TarFile, key: str, parts: dict[str, tarfile.TarInfo],
-                unique: UniqueKeys) -> Sample:
+    def _image_members(self, parts: dict[str, tarfile.TarInfo]) -> list[str]:
+        """The extensions of the sample's images, in tar order: the one named with --image-col
+        if the sample has it, else every member whose last dot-part is an image type
+        (`jpg`, `avif`, `edited.jpg`)."""
+        if self.columns.image and self.columns.image in parts:
+            return [self.columns.image]
+        return [ext for ext in parts if ext.rpartition(".")[2] in image_extensions()]
+
+    def _samples(self, tar: tarfile.TarFile, key: str, parts: dict[str, tarfile.TarInfo],
+                 unique: UniqueKeys) -> Iterator[Sample]:
+        """One sample per image member (a key with `.jpg` and `.png` gives two rows, the second
+        under a suffixed key), or one missing_image row naming what the key has instead."""
         try:
             meta = self._meta(tar, parts)
             caption = self._caption(tar, parts, meta)
         except UnreadableImage as problem:
-            return failed_sample(unique(posixpath.basename(key)), None, None, problem)
-        sample_key = unique(str(meta.get(self.columns.key) or posixpath.basename(key)))
+            yield failed_sample(unique(posixpath.basename(key)), None, None, problem)
+            return
+        base_key = str(meta.get(self.columns.key) or posixpath.basename(key))
         url = text_or_none(meta.get(self.columns.url))
-        image_ext = next((e for e in IMAGE_EXTENSIONS if e in parts), None)
-        if self.columns.image and self.columns.image in parts:
-            image_ext = self.columns.image
-        try:
-            image = self._read(tar, parts[image_ext]) if image_ext else None
-        except UnreadableImage as problem:
-            return failed_sample(sample_key, url, caption, problem)
-        return Sample(
-            key=sample_key,
-            url=url,
-            org_caption=caption,
-            sha256=text_or_none(meta.get(self.columns.sha256)) or sha256_hex(image),
-            image_bytes=image,
-            extra={c: meta.get(c) for c in self.columns.extra},
-        )
+        image_exts = self._image_members(parts)
+        if not image_exts:
+            has = ", ".join(ext or "(no extension)" for ext in parts)
+            note = unreadable_types_note(ext.rpartition(".")[2] for ext in parts)
+            problem = UnreadableImage(MISSING_IMAGE, f"sample has no image member (has: {has}){note}")
+            yield failed_sample(unique(base_key), url, caption, problem)
+            return
+        for n, image_ext in enumerate(image_exts):
+            sample_key = unique(base_key)
+            try:
+                image = self._read(tar, parts[image_ext])
+            except UnreadableImage as problem:
+                yield failed_sample(sample_key, url, caption, problem)
+                continue
+            # the .json's sha256 is the downloaded image's: the first image member's
+            given_sha = text_or_none(meta.get(self.columns.sha256)) if n == 0 else None
+            yield Sample(
+                key=sample_key,
+                url=url,
+                org_caption=caption,
+                sha256=given_sha or sha256_hex(image),
+                image_bytes=image,
+                extra={c: meta.get(c) for c in self.columns.extra},
+            )
 
     def _meta(self, tar: tarfile.TarFile, parts: dict[str, tarfile.TarInfo]) -> dict:
         if "json" not in parts:
@@ -135,8 +164,8 @@ class TarShard(Shard):
         """A caption field the user named wins; else img2dataset's {key}.txt; else json "caption"."""
         if self.columns.caption and meta.get(self.columns.caption) is not None:
             return str(meta[self.columns.caption])
-        if "txt" in parts:
-            return self._read(tar, parts["txt"]).decode("utf-8", errors="replace")
+        if "txt" in parts:  # stripped, as a folder's .txt sidecar is
+            return self._read(tar, parts["txt"]).decode("utf-8", errors="replace").strip()
         if meta.get("caption") is not None:
             return str(meta["caption"])
         return None
@@ -151,9 +180,9 @@ def _group_members(members: list[tarfile.TarInfo]) -> list[tuple[str, dict[str, 
     for member in members:
         if not member.isfile():
             continue
+        if is_hidden(normalise_member_name(member.name)):
+            continue  # .DS_Store, macOS resource forks (._x.jpg): not samples
         key, ext = split_member_name(member.name)
-        if key.startswith(".") or posixpath.basename(key).startswith("._"):
-            continue  # macOS resource forks and hidden files are not samples
         index = seen[key, ext]
         seen[key, ext] += 1
         samples = of_key.setdefault(key, [])
