@@ -108,3 +108,20 @@ def test_a_shard_with_nothing_captioned_says_so(tmp_path):
     flat = " ".join(result.output.split())
     assert "broken: none of its 2 rows could be captioned (decode_error 1, empty_image 1)" in flat
     assert "--overwrite" in flat
+
+
+def test_score_reads_the_input_as_caption_did(tmp_path):
+    """`recap caption --key-col id`, then `recap score`: rows are matched to images by the same keys."""
+    from typer.testing import CliRunner
+
+    from recaption.cli import app
+
+    source = tmp_path / "photos.parquet"
+    pq.write_table(pa.table({"id": ["p-1", "p-2"], "pixels": [image_bytes(seed=1), image_bytes(seed=2)]}), source)
+    runner = CliRunner()
+    assert runner.invoke(app, ["caption", str(source), "-o", str(tmp_path / "out"), "--key-col", "id",
+                               "--image-col", "pixels", "--max-new-tokens", "4"]).exit_code == 0
+    result = runner.invoke(app, ["score", str(tmp_path / "out"), "--clip-model", "tiny-clip-random"])
+    assert result.exit_code == 0, result.output
+    scores = pq.read_table(tmp_path / "out" / "photos.parquet").column("re_clip_score").to_pylist()
+    assert all(s is not None for s in scores), scores

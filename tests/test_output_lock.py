@@ -124,3 +124,15 @@ def test_sigterm_stops_cleanly_and_the_rerun_finishes(tmp_path):
     rerun = subprocess.run(cmd, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert sorted(p.name for p in out.glob("*.done")) == ["00000.done", "00001.done", "00002.done"]
+
+
+def test_a_refused_output_folder_is_not_created(tmp_path):
+    from typer.testing import CliRunner
+
+    from recaption.cli import app
+
+    photos = tmp_path / "photos"
+    write_shards(photos, 1, 2)
+    result = CliRunner().invoke(app, ["caption", str(photos), "-o", str(photos / "captions")])
+    assert result.exit_code == 2, result.output
+    assert not (photos / "captions").exists()

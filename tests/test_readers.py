@@ -178,3 +178,50 @@ def test_discover_rejects_missing_inputs_and_name_collisions(tmp_path):
 
 def test_records_helper_is_deterministic():
     assert [r.image for r in make_records(2)] == [r.image for r in make_records(2)]
+
+
+def test_member_names_lose_a_leading_dot_slash_or_slash():
+    assert split_member_name("./000001.jpg") == ("000001", "jpg")
+    assert split_member_name("./dir/a.seg.png") == ("dir/a", "seg.png")
+    assert split_member_name("/abs/x.JPG") == ("abs/x", "jpg")
+
+
+def test_tar_hidden_files_in_subfolders_are_skipped_and_keys_come_from_normalised_names(tmp_path):
+    path = tmp_path / "h.tar"
+    with tarfile.open(path, "w") as tar:
+        _add(tar, "./sub/.DS_Store", b"finder data")
+        _add(tar, "./sub/._a.jpg", b"resource fork")
+        _add(tar, "./sub/a.jpg", image_bytes())
+        _add(tar, "/b.jpg", image_bytes(seed=1))
+    assert [(s.key, s.status) for s in open_shard(str(path))] == [("a", "ok"), ("b", "ok")]
+
+
+def test_parquet_exact_column_names_win_over_ones_of_another_case(tmp_path):
+    path = _parquet(tmp_path / "c.parquet", pa.table(
+        {"Caption": ["upper"], "text": ["exact"], "IMAGE": [image_bytes()], "Key": ["k9"]}))
+    (s,) = list(open_shard(path))
+    assert (s.org_caption, s.key) == ("exact", "k9")
+
+
+def test_parquet_named_sha256_or_caption_column_that_is_missing_names_the_columns(tmp_path):
+    path = _parquet(tmp_path / "s.parquet", pa.table({"jpg": [image_bytes()], "hash": ["h"]}))
+    with pytest.raises(ShardError, match=r"no sha256 column 'sha' \(columns: jpg, hash\)"):
+        list(open_shard(path, ColumnConfig(sha256="sha")))
+    with pytest.raises(ShardError, match=r"no caption column 'alt' \(columns: jpg, hash\); name it with --c"):
+        list(open_shard(path, ColumnConfig(caption="alt")))
+    (s,) = list(open_shard(path, ColumnConfig(sha256="hash")))
+    assert s.sha256 == "h"
+
+
+def test_folder_of_only_unreadable_files_says_what_it_holds(tmp_path):
+    (tmp_path / "a.docx").write_bytes(b"x")
+    (tmp_path / "b.docx").write_bytes(b"x")
+    with pytest.raises(InputError, match=r"no images \(it has \.docx x2\)"):
+        discover_shards([str(tmp_path)])
+
+
+def test_folder_skips_hidden_files(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(image_bytes())
+    (tmp_path / "._a.jpg").write_bytes(b"\0\5\26\7 resource fork")
+    (shard,) = discover_shards([str(tmp_path)])
+    assert [s.key for s in shard] == ["a"]

@@ -134,6 +134,7 @@ def caption_cmd(
     url_col: Annotated[str, typer.Option(help="Column / .json field holding the URL.")] = "url",
     key_col: Annotated[str, typer.Option(help="Column / .json field holding the key.")] = "key",
     max_image_bytes: Annotated[int, typer.Option(help="Largest image file / tar member read; bigger ones become rows with status too_large (checked before reading).")] = 64 * 1024 * 1024,
+    max_pixels: Annotated[int, typer.Option(help="Largest image in pixels (width x height); bigger ones become rows with status too_large (checked from the header, before decoding).")] = 89_478_485,
     attn_implementation: Annotated[str, typer.Option(help="transformers engine attention: sdpa, flash_attention_2 (needs flash-attn) or eager.")] = "sdpa",
     engine: Annotated[str, typer.Option(help="transformers (in-process), vllm (in-process, needs vLLM) or openai (OpenAI-compatible servers).")] = "transformers",
     endpoint: Annotated[list[str] | None, typer.Option(help="--engine openai: server URL (http://host:8000 or .../v1); repeat it or separate with commas for several.")] = None,

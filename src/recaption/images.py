@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import warnings
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -35,29 +36,56 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+UNIDENTIFIED = "cannot identify image file (not an image, or a format Pillow cannot read)"
+MAX_PIXELS_HINT = "raise it with --max-pixels"
+
+
+def too_many_pixels(pixels: int, max_pixels: int, size: tuple[int, int] | None = None,
+                    hint: str = MAX_PIXELS_HINT) -> ImageDecodeError:
+    shape = f"{size[0]}x{size[1]} = " if size else ""
+    return ImageDecodeError(
+        TOO_LARGE, f"{shape}{pixels} pixels, over the limit of {max_pixels} pixels ({hint})"
+    )
+
+
+def _allow_pixels(max_pixels: int) -> None:
+    """Pillow refuses images over its own bomb limit (a warning past MAX_IMAGE_PIXELS, an error
+    past twice that) whatever we ask for; a larger --max-pixels raises Pillow's limit to it (never
+    lowers it: our own check enforces a smaller one), so the limit the user set is the one."""
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+def _stable(message: str) -> str:
+    """Pillow's message without object addresses (`<_io.BytesIO object at 0x7f...>`), which
+    differ between runs."""
+    return re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", message)
+
+
 def decode_image(
     data: bytes | None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_side: int | None = DEFAULT_MAX_SIDE,
+    pixels_hint: str = MAX_PIXELS_HINT,
 ) -> Image.Image:
     """Decode bytes to an RGB image no larger than max_side on its longest edge.
 
-    Raises ImageDecodeError with a status kind for empty, undecodable or oversized input.
+    Raises ImageDecodeError with a status kind for empty, undecodable or oversized input (over
+    `max_pixels`: too_large, its message ending with `pixels_hint`, how to raise the limit).
     Animated images yield their first frame; EXIF orientation is applied.
     """
     if data is None:
         raise ImageDecodeError(MISSING_IMAGE, "sample has no image member")
     if len(data) == 0:
         raise ImageDecodeError(EMPTY_IMAGE, "image file is zero bytes")
+    _allow_pixels(max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
             width, height = img.size
             if width * height > max_pixels:
-                raise ImageDecodeError(
-                    TOO_LARGE, f"{width}x{height} pixels exceeds the limit of {max_pixels}"
-                )
+                raise too_many_pixels(width * height, max_pixels, (width, height), pixels_hint)
             if max_side and max(width, height) > max_side and img.format == "JPEG":
                 # Let libjpeg decode at 1/2, 1/4 or 1/8 scale, never below the size we shrink
                 # to anyway: far faster for big photos. Draft keeps both sides >= the request,
@@ -73,11 +101,14 @@ def decode_image(
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError(TOO_LARGE, str(exc)) from exc
+        # Pillow's bomb check (on open, or on a later frame): its limit is never under ours.
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = int(found.group(1)) if found else max_pixels + 1
+        raise too_many_pixels(pixels, max_pixels, hint=pixels_hint) from exc
     except UnidentifiedImageError as exc:
-        raise ImageDecodeError(DECODE_ERROR, f"not a recognised image format: {exc}") from exc
+        raise ImageDecodeError(DECODE_ERROR, UNIDENTIFIED) from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise ImageDecodeError(DECODE_ERROR, f"{type(exc).__name__}: {exc}") from exc
+        raise ImageDecodeError(DECODE_ERROR, _stable(f"{type(exc).__name__}: {exc}")) from exc
 
 
 def decode_sample(sample: Sample, max_pixels: int = DEFAULT_MAX_PIXELS,

@@ -12,7 +12,7 @@ import logging
 import time
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
@@ -104,6 +104,11 @@ class _ShardInProgress:
         failed = (s.error for s in batch.samples if s.status == CAPTION_ERROR)
         self.first_caption_error = self.first_caption_error or next(failed, None)
 
+    def _columns(self) -> dict | None:
+        """How the input was read (--key-col, --image-col, ...): `recap score` reads it again alike."""
+        columns = getattr(self.shard, "columns", None)
+        return asdict(columns) if is_dataclass(columns) else None
+
     def finish(self, error: str | None, provenance: dict) -> ShardResult:
         seconds = time.perf_counter() - self.started
         name, source = self.shard.name, self.shard.source
@@ -122,6 +127,7 @@ class _ShardInProgress:
             {
                 "shard": name,
                 "source": source,
+                "columns": self._columns(),
                 "rows": rows,
                 "status_counts": dict(sorted(self.counts.items())),
                 "seconds": round(seconds, 3),
@@ -156,7 +162,7 @@ def plan_shards(
     Raises ConfigMismatchError when a done shard was made with other settings: mixing them
     would corrupt the output folder, or when the output folder is an input shard's folder:
     `{shard}.parquet` would overwrite what is there (img2dataset's metadata parquet, say)."""
-    _refuse_output_among_inputs(shards, run.output)
+    refuse_output_among_inputs(shards, run.output)
     out = OutputDir(run.output)
     _forget_vanished_slices(shards, out)
     if run.overwrite:
@@ -239,7 +245,7 @@ def require_same_settings(out: OutputDir, name: str, current: dict, marker: dict
         )
 
 
-def _refuse_output_among_inputs(shards: list[Shard], output: str) -> None:
+def refuse_output_among_inputs(shards: list[Shard], output: str) -> None:
     import os
 
     from .readers.base import is_local

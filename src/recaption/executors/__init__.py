@@ -12,7 +12,7 @@ from dataclasses import replace
 
 from ..atomic import output_lock, remove_stale_temporaries
 from ..config import CaptionConfig, ExecutorConfig, RunConfig
-from ..pipeline import CaptionPipeline, Progress, RunSummary
+from ..pipeline import CaptionPipeline, Progress, RunSummary, refuse_output_among_inputs
 from ..readers import Shard
 from ..writer import OutputDir
 
@@ -59,6 +59,7 @@ def run_caption(shards: list[Shard], caption: CaptionConfig, run: RunConfig,
     """Caption `shards` into `run.output` while holding the output folder's lock: one run writes
     to a folder at a time (a second one gets OutputLockedError), whichever executor runs it."""
     check_run(caption, run, executor or ExecutorConfig())
+    refuse_output_among_inputs(shards, run.output)  # before the lock makes the output folder
     with output_lock(run.output, "recap caption"):
         out = OutputDir(run.output)
         remove_stale_temporaries(out.fs, out.root)  # ours alone now: left by crashed runs

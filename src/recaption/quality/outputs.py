@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..atomic import open_atomic
-from ..readers import discover_shards, open_shard
+from ..readers import ColumnConfig, discover_shards, open_shard
 from ..readers.base import Shard
 from ..writer import OutputDir
 
@@ -52,12 +52,15 @@ def input_shard(out: OutputDir, name: str) -> Shard:
     """The input shard an output came from (its `source` in `{name}_stats.json`): a tar or parquet
     file, or a slice of an image folder."""
     with out.fs.open(out.stats(name), "r") as f:
-        source = json.load(f)["source"]
+        stats = json.load(f)
+    source = stats["source"]
+    recorded = stats.get("columns") or {}  # the --key-col, --image-col, ... it was captioned with
+    columns = ColumnConfig(**{k: tuple(v) if k == "extra" else v for k, v in recorded.items()})
     try:
-        return open_shard(source)
+        return open_shard(source, columns)
     except ValueError:
         folder = source.rsplit(" [", 1)[0]
-        shard = next((s for s in discover_shards([folder]) if s.name == name), None)
+        shard = next((s for s in discover_shards([folder], columns) if s.name == name), None)
     # A folder slice is matched to its rows by key: if its files changed since captioning, keys
     # could now name other images. Refuse rather than join rows to the wrong pictures.
     from ..pipeline import input_change
