@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import shutil
 import time
 
@@ -236,22 +237,33 @@ def test_huge_png_is_too_large_with_our_limit_and_how_to_raise_it(tmp_path):
     assert rows["small"]["status"] == "ok"
 
 
-def test_max_pixels_option_lowers_and_raises_the_limit(tmp_path, monkeypatch):
+def status_of(folder):
+    rows = pq.read_table(next(folder.glob("*.parquet"))).to_pylist()
+    return [(r["status"], r["error"]) for r in rows]
+
+
+def test_max_pixels_option_lowers_the_limit(tmp_path):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "photo.jpg").write_bytes(image_bytes(48, 32))  # 1536 pixels
+    assert caption(tmp_path, "--max-pixels", "1000").exit_code == 0
+    assert status_of(tmp_path / "out") == [
+        ("too_large", "48x32 = 1536 pixels, over the limit of 1000 pixels (raise it with --max-pixels)")
+    ]
 
-    def status(out):
-        row = pq.read_table(next((tmp_path / out).glob("*.parquet"))).to_pylist()[0]
-        return row["status"], row["error"]
 
-    assert caption(tmp_path, "--max-pixels", "1000", out="low").exit_code == 0
-    assert status("low") == (
-        "too_large", "48x32 = 1536 pixels, over the limit of 1000 pixels (raise it with --max-pixels)"
-    )
-    # Above Pillow's own bomb limit (made small here to stand in for its 89 Mpx): ours decides.
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
-    assert caption(tmp_path, "--max-pixels", "2000", out="high").exit_code == 0
-    assert status("high") == ("ok", None)
+def test_max_pixels_option_raises_the_limit_past_pillows_own(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # put back afterwards
+    (tmp_path / "in").mkdir()
+    big = io.BytesIO()
+    Image.new("L", (10000, 9000), 128).save(big, "JPEG", quality=50)  # 90 Mpx, 1 MB, decoded at 1/8
+    (tmp_path / "in" / "big.jpg").write_bytes(big.getvalue())
+    assert caption(tmp_path, out="default").exit_code == 0
+    [(status, error)] = status_of(tmp_path / "default")
+    assert status == "too_large"
+    limit = f"over the limit of {DEFAULT_MAX_PIXELS} pixels (raise it with --max-pixels)"
+    assert error.endswith(f"90000000 pixels, {limit}")
+    assert caption(tmp_path, "--max-pixels", "100000000", out="raised").exit_code == 0
+    assert status_of(tmp_path / "raised") == [("ok", None)]
 
 
 def test_max_pixels_default_is_the_projects_limit(tmp_path):

@@ -156,10 +156,8 @@ def caption_cmd(
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
     from .config import caption_settings
 
-    try:
+    with _clear_error(ValueError):  # a wrong value: one line naming it, exit 2
         settings = caption_settings(output, **options)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
     code = run_caption_command(inputs, settings.caption, settings.run, settings.columns, settings.executor)
     raise typer.Exit(code)
 

@@ -50,9 +50,11 @@ def too_many_pixels(pixels: int, max_pixels: int, size: tuple[int, int] | None =
 
 def _allow_pixels(max_pixels: int) -> None:
     """Pillow refuses images over its own bomb limit (a warning past MAX_IMAGE_PIXELS, an error
-    past twice that) whatever we ask for; a larger --max-pixels raises Pillow's limit to it (never
-    lowers it: our own check enforces a smaller one), so the limit the user set is the one."""
-    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+    past twice that) whatever we ask for. A --max-pixels over the default (Pillow's own default)
+    raises Pillow's limit to it, so the limit the user chose is the one; it is never lowered (our
+    own check enforces a smaller limit), and a process that lowered it keeps it for the default."""
+    current = Image.MAX_IMAGE_PIXELS
+    if current is not None and max_pixels > max(current, DEFAULT_MAX_PIXELS):
         Image.MAX_IMAGE_PIXELS = max_pixels
 
 
@@ -101,9 +103,14 @@ def decode_image(
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        # Pillow's bomb check (on open, or on a later frame): its limit is never under ours.
+        # Pillow's bomb check (on open, or on a later frame).
         found = re.search(r"\((\d+) pixels\)", str(exc))
         pixels = int(found.group(1)) if found else max_pixels + 1
+        if pixels <= max_pixels:  # under ours, over a lower limit this process set for Pillow
+            raise ImageDecodeError(
+                TOO_LARGE, f"{pixels} pixels, over Pillow's limit of {Image.MAX_IMAGE_PIXELS} pixels "
+                "(PIL.Image.MAX_IMAGE_PIXELS, lowered in this process)"
+            ) from exc
         raise too_many_pixels(pixels, max_pixels, hint=pixels_hint) from exc
     except UnidentifiedImageError as exc:
         raise ImageDecodeError(DECODE_ERROR, UNIDENTIFIED) from exc

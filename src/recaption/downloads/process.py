@@ -50,7 +50,8 @@ def process_image(
             oc.HASH_MISMATCH, f"SHA-256 {digest} is not the expected {expected_sha256}", digest
         )
     try:
-        image = decode_image(data, max_pixels=cfg.max_pixels, max_side=None)
+        image = decode_image(data, max_pixels=cfg.max_pixels, max_side=None,
+                             pixels_hint="DownloadConfig.max_pixels sets it")
     except ImageDecodeError as exc:
         outcome = oc.TOO_MANY_PIXELS if exc.status == PIXEL_LIMIT else oc.DECODE_ERROR
         message = str(exc)
