@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from ..atomic import temporary_name
+from .loading import first_line, load_or_explain
 from .tiny import LLAMA3_CHAT_TEMPLATE
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ def source_shards(src: Path, allow_pickle: bool) -> list[Path]:
         try:
             files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
-            raise ConversionError(f"{index}: not a safetensors index ({_reason(exc)})") from None
+            raise ConversionError(f"{index}: not a safetensors index ({first_line(exc)})") from None
         missing = [f for f in files if not (src / f).is_file()]
         if missing:
             raise ConversionError(f"{src}: {', '.join(missing)} named in {index.name} but missing")
@@ -126,13 +127,13 @@ def iter_tensors(path: Path):
                 for key in f.keys():
                     yield key, f.get_tensor(key)
         except SafetensorError as exc:
-            raise ConversionError(f"{path}: not a readable safetensors file ({_reason(exc)})") from None
+            raise ConversionError(f"{path}: not a readable safetensors file ({first_line(exc)})") from None
     else:
         try:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unpickling failure is the file's fault
             raise ConversionError(
-                f"{path}: cannot be read as plain weights ({_reason(exc)}); pickle files holding "
+                f"{path}: cannot be read as plain weights ({first_line(exc)}); pickle files holding "
                 "anything but tensors are refused"
             ) from None
         if not isinstance(loaded, dict):
@@ -140,25 +141,9 @@ def iter_tensors(path: Path):
         yield from loaded.items()
 
 
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip()
-    first = text.splitlines()[0] if text else type(exc).__name__
-    return first if len(first) <= 160 else first[:157] + "..."
-
-
 def _load(what: str, load, name: str, hint: str = ""):
     """from_pretrained with a missing or wrong folder / hub id as one ConversionError line."""
-    try:
-        return load(name)
-    except OSError as exc:
-        where = (
-            "cannot be loaded"
-            if Path(name).exists()
-            else "no such folder, and not on the Hugging Face Hub (or offline)"
-        )
-        raise ConversionError(f"{what} {name}: {where} ({_reason(exc)}){hint}") from None
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ConversionError(f"{what} {name}: not usable here ({_reason(exc)}){hint}") from None
+    return load_or_explain(load, name, f"{what} {name}", ConversionError, hint)
 
 
 def vision_tensors(vision_tower: str):
@@ -195,7 +180,7 @@ def read_source_config(src: Path) -> dict:
     try:
         config = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConversionError(f"{path}: not valid JSON ({_reason(exc)})") from None
+        raise ConversionError(f"{path}: not valid JSON ({first_line(exc)})") from None
     if not isinstance(config, dict):
         raise ConversionError(f"{path}: not a config (a JSON object)")
     architectures = config.get("architectures") or []
@@ -230,7 +215,7 @@ def text_config_from(config: dict):
     try:
         text = LlamaConfig(**fields)
     except (TypeError, ValueError, KeyError) as exc:
-        raise ConversionError(f"config.json: not a LLaMA text config ({_reason(exc)})") from None
+        raise ConversionError(f"config.json: not a LLaMA text config ({first_line(exc)})") from None
     wanted = _rope_theta(config)
     if wanted is not None and _rope_theta(text) != wanted:  # whatever style this transformers uses
         raise ConversionError(

@@ -46,8 +46,48 @@ def shipped_tiny_captioner() -> Path | None:
     return folder if (folder / "config.json").is_file() else None
 
 
-def _looks_like_a_path(name: str) -> bool:
+def looks_like_a_path(name: str) -> bool:
+    """`./x`, `/x`, `~/x`, `a/b/c`: meant as a folder, never a hub id (`owner/name`)."""
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """The first line of an error's message (transformers' run to many), cut to `limit`."""
+    text = str(exc).strip()
+    line = text.splitlines()[0].strip() if text else type(exc).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def local_folder_or_name(name: str, option: str, error: type[ValueError] = ValueError, hint: str = "") -> str:
+    """A local model folder (it must hold config.json), or `name` as it is when it is not a path
+    (a hub id, for from_pretrained); anything else is `error`, one line naming `option`."""
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise error(f"{option} {name}: is a file, not a model folder")
+        if not (path / "config.json").is_file():
+            raise error(f"{option} {name}: folder has no config.json; is it a transformers model "
+                        f"folder?{hint}")
+        return str(path)
+    if looks_like_a_path(name):
+        raise error(f"{option} {name}: no such folder")
+    return name
+
+
+def load_or_explain(load, source: str, label: str, error: type[ValueError] = ValueError, hint: str = ""):
+    """`load(source)` (a from_pretrained), with "not found" and "not that kind of model" turned into
+    one line (`error`) starting with `label` (the option and the name the user gave)."""
+    try:
+        return load(source)
+    except OSError as exc:
+        where = (
+            "could not be loaded"
+            if Path(source).expanduser().exists()
+            else "no such folder, and not a model on the Hugging Face Hub (or offline)"
+        )
+        raise error(f"{label}: {where} ({first_line(exc)}){hint}") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise error(f"{label}: not a model this command can use ({first_line(exc)}){hint}") from None
 
 
 def resolve_model(name_or_path: str) -> str:
@@ -61,17 +101,10 @@ def resolve_model(name_or_path: str) -> str:
     if name_or_path == TINY_RANDOM_NAME:
         return str(tiny_model_path())
     name = name_or_path
-    path = Path(name).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise ModelError(f"--model {name}: is a file, not a model folder")
-        if not (path / "config.json").is_file():
-            raise ModelError(
-                f"--model {name}: folder has no config.json; is it a transformers model folder? "
-                "(LLaVA-repo checkpoints need converting first: recap convert-llava)"
-            )
-        return str(path)
-    if _looks_like_a_path(name):
+    if Path(name).expanduser().exists():
+        hint = " (LLaVA-repo checkpoints need converting first: recap convert-llava)"
+        return local_folder_or_name(name, "--model", ModelError, hint)
+    if looks_like_a_path(name):
         raise ModelError(f"--model {name}: no such folder. {local_choices()}")
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
@@ -122,8 +155,4 @@ def check_model(name: str) -> None:
 
 def load_error(name: str, exc: BaseException) -> ModelError:
     """An error from transformers while loading `name`, as one line."""
-    text = str(exc).strip()
-    reason = text.splitlines()[0].strip() if text else type(exc).__name__
-    if len(reason) > 300:
-        reason = reason[:297] + "..."
-    return ModelError(f"cannot load model {name}: {reason}")
+    return ModelError(f"cannot load model {name}: {first_line(exc, limit=300)}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..models.loading import load_or_explain, local_folder_or_name
+
 
 class TrainingInputError(ValueError):
     """A wrong input of train-* / eval-*: a missing folder, a model of the wrong kind, no data."""
@@ -28,48 +30,15 @@ def check_output(output: str) -> Path:
     return out
 
 
-def _looks_like_a_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
-
-
 def model_source(name: str, option: str) -> str:
     """A local model folder (it must hold config.json) or a hub id, for from_pretrained."""
-    path = Path(name).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise TrainingInputError(f"{option} {name}: is a file, not a model folder")
-        if not (path / "config.json").is_file():
-            raise TrainingInputError(
-                f"{option} {name}: folder has no config.json; is it a transformers model folder?"
-            )
-        return str(path)
-    if _looks_like_a_path(name):
-        raise TrainingInputError(f"{option} {name}: no such folder")
-    return name
-
-
-def _reason(exc: BaseException) -> str:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return first if len(first) <= 160 else first[:157] + "..."
+    return local_folder_or_name(name, option, TrainingInputError)
 
 
 def load_pretrained(load, source: str, option: str, name: str | None = None):
     """`load(source)` (a from_pretrained), with "not found" and "not that kind of model" turned
     into one line naming the option the user gave."""
-    shown = name or source
-    try:
-        return load(source)
-    except OSError as exc:
-        where = (
-            "could not be loaded"
-            if Path(source).exists()
-            else "no such folder, and not a model on the Hugging Face Hub (or offline)"
-        )
-        raise TrainingInputError(f"{option} {shown}: {where} ({_reason(exc)})") from None
-    except (ValueError, KeyError, TypeError) as exc:
-        raise TrainingInputError(
-            f"{option} {shown}: not a model this command can use ({_reason(exc)})"
-        ) from None
+    return load_or_explain(load, source, f"{option} {name or source}", TrainingInputError)
 
 
 def model_type(source: str, option: str, name: str | None = None) -> tuple[object, str]:
