@@ -136,3 +136,21 @@ def test_a_refused_output_folder_is_not_created(tmp_path):
     result = CliRunner().invoke(app, ["caption", str(photos), "-o", str(photos / "captions")])
     assert result.exit_code == 2, result.output
     assert not (photos / "captions").exists()
+
+
+def test_score_and_judge_refuse_a_folder_another_run_is_writing(tmp_path):
+    from typer.testing import CliRunner
+
+    from recaption.cli import app
+
+    shards = tmp_path / "in"
+    write_shards(shards, 1, 2)
+    out = tmp_path / "out"
+    assert _caption(shards, out).returncode == 0
+    runner = CliRunner()
+    with output_lock(str(out), "recap caption"):
+        for command in (["score", str(out), "--clip-model", "tiny-clip"],
+                        ["judge", str(out), "--endpoint", "http://127.0.0.1:9", "--model", "j"]):
+            result = runner.invoke(app, command)
+            assert result.exit_code == 2 and "another run is writing to" in result.output, result.output
+    assert runner.invoke(app, ["score", str(out), "--clip-model", "tiny-clip"]).exit_code == 0

@@ -313,12 +313,11 @@ def score_cmd(
     from .quality.score import score_output
 
     scorer = ClipScorer(clip_model, device=device, batch_size=batch_size)
-    try:
-        with _clear_error(NoOutputError), console.status("scoring") as status:
-            summary = score_output(output, scorer, overwrite, on_shard=lambda name: status.update(f"scoring shard {name}"))
-    except ClipModelError as exc:  # no such model here: one line, at once (soft_wrap: never cut into several)
-        console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
-        raise typer.Exit(2) from None
+    from .atomic import OutputLockedError
+
+    # No such model here, not caption output, another run writing there: one line, at once.
+    with _clear_error(NoOutputError, ClipModelError, OutputLockedError), console.status("scoring") as status:
+        summary = score_output(output, scorer, overwrite, on_shard=lambda name: status.update(f"scoring shard {name}"))
     console.print(f"scored {len(summary.scored)} shard(s), skipped {len(summary.skipped)} already scored by {clip_model}")
     if scorer.note:  # the built-in shapes-world CLIP: say what its numbers are worth
         console.print(f"[yellow]note:[/yellow] {escape(scorer.note)}", soft_wrap=True)

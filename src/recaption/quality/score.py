@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 
 import pyarrow as pa
 
+from ..atomic import output_lock
 from ..images import decode_sample
 from ..readers.base import Shard
 from ..schema import SCORE_COLUMNS, SCORES_METADATA_KEY, word_count
@@ -44,6 +45,14 @@ def score_samples(scorer: ClipScorer, samples: list, pixel_values) -> None:
 
 
 def score_output(output: str, scorer: ClipScorer, overwrite: bool = False, on_shard=None) -> ScoreSummary:
+    """Score the finished shards of `output`, rewriting each file atomically. Holds the folder's
+    lock: no caption run or judge may rewrite the same files meanwhile."""
+    done_shards(OutputDir(output))  # not caption output: say so before taking a lock there
+    with output_lock(output, "recap score"):
+        return _score_locked(output, scorer, overwrite, on_shard)
+
+
+def _score_locked(output: str, scorer: ClipScorer, overwrite: bool, on_shard) -> ScoreSummary:
     out = OutputDir(output)
     summary = ScoreSummary()
     for name in done_shards(out):
