@@ -401,14 +401,18 @@ def comparison(summary: dict) -> list[Line]:
         return "-" if d is None else f"{fmt(d['mean'], digits)} (median {fmt(d['median'], digits)})"
 
     length = summary["length"]
-    n = max((d["n"] for d in length.values() if d), default=0)
+
+    def counted(stats: dict, what: str) -> str:
+        """How many values each side's numbers come from (the original is often missing)."""
+        re_n, org_n = ((stats[k] or {}).get("n", 0) for k in ("re", "org"))
+        return f"{fmt(re_n)} recaptions and {fmt(org_n)} original captions{what}"
     lines.append(
         Line(
             "caption length, words (mean)",
             mean_median(length["re"]),
             mean_median(length["org"]),
             f"{fmt(PAPER['length_mean']['re'])} / {fmt(PAPER['length_mean']['org'])}",
-            f"whitespace word count of {fmt(n)} captioned rows; recaptions by {captioner}",
+            f"whitespace word count of {counted(length, ' (captioned rows)')}; recaptions by {captioner}",
             captioner_note,
         )
     )
@@ -422,7 +426,7 @@ def comparison(summary: dict) -> list[Line]:
                 mean_median(clip_scores["re"]),
                 mean_median(clip_scores["org"]),
                 "not published (only preferences)",
-                f"{clip} on {fmt(max(d['n'] for d in clip_scores.values() if d))} images{truncation}",
+                f"{clip} on {counted(clip_scores, '')}{truncation}",
                 clip_warning,
             )
         )
