@@ -117,7 +117,8 @@ def test_score_reads_the_input_as_caption_did(tmp_path):
     from recaption.cli import app
 
     source = tmp_path / "photos.parquet"
-    pq.write_table(pa.table({"id": ["p-1", "p-2"], "pixels": [image_bytes(seed=1), image_bytes(seed=2)]}), source)
+    pixels = [image_bytes(seed=1), image_bytes(seed=2)]
+    pq.write_table(pa.table({"id": ["p-1", "p-2"], "pixels": pixels}), source)
     runner = CliRunner()
     assert runner.invoke(app, ["caption", str(source), "-o", str(tmp_path / "out"), "--key-col", "id",
                                "--image-col", "pixels", "--max-new-tokens", "4"]).exit_code == 0

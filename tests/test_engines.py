@@ -315,7 +315,8 @@ def test_a_server_that_is_down_leaves_the_shard_to_redo(tmp_path):
     summary = run_openai([str(tmp_path / "in")], tmp_path / "out", [dead], retries=0)
     assert [r.outcome for r in summary.results] == ["failed"]
     assert "every caption failed (3 rows)" in summary.failed[0].error
-    assert not (tmp_path / "out" / "00000.done").exists() and not (tmp_path / "out" / "00000.parquet").exists()
+    assert not (tmp_path / "out" / "00000.done").exists()
+    assert not (tmp_path / "out" / "00000.parquet").exists()
     with LoopbackServer(default_behaviour) as server:
         again = run_openai([str(tmp_path / "in")], tmp_path / "out", [server.url])
     assert [r.outcome for r in again.results] == ["done"]

@@ -424,8 +424,8 @@ def test_an_unreachable_judge_leaves_shards_unjudged_and_says_so(tmp_path, capti
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
-    result = CliRunner().invoke(app, ["judge", str(out), "--endpoint", dead, "--model", "j", "--fraction", "1",
-                                      "--retries", "0"])
+    result = CliRunner().invoke(app, ["judge", str(out), "--endpoint", dead, "--model", "j",
+                                      "--fraction", "1", "--retries", "0"])
     assert result.exit_code == 1, result.output
     assert "00000: all 6 judge requests failed; left unjudged" in " ".join(result.output.split())
     assert all(s is None for s in pq.read_table(out / "00000.parquet").column("re_judge_status").to_pylist())
