@@ -225,3 +225,25 @@ def test_folder_skips_hidden_files(tmp_path):
     (tmp_path / "._a.jpg").write_bytes(b"\0\5\26\7 resource fork")
     (shard,) = discover_shards([str(tmp_path)])
     assert [s.key for s in shard] == ["a"]
+
+
+def test_tar_link_members_are_rows_saying_so_not_dropped(tmp_path):
+    import io
+    import tarfile
+
+    from recaption.readers import open_shard
+
+    from .conftest import image_bytes
+
+    path = tmp_path / "links.tar"
+    with tarfile.open(path, "w") as tar:
+        data = image_bytes()
+        info = tarfile.TarInfo("a.jpg")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("b.jpg")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+    samples = list(open_shard(str(path)))
+    assert [(s.key, s.status) for s in samples] == [("a", "ok"), ("b", "missing_image")]
+    assert "is a link to /etc/passwd; links are not read" in samples[1].error

@@ -95,6 +95,10 @@ class TarShard(Shard):
         return tar, members
 
     def _read(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+        if member.issym() or member.islnk():  # a link's target may be anything, anywhere
+            raise UnreadableImage(
+                MISSING_IMAGE, f"tar member {member.name} is a link to {member.linkname}; links are not read"
+            )
         if member.size > self.columns.max_image_bytes:  # from the header: nothing read yet
             raise too_large(f"tar member {member.name}", member.size, self.columns.max_image_bytes)
         try:
@@ -178,8 +182,8 @@ def _group_members(members: list[tarfile.TarInfo]) -> list[tuple[str, dict[str, 
     of_key: dict[str, list[dict[str, tarfile.TarInfo]]] = {}
     seen: Counter = Counter()
     for member in members:
-        if not member.isfile():
-            continue
+        if not (member.isfile() or member.issym() or member.islnk()):
+            continue  # folders, devices: not samples (a link is one, read as missing_image)
         if is_hidden(normalise_member_name(member.name)):
             continue  # .DS_Store, macOS resource forks (._x.jpg): not samples
         key, ext = split_member_name(member.name)
