@@ -58,19 +58,20 @@ class ClipSource:
     revision: str | None = None  # hub commit, when read from the local Hugging Face cache
 
 
-def local_choices() -> str:
+def local_choices(option: str = "--clip-model") -> str:
     from ..models.tiny_clip import TINY_CLIP_NAME
 
     return (
-        f"Give --clip-model one that is here: {TINY_CLIP_NAME} (built in; trained on the synthetic "
+        f"Give {option} one that is here: {TINY_CLIP_NAME} (built in; trained on the synthetic "
         "shapes world only, its scores mean nothing for real photos), or a folder with a "
         "transformers CLIP / SigLIP model (save_pretrained, or `hf download MODEL --local-dir "
         "DIR` on a machine with a network)."
     )
 
 
-def resolve_clip_model(name: str) -> ClipSource:
-    """Where `name` loads from, or ClipModelError at once (see the module's docstring)."""
+def resolve_clip_model(name: str, option: str = "--clip-model") -> ClipSource:
+    """Where `name` loads from, or ClipModelError at once (see the module's docstring), its
+    message naming `option` (what the user typed the name into)."""
     from ..models.tiny_clip import builtin_clip
 
     builtin = builtin_clip(name)
@@ -83,7 +84,7 @@ def resolve_clip_model(name: str) -> ClipSource:
     if path.exists():
         if not (path / "config.json").is_file():
             raise ClipModelError(
-                f"--clip-model {name}: {path} is not a transformers model folder (no config.json in it)"
+                f"{option} {name}: {path} is not a transformers model folder (no config.json in it)"
             )
         return ClipSource(name, str(path.resolve()))
     from huggingface_hub.errors import HFValidationError
@@ -93,7 +94,7 @@ def resolve_clip_model(name: str) -> ClipSource:
         validate_repo_id(name)
     except HFValidationError:
         raise ClipModelError(
-            f"--clip-model {name}: no such folder, and not a hub id (owner/name). {local_choices()}"
+            f"{option} {name}: no such folder, and not a hub id (owner/name). {local_choices(option)}"
         ) from None
     cached = _cached_snapshot(name)
     if cached is not None:
@@ -101,12 +102,12 @@ def resolve_clip_model(name: str) -> ClipSource:
     if hub_offline():
         raise ClipModelError(
             f"CLIP model {name} is not in the local Hugging Face cache and the hub is switched off "
-            f"(HF_HUB_OFFLINE). {local_choices()}"
+            f"(HF_HUB_OFFLINE). {local_choices(option)}"
         )
     problem = _probe_hub(name)
     if problem:
         raise ClipModelError(
-            f"CLIP model {name} is not in the local Hugging Face cache and {problem}. {local_choices()}"
+            f"CLIP model {name} is not in the local Hugging Face cache and {problem}. {local_choices(option)}"
         )
     return ClipSource(name, name)
 

@@ -53,7 +53,7 @@ def evaluate(
         raise TrainingInputError("--limit must be at least 1")
     check_device(device)
     model_source(model, "model")  # a wrong folder is named as one; built-in names and hub ids pass
-    resolved = resolve_clip_model(model)  # built-in names, folders, hub ids (a wrong one: ValueError)
+    resolved = resolve_clip_model(model, "MODEL")  # built-ins, folders, hub ids (a wrong one: ValueError)
     check_dual_encoder(getattr(resolved, "path", resolved), "model", model)
     scorer = ClipScorer(model, device=device, batch_size=batch_size)
     load_pretrained(lambda _: scorer.setup(), model, "model")
