@@ -279,6 +279,21 @@ def test_vllm_engine_says_what_is_missing(monkeypatch):
         VLLMCaptioner(CaptionConfig(engine="vllm")).setup()
 
 
+def test_vllm_engine_that_cannot_load_the_model_says_so_in_one_line(monkeypatch, tmp_path):
+    class RefusingLLM:
+        def __init__(self, model, **_):
+            raise ValueError("The model's max seq len (4096) is larger than the KV cache\nmore")
+
+    module = types.ModuleType("vllm")
+    module.LLM, module.SamplingParams = RefusingLLM, _StandInVLLM.SamplingParams
+    monkeypatch.setitem(sys.modules, "vllm", module)
+    from recaption.engines.vllm_engine import VLLMCaptioner
+    from recaption.models.loading import ModelError
+
+    with pytest.raises(ModelError, match=r"^cannot load model tiny: The model's max seq len \(4096\)[^\n]*$"):
+        VLLMCaptioner(CaptionConfig(engine="vllm")).setup()
+
+
 # -- out-of-memory back-off ------------------------------------------------------------------------
 
 def test_out_of_memory_halves_the_batch_and_keeps_every_caption(tmp_path, monkeypatch, captioner):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 
 from ..config import CaptionConfig
-from ..models.loading import resolve_model
+from ..models.loading import load_error, resolve_model
 from ..models.registry import ModelFamily, family_for
 from .base import Generation
 
@@ -55,12 +55,16 @@ class VLLMCaptioner:
             raise RuntimeError("--engine vllm needs vLLM: pip install vllm (on a GPU machine)") from exc
         from transformers import AutoConfig, AutoProcessor
 
-        source = resolve_model(self.config.model)
-        family = family_for(AutoConfig.from_pretrained(source).model_type)
-        processor = AutoProcessor.from_pretrained(source, **family.processor_kwargs)
+        source = resolve_model(self.config.model)  # ModelError: not here, in one line
         dtype = "auto" if self.config.dtype == "auto" else self.config.dtype
-        self.llm = vllm.LLM(model=source, dtype=dtype, seed=self.config.seed,
-                            limit_mm_per_prompt={"image": 1})
+        try:
+            family = family_for(AutoConfig.from_pretrained(source).model_type)
+            processor = AutoProcessor.from_pretrained(source, **family.processor_kwargs)
+            self.llm = vllm.LLM(model=source, dtype=dtype, seed=self.config.seed,
+                                limit_mm_per_prompt={"image": 1})
+        except (OSError, ValueError, KeyError, TypeError, ImportError) as exc:
+            # As the transformers engine: a model that cannot load is one line, not a traceback.
+            raise load_error(self.config.model, exc) from exc
         self.model = self.llm
         self._sampling_params = vllm.SamplingParams
         self.preparer = VLLMPreparer(processor, family, self.config)
