@@ -336,3 +336,32 @@ def test_a_server_that_is_down_leaves_the_shard_to_redo(tmp_path):
         again = run_openai([str(tmp_path / "in")], tmp_path / "out", [server.url])
     assert [r.outcome for r in again.results] == ["done"]
     assert [r["status"] for r in pq.read_table(tmp_path / "out" / "00000.parquet").to_pylist()] == ["ok"] * 3
+
+
+def test_retry_failed_captions_again_the_shards_with_caption_errors(tmp_path):
+    write_shards(tmp_path / "in", 1, 3)
+    out = tmp_path / "out"
+    failing = {"on": True}
+
+    async def flaky(body, state):
+        if failing["on"] and "44 by 33 pixels" in describe(body):  # record 1 of make_records
+            return 400, {"error": {"message": "bad request"}}, {}
+        return await default_behaviour(body, state)
+
+    def run(**run_options):
+        cfg = CaptionConfig(engine="openai", model="served", endpoints=[server.url], max_new_tokens=32,
+                            retries=0, batch_size=3)
+        pipeline = CaptionPipeline(cfg, RunConfig(output=str(out), **run_options))
+        try:
+            return pipeline.run(discover_shards([str(tmp_path / "in")]))
+        finally:
+            pipeline.captioner.close()
+
+    with LoopbackServer(flaky) as server:
+        first = run()
+        assert first.results[0].status_counts == {"ok": 2, "caption_error": 1}
+        failing["on"] = False
+        assert [r.outcome for r in run().results] == ["skipped"]  # complete: a plain rerun keeps it
+        again = run(retry_failed=True)
+    assert [r.outcome for r in again.results] == ["done"]
+    assert [r["status"] for r in pq.read_table(out / "00000.parquet").to_pylist()] == ["ok"] * 3

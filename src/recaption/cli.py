@@ -129,6 +129,7 @@ def caption_cmd(
     seed: Annotated[int, typer.Option(help="Seed for --conditional sampling.")] = 0,
     workers: Annotated[int | None, typer.Option(help="Processes that read, decode and preprocess ahead of the model (default: 0 on CPU, up to 4 with a GPU).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Redo shards that are already complete.")] = False,
+    retry_failed: Annotated[bool, typer.Option(help="Redo complete shards that hold caption_error rows (e.g. a server failed some requests).")] = False,
     image_col: Annotated[str | None, typer.Option(help="Parquet image column (default: image, jpg, png, ...); tar image extension.")] = None,
     caption_col: Annotated[str | None, typer.Option(help="Parquet caption column or tar .json field (default: caption, text, ...; tars use .txt).")] = None,
     url_col: Annotated[str, typer.Option(help="Column / .json field holding the URL.")] = "url",

@@ -73,6 +73,9 @@ class RunConfig:
 
     output: str
     overwrite: bool = False
+    # Redo complete shards that hold caption_error rows (a server that failed some requests):
+    # the whole shard, so its rows stay in one file made in one pass.
+    retry_failed: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_side: int | None = DEFAULT_MAX_SIDE
     # Loader processes that read, decode and preprocess; 0: in the main process; None: 0 when

@@ -180,11 +180,26 @@ def plan_shards(
             log.warning("%s: %s; captioning it again", shard.name, change)
             todo.append(shard)
             continue
+        failed_rows = _caption_errors(out, shard.name) if run.retry_failed else 0
+        if failed_rows:
+            log.warning("%s: %d row(s) with caption_error; captioning the shard again (--retry-failed)",
+                        shard.name, failed_rows)
+            todo.append(shard)
+            continue
         done.append(shard)
     return todo, done
 
 
 _NOT_SETTINGS = ("recaption_version", INPUT_FINGERPRINT)  # may differ between shards and runs
+
+
+def _caption_errors(out: OutputDir, name: str) -> int:
+    """caption_error rows of a complete shard, from its stats."""
+    try:
+        with out.fs.open(out.stats(name), "r") as f:
+            return int(json.load(f).get("status_counts", {}).get(CAPTION_ERROR, 0))
+    except (FileNotFoundError, json.JSONDecodeError, ValueError):
+        return 0
 
 
 def _forget_vanished_slices(shards: list[Shard], out: OutputDir) -> None:
