@@ -360,6 +360,12 @@ def test_retry_failed_captions_again_the_shards_with_caption_errors(tmp_path):
     with LoopbackServer(flaky) as server:
         first = run()
         assert first.results[0].status_counts == {"ok": 2, "caption_error": 1}
+        kept = pq.read_table(out / "00000.parquet")
+        url = server.url
+        server.url = "http://127.0.0.1:9"  # down: the retry fails whole, and must lose nothing
+        assert [r.outcome for r in run(retry_failed=True).results] == ["failed"]
+        assert (out / "00000.done").exists() and pq.read_table(out / "00000.parquet").equals(kept)
+        server.url = url
         failing["on"] = False
         assert [r.outcome for r in run().results] == ["skipped"]  # complete: a plain rerun keeps it
         again = run(retry_failed=True)

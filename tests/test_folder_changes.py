@@ -3,6 +3,7 @@
 import pyarrow.parquet as pq
 
 from recaption.config import CaptionConfig, RunConfig
+from recaption.executors import run_caption
 from recaption.pipeline import CaptionPipeline
 from recaption.quality.stats import collect
 from recaption.readers import discover_shards
@@ -17,9 +18,9 @@ def test_a_folder_that_shrank_to_fewer_slices_leaves_no_stale_rows(tmp_path, cap
         (photos / f"{i}.jpg").write_bytes(image_bytes(seed=i))
     out = tmp_path / "out"
 
-    def run():
-        pipeline = CaptionPipeline(CaptionConfig(max_new_tokens=24), RunConfig(str(out)), captioner)
-        return pipeline.run(discover_shards([str(photos)], folder_shard_size=3))
+    def run():  # through run_caption, as the CLI and the Python API do
+        shards = discover_shards([str(photos)], folder_shard_size=3)
+        return run_caption(shards, CaptionConfig(max_new_tokens=24), RunConfig(str(out)))
 
     run()
     assert sorted(p.name for p in out.glob("*.done")) == ["photos-00000.done", "photos-00001.done"]
@@ -31,3 +32,18 @@ def test_a_folder_that_shrank_to_fewer_slices_leaves_no_stale_rows(tmp_path, cap
     assert sorted(p.name for p in out.glob("*.parquet")) == ["photos-00000.parquet"]
     assert pq.read_table(out / "photos-00000.parquet").column("key").to_pylist() == ["0", "1", "2"]
     assert collect(str(out)).summary()["rows"] == 3
+
+
+def test_a_worker_given_some_slices_leaves_the_others_alone(tmp_path, captioner):
+    """Per-device workers and Ray actors each run a subset of the shards: none may take the
+    others' slices for vanished ones."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(5):
+        (photos / f"{i}.jpg").write_bytes(image_bytes(seed=i))
+    out = tmp_path / "out"
+    shards = discover_shards([str(photos)], folder_shard_size=2)
+    pipeline = CaptionPipeline(CaptionConfig(max_new_tokens=24), RunConfig(str(out)), captioner)
+    pipeline.run(shards)
+    pipeline.run(shards[:1])  # what one worker does
+    assert sorted(p.name for p in out.glob("*.done")) == [f"photos-0000{i}.done" for i in range(3)]

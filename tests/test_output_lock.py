@@ -154,3 +154,19 @@ def test_score_and_judge_refuse_a_folder_another_run_is_writing(tmp_path):
             result = runner.invoke(app, command)
             assert result.exit_code == 2 and "another run is writing to" in result.output, result.output
     assert runner.invoke(app, ["score", str(out), "--clip-model", "tiny-clip"]).exit_code == 0
+
+
+def test_without_flock_the_lock_is_an_exclusive_file(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_flock(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    with output_lock(str(tmp_path)):
+        assert (tmp_path / ".recap.lock.excl").exists()
+        with pytest.raises(OutputLockedError, match="another run is writing"):
+            with output_lock(str(tmp_path)):
+                pass
+    assert not (tmp_path / ".recap.lock.excl").exists()

@@ -5,7 +5,9 @@ processes never rename each other's files. An output folder has one writer at a 
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import socket
 import time
@@ -17,6 +19,9 @@ from fsspec.core import url_to_fs
 
 TMP_SUFFIX = ".tmp"
 LOCK_NAME = ".recap.lock"
+
+
+log = logging.getLogger(__name__)
 
 
 def temporary_name(path: str) -> str:
@@ -61,6 +66,10 @@ def write_to_url_atomic(url: str, data: bytes | str) -> None:
     write_bytes_atomic(fs, path, data.encode("utf-8") if isinstance(data, str) else data)
 
 
+class _NoFlock(OSError):
+    """flock is not supported where the output folder lives."""
+
+
 class OutputLockedError(RuntimeError):
     """Another process is writing to this output folder."""
 
@@ -100,9 +109,13 @@ def output_lock(url: str, command: str = "recap") -> Iterator[None]:
     }
     protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
     if "file" in protocols or "local" in protocols:
-        with _flock(path, info, url):
-            yield
-        return
+        try:
+            with _flock(path, info, url):
+                yield
+            return
+        except _NoFlock:  # raised before the block runs: no flock here (NFS mounted nolock, ...)
+            log.warning("%s: no flock on this file system; locking with an exclusive file instead", url)
+            path += ".excl"
     with _exclusive_file_lock(fs, path, info, url):
         yield
 
@@ -115,7 +128,11 @@ def _flock(path: str, info: dict, url: str) -> Iterator[None]:
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        except OSError as exc:
+            if exc.errno in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                raise _NoFlock(exc.errno, str(exc)) from None
+            if not isinstance(exc, BlockingIOError):
+                raise
             try:
                 holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
             except json.JSONDecodeError:

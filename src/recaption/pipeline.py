@@ -107,7 +107,10 @@ class _ShardInProgress:
     def _columns(self) -> dict | None:
         """How the input was read (--key-col, --image-col, ...): `recap score` reads it again alike."""
         columns = getattr(self.shard, "columns", None)
-        return asdict(columns) if is_dataclass(columns) else None
+        if is_dataclass(columns):
+            return asdict(columns)
+        limit = getattr(self.shard, "max_image_bytes", None)  # folder slices: their read limit
+        return None if limit is None else {"max_image_bytes": limit}
 
     def finish(self, error: str | None, provenance: dict) -> ShardResult:
         seconds = time.perf_counter() - self.started
@@ -164,7 +167,6 @@ def plan_shards(
     `{shard}.parquet` would overwrite what is there (img2dataset's metadata parquet, say)."""
     refuse_output_among_inputs(shards, run.output)
     out = OutputDir(run.output)
-    _forget_vanished_slices(shards, out)
     if run.overwrite:
         return list(shards), []
     current = caption.provenance()
@@ -202,9 +204,12 @@ def _caption_errors(out: OutputDir, name: str) -> int:
         return 0
 
 
-def _forget_vanished_slices(shards: list[Shard], out: OutputDir) -> None:
+def forget_vanished_slices(shards: list[Shard], out: OutputDir) -> None:
     """A folder that shrank has fewer slices of 10,000 than when it was captioned: the output of
-    a slice that no longer exists would count its images twice. Remove it, saying so."""
+    a slice that no longer exists would count its images twice. Remove it, saying so.
+
+    `shards` must be every shard of the run (the driver calls this once, under the folder's
+    lock): a worker given a subset would take the others' slices for vanished ones."""
     from .readers.folder import FolderShard
 
     current = {s.name for s in shards}
@@ -395,7 +400,8 @@ class CaptionPipeline:
             self.progress.shard_finished(result)
 
     def _open_writer(self, shard: Shard) -> ShardWriter:
-        self.out.invalidate(shard.name)
+        # The shard's previous output (a rerun with --overwrite or --retry-failed, a changed
+        # folder) stays until the new one commits over it: a failed or stopped redo loses nothing.
         # The marker also records what the input covered (a folder slice's files), for resume.
         provenance = {**self.provenance, **input_provenance(shard)}
         metadata = None

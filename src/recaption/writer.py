@@ -130,6 +130,10 @@ class ShardWriter:
         self._flush()
         self._writer.close()
         self._file.close()
+        # Replacing an earlier output: its marker goes first, so no moment shows the new rows
+        # as complete under the old settings.
+        if self.out.fs.exists(self.out.marker(self.shard)):
+            self.out.fs.rm(self.out.marker(self.shard))
         self.out.fs.mv(self.tmp_path, self.out.parquet(self.shard))
         self.out.write_json_atomic(self.out.stats(self.shard), stats)
         self.out.write_json_atomic(self.out.marker(self.shard), self.provenance)

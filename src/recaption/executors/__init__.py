@@ -12,7 +12,13 @@ from dataclasses import replace
 
 from ..atomic import output_lock, remove_stale_temporaries
 from ..config import CaptionConfig, ExecutorConfig, RunConfig
-from ..pipeline import CaptionPipeline, Progress, RunSummary, refuse_output_among_inputs
+from ..pipeline import (
+    CaptionPipeline,
+    Progress,
+    RunSummary,
+    forget_vanished_slices,
+    refuse_output_among_inputs,
+)
 from ..readers import Shard
 from ..writer import OutputDir
 
@@ -63,6 +69,7 @@ def run_caption(shards: list[Shard], caption: CaptionConfig, run: RunConfig,
     with output_lock(run.output, "recap caption"):
         out = OutputDir(run.output)
         remove_stale_temporaries(out.fs, out.root)  # ours alone now: left by crashed runs
+        forget_vanished_slices(shards, out)  # once, with every shard of the run
         try:
             return _run_unlocked(shards, caption, run, executor or ExecutorConfig(), progress)
         finally:

@@ -102,6 +102,28 @@ def run_on_devices(shards: list[Shard], caption: CaptionConfig, run: RunConfig, 
             workers[k] = ctx.Process(target=_worker, args=(k, devices[k], mine, caption, run, events),
                                      name=f"recap-{devices[k]}", daemon=False)
             workers[k].start()
+    try:
+        finished, refused = _follow(workers, devices, assignments, events, progress)
+    finally:
+        # However this process leaves (Ctrl-C, SIGTERM reach only it), no worker outlives it:
+        # the output folder's lock is released and its temporary files cleared after this.
+        for process in workers.values():
+            if process.is_alive():
+                process.terminate()
+        for process in workers.values():
+            process.join()
+    if refused and len(refused) == len(workers):
+        # Not one worker could load the model (a folder that is no model, missing weights...):
+        # the user's mistake, one line and exit code 2, as with a single device.
+        raise ValueError(next(iter(refused.values())))
+    summary.results += [finished[s.name] for s in todo if s.name in finished]
+    return summary
+
+
+def _follow(workers: dict, devices: list[str], assignments: dict, events, progress: Progress
+            ) -> tuple[dict[str, ShardResult], dict[int, str]]:
+    """Relay the workers' events to the progress display until every worker is done; a worker
+    that dies is noticed and its unfinished shards reported failed."""
     finished: dict[str, ShardResult] = {}
     refused: dict[int, str] = {}
     running = set(workers)
@@ -137,14 +159,7 @@ def run_on_devices(shards: list[Shard], caption: CaptionConfig, run: RunConfig, 
                 _report_lost(devices[k], workers[k].exitcode, assignments[k], finished, progress, message)
         elif kind == "exited":
             running.discard(payload)
-    for process in workers.values():
-        process.join()
-    if refused and len(refused) == len(workers):
-        # Not one worker could load the model (a folder that is no model, missing weights...):
-        # the user's mistake, one line and exit code 2, as with a single device.
-        raise ValueError(next(iter(refused.values())))
-    summary.results += [finished[s.name] for s in todo if s.name in finished]
-    return summary
+    return finished, refused
 
 
 def _report_lost(device: str, exitcode, shards: list[Shard], finished: dict, progress: Progress,
