@@ -47,3 +47,20 @@ def test_a_worker_given_some_slices_leaves_the_others_alone(tmp_path, captioner)
     pipeline.run(shards)
     pipeline.run(shards[:1])  # what one worker does
     assert sorted(p.name for p in out.glob("*.done")) == [f"photos-0000{i}.done" for i in range(3)]
+
+
+def test_a_folder_on_remote_storage_can_be_scored_after_captioning(tmp_path):
+    import fsspec
+
+    import recaption
+
+    fs = fsspec.filesystem("memory")
+    root = f"/remote-{tmp_path.name}/imgs"
+    for i in range(2):
+        fs.pipe(f"{root}/{i}.jpg", image_bytes(seed=i))
+    out = tmp_path / "out"
+    recaption.caption(f"memory://{root}", out, max_new_tokens=4)
+    summary = recaption.score(out, clip_model="tiny-clip-random")
+    assert summary.scored == ["imgs-00000"] and not summary.failed
+    scores = pq.read_table(out / "imgs-00000.parquet").column("re_clip_score").to_pylist()
+    assert all(s is not None for s in scores)

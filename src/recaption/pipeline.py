@@ -213,7 +213,8 @@ def forget_vanished_slices(shards: list[Shard], out: OutputDir) -> None:
     from .readers.folder import FolderShard
 
     current = {s.name for s in shards}
-    roots = {(s.root, s.name.rsplit("-", 1)[0]) for s in shards if isinstance(s, FolderShard)}
+    slices = [s for s in shards if isinstance(s, FolderShard)]
+    roots = {(s.source.rsplit(" [", 1)[0], s.name.rsplit("-", 1)[0]) for s in slices}
     for root, prefix in roots:
         for marker in out.fs.glob(out.path(f"{prefix}-*.done")):
             name = marker.rsplit("/", 1)[-1][: -len(".done")]

@@ -54,7 +54,8 @@ class FolderShard(Shard):
         self.root = root
         self.images = images
         self.name = name
-        self.source = f"{root} [{name}]"
+        # With its protocol (s3://...), so `recap score` can open the folder again.
+        self.source = f"{full_url(fs, root)} [{name}]"
         # stem -> its .txt caption, as listed; only those of this slice's images
         sidecars = sidecars or {}
         self.sidecars = {s: sidecars[s] for s in map(_stem, images) if s in sidecars}
