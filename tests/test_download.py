@@ -578,3 +578,22 @@ def test_a_folder_made_by_the_previous_version_resumes(tmp_path):
         allowed = recap("download", meta, "-o", out, "--image-size", "16", "--allow-private-network")
         assert allowed.exit_code == 0 and server.hits["/img/0.jpg"] == 1, allowed.output
     assert [r["outcome"] for r in table(out).values()] == ["ok"]
+
+
+def test_an_image_the_encoder_refuses_is_that_rows_failure():
+    """A banner too wide for JPEG once resized must not escape as an exception (it sank the shard)."""
+    import io
+
+    from PIL import Image
+
+    from recaption.downloads.outcomes import status_of
+    from recaption.downloads.process import ProcessError, process_image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (70000, 1)).save(buf, "PNG")
+    with pytest.raises(ProcessError) as caught:
+        process_image(buf.getvalue(), None, DownloadConfig(output="unused", image_size=1), "image/png")
+    assert caught.value.outcome == "encode_error" and "encode as jpg" in str(caught.value)
+    assert status_of(caught.value.outcome) == "failed_to_resize"
+    with pytest.raises(ValueError, match="--image-size"):
+        DownloadConfig(output="unused", image_size=0)

@@ -222,7 +222,7 @@ def run_download_command(inputs: list[str], config) -> int:
     from .redact import redact
 
     def error(exc: Exception) -> int:
-        console.print(f"[red]error:[/red] {escape(redact(str(exc)))}", soft_wrap=True)  # one line
+        _error_line(exc)
         return 2
 
     try:
@@ -257,7 +257,7 @@ def run_download_command(inputs: list[str], config) -> int:
             soft_wrap=True,
         )
     for r in summary.failed:
-        console.print(f"[red]FAILED[/red] shard {r.name}: {escape(redact(r.error))}", soft_wrap=True)
+        _failed_line(f"shard {r.name}: {r.error}")
     return 1 if summary.failed else 0
 
 

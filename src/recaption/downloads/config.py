@@ -52,6 +52,8 @@ class DownloadConfig:
             raise ValueError("--shard-size, --concurrency and --per-host-concurrency must be positive")
         if self.timeout <= 0 or self.retries < 0:
             raise ValueError("--timeout must be positive and --retries at least 0")
+        if self.image_size < 1 and self.resize != "none":
+            raise ValueError("--image-size must be at least 1 (or --resize none)")
         if not 1 <= self.quality <= 100:
             raise ValueError("--quality must be between 1 and 100")
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import fsspec
 
+from ..models.loading import first_line
 from ..readers import InputError
 from ..readers.base import ColumnConfig, full_url
 
@@ -326,9 +327,7 @@ def _arrow_problem(path: str, fmt: str, exc: BaseException) -> str:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    line = text.splitlines()[0].strip() if text else type(exc).__name__
-    return line if len(line) <= 300 else line[:297] + "..."
+    return first_line(exc, limit=300)
 
 
 def _text(value) -> str | None:

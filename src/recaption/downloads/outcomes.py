@@ -17,10 +17,11 @@ DECODE_ERROR = "decode_error"  # not an image Pillow can decode (wrong content t
 TOO_MANY_PIXELS = "too_many_pixels"  # over the decoder's pixel limit
 TOO_SMALL = "too_small"  # smaller than --min-size
 BAD_ASPECT_RATIO = "bad_aspect_ratio"  # over --max-aspect-ratio
+ENCODE_ERROR = "encode_error"  # decoded, but the resize or the encoder refused it (too wide for JPEG)
 
 # img2dataset's status column: success | failed_to_download | failed_to_resize
 SUCCESS, FAILED_TO_DOWNLOAD, FAILED_TO_RESIZE = "success", "failed_to_download", "failed_to_resize"
-_RESIZE_FAILURES = {DECODE_ERROR, TOO_MANY_PIXELS, TOO_SMALL, BAD_ASPECT_RATIO}
+_RESIZE_FAILURES = {DECODE_ERROR, TOO_MANY_PIXELS, TOO_SMALL, BAD_ASPECT_RATIO, ENCODE_ERROR}
 
 
 def status_of(outcome: str) -> str:

@@ -67,8 +67,17 @@ def process_image(
             f"aspect ratio {max(width, height) / min(width, height):.2f} over {cfg.max_aspect_ratio}",
             digest,
         )
-    resized = resize(image, cfg.resize, cfg.image_size)
-    encoded, ext = encode(resized, data, cfg, unchanged=resized is image)
+    try:
+        resized = resize(image, cfg.resize, cfg.image_size)
+        encoded, ext = encode(resized, data, cfg, unchanged=resized is image)
+    except (OSError, ValueError, MemoryError) as exc:
+        # One image the encoder refuses (a 10000x40 banner resized past JPEG's 65,500 px) is
+        # that row's failure, never the shard's.
+        raise ProcessError(
+            oc.ENCODE_ERROR,
+            f"cannot resize ({cfg.resize}, {cfg.image_size}) and encode as {cfg.format}: {exc}",
+            digest,
+        ) from exc
     return StoredImage(encoded, ext, resized.width, resized.height, width, height, digest)
 
 

@@ -52,10 +52,10 @@ def shard_paths(out: OutputDir, name: str) -> dict[str, str]:
 def forget_shard(out: OutputDir, name: str) -> None:
     """Remove a shard's marker first, then whatever else of it exists (before redoing it).
     Temporary files are not touched: they belong to whichever writer is writing them."""
-    paths = shard_paths(out, name)
-    for path in (paths["done"], paths["stats"], paths["tar"], paths["parquet"]):
-        if out.fs.exists(path):
-            out.fs.rm(path)
+    out.invalidate(name)  # marker, stats, parquet
+    tar = shard_paths(out, name)["tar"]
+    if out.fs.exists(tar):
+        out.fs.rm(tar)
 
 
 class DownloadShardWriter:

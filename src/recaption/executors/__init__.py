@@ -64,14 +64,15 @@ def run_caption(shards: list[Shard], caption: CaptionConfig, run: RunConfig,
                 executor: ExecutorConfig | None = None, progress: Progress | None = None) -> RunSummary:
     """Caption `shards` into `run.output` while holding the output folder's lock: one run writes
     to a folder at a time (a second one gets OutputLockedError), whichever executor runs it."""
-    check_run(caption, run, executor or ExecutorConfig())
+    executor = executor or ExecutorConfig()
+    check_run(caption, run, executor)
     refuse_output_among_inputs(shards, run.output)  # before the lock makes the output folder
     with output_lock(run.output, "recap caption"):
         out = OutputDir(run.output)
         remove_stale_temporaries(out.fs, out.root)  # ours alone now: left by crashed runs
         forget_vanished_slices(shards, out)  # once, with every shard of the run
         try:
-            return _run_unlocked(shards, caption, run, executor or ExecutorConfig(), progress)
+            return _run_unlocked(shards, caption, run, executor, progress)
         finally:
             # However the run ends, none of its temporary files outlives it: a stop signal can
             # land between a writer opening its file and the pipeline taking note of it.
