@@ -70,13 +70,13 @@ def test_python_api_refuses_a_locked_folder(tmp_path):
 
 
 def _rows(n, tag):
-    return [Sample(key=f"{tag}{i}", org_caption=tag, re_caption=f"{tag} caption {i}") for i in range(n)]
+    return [Sample(key=f"{tag}{i}", org_caption=tag, captions={"re_caption": f"{tag} caption {i}"}) for i in range(n)]
 
 
 def test_two_writers_of_one_shard_never_commit_each_others_file(tmp_path):
     out = OutputDir(str(tmp_path))
-    first = ShardWriter(out, "00000", False, {"model": "a"})
-    second = ShardWriter(out, "00000", False, {"model": "a"})
+    first = ShardWriter(out, "00000", None, {"model": "a"})
+    second = ShardWriter(out, "00000", None, {"model": "a"})
     assert first.tmp_path != second.tmp_path
     first.write(_rows(3, "a"))
     second.write(_rows(5, "b"))

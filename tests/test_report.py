@@ -21,7 +21,7 @@ from recaption.quality.clip import ClipScorer
 from recaption.sample import Sample
 from recaption.schema import JUDGE_METADATA_KEY, METADATA_KEY, SCORES_METADATA_KEY, output_schema
 from recaption.shards import write_webdataset_shard
-from recaption.writer import sample_row
+from recaption.rows import sample_row
 
 from .conftest import make_records, write_shards
 
@@ -53,7 +53,7 @@ def write_output(out, name: str, samples: list[Sample], shard_path=None, clip_mo
         ).encode()
     schema = output_schema(conditional=False).with_metadata(metadata)
     pq.write_table(
-        pa.Table.from_pylist([sample_row(s, False) for s in samples], schema=schema), out / f"{name}.parquet"
+        pa.Table.from_pylist([sample_row(s) for s in samples], schema=schema), out / f"{name}.parquet"
     )
     (out / f"{name}_stats.json").write_text(json.dumps({"source": str(shard_path or out / "gone.tar")}))
     (out / f"{name}.done").write_text(json.dumps(CAPTIONER))
@@ -61,7 +61,7 @@ def write_output(out, name: str, samples: list[Sample], shard_path=None, clip_mo
 
 def captioned(key, re_caption, org_caption="alt text", re_clip=None, org_clip=None):
     sample = Sample(
-        key=key, url=f"https://example.org/{key}.jpg", org_caption=org_caption, re_caption=re_caption
+        key=key, url=f"https://example.org/{key}.jpg", org_caption=org_caption, captions={"re_caption": re_caption}
     )
     sample.re_truncated = False
     if re_clip is not None:
@@ -302,9 +302,9 @@ def test_degenerate_column_follows_the_published_schema():
     assert schema.names[: len(PUBLISHED_FIELDS)] == [f.name for f in PUBLISHED_FIELDS]
     assert schema.field("re_degenerate").type == pa.bool_()
     assert schema.names.index("re_degenerate") == schema.names.index("re_boilerplate") + 1
-    assert sample_row(captioned("k", ""), False)["re_degenerate"] is True  # status ok, empty caption
-    assert sample_row(captioned("k", "A dog runs on a beach."), False)["re_degenerate"] is False
-    assert sample_row(failed("k"), False)["re_degenerate"] is None  # no caption: null
+    assert sample_row(captioned("k", ""))["re_degenerate"] is True  # status ok, empty caption
+    assert sample_row(captioned("k", "A dog runs on a beach."))["re_degenerate"] is False
+    assert sample_row(failed("k"))["re_degenerate"] is None  # no caption: null
 
 
 class _Degenerating:
@@ -316,8 +316,8 @@ class _Degenerating:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def generate(self, inputs, **kwargs):
-        generations = self.inner.generate(inputs, **kwargs)
+    def generate(self, inputs, decoding=None):
+        generations = self.inner.generate(inputs, decoding)
         return [replace(g, text=self.texts.pop(0)) if self.texts else g for g in generations]
 
 

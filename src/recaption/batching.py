@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -27,14 +28,15 @@ log = logging.getLogger(__name__)
 @dataclass
 class Batch:
     """Up to batch_size decodable samples of one shard, plus any failed samples that came between
-    them, so rows are written in input order. `inputs` are the model tensors for the ok samples."""
+    them, so rows are written in input order. `inputs` holds the model inputs for the ok samples,
+    one entry per caption pass (by pass name)."""
 
     shard: str
     index: int
     samples: list[Sample]
-    inputs: Any = None
-    conditional_inputs: Any = None
+    inputs: dict[str, Any] = field(default_factory=dict)
     score_inputs: Any = None  # CLIP pixel values when scoring in the same pass
+    decode_seconds: float = 0.0  # reading, decoding and preparing this batch (in a loader worker)
 
     @property
     def ok_samples(self) -> list[Sample]:
@@ -43,10 +45,9 @@ class Batch:
     def pin_memory(self) -> Batch:
         """Called by the DataLoader when pin_memory=True: page-locked host memory lets the copy
         to the GPU run asynchronously."""
-        for name in ("inputs", "conditional_inputs"):
-            value = getattr(self, name)
-            if value is not None and hasattr(value, "items"):
-                setattr(self, name, type(value)({k: v.pin_memory() for k, v in value.items()}))
+        for name, value in self.inputs.items():
+            if hasattr(value, "items"):
+                self.inputs[name] = type(value)({k: v.pin_memory() for k, v in value.items()})
         if self.score_inputs is not None:
             self.score_inputs = self.score_inputs.pin_memory()
         return self
@@ -81,13 +82,15 @@ def group_batches(samples: Iterable[Sample], batch_size: int, shard: str = "") -
 class BatchStream(IterableDataset):
     """ShardStart, Batch..., ShardEnd for every shard; worker k of n takes shards k, k+n, ..."""
 
-    def __init__(self, shards: list[Shard], preparer, batch_size: int, conditional: bool,
+    def __init__(self, shards: list[Shard], preparer, batch_size: int, passes: list,
                  max_pixels: int, max_side: int | None, score_pixels=None):
         self.shards = shards
         self.score_pixels = score_pixels  # images -> CLIP pixel values (picklable), or None
         self.preparer = preparer
         self.batch_size = batch_size
-        self.conditional = conditional
+        self.passes = passes  # passes.CaptionPass, each prepared from the same decoded images
+        # Rendered once: a pass without {caption} asks every image the same thing.
+        self._fixed_prompts = {p.name: preparer.render(p.prompt) for p in passes if not p.conditional}
         self.max_pixels = max_pixels
         self.max_side = max_side
 
@@ -109,21 +112,30 @@ class BatchStream(IterableDataset):
                 continue
             yield ShardEnd(shard.name, None)
 
+    def prompts(self, samples: list[Sample]) -> list[list[str]]:
+        """Each pass's prompts for these samples (one list per pass, in pass order)."""
+        return [
+            [self._fixed_prompts[p.name]] * len(samples) if p.name in self._fixed_prompts
+            else [self.preparer.render(p.instruction(s.org_caption)) for s in samples]
+            for p in self.passes
+        ]
+
     def _batches(self, shard: Shard) -> Iterator[Batch]:
+        started = time.perf_counter()
         decoded = (decode_sample(s, self.max_pixels, self.max_side) for s in shard)
         for batch in group_batches(decoded, self.batch_size, shard.name):
             ok = batch.ok_samples
             if ok:
-                images = [s.image for s in ok]
-                batch.inputs = self.preparer.prepare(images, [self.preparer.plain_prompt] * len(ok))
-                if self.conditional:
-                    prompts = [self.preparer.conditional_prompt(s.org_caption) for s in ok]
-                    batch.conditional_inputs = self.preparer.prepare(images, prompts)
+                images = [s.image for s in ok]  # decoded once, for every pass
+                prepared = self.preparer.prepare_passes(images, self.prompts(ok))
+                batch.inputs = {p.name: inputs for p, inputs in zip(self.passes, prepared, strict=True)}
                 if self.score_pixels is not None:
                     batch.score_inputs = self.score_pixels(images)
             for s in ok:
                 s.image = None  # the tensors hold what the model needs; do not ship pixels twice
+            batch.decode_seconds = time.perf_counter() - started
             yield batch
+            started = time.perf_counter()
 
 
 def _as_is(item):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
@@ -23,6 +23,10 @@ class CaptionConfig:
     conditional: bool = False  # also write re_caption_condition_diverse_topk
     conditional_prompt: str = CONDITIONAL_PROMPT  # `{caption}` is replaced by the alt-text
     top_k: int = 0  # conditional mode only; 0 means greedy
+    # Named passes added to the paper's one (passes.CaptionPass, "NAME=PROMPT", or dicts as in a
+    # passes file), each into re_caption_<NAME>; `passes_file` adds those of a YAML file.
+    passes: list = field(default_factory=list)
+    passes_file: str | None = None
     seed: int = 0
     attn_implementation: str | None = "sdpa"
     engine: str = "transformers"  # transformers | vllm | openai
@@ -43,8 +47,17 @@ class CaptionConfig:
             raise ValueError("concurrency and request_timeout must be positive, retries at least 0")
         if self.top_k < 0:
             raise ValueError("top_k must be 0 (greedy) or positive")
+        from .passes import check_unique, parse_pass, read_passes_file
+
         if self.conditional and "{caption}" not in self.conditional_prompt:
             raise ValueError("the conditional prompt must contain {caption}")
+        if isinstance(self.passes, (str, dict)):
+            self.passes = [self.passes]
+        self.passes = [parse_pass(p) for p in self.passes or []]
+        if self.passes_file:
+            self.passes += read_passes_file(self.passes_file)
+            self.passes_file = None  # read once: the passes are what the run keeps
+        check_unique(self.caption_passes)
         import re
 
         from .models.loading import DEVICE_PATTERN, DTYPE_CHOICES, DTYPES
@@ -57,14 +70,28 @@ class CaptionConfig:
                 f"--device {self.device}: unknown; choose auto, cpu, cuda, cuda:N (N: a GPU number) or mps"
             )
 
+    @property
+    def caption_passes(self) -> list:
+        """Every pass of the run: the paper's (--prompt) into re_caption, the named ones, then
+        the conditional one (--conditional) into re_caption_condition_diverse_topk."""
+        from .passes import conditional_pass, default_pass
+
+        passes = [default_pass(self.prompt), *self.passes]
+        if self.conditional:
+            passes.append(conditional_pass(self.conditional_prompt, self.top_k))
+        return passes
+
     def provenance(self) -> dict:
         """What decides the output's content; stored with every shard and checked on resume."""
-        keys = ["model", "prompt", "max_new_tokens", "conditional", "seed"]
+        keys = ["model", "prompt", "max_new_tokens", "conditional", "seed", "engine", "dtype"]
         if self.conditional:
             keys += ["conditional_prompt", "top_k"]
         if self.min_new_tokens:
             keys.append("min_new_tokens")
-        return {k: asdict(self)[k] for k in keys}
+        values = {k: getattr(self, k) for k in keys}
+        if self.passes:
+            values["passes"] = [p.provenance() for p in self.passes]
+        return values
 
 
 @dataclass
@@ -108,8 +135,10 @@ class ExecutorConfig:
     ray_cpus_per_worker: float = 1.0
 
     def __post_init__(self):
-        if self.executor not in ("local", "ray"):
-            raise ValueError(f"unknown executor {self.executor!r}; choose local or ray")
+        from .executors import executor_names
+
+        if self.executor not in executor_names():
+            raise ValueError(f"unknown executor {self.executor!r}; choose {' or '.join(executor_names())}")
         import re
 
         from .models.loading import DEVICE_PATTERN

@@ -12,16 +12,17 @@ import logging
 import time
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, is_dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 from . import __version__
 from .config import CaptionConfig, RunConfig
 from .engines import make_engine
-from .engines.base import slice_inputs
-from .quality.flags import is_boilerplate, is_degenerate, is_repetitive
+from .engines.base import Engine, slice_inputs
+from .passes import CONDITIONAL, FLAGS, CaptionPass, Decoding
 from .readers import Shard
+from .results import DONE, FAILED, SKIPPED, ConfigMismatchError, Progress, RunSummary, ShardResult
 from .sample import CAPTION_ERROR, OK, Sample
 from .schema import INPUT_FINGERPRINT, SCORES_METADATA_KEY
 from .writer import OutputDir, ShardWriter
@@ -31,76 +32,30 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DONE, SKIPPED, FAILED = "done", "skipped", "failed"
-
-
-@dataclass
-class ShardResult:
-    name: str
-    source: str
-    outcome: str  # done | skipped | failed
-    rows: int = 0
-    status_counts: dict[str, int] = field(default_factory=dict)
-    seconds: float = 0.0
-    tokens: int = 0
-    error: str | None = None
-
-
-@dataclass
-class RunSummary:
-    results: list[ShardResult] = field(default_factory=list)
-
-    def by_outcome(self, outcome: str) -> list[ShardResult]:
-        return [r for r in self.results if r.outcome == outcome]
-
-    @property
-    def failed(self) -> list[ShardResult]:
-        return self.by_outcome(FAILED)
-
-    @property
-    def status_counts(self) -> Counter:
-        total: Counter = Counter()
-        for r in self.results:
-            total.update(r.status_counts)
-        return total
-
-    @property
-    def rows(self) -> int:
-        return sum(r.rows for r in self.results if r.outcome == DONE)
-
-
-class Progress:
-    """Hooks for a progress display; the default shows nothing."""
-
-    def run_started(self, shards: list[Shard]) -> None: ...
-    def shard_started(self, shard: Shard) -> None: ...
-    def rows_done(self, rows: int, ok: int) -> None: ...
-    def shard_finished(self, result: ShardResult) -> None: ...
-
 
 class _ShardInProgress:
-    """Counts and the open writer of the shard being captioned."""
+    """Counts, stage timings and the open writer of the shard being captioned."""
 
-    def __init__(self, shard: Shard, writer: ShardWriter):
+    def __init__(self, shard: Shard, writer: ShardWriter, passes: list[CaptionPass]):
         self.shard = shard
         self.writer = writer
+        self.flag_columns = [p.flag_column(f) for p in passes for f in FLAGS if p.flag_prefix]
         self.counts: Counter = Counter()
+        self.flags: Counter = Counter()  # flag column -> captioned (ok) rows where it is true
+        self.stages: Counter = Counter()  # seconds: loader_wait, prepare, generate, write
         self.tokens = 0
-        self.truncated = 0
-        self.repetitive = 0
-        self.boilerplate = 0
-        self.degenerate = 0
         self.first_caption_error: str | None = None
         self.started = time.perf_counter()
 
-    def add(self, batch: Batch, tokens: int) -> None:
-        self.writer.write(batch.samples)
+    def add(self, batch: Batch, tokens: int, generate_seconds: float) -> None:
+        started = time.perf_counter()
+        rows = self.writer.write(batch.samples)  # flags computed once, in the row
+        self.stages["write"] += time.perf_counter() - started
+        self.stages["generate"] += generate_seconds
+        self.stages["prepare"] += batch.decode_seconds
         self.counts.update(s.status for s in batch.samples)
         self.tokens += tokens
-        self.truncated += sum(bool(s.re_truncated) for s in batch.samples)
-        self.repetitive += sum(bool(is_repetitive(s.re_caption)) for s in batch.samples)
-        self.boilerplate += sum(bool(is_boilerplate(s.re_caption)) for s in batch.samples)
-        self.degenerate += sum(bool(is_degenerate(s.re_caption)) for s in batch.samples if s.ok)
+        self.flags.update(c for row in rows if row["status"] == OK for c in self.flag_columns if row[c])
         failed = (s.error for s in batch.samples if s.status == CAPTION_ERROR)
         self.first_caption_error = self.first_caption_error or next(failed, None)
 
@@ -126,6 +81,8 @@ class _ShardInProgress:
             self.writer.abort()
             return ShardResult(name, source, FAILED, error=error, seconds=seconds)
         rows = sum(self.counts.values())
+        ok = self.counts.get(OK, 0)
+        started = time.perf_counter()
         self.writer.commit(
             {
                 "shard": name,
@@ -134,27 +91,23 @@ class _ShardInProgress:
                 "rows": rows,
                 "status_counts": dict(sorted(self.counts.items())),
                 "seconds": round(seconds, 3),
-                "images_per_second": round(self.counts.get("ok", 0) / seconds, 3) if seconds else None,
+                "images_per_second": round(ok / seconds, 3) if seconds else None,
                 "tokens_generated": self.tokens,
-                "truncated": self.truncated,
+                "truncated": self.flags["re_truncated"],
                 "flag_rates": {  # over captioned (ok) rows
-                    name: round(count / ok, 4) if (ok := self.counts.get("ok", 0)) else None
-                    for name, count in (
-                        ("re_truncated", self.truncated),
-                        ("re_repetition", self.repetitive),
-                        ("re_boilerplate", self.boilerplate),
-                        ("re_degenerate", self.degenerate),
-                    )
+                    column: round(self.flags[column] / ok, 4) if ok else None for column in self.flag_columns
                 },
+                # Where the shard's time went: waiting on the loader for batches, preparing them
+                # (reading, decoding, preprocessing; in loader workers, overlapping generation when
+                # there are any), generating, writing rows.
+                "stage_seconds": {k: round(v, 3) for k, v in sorted(self.stages.items())},
                 "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 **provenance,
             }
         )
-        return ShardResult(name, source, DONE, rows, dict(self.counts), seconds, self.tokens)
-
-
-class ConfigMismatchError(RuntimeError):
-    """OUTDIR already holds shards made with other settings; mixing them would corrupt it."""
+        self.stages["write"] += time.perf_counter() - started
+        return ShardResult(name, source, DONE, rows, dict(self.counts), seconds, self.tokens,
+                           stage_seconds=dict(self.stages))
 
 
 def plan_shards(
@@ -310,14 +263,20 @@ def batch_seed(seed: int, shard: str, batch_index: int) -> int:
 
 
 class CaptionPipeline:
+    """Captions planned shards on one engine: `run(shards)` plans then runs; executors that
+    planned already call `run_planned(todo)`."""
+
     def __init__(
-        self, caption: CaptionConfig, run: RunConfig, captioner=None, progress: Progress | None = None
+        self, caption: CaptionConfig, run: RunConfig, captioner: Engine | None = None,
+        progress: Progress | None = None,
     ):
         self.caption = caption
         self.run_config = run
         self.captioner = captioner or make_engine(caption)
         self.progress = progress or Progress()
         self.out = OutputDir(run.output)
+        self.passes = caption.caption_passes
+        self._loader_wait: Counter = Counter()  # shard -> seconds the loop waited for its items
         self.provenance = {**caption.provenance(), "recaption_version": __version__}
 
     # -- planning ---------------------------------------------------------------------------
@@ -328,16 +287,30 @@ class CaptionPipeline:
     # -- running ----------------------------------------------------------------------------
     def run(self, shards: list[Shard]) -> RunSummary:
         todo, done = self.pending(shards)
-        summary = RunSummary([ShardResult(s.name, s.source, SKIPPED) for s in done])
         self.progress.run_started(todo)
+        summary = self.run_planned(todo)
+        summary.results[:0] = [ShardResult(s.name, s.source, SKIPPED) for s in done]
+        return summary
+
+    def run_planned(self, todo: list[Shard]) -> RunSummary:
+        """Caption shards already planned (plan_shards) as to do."""
+        summary = RunSummary()
         if not todo:
             return summary
-        if self.captioner.model is None:
+        owns_engine = not self.captioner.ready
+        if owns_engine:
             self.captioner.setup()
+        try:
+            self._run(todo, summary)
+        finally:
+            if owns_engine:
+                self.captioner.teardown()
+        return summary
+
+    def _run(self, todo: list[Shard], summary: RunSummary) -> None:
         from .batching import Batch, BatchStream, batch_loader, default_workers  # torch: only here
 
         run = self.run_config
-        batch_size = getattr(self.captioner, "batch_size", None) or self.caption.batch_size
         score_pixels = None
         if run.clip_model:
             from .quality.clip import ClipScorer
@@ -345,26 +318,26 @@ class CaptionPipeline:
             self.scorer = ClipScorer(run.clip_model, device=self.caption.device)
             self.scorer.setup()
             score_pixels = self.scorer.image_processor_call
-        stream = BatchStream(
-            todo,
-            self.captioner.preparer,
-            batch_size,
-            self.caption.conditional,
-            run.max_pixels,
-            run.max_side,
-            score_pixels,
-        )
+        stream = BatchStream(todo, self.captioner.preparer, self.captioner.batch_size, self.passes,
+                             run.max_pixels, run.max_side, score_pixels)
         device = str(self.captioner.device)
         workers = default_workers(device) if run.workers is None else run.workers
         loader = batch_loader(stream, workers, run.prefetch_batches, pin_memory=device.startswith("cuda"))
         in_progress: dict[str, _ShardInProgress] = {}
         # Engines that serve many requests at once (a server) take several batches in flight;
         # items still leave the window in input order, so rows are written in order.
-        window = max(1, getattr(self.captioner, "batches_in_flight", 1))
+        window = max(1, self.captioner.batches_in_flight)
         pool = ThreadPoolExecutor(window, thread_name_prefix="recap-batch") if window > 1 else None
         in_flight: deque[tuple[object, Future | None]] = deque()
+        items = iter(loader)
         try:
-            for item in loader:
+            while True:
+                waited = time.perf_counter()
+                item = next(items, None)
+                waited = time.perf_counter() - waited  # the loader kept the model waiting
+                if item is None:
+                    break
+                self._loader_wait[_shard_name(item)] += waited
                 if isinstance(item, Batch):
                     caption = self._caption_batch
                     work = pool.submit(caption, item) if pool else _done(caption(item))
@@ -382,7 +355,6 @@ class CaptionPipeline:
         finally:
             if pool:
                 pool.shutdown(wait=True, cancel_futures=True)
-        return summary
 
     def _finish_item(self, item, work: Future | None, in_progress: dict, summary: RunSummary) -> None:
         """Consume one stream item in order: open a shard, write a captioned batch, or close a shard."""
@@ -390,13 +362,17 @@ class CaptionPipeline:
 
         if isinstance(item, ShardStart):
             self.progress.shard_started(item.shard)
-            in_progress[item.shard.name] = _ShardInProgress(item.shard, self._open_writer(item.shard))
+            shard = _ShardInProgress(item.shard, self._open_writer(item.shard), self.passes)
+            in_progress[item.shard.name] = shard
         elif isinstance(item, Batch):
-            tokens = work.result()
-            in_progress[item.shard].add(item, tokens)
+            tokens, seconds = work.result()
+            shard = in_progress[item.shard]
+            shard.add(item, tokens, seconds)
             self.progress.rows_done(len(item.samples), len(item.ok_samples))
         else:
-            result = in_progress.pop(item.shard).finish(item.error, self.provenance)
+            shard = in_progress.pop(item.shard)
+            shard.stages["loader_wait"] += self._loader_wait.pop(item.shard, 0.0)
+            result = shard.finish(item.error, self.provenance)
             summary.results.append(result)
             self.progress.shard_finished(result)
 
@@ -410,45 +386,53 @@ class CaptionPipeline:
             now = datetime.now(timezone.utc).isoformat(timespec="seconds")
             stamp = {**self.scorer.provenance(), "scored_at": now}
             metadata = {SCORES_METADATA_KEY: json.dumps(stamp).encode()}
-        return ShardWriter(self.out, shard.name, self.caption.conditional, provenance,
-                           self.run_config.row_group_rows, metadata)
+        rows = self.run_config.row_group_rows
+        return ShardWriter(self.out, shard.name, self.passes, provenance, rows, metadata)
 
-    def _caption_batch(self, batch: Batch) -> int:
-        """Caption the batch's ok samples in place; returns tokens generated."""
+    def _caption_batch(self, batch: Batch) -> tuple[int, float]:
+        """Caption the batch's ok samples in place, pass by pass; returns (tokens generated,
+        seconds generating)."""
+        started = time.perf_counter()
         ok = batch.ok_samples
         if not ok:
-            return 0
-        tokens = self._generate_into(ok, batch.inputs, "re", None)
-        if self.caption.conditional:
-            sample = self.caption.top_k > 0
-            seed = batch_seed(self.caption.seed, batch.shard, batch.index) if sample else None
-            tokens += self._generate_into(ok, batch.conditional_inputs, "conditional", seed)
+            return 0, 0.0
+        tokens = 0
+        for p in self.passes:
+            # A sampled pass draws from a seed fixed by shard, pass and batch: a resumed shard
+            # samples exactly as an uninterrupted one (the conditional pass keeps its old seeds).
+            salt = batch.shard if p.name == CONDITIONAL else f"{batch.shard}/{p.name}"
+            seed = batch_seed(self.caption.seed, salt, batch.index)
+            decoding = p.decoding(self.caption.max_new_tokens, seed)
+            tokens += self._generate_into(ok, batch.inputs[p.name], p.column, decoding)
         if batch.score_inputs is not None:
             from .quality.score import score_samples
 
             score_samples(self.scorer, ok, batch.score_inputs)  # after captioning: rows that failed stay null
-        return tokens
+        return tokens, time.perf_counter() - started
 
-    def _generate_into(self, samples: list[Sample], inputs, target: str, seed: int | None) -> int:
+    def _generate_into(self, samples: list[Sample], inputs, column: str, decoding: Decoding) -> int:
         try:
-            generations = self.captioner.generate(inputs, sample=seed is not None, seed=seed)
+            generations = self.captioner.generate(inputs, decoding)
         except (RuntimeError, ValueError) as exc:
             # One failing sample (or memory) must not sink the batch: retry one by one.
             if len(samples) == 1:
                 samples[0].fail(CAPTION_ERROR, f"{type(exc).__name__}: {exc}")
                 return 0
             log.warning("batch of %d failed (%s); retrying one by one", len(samples), exc)
-            return sum(
-                self._generate_into([s], slice_inputs(inputs, i), target, seed) for i, s in enumerate(samples)
-            )
+            one_by_one = (self._generate_into([s], slice_inputs(inputs, i), column, decoding)
+                          for i, s in enumerate(samples))
+            return sum(one_by_one)
         for s, g in zip(samples, generations, strict=True):
             if g.error is not None:
                 s.fail(CAPTION_ERROR, g.error)
-            elif target == "re":
-                s.re_caption, s.re_truncated = g.text, g.truncated
-            else:
-                s.conditional_caption = g.text
+            elif s.ok:  # a sample an earlier pass failed keeps its error
+                s.captions[column], s.truncated[column] = g.text, g.truncated
         return sum(g.num_tokens for g in generations)
+
+
+def _shard_name(item) -> str:
+    shard = item.shard
+    return shard if isinstance(shard, str) else shard.name
 
 
 def _done(value) -> Future:

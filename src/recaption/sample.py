@@ -20,7 +20,7 @@ class Sample:
     """One row of input as a reader yields it, and everything later stages learn about it.
 
     Readers fill the identity fields and `image_bytes`; the decode stage fills `image` or marks
-    the sample failed; the captioner fills the `re_*` fields.
+    the sample failed; the captioner fills `captions` (one per pass, by output column).
     """
 
     key: str
@@ -32,10 +32,26 @@ class Sample:
     image: Any = None  # PIL.Image.Image in RGB once decoded
     status: str = OK
     error: str | None = None
-    re_caption: str | None = None
-    re_truncated: bool | None = None
-    conditional_caption: str | None = None
+    captions: dict[str, str | None] = field(default_factory=dict)  # output column -> caption
+    truncated: dict[str, bool] = field(default_factory=dict)  # output column -> hit max_new_tokens
     scores: dict[str, Any] = field(default_factory=dict)  # re_clip_score, org_clip_score, ... when scored
+
+    # The paper's pass, by its published column name (what score, judge and report read).
+    @property
+    def re_caption(self) -> str | None:
+        return self.captions.get("re_caption")
+
+    @re_caption.setter
+    def re_caption(self, text: str | None) -> None:
+        self.captions["re_caption"] = text
+
+    @property
+    def re_truncated(self) -> bool | None:
+        return self.truncated.get("re_caption")
+
+    @re_truncated.setter
+    def re_truncated(self, value: bool | None) -> None:
+        self.truncated["re_caption"] = value
 
     @property
     def ok(self) -> bool:

@@ -44,8 +44,16 @@ JUDGE_METADATA_KEY = b"recaption_judge"  # which judge rated the file: model, fr
 SCORE_COLUMNS = ("re_clip_score", "org_clip_score", "re_clip_truncated", "org_clip_truncated")
 
 
-def output_schema(conditional: bool) -> pa.Schema:
-    return pa.schema(PUBLISHED_FIELDS + (CONDITIONAL_FIELDS if conditional else []) + OUTCOME_FIELDS)
+def output_schema(conditional: bool = False, passes: list | None = None) -> pa.Schema:
+    """The columns for a run's caption passes (passes.CaptionPass; default: the paper's one pass,
+    plus the conditional one when `conditional`): the published columns, the conditional pair
+    where they are in the dataset, each named pass's columns, then ours."""
+    from .passes import CONDITIONAL, DEFAULT, pass_fields
+
+    named = [p for p in passes or [] if p.name not in (DEFAULT, CONDITIONAL)]
+    conditional = conditional or any(p.name == CONDITIONAL for p in passes or [])
+    extra = [f for p in named for f in pass_fields(p)]
+    return pa.schema(PUBLISHED_FIELDS + (CONDITIONAL_FIELDS if conditional else []) + extra + OUTCOME_FIELDS)
 
 
 def word_count(text: str | None) -> int | None:

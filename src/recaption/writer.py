@@ -16,39 +16,9 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 from .atomic import temporary_name, write_json_atomic
-from .quality.flags import is_boilerplate, is_degenerate, is_repetitive
+from .rows import sample_row
 from .sample import Sample
-from .schema import METADATA_KEY, output_schema, word_count
-
-
-def sample_row(sample: Sample, conditional: bool) -> dict:
-    row = {
-        "url": sample.url,
-        "re_caption": sample.re_caption,
-        "org_caption": sample.org_caption,
-        "sha256": sample.sha256,
-        "key": sample.key,
-        "re_clip_score": sample.scores.get("re_clip_score"),  # unknown until scored: null, never 0
-        "org_clip_score": sample.scores.get("org_clip_score"),
-        "re_length": word_count(sample.re_caption),
-        "org_length": word_count(sample.org_caption),
-        "re_gpt4v_score": None,
-        "org_gpt4v_score": None,
-        "re_truncated": sample.re_truncated,
-        "re_repetition": is_repetitive(sample.re_caption),
-        "re_boilerplate": is_boilerplate(sample.re_caption),
-        "re_degenerate": is_degenerate(sample.re_caption),  # null without a caption; "" is degenerate
-        "re_clip_truncated": sample.scores.get("re_clip_truncated"),
-        "org_clip_truncated": sample.scores.get("org_clip_truncated"),
-        "re_judge_status": None,
-        "org_judge_status": None,
-        "status": sample.status,
-        "error": sample.error,
-    }
-    if conditional:
-        row["re_caption_condition_diverse_topk"] = sample.conditional_caption
-        row["re_condition_length"] = word_count(sample.conditional_caption)
-    return row
+from .schema import METADATA_KEY, output_schema
 
 
 class OutputDir:
@@ -95,14 +65,14 @@ class OutputDir:
 class ShardWriter:
     """Streams rows into `{shard}.parquet.tmp` in row groups; `commit` makes it visible."""
 
-    def __init__(self, out: OutputDir, shard: str, conditional: bool, provenance: dict,
+    def __init__(self, out: OutputDir, shard: str, passes: list | None, provenance: dict,
                  row_group_rows: int = 1000, metadata: dict[bytes, bytes] | None = None):
         self.out = out
         self.shard = shard
-        self.conditional = conditional
+        self.passes = passes  # passes.CaptionPass list; None: the paper's one pass
         self.provenance = provenance
         self.row_group_rows = row_group_rows
-        self.schema = output_schema(conditional).with_metadata(
+        self.schema = output_schema(passes=passes).with_metadata(
             {METADATA_KEY: json.dumps(provenance, sort_keys=True).encode(), **(metadata or {})}
         )
         # Unique per process and writer: a second process can never rename this file into place.
@@ -113,10 +83,13 @@ class ShardWriter:
         self._pending: list[dict] = []
         self.rows_written = 0
 
-    def write(self, samples: list[Sample]) -> None:
-        self._pending.extend(sample_row(s, self.conditional) for s in samples)
+    def write(self, samples: list[Sample]) -> list[dict]:
+        """Buffer the samples' rows (flushed a row group at a time); returns the rows."""
+        rows = [sample_row(s, self.passes) for s in samples]
+        self._pending.extend(rows)
         if len(self._pending) >= self.row_group_rows:
             self._flush()
+        return rows
 
     def _flush(self) -> None:
         if self._pending:

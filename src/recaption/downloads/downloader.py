@@ -28,8 +28,8 @@ import pyarrow.parquet as pq
 
 from .. import __version__
 from ..atomic import output_lock, remove_stale_temporaries
-from ..pipeline import DONE, FAILED, SKIPPED, ConfigMismatchError, Progress, RunSummary, ShardResult
 from ..redact import redact
+from ..results import DONE, FAILED, SKIPPED, ConfigMismatchError, Progress, RunSummary, ShardResult
 from ..shards import img2dataset_key
 from ..writer import OutputDir
 from . import outcomes as oc

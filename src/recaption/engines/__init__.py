@@ -1,28 +1,33 @@
-"""Captioning engines: transformers (in-process), vLLM (in-process), OpenAI-compatible servers."""
+"""Captioning engines, found by name: `engines/<name>_engine.py` defines `ENGINE`.
+
+Built in: transformers (in-process), vllm (in-process), openai (OpenAI-compatible servers). Only
+the chosen engine's module is imported (vLLM and transformers are heavy)."""
 
 from __future__ import annotations
 
-from ..config import CaptionConfig
-from .base import Generation
+import importlib
+import pkgutil
 
-ENGINES = ("transformers", "vllm", "openai")
+from .base import Engine, Generation, Preparer
+
+_SUFFIX = "_engine"
 
 
-def make_engine(config: CaptionConfig):
+def engine_names() -> list[str]:
+    return sorted(m.name[: -len(_SUFFIX)] for m in pkgutil.iter_modules(__path__) if m.name.endswith(_SUFFIX))
+
+
+def engine_class(name: str) -> type[Engine]:
+    if name not in engine_names():
+        raise ValueError(f"--engine {name}: unknown; choose one of {', '.join(engine_names())}")
+    return importlib.import_module(f"{__name__}.{name}{_SUFFIX}").ENGINE
+
+
+def make_engine(config) -> Engine:
     """The engine named by config.engine, not yet set up (so it can be pickled to a worker)."""
-    if config.engine == "transformers":
-        from .transformers_engine import TransformersCaptioner
-
-        return TransformersCaptioner(config)
-    if config.engine == "vllm":
-        from .vllm_engine import VLLMCaptioner
-
-        return VLLMCaptioner(config)
-    if config.engine == "openai":
-        from .openai_engine import OpenAICaptioner
-
-        return OpenAICaptioner(config)
-    raise ValueError(f"unknown engine {config.engine!r}; choose one of {', '.join(ENGINES)}")
+    return engine_class(config.engine)(config)
 
 
-__all__ = ["ENGINES", "Generation", "make_engine"]
+ENGINES = tuple(engine_names())
+
+__all__ = ["ENGINES", "Engine", "Generation", "Preparer", "engine_class", "engine_names", "make_engine"]

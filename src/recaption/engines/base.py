@@ -1,21 +1,29 @@
-"""What every captioning engine gives the pipeline.
+"""What every captioning engine gives the pipeline: the `Engine` and `Preparer` contracts.
 
 An engine has two halves. Its `preparer` does the CPU work (prompt rendering, image encoding or
 preprocessing) and is picklable, so loader workers run it in parallel with generation. The
 engine itself turns prepared inputs into `Generation`s on a GPU, through vLLM or over HTTP.
 
     engine.setup()                       load weights / open connections (once, in the worker)
-    engine.preparer.plain_prompt         the instruction in the form `prepare` expects
-    engine.preparer.conditional_prompt(alt_text)
+    engine.teardown()                    release them (the pipeline calls it for engines it set up)
+    engine.ready                         True between setup() and teardown()
+    engine.preparer.render(instruction)  the instruction in the form `prepare` expects
     engine.preparer.prepare(images, prompts) -> inputs
-    engine.generate(inputs, sample=False, seed=None) -> list[Generation]
+    engine.preparer.prepare_passes(images, [prompts, ...]) -> [inputs, ...]  (images shared)
+    engine.generate(inputs, Decoding(max_new_tokens, top_k, seed)) -> list[Generation]
     engine.device                        "cuda:0", "cpu", or "remote"
+    engine.batch_size                    images per batch (known after setup)
     engine.batches_in_flight             how many batches the pipeline may hand over at once
+
+A new engine is one file, `engines/<name>_engine.py`, defining `ENGINE = <its Engine class>`;
+`--engine <name>` finds it (engines/__init__.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from ..passes import Decoding
 
 
 @dataclass
@@ -24,6 +32,53 @@ class Generation:
     num_tokens: int  # generated tokens up to and including the end-of-turn token
     truncated: bool  # stopped by max_new_tokens rather than by the model
     error: str | None = None  # this one sample failed (the rest of its batch did not)
+
+
+class Preparer:
+    """The CPU half of an engine; picklable. Subclasses implement `prepare` and, when the engine
+    wraps instructions in a chat template, `render`."""
+
+    def render(self, instruction: str) -> str:
+        """The instruction as `prepare` takes it (a chat template applied, an image placeholder)."""
+        return instruction
+
+    def prepare(self, images: list, prompts: list[str]):
+        raise NotImplementedError
+
+    def prepare_passes(self, images: list, prompt_lists: list[list[str]]) -> list:
+        """Inputs for several passes over the same images. Engines whose image preprocessing
+        does not depend on the prompt override this to do it once."""
+        return [self.prepare(images, prompts) for prompts in prompt_lists]
+
+
+class Engine:
+    """Base of the captioning engines. Constructed from a CaptionConfig without loading anything
+    (so it can be pickled to a worker); `setup()` loads, `teardown()` releases."""
+
+    device: str = "cpu"
+    batches_in_flight: int = 1
+    # The model is weights this process loads (checked before a run starts: a folder or a hub id
+    # that is here); False for engines that send requests to a server naming the model.
+    loads_weights: bool = True
+    preparer: Preparer
+
+    def __init__(self, config):
+        self.config = config
+        self.ready = False
+        self.batch_size = config.batch_size or 8
+
+    def setup(self) -> None:
+        self.ready = True
+
+    def teardown(self) -> None:
+        self.ready = False
+
+    def generate(self, inputs, decoding: Decoding | None = None) -> list[Generation]:
+        raise NotImplementedError
+
+    def decoding(self, decoding: Decoding | None) -> Decoding:
+        """The given decoding, or the run's default: greedy, --max-new-tokens."""
+        return decoding or Decoding(self.config.max_new_tokens)
 
 
 def slice_inputs(inputs, i: int):

@@ -26,8 +26,9 @@ import random
 import threading
 
 from ..config import CaptionConfig
+from ..passes import Decoding
 from ..redact import redact, url_secrets
-from .base import Generation
+from .base import Engine, Generation, Preparer
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +52,13 @@ def image_data_url(image, quality: int = 95) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-class OpenAIPreparer:
-    """Chat messages with the image inlined; built in loader workers (JPEG encoding is CPU work)."""
+class OpenAIPreparer(Preparer):
+    """Chat messages with the image inlined; built in loader workers (JPEG encoding is CPU work).
+    The server applies the chat template, so `render` keeps the instruction as it is."""
 
     def __init__(self, config: CaptionConfig):
         self.config = config
         self.plain_prompt = config.prompt
-
-    def conditional_prompt(self, caption: str | None) -> str:
-        return self.config.conditional_prompt.replace("{caption}", (caption or "").strip())
 
     def prepare(self, images: list, prompts: list[str]) -> list[list[dict]]:
         return [
@@ -78,12 +77,13 @@ class _RequestFailed(Exception):
         self.wait = wait
 
 
-class OpenAICaptioner:
+class OpenAICaptioner(Engine):
+    loads_weights = False  # --model names what the server serves
+
     def __init__(self, config: CaptionConfig):
         if not config.endpoints:
             raise ValueError("--engine openai needs at least one --endpoint URL")
-        self.config = config
-        self.model = None
+        super().__init__(config)
         self.device = "remote"
         self.preparer = OpenAIPreparer(config)
         self.batch_size = config.batch_size or 32
@@ -106,7 +106,7 @@ class OpenAICaptioner:
         self._thread = threading.Thread(target=self._loop.run_forever, name="recap-openai", daemon=True)
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._open(), self._loop).result()
-        self.model = self.config.model
+        self.ready = True
 
     async def _open(self) -> None:
         import aiohttp
@@ -125,7 +125,9 @@ class OpenAICaptioner:
             for u in self._urls
         }
 
-    def close(self) -> None:
+    def teardown(self) -> None:
+        """Close the HTTP session and stop the event loop thread."""
+        self.ready = False
         if self._loop is None:
             return
         asyncio.run_coroutine_threadsafe(self._session.close(), self._loop).result()
@@ -133,25 +135,28 @@ class OpenAICaptioner:
         self._thread.join()
         self._loop = None
 
+    close = teardown
+
     def __del__(self):  # pragma: no cover - best effort at interpreter exit
         try:
-            self.close()
+            self.teardown()
         except Exception:
             pass
 
     # -- generation -------------------------------------------------------------------------------
-    def generate(self, inputs: list[list[dict]], sample: bool = False,
-                 seed: int | None = None) -> list[Generation]:
+    def generate(self, inputs: list[list[dict]], decoding: Decoding | None = None) -> list[Generation]:
         """Thread-safe: several pipeline threads may wait on batches at once."""
-        requests = [self._body(messages, sample, None if seed is None else seed + i)
+        decoding = self.decoding(decoding)
+        seed = decoding.seed
+        requests = [self._body(messages, decoding, None if seed is None else seed + i)
                     for i, messages in enumerate(inputs)]
         future = asyncio.run_coroutine_threadsafe(self._all(requests), self._loop)
         return future.result()
 
-    def _body(self, messages: list[dict], sample: bool, seed: int | None) -> dict:
-        body = {"model": self.config.model, "messages": messages, "max_tokens": self.config.max_new_tokens}
-        if sample:
-            body.update(temperature=1.0, top_k=self.config.top_k)
+    def _body(self, messages: list[dict], decoding: Decoding, seed: int | None) -> dict:
+        body = {"model": self.config.model, "messages": messages, "max_tokens": decoding.max_new_tokens}
+        if decoding.sample:
+            body.update(temperature=1.0, top_k=decoding.top_k)
             if seed is not None:
                 body["seed"] = seed
         else:
@@ -226,3 +231,6 @@ def _seconds(value: str | None) -> float | None:
         return min(60.0, max(0.0, float(value))) if value else None
     except ValueError:
         return None  # an HTTP date: fall back to our own backoff
+
+
+ENGINE = OpenAICaptioner

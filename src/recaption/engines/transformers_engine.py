@@ -10,40 +10,14 @@ import logging
 from transformers import BatchFeature
 
 from ..config import CaptionConfig
-from ..models.loading import DTYPE_CHOICES, DTYPES, load_error, resolve_model
+from ..hardware import pick_device, pick_dtype
+from ..models.loading import load_error, resolve_model
 from ..models.registry import ModelFamily, family_for
+from ..passes import Decoding
 from ..preprocess import FastClipPreprocessor
-from .base import Generation, batch_rows
+from .base import Engine, Generation, Preparer, batch_rows
 
 log = logging.getLogger(__name__)
-
-
-def pick_device(requested: str) -> str:
-    import torch
-
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {requested} asked for, but torch sees no CUDA GPU")
-    index = requested.partition(":")[2]
-    if requested.startswith("cuda:") and index.isdigit() and int(index) >= torch.cuda.device_count():
-        count = torch.cuda.device_count()
-        raise RuntimeError(
-            f"--device {requested} asked for, but torch sees only {count} GPU{'s' if count > 1 else ''}"
-            f" (cuda:0{f' to cuda:{count - 1}' if count > 1 else ''})"
-        )
-    return requested
-
-
-def pick_dtype(requested: str, device: str):
-    import torch
-
-    name = DTYPES.get(requested)
-    if name is None:
-        raise ValueError(f"--dtype {requested}: unknown; choose {DTYPE_CHOICES}")
-    if name == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    return getattr(torch, name)
 
 
 def auto_batch_size(model, device: str, config: CaptionConfig) -> int:
@@ -65,7 +39,7 @@ def auto_batch_size(model, device: str, config: CaptionConfig) -> int:
     return max(1, min(256, fits))
 
 
-class BatchPreparer:
+class BatchPreparer(Preparer):
     """The CPU half of captioning: prompts and processor, no model. Small and picklable, so
     loader workers get a copy and prepare batches in parallel with generation."""
 
@@ -73,7 +47,7 @@ class BatchPreparer:
         self.processor = processor
         self.family = family
         self.config = config
-        self.plain_prompt = family.render_prompt(processor, config.prompt)
+        self.plain_prompt = self.render(config.prompt)
         image_processor = getattr(processor, "image_processor", None)
         self.fast_images = (
             FastClipPreprocessor(image_processor)
@@ -82,30 +56,59 @@ class BatchPreparer:
         )
         self._prompt_tokens: dict[str, dict] = {}
 
+    def render(self, instruction: str) -> str:
+        return self.family.render_prompt(self.processor, instruction)
+
     def conditional_prompt(self, caption: str | None) -> str:
-        text = self.config.conditional_prompt.replace("{caption}", (caption or "").strip())
-        return self.family.render_prompt(self.processor, text)
+        from ..passes import conditional_pass
+
+        return self.render(conditional_pass(self.config.conditional_prompt).instruction(caption))
 
     def prepare(self, images: list, prompts: list[str]):
-        """Model inputs for a batch (resize, normalise, tokenise, pad).
+        return self.prepare_passes(images, [prompts])[0]
 
-        When every prompt is the same and the family's image token count is fixed, the token ids
-        are computed once per prompt and the images go through the fast CLIP-style path; both
-        give what the processor gives (tests check), only faster."""
-        if self.fast_images is not None and self.family.fixed_image_tokens and len(set(prompts)) == 1:
-            try:
-                pixel_values = self.fast_images(images)
-            except ValueError:
-                pass  # a case the fast path leaves to the processor
-            else:
-                tokens = self._tokens_for(prompts[0])
-                n = len(images)
-                return BatchFeature({
+    def prepare_passes(self, images: list, prompt_lists: list[list[str]]) -> list:
+        """Model inputs for each pass over a batch (resize, normalise, tokenise, pad).
+
+        When the family's image token count is fixed, the images go through the fast CLIP-style
+        path once for all passes, and a pass whose prompts are all the same has its token ids
+        computed once; both give what the processor gives (tests check), only faster."""
+        if self.fast_images is None or not self.family.fixed_image_tokens:
+            return [self._processor(images, prompts) for prompts in prompt_lists]
+        try:
+            pixel_values = self.fast_images(images)
+        except ValueError:  # a case the fast path leaves to the processor
+            return [self._processor(images, prompts) for prompts in prompt_lists]
+        inputs = []
+        for prompts in prompt_lists:
+            if len(set(prompts)) == 1:
+                tokens, n = self._tokens_for(prompts[0]), len(images)
+                inputs.append(BatchFeature({
                     "input_ids": tokens["input_ids"].repeat(n, 1),
                     "attention_mask": tokens["attention_mask"].repeat(n, 1),
                     "pixel_values": pixel_values,
-                })
+                }))
+            elif getattr(self.processor, "image_token", None):
+                # Prompts differ (a conditional pass): tokenise them as the processor would, with
+                # the image placeholder expanded, and share the pixel values.
+                text = self.processor.tokenizer(self._expand_image_tokens(prompts), return_tensors="pt",
+                                                padding=True)
+                inputs.append(BatchFeature({**text, "pixel_values": pixel_values}))
+            else:
+                inputs.append(self._processor(images, prompts))
+        return inputs
+
+    def _processor(self, images: list, prompts: list[str]):
         return self.processor(images=images, text=prompts, return_tensors="pt", padding=True)
+
+    def _expand_image_tokens(self, prompts: list[str]) -> list[str]:
+        """Prompts with the image placeholder expanded to the model's image token count, as the
+        processor would expand it (fixed-count families only)."""
+        probe = self._tokens_for(prompts[0])["input_ids"][0].tolist()
+        image_id = self.processor.tokenizer.convert_tokens_to_ids(self.processor.image_token)
+        count = probe.count(image_id)
+        token = self.processor.image_token
+        return [p.replace(token, token * count, 1) for p in prompts]
 
     def _tokens_for(self, prompt: str) -> dict:
         if prompt not in self._prompt_tokens:
@@ -116,18 +119,17 @@ class BatchPreparer:
         return self._prompt_tokens[prompt]
 
 
-class TransformersCaptioner:
+class TransformersCaptioner(Engine):
     """Loads once in `setup()` (so it stays picklable until then). `preparer` does the CPU work
     (in loader workers); `generate` runs the model on its device."""
 
     def __init__(self, config: CaptionConfig):
-        self.config = config
+        super().__init__(config)
         self.model = None
         self.processor = None
         self.family: ModelFamily | None = None
         self.device = "cpu"
         self.max_rows = 1 << 30  # lowered when a batch runs out of GPU memory
-        self.batches_in_flight = 1
 
     def setup(self) -> None:
         import transformers
@@ -175,6 +177,12 @@ class TransformersCaptioner:
         self.preparer = BatchPreparer(processor, family, self.config)
         self.plain_prompt = self.preparer.plain_prompt
         self.batch_size = self.config.batch_size or auto_batch_size(model, self.device, self.config)
+        self.ready = True
+
+    def teardown(self) -> None:
+        self.model = None
+        self._release_memory()
+        self.ready = False
 
     def conditional_prompt(self, caption: str | None) -> str:
         return self.preparer.conditional_prompt(caption)
@@ -182,27 +190,28 @@ class TransformersCaptioner:
     def prepare(self, images: list, prompts: list[str]):
         return self.preparer.prepare(images, prompts)
 
-    def generate(self, inputs, sample: bool = False, seed: int | None = None) -> list[Generation]:
+    def generate(self, inputs, decoding: Decoding | None = None) -> list[Generation]:
         """Captions for a prepared batch, split into chunks of at most `max_rows` rows; a chunk
         that runs out of GPU memory is halved and `max_rows` lowered for the rest of the run."""
         import torch
 
+        decoding = self.decoding(decoding)
         rows, step = batch_rows(inputs), self.max_rows
         if rows > step:
             generations = []
             for start in range(0, rows, step):
                 part = type(inputs)({k: v[start : start + step] for k, v in inputs.items()})
-                generations += self.generate(part, sample, seed)
+                generations += self.generate(part, decoding)
             return generations
         try:
-            return self._generate_rows(inputs, sample, seed)
+            return self._generate_rows(inputs, decoding)
         except torch.OutOfMemoryError:
             if rows == 1:
                 raise
             self.max_rows = max(1, rows // 2)
             log.warning("out of GPU memory with %d rows; continuing with batches of %d", rows, self.max_rows)
             self._release_memory()
-            return self.generate(inputs, sample, seed)
+            return self.generate(inputs, decoding)
 
     def _release_memory(self) -> None:
         import gc
@@ -213,29 +222,32 @@ class TransformersCaptioner:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    def _generate_rows(self, inputs, sample: bool, seed: int | None) -> list[Generation]:
+    def _generate_rows(self, inputs, decoding: Decoding) -> list[Generation]:
         import torch
 
         inputs = inputs.to(self.device, non_blocking=True)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
-        kwargs = dict(max_new_tokens=self.config.max_new_tokens, num_beams=1, pad_token_id=self.pad_id)
+        kwargs = dict(max_new_tokens=decoding.max_new_tokens, num_beams=1, pad_token_id=self.pad_id)
         if self.config.min_new_tokens:
-            kwargs["min_new_tokens"] = self.config.min_new_tokens
-        if sample:
-            if seed is not None:
-                torch.manual_seed(seed)
-            kwargs.update(do_sample=True, top_k=self.config.top_k, temperature=1.0, top_p=1.0)
+            kwargs["min_new_tokens"] = min(self.config.min_new_tokens, decoding.max_new_tokens)
+        if decoding.sample:
+            if decoding.seed is not None:
+                torch.manual_seed(decoding.seed)
+            kwargs.update(do_sample=True, top_k=decoding.top_k, temperature=1.0, top_p=1.0)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         with torch.inference_mode():
             output = self.model.generate(**inputs, **kwargs)
         new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
-        return [self._finish(row) for row in new_tokens]
+        return [self._finish(row, decoding.max_new_tokens) for row in new_tokens]
 
-    def _finish(self, tokens: list[int]) -> Generation:
+    def _finish(self, tokens: list[int], max_new_tokens: int) -> Generation:
         end = next((i for i, t in enumerate(tokens) if t in self.eos_ids), None)
         kept = tokens if end is None else tokens[:end]
         text = self.processor.tokenizer.decode(kept, skip_special_tokens=True).strip()
-        truncated = end is None and len(tokens) >= self.config.max_new_tokens
+        truncated = end is None and len(tokens) >= max_new_tokens
         return Generation(text=text, num_tokens=len(tokens) if end is None else end + 1, truncated=truncated)
+
+
+ENGINE = TransformersCaptioner

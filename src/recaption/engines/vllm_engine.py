@@ -17,36 +17,34 @@ import logging
 from ..config import CaptionConfig
 from ..models.loading import load_error, resolve_model
 from ..models.registry import ModelFamily, family_for
-from .base import Generation
+from ..passes import Decoding
+from .base import Engine, Generation, Preparer
 
 log = logging.getLogger(__name__)
 
 
-class VLLMPreparer:
+class VLLMPreparer(Preparer):
     """Prompt strings and PIL images as vLLM takes them; picklable."""
 
     def __init__(self, processor, family: ModelFamily, config: CaptionConfig):
         self.processor = processor
         self.family = family
         self.config = config
-        self.plain_prompt = family.render_prompt(processor, config.prompt)
+        self.plain_prompt = self.render(config.prompt)
 
-    def conditional_prompt(self, caption: str | None) -> str:
-        text = self.config.conditional_prompt.replace("{caption}", (caption or "").strip())
-        return self.family.render_prompt(self.processor, text)
+    def render(self, instruction: str) -> str:
+        return self.family.render_prompt(self.processor, instruction)
 
     def prepare(self, images: list, prompts: list[str]) -> list[dict]:
         pairs = zip(images, prompts, strict=True)
         return [{"prompt": p, "multi_modal_data": {"image": img}} for img, p in pairs]
 
 
-class VLLMCaptioner:
+class VLLMCaptioner(Engine):
     def __init__(self, config: CaptionConfig):
-        self.config = config
+        super().__init__(config)
         self.llm = None
-        self.model = None  # the pipeline sets up engines whose `model` is None
         self.device = "cuda"
-        self.batches_in_flight = 1
 
     def setup(self) -> None:
         try:
@@ -65,17 +63,22 @@ class VLLMCaptioner:
         except (OSError, ValueError, KeyError, TypeError, ImportError) as exc:
             # As the transformers engine: a model that cannot load is one line, not a traceback.
             raise load_error(self.config.model, exc) from exc
-        self.model = self.llm
         self._sampling_params = vllm.SamplingParams
         self.preparer = VLLMPreparer(processor, family, self.config)
         self.batch_size = self.config.batch_size or 256  # vLLM schedules within what it is given
+        self.ready = True
         log.info("vLLM loaded %s (%s family)", source, family.name)
 
-    def generate(self, inputs: list[dict], sample: bool = False, seed: int | None = None) -> list[Generation]:
-        max_tokens = self.config.max_new_tokens
-        if sample:
+    def teardown(self) -> None:
+        self.llm = None
+        self.ready = False
+
+    def generate(self, inputs: list[dict], decoding: Decoding | None = None) -> list[Generation]:
+        decoding = self.decoding(decoding)
+        max_tokens, seed = decoding.max_new_tokens, decoding.seed
+        if decoding.sample:
             # One seed per request, derived from the batch's: reproducible whatever vLLM's order.
-            params = [self._sampling_params(temperature=1.0, top_k=self.config.top_k, max_tokens=max_tokens,
+            params = [self._sampling_params(temperature=1.0, top_k=decoding.top_k, max_tokens=max_tokens,
                                             seed=None if seed is None else seed + i)
                       for i in range(len(inputs))]
         else:
@@ -91,3 +94,6 @@ class VLLMCaptioner:
             num_tokens=len(completion.token_ids),
             truncated=completion.finish_reason == "length",
         )
+
+
+ENGINE = VLLMCaptioner

@@ -1,26 +1,35 @@
 """Where captioning runs. Every executor runs the same `CaptionPipeline` over disjoint shards,
 so outputs, file names, completion markers and resume are the same whichever one is used:
 
-  local    this process (one device)
-  devices  one process per GPU on this machine, shards dealt round-robin
+  local    this process (one device), or one process per GPU on this machine (devices.py)
   ray      Ray actors on a local or remote cluster, shards handed out as actors free up
+
+Executors are found by name: `executors/<name>_executor.py` defines `EXECUTOR` (base.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+import importlib
+import pkgutil
 
 from ..atomic import output_lock, remove_stale_temporaries
 from ..config import CaptionConfig, ExecutorConfig, RunConfig
-from ..pipeline import (
-    CaptionPipeline,
-    Progress,
-    RunSummary,
-    forget_vanished_slices,
-    refuse_output_among_inputs,
-)
+from ..pipeline import forget_vanished_slices, refuse_output_among_inputs
 from ..readers import Shard
+from ..results import Progress, RunSummary
 from ..writer import OutputDir
+
+_SUFFIX = "_executor"
+
+
+def executor_names() -> list[str]:
+    return sorted(m.name[: -len(_SUFFIX)] for m in pkgutil.iter_modules(__path__) if m.name.endswith(_SUFFIX))
+
+
+def executor_class(name: str):
+    if name not in executor_names():
+        raise ValueError(f"--executor {name}: unknown; choose one of {', '.join(executor_names())}")
+    return importlib.import_module(f"{__name__}.{name}{_SUFFIX}").EXECUTOR
 
 
 def visible_gpus() -> list[str]:
@@ -44,7 +53,9 @@ def check_run(caption: CaptionConfig, run: RunConfig, executor: ExecutorConfig) 
     """What can be checked in seconds, before the output lock, worker processes and model
     loading: the model (not for --engine openai, where it is a name the server serves), the
     devices asked for, the CLIP of --score. Each failure is one line (a ValueError)."""
-    if caption.engine != "openai":
+    from ..engines import engine_class
+
+    if engine_class(caption.engine).loads_weights:
         from ..models.loading import check_model
         from .devices import check_devices
 
@@ -81,18 +92,7 @@ def run_caption(shards: list[Shard], caption: CaptionConfig, run: RunConfig,
 
 def _run_unlocked(shards: list[Shard], caption: CaptionConfig, run: RunConfig,
                   executor: ExecutorConfig, progress: Progress | None) -> RunSummary:
-    if executor.executor == "ray":
-        from .ray_executor import run_on_ray
-
-        return run_on_ray(shards, caption, run, executor, progress)
-    devices = devices_to_use(caption, executor)
-    if len(devices) > 1:
-        from .devices import run_on_devices
-
-        return run_on_devices(shards, caption, run, devices, progress)
-    if len(devices) == 1:
-        caption = replace(caption, device=devices[0])
-    return CaptionPipeline(caption, run, progress=progress).run(shards)
+    return executor_class(executor.executor)(caption, run, executor, progress).run(shards)
 
 
-__all__ = ["check_run", "run_caption", "devices_to_use", "visible_gpus"]
+__all__ = ["check_run", "devices_to_use", "executor_class", "executor_names", "run_caption", "visible_gpus"]

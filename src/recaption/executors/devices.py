@@ -15,8 +15,9 @@ import traceback
 from dataclasses import replace
 
 from ..config import CaptionConfig, RunConfig
-from ..pipeline import FAILED, CaptionPipeline, Progress, RunSummary, ShardResult, plan_shards
+from ..pipeline import CaptionPipeline
 from ..readers import Shard
+from ..results import FAILED, Progress, ShardResult
 
 log = logging.getLogger(__name__)
 
@@ -76,22 +77,17 @@ def _worker(worker: int, device: str, shards: list[Shard], caption: CaptionConfi
         except ValueError as exc:  # the model cannot load here (ModelError), a wrong setting: one line
             events.put(("refused", (worker, str(exc))))
             return
-        pipeline.run(shards)
+        pipeline.run_planned(shards)
     except BaseException:
         events.put(("crashed", (worker, traceback.format_exc())))
         raise
     events.put(("exited", worker))
 
 
-def run_on_devices(shards: list[Shard], caption: CaptionConfig, run: RunConfig, devices: list[str],
-                   progress: Progress | None = None) -> RunSummary:
-    progress = progress or Progress()
+def run_on_devices(todo: list[Shard], caption: CaptionConfig, run: RunConfig, devices: list[str],
+                   progress: Progress) -> list[ShardResult]:
+    """Caption planned shards in one process per device; their results in `todo`'s order."""
     check_devices(devices)  # before any process starts: a worker on a missing GPU is no shard failure
-    todo, done = plan_shards(shards, caption, run)  # refuses mixed settings before any process starts
-    summary = RunSummary([ShardResult(s.name, s.source, "skipped") for s in done])
-    progress.run_started(todo)
-    if not todo:
-        return summary
     ctx = mp.get_context("spawn")
     events = ctx.Queue()
     # Worker k takes shards k, k+n, ...; keyed by index, as a device may be listed twice.
@@ -116,8 +112,7 @@ def run_on_devices(shards: list[Shard], caption: CaptionConfig, run: RunConfig, 
         # Not one worker could load the model (a folder that is no model, missing weights...):
         # the user's mistake, one line and exit code 2, as with a single device.
         raise ValueError(next(iter(refused.values())))
-    summary.results += [finished[s.name] for s in todo if s.name in finished]
-    return summary
+    return [finished[s.name] for s in todo if s.name in finished]
 
 
 def _follow(workers: dict, devices: list[str], assignments: dict, events, progress: Progress

@@ -17,8 +17,10 @@ from __future__ import annotations
 import logging
 
 from ..config import CaptionConfig, ExecutorConfig, RunConfig
-from ..pipeline import FAILED, SKIPPED, CaptionPipeline, Progress, RunSummary, ShardResult, plan_shards
+from ..pipeline import CaptionPipeline
 from ..readers import Shard
+from ..results import FAILED, Progress, ShardResult
+from .base import Executor
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +32,7 @@ class CaptionWorker:
         self.pipeline = CaptionPipeline(caption, run)
 
     def caption_shard(self, shard: Shard) -> ShardResult:
-        return self.pipeline.run([shard]).results[0]
+        return self.pipeline.run_planned([shard]).results[0]
 
 
 def _import_ray():
@@ -51,25 +53,23 @@ def worker_count(executor: ExecutorConfig, cluster_gpus: float, shards: int) -> 
     return max(1, min(wanted, shards))
 
 
-def run_on_ray(shards: list[Shard], caption: CaptionConfig, run: RunConfig, executor: ExecutorConfig,
-               progress: Progress | None = None) -> RunSummary:
-    ray = _import_ray()
-    progress = progress or Progress()
-    todo, done = plan_shards(shards, caption, run)
-    summary = RunSummary([ShardResult(s.name, s.source, SKIPPED) for s in done])
-    progress.run_started(todo)
-    if not todo:
-        return summary
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(address=executor.ray_address, log_to_driver=False,
-                 logging_level=logging.WARNING, include_dashboard=False)
-    try:
-        summary.results += _caption_on_actors(ray, todo, caption, run, executor, progress)
-    finally:
+class RayExecutor(Executor):
+    """Caption actors on a local or remote Ray cluster, shards handed out as actors free up."""
+
+    def _execute(self, todo: list[Shard]) -> list[ShardResult]:
+        ray = _import_ray()
+        started_here = not ray.is_initialized()
         if started_here:
-            ray.shutdown()
-    return summary
+            ray.init(address=self.config.ray_address, log_to_driver=False,
+                     logging_level=logging.WARNING, include_dashboard=False)
+        try:
+            return _caption_on_actors(ray, todo, self.caption, self.run_config, self.config, self.progress)
+        finally:
+            if started_here:
+                ray.shutdown()
+
+
+EXECUTOR = RayExecutor
 
 
 def _caption_on_actors(ray, todo: list[Shard], caption: CaptionConfig, run: RunConfig,

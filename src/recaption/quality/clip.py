@@ -187,7 +187,7 @@ class ClipScorer:
         import torch
         from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
-        from ..engines.transformers_engine import pick_device
+        from ..hardware import pick_device
 
         self.device = pick_device(self.requested_device)
         dtype = torch.float16 if self.device.startswith("cuda") else torch.float32

@@ -14,7 +14,7 @@ class TrainingInputError(ValueError):
 
 def check_device(requested: str) -> str:
     """The device to use; asking for CUDA without a GPU is an input error."""
-    from ..engines.transformers_engine import pick_device
+    from ..hardware import pick_device
 
     try:
         return pick_device(requested)

@@ -1,0 +1,35 @@
+"""The executor contract: plan once, then run what is left.
+
+    class MyExecutor(Executor):
+        def _execute(self, todo: list[Shard]) -> list[ShardResult]: ...
+    EXECUTOR = MyExecutor          # in executors/<name>_executor.py: `--executor <name>` finds it
+
+`run` plans the shards against the output folder's markers (refusing mixed settings), reports
+the finished ones as skipped, and hands the rest to `_execute`, which runs `CaptionPipeline
+.run_planned` wherever it likes (this process, one process per GPU, Ray actors). Every executor
+writes the same files, so outputs and resume do not depend on which one ran."""
+
+from __future__ import annotations
+
+from ..config import CaptionConfig, ExecutorConfig, RunConfig
+from ..pipeline import plan_shards
+from ..readers import Shard
+from ..results import SKIPPED, Progress, RunSummary, ShardResult
+
+
+class Executor:
+    def __init__(self, caption: CaptionConfig, run: RunConfig, config: ExecutorConfig,
+                 progress: Progress | None = None):
+        self.caption, self.run_config, self.config = caption, run, config
+        self.progress = progress or Progress()
+
+    def run(self, shards: list[Shard]) -> RunSummary:
+        todo, done = plan_shards(shards, self.caption, self.run_config)
+        summary = RunSummary([ShardResult(s.name, s.source, SKIPPED) for s in done])
+        self.progress.run_started(todo)
+        if todo:
+            summary.results += self._execute(todo)
+        return summary
+
+    def _execute(self, todo: list[Shard]) -> list[ShardResult]:
+        raise NotImplementedError

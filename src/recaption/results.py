@@ -1,0 +1,68 @@
+"""What a run reports, shared by caption, score, judge and download: per-shard outcomes, the
+run's summary and progress hooks. Neutral ground: importing it loads no engine, reader or model."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from .errors import RecaptionError
+
+DONE, SKIPPED, FAILED = "done", "skipped", "failed"
+
+
+@dataclass
+class ShardResult:
+    name: str
+    source: str
+    outcome: str  # done | skipped | failed
+    rows: int = 0
+    status_counts: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    tokens: int = 0
+    error: str | None = None
+    # Seconds by stage (caption: waiting for the loader, generating, writing), when measured.
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class RunSummary:
+    results: list[ShardResult] = field(default_factory=list)
+
+    def by_outcome(self, outcome: str) -> list[ShardResult]:
+        return [r for r in self.results if r.outcome == outcome]
+
+    @property
+    def failed(self) -> list[ShardResult]:
+        return self.by_outcome(FAILED)
+
+    @property
+    def status_counts(self) -> Counter:
+        total: Counter = Counter()
+        for r in self.results:
+            total.update(r.status_counts)
+        return total
+
+    @property
+    def rows(self) -> int:
+        return sum(r.rows for r in self.results if r.outcome == DONE)
+
+    @property
+    def stage_seconds(self) -> dict[str, float]:
+        total: Counter = Counter()
+        for r in self.results:
+            total.update(r.stage_seconds)
+        return dict(total)
+
+
+class Progress:
+    """Hooks for a progress display; the default shows nothing."""
+
+    def run_started(self, shards: list) -> None: ...
+    def shard_started(self, shard) -> None: ...
+    def rows_done(self, rows: int, ok: int) -> None: ...
+    def shard_finished(self, result: ShardResult) -> None: ...
+
+
+class ConfigMismatchError(RecaptionError, RuntimeError):
+    """OUTDIR already holds shards made with other settings; mixing them would corrupt it."""

@@ -1,0 +1,46 @@
+"""One output row per sample: the published columns, each caption pass's columns, outcome columns.
+
+Quality flags are computed here, once per caption; the shard's flag rates are counted from the
+rows written (pipeline._ShardInProgress), not computed again."""
+
+from __future__ import annotations
+
+from .passes import FLAGS, CaptionPass, default_pass
+from .quality.flags import is_boilerplate, is_degenerate, is_repetitive
+from .sample import Sample
+from .schema import word_count
+
+_FLAG_TESTS = {"repetition": is_repetitive, "boilerplate": is_boilerplate, "degenerate": is_degenerate}
+
+
+def sample_row(sample: Sample, passes: list[CaptionPass] | None = None) -> dict:
+    row = {
+        "url": sample.url,
+        "org_caption": sample.org_caption,
+        "sha256": sample.sha256,
+        "key": sample.key,
+        "re_clip_score": sample.scores.get("re_clip_score"),  # unknown until scored: null, never 0
+        "org_clip_score": sample.scores.get("org_clip_score"),
+        "org_length": word_count(sample.org_caption),
+        "re_gpt4v_score": None,
+        "org_gpt4v_score": None,
+        "re_clip_truncated": sample.scores.get("re_clip_truncated"),
+        "org_clip_truncated": sample.scores.get("org_clip_truncated"),
+        "re_judge_status": None,
+        "org_judge_status": None,
+        "status": sample.status,
+        "error": sample.error,
+    }
+    for p in passes or [default_pass()]:
+        text = sample.captions.get(p.column)
+        row[p.column] = text
+        row[p.length_column] = word_count(text)
+        if p.flag_prefix is None:
+            continue
+        for flag in FLAGS:
+            if flag == "truncated":
+                value = sample.truncated.get(p.column)
+            else:  # null without a caption; "" is degenerate
+                value = None if text is None else _FLAG_TESTS[flag](text)
+            row[p.flag_column(flag)] = value
+    return row

@@ -1,0 +1,131 @@
+"""Caption passes: several prompts per image, each into its own columns, one decode per image."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import recaption.batching as batching
+from recaption.config import CaptionConfig, RunConfig, caption_settings
+from recaption.passes import PassError, named_pass, parse_pass, read_passes_file
+from recaption.pipeline import DONE, CaptionPipeline, ConfigMismatchError
+from recaption.readers import discover_shards
+from recaption.schema import output_schema
+
+from .conftest import write_shards
+
+SHORT = "Describe the image in one short sentence."
+COLOURS = "List the colours you see in the image."
+
+
+def caption(inputs, out, captioner, **options):
+    config = CaptionConfig(model="tiny", max_new_tokens=24, **options)
+    pipeline = CaptionPipeline(config, RunConfig(output=str(out)), captioner)
+    return pipeline.run(discover_shards([str(i) for i in inputs]))
+
+
+def column(out, name, col):
+    return pq.read_table(out / f"{name}.parquet").column(col).to_pylist()
+
+
+def test_named_and_conditional_passes_equal_single_pass_runs_one_decode(tmp_path, captioner, monkeypatch):
+    shards = write_shards(tmp_path / "in", 1, 6)
+    decodes = []
+    real_decode = batching.decode_sample
+    monkeypatch.setattr(batching, "decode_sample", lambda s, *a: decodes.append(s.key) or real_decode(s, *a))
+    summary = caption(shards, tmp_path / "multi", captioner,
+                      passes=[f"short={SHORT}", f"colours={COLOURS}"], conditional=True)
+    assert [r.outcome for r in summary.results] == [DONE]
+    assert sorted(decodes) == sorted(set(decodes)) and len(decodes) == 6  # one decode per image, four passes
+
+    table = pq.read_table(tmp_path / "multi" / "00000.parquet")
+    for col in ("re_caption", "re_caption_short", "re_caption_colours", "re_caption_condition_diverse_topk"):
+        assert all(isinstance(v, str) for v in table.column(col).to_pylist()), col
+    for name in ("short", "colours"):
+        texts = table.column(f"re_caption_{name}").to_pylist()
+        assert table.column(f"re_caption_{name}_length").to_pylist() == [len(t.split()) for t in texts]
+        assert table.column(f"re_caption_{name}_degenerate").type == pa.bool_()
+    stats = json.loads((tmp_path / "multi" / "00000_stats.json").read_text())
+    flags = {"re_truncated", "re_caption_short_degenerate", "re_caption_colours_truncated"}
+    assert flags <= set(stats["flag_rates"])
+
+    # Each pass's column equals a run with that pass's prompt alone (greedy).
+    caption(shards, tmp_path / "short", captioner, prompt=SHORT)
+    caption(shards, tmp_path / "colours", captioner, prompt=COLOURS)
+    caption(shards, tmp_path / "paper", captioner, conditional=True)
+    multi = tmp_path / "multi"
+    assert column(multi, "00000", "re_caption_short") == column(tmp_path / "short", "00000", "re_caption")
+    assert column(multi, "00000", "re_caption_colours") == column(tmp_path / "colours", "00000", "re_caption")
+    for col in ("re_caption", "re_caption_condition_diverse_topk"):
+        assert column(multi, "00000", col) == column(tmp_path / "paper", "00000", col)
+    # Different prompts do give different captions (else the test above proves nothing).
+    paper = column(tmp_path / "paper", "00000", "re_caption")
+    assert column(tmp_path / "short", "00000", "re_caption") != paper
+
+
+def test_default_output_keeps_the_published_schema(tmp_path, captioner):
+    shards = write_shards(tmp_path / "in", 1, 3)
+    caption(shards, tmp_path / "out", captioner)
+    schema = pq.read_schema(tmp_path / "out" / "00000.parquet").remove_metadata()
+    # The Recap-DataComp-1B card's columns, in its order, then ours: the default run adds no column.
+    assert schema.names == [
+        "url", "re_caption", "org_caption", "sha256", "key", "re_clip_score", "org_clip_score", "re_length",
+        "org_length", "re_gpt4v_score", "org_gpt4v_score", "re_truncated", "re_repetition", "re_boilerplate",
+        "re_degenerate", "re_clip_truncated", "org_clip_truncated", "re_judge_status", "org_judge_status",
+        "status", "error",
+    ]
+    assert schema == output_schema()
+    marker = json.loads((tmp_path / "out" / "00000.done").read_text())
+    assert marker["engine"] == "transformers" and marker["dtype"] == "auto" and "passes" not in marker
+
+
+def test_resume_refuses_other_passes_and_keeps_same(tmp_path, captioner):
+    shards = write_shards(tmp_path / "in", 1, 2)
+    caption(shards, tmp_path / "out", captioner, passes=[f"short={SHORT}"])
+    again = caption(shards, tmp_path / "out", captioner, passes=[f"short={SHORT}"])
+    assert [r.outcome for r in again.results] == ["skipped"]
+    with pytest.raises(ConfigMismatchError, match="passes"):
+        caption(shards, tmp_path / "out", captioner, passes=[f"short={COLOURS}"])
+
+
+def test_pass_specs_and_files(tmp_path):
+    assert parse_pass("short=One sentence, please = thanks").prompt == "One sentence, please = thanks"
+    for bad in ("no-equals-sign", "Bad Name=x", "default=x", "short=", "condition_diverse_topk=x"):
+        with pytest.raises(PassError):
+            parse_pass(bad)
+    path = tmp_path / "passes.yaml"
+    path.write_text("- name: short\n  prompt: One sentence.\n  max_new_tokens: 20\n"
+                    "- {name: tags, prompt: 'Tags for {caption}', top_k: 5}\n")
+    short, tags = read_passes_file(path)
+    assert (short.column, short.max_new_tokens, tags.conditional, tags.top_k) == (
+        "re_caption_short", 20, True, 5)
+    assert tags.instruction("  a dog ") == "Tags for a dog"
+    path.write_text("- name: short\n  promt: typo\n")
+    with pytest.raises(PassError, match="promt"):
+        read_passes_file(path)
+    with pytest.raises(PassError, match="two passes write re_caption_short"):
+        CaptionConfig(passes=[named_pass("short", "a"), "short=b"])
+    with pytest.raises(PassError, match="no such file"):
+        caption_settings(str(tmp_path / "o"), passes="x=Describe.", passes_file=str(path.with_name("none")))
+    settings = caption_settings(str(tmp_path / "o"), passes="x=Describe.")
+    assert [p.name for p in settings.caption.caption_passes] == ["default", "x"]
+
+
+def test_passes_share_pixel_values_and_match_the_processor(captioner):
+    from PIL import Image
+
+    preparer = captioner.preparer
+    images = [Image.new("RGB", (40 + 7 * i, 30), (30 * i, 90, 200)) for i in range(3)]
+    alt = ["a red car", "", "two dogs playing in the long grass"]  # different lengths: padded
+    plain = [preparer.plain_prompt] * 3
+    conditional = [preparer.conditional_prompt(a) for a in alt]
+    fast_plain, fast_conditional = preparer.prepare_passes(images, [plain, conditional])
+    assert fast_plain["pixel_values"] is fast_conditional["pixel_values"]  # preprocessed once
+    for fast, prompts in ((fast_plain, plain), (fast_conditional, conditional)):
+        reference = preparer.processor(images=images, text=prompts, return_tensors="pt", padding=True)
+        assert fast["input_ids"].tolist() == reference["input_ids"].tolist()
+        assert fast["attention_mask"].tolist() == reference["attention_mask"].tolist()
+        assert (fast["pixel_values"] - reference["pixel_values"]).abs().max() < 1e-4
