@@ -129,3 +129,14 @@ def test_passes_share_pixel_values_and_match_the_processor(captioner):
         assert fast["input_ids"].tolist() == reference["input_ids"].tolist()
         assert fast["attention_mask"].tolist() == reference["attention_mask"].tolist()
         assert (fast["pixel_values"] - reference["pixel_values"]).abs().max() < 1e-4
+
+
+def test_output_from_before_engine_and_dtype_were_recorded_still_resumes(tmp_path, captioner):
+    shards = write_shards(tmp_path / "in", 1, 2)
+    caption(shards, tmp_path / "out", captioner)
+    marker_path = tmp_path / "out" / "00000.done"
+    marker = json.loads(marker_path.read_text())
+    marker_path.write_text(json.dumps({k: v for k, v in marker.items() if k not in ("engine", "dtype")}))
+    assert [r.outcome for r in caption(shards, tmp_path / "out", captioner).results] == ["skipped"]
+    with pytest.raises(ConfigMismatchError, match="dtype"):
+        caption(shards, tmp_path / "out", captioner, dtype="bfloat16")

@@ -146,6 +146,7 @@ def plan_shards(
 
 
 _NOT_SETTINGS = ("recaption_version", INPUT_FINGERPRINT)  # may differ between shards and runs
+_ADDED_LATER = {"engine": "transformers", "dtype": "auto"}
 
 
 def _caption_errors(out: OutputDir, name: str) -> int:
@@ -209,7 +210,9 @@ def require_same_settings(out: OutputDir, name: str, current: dict, marker: dict
     .done marker holds them, read here unless given); the recaption version and the input
     fingerprint may differ."""
     marker = out.done_provenance(name) if marker is None else marker
-    previous = {k: v for k, v in (marker or {}).items() if k not in _NOT_SETTINGS}
+    # Settings recorded only since a later version: an older marker made with their default.
+    marker = {**{k: v for k, v in _ADDED_LATER.items() if k in current}, **(marker or {})}
+    previous = {k: v for k, v in marker.items() if k not in _NOT_SETTINGS}
     current = {k: v for k, v in current.items() if k not in _NOT_SETTINGS}
     if previous != current:
         changed = sorted(k for k in current.keys() | previous.keys() if current.get(k) != previous.get(k))
