@@ -140,3 +140,17 @@ def test_output_from_before_engine_and_dtype_were_recorded_still_resumes(tmp_pat
     assert [r.outcome for r in caption(shards, tmp_path / "out", captioner).results] == ["skipped"]
     with pytest.raises(ConfigMismatchError, match="dtype"):
         caption(shards, tmp_path / "out", captioner, dtype="bfloat16")
+
+
+def test_shard_stats_time_each_stage_and_the_summary_says_what_bound_the_run(tmp_path, captioner):
+    shards = write_shards(tmp_path / "in", 1, 4)
+    summary = caption(shards, tmp_path / "out", captioner)
+    stages = json.loads((tmp_path / "out" / "00000_stats.json").read_text())["stage_seconds"]
+    assert set(stages) == {"loader_wait", "prepare", "generate", "write"} and stages["generate"] > 0
+    assert summary.results[0].stage_seconds["generate"] > 0
+    assert summary.bound_by().startswith("bound by ")
+    from recaption.results import RunSummary, ShardResult
+
+    slow_loader = RunSummary([ShardResult("a", "a", "done", stage_seconds={"loader_wait": 3, "generate": 1})])
+    assert slow_loader.bound_by().startswith("bound by the loader") and "75%" in slow_loader.bound_by()
+    assert RunSummary().bound_by() is None

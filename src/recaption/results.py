@@ -54,6 +54,23 @@ class RunSummary:
             total.update(r.stage_seconds)
         return dict(total)
 
+    def bound_by(self) -> str | None:
+        """Which stage limited the run, from the shards' stage timings, as one sentence (None
+        when nothing was timed). The model waiting on the loader for more than a fifth of the
+        time means reading and decoding limit it: more loader workers would help."""
+        stages = self.stage_seconds
+        wait, generate, write = (stages.get(k, 0.0) for k in ("loader_wait", "generate", "write"))
+        total = wait + generate + write
+        if total <= 0:
+            return None
+        shares = (f"waiting for batches {wait / total:.0%}, generating {generate / total:.0%}, "
+                  f"writing {write / total:.0%} of {total:.1f} s")
+        if wait / total > 0.2:
+            return f"bound by the loader (reading, decoding, preprocessing): {shares}; try more --workers"
+        if write / total > 0.2:
+            return f"bound by writing the output: {shares}"
+        return f"bound by the model: {shares}"
+
 
 class Progress:
     """Hooks for a progress display; the default shows nothing."""
