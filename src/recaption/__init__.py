@@ -10,13 +10,26 @@ The main entry points take the options of the `recap` command of the same name:
 
 __version__ = "0.1.0"
 
-from .api import caption, download, eval_retrieval, judge, report, score, stats, train_clip  # noqa: E402
+from .api import (  # noqa: E402
+    caption,
+    download,
+    eval_retrieval,
+    export,
+    filter_output,
+    judge,
+    report,
+    score,
+    stats,
+    train_clip,
+)
 
 __all__ = [
     "__version__",
     "caption",
     "download",
     "eval_retrieval",
+    "export",
+    "filter_output",
     "judge",
     "report",
     "score",

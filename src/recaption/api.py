@@ -99,6 +99,65 @@ def report(output: PathLike, report: PathLike | None = None, gallery: int = 24, 
     return path
 
 
+def filter_output(output: PathLike, where: str, destination: PathLike, *, overwrite: bool = False):
+    """Keep the rows of caption output `output` where the SQL condition `where` holds, into the
+    caption output folder `destination` (`recap filter OUTPUT --where "..." -o DESTINATION`).
+
+    `where` is a DuckDB SQL condition over the output's columns, e.g.
+    `"re_clip_score > 25 and not re_degenerate"`; it can read nothing but the rows (file and
+    network access are off). Rows where it is NULL are dropped (SQL semantics), like those where
+    it is false. A rerun skips shards already filtered alike; `overwrite` redoes them.
+
+    Returns:
+        selection.FilterSummary: `.shards` (per shard: name, outcome, rows_in, rows_kept),
+        `.rows_in`, `.rows_kept`, `.filtered`, `.skipped`, and `.lines()` as the CLI prints them.
+
+    Raises:
+        selection.FilterExpressionError: a condition that is empty, holds `;`, does not parse or
+            bind, or reads files (one line naming the columns).
+        selection.FilterError: `destination` is `output`, or holds shards filtered otherwise.
+        quality.outputs.NoOutputError: `output` holds no finished shards.
+        atomic.OutputLockedError: another run is writing to `destination`.
+    """
+    from .selection import filter_output as _filter_output
+
+    return _filter_output(os.fspath(output), where, os.fspath(destination), overwrite=overwrite)
+
+
+def export(output: PathLike, destination: PathLike, *, images: PathLike | list[PathLike] | None = None,
+           caption: str = "re_caption", seed: int = 0, overwrite: bool = False):
+    """Write caption output `output` as WebDataset tars in `destination`, one `{name}.tar` per
+    finished shard (`recap export OUTPUT -o DESTINATION --caption ...`): `{key}.{jpg,png,...}` (the
+    original image bytes), `{key}.txt` (the chosen caption), `{key}.json` (key, url, sha256, the
+    captions, CLIP scores, caption_source).
+
+    Args:
+        images: where the images are (tar / parquet shards, folders, globs), when not at the
+            inputs `recap caption` recorded; joined to the rows by key.
+        caption: a text column of the output (`re_caption`, `org_caption`, `re_caption_...`), or
+            `mix:p=P`: the original caption with probability P, else the recaption, fixed per
+            (seed, key) so reruns write the same tars.
+        seed: the mix's seed.
+        overwrite: redo shards already exported (a rerun otherwise skips those exported alike).
+
+    Returns:
+        webdataset_export.ExportSummary: `.shards` (per shard: outcome, rows, exported, not_exported by
+        reason, tar, error), `.exported`, `.not_exported`, `.failed` (name -> error: shards whose
+        images could not be read; the others are still exported), `.lines()` as the CLI prints them.
+
+    Raises:
+        webdataset_export.CaptionChoiceError: `caption` is no text column of the output, or a malformed mix.
+        webdataset_export.ExportError: `destination` is `output`, or holds shards exported otherwise.
+        quality.outputs.NoOutputError, readers.InputError: no finished shards; `images` match none.
+        atomic.OutputLockedError: another run is writing to `destination`.
+    """
+    from .webdataset_export import export as _export
+
+    found = None if images is None else _paths(images)
+    return _export(os.fspath(output), os.fspath(destination), images=found, caption=caption, seed=seed,
+                   overwrite=overwrite)
+
+
 def train_clip(data: PathLike | list[PathLike], output: PathLike, **options: Any) -> dict:
     """Train CLIP on a mix of original captions and recaptions (`recap train-clip`). Options are
     `ClipTrainConfig`'s fields (p, concat, steps, batch_size, lr, ...)."""
@@ -116,4 +175,15 @@ def eval_retrieval(model: str, data: PathLike | list[PathLike], **options: Any):
     return evaluate(model, _paths(data), **options)
 
 
-__all__ = ["caption", "download", "eval_retrieval", "judge", "report", "score", "stats", "train_clip"]
+__all__ = [
+    "caption",
+    "download",
+    "eval_retrieval",
+    "export",
+    "filter_output",
+    "judge",
+    "report",
+    "score",
+    "stats",
+    "train_clip",
+]

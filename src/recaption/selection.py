@@ -1,0 +1,279 @@
+"""`recap filter OUT --where "re_clip_score > 25 and not re_degenerate" -o FILTERED`: keep the rows
+of a caption output folder that satisfy a SQL condition, into a new folder that is itself caption
+output (score, judge, stats, report, export and CLIP training read it like the original).
+
+The condition is a DuckDB SQL expression, evaluated as the WHERE clause over each finished
+shard's table: columns by name (`re_clip_score`, `status`, `re_length`, ...), SQL operators and
+functions (`and`, `or`, `not`, `is null`, `like`, `regexp_matches(...)`, `length(...)`). SQL
+semantics apply: a row where the condition is NULL (a comparison with a null score, `not
+re_degenerate` on a failed row) is dropped, as are rows where it is false. DuckDB runs with file
+and network access switched off and its configuration locked, so a condition can read nothing
+but the shard's rows (`read_csv('/etc/passwd')` is refused); nothing is evaluated as Python.
+
+Per shard `{name}` the destination gets, each written atomically:
+  {name}.parquet     the kept rows, in source order, with the source's schema and metadata
+                     (a shard may keep 0 rows: its file is still written, so it counts as done)
+  {name}_stats.json  the source's stats, `rows` / `status_counts` of the kept rows, and
+                     "filter": {where, rows_in, rows_kept, status_counts_in, from}
+  {name}.done        written last: the source's marker plus "filter": {where, from}
+A rerun skips shards already filtered with the same condition from the same folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .atomic import open_atomic, output_lock, remove_stale_temporaries
+from .errors import RecaptionError
+from .quality.outputs import done_shards, read_output
+from .readers.base import full_url, is_local
+from .results import DONE, SKIPPED
+from .writer import OutputDir
+
+log = logging.getLogger(__name__)
+
+# DuckDB with no file system, no network, no extension loading, and settings no expression can
+# change back (`lock_configuration`).
+DUCKDB_CONFIG = {
+    "enable_external_access": False,
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    "lock_configuration": True,
+}
+_ROW = "__recap_row__"  # the row number, added to restore source order
+
+
+class FilterError(RecaptionError, ValueError):
+    """`recap filter` cannot run as asked (its destination, or what is already there)."""
+
+
+class FilterExpressionError(FilterError):
+    """The --where condition is not a valid SQL condition over the output's columns."""
+
+
+def folder_location(url: str) -> str:
+    """A folder's identity for comparisons and records: an absolute, link-resolved local path,
+    or a URL with its protocol."""
+    out = OutputDir(url)
+    if is_local(out.fs):
+        return os.path.realpath(out.root)
+    return full_url(out.fs, out.root.rstrip("/"))
+
+
+def same_folder(a: str, b: str) -> bool:
+    return folder_location(a) == folder_location(b)
+
+
+def check_where(where: str, columns: list[str]) -> str:
+    """The condition, stripped; a FilterExpressionError for one that cannot be a single
+    condition (empty, or holding `;`)."""
+    if not isinstance(where, str) or not where.strip():
+        raise FilterExpressionError(
+            f"--where is empty: give a SQL condition such as 're_clip_score > 25'; {_columns(columns)}"
+        )
+    if ";" in where:
+        raise FilterExpressionError(
+            f"--where {where!r}: ';' is not allowed, give one SQL condition; {_columns(columns)}"
+        )
+    return where.strip()
+
+
+def _columns(columns: list[str]) -> str:
+    return f"columns: {', '.join(c for c in columns if c != _ROW)}"
+
+
+def _one_line(exc: Exception) -> str:
+    """DuckDB's message, first line (`Binder Error: Referenced column "x" not found ...`)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def connect():
+    import duckdb
+
+    return duckdb.connect(":memory:", config=dict(DUCKDB_CONFIG))
+
+
+def matching_rows(table: pa.Table, where: str, con=None, shard: str | None = None) -> pa.Table:
+    """The rows of `table` where `where` is true (not false, not NULL), in table order, with the
+    table's schema and metadata. Raises FilterExpressionError in one line naming the columns."""
+    import duckdb
+
+    where = check_where(where, table.column_names)
+    con = con or connect()
+    numbered = table.append_column(_ROW, pa.array(range(table.num_rows), pa.int64()))
+    try:
+        relation = con.from_arrow(numbered).filter(where).project(f'"{_ROW}"')
+        kept = relation.fetch_arrow_table().column(_ROW)
+    except duckdb.Error as exc:
+        where_shard = f" (shard {shard})" if shard else ""
+        raise FilterExpressionError(
+            f"--where {where!r}{where_shard}: {_one_line(exc)}; {_columns(table.column_names)}"
+        ) from None
+    return table.take(pa.array(np.sort(kept.to_numpy()), pa.int64()))  # in source order
+
+
+@dataclass
+class FilteredShard:
+    name: str
+    outcome: str  # done | skipped (already filtered with this condition)
+    rows_in: int
+    rows_kept: int
+
+
+@dataclass
+class FilterSummary:
+    source: str
+    destination: str
+    where: str
+    shards: list[FilteredShard] = field(default_factory=list)
+
+    @property
+    def rows_in(self) -> int:
+        return sum(s.rows_in for s in self.shards)
+
+    @property
+    def rows_kept(self) -> int:
+        return sum(s.rows_kept for s in self.shards)
+
+    @property
+    def filtered(self) -> list[str]:
+        return [s.name for s in self.shards if s.outcome == DONE]
+
+    @property
+    def skipped(self) -> list[str]:
+        return [s.name for s in self.shards if s.outcome == SKIPPED]
+
+    def lines(self) -> list[str]:
+        """What `recap filter` prints: one line per shard, then the totals."""
+        lines = []
+        for s in self.shards:
+            note = " (already filtered)" if s.outcome == SKIPPED else ""
+            lines.append(f"{s.name}: kept {s.rows_kept} of {s.rows_in} rows{note}")
+        share = f" ({self.rows_kept / self.rows_in:.1%})" if self.rows_in else ""
+        lines.append(
+            f"kept {self.rows_kept} of {self.rows_in} rows{share} in {len(self.shards)} shards "
+            f"where {self.where} -> {self.destination}"
+        )
+        return lines
+
+
+def filter_output(output: str, where: str, destination: str, *, overwrite: bool = False) -> FilterSummary:
+    """Write the rows of each finished shard of `output` where `where` holds into `destination`.
+
+    Rows where the condition is NULL are dropped (SQL semantics), as are rows where it is false.
+    Holds `destination`'s lock; `output` is only read. Raises FilterExpressionError for a bad
+    condition (before anything is written), FilterError for `destination` == `output` or a
+    destination holding shards filtered otherwise (without `overwrite`), NoOutputError when
+    `output` holds no finished shards."""
+    if same_folder(output, destination):
+        raise FilterError(
+            f"the destination {destination} is the output folder itself; give another folder with -o"
+        )
+    src = OutputDir(output)
+    names = done_shards(src)
+    con = connect()
+    # A bad condition is refused now, against the first shard's columns, before any lock or write.
+    with src.fs.open(src.parquet(names[0]), "rb") as f:
+        matching_rows(pq.read_schema(f).empty_table(), where, con, names[0])
+    where = where.strip()
+    with output_lock(destination, "recap filter"):
+        return _filter_locked(src, names, where, OutputDir(destination), overwrite, con)
+
+
+def _filter_locked(src: OutputDir, names: list[str], where: str, dest: OutputDir, overwrite: bool,
+                   con) -> FilterSummary:
+    remove_stale_temporaries(dest.fs, dest.root)
+    source = folder_location(src.url)
+    summary = FilterSummary(source, dest.url, where)
+    todo = []
+    for name in names:
+        previous = None if overwrite else _previous_filter(dest, name)
+        if previous is None:
+            todo.append(name)
+        elif previous.get("where") == where and previous.get("from") == source:
+            summary.shards.append(_skipped(dest, name))
+        else:
+            raise FilterError(_conflict(dest, name, previous))
+    for name in todo:
+        summary.shards.append(_filter_shard(src, dest, name, where, source, con))
+    summary.shards.sort(key=lambda s: s.name)
+    return summary
+
+
+def _previous_filter(dest: OutputDir, name: str) -> dict | None:
+    """The filter record of a finished shard `name` in the destination, None if it has none
+    yet; `{}` for a finished shard that `recap filter` did not make."""
+    if not dest.is_done(name):
+        return None
+    record = (dest.done_provenance(name) or {}).get("filter")
+    return record if isinstance(record, dict) else {}
+
+
+def _conflict(dest: OutputDir, name: str, previous: dict) -> str:
+    if not previous:
+        made = "not made by `recap filter`"
+    else:
+        made = f"filtered with --where {previous.get('where')!r} from {previous.get('from')}"
+    return (
+        f"{dest.url} already holds shard {name} {made}; use --overwrite to replace it, "
+        "or another destination"
+    )
+
+
+def _skipped(dest: OutputDir, name: str) -> FilteredShard:
+    try:
+        with dest.fs.open(dest.stats(name), "r") as f:
+            record = json.load(f).get("filter") or {}
+    except (FileNotFoundError, json.JSONDecodeError):
+        record = {}
+    rows_in, rows_kept = record.get("rows_in"), record.get("rows_kept")
+    if rows_kept is None:
+        with dest.fs.open(dest.parquet(name), "rb") as f:
+            rows_kept = pq.read_metadata(f).num_rows
+    return FilteredShard(name, SKIPPED, int(rows_in if rows_in is not None else rows_kept), int(rows_kept))
+
+
+def _filter_shard(src: OutputDir, dest: OutputDir, name: str, where: str, source: str, con) -> FilteredShard:
+    table = read_output(src, name)
+    kept = matching_rows(table, where, con, name)
+    with src.fs.open(src.stats(name), "r") as f:
+        stats = json.load(f)
+    provenance = src.done_provenance(name) or {}
+    record = {"where": where, "from": source}
+    if isinstance(provenance.get("filter"), dict):  # a filtered folder filtered again: keep the chain
+        record["previous"] = provenance["filter"]
+    statuses_in = Counter(table.column("status").to_pylist()) if "status" in table.column_names else None
+    statuses = Counter(kept.column("status").to_pylist()) if "status" in kept.column_names else None
+    stats = {
+        **stats,
+        "rows": kept.num_rows,
+        **({"status_counts": dict(sorted(statuses.items()))} if statuses is not None else {}),
+        "filter": {
+            **record,
+            "rows_in": table.num_rows,
+            "rows_kept": kept.num_rows,
+            **({"status_counts_in": dict(sorted(statuses_in.items()))} if statuses_in is not None else {}),
+            "filtered_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        },
+    }
+    dest.fs.makedirs(dest.root, exist_ok=True)
+    # Replacing an earlier result: its marker goes first, so no moment shows new rows as done
+    # under the old condition.
+    if dest.fs.exists(dest.marker(name)):
+        dest.fs.rm(dest.marker(name))
+    with open_atomic(dest.fs, dest.parquet(name), "wb") as f:
+        pq.write_table(kept, f)
+    dest.write_json_atomic(dest.stats(name), stats)
+    dest.write_json_atomic(dest.marker(name), {**provenance, "filter": record})
+    log.info("%s: kept %d of %d rows", name, kept.num_rows, table.num_rows)
+    return FilteredShard(name, DONE, table.num_rows, kept.num_rows)

@@ -1,0 +1,466 @@
+"""(Named webdataset_export, not export: `recaption.export` is the API function.)
+
+`recap export OUT -o WDS --caption re_caption|org_caption|mix:p=0.8`: a caption output folder as
+WebDataset tars, the bridge to any trainer (open_clip, webdataset, img2dataset-style loaders, and
+`recap caption` itself).
+
+Per finished caption shard `{name}` the destination gets:
+  {name}.tar         per exported row: `{key}.{ext}` (the original image bytes, ext from the
+                     image's format: jpg, png, webp, ...), `{key}.txt` (the chosen caption) and
+                     `{key}.json` (key, url, sha256, org_caption, re_caption and any other
+                     `re_caption*` column, re_clip_score / org_clip_score when the output has them,
+                     and "caption_source": the column the .txt came from). Samples follow the
+                     order of the input shard.
+  {name}_stats.json  every row accounted for: rows, exported, not_exported by reason
+                     (status_not_ok, no_caption, image_not_found, unreadable_image, duplicate_key)
+  {name}.done        written last: what was exported (caption choice, seed, source folder)
+
+Keys in a tar member name cannot hold '/' or '.' (webdataset splits a member name at the first
+dot of its basename): such keys are written with '_' instead (`sub/cat.v2` -> `sub_cat_v2`); the
+.json keeps the real key, and `recap caption` reads it back from there.
+
+Images come from each shard's input as `recap caption` recorded it (`source` in
+`{name}_stats.json`), or from `images`: shards found like `recap caption` inputs, the one of the
+same name when there is one (else all of them), joined to the rows by key.
+
+`caption`: a string column of the output (re_caption, org_caption, re_caption_condition_diverse_topk,
+...), or `mix:p=P`: the ORIGINAL caption with probability P, else the recaption (P as in
+`recap train-clip --p`). The draw is fixed per (seed, key), so a rerun writes the same tars; where
+the drawn caption is empty the other one is used (as train-clip does), and counted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import re
+import warnings
+from collections import Counter
+from contextlib import closing
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .atomic import output_lock, remove_stale_temporaries
+from .errors import RecaptionError
+from .quality.outputs import done_shards, input_shard, read_output
+from .readers import ColumnConfig, discover_shards
+from .readers.base import Shard
+from .results import DONE, FAILED, SKIPPED
+from .selection import folder_location, same_folder
+from .tars import TarShardWriter
+from .writer import OutputDir
+
+log = logging.getLogger(__name__)
+
+ORIGINAL, RECAPTION = "org_caption", "re_caption"
+# Why a row is not in the tar.
+STATUS_NOT_OK = "status_not_ok"  # the row has no caption to train on (its image failed, ...)
+NO_CAPTION = "no_caption"  # the chosen caption is null or blank
+IMAGE_NOT_FOUND = "image_not_found"  # no sample of that key in the input shard
+UNREADABLE_IMAGE = "unreadable_image"  # the input has the key, but no image bytes of a known format
+DUPLICATE_KEY = "duplicate_key"  # a second row of the same key in one output shard
+REASONS = (STATUS_NOT_OK, NO_CAPTION, IMAGE_NOT_FOUND, UNREADABLE_IMAGE, DUPLICATE_KEY)
+
+
+class ExportError(RecaptionError, ValueError):
+    """`recap export` cannot run as asked (its destination, or what is already there)."""
+
+
+class CaptionChoiceError(ExportError):
+    """--caption names no string column of the output, or a malformed mix."""
+
+
+_MIX = re.compile(r"^mix:p=(?P<p>[-+0-9.eE]+)$")
+
+
+@dataclass(frozen=True)
+class CaptionChoice:
+    """Which caption a sample's .txt holds: one column, or the mix of original and recaption."""
+
+    spec: str
+    column: str | None = None
+    p: float | None = None  # mix: probability of the ORIGINAL caption
+
+    @classmethod
+    def parse(cls, spec: str) -> CaptionChoice:
+        spec = (spec or "").strip()
+        if spec.startswith("mix"):
+            match = _MIX.match(spec.replace(" ", ""))
+            try:
+                p = float(match["p"]) if match else None
+            except ValueError:
+                p = None
+            if p is None or not 0.0 <= p <= 1.0:
+                raise CaptionChoiceError(
+                    f"--caption {spec}: write mix:p=P with P in [0, 1], the probability of the original "
+                    "caption (mix:p=0.8: the original 80% of the time, else the recaption)"
+                )
+            return cls(f"mix:p={p:g}", p=p)
+        if not spec:
+            raise CaptionChoiceError("--caption is empty: give re_caption, org_caption or mix:p=P")
+        return cls(spec, column=spec)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return (ORIGINAL, RECAPTION) if self.column is None else (self.column,)
+
+    def check(self, schema: pa.Schema, where: str) -> None:
+        """CaptionChoiceError unless the columns it reads are string columns of `schema`."""
+        strings = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+        missing = [c for c in self.columns if c not in strings]
+        if missing:
+            raise CaptionChoiceError(
+                f"--caption {self.spec}: {where} has no text column {', '.join(missing)}; "
+                f"its text columns: {', '.join(strings)} (or mix:p=P)"
+            )
+
+    def pick(self, row: dict, seed: int) -> tuple[str | None, str, bool]:
+        """(text, the column it came from, whether a mix fell back to the other caption)."""
+        if self.column is not None:
+            return row.get(self.column), self.column, False
+        first, second = (ORIGINAL, RECAPTION) if takes_original(row["key"], self.p, seed) else (
+            RECAPTION, ORIGINAL)
+        if _blank(row.get(first)) and not _blank(row.get(second)):
+            return row[second], second, True
+        return row.get(first), first, False
+
+
+def takes_original(key: str | None, p: float, seed: int) -> bool:
+    """The mix's draw for one sample: fixed by (seed, key), true with probability p."""
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") / 2**64 < p
+
+
+def _blank(text: str | None) -> bool:
+    return text is None or not text.strip()
+
+
+# -- image formats and tar keys ---------------------------------------------------------------------
+
+_SIGNATURES = (
+    (b"\xff\xd8\xff", "jpg"),
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"GIF87a", "gif"),
+    (b"GIF89a", "gif"),
+    (b"BM", "bmp"),
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+    (b"qoif", "qoi"),
+)
+_PIL_FORMATS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp",
+                "DIB": "bmp", "TIFF": "tiff", "AVIF": "avif", "HEIF": "heic", "JPEG2000": "jp2",
+                "PPM": "ppm", "QOI": "qoi", "TGA": "tga"}
+
+
+def image_extension(data: bytes | None) -> str | None:
+    """The file extension of an image's format from its bytes (jpg, png, webp, ...), None if no
+    known format: from the signature, else from Pillow's header parse (no pixels decoded)."""
+    if not data:
+        return None
+    for signature, ext in _SIGNATURES:
+        if data.startswith(signature):
+            return ext
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    if data[4:8] == b"ftyp":
+        brand = data[8:12]
+        if brand in (b"avif", b"avis"):
+            return "avif"
+        if brand in (b"heic", b"heix", b"mif1", b"msf1", b"heim", b"heis"):
+            return "heic"
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as img:
+                return _PIL_FORMATS.get(img.format or "")
+    except Exception:  # not an image Pillow knows, or one over its pixel limit: no format
+        return None
+
+
+_UNSAFE_KEY = re.compile(r"[./\\]")
+
+
+class TarKeys:
+    """Member-name keys for one tar: '/', '\\' and '.' become '_' (webdataset splits a name at
+    its first dot); a key that then collides with an earlier one gets `_1`, `_2`, ..."""
+
+    def __init__(self):
+        self.used: set[str] = set()
+        self.renamed = 0
+
+    def __call__(self, key: str) -> str:
+        safe = _UNSAFE_KEY.sub("_", key) or "_"
+        candidate, n = safe, 0
+        while candidate in self.used:
+            n += 1
+            candidate = f"{safe}_{n}"
+        self.used.add(candidate)
+        self.renamed += candidate != key
+        return candidate
+
+
+# -- summary ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class ExportedShard:
+    name: str
+    outcome: str  # done | skipped (already exported alike) | failed
+    rows: int = 0
+    exported: int = 0
+    not_exported: dict[str, int] = field(default_factory=dict)
+    tar: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class ExportSummary:
+    source: str
+    destination: str
+    caption: str
+    seed: int
+    shards: list[ExportedShard] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        return sum(s.rows for s in self.shards)
+
+    @property
+    def exported(self) -> int:
+        return sum(s.exported for s in self.shards)
+
+    @property
+    def not_exported(self) -> Counter:
+        total: Counter = Counter()
+        for s in self.shards:
+            total.update(s.not_exported)
+        return total
+
+    @property
+    def failed(self) -> dict[str, str]:
+        return {s.name: s.error or "" for s in self.shards if s.outcome == FAILED}
+
+    @property
+    def done(self) -> list[str]:
+        return [s.name for s in self.shards if s.outcome == DONE]
+
+    @property
+    def skipped(self) -> list[str]:
+        return [s.name for s in self.shards if s.outcome == SKIPPED]
+
+    def lines(self) -> list[str]:
+        """What `recap export` prints: one line per shard, then the totals."""
+        lines = []
+        for s in self.shards:
+            if s.outcome == FAILED:
+                lines.append(f"{s.name}: FAILED, nothing exported: {s.error}")
+                continue
+            note = " (already exported)" if s.outcome == SKIPPED else ""
+            lines.append(f"{s.name}: {s.exported} of {s.rows} rows{_reasons(s.not_exported)}{note}")
+        failed = f"; {len(self.failed)} shards FAILED ({', '.join(self.failed)})" if self.failed else ""
+        lines.append(
+            f"exported {self.exported} of {self.rows} rows{_reasons(self.not_exported)} with --caption "
+            f"{self.caption} to {self.destination}{failed}"
+        )
+        return lines
+
+
+def _reasons(counts: dict[str, int]) -> str:
+    parts = [f"{reason} {counts[reason]}" for reason in sorted(counts) if counts[reason]]
+    return f" (not exported: {', '.join(parts)})" if parts else ""
+
+
+# -- the export -------------------------------------------------------------------------------------
+
+
+def export(output: str, destination: str, *, images: list[str] | None = None, caption: str = RECAPTION,
+           seed: int = 0, overwrite: bool = False) -> ExportSummary:
+    """Write each finished shard of caption output `output` as a WebDataset tar in `destination`.
+
+    Holds `destination`'s lock; `output` and the images are only read. A shard whose images
+    cannot be read (input missing) is named in `summary.failed` and the others still export.
+    Raises CaptionChoiceError for a `caption` the output has no text column for, ExportError for
+    `destination` == `output` or one that holds shards exported otherwise (without
+    `overwrite`), NoOutputError when `output` holds no finished shards, InputError when
+    `images` match no shards."""
+    choice = CaptionChoice.parse(caption)
+    if same_folder(output, destination):
+        raise ExportError(
+            f"the destination {destination} is the output folder itself; give another folder with -o"
+        )
+    src = OutputDir(output)
+    names = done_shards(src)
+    with src.fs.open(src.parquet(names[0]), "rb") as f:
+        choice.check(pq.read_schema(f), f"{output} shard {names[0]}")
+    sources = ImageSources(src, images)
+    with output_lock(destination, "recap export"):
+        dest = OutputDir(destination)
+        remove_stale_temporaries(dest.fs, dest.root)
+        summary = ExportSummary(folder_location(output), destination, choice.spec, seed)
+        settings = {"caption": choice.spec, "seed": seed, "from": summary.source}
+        todo = []
+        for name in names:
+            previous = None if overwrite else dest.done_provenance(name) if dest.is_done(name) else None
+            if previous is None:
+                todo.append(name)
+            elif all(previous.get(k) == v for k, v in settings.items()):
+                summary.shards.append(_skipped(dest, name))
+            else:
+                made = (
+                    f"exported otherwise (--caption {previous['caption']}, seed {previous.get('seed')}, "
+                    f"from {previous.get('from')})" if "caption" in previous else "not made by `recap export`"
+                )
+                raise ExportError(
+                    f"{destination} already holds a finished shard {name} {made}; "
+                    "use --overwrite to replace it, or another destination"
+                )
+        for name in todo:
+            summary.shards.append(_export_shard(src, dest, name, choice, seed, sources, settings, images))
+    summary.shards.sort(key=lambda s: s.name)
+    return summary
+
+
+class ImageSources:
+    """Where a caption shard's images are: its recorded input, or among the shards of `images`."""
+
+    def __init__(self, src: OutputDir, images: list[str] | None):
+        self.src, self.images = src, images
+        self._found: dict[ColumnConfig, list[Shard]] = {}
+        if images is not None:
+            self._discover(ColumnConfig())  # images that match nothing: said now, in one line
+
+    def _discover(self, columns: ColumnConfig) -> list[Shard]:
+        if columns not in self._found:
+            self._found[columns] = discover_shards(list(self.images), columns)
+        return self._found[columns]
+
+    def for_shard(self, name: str) -> tuple[list[Shard], bool]:
+        """(shards to read, whether that is one matched shard: reading may stop once every row
+        has its image)."""
+        if self.images is None:
+            return [input_shard(self.src, name)], True
+        with self.src.fs.open(self.src.stats(name), "r") as f:
+            recorded = json.load(f).get("columns") or {}  # how the input was read when captioned
+        columns = ColumnConfig(**{k: tuple(v) if k == "extra" else v for k, v in recorded.items()})
+        shards = self._discover(columns)
+        same = [s for s in shards if s.name == name]
+        if not same:
+            log.warning("%s: no shard of that name among the images given; looking for its keys in all %d",
+                        name, len(shards))
+        return same or shards, bool(same)
+
+
+def _skipped(dest: OutputDir, name: str) -> ExportedShard:
+    try:
+        with dest.fs.open(dest.stats(name), "r") as f:
+            stats = json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError):
+        stats = {}
+    return ExportedShard(name, SKIPPED, stats.get("rows", 0), stats.get("exported", 0),
+                         stats.get("not_exported", {}), dest.path(f"{name}.tar"))
+
+
+def _row_columns(schema: pa.Schema, choice: CaptionChoice) -> list[str]:
+    wanted = ["key", "status", "url", "sha256", ORIGINAL, RECAPTION, "re_clip_score", "org_clip_score",
+              *choice.columns]
+    wanted += [f.name for f in schema if f.name.startswith("re_caption") and pa.types.is_string(f.type)]
+    return [c for c in dict.fromkeys(wanted) if c in schema.names]
+
+
+def _meta(row: dict, key: str, source: str) -> dict:
+    meta = {"key": key, "url": row.get("url"), "sha256": row.get("sha256"),
+            ORIGINAL: row.get(ORIGINAL), RECAPTION: row.get(RECAPTION)}
+    meta.update({c: v for c, v in row.items() if c.startswith("re_caption") and c not in meta})
+    meta.update({c: row[c] for c in ("re_clip_score", "org_clip_score") if c in row})
+    meta["caption_source"] = source
+    return meta
+
+
+def _export_shard(src: OutputDir, dest: OutputDir, name: str, choice: CaptionChoice, seed: int,
+                  sources: ImageSources, settings: dict, images: list[str] | None) -> ExportedShard:
+    tar = dest.path(f"{name}.tar")
+    if dest.fs.exists(dest.marker(name)):  # replacing (--overwrite): not done until rewritten
+        dest.fs.rm(dest.marker(name))
+    try:
+        table = read_output(src, name)
+        choice.check(table.schema, f"shard {name}")
+        rows = table.select(_row_columns(table.schema, choice)).to_pylist()
+        reasons: Counter = Counter()
+        picked_from: Counter = Counter()
+        fallbacks = 0
+        wanted: dict[str, tuple[dict, str, str, bool]] = {}
+        for row in rows:
+            if row.get("status", "ok") != "ok":
+                reasons[STATUS_NOT_OK] += 1
+                continue
+            text, column, fell_back = choice.pick(row, seed)
+            if _blank(text):
+                reasons[NO_CAPTION] += 1
+            elif row["key"] is None:
+                reasons[IMAGE_NOT_FOUND] += 1
+            elif row["key"] in wanted:
+                reasons[DUPLICATE_KEY] += 1
+            else:
+                wanted[row["key"]] = (row, text, column, fell_back)
+        shards, matched = sources.for_shard(name)
+        writer = TarShardWriter(dest.fs, tar)
+        keys = TarKeys()
+        try:
+            for shard in shards:
+                if matched and not wanted:
+                    break
+                with closing(iter(shard)) as samples:
+                    for sample in samples:
+                        entry = wanted.pop(sample.key, None)
+                        if entry is None:
+                            continue
+                        ext = image_extension(sample.image_bytes)
+                        if ext is None:
+                            reasons[UNREADABLE_IMAGE] += 1
+                            continue
+                        row, text, column, fell_back = entry
+                        meta = json.dumps(_meta(row, sample.key, column), ensure_ascii=False)
+                        writer.add(keys(sample.key), {
+                            ext: sample.image_bytes, "txt": text.encode("utf-8"), "json": meta.encode("utf-8")
+                        })
+                        picked_from[column] += 1
+                        fallbacks += fell_back
+                        if matched and not wanted:
+                            break  # every row has its image: the rest of the shard is not read
+            reasons[IMAGE_NOT_FOUND] += len(wanted)
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+    except Exception as exc:  # a missing or broken input shard, a changed folder: say which, go on
+        log.error("cannot export %s: %s", name, exc)
+        return ExportedShard(name, FAILED, error=f"{type(exc).__name__}: {exc}")
+    not_exported = {r: reasons[r] for r in REASONS if reasons[r]}
+    stats = {
+        "shard": name,
+        "output": settings["from"],
+        "images_from": [s.source for s in shards],
+        "caption": choice.spec,
+        "seed": seed,
+        "rows": len(rows),
+        "exported": writer.samples,
+        "not_exported": not_exported,
+        "caption_sources": dict(sorted(picked_from.items())),
+        "mix_fallbacks": fallbacks if choice.column is None else None,
+        "keys_renamed": keys.renamed,
+        "tar": tar,
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    dest.write_json_atomic(dest.stats(name), stats)
+    from . import __version__
+
+    dest.write_json_atomic(dest.marker(name), {**settings, "images": images, "samples": writer.samples,
+                                               "recaption_version": __version__})
+    return ExportedShard(name, DONE, len(rows), writer.samples, not_exported, tar)
