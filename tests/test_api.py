@@ -41,7 +41,7 @@ def test_cli_style_values_are_understood():
     s = caption_settings("out", devices="0,cuda:3", endpoint=["http://a:1,http://b:2"], engine="openai",
                          score=True, clip_model="tiny-clip", image_col="png")
     assert s.executor.devices == ["cuda:0", "cuda:3"]
-    assert s.caption.endpoints == ["http://a:1", "http://b:2"]
+    assert s.caption.server.endpoints == ["http://a:1", "http://b:2"]
     assert s.run.clip_model == "tiny-clip" and s.columns.image == "png"
     assert caption_settings("out", score=False, clip_model="x").run.clip_model is None
     with pytest.raises(ValueError, match="needs --endpoint"):

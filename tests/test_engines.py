@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from recaption.config import CaptionConfig, RunConfig
+from recaption.config import CaptionConfig, RunConfig, ServerOptions
 from recaption.models.registry import PAPER_PROMPT
 from recaption.pipeline import CaptionPipeline
 from recaption.readers import discover_shards
@@ -28,8 +28,9 @@ def expected_caption(i: int) -> str:
 
 
 def run_openai(shards, out, endpoints, **options):
-    cfg = CaptionConfig(engine="openai", model="served-llava", endpoints=endpoints, max_new_tokens=32,
-                        retry_backoff=0.01, **{"batch_size": 3, "concurrency": 4, **options})
+    server = {"endpoints": endpoints, "retry_backoff": 0.01, "concurrency": 4, **options}
+    cfg = CaptionConfig(engine="openai", model="served-llava", max_new_tokens=32, batch_size=3,
+                        server=ServerOptions(**server))
     pipeline = CaptionPipeline(cfg, RunConfig(output=str(out)))
     try:
         return pipeline.run(discover_shards(shards))
@@ -349,8 +350,8 @@ def test_retry_failed_captions_again_the_shards_with_caption_errors(tmp_path):
         return await default_behaviour(body, state)
 
     def run(**run_options):
-        cfg = CaptionConfig(engine="openai", model="served", endpoints=[server.url], max_new_tokens=32,
-                            retries=0, batch_size=3)
+        cfg = CaptionConfig(engine="openai", model="served", max_new_tokens=32, batch_size=3,
+                            server=ServerOptions(endpoints=[server.url], retries=0))
         pipeline = CaptionPipeline(cfg, RunConfig(output=str(out), **run_options))
         try:
             return pipeline.run(discover_shards([str(tmp_path / "in")]))

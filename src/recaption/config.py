@@ -10,6 +10,29 @@ from .models.registry import CONDITIONAL_PROMPT, PAPER_PROMPT
 
 
 @dataclass
+class TransformersOptions:
+    """--engine transformers (and the trainers' model loading)."""
+
+    attn_implementation: str | None = "sdpa"  # sdpa | eager | flash_attention_2 | None (the model's)
+
+
+@dataclass
+class ServerOptions:
+    """--engine openai (and the judge): the servers, and how hard to push them."""
+
+    endpoints: list[str] = field(default_factory=list)
+    concurrency: int = 64  # requests in flight over all endpoints
+    request_timeout: float = 120.0  # seconds for one request, connect to last byte
+    retries: int = 4
+    retry_backoff: float = 1.0  # seconds before the first retry; doubles each time
+    api_key_env: str | None = "OPENAI_API_KEY"  # the key is read from this variable, never logged
+
+    def __post_init__(self):
+        if self.concurrency < 1 or self.retries < 0 or self.request_timeout <= 0:
+            raise ValueError("concurrency and request_timeout must be positive, retries at least 0")
+
+
+@dataclass
 class CaptionConfig:
     """What the captioner does: model, prompt and decoding."""
 
@@ -28,23 +51,16 @@ class CaptionConfig:
     passes: list = field(default_factory=list)
     passes_file: str | None = None
     seed: int = 0
-    attn_implementation: str | None = "sdpa"
-    engine: str = "transformers"  # transformers | vllm | openai
-    # --engine openai: servers, and how hard to push them.
-    endpoints: list[str] = field(default_factory=list)
-    concurrency: int = 64  # requests in flight over all endpoints
-    request_timeout: float = 120.0  # seconds for one request, connect to last byte
-    retries: int = 4
-    retry_backoff: float = 1.0  # seconds before the first retry; doubles each time
-    api_key_env: str | None = "OPENAI_API_KEY"  # the key is read from this variable, never logged
+    engine: str = "transformers"  # a module engines/<name>_engine.py: transformers | vllm | openai
+    # Engine-specific options, each engine reading its own.
+    transformers: TransformersOptions = field(default_factory=lambda: TransformersOptions())
+    server: ServerOptions = field(default_factory=lambda: ServerOptions())
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
             raise ValueError("max_new_tokens must be at least 1")
         if self.batch_size < 0:
             raise ValueError("batch_size must be positive, or 0 for automatic")
-        if self.concurrency < 1 or self.retries < 0 or self.request_timeout <= 0:
-            raise ValueError("concurrency and request_timeout must be positive, retries at least 0")
         if self.top_k < 0:
             raise ValueError("top_k must be 0 (greedy) or positive")
         from .passes import check_unique, parse_pass, read_passes_file
@@ -168,10 +184,14 @@ _COLUMN_OPTIONS = {"image_col": "image", "caption_col": "caption", "url_col": "u
 _CLI_ONLY = {"endpoint", "score", "devices"}
 
 
+_OPTION_CLASSES = (CaptionConfig, TransformersOptions, ServerOptions, RunConfig, ExecutorConfig)
+_SUB_CONFIGS = {"transformers", "server"}  # CaptionConfig fields built from their own options
+
+
 def caption_option_names() -> list[str]:
     """Every option `caption_settings` (and so `recaption.caption`) accepts."""
-    names = {f.name for cls in (CaptionConfig, RunConfig, ExecutorConfig) for f in fields(cls)}
-    return sorted((names - {"output"}) | set(_COLUMN_OPTIONS) | _CLI_ONLY)
+    names = {f.name for cls in _OPTION_CLASSES for f in fields(cls)}
+    return sorted((names - {"output"} - _SUB_CONFIGS) | set(_COLUMN_OPTIONS) | _CLI_ONLY)
 
 
 def caption_settings(output: str, **options) -> CaptionSettings:
@@ -202,10 +222,12 @@ def caption_settings(output: str, **options) -> CaptionSettings:
     columns = ColumnConfig(
         **{_COLUMN_OPTIONS[k]: options.pop(k) for k in list(options) if k in _COLUMN_OPTIONS}
     )
-    caption = CaptionConfig(**_take(options, CaptionConfig))
+    engine_options = {"transformers": TransformersOptions(**_take(options, TransformersOptions)),
+                      "server": ServerOptions(**_take(options, ServerOptions))}
+    caption = CaptionConfig(**_take(options, CaptionConfig), **engine_options)
     executor = ExecutorConfig(**_take(options, ExecutorConfig))
     run = RunConfig(output=output, **_take(options, RunConfig))
-    if caption.engine == "openai" and not caption.endpoints:
+    if caption.engine == "openai" and not caption.server.endpoints:
         raise ValueError("--engine openai needs --endpoint URL")
     return CaptionSettings(caption, run, columns, executor)
 

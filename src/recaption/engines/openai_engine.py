@@ -81,17 +81,18 @@ class OpenAICaptioner(Engine):
     loads_weights = False  # --model names what the server serves
 
     def __init__(self, config: CaptionConfig):
-        if not config.endpoints:
+        if not config.server.endpoints:
             raise ValueError("--engine openai needs at least one --endpoint URL")
         super().__init__(config)
+        self.server = config.server
         self.device = "remote"
         self.preparer = OpenAIPreparer(config)
         self.batch_size = config.batch_size or 32
         # Enough batches in flight to keep `concurrency` requests busy, plus one being prepared.
-        self.batches_in_flight = max(1, -(-config.concurrency // self.batch_size)) + 1
+        self.batches_in_flight = max(1, -(-config.server.concurrency // self.batch_size)) + 1
         self._loop: asyncio.AbstractEventLoop | None = None
         self._api_key: str | None = None  # read in setup(), in the process that sends requests
-        self._secrets = [v for e in config.endpoints for v in url_secrets(e)]
+        self._secrets = [v for e in config.server.endpoints for v in url_secrets(e)]
 
     def redact(self, text: str | None) -> str | None:
         """`text` without this client's secrets (API key, endpoint credentials) or token-like
@@ -100,7 +101,7 @@ class OpenAICaptioner(Engine):
 
     # -- lifecycle: one event loop thread and one HTTP session serve every batch -----------------
     def setup(self) -> None:
-        self._api_key = os.environ.get(self.config.api_key_env) if self.config.api_key_env else None
+        self._api_key = os.environ.get(self.server.api_key_env) if self.server.api_key_env else None
         self._secrets.append(self._api_key)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="recap-openai", daemon=True)
@@ -112,11 +113,11 @@ class OpenAICaptioner(Engine):
         import aiohttp
 
         self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self.config.request_timeout),
-            connector=aiohttp.TCPConnector(limit=self.config.concurrency),
+            timeout=aiohttp.ClientTimeout(total=self.server.request_timeout),
+            connector=aiohttp.TCPConnector(limit=self.server.concurrency),
         )
-        self._slots = asyncio.Semaphore(self.config.concurrency)
-        self._urls = [chat_completions_url(e) for e in self.config.endpoints]
+        self._slots = asyncio.Semaphore(self.server.concurrency)
+        self._urls = [chat_completions_url(e) for e in self.server.endpoints]
         self._outstanding = dict.fromkeys(self._urls, 0)
         # An endpoint with credentials in its URL authenticates with them (aiohttp sends basic
         # auth); the API key goes to the others (aiohttp refuses both on one request).
@@ -167,7 +168,7 @@ class OpenAICaptioner(Engine):
         return list(await asyncio.gather(*(self._one(b) for b in bodies)))
 
     async def _one(self, body: dict) -> Generation:
-        attempts = self.config.retries + 1
+        attempts = self.server.retries + 1
         last_error = ""
         for attempt in range(attempts):
             url = min(self._urls, key=lambda u: (self._outstanding[u], random.random()))
@@ -182,7 +183,7 @@ class OpenAICaptioner(Engine):
                 last_error = self.redact(str(exc))
                 if not exc.retry or attempt == attempts - 1:
                     break
-                delay = exc.wait if exc.wait is not None else self.config.retry_backoff * 2**attempt
+                delay = exc.wait if exc.wait is not None else self.server.retry_backoff * 2**attempt
                 log.info("%s; retry %d/%d in %.2fs", last_error, attempt + 1, attempts - 1, delay)
                 await asyncio.sleep(delay * (1 + 0.1 * random.random()))
         return Generation(text=None, num_tokens=0, truncated=False,
@@ -205,7 +206,7 @@ class OpenAICaptioner(Engine):
                 except ValueError as exc:  # the body was not JSON
                     raise _RequestFailed(f"{shown}: reply is not JSON: {exc}", retry=True) from exc
         except asyncio.TimeoutError as exc:
-            message = f"{shown}: no reply within {self.config.request_timeout}s"
+            message = f"{shown}: no reply within {self.server.request_timeout}s"
             raise _RequestFailed(message, retry=True) from exc
         except aiohttp.ClientError as exc:
             raise _RequestFailed(f"{shown}: {type(exc).__name__}: {exc}", retry=True) from exc

@@ -143,8 +143,8 @@ class TransformersCaptioner(Engine):
             processor = AutoProcessor.from_pretrained(source, **family.processor_kwargs)
             auto_class = getattr(transformers, family.auto_class)
             kwargs = {"dtype": self.dtype}
-            if self.config.attn_implementation:
-                kwargs["attn_implementation"] = self.config.attn_implementation
+            if self.config.transformers.attn_implementation:
+                kwargs["attn_implementation"] = self.config.transformers.attn_implementation
             model = auto_class.from_pretrained(source, **kwargs)
         except (OSError, ValueError, KeyError, TypeError, ImportError) as exc:
             # Not found, offline, not a model of a kind transformers knows, missing files,

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from ..atomic import output_lock
-from ..config import CaptionConfig
+from ..config import CaptionConfig, ServerOptions
 from ..engines.openai_engine import OpenAICaptioner, image_data_url
 from ..images import decode_sample
 from ..schema import JUDGE_METADATA_KEY
@@ -106,13 +106,11 @@ def _judge_locked(output: str, config: JudgeConfig, on_shard) -> JudgeSummary:
         CaptionConfig(
             engine="openai",
             model=config.model,
-            endpoints=config.endpoints,
             max_new_tokens=32,
-            concurrency=config.concurrency,
-            retries=config.retries,
-            request_timeout=config.request_timeout,
-            api_key_env=config.api_key_env,
             batch_size=config.concurrency,
+            server=ServerOptions(endpoints=config.endpoints, concurrency=config.concurrency,
+                                 retries=config.retries, request_timeout=config.request_timeout,
+                                 api_key_env=config.api_key_env),
         )
     )
     client.setup()
