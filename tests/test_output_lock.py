@@ -70,7 +70,8 @@ def test_python_api_refuses_a_locked_folder(tmp_path):
 
 
 def _rows(n, tag):
-    return [Sample(key=f"{tag}{i}", org_caption=tag, captions={"re_caption": f"{tag} caption {i}"}) for i in range(n)]
+    return [Sample(key=f"{tag}{i}", org_caption=tag, captions={"re_caption": f"{tag} caption {i}"})
+            for i in range(n)]
 
 
 def test_two_writers_of_one_shard_never_commit_each_others_file(tmp_path):

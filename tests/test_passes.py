@@ -136,7 +136,8 @@ def test_output_from_before_engine_and_dtype_were_recorded_still_resumes(tmp_pat
     caption(shards, tmp_path / "out", captioner)
     marker_path = tmp_path / "out" / "00000.done"
     marker = json.loads(marker_path.read_text())
-    marker_path.write_text(json.dumps({k: v for k, v in marker.items() if k not in ("engine", "dtype")}))
+    later = ("engine", "dtype", "max_pixels", "max_side")
+    marker_path.write_text(json.dumps({k: v for k, v in marker.items() if k not in later}))
     assert [r.outcome for r in caption(shards, tmp_path / "out", captioner).results] == ["skipped"]
     with pytest.raises(ConfigMismatchError, match="dtype"):
         caption(shards, tmp_path / "out", captioner, dtype="bfloat16")
@@ -154,3 +155,12 @@ def test_shard_stats_time_each_stage_and_the_summary_says_what_bound_the_run(tmp
     slow_loader = RunSummary([ShardResult("a", "a", "done", stage_seconds={"loader_wait": 3, "generate": 1})])
     assert slow_loader.bound_by().startswith("bound by the loader") and "75%" in slow_loader.bound_by()
     assert RunSummary().bound_by() is None
+
+
+def test_image_limits_are_settings_of_the_output(tmp_path, captioner):
+    shards = write_shards(tmp_path / "in", 1, 2)
+    config = CaptionConfig(model="tiny", max_new_tokens=24)
+    CaptionPipeline(config, RunConfig(output=str(tmp_path / "out")), captioner).run(discover_shards(shards))
+    smaller = RunConfig(output=str(tmp_path / "out"), max_side=64)
+    with pytest.raises(ConfigMismatchError, match="max_side"):
+        CaptionPipeline(config, smaller, captioner).run(discover_shards(shards))

@@ -18,10 +18,10 @@ from typer.testing import CliRunner
 
 from recaption.cli import app
 from recaption.quality.clip import ClipScorer
+from recaption.rows import sample_row
 from recaption.sample import Sample
 from recaption.schema import JUDGE_METADATA_KEY, METADATA_KEY, SCORES_METADATA_KEY, output_schema
 from recaption.shards import write_webdataset_shard
-from recaption.rows import sample_row
 
 from .conftest import make_records, write_shards
 
@@ -61,7 +61,8 @@ def write_output(out, name: str, samples: list[Sample], shard_path=None, clip_mo
 
 def captioned(key, re_caption, org_caption="alt text", re_clip=None, org_clip=None):
     sample = Sample(
-        key=key, url=f"https://example.org/{key}.jpg", org_caption=org_caption, captions={"re_caption": re_caption}
+        key=key, url=f"https://example.org/{key}.jpg", org_caption=org_caption,
+        captions={"re_caption": re_caption},
     )
     sample.re_truncated = False
     if re_clip is not None:

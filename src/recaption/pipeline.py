@@ -20,6 +20,7 @@ from . import __version__
 from .config import CaptionConfig, RunConfig
 from .engines import make_engine
 from .engines.base import Engine, slice_inputs
+from .images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
 from .passes import CONDITIONAL, FLAGS, CaptionPass, Decoding
 from .readers import Shard
 from .results import DONE, FAILED, SKIPPED, ConfigMismatchError, Progress, RunSummary, ShardResult
@@ -122,7 +123,7 @@ def plan_shards(
     out = OutputDir(run.output)
     if run.overwrite:
         return list(shards), []
-    current = caption.provenance()
+    current = run_provenance(caption, run)
     todo, done = [], []
     for shard in shards:
         if not out.is_done(shard.name):
@@ -146,7 +147,16 @@ def plan_shards(
 
 
 _NOT_SETTINGS = ("recaption_version", INPUT_FINGERPRINT)  # may differ between shards and runs
-_ADDED_LATER = {"engine": "transformers", "dtype": "auto"}
+# Settings recorded only since a later version, with the value output made before had.
+_ADDED_LATER = {"engine": "transformers", "dtype": "auto", "max_pixels": DEFAULT_MAX_PIXELS,
+                "max_side": DEFAULT_MAX_SIDE}
+
+
+def run_provenance(caption: CaptionConfig, run: RunConfig) -> dict:
+    """Every setting that changes a shard's rows, as its .done marker records them: the
+    captioner's (model, passes, decoding, engine, dtype) and the image limits (a smaller
+    --max-side captions a smaller image; --max-pixels decides which images are too_large)."""
+    return {**caption.provenance(), "max_pixels": run.max_pixels, "max_side": run.max_side}
 
 
 def _caption_errors(out: OutputDir, name: str) -> int:
@@ -210,7 +220,6 @@ def require_same_settings(out: OutputDir, name: str, current: dict, marker: dict
     .done marker holds them, read here unless given); the recaption version and the input
     fingerprint may differ."""
     marker = out.done_provenance(name) if marker is None else marker
-    # Settings recorded only since a later version: an older marker made with their default.
     marker = {**{k: v for k, v in _ADDED_LATER.items() if k in current}, **(marker or {})}
     previous = {k: v for k, v in marker.items() if k not in _NOT_SETTINGS}
     current = {k: v for k, v in current.items() if k not in _NOT_SETTINGS}
@@ -280,7 +289,7 @@ class CaptionPipeline:
         self.out = OutputDir(run.output)
         self.passes = caption.caption_passes
         self._loader_wait: Counter = Counter()  # shard -> seconds the loop waited for its items
-        self.provenance = {**caption.provenance(), "recaption_version": __version__}
+        self.provenance = {**run_provenance(caption, run), "recaption_version": __version__}
 
     # -- planning ---------------------------------------------------------------------------
     def pending(self, shards: list[Shard]) -> tuple[list[Shard], list[Shard]]:
