@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 import recaption
 from recaption.cli import app
+from recaption.errors import RecaptionError
 from recaption.images import DEFAULT_MAX_PIXELS
 
 from .conftest import image_bytes, write_shards
@@ -283,3 +284,104 @@ def test_parquet_image_column_of_junk_bytes_is_a_stable_decode_error(tmp_path):
         assert caption(tmp_path, out=out).exit_code == 0
         errors.append(pq.read_table(tmp_path / out / "part.parquet").to_pylist()[0]["error"])
     assert errors[0] == errors[1] and "0x" not in errors[0]
+
+
+# -- 6. one root for user errors -------------------------------------------------------------
+
+
+class PlantedError(RecaptionError):
+    """A user error that is nothing else (not a ValueError, not a RuntimeError)."""
+
+
+def _raise_planted(*args, **kwargs):
+    raise PlantedError("planted [bold]user error[/bold]: fix the input")
+
+
+# (command line, function raising the user error deep under that command)
+PLANTED = [
+    (["caption", "{tmp}/in", "-o", "{tmp}/out"], "recaption.executors.run_caption"),
+    (["download", "{tmp}/meta.csv", "-o", "{tmp}/dl"], "recaption.downloads.choose_columns"),
+    (["run", "{tmp}/meta.csv", "-o", "{tmp}/run"], "recaption.downloads.choose_columns"),
+    (["score", "{tmp}/out", "--clip-model", "tiny-clip"], "recaption.quality.clip.ClipScorer"),
+    (["judge", "{tmp}/out", "--endpoint", "http://127.0.0.1:9", "--model", "m"],
+     "recaption.quality.judge.judge_output"),
+    (["report", "{tmp}/out", "-o", "{tmp}/r.html"], "recaption.quality.report.write_report"),
+    (["stats", "{tmp}/out"], "recaption.quality.stats.collect"),
+    (["shapes", "-o", "{tmp}/shapes", "--images", "1"], "recaption.shapes.write_shapes_shards"),
+    (["train-clip", "{tmp}/in", "-o", "{tmp}/clip"], "recaption.training.clip_train.train_clip"),
+    (["eval-captioner", "tiny"], "recaption.training.caption_eval.evaluate_captioner"),
+    (["eval-retrieval", "tiny-clip", "{tmp}/in"], "recaption.training.retrieval.evaluate"),
+    (["demo", "-o", "{tmp}/demo"], "recaption.demo.build_demo_shard"),
+    (["convert-llava", "{tmp}/llava", "{tmp}/converted"], "recaption.models.convert_llava.convert_llava"),
+]
+
+
+@pytest.mark.parametrize("args, target", PLANTED, ids=[args[0] for args, _ in PLANTED])
+def test_a_user_error_anywhere_under_a_command_is_one_line_and_exit_2(tmp_path, monkeypatch, args, target):
+    write_shards(tmp_path / "in", 1, 1)
+    monkeypatch.setattr(target, _raise_planted)
+    result = runner.invoke(app, [arg.format(tmp=tmp_path) for arg in args])
+    line = one_error_line(result, "planted [bold]user error[/bold]: fix the input")  # markup shown as is
+    assert line == "error: planted [bold]user error[/bold]: fix the input"
+
+
+def test_every_command_is_guarded_for_user_errors():
+    from recaption.cli import COMMANDS
+
+    planted = {args[0] for args, _ in PLANTED}
+    assert set(COMMANDS) - planted == {"train-captioner", "models"}  # both share the guard all have
+    for info in app.registered_commands:
+        assert info.callback.__wrapped__ is COMMANDS[info.name]
+
+
+def test_the_library_user_errors_share_one_root():
+    from recaption.atomic import OutputLockedError
+    from recaption.models.convert_llava import ConversionError
+    from recaption.models.loading import ModelError
+    from recaption.quality.clip import ClipModelError
+    from recaption.quality.outputs import InputChangedError, NoOutputError
+    from recaption.quality.report import MissingDependencyError
+    from recaption.readers import InputError
+    from recaption.results import ConfigMismatchError
+    from recaption.training.checkpoints import CheckpointError
+    from recaption.training.inputs import TrainingInputError
+
+    for error, other_base in [
+        (InputError, ValueError), (ModelError, ValueError), (OutputLockedError, RuntimeError),
+        (NoOutputError, ValueError), (InputChangedError, ValueError), (ClipModelError, ValueError),
+        (MissingDependencyError, ImportError), (TrainingInputError, ValueError),
+        (CheckpointError, ValueError), (ConversionError, ValueError), (ConfigMismatchError, RuntimeError),
+    ]:
+        assert issubclass(error, RecaptionError) and issubclass(error, other_base), error
+
+
+def test_the_demo_does_not_import_the_cli():
+    """Nor does any other library module, even inside a function: the CLI sits on top, no cycle."""
+    import ast
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    package = Path(recaption.__file__).parent
+    for path in package.rglob("*.py"):
+        if path.parent.name == "cli" and path.parent.parent == package:
+            continue
+        parts = path.relative_to(package.parent).with_suffix("").parts
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = list(parts[: len(parts) - node.level]) if node.level else []
+                names = [".".join([*base, node.module or ""]).strip(".")]
+                names += [f"{names[0]}.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            assert not any(n == "recaption.cli" or n.startswith("recaption.cli.") for n in names), path
+
+    code = (
+        "import sys, recaption.demo\n"
+        "cli = sorted(m for m in sys.modules if m == 'recaption.cli' or m.startswith('recaption.cli.'))\n"
+        "assert not cli, cli\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr

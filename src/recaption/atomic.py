@@ -17,6 +17,8 @@ from contextlib import contextmanager
 
 from fsspec.core import url_to_fs
 
+from .errors import RecaptionError
+
 TMP_SUFFIX = ".tmp"
 LOCK_NAME = ".recap.lock"
 
@@ -70,7 +72,7 @@ class _NoFlock(OSError):
     """flock is not supported where the output folder lives."""
 
 
-class OutputLockedError(RuntimeError):
+class OutputLockedError(RecaptionError, RuntimeError):
     """Another process is writing to this output folder."""
 
 

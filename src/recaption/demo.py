@@ -1,8 +1,13 @@
 """`recap demo`: write a shapes-world sample shard and recaption it offline with the built-in
-captioner (a tiny LLaVA trained on the shapes world, shipped in the package)."""
+captioner (a tiny LLaVA trained on the shapes world, shipped in the package).
+
+The library side of the demo: it prints to the console it is given and captions through the
+`caption` function it is given (the CLI passes its own, which shows progress and a summary), so
+it never imports the CLI."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -14,6 +19,9 @@ from .shapes import ShapesWorld
 from .shards import ShardRecord, write_webdataset_shard
 
 DEMO_SEED, DEMO_START, DEMO_IMAGES = 0, 700_000, 8  # a range no training split used
+
+# Captions INPUTS with these settings and returns an exit code (0 ok, 1 a shard failed, 2 refused).
+CaptionCommand = Callable[[list[str], CaptionConfig, RunConfig], int]
 
 
 def build_demo_shard(folder: Path) -> Path:
@@ -42,13 +50,13 @@ def build_demo_shard(folder: Path) -> Path:
     return shard
 
 
-def run_demo(output: Path, console: Console, rows: int = 5) -> int:
-    from .cli import run_caption_command
-
+def run_demo(output: Path, console: Console, rows: int = 5, *, caption: CaptionCommand) -> int:
+    """Write the sample shard under OUTPUT/shards, caption it into OUTPUT/captions with the
+    built-in captioner, and print the first ROWS rows beside the truth; the exit code."""
     shard = build_demo_shard(output / "shards")
     out_dir = output / "captions"
     console.print(f"sample shard: {shard}")
-    code = run_caption_command(
+    code = caption(
         [str(shard)], CaptionConfig(model="tiny"), RunConfig(output=str(out_dir), overwrite=True)
     )
     parquet = out_dir / "00000.parquet"

@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from ..atomic import temporary_name
+from ..errors import RecaptionError
 from .loading import first_line, load_or_explain
 from .tiny import LLAMA3_CHAT_TEMPLATE
 
@@ -70,7 +71,7 @@ LLAVA_REPO_FIELDS = frozenset(
 VISION_PREFIX_IN_CHECKPOINT = "model.vision_tower.vision_tower.vision_model."
 
 
-class ConversionError(ValueError):
+class ConversionError(RecaptionError, ValueError):
     pass
 
 

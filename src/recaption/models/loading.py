@@ -17,6 +17,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+from ..errors import RecaptionError
 from .tiny import TINY_MODEL_NAME, tiny_model_path
 
 TINY_RANDOM_NAME = "tiny-random"
@@ -28,7 +29,7 @@ DTYPE_CHOICES = "auto, float32, bfloat16 or float16 (short: fp32, bf16, fp16)"
 DEVICE_PATTERN = r"cpu|cuda(:[0-9]+)?|mps"
 
 
-class ModelError(ValueError):
+class ModelError(RecaptionError, ValueError):
     """A captioning model that cannot be used here, in one line saying what to do instead."""
 
 

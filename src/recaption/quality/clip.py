@@ -24,6 +24,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import RecaptionError
+
 log = logging.getLogger(__name__)
 
 # The paper scored with CLIP ViT-L/14; real users get it by default (a 1.7 GB download once).
@@ -38,7 +40,7 @@ _WEIGHTS = (
 _TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "spiece.model")
 
 
-class ClipModelError(ValueError):
+class ClipModelError(RecaptionError, ValueError):
     """A CLIP model that cannot be used here, in one line that says what to do instead."""
 
 

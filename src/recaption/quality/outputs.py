@@ -10,16 +10,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..atomic import open_atomic
+from ..errors import RecaptionError
 from ..readers import ColumnConfig, discover_shards, open_shard
 from ..readers.base import Shard
 from ..writer import OutputDir
 
 
-class NoOutputError(ValueError):
+class NoOutputError(RecaptionError, ValueError):
     """The folder holds no finished `recap caption` shards."""
 
 
-class InputChangedError(ValueError):
+class InputChangedError(RecaptionError, ValueError):
     """A shard's input images are no longer what was captioned."""
 
 

@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from importlib import resources
 
 from ..atomic import write_to_url_atomic
+from ..errors import RecaptionError
 from ..images import decode_sample
 from ..writer import OutputDir
 from .flags import is_degenerate
@@ -48,7 +49,7 @@ FLAG_MEANINGS = {
 REPORT_PACKAGES = {"matplotlib": "matplotlib", "jinja2": "jinja2"}
 
 
-class MissingDependencyError(ImportError):
+class MissingDependencyError(RecaptionError, ImportError):
     """A package the report needs cannot be imported; the message names the pip command."""
 
 

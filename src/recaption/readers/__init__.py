@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from braceexpand import braceexpand
 from fsspec.core import url_to_fs
 
+from ..errors import RecaptionError
 from .base import (
     SIDECAR_EXTENSIONS,
     ColumnConfig,
@@ -34,7 +35,7 @@ FOLDER_SHARD_SIZE = 10_000
 log = logging.getLogger(__name__)
 
 
-class InputError(ValueError):
+class InputError(RecaptionError, ValueError):
     """The inputs named on the command line cannot be turned into shards."""
 
 

@@ -189,9 +189,13 @@ def save_final(output: Path, parts: list) -> None:
 # ---- reading ----
 
 
-def check_checkpoint(folder: str | Path) -> Path:
+MODEL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+
+
+def check_checkpoint(folder: str | Path, weights: tuple[str, ...] = MODEL_WEIGHTS) -> Path:
     """Refuse, in one line, a checkpoint that cannot be resumed from: one written by an older
-    version (trainer state in a pickle, never loaded), or an incomplete or foreign folder."""
+    version (trainer state in a pickle, never loaded), or an incomplete or foreign folder.
+    `weights`: paths inside the folder of which one must be there (the model's weights)."""
     folder = Path(folder)
     has_state = (folder / STATE_JSON).is_file() and (folder / STATE_TENSORS).is_file()
     if not has_state:
@@ -205,20 +209,22 @@ def check_checkpoint(folder: str | Path) -> Path:
             f"{folder}: no {STATE_JSON} and {STATE_TENSORS}, so not a complete checkpoint; delete "
             "it to resume from an earlier one, or train into a new --output"
         )
-    if not ((folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file()):
-        raise CheckpointError(f"{folder}: no model.safetensors; not a complete checkpoint (delete it)")
+    if not any((folder / name).is_file() for name in weights):
+        raise CheckpointError(f"{folder}: no {weights[0]}; not a complete checkpoint (delete it)")
     if (folder / LEGACY_STATE).exists():
         log.warning("ignoring %s in %s: a pickle, never loaded", LEGACY_STATE, folder)
     return folder
 
 
-def load_state(folder: str | Path, rank: int = 0, world_size: int = 1) -> dict:
+def load_state(
+    folder: str | Path, rank: int = 0, world_size: int = 1, weights: tuple[str, ...] = MODEL_WEIGHTS
+) -> dict:
     """The trainer state of a checkpoint: optimizer and scheduler state dicts, step, the extra
     values saved with it, and `rng`: this rank's RNG states for `restore_rng`."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    folder = check_checkpoint(folder)
+    folder = check_checkpoint(folder, weights)
     try:
         payload = json.loads((folder / STATE_JSON).read_text())
         tensors = load_file(str(folder / STATE_TENSORS))

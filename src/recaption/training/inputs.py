@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import RecaptionError
 from ..models.loading import load_or_explain, local_folder_or_name
 
 
-class TrainingInputError(ValueError):
+class TrainingInputError(RecaptionError, ValueError):
     """A wrong input of train-* / eval-*: a missing folder, a model of the wrong kind, no data."""
 
 

@@ -1,0 +1,5 @@
+"""`python -m recaption.cli ...`: the `recap` command."""
+
+from . import main
+
+main()

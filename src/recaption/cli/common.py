@@ -1,0 +1,120 @@
+"""What the `recap` commands share: the console, one-line error and failure printers, the
+user-error guard, and the run summaries."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from contextlib import contextmanager
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import RecaptionError
+
+console = Console()
+
+def error_line(exc: BaseException) -> None:
+    """One red line, unwrapped (so it stays one line in logs), markup in the message shown as is,
+    secrets (URL credentials, keys) masked."""
+    from rich.markup import escape
+
+    from ..redact import redact
+
+    console.print(f"[red]error:[/red] {escape(redact(str(exc)))}", soft_wrap=True)
+
+
+def failed_line(text: str) -> None:
+    """A shard that failed: one line, secrets masked."""
+    from rich.markup import escape
+
+    from ..redact import redact
+
+    console.print(f"[red]FAILED[/red] {escape(redact(text))}", soft_wrap=True)
+
+
+@contextmanager
+def clear_error(*errors: type[Exception]):
+    """Expected failures as one red line and exit code 2, not a traceback: every user error
+    (RecaptionError), plus the `errors` named (a wrong value, a wrong folder)."""
+    try:
+        yield
+    except (RecaptionError, *errors) as exc:
+        error_line(exc)
+        raise typer.Exit(2) from exc
+
+
+def user_errors(command: Callable) -> Callable:
+    """A command whose user errors (RecaptionError), wherever raised under it, end it with one
+    line and exit code 2. Signature, annotations and docstring stay the command's, for typer."""
+
+    @functools.wraps(command)
+    def guarded(*args, **kwargs):
+        with clear_error():
+            return command(*args, **kwargs)
+
+    return guarded
+
+
+def split_values(values: list[str] | None) -> list[str]:
+    """Repeated options and comma-separated values alike: --endpoint a,b --endpoint c."""
+    return [v.strip() for value in values or [] for v in value.split(",") if v.strip()]
+
+
+def print_caption_summary(summary, output: str) -> int:
+    """The table after `recap caption` (and `run`, `demo`); the exit code: 1 if a shard failed."""
+    from rich.markup import escape
+
+    from ..pipeline import DONE, SKIPPED
+
+    table = Table(title="recap caption: summary", show_header=False)
+    table.add_row("shards done", str(len(summary.by_outcome(DONE))))
+    table.add_row("shards skipped (already complete)", str(len(summary.by_outcome(SKIPPED))))
+    table.add_row("shards failed", str(len(summary.failed)))
+    table.add_row("rows written", str(summary.rows))
+    for status, n in sorted(summary.status_counts.items()):
+        table.add_row(f"  rows with status {status}", str(n))
+    table.add_row("output", output)
+    console.print(table)
+    for r in summary.failed:
+        failed_line(f"{r.source}: {r.error}")
+    for r in summary.by_outcome(DONE):
+        if r.rows and not r.status_counts.get("ok"):  # complete, yet nothing captioned: say so
+            kinds = ", ".join(f"{status} {n}" for status, n in sorted(r.status_counts.items()))
+            console.print(
+                f"[yellow]note:[/yellow] {escape(r.name)}: none of its {r.rows} rows could be captioned ({kinds}); "
+                "see their error column, and rerun with --overwrite once the inputs are fixed",
+                soft_wrap=True,
+            )
+    return 1 if summary.failed else 0
+
+
+def print_download_summary(summary, config) -> int:
+    """The table after `recap download` (and `run`); the exit code: 1 if a shard failed."""
+    from rich.markup import escape
+
+    from ..downloads.outcomes import BLOCKED_ADDRESS
+    from ..pipeline import DONE, SKIPPED
+    from ..redact import redact
+
+    table = Table(title="recap download: summary", show_header=False)
+    table.add_row("shards done", str(len(summary.by_outcome(DONE))))
+    table.add_row("shards skipped (already complete)", str(len(summary.by_outcome(SKIPPED))))
+    table.add_row("shards failed", str(len(summary.failed)))
+    for outcome, n in sorted(summary.status_counts.items()):
+        table.add_row(f"  rows: {outcome}", str(n))
+    table.add_row("output", escape(redact(config.output)))
+    console.print(table)
+    refused = summary.status_counts.get(BLOCKED_ADDRESS, 0)
+    if refused and not config.allow_private_network:
+        console.print(
+            f"[yellow]{refused} row(s) refused[/yellow]: their hosts are private, loopback, link-local "
+            "or reserved addresses (outcome blocked_address). To download them, rerun the same "
+            "command with --allow-private-network (only for hosts you trust): complete shards fetch "
+            "just those rows again.",
+            soft_wrap=True,
+        )
+    for r in summary.failed:
+        failed_line(f"shard {r.name}: {r.error}")
+    return 1 if summary.failed else 0

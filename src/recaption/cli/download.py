@@ -1,0 +1,82 @@
+"""`recap download`: URL metadata into image shards."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+
+from ..errors import RecaptionError
+from .common import console, error_line, print_download_summary, split_values
+
+
+def download_cmd(
+    inputs: Annotated[list[str], typer.Argument(help="URL metadata: parquet, csv, tsv, jsonl or txt files (optionally .gz), folders, globs, fsspec URLs.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Output folder for the shards (local or fsspec URL).")],
+    url_col: Annotated[str, typer.Option(help="Column holding the image URL.")] = "url",
+    caption_col: Annotated[str | None, typer.Option(help="Column holding the caption (default: the first of caption, text, org_caption, txt, alt_text, TEXT the metadata has; '' for none).")] = None,
+    extra_cols: Annotated[str | None, typer.Option(help="More columns to carry into each sample's .json and the parquet, comma-separated.")] = None,
+    sha256_col: Annotated[str | None, typer.Option(help="Column with the expected SHA-256 of the image bytes: verified when present.")] = None,
+    shard_size: Annotated[int, typer.Option(help="Rows per shard.")] = 10_000,
+    resize: Annotated[str, typer.Option(help="none, keep_ratio (short side = --image-size), center_crop, border (padded square).")] = "keep_ratio",
+    image_size: Annotated[int, typer.Option(help="Target size for --resize.")] = 512,
+    max_aspect_ratio: Annotated[float | None, typer.Option(help="Drop images whose long/short side ratio is above this.")] = None,
+    min_size: Annotated[int, typer.Option(help="Drop images whose short side is below this.")] = 0,
+    format: Annotated[str, typer.Option("--format", help="jpg, png, webp, or keep (the server's bytes when not resized).")] = "jpg",
+    quality: Annotated[int, typer.Option(help="JPEG/WebP quality.")] = 95,
+    timeout: Annotated[float, typer.Option(help="Seconds per attempt: connect, redirects and the whole body.")] = 10.0,
+    retries: Annotated[int, typer.Option(help="Retries on 429, 5xx, connection errors and cut bodies.")] = 2,
+    concurrency: Annotated[int, typer.Option(help="Connections open at once.")] = 64,
+    per_host_concurrency: Annotated[int, typer.Option(help="Connections open at once to one host.")] = 8,
+    user_agent: Annotated[str, typer.Option(help="User-Agent header; its first word is the token X-Robots-Tag directives may name.")] = "recaption/0.1 (+https://github.com/recaption; image-text research)",
+    max_bytes: Annotated[int, typer.Option(help="Largest response body accepted.")] = 32 * 1024 * 1024,
+    respect_opt_out: Annotated[bool, typer.Option(help="Skip images whose X-Robots-Tag says noai, noimageai, noindex, noimageindex or none.")] = True,
+    allow_private_network: Annotated[bool, typer.Option(help="Allow hosts that resolve to private, loopback or link-local addresses.")] = False,
+    retry_failed: Annotated[bool, typer.Option(help="In complete shards, fetch again the rows that failed for a transient reason, and merge them in.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Redo shards that are already complete.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Download URL metadata into image shards in img2dataset's layout (tar + parquet + stats)."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
+    from ..downloads import DownloadConfig
+    from ..downloads.config import DEFAULT_DISALLOWED
+
+    try:
+        config = DownloadConfig(
+            output=output, url_col=url_col, caption_col=caption_col, extra_cols=split_values([extra_cols] if extra_cols else None),
+            sha256_col=sha256_col, shard_size=shard_size, resize=resize, image_size=image_size,
+            max_aspect_ratio=max_aspect_ratio, min_size=min_size, format=format, quality=quality, timeout=timeout,
+            retries=retries, concurrency=concurrency, per_host_concurrency=per_host_concurrency,
+            user_agent=user_agent, max_bytes=max_bytes, allow_private_network=allow_private_network,
+            disallowed_directives=DEFAULT_DISALLOWED if respect_opt_out else (), overwrite=overwrite,
+            retry_failed=retry_failed,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    raise typer.Exit(run_download_command(inputs, config))
+
+
+def run_download_command(inputs: list[str], config) -> int:
+    """Download with a progress bar and print the summary; the exit code (2: a user error)."""
+    from rich.markup import escape
+
+    from ..downloads import choose_columns, download
+    from ..progress import RichProgress
+
+    # User errors (unreadable metadata, another run's output, a locked folder): one line, exit 2.
+    try:
+        columns = choose_columns(inputs, config)
+    except (RecaptionError, FileNotFoundError) as exc:
+        error_line(exc)
+        return 2
+    console.print(f"columns: {escape(columns.describe())}", soft_wrap=True)
+    progress = RichProgress(description="downloading", unit="rows")
+    try:
+        summary = download(inputs, config, progress, columns=columns)
+    except (RecaptionError, FileNotFoundError) as exc:
+        progress.stop()
+        error_line(exc)
+        return 2
+    progress.stop()
+    return print_download_summary(summary, config)
