@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from .atomic import open_atomic
+from .tars import TarShardWriter
 
 
 @dataclass
@@ -26,15 +26,16 @@ def img2dataset_key(shard_id: int, index: int, shard_digits: int = 5, index_digi
 
 
 def write_webdataset_shard(path: str | Path, records: list[ShardRecord], shard_id: int = 0) -> list[str]:
-    """Write records as one tar shard, atomically (temporary name, then rename). Returns keys."""
-    import webdataset as wds
+    """Write records as one tar shard, atomically (temporary name, then rename). Returns keys.
+
+    Members per sample, in webdataset's TarWriter order (sorted by extension): `{key}.{ext}`
+    (the image), `{key}.json` (url, key, status, caption, sha256, extra), `{key}.txt` (the
+    caption, when there is one)."""
     from fsspec.implementations.local import LocalFileSystem
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = TarShardWriter(LocalFileSystem(), str(Path(path).absolute()))
     keys = []
-    with open_atomic(LocalFileSystem(), str(path), "wb") as stream:
-        writer = wds.TarWriter(stream)
+    try:
         for index, record in enumerate(records):
             key = img2dataset_key(shard_id, index)
             meta = {
@@ -45,12 +46,15 @@ def write_webdataset_shard(path: str | Path, records: list[ShardRecord], shard_i
                 "sha256": hashlib.sha256(record.image).hexdigest(),
                 **record.extra,
             }
-            sample = {"__key__": key, record.extension: record.image, "json": json.dumps(meta).encode()}
+            members = {record.extension: record.image, "json": json.dumps(meta).encode()}
             if record.caption is not None:
-                sample["txt"] = record.caption.encode()
-            writer.write(sample)
+                members["txt"] = record.caption.encode()
+            writer.add(key, dict(sorted(members.items())))
             keys.append(key)
-        writer.close()
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
     return keys
 
 

@@ -10,25 +10,43 @@ from __future__ import annotations
 import io
 import tarfile
 import time
+from typing import IO
 
 from .atomic import temporary_name
 
 
 class TarShardWriter:
     """Members go to `{path}` under a temporary name; `commit()` renames it into place, `abort()`
-    removes it. `fs` is an fsspec filesystem (local or remote)."""
+    removes it. `fs` is an fsspec filesystem (local or remote).
+
+    `TarShardWriter.into(stream)` writes into a file someone else renames instead (one of a
+    ledger.ShardCommit's files, beside a parquet): `close()` finishes the tar there."""
 
     def __init__(self, fs, path: str):
         self.fs, self.path = fs, path
         parent = path.rsplit("/", 1)[0] if "/" in path else "."
         fs.makedirs(parent, exist_ok=True)
         self.tmp_path = temporary_name(path)
-        self._file = fs.open(self.tmp_path, "wb")
-        self._tar = tarfile.open(fileobj=self._file, mode="w|")
+        self._start(fs.open(self.tmp_path, "wb"), owns_file=True)
+
+    @classmethod
+    def into(cls, stream: IO[bytes]) -> TarShardWriter:
+        """Members into an open binary file the caller owns (closes, renames, removes)."""
+        writer = cls.__new__(cls)
+        writer.fs = writer.path = writer.tmp_path = None
+        writer._start(stream, owns_file=False)
+        return writer
+
+    def _start(self, stream: IO[bytes], owns_file: bool) -> None:
+        self._file = stream
+        self._owns_file = owns_file
+        self._tar = tarfile.open(fileobj=stream, mode="w|")
+        self._finished = False
         self.samples = 0
 
     def add(self, key: str, members: dict[str, bytes]) -> None:
-        """One sample: `{"jpg": ..., "txt": ..., "json": ...}` become `{key}.jpg`, `{key}.txt`, ..."""
+        """One sample: `{"jpg": ..., "txt": ..., "json": ...}` become `{key}.jpg`, `{key}.txt`, ...
+        in this order."""
         if "/" in key or key.startswith("."):
             raise ValueError(f"tar key {key!r}: must not hold '/' or start with '.'")
         for ext, data in members.items():
@@ -43,17 +61,39 @@ class TarShardWriter:
     def copy_member(self, member: tarfile.TarInfo, data: bytes) -> None:
         self._tar.addfile(member, io.BytesIO(data))
 
+    def copy_samples(self, fs, tar_path: str, keys: set[str]) -> int:
+        """Copy the members of these keys from an existing tar, as they are; returns how many
+        members were copied."""
+        copied = 0
+        with fs.open(tar_path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as old:
+            for member in old:
+                key = member.name.split("/")[-1].split(".", 1)[0]
+                if member.isfile() and key in keys:
+                    self.copy_member(member, old.extractfile(member).read())
+                    copied += 1
+        return copied
+
     def close(self) -> None:
-        """Finish the tar file under its temporary name (commit renames it)."""
-        if not self._file.closed:
+        """Finish the tar (its end blocks); a file this writer opened is closed too (under its
+        temporary name: commit renames it)."""
+        if not self._finished:
+            self._finished = True
             self._tar.close()
-            self._file.close()
+            if self._owns_file:
+                self._file.close()
 
     def commit(self) -> None:
+        if not self._owns_file:
+            raise RuntimeError("this tar is renamed by the owner of its file (a ShardCommit)")
         self.close()
         self.fs.mv(self.tmp_path, self.path)
 
     def abort(self) -> None:
+        """Drop the tar: its temporary file is removed (a file owned elsewhere is left to its
+        owner, whose abort removes it)."""
+        self._finished = True
+        if not self._owns_file:
+            return
         try:
             self._file.close()
         finally:

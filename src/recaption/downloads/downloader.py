@@ -28,10 +28,10 @@ import pyarrow.parquet as pq
 
 from .. import __version__
 from ..atomic import output_lock, remove_stale_temporaries
+from ..ledger import OutputDir
 from ..redact import redact
 from ..results import DONE, FAILED, SKIPPED, ConfigMismatchError, Progress, RunSummary, ShardResult
 from ..shards import img2dataset_key
-from ..writer import OutputDir
 from . import outcomes as oc
 from .config import DownloadConfig
 from .fetch import Fetcher

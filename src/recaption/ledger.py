@@ -1,0 +1,251 @@
+"""The shard ledger: which shards of an output folder are finished, and the one way a step
+(caption, download, filter, ...) makes a shard's files visible.
+
+Layout in an output folder, for shard `00042`:
+  00042.parquet, 00042.tar, ...  the shard's files (which ones depends on the step)
+  00042_stats.json               counts, timings, what the step reports
+  00042.done                     completion marker, written last; holds the settings (provenance)
+A shard is finished iff its marker exists; anything else of it is redone on the next run.
+
+`ShardCommit` is one shard's transaction: its files are written under temporary names unique to
+the writer (atomic.temporary_name), then `commit` removes an earlier marker, renames the files
+into place, writes the stats and the marker last. A crash at any moment leaves either the old
+finished shard, or a shard without a marker (redone), never a marker beside files it does not
+describe. Two writers of one shard never see, rename or remove each other's temporaries;
+temporaries a crash left behind are removed by the folder's next lock holder
+(atomic.remove_stale_temporaries).
+
+`RECAP_CRASH_AFTER_ROWS=N` (for tests): the process exits at once, like `kill -9`, as soon as N
+rows have been handed to shard writers in it (see `rows_handed`, docs/failures.md).
+
+Light on purpose: the downloader imports it, and it must not load engines, batching or torch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from typing import IO
+
+from fsspec.core import url_to_fs
+
+from .atomic import temporary_name, write_json_atomic
+from .images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
+from .results import ConfigMismatchError
+from .schema import INPUT_FINGERPRINT
+
+log = logging.getLogger(__name__)
+
+MARKER_SUFFIX = ".done"
+STATS_SUFFIX = "_stats.json"
+
+# Marker entries that are no setting: they may differ between shards and runs.
+NOT_SETTINGS = ("recaption_version", INPUT_FINGERPRINT)
+# Settings recorded only since a later version, with the value output made before had: a marker
+# without one of them compares equal when the current run uses that value.
+ADDED_LATER = {
+    "engine": "transformers",
+    "dtype": "auto",
+    "max_pixels": DEFAULT_MAX_PIXELS,
+    "max_side": DEFAULT_MAX_SIDE,
+}
+
+
+class OutputDir:
+    """Paths and markers of an output folder (local or any fsspec URL)."""
+
+    def __init__(self, url: str):
+        self.fs, self.root = url_to_fs(url)
+        self.url = url
+
+    def path(self, name: str) -> str:
+        return f"{self.root.rstrip('/')}/{name}"
+
+    def parquet(self, shard: str) -> str:
+        return self.path(f"{shard}.parquet")
+
+    def marker(self, shard: str) -> str:
+        return self.path(f"{shard}{MARKER_SUFFIX}")
+
+    def stats(self, shard: str) -> str:
+        return self.path(f"{shard}{STATS_SUFFIX}")
+
+    def is_done(self, shard: str) -> bool:
+        return self.fs.exists(self.marker(shard))
+
+    def done_provenance(self, shard: str) -> dict | None:
+        """What the shard's marker records (None: not finished, or an unreadable marker)."""
+        try:
+            with self.fs.open(self.marker(shard), "r") as f:
+                return json.load(f)
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def done_names(self) -> list[str]:
+        """Names of the finished shards, sorted ([] for a folder that does not exist)."""
+        try:
+            paths = self.fs.glob(self.path(f"*{MARKER_SUFFIX}"))
+        except FileNotFoundError:
+            return []
+        return sorted(p.rsplit("/", 1)[-1][: -len(MARKER_SUFFIX)] for p in paths)
+
+    def write_json_atomic(self, path: str, payload: dict) -> None:
+        write_json_atomic(self.fs, path, payload)
+
+    def invalidate(self, shard: str, also: tuple[str, ...] = ()) -> None:
+        """Forget a shard's completion (before redoing it), marker first, then its stats, parquet
+        and the files named in `also` (`"tar"`: `{shard}.tar`, or a file name). Temporary files
+        are not touched: they belong to whichever process is writing them (the folder's lock
+        holder clears those left by crashed runs, see atomic.remove_stale_temporaries)."""
+        files = [self.marker(shard), self.stats(shard), self.parquet(shard)]
+        files += [self.path(_file_name(shard, f)) for f in also]
+        for path in files:
+            if self.fs.exists(path):
+                self.fs.rm(path)
+
+
+def _file_name(shard: str, file: str) -> str:
+    """A role (`"parquet"`, `"tar"`: `{shard}.{role}`) or a file name in the folder."""
+    name = file if "." in file else f"{shard}.{file}"
+    if "/" in name or name in ("", ".", ".."):
+        raise ValueError(f"{file!r}: not a file name in the output folder")
+    return name
+
+
+class ShardCommit:
+    """One shard's transaction in `out`: files under temporary names until `commit`.
+
+        commit = ShardCommit(out, "00042")
+        with commit.open("parquet") as f:   # written as 00042.parquet.<pid>-<id>.tmp
+            pq.write_table(table, f)
+        commit.commit(stats, provenance)    # marker removed, renamed, stats, marker last
+
+    `abort()` removes the temporaries (and is a no-op after `commit`). Used as a context
+    manager, a block left without `commit` aborts. Until `commit`, an earlier finished output
+    of the shard stays as it was."""
+
+    def __init__(self, out: OutputDir, name: str):
+        self.out, self.name = out, name
+        self._temporaries: dict[str, str] = {}  # final path -> temporary path, in the order made
+        self._files: list[IO] = []  # opened through open(): closed before renaming
+        self.committed = False
+        self.aborted = False
+        out.fs.makedirs(out.root, exist_ok=True)
+
+    def final_path(self, file: str) -> str:
+        """Where `file` (`"parquet"`, `"tar"` or a file name) appears on commit."""
+        name = _file_name(self.name, file)
+        if name in (f"{self.name}{MARKER_SUFFIX}", f"{self.name}{STATS_SUFFIX}"):
+            raise ValueError(f"{name}: commit() writes the stats and the marker")
+        return self.out.path(name)
+
+    def path_for(self, file: str) -> str:
+        """The temporary path to write `file` to (the same one each time it is asked for)."""
+        self._require_open()
+        final = self.final_path(file)
+        if final not in self._temporaries:
+            self._temporaries[final] = temporary_name(final)
+        return self._temporaries[final]
+
+    def open(self, file: str, mode: str = "wb") -> IO:
+        """An open file at `path_for(file)`; commit and abort close it if it still is."""
+        f = self.out.fs.open(self.path_for(file), mode)
+        self._files.append(f)
+        return f
+
+    @property
+    def temporaries(self) -> list[str]:
+        return list(self._temporaries.values())
+
+    def commit(self, stats: dict, provenance: dict) -> None:
+        """Make the shard finished: close the files, remove an earlier marker (so no moment
+        shows new files as finished under old settings), rename the files into place in the
+        order they were first asked for, write the stats, then the marker (last)."""
+        self._require_open()
+        for f in self._files:
+            f.close()
+        fs = self.out.fs
+        marker = self.out.marker(self.name)
+        if fs.exists(marker):
+            fs.rm(marker)
+        for final, temporary in list(self._temporaries.items()):
+            fs.mv(temporary, final)
+            del self._temporaries[final]
+        write_json_atomic(fs, self.out.stats(self.name), stats)
+        write_json_atomic(fs, marker, provenance)
+        self.committed = True
+
+    def abort(self) -> None:
+        """Close and remove the temporaries: nothing a reader could take for output is left.
+        Files a failed commit already renamed stay, unmarked: the next run redoes the shard."""
+        if self.committed:
+            return
+        self.aborted = True
+        try:
+            for f in self._files:
+                try:
+                    f.close()
+                except Exception:  # a file that cannot even be closed is removed all the same
+                    log.debug("%s: closing a temporary file failed", self.name, exc_info=True)
+        finally:
+            for temporary in self._temporaries.values():
+                if self.out.fs.exists(temporary):
+                    self.out.fs.rm(temporary)
+            self._temporaries.clear()
+
+    def _require_open(self) -> None:
+        if self.committed or self.aborted:
+            state = "committed" if self.committed else "aborted"
+            raise RuntimeError(f"shard {self.name}: this commit is already {state}")
+
+    def __enter__(self) -> ShardCommit:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self.committed:
+            self.abort()
+
+
+def require_same_settings(out: OutputDir, name: str, current: dict, marker: dict | None = None) -> None:
+    """Raise ConfigMismatchError when shard `name` in `out` was made with other settings (its
+    .done marker holds them, read here unless given); the recaption version and the input
+    fingerprint may differ, and a setting of ADDED_LATER missing from the marker counts as its
+    value there (output made before it was recorded)."""
+    marker = out.done_provenance(name) if marker is None else marker
+    marker = {**{k: v for k, v in ADDED_LATER.items() if k in current}, **(marker or {})}
+    previous = {k: v for k, v in marker.items() if k not in NOT_SETTINGS}
+    current = {k: v for k, v in current.items() if k not in NOT_SETTINGS}
+    if previous != current:
+        changed = sorted(k for k in current.keys() | previous.keys() if current.get(k) != previous.get(k))
+        raise ConfigMismatchError(
+            f"{out.url} holds shard {name} made with other settings "
+            f"({', '.join(changed)} differ); use --overwrite or another output folder"
+        )
+
+
+# Crash points: RECAP_CRASH_AFTER_ROWS=N ends the process the way kill -9 does, at a known point.
+CRASH_AFTER_ROWS = "RECAP_CRASH_AFTER_ROWS"
+CRASH_EXIT_CODE = 137  # what a shell reports for a process killed by SIGKILL
+_rows_handed = 0
+_rows_lock = threading.Lock()
+
+
+def rows_handed(n: int) -> None:
+    """Shard writers call this right after taking `n` rows. With RECAP_CRASH_AFTER_ROWS=N in the
+    environment, the process exits at once (os._exit(137): no cleanup, no flush, no lock
+    release but the OS's) as soon as N rows have been handed to shard writers in it; the rows
+    of the batch that reaches N are handed, nothing after them. Without it, this does nothing."""
+    limit = os.environ.get(CRASH_AFTER_ROWS)
+    if not limit:
+        return
+    try:
+        after = int(limit)
+    except ValueError:
+        raise ValueError(f"{CRASH_AFTER_ROWS}={limit!r}: not a whole number of rows") from None
+    global _rows_handed
+    with _rows_lock:
+        _rows_handed += n
+        if _rows_handed >= after:
+            os._exit(CRASH_EXIT_CODE)
