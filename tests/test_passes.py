@@ -164,3 +164,32 @@ def test_image_limits_are_settings_of_the_output(tmp_path, captioner):
     smaller = RunConfig(output=str(tmp_path / "out"), max_side=64)
     with pytest.raises(ConfigMismatchError, match="max_side"):
         CaptionPipeline(config, smaller, captioner).run(discover_shards(shards))
+
+
+def test_cli_passes_filter_and_export(tmp_path):
+    from typer.testing import CliRunner
+
+    from recaption.cli import app
+
+    runner = CliRunner()
+    shards = write_shards(tmp_path / "in", 1, 4)
+    passes = "- {name: tags, prompt: 'Tags for: {caption}', max_new_tokens: 8}\n"
+    (tmp_path / "passes.yaml").write_text(passes)
+    result = runner.invoke(app, ["caption", *shards, "-o", str(tmp_path / "out"), "--max-new-tokens", "12",
+                                 "--pass", f"short={SHORT}", "--passes", str(tmp_path / "passes.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "bound by" in result.output
+    names = pq.read_schema(tmp_path / "out" / "00000.parquet").names
+    assert {"re_caption_short", "re_caption_tags_length", "re_caption_tags_truncated"} <= set(names)
+    bad = runner.invoke(app, ["caption", *shards, "-o", str(tmp_path / "o2"), "--pass", "Short Name=x"])
+    assert bad.exit_code == 2 and bad.output.count("error:") == 1 and "pass name" in bad.output
+    kept = runner.invoke(app, ["filter", str(tmp_path / "out"), "--where", "re_caption_tags_length <= 8",
+                               "-o", str(tmp_path / "kept")])
+    assert kept.exit_code == 0 and "kept 4 of 4 rows" in kept.output, kept.output
+    exported = runner.invoke(app, ["export", str(tmp_path / "kept"), "-o", str(tmp_path / "wds"),
+                                   "--caption", "re_caption_short"])
+    assert exported.exit_code == 0, exported.output
+    from recaption.readers import open_shard
+
+    texts = [s.org_caption for s in open_shard(str(tmp_path / "wds" / "00000.tar"))]
+    assert texts == column(tmp_path / "out", "00000", "re_caption_short")

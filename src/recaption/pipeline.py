@@ -20,13 +20,13 @@ from . import __version__
 from .config import CaptionConfig, RunConfig
 from .engines import make_engine
 from .engines.base import Engine, slice_inputs
-from .images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
+from .ledger import OutputDir, require_same_settings
 from .passes import CONDITIONAL, FLAGS, CaptionPass, Decoding
 from .readers import Shard
 from .results import DONE, FAILED, SKIPPED, ConfigMismatchError, Progress, RunSummary, ShardResult
 from .sample import CAPTION_ERROR, OK, Sample
 from .schema import INPUT_FINGERPRINT, SCORES_METADATA_KEY
-from .writer import OutputDir, ShardWriter
+from .writer import ShardWriter
 
 if TYPE_CHECKING:
     from .batching import Batch
@@ -146,12 +146,6 @@ def plan_shards(
     return todo, done
 
 
-_NOT_SETTINGS = ("recaption_version", INPUT_FINGERPRINT)  # may differ between shards and runs
-# Settings recorded only since a later version, with the value output made before had.
-_ADDED_LATER = {"engine": "transformers", "dtype": "auto", "max_pixels": DEFAULT_MAX_PIXELS,
-                "max_side": DEFAULT_MAX_SIDE}
-
-
 def run_provenance(caption: CaptionConfig, run: RunConfig) -> dict:
     """Every setting that changes a shard's rows, as its .done marker records them: the
     captioner's (model, passes, decoding, engine, dtype) and the image limits (a smaller
@@ -213,22 +207,6 @@ def input_change(shard: Shard, marker: dict) -> str | None:
     else:
         detail = f"still {images_now} images, but files were added, removed or modified"
     return f"folder changed since it was captioned ({detail})"
-
-
-def require_same_settings(out: OutputDir, name: str, current: dict, marker: dict | None = None) -> None:
-    """Raise ConfigMismatchError when shard `name` in `out` was made with other settings (its
-    .done marker holds them, read here unless given); the recaption version and the input
-    fingerprint may differ."""
-    marker = out.done_provenance(name) if marker is None else marker
-    marker = {**{k: v for k, v in _ADDED_LATER.items() if k in current}, **(marker or {})}
-    previous = {k: v for k, v in marker.items() if k not in _NOT_SETTINGS}
-    current = {k: v for k, v in current.items() if k not in _NOT_SETTINGS}
-    if previous != current:
-        changed = sorted(k for k in current.keys() | previous.keys() if current.get(k) != previous.get(k))
-        raise ConfigMismatchError(
-            f"{out.url} holds shard {name} made with other settings "
-            f"({', '.join(changed)} differ); use --overwrite or another output folder"
-        )
 
 
 def refuse_output_among_inputs(shards: list[Shard], output: str) -> None:

@@ -1,6 +1,6 @@
 """`recap`: a thin command-line layer over the recaption library.
 
-One module per group of commands (caption, download, quality, train, demo), each a set of plain
+One module per group of commands (caption, download, quality, selection, train, demo), each a set of plain
 functions; this module makes the typer app and registers them, every one guarded so that a user
 error (RecaptionError) raised anywhere under it is one red line and exit code 2."""
 
@@ -13,6 +13,7 @@ from .common import user_errors
 from .demo import demo_cmd
 from .download import download_cmd, run_download_command
 from .quality import judge_cmd, report_cmd, score_cmd, stats_cmd
+from .selection import export_cmd, filter_cmd
 from .train import eval_captioner_cmd, eval_retrieval_cmd, shapes_cmd, train_captioner_cmd, train_clip_cmd
 
 __all__ = ["app", "caption_cmd", "main", "run_caption_command", "run_download_command"]
@@ -32,6 +33,8 @@ COMMANDS = {
     "judge": judge_cmd,
     "report": report_cmd,
     "stats": stats_cmd,
+    "filter": filter_cmd,
+    "export": export_cmd,
     "shapes": shapes_cmd,
     "train-clip": train_clip_cmd,
     "train-captioner": train_captioner_cmd,

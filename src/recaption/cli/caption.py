@@ -61,6 +61,8 @@ def caption_cmd(
     conditional_prompt: Annotated[str, typer.Option(help="Prompt for --conditional; {caption} is replaced by the original caption.")] = CONDITIONAL_PROMPT,
     top_k: Annotated[int, typer.Option(help="Top-k sampling for --conditional (0 = greedy).")] = 0,
     seed: Annotated[int, typer.Option(help="Seed for --conditional sampling.")] = 0,
+    passes: Annotated[list[str] | None, typer.Option("--pass", help="Another caption pass, NAME=PROMPT, into re_caption_<NAME> (with _length and flags); repeat for several; {caption} in PROMPT is the original caption.")] = None,
+    passes_file: Annotated[str | None, typer.Option("--passes", help="YAML file: a list of passes, each {name, prompt, top_k (0: greedy), max_new_tokens}.")] = None,
     workers: Annotated[int | None, typer.Option(help="Processes that read, decode and preprocess ahead of the model (default: 0 on CPU, up to 4 with a GPU).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Redo shards that are already complete.")] = False,
     retry_failed: Annotated[bool, typer.Option(help="Redo complete shards that hold caption_error rows (e.g. a server failed some requests).")] = False,

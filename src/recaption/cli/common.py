@@ -77,6 +77,9 @@ def print_caption_summary(summary, output: str) -> int:
         table.add_row(f"  rows with status {status}", str(n))
     table.add_row("output", output)
     console.print(table)
+    bound = summary.bound_by()
+    if bound:  # which stage limited this run: the loader or the model
+        console.print(f"time: {escape(bound)}", soft_wrap=True)
     for r in summary.failed:
         failed_line(f"{r.source}: {r.error}")
     for r in summary.by_outcome(DONE):
