@@ -9,7 +9,7 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
-from .conftest import write_shards
+from ..conftest import write_shards
 
 N_SHARDS, PER_SHARD, BATCH = 5, 12, 4
 

@@ -18,8 +18,8 @@ from recaption.models.registry import PAPER_PROMPT
 from recaption.pipeline import CaptionPipeline
 from recaption.readers import discover_shards
 
-from .conftest import write_shards
-from .openai_server import LoopbackServer, completion, default_behaviour, describe, image_of
+from ..conftest import write_shards
+from ..openai_server import LoopbackServer, completion, default_behaviour, describe, image_of
 
 
 def expected_caption(i: int) -> str:

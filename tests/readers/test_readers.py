@@ -10,7 +10,7 @@ from recaption.readers import ColumnConfig, InputError, ShardError, discover_sha
 from recaption.readers.webdataset import split_member_name
 from recaption.shards import img2dataset_key
 
-from .conftest import image_bytes, make_records, write_shards
+from ..conftest import image_bytes, make_records, write_shards
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -233,7 +233,7 @@ def test_tar_link_members_are_rows_saying_so_not_dropped(tmp_path):
 
     from recaption.readers import open_shard
 
-    from .conftest import image_bytes
+    from ..conftest import image_bytes
 
     path = tmp_path / "links.tar"
     with tarfile.open(path, "w") as tar:

@@ -18,7 +18,7 @@ from recaption.readers import open_shard
 from recaption.shards import ShardRecord, img2dataset_key, write_webdataset_shard
 from recaption.webdataset_export import CaptionChoiceError, ExportError, image_extension, takes_original
 
-from .conftest import image_bytes
+from ..conftest import image_bytes
 from .test_selection import row, write_output
 
 

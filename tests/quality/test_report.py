@@ -23,7 +23,7 @@ from recaption.sample import Sample
 from recaption.schema import JUDGE_METADATA_KEY, METADATA_KEY, SCORES_METADATA_KEY, output_schema
 from recaption.shards import write_webdataset_shard
 
-from .conftest import make_records, write_shards
+from ..conftest import make_records, write_shards
 
 runner = CliRunner()
 CAPTIONER = {
@@ -451,7 +451,7 @@ def test_slices_of_one_folder_count_as_one_captioner(tmp_path, captioner):
     from recaption.quality.stats import collect
     from recaption.readers import discover_shards
 
-    from .conftest import image_bytes
+    from ..conftest import image_bytes
 
     photos = tmp_path / "photos"
     photos.mkdir()

@@ -20,8 +20,8 @@ from recaption.cli import app
 from recaption.downloads import DownloadConfig
 from recaption.downloads.fetch import Fetcher
 
-from .image_server import ImageServer
-from .netns import needs_netns, run_isolated
+from ..image_server import ImageServer
+from ..netns import needs_netns, run_isolated
 
 # Spellings of this machine's own addresses that resolve without DNS (the system resolver's
 # inet_aton forms, IDNA-normalised digits and dots, IPv6 forms): `{P}` is the server's port.

@@ -23,7 +23,7 @@ from recaption.pipeline import CaptionPipeline
 from recaption.readers import ColumnConfig, Shard, discover_shards, open_shard
 from recaption.sample import Sample
 
-from .conftest import image_bytes, write_shards
+from ..conftest import image_bytes, write_shards
 
 runner = CliRunner()
 GiB = 1 << 30

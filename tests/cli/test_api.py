@@ -10,7 +10,7 @@ import recaption
 from recaption.cli import caption_cmd
 from recaption.config import caption_option_names, caption_settings
 
-from .conftest import image_bytes
+from ..conftest import image_bytes
 
 
 def test_every_caption_flag_is_a_python_option():
@@ -67,7 +67,7 @@ def test_scoring_in_the_caption_pass_records_which_clip_made_the_scores(tmp_path
 
     from recaption.schema import SCORES_METADATA_KEY
 
-    from .conftest import write_shards
+    from ..conftest import write_shards
 
     write_shards(tmp_path / "in", 1, 2)
     recaption.caption(str(tmp_path / "in"), str(tmp_path / "out"), max_new_tokens=4, score=True,

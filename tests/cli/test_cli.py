@@ -5,7 +5,7 @@ from typer.testing import CliRunner
 
 from recaption.cli import app
 
-from .conftest import write_shards
+from ..conftest import write_shards
 
 runner = CliRunner()
 
@@ -93,7 +93,7 @@ def test_models_lists_the_table():
 def test_column_options_name_parquet_columns(tmp_path):
     import pyarrow as pa
 
-    from .conftest import image_bytes
+    from ..conftest import image_bytes
 
     pq.write_table(
         pa.table({"pixels": [image_bytes()], "alt": ["an alt text"], "link": ["http://x/1.jpg"]}),
@@ -122,7 +122,7 @@ def test_column_options_name_parquet_columns(tmp_path):
 
 
 def test_caption_command_with_openai_engine_and_two_endpoints(tmp_path):
-    from .openai_server import LoopbackServer
+    from ..openai_server import LoopbackServer
 
     write_shards(tmp_path / "in", 1, 4)
     with LoopbackServer() as a, LoopbackServer() as b:

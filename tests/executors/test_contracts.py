@@ -13,7 +13,7 @@ from recaption.config import CaptionConfig, ExecutorConfig, RunConfig
 from recaption.executors import run_caption
 from recaption.readers import discover_shards
 
-from .conftest import write_shards
+from ..conftest import write_shards
 
 ECHO_ENGINE = '''
 from recaption.engines.base import Engine, Generation, Preparer

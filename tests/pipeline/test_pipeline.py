@@ -12,7 +12,7 @@ from recaption.readers import discover_shards
 from recaption.schema import METADATA_KEY, output_schema
 from recaption.shards import ShardRecord, write_webdataset_shard
 
-from .conftest import image_bytes, make_records, write_shards
+from ..conftest import image_bytes, make_records, write_shards
 
 
 def run(inputs, out, captioner, **run_options):

@@ -8,7 +8,7 @@ from recaption.pipeline import CaptionPipeline
 from recaption.quality.stats import collect
 from recaption.readers import discover_shards
 
-from .conftest import image_bytes
+from ..conftest import image_bytes
 
 
 def test_a_folder_that_shrank_to_fewer_slices_leaves_no_stale_rows(tmp_path, captioner, caplog):

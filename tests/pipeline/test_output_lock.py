@@ -15,7 +15,7 @@ from recaption.atomic import OutputLockedError, output_lock, remove_stale_tempor
 from recaption.sample import Sample
 from recaption.writer import OutputDir, ShardWriter
 
-from .conftest import write_shards
+from ..conftest import write_shards
 
 
 def _caption(shards, out, *extra):

@@ -19,8 +19,8 @@ from recaption.cli import app
 from recaption.errors import RecaptionError
 from recaption.images import DEFAULT_MAX_PIXELS
 
-from .conftest import image_bytes, write_shards
-from .openai_server import LoopbackServer
+from ..conftest import image_bytes, write_shards
+from ..openai_server import LoopbackServer
 
 UNIDENTIFIED = "cannot identify image file (not an image, or a format Pillow cannot read)"
 
@@ -313,6 +313,8 @@ PLANTED = [
     (["eval-retrieval", "tiny-clip", "{tmp}/in"], "recaption.training.retrieval.evaluate"),
     (["demo", "-o", "{tmp}/demo"], "recaption.demo.build_demo_shard"),
     (["convert-llava", "{tmp}/llava", "{tmp}/converted"], "recaption.models.convert_llava.convert_llava"),
+    (["filter", "{tmp}/out", "--where", "true", "-o", "{tmp}/kept"], "recaption.selection.filter_output"),
+    (["export", "{tmp}/out", "-o", "{tmp}/wds"], "recaption.webdataset_export.export"),
 ]
 
 

@@ -13,7 +13,7 @@ from recaption.executors import devices_to_use, run_caption
 from recaption.pipeline import DONE, FAILED, SKIPPED, CaptionPipeline
 from recaption.readers import discover_shards
 
-from .conftest import write_shards
+from ..conftest import write_shards
 
 
 def shards_with_a_broken_one(tmp_path):

@@ -7,7 +7,7 @@ from recaption import sample as st
 from recaption.images import ImageDecodeError, decode_image, decode_sample
 from recaption.sample import Sample
 
-from .conftest import image_bytes
+from ..conftest import image_bytes
 
 
 def _save(img: Image.Image, fmt: str, **kw) -> bytes:

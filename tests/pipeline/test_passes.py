@@ -15,7 +15,7 @@ from recaption.pipeline import DONE, CaptionPipeline, ConfigMismatchError
 from recaption.readers import discover_shards
 from recaption.schema import output_schema
 
-from .conftest import write_shards
+from ..conftest import write_shards
 
 SHORT = "Describe the image in one short sentence."
 COLOURS = "List the colours you see in the image."

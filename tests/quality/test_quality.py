@@ -89,7 +89,7 @@ def independent_scores(scorer, images, texts):
 def test_clip_score_matches_the_models_own_forward(scorer):
     from PIL import Image
 
-    from .conftest import image_bytes
+    from ..conftest import image_bytes
 
     images = [
         Image.open(__import__("io").BytesIO(image_bytes(50 + i, 40, seed=i))).convert("RGB") for i in range(5)
@@ -122,7 +122,7 @@ def test_score_command_fills_columns_in_place_resumably(tmp_path, captioner, sco
     from recaption.quality.score import score_output
     from recaption.readers import discover_shards
 
-    from .conftest import write_shards
+    from ..conftest import write_shards
 
     shards = write_shards(tmp_path / "in", n_shards=2, per_shard=4)
     out = tmp_path / "out"
@@ -167,7 +167,7 @@ def test_scoring_in_the_caption_pass_equals_scoring_afterwards(tmp_path, caption
     from recaption.pipeline import CaptionPipeline
     from recaption.readers import discover_shards
 
-    from .conftest import write_shards
+    from ..conftest import write_shards
 
     shards = write_shards(tmp_path / "in", n_shards=1, per_shard=5)
     CaptionPipeline(
@@ -222,8 +222,8 @@ def test_judge_fills_ratings_on_a_sample_and_survives_bad_replies(tmp_path, capt
     from recaption.quality.judge import JudgeConfig, judge_output, selected
     from recaption.readers import discover_shards
 
-    from .conftest import write_shards
-    from .openai_server import LoopbackServer, completion, prompt_of
+    from ..conftest import write_shards
+    from ..openai_server import LoopbackServer, completion, prompt_of
 
     async def judge(body, state):
         prompt = prompt_of(body)
@@ -283,7 +283,7 @@ def scored_output(tmp_path, captioner, scorer):
     from recaption.pipeline import CaptionPipeline
     from recaption.readers import discover_shards
 
-    from .conftest import write_shards
+    from ..conftest import write_shards
 
     shards = write_shards(tmp_path / "in", n_shards=2, per_shard=6)
     out = tmp_path / "out"
@@ -416,7 +416,7 @@ def test_an_unreachable_judge_leaves_shards_unjudged_and_says_so(tmp_path, capti
     from recaption.pipeline import CaptionPipeline
     from recaption.readers import discover_shards
 
-    from .conftest import write_shards
+    from ..conftest import write_shards
 
     shards = write_shards(tmp_path / "in", n_shards=1, per_shard=3)
     out = tmp_path / "out"

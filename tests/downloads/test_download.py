@@ -17,7 +17,7 @@ from recaption.downloads import DownloadConfig, download
 from recaption.downloads.fetch import address_blocked, robots_opt_out
 from recaption.downloads.metadata import MetadataReader
 
-from .image_server import IMAGES, ImageServer
+from ..image_server import IMAGES, ImageServer
 
 
 def write_metadata(path, rows: list[dict]):
@@ -431,7 +431,7 @@ def test_recap_caption_reads_a_shard_made_by_img2dataset(tmp_path, captioner):
     from recaption.pipeline import CaptionPipeline
     from recaption.readers import discover_shards
 
-    fixture = Path(__file__).parent / "data" / "img2dataset"
+    fixture = Path(__file__).parent.parent / "data" / "img2dataset"
     made_by_img2dataset = {r["key"]: r for r in pq.read_table(fixture / "00000.parquet").to_pylist()}
     shards = discover_shards([str(fixture)])
     assert [s.name for s in shards] == ["00000"]  # the tar, not img2dataset's metadata parquet
