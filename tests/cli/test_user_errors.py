@@ -315,6 +315,9 @@ PLANTED = [
     (["convert-llava", "{tmp}/llava", "{tmp}/converted"], "recaption.models.convert_llava.convert_llava"),
     (["filter", "{tmp}/out", "--where", "true", "-o", "{tmp}/kept"], "recaption.selection.filter_output"),
     (["export", "{tmp}/out", "-o", "{tmp}/wds"], "recaption.webdataset_export.export"),
+    (["train-dit", "{tmp}/in", "-o", "{tmp}/dit"], "recaption.dit.train.train_dit"),
+    (["generate", "{tmp}/dit", "a red circle", "-o", "{tmp}/gen"], "recaption.dit.generate.generate"),
+    (["eval-t2i", "{tmp}/gen"], "recaption.dit.eval.eval_t2i"),
 ]
 
 

@@ -14,6 +14,7 @@ from .demo import demo_cmd
 from .download import download_cmd, run_download_command
 from .quality import judge_cmd, report_cmd, score_cmd, stats_cmd
 from .selection import export_cmd, filter_cmd
+from .t2i import eval_t2i_cmd, generate_cmd, train_dit_cmd
 from .train import eval_captioner_cmd, eval_retrieval_cmd, shapes_cmd, train_captioner_cmd, train_clip_cmd
 
 __all__ = ["app", "caption_cmd", "main", "run_caption_command", "run_download_command"]
@@ -40,6 +41,9 @@ COMMANDS = {
     "train-captioner": train_captioner_cmd,
     "eval-captioner": eval_captioner_cmd,
     "eval-retrieval": eval_retrieval_cmd,
+    "train-dit": train_dit_cmd,
+    "generate": generate_cmd,
+    "eval-t2i": eval_t2i_cmd,
     "demo": demo_cmd,
     "convert-llava": convert_llava_cmd,
     "models": models_cmd,

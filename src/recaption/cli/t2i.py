@@ -1,0 +1,95 @@
+"""`recap train-dit`, `recap generate`, `recap eval-t2i`: the text-to-image half (Recap-DiT)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Annotated
+
+import typer
+
+from .common import clear_error, console
+
+
+def train_dit_cmd(
+    data: Annotated[list[str], typer.Argument(help="Image shards with an original caption and a recaption (shapes world: recap shapes), or `recap caption` output folders.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Folder for checkpoints and the final model (a rerun resumes).")],
+    p: Annotated[float, typer.Option("--p", help="Probability of training on the ORIGINAL caption (the paper's p); else the recaption.")] = 0.5,
+    text_encoder: Annotated[str, typer.Option(help="Frozen text encoder: tiny-clip (built in) or any transformers CLIP folder / hub id.")] = "tiny-clip",
+    vae: Annotated[str | None, typer.Option(help="AutoencoderKL folder: train in its latent space (the paper: 256 px, f=8); default: pixel space.")] = None,
+    image_size: Annotated[int, typer.Option(help="Image side in pixels.")] = 64,
+    patch_size: Annotated[int, typer.Option(help="DiT patch size (in pixel space keep width >= patch*patch*3).")] = 4,
+    layers: Annotated[int, typer.Option(help="Transformer blocks.")] = 6,
+    heads: Annotated[int, typer.Option(help="Attention heads (width = heads x 32).")] = 4,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 2000,
+    batch_size: Annotated[int, typer.Option(help="Images per step (per GPU under torchrun).")] = 64,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate, constant (the paper: 1e-4).")] = 1e-4,
+    caption_dropout: Annotated[float, typer.Option(help="Share of steps with an empty caption (classifier-free guidance).")] = 0.1,
+    prediction_type: Annotated[str, typer.Option(help="v_prediction or epsilon (docs/dit.md says why v is the default).")] = "v_prediction",
+    save_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 500,
+    seed: Annotated[int, typer.Option(help="Seed for batches, noise and caption draws.")] = 0,
+    caption_field: Annotated[str | None, typer.Option(help="Plain shards: field with the original caption (default: the .txt).")] = None,
+    recaption_field: Annotated[str | None, typer.Option(help="Plain shards: json field used as the recaption (the shapes world's: description).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda.")] = "auto",
+) -> None:
+    """Train a text-conditioned diffusion transformer (diffusers' PixArt blocks) on a mix of
+    original captions and recaptions."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from ..dit.train import DitTrainConfig, train_dit
+
+    with clear_error(ValueError):
+        config = DitTrainConfig(data=data, output=output, p=p, text_encoder=text_encoder, vae=vae,
+                                image_size=image_size, patch_size=patch_size, layers=layers, heads=heads,
+                                steps=steps, batch_size=batch_size, lr=lr, caption_dropout=caption_dropout,
+                                prediction_type=prediction_type, save_every=save_every, seed=seed, device=device,
+                                caption_field=caption_field, recaption_field=recaption_field)
+        result = train_dit(config)
+    if result["losses"]:
+        console.print(f"trained {result['steps']} steps on {result['pairs']} images; final loss "
+                      f"{result['losses'][-1]:.4f}; {result['images_per_s']:.1f} images/s -> {output}")
+    else:
+        console.print(f"nothing to train: {output} already holds {result['steps']} steps")
+
+
+def generate_cmd(
+    model: Annotated[str, typer.Argument(help="A folder written by recap train-dit.")],
+    prompts: Annotated[str, typer.Argument(help="Prompts: a .txt (one per line), .jsonl, a parquet file or caption output folder (with --column), or one prompt in quotes.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Folder for the generated shard (img2dataset layout: score, report and eval-t2i read it).")],
+    column: Annotated[str | None, typer.Option(help="Parquet column holding the prompts (e.g. re_caption).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed: image i's noise depends only on (seed, i).")] = 0,
+    images_per_prompt: Annotated[int, typer.Option(help="Images per prompt.")] = 1,
+    batch_size: Annotated[int, typer.Option(help="Images per denoising batch.")] = 32,
+    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale (the paper: 10).")] = 4.0,
+    steps: Annotated[int, typer.Option(help="Sampling steps (the paper: 250 DDPM).")] = 50,
+    sampler: Annotated[str, typer.Option(help="ddim, dpm (DPM-Solver++) or ddpm.")] = "ddim",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda.")] = "auto",
+) -> None:
+    """Generate images from prompts with a trained Recap-DiT, plus a contact sheet."""
+    from pathlib import Path
+
+    from ..dit.generate import generate
+
+    source = prompts if Path(prompts).exists() else [prompts]
+    with clear_error(ValueError):
+        result = generate(model, source, output, column=column, seed=seed, images_per_prompt=images_per_prompt,
+                          batch_size=batch_size, guidance=guidance, steps=steps, sampler=sampler, device=device)
+    console.print(json.dumps({k: v for k, v in result.items() if not isinstance(v, (list, dict))}), soft_wrap=True,
+                  markup=False)
+
+
+def eval_t2i_cmd(
+    generated: Annotated[list[str], typer.Argument(help="Shards written by recap generate.")],
+    reference: Annotated[list[str] | None, typer.Option(help="Reference image shards for the Frechet distance.")] = None,
+    clip_model: Annotated[str, typer.Option(help="Dual encoder for the CLIP score (tiny-clip, a folder or hub id).")] = "tiny-clip",
+    feature_model: Annotated[str | None, typer.Option(help="Encoder whose image features the Frechet distance uses (default: --clip-model's; never Inception).")] = None,
+    max_images: Annotated[int | None, typer.Option(help="Read at most this many images.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda.")] = "auto",
+) -> None:
+    """Prompt alignment of generated images: the shapes-world checker (no model), CLIP score,
+    and a Frechet distance to reference images in a named encoder's feature space."""
+    from ..dit.eval import eval_t2i
+
+    with clear_error(ValueError):
+        report = eval_t2i(generated, reference, clip_model=clip_model, feature_model=feature_model,
+                          max_images=max_images, device=device)
+    console.print(json.dumps(report, indent=2, default=str), soft_wrap=True, markup=False)
