@@ -32,12 +32,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .atomic import open_atomic, output_lock, remove_stale_temporaries
+from .atomic import output_lock, remove_stale_temporaries
 from .errors import RecaptionError
+from .ledger import OutputDir, ShardCommit
 from .quality.outputs import done_shards, read_output
 from .readers.base import full_url, is_local
 from .results import DONE, SKIPPED
-from .writer import OutputDir
 
 log = logging.getLogger(__name__)
 
@@ -266,14 +266,9 @@ def _filter_shard(src: OutputDir, dest: OutputDir, name: str, where: str, source
             "filtered_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         },
     }
-    dest.fs.makedirs(dest.root, exist_ok=True)
-    # Replacing an earlier result: its marker goes first, so no moment shows new rows as done
-    # under the old condition.
-    if dest.fs.exists(dest.marker(name)):
-        dest.fs.rm(dest.marker(name))
-    with open_atomic(dest.fs, dest.parquet(name), "wb") as f:
-        pq.write_table(kept, f)
-    dest.write_json_atomic(dest.stats(name), stats)
-    dest.write_json_atomic(dest.marker(name), {**provenance, "filter": record})
+    # The ledger's commit: an earlier result stays until this one is complete.
+    with ShardCommit(dest, name) as commit:
+        pq.write_table(kept, commit.open("parquet"))
+        commit.commit(stats, {**provenance, "filter": record})
     log.info("%s: kept %d of %d rows", name, kept.num_rows, table.num_rows)
     return FilteredShard(name, DONE, table.num_rows, kept.num_rows)

@@ -47,13 +47,13 @@ import pyarrow.parquet as pq
 
 from .atomic import output_lock, remove_stale_temporaries
 from .errors import RecaptionError
+from .ledger import OutputDir, ShardCommit
 from .quality.outputs import done_shards, input_shard, read_output
 from .readers import ColumnConfig, discover_shards
 from .readers.base import Shard
 from .results import DONE, FAILED, SKIPPED
 from .selection import folder_location, same_folder
 from .tars import TarShardWriter
-from .writer import OutputDir
 
 log = logging.getLogger(__name__)
 
@@ -386,8 +386,9 @@ def _meta(row: dict, key: str, source: str) -> dict:
 def _export_shard(src: OutputDir, dest: OutputDir, name: str, choice: CaptionChoice, seed: int,
                   sources: ImageSources, settings: dict, images: list[str] | None) -> ExportedShard:
     tar = dest.path(f"{name}.tar")
-    if dest.fs.exists(dest.marker(name)):  # replacing (--overwrite): not done until rewritten
-        dest.fs.rm(dest.marker(name))
+    # The ledger's commit: an earlier export of the shard (--overwrite) stays until this one is
+    # complete; a failure leaves it as it was.
+    commit = ShardCommit(dest, name)
     try:
         table = read_output(src, name)
         choice.check(table.schema, f"shard {name}")
@@ -410,7 +411,7 @@ def _export_shard(src: OutputDir, dest: OutputDir, name: str, choice: CaptionCho
             else:
                 wanted[row["key"]] = (row, text, column, fell_back)
         shards, matched = sources.for_shard(name)
-        writer = TarShardWriter(dest.fs, tar)
+        writer = TarShardWriter.into(commit.open("tar"))
         keys = TarKeys()
         try:
             for shard in shards:
@@ -435,11 +436,12 @@ def _export_shard(src: OutputDir, dest: OutputDir, name: str, choice: CaptionCho
                         if matched and not wanted:
                             break  # every row has its image: the rest of the shard is not read
             reasons[IMAGE_NOT_FOUND] += len(wanted)
-            writer.commit()
+            writer.close()
         except BaseException:
-            writer.abort()
+            commit.abort()
             raise
     except Exception as exc:  # a missing or broken input shard, a changed folder: say which, go on
+        commit.abort()
         log.error("cannot export %s: %s", name, exc)
         return ExportedShard(name, FAILED, error=f"{type(exc).__name__}: {exc}")
     not_exported = {r: reasons[r] for r in REASONS if reasons[r]}
@@ -458,9 +460,8 @@ def _export_shard(src: OutputDir, dest: OutputDir, name: str, choice: CaptionCho
         "tar": tar,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    dest.write_json_atomic(dest.stats(name), stats)
     from . import __version__
 
-    dest.write_json_atomic(dest.marker(name), {**settings, "images": images, "samples": writer.samples,
-                                               "recaption_version": __version__})
+    commit.commit(stats, {**settings, "images": images, "samples": writer.samples,
+                          "recaption_version": __version__})
     return ExportedShard(name, DONE, len(rows), writer.samples, not_exported, tar)

@@ -171,6 +171,14 @@ def test_every_row_is_accounted_for_and_a_missing_input_fails_only_its_shard(tmp
     stats = json.loads((dest / "00001_stats.json").read_text())
     assert stats["images_from"] == [str(tmp_path / "moved" / "00001.tar")]
 
+    # A redo (--overwrite) that fails keeps the finished export as it was.
+    before = (dest / "00000.tar").read_bytes()
+    (tmp_path / "in" / "00000.tar").unlink()
+    redo = recaption.export(out, dest, overwrite=True)
+    assert "00000" in redo.failed
+    assert (dest / "00000.done").exists() and (dest / "00000.tar").read_bytes() == before
+    assert not list(dest.glob("*.tmp"))
+
 
 def test_keys_a_tar_cannot_hold_and_other_caption_columns(tmp_path):
     """A folder's keys (`sub/cat.v2`) are written as `sub_cat_v2` and read back from the json;

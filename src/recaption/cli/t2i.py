@@ -10,6 +10,8 @@ import typer
 
 from .common import clear_error, console
 
+PROMPT_FILES = {".txt", ".jsonl", ".json", ".parquet"}
+
 
 def train_dit_cmd(
     data: Annotated[list[str], typer.Argument(help="Image shards with an original caption and a recaption (shapes world: recap shapes), or `recap caption` output folders.")],
@@ -67,12 +69,20 @@ def generate_cmd(
     """Generate images from prompts with a trained Recap-DiT, plus a contact sheet."""
     from pathlib import Path
 
+    from rich.progress import Progress
+
     from ..dit.generate import generate
 
-    source = prompts if Path(prompts).exists() else [prompts]
-    with clear_error(ValueError):
+    path = Path(prompts)
+    if not path.exists() and (path.suffix in PROMPT_FILES or "/" in prompts):
+        # A prompt file that is not there must not be drawn as the prompt "prompts.txt".
+        raise typer.BadParameter(f"{prompts}: no such prompt file (give an existing file, or a prompt in quotes)")
+    source = prompts if path.exists() else [prompts]
+    with clear_error(ValueError), Progress(console=console, transient=True) as bar:
+        task = bar.add_task("generating", total=None)
         result = generate(model, source, output, column=column, seed=seed, images_per_prompt=images_per_prompt,
-                          batch_size=batch_size, guidance=guidance, steps=steps, sampler=sampler, device=device)
+                          batch_size=batch_size, guidance=guidance, steps=steps, sampler=sampler, device=device,
+                          progress=lambda done, total: bar.update(task, completed=done, total=total))
     console.print(json.dumps({k: v for k, v in result.items() if not isinstance(v, (list, dict))}), soft_wrap=True,
                   markup=False)
 
