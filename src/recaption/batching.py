@@ -94,10 +94,12 @@ class BatchStream(IterableDataset):
         self.max_pixels = max_pixels
         self.max_side = max_side
 
-    def __iter__(self) -> Iterator[object]:
+    def my_shards(self) -> Iterator[Shard]:
         worker = get_worker_info()
-        mine = self.shards if worker is None else self.shards[worker.id :: worker.num_workers]
-        for shard in mine:
+        return iter(self.shards if worker is None else self.shards[worker.id :: worker.num_workers])
+
+    def __iter__(self) -> Iterator[object]:
+        for shard in self.my_shards():
             yield ShardStart(shard)
             try:
                 yield from self._batches(shard)
@@ -138,6 +140,21 @@ class BatchStream(IterableDataset):
             started = time.perf_counter()
 
 
+class FedBatchStream(BatchStream):
+    """A BatchStream whose shards arrive while it runs: each loader worker takes the next shard
+    from `feed` (a multiprocessing queue) when it is free, until it takes a None. A long-lived
+    caption worker keeps one such loader for its whole life, so the next shard is read and
+    decoded while the current one generates, and no loader process is started per shard."""
+
+    def __init__(self, feed, *args, **kwargs):
+        super().__init__([], *args, **kwargs)
+        self.feed = feed
+
+    def my_shards(self) -> Iterator[Shard]:
+        while (shard := self.feed.get()) is not None:
+            yield shard
+
+
 def _as_is(item):
     return item
 
@@ -151,7 +168,9 @@ def default_workers(device: str) -> int:
 
 
 def batch_loader(stream: BatchStream, workers: int, prefetch_batches: int, pin_memory: bool) -> DataLoader:
-    workers = min(workers, len(stream.shards))
+    fed = isinstance(stream, FedBatchStream)
+    if not fed:
+        workers = min(workers, len(stream.shards))
     return DataLoader(
         stream,
         batch_size=None,  # items are already batches (or shard markers)
@@ -160,4 +179,7 @@ def batch_loader(stream: BatchStream, workers: int, prefetch_batches: int, pin_m
         prefetch_factor=max(1, prefetch_batches) if workers > 0 else None,
         pin_memory=pin_memory and torch.cuda.is_available(),
         persistent_workers=False,
+        # A fed worker waits on the queue between shards: take items from whichever worker has
+        # them. Each worker's items still come in its order, so every shard's batches do.
+        in_order=not fed,
     )

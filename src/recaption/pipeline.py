@@ -298,8 +298,26 @@ class CaptionPipeline:
         return summary
 
     def _run(self, todo: list[Shard], summary: RunSummary) -> None:
-        from .batching import Batch, BatchStream, batch_loader, default_workers  # torch: only here
+        from .batching import BatchStream  # torch: only here
 
+        stream = BatchStream(todo, *self._stream_settings())
+        self._consume(stream, summary.results.append)
+
+    def serve(self, feed, on_result) -> None:
+        """Caption the shards put on `feed` (a multiprocessing queue; None ends it, one per
+        loader worker) with one loader for the whole time, calling `on_result(ShardResult)` as
+        each shard finishes. The engine must be set up (a long-lived worker owns it)."""
+        from .batching import FedBatchStream
+
+        self._consume(FedBatchStream(feed, *self._stream_settings()), on_result)
+
+    def loader_workers(self) -> int:
+        from .batching import default_workers
+
+        workers = self.run_config.workers
+        return default_workers(str(self.captioner.device)) if workers is None else workers
+
+    def _stream_settings(self) -> tuple:
         run = self.run_config
         score_pixels = None
         if run.clip_model:
@@ -308,11 +326,16 @@ class CaptionPipeline:
             self.scorer = ClipScorer(run.clip_model, device=self.caption.device)
             self.scorer.setup()
             score_pixels = self.scorer.image_processor_call
-        stream = BatchStream(todo, self.captioner.preparer, self.captioner.batch_size, self.passes,
-                             run.max_pixels, run.max_side, score_pixels)
+        return (self.captioner.preparer, self.captioner.batch_size, self.passes, run.max_pixels,
+                run.max_side, score_pixels)
+
+    def _consume(self, stream, on_result) -> None:
+        """Caption and write every item of the stream's loader, in order, until it ends."""
+        from .batching import Batch, batch_loader
+
         device = str(self.captioner.device)
-        workers = default_workers(device) if run.workers is None else run.workers
-        loader = batch_loader(stream, workers, run.prefetch_batches, pin_memory=device.startswith("cuda"))
+        loader = batch_loader(stream, self.loader_workers(), self.run_config.prefetch_batches,
+                              pin_memory=device.startswith("cuda"))
         in_progress: dict[str, _ShardInProgress] = {}
         # Engines that serve many requests at once (a server) take several batches in flight;
         # items still leave the window in input order, so rows are written in order.
@@ -335,9 +358,9 @@ class CaptionPipeline:
                 else:
                     in_flight.append((item, None))
                 while in_flight and (len(in_flight) > window or _ready(in_flight[0][1])):
-                    self._finish_item(*in_flight.popleft(), in_progress, summary)
+                    self._finish_item(*in_flight.popleft(), in_progress, on_result)
             while in_flight:
-                self._finish_item(*in_flight.popleft(), in_progress, summary)
+                self._finish_item(*in_flight.popleft(), in_progress, on_result)
         except BaseException:
             for shard in in_progress.values():
                 shard.writer.abort()
@@ -346,7 +369,7 @@ class CaptionPipeline:
             if pool:
                 pool.shutdown(wait=True, cancel_futures=True)
 
-    def _finish_item(self, item, work: Future | None, in_progress: dict, summary: RunSummary) -> None:
+    def _finish_item(self, item, work: Future | None, in_progress: dict, on_result) -> None:
         """Consume one stream item in order: open a shard, write a captioned batch, or close a shard."""
         from .batching import Batch, ShardStart
 
@@ -363,7 +386,7 @@ class CaptionPipeline:
             shard = in_progress.pop(item.shard)
             shard.stages["loader_wait"] += self._loader_wait.pop(item.shard, 0.0)
             result = shard.finish(item.error, self.provenance)
-            summary.results.append(result)
+            on_result(result)
             self.progress.shard_finished(result)
 
     def _open_writer(self, shard: Shard) -> ShardWriter:

@@ -23,14 +23,15 @@ def shards_with_a_broken_one(tmp_path):
     return discover_shards(paths + [str(broken)])
 
 
-def assert_same_output(ours, reference, names):
+def assert_same_output(ours, reference, names, missing=("00003",)):
     for name in names:
         a, b = pq.read_table(ours / f"{name}.parquet"), pq.read_table(reference / f"{name}.parquet")
         assert a.equals(b), name
         assert (ours / f"{name}.done").exists()
         stats = json.loads((ours / f"{name}_stats.json").read_text())
         assert stats["rows"] == a.num_rows
-    assert not (ours / "00003.parquet").exists()
+    for name in missing:  # the broken shard
+        assert not (ours / f"{name}.parquet").exists()
     assert not list(ours.glob("*.tmp"))
 
 
@@ -94,3 +95,24 @@ def test_devices_default_to_one_process_without_several_gpus(captioner, monkeypa
     assert devices_to_use(pinned, ExecutorConfig()) == []
     explicit = ExecutorConfig(devices=["cuda:0", "cuda:1"])
     assert devices_to_use(captioner.config, explicit) == ["cuda:0", "cuda:1"]
+
+
+@pytest.mark.slow
+def test_a_caption_actor_killed_mid_run_hands_its_shards_to_another(tmp_path, captioner, local_ray, caplog):
+    import logging
+
+    from ..ray_processes import KillOnce
+
+    caplog.set_level(logging.INFO, logger="recaption.executors.ray_executor")
+    shards = discover_shards(write_shards(tmp_path / "in", n_shards=5, per_shard=5))
+    CaptionPipeline(captioner.config, RunConfig(output=str(tmp_path / "local")), captioner).run(shards)
+    out = tmp_path / "ray"
+    killer = KillOnce("ray::CaptionWorker", when=lambda: any(out.glob("*.done")))
+    killer.start()
+    summary = run_caption(shards, captioner.config, RunConfig(output=str(out)),
+                          ExecutorConfig(executor="ray", ray_workers=1))
+    killer.join(timeout=1)
+    assert killer.killed is not None
+    assert [r.outcome for r in summary.results] == [DONE] * 5
+    assert any("goes back to the queue" in r.getMessage() for r in caplog.records)
+    assert_same_output(out, tmp_path / "local", [s.name for s in shards], missing=())

@@ -35,6 +35,8 @@ def download_cmd(
     allow_private_network: Annotated[bool, typer.Option(help="Allow hosts that resolve to private, loopback or link-local addresses.")] = False,
     retry_failed: Annotated[bool, typer.Option(help="In complete shards, fetch again the rows that failed for a transient reason, and merge them in.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Redo shards that are already complete.")] = False,
+    executor: Annotated[str, typer.Option(help="local (this process) or ray (Ray tasks across a cluster; same output).")] = "local",
+    ray_address: Annotated[str | None, typer.Option(help="With --executor ray: the cluster to join ('auto', ray://host:10001); default: a local Ray.")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Download URL metadata into image shards in img2dataset's layout (tar + parquet + stats)."""
@@ -54,10 +56,12 @@ def download_cmd(
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    raise typer.Exit(run_download_command(inputs, config))
+    if executor not in ("local", "ray"):
+        raise typer.BadParameter(f"--executor {executor}: choose local or ray")
+    raise typer.Exit(run_download_command(inputs, config, executor, ray_address))
 
 
-def run_download_command(inputs: list[str], config) -> int:
+def run_download_command(inputs: list[str], config, executor: str = "local", ray_address: str | None = None) -> int:
     """Download with a progress bar and print the summary; the exit code (2: a user error)."""
     from rich.markup import escape
 
@@ -73,7 +77,7 @@ def run_download_command(inputs: list[str], config) -> int:
     console.print(f"columns: {escape(columns.describe())}", soft_wrap=True)
     progress = RichProgress(description="downloading", unit="rows")
     try:
-        summary = download(inputs, config, progress, columns=columns)
+        summary = download(inputs, config, progress, columns=columns, executor=executor, ray_address=ray_address)
     except (RecaptionError, FileNotFoundError) as exc:
         progress.stop()
         error_line(exc)

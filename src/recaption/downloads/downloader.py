@@ -20,8 +20,10 @@ import math
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from itertools import islice
 
 import pyarrow.parquet as pq
@@ -48,19 +50,39 @@ def download(
     config: DownloadConfig,
     progress: Progress | None = None,
     columns: ChosenColumns | None = None,
+    executor: str = "local",
+    ray_address: str | None = None,
 ) -> DownloadSummary:
     """Download every URL of `inputs` into `config.output`; see the module docstring.
 
     `columns`: what `choose_columns` returned for these inputs (chosen here when not given).
+    `executor`: "local" (this process) or "ray" (shards fetched by Ray tasks across the cluster
+    at `ray_address`, or on a local Ray; downloads/ray_executor.py). Same files either way.
     Raises InputError (bad input, a named column missing), ConfigMismatchError (the folder holds
     shards made with other settings) and atomic.OutputLockedError (another run writes there)."""
+    if executor not in EXECUTORS:
+        raise ValueError(f"--executor {executor}: unknown; choose one of {', '.join(EXECUTORS)}")
     reader = MetadataReader(config.url_col, config.caption_col, config.sha256_col, config.extra_cols)
     paths = expand_metadata_inputs(inputs)
     reader.chosen = columns or reader.choose(paths)
+    progress = progress or Progress()
     with output_lock(config.output, "recap download"):
         out = OutputDir(config.output)
         remove_stale_temporaries(out.fs, out.root)
-        return asyncio.run(_Run(paths, config, reader, progress or Progress()).run())
+        try:
+            run = ShardDownloads(config, reader.chosen, progress)
+            planned = run.plan(reader.read(paths))
+            if executor == "ray":
+                from .ray_executor import download_on_ray
+
+                return download_on_ray(planned, run, ray_address)
+            return asyncio.run(run.run_here(planned))
+        finally:
+            # A worker killed mid-shard (Ray) leaves its temporary files; none outlives the run.
+            remove_stale_temporaries(out.fs, out.root)
+
+
+EXECUTORS = ("local", "ray")
 
 
 def choose_columns(inputs: list[str], config: DownloadConfig) -> ChosenColumns:
@@ -95,6 +117,32 @@ def policy_change(previous: dict, current: dict) -> tuple[list[str], list[str]]:
     return loosened, tightened
 
 
+@dataclass(frozen=True)
+class Refetch:
+    """Which rows of a complete shard a rerun fetches again: those a loosened fetch-policy
+    setting refused, and with --retry-failed the transient failures. Plain data, so it travels
+    to a Ray worker with its shard."""
+
+    outcomes: frozenset
+    retry_failed: bool
+
+    def __call__(self, row: dict) -> bool:
+        return row["outcome"] in self.outcomes or (
+            self.retry_failed and oc.retry_on_rerun(row["outcome"], row["http_status"])
+        )
+
+
+@dataclass
+class PlannedShard:
+    shard_id: int
+    rows: list[UrlRow]
+    again: Refetch | None  # None: download the whole shard
+
+    @property
+    def name(self) -> str:
+        return f"{self.shard_id:05d}"
+
+
 def plan(rows: Iterator[UrlRow], shard_size: int) -> Iterator[tuple[int, list[UrlRow]]]:
     shard_id = 0
     while chunk := list(islice(rows, shard_size)):
@@ -102,14 +150,16 @@ def plan(rows: Iterator[UrlRow], shard_size: int) -> Iterator[tuple[int, list[Ur
         shard_id += 1
 
 
-class _Run:
-    def __init__(self, paths: list[str], config: DownloadConfig, reader: MetadataReader, progress: Progress):
-        self.paths = paths
+class ShardDownloads:
+    """Plans shards against the output folder and downloads one shard at a time or many at
+    once; the same object runs in this process (`run_here`) and, pickled, in Ray workers
+    (`download_shard`)."""
+
+    def __init__(self, config: DownloadConfig, columns: ChosenColumns, progress: Progress):
         self.cfg = config
         self.progress = progress
         self.out = OutputDir(config.output)
-        self.reader = reader
-        self.columns = reader.chosen
+        self.columns = columns
         self.index_digits = max(1, math.ceil(math.log10(config.shard_size))) if config.shard_size > 1 else 1
         # The columns actually read (a found caption column under its name), so a rerun that
         # finds another column is refused rather than mixing captions from two columns.
@@ -121,35 +171,65 @@ class _Run:
         }
         self.policy = config.fetch_policy()
 
-    async def run(self) -> DownloadSummary:
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "progress": Progress()}  # a Ray worker reports by its result
+
+    def plan(self, rows: Iterator[UrlRow]) -> Iterator[PlannedShard | ShardResult]:
+        """Each shard of the metadata stream, in order: planned to download, or the SKIPPED
+        result of a complete one. Lazy: at most one shard's rows are read ahead."""
+        for shard_id, chunk in plan(rows, self.cfg.shard_size):
+            name = f"{shard_id:05d}"
+            again = None
+            if self.out.is_done(name) and not self.cfg.overwrite:  # --overwrite redoes it
+                again = self._rows_to_fetch_again(name)
+                if again is None:
+                    yield ShardResult(name, name, SKIPPED)
+                    continue
+            yield PlannedShard(shard_id, chunk, again)
+
+    async def run_here(self, planned: Iterator[PlannedShard | ShardResult]) -> DownloadSummary:
+        """Every planned shard in this process, `shards_in_flight` at a time."""
         summary = DownloadSummary()
         self.progress.run_started([])
-        self.rows_in_flight = asyncio.Semaphore(2 * self.cfg.concurrency)  # bounds images in memory
         shard_slots = asyncio.Semaphore(self.cfg.shards_in_flight)
-        self.pool = ThreadPoolExecutor(max(1, os.cpu_count() or 1), thread_name_prefix="recap-image")
         tasks: list[asyncio.Task] = []
         try:
-            async with Fetcher(self.cfg) as self.fetcher:
-                for shard_id, rows in plan(self.reader.read(self.paths), self.cfg.shard_size):
-                    name = f"{shard_id:05d}"
-                    again = None
-                    if self.out.is_done(name) and not self.cfg.overwrite:  # --overwrite redoes it
-                        again = self._rows_to_fetch_again(name)
-                        if again is None:
-                            summary.results.append(ShardResult(name, name, SKIPPED))
-                            continue
+            async with self._session():
+                for item in planned:
+                    if isinstance(item, ShardResult):
+                        summary.results.append(item)
+                        continue
                     await shard_slots.acquire()  # at most shards_in_flight shards' rows in memory
-                    task = asyncio.create_task(self._shard(shard_id, rows, again))
+                    task = asyncio.create_task(self._shard(item.shard_id, item.rows, item.again))
                     task.add_done_callback(lambda _t: shard_slots.release())
                     tasks.append(task)
                 summary.results += await asyncio.gather(*tasks)
         finally:
             for task in tasks:
                 task.cancel()
-            self.pool.shutdown(wait=True, cancel_futures=True)
         return summary
 
-    def _rows_to_fetch_again(self, name: str) -> Callable[[dict], bool] | None:
+    def download_shard(self, shard: PlannedShard) -> ShardResult:
+        """One shard, start to finish, with its own connections (a Ray worker's task)."""
+
+        async def alone() -> ShardResult:
+            async with self._session():
+                return await self._shard(shard.shard_id, shard.rows, shard.again)
+
+        return asyncio.run(alone())
+
+    @asynccontextmanager
+    async def _session(self) -> AsyncIterator[None]:
+        """Connections, the image-processing threads and the bound on rows in flight."""
+        self.rows_in_flight = asyncio.Semaphore(2 * self.cfg.concurrency)  # bounds images in memory
+        self.pool = ThreadPoolExecutor(max(1, os.cpu_count() or 1), thread_name_prefix="recap-image")
+        try:
+            async with Fetcher(self.cfg) as self.fetcher:
+                yield
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def _rows_to_fetch_again(self, name: str) -> Refetch | None:
         """For a complete shard: which of its rows this run fetches again (None: none, skip it).
         Raises ConfigMismatchError when it was made with other settings, or a stricter policy
         setting than this run's."""
@@ -177,17 +257,10 @@ class _Run:
                 f"{redact(self.out.url)} holds shard {name} downloaded with {before} (this run: "
                 f"{said(self.policy[key])}); rerun with {before}, or use --overwrite to download again"
             )
-        outcomes = {oc.POLICY_OUTCOMES[k] for k in loosened if k in oc.POLICY_OUTCOMES}
-        retry_failed = self.cfg.retry_failed
-        if not outcomes and not retry_failed:
+        outcomes = frozenset(oc.POLICY_OUTCOMES[k] for k in loosened if k in oc.POLICY_OUTCOMES)
+        if not outcomes and not self.cfg.retry_failed:
             return None
-
-        def again(row: dict) -> bool:
-            return row["outcome"] in outcomes or (
-                retry_failed and oc.retry_on_rerun(row["outcome"], row["http_status"])
-            )
-
-        return again
+        return Refetch(outcomes, self.cfg.retry_failed)
 
     async def _shard(
         self, shard_id: int, rows: list[UrlRow], again: Callable[[dict], bool] | None

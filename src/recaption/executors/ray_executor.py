@@ -1,46 +1,103 @@
-"""`--executor ray`: caption workers as Ray actors, on a local Ray or a cluster.
+"""`--executor ray`: long-lived caption workers as Ray actors, on a local Ray or a cluster.
 
-Each actor holds one engine (one model on its GPU share: `num_gpus=1`, or 0.5 / 0.25 to pack a
-small model several times on one GPU) and runs the same `CaptionPipeline` as the local executor
-on one shard at a time: reading, decoding and preprocessing in loader processes beside it on
-the same node (so pixels never cross the network), generation on its GPU, and the shard's
-parquet, stats and `.done` marker written by it to the shared output folder (local path on one
-machine, an fsspec URL such as s3:// or gs:// on a cluster). The driver plans (skips done
-shards, refuses mixed settings), hands shards to actors as they free up, and collects results.
+Each actor sets up one engine (one model on its GPU share: `num_gpus=1`, or 0.5 / 0.25 to pack
+a small model several times on one GPU) and keeps ONE loader for its whole life: loader
+processes beside it on its node (as many as the CPUs Ray gives the actor, so pixels never cross
+the network) take shards from the actor's queue as they free up. The driver keeps each actor
+one shard ahead of its loader workers, so the next shard is read and decoded while the current
+one generates, and no process is started per shard. Each shard's parquet, stats and `.done`
+marker are written by its actor to the shared output folder (a local path on one machine, an
+fsspec URL such as s3:// or gs:// on a cluster), exactly as the local executor writes them.
 
-Only this module imports ray; the stages know nothing of it. An actor that dies is restarted by
-Ray and its shard retried (`max_task_retries`); a shard that fails for good is reported failed.
+The driver plans (skips done shards, refuses mixed settings), hands out shards, and collects
+results. An actor that dies (kill -9, a node removed) loses nothing: the shards it held go back
+to the front of the queue and are done, once, by the actors still alive; a replacement actor is
+started where the cluster has room. A shard whose actor died under it three times is reported
+failed (it may be what kills them). Only this module and `ray_cluster` import ray.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from collections import Counter, deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
 
 from ..config import CaptionConfig, ExecutorConfig, RunConfig
 from ..pipeline import CaptionPipeline
+from ..ray_cluster import connected
 from ..readers import Shard
 from ..results import FAILED, Progress, ShardResult
 from .base import Executor
 
 log = logging.getLogger(__name__)
 
+DEATHS_PER_SHARD = 3  # a shard whose actor died under it this often is failed, not retried
+WAITING_NOTE_SECONDS = 60.0
+
 
 class CaptionWorker:
-    """The body of a Ray actor: one pipeline, loaded once, fed one shard per call."""
+    """The body of a Ray actor: an engine set up once, and one loader fed from a queue of
+    shards by a serving thread for the actor's whole life. `caption_shard` (called by several
+    Ray threads at once) queues a shard and waits for its result."""
 
-    def __init__(self, caption: CaptionConfig, run: RunConfig):
-        self.pipeline = CaptionPipeline(caption, run)
+    def __init__(self, caption: CaptionConfig, run: RunConfig, loader_workers: int | None):
+        import multiprocessing as mp
+
+        if loader_workers is None:  # one loader process per CPU Ray gave this actor
+            import ray
+
+            cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+            loader_workers = max(1, int(cpus))
+        self.pipeline = CaptionPipeline(caption, replace(run, workers=loader_workers))
+        self.refused: str | None = None
+        try:
+            self.pipeline.captioner.setup()
+        except ValueError as exc:  # the model cannot load here (ModelError), a wrong setting
+            self.refused = str(exc)
+            return
+        self.feed = mp.get_context("fork").Queue()  # the loader's processes are forked from here
+        self.waiting: dict[str, Future] = {}
+        self.lock = threading.Lock()
+        self.stopped: str | None = None
+        threading.Thread(target=self._serve, name="recap-serve", daemon=True).start()
+
+    def ready(self) -> dict:
+        """How many shards to keep in flight here (one per loader process, plus one queued), the
+        node, and why the engine could not load (None when it did)."""
+        import ray
+
+        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+        return {"slots": self.pipeline.loader_workers() + 1, "node": node, "refused": self.refused}
 
     def caption_shard(self, shard: Shard) -> ShardResult:
-        return self.pipeline.run_planned([shard]).results[0]
+        future: Future = Future()
+        with self.lock:
+            if self.stopped:
+                raise RuntimeError(self.stopped)
+            self.waiting[shard.name] = future
+        self.feed.put(shard)
+        return future.result()
 
+    def _serve(self) -> None:
+        try:
+            self.pipeline.serve(self.feed, self._finished)
+            message = "the caption worker's loader ended"
+        except BaseException as exc:
+            log.exception("caption worker stopped")
+            message = f"caption worker stopped: {type(exc).__name__}: {exc}"
+        with self.lock:
+            self.stopped = message
+            waiting, self.waiting = self.waiting, {}
+        for future in waiting.values():
+            future.set_exception(RuntimeError(message))
 
-def _import_ray():
-    try:
-        import ray
-    except ImportError as exc:
-        raise RuntimeError("--executor ray needs Ray: pip install 'recaption[ray]'") from exc
-    return ray
+    def _finished(self, result: ShardResult) -> None:
+        with self.lock:
+            future = self.waiting.pop(result.name, None)
+        if future is not None:
+            future.set_result(result)
 
 
 def worker_count(executor: ExecutorConfig, cluster_gpus: float, shards: int) -> int:
@@ -54,54 +111,137 @@ def worker_count(executor: ExecutorConfig, cluster_gpus: float, shards: int) -> 
 
 
 class RayExecutor(Executor):
-    """Caption actors on a local or remote Ray cluster, shards handed out as actors free up."""
+    """Caption actors on a local or remote Ray cluster, each kept a shard ahead of its loader."""
 
     def _execute(self, todo: list[Shard]) -> list[ShardResult]:
-        ray = _import_ray()
-        started_here = not ray.is_initialized()
-        if started_here:
-            ray.init(address=self.config.ray_address, log_to_driver=False,
-                     logging_level=logging.WARNING, include_dashboard=False)
-        try:
-            return _caption_on_actors(ray, todo, self.caption, self.run_config, self.config, self.progress)
-        finally:
-            if started_here:
-                ray.shutdown()
+        with connected(self.config.ray_address) as ray:
+            return _Dispatcher(ray, todo, self.caption, self.run_config, self.config, self.progress).run()
 
 
 EXECUTOR = RayExecutor
 
 
-def _caption_on_actors(ray, todo: list[Shard], caption: CaptionConfig, run: RunConfig,
-                       executor: ExecutorConfig, progress: Progress) -> list[ShardResult]:
-    gpus = ray.cluster_resources().get("GPU", 0)
-    count = worker_count(executor, gpus, len(todo))
-    actor_class = ray.remote(CaptionWorker).options(
-        num_gpus=executor.ray_gpus_per_worker if gpus else 0,
-        num_cpus=executor.ray_cpus_per_worker,
-        max_restarts=2, max_task_retries=2,
-    )
-    # On a GPU, device "auto" inside an actor is the GPU Ray assigned to it.
-    idle = [actor_class.remote(caption, run) for _ in range(count)]
-    log.info("ray: %d caption workers over %d shards", count, len(todo))
-    waiting = list(reversed(todo))
-    running: dict = {}  # object ref -> (shard, actor)
-    results: dict[str, ShardResult] = {}
-    while waiting or running:
-        while waiting and idle:
-            shard, actor = waiting.pop(), idle.pop()
-            running[actor.caption_shard.remote(shard)] = (shard, actor)
-        ready, _ = ray.wait(list(running), num_returns=1)
-        shard, actor = running.pop(ready[0])
-        idle.append(actor)
+@dataclass
+class _Actor:
+    handle: object
+    slots: int = 0  # 0 until the actor is ready
+    node: str | None = None
+    running: set = field(default_factory=set)  # object refs of its caption_shard calls
+    dead: bool = False
+
+
+class _Dispatcher:
+    """Hands shards to actors as their slots free up; puts a dead actor's shards back."""
+
+    def __init__(self, ray, todo: list[Shard], caption: CaptionConfig, run: RunConfig,
+                 executor: ExecutorConfig, progress: Progress):
+        self.ray, self.todo, self.progress = ray, todo, progress
+        self.caption, self.run_config = caption, run
+        gpus = ray.cluster_resources().get("GPU", 0)
+        self.count = worker_count(executor, gpus, len(todo))
+        self.actor_class = ray.remote(CaptionWorker).options(
+            num_gpus=executor.ray_gpus_per_worker if gpus else 0,
+            num_cpus=executor.ray_cpus_per_worker,
+            max_restarts=0, max_task_retries=0,  # a dead actor's shards are requeued here instead
+            max_concurrency=64,  # caption_shard calls wait in threads; slots bound them
+        )
+        self.queue: deque[Shard] = deque(todo)
+        self.deaths: Counter = Counter()  # shard name -> actors that died while holding it
+        self.actors: list[_Actor] = []
+        self.calls: dict = {}  # object ref -> (actor, shard or None for its ready call)
+        self.results: dict[str, ShardResult] = {}
+        self.starts_left = 3 * self.count  # actors that may still be started, replacements included
+        self.last_death: str | None = None
+        self.refused: str | None = None
+
+    def run(self) -> list[ShardResult]:
+        log.info("ray: %d caption workers over %d shards", self.count, len(self.todo))
+        for _ in range(self.count):
+            self._start_actor()
         try:
-            result = ray.get(ready[0])
-        except ray.exceptions.RayError as exc:
-            log.error("ray: %s failed: %s", shard.source, exc)
-            result = ShardResult(shard.name, shard.source, FAILED, error=f"ray worker failed: {exc}")
-        results[shard.name] = result
-        progress.rows_done(result.rows, result.status_counts.get("ok", 0))
-        progress.shard_finished(result)
-    for actor in idle:
-        ray.kill(actor)
-    return [results[s.name] for s in todo]
+            while self.queue or any(shard is not None for _, shard in self.calls.values()):
+                self._hand_out()
+                if not self.calls:  # no actor alive or starting, and none may start
+                    self._fail_queued()
+                    break
+                ready, _ = self.ray.wait(list(self.calls), num_returns=1, timeout=WAITING_NOTE_SECONDS)
+                if not ready:
+                    log.warning("ray: waiting for caption workers (%d shards queued); is there room in "
+                                "the cluster for one more?", len(self.queue))
+                    continue
+                self._collect(ready[0])
+        finally:
+            for actor in self.actors:
+                self.ray.kill(actor.handle)
+        return [self.results[s.name] for s in self.todo]
+
+    def _start_actor(self) -> None:
+        if self.starts_left <= 0:
+            return
+        self.starts_left -= 1
+        actor = _Actor(self.actor_class.remote(self.caption, self.run_config, self.run_config.workers))
+        self.actors.append(actor)
+        self.calls[actor.handle.ready.remote()] = (actor, None)
+
+    def _hand_out(self) -> None:
+        for actor in self.actors:
+            while self.queue and not actor.dead and len(actor.running) < actor.slots:
+                shard = self.queue.popleft()
+                ref = actor.handle.caption_shard.remote(shard)
+                actor.running.add(ref)
+                self.calls[ref] = (actor, shard)
+                self.progress.shard_started(shard)
+
+    def _collect(self, ref) -> None:
+        actor, shard = self.calls.pop(ref)
+        actor.running.discard(ref)
+        try:
+            value = self.ray.get(ref)
+        except self.ray.exceptions.RayActorError as exc:
+            self._actor_died(actor, shard, exc)
+            return
+        except self.ray.exceptions.RayError as exc:  # caption_shard raised: its worker stopped
+            self._finish(ShardResult(shard.name, shard.source, FAILED, error=f"ray worker failed: {exc}"))
+            return
+        if shard is None:  # the actor is ready
+            if value["refused"]:
+                self.refused = value["refused"]
+                self._retire(actor)
+                return
+            actor.slots, actor.node = value["slots"], value["node"]
+            log.info("ray: caption worker on node %s, %d shards in flight", actor.node, actor.slots)
+            return
+        log.info("ray: %s captioned on node %s", shard.name, actor.node)
+        self._finish(value)
+
+    def _actor_died(self, actor: _Actor, shard: Shard | None, exc: Exception) -> None:
+        self.last_death = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if shard is not None:
+            self.deaths[shard.name] += 1
+            if self.deaths[shard.name] >= DEATHS_PER_SHARD:
+                error = (f"its Ray worker died {DEATHS_PER_SHARD} times while captioning it "
+                         f"({self.last_death})")
+                self._finish(ShardResult(shard.name, shard.source, FAILED, error=error))
+            else:
+                log.warning("ray: worker on node %s died; %s goes back to the queue", actor.node, shard.name)
+                self.queue.appendleft(shard)
+        if not actor.dead:
+            self._retire(actor)
+            self._start_actor()  # where the cluster has room; the others go on meanwhile
+
+    def _retire(self, actor: _Actor) -> None:
+        actor.dead = True
+        self.ray.kill(actor.handle)
+
+    def _finish(self, result: ShardResult) -> None:
+        self.results[result.name] = result
+        self.progress.rows_done(result.rows, result.status_counts.get("ok", 0))
+        self.progress.shard_finished(result)
+
+    def _fail_queued(self) -> None:
+        if self.refused and not any(actor.slots for actor in self.actors):
+            raise ValueError(self.refused)  # not one actor could load the model: the user's mistake
+        reason = self.refused or self.last_death or "no caption worker could start"
+        while self.queue:
+            shard = self.queue.popleft()
+            self._finish(ShardResult(shard.name, shard.source, FAILED, error=f"no Ray worker left: {reason}"))
