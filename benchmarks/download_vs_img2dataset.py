@@ -7,6 +7,8 @@ processes x 64 threads on this 2-core machine). Runs alternate (ours, img2datase
 Printed per run: images/s and the peak RSS of the whole process tree (polled from /proc); then
 the medians and ratios; then that `recap caption`'s reader takes img2dataset's shards; then
 ours' peak RSS on inputs of growing size (rows that fail fast with 404, so only metadata flows).
+`recap download --executor ray` runs too: a local Ray started by the command (2 CPUs here), its
+start-up (about 5 s) inside the timing, and the Ray processes inside the peak RSS.
 
 img2dataset pins webdataset<0.3 and pandas<3, so it lives in its own virtual environment:
     python3 -m venv /tmp/i2d && /tmp/i2d/bin/pip install img2dataset
@@ -118,7 +120,7 @@ def timed(command: list[str]) -> tuple[float, int]:
     return seconds, peak
 
 
-def ours_command(meta: str, out: str, concurrency: int) -> list[str]:
+def ours_command(meta: str, out: str, concurrency: int, executor: str = "local") -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -142,6 +144,8 @@ def ours_command(meta: str, out: str, concurrency: int) -> list[str]:
         str(concurrency),
         "--retries",
         "0",
+        "--executor",
+        executor,
     ]
 
 
@@ -167,7 +171,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--latency-ms", type=float, default=20.0)
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
         "--memory-rows", default="20000,100000", help="input sizes for the RSS-vs-input check"
     )
@@ -191,36 +195,33 @@ def main() -> None:
             ),
             meta,
         )
-        runs: dict[str, list[tuple[float, int]]] = {"recap download": [], "img2dataset": []}
+        names = ["recap download", "recap download --executor ray", "img2dataset"]
+        runs: dict[str, list[tuple[float, int]]] = {name: [] for name in names}
         for round_ in range(args.rounds):
-            for name in (
-                ["recap download", "img2dataset"] if round_ % 2 == 0 else ["img2dataset", "recap download"]
-            ):
-                out = f"{tmp}/{name.split()[0]}-{round_}"
-                command = (
-                    ours_command(meta, out, args.concurrency)
-                    if name == "recap download"
-                    else img2dataset_command(args.img2dataset_python, meta, out, args.concurrency)
-                )
+            for name in names[round_ % 3:] + names[: round_ % 3]:  # each goes first in turn
+                out = f"{tmp}/{name.replace(' ', '_')}-{round_}"
+                if name == "img2dataset":
+                    command = img2dataset_command(args.img2dataset_python, meta, out, args.concurrency)
+                else:
+                    executor = "ray" if "ray" in name else "local"
+                    command = ours_command(meta, out, args.concurrency, executor)
                 seconds, peak = timed(command)
                 got = count_tar_samples(out)
                 runs[name].append((args.images / seconds, peak))
                 print(
-                    f"round {round_}  {name:15s} {args.images / seconds:8.1f} images/s  "
+                    f"round {round_}  {name:30s} {args.images / seconds:8.1f} images/s  "
                     f"peak RSS {peak / 2**20:7.1f} MiB  ({got} samples read back by recap's reader)"
                 )
                 if round_ < args.rounds - 1:
                     shutil.rmtree(out)
         rate = {k: statistics.median(r for r, _ in v) for k, v in runs.items()}
         rss = {k: statistics.median(m for _, m in v) for k, v in runs.items()}
-        print(
-            f"median images/s: ours {rate['recap download']:.1f}, img2dataset {rate['img2dataset']:.1f}, "
-            f"ratio {rate['recap download'] / rate['img2dataset']:.2f}x"
-        )
-        print(
-            f"median peak RSS: ours {rss['recap download'] / 2**20:.0f} MiB, img2dataset "
-            f"{rss['img2dataset'] / 2**20:.0f} MiB, ratio {rss['recap download'] / rss['img2dataset']:.2f}x"
-        )
+        base = "img2dataset"
+        for name in names:
+            print(
+                f"median {name:30s} {rate[name]:8.1f} images/s ({rate[name] / rate[base]:.2f}x img2dataset)  "
+                f"peak RSS {rss[name] / 2**20:6.0f} MiB ({rss[name] / rss[base]:.2f}x)"
+            )
 
         for rows in (int(x) for x in args.memory_rows.split(",")):
             meta_big = f"{tmp}/urls-{rows}.parquet"
