@@ -1,0 +1,154 @@
+"""The Recap-DiT reproduction on the shapes world: DiT trained at several p (probability of the
+ORIGINAL caption), several seeds, evaluated by the model-free checker on recaption-style and
+human-style prompts, by complexity; mean and spread over seeds; a picture grid.
+
+Each run: `train_dit` on `--images` shapes-world samples (alt-text as the original caption, the
+world's description as the recaption), then `generate` (DDIM, `--sample-steps`, guidance
+`--guidance`) for a balanced prompt set in each style (indices 400,000+: never trained on), then
+`eval_shapes`. Prints one line per run and the tables at the end; `--json` keeps everything;
+the grid (rows: prompts; columns: p) goes to WORK/grid.png.
+
+    python benchmarks/dit_p_sweep.py --p 0.5 --seeds 0 --steps 1500          # a pilot
+    python benchmarks/dit_p_sweep.py --p 0 0.1 0.5 1 --seeds 0 1 2 --steps 3000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import statistics
+import time
+from datetime import date
+from pathlib import Path
+
+SIZES = {
+    "tiny": dict(layers=2, heads=2, head_dim=16, patch_size=8),
+    "small": dict(layers=6, heads=4, head_dim=32, patch_size=4),
+    "wide8": dict(layers=6, heads=4, head_dim=64, patch_size=8),
+}
+CATEGORIES = ("present", "colour", "count", "position", "size", "all")  # the checker's
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--p", type=float, nargs="+", default=[0.0, 0.1, 0.5, 1.0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--size", default="wide8", choices=sorted(SIZES))
+    parser.add_argument("--images", type=int, default=20_000)
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--prompts-per-complexity", type=int, default=25)
+    parser.add_argument("--sample-steps", type=int, default=50)
+    parser.add_argument("--guidance", type=float, default=4.0)
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--work", default="work/dit-sweep")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+
+    import torch
+
+    from recaption.dit.eval import eval_shapes
+    from recaption.dit.generate import contact_sheet, generate
+    from recaption.dit.train import DitTrainConfig, train_dit
+    from recaption.shapes import write_shapes_shards
+    from recaption.shapes.prompts import balanced_prompt_set
+
+    logging.basicConfig(level=logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    work = Path(args.work)
+    data = work / f"shapes-{args.images}"
+    if not data.exists():
+        write_shapes_shards(data, args.images, shard_size=5000)
+    sets = {style: balanced_prompt_set(args.prompts_per_complexity, style)
+            for style in ("recaption", "human")}
+    print(f"dit_p_sweep  {date.today()}  {platform.processor() or platform.machine()}  size {args.size}  "
+          f"{args.images} images  {args.steps} steps x {args.batch_size}  lr {args.lr:g}  "
+          f"sampling DDIM {args.sample_steps} steps, guidance {args.guidance:g}", flush=True)
+    runs = []
+    for seed in args.seeds:
+        for p in args.p:
+            name = f"p{p:g}-s{seed}"
+            model = work / args.size / f"steps{args.steps}-lr{args.lr:g}" / name
+            started = time.perf_counter()
+            train_dit(DitTrainConfig(
+                data=[str(data)], output=str(model), p=p, seed=seed, recaption_field="description",
+                steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                save_every=max(500, args.steps // 4), log_every=500, **SIZES[args.size]))
+            trained = time.perf_counter() - started
+            scores = {}
+            for style, prompts in sets.items():
+                out = model.parent / "gen" / f"{name}-{style}"
+                generate(model, prompts, out, seed=seed, guidance=args.guidance, steps=args.sample_steps)
+                scores[style] = eval_shapes([str(out)])
+            runs.append({"p": p, "seed": seed, "train_seconds": round(trained, 1), "scores": scores})
+            print(f"{name}: trained in {trained:.0f} s; "
+                  + "; ".join(f"{style} " + " ".join(f"{c} {s['overall'][c]:.2f}" for c in CATEGORIES
+                                                     if s["overall"][c] is not None)
+                              for style, s in scores.items()), flush=True)
+    print_tables(runs, args.p)
+    grid(work / args.size / f"steps{args.steps}-lr{args.lr:g}", args.p, args.seeds[0], sets["human"],
+         contact_sheet, generate, work / "grid.png")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "runs": runs}, indent=1))
+
+
+def print_tables(runs: list[dict], ps: list[float]) -> None:
+    """Per style and complexity: the checker's "all" rate (every object of the prompt drawn with
+    its colour, count, position and size), mean over seeds with the spread (sample standard
+    deviation when there are two seeds or more); then the same for "colour"."""
+    for style in ("recaption", "human"):
+        for category in ("all", "colour"):
+            print(f"\n{style}-style prompts, {category!r} rate (mean ± sd over seeds)")
+            table(runs, ps, style, category)
+
+
+def table(runs: list[dict], ps: list[float], style: str, category: str) -> None:
+    complexities = sorted({int(k) for r in runs for k in r["scores"][style]["by_complexity"]})
+    print("| p | " + " | ".join(f"{k} object{'s' if k > 1 else ''}" for k in complexities) + " | all |")
+    print("|---" * (len(complexities) + 2) + "|")
+    for p in ps:
+        mine = [r for r in runs if r["p"] == p]
+        cells = []
+        for k in complexities:
+            values = [by_complexity(r, style, k) for r in mine]
+            cells.append(spread([v[category] for v in values if v and v[category] is not None]))
+        cells.append(spread([r["scores"][style]["overall"][category] for r in mine]))
+        print(f"| {p:g} | " + " | ".join(cells) + " |")
+
+
+def by_complexity(run: dict, style: str, k: int) -> dict | None:
+    found = run["scores"][style]["by_complexity"]
+    return found.get(k, found.get(str(k)))
+
+
+def spread(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def grid(root: Path, ps: list[float], seed: int, prompts, contact_sheet, generate, path: Path) -> None:
+    """Rows: 8 human-style prompts (2 per complexity); columns: one image from each p."""
+    chosen = [prompts[i] for i in range(0, len(prompts), max(1, len(prompts) // 8))][:8]
+    from recaption.readers import discover_shards
+
+    cells = []
+    for p in ps:
+        out = root / "grid" / f"p{p:g}"
+        generate(root / f"p{p:g}-s{seed}", chosen, out, seed=seed, sheet=root / "grid" / f"p{p:g}.png")
+        cells.append([s.image_bytes for shard in discover_shards([str(out)]) for s in shard])
+    ordered = [cells[c][r] for r in range(len(chosen)) for c in range(len(ps))]
+    contact_sheet(ordered, columns=len(ps)).save(path)
+    columns = ", ".join(f"{p:g}" for p in ps)
+    print(f"\ngrid: {path} (rows: {'; '.join(p.text for p in chosen)}; columns: p = {columns})")
+
+
+if __name__ == "__main__":
+    main()
