@@ -57,15 +57,19 @@ def download(inputs: PathLike | list[PathLike], output: PathLike, **options: Any
 
 
 def score(output: PathLike, clip_model: str | None = None, device: str = "auto", batch_size: int = 64,
-          overwrite: bool = False):
+          overwrite: bool = False, long_text: str = "truncate"):
     """Fill re_clip_score / org_clip_score of finished shards in `output` (`recap score`).
 
-    `clip_model`: a transformers CLIP/SigLIP folder or hub id (default: the paper's CLIP-L), or
-    `tiny-clip` (built in, shapes world only). Returns a `ScoreSummary`."""
-    from .quality.clip import DEFAULT_CLIP_MODEL, ClipScorer
+    `clip_model`: a transformers CLIP/SigLIP folder or hub id (default: the paper's CLIP-L),
+    `tiny-clip` (built in, shapes world only), or an open_clip model (`open_clip:FOLDER`,
+    `open_clip:ARCH:PRETRAINED`). `long_text`: truncate or chunk captions over the CLIP's window.
+    Returns a `ScoreSummary`."""
+    from .quality.clip import DEFAULT_CLIP_MODEL
     from .quality.score import score_output
+    from .quality.scorers import make_scorer
 
-    scorer = ClipScorer(clip_model or DEFAULT_CLIP_MODEL, device=device, batch_size=batch_size)
+    scorer = make_scorer(clip_model or DEFAULT_CLIP_MODEL, device=device, batch_size=batch_size,
+                         long_text=long_text)
     return score_output(os.fspath(output), scorer, overwrite)
 
 

@@ -127,6 +127,7 @@ class RunConfig:
     prefetch_batches: int = 2  # batches each worker keeps ready
     row_group_rows: int = 1000
     clip_model: str | None = None  # score in the same pass (images decoded once): CLIP id or folder
+    clip_long_text: str = "truncate"  # captions over the CLIP's window: truncate or chunk (long_text.py)
 
     def __post_init__(self):
         if self.max_pixels < 1:
@@ -135,6 +136,8 @@ class RunConfig:
             raise ValueError(f"max_side {self.max_side}: must be positive, or None for no limit")
         if self.workers is not None and self.workers < 0:
             raise ValueError(f"--workers {self.workers}: must be 0 (this process) or more")
+        if self.clip_long_text not in ("truncate", "chunk"):
+            raise ValueError(f"--clip-long-text {self.clip_long_text}: choose truncate or chunk")
 
 
 @dataclass

@@ -321,9 +321,10 @@ class CaptionPipeline:
         run = self.run_config
         score_pixels = None
         if run.clip_model:
-            from .quality.clip import ClipScorer
+            from .quality.scorers import make_scorer
 
-            self.scorer = ClipScorer(run.clip_model, device=self.caption.device)
+            self.scorer = make_scorer(run.clip_model, device=self.caption.device,
+                                      long_text=run.clip_long_text)
             self.scorer.setup()
             score_pixels = self.scorer.image_processor_call
         return (self.captioner.preparer, self.captioner.batch_size, self.passes, run.max_pixels,

@@ -302,7 +302,7 @@ PLANTED = [
     (["caption", "{tmp}/in", "-o", "{tmp}/out"], "recaption.executors.run_caption"),
     (["download", "{tmp}/meta.csv", "-o", "{tmp}/dl"], "recaption.downloads.choose_columns"),
     (["run", "{tmp}/meta.csv", "-o", "{tmp}/run"], "recaption.downloads.choose_columns"),
-    (["score", "{tmp}/out", "--clip-model", "tiny-clip"], "recaption.quality.clip.ClipScorer"),
+    (["score", "{tmp}/out", "--clip-model", "tiny-clip"], "recaption.quality.scorers.make_scorer"),
     (["judge", "{tmp}/out", "--endpoint", "http://127.0.0.1:9", "--model", "m"],
      "recaption.quality.judge.judge_output"),
     (["report", "{tmp}/out", "-o", "{tmp}/r.html"], "recaption.quality.report.write_report"),

@@ -84,8 +84,10 @@ def caption_cmd(
     ray_address: Annotated[str | None, typer.Option(help="--executor ray: cluster to join (auto, ray://host:10001); default: start a local Ray.")] = None,
     ray_workers: Annotated[int | None, typer.Option(help="--executor ray: caption workers (default: one per GPU share in the cluster).")] = None,
     ray_gpus_per_worker: Annotated[float, typer.Option(help="--executor ray: GPU share per worker; 0.5 or 0.25 packs small models.")] = 1.0,
+    ray_cpus_per_worker: Annotated[float, typer.Option(help="--executor ray: CPUs per worker; each becomes one of its loader processes.")] = 1.0,
     score: Annotated[bool, typer.Option(help="Also fill the CLIP-score columns in the same pass (images decoded once).")] = False,
-    clip_model: Annotated[str, typer.Option(help="CLIP for --score: hub id, local folder, or tiny-clip (built in).")] = "openai/clip-vit-large-patch14",
+    clip_model: Annotated[str, typer.Option(help="CLIP for --score: hub id, local folder, open_clip:FOLDER or open_clip:ARCH:PRETRAINED, or tiny-clip (built in).")] = "openai/clip-vit-large-patch14",
+    clip_long_text: Annotated[str, typer.Option(help="--score: captions longer than the CLIP's text window: truncate or chunk (sentences packed into windows, embeddings averaged).")] = "truncate",
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Caption every image of INPUTS into one Recap-DataComp-1B-schema parquet per shard."""

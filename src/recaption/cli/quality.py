@@ -14,18 +14,20 @@ def score_cmd(
     output: Annotated[str, typer.Argument(help="An output folder of `recap caption`.")],
     clip_model: Annotated[str, typer.Option(help="CLIP / SigLIP / long-text CLIP: a hub id (default: the paper's CLIP ViT-L/14; "
                                             "used from the local Hugging Face cache when it is there), a local model folder, "
+                                            "open_clip:FOLDER or open_clip:ARCH:PRETRAINED (open_clip models; needs recaption[vision]), "
                                             "or tiny-clip (built in; shapes world only, its scores mean nothing for photos).")] = "openai/clip-vit-large-patch14",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per CLIP batch.")] = 64,
     overwrite: Annotated[bool, typer.Option(help="Rescore files already scored by this model.")] = False,
+    clip_long_text: Annotated[str, typer.Option(help="Captions longer than the CLIP's text window: truncate (as CLIP was trained) or chunk (sentences packed into windows, embeddings averaged).")] = "truncate",
 ) -> None:
     """Fill re_clip_score / org_clip_score (100 x cosine) and the length columns of finished shards, in place."""
     from rich.markup import escape
 
-    from ..quality.clip import ClipScorer
     from ..quality.score import score_output
+    from ..quality.scorers import make_scorer
 
-    scorer = ClipScorer(clip_model, device=device, batch_size=batch_size)
+    scorer = make_scorer(clip_model, device=device, batch_size=batch_size, long_text=clip_long_text)
     # No such model here (ClipModelError), not caption output (NoOutputError), another run writing
     # there (OutputLockedError): user errors, so one line at once, exit 2.
     with console.status("scoring") as status:

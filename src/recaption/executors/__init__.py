@@ -66,9 +66,9 @@ def check_run(caption: CaptionConfig, run: RunConfig, executor: ExecutorConfig) 
             elif caption.device != "auto":
                 check_devices([caption.device], "--device")
     if run.clip_model:  # a CLIP that is not here fails now, not after the captioner has loaded
-        from ..quality.clip import resolve_clip_model
+        from ..quality.scorers import check_scorer
 
-        resolve_clip_model(run.clip_model)
+        check_scorer(run.clip_model)
 
 
 def run_caption(shards: list[Shard], caption: CaptionConfig, run: RunConfig,

@@ -166,10 +166,61 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
-class ClipScorer:
+class TextScoring:
+    """The text half shared by every scorer (transformers CLIP here, open_clip in
+    open_clip_scorer.py): 100 x cosine of each row's image and text, long texts truncated or
+    chunked (long_text.py). A scorer provides `window`, `batch_size`, `long_text`,
+    `text_embeddings(texts)` (normalised, cut at the window) and `token_counts(texts)`."""
+
+    long_text: str = "truncate"
+
+    def truncated(self, texts: list[str]) -> list[bool]:
+        return [n > self.window for n in self.token_counts(texts)]
+
+    def text_features(self, texts: list[str]):
+        """(normalised embeddings, whether each text was cut) under the long-text rule."""
+        counts = self.token_counts(texts)
+        if self.long_text == "truncate" or all(n <= self.window for n in counts):
+            return self.text_embeddings(texts), [n > self.window for n in counts]
+        from .long_text import sentence_chunks
+
+        pieces, owners, cut = [], [], []
+        for i, (text, n) in enumerate(zip(texts, counts, strict=True)):
+            chunks, too_long = sentence_chunks(text, lambda t: self.token_counts([t])[0], self.window)
+            if n <= self.window:
+                chunks, too_long = [text], False
+            pieces += chunks
+            owners += [i] * len(chunks)
+            cut.append(too_long)
+        chunk_embeddings = self.text_embeddings(pieces)
+        import torch
+
+        summed = torch.zeros(len(texts), chunk_embeddings.shape[-1], dtype=chunk_embeddings.dtype,
+                             device=chunk_embeddings.device)
+        summed.index_add_(0, torch.tensor(owners, device=summed.device), chunk_embeddings)
+        return _normalised(summed), cut
+
+    def score(self, image_embeddings, texts: list[str | None]) -> list[TextScore]:
+        """Scores of each text against the image embedding in the same row."""
+        present = [i for i, t in enumerate(texts) if t]
+        scores = [TextScore(None, None)] * len(texts)
+        for start in range(0, len(present), self.batch_size):
+            rows = present[start : start + self.batch_size]
+            embeddings, cut = self.text_features([texts[i] for i in rows])
+            cosine = (image_embeddings[rows] * embeddings).sum(-1).float().cpu().tolist()
+            for i, c, was_cut in zip(rows, cosine, cut, strict=True):
+                scores[i] = TextScore(round(100.0 * c, 4), was_cut)
+        return scores
+
+
+class ClipScorer(TextScoring):
     """Loads in `setup()`. `pixel_values(images)` is the CPU half (picklable image processor)."""
 
-    def __init__(self, model: str = DEFAULT_CLIP_MODEL, device: str = "auto", batch_size: int = 64):
+    def __init__(self, model: str = DEFAULT_CLIP_MODEL, device: str = "auto", batch_size: int = 64,
+                 long_text: str = "truncate"):
+        from .long_text import check_long_text
+
+        self.long_text = check_long_text(long_text)
         from ..models.tiny_clip import builtin_clip_facts
 
         self.model_name = model
@@ -223,6 +274,9 @@ class ClipScorer:
             "clip_model_note": self.note,
             "clip_model_path": source.path if source else None,
             "clip_model_revision": source.revision if source else None,
+            "clip_library": "transformers",
+            "clip_text_window": getattr(self, "window", None),
+            "clip_long_text": self.long_text,
         }
 
     def pixel_values(self, images: list):
@@ -258,21 +312,9 @@ class ClipScorer:
             features = self.model.get_text_features(**{k: v for k, v in tokens.items() if k in keys})
         return _normalised(features)
 
-    def truncated(self, texts: list[str]) -> list[bool]:
-        lengths = self.tokenizer(texts, truncation=False)["input_ids"]
-        return [len(ids) > self.window for ids in lengths]
-
-    def score(self, image_embeddings, texts: list[str | None]) -> list[TextScore]:
-        """Scores of each text against the image embedding in the same row."""
-        present = [i for i, t in enumerate(texts) if t]
-        scores = [TextScore(None, None)] * len(texts)
-        for start in range(0, len(present), self.batch_size):
-            rows = present[start : start + self.batch_size]
-            batch = [texts[i] for i in rows]
-            cosine = (image_embeddings[rows] * self.text_embeddings(batch)).sum(-1).float().cpu().tolist()
-            for i, c, cut in zip(rows, cosine, self.truncated(batch), strict=True):
-                scores[i] = TextScore(round(100.0 * c, 4), cut)
-        return scores
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """Each text's tokens, special tokens included, uncut."""
+        return [len(ids) for ids in self.tokenizer(texts, truncation=False)["input_ids"]]
 
 
 class _PixelValues:

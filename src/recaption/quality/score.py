@@ -81,6 +81,7 @@ def scored_by(recorded: dict, scorer: ClipScorer) -> bool:
     return (
         recorded.get("clip_model") == scorer.model_name
         and recorded.get("clip_model_version") == scorer.version
+        and recorded.get("clip_long_text", "truncate") == scorer.long_text
     )
 
 

@@ -1,0 +1,150 @@
+"""CLIP scores with open_clip models: most strong CLIP checkpoints (DFN, MetaCLIP, LAION's,
+SigLIP in timm form) are published for open_clip, not transformers.
+
+`--clip-model open_clip:SPEC`, where SPEC is
+  FOLDER                  open_clip's own layout (open_clip_config.json + weights, as
+                          `open_clip.push_to_hf_hub.save_for_hf` writes it); a folder holding
+                          open_clip_config.json is taken as open_clip even without the prefix
+  hf-hub:ORG/NAME         an open_clip model on the Hugging Face hub (needs the network or cache)
+  ARCH:PRETRAINED         an architecture (`open_clip.list_models()`) with a pretrained tag
+                          (`open_clip.list_pretrained()`) or a checkpoint file
+Scores are the same 100 x cosine as the transformers scorer, and long texts follow the same
+rule (long_text.py). open_clip needs torchvision: `pip install 'recaption[vision]'`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from .clip import ClipModelError, TextScoring, _normalised
+
+log = logging.getLogger(__name__)
+
+PREFIX = "open_clip:"
+CONFIG_FILE = "open_clip_config.json"
+
+
+def is_open_clip(name: str) -> bool:
+    return name.startswith(PREFIX) or (Path(name).expanduser() / CONFIG_FILE).is_file()
+
+
+def open_clip_spec(name: str) -> tuple[str, str | None]:
+    """(model_name, pretrained) for open_clip.create_model_and_transforms, or ClipModelError."""
+    spec = name[len(PREFIX):] if name.startswith(PREFIX) else name
+    if not spec:
+        raise ClipModelError(f"--clip-model {name}: say which open_clip model after {PREFIX}")
+    folder = Path(spec).expanduser()
+    if folder.is_dir():
+        if not (folder / CONFIG_FILE).is_file():
+            raise ClipModelError(
+                f"--clip-model {name}: {folder} has no {CONFIG_FILE} (not an open_clip folder)")
+        return f"local-dir:{folder.resolve()}", None
+    if spec.startswith("hf-hub:"):
+        return spec, None
+    arch, _, pretrained = spec.partition(":")
+    return arch, pretrained or None
+
+
+def import_open_clip():
+    try:
+        import open_clip
+    except ImportError as exc:
+        raise ClipModelError(
+            f"open_clip models need open_clip and torchvision: pip install 'recaption[vision]' ({exc})"
+        ) from None
+    return open_clip
+
+
+class OpenClipScorer(TextScoring):
+    """The ClipScorer interface over an open_clip model (loads in `setup()`)."""
+
+    builtin = False
+    version = None
+    note = None
+
+    def __init__(self, model: str, device: str = "auto", batch_size: int = 64, long_text: str = "truncate"):
+        from .long_text import check_long_text
+
+        self.model_name = model
+        self.requested_device = device
+        self.batch_size = batch_size
+        self.long_text = check_long_text(long_text)
+        self.model = None
+
+    def setup(self) -> None:
+        arch, pretrained = open_clip_spec(self.model_name)
+        open_clip = import_open_clip()
+        from ..hardware import pick_device
+
+        if not arch.startswith(("local-dir:", "hf-hub:")) and arch not in open_clip.list_models():
+            raise ClipModelError(f"--clip-model {self.model_name}: open_clip has no architecture {arch} "
+                                 "(open_clip.list_models() lists them)")
+        self.device = pick_device(self.requested_device)
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained,
+                                                                         device=self.device)
+            self.tokenizer = open_clip.get_tokenizer(arch)
+        except (OSError, RuntimeError, ValueError, KeyError) as exc:
+            reason = " ".join(str(exc).split())
+            raise ClipModelError(f"cannot load open_clip model {self.model_name}: {reason}") from exc
+        self.model = model.eval()
+        self.preprocess = preprocess
+        self.window = int(self.tokenizer.context_length)
+        self.spec = (arch, pretrained)
+        log.info("open_clip scorer %s on %s, text window %d", arch, self.device, self.window)
+
+    def provenance(self) -> dict:
+        arch, pretrained = getattr(self, "spec", (None, None))
+        return {
+            "clip_model": self.model_name,
+            "clip_model_builtin": False,
+            "clip_model_version": None,
+            "clip_model_note": None,
+            "clip_model_path": arch,
+            "clip_model_revision": pretrained,
+            "clip_library": "open_clip",
+            "clip_text_window": getattr(self, "window", None),
+            "clip_long_text": self.long_text,
+        }
+
+    @property
+    def image_processor_call(self):
+        return _Preprocess(self.preprocess)
+
+    def pixel_values(self, images: list):
+        return self.image_processor_call(images)
+
+    def image_embeddings(self, pixel_values):
+        import torch
+
+        with torch.inference_mode():
+            features = self.model.encode_image(pixel_values.to(self.device))
+        return _normalised(features)
+
+    def text_embeddings(self, texts: list[str]):
+        import torch
+
+        with torch.inference_mode():
+            features = self.model.encode_text(self.tokenizer(texts).to(self.device))
+        return _normalised(features)
+
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """open_clip's tokenizers cut silently: count with the underlying encoder."""
+        encode = getattr(self.tokenizer, "encode", None)  # SimpleTokenizer: BPE ids, no specials
+        if encode is not None:
+            return [len(encode(t)) + 2 for t in texts]  # + start and end of text
+        inner = self.tokenizer.tokenizer  # HFTokenizer
+        return [len(ids) for ids in inner(texts, truncation=False)["input_ids"]]
+
+
+class _Preprocess:
+    """open_clip's image transform over a list of images (picklable, for loader workers)."""
+
+    def __init__(self, preprocess):
+        self.preprocess = preprocess
+
+    def __call__(self, images: list):
+        import torch
+
+        return torch.stack([self.preprocess(image) for image in images])
