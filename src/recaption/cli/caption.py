@@ -114,6 +114,8 @@ def run_cmd(
     batch_size: Annotated[int, typer.Option(help="Images per generate call (0: automatic on GPU).")] = 8,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     max_new_tokens: Annotated[int, typer.Option(help="Generation limit per caption.")] = 128,
+    executor: Annotated[str, typer.Option(help="local (this machine) or ray (both halves on a Ray cluster; same output).")] = "local",
+    ray_address: Annotated[str | None, typer.Option(help="--executor ray: cluster to join (auto, ray://host:10001); default: start a local Ray.")] = None,
 ) -> None:
     """URLs to captions in one command: `recap download` into OUT/images, then `recap caption`
     into OUT/captions. Both halves resume, so rerunning the command finishes an interrupted run."""
@@ -126,12 +128,14 @@ def run_cmd(
             image_size=image_size, concurrency=concurrency, allow_private_network=allow_private_network,
         )
         caption_cfg = CaptionConfig(model=model, batch_size=batch_size, device=device, max_new_tokens=max_new_tokens)
+        executor_cfg = ExecutorConfig(executor=executor, ray_address=ray_address)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    code = run_download_command(inputs, download_cfg)
+    code = run_download_command(inputs, download_cfg, executor, ray_address)
     if code == 2:
         raise typer.Exit(code)
-    caption_code = run_caption_command([f"{base}/images"], caption_cfg, RunConfig(output=f"{base}/captions"))
+    caption_code = run_caption_command([f"{base}/images"], caption_cfg, RunConfig(output=f"{base}/captions"),
+                                       executor_cfg=executor_cfg)
     raise typer.Exit(max(code, caption_code))
 
 
