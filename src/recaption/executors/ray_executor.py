@@ -166,8 +166,9 @@ class _Dispatcher:
                     break
                 ready, _ = self.ray.wait(list(self.calls), num_returns=1, timeout=WAITING_NOTE_SECONDS)
                 if not ready:
-                    log.warning("ray: waiting for caption workers (%d shards queued); is there room in "
-                                "the cluster for one more?", len(self.queue))
+                    if not any(actor.slots and not actor.dead for actor in self.actors):
+                        log.warning("ray: waiting for a caption worker to start (%d shards queued); is "
+                                    "there room in the cluster for one?", len(self.queue))
                     continue
                 self._collect(ready[0])
         finally:
