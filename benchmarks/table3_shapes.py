@@ -7,7 +7,10 @@ In the shapes world (recaption.shapes), with three disjoint splits:
   CLIP split       web-like: images with noisy one-object alt-text only; recaptioned with the
                    captioner (`recap caption`)
   test split       held out; retrieval against the ground-truth descriptions, zero-shot
-                   classification of the first object's "colour shape"
+                   classification of the first object's "colour shape"; and retrieval against
+                   human-style captions of the same images (recaption.shapes.prompts: varied
+                   word order and templates, "next to", counts in words), a style neither
+                   training caption uses: the counterpart of the paper's human COCO captions
 CLIP is trained at p in {0, 0.5, 0.8, 1.0} (p = probability of the ORIGINAL caption, the
 paper's definition) and on concatenated captions, for several seeds; the table prints mean and
 spread beside the paper's ViT-B/16 numbers (ImageNet zero-shot, COCO R@1).
@@ -29,6 +32,7 @@ from recaption.config import CaptionConfig, RunConfig
 from recaption.pipeline import CaptionPipeline
 from recaption.readers import discover_shards
 from recaption.shapes import write_shapes_shards
+from recaption.shapes.prompts import prompt_set, write_prompt_shards
 from recaption.training.clip_train import ClipTrainConfig, train_clip
 from recaption.training.retrieval import evaluate
 
@@ -67,6 +71,8 @@ def main() -> None:
     if not (work / "clip-split").exists():
         write_shapes_shards(work / "clip-split", args.clip_images, start=CLIP_START, shard_size=1000)
         write_shapes_shards(work / "test", args.test_images, start=TEST_START, shard_size=1000)
+    if not (work / "test-human").exists():  # the same test images, captioned as people might
+        write_prompt_shards(work / "test-human", prompt_set(args.test_images, "human", start=TEST_START))
     recaptions = work / "recaptioned"
     caption = CaptionConfig(model=args.captioner, batch_size=32)
     summary = CaptionPipeline(caption, RunConfig(output=str(recaptions))).run(
@@ -98,10 +104,14 @@ def main() -> None:
             metrics = evaluate(
                 str(out), [str(work / "test")], caption_field="description", label_field="label", device="cpu"
             ).metrics
+            human = evaluate(str(out), [str(work / "test-human")], device="cpu").metrics
+            metrics.update({f"human_{k}": v for k, v in human.items() if "R@" in k})
             results[name].append(metrics)
             print(
                 f"seed {seed} {name:7s} zero-shot {metrics['zero_shot_accuracy']:.3f}  "
-                f"I->T R@1 {metrics['image_to_text_R@1']:.3f}  T->I R@1 {metrics['text_to_image_R@1']:.3f}",
+                f"I->T R@1 {metrics['image_to_text_R@1']:.3f}  T->I R@1 {metrics['text_to_image_R@1']:.3f}  "
+                f"human-style I->T R@1 {metrics['human_image_to_text_R@1']:.3f}  "
+                f"T->I R@1 {metrics['human_text_to_image_R@1']:.3f}",
                 flush=True,
             )
 
@@ -117,13 +127,14 @@ def main() -> None:
     )
     print(
         f"{'setting':8s} | {'zero-shot':>13s} {'I->T R@1':>13s} {'T->I R@1':>13s} | "
-        "paper: ImageNet  COCO I->T  COCO T->I"
+        f"{'human I->T':>13s} {'human T->I':>13s} | paper: ImageNet  COCO I->T  COCO T->I"
     )
     for name in SETTINGS:
         paper = PAPER[name]
         print(
             f"{name:8s} | {cell(name, 'zero_shot_accuracy'):>13s} {cell(name, 'image_to_text_R@1'):>13s} "
-            f"{cell(name, 'text_to_image_R@1'):>13s} |   "
+            f"{cell(name, 'text_to_image_R@1'):>13s} | {cell(name, 'human_image_to_text_R@1'):>13s} "
+            f"{cell(name, 'human_text_to_image_R@1'):>13s} |   "
             f"{paper[0]:6.1f}    {paper[1]:6.1f}     {paper[2]:6.1f}"
         )
     print(f"total {time.time() - started:.0f} s; work folder {work}")
