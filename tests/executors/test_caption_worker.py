@@ -12,7 +12,7 @@ import pytest
 
 import recaption.engines as engines
 from recaption.config import CaptionConfig, RunConfig
-from recaption.executors.ray_executor import CaptionWorker
+from recaption.executors.ray_executor import CaptionWorker, WorkerStopped
 from recaption.pipeline import DONE, CaptionPipeline
 from recaption.readers import discover_shards
 
@@ -52,6 +52,8 @@ class TimedEngine(Engine):
         super().setup()
 
     def generate(self, inputs, decoding=None):
+        if os.environ.get("RECAP_TIMED_STOP"):  # what no batch retry catches: the loop ends
+            raise KeyboardInterrupt("stopped from outside")
         started = time.time()
         time.sleep(SECONDS)
         note("generate", started)
@@ -123,3 +125,15 @@ def test_the_worker_writes_what_the_pipeline_writes(tmp_path, timed_engine):
         ours = pq.read_table(tmp_path / "out" / f"{shard.name}.parquet")
         assert ours.equals(pq.read_table(tmp_path / "ref" / f"{shard.name}.parquet"))
         assert (tmp_path / "out" / f"{shard.name}.done").exists()
+
+
+def test_a_worker_whose_loop_ended_says_so_for_every_shard_it_held(tmp_path, timed_engine, monkeypatch):
+    shards = discover_shards(write_shards(tmp_path / "in", n_shards=2, per_shard=3))
+    monkeypatch.setenv("RECAP_TIMED_STOP", "1")
+    worker = CaptionWorker(CaptionConfig(engine="timed", model="none", batch_size=2),
+                           RunConfig(output=str(tmp_path / "out")), loader_workers=1)
+    with pytest.raises(WorkerStopped, match="KeyboardInterrupt"):
+        worker.caption_shard(shards[0])
+    with pytest.raises(WorkerStopped):  # and at once for the next: the driver retires it
+        worker.caption_shard(shards[1])
+    assert not list((tmp_path / "out").glob("*.parquet")) and not list((tmp_path / "out").glob("*.tmp"))

@@ -37,6 +37,11 @@ DEATHS_PER_SHARD = 3  # a shard whose actor died under it this often is failed, 
 WAITING_NOTE_SECONDS = 60.0
 
 
+class WorkerStopped(RuntimeError):
+    """The worker's serving loop ended (its writer failed, say): the worker is of no more use,
+    and the shards it held go to another, as when an actor dies."""
+
+
 class CaptionWorker:
     """The body of a Ray actor: an engine set up once, and one loader fed from a queue of
     shards by a serving thread for the actor's whole life. `caption_shard` (called by several
@@ -75,7 +80,7 @@ class CaptionWorker:
         future: Future = Future()
         with self.lock:
             if self.stopped:
-                raise RuntimeError(self.stopped)
+                raise WorkerStopped(self.stopped)
             self.waiting[shard.name] = future
         self.feed.put(shard)
         return future.result()
@@ -91,7 +96,7 @@ class CaptionWorker:
             self.stopped = message
             waiting, self.waiting = self.waiting, {}
         for future in waiting.values():
-            future.set_exception(RuntimeError(message))
+            future.set_exception(WorkerStopped(message))
 
     def _finished(self, result: ShardResult) -> None:
         with self.lock:
@@ -201,8 +206,11 @@ class _Dispatcher:
         except self.ray.exceptions.RayActorError as exc:
             self._actor_died(actor, shard, exc)
             return
-        except self.ray.exceptions.RayError as exc:  # caption_shard raised: its worker stopped
-            self._finish(ShardResult(shard.name, shard.source, FAILED, error=f"ray worker failed: {exc}"))
+        except self.ray.exceptions.RayError as exc:
+            if isinstance(exc, WorkerStopped) or isinstance(getattr(exc, "cause", None), WorkerStopped):
+                self._actor_died(actor, shard, exc)  # useless from now on: treat it as dead
+            else:  # caption_shard raised something else: this shard failed
+                self._finish(ShardResult(shard.name, shard.source, FAILED, error=f"ray worker failed: {exc}"))
             return
         if shard is None:  # the actor is ready
             if value["refused"]:
