@@ -45,6 +45,8 @@ def train_clip_cmd(
     recaption_field: Annotated[str | None, typer.Option(help="Plain shards: json field used as the recaption.")] = None,
     width: Annotated[int, typer.Option(help="Fresh models: hidden size of both towers.")] = 128,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda.")] = "auto",
+    workers: Annotated[int, typer.Option(help="Loader processes that read, decode and preprocess (per GPU under torchrun; 0: in this process). Resume with the same number.")] = 2,
+    shuffle_buffer: Annotated[int, typer.Option(help="Samples each loader process shuffles among (encoded images held in memory).")] = 1000,
 ) -> None:
     """Train CLIP contrastively on a mix of original captions and recaptions (Recap-CLIP)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -54,7 +56,7 @@ def train_clip_cmd(
         config = ClipTrainConfig(data=data, output=output, model=model, p=p, concat=concat, text_length=text_length,
                                  steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, save_every=save_every,
                                  seed=seed, caption_field=caption_field, recaption_field=recaption_field, width=width,
-                                 device=device)
+                                 device=device, workers=workers, shuffle_buffer=shuffle_buffer)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     with clear_error(ValueError):
@@ -77,6 +79,8 @@ def train_captioner_cmd(
     width: Annotated[int, typer.Option(help="Fresh models: language model width.")] = 192,
     layers: Annotated[int, typer.Option(help="Fresh models: language model layers.")] = 4,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda.")] = "auto",
+    workers: Annotated[int, typer.Option(help="Loader processes that read, decode and preprocess (per GPU under torchrun; 0: in this process). Resume with the same number.")] = 2,
+    shuffle_buffer: Annotated[int, typer.Option(help="Samples each loader process shuffles among (encoded images held in memory).")] = 1000,
 ) -> None:
     """Train a captioner with the LLaVA-1.5 recipe (stage 1 projector, stage 2 projector + LM; vision frozen)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -86,7 +90,8 @@ def train_captioner_cmd(
         config = CaptionerTrainConfig(data=data, output=output, model=model, vision_tower=vision_tower,
                                       stage1_field=stage1_field, stage2_field=stage2_field,
                                       stage1_steps=stage1_steps, stage2_steps=stage2_steps, batch_size=batch_size,
-                                      save_every=save_every, seed=seed, width=width, layers=layers, device=device)
+                                      save_every=save_every, seed=seed, width=width, layers=layers, device=device,
+                                      workers=workers, shuffle_buffer=shuffle_buffer)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     # The library's input errors (InputError, TrainingInputError, CheckpointError) are user errors;

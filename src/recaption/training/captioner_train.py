@@ -6,9 +6,12 @@
 The vision tower stays frozen throughout. Loss is on the answer tokens only (prompt and padding
 are masked). AdamW, warmup + cosine per stage. Checkpoints are safetensors model folders
 (`checkpoint-s1-0000200`, ...) with the trainer state beside them (optimizer, scheduler, step,
-stage, every rank's RNG: safetensors + JSON, no pickle); a rerun resumes from the newest exactly;
-the final model is saved to OUTPUT as a model folder `recap caption --model OUTPUT` loads.
-Several GPUs: launch under torchrun (DDP).
+stage, every rank's RNG and data position: safetensors + JSON, no pickle); a rerun resumes from
+the newest exactly; the final model is saved to OUTPUT as a model folder `recap caption --model
+OUTPUT` loads. Several GPUs: launch under torchrun (DDP).
+
+The data streams (stream.py: epochs over the shards, loader workers decode and preprocess, a
+bounded shuffle buffer); stage 2 continues the stream where stage 1 left it.
 
 With no `--model`, a small LLaVA for the shapes world is built (64 px images, 8 px patches -> 64
 image tokens, LLaMA-3 template), its vision tower taken from `--vision-tower` (a CLIP folder,
@@ -36,8 +39,9 @@ from .checkpoints import (
     save_checkpoint,
     save_final,
 )
-from .data import image_text_pairs
 from .inputs import TrainingInputError, check_output, load_pretrained, model_source, model_type
+from .stream import StreamBatches, TrainingStream, checkpoint_state, resumed_position
+from .stream_sources import require_fields, spread, stream_shards
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +69,14 @@ class CaptionerTrainConfig:
     layers: int = 4
     device: str = "auto"
     log_every: int = 50
+    workers: int = 2  # loader processes that decode and preprocess (0: in this process)
+    shuffle_buffer: int = 1000  # samples each loader worker shuffles among (encoded images)
 
     def __post_init__(self):
         for name in ("batch_size", "save_every", "log_every", "width", "layers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be at least 1")
-        for name in ("stage1_steps", "stage2_steps", "warmup"):
+        for name in ("stage1_steps", "stage2_steps", "warmup", "workers", "shuffle_buffer"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name.replace('_', '-')} must not be negative")
 
@@ -160,27 +166,27 @@ class ConversationBatcher:
         }
 
 
-def load_examples(config: CaptionerTrainConfig, processor) -> list[Example]:
-    examples = []
-    pairs = list(image_text_pairs(config.data, config.stage1_field, recaption_field=config.stage2_field))
-    if config.stage1_steps and config.stage1_field and pairs and not any(p.has_caption_field for p in pairs):
-        raise TrainingInputError(
-            f"--stage1-field {config.stage1_field}: no sample in {', '.join(config.data)} has it"
-        )
-    for start in range(0, len(pairs), 256):
-        chunk = pairs[start : start + 256]
-        pixels = processor.image_processor(images=[p.image for p in chunk], return_tensors="pt")[
-            "pixel_values"
-        ]
-        examples += [Example(px, p.org, p.re) for px, p in zip(pixels, chunk, strict=True)]
-    if not examples:
-        raise TrainingInputError(f"no readable image-text pairs in {', '.join(config.data)}")
-    if config.stage2_steps and not any(e.detailed for e in examples):
-        raise TrainingInputError(
-            f"--stage2-field {config.stage2_field}: no sample in {', '.join(config.data)} has it "
-            "(stage 2 trains on that detailed description)"
-        )
-    return examples
+def training_stream(config: CaptionerTrainConfig, processor, ranks, counts_folder) -> TrainingStream:
+    """The stream of (image, brief caption, detailed description) batches; the fields checked."""
+    shards = stream_shards(
+        config.data, config.stage1_field, config.stage2_field, counts_folder, save_counts=ranks.rank == 0
+    )
+    require_fields(shards, {"--stage1-field": config.stage1_field if config.stage1_steps else None})
+    require_fields(
+        shards,
+        {"--stage2-field": config.stage2_field if config.stage2_steps else None},
+        " (stage 2 trains on that detailed description)",
+    )
+    return TrainingStream(
+        spread(shards, ranks.world_size),
+        config.batch_size,
+        processor.image_processor,
+        seed=config.seed,
+        rank=ranks.rank,
+        world_size=ranks.world_size,
+        workers=max(1, config.workers),
+        shuffle_buffer=config.shuffle_buffer,
+    )
 
 
 def trainable(model, stage: int) -> list:
@@ -228,10 +234,12 @@ def train_captioner(config: CaptionerTrainConfig) -> dict:
         model, processor = fresh_llava(config)
     model.to(device)
     batcher = ConversationBatcher(processor, family_for(model.config.model_type))
-    examples = load_examples(config, processor)
+    stream = training_stream(config, processor, ranks, out)
     state = load_state(resume, rank, ranks.world_size) if resume else None
     stage, step = (state["stage"], state["step"]) if state else (1, 0)
     rng = restore_rng(state["rng"], device) if state else random.Random(config.seed * 1000 + rank)
+    position = resumed_position(state.get("stream"), stream, rank) if state else None
+    batches = StreamBatches(stream, config.workers, position, pin_memory=str(device).startswith("cuda"))
     history: dict[str, list[float]] = state["history"] if state else {"stage1": [], "stage2": []}
     for current in (1, 2):
         total = config.stage1_steps if current == 1 else config.stage2_steps
@@ -250,8 +258,11 @@ def train_captioner(config: CaptionerTrainConfig) -> dict:
         model.train()
         trained = ranks.wrap(model, find_unused_parameters=True)
         while step < total:
-            batch = rng.sample(range(len(examples)), min(config.batch_size, len(examples)))
-            chosen = [examples[i] for i in batch]
+            batch = next(batches)
+            chosen = [
+                Example(pixels, brief, detailed)
+                for pixels, brief, detailed in zip(batch["pixels"], batch["org"], batch["re"], strict=True)
+            ]
             targets = [
                 (e.brief if current == 1 else e.detailed) or e.detailed or e.brief or "" for e in chosen
             ]
@@ -270,6 +281,7 @@ def train_captioner(config: CaptionerTrainConfig) -> dict:
                 log.info("stage %d step %d loss %.4f", current, step, sum(recent) / len(recent))
             if step % config.save_every == 0 or step == total:
                 rng_states = ranks.gather(rng_tensors(rng, device))  # every rank takes part
+                data_state = checkpoint_state(batches, ranks)
                 if rank == 0:
                     save_checkpoint(
                         out / f"checkpoint-s{current}-{step:07d}",
@@ -280,9 +292,11 @@ def train_captioner(config: CaptionerTrainConfig) -> dict:
                         rng_states,
                         stage=current,
                         history=history,
+                        stream=data_state,
                     )
         stage = current + 1
         state = None
+    batches.close()
     model.eval()
     if rank == 0:
         save_final(out, [model, processor])
@@ -290,4 +304,4 @@ def train_captioner(config: CaptionerTrainConfig) -> dict:
             LocalFileSystem(), str(out / "train_summary.json"), {"history": history, "config": asdict(config)}
         )
     ranks.finish()
-    return {"history": history, "examples": len(examples)}
+    return {"history": history, "examples": sum(s.samples for s in stream.shards)}

@@ -5,12 +5,13 @@ its recaption with probability 1 - p, drawn anew every time the sample is seen; 
 on "original recaption" instead. Text length defaults to the paper's 128 tokens (the text
 encoder's positions are set to it when the model is built fresh). AdamW, linear warmup then
 cosine decay, gradient clipping. Checkpoints (model folder + optimizer, scheduler, step, every
-rank's RNG; safetensors + JSON, no pickle) every `save_every` steps; a rerun resumes from the
-newest and continues exactly as an uninterrupted run would. Several GPUs: launch with torchrun,
-each rank draws its own batches and DDP averages gradients.
+rank's RNG and data position; safetensors + JSON, no pickle) every `save_every` steps; a rerun
+resumes from the newest and continues exactly as an uninterrupted run would. Several GPUs: launch
+with torchrun; each rank reads its own shards and DDP averages gradients.
 
-The dataset is held in memory as preprocessed pixels (uint8): right for the shapes world and
-for evaluation-sized sets; web-scale training belongs in a streaming trainer (open_clip).
+The data streams (stream.py): epochs over the shards, split across ranks and `workers` loader
+processes that decode and preprocess, a bounded shuffle buffer, so memory does not grow with
+the dataset. `load_pairs` (everything in memory) is kept for the DiT trainer.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from fsspec.implementations.local import LocalFileSystem
@@ -42,6 +42,8 @@ from .inputs import (
     load_pretrained,
     model_source,
 )
+from .stream import StreamBatches, TrainingStream, checkpoint_state, resumed_position
+from .stream_sources import is_caption_output, require_fields, spread, stream_shards
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,8 @@ class ClipTrainConfig:
     recaption_field: str | None = None  # plain shards: a json field to use as the recaption
     device: str = "auto"
     log_every: int = 50
+    workers: int = 2  # loader processes that decode and preprocess (0: in this process)
+    shuffle_buffer: int = 1000  # samples each loader worker shuffles among (encoded images)
 
     def __post_init__(self):
         if not 0.0 <= self.p <= 1.0:
@@ -75,7 +79,7 @@ class ClipTrainConfig:
         for name in ("batch_size", "save_every", "log_every", "text_length", "width", "layers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be at least 1")
-        for name in ("steps", "warmup"):
+        for name in ("steps", "warmup", "workers", "shuffle_buffer"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if not self.data:
@@ -91,18 +95,8 @@ def choose_caption(pair: Pair, p: float, concat: bool, rng: random.Random) -> st
     return text or pair.re or pair.org or ""
 
 
-def is_caption_output(path: str) -> bool:
-    """A `recap caption` output folder (parquet with re_caption beside .done markers)."""
-    import pyarrow.parquet as pq
-
-    folder = Path(path)
-    if not folder.is_dir() or not list(folder.glob("*.done")):
-        return False
-    first = next(iter(sorted(folder.glob("*.parquet"))), None)
-    return first is not None and "re_caption" in pq.read_schema(first).names
-
-
 def load_pairs(config: ClipTrainConfig) -> list[Pair]:
+    """Every pair decoded, in memory (the DiT trainer's data; train_clip streams)."""
     pairs: list[Pair] = []
     plain: list[str] = []  # the items that are shards, not caption output
     for item in config.data:
@@ -164,37 +158,49 @@ def train_clip(config: ClipTrainConfig) -> dict:
         model, tokenizer, processor = fresh_clip(config)
     tokenizer.padding_side = "right"
     model.to(device).train()
-    pairs = load_pairs(config)
-    pixels = torch.cat(
-        [
-            processor(images=[p.image for p in pairs[i : i + 256]], return_tensors="pt")["pixel_values"]
-            for i in range(0, len(pairs), 256)
-        ]
+    fields = {"--caption-field": config.caption_field, "--recaption-field": config.recaption_field}
+    shards = stream_shards(config.data, *fields.values(), counts_folder=out, save_counts=rank == 0)
+    require_fields(shards, fields)
+    stream = TrainingStream(
+        spread(shards, ranks.world_size),
+        config.batch_size,
+        processor,
+        seed=config.seed,
+        rank=rank,
+        world_size=ranks.world_size,
+        workers=max(1, config.workers),
+        shuffle_buffer=config.shuffle_buffer,
     )
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup, config.steps)
-    step, rng = 0, random.Random(config.seed * 1000 + rank)
+    step, rng, position = 0, random.Random(config.seed * 1000 + rank), None
     if resume:
         state = load_state(resume, rank, ranks.world_size)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, rng = state["step"], restore_rng(state["rng"], device)
+        position = resumed_position(state.get("stream"), stream, rank)
         log.info("resumed from %s at step %d", resume, step)
+    batches = StreamBatches(stream, config.workers, position, pin_memory=str(device).startswith("cuda"))
     trained = ranks.wrap(model)
     window = min(
         config.text_length, getattr(model.config.text_config, "max_position_embeddings", config.text_length)
     )
     losses = []
     while step < config.steps:
-        batch = rng.sample(range(len(pairs)), min(config.batch_size, len(pairs)))
-        texts = [choose_caption(pairs[i], config.p, config.concat, rng) for i in batch]
+        batch = next(batches)
+        # the p draw happens here, with the trainer's RNG (saved and restored with each checkpoint)
+        texts = [
+            choose_caption(Pair(key, None, org, re), config.p, config.concat, rng)
+            for key, org, re in zip(batch["keys"], batch["org"], batch["re"], strict=True)
+        ]
         tokens = tokenizer(texts, padding=True, truncation=True, max_length=window, return_tensors="pt").to(
             device
         )
         output = trained(
             input_ids=tokens["input_ids"],
             attention_mask=tokens["attention_mask"],
-            pixel_values=pixels[batch].to(device),
+            pixel_values=batch["pixels"].to(device, non_blocking=True),
             return_loss=True,
         )
         output.loss.backward()
@@ -213,6 +219,7 @@ def train_clip(config: ClipTrainConfig) -> dict:
             )
         if step % config.save_every == 0 or step == config.steps:
             rng_states = ranks.gather(rng_tensors(rng, device))  # every rank takes part
+            data_state = checkpoint_state(batches, ranks)
             if rank == 0:
                 save_checkpoint(
                     out / f"checkpoint-{step:07d}",
@@ -221,15 +228,18 @@ def train_clip(config: ClipTrainConfig) -> dict:
                     scheduler,
                     step,
                     rng_states,
+                    stream=data_state,
                 )
+    batches.close()
+    pairs = sum(s.count for s in shards)
     if rank == 0:
         save_final(out, [model, tokenizer, processor])
         summary = {
             "steps": step,
-            "pairs": len(pairs),
+            "pairs": pairs,
             "losses": losses,
             "config": {k: v for k, v in asdict(config).items() if k != "history"},
         }
         write_json_atomic(LocalFileSystem(), str(out / "train_summary.json"), summary)
     ranks.finish()
-    return {"steps": step, "losses": losses, "pairs": len(pairs)}
+    return {"steps": step, "losses": losses, "pairs": pairs}

@@ -1,0 +1,345 @@
+"""The trainers' data: a resumable stream of batches, split over ranks and loader workers, whose
+memory does not grow with the dataset.
+
+Epoch e, on rank r of R, with W loader workers:
+  1. the shard list (stream_sources.py) is shuffled with a seed made of (seed, e): the same
+     order on every rank;
+  2. rank r takes shards r, r + R, r + 2R, ... of it, and its worker w (0..W-1) takes every W-th
+     of those: no shard is read twice and none is left out;
+  3. worker w reads its shards' samples, undecoded, in turn through a shuffle buffer of
+     `shuffle_buffer` samples (seeded by (seed, e, r, w)), cuts them into batches of
+     `batch_size` (its last batch may be smaller), and only then decodes and preprocesses each
+     batch into a pixel tensor: in the worker process; the main process only sees batches;
+  4. torch's DataLoader (batch_size=None, in_order=True) hands out the workers' batches
+     round-robin over the workers that still have batches.
+Memory: W shuffle buffers of encoded images and a few batches in flight, whatever the dataset.
+
+Position and resume. What a step consumed is (epoch, the batches taken from each worker this
+epoch, the worker whose batch comes next): `Position`, saved in every checkpoint. Each batch says
+which worker made it. On resume, loader process p plays worker (p + next) mod W, so the
+round-robin starts where it stopped, and each worker first skips the batches it had made:
+undecoded samples dropped at the shuffle buffer's output, so skipping costs reading, not
+decoding. A worker with nothing left stops at once and the round-robin skips it, as it did
+before. So a resumed run sees exactly the batches the uninterrupted run saw.
+
+Steps per epoch with several ranks: DDP needs every rank to take the same number of steps,
+and ranks hold different shards. Every rank computes, from the shards' counts, how many batches
+each rank's workers will make this epoch, and the epoch ends, on every rank, after the fewest
+any rank has. The batches a rank would have made beyond that are left out of that epoch: the
+ragged tail, at most about one shard per rank when shards are of one size, and other samples
+each epoch since the shard order is drawn again. With one process nothing is left out. We chose
+this over cutting shards into samples for every rank (nothing lost, but every rank would read
+every shard); only when there are fewer shards than ranks are shards cut into interleaved parts
+(stream_sources.spread), so that no rank is idle.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import logging
+import math
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from ..images import ImageDecodeError, decode_image
+from .inputs import TrainingInputError
+from .stream_sources import Record, StreamShard
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Position:
+    """Where a rank's stream is: the next batch is the next one of worker `pointer` (or the
+    next worker after it that has any), in `epoch`, `consumed[w]` batches of worker w taken."""
+
+    epoch: int
+    consumed: list[int]
+    pointer: int = 0
+
+    @classmethod
+    def start(cls, workers: int, epoch: int = 0) -> Position:
+        return cls(epoch, [0] * workers, 0)
+
+    @property
+    def steps(self) -> int:
+        return sum(self.consumed)
+
+    def advance(self, worker: int) -> None:
+        self.consumed[worker] += 1
+        self.pointer = (worker + 1) % len(self.consumed)
+
+    def copy(self) -> Position:
+        return Position(self.epoch, list(self.consumed), self.pointer)
+
+    # as one int tensor, the same shape on every rank, for Ranks.gather
+    def tensor(self) -> torch.Tensor:
+        return torch.tensor([self.epoch, self.pointer, *self.consumed], dtype=torch.int64)
+
+    @classmethod
+    def from_list(cls, values: list[int]) -> Position:
+        return cls(int(values[0]), [int(v) for v in values[2:]], int(values[1]))
+
+
+def shuffled(items: Iterator, size: int, rng: random.Random) -> Iterator:
+    """A bounded shuffle: hold `size` items, hand out a random one as each new one comes in."""
+    if size <= 1:
+        yield from items
+        return
+    buffer: list = []
+    for item in items:
+        if len(buffer) < size:
+            buffer.append(item)
+            continue
+        i = rng.randrange(size)
+        yield buffer[i]
+        buffer[i] = item
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+def _seed(*parts) -> random.Random:
+    # A string seed goes through SHA-512: the same in every process (no PYTHONHASHSEED).
+    return random.Random("/".join(map(str, parts)))
+
+
+class TrainingStream(IterableDataset):
+    """Batches of one rank's share of the shards, for epoch `position.epoch`, from `position`
+    on: a dict of `worker` (the worker that made it), `pixels` (preprocessed, float), `keys`,
+    `org` and `re` (each sample's original caption and recaption; either may be None). An item
+    with `error` instead is a one-line TrainingInputError raised in the main process.
+
+    `processor`: an image processor (`processor(images=[...], return_tensors="pt")`)."""
+
+    def __init__(
+        self,
+        shards: list[StreamShard],
+        batch_size: int,
+        processor,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        workers: int = 1,
+        shuffle_buffer: int = 1000,
+        max_side: int = 512,
+    ):
+        if batch_size < 1 or workers < 1 or world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError("batch_size, workers and world_size must be positive, rank below world_size")
+        if len(shards) < world_size:
+            raise ValueError("fewer shards than ranks: spread them first (stream_sources.spread)")
+        self.shards = shards
+        self.batch_size = batch_size
+        self.processor = processor
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.workers = workers
+        self.shuffle_buffer = shuffle_buffer
+        self.max_side = max_side
+        self.position = Position.start(workers)
+
+    def settings(self) -> dict:
+        """What must be the same for a checkpoint's position to mean the same batches."""
+        return {
+            "shards": [s.label for s in self.shards],
+            "samples": [s.samples for s in self.shards],
+            "batch_size": self.batch_size,
+            "workers": self.workers,
+            "shuffle_buffer": self.shuffle_buffer,
+            "seed": self.seed,
+        }
+
+    # ---- the split ----
+
+    def shards_of(self, epoch: int, rank: int, worker: int) -> list[StreamShard]:
+        order = list(range(len(self.shards)))
+        _seed(self.seed, epoch).shuffle(order)
+        return [self.shards[i] for i in order[rank :: self.world_size][worker :: self.workers]]
+
+    def batches_of(self, epoch: int, rank: int) -> list[int]:
+        """How many batches each worker of `rank` makes in `epoch`."""
+        return [
+            math.ceil(sum(s.samples for s in self.shards_of(epoch, rank, w)) / self.batch_size)
+            for w in range(self.workers)
+        ]
+
+    def steps_per_epoch(self, epoch: int) -> int:
+        """The same on every rank: the fewest batches any rank makes in `epoch`."""
+        return min(sum(self.batches_of(epoch, rank)) for rank in range(self.world_size))
+
+    # ---- one worker's batches ----
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        physical, processes = (info.id, info.num_workers) if info else (0, 1)
+        if processes != self.workers:
+            yield {"worker": 0, "error": f"a stream of {self.workers} workers run by {processes} processes"}
+            return
+        position = self.position
+        worker = (physical + position.pointer) % self.workers
+        yield from self.batches(position.epoch, worker, position.consumed[worker])
+
+    def batches(self, epoch: int, worker: int, skip: int = 0) -> Iterator[dict]:
+        """Worker `worker`'s batches of `epoch` on this rank, after its first `skip`."""
+        try:
+            shards = self.shards_of(epoch, self.rank, worker)
+            records = itertools.chain.from_iterable(s.records() for s in shards)
+            mixed = shuffled(records, self.shuffle_buffer, _seed(self.seed, epoch, self.rank, worker))
+            # Skipped before decoding: a resumed worker only reads what it had already used.
+            mixed = itertools.islice(mixed, skip * self.batch_size, None)
+            while chunk := list(itertools.islice(mixed, self.batch_size)):
+                yield self._prepare(chunk, worker)
+        except TrainingInputError as exc:
+            yield {"worker": worker, "error": str(exc)}
+
+    def _prepare(self, chunk: list[Record], worker: int) -> dict:
+        images, kept = [], []
+        for record in chunk:
+            try:
+                images.append(decode_image(record.data, max_side=self.max_side))
+                kept.append(record)
+            except ImageDecodeError as exc:
+                # Counted in its batch, left out of it: the batch is one smaller, the steps the same.
+                log.warning("%s: sample %s not used: %s", record.where, record.key, exc)
+        if not kept:
+            raise TrainingInputError(
+                f"{chunk[0].where}: none of the {len(chunk)} images of a batch decodes "
+                f"(sample {chunk[0].key} and others)"
+            )
+        pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
+        return {
+            "worker": worker,
+            "pixels": pixels,
+            "keys": [r.key for r in kept],
+            "org": [r.org for r in kept],
+            "re": [r.re for r in kept],
+        }
+
+
+def _as_is(item):
+    return item
+
+
+@dataclass
+class StreamBatches:
+    """The trainer's side: an endless iterator of batches, epoch after epoch, that knows its
+    `position` (what to save in a checkpoint to resume exactly). `loader_workers` processes
+    run the stream (0: in this process; it then plays a stream of one worker)."""
+
+    stream: TrainingStream
+    loader_workers: int
+    position: Position | None = None
+    prefetch: int = 2
+    pin_memory: bool = False
+    _batches: Iterator | None = field(default=None, repr=False)
+    _steps: int = field(default=0, repr=False)
+
+    def __post_init__(self):
+        if max(1, self.loader_workers) != self.stream.workers:
+            raise ValueError("loader_workers must match the stream's workers")
+        self.position = (self.position or Position.start(self.stream.workers)).copy()
+        steps = self.stream.steps_per_epoch(self.position.epoch)
+        if len(self.position.consumed) != self.stream.workers or self.position.steps >= steps:
+            raise TrainingInputError(
+                f"the saved data position (epoch {self.position.epoch}, {self.position.steps} steps in) "
+                f"does not fit this data ({steps} steps in that epoch); train into a new --output"
+            )
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        if self._batches is None:
+            self._open()
+        try:
+            item = next(self._batches)
+        except StopIteration:
+            self.close()
+            raise TrainingInputError(
+                f"rank {self.stream.rank} ran out of batches {self.position.steps} steps into epoch "
+                f"{self.position.epoch}, which has {self._steps}: did the shards change while training?"
+            ) from None
+        if "error" in item:
+            self.close()
+            raise TrainingInputError(item["error"])
+        self.position.advance(item["worker"])
+        if self.position.steps == self._steps:  # the epoch is over on every rank
+            self.close()
+            self.position = Position.start(self.stream.workers, self.position.epoch + 1)
+        return item
+
+    def _open(self) -> None:
+        self._steps = self.stream.steps_per_epoch(self.position.epoch)
+        self.stream.position = self.position.copy()  # what the workers start from (set before they start)
+        if self.loader_workers == 0:
+            self._batches = iter(self.stream)
+            return
+        loader = DataLoader(
+            self.stream,
+            batch_size=None,  # the workers make whole batches
+            collate_fn=_as_is,
+            num_workers=self.loader_workers,
+            prefetch_factor=self.prefetch,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=False,
+            in_order=True,  # round-robin over the workers still active: what Position assumes
+        )
+        # The workers are forked here. Frozen, the objects they inherit are never visited by
+        # their garbage collector, whose writes would copy each page it touches into the worker
+        # (measured: ~60 MiB a worker after the shards were counted in this process).
+        gc.collect()
+        gc.freeze()
+        try:
+            self._batches = iter(loader)
+        finally:
+            gc.unfreeze()
+
+    def close(self) -> None:
+        """Stop the loader processes (the next batch starts them again)."""
+        batches, self._batches = self._batches, None
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+        elif hasattr(batches, "close"):
+            batches.close()
+
+
+# ---- in checkpoints (through training/checkpoints.py: JSON values, no pickle) ----
+
+
+def checkpoint_state(batches: StreamBatches, ranks) -> dict:
+    """Every rank's position and the stream's settings, for `save_checkpoint(..., stream=...)`.
+    A collective: every rank calls it."""
+    gathered = ranks.gather({"position": batches.position.tensor()})
+    return {"settings": batches.stream.settings(), "positions": [g["position"].tolist() for g in gathered]}
+
+
+def resumed_position(saved: dict | None, stream: TrainingStream, rank: int) -> Position | None:
+    """This rank's position from a checkpoint's `stream` state; None (from the start) for a
+    checkpoint written before training streamed."""
+    if saved is None:
+        log.warning("checkpoint without a data position (from before training streamed): data from the start")
+        return None
+    then, now = saved["settings"], stream.settings()
+    changed = []
+    for key in now:
+        if then.get(key) == now[key]:
+            continue
+        if key == "shards":
+            changed.append(f"other shards ({len(then.get(key) or [])} then, {len(now[key])} now)")
+        elif key == "samples":
+            changed.append("other shard sizes")
+        else:
+            changed.append(f"{key.replace('_', '-')}: {then.get(key)} then, {now[key]} now")
+    if changed:
+        raise TrainingInputError(
+            f"the checkpoint was trained on other data or data settings ({'; '.join(changed)}): give the "
+            "same to resume it exactly, or train into a new --output (--model CHECKPOINT to start from it)"
+        )
+    return Position.from_list(saved["positions"][rank])

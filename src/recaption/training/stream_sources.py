@@ -1,0 +1,288 @@
+"""What a streaming trainer reads: its shards, how many training samples each holds, and whether
+the fields asked for exist. Nothing here decodes an image.
+
+  stream_shards(data, ...)  the items of DATA as `StreamShard`s, each with its count:
+      `recap caption` output folder  every finished shard, joined with its input shard; a
+                                     sample is a row with status ok (org_caption, re_caption);
+                                     count: the ok rows of its parquet
+      anything else                  `discover_shards` (tars, parquet, image folders); a sample
+                                     is one the reader yields with image bytes; count: the
+                                     `successes` of img2dataset's `{shard}_stats.json` beside a
+                                     tar when there is one, else one read of the shard (no
+                                     decoding), remembered in `{output}/stream_counts.json` by
+                                     the shard's size and time (or a folder slice's fingerprint)
+  require_fields(...)       refuse a named field that no sample of the first plain shard has
+
+The counts decide how many steps an epoch has on every rank (stream.py), so each shard's count
+is checked again while it streams: a shard that yields another number of samples (changed since
+it was counted, or stats that lie) stops the run with one line naming it, instead of leaving one
+rank short of batches.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import posixpath
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..readers import ColumnConfig, ShardError, discover_shards
+from ..readers.base import Shard
+from .inputs import TrainingInputError
+
+log = logging.getLogger(__name__)
+
+COUNTS_FILE = "stream_counts.json"
+
+
+@dataclass(slots=True)
+class Record:
+    """One training sample before decoding: what the shuffle buffer holds."""
+
+    key: str
+    data: bytes  # the encoded image
+    org: str | None  # the original caption
+    re: str | None  # the recaption
+    where: str  # the shard, for messages
+
+
+@dataclass(frozen=True)
+class StreamShard:
+    """One unit of the stream: an input shard (or an interleaved part of one, when there are
+    fewer shards than ranks) and how many samples it yields. Picklable: loader workers read it."""
+
+    shard: Shard
+    count: int  # samples of the whole shard
+    recaption_field: str | None = None  # plain shards: the json field holding the recaption
+    rows: str | None = None  # a caption output folder: join its ok rows of shard `name` by key
+    name: str | None = None
+    part: int = 0  # records i with i % parts == part
+    parts: int = 1
+
+    @property
+    def label(self) -> str:
+        where = f"{self.rows.rstrip('/')}/{self.name}.parquet" if self.rows else self.shard.source
+        return where if self.parts == 1 else f"{where} (part {self.part + 1} of {self.parts})"
+
+    @property
+    def samples(self) -> int:
+        """How many samples this part yields: record i goes to part i % parts."""
+        return self.count // self.parts + (1 if self.part < self.count % self.parts else 0)
+
+    def split(self, parts: int) -> list[StreamShard]:
+        return [
+            StreamShard(self.shard, self.count, self.recaption_field, self.rows, self.name, p, parts)
+            for p in range(parts)
+        ]
+
+    def records(self) -> Iterator[Record]:
+        """This part's samples, undecoded; then a check that they were as many as counted."""
+        yielded = 0
+        try:
+            for index, record in enumerate(self._all_records()):
+                if index % self.parts == self.part:
+                    yielded += 1
+                    yield record
+        except ShardError as exc:
+            raise TrainingInputError(f"broken shard {exc}") from None
+        if yielded != self.samples:
+            raise TrainingInputError(
+                f"{self.label}: {yielded} training samples now, {self.samples} when counted before the run "
+                f"(changed since, or its stats are wrong); delete {COUNTS_FILE} in the output folder "
+                "to count again, or train into a new --output"
+            )
+
+    def _all_records(self) -> Iterator[Record]:
+        label = self.label
+        if self.rows is None:
+            for sample in self.shard:
+                if sample.ok:
+                    re = sample.extra.get(self.recaption_field) if self.recaption_field else None
+                    yield Record(sample.key, sample.image_bytes, sample.org_caption, _text(re), label)
+            return
+        rows = _ok_rows(self.rows, self.name)
+        for sample in self.shard:
+            row = rows.get(sample.key)
+            if row is not None and sample.ok:
+                yield Record(sample.key, sample.image_bytes, row[0], row[1], label)
+
+
+def _text(value) -> str | None:
+    return None if value is None else str(value)
+
+
+def _ok_rows(output: str, name: str) -> dict[str, tuple[str | None, str | None]]:
+    """key -> (org_caption, re_caption) of a caption shard's rows with status ok."""
+    from ..quality.outputs import read_output
+    from ..writer import OutputDir
+
+    table = read_output(OutputDir(output), name, ["key", "org_caption", "re_caption", "status"])
+    return {r["key"]: (r["org_caption"], r["re_caption"]) for r in table.to_pylist() if r["status"] == "ok"}
+
+
+# ---- finding the shards and their counts ----
+
+
+def is_caption_output(path: str) -> bool:
+    """A `recap caption` output folder (parquet with re_caption beside .done markers)."""
+    import pyarrow.parquet as pq
+
+    folder = Path(path)
+    if not folder.is_dir() or not list(folder.glob("*.done")):
+        return False
+    first = next(iter(sorted(folder.glob("*.parquet"))), None)
+    return first is not None and "re_caption" in pq.read_schema(first).names
+
+
+def caption_output_shards(output: str) -> list[StreamShard]:
+    from ..quality.outputs import done_shards, input_shard, read_output
+    from ..writer import OutputDir
+
+    out = OutputDir(output)
+    found = []
+    for name in done_shards(out):
+        statuses = read_output(out, name, ["status"]).column("status").to_pylist()
+        found.append(StreamShard(input_shard(out, name), statuses.count("ok"), rows=output, name=name))
+    return found
+
+
+class _Counts:
+    """Counts of plain shards, remembered between runs by each shard's identity."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.known: dict = {}
+        self.changed = False
+        if path is not None and path.is_file():
+            try:
+                self.known = json.loads(path.read_text()).get("shards", {})
+            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+                self.known = {}
+
+    def count(self, shard: Shard) -> int:
+        successes = _img2dataset_successes(shard)
+        if successes is not None:
+            return successes
+        identity = _identity(shard)
+        seen = self.known.get(shard.source)
+        if isinstance(seen, dict) and seen.get("identity") == identity:
+            return int(seen["count"])
+        try:
+            count = sum(1 for sample in shard if sample.ok)  # read once; nothing decoded
+        except ShardError as exc:
+            raise TrainingInputError(f"broken shard {exc}") from None
+        self.known[shard.source] = {"identity": identity, "count": count}
+        self.changed = True
+        return count
+
+    def save(self) -> None:
+        if self.path is None or not self.changed:
+            return
+        from fsspec.implementations.local import LocalFileSystem
+
+        from ..atomic import write_json_atomic
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(LocalFileSystem(), str(self.path), {"shards": self.known})
+
+
+def _img2dataset_successes(shard: Shard) -> int | None:
+    """img2dataset's count of the samples in a tar (its `{shard}_stats.json` beside it)."""
+    from fsspec.core import url_to_fs
+
+    if not shard.source.endswith((".tar", ".tar.gz", ".tgz")):
+        return None
+    stats = f"{posixpath.dirname(shard.source)}/{shard.name}_stats.json"
+    try:
+        fs, path = url_to_fs(stats)
+        if not fs.exists(path):
+            return None
+        with fs.open(path, "r") as f:
+            successes = json.load(f).get("successes")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return successes if isinstance(successes, int) and successes >= 0 else None
+
+
+def _identity(shard: Shard) -> str:
+    """What must be unchanged for a remembered count to hold: a folder slice's fingerprint, or
+    the file's size and modification time."""
+    from fsspec.core import url_to_fs
+
+    fingerprint = shard.fingerprint()
+    if fingerprint is not None:
+        return json.dumps(fingerprint, sort_keys=True)
+    try:
+        fs, path = url_to_fs(shard.source)
+        info = fs.info(path)
+    except OSError:
+        return ""  # the read that counts will say what is wrong with it
+    version = info.get("mtime") or info.get("LastModified") or info.get("ETag") or ""
+    return json.dumps([info.get("size"), str(version)])
+
+
+def stream_shards(
+    data: list[str],
+    caption_field: str | None = None,
+    recaption_field: str | None = None,
+    counts_folder: str | Path | None = None,
+    save_counts: bool = True,
+) -> list[StreamShard]:
+    """Every item of DATA as shards with counts, in a fixed order (the same on every rank)."""
+    found: list[StreamShard] = []
+    plain = []
+    for item in data:
+        if is_caption_output(item):
+            found += caption_output_shards(item)
+        else:
+            plain.append(item)
+    if plain:
+        extra = tuple(f for f in (recaption_field, caption_field) if f)
+        columns = ColumnConfig(caption=caption_field, extra=extra)
+        counts = _Counts(Path(counts_folder) / COUNTS_FILE if counts_folder else None)
+        found += [StreamShard(s, counts.count(s), recaption_field) for s in discover_shards(plain, columns)]
+        if save_counts:
+            counts.save()
+    if not any(s.count for s in found):
+        raise TrainingInputError(f"no readable image-text pairs in {', '.join(map(str, data))}")
+    return found
+
+
+def spread(shards: list[StreamShard], world_size: int) -> list[StreamShard]:
+    """The shards with samples, each cut into interleaved parts when there are fewer shards than
+    ranks, so that every rank has a part to read (each part's reader reads the whole shard)."""
+    kept = [s for s in shards if s.count]
+    if len(kept) >= world_size:
+        return kept
+    parts = math.ceil(world_size / len(kept))
+    spread_out = [part for s in kept for part in s.split(parts) if part.samples]
+    if len(spread_out) < world_size:
+        total = sum(s.count for s in kept)
+        raise TrainingInputError(f"{total} training sample(s) in all: too few for {world_size} processes")
+    return spread_out
+
+
+def require_fields(shards: list[StreamShard], fields: dict[str, str | None], note: str = "") -> None:
+    """Refuse a field no sample has (`{"--caption-field": "description"}`): a caption falls back
+    to the shard's own, so a misspelt name would otherwise go unnoticed. Looked for in the first
+    plain shard, read until each field is seen (nothing decoded); a dataset whose first shard
+    lacks a field the others have is refused too: name its shards in another order."""
+    wanted = {option: field for option, field in fields.items() if field}
+    first = next((s for s in shards if s.rows is None), None)
+    if not wanted or first is None:
+        return
+    missing = dict(wanted)
+    try:
+        for sample in first.shard:
+            for option, field in list(missing.items()):
+                if sample.extra.get(field) is not None:
+                    del missing[option]
+            if not missing:
+                return
+    except ShardError as exc:
+        raise TrainingInputError(f"broken shard {exc}") from None
+    option, field = next(iter(missing.items()))
+    raise TrainingInputError(f"{option} {field}: no sample in {first.shard.source} has it{note}")
