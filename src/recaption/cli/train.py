@@ -47,8 +47,10 @@ def train_clip_cmd(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda.")] = "auto",
     workers: Annotated[int, typer.Option(help="Loader processes that read, decode and preprocess (per GPU under torchrun; 0: in this process). Resume with the same number.")] = 2,
     shuffle_buffer: Annotated[int, typer.Option(help="Samples each loader process shuffles among (encoded images held in memory).")] = 1000,
+    recipe: Annotated[str, typer.Option(help="recap (the paper: original with probability p, else the recaption) or clips (each image against its alt-text and a partial recaption, two losses).")] = "recap",
+    partial_words: Annotated[int, typer.Option(help="--recipe clips: longest block of a recaption sentence kept (block masking).")] = 32,
 ) -> None:
-    """Train CLIP contrastively on a mix of original captions and recaptions (Recap-CLIP)."""
+    """Train CLIP contrastively on a mix of original captions and recaptions (Recap-CLIP, or the CLIPS recipe)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from ..training.clip_train import ClipTrainConfig, train_clip
 
@@ -56,7 +58,8 @@ def train_clip_cmd(
         config = ClipTrainConfig(data=data, output=output, model=model, p=p, concat=concat, text_length=text_length,
                                  steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, save_every=save_every,
                                  seed=seed, caption_field=caption_field, recaption_field=recaption_field, width=width,
-                                 device=device, workers=workers, shuffle_buffer=shuffle_buffer)
+                                 device=device, workers=workers, shuffle_buffer=shuffle_buffer, recipe=recipe,
+                                 partial_words=partial_words)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     with clear_error(ValueError):

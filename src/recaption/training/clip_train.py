@@ -12,6 +12,9 @@ with torchrun; each rank reads its own shards and DDP averages gradients.
 The data streams (stream.py): epochs over the shards, split across ranks and `workers` loader
 processes that decode and preprocess, a bounded shuffle buffer, so memory does not grow with
 the dataset. `load_pairs` (everything in memory) is kept for the DiT trainer.
+
+`recipe="clips"` trains the CLIPS way instead (clips_recipe.py): each image contrasted with its
+alt-text and with a partial recaption, two losses added; p and concat do not apply.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from .checkpoints import (
     save_checkpoint,
     save_final,
 )
+from .clips_recipe import clips_loss, clips_texts
 from .data import Pair, check_fields, image_text_pairs, recaptioned_pairs
 from .inputs import (
     TrainingInputError,
@@ -72,6 +76,8 @@ class ClipTrainConfig:
     log_every: int = 50
     workers: int = 2  # loader processes that decode and preprocess (0: in this process)
     shuffle_buffer: int = 1000  # samples each loader worker shuffles among (encoded images)
+    recipe: str = "recap"  # recap: the paper's p mixing; clips: alt-text + partial recaption, two losses
+    partial_words: int = 32  # clips: the longest block of a recaption sentence kept
 
     def __post_init__(self):
         if not 0.0 <= self.p <= 1.0:
@@ -84,6 +90,12 @@ class ClipTrainConfig:
                 raise ValueError(f"{name} must not be negative")
         if not self.data:
             raise ValueError("no data given")
+        if self.recipe not in ("recap", "clips"):
+            raise ValueError(f"--recipe {self.recipe}: choose recap or clips")
+        if self.recipe == "clips" and self.concat:
+            raise ValueError("--concat is a recap-recipe setting; --recipe clips uses both captions already")
+        if self.partial_words < 1:
+            raise ValueError("partial-words must be at least 1")
 
 
 def choose_caption(pair: Pair, p: float, concat: bool, rng: random.Random) -> str:
@@ -189,11 +201,16 @@ def train_clip(config: ClipTrainConfig) -> dict:
     losses = []
     while step < config.steps:
         batch = next(batches)
-        # the p draw happens here, with the trainer's RNG (saved and restored with each checkpoint)
-        texts = [
-            choose_caption(Pair(key, None, org, re), config.p, config.concat, rng)
-            for key, org, re in zip(batch["keys"], batch["org"], batch["re"], strict=True)
-        ]
+        # the p draw (or the CLIPS partial recaption) happens here, with the trainer's RNG
+        # (saved and restored with each checkpoint)
+        if config.recipe == "clips":
+            originals, partials = clips_texts(batch["org"], batch["re"], rng, config.partial_words)
+            texts = originals + partials  # one forward: every image against both text sets
+        else:
+            texts = [
+                choose_caption(Pair(key, None, org, re), config.p, config.concat, rng)
+                for key, org, re in zip(batch["keys"], batch["org"], batch["re"], strict=True)
+            ]
         tokens = tokenizer(texts, padding=True, truncation=True, max_length=window, return_tensors="pt").to(
             device
         )
@@ -201,8 +218,10 @@ def train_clip(config: ClipTrainConfig) -> dict:
             input_ids=tokens["input_ids"],
             attention_mask=tokens["attention_mask"],
             pixel_values=batch["pixels"].to(device, non_blocking=True),
-            return_loss=True,
+            return_loss=config.recipe == "recap",
         )
+        if config.recipe == "clips":
+            output.loss = clips_loss(output.logits_per_image)
         output.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
