@@ -1,4 +1,5 @@
-"""A fast path for CLIP-style image preprocessing (CLIP, LLaVA-1.5 pad-to-square).
+"""Fast paths for image preprocessing: CLIP-style (CLIP, LLaVA-1.5 pad-to-square) and Qwen2-VL
+dynamic resolution (Qwen2-VL, Qwen2.5-VL).
 
 transformers' PIL image processors do the same steps in several float64 numpy passes per image;
 here the padding and resizing stay in uint8 PIL (C code that releases the GIL) and rescale +
@@ -104,3 +105,65 @@ class FastClipPreprocessor:
         for arr, out in zip(arrays, batch, strict=True):
             self._normalise_into(arr, out)
         return torch.from_numpy(batch)
+
+
+_QWEN_SUPPORTED = {"Qwen2VLImageProcessor", "Qwen2VLImageProcessorPil", "Qwen2VLImageProcessorFast"}
+
+
+class FastQwenVLPreprocessor:
+    """The same fast path for Qwen2-VL / Qwen2.5-VL dynamic resolution: each image resized (uint8
+    PIL, bicubic) to its own grid of patch_size x merge_size cells within min/max pixels, as
+    `smart_resize` decides, normalised in one float32 pass, then cut into the processor's
+    flat patch layout. Output: `pixel_values` (all images' patches, concatenated) and
+    `image_grid_thw`, equal to the processor's (tests check)."""
+
+    def __init__(self, image_processor):
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+        ip = image_processor
+        self.smart_resize = smart_resize
+        size = ip.size
+        self.min_pixels = getattr(size, "shortest_edge", None) or size["shortest_edge"]
+        self.max_pixels = getattr(size, "longest_edge", None) or size["longest_edge"]
+        self.patch, self.merge = int(ip.patch_size), int(ip.merge_size)
+        self.temporal = int(ip.temporal_patch_size)
+        self.resample = Image.Resampling(int(ip.resample))
+        mean = np.asarray(ip.image_mean, dtype=np.float32)
+        std = np.asarray(ip.image_std, dtype=np.float32)
+        scale = np.float32(ip.rescale_factor if ip.do_rescale else 1.0)
+        if not ip.do_normalize:
+            mean, std = np.zeros(3, np.float32), np.ones(3, np.float32)
+        self.a = (scale / std).reshape(3, 1, 1)
+        self.b = (-mean / std).reshape(3, 1, 1)
+
+    @staticmethod
+    def supports(image_processor) -> bool:
+        ip = image_processor
+        return (
+            type(ip).__name__ in _QWEN_SUPPORTED
+            and getattr(ip, "do_convert_rgb", True) in (True, None)
+            and bool(getattr(ip, "do_resize", False))
+            and all(hasattr(ip, k) for k in ("patch_size", "merge_size", "temporal_patch_size"))
+        )
+
+    def image(self, img: Image.Image) -> tuple[np.ndarray, list[int]]:
+        img = img if img.mode == "RGB" else img.convert("RGB")
+        factor = self.patch * self.merge
+        height, width = self.smart_resize(img.height, img.width, factor=factor, min_pixels=self.min_pixels,
+                                          max_pixels=self.max_pixels)
+        if (width, height) != img.size:
+            img = img.resize((width, height), self.resample)
+        arr = np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32)
+        arr = arr * self.a + self.b
+        p, m = self.patch, self.merge
+        grid_h, grid_w = height // p, width // p
+        patches = arr.reshape(3, grid_h // m, m, p, grid_w // m, m, p).transpose(1, 4, 2, 5, 0, 3, 6)
+        patches = np.broadcast_to(patches[:, :, :, :, :, None], (*patches.shape[:5], self.temporal, p, p))
+        return patches.reshape(grid_h * grid_w, 3 * self.temporal * p * p), [1, grid_h, grid_w]
+
+    def __call__(self, images: list[Image.Image]) -> dict:
+        import torch
+
+        done = [self.image(img) for img in images]
+        pixel_values = torch.from_numpy(np.concatenate([d[0] for d in done], axis=0))
+        return {"pixel_values": pixel_values, "image_grid_thw": torch.tensor([d[1] for d in done])}
