@@ -51,6 +51,9 @@ class CaptionConfig:
     passes: list = field(default_factory=list)
     passes_file: str | None = None
     seed: int = 0
+    # Settings for the model's processor, given to from_pretrained (`--processor-option KEY=VALUE`:
+    # Qwen-VL's min_pixels / max_pixels, Gemma 3's do_pan_and_scan); values as JSON, else text.
+    processor_options: dict = field(default_factory=dict)
     engine: str = "transformers"  # a module engines/<name>_engine.py: transformers | vllm | openai
     # Engine-specific options, each engine reading its own.
     transformers: TransformersOptions = field(default_factory=lambda: TransformersOptions())
@@ -74,6 +77,10 @@ class CaptionConfig:
             self.passes += read_passes_file(self.passes_file)
             self.passes_file = None  # read once: the passes are what the run keeps
         check_unique(self.caption_passes)
+        self.processor_options = parse_processor_options(self.processor_options)
+        if self.processor_options and self.engine == "openai":
+            raise ValueError("--processor-option: with --engine openai the server runs the processor; "
+                             "set it there")
         import re
 
         from .models.loading import DEVICE_PATTERN, DTYPE_CHOICES, DTYPES
@@ -107,6 +114,8 @@ class CaptionConfig:
         values = {k: getattr(self, k) for k in keys}
         if self.passes:
             values["passes"] = [p.provenance() for p in self.passes]
+        if self.processor_options:  # recorded only when given, so older output still resumes
+            values["processor_options"] = dict(sorted(self.processor_options.items()))
         return values
 
 
@@ -233,6 +242,30 @@ def caption_settings(output: str, **options) -> CaptionSettings:
     if caption.engine == "openai" and not caption.server.endpoints:
         raise ValueError("--engine openai needs --endpoint URL")
     return CaptionSettings(caption, run, columns, executor)
+
+
+def parse_processor_options(options) -> dict:
+    """`{"max_pixels": 1003520}`, or "KEY=VALUE" strings (a list, or one string): each value read
+    as JSON (`1003520`, `false`, `[1, 2]`), else kept as text."""
+    import json
+
+    if isinstance(options, dict):
+        items = list(options.items())
+    else:
+        items = []
+        for spec in [options] if isinstance(options, str) else list(options or []):
+            key, sep, text = str(spec).partition("=")
+            if not sep or not key.strip():
+                raise ValueError(f"--processor-option {spec}: give KEY=VALUE, e.g. max_pixels=1003520")
+            try:
+                value = json.loads(text)
+            except ValueError:
+                value = text
+            items.append((key.strip(), value))
+    for key, _ in items:
+        if not str(key).isidentifier():
+            raise ValueError(f"--processor-option {key}: not a setting name")
+    return dict(items)
 
 
 def split_list(value) -> list[str]:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from . import __version__
 from .config import CaptionConfig, RunConfig
 from .engines import make_engine
-from .engines.base import Engine, slice_inputs
+from .engines.base import Engine
 from .ledger import OutputDir, require_same_settings
 from .passes import CONDITIONAL, FLAGS, CaptionPass, Decoding
 from .readers import Shard
@@ -433,7 +433,7 @@ class CaptionPipeline:
                 samples[0].fail(CAPTION_ERROR, f"{type(exc).__name__}: {exc}")
                 return 0
             log.warning("batch of %d failed (%s); retrying one by one", len(samples), exc)
-            one_by_one = (self._generate_into([s], slice_inputs(inputs, i), column, decoding)
+            one_by_one = (self._generate_into([s], self.captioner.rows(inputs, i, i + 1), column, decoding)
                           for i, s in enumerate(samples))
             return sum(one_by_one)
         for s, g in zip(samples, generations, strict=True):

@@ -72,6 +72,7 @@ def caption_cmd(
     key_col: Annotated[str, typer.Option(help="Column / .json field holding the key.")] = "key",
     max_image_bytes: Annotated[int, typer.Option(help="Largest image file / tar member read; bigger ones become rows with status too_large (checked before reading).")] = 64 * 1024 * 1024,
     max_pixels: Annotated[int, typer.Option(help="Largest image in pixels (width x height); bigger ones become rows with status too_large (checked from the header, before decoding).")] = 89_478_485,
+    processor_options: Annotated[list[str] | None, typer.Option("--processor-option", help="A setting of the model's processor, KEY=VALUE (value as JSON, else text); repeat for several, e.g. --processor-option max_pixels=1003520 for Qwen-VL (image tokens per image; recorded with the output).")] = None,
     attn_implementation: Annotated[str, typer.Option(help="transformers engine attention: sdpa, flash_attention_2 (needs flash-attn) or eager.")] = "sdpa",
     engine: Annotated[str, typer.Option(help="transformers (in-process), vllm (in-process, needs vLLM) or openai (OpenAI-compatible servers).")] = "transformers",
     endpoint: Annotated[list[str] | None, typer.Option(help="--engine openai: server URL (http://host:8000 or .../v1); repeat it or separate with commas for several.")] = None,
@@ -160,7 +161,5 @@ def models_cmd() -> None:
     for column in ("family", "model_type", "prompt format", "models"):
         table.add_column(column)
     for family in MODEL_FAMILIES:
-        table.add_row(family.name, ", ".join(family.model_types),
-                      "chat template" + (f"; else {family.fallback_template!r}" if family.fallback_template else ""),
-                      family.description)
+        table.add_row(family.name, ", ".join(family.model_types), family.prompt_format, family.description)
     console.print(table)

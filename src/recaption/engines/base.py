@@ -76,17 +76,16 @@ class Engine:
     def generate(self, inputs, decoding: Decoding | None = None) -> list[Generation]:
         raise NotImplementedError
 
+    def rows(self, inputs, start: int, stop: int):
+        """Rows start..stop of a prepared batch, as a batch (the pipeline retries a failed batch
+        one row at a time). Engines whose inputs are not one entry per row override it."""
+        if isinstance(inputs, list):
+            return inputs[start:stop]
+        return type(inputs)({k: v[start:stop] for k, v in inputs.items()})
+
     def decoding(self, decoding: Decoding | None) -> Decoding:
         """The given decoding, or the run's default: greedy, --max-new-tokens."""
         return decoding or Decoding(self.config.max_new_tokens)
-
-
-def slice_inputs(inputs, i: int):
-    """Row i of a batch of prepared inputs, as a batch of one."""
-    if isinstance(inputs, list):
-        return inputs[i : i + 1]
-    # A processor BatchFeature: left padding stays, the attention mask still marks it.
-    return type(inputs)({k: v[i : i + 1] for k, v in inputs.items()})
 
 
 def batch_rows(inputs) -> int:

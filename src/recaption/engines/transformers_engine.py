@@ -12,6 +12,7 @@ from transformers import BatchFeature
 from ..config import CaptionConfig
 from ..hardware import pick_device, pick_dtype
 from ..models.loading import load_error, resolve_model
+from ..models.processors import load_processor
 from ..models.registry import ModelFamily, family_for
 from ..passes import Decoding
 from ..preprocess import FastClipPreprocessor
@@ -99,6 +100,8 @@ class BatchPreparer(Preparer):
         return inputs
 
     def _processor(self, images: list, prompts: list[str]):
+        if self.family.nested_images:
+            images = [[image] for image in images]
         return self.processor(images=images, text=prompts, return_tensors="pt", padding=True)
 
     def _expand_image_tokens(self, prompts: list[str]) -> list[str]:
@@ -128,19 +131,22 @@ class TransformersCaptioner(Engine):
         self.model = None
         self.processor = None
         self.family: ModelFamily | None = None
+        self.encoder_decoder = False
         self.device = "cpu"
         self.max_rows = 1 << 30  # lowered when a batch runs out of GPU memory
 
     def setup(self) -> None:
         import transformers
-        from transformers import AutoConfig, AutoProcessor
+        from transformers import AutoConfig
 
         source = resolve_model(self.config.model)  # ModelError: not here, in one line
         self.device = pick_device(self.config.device)
         self.dtype = pick_dtype(self.config.dtype, self.device)
         try:
-            family = family_for(AutoConfig.from_pretrained(source).model_type)
-            processor = AutoProcessor.from_pretrained(source, **family.processor_kwargs)
+            model_type = AutoConfig.from_pretrained(source).model_type
+            family = family_for(model_type)
+            processor = load_processor(
+                source, model_type, **{**family.processor_kwargs, **self.config.processor_options})
             auto_class = getattr(transformers, family.auto_class)
             kwargs = {"dtype": self.dtype}
             if self.config.transformers.attn_implementation:
@@ -167,7 +173,10 @@ class TransformersCaptioner(Engine):
 
         self.model, self.processor, self.family = model, processor, family
         tokenizer = processor.tokenizer
-        tokenizer.padding_side = "left"  # decoder-only batching: pad on the left
+        # Decoder-only batching pads on the left, so every row's answer starts at the same place;
+        # an encoder-decoder (Florence-2) pads its encoder input on the right, as it was trained.
+        self.encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
+        tokenizer.padding_side = "right" if self.encoder_decoder else "left"
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         gen = model.generation_config
@@ -176,6 +185,8 @@ class TransformersCaptioner(Engine):
         self.pad_id = gen.pad_token_id if gen.pad_token_id is not None else tokenizer.pad_token_id
         self.preparer = BatchPreparer(processor, family, self.config)
         self.plain_prompt = self.preparer.plain_prompt
+        for caption_pass in self.config.caption_passes:  # a prompt the family refuses: now, in one line
+            self.preparer.render(caption_pass.instruction("an example caption"))
         self.batch_size = self.config.batch_size or auto_batch_size(model, self.device, self.config)
         self.ready = True
 
@@ -200,8 +211,7 @@ class TransformersCaptioner(Engine):
         if rows > step:
             generations = []
             for start in range(0, rows, step):
-                part = type(inputs)({k: v[start : start + step] for k, v in inputs.items()})
-                generations += self.generate(part, decoding)
+                generations += self.generate(self.rows(inputs, start, start + step), decoding)
             return generations
         try:
             return self._generate_rows(inputs, decoding)
@@ -212,6 +222,29 @@ class TransformersCaptioner(Engine):
             log.warning("out of GPU memory with %d rows; continuing with batches of %d", rows, self.max_rows)
             self._release_memory()
             return self.generate(inputs, decoding)
+
+    def rows(self, inputs, start: int, stop: int):
+        """Rows start..stop of a prepared batch. Where the pixel values are not one per row but
+        the images' patches or tiles one after another (Qwen-VL, InternVL), each row's share is
+        in proportion to its image tokens."""
+        rows = batch_rows(inputs)
+        part = {k: v[start:stop] for k, v in inputs.items() if k != "pixel_values"}
+        pixels = inputs.get("pixel_values")
+        if pixels is not None and pixels.shape[0] != rows:
+            tokens = (inputs["input_ids"] == self._image_token_id()).sum(dim=1).tolist()
+            total = sum(tokens)
+            first, last = (sum(tokens[:i]) * pixels.shape[0] for i in (start, stop))
+            if not total or first % total or last % total:
+                raise ValueError("cannot split this batch's pixel values by row; use a smaller --batch-size")
+            part["pixel_values"] = pixels[first // total : last // total]
+        elif pixels is not None:
+            part["pixel_values"] = pixels[start:stop]
+        return type(inputs)(part)
+
+    def _image_token_id(self) -> int:
+        token_id = getattr(self.processor, "image_token_id", None)
+        return token_id if token_id is not None else self.processor.tokenizer.convert_tokens_to_ids(
+            self.processor.image_token)
 
     def _release_memory(self) -> None:
         import gc
@@ -228,7 +261,10 @@ class TransformersCaptioner(Engine):
         inputs = inputs.to(self.device, non_blocking=True)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
-        kwargs = dict(max_new_tokens=decoding.max_new_tokens, num_beams=1, pad_token_id=self.pad_id)
+        # No forced end token at the limit (BART-style configs, Florence-2, have one): a caption
+        # cut by max_new_tokens must read as truncated, not as finished.
+        kwargs = dict(max_new_tokens=decoding.max_new_tokens, num_beams=1, pad_token_id=self.pad_id,
+                      forced_eos_token_id=None)
         if self.config.min_new_tokens:
             kwargs["min_new_tokens"] = min(self.config.min_new_tokens, decoding.max_new_tokens)
         if decoding.sample:
@@ -239,7 +275,13 @@ class TransformersCaptioner(Engine):
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         with torch.inference_mode():
             output = self.model.generate(**inputs, **kwargs)
-        new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
+        # A decoder-only model's output starts with its prompt; an encoder-decoder's with the
+        # decoder's start token(s) only (the prompt went to the encoder).
+        if self.encoder_decoder:
+            prompt = inputs["decoder_input_ids"].shape[1] if "decoder_input_ids" in inputs else 1
+        else:
+            prompt = inputs["input_ids"].shape[1]
+        new_tokens = output[:, prompt:].tolist()
         return [self._finish(row, decoding.max_new_tokens) for row in new_tokens]
 
     def _finish(self, tokens: list[int], max_new_tokens: int) -> Generation:

@@ -51,15 +51,21 @@ class VLLMCaptioner(Engine):
             import vllm
         except ImportError as exc:
             raise RuntimeError("--engine vllm needs vLLM: pip install vllm (on a GPU machine)") from exc
-        from transformers import AutoConfig, AutoProcessor
+        from transformers import AutoConfig
+
+        from ..models.processors import load_processor
 
         source = resolve_model(self.config.model)  # ModelError: not here, in one line
         dtype = "auto" if self.config.dtype == "auto" else self.config.dtype
         try:
-            family = family_for(AutoConfig.from_pretrained(source).model_type)
-            processor = AutoProcessor.from_pretrained(source, **family.processor_kwargs)
+            model_type = AutoConfig.from_pretrained(source).model_type
+            family = family_for(model_type)
+            processor_options = {**family.processor_kwargs, **self.config.processor_options}
+            processor = load_processor(source, model_type, **processor_options)
+            # vLLM runs the model's processor itself: the same options, as mm_processor_kwargs.
+            extra = {"mm_processor_kwargs": processor_options} if processor_options else {}
             self.llm = vllm.LLM(model=source, dtype=dtype, seed=self.config.seed,
-                                limit_mm_per_prompt={"image": 1})
+                                limit_mm_per_prompt={"image": 1}, **extra)
         except (OSError, ValueError, KeyError, TypeError, ImportError) as exc:
             # As the transformers engine: a model that cannot load is one line, not a traceback.
             raise load_error(self.config.model, exc) from exc

@@ -35,12 +35,22 @@ class ModelFamily:
     fixed_image_tokens: bool = False
     # The image processor is CLIP-style, so recaption.preprocess may stand in for it.
     clip_style_images: bool = False
+    # The processor takes one list of images per prompt (Gemma 3 reads a flat list as the
+    # images of a single prompt).
+    nested_images: bool = False
 
     def messages(self, prompt: str) -> list[dict]:
         """One user turn: the image, then the instruction (LLaVA's order)."""
         return [
             {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}
         ]
+
+    @property
+    def prompt_format(self) -> str:
+        """How `recap models` describes the prompt."""
+        if self.fallback_template:
+            return f"chat template; else {self.fallback_template!r}"
+        return "chat template"
 
     def render_prompt(self, processor, prompt: str) -> str:
         if getattr(processor, "chat_template", None):
@@ -83,13 +93,87 @@ IDEFICS3 = ModelFamily(
     model_types=("idefics3", "smolvlm"),
 )
 
+GEMMA3 = ModelFamily(
+    name="gemma3",
+    description=(
+        "Gemma 3 (Gemma3ForConditionalGeneration): SigLIP at 896 px, 256 tokens per image; "
+        "pan-and-scan (extra crops of large or elongated images) off unless "
+        "--processor-option do_pan_and_scan=true; prompted through the chat template"
+    ),
+    model_types=("gemma3",),
+    processor_kwargs={"do_pan_and_scan": False},
+    nested_images=True,
+)
+
+QWEN_VL = ModelFamily(
+    name="qwen-vl",
+    description=(
+        "Qwen2-VL, Qwen2.5-VL, Qwen3-VL (Qwen2VLForConditionalGeneration, ...): dynamic resolution, "
+        "one token per 28x28 pixels (32x32 for Qwen3-VL) between min_pixels and max_pixels "
+        "(--processor-option max_pixels=N); prompted through the chat template, image first"
+    ),
+    model_types=("qwen2_vl", "qwen2_5_vl", "qwen3_vl"),
+)
+
+INTERNVL = ModelFamily(
+    name="internvl",
+    description=(
+        "InternVL 2.5 / 3 in transformers' format (InternVLForConditionalGeneration, the -hf "
+        "checkpoints): 448 px tiles chosen by aspect ratio plus a thumbnail (max_patches); "
+        "prompted through the chat template"
+    ),
+    model_types=("internvl",),
+)
+
+
+@dataclass(frozen=True)
+class TaskTokenFamily(ModelFamily):
+    """A model prompted with a task token instead of free text (Florence-2). A prompt that is one
+    of `tasks` passes through; the paper's prompt becomes `paper_task`; other free text is refused
+    (the model was not trained to follow it, so its captions would mean nothing)."""
+
+    tasks: tuple[str, ...] = ()
+    paper_task: str = ""
+
+    @property
+    def prompt_format(self) -> str:
+        return f"task token: {', '.join(self.tasks)}; the paper's prompt -> {self.paper_task}"
+
+    def render_prompt(self, processor, prompt: str) -> str:
+        prompt = prompt.strip()
+        if prompt in self.tasks:
+            return prompt
+        if prompt == PAPER_PROMPT:
+            return self.paper_task
+        raise ValueError(
+            f"the {self.name} family takes a task token, not free text: give the prompt as one of "
+            f"{', '.join(self.tasks)} (the paper's prompt means {self.paper_task}); "
+            f"got {prompt[:60]!r}"
+        )
+
+
+FLORENCE2 = TaskTokenFamily(
+    name="florence-2",
+    description=(
+        "Florence-2 in transformers' format (Florence2ForConditionalGeneration, e.g. "
+        "florence-community/Florence-2-large): an encoder-decoder prompted with task tokens; "
+        "<MORE_DETAILED_CAPTION> is the paper's detailed caption"
+    ),
+    model_types=("florence2",),
+    # The tasks whose answer is plain text.
+    tasks=("<MORE_DETAILED_CAPTION>", "<DETAILED_CAPTION>", "<CAPTION>", "<OCR>"),
+    paper_task="<MORE_DETAILED_CAPTION>",
+)
+
 GENERIC = ModelFamily(
     name="generic",
     description="Any other transformers image-text-to-text model with a chat template",
     model_types=(),
 )
 
-MODEL_FAMILIES: tuple[ModelFamily, ...] = (LLAVA_1_5, LLAVA_NEXT, IDEFICS3)
+MODEL_FAMILIES: tuple[ModelFamily, ...] = (
+    LLAVA_1_5, LLAVA_NEXT, IDEFICS3, QWEN_VL, GEMMA3, INTERNVL, FLORENCE2
+)
 
 
 def family_for(model_type: str) -> ModelFamily:

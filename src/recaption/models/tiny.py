@@ -97,14 +97,22 @@ def shapes_vocabulary() -> str:
     return " ".join(words)
 
 
-def _build_tokenizer():
-    """A word-level tokenizer over the corpus words: random weights then emit real words."""
+def _build_tokenizer(special_tokens: tuple[str, ...] = (), named_tokens: dict[str, str] | None = None):
+    """A word-level tokenizer over the corpus words: random weights then emit real words.
+
+    `special_tokens` are added after ours (a model family's chat and image markers);
+    `named_tokens` names some of them as the family's processor looks them up
+    (`{"image_token": "<|image_pad|>"}` makes `tokenizer.image_token` that token)."""
+    named = {"image_token": "<image>", **(named_tokens or {})}
+    extra = [t for t in (*special_tokens, *named.values()) if t not in _SPECIAL_TOKENS]
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.WordLevelTrainer(special_tokens=_SPECIAL_TOKENS + ["<unk>"], show_progress=False)
+    trainer = trainers.WordLevelTrainer(
+        special_tokens=_SPECIAL_TOKENS + ["<unk>"] + list(dict.fromkeys(extra)), show_progress=False
+    )
     tok.train_from_iterator([_CORPUS, shapes_vocabulary()], trainer=trainer)
     # Join words with spaces but none before punctuation ("left, a" rather than "left , a").
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
@@ -114,7 +122,7 @@ def _build_tokenizer():
         eos_token="<|eot_id|>",
         pad_token="<|pad|>",
         unk_token="<unk>",
-        extra_special_tokens={"image_token": "<image>"},
+        extra_special_tokens=named,
         padding_side="left",
         chat_template=LLAMA3_CHAT_TEMPLATE,
     )
