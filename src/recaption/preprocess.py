@@ -167,3 +167,24 @@ class FastQwenVLPreprocessor:
         done = [self.image(img) for img in images]
         pixel_values = torch.from_numpy(np.concatenate([d[0] for d in done], axis=0))
         return {"pixel_values": pixel_values, "image_grid_thw": torch.tensor([d[1] for d in done])}
+
+
+class FastImageProcessor:
+    """Stands in for a processor's image processor: `__call__` runs the fast path, every other
+    attribute (merge_size, patch_size, ...) is the original's, so the processor's own text
+    handling (image tokens per grid, padding) runs unchanged around it."""
+
+    def __init__(self, original, fast):
+        self.original = original
+        self.fast = fast
+
+    def __getattr__(self, name):
+        if name in ("original", "fast"):  # not set yet (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.original, name)
+
+    def __call__(self, images=None, **kwargs):
+        from transformers import BatchFeature
+
+        flat = [im for group in images for im in group] if images and isinstance(images[0], list) else images
+        return BatchFeature(self.fast(flat), tensor_type=kwargs.get("return_tensors"))

@@ -479,3 +479,36 @@ def test_a_malformed_processor_option_is_one_line(tmp_path):
         app, ["caption", shard, "-o", str(tmp_path / "out"), "--processor-option", "max_pixels"]
     )
     assert result.exit_code == 2 and "give KEY=VALUE" in result.output, result.output
+
+
+@pytest.mark.parametrize("name", ["qwen2-vl", "qwen2.5-vl"])
+def test_qwen_inputs_through_the_fast_path_equal_the_processors(name, model_dirs):
+    """Qwen's pixels come from recaption.preprocess (faster: docs/benchmarks.md); the prepared
+    batch equals what the processor alone gives: token ids, grids, pixels."""
+    from recaption.models.processors import load_processor
+    from recaption.preprocess import FastImageProcessor
+
+    captioner = TransformersCaptioner(CaptionConfig(model=str(model_dirs(name)), device="cpu"))
+    captioner.setup()
+    assert isinstance(captioner.processor.image_processor, FastImageProcessor)
+    ours = captioner.prepare(IMAGES, [captioner.plain_prompt] * 3)
+    plain = load_processor(str(model_dirs(name)), captioner.model.config.model_type)
+    plain.tokenizer.padding_side = "left"
+    theirs = plain(images=IMAGES, text=[captioner.plain_prompt] * 3, return_tensors="pt", padding=True)
+    assert torch.equal(ours["input_ids"], theirs["input_ids"])
+    assert torch.equal(ours["image_grid_thw"], theirs["image_grid_thw"])
+    assert torch.allclose(ours["pixel_values"].float(), theirs["pixel_values"].float(), atol=1e-5)
+
+
+def test_the_qwen_preparer_travels_to_loader_workers(model_dirs):
+    """Loader workers get a pickled copy of the preparer: the image-only processor (no
+    torchvision) and the fast image path included."""
+    import pickle
+
+    captioner = TransformersCaptioner(CaptionConfig(model=str(model_dirs("qwen2-vl")), device="cpu"))
+    captioner.setup()
+    copy = pickle.loads(pickle.dumps(captioner.preparer))
+    prompts = [captioner.plain_prompt] * 3
+    ours, theirs = copy.prepare(IMAGES, prompts), captioner.prepare(IMAGES, prompts)
+    assert torch.equal(ours["input_ids"], theirs["input_ids"])
+    assert torch.equal(ours["pixel_values"], theirs["pixel_values"])

@@ -15,7 +15,7 @@ from ..models.loading import load_error, resolve_model
 from ..models.processors import load_processor
 from ..models.registry import ModelFamily, family_for
 from ..passes import Decoding
-from ..preprocess import FastClipPreprocessor
+from ..preprocess import FastClipPreprocessor, FastImageProcessor, FastQwenVLPreprocessor
 from .base import Engine, Generation, Preparer, batch_rows
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,11 @@ class BatchPreparer(Preparer):
             if family.clip_style_images and FastClipPreprocessor.supports(image_processor)
             else None
         )
+        if FastQwenVLPreprocessor.supports(image_processor):
+            # Dynamic resolution: the processor still expands each image's tokens from the grid;
+            # only the pixels come from the fast path (equal to the processor's, tests check).
+            fast = FastQwenVLPreprocessor(image_processor)
+            processor.image_processor = FastImageProcessor(image_processor, fast)
         self._prompt_tokens: dict[str, dict] = {}
 
     def render(self, instruction: str) -> str:

@@ -73,4 +73,15 @@ def image_only(cls):
     signature = inspect.signature(cls.__init__)
     __init__.__signature__ = signature.replace(
         parameters=[p for p in signature.parameters.values() if p.name != "video_processor"])
-    return type(cls.__name__, (cls,), {"__init__": __init__, "__module__": cls.__module__})
+    def __reduce__(self):  # loader workers get a copy: rebuilt from `cls`, not looked up by name
+        return _rebuild_image_only, (cls, self.__dict__)
+
+    return type(cls.__name__, (cls,), {"__init__": __init__, "__module__": cls.__module__,
+                                       "__reduce__": __reduce__})
+
+
+def _rebuild_image_only(cls, state: dict):
+    made = image_only(cls)
+    processor = made.__new__(made)
+    processor.__dict__.update(state)
+    return processor
