@@ -33,6 +33,8 @@ def train_dit_cmd(
     caption_field: Annotated[str | None, typer.Option(help="Plain shards: field with the original caption (default: the .txt).")] = None,
     recaption_field: Annotated[str | None, typer.Option(help="Plain shards: json field used as the recaption (the shapes world's: description).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda.")] = "auto",
+    workers: Annotated[int, typer.Option(help="Loader processes that read, decode and crop (per GPU under torchrun; 0: in this process). Resume with the same number.")] = 2,
+    shuffle_buffer: Annotated[int, typer.Option(help="Samples each loader process shuffles among.")] = 1000,
 ) -> None:
     """Train a text-conditioned diffusion transformer (diffusers' PixArt blocks) on a mix of
     original captions and recaptions."""
@@ -44,7 +46,8 @@ def train_dit_cmd(
                                 image_size=image_size, patch_size=patch_size, layers=layers, heads=heads,
                                 steps=steps, batch_size=batch_size, lr=lr, caption_dropout=caption_dropout,
                                 prediction_type=prediction_type, save_every=save_every, seed=seed, device=device,
-                                caption_field=caption_field, recaption_field=recaption_field)
+                                caption_field=caption_field, recaption_field=recaption_field, workers=workers,
+                                shuffle_buffer=shuffle_buffer)
         result = train_dit(config)
     if result["losses"]:
         console.print(f"trained {result['steps']} steps on {result['pairs']} images; final loss "

@@ -1,6 +1,7 @@
-"""What a DiT trains on: image-caption pairs held in memory, and which caption each sample uses.
+"""What a DiT trains on: streamed image-caption pairs (training/stream.py) cropped square, and
+which caption each sample uses.
 
-Inputs are those of `train-clip` (recaption.training.clip_train.load_pairs): shards of any kind
+Inputs are those of `train-clip`: shards of any kind
 (img2dataset tars, parquet, folders) with the original caption as the caption and, for the
 recaption, a json field (`recaption_field`; the shapes world's shards keep the full description
 in `description`), or `recap caption` output folders, whose rows are joined with their images.
@@ -14,7 +15,6 @@ from those).
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -39,19 +39,6 @@ def pick_caption(pair: Pair, p: float, caption_dropout: float, rng: random.Rando
     return text or "", kind
 
 
-def check_captions(pairs: list[Pair], p: float, inputs: list[str]) -> None:
-    """Refuse a mix the data cannot give: p < 1 needs recaptions, p > 0 needs originals (else
-    every draw would silently fall back to the other caption)."""
-    where = ", ".join(inputs)
-    if p < 1 and not any(pair.re for pair in pairs):
-        raise TrainingInputError(
-            f"p={p} trains on recaptions {1 - p:.0%} of the time, but no sample in {where} has one: "
-            "give --recaption-field (the shapes world's shards: description) or `recap caption` output"
-        )
-    if p > 0 and not any(pair.org for pair in pairs):
-        raise TrainingInputError(f"p={p} trains on original captions, but no sample in {where} has one")
-
-
 def square_pixels(image: Image.Image, size: int) -> torch.Tensor:
     """uint8 3 x size x size: the image's centre square, resized (bicubic) when it is not that size."""
     image = image.convert("RGB")
@@ -65,22 +52,24 @@ def square_pixels(image: Image.Image, size: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
 
 
-@dataclass
-class TrainingSet:
-    pairs: list[Pair]
-    stored: torch.Tensor  # per image, what the codec draws inputs from (pixels or latent moments)
+class SquarePixels:
+    """The stream's image processor for the DiT: each image's centre square at `size`, uint8
+    (picklable: loader workers get a copy)."""
 
-    def __len__(self) -> int:
-        return len(self.pairs)
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, images: list, return_tensors: str = "pt") -> dict:
+        return {"pixel_values": torch.stack([square_pixels(image, self.size) for image in images])}
 
 
-def training_set(pairs: list[Pair], codec, image_size: int, chunk: int = 256) -> TrainingSet:
-    """Pairs with their images prepared once by the codec (pixels, or VAE latent moments); the
-    PIL images are dropped afterwards."""
-    stored = []
-    for i in range(0, len(pairs), chunk):
-        pixels = torch.stack([square_pixels(p.image, image_size) for p in pairs[i : i + chunk]])
-        stored.append(codec.prepare(pixels))
-    for p in pairs:
-        p.image = None
-    return TrainingSet(pairs, torch.cat(stored))
+def check_caption_sources(data: list[str], p: float, recaption_field: str | None) -> None:
+    """Refuse a mix the data cannot give, before streaming: p < 1 needs recaptions (a
+    --recaption-field, or `recap caption` output, whose rows all have one)."""
+    from ..training.stream_sources import is_caption_output
+
+    if p < 1 and not recaption_field and not all(is_caption_output(item) for item in data):
+        raise TrainingInputError(
+            f"p={p} trains on recaptions {1 - p:.0%} of the time, but no sample in {', '.join(data)} has "
+            "one: give --recaption-field (the shapes world's shards: description) or `recap caption` output"
+        )

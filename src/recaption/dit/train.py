@@ -17,8 +17,10 @@ JSON, no pickle); a rerun into the same output resumes from the newest and conti
 an uninterrupted run would. Several GPUs: torchrun, each rank draws its own batches, DDP averages
 gradients.
 
-The training set is held in memory (pixels as uint8, or latent moments): right for the shapes
-world and for experiments of that size; web-scale training wants a streaming loader.
+The data streams as train-clip's does (training/stream.py): epochs over the shards, split over
+ranks and loader workers (which decode and crop), a bounded shuffle buffer, so memory does not
+grow with the data; the checkpoint keeps the stream's position, so a resumed run sees the same
+batches. In latent space each batch is encoded by the VAE as it comes.
 """
 
 from __future__ import annotations
@@ -45,9 +47,11 @@ from ..training.checkpoints import (
     rng_tensors,
     save_checkpoint,
 )
-from ..training.clip_train import load_pairs
+from ..training.data import Pair
 from ..training.inputs import TrainingInputError, check_output
-from .data import DROPPED, ORIGINAL, RECAPTION, check_captions, pick_caption, training_set
+from ..training.stream import StreamBatches, TrainingStream, checkpoint_state, resumed_position
+from ..training.stream_sources import require_fields, spread, stream_shards
+from .data import DROPPED, ORIGINAL, RECAPTION, SquarePixels, check_caption_sources, pick_caption
 from .model import (
     EMA,
     FORMAT,
@@ -110,6 +114,8 @@ class DitTrainConfig:
     recaption_field: str | None = None  # plain shards: a json field holding the recaption
     device: str = "auto"
     extra: dict = field(default_factory=dict)  # anything to record in dit.json (experiment names)
+    workers: int = 2  # loader processes that decode and crop (0: in this process); resume with the same
+    shuffle_buffer: int = 1000  # samples each loader process shuffles among
 
     def __post_init__(self):
         if not 0.0 <= self.p <= 1.0:
@@ -235,9 +241,18 @@ def train_dit(config: DitTrainConfig, progress: Callable[[dict], None] | None = 
                 "train into a new --output, or give the same settings to resume it"
             )
 
-    pairs = load_pairs(config)
-    check_captions(pairs, config.p, config.data)
-    data = training_set(pairs, codec, config.image_size)
+    # The data streams (training/stream.py), as train-clip's: epochs over the shards, split over
+    # ranks and loader workers, a bounded shuffle buffer; memory does not grow with the data.
+    check_caption_sources(config.data, config.p, config.recaption_field)
+    fields = {"--caption-field": config.caption_field, "--recaption-field": config.recaption_field}
+    shards = stream_shards(config.data, *fields.values(), counts_folder=out, save_counts=rank == 0)
+    require_fields(shards, fields)
+    stream = TrainingStream(
+        spread(shards, ranks.world_size), config.batch_size, SquarePixels(config.image_size),
+        seed=config.seed, rank=rank, world_size=ranks.world_size,
+        workers=max(1, config.workers), shuffle_buffer=config.shuffle_buffer,
+    )
+    pairs = sum(s.count for s in shards)
 
     from diffusers import PixArtTransformer2DModel
 
@@ -272,7 +287,7 @@ def train_dit(config: DitTrainConfig, progress: Callable[[dict], None] | None = 
 
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     lr_schedule = get_constant_schedule_with_warmup(optimizer, config.warmup)
-    step, rng = 0, random.Random(config.seed * 1000 + rank)
+    step, rng, position = 0, random.Random(config.seed * 1000 + rank), None
     torch.manual_seed(config.seed * 1000 + rank + 1)  # noise and timesteps
     losses: list[float] = []
     captions = {ORIGINAL: 0, RECAPTION: 0, DROPPED: 0}
@@ -282,7 +297,9 @@ def train_dit(config: DitTrainConfig, progress: Callable[[dict], None] | None = 
         lr_schedule.load_state_dict(state["scheduler"])
         step, rng = state["step"], restore_rng(state["rng"], device)
         losses, captions = list(state["losses"]), dict(state["captions"])
+        position = resumed_position(state.get("stream"), stream, rank)
         log.info("resumed from %s at step %d", resume, step)
+    batches = StreamBatches(stream, config.workers, position, pin_memory=str(device).startswith("cuda"))
     trained = ranks.wrap(transformer)
     autocast = torch.autocast(
         device.split(":")[0], dtype=torch.bfloat16, enabled=config.mixed_precision == "bf16"
@@ -291,14 +308,15 @@ def train_dit(config: DitTrainConfig, progress: Callable[[dict], None] | None = 
     first_step, window_start, window_images, started = step, time.perf_counter(), 0, time.perf_counter()
     images_per_s = None
     while step < config.steps:
-        batch = rng.sample(range(len(data)), min(config.batch_size, len(data)))
-        drawn = [pick_caption(data.pairs[i], config.p, config.caption_dropout, rng) for i in batch]
+        batch = next(batches)
+        drawn = [pick_caption(Pair(key, None, org, re), config.p, config.caption_dropout, rng)
+                 for key, org, re in zip(batch["keys"], batch["org"], batch["re"], strict=True)]
         for _, kind in drawn:
             captions[kind] += 1
         features, mask = text_encoder.encode([t for t, _ in drawn])
-        x0 = codec.draw(data.stored[batch].to(device))
+        x0 = codec.draw(codec.prepare(batch["pixels"]).to(device))
         noise = torch.randn_like(x0)
-        timesteps = torch.randint(0, config.train_timesteps, (len(batch),), device=device)
+        timesteps = torch.randint(0, config.train_timesteps, (len(drawn),), device=device)
         noisy = noise_scheduler.add_noise(x0, noise, timesteps)
         with autocast:
             prediction = trained(
@@ -318,7 +336,7 @@ def train_dit(config: DitTrainConfig, progress: Callable[[dict], None] | None = 
         step += 1
         ema.update(transformer, step)
         losses.append(loss.item())
-        window_images += len(batch) * ranks.world_size
+        window_images += len(drawn) * ranks.world_size
         if step % config.log_every == 0 or step == config.steps:
             elapsed = time.perf_counter() - window_start
             images_per_s = window_images / elapsed if elapsed > 0 else None
@@ -339,6 +357,7 @@ def train_dit(config: DitTrainConfig, progress: Callable[[dict], None] | None = 
             window_start, window_images = time.perf_counter(), 0
         if step % config.save_every == 0 or step == config.steps:
             rng_states = ranks.gather(rng_tensors(rng, device))  # every rank takes part
+            data_state = checkpoint_state(batches, ranks)  # a collective too
             if rank == 0:
                 save_checkpoint(
                     out / f"checkpoint-{step:07d}",
@@ -354,7 +373,9 @@ def train_dit(config: DitTrainConfig, progress: Callable[[dict], None] | None = 
                     rng_states,
                     losses=losses,
                     captions=captions,
+                    stream=data_state,
                 )
+    batches.close()
     seconds = time.perf_counter() - started
     if rank == 0:
         _save_parts(
@@ -368,7 +389,7 @@ def train_dit(config: DitTrainConfig, progress: Callable[[dict], None] | None = 
         )
         summary = {
             "steps": step,
-            "pairs": len(data),
+            "pairs": pairs,
             "losses": losses,
             "captions": captions,
             "images_per_s": images_per_s,
@@ -384,7 +405,7 @@ def train_dit(config: DitTrainConfig, progress: Callable[[dict], None] | None = 
     return {
         "steps": step,
         "losses": losses,
-        "pairs": len(data),
+        "pairs": pairs,
         "captions": captions,
         "images_per_s": images_per_s,
         "seconds": seconds,

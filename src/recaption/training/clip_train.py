@@ -11,7 +11,7 @@ with torchrun; each rank reads its own shards and DDP averages gradients.
 
 The data streams (stream.py): epochs over the shards, split across ranks and `workers` loader
 processes that decode and preprocess, a bounded shuffle buffer, so memory does not grow with
-the dataset. `load_pairs` (everything in memory) is kept for the DiT trainer.
+the dataset. `load_pairs` (everything in memory) is kept for the benchmarks that compare with it.
 
 `recipe="clips"` trains the CLIPS way instead (clips_recipe.py): each image contrasted with its
 alt-text and with a partial recaption, two losses added; p and concat do not apply.

@@ -289,6 +289,9 @@ class StreamBatches:
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=False,
             in_order=True,  # round-robin over the workers still active: what Position assumes
+            # Its own generator for the workers' base seed: drawn from torch's global one, it
+            # would shift the trainer's noise after a resume (the DiT draws noise from it).
+            generator=torch.Generator().manual_seed(0),
         )
         # The workers are forked here. Frozen, the objects they inherit are never visited by
         # their garbage collector, whose writes would copy each page it touches into the worker
