@@ -23,7 +23,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-SIZES = {
+SIZES = {  # tiny is the tests' model: width 32 < 192 values per 8x8 patch, it cannot draw (docs/dit.md)
     "tiny": dict(layers=2, heads=2, head_dim=16, patch_size=8),
     "small": dict(layers=6, heads=4, head_dim=32, patch_size=4),
     "wide8": dict(layers=6, heads=4, head_dim=64, patch_size=8),
