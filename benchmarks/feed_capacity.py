@@ -4,8 +4,8 @@ The whole `recap caption` pipeline (tar shards read, JPEG decoded, LLaVA-1.5 336
 prompt token ids prepared in loader processes, batches handed over, rows written to parquet
 with their .done markers) around an instant engine: the built-in tiny model's real preparer, and
 a generate that returns a fixed caption at once, so nothing but feeding is measured. Baseline
-in the same run: a plain PIL loop on one core (open, convert, resize the short side to 336,
-centre crop, normalise with numpy) over the same JPEG bytes, nothing else.
+in the same run: a plain PIL loop on one core (image_path.plain_pillow: open, convert, resize the
+short side to 336, centre crop, normalise with numpy) over the same JPEG bytes, nothing else.
 
 Source images: 512 px on the long side (re-encoded bundled photos, JPEG q90), in webdataset tars.
 For scale: one H100 running LLaVA-1.5-7B at our goal consumes about 55 images/s; vLLM's
@@ -18,7 +18,6 @@ per loader core.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import platform
 import tempfile
@@ -26,44 +25,16 @@ import time
 from datetime import date
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
+from image_path import jpegs, plain_pillow  # the same JPEGs and plain PIL baseline (benchmarks/)
 from recaption.config import CaptionConfig, RunConfig
 from recaption.engines.base import Generation
 from recaption.engines.transformers_engine import TransformersCaptioner
 from recaption.models.tiny import tiny_model_path
 from recaption.pipeline import CaptionPipeline
 from recaption.readers import discover_shards
-from recaption.shards import ShardRecord, bundled_samples, write_webdataset_shard
-
-MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
-STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
-
-
-def jpegs_512(count: int) -> list[bytes]:
-    photos = [Image.open(io.BytesIO(r.image)).convert("RGB") for r in bundled_samples()]
-    out = []
-    for i in range(count):
-        photo = photos[i % len(photos)].rotate((i // len(photos)) * 7 % 360)  # distinct bytes
-        scale = 512 / max(photo.size)
-        size = (round(photo.width * scale), round(photo.height * scale))
-        img = photo.resize(size, Image.Resampling.BICUBIC)
-        buf = io.BytesIO()
-        img.save(buf, "JPEG", quality=90)
-        out.append(buf.getvalue())
-    return out
-
-
-def plain_pillow(data: bytes) -> np.ndarray:
-    img = Image.open(io.BytesIO(data)).convert("RGB")
-    scale = 336 / min(img.size)
-    img = img.resize((max(336, round(img.width * scale)), max(336, round(img.height * scale))),
-                     Image.Resampling.BICUBIC)
-    left, top = (img.width - 336) // 2, (img.height - 336) // 2
-    img = img.crop((left, top, left + 336, top + 336))
-    return ((np.asarray(img, dtype=np.float32) / 255.0 - MEAN) / STD).transpose(2, 0, 1)
+from recaption.shards import ShardRecord, write_webdataset_shard
 
 
 def instant_engine(batch_size: int) -> TransformersCaptioner:
@@ -104,7 +75,7 @@ def main() -> None:
     total = args.shards * args.per_shard
     print(f"feed_capacity  {date.today()}  {platform.processor() or platform.machine()}  "
           f"{os.cpu_count()} cores  {total} images of 512 px in {args.shards} tars")
-    images = jpegs_512(total)
+    images = jpegs(512, total)
     engine = instant_engine(args.batch_size)
     with tempfile.TemporaryDirectory() as tmp:
         paths = []

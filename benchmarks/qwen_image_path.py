@@ -9,32 +9,16 @@ max_pixels = 448 x 448.
 from __future__ import annotations
 
 import argparse
-import io
 import platform
 import statistics
 import time
 from datetime import date
 
 import torch
-from PIL import Image
 
+from image_path import jpegs  # the same 512 px JPEGs (benchmarks/)
 from recaption.images import decode_image
 from recaption.preprocess import FastQwenVLPreprocessor
-from recaption.shards import bundled_samples
-
-
-def jpegs(count: int) -> list[bytes]:
-    photos = [Image.open(io.BytesIO(r.image)).convert("RGB") for r in bundled_samples()]
-    out = []
-    for i in range(count):
-        photo = photos[i % len(photos)]
-        scale = 512 / max(photo.size)
-        size = (round(photo.width * scale), round(photo.height * scale))
-        img = photo.resize(size, Image.Resampling.BICUBIC)
-        buf = io.BytesIO()
-        img.save(buf, "JPEG", quality=90)
-        out.append(buf.getvalue())
-    return out
 
 
 def main() -> None:
@@ -45,7 +29,7 @@ def main() -> None:
     torch.set_num_threads(1)
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    data = jpegs(args.images)
+    data = jpegs(512, args.images)
     print(f"qwen_image_path  {date.today()}  {platform.processor() or platform.machine()}  {args.images} "
           "JPEGs of 512 px, one thread")
     for options in ({}, {"max_pixels": 448 * 448}):

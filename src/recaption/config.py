@@ -145,8 +145,9 @@ class RunConfig:
             raise ValueError(f"max_side {self.max_side}: must be positive, or None for no limit")
         if self.workers is not None and self.workers < 0:
             raise ValueError(f"--workers {self.workers}: must be 0 (this process) or more")
-        if self.clip_long_text not in ("truncate", "chunk"):
-            raise ValueError(f"--clip-long-text {self.clip_long_text}: choose truncate or chunk")
+        from .quality.long_text import check_long_text
+
+        check_long_text(self.clip_long_text)
 
 
 @dataclass

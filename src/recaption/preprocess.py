@@ -20,6 +20,17 @@ def _size_dict(value) -> dict:
     return dict(value) if value is not None else {}
 
 
+def rescale_normalise(ip) -> tuple[np.ndarray, np.ndarray]:
+    """(a, b), each 3 x 1 x 1, with (x * rescale - mean) / std == x * a + b: one fused float32
+    pass for the image processor's rescale and normalise."""
+    mean = np.asarray(ip.image_mean, dtype=np.float32)
+    std = np.asarray(ip.image_std, dtype=np.float32)
+    scale = np.float32(ip.rescale_factor if ip.do_rescale else 1.0)
+    if not ip.do_normalize:
+        mean, std = np.zeros(3, np.float32), np.ones(3, np.float32)
+    return (scale / std).reshape(3, 1, 1), (-mean / std).reshape(3, 1, 1)
+
+
 class FastClipPreprocessor:
     def __init__(self, image_processor):
         ip = image_processor
@@ -29,14 +40,7 @@ class FastClipPreprocessor:
         self.resample = Image.Resampling(int(ip.resample))
         self.do_center_crop = bool(ip.do_center_crop)
         self.crop = _size_dict(ip.crop_size)
-        mean = np.asarray(ip.image_mean, dtype=np.float32)
-        std = np.asarray(ip.image_std, dtype=np.float32)
-        scale = np.float32(ip.rescale_factor if ip.do_rescale else 1.0)
-        if not ip.do_normalize:
-            mean, std = np.zeros(3, np.float32), np.ones(3, np.float32)
-        # (x * scale - mean) / std  ==  x * a + b, one fused pass
-        self.a = (scale / std).reshape(3, 1, 1)
-        self.b = (-mean / std).reshape(3, 1, 1)
+        self.a, self.b = rescale_normalise(ip)
         self.pad_colour = tuple(int(x * 255) for x in ip.image_mean)
 
     @staticmethod
@@ -128,13 +132,7 @@ class FastQwenVLPreprocessor:
         self.patch, self.merge = int(ip.patch_size), int(ip.merge_size)
         self.temporal = int(ip.temporal_patch_size)
         self.resample = Image.Resampling(int(ip.resample))
-        mean = np.asarray(ip.image_mean, dtype=np.float32)
-        std = np.asarray(ip.image_std, dtype=np.float32)
-        scale = np.float32(ip.rescale_factor if ip.do_rescale else 1.0)
-        if not ip.do_normalize:
-            mean, std = np.zeros(3, np.float32), np.ones(3, np.float32)
-        self.a = (scale / std).reshape(3, 1, 1)
-        self.b = (-mean / std).reshape(3, 1, 1)
+        self.a, self.b = rescale_normalise(ip)
 
     @staticmethod
     def supports(image_processor) -> bool:

@@ -4,7 +4,6 @@ shards from a queue, decoding the next batches while the engine generates."""
 from __future__ import annotations
 
 import json
-import textwrap
 import threading
 
 import pyarrow.parquet as pq
@@ -17,6 +16,7 @@ from recaption.pipeline import DONE, CaptionPipeline
 from recaption.readers import discover_shards
 
 from ..conftest import write_shards
+from ..plugins import drop_in, forget
 
 # A stand-in engine whose preparing (in loader processes) and generating (in the worker) each
 # take a known time and write down when they ran.
@@ -66,16 +66,11 @@ ENGINE = TimedEngine
 
 @pytest.fixture
 def timed_engine(tmp_path, monkeypatch):
-    folder = tmp_path / "plugins"
-    folder.mkdir()
-    (folder / "timed_engine.py").write_text(textwrap.dedent(TIMED_ENGINE))
-    monkeypatch.setattr(engines, "__path__", [*engines.__path__, str(folder)])
+    plugin = drop_in(monkeypatch, engines, tmp_path / "plugins", "timed_engine", TIMED_ENGINE)
     log = tmp_path / "timed.jsonl"
     monkeypatch.setenv("RECAP_TIMED_LOG", str(log))
     yield log
-    import sys
-
-    sys.modules.pop("recaption.engines.timed_engine", None)
+    forget(plugin)
 
 
 def overlapping(intervals_a, intervals_b) -> int:

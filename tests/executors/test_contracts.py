@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
-
 import pyarrow.parquet as pq
 import pytest
 
@@ -14,6 +12,7 @@ from recaption.executors import run_caption
 from recaption.readers import discover_shards
 
 from ..conftest import write_shards
+from ..plugins import drop_in, forget
 
 ECHO_ENGINE = '''
 from recaption.engines.base import Engine, Generation, Preparer
@@ -72,17 +71,10 @@ EXECUTOR = SerialExecutor
 @pytest.fixture
 def plugins(tmp_path, monkeypatch):
     """The toy engine and executor dropped in as one file each, on the packages' search paths."""
-    folder = tmp_path / "plugins"
-    folder.mkdir()
-    (folder / "echo_engine.py").write_text(textwrap.dedent(ECHO_ENGINE))
-    (folder / "serial_executor.py").write_text(textwrap.dedent(SERIAL_EXECUTOR))
-    monkeypatch.setattr(engines, "__path__", [*engines.__path__, str(folder)])
-    monkeypatch.setattr(executors, "__path__", [*executors.__path__, str(folder)])
+    engine = drop_in(monkeypatch, engines, tmp_path / "plugins", "echo_engine", ECHO_ENGINE)
+    executor = drop_in(monkeypatch, executors, tmp_path / "plugins", "serial_executor", SERIAL_EXECUTOR)
     yield
-    import sys
-
-    for name in ("recaption.engines.echo_engine", "recaption.executors.serial_executor"):
-        sys.modules.pop(name, None)
+    forget(engine, executor)
 
 
 def test_a_new_engine_and_executor_are_one_file_each(tmp_path, plugins):

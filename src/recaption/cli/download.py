@@ -56,8 +56,10 @@ def download_cmd(
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    if executor not in ("local", "ray"):
-        raise typer.BadParameter(f"--executor {executor}: choose local or ray")
+    from ..downloads.downloader import EXECUTORS
+
+    if executor not in EXECUTORS:
+        raise typer.BadParameter(f"--executor {executor}: choose {' or '.join(EXECUTORS)}")
     raise typer.Exit(run_download_command(inputs, config, executor, ray_address))
 
 

@@ -32,7 +32,8 @@ def score_cmd(
     # there (OutputLockedError): user errors, so one line at once, exit 2.
     with console.status("scoring") as status:
         summary = score_output(output, scorer, overwrite, on_shard=lambda name: status.update(f"scoring shard {name}"))
-    console.print(f"scored {len(summary.scored)} shard(s), skipped {len(summary.skipped)} already scored by {clip_model}")
+    console.print(f"scored {len(summary.scored)} shard(s), skipped {len(summary.skipped)} already scored by {clip_model} "
+                  f"(captions over its text window: {clip_long_text})")
     if scorer.note:  # the built-in shapes-world CLIP: say what its numbers are worth
         console.print(f"[yellow]note:[/yellow] {escape(scorer.note)}", soft_wrap=True)
     for name, error in summary.failed.items():

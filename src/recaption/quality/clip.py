@@ -186,9 +186,9 @@ class TextScoring:
 
         pieces, owners, cut = [], [], []
         for i, (text, n) in enumerate(zip(texts, counts, strict=True)):
-            chunks, too_long = sentence_chunks(text, lambda t: self.token_counts([t])[0], self.window)
-            if n <= self.window:
-                chunks, too_long = [text], False
+            chunks, too_long = [text], False  # within the window: embedded whole
+            if n > self.window:
+                chunks, too_long = sentence_chunks(text, lambda t: self.token_counts([t])[0], self.window)
             pieces += chunks
             owners += [i] * len(chunks)
             cut.append(too_long)
