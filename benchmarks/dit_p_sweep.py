@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--snr-gamma", type=float, default=None, help="Min-SNR-gamma loss weighting")
     parser.add_argument("--prompts-per-complexity", type=int, default=25)
     parser.add_argument("--sample-steps", type=int, default=50)
     parser.add_argument("--guidance", type=float, default=4.0)
@@ -51,9 +52,7 @@ def main() -> None:
 
     import torch
 
-    from recaption.dit.eval import eval_shapes
     from recaption.dit.generate import contact_sheet, generate
-    from recaption.dit.train import DitTrainConfig, train_dit
     from recaption.shapes import write_shapes_shards
     from recaption.shapes.prompts import balanced_prompt_set
 
@@ -68,33 +67,53 @@ def main() -> None:
             for style in ("recaption", "human")}
     print(f"dit_p_sweep  {date.today()}  {platform.processor() or platform.machine()}  size {args.size}  "
           f"{args.images} images  {args.steps} steps x {args.batch_size}  lr {args.lr:g}  "
-          f"sampling DDIM {args.sample_steps} steps, guidance {args.guidance:g}", flush=True)
+          f"Min-SNR gamma {args.snr_gamma}  sampling DDIM {args.sample_steps} steps, "
+          f"guidance {args.guidance:g}", flush=True)
+    root = work / args.size / (f"steps{args.steps}-lr{args.lr:g}"
+                               + (f"-snr{args.snr_gamma:g}" if args.snr_gamma else ""))
     runs = []
     for seed in args.seeds:
         for p in args.p:
-            name = f"p{p:g}-s{seed}"
-            model = work / args.size / f"steps{args.steps}-lr{args.lr:g}" / name
-            started = time.perf_counter()
-            train_dit(DitTrainConfig(
-                data=[str(data)], output=str(model), p=p, seed=seed, recaption_field="description",
-                steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                save_every=max(500, args.steps // 4), log_every=500, **SIZES[args.size]))
-            trained = time.perf_counter() - started
-            scores = {}
-            for style, prompts in sets.items():
-                out = model.parent / "gen" / f"{name}-{style}"
-                generate(model, prompts, out, seed=seed, guidance=args.guidance, steps=args.sample_steps)
-                scores[style] = eval_shapes([str(out)])
-            runs.append({"p": p, "seed": seed, "train_seconds": round(trained, 1), "scores": scores})
-            print(f"{name}: trained in {trained:.0f} s; "
-                  + "; ".join(f"{style} " + " ".join(f"{c} {s['overall'][c]:.2f}" for c in CATEGORIES
-                                                     if s["overall"][c] is not None)
-                              for style, s in scores.items()), flush=True)
+            runs.append(run_once(args, root, data, p, seed, sets))
     print_tables(runs, args.p)
-    grid(work / args.size / f"steps{args.steps}-lr{args.lr:g}", args.p, args.seeds[0], sets["human"],
+    grid(root, args.p, args.seeds[0], sets["human"],
          contact_sheet, generate, work / "grid.png")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "runs": runs}, indent=1))
+
+
+def run_once(args, root: Path, data: Path, p: float, seed: int, sets: dict) -> dict:
+    """Train, generate and check one (p, seed); the result is kept in the run's folder, so a rerun
+    (or a second process sweeping other seeds into the same root) reuses finished runs."""
+    from recaption.dit.eval import eval_shapes
+    from recaption.dit.generate import generate
+    from recaption.dit.train import DitTrainConfig, train_dit
+
+    name = f"p{p:g}-s{seed}"
+    model = root / name
+    kept = model / "sweep_run.json"
+    if kept.exists():
+        run = json.loads(kept.read_text())
+        print(f"{name}: kept from {kept}", flush=True)
+        return run
+    started = time.perf_counter()
+    train_dit(DitTrainConfig(
+        data=[str(data)], output=str(model), p=p, seed=seed, recaption_field="description",
+        steps=args.steps, batch_size=args.batch_size, lr=args.lr, snr_gamma=args.snr_gamma,
+        save_every=max(500, args.steps // 4), log_every=500, **SIZES[args.size]))
+    trained = time.perf_counter() - started
+    scores = {}
+    for style, prompts in sets.items():
+        out = root / "gen" / f"{name}-{style}"
+        generate(model, prompts, out, seed=seed, guidance=args.guidance, steps=args.sample_steps)
+        scores[style] = eval_shapes([str(out)])
+    run = {"p": p, "seed": seed, "train_seconds": round(trained, 1), "scores": scores}
+    kept.write_text(json.dumps(run))
+    print(f"{name}: trained in {trained:.0f} s; "
+          + "; ".join(f"{style} " + " ".join(f"{c} {s['overall'][c]:.2f}" for c in CATEGORIES
+                                             if s["overall"][c] is not None)
+                      for style, s in scores.items()), flush=True)
+    return run
 
 
 def print_tables(runs: list[dict], ps: list[float]) -> None:

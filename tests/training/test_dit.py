@@ -76,6 +76,41 @@ def test_a_tiny_dit_learns_and_writes_a_dit_folder(trained):
     assert not [p for p in out.rglob("*") if p.suffix in (".pt", ".pth", ".bin", ".pkl")]
 
 
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "epsilon"])
+def test_min_snr_gamma_weights_each_sample_by_hand(prediction_type):
+    from diffusers import DDPMScheduler
+
+    from recaption.dit.train import diffusion_loss
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type)
+    cfg = DitTrainConfig(data=["x"], output="y", prediction_type=prediction_type, snr_gamma=5.0)
+    gen = torch.Generator().manual_seed(0)
+    prediction, target = torch.randn(4, 3, 8, 8, generator=gen), torch.randn(4, 3, 8, 8, generator=gen)
+    timesteps = torch.tensor([0, 100, 500, 999])  # SNR from ~10^4 (capped) down to ~4e-5
+    expected = 0.0
+    for i, t in enumerate(timesteps.tolist()):
+        a = scheduler.alphas_cumprod[t].item()
+        snr = a / (1 - a)
+        weight = min(snr, 5.0) / (snr + 1 if prediction_type == "v_prediction" else snr)
+        expected += weight * ((prediction[i] - target[i]) ** 2).mean().item() / 4
+    loss = diffusion_loss(prediction, target, timesteps, scheduler, cfg)
+    assert loss.item() == pytest.approx(expected, rel=1e-4)
+    plain = diffusion_loss(prediction, target, timesteps, scheduler, DitTrainConfig(data=["x"], output="y"))
+    assert plain.item() == pytest.approx(((prediction - target) ** 2).mean().item(), rel=1e-6)
+    assert loss.item() != pytest.approx(plain.item(), rel=0.05)  # the weighting changes the loss
+
+
+def test_min_snr_gamma_is_recorded_and_fixed_for_resume(shapes, tmp_path):
+    out = tmp_path / "snr"
+    result = train_dit(config(shapes, out, steps=4, save_every=2, snr_gamma=5.0))
+    assert len(result["losses"]) == 4 and all(np.isfinite(result["losses"]))
+    assert json.loads((out / "dit.json").read_text())["snr_gamma"] == 5.0
+    with pytest.raises(TrainingInputError, match="snr_gamma"):  # another loss cannot resume it
+        train_dit(config(shapes, out, steps=6, save_every=2, snr_gamma=1.0))
+    with pytest.raises(ValueError, match="snr-gamma"):
+        config(shapes, tmp_path / "bad", snr_gamma=0)
+
+
 def test_resume_equals_an_uninterrupted_run(shapes, tmp_path):
     from safetensors.torch import load_file
 

@@ -22,12 +22,14 @@ def train_dit_cmd(
     image_size: Annotated[int, typer.Option(help="Image side in pixels.")] = 64,
     patch_size: Annotated[int, typer.Option(help="DiT patch size (in pixel space keep width >= patch*patch*3).")] = 4,
     layers: Annotated[int, typer.Option(help="Transformer blocks.")] = 6,
-    heads: Annotated[int, typer.Option(help="Attention heads (width = heads x 32).")] = 4,
+    heads: Annotated[int, typer.Option(help="Attention heads (width = heads x head-dim).")] = 4,
+    head_dim: Annotated[int, typer.Option(help="Width of each attention head.")] = 32,
     steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 2000,
     batch_size: Annotated[int, typer.Option(help="Images per step (per GPU under torchrun).")] = 64,
     lr: Annotated[float, typer.Option(help="AdamW learning rate, constant (the paper: 1e-4).")] = 1e-4,
     caption_dropout: Annotated[float, typer.Option(help="Share of steps with an empty caption (classifier-free guidance).")] = 0.1,
     prediction_type: Annotated[str, typer.Option(help="v_prediction or epsilon (docs/dit.md says why v is the default).")] = "v_prediction",
+    snr_gamma: Annotated[float | None, typer.Option(help="Min-SNR-gamma loss weighting (5 is the usual choice); default: plain MSE.")] = None,
     save_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 500,
     seed: Annotated[int, typer.Option(help="Seed for batches, noise and caption draws.")] = 0,
     caption_field: Annotated[str | None, typer.Option(help="Plain shards: field with the original caption (default: the .txt).")] = None,
@@ -43,9 +45,9 @@ def train_dit_cmd(
 
     with clear_error(ValueError):
         config = DitTrainConfig(data=data, output=output, p=p, text_encoder=text_encoder, vae=vae,
-                                image_size=image_size, patch_size=patch_size, layers=layers, heads=heads,
+                                image_size=image_size, patch_size=patch_size, layers=layers, heads=heads, head_dim=head_dim,
                                 steps=steps, batch_size=batch_size, lr=lr, caption_dropout=caption_dropout,
-                                prediction_type=prediction_type, save_every=save_every, seed=seed, device=device,
+                                prediction_type=prediction_type, snr_gamma=snr_gamma, save_every=save_every, seed=seed, device=device,
                                 caption_field=caption_field, recaption_field=recaption_field, workers=workers,
                                 shuffle_buffer=shuffle_buffer)
         result = train_dit(config)

@@ -79,6 +79,7 @@ log = logging.getLogger(__name__)
 _FIXED = (
     "space", "image_size", "patch_size", "layers", "heads", "head_dim", "text_length", "p",
     "caption_dropout", "train_timesteps", "beta_schedule", "prediction_type", "batch_size",
+    "snr_gamma",
 )  # fmt: skip
 
 
@@ -106,6 +107,7 @@ class DitTrainConfig:
     train_timesteps: int = 1000
     beta_schedule: str = "linear"
     prediction_type: str = "v_prediction"  # or "epsilon" (DiT's); see the module's docstring
+    snr_gamma: float | None = None  # Min-SNR-gamma loss weighting (Hang et al. 2023; diffusers' --snr_gamma)
     mixed_precision: str = "no"  # "bf16": autocast on CUDA
     save_every: int = 500
     log_every: int = 50
@@ -139,6 +141,8 @@ class DitTrainConfig:
                 raise ValueError(f"{name} must not be negative")
         if self.prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError("prediction-type must be epsilon or v_prediction")
+        if self.snr_gamma is not None and self.snr_gamma <= 0:
+            raise ValueError("snr-gamma must be positive")
         if self.mixed_precision not in ("no", "bf16"):
             raise ValueError("mixed-precision must be no or bf16")
         if not self.data:
@@ -169,6 +173,21 @@ def _noise_scheduler(config: DitTrainConfig, space: str):
         prediction_type=config.prediction_type,
         clip_sample=space == "pixel",  # x0 lies in [-1, 1] in pixel space only
     )
+
+
+def diffusion_loss(prediction, target, timesteps, noise_scheduler, config: DitTrainConfig):
+    """Mean squared error of the prediction; with `snr_gamma`, each sample weighted as Min-SNR-gamma
+    does (diffusers' training scripts): min(SNR, gamma) in x0 terms, i.e. divided by SNR for
+    epsilon and by SNR + 1 for v, so easy low-noise steps stop dominating the gradient."""
+    if config.snr_gamma is None:
+        return torch.nn.functional.mse_loss(prediction, target)
+    from diffusers.training_utils import compute_snr
+
+    snr = compute_snr(noise_scheduler, timesteps).to(prediction.device)
+    weight = snr.clamp(max=config.snr_gamma)
+    weight = weight / (snr + 1) if config.prediction_type == "v_prediction" else weight / snr
+    per_sample = torch.nn.functional.mse_loss(prediction, target, reduction="none").flatten(1).mean(1)
+    return (per_sample * weight).mean()
 
 
 def train_dit(config: DitTrainConfig, progress: Callable[[dict], None] | None = None) -> dict:
@@ -222,6 +241,7 @@ def train_dit(config: DitTrainConfig, progress: Callable[[dict], None] | None = 
         "beta_schedule": config.beta_schedule,
         "prediction_type": config.prediction_type,
         "batch_size": config.batch_size,
+        "snr_gamma": config.snr_gamma,
     }
     meta = {
         "format": FORMAT,
@@ -326,7 +346,7 @@ def train_dit(config: DitTrainConfig, progress: Callable[[dict], None] | None = 
             target = noise_scheduler.get_velocity(x0, noise, timesteps)
         else:
             target = noise
-        loss = torch.nn.functional.mse_loss(prediction.float(), target)
+        loss = diffusion_loss(prediction.float(), target, timesteps, noise_scheduler, config)
         loss.backward()
         if config.grad_clip:
             torch.nn.utils.clip_grad_norm_(transformer.parameters(), config.grad_clip)
