@@ -105,7 +105,8 @@ def run_once(args, root: Path, data: Path, p: float, seed: int, sets: dict) -> d
     scores = {}
     for style, prompts in sets.items():
         out = root / "gen" / f"{name}-{style}"
-        generate(model, prompts, out, seed=seed, guidance=args.guidance, steps=args.sample_steps)
+        generate(model, prompts, out, seed=seed, guidance=args.guidance, steps=args.sample_steps,
+                 overwrite=True)  # a run killed while generating redoes it
         scores[style] = eval_shapes([str(out)])
     run = {"p": p, "seed": seed, "train_seconds": round(trained, 1), "scores": scores}
     kept.write_text(json.dumps(run))
@@ -161,7 +162,8 @@ def grid(root: Path, ps: list[float], seed: int, prompts, contact_sheet, generat
     cells = []
     for p in ps:
         out = root / "grid" / f"p{p:g}"
-        generate(root / f"p{p:g}-s{seed}", chosen, out, seed=seed, sheet=root / "grid" / f"p{p:g}.png")
+        generate(root / f"p{p:g}-s{seed}", chosen, out, seed=seed, sheet=root / "grid" / f"p{p:g}.png",
+                 overwrite=True)
         cells.append([s.image_bytes for shard in discover_shards([str(out)]) for s in shard])
     ordered = [cells[c][r] for r in range(len(chosen)) for c in range(len(ps))]
     contact_sheet(ordered, columns=len(ps)).save(path)

@@ -196,6 +196,22 @@ def test_generation_is_seeded_and_written_as_a_shard(trained, tmp_path):
     generate(model / "checkpoint-0000015", ["red circle"], tmp_path / "e", sampler="ddpm", **options)
 
 
+def test_generate_refuses_a_used_output_and_overwrite_leaves_no_old_shard(trained, tmp_path):
+    model, _ = trained
+    options = dict(steps=2, device="cpu", shard_size=1)
+    out = tmp_path / "gen"
+    generate(model, ["a red circle", "a blue square", "a green diamond"], out, **options)
+    assert sorted(p.name for p in out.glob("*.tar")) == ["00000.tar", "00001.tar", "00002.tar"]
+    with pytest.raises(TrainingInputError, match="already holds 3 shard"):
+        generate(model, ["a red circle"], out, **options)
+    generate(model, ["a yellow triangle"], out, overwrite=True, **options)
+    assert [p.name for p in out.glob("*.tar")] == ["00000.tar"]  # no shard of the old set left to mix in
+    assert eval_t2i([str(out)])["images"] == 1
+    (tmp_path / "blank.txt").write_text("\n  \n")
+    with pytest.raises(TrainingInputError, match="no prompts"):
+        generate(model, str(tmp_path / "blank.txt"), tmp_path / "none", **options)
+
+
 @pytest.mark.parametrize("sampler", ["ddim", "dpm", "ddpm"])
 def test_samplers_reach_the_data_under_an_ideal_denoiser(sampler):
     """With the exact noise prediction for a one-image dataset, every sampler (with and without

@@ -69,6 +69,7 @@ def generate_cmd(
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale (the paper: 10).")] = 4.0,
     steps: Annotated[int, typer.Option(help="Sampling steps (the paper: 250 DDPM).")] = 50,
     sampler: Annotated[str, typer.Option(help="ddim, dpm (DPM-Solver++) or ddpm.")] = "ddim",
+    overwrite: Annotated[bool, typer.Option(help="Replace the shards already in --output.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda.")] = "auto",
 ) -> None:
     """Generate images from prompts with a trained Recap-DiT, plus a contact sheet."""
@@ -87,7 +88,7 @@ def generate_cmd(
         task = bar.add_task("generating", total=None)
         result = generate(model, source, output, column=column, seed=seed, images_per_prompt=images_per_prompt,
                           batch_size=batch_size, guidance=guidance, steps=steps, sampler=sampler, device=device,
-                          progress=lambda done, total: bar.update(task, completed=done, total=total))
+                          overwrite=overwrite, progress=lambda done, total: bar.update(task, completed=done, total=total))
     console.print(json.dumps({k: v for k, v in result.items() if not isinstance(v, (list, dict))}), soft_wrap=True,
                   markup=False)
 

@@ -95,7 +95,7 @@ def load_prompts(source, column: str | None = None) -> list[dict]:
     if path.suffix in (".jsonl", ".json"):
         items = [json.loads(line) for line in text.splitlines() if line.strip()]
         return _clean(items, column or "prompt", str(source))
-    return [{"prompt": line.strip()} for line in text.splitlines() if line.strip()]
+    return _clean([{"prompt": line.strip()} for line in text.splitlines()], "prompt", str(source))
 
 
 def _clean(items: list[dict], key: str, where: str) -> list[dict]:
@@ -108,7 +108,10 @@ def _clean(items: list[dict], key: str, where: str) -> list[dict]:
             continue  # rows without that caption
         out.append({"prompt": str(text), **item})
     if not out:
-        raise TrainingInputError(f"{where}: no prompts")
+        raise TrainingInputError(f"{where}: no prompts (every {key!r} is empty or missing)")
+    if len(out) < len(items):
+        log.warning("%s: %d of %d items have an empty %r and are skipped", where,
+                    len(items) - len(out), len(items), key)
     return out
 
 
@@ -197,10 +200,13 @@ def generate(
     sheet_images: int = 64,
     sheet: str | Path | None = None,
     progress: Callable[[int, int], None] | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Images for `prompts` (see load_prompts) from the DiT folder `model`, into `output`.
     Returns the summary also written to generate.json. `sheet`: where the contact sheet goes
-    (default OUTPUT-contact-sheet.png). `progress(done, total)` after each batch."""
+    (default OUTPUT-contact-sheet.png). `progress(done, total)` after each batch. An output that
+    already holds shards is refused unless `overwrite` (then shards of the old set left over
+    are removed, so readers never mix two sets)."""
     if images_per_prompt < 1 or batch_size < 1 or steps < 1 or shard_size < 1:
         raise TrainingInputError("images-per-prompt, batch-size, steps and shard-size must be at least 1")
     if sampler not in SAMPLERS:
@@ -211,6 +217,11 @@ def generate(
     out = Path(output).expanduser()
     if out.exists() and not out.is_dir():
         raise TrainingInputError(f"--output {output}: exists and is not a folder")
+    old_shards = sorted(out.glob("*.tar")) if out.is_dir() else []
+    if old_shards and not overwrite:
+        raise TrainingInputError(
+            f"--output {output}: already holds {len(old_shards)} shard(s); give a new folder or --overwrite"
+        )
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(p, k) for p in range(len(items)) for k in range(images_per_prompt)]
     records: list[ShardRecord] = []
@@ -248,6 +259,9 @@ def generate(
         path = out / f"{shard_id:05d}.tar"
         write_webdataset_shard(path, records[first : first + shard_size], shard_id=shard_id)
         shards.append(path.name)
+    for stale in old_shards:
+        if stale.name not in shards:
+            stale.unlink()
     columns = images_per_prompt if images_per_prompt > 1 else 8
     grid = contact_sheet([r.image for r in records[:sheet_images]], columns)
     buf = io.BytesIO()
