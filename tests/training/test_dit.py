@@ -14,7 +14,7 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from recaption.dit.data import DROPPED, ORIGINAL, RECAPTION, pick_caption  # noqa: E402
+from recaption.dit.data import DROPPED, ORIGINAL, ORIGINAL_NO_RECAPTION, RECAPTION, pick_caption  # noqa: E402
 from recaption.dit.eval import eval_shapes, eval_t2i, frechet_distance  # noqa: E402
 from recaption.dit.generate import generate, load_prompts  # noqa: E402
 from recaption.dit.model import TextEncoder  # noqa: E402
@@ -35,9 +35,8 @@ def shapes(tmp_path_factory):
 
 
 def config(shapes, output, **options) -> DitTrainConfig:
-    return DitTrainConfig(
-        data=[str(shapes)], output=str(output), recaption_field="description", **{**TINY, **options}
-    )
+    options = {"data": [str(shapes)], "recaption_field": "description", **TINY, **options}
+    return DitTrainConfig(output=str(output), **options)
 
 
 @pytest.fixture(scope="module")
@@ -373,3 +372,66 @@ def test_cli_trains_generates_and_evaluates(tmp_path):
     assert made.exit_code == 0 and (tmp_path / "gen" / "00000.tar").exists(), made.output
     scored = runner.invoke(app, ["eval-t2i", str(tmp_path / "gen")])
     assert scored.exit_code == 0 and '"images": 1' in scored.output, scored.output
+
+
+# ---- what train-dit does with the inputs people have ----
+
+
+def _shard(folder, records, shard_id=0):
+    from recaption.shards import write_webdataset_shard
+
+    write_webdataset_shard(folder / f"{shard_id:05d}.tar", records, shard_id=shard_id)
+    return folder
+
+
+def _world_records(n, start=0, describe=lambda i: True, caption=True):
+    from recaption.shapes import ShapesWorld
+    from recaption.shards import ShardRecord
+
+    world = ShapesWorld(0)
+    records = []
+    for i in range(start, start + n):
+        s = world.sample(i)
+        extra = {"description": s.description} if describe(i) else {}
+        text = s.alt_text if caption else None
+        records.append(ShardRecord(image=s.image, caption=text, extension="png", extra=extra))
+    return records
+
+
+def test_two_folders_with_the_same_shard_names_train_together_but_one_shard_twice_is_refused(tmp_path):
+    a = _shard(tmp_path / "a", _world_records(16))
+    b = _shard(tmp_path / "b", _world_records(16, start=100))  # both hold 00000.tar
+    result = train_dit(config(a, tmp_path / "ab", steps=2, workers=0, data=[str(a), str(b)]))
+    assert result["pairs"] == 32
+    from recaption.errors import RecaptionError  # a user error: one line, exit 2
+
+    with pytest.raises(RecaptionError, match="given twice"):
+        train_dit(config(a, tmp_path / "aa", steps=2, workers=0, data=[str(a), str(a / "00000.tar")]))
+
+
+def test_data_without_any_caption_is_refused_and_leaves_no_folder(tmp_path):
+    data = _shard(tmp_path / "bare", _world_records(16, describe=lambda i: False, caption=False))
+    out = tmp_path / "run"
+    with pytest.raises(TrainingInputError, match="no sample of the first batch has a caption"):
+        train_dit(config(data, out, p=1.0, steps=2, workers=0, caption_dropout=0.0, recaption_field=None))
+    assert not out.exists()  # no half-made model folder
+
+
+def test_samples_without_a_recaption_are_counted_apart(tmp_path):
+    data = _shard(tmp_path / "partial", _world_records(32, describe=lambda i: i % 4 == 0))
+    result = train_dit(config(data, tmp_path / "run", p=0.0, steps=2, workers=0, caption_dropout=0.0))
+    kinds = result["captions"]
+    assert kinds[RECAPTION] + kinds[ORIGINAL_NO_RECAPTION] == 32 and kinds[ORIGINAL] == 0
+    assert kinds[ORIGINAL_NO_RECAPTION] > 10  # 3 in 4 samples have no description
+
+
+def test_resume_with_another_learning_rate_is_refused_and_steps_must_be_positive(shapes, tmp_path):
+    out = tmp_path / "run"
+    train_dit(config(shapes, out, steps=2, save_every=1, workers=0))
+    with pytest.raises(TrainingInputError, match="lr: 0.001 there, 0.5 now"):
+        train_dit(config(shapes, out, steps=4, lr=0.5, workers=0))
+    with pytest.raises(ValueError, match="steps must be at least 1"):
+        config(shapes, tmp_path / "none", steps=0)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(TrainingInputError, match="is a file, not a folder"):
+        train_dit(config(shapes, tmp_path / "afile" / "sub", steps=2, workers=0))

@@ -56,6 +56,20 @@ def train_dit_cmd(
                       f"{result['losses'][-1]:.4f}; {result['images_per_s']:.1f} images/s -> {output}")
     else:
         console.print(f"nothing to train: {output} already holds {result['steps']} steps")
+    print_caption_draws(result["captions"], p)
+
+
+def print_caption_draws(captions: dict[str, int], p: float) -> None:
+    """Which caption each draw trained with, and a warning when the data kept the mix from p."""
+    from ..dit.data import ORIGINAL_NO_RECAPTION, RECAPTION_NO_ORIGINAL, UNCAPTIONED
+
+    console.print("caption draws: " + ", ".join(f"{kind} {n}" for kind, n in captions.items() if n), soft_wrap=True)
+    short = {kind: captions.get(kind, 0) for kind in (ORIGINAL_NO_RECAPTION, RECAPTION_NO_ORIGINAL, UNCAPTIONED)}
+    if any(short.values()):
+        total = sum(captions.values())
+        console.print(f"[yellow]warning:[/yellow] {sum(short.values())} of {total} draws could not use the caption "
+                      f"p={p:g} chose (samples without it): " + ", ".join(f"{k} {n}" for k, n in short.items() if n),
+                      soft_wrap=True)
 
 
 def generate_cmd(

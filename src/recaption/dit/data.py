@@ -24,19 +24,28 @@ from ..training.data import Pair
 from ..training.inputs import TrainingInputError
 
 ORIGINAL, RECAPTION, DROPPED = "original", "recaption", "dropped"
+# A draw whose chosen caption the sample lacks uses the other one, and is counted apart, so a
+# run says how far its data kept it from the p asked for.
+ORIGINAL_NO_RECAPTION = "original (no recaption)"
+RECAPTION_NO_ORIGINAL = "recaption (no original)"
+UNCAPTIONED = "no caption"  # neither: the empty text, as a dropped caption
+CAPTION_KINDS = (ORIGINAL, RECAPTION, DROPPED, ORIGINAL_NO_RECAPTION, RECAPTION_NO_ORIGINAL, UNCAPTIONED)
 
 
 def pick_caption(pair: Pair, p: float, caption_dropout: float, rng: random.Random) -> tuple[str, str]:
-    """(text, kind): the caption this draw of `pair` trains with; kind is original, recaption or
-    dropped (the empty text). A pair without the chosen caption uses the other one."""
+    """(text, kind): the caption this draw of `pair` trains with; kind is one of CAPTION_KINDS.
+    A pair without the chosen caption uses the other one (kinds "... (no ...)")."""
     use_original = rng.random() < p
     order = ((pair.org, ORIGINAL), (pair.re, RECAPTION))
     text, kind = order[0] if use_original else order[1]
     if not text:
-        text, kind = order[1] if use_original else order[0]
+        text = order[1][0] if use_original else order[0][0]
+        kind = RECAPTION_NO_ORIGINAL if use_original else ORIGINAL_NO_RECAPTION
     if rng.random() < caption_dropout:
         return "", DROPPED
-    return text or "", kind
+    if not text:
+        return "", UNCAPTIONED
+    return text, kind
 
 
 def square_pixels(image: Image.Image, size: int) -> torch.Tensor:

@@ -51,7 +51,7 @@ from ..training.data import Pair
 from ..training.inputs import TrainingInputError, check_output
 from ..training.stream import StreamBatches, TrainingStream, checkpoint_state, resumed_position
 from ..training.stream_sources import require_fields, spread, stream_shards
-from .data import DROPPED, ORIGINAL, RECAPTION, SquarePixels, check_caption_sources, pick_caption
+from .data import CAPTION_KINDS, UNCAPTIONED, SquarePixels, check_caption_sources, pick_caption
 from .model import (
     EMA,
     FORMAT,
@@ -79,7 +79,7 @@ log = logging.getLogger(__name__)
 _FIXED = (
     "space", "image_size", "patch_size", "layers", "heads", "head_dim", "text_length", "p",
     "caption_dropout", "train_timesteps", "beta_schedule", "prediction_type", "batch_size",
-    "snr_gamma",
+    "snr_gamma", "lr", "weight_decay", "warmup",
 )  # fmt: skip
 
 
@@ -125,6 +125,7 @@ class DitTrainConfig:
         if not 0.0 <= self.caption_dropout < 1.0:
             raise ValueError("caption-dropout must be in [0, 1)")
         for name in (
+            "steps",
             "batch_size",
             "save_every",
             "log_every",
@@ -136,9 +137,8 @@ class DitTrainConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be at least 1")
-        for name in ("steps", "warmup"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must not be negative")
+        if self.warmup < 0:
+            raise ValueError("warmup must not be negative")
         if self.prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError("prediction-type must be epsilon or v_prediction")
         if self.snr_gamma is not None and self.snr_gamma <= 0:
@@ -193,10 +193,21 @@ def diffusion_loss(prediction, target, timesteps, noise_scheduler, config: DitTr
 def train_dit(config: DitTrainConfig, progress: Callable[[dict], None] | None = None) -> dict:
     """Train (or resume) into config.output. `progress`, when given, is called every log_every
     steps with {step, steps, loss, images_per_s, lr}. Returns {steps, losses, pairs, captions,
-    images_per_s, seconds}."""
+    images_per_s, seconds}. A new output refused before its first checkpoint (data without
+    captions, a misspelt field) is removed again, so no half-made model folder is left."""
+    out = check_output(config.output)
+    fresh = not out.exists()
+    try:
+        return _train_dit(config, out, progress)
+    except TrainingInputError:
+        if fresh and out.is_dir() and latest_checkpoint(out) is None:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _train_dit(config: DitTrainConfig, out: Path, progress: Callable[[dict], None] | None) -> dict:
     from transformers import get_constant_schedule_with_warmup
 
-    out = check_output(config.output)
     resume = latest_checkpoint(out)
     if resume:
         check_checkpoint(resume, (WEIGHTS,))
@@ -242,6 +253,9 @@ def train_dit(config: DitTrainConfig, progress: Callable[[dict], None] | None = 
         "prediction_type": config.prediction_type,
         "batch_size": config.batch_size,
         "snr_gamma": config.snr_gamma,
+        "lr": config.lr,
+        "weight_decay": config.weight_decay,
+        "warmup": config.warmup,
     }
     meta = {
         "format": FORMAT,
@@ -253,7 +267,8 @@ def train_dit(config: DitTrainConfig, progress: Callable[[dict], None] | None = 
     }
     if resume:
         before = read_meta(Path(resume))
-        changed = [k for k in _FIXED if before.get(k) != recipe[k]]
+        # A setting the older run did not record (added since) is taken as unchanged.
+        changed = [k for k in _FIXED if k in before and before[k] != recipe[k]]
         if changed:
             differences = ", ".join(f"{k}: {before.get(k)} there, {recipe[k]} now" for k in changed)
             raise TrainingInputError(
@@ -310,13 +325,13 @@ def train_dit(config: DitTrainConfig, progress: Callable[[dict], None] | None = 
     step, rng, position = 0, random.Random(config.seed * 1000 + rank), None
     torch.manual_seed(config.seed * 1000 + rank + 1)  # noise and timesteps
     losses: list[float] = []
-    captions = {ORIGINAL: 0, RECAPTION: 0, DROPPED: 0}
+    captions = dict.fromkeys(CAPTION_KINDS, 0)
     if resume:
         state = load_state(resume, rank, ranks.world_size, (WEIGHTS,))
         optimizer.load_state_dict(state["optimizer"])
         lr_schedule.load_state_dict(state["scheduler"])
         step, rng = state["step"], restore_rng(state["rng"], device)
-        losses, captions = list(state["losses"]), dict(state["captions"])
+        losses, captions = list(state["losses"]), {**captions, **state["captions"]}
         position = resumed_position(state.get("stream"), stream, rank)
         log.info("resumed from %s at step %d", resume, step)
     batches = StreamBatches(stream, config.workers, position, pin_memory=str(device).startswith("cuda"))
@@ -333,6 +348,12 @@ def train_dit(config: DitTrainConfig, progress: Callable[[dict], None] | None = 
                  for key, org, re in zip(batch["keys"], batch["org"], batch["re"], strict=True)]
         for _, kind in drawn:
             captions[kind] += 1
+        if step == 0 and all(kind == UNCAPTIONED for _, kind in drawn):
+            raise TrainingInputError(
+                f"no sample of the first batch has a caption (neither its own nor "
+                f"{config.recaption_field or 'a recaption'}): give captioned data (a .txt or a caption "
+                "column beside each image, --caption-field, --recaption-field, or recap caption output)"
+            )
         features, mask = text_encoder.encode([t for t, _ in drawn])
         x0 = codec.draw(codec.prepare(batch["pixels"]).to(device))
         noise = torch.randn_like(x0)

@@ -179,15 +179,25 @@ def discover_shards(
     inputs: list[str],
     columns: ColumnConfig = ColumnConfig(),
     folder_shard_size: int = FOLDER_SHARD_SIZE,
+    writes_by_name: bool = True,
 ) -> list[Shard]:
-    """Expand inputs into shards in a stable order; output names must not collide."""
+    """Expand inputs into shards in a stable order. `writes_by_name` (recap caption, filter, ...):
+    each shard's output is named after it, so names must not collide; readers that write nothing
+    per shard (training, evaluation) pass False and may read two folders of 00000.tar, but not
+    one shard twice."""
     shards: list[Shard] = []
     for item in inputs:
         for pattern in braceexpand(item):
             shards.extend(_expand_one(pattern, columns, folder_shard_size))
     seen: dict[str, str] = {}
     for shard in shards:
-        if shard.name in seen:
+        if not writes_by_name:
+            if shard.source in seen:
+                raise InputError(
+                    f"{shard.source} is given twice (its samples would count double); name it once"
+                )
+            seen[shard.source] = shard.source
+        elif shard.name in seen:
             raise InputError(
                 f"two inputs would write the same output {shard.name}.parquet: "
                 f"{seen[shard.name]} and {shard.source}; caption them into separate output folders"

@@ -28,6 +28,11 @@ def check_output(output: str) -> Path:
     out = Path(output).expanduser()
     if out.exists() and not out.is_dir():
         raise TrainingInputError(f"--output {output}: exists and is not a folder")
+    blocking = next((parent for parent in out.absolute().parents if parent.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise TrainingInputError(
+            f"--output {output}: {blocking} is a file, not a folder; choose another --output"
+        )
     return out
 
 

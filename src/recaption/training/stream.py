@@ -343,6 +343,6 @@ def resumed_position(saved: dict | None, stream: TrainingStream, rank: int) -> P
     if changed:
         raise TrainingInputError(
             f"the checkpoint was trained on other data or data settings ({'; '.join(changed)}): give the "
-            "same to resume it exactly, or train into a new --output (--model CHECKPOINT to start from it)"
+            "same to resume it exactly, or train into a new --output"
         )
     return Position.from_list(saved["positions"][rank])

@@ -142,10 +142,17 @@ def caption_output_shards(output: str) -> list[StreamShard]:
     from ..writer import OutputDir
 
     out = OutputDir(output)
-    found = []
+    found, left_out, rows = [], {}, 0
     for name in done_shards(out):
         statuses = read_output(out, name, ["status"]).column("status").to_pylist()
         found.append(StreamShard(input_shard(out, name), statuses.count("ok"), rows=output, name=name))
+        rows += len(statuses)
+        for status in statuses:
+            if status != "ok":
+                left_out[status] = left_out.get(status, 0) + 1
+    if left_out:  # failed rows have no recaption to train on; say so instead of a silent shortfall
+        log.warning("%s: %d of %d rows are left out (status %s)", output, sum(left_out.values()), rows,
+                    ", ".join(f"{k} {n}" for k, n in sorted(left_out.items())))
     return found
 
 
@@ -243,7 +250,8 @@ def stream_shards(
         extra = tuple(f for f in (recaption_field, caption_field) if f)
         columns = ColumnConfig(caption=caption_field, extra=extra)
         counts = _Counts(Path(counts_folder) / COUNTS_FILE if counts_folder else None)
-        found += [StreamShard(s, counts.count(s), recaption_field) for s in discover_shards(plain, columns)]
+        shards = discover_shards(plain, columns, writes_by_name=False)  # two folders of 00000.tar: fine
+        found += [StreamShard(s, counts.count(s), recaption_field) for s in shards]
         if save_counts:
             counts.save()
     if not any(s.count for s in found):
