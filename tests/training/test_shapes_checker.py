@@ -168,3 +168,27 @@ def test_prompt_shards_hold_the_reference_renders(tmp_path):
     meta = json.loads(files[f"{key}.json"])
     assert files[f"{key}.txt"].decode() == prompts[0].text and meta["spec"] == prompts[0].spec
     assert check(files[f"{key}.png"], meta["spec"])["all"]
+
+
+def test_layout_reads_colour_by_cell_and_catches_swaps_moves_and_missing_objects():
+    from recaption.shapes.checker import LAYOUT_CATEGORIES, corrupt, layout_score, render, summarise
+
+    world, rng = ShapesWorld(0), random.Random(3)
+    results, specs, caught = [], [], {"colour": 0, "moved": 0, "missing": 0, "resized": 0}
+    for index in range(200_000, 200_060):
+        sample = world.sample(index)
+        spec = spec_from_objects(sample.objects)
+        results.append(layout_score(spec, sample.image))
+        specs.append(spec)
+        for kind in caught:
+            bad = corrupt(sample.objects, kind, rng)
+            if bad is not None:
+                caught[kind] += not layout_score(spec, render(bad, 64, seed=index))["layout"]
+    summary = summarise(results, specs, categories=LAYOUT_CATEGORIES)
+    assert summary["overall"]["layout"] == 1.0 and summary["overall"]["cell_empty"] == 1.0
+    assert caught["colour"] == 60 and caught["moved"] == 60
+    assert caught["missing"] == sum(len(world.sample(i).objects) > 1 for i in range(200_000, 200_060))
+    assert caught["resized"] < 5  # sizes (and shapes) are not what layout reads
+    # A prompt that gives no cell is not scored.
+    assert layout_score({"groups": [{"shape": "circle", "colour": "red", "size": None, "count": 1,
+                                     "positions": None}], "relations": []}, sample.image)["layout"] is None

@@ -344,13 +344,16 @@ def check(image, spec: dict) -> dict:
     return score(spec, detect(image))
 
 
-def summarise(results: list[dict], specs: list[dict], groups: list[str] | None = None) -> dict:
+def summarise(
+    results: list[dict], specs: list[dict], groups: list[str] | None = None, categories=CATEGORIES
+) -> dict:
     """Rates of each category over the images that ask about it, overall, by complexity and, when
-    `groups` names one group per image (a prompt style, say), by group too."""
+    `groups` names one group per image (a prompt style, say), by group too. `categories`:
+    LAYOUT_CATEGORIES for layout_score's results."""
 
     def rates(rows):
         out = {"images": len(rows)}
-        for cat in CATEGORIES:
+        for cat in categories:
             asked = [r[cat] for r in rows if r[cat] is not None]
             out[cat] = round(sum(asked) / len(asked), 4) if asked else None
         return out
@@ -368,6 +371,46 @@ def summarise(results: list[dict], specs: list[dict], groups: list[str] | None =
             by_group[g].append(r)
         summary["by_group"] = {k: rates(v) for k, v in sorted(by_group.items())}
     return summary
+
+
+# ---- layout: colour by cell, a coarser reading for models that do not draw shapes yet ----
+
+LAYOUT_CATEGORIES = ("cell_colour", "cell_empty", "layout")
+LAYOUT_WINDOW = SIZES["large"]  # half-side of the square read around each cell's centre
+LAYOUT_MIN_COVER = 0.1  # share of that square a colour must cover to count (a small triangle: ~0.16)
+
+
+def cell_colours(image) -> dict[str, str | None]:
+    """Per world cell, the world colour covering most of the square around its centre (at least
+    LAYOUT_MIN_COVER of it), or None when the cell is empty. No shapes, sizes or regions: only
+    what colour is where."""
+    labels, _ = colour_labels(_rgb(image))
+    h, w = labels.shape
+    found = {}
+    for name, cx, cy in CELLS:
+        top, bottom = int(round((cy - LAYOUT_WINDOW) * h)), int(round((cy + LAYOUT_WINDOW) * h))
+        left, right = int(round((cx - LAYOUT_WINDOW) * w)), int(round((cx + LAYOUT_WINDOW) * w))
+        window = labels[max(top, 0) : bottom, max(left, 0) : right]
+        counts = np.bincount(window[window >= 0].ravel(), minlength=len(_COLOUR_NAMES))
+        best = int(counts.argmax())
+        found[name] = _COLOUR_NAMES[best] if counts[best] >= LAYOUT_MIN_COVER * window.size else None
+    return found
+
+
+def layout_score(spec: dict, image) -> dict:
+    """Per prompt, on colour by cell only: `cell_colour` (every asked object's cell shows its
+    colour), `cell_empty` (every cell the prompt leaves free is empty; None when some object's
+    cell is not given), `layout` (both). Groups without cells are not scored; None when no group
+    has one. Shapes and sizes are not read: `score` is the full check."""
+    found = cell_colours(image)
+    asked = {cell: g["colour"] for g in spec["groups"] for cell in (g.get("positions") or [])}
+    if not asked:
+        return dict.fromkeys(LAYOUT_CATEGORIES)
+    colour_ok = all(found[cell] == colour for cell, colour in asked.items())
+    every_cell_given = all(g.get("positions") for g in spec["groups"])
+    empty_ok = all(found[c[0]] is None for c in CELLS if c[0] not in asked) if every_cell_given else None
+    return {"cell_colour": colour_ok, "cell_empty": empty_ok,
+            "layout": colour_ok and (empty_ok is not False)}
 
 
 # ---- renders, right and wrong, to validate the checker ----
@@ -433,6 +476,9 @@ def validate(images: int = 500, seed: int = 0, start: int = 0, image_size: int =
 
 
 __all__ = [
+    "LAYOUT_CATEGORIES",
+    "cell_colours",
+    "layout_score",
     "CATEGORIES",
     "Detected",
     "check",
