@@ -94,6 +94,9 @@ def run_once(args, root: Path, data: Path, p: float, seed: int, sets: dict) -> d
     kept = model / "sweep_run.json"
     if kept.exists():
         run = json.loads(kept.read_text())
+        if any("layout" not in scores for scores in run["scores"].values()):  # kept before layout existed
+            run["scores"] = {style: eval_shapes([str(root / "gen" / f"{name}-{style}")]) for style in sets}
+            kept.write_text(json.dumps(run))
         print(f"{name}: kept from {kept}", flush=True)
         return run
     started = time.perf_counter()
@@ -113,6 +116,7 @@ def run_once(args, root: Path, data: Path, p: float, seed: int, sets: dict) -> d
     print(f"{name}: trained in {trained:.0f} s; "
           + "; ".join(f"{style} " + " ".join(f"{c} {s['overall'][c]:.2f}" for c in CATEGORIES
                                              if s["overall"][c] is not None)
+                      + f" layout {s['layout']['overall']['layout']:.2f}"
                       for style, s in scores.items()), flush=True)
     return run
 
@@ -122,12 +126,17 @@ def print_tables(runs: list[dict], ps: list[float]) -> None:
     its colour, count, position and size), mean over seeds with the spread (sample standard
     deviation when there are two seeds or more); then the same for "colour"."""
     for style in ("recaption", "human"):
-        for category in ("all", "colour"):
+        for category in ("all", "colour", "present"):
             print(f"\n{style}-style prompts, {category!r} rate (mean ± sd over seeds)")
             table(runs, ps, style, category)
+        for category in ("layout", "cell_colour"):
+            print(f"\n{style}-style prompts, layout {category!r} rate (colour by cell; mean ± sd over seeds)")
+            table(runs, ps, style, category, part="layout")
 
 
-def table(runs: list[dict], ps: list[float], style: str, category: str) -> None:
+def table(runs: list[dict], ps: list[float], style: str, category: str, part: str | None = None) -> None:
+    """`part`: a sub-report of the scores (eval_shapes' "layout"), else the full check's."""
+    runs = [{**r, "scores": {style: r["scores"][style][part] if part else r["scores"][style]}} for r in runs]
     complexities = sorted({int(k) for r in runs for k in r["scores"][style]["by_complexity"]})
     print("| p | " + " | ".join(f"{k} object{'s' if k > 1 else ''}" for k in complexities) + " | all |")
     print("|---" * (len(complexities) + 2) + "|")

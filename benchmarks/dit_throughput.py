@@ -65,7 +65,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     work = Path(args.work or tempfile.mkdtemp(prefix="dit-bench-"))
-    write_shapes_shards(work / "shapes", args.images, start=5_000_000, shard_size=args.images)
+    write_shapes_shards(work / "shapes", args.images, start=5_000_000, shard_size=args.images, overwrite=True)
     prompts = balanced_prompt_set(max(1, args.sample_images // 4))[: args.sample_images]
     results = []
     for size in args.sizes:

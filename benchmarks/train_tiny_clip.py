@@ -44,7 +44,8 @@ def train(args) -> None:
     torch.set_num_threads(1)
     work = Path(args.work or tempfile.mkdtemp(prefix="tiny-clip-"))
     started = time.time()
-    shards = write_shapes_shards(work / "shards", args.images, start=TRAIN_START, shard_size=2500)
+    shards = write_shapes_shards(work / "shards", args.images, start=TRAIN_START, shard_size=2500,
+                                 overwrite=True)
     written = time.time() - started
     config = ClipTrainConfig(
         data=[str(p) for p in shards],

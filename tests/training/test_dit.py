@@ -308,6 +308,7 @@ def test_eval_t2i_on_the_worlds_own_images(shapes):
     report = eval_t2i([str(shapes)], [str(shapes)], device="cpu")
     assert report["images"] == 64
     assert report["shapes"]["overall"]["all"] == 1.0  # the truth scores right
+    assert report["shapes"]["layout"]["overall"]["layout"] == 1.0  # and so does its colour by cell
     assert report["clip_score"]["mean"] is not None and report["clip_score"]["clip_model"] == "tiny-clip"
     assert report["frechet_distance"]["value"] == pytest.approx(0.0, abs=1e-6)
     assert report["frechet_distance"]["encoder"] == "tiny-clip"

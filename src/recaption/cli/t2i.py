@@ -10,8 +10,6 @@ import typer
 
 from .common import clear_error, console
 
-PROMPT_FILES = {".txt", ".jsonl", ".json", ".parquet"}
-
 
 def train_dit_cmd(
     data: Annotated[list[str], typer.Argument(help="Image shards with an original caption and a recaption (shapes world: recap shapes), or `recap caption` output folders.")],
@@ -74,45 +72,54 @@ def print_caption_draws(captions: dict[str, int], p: float) -> None:
 
 def generate_cmd(
     model: Annotated[str, typer.Argument(help="A folder written by recap train-dit.")],
-    prompts: Annotated[str, typer.Argument(help="Prompts: a .txt (one per line), .jsonl, a parquet file or caption output folder (with --column), or one prompt in quotes.")],
-    output: Annotated[str, typer.Option("--output", "-o", help="Folder for the generated shard (img2dataset layout: score, report and eval-t2i read it).")],
-    column: Annotated[str | None, typer.Option(help="Parquet column holding the prompts (e.g. re_caption).")] = None,
+    prompts: Annotated[str, typer.Argument(help="Prompts: a .txt (one per line, UTF-8), .jsonl, a parquet file or caption output folder (with --column), or one prompt in quotes. Taken as a file when it exists, or has no spaces and ends in .txt/.jsonl/.json/.parquet or /.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Folder for the generated shard (img2dataset layout: score, report and eval-t2i read it); new, empty, or one generate wrote.")],
+    column: Annotated[str | None, typer.Option(help="Parquet column or .jsonl field holding the prompts (e.g. re_caption).")] = None,
     seed: Annotated[int, typer.Option(help="Seed: image i's noise depends only on (seed, i).")] = 0,
     images_per_prompt: Annotated[int, typer.Option(help="Images per prompt.")] = 1,
     batch_size: Annotated[int, typer.Option(help="Images per denoising batch.")] = 32,
-    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale (the paper: 10).")] = 4.0,
-    steps: Annotated[int, typer.Option(help="Sampling steps (the paper: 250 DDPM).")] = 50,
+    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale, a number >= 0: 1 = no guidance (the plain conditional model), 0 = unconditional (the prompt ignored), above 1 = follow the prompt more closely (the paper: 10).")] = 4.0,
+    steps: Annotated[int, typer.Option(help="Sampling steps, at most the model's train timesteps (the paper: 250 DDPM).")] = 50,
     sampler: Annotated[str, typer.Option(help="ddim, dpm (DPM-Solver++) or ddpm.")] = "ddim",
-    overwrite: Annotated[bool, typer.Option(help="Replace the shards already in --output.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace the shards of an earlier recap generate in --output (a folder holding generate.json; never other data).")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda.")] = "auto",
 ) -> None:
     """Generate images from prompts with a trained Recap-DiT, plus a contact sheet."""
-    from pathlib import Path
+    from ..dit.generate import generate, looks_like_prompt_file
 
-    from rich.progress import Progress
+    source = prompts if looks_like_prompt_file(prompts) else [prompts]
+    bar, task = None, None
 
-    from ..dit.generate import generate
+    def progress(done: int, total: int) -> None:
+        # Started once every input has been checked and the model loaded, and only on a
+        # terminal: a refusal stays the only line.
+        nonlocal bar, task
+        if bar is None:
+            from rich.progress import Progress
 
-    path = Path(prompts)
-    if not path.exists() and (path.suffix in PROMPT_FILES or "/" in prompts):
-        # A prompt file that is not there must not be drawn as the prompt "prompts.txt".
-        raise typer.BadParameter(f"{prompts}: no such prompt file (give an existing file, or a prompt in quotes)")
-    source = prompts if path.exists() else [prompts]
-    with clear_error(ValueError), Progress(console=console, transient=True) as bar:
-        task = bar.add_task("generating", total=None)
-        result = generate(model, source, output, column=column, seed=seed, images_per_prompt=images_per_prompt,
-                          batch_size=batch_size, guidance=guidance, steps=steps, sampler=sampler, device=device,
-                          overwrite=overwrite, progress=lambda done, total: bar.update(task, completed=done, total=total))
+            bar = Progress(console=console, transient=True)
+            bar.start()
+            task = bar.add_task("generating", total=total)
+        bar.update(task, completed=done, total=total)
+
+    with clear_error(ValueError):
+        try:
+            result = generate(model, source, output, column=column, seed=seed, images_per_prompt=images_per_prompt,
+                              batch_size=batch_size, guidance=guidance, steps=steps, sampler=sampler, device=device,
+                              overwrite=overwrite, progress=progress if console.is_terminal else None)
+        finally:
+            if bar is not None:
+                bar.stop()
     console.print(json.dumps({k: v for k, v in result.items() if not isinstance(v, (list, dict))}), soft_wrap=True,
                   markup=False)
 
 
 def eval_t2i_cmd(
-    generated: Annotated[list[str], typer.Argument(help="Shards written by recap generate.")],
+    generated: Annotated[list[str], typer.Argument(help="Shards written by recap generate (folders or .tar files; several folders may each hold 00000.tar). Images without generate's metadata are scored too, and counted apart.")],
     reference: Annotated[list[str] | None, typer.Option(help="Reference image shards for the Frechet distance.")] = None,
     clip_model: Annotated[str, typer.Option(help="Dual encoder for the CLIP score (tiny-clip, a folder or hub id).")] = "tiny-clip",
     feature_model: Annotated[str | None, typer.Option(help="Encoder whose image features the Frechet distance uses (default: --clip-model's; never Inception).")] = None,
-    max_images: Annotated[int | None, typer.Option(help="Read at most this many images.")] = None,
+    max_images: Annotated[int | None, typer.Option(help="Read at most this many images (at least 1; default: all).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda.")] = "auto",
 ) -> None:
     """Prompt alignment of generated images: the shapes-world checker (no model), CLIP score,

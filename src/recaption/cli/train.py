@@ -15,16 +15,17 @@ from .common import clear_error, console
 
 def shapes_cmd(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the shards.")],
-    images: Annotated[int, typer.Option(help="Samples to write.")] = 10_000,
+    images: Annotated[int, typer.Option(help="Samples to write (at least 1).")] = 10_000,
     seed: Annotated[int, typer.Option(help="World seed: sample i depends only on (seed, i).")] = 0,
     start: Annotated[int, typer.Option(help="First sample index (make disjoint splits with it).")] = 0,
-    image_size: Annotated[int, typer.Option(help="Image side in pixels.")] = 64,
+    image_size: Annotated[int, typer.Option(help="Image side in pixels (at least 8).")] = 64,
     shard_size: Annotated[int, typer.Option(help="Samples per shard.")] = 1000,
+    overwrite: Annotated[bool, typer.Option(help="Replace the shapes-world shards already in --output (and remove those of the old set the new one does not replace); never other files.")] = False,
 ) -> None:
     """Write shapes-world shards (img2dataset layout): images, noisy alt-text, full descriptions, labels."""
     from ..shapes import write_shapes_shards
 
-    paths = write_shapes_shards(output, images, seed, image_size, shard_size, start)
+    paths = write_shapes_shards(output, images, seed, image_size, shard_size, start, overwrite)
     console.print(f"wrote {len(paths)} shard(s) of shapes-world samples to {output}")
 
 

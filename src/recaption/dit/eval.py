@@ -17,13 +17,21 @@ eval_t2i(...)            all of them for generated shards, with a reference set 
                          Inception, which is not here to download; so the number is an FD in that
                          encoder's space (FD-CLIP, as Kynkaanniemi et al. 2023 argue for), not FID,
                          and is comparable only between runs with the same encoder.
+
+Every sample read is accounted for: one whose image cannot be read is counted in the report
+("unreadable", by status, the first named) and warned about, never silently left out; the report
+also counts the images that carry generate's metadata (seed, guidance), and warns when some do
+not (a world's own shards, or other data mixed in, would be scored as if generated). Several
+generate folders may be read together although each holds 00000.tar (eval writes nothing per
+shard); one shard named twice is refused.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -34,7 +42,7 @@ from ..training.inputs import TrainingInputError
 
 log = logging.getLogger(__name__)
 
-META_FIELDS = ("spec", "objects", "style", "complexity", "prompt_index", "description")
+META_FIELDS = ("spec", "objects", "style", "complexity", "prompt_index", "description", "seed", "guidance")
 
 
 @dataclass
@@ -43,18 +51,62 @@ class Generated:
     image: object  # RGB PIL image
     prompt: str | None
     meta: dict
+    source: str = ""  # the shard it came from
+
+    @property
+    def from_generate(self) -> bool:
+        """Whether it carries recap generate's metadata (its seed and guidance)."""
+        return self.meta.get("seed") is not None and self.meta.get("guidance") is not None
 
 
-def read_images(inputs: list[str], max_images: int | None = None) -> Iterator[Generated]:
-    """Images with their captions (prompts) and json fields, from shards of any kind."""
+@dataclass
+class Unreadable:
+    """Samples read but not scored because their image could not be used: how many, by status,
+    and the first one (its shard, key and error)."""
+
+    count: int = 0
+    by_status: Counter = field(default_factory=Counter)
+    first: str | None = None
+
+    def add(self, sample, source: str) -> None:
+        self.count += 1
+        self.by_status[sample.status] += 1
+        if self.first is None:
+            self.first = f"{source} {sample.key}: {sample.error or sample.status}"
+
+    def report(self) -> dict:
+        return {"count": self.count, "by_status": dict(sorted(self.by_status.items())), "first": self.first}
+
+    def warn(self, where: str) -> None:
+        if self.count:
+            kinds = ", ".join(f"{status} {n}" for status, n in sorted(self.by_status.items()))
+            log.warning("%s: %d sample(s) not scored, their image unreadable (%s); the first: %s",
+                        where, self.count, kinds, self.first)
+
+
+def check_max_images(max_images: int | None) -> None:
+    if max_images is not None and max_images < 1:
+        raise TrainingInputError(
+            f"--max-images {max_images}: must be at least 1 (leave it out to read every image)"
+        )
+
+
+def read_images(inputs: list[str], max_images: int | None = None,
+                unreadable: Unreadable | None = None) -> Iterator[Generated]:
+    """Images with their captions (prompts) and json fields, from shards of any kind (several
+    folders may hold shards of the same name). A sample whose image cannot be read is not
+    yielded: it is counted in `unreadable` when given."""
+    check_max_images(max_images)
     count = 0
-    for shard in discover_shards(list(inputs), ColumnConfig(extra=META_FIELDS)):
+    for shard in discover_shards(list(inputs), ColumnConfig(extra=META_FIELDS), writes_by_name=False):
         try:
             for sample in shard:
                 decode_sample(sample, max_side=4096)
                 if not sample.ok:
+                    if unreadable is not None:
+                        unreadable.add(sample, shard.source)
                     continue
-                yield Generated(sample.key, sample.image, sample.org_caption, sample.extra)
+                yield Generated(sample.key, sample.image, sample.org_caption, sample.extra, shard.source)
                 count += 1
                 if max_images is not None and count >= max_images:
                     return
@@ -75,14 +127,26 @@ def spec_of(item: Generated) -> dict | None:
 
 
 def eval_shapes(inputs: list[str], max_images: int | None = None) -> dict:
-    """The checker over shapes-world images: rates overall, by complexity, by prompt style."""
-    results, specs, styles, unscored = [], [], [], 0
-    for item in read_images(inputs, max_images):
+    """The checker over shapes-world images: rates overall, by complexity, by prompt style.
+    Samples whose image is unreadable are counted ("unreadable") and warned about."""
+    check_max_images(max_images)
+    unreadable = Unreadable()
+    items = list(read_images(inputs, max_images, unreadable))
+    unreadable.warn(", ".join(inputs))
+    summary = _shapes_summary(items, inputs)
+    summary["unreadable"] = unreadable.count
+    return summary
+
+
+def _shapes_summary(items: list[Generated], inputs: list[str]) -> dict:
+    results, layouts, specs, styles, unscored = [], [], [], [], 0
+    for item in items:
         spec = spec_of(item)
         if spec is None:
             unscored += 1
             continue
         results.append(checker.check(item.image, spec))
+        layouts.append(checker.layout_score(spec, item.image))
         specs.append(spec)
         styles.append(item.meta.get("style") or "unknown")
     if not results:
@@ -93,7 +157,31 @@ def eval_shapes(inputs: list[str], max_images: int | None = None) -> dict:
     summary = checker.summarise(results, specs, styles)
     summary["unscored"] = unscored
     summary["checker"] = "recaption.shapes.checker (no model; validated on world renders)"
+    # Colour by cell only: what a model that paints colours before it draws shapes gets right.
+    summary["layout"] = checker.summarise(layouts, specs, styles, categories=checker.LAYOUT_CATEGORIES)
     return summary
+
+
+def _provenance(items: list[Generated], where: str) -> dict:
+    """How many images carry generate's metadata; a warning when not all do."""
+    made = sum(i.from_generate for i in items)
+    out: dict = {"with_generate_metadata": made}
+    if made == len(items):
+        return out
+    other = next(i for i in items if not i.from_generate)
+    out["without_generate_metadata"] = {"count": len(items) - made, "first": f"{other.source} {other.key}"}
+    if made:
+        log.warning(
+            "%s: %d of %d images carry no recap generate metadata (seed, guidance), e.g. %s %s; they are "
+            "scored together with the generated ones (name only generate's folders to score a model)",
+            where, len(items) - made, len(items), other.source, other.key,
+        )
+    else:
+        log.warning(
+            "%s: none of the %d images carries recap generate metadata (seed, guidance): they are not "
+            "recap generate output (a world's own shards score as the truth)", where, len(items),
+        )
+    return out
 
 
 # ---- any data ----
@@ -165,13 +253,24 @@ def eval_t2i(
 ) -> dict:
     """Prompt alignment of generated shards: the shapes checker (when the images carry shapes
     prompts), mean CLIP score with `clip_model`, and, given `reference` shards, the Frechet
-    distance of `feature_model`'s image features (default: clip_model's) between the two sets."""
-    items = list(read_images(generated, max_images))
+    distance of `feature_model`'s image features (default: clip_model's) between the two sets.
+    The report counts the samples not scored for an unreadable image ("unreadable") and the images
+    that carry generate's metadata ("with_generate_metadata"); both are warned about when not
+    every image is readable and generated."""
+    check_max_images(max_images)
+    where = ", ".join(generated)
+    unreadable = Unreadable()
+    items = list(read_images(generated, max_images, unreadable))
     if not items:
-        raise TrainingInputError(f"no readable images in {', '.join(generated)}")
-    report: dict = {"images": len(items)}
+        more = f" ({unreadable.count} unreadable; the first: {unreadable.first})" if unreadable.count else ""
+        raise TrainingInputError(f"no readable images in {where}{more}")
+    unreadable.warn(where)
+    report: dict = {"images": len(items), "unreadable": unreadable.count}
+    if unreadable.count:
+        report["unreadable_samples"] = unreadable.report()
+    report.update(_provenance(items, where))
     if shapes and any(spec_of(i) for i in items):
-        report["shapes"] = eval_shapes(generated, max_images)
+        report["shapes"] = _shapes_summary(items, generated)
     scorer = _scorer(clip_model, device, batch_size)
     scored = [i for i in items if i.prompt]
     values = [
@@ -181,13 +280,16 @@ def eval_t2i(
         "mean": round(float(np.mean(values)), 4) if values else None,
         "std": round(float(np.std(values)), 4) if values else None,
         "images": len(values),
+        "unscored": len(items) - len(values),  # no prompt, or none the encoder could score
         **scorer.provenance(),
     }
     if reference:
         features_scorer = (
             scorer if feature_model in (None, clip_model) else _scorer(feature_model, device, batch_size)
         )
-        ref = [r.image for r in read_images(reference, max_images)]
+        ref_unreadable = Unreadable()
+        ref = [r.image for r in read_images(reference, max_images, ref_unreadable)]
+        ref_unreadable.warn(", ".join(reference))
         fd = frechet_distance(
             image_features([i.image for i in items], features_scorer), image_features(ref, features_scorer)
         )
@@ -197,9 +299,11 @@ def eval_t2i(
             "features": "get_image_features (projected, not normalised)",
             "generated": len(items),
             "reference": len(ref),
+            "reference_unreadable": ref_unreadable.count,
             "note": "an FD in this encoder's feature space, not Inception FID; compare runs with one encoder",
         }
     return report
 
 
-__all__ = ["clip_scores", "eval_shapes", "eval_t2i", "frechet_distance", "image_features", "read_images"]
+__all__ = ["Unreadable", "clip_scores", "eval_shapes", "eval_t2i", "frechet_distance", "image_features",
+           "read_images"]

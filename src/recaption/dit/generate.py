@@ -4,15 +4,22 @@
 Every image has its own noise generator, seeded from (seed, image number): a run is the same for
 the same seed, and an image does not depend on which batch it fell in (up to floating-point
 differences between batch sizes). Classifier-free guidance: eps = eps(empty text) + guidance x
-(eps(prompt) - eps(empty text)); guidance 1 is the plain conditional model. Samplers: ddim (eta
+(eps(prompt) - eps(empty text)), guidance a finite number >= 0: 1 is the plain conditional model
+(no guidance), 0 the unconditional one (the prompt ignored), above 1 follows the prompt more
+closely; a negative scale would steer away from the prompt and is refused. Samplers: ddim (eta
 0), dpm (DPM-Solver++ multistep) or ddpm (ancestral, the paper's 250 steps), all configured from
-the DDPM schedule the model was trained with.
+the DDPM schedule the model was trained with (so at most its train timesteps steps).
 
 Output:
   OUTPUT/00000.tar ...          {key}.png, {key}.txt (the prompt), {key}.json (url, prompt,
-                                seed, guidance, steps, sampler, and whatever the prompt came
-                                with: a shapes prompt's spec, style, complexity)
-  OUTPUT/generate.json          settings, counts, seconds, images/s
+                                seed, guidance, steps, sampler, where the prompt came from
+                                (source_row: its row in a parquet file or list, with
+                                source_file; source_line: its line in a .txt/.jsonl), and
+                                whatever the prompt came with: a shapes prompt's spec, style,
+                                complexity; a field of the prompt's own that would clash with
+                                these is kept as source_<field>)
+  OUTPUT/generate.json          settings, counts, seconds, images/s; its presence marks the
+                                folder as generate's (only such a folder is ever overwritten)
   OUTPUT-contact-sheet.png      the first images in a grid (a row per prompt when several per
                                 prompt); beside the folder, not in it, because readers take a
                                 folder's loose images as samples too
@@ -24,6 +31,8 @@ import hashlib
 import io
 import json
 import logging
+import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,85 +43,14 @@ from PIL import Image
 
 from ..atomic import write_bytes_atomic, write_json_atomic
 from ..shards import ShardRecord, write_webdataset_shard
-from ..training.inputs import TrainingInputError, check_device
-from .model import LoadedDit, load_dit, pad_features
+from ..training.inputs import TrainingInputError, check_device, check_output
+from .model import EMA, SCHEDULER, LoadedDit, component, load_dit, pad_features, read_meta
+from .prompt_files import load_prompts, looks_like_prompt_file, read_prompts
 
 log = logging.getLogger(__name__)
 
 SAMPLERS = ("ddim", "dpm", "ddpm")
-
-
-# ---- prompts ----
-
-
-def load_prompts(source, column: str | None = None) -> list[dict]:
-    """Prompts as dicts {"prompt": text, ...anything else to record with the image}, from:
-    a list of strings, of dicts with "prompt", or of shapes `Prompt`s; a .txt file (a prompt a
-    line); a .jsonl file (objects with "prompt", or with `column`); a parquet file or a folder of
-    them (`column`, default "prompt"; `recap caption` output: re_caption or org_caption)."""
-    if isinstance(source, (list, tuple)):
-        items = []
-        for item in source:
-            if isinstance(item, str):
-                items.append({"prompt": item})
-            elif isinstance(item, dict):
-                items.append(dict(item))
-            elif hasattr(item, "text") and hasattr(item, "spec"):  # recaption.shapes.prompts.Prompt
-                items.append(
-                    {
-                        "prompt": item.text,
-                        "spec": item.spec,
-                        "style": item.style,
-                        "index": item.index,
-                        "complexity": item.complexity,
-                    }
-                )
-            else:
-                raise TrainingInputError(f"a prompt must be a string or a dict, not {type(item).__name__}")
-        return _clean(items, column or "prompt", "the prompt list")
-    path = Path(source).expanduser()
-    if not path.exists():
-        raise TrainingInputError(f"--prompts {source}: no such file or folder")
-    if path.is_dir() or path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
-        if not files:
-            raise TrainingInputError(f"--prompts {source}: no parquet files in it")
-        name = column or "prompt"
-        items = []
-        for f in files:
-            names = pq.read_schema(f).names
-            if name not in names:
-                raise TrainingInputError(
-                    f"--prompts {f}: no column {name!r} (columns: {', '.join(names)}); give --column"
-                )
-            keep = [c for c in (name, "key") if c in names]
-            for row in pq.read_table(f, columns=keep).to_pylist():
-                items.append({"prompt": row[name], **({"source_key": row["key"]} if "key" in row else {})})
-        return _clean(items, "prompt", str(source))
-    text = path.read_text(encoding="utf-8")
-    if path.suffix in (".jsonl", ".json"):
-        items = [json.loads(line) for line in text.splitlines() if line.strip()]
-        return _clean(items, column or "prompt", str(source))
-    return _clean([{"prompt": line.strip()} for line in text.splitlines()], "prompt", str(source))
-
-
-def _clean(items: list[dict], key: str, where: str) -> list[dict]:
-    out = []
-    for item in items:
-        if key not in item:
-            raise TrainingInputError(f"{where}: an item has no {key!r}")
-        text = item.pop(key)
-        if text is None or not str(text).strip():
-            continue  # rows without that caption
-        out.append({"prompt": str(text), **item})
-    if not out:
-        raise TrainingInputError(f"{where}: no prompts (every {key!r} is empty or missing)")
-    if len(out) < len(items):
-        log.warning("%s: %d of %d items have an empty %r and are skipped", where,
-                    len(items) - len(out), len(items), key)
-    return out
+GENERATE_JSON = "generate.json"
 
 
 # ---- sampling ----
@@ -120,6 +58,17 @@ def _clean(items: list[dict], key: str, where: str) -> list[dict]:
 
 def image_seed(seed: int, number: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{number}".encode()).digest()[:8], "little") >> 1
+
+
+def check_guidance(guidance: float) -> float:
+    """A finite scale >= 0 (1: no guidance, 0: unconditional); NaN or infinity would give black
+    images, a negative one steers away from the prompt."""
+    if not math.isfinite(guidance) or guidance < 0:
+        raise TrainingInputError(
+            f"--guidance {guidance}: give a finite number >= 0 (1 = no guidance, 0 = ignore the "
+            "prompt, above 1 = follow it more closely; the paper: 10)"
+        )
+    return float(guidance)
 
 
 def make_scheduler(dit: LoadedDit, sampler: str):
@@ -141,6 +90,7 @@ def sample(
     sampler: str = "ddim",
 ) -> torch.Tensor:
     """uint8 images (B x 3 x H x W) for `prompts`, image i from noise seeded with seeds[i]."""
+    check_guidance(guidance)
     device = next(dit.transformer.parameters()).device
     scheduler = make_scheduler(dit, sampler)
     scheduler.set_timesteps(steps, device=device)
@@ -182,6 +132,78 @@ def contact_sheet(images: list[bytes], columns: int = 8, pad: int = 2) -> Image.
     return sheet
 
 
+# ---- checks before any work ----
+
+
+def _check_model(model, steps: int, use_ema: bool) -> tuple[Path, bool]:
+    """The DiT folder and whether its EMA weights will be used (asked for, and there); refused
+    here, before anything is loaded: a path that is not a DiT folder, more steps than the
+    model's train timesteps."""
+    folder = Path(model).expanduser()
+    if not folder.exists():
+        raise TrainingInputError(f"model {model}: no such folder (give a folder recap train-dit wrote)")
+    if not folder.is_dir():
+        raise TrainingInputError(f"model {model}: is a file, not a folder (give one recap train-dit wrote)")
+    meta = read_meta(folder)
+    config = component(folder, SCHEDULER) / "scheduler_config.json"
+    try:
+        settings = json.loads(config.read_text())
+        timesteps = int(settings.get("num_train_timesteps", meta.get("train_timesteps", 1000)))
+    except (OSError, ValueError) as exc:
+        raise TrainingInputError(f"model {model}: unreadable {config.name} ({exc})") from None
+    if steps > timesteps:
+        raise TrainingInputError(
+            f"--steps {steps}: the model was trained with {timesteps} timesteps; give at most {timesteps}"
+        )
+    return folder, use_ema and (folder / EMA).is_dir()
+
+
+def _visible(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def check_output_folder(
+    output, owner: str, overwrite: bool, ours: Callable[[Path], bool]
+) -> tuple[Path, list[Path]]:
+    """The output folder and the shards already in it (to replace), refused before any work
+    when: it, or a folder on its path, is a file; it holds files that `owner` did not write
+    (`ours(folder)` says whether it did); it holds `owner`'s shards and not `overwrite`."""
+    out = check_output(output)
+    if not out.is_dir():
+        nearest = next(p for p in out.absolute().parents if p.exists())
+        if not os.access(nearest, os.W_OK | os.X_OK):
+            raise TrainingInputError(f"--output {output}: cannot create it ({nearest} is not writable)")
+        return out, []
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise TrainingInputError(f"--output {output}: not writable")
+    present = _visible(out)
+    if not present:
+        return out, []
+    if not ours(out):
+        only = f" (--overwrite only replaces a folder {owner} wrote)" if overwrite else ""
+        raise TrainingInputError(
+            f"--output {output}: holds files {owner} did not write (e.g. {present[0].name}); "
+            f"give a new or empty folder{only}"
+        )
+    old = sorted(out.glob("*.tar"))
+    if old and not overwrite:
+        raise TrainingInputError(
+            f"--output {output}: already holds {len(old)} shard(s) from an earlier {owner}; give a new "
+            "folder, or --overwrite to replace them"
+        )
+    return out, old
+
+
+def _made_by_generate(folder: Path) -> bool:
+    return (folder / GENERATE_JSON).is_file()
+
+
+def _check_counts(**values: int) -> None:
+    for name, value in values.items():
+        if value < 1:
+            raise TrainingInputError(f"--{name.replace('_', '-')} {value}: must be at least 1")
+
+
 def generate(
     model: str | Path,
     prompts,
@@ -204,28 +226,35 @@ def generate(
 ) -> dict:
     """Images for `prompts` (see load_prompts) from the DiT folder `model`, into `output`.
     Returns the summary also written to generate.json. `sheet`: where the contact sheet goes
-    (default OUTPUT-contact-sheet.png). `progress(done, total)` after each batch. An output that
-    already holds shards is refused unless `overwrite` (then shards of the old set left over
-    are removed, so readers never mix two sets)."""
-    if images_per_prompt < 1 or batch_size < 1 or steps < 1 or shard_size < 1:
-        raise TrainingInputError("images-per-prompt, batch-size, steps and shard-size must be at least 1")
+    (default OUTPUT-contact-sheet.png). `progress(done, total)` before the first batch and after
+    each. Every input is
+    checked before the model is loaded. `output` must be new, empty, or a folder generate wrote
+    (it has generate.json); one that already holds shards is refused unless `overwrite` (then
+    shards of the old set left over are removed, so readers never mix two sets). `use_ema`: the
+    EMA weights when the folder has them (else the raw ones, with a warning; the summary says
+    which were used)."""
+    _check_counts(images_per_prompt=images_per_prompt, batch_size=batch_size, steps=steps,
+                  shard_size=shard_size)
+    guidance = check_guidance(guidance)
     if sampler not in SAMPLERS:
         raise TrainingInputError(f"--sampler {sampler}: choose {', '.join(SAMPLERS)}")
-    items = load_prompts(prompts, column)
+    items, skipped, note = read_prompts(prompts, column)
+    folder, ema = _check_model(model, steps, use_ema)
+    out, old_shards = check_output_folder(output, "recap generate", overwrite, _made_by_generate)
     device = check_device(device)
-    dit = load_dit(model, device, use_ema)
-    out = Path(output).expanduser()
-    if out.exists() and not out.is_dir():
-        raise TrainingInputError(f"--output {output}: exists and is not a folder")
-    old_shards = sorted(out.glob("*.tar")) if out.is_dir() else []
-    if old_shards and not overwrite:
-        raise TrainingInputError(
-            f"--output {output}: already holds {len(old_shards)} shard(s); give a new folder or --overwrite"
-        )
-    out.mkdir(parents=True, exist_ok=True)
+    # Said once every input has passed, so a refusal stays the only line.
+    if note:
+        log.warning("%s", note)
+    if use_ema and not ema:
+        log.warning("model %s has no %s/: generating with its raw (non-EMA) weights; generate.json "
+                    "records use_ema false", model, EMA)
+    use_ema = ema
+    dit = load_dit(folder, device, use_ema)
     jobs = [(p, k) for p in range(len(items)) for k in range(images_per_prompt)]
     records: list[ShardRecord] = []
     started = time.perf_counter()
+    if progress:
+        progress(0, len(jobs))
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start : start + batch_size]
         numbers = range(start, start + len(chunk))
@@ -254,6 +283,30 @@ def generate(
         if progress:
             progress(len(records), len(jobs))
     seconds = time.perf_counter() - started
+    summary = {
+        "model": str(model),
+        "use_ema": use_ema,
+        "prompts": len(items),
+        "skipped_prompts": skipped,
+        "images": len(records),
+        "seed": seed,
+        "guidance": guidance,
+        "steps": steps,
+        "sampler": sampler,
+        "batch_size": batch_size,
+        "device": device,
+        "seconds": round(seconds, 3),
+        "images_per_s": round(len(records) / seconds, 3) if seconds > 0 else None,
+    }
+    fs = LocalFileSystem()
+    try:  # only now: a run that fails while sampling leaves no folder behind
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TrainingInputError(f"--output {output}: cannot create it ({exc.strerror or exc})") from None
+    # Marks the folder as generate's before the first shard lands, so a run stopped while
+    # writing can be redone with overwrite; replaced by the summary at the end.
+    write_json_atomic(fs, str((out / GENERATE_JSON).absolute()),
+                      {**summary, "incomplete": "stopped while writing shards; run again with --overwrite"})
     shards = []
     for shard_id, first in enumerate(range(0, len(records), shard_size)):
         path = out / f"{shard_id:05d}.tar"
@@ -266,27 +319,13 @@ def generate(
     grid = contact_sheet([r.image for r in records[:sheet_images]], columns)
     buf = io.BytesIO()
     grid.save(buf, format="PNG")
-    sheet_path = Path(sheet).expanduser() if sheet else out.with_name(f"{out.name}-contact-sheet.png")
-    write_bytes_atomic(LocalFileSystem(), str(sheet_path.absolute()), buf.getvalue())
-    summary = {
-        "model": str(model),
-        "use_ema": use_ema,
-        "prompts": len(items),
-        "images": len(records),
-        "seed": seed,
-        "guidance": guidance,
-        "steps": steps,
-        "sampler": sampler,
-        "batch_size": batch_size,
-        "device": device,
-        "seconds": round(seconds, 3),
-        "images_per_s": round(len(records) / seconds, 3) if seconds > 0 else None,
-        "shards": shards,
-        "contact_sheet": str(sheet_path),
-        "image_size": dit.image_size,
-    }
-    write_json_atomic(LocalFileSystem(), str((out / "generate.json").absolute()), summary)
+    base = out.resolve()
+    sheet_path = Path(sheet).expanduser() if sheet else base.with_name(f"{base.name}-contact-sheet.png")
+    write_bytes_atomic(fs, str(sheet_path.absolute()), buf.getvalue())
+    summary.update(shards=shards, contact_sheet=str(sheet_path), image_size=dit.image_size)
+    write_json_atomic(fs, str((out / GENERATE_JSON).absolute()), summary)
     return summary
 
 
-__all__ = ["SAMPLERS", "contact_sheet", "generate", "load_prompts", "sample"]
+__all__ = ["SAMPLERS", "check_guidance", "contact_sheet", "generate", "load_prompts",
+           "looks_like_prompt_file", "sample"]

@@ -148,11 +148,16 @@ def write_shapes_shards(
     image_size: int = 64,
     shard_size: int = 1000,
     start: int = 0,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Samples start..start+count as img2dataset-layout tars: {key}.png, {key}.txt (alt-text),
-    {key}.json (url, description, label, objects)."""
+    {key}.json (url, description, label, objects). `folder` must be new, empty, or hold only
+    shapes-world shards; those are refused unless `overwrite`, which also removes the old set's
+    shards the new one does not replace (so readers never mix two runs). Wrong values are
+    refused (TrainingInputError) before anything is written."""
     from ..shards import ShardRecord, write_webdataset_shard
 
+    out, old = _check_shapes_output(folder, count, image_size, shard_size, start, overwrite)
     world = ShapesWorld(seed, image_size)
     paths = []
     for shard_id, first in enumerate(range(start, start + count, shard_size)):
@@ -172,6 +177,60 @@ def write_shapes_shards(
                     },
                 )
             )
-        paths.append(Path(folder) / f"{shard_id:05d}.tar")
+        paths.append(out / f"{shard_id:05d}.tar")
         write_webdataset_shard(paths[-1], records, shard_id=shard_id)
+    for stale in old:
+        if stale not in paths:
+            stale.unlink()
     return paths
+
+
+MIN_IMAGE_SIZE = 8  # below this the shapes are a pixel or two: nothing to caption or check
+
+
+def _check_shapes_output(folder, count: int, image_size: int, shard_size: int, start: int,
+                         overwrite: bool) -> tuple[Path, list[Path]]:
+    """The output folder (made) and the shapes shards already in it, or a one-line refusal."""
+    from ..training.inputs import TrainingInputError, check_output
+
+    for name, value, least in (("images", count, 1), ("image-size", image_size, MIN_IMAGE_SIZE),
+                               ("shard-size", shard_size, 1), ("start", start, 0)):
+        if value < least:
+            raise TrainingInputError(f"--{name} {value}: must be at least {least}")
+    out = check_output(folder)
+    old: list[Path] = []
+    if out.is_dir():
+        present = sorted(p for p in out.iterdir() if not p.name.startswith("."))
+        other = [p for p in present if not (p.suffix == ".tar" and _is_shapes_shard(p))]
+        if other:
+            only = " (--overwrite only replaces recap shapes' own shards)" if overwrite else ""
+            raise TrainingInputError(
+                f"--output {folder}: holds files recap shapes did not write (e.g. {other[0].name}); "
+                f"give a new or empty folder{only}"
+            )
+        old = [out / p.name for p in present]
+        if old and not overwrite:
+            raise TrainingInputError(
+                f"--output {folder}: already holds {len(old)} shapes-world shard(s); give a new folder, or "
+                "--overwrite to replace them"
+            )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TrainingInputError(f"--output {folder}: cannot create it ({exc.strerror or exc})") from None
+    return out, old
+
+
+def _is_shapes_shard(path: Path) -> bool:
+    """A tar whose first sample's json has a shapes:// url (what write_shapes_shards writes)."""
+    import json
+    import tarfile
+
+    try:
+        with tarfile.open(path) as tar:
+            for member in tar:
+                if member.name.endswith(".json"):
+                    return str(json.loads(tar.extractfile(member).read()).get("url", "")).startswith("shapes://")
+    except (OSError, tarfile.TarError, ValueError, AttributeError):
+        return False
+    return False

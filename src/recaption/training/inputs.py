@@ -23,11 +23,11 @@ def check_device(requested: str) -> str:
         raise TrainingInputError(str(exc)) from None
 
 
-def check_output(output: str) -> Path:
-    """The output folder; a file in its place is refused before any work is done."""
+def check_output(output) -> Path:
+    """The output folder; a file in its place, or on its path, is refused before any work is done."""
     out = Path(output).expanduser()
     if out.exists() and not out.is_dir():
-        raise TrainingInputError(f"--output {output}: exists and is not a folder")
+        raise TrainingInputError(f"--output {output}: is a file, not a folder; choose another --output")
     blocking = next((parent for parent in out.absolute().parents if parent.exists()), None)
     if blocking is not None and not blocking.is_dir():
         raise TrainingInputError(
