@@ -28,6 +28,7 @@ SIZES = {  # tiny is the tests' model: width 32 < 192 values per 8x8 patch, it c
     "small": dict(layers=6, heads=4, head_dim=32, patch_size=4),
     "wide8": dict(layers=6, heads=4, head_dim=64, patch_size=8),
 }
+KEPT = "sweep_run.json"  # a finished run's scores, in its model folder
 CATEGORIES = ("present", "colour", "count", "position", "size", "all")  # the checker's
 
 
@@ -48,6 +49,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--work", default="work/dit-sweep")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--report-only", action="store_true",
+                        help="tables and grid from the finished runs only; train nothing")
     args = parser.parse_args()
 
     import torch
@@ -74,10 +77,14 @@ def main() -> None:
     runs = []
     for seed in args.seeds:
         for p in args.p:
+            if args.report_only and not (root / f"p{p:g}-s{seed}" / KEPT).exists():
+                continue
             runs.append(run_once(args, root, data, p, seed, sets))
     print_tables(runs, args.p)
-    grid(root, args.p, args.seeds[0], sets["human"],
-         contact_sheet, generate, work / "grid.png")
+    finished = sorted({r["p"] for r in runs if r["seed"] == args.seeds[0]})
+    for style, prompts in sets.items():
+        grid(root, finished, args.seeds[0], prompts, style, contact_sheet, generate,
+             root / f"grid-{style}.png")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "runs": runs}, indent=1))
 
@@ -91,10 +98,11 @@ def run_once(args, root: Path, data: Path, p: float, seed: int, sets: dict) -> d
 
     name = f"p{p:g}-s{seed}"
     model = root / name
-    kept = model / "sweep_run.json"
+    kept = model / KEPT
     if kept.exists():
         run = json.loads(kept.read_text())
-        if any("layout" not in scores for scores in run["scores"].values()):  # kept before layout existed
+        if any("object_cells" not in scores.get("layout", {}).get("overall", {})
+               for scores in run["scores"].values()):  # kept before the layout reading existed
             run["scores"] = {style: eval_shapes([str(root / "gen" / f"{name}-{style}")]) for style in sets}
             kept.write_text(json.dumps(run))
         print(f"{name}: kept from {kept}", flush=True)
@@ -129,7 +137,7 @@ def print_tables(runs: list[dict], ps: list[float]) -> None:
         for category in ("all", "colour", "present"):
             print(f"\n{style}-style prompts, {category!r} rate (mean ± sd over seeds)")
             table(runs, ps, style, category)
-        for category in ("layout", "cell_colour"):
+        for category in ("object_cells", "layout"):
             print(f"\n{style}-style prompts, layout {category!r} rate (colour by cell; mean ± sd over seeds)")
             table(runs, ps, style, category, part="layout")
 
@@ -147,7 +155,7 @@ def table(runs: list[dict], ps: list[float], style: str, category: str, part: st
             values = [by_complexity(r, style, k) for r in mine]
             cells.append(spread([v[category] for v in values if v and v[category] is not None]))
         cells.append(spread([r["scores"][style]["overall"][category] for r in mine]))
-        print(f"| {p:g} | " + " | ".join(cells) + " |")
+        print(f"| {p:g} ({len(mine)} seed{'s' if len(mine) != 1 else ''}) | " + " | ".join(cells) + " |")
 
 
 def by_complexity(run: dict, style: str, k: int) -> dict | None:
@@ -163,16 +171,17 @@ def spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
-def grid(root: Path, ps: list[float], seed: int, prompts, contact_sheet, generate, path: Path) -> None:
-    """Rows: 8 human-style prompts (2 per complexity); columns: one image from each p."""
+def grid(root: Path, ps: list[float], seed: int, prompts, style: str, contact_sheet, generate,
+         path: Path) -> None:
+    """Rows: 8 prompts of one style (2 per complexity); columns: one image from each p."""
     chosen = [prompts[i] for i in range(0, len(prompts), max(1, len(prompts) // 8))][:8]
     from recaption.readers import discover_shards
 
     cells = []
     for p in ps:
-        out = root / "grid" / f"p{p:g}"
-        generate(root / f"p{p:g}-s{seed}", chosen, out, seed=seed, sheet=root / "grid" / f"p{p:g}.png",
-                 overwrite=True)
+        out = root / "grid" / f"p{p:g}-{style}"
+        generate(root / f"p{p:g}-s{seed}", chosen, out, seed=seed,
+                 sheet=root / "grid" / f"p{p:g}-{style}.png", overwrite=True)
         cells.append([s.image_bytes for shard in discover_shards([str(out)]) for s in shard])
     ordered = [cells[c][r] for r in range(len(chosen)) for c in range(len(ps))]
     contact_sheet(ordered, columns=len(ps)).save(path)

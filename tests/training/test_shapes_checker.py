@@ -186,9 +186,15 @@ def test_layout_reads_colour_by_cell_and_catches_swaps_moves_and_missing_objects
                 caught[kind] += not layout_score(spec, render(bad, 64, seed=index))["layout"]
     summary = summarise(results, specs, categories=LAYOUT_CATEGORIES)
     assert summary["overall"]["layout"] == 1.0 and summary["overall"]["cell_empty"] == 1.0
+    assert summary["overall"]["object_cells"] == 1.0
     assert caught["colour"] == 60 and caught["moved"] == 60
     assert caught["missing"] == sum(len(world.sample(i).objects) > 1 for i in range(200_000, 200_060))
     assert caught["resized"] < 5  # sizes (and shapes) are not what layout reads
+    # Partial credit: one of two objects recoloured leaves half of them in place.
+    two = next(world.sample(i) for i in range(1000) if len(world.sample(i).objects) == 2)
+    recoloured = corrupt(two.objects, "colour", random.Random(0))
+    partial = layout_score(spec_from_objects(two.objects), render(recoloured, 64, seed=two.index))
+    assert partial["object_cells"] == 0.5 and partial["cell_colour"] is False
     # A prompt that gives no cell is not scored.
     assert layout_score({"groups": [{"shape": "circle", "colour": "red", "size": None, "count": 1,
                                      "positions": None}], "relations": []}, sample.image)["layout"] is None

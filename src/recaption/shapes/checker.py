@@ -375,7 +375,7 @@ def summarise(
 
 # ---- layout: colour by cell, a coarser reading for models that do not draw shapes yet ----
 
-LAYOUT_CATEGORIES = ("cell_colour", "cell_empty", "layout")
+LAYOUT_CATEGORIES = ("object_cells", "cell_colour", "cell_empty", "layout")
 LAYOUT_WINDOW = SIZES["large"]  # half-side of the square read around each cell's centre
 LAYOUT_MIN_COVER = 0.1  # share of that square a colour must cover to count (a small triangle: ~0.16)
 
@@ -398,7 +398,8 @@ def cell_colours(image) -> dict[str, str | None]:
 
 
 def layout_score(spec: dict, image) -> dict:
-    """Per prompt, on colour by cell only: `cell_colour` (every asked object's cell shows its
+    """Per prompt, on colour by cell only: `object_cells` (the share of asked objects whose cell
+    shows their colour: partial credit), `cell_colour` (every asked object's cell shows its
     colour), `cell_empty` (every cell the prompt leaves free is empty; None when some object's
     cell is not given), `layout` (both). Groups without cells are not scored; None when no group
     has one. Shapes and sizes are not read: `score` is the full check."""
@@ -406,10 +407,11 @@ def layout_score(spec: dict, image) -> dict:
     asked = {cell: g["colour"] for g in spec["groups"] for cell in (g.get("positions") or [])}
     if not asked:
         return dict.fromkeys(LAYOUT_CATEGORIES)
-    colour_ok = all(found[cell] == colour for cell, colour in asked.items())
+    matched = [found[cell] == colour for cell, colour in asked.items()]
+    colour_ok = all(matched)
     every_cell_given = all(g.get("positions") for g in spec["groups"])
     empty_ok = all(found[c[0]] is None for c in CELLS if c[0] not in asked) if every_cell_given else None
-    return {"cell_colour": colour_ok, "cell_empty": empty_ok,
+    return {"object_cells": sum(matched) / len(matched), "cell_colour": colour_ok, "cell_empty": empty_ok,
             "layout": colour_ok and (empty_ok is not False)}
 
 
