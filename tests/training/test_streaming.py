@@ -334,6 +334,34 @@ def test_an_undecodable_image_is_left_out_of_its_batch_with_a_warning(tmp_path, 
     assert "000000002 not used" in caplog.text
 
 
+def test_a_batch_with_no_decodable_image_is_passed_over_and_replays_on_resume(tmp_path, caplog):
+    from recaption.shards import ShardRecord, write_webdataset_shard
+
+    from ..conftest import image_bytes
+
+    records = [ShardRecord(image_bytes(seed=i), caption=f"c{i}") for i in range(6)]
+    records[2:4] = [ShardRecord(b"not an image", caption=f"bad{i}", extension="jpg") for i in range(2)]
+    write_webdataset_shard(tmp_path / "00000.tar", records)
+    shards = stream_shards([str(tmp_path / "00000.tar")])
+    stream = make_stream(shards, workers=1, batch_size=2, shuffle_buffer=0)
+    batches = StreamBatches(stream, 0)
+    with caplog.at_level("WARNING"):
+        keys = [next(batches)["keys"]]
+        after_first = batches.position.copy()
+        keys += [next(batches)["keys"] for _ in range(2)]
+    # Batch 2 of epoch 0 (both bad) is passed over: the run goes on into the next epoch.
+    assert keys == [["000000000", "000000001"], ["000000004", "000000005"], ["000000000", "000000001"]]
+    assert "is passed over" in caplog.text
+    resumed = StreamBatches(make_stream(shards, workers=1, batch_size=2, shuffle_buffer=0), 0, after_first)
+    assert [next(resumed)["keys"] for _ in range(2)] == keys[1:]  # as the uninterrupted run
+    all_bad = tmp_path / "bad"
+    all_bad.mkdir()
+    write_webdataset_shard(all_bad / "00000.tar", [ShardRecord(b"x", caption="c", extension="jpg")] * 4)
+    never = StreamBatches(make_stream(stream_shards([str(all_bad)]), workers=1, batch_size=2), 0)
+    with pytest.raises(TrainingInputError, match="no image of a whole epoch decodes"):
+        next(never)
+
+
 def test_the_loader_options_of_the_cli(uneven, tmp_path):
     from typer.testing import CliRunner
 

@@ -207,11 +207,8 @@ class TrainingStream(IterableDataset):
             except ImageDecodeError as exc:
                 # Counted in its batch, left out of it: the batch is one smaller, the steps the same.
                 log.warning("%s: sample %s not used: %s", record.where, record.key, exc)
-        if not kept:
-            raise TrainingInputError(
-                f"{chunk[0].where}: none of the {len(chunk)} images of a batch decodes "
-                f"(sample {chunk[0].key} and others)"
-            )
+        if not kept:  # a batch with nothing to train on: counted as taken, then passed over
+            return {"worker": worker, "undecodable": len(chunk), "where": chunk[0].where, "key": chunk[0].key}
         pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
         return {
             "worker": worker,
@@ -255,6 +252,21 @@ class StreamBatches:
         return self
 
     def __next__(self) -> dict:
+        """The next batch with images. A batch none of whose images decodes is passed over (it
+        still counts as taken, so a resumed run passes over the same one); a whole epoch of
+        them is an error."""
+        passed_over = 0
+        while True:
+            item = self._next_item()
+            if "undecodable" not in item:
+                return item
+            passed_over += 1
+            log.warning("%s: a batch of %d images none of which decodes (sample %s and others) "
+                        "is passed over", item["where"], item["undecodable"], item["key"])
+            if passed_over > max(self._steps or 0, 1):
+                raise TrainingInputError(f"{item['where']}: no image of a whole epoch decodes")
+
+    def _next_item(self) -> dict:
         if self._batches is None:
             self._open()
         try:
