@@ -104,7 +104,7 @@ def run_once(args, root: Path, data: Path, p: float, seed: int, sets: dict) -> d
         if any("object_cells" not in scores.get("layout", {}).get("overall", {})
                for scores in run["scores"].values()):  # kept before the layout reading existed
             run["scores"] = {style: eval_shapes([str(root / "gen" / f"{name}-{style}")]) for style in sets}
-            kept.write_text(json.dumps(run))
+            keep(kept, run)
         print(f"{name}: kept from {kept}", flush=True)
         return run
     started = time.perf_counter()
@@ -120,13 +120,22 @@ def run_once(args, root: Path, data: Path, p: float, seed: int, sets: dict) -> d
                  overwrite=True)  # a run killed while generating redoes it
         scores[style] = eval_shapes([str(out)])
     run = {"p": p, "seed": seed, "train_seconds": round(trained, 1), "scores": scores}
-    kept.write_text(json.dumps(run))
+    keep(kept, run)
     print(f"{name}: trained in {trained:.0f} s; "
           + "; ".join(f"{style} " + " ".join(f"{c} {s['overall'][c]:.2f}" for c in CATEGORIES
                                              if s["overall"][c] is not None)
                       + f" layout {s['layout']['overall']['layout']:.2f}"
                       for style, s in scores.items()), flush=True)
     return run
+
+
+def keep(path: Path, run: dict) -> None:
+    """Atomically: a sweep killed while writing leaves the old file or the new, never half."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    from recaption.atomic import write_json_atomic
+
+    write_json_atomic(LocalFileSystem(), str(path.absolute()), run)
 
 
 def print_tables(runs: list[dict], ps: list[float]) -> None:

@@ -408,13 +408,16 @@ def test_two_folders_with_the_same_shard_names_train_together_but_one_shard_twic
 
     with pytest.raises(RecaptionError, match="given twice"):
         train_dit(config(a, tmp_path / "aa", steps=2, workers=0, data=[str(a), str(a / "00000.tar")]))
+    with pytest.raises(RecaptionError, match="given twice"):  # however it is spelled
+        train_dit(config(a, tmp_path / "ab2", steps=2, workers=0,
+                         data=[str(a / "00000.tar"), str(a / ".." / "a" / "00000.tar")]))
 
 
 def test_data_without_any_caption_is_refused_and_leaves_no_folder(tmp_path):
     data = _shard(tmp_path / "bare", _world_records(16, describe=lambda i: False, caption=False))
     out = tmp_path / "run"
     with pytest.raises(TrainingInputError, match="no sample of the first batch has a caption"):
-        train_dit(config(data, out, p=1.0, steps=2, workers=0, caption_dropout=0.0, recaption_field=None))
+        train_dit(config(data, out, p=1.0, steps=2, workers=0, recaption_field=None))  # default dropout
     assert not out.exists()  # no half-made model folder
 
 
@@ -431,6 +434,15 @@ def test_resume_with_another_learning_rate_is_refused_and_steps_must_be_positive
     train_dit(config(shapes, out, steps=2, save_every=1, workers=0))
     with pytest.raises(TrainingInputError, match="lr: 0.001 there, 0.5 now"):
         train_dit(config(shapes, out, steps=4, lr=0.5, workers=0))
+    # A run from before snr_gamma was recorded trained with plain MSE: resuming it with another
+    # weighting is refused too.
+    for folder in [out, *out.glob("checkpoint-*")]:
+        meta = json.loads((folder / "dit.json").read_text())
+        meta.pop("snr_gamma")
+        meta["train_config"].pop("snr_gamma")
+        (folder / "dit.json").write_text(json.dumps(meta))
+    with pytest.raises(TrainingInputError, match="snr_gamma: None there, 5.0 now"):
+        train_dit(config(shapes, out, steps=4, snr_gamma=5.0, workers=0))
     with pytest.raises(ValueError, match="steps must be at least 1"):
         config(shapes, tmp_path / "none", steps=0)
     (tmp_path / "afile").write_text("x")

@@ -450,3 +450,21 @@ def test_shapes_refuses_a_used_folder_and_overwrite_leaves_no_old_shard(tmp_path
     only_error_line(
         invoke("shapes", "-o", tmp_path / "data", "--images", 1, "--overwrite"), "did not write", "00000.tar"
     )
+
+
+def test_overwrite_refuses_a_generate_folder_holding_a_shard_it_did_not_list(model, tmp_path):
+    out = tmp_path / "g"
+    generate(model, ["a red circle"], out, **FAST)
+    (out / "00007.tar").write_bytes(b"someone else's shard")
+    with pytest.raises(TrainingInputError, match="did not write"):
+        generate(model, ["a red circle"], out, overwrite=True, **FAST)
+    assert (out / "00007.tar").read_bytes() == b"someone else's shard"
+
+
+def test_a_prompt_holding_a_line_separator_character_stays_one_prompt(tmp_path):
+    text = "a red circle\u2028in the center"
+    line = json.dumps({"prompt": text}, ensure_ascii=False)
+    (tmp_path / "p.jsonl").write_text(line + "\n", encoding="utf-8")
+    (tmp_path / "p.txt").write_text(f"{text}\r\nblue square\n", encoding="utf-8")
+    assert [p["prompt"] for p in load_prompts(str(tmp_path / "p.jsonl"))] == [text]
+    assert [p["prompt"] for p in load_prompts(str(tmp_path / "p.txt"))] == [text, "blue square"]

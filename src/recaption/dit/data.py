@@ -41,10 +41,11 @@ def pick_caption(pair: Pair, p: float, caption_dropout: float, rng: random.Rando
     if not text:
         text = order[1][0] if use_original else order[0][0]
         kind = RECAPTION_NO_ORIGINAL if use_original else ORIGINAL_NO_RECAPTION
-    if rng.random() < caption_dropout:
-        return "", DROPPED
+    dropped = rng.random() < caption_dropout  # drawn for every sample: the same draws on resume
     if not text:
         return "", UNCAPTIONED
+    if dropped:
+        return "", DROPPED
     return text, kind
 
 

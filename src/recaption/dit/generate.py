@@ -195,7 +195,12 @@ def check_output_folder(
 
 
 def _made_by_generate(folder: Path) -> bool:
-    return (folder / GENERATE_JSON).is_file()
+    """The folder holds generate.json and nothing else but the shards it lists."""
+    try:
+        listed = set(json.loads((folder / GENERATE_JSON).read_text()).get("shards") or [])
+    except (OSError, ValueError, AttributeError):
+        return False
+    return all(p.name == GENERATE_JSON or p.name in listed for p in _visible(folder))
 
 
 def _check_counts(**values: int) -> None:
@@ -305,8 +310,10 @@ def generate(
         raise TrainingInputError(f"--output {output}: cannot create it ({exc.strerror or exc})") from None
     # Marks the folder as generate's before the first shard lands, so a run stopped while
     # writing can be redone with overwrite; replaced by the summary at the end.
+    planned = [f"{i:05d}.tar" for i in range(math.ceil(len(records) / shard_size))]
     write_json_atomic(fs, str((out / GENERATE_JSON).absolute()),
-                      {**summary, "incomplete": "stopped while writing shards; run again with --overwrite"})
+                      {**summary, "shards": sorted({*planned, *(p.name for p in old_shards)}),
+                       "incomplete": "stopped while writing shards; run again with --overwrite"})
     shards = []
     for shard_id, first in enumerate(range(0, len(records), shard_size)):
         path = out / f"{shard_id:05d}.tar"

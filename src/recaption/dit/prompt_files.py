@@ -82,7 +82,7 @@ def read_prompts(source, column: str | None) -> Loaded:
             f"--column {column}: {path.name} is read as plain text (one prompt a line) and has no "
             "columns; leave --column out, or give a .jsonl or parquet file"
         )
-    lines = text.splitlines()
+    lines = _lines(text)
     items = [{"prompt": line.strip(), "source_line": n} for n, line in enumerate(lines, 1) if line.strip()]
     if not items:
         raise TrainingInputError(f"{where}: no prompts (the file is empty or blank)")
@@ -110,7 +110,7 @@ def _from_json(text: str, column: str | None, where: str, whole: bool) -> Loaded
         if isinstance(value, list):
             return _from_rows(value, column, where, "source_row", 0)
     rows, numbers = [], []
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(_lines(text), 1):
         if not line.strip():
             continue
         try:
@@ -221,3 +221,10 @@ def _skipped_note(items: list[dict], skipped: int, first: str | None, key: str, 
         return None
     return (f"{where}: {skipped} of {skipped + len(items)} rows have a null or empty {key!r} and are "
             f"skipped (the first: {first}); each image's json keeps its source row")
+
+
+def _lines(text: str) -> list[str]:
+    """Lines as editors count them: split at \n only (str.splitlines also splits at U+2028, form
+    feeds and other separators a prompt may hold), a trailing \r dropped, no empty last line."""
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    return lines[:-1] if lines and lines[-1] == "" else lines

@@ -81,6 +81,7 @@ _FIXED = (
     "caption_dropout", "train_timesteps", "beta_schedule", "prediction_type", "batch_size",
     "snr_gamma", "lr", "weight_decay", "warmup",
 )  # fmt: skip
+_ADDED_DEFAULTS = {"snr_gamma": None}  # runs from before these settings existed trained with these
 
 
 @dataclass
@@ -190,6 +191,12 @@ def diffusion_loss(prediction, target, timesteps, noise_scheduler, config: DitTr
     return (per_sample * weight).mean()
 
 
+def _every_rank(ranks, flag: bool) -> bool:
+    """Whether `flag` holds on every rank (a collective under torchrun: all ranks decide alike)."""
+    flags = ranks.gather({"flag": torch.tensor([int(flag)])})
+    return all(bool(f["flag"].item()) for f in flags)
+
+
 def train_dit(config: DitTrainConfig, progress: Callable[[dict], None] | None = None) -> dict:
     """Train (or resume) into config.output. `progress`, when given, is called every log_every
     steps with {step, steps, loss, images_per_s, lr}. Returns {steps, losses, pairs, captions,
@@ -267,10 +274,12 @@ def _train_dit(config: DitTrainConfig, out: Path, progress: Callable[[dict], Non
     }
     if resume:
         before = read_meta(Path(resume))
-        # A setting the older run did not record (added since) is taken as unchanged.
-        changed = [k for k in _FIXED if k in before and before[k] != recipe[k]]
+        # A setting added since an older run: what its full config recorded, else the default then.
+        recorded = before.get("train_config", {})
+        then = {k: before.get(k, recorded.get(k, _ADDED_DEFAULTS.get(k))) for k in _FIXED}
+        changed = [k for k in _FIXED if then[k] != recipe[k]]
         if changed:
-            differences = ", ".join(f"{k}: {before.get(k)} there, {recipe[k]} now" for k in changed)
+            differences = ", ".join(f"{k}: {then[k]} there, {recipe[k]} now" for k in changed)
             raise TrainingInputError(
                 f"{out} holds a run with other settings ({differences}); "
                 "train into a new --output, or give the same settings to resume it"
@@ -348,7 +357,7 @@ def _train_dit(config: DitTrainConfig, out: Path, progress: Callable[[dict], Non
                  for key, org, re in zip(batch["keys"], batch["org"], batch["re"], strict=True)]
         for _, kind in drawn:
             captions[kind] += 1
-        if step == 0 and all(kind == UNCAPTIONED for _, kind in drawn):
+        if step == 0 and _every_rank(ranks, all(kind == UNCAPTIONED for _, kind in drawn)):
             raise TrainingInputError(
                 f"no sample of the first batch has a caption (neither its own nor "
                 f"{config.recaption_field or 'a recaption'}): give captioned data (a .txt or a caption "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import posixpath
 from collections import Counter
 from dataclasses import dataclass, field
@@ -175,6 +176,16 @@ def _expand_one(pattern: str, columns: ColumnConfig, folder_shard_size: int) -> 
     return _expand_folder(fs, pattern, path, columns, folder_shard_size)
 
 
+def _location(source: str) -> str:
+    """One spelling per shard: a local path made absolute and normalised (a/x.tar, ./a/x.tar and
+    a/../a/x.tar are one file); other URLs as given."""
+    if "://" in source and not source.startswith("file://"):
+        return source
+    path = source.removeprefix("file://")
+    name, sep, part = path.partition(" [")  # a folder slice: "{folder} [{slice}]"
+    return os.path.realpath(name) + sep + part
+
+
 def discover_shards(
     inputs: list[str],
     columns: ColumnConfig = ColumnConfig(),
@@ -192,11 +203,13 @@ def discover_shards(
     seen: dict[str, str] = {}
     for shard in shards:
         if not writes_by_name:
-            if shard.source in seen:
+            where = _location(shard.source)
+            if where in seen:
                 raise InputError(
-                    f"{shard.source} is given twice (its samples would count double); name it once"
+                    f"{shard.source} is given twice (as {seen[where]} too; its samples would count "
+                    "double); name it once"
                 )
-            seen[shard.source] = shard.source
+            seen[where] = shard.source
         elif shard.name in seen:
             raise InputError(
                 f"two inputs would write the same output {shard.name}.parquet: "

@@ -281,7 +281,7 @@ class StreamBatches:
             self.close()
             raise TrainingInputError(item["error"])
         self.position.advance(item["worker"])
-        if self.position.steps == self._steps:  # the epoch is over on every rank
+        if self.position.steps == self._steps:  # this rank's epoch is over (every rank has as many steps)
             self.close()
             self.position = Position.start(self.stream.workers, self.position.epoch + 1)
         return item
