@@ -468,3 +468,9 @@ def test_a_prompt_holding_a_line_separator_character_stays_one_prompt(tmp_path):
     (tmp_path / "p.txt").write_text(f"{text}\r\nblue square\n", encoding="utf-8")
     assert [p["prompt"] for p in load_prompts(str(tmp_path / "p.jsonl"))] == [text]
     assert [p["prompt"] for p in load_prompts(str(tmp_path / "p.txt"))] == [text, "blue square"]
+
+
+def test_a_feature_model_without_reference_images_is_one_line(gen):
+    result = runner.invoke(app, ["eval-t2i", str(gen), "--feature-model", "tiny-clip"])
+    assert result.exit_code == 2
+    assert "needs --reference" in result.output and len(result.output.strip().splitlines()) == 1

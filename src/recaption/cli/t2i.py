@@ -127,6 +127,8 @@ def eval_t2i_cmd(
     from ..dit.eval import eval_t2i
 
     with clear_error(ValueError):
+        if feature_model and not reference:  # it would be loaded for nothing, and say nothing
+            raise ValueError("--feature-model is for the Frechet distance, which needs --reference images")
         report = eval_t2i(generated, reference, clip_model=clip_model, feature_model=feature_model,
                           max_images=max_images, device=device)
     console.print(json.dumps(report, indent=2, default=str), soft_wrap=True, markup=False)
