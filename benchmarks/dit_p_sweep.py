@@ -133,7 +133,7 @@ def keep(path: Path, run: dict) -> None:
     """Atomically: a sweep killed while writing leaves the old file or the new, never half."""
     from fsspec.implementations.local import LocalFileSystem
 
-    from recaption.atomic import write_json_atomic
+    from recaption.spine.atomic import write_json_atomic
 
     write_json_atomic(LocalFileSystem(), str(path.absolute()), run)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from .errors import RecaptionError
+from .spine.errors import RecaptionError
 from .models.registry import CONDITIONAL_PROMPT, PAPER_PROMPT
 
 ALT_TEXT = "{caption}"  # in a pass's prompt: replaced by the sample's original caption

@@ -20,10 +20,12 @@ from . import __version__
 from .config import CaptionConfig, RunConfig
 from .engines import make_engine
 from .engines.base import Engine
-from .ledger import OutputDir, require_same_settings
+from .images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
+from .spine.contract import Step, marker_has
+from .spine.ledger import OutputDir, plan
 from .passes import CONDITIONAL, FLAGS, CaptionPass, Decoding
 from .readers import Shard
-from .results import DONE, FAILED, SKIPPED, ConfigMismatchError, Progress, RunSummary, ShardResult
+from .spine.results import DONE, FAILED, SKIPPED, ConfigMismatchError, Progress, RunSummary, ShardResult
 from .sample import CAPTION_ERROR, OK, Sample
 from .schema import INPUT_FINGERPRINT, SCORES_METADATA_KEY
 from .writer import ShardWriter
@@ -32,6 +34,16 @@ if TYPE_CHECKING:
     from .batching import Batch
 
 log = logging.getLogger(__name__)
+
+# What `recap caption` writes (the output contract, spine/contract.py). Older output is known by
+# its markers recording the model; settings its markers hold only since later versions compare
+# equal to the value output made before had.
+CAPTION = Step(
+    "caption",
+    recognise=marker_has("model"),
+    added_later={"engine": "transformers", "dtype": "auto", "max_pixels": DEFAULT_MAX_PIXELS,
+                 "max_side": DEFAULT_MAX_SIDE},
+)
 
 
 class _ShardInProgress:
@@ -114,36 +126,23 @@ class _ShardInProgress:
 def plan_shards(
     shards: list[Shard], caption: CaptionConfig, run: RunConfig
 ) -> tuple[list[Shard], list[Shard]]:
-    """Split shards into (to do, already done) by their completion markers in run.output.
-
-    Raises ConfigMismatchError when a done shard was made with other settings: mixing them
-    would corrupt the output folder, or when the output folder is an input shard's folder:
-    `{shard}.parquet` would overwrite what is there (img2dataset's metadata parquet, say)."""
-    refuse_output_among_inputs(shards, run.output)
+    """Split shards into (to do, already done) by their completion markers in run.output
+    (ledger.plan). Raises ConfigMismatchError when a done shard was made with other settings:
+    mixing them would corrupt the output folder. A done shard is redone when its input changed
+    (a folder slice), or with --retry-failed when it holds caption_error rows."""
     out = OutputDir(run.output)
-    if run.overwrite:
-        return list(shards), []
-    current = run_provenance(caption, run)
-    todo, done = [], []
-    for shard in shards:
-        if not out.is_done(shard.name):
-            todo.append(shard)
-            continue
-        marker = out.done_provenance(shard.name) or {}
-        require_same_settings(out, shard.name, current, marker)
-        change = input_change(shard, marker)
+    by_name = {s.name: s for s in shards}
+
+    def redo(name: str, marker: dict) -> str | None:
+        change = input_change(by_name[name], marker)
         if change:
-            log.warning("%s: %s; captioning it again", shard.name, change)
-            todo.append(shard)
-            continue
-        failed_rows = _caption_errors(out, shard.name) if run.retry_failed else 0
-        if failed_rows:
-            log.warning("%s: %d row(s) with caption_error; captioning the shard again (--retry-failed)",
-                        shard.name, failed_rows)
-            todo.append(shard)
-            continue
-        done.append(shard)
-    return todo, done
+            return change
+        failed_rows = _caption_errors(out, name) if run.retry_failed else 0
+        return f"{failed_rows} row(s) with caption_error (--retry-failed)" if failed_rows else None
+
+    todo, done = plan(out, by_name, run_provenance(caption, run), added_later=CAPTION.added_later,
+                      overwrite=run.overwrite, redo=redo)
+    return [by_name[n] for n in todo], [by_name[n] for n in done]
 
 
 def run_provenance(caption: CaptionConfig, run: RunConfig) -> dict:
@@ -209,42 +208,6 @@ def input_change(shard: Shard, marker: dict) -> str | None:
     return f"folder changed since it was captioned ({detail})"
 
 
-def refuse_output_among_inputs(shards: list[Shard], output: str) -> None:
-    import os
-
-    from .readers.base import is_local
-
-    out = OutputDir(output)
-    if not is_local(out.fs):
-        return
-    target = os.path.realpath(out.root)
-    for shard in shards:
-        source = shard.source.rsplit(" [", 1)[0]  # folder slices: "root [name]"
-        folder = source if os.path.isdir(source) else os.path.dirname(source)
-        if os.path.realpath(folder) == target:
-            raise ConfigMismatchError(
-                f"the output folder {output} holds the input {shard.source}; writing {shard.name}.parquet "
-                "there would overwrite input files: choose another output folder"
-            )
-    # A folder given as input is read recursively: output written inside it would be read as
-    # input by the next run over it.
-    from fsspec.core import url_to_fs
-
-    for root in dict.fromkeys(getattr(s, "scanned_root", None) for s in shards):
-        if root is None:
-            continue
-        fs, root_path = url_to_fs(root)
-        if not is_local(fs):
-            continue
-        root_real = os.path.realpath(root_path)
-        if target == root_real or target.startswith(root_real.rstrip(os.sep) + os.sep):
-            raise ConfigMismatchError(
-                f"the output folder {output} is inside the input folder {root}, which is read with "
-                "its subfolders: the next run over it would read the output as input; "
-                "choose an output folder outside it"
-            )
-
-
 def batch_seed(seed: int, shard: str, batch_index: int) -> int:
     """A per-batch seed that depends only on the shard and position, so a resumed shard samples
     exactly as an uninterrupted one does."""
@@ -269,14 +232,9 @@ class CaptionPipeline:
         self._loader_wait: Counter = Counter()  # shard -> seconds the loop waited for its items
         self.provenance = {**run_provenance(caption, run), "recaption_version": __version__}
 
-    # -- planning ---------------------------------------------------------------------------
-    def pending(self, shards: list[Shard]) -> tuple[list[Shard], list[Shard]]:
-        """Split shards into (to do, already done); refuse to mix output of other settings."""
-        return plan_shards(shards, self.caption, self.run_config)
-
     # -- running ----------------------------------------------------------------------------
     def run(self, shards: list[Shard]) -> RunSummary:
-        todo, done = self.pending(shards)
+        todo, done = plan_shards(shards, self.caption, self.run_config)
         self.progress.run_started(todo)
         summary = self.run_planned(todo)
         summary.results[:0] = [ShardResult(s.name, s.source, SKIPPED) for s in done]

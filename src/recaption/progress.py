@@ -7,8 +7,8 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from .results import FAILED, ShardResult
-from .results import Progress as PipelineProgress
+from .spine.results import FAILED, ShardResult
+from .spine.results import Progress as PipelineProgress
 
 
 class RichProgress(PipelineProgress):

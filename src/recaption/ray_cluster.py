@@ -8,7 +8,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from .errors import RecaptionError
+from .spine.errors import RecaptionError
 
 
 class RayMissingError(RecaptionError, RuntimeError):

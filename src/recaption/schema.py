@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from .spine.ledger import INPUT_FINGERPRINT  # noqa: F401  (re-exported: a .done marker's input record)
+
 # Published columns and types (Recap-DataComp-1B dataset card), in the card's order.
 PUBLISHED_FIELDS = [
     pa.field("url", pa.string()),
@@ -38,7 +40,6 @@ OUTCOME_FIELDS = [
 ]
 
 METADATA_KEY = b"recaption"
-INPUT_FINGERPRINT = "input_fingerprint"  # in a .done marker: what the shard's input covered
 SCORES_METADATA_KEY = b"recaption_scores"  # which CLIP scored the file, when
 JUDGE_METADATA_KEY = b"recaption_judge"  # which judge rated the file: model, fraction, seed, prompt
 SCORE_COLUMNS = ("re_clip_score", "org_clip_score", "re_clip_truncated", "org_clip_truncated")

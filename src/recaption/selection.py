@@ -32,12 +32,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .atomic import output_lock, remove_stale_temporaries
-from .errors import RecaptionError
-from .ledger import OutputDir, ShardCommit
 from .quality.outputs import done_shards, read_output
-from .readers.base import full_url, is_local
-from .results import DONE, SKIPPED
+from .spine.contract import Step, location, marker_has, open_output
+from .spine.errors import RecaptionError
+from .spine.ledger import OutputDir, ShardCommit, plan
+from .spine.results import DONE, SKIPPED
 
 log = logging.getLogger(__name__)
 
@@ -52,25 +51,17 @@ DUCKDB_CONFIG = {
 _ROW = "__recap_row__"  # the row number, added to restore source order
 
 
+# What `recap filter` writes (the output contract): caption output whose markers say how it was
+# filtered.
+FILTER = Step("filter", recognise=marker_has("filter"))
+
+
 class FilterError(RecaptionError, ValueError):
-    """`recap filter` cannot run as asked (its destination, or what is already there)."""
+    """`recap filter` cannot run as asked."""
 
 
 class FilterExpressionError(FilterError):
     """The --where condition is not a valid SQL condition over the output's columns."""
-
-
-def folder_location(url: str) -> str:
-    """A folder's identity for comparisons and records: an absolute, link-resolved local path,
-    or a URL with its protocol."""
-    out = OutputDir(url)
-    if is_local(out.fs):
-        return os.path.realpath(out.root)
-    return full_url(out.fs, out.root.rstrip("/"))
-
-
-def same_folder(a: str, b: str) -> bool:
-    return folder_location(a) == folder_location(b)
 
 
 def check_where(where: str, columns: list[str]) -> str:
@@ -171,14 +162,11 @@ def filter_output(output: str, where: str, destination: str, *, overwrite: bool 
     """Write the rows of each finished shard of `output` where `where` holds into `destination`.
 
     Rows where the condition is NULL are dropped (SQL semantics), as are rows where it is false.
-    Holds `destination`'s lock; `output` is only read. Raises FilterExpressionError for a bad
-    condition (before anything is written), FilterError for `destination` == `output` or a
-    destination holding shards filtered otherwise (without `overwrite`), NoOutputError when
-    `output` holds no finished shards."""
-    if same_folder(output, destination):
-        raise FilterError(
-            f"the destination {destination} is the output folder itself; give another folder with -o"
-        )
+    `destination` opens through the output contract (spine/contract.py); `output` is only read.
+    Raises FilterExpressionError for a bad condition (before anything is written), OutputError
+    for a destination that is, holds or lies inside `output` or holds other files,
+    ConfigMismatchError for one holding shards filtered otherwise (without `overwrite`),
+    NoOutputError when `output` holds no finished shards."""
     src = OutputDir(output)
     names = done_shards(src)
     con = connect()
@@ -186,55 +174,32 @@ def filter_output(output: str, where: str, destination: str, *, overwrite: bool 
     with src.fs.open(src.parquet(names[0]), "rb") as f:
         matching_rows(pq.read_schema(f).empty_table(), where, con, names[0])
     where = where.strip()
-    with output_lock(destination, "recap filter"):
-        return _filter_locked(src, names, where, OutputDir(destination), overwrite, con)
-
-
-def _filter_locked(src: OutputDir, names: list[str], where: str, dest: OutputDir, overwrite: bool,
-                   con) -> FilterSummary:
-    remove_stale_temporaries(dest.fs, dest.root)
-    source = folder_location(src.url)
-    summary = FilterSummary(source, dest.url, where)
-    todo = []
-    for name in names:
-        previous = None if overwrite else _previous_filter(dest, name)
-        if previous is None:
-            todo.append(name)
-        elif previous.get("where") == where and previous.get("from") == source:
-            summary.shards.append(_skipped(dest, name))
-        else:
-            raise FilterError(_conflict(dest, name, previous))
-    for name in todo:
-        summary.shards.append(_filter_shard(src, dest, name, where, source, con))
+    source = location(src.url)
+    with open_output(destination, FILTER, [output]) as dest:
+        summary = FilterSummary(source, dest.url, where)
+        todo, done = plan(dest, names, lambda name: {"filter": _record(src, name, where, source)},
+                          only_current=True, overwrite=overwrite)
+        summary.shards += [_skipped(dest, name) for name in done]
+        summary.shards += [_filter_shard(src, dest, name, where, source, con) for name in todo]
     summary.shards.sort(key=lambda s: s.name)
     return summary
 
 
-def _previous_filter(dest: OutputDir, name: str) -> dict | None:
-    """The filter record of a finished shard `name` in the destination, None if it has none
-    yet; `{}` for a finished shard that `recap filter` did not make."""
-    if not dest.is_done(name):
-        return None
-    record = (dest.done_provenance(name) or {}).get("filter")
-    return record if isinstance(record, dict) else {}
-
-
-def _conflict(dest: OutputDir, name: str, previous: dict) -> str:
-    if not previous:
-        made = "not made by `recap filter`"
-    else:
-        made = f"filtered with --where {previous.get('where')!r} from {previous.get('from')}"
-    return (
-        f"{dest.url} already holds shard {name} {made}; use --overwrite to replace it, "
-        "or another destination"
-    )
+def _record(src: OutputDir, name: str, where: str, source: str) -> dict:
+    """What a filtered shard's marker records: the condition, the folder, and the filter that
+    made the source (a filtered folder filtered again keeps the chain)."""
+    record = {"where": where, "from": source}
+    previous = (src.done_provenance(name) or {}).get("filter")
+    if isinstance(previous, dict):
+        record["previous"] = previous
+    return record
 
 
 def _skipped(dest: OutputDir, name: str) -> FilteredShard:
     try:
         with dest.fs.open(dest.stats(name), "r") as f:
             record = json.load(f).get("filter") or {}
-    except (FileNotFoundError, json.JSONDecodeError):
+    except (FileNotFoundError, json.JSONDecodeError, AttributeError):
         record = {}
     rows_in, rows_kept = record.get("rows_in"), record.get("rows_kept")
     if rows_kept is None:
@@ -249,9 +214,7 @@ def _filter_shard(src: OutputDir, dest: OutputDir, name: str, where: str, source
     with src.fs.open(src.stats(name), "r") as f:
         stats = json.load(f)
     provenance = src.done_provenance(name) or {}
-    record = {"where": where, "from": source}
-    if isinstance(provenance.get("filter"), dict):  # a filtered folder filtered again: keep the chain
-        record["previous"] = provenance["filter"]
+    record = _record(src, name, where, source)
     statuses_in = Counter(table.column("status").to_pylist()) if "status" in table.column_names else None
     statuses = Counter(kept.column("status").to_pylist()) if "status" in kept.column_names else None
     stats = {

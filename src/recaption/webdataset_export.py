@@ -45,14 +45,13 @@ from datetime import datetime, timezone
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .atomic import output_lock, remove_stale_temporaries
-from .errors import RecaptionError
-from .ledger import OutputDir, ShardCommit
-from .quality.outputs import done_shards, input_shard, read_output
+from .quality.outputs import done_shards, input_shard, read_output, recorded_sources
 from .readers import ColumnConfig, discover_shards
 from .readers.base import Shard
-from .results import DONE, FAILED, SKIPPED
-from .selection import folder_location, same_folder
+from .spine.contract import Step, location, marker_has, open_output
+from .spine.errors import RecaptionError
+from .spine.ledger import OutputDir, ShardCommit, plan
+from .spine.results import DONE, FAILED, SKIPPED
 from .tars import TarShardWriter
 
 log = logging.getLogger(__name__)
@@ -65,6 +64,11 @@ IMAGE_NOT_FOUND = "image_not_found"  # no sample of that key in the input shard
 UNREADABLE_IMAGE = "unreadable_image"  # the input has the key, but no image bytes of a known format
 DUPLICATE_KEY = "duplicate_key"  # a second row of the same key in one output shard
 REASONS = (STATUS_NOT_OK, NO_CAPTION, IMAGE_NOT_FOUND, UNREADABLE_IMAGE, DUPLICATE_KEY)
+
+
+# What `recap export` writes (the output contract): WebDataset tars whose markers record the
+# caption choice and the sample count.
+EXPORT = Step("export", recognise=marker_has("caption", "samples"))
 
 
 class ExportError(RecaptionError, ValueError):
@@ -291,36 +295,17 @@ def export(output: str, destination: str, *, images: list[str] | None = None, ca
     `overwrite`), NoOutputError when `output` holds no finished shards, InputError when
     `images` match no shards."""
     choice = CaptionChoice.parse(caption)
-    if same_folder(output, destination):
-        raise ExportError(
-            f"the destination {destination} is the output folder itself; give another folder with -o"
-        )
     src = OutputDir(output)
     names = done_shards(src)
     with src.fs.open(src.parquet(names[0]), "rb") as f:
         choice.check(pq.read_schema(f), f"{output} shard {names[0]}")
     sources = ImageSources(src, images)
-    with output_lock(destination, "recap export"):
-        dest = OutputDir(destination)
-        remove_stale_temporaries(dest.fs, dest.root)
-        summary = ExportSummary(folder_location(output), destination, choice.spec, seed)
+    inputs = [output, *(images or []), *recorded_sources(src, names)]
+    with open_output(destination, EXPORT, inputs) as dest:
+        summary = ExportSummary(location(output), destination, choice.spec, seed)
         settings = {"caption": choice.spec, "seed": seed, "from": summary.source}
-        todo = []
-        for name in names:
-            previous = None if overwrite else dest.done_provenance(name) if dest.is_done(name) else None
-            if previous is None:
-                todo.append(name)
-            elif all(previous.get(k) == v for k, v in settings.items()):
-                summary.shards.append(_skipped(dest, name))
-            else:
-                made = (
-                    f"exported otherwise (--caption {previous['caption']}, seed {previous.get('seed')}, "
-                    f"from {previous.get('from')})" if "caption" in previous else "not made by `recap export`"
-                )
-                raise ExportError(
-                    f"{destination} already holds a finished shard {name} {made}; "
-                    "use --overwrite to replace it, or another destination"
-                )
+        todo, done = plan(dest, names, settings, only_current=True, overwrite=overwrite)
+        summary.shards += [_skipped(dest, name) for name in done]
         for name in todo:
             summary.shards.append(_export_shard(src, dest, name, choice, seed, sources, settings, images))
     summary.shards.sort(key=lambda s: s.name)

@@ -15,7 +15,7 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .ledger import OutputDir, ShardCommit, rows_handed
+from .spine.ledger import OutputDir, ShardCommit, rows_handed
 from .rows import sample_row
 from .sample import Sample
 from .schema import METADATA_KEY, output_schema

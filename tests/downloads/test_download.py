@@ -558,7 +558,7 @@ def test_a_loosened_setting_fetches_the_rows_it_refused(tmp_path, path, before, 
 
 
 def test_download_holds_the_output_folders_lock_and_clears_crashed_temporaries(tmp_path):
-    from recaption.atomic import output_lock
+    from recaption.spine.atomic import output_lock
 
     out = tmp_path / "out"
     meta = write_metadata(tmp_path / "urls.parquet", [{"url": "ftp://example.org/a.jpg", "text": "a"}])

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from recaption.downloads import download
-from recaption.results import DONE, SKIPPED
+from recaption.spine.results import DONE, SKIPPED
 
 from ..image_server import IMAGES, ImageServer
 from ..ray_processes import KillOnce

@@ -12,9 +12,12 @@ import textwrap
 
 import pytest
 
-from recaption import ledger
-from recaption.ledger import ADDED_LATER, OutputDir, ShardCommit, require_same_settings
-from recaption.results import ConfigMismatchError
+from recaption.spine import ledger
+from recaption.pipeline import CAPTION
+from recaption.spine.ledger import OutputDir, ShardCommit, plan, require_same_settings
+
+ADDED_LATER = CAPTION.added_later
+from recaption.spine.results import ConfigMismatchError
 
 NAME = "00007"
 
@@ -233,27 +236,52 @@ def test_require_same_settings(tmp_path):
     require_same_settings(out, NAME, dict(SETTINGS), marker={**SETTINGS, "input_fingerprint": {"images": 4}})
     with pytest.raises(ConfigMismatchError, match=r"shard 00007 made with other settings \(model differ"):
         require_same_settings(out, NAME, {**SETTINGS, "model": "other"})
-    with pytest.raises(ConfigMismatchError, match=r"\(prompt, seed differ\); use --overwrite"):
+    with pytest.raises(ConfigMismatchError, match=r"\(prompt, seed differ: prompt \"Describe.\" there, \"Other.\" now; seed null there, 1 now\); use --overwrite"):
         require_same_settings(out, NAME, {**SETTINGS, "prompt": "Other.", "seed": 1})
     # The marker given is used, not the file's.
     require_same_settings(out, NAME, {**SETTINGS, "model": "x"}, marker={**SETTINGS, "model": "x"})
-    with pytest.raises(ConfigMismatchError, match=str(tmp_path)):
+    with pytest.raises(ConfigMismatchError, match=r"00009.done\) is unreadable; use --overwrite"):
         require_same_settings(out, "00009", dict(SETTINGS))  # no marker: nothing matches
+    (tmp_path / f"{NAME}.done").write_text("[1, 2]")  # JSON, but no marker we wrote
+    assert out.done_provenance(NAME) is None
+    with pytest.raises(ConfigMismatchError, match="is unreadable"):
+        require_same_settings(out, NAME, dict(SETTINGS))
 
 
 def test_settings_added_later_match_their_old_defaults():
     assert {"engine": "transformers", "dtype": "auto"}.items() <= ADDED_LATER.items()
     out = OutputDir("memory://ledger-test/out")
     old = {"model": "tiny", "prompt": "Describe."}  # made before engine, dtype, ... were recorded
-    require_same_settings(out, NAME, dict(SETTINGS), marker=old)
+    require_same_settings(out, NAME, dict(SETTINGS), marker=old, added_later=ADDED_LATER)
     for key, other in (("engine", "vllm"), ("dtype", "bfloat16"), ("max_pixels", 1000), ("max_side", 448)):
-        with pytest.raises(ConfigMismatchError, match=rf"\({key} differ\)"):
-            require_same_settings(out, NAME, {**SETTINGS, key: other}, marker=old)
+        with pytest.raises(ConfigMismatchError, match=rf"\({key} differ: "):
+            require_same_settings(out, NAME, {**SETTINGS, key: other}, marker=old, added_later=ADDED_LATER)
     # Recorded in the marker: compared as recorded, whatever the default.
-    with pytest.raises(ConfigMismatchError, match=r"\(engine differ\)"):
-        require_same_settings(out, NAME, dict(SETTINGS), marker={**SETTINGS, "engine": "server"})
+    with pytest.raises(ConfigMismatchError, match=r"\(engine differ: "):
+        require_same_settings(out, NAME, dict(SETTINGS), marker={**SETTINGS, "engine": "server"},
+                              added_later=ADDED_LATER)
     # A step whose settings do not have the key (download) gets nothing added.
-    require_same_settings(out, NAME, {"resize": "border"}, marker={"resize": "border"})
+    require_same_settings(out, NAME, {"resize": "border"}, marker={"resize": "border"}, added_later=ADDED_LATER)
+    # Without the step's defaults, an old marker is another setting.
+    with pytest.raises(ConfigMismatchError, match=r"\(dtype, engine, max_pixels, max_side differ: "):
+        require_same_settings(out, NAME, dict(SETTINGS), marker=old)
+
+
+def test_plan_splits_units_by_marker_and_asks_the_step_what_to_redo(tmp_path):
+    out = OutputDir(str(tmp_path))
+    _marker(out, "a", {"model": "m", "recaption_version": "0.0.1"})
+    _marker(out, "b", {"model": "m", "extra": 1})
+    _marker(out, "c", {"model": "other"})
+    assert plan(out, ["a", "new"], {"model": "m"}) == (["new"], ["a"])
+    # only_current: a marker that also holds its input's settings (filter, export)
+    assert plan(out, ["b"], {"model": "m"}, only_current=True) == ([], ["b"])
+    with pytest.raises(ConfigMismatchError, match=r"\(extra differ: extra 1 there, null now\)"):
+        plan(out, ["b"], {"model": "m"})
+    with pytest.raises(ConfigMismatchError, match="shard c made with other settings"):
+        plan(out, ["a", "c"], {"model": "m"})
+    assert plan(out, ["a", "c"], {"model": "m"}, overwrite=True) == (["a", "c"], [])
+    redo = {"a": "its input changed"}
+    assert plan(out, ["a"], {"model": "m"}, redo=lambda name, marker: redo.get(name)) == (["a"], [])
 
 
 def test_crash_point_counts_rows_handed_in_this_process(monkeypatch):

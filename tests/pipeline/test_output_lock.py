@@ -11,7 +11,7 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from recaption.atomic import OutputLockedError, output_lock, remove_stale_temporaries
+from recaption.spine.atomic import OutputLockedError, output_lock, remove_stale_temporaries
 from recaption.sample import Sample
 from recaption.writer import OutputDir, ShardWriter
 
@@ -30,7 +30,7 @@ def _hold_lock(out):
     """Another process holding the folder's lock, until killed."""
     code = textwrap.dedent(f"""
         import time
-        from recaption.atomic import output_lock
+        from recaption.spine.atomic import output_lock
         with output_lock({str(out)!r}, "recap caption"):
             print("held", flush=True)
             time.sleep(120)

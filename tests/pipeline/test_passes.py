@@ -150,7 +150,7 @@ def test_shard_stats_time_each_stage_and_the_summary_says_what_bound_the_run(tmp
     assert set(stages) == {"loader_wait", "prepare", "generate", "write"} and stages["generate"] > 0
     assert summary.results[0].stage_seconds["generate"] > 0
     assert summary.bound_by().startswith("bound by ")
-    from recaption.results import RunSummary, ShardResult
+    from recaption.spine.results import RunSummary, ShardResult
 
     slow_loader = RunSummary([ShardResult("a", "a", "done", stage_seconds={"loader_wait": 3, "generate": 1})])
     assert slow_loader.bound_by().startswith("bound by the loader") and "75%" in slow_loader.bound_by()

@@ -7,10 +7,12 @@ import pytest
 
 from recaption.config import CaptionConfig, RunConfig
 from recaption.engines.transformers_engine import BatchPreparer, TransformersCaptioner
+from recaption.executors import run_caption
 from recaption.pipeline import DONE, FAILED, SKIPPED, CaptionPipeline, ConfigMismatchError
 from recaption.readers import discover_shards
 from recaption.schema import METADATA_KEY, output_schema
 from recaption.shards import ShardRecord, write_webdataset_shard
+from recaption.spine.contract import OutputAmongInputsError
 
 from ..conftest import image_bytes, make_records, write_shards
 
@@ -186,6 +188,7 @@ def test_several_loader_workers_give_the_same_output(tmp_path, captioner):
 def test_output_folder_that_holds_the_inputs_is_refused(tmp_path, captioner):
     shards = write_shards(tmp_path / "in", 1, 2)
     (tmp_path / "in" / "00000.parquet").write_bytes(b"img2dataset metadata")  # what would be overwritten
-    with pytest.raises(ConfigMismatchError, match="overwrite input files"):
-        run(shards, tmp_path / "in", captioner)
+    with pytest.raises(OutputAmongInputsError, match="overwrite input files"):
+        run_caption(discover_shards([str(s) for s in shards]), captioner.config,
+                    RunConfig(output=str(tmp_path / "in")))
     assert (tmp_path / "in" / "00000.parquet").read_bytes() == b"img2dataset metadata"

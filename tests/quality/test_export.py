@@ -13,10 +13,12 @@ import pytest
 from PIL import Image
 
 import recaption
-from recaption.errors import RecaptionError
+from recaption.spine.errors import RecaptionError
 from recaption.readers import open_shard
 from recaption.shards import ShardRecord, img2dataset_key, write_webdataset_shard
-from recaption.webdataset_export import CaptionChoiceError, ExportError, image_extension, takes_original
+from recaption.spine.contract import OutputAmongInputsError
+from recaption.spine.results import ConfigMismatchError
+from recaption.webdataset_export import CaptionChoiceError, image_extension, takes_original
 
 from ..conftest import image_bytes
 from .test_selection import row, write_output
@@ -237,14 +239,17 @@ def test_reruns_and_destinations(tmp_path):
     keys = write_input(tmp_path / "in" / "00000.tar", 2)
     out = tmp_path / "out"
     write_output(out, "00000", [row(k) for k in keys], source=tmp_path / "in" / "00000.tar")
-    with pytest.raises(ExportError, match="output folder itself"):
+    with pytest.raises(OutputAmongInputsError, match="is the input"):
         recaption.export(out, out)
+    with pytest.raises(OutputAmongInputsError, match="the input .*in"):  # the images' folder
+        recaption.export(out, tmp_path / "in")
+    assert sorted(p.name for p in (tmp_path / "in").iterdir()) == ["00000.tar"]
     dest = tmp_path / "wds"
     recaption.export(out, dest, caption="org_caption")
     stamp = (dest / "00000.tar").stat().st_mtime_ns
     assert recaption.export(out, dest, caption="org_caption").skipped == ["00000"]
     assert (dest / "00000.tar").stat().st_mtime_ns == stamp
-    with pytest.raises(ExportError, match="--caption org_caption.*--overwrite"):
+    with pytest.raises(ConfigMismatchError, match='caption "org_caption" there, "re_caption" now.*--overwrite'):
         recaption.export(out, dest, caption="re_caption")
     redone = recaption.export(out, dest, caption="re_caption", overwrite=True)
     assert redone.done == ["00000"]

@@ -10,10 +10,12 @@ import pyarrow.parquet as pq
 import pytest
 
 import recaption
-from recaption.errors import RecaptionError
+from recaption.spine.errors import RecaptionError
 from recaption.quality.outputs import done_shards, input_shard, read_output
 from recaption.schema import METADATA_KEY, output_schema
-from recaption.selection import FilterError, FilterExpressionError
+from recaption.selection import FilterExpressionError
+from recaption.spine.contract import ForeignOutputError, OutputAmongInputsError
+from recaption.spine.results import ConfigMismatchError
 from recaption.writer import OutputDir
 
 CAPTIONER = {"model": "acme/llava-test-8b", "max_new_tokens": 128, "conditional": False, "seed": 0}
@@ -153,7 +155,7 @@ def test_reruns_skip_shards_filtered_alike_and_refuse_another_condition(output, 
     assert (again.rows_in, again.rows_kept) == (8, 3)
     assert {p.name: p.stat().st_mtime_ns for p in dest.glob("0*")} == stamps
 
-    with pytest.raises(FilterError, match="--overwrite") as caught:
+    with pytest.raises(ConfigMismatchError, match="--overwrite") as caught:
         recaption.filter_output(output, "re_clip_score > 30", dest)
     assert "re_clip_score > 25" in str(caught.value) and "\n" not in str(caught.value)
     assert keys(dest, "00000") == ["a", "d", "f"]  # untouched
@@ -168,15 +170,18 @@ def test_reruns_skip_shards_filtered_alike_and_refuse_another_condition(output, 
 
 
 def test_destination_must_be_another_folder_and_filters_chain(output, tmp_path):
-    with pytest.raises(FilterError, match="output folder itself"):
+    with pytest.raises(OutputAmongInputsError, match="is the input"):
         recaption.filter_output(output, "true", output)
-    with pytest.raises(FilterError, match="output folder itself"):
+    with pytest.raises(OutputAmongInputsError, match="is the input"):
         recaption.filter_output(output, "true", str(output) + "/")
-    # A caption output folder is not overwritten by a filter without --overwrite.
+    with pytest.raises(OutputAmongInputsError, match="lies inside the input"):
+        recaption.filter_output(output, "true", output / "kept")
+    # A caption output folder is not overwritten by a filter, not even with --overwrite.
     other = tmp_path / "other"
     write_output(other, "00000", [row("z", 1.0)])
-    with pytest.raises(FilterError, match="not made by `recap filter`.*--overwrite"):
-        recaption.filter_output(output, "true", other)
+    for overwrite in (False, True):
+        with pytest.raises(ForeignOutputError, match="another recaption step, not of `recap filter`"):
+            recaption.filter_output(output, "true", other, overwrite=overwrite)
 
     first, second = tmp_path / "first", tmp_path / "second"
     recaption.filter_output(output, "re_clip_score > 25", first)

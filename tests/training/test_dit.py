@@ -404,7 +404,7 @@ def test_two_folders_with_the_same_shard_names_train_together_but_one_shard_twic
     b = _shard(tmp_path / "b", _world_records(16, start=100))  # both hold 00000.tar
     result = train_dit(config(a, tmp_path / "ab", steps=2, workers=0, data=[str(a), str(b)]))
     assert result["pairs"] == 32
-    from recaption.errors import RecaptionError  # a user error: one line, exit 2
+    from recaption.spine.errors import RecaptionError  # a user error: one line, exit 2
 
     with pytest.raises(RecaptionError, match="given twice"):
         train_dit(config(a, tmp_path / "aa", steps=2, workers=0, data=[str(a), str(a / "00000.tar")]))

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..errors import RecaptionError
+from ..spine.errors import RecaptionError
 
 console = Console()
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..errors import RecaptionError
+from ..spine.errors import RecaptionError
 from .common import console, error_line, print_download_summary, split_values
 
 

@@ -101,7 +101,7 @@ def stats_cmd(
 
     from rich.markup import escape
 
-    from ..atomic import write_to_url_atomic
+    from ..spine.atomic import write_to_url_atomic
     from ..quality.stats import PAPER, collect, comparison, count, fmt, pct, rounded
 
     stats = collect(output)  # NoOutputError: a user error

@@ -41,7 +41,7 @@ import torch
 from fsspec.implementations.local import LocalFileSystem
 from PIL import Image
 
-from ..atomic import write_bytes_atomic, write_json_atomic
+from ..spine.atomic import write_bytes_atomic, write_json_atomic
 from ..shards import ShardRecord, write_webdataset_shard
 from ..training.inputs import TrainingInputError, check_device, check_output
 from .model import EMA, SCHEDULER, LoadedDit, component, load_dit, pad_features, read_meta

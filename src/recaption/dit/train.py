@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from fsspec.implementations.local import LocalFileSystem
 
-from ..atomic import temporary_name, write_json_atomic
+from ..spine.atomic import temporary_name, write_json_atomic
 from ..training import distributed
 from ..training.checkpoints import (
     _replace_folder,

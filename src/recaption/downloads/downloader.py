@@ -29,10 +29,10 @@ from itertools import islice
 import pyarrow.parquet as pq
 
 from .. import __version__
-from ..atomic import output_lock, remove_stale_temporaries
-from ..ledger import OutputDir
+from ..spine.atomic import output_lock, remove_stale_temporaries
+from ..spine.ledger import OutputDir
 from ..redact import redact
-from ..results import DONE, FAILED, SKIPPED, ConfigMismatchError, Progress, RunSummary, ShardResult
+from ..spine.results import DONE, FAILED, SKIPPED, ConfigMismatchError, Progress, RunSummary, ShardResult
 from ..shards import img2dataset_key
 from . import outcomes as oc
 from .config import DownloadConfig

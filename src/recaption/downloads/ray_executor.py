@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 from ..ray_cluster import cluster_cpus, connected
 from ..redact import redact
-from ..results import FAILED, RunSummary, ShardResult
+from ..spine.results import FAILED, RunSummary, ShardResult
 from .downloader import PlannedShard, ShardDownloads
 
 log = logging.getLogger(__name__)

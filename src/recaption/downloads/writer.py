@@ -18,7 +18,7 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..ledger import OutputDir, ShardCommit, rows_handed
+from ..spine.ledger import OutputDir, ShardCommit, rows_handed
 from ..tars import TarShardWriter
 
 BASE_FIELDS = [

@@ -12,12 +12,11 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from ..atomic import output_lock, remove_stale_temporaries
 from ..config import CaptionConfig, ExecutorConfig, RunConfig
-from ..pipeline import forget_vanished_slices, refuse_output_among_inputs
-from ..readers import Shard
-from ..results import Progress, RunSummary
-from ..writer import OutputDir
+from ..pipeline import CAPTION, forget_vanished_slices
+from ..readers import Shard, input_locations
+from ..spine.contract import open_output
+from ..spine.results import Progress, RunSummary
 
 _SUFFIX = "_executor"
 
@@ -73,21 +72,14 @@ def check_run(caption: CaptionConfig, run: RunConfig, executor: ExecutorConfig) 
 
 def run_caption(shards: list[Shard], caption: CaptionConfig, run: RunConfig,
                 executor: ExecutorConfig | None = None, progress: Progress | None = None) -> RunSummary:
-    """Caption `shards` into `run.output` while holding the output folder's lock: one run writes
-    to a folder at a time (a second one gets OutputLockedError), whichever executor runs it."""
+    """Caption `shards` into `run.output` through the output contract (spine/contract.py: not
+    among the inputs, not another step's folder, one run at a time, OS errors as one line),
+    whichever executor runs it."""
     executor = executor or ExecutorConfig()
     check_run(caption, run, executor)
-    refuse_output_among_inputs(shards, run.output)  # before the lock makes the output folder
-    with output_lock(run.output, "recap caption"):
-        out = OutputDir(run.output)
-        remove_stale_temporaries(out.fs, out.root)  # ours alone now: left by crashed runs
+    with open_output(run.output, CAPTION, input_locations(shards)) as out:
         forget_vanished_slices(shards, out)  # once, with every shard of the run
-        try:
-            return _run_unlocked(shards, caption, run, executor, progress)
-        finally:
-            # However the run ends, none of its temporary files outlives it: a stop signal can
-            # land between a writer opening its file and the pipeline taking note of it.
-            remove_stale_temporaries(out.fs, out.root)
+        return _run_unlocked(shards, caption, run, executor, progress)
 
 
 def _run_unlocked(shards: list[Shard], caption: CaptionConfig, run: RunConfig,

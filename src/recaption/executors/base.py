@@ -14,7 +14,7 @@ from __future__ import annotations
 from ..config import CaptionConfig, ExecutorConfig, RunConfig
 from ..pipeline import plan_shards
 from ..readers import Shard
-from ..results import SKIPPED, Progress, RunSummary, ShardResult
+from ..spine.results import SKIPPED, Progress, RunSummary, ShardResult
 
 
 class Executor:

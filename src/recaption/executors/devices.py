@@ -17,7 +17,7 @@ from dataclasses import replace
 from ..config import CaptionConfig, RunConfig
 from ..pipeline import CaptionPipeline
 from ..readers import Shard
-from ..results import FAILED, Progress, ShardResult
+from ..spine.results import FAILED, Progress, ShardResult
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from ..pipeline import CaptionPipeline
 from ..readers import Shard
-from ..results import ShardResult
+from ..spine.results import ShardResult
 from .base import Executor
 
 

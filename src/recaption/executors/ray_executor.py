@@ -28,7 +28,7 @@ from ..config import CaptionConfig, ExecutorConfig, RunConfig
 from ..pipeline import CaptionPipeline
 from ..ray_cluster import connected
 from ..readers import Shard
-from ..results import FAILED, Progress, ShardResult
+from ..spine.results import FAILED, Progress, ShardResult
 from .base import Executor
 
 log = logging.getLogger(__name__)

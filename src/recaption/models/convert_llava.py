@@ -35,8 +35,8 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import temporary_name
-from ..errors import RecaptionError
+from ..spine.atomic import temporary_name
+from ..spine.errors import RecaptionError
 from .loading import first_line, load_or_explain
 from .tiny import LLAMA3_CHAT_TEMPLATE
 

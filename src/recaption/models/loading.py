@@ -17,7 +17,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from ..errors import RecaptionError
+from ..spine.errors import RecaptionError
 from .tiny import TINY_MODEL_NAME, tiny_model_path
 
 TINY_RANDOM_NAME = "tiny-random"

@@ -24,7 +24,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import RecaptionError
+from ..spine.errors import RecaptionError
 
 log = logging.getLogger(__name__)
 

@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from ..atomic import output_lock
 from ..config import CaptionConfig, ServerOptions
 from ..engines.openai_engine import OpenAICaptioner, image_data_url
 from ..images import decode_sample
 from ..schema import JUDGE_METADATA_KEY
 from ..writer import OutputDir
-from .outputs import caption_rows, done_shards, input_shard, read_output, rewrite_output, stamp
+from ..spine.contract import open_output
+from .outputs import caption_rows, done_shards, input_shard, read_output, rewrite_output, stamp, works_in_caption_output
 
 log = logging.getLogger(__name__)
 
@@ -94,13 +94,11 @@ class JudgeSummary:
 def judge_output(output: str, config: JudgeConfig, on_shard=None) -> JudgeSummary:
     """Rate the finished shards of `output`, rewriting each file atomically. Holds the folder's
     lock: no caption run or scorer may rewrite the same files meanwhile."""
-    done_shards(OutputDir(output))  # not caption output: say so before taking a lock there
-    with output_lock(output, "recap judge"):
-        return _judge_locked(output, config, on_shard)
+    with open_output(output, works_in_caption_output("judge")) as out:
+        return _judge_locked(out, config, on_shard)
 
 
-def _judge_locked(output: str, config: JudgeConfig, on_shard) -> JudgeSummary:
-    out = OutputDir(output)
+def _judge_locked(out: OutputDir, config: JudgeConfig, on_shard) -> JudgeSummary:
     summary = JudgeSummary()
     client = OpenAICaptioner(
         CaptionConfig(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from ..errors import RecaptionError
+from ..spine.errors import RecaptionError
 
 LONG_TEXT_MODES = ("truncate", "chunk")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")

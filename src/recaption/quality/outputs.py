@@ -9,11 +9,18 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..atomic import open_atomic
-from ..errors import RecaptionError
+from ..spine.atomic import open_atomic
+from ..spine.errors import RecaptionError
 from ..readers import ColumnConfig, discover_shards, open_shard
 from ..readers.base import Shard
+from ..spine.contract import Step, marker_has
 from ..writer import OutputDir
+
+
+def works_in_caption_output(name: str) -> Step:
+    """The contract's view of a step that rewrites finished caption output in place (score,
+    judge): it works in folders `recap caption` or `recap filter` made, and creates none."""
+    return Step(name, adopts=("caption", "filter"), recognise=marker_has("model"), creates=False)
 
 
 class NoOutputError(RecaptionError, ValueError):
@@ -32,6 +39,21 @@ def done_shards(out: OutputDir) -> list[str]:
             f"{out.url} holds no finished shards ({{name}}.done): is it a `recap caption` output folder?"
         )
     return names
+
+
+def recorded_sources(out: OutputDir, names: list[str]) -> list[str]:
+    """Where each shard's images came from (its stats' `source`; a folder slice's folder), for
+    the output contract of steps that read them: their output must stay out of those places."""
+    sources = []
+    for name in names:
+        try:
+            with out.fs.open(out.stats(name), "r") as f:
+                source = json.load(f).get("source")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(source, str) and source:
+            sources.append(source.rsplit(" [", 1)[0])
+    return list(dict.fromkeys(sources))
 
 
 def read_output(out: OutputDir, name: str, columns: list[str] | None = None) -> pa.Table:

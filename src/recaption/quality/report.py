@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import resources
 
-from ..atomic import write_to_url_atomic
-from ..errors import RecaptionError
+from ..spine.atomic import write_to_url_atomic
+from ..spine.errors import RecaptionError
 from ..images import decode_sample
 from ..writer import OutputDir
 from .flags import is_degenerate

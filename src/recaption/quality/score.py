@@ -16,13 +16,13 @@ from datetime import datetime, timezone
 
 import pyarrow as pa
 
-from ..atomic import output_lock
 from ..images import decode_sample
 from ..readers.base import Shard
 from ..schema import SCORE_COLUMNS, SCORES_METADATA_KEY, word_count
 from ..writer import OutputDir
 from .clip import ClipScorer
-from .outputs import caption_rows, done_shards, input_shard, read_output, rewrite_output, stamp
+from ..spine.contract import open_output
+from .outputs import caption_rows, done_shards, input_shard, read_output, rewrite_output, stamp, works_in_caption_output
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +47,11 @@ def score_samples(scorer: ClipScorer, samples: list, pixel_values) -> None:
 def score_output(output: str, scorer: ClipScorer, overwrite: bool = False, on_shard=None) -> ScoreSummary:
     """Score the finished shards of `output`, rewriting each file atomically. Holds the folder's
     lock: no caption run or judge may rewrite the same files meanwhile."""
-    done_shards(OutputDir(output))  # not caption output: say so before taking a lock there
-    with output_lock(output, "recap score"):
-        return _score_locked(output, scorer, overwrite, on_shard)
+    with open_output(output, works_in_caption_output("score")) as out:
+        return _score_locked(out, scorer, overwrite, on_shard)
 
 
-def _score_locked(output: str, scorer: ClipScorer, overwrite: bool, on_shard) -> ScoreSummary:
-    out = OutputDir(output)
+def _score_locked(out: OutputDir, scorer: ClipScorer, overwrite: bool, on_shard) -> ScoreSummary:
     summary = ScoreSummary()
     for name in done_shards(out):
         if on_shard:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from braceexpand import braceexpand
 from fsspec.core import url_to_fs
 
-from ..errors import RecaptionError
+from ..spine.errors import RecaptionError
 from .base import (
     SIDECAR_EXTENSIONS,
     ColumnConfig,
@@ -220,3 +220,11 @@ def discover_shards(
         raise InputError("no input shards found")
     return shards
 
+
+
+def input_locations(shards: list[Shard]) -> list[str]:
+    """What an output folder must keep out of (the output contract's inputs): each shard's file,
+    or a folder slice's folder, and every folder scanned recursively for them."""
+    places = [s.source.rsplit(" [", 1)[0] if " [" in s.source else s.source for s in shards]
+    places += [s.scanned_root for s in shards if s.scanned_root]
+    return list(dict.fromkeys(places))

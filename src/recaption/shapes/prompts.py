@@ -266,7 +266,7 @@ def write_prompts(prompts: list[Prompt], path: str | Path) -> Path:
     """JSON lines (prompt, spec, style, index, seed, complexity), atomically."""
     from fsspec.implementations.local import LocalFileSystem
 
-    from ..atomic import write_text_atomic
+    from ..spine.atomic import write_text_atomic
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

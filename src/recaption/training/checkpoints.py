@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import temporary_name
+from ..spine.atomic import temporary_name
 from .inputs import TrainingInputError
 
 log = logging.getLogger(__name__)

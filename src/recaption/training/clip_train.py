@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 import torch
 from fsspec.implementations.local import LocalFileSystem
 
-from ..atomic import write_json_atomic
+from ..spine.atomic import write_json_atomic
 from . import distributed
 from .checkpoints import (
     check_checkpoint,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import RecaptionError
+from ..spine.errors import RecaptionError
 from ..models.loading import load_or_explain, local_folder_or_name
 
 

@@ -190,7 +190,7 @@ class _Counts:
             return
         from fsspec.implementations.local import LocalFileSystem
 
-        from ..atomic import write_json_atomic
+        from ..spine.atomic import write_json_atomic
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(LocalFileSystem(), str(self.path), {"shards": self.known})

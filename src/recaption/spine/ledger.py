@@ -18,6 +18,9 @@ temporaries a crash left behind are removed by the folder's next lock holder
 `RECAP_CRASH_AFTER_ROWS=N` (for tests): the process exits at once, like `kill -9`, as soon as N
 rows have been handed to shard writers in it (see `rows_handed`, docs/failures.md).
 
+`plan` is the one planner: each unit (shard) of a step against its marker, with the step's
+settings compared by `require_same_settings`, the one comparison.
+
 Light on purpose: the downloader imports it, and it must not load engines, batching or torch.
 """
 
@@ -27,30 +30,31 @@ import json
 import logging
 import os
 import threading
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from typing import IO
 
 from fsspec.core import url_to_fs
 
 from .atomic import temporary_name, write_json_atomic
-from .images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
 from .results import ConfigMismatchError
-from .schema import INPUT_FINGERPRINT
 
 log = logging.getLogger(__name__)
 
 MARKER_SUFFIX = ".done"
 STATS_SUFFIX = "_stats.json"
 
+INPUT_FINGERPRINT = "input_fingerprint"  # in a .done marker: what the shard's input covered
 # Marker entries that are no setting: they may differ between shards and runs.
 NOT_SETTINGS = ("recaption_version", INPUT_FINGERPRINT)
-# Settings recorded only since a later version, with the value output made before had: a marker
-# without one of them compares equal when the current run uses that value.
-ADDED_LATER = {
-    "engine": "transformers",
-    "dtype": "auto",
-    "max_pixels": DEFAULT_MAX_PIXELS,
-    "max_side": DEFAULT_MAX_SIDE,
-}
+
+_commits: Counter = Counter()  # output root -> shards committed there by this process
+
+
+def commits_in(root: str) -> int:
+    """How many shards this process has committed into the folder at `root` (the contract tells
+    a run that failed after writing some from one that wrote nothing)."""
+    return _commits[root.rstrip("/")]
 
 
 class OutputDir:
@@ -79,9 +83,10 @@ class OutputDir:
         """What the shard's marker records (None: not finished, or an unreadable marker)."""
         try:
             with self.fs.open(self.marker(shard), "r") as f:
-                return json.load(f)
-        except (FileNotFoundError, json.JSONDecodeError):
+                marker = json.load(f)
+        except (FileNotFoundError, IsADirectoryError, ValueError, UnicodeDecodeError):
             return None
+        return marker if isinstance(marker, dict) else None  # `[1, 2]`: not a marker we wrote
 
     def done_names(self) -> list[str]:
         """Names of the finished shards, sorted ([] for a folder that does not exist)."""
@@ -176,6 +181,7 @@ class ShardCommit:
         write_json_atomic(fs, self.out.stats(self.name), stats)
         write_json_atomic(fs, marker, provenance)
         self.committed = True
+        _commits[self.out.root.rstrip("/")] += 1
 
     def abort(self) -> None:
         """Close and remove the temporaries: nothing a reader could take for output is left.
@@ -208,21 +214,80 @@ class ShardCommit:
             self.abort()
 
 
-def require_same_settings(out: OutputDir, name: str, current: dict, marker: dict | None = None) -> None:
-    """Raise ConfigMismatchError when shard `name` in `out` was made with other settings (its
-    .done marker holds them, read here unless given); the recaption version and the input
-    fingerprint may differ, and a setting of ADDED_LATER missing from the marker counts as its
-    value there (output made before it was recorded)."""
+def require_same_settings(out: OutputDir, name: str, current: Mapping, marker: Mapping | None = None,
+                          added_later: Mapping | None = None, *, only_current: bool = False) -> None:
+    """The one comparison of a unit's settings with its marker: ConfigMismatchError when shard
+    `name` in `out` was made with other settings (its .done marker, read here unless given). The
+    recaption version and the input fingerprint may differ; a setting of `added_later` missing
+    from the marker counts as the value given there (output made before it was recorded).
+    `only_current`: compare just the settings named in `current` (a step whose markers also
+    carry its input's settings, as filter's and export's do)."""
     marker = out.done_provenance(name) if marker is None else marker
-    marker = {**{k: v for k, v in ADDED_LATER.items() if k in current}, **(marker or {})}
+    if marker is None:
+        raise ConfigMismatchError(
+            f"{out.url}: the marker of shard {name} ({name}{MARKER_SUFFIX}) is unreadable; "
+            "use --overwrite to redo the shard, or another output folder"
+        )
+    marker = {**{k: v for k, v in (added_later or {}).items() if k in current}, **marker}
     previous = {k: v for k, v in marker.items() if k not in NOT_SETTINGS}
     current = {k: v for k, v in current.items() if k not in NOT_SETTINGS}
+    if only_current:
+        previous = {k: previous.get(k) for k in current}
     if previous != current:
         changed = sorted(k for k in current.keys() | previous.keys() if current.get(k) != previous.get(k))
+        shown = "; ".join(_differences(previous, current, changed)[:3])
         raise ConfigMismatchError(
             f"{out.url} holds shard {name} made with other settings "
-            f"({', '.join(changed)} differ); use --overwrite or another output folder"
+            f"({', '.join(changed)} differ: {shown}); use --overwrite or another output folder"
         )
+
+
+def _differences(previous: Mapping, current: Mapping, keys: list[str], prefix: str = "") -> list[str]:
+    """`key X there, Y now` per differing setting; nested settings by their own keys."""
+    said = []
+    for k in keys:
+        then, now = previous.get(k), current.get(k)
+        if isinstance(then, Mapping) and isinstance(now, Mapping):
+            inner = sorted(j for j in then.keys() | now.keys() if then.get(j) != now.get(j))
+            said += _differences(then, now, inner, f"{prefix}{k}.")
+        else:
+            said.append(f"{prefix}{k} {_short(then)} there, {_short(now)} now")
+    return said
+
+
+def _short(value, limit: int = 80) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def plan(out: OutputDir, names: Iterable[str], current: Mapping | Callable[[str], Mapping], *, added_later: Mapping | None = None,
+         only_current: bool = False, overwrite: bool = False,
+         redo: Callable[[str, dict], str | None] | None = None) -> tuple[list[str], list[str]]:
+    """The one planner: split `names` into (to do, done) against their markers in `out`.
+
+    A unit without a marker is to do; one with a marker made with other settings is refused
+    (ConfigMismatchError: mixing them would corrupt the folder); `redo(name, marker)` may give a
+    reason to do a finished unit again (its input changed, it holds failed rows), logged.
+    `current` may be a function of the name, for settings that differ by unit. With
+    `overwrite` everything is to do. A unit being redone keeps its output until the new commit."""
+    names = list(names)
+    if overwrite:
+        return names, []
+    todo, done = [], []
+    for name in names:
+        if not out.is_done(name):
+            todo.append(name)
+            continue
+        marker = out.done_provenance(name)
+        settings = current(name) if callable(current) else current
+        require_same_settings(out, name, settings, marker, added_later, only_current=only_current)
+        reason = redo(name, marker) if redo else None
+        if reason:
+            log.warning("%s: %s; doing it again", name, reason)
+            todo.append(name)
+        else:
+            done.append(name)
+    return todo, done
 
 
 # Crash points: RECAP_CRASH_AFTER_ROWS=N ends the process the way kill -9 does, at a known point.

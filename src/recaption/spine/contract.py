@@ -1,0 +1,286 @@
+"""The output contract: the one way every command that writes a folder opens it.
+
+    with open_output(destination, CAPTION, inputs=[...]) as out:   # an OutputDir
+        ...  # plan units (ledger.plan), write them through ledger.ShardCommit
+
+`open_output`, in this order, before anything is written:
+  1. refuses an output that is, contains, or lies inside one of the inputs (writing there would
+     overwrite input files, or be read back as input by the next run);
+  2. refuses a folder holding files recaption did not write (an img2dataset folder, a folder of
+     photos), and recaption output of another step (an export into a caption folder), unless the
+     step adopts it (`recap score` works in caption output);
+  3. takes the folder's lock (one writer at a time) and removes temporaries crashed runs left;
+  4. stamps a new folder with the step that made it (`.recap-output.json`).
+Every OS error about the output (read-only, full disk, no permission, a parent that is a file)
+raised in the block becomes one `OutputWriteError` line naming the path and the fix, exit code 2,
+or 1 when shards of this run were already committed (a rerun resumes from them).
+
+Output written before stamps existed is recognised by the step's own test (`Step.recognise`:
+its markers say which step made it), so older output still resumes.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from fsspec.core import url_to_fs
+
+from .atomic import LOCK_NAME, TMP_SUFFIX, output_lock, remove_stale_temporaries, write_json_atomic
+from .errors import RecaptionError
+from .ledger import MARKER_SUFFIX, OutputDir, commits_in
+
+log = logging.getLogger(__name__)
+
+STAMP_NAME = ".recap-output.json"
+
+
+@dataclass(frozen=True)
+class Step:
+    """What a command writes, as the contract and the planner need to know it.
+
+    `adopts`: other steps whose folders this one works in (score and judge rewrite caption
+    output in place). `recognise(out)`: is a folder without a stamp (older output) this step's?
+    `added_later`: settings its markers record only since a later version, with the value older
+    output was made with (a marker without one compares equal when the run uses that value).
+    `creates`: False for steps that only work in an existing output (score, judge)."""
+
+    name: str
+    adopts: tuple[str, ...] = ()
+    recognise: Callable[[OutputDir], bool] | None = None
+    added_later: Mapping[str, object] = field(default_factory=dict)
+    creates: bool = True
+
+    @property
+    def command(self) -> str:
+        return f"recap {self.name}"
+
+
+class OutputError(RecaptionError, ValueError):
+    """The output folder cannot be used as asked; the message names it and the fix."""
+
+    exit_code = 2
+
+
+class OutputAmongInputsError(OutputError):
+    """The output is, contains, or lies inside an input."""
+
+
+class ForeignOutputError(OutputError):
+    """The output holds files recaption did not write, or another step's output."""
+
+
+class OutputWriteError(OutputError):
+    """An OS error at the output (read-only, full, no permission, a missing parent)."""
+
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# -- where things are -------------------------------------------------------------------------------
+
+
+def location(url: str) -> str:
+    """A folder's or file's identity for comparisons: an absolute, link-resolved local path, or
+    a URL with its protocol (no trailing slash)."""
+    try:
+        fs, path = url_to_fs(url)
+    except (ImportError, ValueError):  # a protocol whose file system is not installed: as written
+        return url.rstrip("/")
+    if _is_local(fs):
+        return os.path.realpath(path)
+    return fs.unstrip_protocol(path.rstrip("/"))
+
+
+def _is_local(fs) -> bool:
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocols or "local" in protocols
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path.startswith(folder.rstrip("/" + os.sep) + ("/" if "://" in folder else os.sep))
+
+
+def refuse_among_inputs(output: str, inputs: Iterable[str]) -> None:
+    """OutputAmongInputsError when `output` is, contains, or lies inside one of `inputs` (files or
+    folders, local or URLs)."""
+    target = location(output)
+    for given in dict.fromkeys(i for i in inputs if i):
+        place = location(given)
+        if place == target:
+            how = "is"
+        elif _inside(place, target):
+            how = "contains"
+        elif _inside(target, place):
+            how = "lies inside"
+        else:
+            continue
+        raise OutputAmongInputsError(
+            f"the output folder {output} {how} the input {given}: writing there would overwrite input "
+            "files or be read back as input; choose another output folder"
+        )
+
+
+# -- whose folder it is -----------------------------------------------------------------------------
+
+
+def _entries(out: OutputDir) -> list[str]:
+    """Names in the folder ([] when it does not exist)."""
+    try:
+        return [p.rstrip("/").rsplit("/", 1)[-1] for p in out.fs.ls(out.root, detail=False)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def read_stamp(out: OutputDir) -> dict | None:
+    """The folder's stamp ({"step": ...}), None when it has none or an unreadable one."""
+    try:
+        with out.fs.open(out.path(STAMP_NAME), "r") as f:
+            stamp = json.load(f)
+    except (FileNotFoundError, ValueError, UnicodeDecodeError, IsADirectoryError):
+        return None
+    return stamp if isinstance(stamp, dict) and isinstance(stamp.get("step"), str) else None
+
+
+def first_marker(out: OutputDir) -> dict | None:
+    """The settings in the folder's first readable `.done` marker (older output's fingerprint)."""
+    for name in out.done_names():
+        marker = out.done_provenance(name)
+        if marker is not None:
+            return marker
+    return None
+
+
+def marker_has(*keys: str) -> Callable[[OutputDir], bool]:
+    """A `Step.recognise` for older output: its first marker records every one of `keys`."""
+
+    def recognise(out: OutputDir) -> bool:
+        marker = first_marker(out)
+        return marker is not None and all(k in marker for k in keys)
+
+    return recognise
+
+
+def refuse_foreign(out: OutputDir, step: Step) -> None:
+    """ForeignOutputError unless the folder is new, empty, this step's (or one it adopts) by its
+    stamp, or older output that `step.recognise` takes for its own."""
+    names = _entries(out)
+    visible = [n for n in names if not n.startswith(".") and not n.endswith(TMP_SUFFIX)]
+    stamp = read_stamp(out)
+    own = (step.name, *step.adopts)
+    if stamp is not None:
+        if stamp["step"] in own:
+            return
+        raise ForeignOutputError(
+            f"{out.url} holds the output of `recap {stamp['step']}`, not of `{step.command}`: "
+            "choose another output folder"
+        )
+    if not visible:
+        if not step.creates:
+            raise ForeignOutputError(f"{out.url} holds no output of `recap {step.adopts[0]}`: "
+                                     "give the folder that command wrote")
+        return
+    ours = LOCK_NAME in names or any(n.endswith(MARKER_SUFFIX) for n in visible)
+    if ours and step.recognise is not None and step.recognise(out):
+        return
+    if ours:
+        raise ForeignOutputError(
+            f"{out.url} holds the output of another recaption step, not of `{step.command}`: "
+            "choose another output folder"
+        )
+    raise ForeignOutputError(
+        f"{out.url} holds files recaption did not write (e.g. {sorted(visible)[0]}); "
+        "give a new or empty output folder"
+    )
+
+
+# -- OS errors at the output ------------------------------------------------------------------------
+
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_FIXES = {
+    errno.EROFS: "the file system is read-only: choose a writable output folder",
+    errno.ENOSPC: "the disk is full: free space there or choose another output folder",
+    errno.EDQUOT: "the disk quota is used up: free space there or choose another output folder",
+    errno.EFBIG: "the file is too large for that file system: choose another output folder",
+    errno.EACCES: "no permission to write there: choose a folder you can write to",
+    errno.EPERM: "no permission to write there: choose a folder you can write to",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: choose another output folder",
+    errno.ENOENT: "a folder on the path is missing: create it or choose another output folder",
+}
+
+
+def _about_output(exc: OSError, root: str) -> bool:
+    names = [n for n in (exc.filename, getattr(exc, "filename2", None)) if n]
+    if not names:  # a write on an open file: full disks and read-only mounts say no name
+        return exc.errno in (*_FULL, errno.EROFS)
+    here = os.path.abspath(root)
+    return any(os.path.abspath(str(n)) == here or _inside(os.path.abspath(str(n)), here)
+               or _inside(here, os.path.abspath(str(n))) for n in names)
+
+
+@contextmanager
+def output_errors(url: str) -> Iterator[None]:
+    """OS errors about `url` raised in the block as one OutputWriteError line (exit code 2, or 1
+    when shards were committed there before it failed: a rerun resumes from them)."""
+    fs, root = url_to_fs(url)
+    before = commits_in(root)
+    try:
+        yield
+    except OutputError:
+        raise
+    except OSError as exc:
+        if not _about_output(exc, root) or exc.errno not in _FIXES:
+            raise
+        written = commits_in(root) - before
+        path = exc.filename or url
+        fix = _FIXES[exc.errno]
+        if written:
+            fix += f"; {written} shard(s) were written before this: a rerun resumes from them"
+        raise OutputWriteError(f"cannot write to {path}: {exc.strerror or exc}; {fix}",
+                               exit_code=1 if written else 2) from None
+
+
+# -- the contract -----------------------------------------------------------------------------------
+
+
+@contextmanager
+def open_output(url: str, step: Step, inputs: Iterable[str] = (), *, lock: bool = True) -> Iterator[OutputDir]:
+    """The output folder `url` for `step`, checked, locked and cleared of stale temporaries (see
+    the module's docstring); temporaries this run leaves are removed when the block ends.
+    `lock=False` for writers that are one rank of several (torchrun): rank 0 holds no flock
+    the other ranks would trip on."""
+    with output_errors(url):
+        refuse_among_inputs(url, inputs)
+        out = OutputDir(url)
+        refuse_foreign(out, step)
+        if not lock:
+            _stamp(out, step)
+            yield out
+            return
+        with output_lock(url, step.command):
+            refuse_foreign(out, step)  # again under the lock: another run may have written meanwhile
+            _stamp(out, step)
+            remove_stale_temporaries(out.fs, out.root)  # ours alone now: left by crashed runs
+            try:
+                yield out
+            finally:
+                # However the run ends, none of its temporaries outlives it (a stop signal can
+                # land between a writer opening its file and taking note of it).
+                try:
+                    remove_stale_temporaries(out.fs, out.root)
+                except OSError as exc:
+                    log.warning("%s: temporaries not removed (%s)", url, exc)
+
+
+def _stamp(out: OutputDir, step: Step) -> None:
+    """Mark a folder this step makes (or older output of it) as its own; adopted folders keep
+    the stamp of the step that made them."""
+    if step.creates and read_stamp(out) is None:
+        out.fs.makedirs(out.root, exist_ok=True)
+        write_json_atomic(out.fs, out.path(STAMP_NAME), {"step": step.name})
