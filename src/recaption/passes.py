@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from .spine.errors import RecaptionError
 from .models.registry import CONDITIONAL_PROMPT, PAPER_PROMPT
+from .spine.errors import RecaptionError
 
 ALT_TEXT = "{caption}"  # in a pass's prompt: replaced by the sample's original caption
 DEFAULT, CONDITIONAL = "default", "condition_diverse_topk"

@@ -21,13 +21,13 @@ from .config import CaptionConfig, RunConfig
 from .engines import make_engine
 from .engines.base import Engine
 from .images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
-from .spine.contract import Step, marker_has
-from .spine.ledger import OutputDir, plan
 from .passes import CONDITIONAL, FLAGS, CaptionPass, Decoding
 from .readers import Shard
-from .spine.results import DONE, FAILED, SKIPPED, ConfigMismatchError, Progress, RunSummary, ShardResult
 from .sample import CAPTION_ERROR, OK, Sample
 from .schema import INPUT_FINGERPRINT, SCORES_METADATA_KEY
+from .spine.contract import Step, marker_has
+from .spine.ledger import OutputDir, plan
+from .spine.results import DONE, FAILED, SKIPPED, Progress, RunSummary, ShardResult
 from .writer import ShardWriter
 
 if TYPE_CHECKING:

@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 import recaption
 from recaption.cli import app
-from recaption.spine.errors import RecaptionError
 from recaption.images import DEFAULT_MAX_PIXELS
+from recaption.spine.errors import RecaptionError
 
 from ..conftest import image_bytes, write_shards
 from ..openai_server import LoopbackServer
@@ -340,13 +340,13 @@ def test_every_command_is_guarded_for_user_errors():
 
 
 def test_the_library_user_errors_share_one_root():
-    from recaption.spine.atomic import OutputLockedError
     from recaption.models.convert_llava import ConversionError
     from recaption.models.loading import ModelError
     from recaption.quality.clip import ClipModelError
     from recaption.quality.outputs import InputChangedError, NoOutputError
     from recaption.quality.report import MissingDependencyError
     from recaption.readers import InputError
+    from recaption.spine.atomic import OutputLockedError
     from recaption.spine.results import ConfigMismatchError
     from recaption.training.checkpoints import CheckpointError
     from recaption.training.inputs import TrainingInputError

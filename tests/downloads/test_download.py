@@ -278,6 +278,7 @@ def test_nothing_is_written_outside_the_output_folder(tmp_path):
     assert all(p.parts[0] in ("in", "out") for p in written), written
     assert {p.name for p in (tmp_path / "out").iterdir()} <= {
         ".recap.lock",  # the output folder's lock (atomic.output_lock)
+        ".recap-output.json",  # which step made the folder (spine/contract.py)
         "00000.tar",
         "00000.parquet",
         "00000_stats.json",
@@ -575,6 +576,7 @@ def test_download_holds_the_output_folders_lock_and_clears_crashed_temporaries(t
     assert not [p for p in stale if p.exists()]
     assert {p.name for p in out.iterdir()} == {
         ".recap.lock",
+        ".recap-output.json",
         "00000.tar",
         "00000.parquet",
         "00000_stats.json",

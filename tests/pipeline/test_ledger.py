@@ -12,12 +12,12 @@ import textwrap
 
 import pytest
 
-from recaption.spine import ledger
 from recaption.pipeline import CAPTION
+from recaption.spine import ledger
 from recaption.spine.ledger import OutputDir, ShardCommit, plan, require_same_settings
+from recaption.spine.results import ConfigMismatchError
 
 ADDED_LATER = CAPTION.added_later
-from recaption.spine.results import ConfigMismatchError
 
 NAME = "00007"
 
@@ -236,7 +236,8 @@ def test_require_same_settings(tmp_path):
     require_same_settings(out, NAME, dict(SETTINGS), marker={**SETTINGS, "input_fingerprint": {"images": 4}})
     with pytest.raises(ConfigMismatchError, match=r"shard 00007 made with other settings \(model differ"):
         require_same_settings(out, NAME, {**SETTINGS, "model": "other"})
-    with pytest.raises(ConfigMismatchError, match=r"\(prompt, seed differ: prompt \"Describe.\" there, \"Other.\" now; seed null there, 1 now\); use --overwrite"):
+    said = r"\(prompt, seed differ: prompt \"Describe.\" there, \"Other.\" now; seed null there, 1 now\); use"
+    with pytest.raises(ConfigMismatchError, match=said):
         require_same_settings(out, NAME, {**SETTINGS, "prompt": "Other.", "seed": 1})
     # The marker given is used, not the file's.
     require_same_settings(out, NAME, {**SETTINGS, "model": "x"}, marker={**SETTINGS, "model": "x"})
@@ -261,7 +262,8 @@ def test_settings_added_later_match_their_old_defaults():
         require_same_settings(out, NAME, dict(SETTINGS), marker={**SETTINGS, "engine": "server"},
                               added_later=ADDED_LATER)
     # A step whose settings do not have the key (download) gets nothing added.
-    require_same_settings(out, NAME, {"resize": "border"}, marker={"resize": "border"}, added_later=ADDED_LATER)
+    require_same_settings(out, NAME, {"resize": "border"}, marker={"resize": "border"},
+                          added_later=ADDED_LATER)
     # Without the step's defaults, an old marker is another setting.
     with pytest.raises(ConfigMismatchError, match=r"\(dtype, engine, max_pixels, max_side differ: "):
         require_same_settings(out, NAME, dict(SETTINGS), marker=old)

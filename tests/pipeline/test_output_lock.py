@@ -11,8 +11,8 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from recaption.spine.atomic import OutputLockedError, output_lock, remove_stale_temporaries
 from recaption.sample import Sample
+from recaption.spine.atomic import OutputLockedError, output_lock, remove_stale_temporaries
 from recaption.writer import OutputDir, ShardWriter
 
 from ..conftest import write_shards

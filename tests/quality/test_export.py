@@ -13,10 +13,10 @@ import pytest
 from PIL import Image
 
 import recaption
-from recaption.spine.errors import RecaptionError
 from recaption.readers import open_shard
 from recaption.shards import ShardRecord, img2dataset_key, write_webdataset_shard
 from recaption.spine.contract import OutputAmongInputsError
+from recaption.spine.errors import RecaptionError
 from recaption.spine.results import ConfigMismatchError
 from recaption.webdataset_export import CaptionChoiceError, image_extension, takes_original
 
@@ -249,7 +249,8 @@ def test_reruns_and_destinations(tmp_path):
     stamp = (dest / "00000.tar").stat().st_mtime_ns
     assert recaption.export(out, dest, caption="org_caption").skipped == ["00000"]
     assert (dest / "00000.tar").stat().st_mtime_ns == stamp
-    with pytest.raises(ConfigMismatchError, match='caption "org_caption" there, "re_caption" now.*--overwrite'):
+    said = 'caption "org_caption" there, "re_caption" now.*--overwrite'
+    with pytest.raises(ConfigMismatchError, match=said):
         recaption.export(out, dest, caption="re_caption")
     redone = recaption.export(out, dest, caption="re_caption", overwrite=True)
     assert redone.done == ["00000"]

@@ -10,11 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 
 import recaption
-from recaption.spine.errors import RecaptionError
 from recaption.quality.outputs import done_shards, input_shard, read_output
 from recaption.schema import METADATA_KEY, output_schema
 from recaption.selection import FilterExpressionError
 from recaption.spine.contract import ForeignOutputError, OutputAmongInputsError
+from recaption.spine.errors import RecaptionError
 from recaption.spine.results import ConfigMismatchError
 from recaption.writer import OutputDir
 

@@ -15,6 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from recaption.spine.contract import ForeignOutputError
+
 pytest.importorskip("diffusers")
 
 from recaption.cli import app  # noqa: E402
@@ -102,7 +104,8 @@ def test_overwrite_never_replaces_a_folder_generate_did_not_write(model, tmp_pat
     before = members(tmp_path / "data")
     result = invoke("generate", model, "a red circle", "-o", tmp_path / "data", "--overwrite", "--steps", 2)
     only_error_line(
-        result, f"--output {tmp_path / 'data'}", "did not write", "00000.tar", "new or empty folder"
+        result, f"{tmp_path / 'data'} holds files recaption did not write", "00000.tar",
+        "new or empty output folder",
     )
     assert members(tmp_path / "data") == before  # their shards untouched
     (tmp_path / "notes").mkdir()
@@ -139,11 +142,11 @@ def test_a_run_that_fails_while_sampling_leaves_no_folder(model, tmp_path, monke
 def test_an_output_that_is_or_lies_under_a_file_is_one_line(model, tmp_path, command):
     (tmp_path / "afile").write_text("x")
     for output, said in (
-        (tmp_path / "afile" / "sub", f"{tmp_path / 'afile'} is a file, not a folder"),
+        (tmp_path / "afile" / "sub", f"lies under {tmp_path / 'afile'}, which is a file, not a folder"),
         (tmp_path / "afile", "is a file, not a folder"),
     ):
         args = ["generate", model, "a red circle", "--steps", 2] if command == "generate" else ["shapes"]
-        only_error_line(invoke(*args, "-o", output), f"--output {output}", said)
+        only_error_line(invoke(*args, "-o", output), f"the output folder {output} ", said)
     assert (tmp_path / "afile").read_text() == "x"
 
 
@@ -456,7 +459,7 @@ def test_overwrite_refuses_a_generate_folder_holding_a_shard_it_did_not_list(mod
     out = tmp_path / "g"
     generate(model, ["a red circle"], out, **FAST)
     (out / "00007.tar").write_bytes(b"someone else's shard")
-    with pytest.raises(TrainingInputError, match="did not write"):
+    with pytest.raises(ForeignOutputError, match="did not write beside its own"):
         generate(model, ["a red circle"], out, overwrite=True, **FAST)
     assert (out / "00007.tar").read_bytes() == b"someone else's shard"
 

@@ -11,8 +11,8 @@ import typer
 from rich.table import Table
 
 from ..config import CaptionConfig, ExecutorConfig, RunConfig
-from ..spine.errors import RecaptionError
 from ..models.registry import CONDITIONAL_PROMPT, MODEL_FAMILIES, PAPER_PROMPT
+from ..spine.errors import RecaptionError
 from .common import clear_error, console, error_line, print_caption_summary
 from .download import run_download_command
 

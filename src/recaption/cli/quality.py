@@ -101,8 +101,8 @@ def stats_cmd(
 
     from rich.markup import escape
 
-    from ..spine.atomic import write_to_url_atomic
     from ..quality.stats import PAPER, collect, comparison, count, fmt, pct, rounded
+    from ..spine.atomic import write_to_url_atomic
 
     stats = collect(output)  # NoOutputError: a user error
     summary = stats.summary(digits=None)  # exact; the JSON is rounded to 4 decimals, the table to 2

@@ -41,8 +41,10 @@ import torch
 from fsspec.implementations.local import LocalFileSystem
 from PIL import Image
 
-from ..spine.atomic import write_bytes_atomic, write_json_atomic
 from ..shards import ShardRecord, write_webdataset_shard
+from ..spine.atomic import TMP_SUFFIX, write_bytes_atomic, write_json_atomic
+from ..spine.contract import Step, open_output
+from ..spine.contract import check_output as check_contract
 from ..training.inputs import TrainingInputError, check_device, check_output
 from .model import EMA, SCHEDULER, LoadedDit, component, load_dit, pad_features, read_meta
 from .prompt_files import load_prompts, looks_like_prompt_file, read_prompts
@@ -159,15 +161,15 @@ def _check_model(model, steps: int, use_ema: bool) -> tuple[Path, bool]:
 
 
 def _visible(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    """What a user sees in the folder: no hidden files, no temporaries a crash left."""
+    return sorted(p for p in folder.iterdir()
+                  if not p.name.startswith(".") and not p.name.endswith(TMP_SUFFIX))
 
 
-def check_output_folder(
-    output, owner: str, overwrite: bool, ours: Callable[[Path], bool]
-) -> tuple[Path, list[Path]]:
+def check_output_folder(output, owner: str, overwrite: bool) -> tuple[Path, list[Path]]:
     """The output folder and the shards already in it (to replace), refused before any work
-    when: it, or a folder on its path, is a file; it holds files that `owner` did not write
-    (`ours(folder)` says whether it did); it holds `owner`'s shards and not `overwrite`."""
+    when: it, or a folder on its path, is a file or not writable; it holds `owner`'s shards and
+    not `overwrite`. Whose files it holds is the output contract's check (check_contract)."""
     out = check_output(output)
     if not out.is_dir():
         nearest = next(p for p in out.absolute().parents if p.exists())
@@ -176,15 +178,6 @@ def check_output_folder(
         return out, []
     if not os.access(out, os.W_OK | os.X_OK):
         raise TrainingInputError(f"--output {output}: not writable")
-    present = _visible(out)
-    if not present:
-        return out, []
-    if not ours(out):
-        only = f" (--overwrite only replaces a folder {owner} wrote)" if overwrite else ""
-        raise TrainingInputError(
-            f"--output {output}: holds files {owner} did not write (e.g. {present[0].name}); "
-            f"give a new or empty folder{only}"
-        )
     old = sorted(out.glob("*.tar"))
     if old and not overwrite:
         raise TrainingInputError(
@@ -194,13 +187,19 @@ def check_output_folder(
     return out, old
 
 
-def _made_by_generate(folder: Path) -> bool:
-    """The folder holds generate.json and nothing else but the shards it lists."""
+def _made_by_generate(out) -> bool:
+    """The folder holds generate.json and nothing else but the shards it lists (how the
+    contract knows generate's folders from before they were stamped)."""
+    folder = Path(out.root)
     try:
         listed = set(json.loads((folder / GENERATE_JSON).read_text()).get("shards") or [])
     except (OSError, ValueError, AttributeError):
         return False
     return all(p.name == GENERATE_JSON or p.name in listed for p in _visible(folder))
+
+
+# What `recap generate` writes (the output contract): a folder of image shards and generate.json.
+GENERATE = Step("generate", recognise=_made_by_generate, always_recognise=True)
 
 
 def _check_counts(**values: int) -> None:
@@ -245,7 +244,9 @@ def generate(
         raise TrainingInputError(f"--sampler {sampler}: choose {', '.join(SAMPLERS)}")
     items, skipped, note = read_prompts(prompts, column)
     folder, ema = _check_model(model, steps, use_ema)
-    out, old_shards = check_output_folder(output, "recap generate", overwrite, _made_by_generate)
+    inputs = [str(folder), *([str(prompts)] if isinstance(prompts, (str, Path)) else [])]
+    check_contract(str(output), GENERATE, inputs)
+    out, old_shards = check_output_folder(output, "recap generate", overwrite)
     device = check_device(device)
     # Said once every input has passed, so a refusal stays the only line.
     if note:
@@ -303,35 +304,34 @@ def generate(
         "seconds": round(seconds, 3),
         "images_per_s": round(len(records) / seconds, 3) if seconds > 0 else None,
     }
-    fs = LocalFileSystem()
-    try:  # only now: a run that fails while sampling leaves no folder behind
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise TrainingInputError(f"--output {output}: cannot create it ({exc.strerror or exc})") from None
-    # Marks the folder as generate's before the first shard lands, so a run stopped while
-    # writing can be redone with overwrite; replaced by the summary at the end.
-    planned = [f"{i:05d}.tar" for i in range(math.ceil(len(records) / shard_size))]
-    write_json_atomic(fs, str((out / GENERATE_JSON).absolute()),
-                      {**summary, "shards": sorted({*planned, *(p.name for p in old_shards)}),
-                       "incomplete": "stopped while writing shards; run again with --overwrite"})
-    shards = []
-    for shard_id, first in enumerate(range(0, len(records), shard_size)):
-        path = out / f"{shard_id:05d}.tar"
-        write_webdataset_shard(path, records[first : first + shard_size], shard_id=shard_id)
-        shards.append(path.name)
-    for stale in old_shards:
-        if stale.name not in shards:
-            stale.unlink()
-    columns = images_per_prompt if images_per_prompt > 1 else 8
-    grid = contact_sheet([r.image for r in records[:sheet_images]], columns)
-    buf = io.BytesIO()
-    grid.save(buf, format="PNG")
-    base = out.resolve()
-    sheet_path = Path(sheet).expanduser() if sheet else base.with_name(f"{base.name}-contact-sheet.png")
-    write_bytes_atomic(fs, str(sheet_path.absolute()), buf.getvalue())
-    summary.update(shards=shards, contact_sheet=str(sheet_path), image_size=dit.image_size)
-    write_json_atomic(fs, str((out / GENERATE_JSON).absolute()), summary)
-    return summary
+    # Only now is the folder made (a run that fails while sampling leaves none), through the
+    # output contract: locked, and OS errors at the output as one line.
+    with open_output(str(out), GENERATE, inputs):
+        fs = LocalFileSystem()
+        # Marks the folder as generate's before the first shard lands, so a run stopped while
+        # writing can be redone with overwrite; replaced by the summary at the end.
+        planned = [f"{i:05d}.tar" for i in range(math.ceil(len(records) / shard_size))]
+        write_json_atomic(fs, str((out / GENERATE_JSON).absolute()),
+                          {**summary, "shards": sorted({*planned, *(p.name for p in old_shards)}),
+                           "incomplete": "stopped while writing shards; run again with --overwrite"})
+        shards = []
+        for shard_id, first in enumerate(range(0, len(records), shard_size)):
+            path = out / f"{shard_id:05d}.tar"
+            write_webdataset_shard(path, records[first : first + shard_size], shard_id=shard_id)
+            shards.append(path.name)
+        for stale in old_shards:
+            if stale.name not in shards:
+                stale.unlink()
+        columns = images_per_prompt if images_per_prompt > 1 else 8
+        grid = contact_sheet([r.image for r in records[:sheet_images]], columns)
+        buf = io.BytesIO()
+        grid.save(buf, format="PNG")
+        base = out.resolve()
+        sheet_path = Path(sheet).expanduser() if sheet else base.with_name(f"{base.name}-contact-sheet.png")
+        write_bytes_atomic(fs, str(sheet_path.absolute()), buf.getvalue())
+        summary.update(shards=shards, contact_sheet=str(sheet_path), image_size=dit.image_size)
+        write_json_atomic(fs, str((out / GENERATE_JSON).absolute()), summary)
+        return summary
 
 
 __all__ = ["SAMPLERS", "check_guidance", "contact_sheet", "generate", "load_prompts",

@@ -9,8 +9,8 @@ rows refused as private addresses; and when a fetch-policy setting was loosened 
 was made (`--allow-private-network`, `--no-respect-opt-out`, a larger `--max-bytes`), the rows
 that setting refused. Tightening one is refused like any other change of settings.
 
-The run holds the output folder's lock (atomic.output_lock) and first removes temporary files
-that crashed runs left there.
+The run opens its folder through the output contract (spine/contract.py: its lock, stale
+temporaries removed, never among the metadata files or in another step's folder).
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ from itertools import islice
 import pyarrow.parquet as pq
 
 from .. import __version__
-from ..spine.atomic import output_lock, remove_stale_temporaries
-from ..spine.ledger import OutputDir
 from ..redact import redact
-from ..spine.results import DONE, FAILED, SKIPPED, ConfigMismatchError, Progress, RunSummary, ShardResult
 from ..shards import img2dataset_key
+from ..spine.contract import Step, marker_has, open_output
+from ..spine.ledger import OutputDir, require_same_settings
+from ..spine.results import DONE, FAILED, SKIPPED, ConfigMismatchError, Progress, RunSummary, ShardResult
 from . import outcomes as oc
 from .config import DownloadConfig
 from .fetch import Fetcher
@@ -66,23 +66,22 @@ def download(
     paths = expand_metadata_inputs(inputs)
     reader.chosen = columns or reader.choose(paths)
     progress = progress or Progress()
-    with output_lock(config.output, "recap download"):
-        out = OutputDir(config.output)
-        remove_stale_temporaries(out.fs, out.root)
-        try:
-            run = ShardDownloads(config, reader.chosen, progress)
-            planned = run.plan(reader.read(paths))
-            if executor == "ray":
-                from .ray_executor import download_on_ray
+    # The output contract: not among the metadata files, not another step's folder, one run at a
+    # time; temporaries a worker killed mid-shard (Ray) leaves are removed when the run ends.
+    with open_output(config.output, DOWNLOAD, paths):
+        run = ShardDownloads(config, reader.chosen, progress)
+        planned = run.plan(reader.read(paths))
+        if executor == "ray":
+            from .ray_executor import download_on_ray
 
-                return download_on_ray(planned, run, ray_address)
-            return asyncio.run(run.run_here(planned))
-        finally:
-            # A worker killed mid-shard (Ray) leaves its temporary files; none outlives the run.
-            remove_stale_temporaries(out.fs, out.root)
+            return download_on_ray(planned, run, ray_address)
+        return asyncio.run(run.run_here(planned))
 
 
 EXECUTORS = ("local", "ray")
+# What `recap download` writes (the output contract): img2dataset-layout shards whose markers
+# record the download settings.
+DOWNLOAD = Step("download", recognise=marker_has("url_col", "shard_size"))
 
 
 def choose_columns(inputs: list[str], config: DownloadConfig) -> ChosenColumns:
@@ -233,21 +232,17 @@ class ShardDownloads:
         """For a complete shard: which of its rows this run fetches again (None: none, skip it).
         Raises ConfigMismatchError when it was made with other settings, or a stricter policy
         setting than this run's."""
-        marker = dict(self.out.done_provenance(name) or {})
+        marker = self.out.done_provenance(name)
+        if marker is None:
+            require_same_settings(self.out, name, self.provenance, marker)  # unreadable: said so
+        marker = dict(marker)
         previous_policy = marker.pop("fetch_policy", None)
         if previous_policy is None:  # made before markers held the policy (and found columns)
             previous_policy = DEFAULT_POLICY
             found_none = self.cfg.caption_col is None and self.columns.caption is None
             if found_none and marker.get("caption_col") == "text":
                 marker["caption_col"] = None  # the old default, on metadata without it: no captions
-        previous = {k: v for k, v in marker.items() if k != "recaption_version"}
-        current = {k: v for k, v in self.provenance.items() if k != "recaption_version"}
-        if previous != current:
-            changed = sorted(k for k in current.keys() | previous.keys() if current.get(k) != previous.get(k))
-            raise ConfigMismatchError(
-                f"{redact(self.out.url)} holds shard {name} made with other settings "
-                f"({', '.join(changed)} differ); use --overwrite or another output folder"
-            )
+        require_same_settings(self.out, name, self.provenance, marker)
         loosened, tightened = policy_change(previous_policy, self.policy)
         if tightened:
             key = tightened[0]

@@ -22,9 +22,17 @@ from ..config import CaptionConfig, ServerOptions
 from ..engines.openai_engine import OpenAICaptioner, image_data_url
 from ..images import decode_sample
 from ..schema import JUDGE_METADATA_KEY
-from ..writer import OutputDir
 from ..spine.contract import open_output
-from .outputs import caption_rows, done_shards, input_shard, read_output, rewrite_output, stamp, works_in_caption_output
+from ..writer import OutputDir
+from .outputs import (
+    caption_rows,
+    done_shards,
+    input_shard,
+    read_output,
+    rewrite_output,
+    stamp,
+    works_in_caption_output,
+)
 
 log = logging.getLogger(__name__)
 

@@ -9,11 +9,11 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..spine.atomic import open_atomic
-from ..spine.errors import RecaptionError
 from ..readers import ColumnConfig, discover_shards, open_shard
 from ..readers.base import Shard
+from ..spine.atomic import open_atomic
 from ..spine.contract import Step, marker_has
+from ..spine.errors import RecaptionError
 from ..writer import OutputDir
 
 

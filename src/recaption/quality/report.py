@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import resources
 
+from ..images import decode_sample
 from ..spine.atomic import write_to_url_atomic
 from ..spine.errors import RecaptionError
-from ..images import decode_sample
 from ..writer import OutputDir
 from .flags import is_degenerate
 from .outputs import done_shards, input_shard, read_output

@@ -19,10 +19,18 @@ import pyarrow as pa
 from ..images import decode_sample
 from ..readers.base import Shard
 from ..schema import SCORE_COLUMNS, SCORES_METADATA_KEY, word_count
+from ..spine.contract import open_output
 from ..writer import OutputDir
 from .clip import ClipScorer
-from ..spine.contract import open_output
-from .outputs import caption_rows, done_shards, input_shard, read_output, rewrite_output, stamp, works_in_caption_output
+from .outputs import (
+    caption_rows,
+    done_shards,
+    input_shard,
+    read_output,
+    rewrite_output,
+    stamp,
+    works_in_caption_output,
+)
 
 log = logging.getLogger(__name__)
 

@@ -21,6 +21,10 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from ..spine.atomic import TMP_SUFFIX
+from ..spine.contract import Step, open_output
+from ..spine.errors import RecaptionError
+
 SHAPES = ("circle", "square", "triangle", "diamond")
 COLOURS = {
     "red": (220, 30, 30),
@@ -157,68 +161,67 @@ def write_shapes_shards(
     refused (TrainingInputError) before anything is written."""
     from ..shards import ShardRecord, write_webdataset_shard
 
-    out, old = _check_shapes_output(folder, count, image_size, shard_size, start, overwrite)
-    world = ShapesWorld(seed, image_size)
-    paths = []
-    for shard_id, first in enumerate(range(start, start + count, shard_size)):
-        records = []
-        for index in range(first, min(first + shard_size, start + count)):
-            s = world.sample(index)
-            records.append(
-                ShardRecord(
-                    image=s.image,
-                    caption=s.alt_text,
-                    url=f"shapes://{seed}/{index}",
-                    extension="png",
-                    extra={
-                        "description": s.description,
-                        "label": s.label,
-                        "objects": [vars(o) for o in s.objects],
-                    },
-                )
+    _check_counts(count, image_size, shard_size, start)
+    # The output contract: only a folder of shapes-world shards is adopted, one writer at a time,
+    # OS errors at the output as one line.
+    with open_output(str(folder), SHAPES_STEP) as dest:
+        out = Path(dest.root)
+        old = sorted(out.glob("*.tar"))
+        if old and not overwrite:
+            raise ShapesOutputError(
+                f"--output {folder}: already holds {len(old)} shapes-world shard(s); give a new folder, or "
+                "--overwrite to replace them"
             )
-        paths.append(out / f"{shard_id:05d}.tar")
-        write_webdataset_shard(paths[-1], records, shard_id=shard_id)
-    for stale in old:
-        if stale not in paths:
-            stale.unlink()
+        world = ShapesWorld(seed, image_size)
+        paths = []
+        for shard_id, first in enumerate(range(start, start + count, shard_size)):
+            records = []
+            for index in range(first, min(first + shard_size, start + count)):
+                s = world.sample(index)
+                records.append(
+                    ShardRecord(
+                        image=s.image,
+                        caption=s.alt_text,
+                        url=f"shapes://{seed}/{index}",
+                        extension="png",
+                        extra={
+                            "description": s.description,
+                            "label": s.label,
+                            "objects": [vars(o) for o in s.objects],
+                        },
+                    )
+                )
+            paths.append(out / f"{shard_id:05d}.tar")
+            write_webdataset_shard(paths[-1], records, shard_id=shard_id)
+        for stale in old:
+            if stale not in paths:
+                stale.unlink()
     return paths
 
 
 MIN_IMAGE_SIZE = 8  # below this the shapes are a pixel or two: nothing to caption or check
 
 
-def _check_shapes_output(folder, count: int, image_size: int, shard_size: int, start: int,
-                         overwrite: bool) -> tuple[Path, list[Path]]:
-    """The output folder (made) and the shapes shards already in it, or a one-line refusal."""
-    from ..training.inputs import TrainingInputError, check_output
+class ShapesOutputError(RecaptionError, ValueError):
+    """`recap shapes` cannot write as asked (a wrong count, a folder of earlier shards)."""
 
+
+def _check_counts(count: int, image_size: int, shard_size: int, start: int) -> None:
     for name, value, least in (("images", count, 1), ("image-size", image_size, MIN_IMAGE_SIZE),
                                ("shard-size", shard_size, 1), ("start", start, 0)):
         if value < least:
-            raise TrainingInputError(f"--{name} {value}: must be at least {least}")
-    out = check_output(folder)
-    old: list[Path] = []
-    if out.is_dir():
-        present = sorted(p for p in out.iterdir() if not p.name.startswith("."))
-        other = [p for p in present if not (p.suffix == ".tar" and _is_shapes_shard(p))]
-        if other:
-            only = " (--overwrite only replaces recap shapes' own shards)" if overwrite else ""
-            raise TrainingInputError(
-                f"--output {folder}: holds files recap shapes did not write (e.g. {other[0].name}); "
-                f"give a new or empty folder{only}"
-            )
-        old = [out / p.name for p in present]
-        if old and not overwrite:
-            raise TrainingInputError(
-                f"--output {folder}: already holds {len(old)} shapes-world shard(s); give a new folder, or "
-                "--overwrite to replace them"
-            )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise TrainingInputError(f"--output {folder}: cannot create it ({exc.strerror or exc})") from None
-    return out, old
+            raise ShapesOutputError(f"--{name} {value}: must be at least {least}")
+
+
+def _only_shapes_shards(out) -> bool:
+    """The folder holds shapes-world shards and nothing else (visible)."""
+    present = [p for p in Path(out.root).iterdir()
+               if not p.name.startswith(".") and not p.name.endswith(TMP_SUFFIX)]  # a crash's leftovers
+    return all(p.suffix == ".tar" and _is_shapes_shard(p) for p in present)
+
+
+# What `recap shapes` writes (the output contract): a folder of shapes-world shards only.
+SHAPES_STEP = Step("shapes", recognise=_only_shapes_shards, always_recognise=True)
 
 
 def _is_shapes_shard(path: Path) -> bool:

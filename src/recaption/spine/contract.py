@@ -48,13 +48,16 @@ class Step:
     output in place). `recognise(out)`: is a folder without a stamp (older output) this step's?
     `added_later`: settings its markers record only since a later version, with the value older
     output was made with (a marker without one compares equal when the run uses that value).
-    `creates`: False for steps that only work in an existing output (score, judge)."""
+    `creates`: False for steps that only work in an existing output (score, judge).
+    `always_recognise`: the stamp is not enough, `recognise` must hold too (steps that replace
+    a whole folder, generate and shapes: a file dropped into it is not theirs to remove)."""
 
     name: str
     adopts: tuple[str, ...] = ()
     recognise: Callable[[OutputDir], bool] | None = None
     added_later: Mapping[str, object] = field(default_factory=dict)
     creates: bool = True
+    always_recognise: bool = False
 
     @property
     def command(self) -> str:
@@ -175,8 +178,13 @@ def refuse_foreign(out: OutputDir, step: Step) -> None:
     stamp = read_stamp(out)
     own = (step.name, *step.adopts)
     if stamp is not None:
-        if stamp["step"] in own:
+        if stamp["step"] in own and not (step.always_recognise and visible and not step.recognise(out)):
             return
+        if stamp["step"] in own:
+            raise ForeignOutputError(
+                f"{out.url} holds files `{step.command}` did not write beside its own; "
+                "move them out or give a new or empty output folder"
+            )
         raise ForeignOutputError(
             f"{out.url} holds the output of `recap {stamp['step']}`, not of `{step.command}`: "
             "choose another output folder"
@@ -186,9 +194,9 @@ def refuse_foreign(out: OutputDir, step: Step) -> None:
             raise ForeignOutputError(f"{out.url} holds no output of `recap {step.adopts[0]}`: "
                                      "give the folder that command wrote")
         return
-    ours = LOCK_NAME in names or any(n.endswith(MARKER_SUFFIX) for n in visible)
-    if ours and step.recognise is not None and step.recognise(out):
+    if step.recognise is not None and step.recognise(out):
         return
+    ours = LOCK_NAME in names or any(n.endswith(MARKER_SUFFIX) for n in visible)
     if ours:
         raise ForeignOutputError(
             f"{out.url} holds the output of another recaption step, not of `{step.command}`: "
@@ -249,16 +257,43 @@ def output_errors(url: str) -> Iterator[None]:
 # -- the contract -----------------------------------------------------------------------------------
 
 
+def check_output(url: str, step: Step, inputs: Iterable[str] = ()) -> OutputDir:
+    """The contract's checks alone (not among the inputs, not another step's folder), with OS
+    errors as one line; nothing is written. Steps that work long before they write (a model
+    to load, images to sample) call this first, then `open_output` to write."""
+    with output_errors(url):
+        refuse_among_inputs(url, inputs)
+        out = OutputDir(url)
+        _refuse_file_in_the_way(out)
+        refuse_foreign(out, step)
+        return out
+
+
+def _refuse_file_in_the_way(out: OutputDir) -> None:
+    """A file where the folder, or a folder on its path, should be: one line, before any work."""
+    if not _is_local(out.fs):
+        return
+    path = os.path.abspath(out.root)
+    for place in (path, *(p for p in [os.path.dirname(path)] if p)):
+        while place and not os.path.exists(place):
+            parent = os.path.dirname(place)
+            place = parent if parent != place else ""
+        if place and not os.path.isdir(place):
+            where = "is a file" if place == path else f"lies under {place}, which is a file"
+            raise OutputError(
+                f"the output folder {out.url} {where}, not a folder; choose another output folder"
+            )
+
+
 @contextmanager
-def open_output(url: str, step: Step, inputs: Iterable[str] = (), *, lock: bool = True) -> Iterator[OutputDir]:
+def open_output(url: str, step: Step, inputs: Iterable[str] = (), *,
+                lock: bool = True) -> Iterator[OutputDir]:
     """The output folder `url` for `step`, checked, locked and cleared of stale temporaries (see
     the module's docstring); temporaries this run leaves are removed when the block ends.
     `lock=False` for writers that are one rank of several (torchrun): rank 0 holds no flock
     the other ranks would trip on."""
+    out = check_output(url, step, inputs)
     with output_errors(url):
-        refuse_among_inputs(url, inputs)
-        out = OutputDir(url)
-        refuse_foreign(out, step)
         if not lock:
             _stamp(out, step)
             yield out

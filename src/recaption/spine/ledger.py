@@ -260,8 +260,8 @@ def _short(value, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def plan(out: OutputDir, names: Iterable[str], current: Mapping | Callable[[str], Mapping], *, added_later: Mapping | None = None,
-         only_current: bool = False, overwrite: bool = False,
+def plan(out: OutputDir, names: Iterable[str], current: Mapping | Callable[[str], Mapping], *,
+         added_later: Mapping | None = None, only_current: bool = False, overwrite: bool = False,
          redo: Callable[[str, dict], str | None] | None = None) -> tuple[list[str], list[str]]:
     """The one planner: split `names` into (to do, done) against their markers in `out`.
 

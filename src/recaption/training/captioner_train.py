@@ -27,8 +27,8 @@ from dataclasses import asdict, dataclass
 import torch
 from fsspec.implementations.local import LocalFileSystem
 
-from ..spine.atomic import write_json_atomic
 from ..models.registry import PAPER_PROMPT
+from ..spine.atomic import write_json_atomic
 from . import distributed
 from .checkpoints import (
     check_checkpoint,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..spine.errors import RecaptionError
 from ..models.loading import load_or_explain, local_folder_or_name
+from ..spine.errors import RecaptionError
 
 
 class TrainingInputError(RecaptionError, ValueError):
