@@ -19,6 +19,7 @@ from recaption.dit.eval import eval_shapes, eval_t2i, frechet_distance  # noqa: 
 from recaption.dit.generate import generate, load_prompts  # noqa: E402
 from recaption.dit.model import TextEncoder  # noqa: E402
 from recaption.dit.train import DitTrainConfig, train_dit  # noqa: E402
+from recaption.spine.contract import OutputError  # noqa: E402
 from recaption.training.data import Pair  # noqa: E402
 from recaption.training.inputs import TrainingInputError  # noqa: E402
 
@@ -432,7 +433,7 @@ def test_samples_without_a_recaption_are_counted_apart(tmp_path):
 def test_resume_with_another_learning_rate_is_refused_and_steps_must_be_positive(shapes, tmp_path):
     out = tmp_path / "run"
     train_dit(config(shapes, out, steps=2, save_every=1, workers=0))
-    with pytest.raises(TrainingInputError, match="lr: 0.001 there, 0.5 now"):
+    with pytest.raises(TrainingInputError, match="lr 0.001 there, 0.5 now"):
         train_dit(config(shapes, out, steps=4, lr=0.5, workers=0))
     # A run from before snr_gamma was recorded trained with plain MSE: resuming it with another
     # weighting is refused too.
@@ -441,10 +442,10 @@ def test_resume_with_another_learning_rate_is_refused_and_steps_must_be_positive
         meta.pop("snr_gamma")
         meta["train_config"].pop("snr_gamma")
         (folder / "dit.json").write_text(json.dumps(meta))
-    with pytest.raises(TrainingInputError, match="snr_gamma: None there, 5.0 now"):
+    with pytest.raises(TrainingInputError, match="snr_gamma null there, 5.0 now"):
         train_dit(config(shapes, out, steps=4, snr_gamma=5.0, workers=0))
     with pytest.raises(ValueError, match="steps must be at least 1"):
         config(shapes, tmp_path / "none", steps=0)
     (tmp_path / "afile").write_text("x")
-    with pytest.raises(TrainingInputError, match="is a file, not a folder"):
+    with pytest.raises(OutputError, match="which is a file, not a folder"):
         train_dit(config(shapes, tmp_path / "afile" / "sub", steps=2, workers=0))

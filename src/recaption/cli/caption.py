@@ -13,7 +13,7 @@ from rich.table import Table
 from ..config import CaptionConfig, ExecutorConfig, RunConfig
 from ..models.registry import CONDITIONAL_PROMPT, MODEL_FAMILIES, PAPER_PROMPT
 from ..spine.errors import RecaptionError
-from .common import clear_error, console, error_line, print_caption_summary
+from .common import clear_error, console, error_line, exit_code_of, print_caption_summary
 from .download import run_download_command
 
 
@@ -36,7 +36,7 @@ def run_caption_command(inputs: list[str], caption_cfg: CaptionConfig, run_cfg: 
     except (RecaptionError, FileNotFoundError, ValueError, RuntimeError) as exc:
         progress.stop()
         error_line(exc)
-        return 2
+        return exit_code_of(exc)
     progress.stop()
     code = print_caption_summary(summary, run_cfg.output)
     if run_cfg.clip_model:

@@ -34,15 +34,23 @@ def failed_line(text: str) -> None:
     console.print(f"[red]FAILED[/red] {escape(redact(text))}", soft_wrap=True)
 
 
+def exit_code_of(exc: BaseException) -> int:
+    """2 for a user error; what the error says otherwise (1: an output that failed after part of
+    the run was written, spine/contract.py)."""
+    return getattr(exc, "exit_code", 2)
+
+
 @contextmanager
 def clear_error(*errors: type[Exception]):
     """Expected failures as one red line and exit code 2, not a traceback: every user error
-    (RecaptionError), plus the `errors` named (a wrong value, a wrong folder)."""
+    (RecaptionError), plus the `errors` named (a wrong value, a wrong folder). An error that
+    says otherwise (`exit_code` 1: an output that failed after part of a run was written) keeps
+    its code."""
     try:
         yield
     except (RecaptionError, *errors) as exc:
         error_line(exc)
-        raise typer.Exit(2) from exc
+        raise typer.Exit(exit_code_of(exc)) from exc
 
 
 def user_errors(command: Callable) -> Callable:

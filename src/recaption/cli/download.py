@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..spine.errors import RecaptionError
-from .common import console, error_line, print_download_summary, split_values
+from .common import console, error_line, exit_code_of, print_download_summary, split_values
 
 
 def download_cmd(
@@ -83,6 +83,6 @@ def run_download_command(inputs: list[str], config, executor: str = "local", ray
     except (RecaptionError, FileNotFoundError) as exc:
         progress.stop()
         error_line(exc)
-        return 2
+        return exit_code_of(exc)
     progress.stop()
     return print_download_summary(summary, config)

@@ -45,7 +45,7 @@ from ..shards import ShardRecord, write_webdataset_shard
 from ..spine.atomic import TMP_SUFFIX, write_bytes_atomic, write_json_atomic
 from ..spine.contract import Step, open_output
 from ..spine.contract import check_output as check_contract
-from ..training.inputs import TrainingInputError, check_device, check_output
+from ..training.inputs import TrainingInputError, check_device
 from .model import EMA, SCHEDULER, LoadedDit, component, load_dit, pad_features, read_meta
 from .prompt_files import load_prompts, looks_like_prompt_file, read_prompts
 
@@ -170,7 +170,7 @@ def check_output_folder(output, owner: str, overwrite: bool) -> tuple[Path, list
     """The output folder and the shards already in it (to replace), refused before any work
     when: it, or a folder on its path, is a file or not writable; it holds `owner`'s shards and
     not `overwrite`. Whose files it holds is the output contract's check (check_contract)."""
-    out = check_output(output)
+    out = Path(output).expanduser()
     if not out.is_dir():
         nearest = next(p for p in out.absolute().parents if p.exists())
         if not os.access(nearest, os.W_OK | os.X_OK):

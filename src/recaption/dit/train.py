@@ -37,12 +37,15 @@ import torch
 from fsspec.implementations.local import LocalFileSystem
 
 from ..spine.atomic import temporary_name, write_json_atomic
+from ..spine.contract import output_errors
 from ..training import distributed
 from ..training.checkpoints import (
     _replace_folder,
     check_checkpoint,
     latest_checkpoint,
     load_state,
+    require_same_recipe,
+    restore_optimizer,
     restore_rng,
     rng_tensors,
     save_checkpoint,
@@ -202,10 +205,11 @@ def train_dit(config: DitTrainConfig, progress: Callable[[dict], None] | None = 
     steps with {step, steps, loss, images_per_s, lr}. Returns {steps, losses, pairs, captions,
     images_per_s, seconds}. A new output refused before its first checkpoint (data without
     captions, a misspelt field) is removed again, so no half-made model folder is left."""
-    out = check_output(config.output)
+    out = check_output(config.output, "train-dit", config.data)
     fresh = not out.exists()
     try:
-        return _train_dit(config, out, progress)
+        with output_errors(config.output):
+            return _train_dit(config, out, progress)
     except TrainingInputError:
         if fresh and out.is_dir() and latest_checkpoint(out) is None:
             shutil.rmtree(out, ignore_errors=True)
@@ -275,15 +279,8 @@ def _train_dit(config: DitTrainConfig, out: Path, progress: Callable[[dict], Non
     if resume:
         before = read_meta(Path(resume))
         # A setting added since an older run: what its full config recorded, else the default then.
-        recorded = before.get("train_config", {})
-        then = {k: before.get(k, recorded.get(k, _ADDED_DEFAULTS.get(k))) for k in _FIXED}
-        changed = [k for k in _FIXED if then[k] != recipe[k]]
-        if changed:
-            differences = ", ".join(f"{k}: {then[k]} there, {recipe[k]} now" for k in changed)
-            raise TrainingInputError(
-                f"{out} holds a run with other settings ({differences}); "
-                "train into a new --output, or give the same settings to resume it"
-            )
+        recorded = {**(before.get("train_config") or {}), **before}
+        require_same_recipe(resume, recorded, {k: recipe[k] for k in _FIXED}, _ADDED_DEFAULTS)
 
     # The data streams (training/stream.py), as train-clip's: epochs over the shards, split over
     # ranks and loader workers, a bounded shuffle buffer; memory does not grow with the data.
@@ -337,8 +334,7 @@ def _train_dit(config: DitTrainConfig, out: Path, progress: Callable[[dict], Non
     captions = dict.fromkeys(CAPTION_KINDS, 0)
     if resume:
         state = load_state(resume, rank, ranks.world_size, (WEIGHTS,))
-        optimizer.load_state_dict(state["optimizer"])
-        lr_schedule.load_state_dict(state["scheduler"])
+        restore_optimizer(resume, state, optimizer, lr_schedule)
         step, rng = state["step"], restore_rng(state["rng"], device)
         losses, captions = list(state["losses"]), {**captions, **state["captions"]}
         position = resumed_position(state.get("stream"), stream, rank)

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from .. import __version__
 from ..redact import redact
 from ..shards import img2dataset_key
-from ..spine.contract import Step, marker_has, open_output
+from ..spine.contract import Step, check_output, marker_has, open_output
 from ..spine.ledger import OutputDir, require_same_settings
 from ..spine.results import DONE, FAILED, SKIPPED, ConfigMismatchError, Progress, RunSummary, ShardResult
 from . import outcomes as oc
@@ -86,9 +86,12 @@ DOWNLOAD = Step("download", recognise=marker_has("url_col", "shard_size"))
 
 def choose_columns(inputs: list[str], config: DownloadConfig) -> ChosenColumns:
     """The url / caption / sha256 / extra columns `download` will read (printed at the start of
-    `recap download`); InputError when a named one is missing."""
+    `recap download`); InputError when a named one is missing. The output contract's checks run
+    first, so a refused output is the only line a refused run prints."""
+    paths = expand_metadata_inputs(inputs)
+    check_output(config.output, DOWNLOAD, paths)
     reader = MetadataReader(config.url_col, config.caption_col, config.sha256_col, config.extra_cols)
-    return reader.choose(expand_metadata_inputs(inputs))
+    return reader.choose(paths)
 
 
 DEFAULT_POLICY = DownloadConfig(output="").fetch_policy()  # what markers without one were made with

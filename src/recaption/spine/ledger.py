@@ -235,21 +235,24 @@ def require_same_settings(out: OutputDir, name: str, current: Mapping, marker: M
         previous = {k: previous.get(k) for k in current}
     if previous != current:
         changed = sorted(k for k in current.keys() | previous.keys() if current.get(k) != previous.get(k))
-        shown = "; ".join(_differences(previous, current, changed)[:3])
+        shown = "; ".join(describe_differences(previous, current, changed)[:3])
         raise ConfigMismatchError(
             f"{out.url} holds shard {name} made with other settings "
             f"({', '.join(changed)} differ: {shown}); use --overwrite or another output folder"
         )
 
 
-def _differences(previous: Mapping, current: Mapping, keys: list[str], prefix: str = "") -> list[str]:
-    """`key X there, Y now` per differing setting; nested settings by their own keys."""
+def describe_differences(previous: Mapping, current: Mapping, keys: list[str] | None = None,
+                         prefix: str = "") -> list[str]:
+    """`key X there, Y now` per differing setting (of `keys`, else all); nested ones by their keys."""
+    if keys is None:
+        keys = sorted(k for k in previous.keys() | current.keys() if previous.get(k) != current.get(k))
     said = []
     for k in keys:
         then, now = previous.get(k), current.get(k)
         if isinstance(then, Mapping) and isinstance(now, Mapping):
             inner = sorted(j for j in then.keys() | now.keys() if then.get(j) != now.get(j))
-            said += _differences(then, now, inner, f"{prefix}{k}.")
+            said += describe_differences(then, now, inner, f"{prefix}{k}.")
         else:
             said.append(f"{prefix}{k} {_short(then)} there, {_short(now)} now")
     return said

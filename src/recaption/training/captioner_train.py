@@ -23,17 +23,22 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from fsspec.implementations.local import LocalFileSystem
 
 from ..models.registry import PAPER_PROMPT
 from ..spine.atomic import write_json_atomic
+from ..spine.contract import output_errors
 from . import distributed
 from .checkpoints import (
+    CheckpointError,
     check_checkpoint,
     latest_checkpoint,
     load_state,
+    require_same_recipe,
+    restore_optimizer,
     restore_rng,
     rng_tensors,
     save_checkpoint,
@@ -202,12 +207,27 @@ def trainable(model, stage: int) -> list:
     return params
 
 
+# What a resumed train-captioner run must share with the run it continues.
+RECIPE_FIELDS = ("stage1_field", "stage2_field", "prompt", "stage1_steps", "stage2_steps", "stage1_lr",
+                 "stage2_lr", "batch_size", "warmup", "seed")
+
+
+def captioner_recipe(config: CaptionerTrainConfig) -> dict:
+    return {k: getattr(config, k) for k in RECIPE_FIELDS}
+
+
 def train_captioner(config: CaptionerTrainConfig) -> dict:
+    """Train (or resume) into config.output; OS errors there are one line (the output contract)."""
+    out = check_output(config.output, "train-captioner", config.data)
+    with output_errors(config.output):
+        return _train_captioner(config, out)
+
+
+def _train_captioner(config: CaptionerTrainConfig, out: Path) -> dict:
     from transformers import AutoProcessor, LlavaForConditionalGeneration, get_cosine_schedule_with_warmup
 
     from ..models.registry import family_for
 
-    out = check_output(config.output)
     resume = latest_checkpoint(out)
     if resume:
         check_checkpoint(resume)
@@ -236,6 +256,11 @@ def train_captioner(config: CaptionerTrainConfig) -> dict:
     batcher = ConversationBatcher(processor, family_for(model.config.model_type))
     stream = training_stream(config, processor, ranks, out)
     state = load_state(resume, rank, ranks.world_size) if resume else None
+    if state:
+        require_same_recipe(resume, state.get("settings"), captioner_recipe(config))
+        if state.get("stage") not in (1, 2):
+            raise CheckpointError(f"{resume}: its stage is {state.get('stage')!r}, not 1 or 2; "
+                                  "train into a new --output")
     stage, step = (state["stage"], state["step"]) if state else (1, 0)
     rng = restore_rng(state["rng"], device) if state else random.Random(config.seed * 1000 + rank)
     position = resumed_position(state.get("stream"), stream, rank) if state else None
@@ -251,8 +276,7 @@ def train_captioner(config: CaptionerTrainConfig) -> dict:
         )
         scheduler = get_cosine_schedule_with_warmup(optimizer, min(config.warmup, total // 2), total)
         if state and current == stage:
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
+            restore_optimizer(resume, state, optimizer, scheduler)
         else:
             step = 0
         model.train()
@@ -293,6 +317,7 @@ def train_captioner(config: CaptionerTrainConfig) -> dict:
                         stage=current,
                         history=history,
                         stream=data_state,
+                        settings=captioner_recipe(config),
                     )
         stage = current + 1
         state = None

@@ -24,11 +24,13 @@ import math
 import os
 import random
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
 from ..spine.atomic import temporary_name
+from ..spine.ledger import describe_differences
 from .inputs import TrainingInputError
 
 log = logging.getLogger(__name__)
@@ -211,16 +213,36 @@ def check_checkpoint(folder: str | Path, weights: tuple[str, ...] = MODEL_WEIGHT
         )
     if not any((folder / name).is_file() for name in weights):
         raise CheckpointError(f"{folder}: no {weights[0]}; not a complete checkpoint (delete it)")
+    for name in weights:
+        if name.endswith(".safetensors") and (folder / name).is_file():
+            _check_tensors_readable(folder / name)
     if (folder / LEGACY_STATE).exists():
         log.warning("ignoring %s in %s: a pickle, never loaded", LEGACY_STATE, folder)
     return folder
+
+
+def _check_tensors_readable(path: Path) -> None:
+    """A safetensors file whose header and tensors are all there (a truncated copy is refused
+    in one line, not by a traceback from deep inside from_pretrained)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            for key in f.keys():
+                f.get_slice(key)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path}: unreadable tensors ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+            "delete that checkpoint folder to resume from an earlier one, or train into a new --output"
+        ) from None
 
 
 def load_state(
     folder: str | Path, rank: int = 0, world_size: int = 1, weights: tuple[str, ...] = MODEL_WEIGHTS
 ) -> dict:
     """The trainer state of a checkpoint: optimizer and scheduler state dicts, step, the extra
-    values saved with it, and `rng`: this rank's RNG states for `restore_rng`."""
+    values saved with it, and `rng`: this rank's RNG states for `restore_rng`. Every field is
+    checked before use (validate_state): a wrong one is a CheckpointError naming file and field."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -237,6 +259,7 @@ def load_state(
             f"{folder / STATE_JSON}: trainer state version {payload.get('version')}; "
             f"this recaption reads version {VERSION}"
         )
+    validate_state(folder, payload)
     if payload["world_size"] != world_size:
         raise CheckpointError(
             f"{folder} was written by a run of {payload['world_size']} process(es); resume it with "
@@ -256,6 +279,61 @@ def load_state(
     if not state["rng"]:
         raise CheckpointError(f"{folder}: trainer state has no RNG state for rank {rank}")
     return state
+
+
+def validate_state(folder: Path, payload: dict) -> None:
+    """Each field of a trainer state as the trainers use it: `step` a whole number >= 0 (and the
+    one in the folder's name), `world_size` >= 1, optimizer / scheduler / extra mappings."""
+    where = folder / STATE_JSON
+
+    def wrong(field: str, expected: str) -> CheckpointError:
+        value = json.dumps(payload.get(field), default=str)[:60]
+        return CheckpointError(
+            f"{where}: field {field!r} is {value}, not {expected}; the checkpoint was altered or is damaged: "
+            "delete that checkpoint folder to resume from an earlier one, or train into a new --output"
+        )
+
+    for field, expected in (("step", "a whole number >= 0"), ("world_size", "a whole number >= 1")):
+        value = payload.get(field)
+        if isinstance(value, bool) or not isinstance(value, int) or value < (field == "world_size"):
+            raise wrong(field, expected)
+    named = folder.name.rsplit("-", 1)[-1]
+    if named.isdigit() and int(named) != payload["step"]:
+        raise wrong("step", f"the step {int(named)} its folder name says")
+    for field in ("optimizer", "scheduler", "extra"):
+        if not isinstance(payload.get(field), Mapping):
+            raise wrong(field, "a mapping")
+
+
+def require_same_recipe(folder: str | Path, recorded: Mapping | None, current: Mapping,
+                        added_later: Mapping | None = None) -> None:
+    """A resume must train as the run it continues: the settings its checkpoint recorded (those
+    missing from older checkpoints count as `added_later` says) equal the current ones, or one
+    line names each difference. A checkpoint that recorded none (older versions) is trusted."""
+    if recorded is None:
+        return
+    if not isinstance(recorded, Mapping):
+        raise CheckpointError(f"{folder}: recorded settings are not a mapping; train into a new --output")
+    then = {k: recorded.get(k, (added_later or {}).get(k)) for k in current}
+    if then != dict(current):
+        differences = "; ".join(describe_differences(then, current))
+        raise TrainingInputError(
+            f"{Path(folder).parent} holds a run with other settings ({differences}); "
+            "train into a new --output, or give the same settings to resume it"
+        )
+
+
+def restore_optimizer(folder: str | Path, state: dict, optimizer, scheduler) -> None:
+    """Load a checkpoint's optimizer and scheduler states; states that do not fit this model
+    (altered, or from another model) are one line, not a traceback."""
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"{folder}: its optimizer state does not fit this model ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); train into a new --output"
+        ) from None
 
 
 def latest_checkpoint(output: Path, prefix: str = "checkpoint-") -> str | None:

@@ -22,16 +22,20 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from fsspec.implementations.local import LocalFileSystem
 
 from ..spine.atomic import write_json_atomic
+from ..spine.contract import output_errors
 from . import distributed
 from .checkpoints import (
     check_checkpoint,
     latest_checkpoint,
     load_state,
+    require_same_recipe,
+    restore_optimizer,
     restore_rng,
     rng_tensors,
     save_checkpoint,
@@ -145,10 +149,25 @@ def fresh_clip(config: ClipTrainConfig):
     )
 
 
+# What a resumed train-clip run must share with the run it continues (the checkpoint records it).
+RECIPE_FIELDS = ("recipe", "p", "concat", "partial_words", "text_length", "steps", "batch_size", "lr",
+                 "weight_decay", "warmup", "seed", "caption_field", "recaption_field")
+
+
+def clip_recipe(config: ClipTrainConfig) -> dict:
+    return {k: getattr(config, k) for k in RECIPE_FIELDS}
+
+
 def train_clip(config: ClipTrainConfig) -> dict:
+    """Train (or resume) into config.output; OS errors there are one line (the output contract)."""
+    out = check_output(config.output, "train-clip", config.data)
+    with output_errors(config.output):
+        return _train_clip(config, out)
+
+
+def _train_clip(config: ClipTrainConfig, out: Path) -> dict:
     from transformers import AutoImageProcessor, AutoModel, AutoTokenizer, get_cosine_schedule_with_warmup
 
-    out = check_output(config.output)
     resume = latest_checkpoint(out)
     if resume:
         check_checkpoint(resume)
@@ -188,8 +207,8 @@ def train_clip(config: ClipTrainConfig) -> dict:
     step, rng, position = 0, random.Random(config.seed * 1000 + rank), None
     if resume:
         state = load_state(resume, rank, ranks.world_size)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        require_same_recipe(resume, state.get("settings"), clip_recipe(config))
+        restore_optimizer(resume, state, optimizer, scheduler)
         step, rng = state["step"], restore_rng(state["rng"], device)
         position = resumed_position(state.get("stream"), stream, rank)
         log.info("resumed from %s at step %d", resume, step)
@@ -248,6 +267,7 @@ def train_clip(config: ClipTrainConfig) -> dict:
                     step,
                     rng_states,
                     stream=data_state,
+                    settings=clip_recipe(config),
                 )
     batches.close()
     pairs = sum(s.count for s in shards)

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..models.loading import load_or_explain, local_folder_or_name
+from ..spine.contract import Step
+from ..spine.contract import check_output as check_contract
 from ..spine.errors import RecaptionError
 
 
@@ -23,17 +25,21 @@ def check_device(requested: str) -> str:
         raise TrainingInputError(str(exc)) from None
 
 
-def check_output(output) -> Path:
-    """The output folder; a file in its place, or on its path, is refused before any work is done."""
-    out = Path(output).expanduser()
-    if out.exists() and not out.is_dir():
-        raise TrainingInputError(f"--output {output}: is a file, not a folder; choose another --output")
-    blocking = next((parent for parent in out.absolute().parents if parent.exists()), None)
-    if blocking is not None and not blocking.is_dir():
-        raise TrainingInputError(
-            f"--output {output}: {blocking} is a file, not a folder; choose another --output"
-        )
-    return out
+TRAINING_FILES = ("train_summary.json", "stream_counts.json", "config.json", "dit.json")
+
+
+def holds_a_training_run(out) -> bool:
+    """A trainer's output folder: checkpoints, or the files a finished or started run leaves."""
+    root = Path(out.root)
+    checkpoints = any(p.is_dir() for p in root.glob("checkpoint-*"))
+    return checkpoints or any((root / n).is_file() for n in TRAINING_FILES)
+
+
+def check_output(output, command: str, inputs=()) -> Path:
+    """A trainer's output folder through the output contract's checks (spine/contract.py): not
+    among the training data, not a file, not a folder holding other files; before any work."""
+    check_contract(str(output), Step(command, recognise=holds_a_training_run), [str(i) for i in inputs])
+    return Path(output).expanduser()
 
 
 def model_source(name: str, option: str) -> str:
