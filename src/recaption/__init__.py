@@ -8,9 +8,7 @@ The main entry points take the options of the `recap` command of the same name:
     recaption.report("out/")
 """
 
-__version__ = "0.1.0"
-
-from .api import (  # noqa: E402
+from .api import (
     caption,
     download,
     eval_retrieval,
@@ -22,6 +20,7 @@ from .api import (  # noqa: E402
     stats,
     train_clip,
 )
+from .spine import __version__
 
 __all__ = [
     "__version__",

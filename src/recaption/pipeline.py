@@ -16,7 +16,6 @@ from dataclasses import asdict, is_dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
-from . import __version__
 from .config import CaptionConfig, RunConfig
 from .engines import make_engine
 from .engines.base import Engine
@@ -25,6 +24,7 @@ from .passes import CONDITIONAL, FLAGS, CaptionPass, Decoding
 from .readers import Shard
 from .sample import CAPTION_ERROR, OK, Sample
 from .schema import INPUT_FINGERPRINT, SCORES_METADATA_KEY
+from .spine import __version__
 from .spine.contract import Step, marker_has
 from .spine.ledger import OutputDir, plan
 from .spine.results import DONE, FAILED, SKIPPED, Progress, RunSummary, ShardResult

@@ -48,6 +48,7 @@ import pyarrow.parquet as pq
 from .quality.outputs import done_shards, input_shard, read_output, recorded_sources
 from .readers import ColumnConfig, discover_shards
 from .readers.base import Shard
+from .spine import __version__
 from .spine.contract import Step, location, marker_has, open_output
 from .spine.errors import RecaptionError
 from .spine.ledger import OutputDir, ShardCommit, plan
@@ -445,8 +446,6 @@ def _export_shard(src: OutputDir, dest: OutputDir, name: str, choice: CaptionCho
         "tar": tar,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    from . import __version__
-
     commit.commit(stats, {**settings, "images": images, "samples": writer.samples,
                           "recaption_version": __version__})
     return ExportedShard(name, DONE, len(rows), writer.samples, not_exported, tar)

@@ -451,7 +451,7 @@ def test_recap_caption_reads_a_shard_made_by_img2dataset(tmp_path, captioner):
 
 
 def test_overwrite_redoes_complete_shards_and_other_settings_are_refused(tmp_path):
-    from recaption.pipeline import ConfigMismatchError
+    from recaption.spine.results import ConfigMismatchError
 
     with ImageServer() as server:
         rows = [{"url": f"{server.url}/img/0.jpg", "text": "a", "license": None, "sha256": None}]

@@ -228,7 +228,9 @@ def test_score_and_judge_work_only_in_caption_output(captioned, tmp_path):
             else ["--endpoint", "http://127.0.0.1:9", "--model", "judge"]
         )
         one_error_line(recap(command, images, *extra), "holds files recaption did not write")
-        one_error_line(recap(command, tmp_path / "nothing", *extra), "holds no output of `recap caption`")
+        one_error_line(
+            recap(command, tmp_path / "nothing", *extra), "holds no finished shards of `recap caption`"
+        )
     assert not (tmp_path / "nothing").exists()
 
 

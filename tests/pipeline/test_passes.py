@@ -11,9 +11,10 @@ import pytest
 import recaption.batching as batching
 from recaption.config import CaptionConfig, RunConfig, caption_settings
 from recaption.passes import PassError, named_pass, parse_pass, read_passes_file
-from recaption.pipeline import DONE, CaptionPipeline, ConfigMismatchError
+from recaption.pipeline import DONE, CaptionPipeline
 from recaption.readers import discover_shards
 from recaption.schema import output_schema
+from recaption.spine.results import ConfigMismatchError
 
 from ..conftest import write_shards
 

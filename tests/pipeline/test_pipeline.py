@@ -8,11 +8,12 @@ import pytest
 from recaption.config import CaptionConfig, RunConfig
 from recaption.engines.transformers_engine import BatchPreparer, TransformersCaptioner
 from recaption.executors import run_caption
-from recaption.pipeline import DONE, FAILED, SKIPPED, CaptionPipeline, ConfigMismatchError
+from recaption.pipeline import DONE, FAILED, SKIPPED, CaptionPipeline
 from recaption.readers import discover_shards
 from recaption.schema import METADATA_KEY, output_schema
 from recaption.shards import ShardRecord, write_webdataset_shard
 from recaption.spine.contract import OutputAmongInputsError
+from recaption.spine.results import ConfigMismatchError
 
 from ..conftest import image_bytes, make_records, write_shards
 

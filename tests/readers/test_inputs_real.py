@@ -549,7 +549,7 @@ def test_output_folder_inside_an_input_folder_is_refused(tmp_path):
     assert result.exit_code == 2, result.output
     (line,) = result.output.strip().splitlines()  # one line
     assert line.startswith("error: the output folder ")
-    assert f"the output folder {p3 / 'sub'} is inside the input folder {p3}" in result.output
+    assert f"the output folder {p3 / 'sub'} lies inside the input {p3}" in result.output
     assert not list(p3.rglob("*.parquet"))
     # a shard named directly is not read recursively: an output folder beside it is fine
     write_shards(tmp_path / "in", 1, 1)

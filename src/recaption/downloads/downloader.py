@@ -28,9 +28,9 @@ from itertools import islice
 
 import pyarrow.parquet as pq
 
-from .. import __version__
 from ..redact import redact
 from ..shards import img2dataset_key
+from ..spine import __version__
 from ..spine.contract import Step, check_output, marker_has, open_output
 from ..spine.ledger import OutputDir, require_same_settings
 from ..spine.results import DONE, FAILED, SKIPPED, ConfigMismatchError, Progress, RunSummary, ShardResult

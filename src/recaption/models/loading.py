@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..spine.errors import RecaptionError
+from .hub import in_hub_cache, is_hub_id, require_on_hub
 from .tiny import TINY_MODEL_NAME, tiny_model_path
 
 TINY_RANDOM_NAME = "tiny-random"
@@ -107,35 +108,11 @@ def resolve_model(name_or_path: str) -> str:
         return local_folder_or_name(name, "--model", ModelError, hint)
     if looks_like_a_path(name):
         raise ModelError(f"--model {name}: no such folder. {local_choices()}")
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        raise ModelError(
-            f"--model {name}: no such folder, and not a hub id (owner/name). {local_choices()}"
-        ) from None
+    if not is_hub_id(name):
+        raise ModelError(f"--model {name}: no such folder, and not a hub id (owner/name). {local_choices()}")
     if not in_hub_cache(name):
-        from ..quality.clip import hub_offline
-
-        if hub_offline():
-            raise ModelError(
-                f"--model {name}: not in the local Hugging Face cache and the hub is switched off "
-                f"(HF_HUB_OFFLINE). {local_choices()}"
-            )
+        require_on_hub(name, f"--model {name}", local_choices(), ModelError, probe=False)
     return name  # a hub id; from_pretrained reads the hub cache or downloads
-
-
-def in_hub_cache(name: str) -> bool:
-    """Whether the local Hugging Face cache holds the model's config (no network access)."""
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        found = try_to_load_from_cache(name, "config.json")
-    except (OSError, ValueError):
-        return False
-    return isinstance(found, str)
 
 
 def check_model(name: str) -> None:
@@ -145,13 +122,7 @@ def check_model(name: str) -> None:
         return  # built in (built on first use, by the run itself)
     source = resolve_model(name)
     if source == name and not Path(name).expanduser().exists() and not in_hub_cache(name):
-        from ..quality.clip import _probe_hub
-
-        problem = _probe_hub(name)
-        if problem:
-            raise ModelError(
-                f"--model {name}: not in the local Hugging Face cache and {problem}. {local_choices()}"
-            )
+        require_on_hub(name, f"--model {name}", local_choices(), ModelError)
 
 
 def load_error(name: str, exc: BaseException) -> ModelError:

@@ -6,7 +6,8 @@ SiglipModel, or a long-text CLIP (LongCLIP converted) through AutoModel. Texts l
 text encoder's window (CLIP: 77 tokens) are truncated to it, and the row records that it was
 (`re_clip_truncated`, `org_clip_truncated`); give a long-text CLIP to avoid it.
 
-Which model (`resolve_clip_model`), with no waiting when there is no network:
+Which model (`resolve_clip_model`; the hub part in models/hub.py), with no waiting when there
+is no network:
   tiny-clip, tiny-clip-random   built in (recaption.models.tiny_clip); nothing is downloaded
   a folder                      a transformers model folder (config.json in it)
   a hub id                      from the local Hugging Face cache when it is there (no network
@@ -20,17 +21,16 @@ and the choices that work here.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..models.hub import cached_snapshot, is_hub_id, require_on_hub
 from ..spine.errors import RecaptionError
 
 log = logging.getLogger(__name__)
 
 # The paper scored with CLIP ViT-L/14; real users get it by default (a 1.7 GB download once).
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
-HUB_PROBE_TIMEOUT = 5.0  # seconds for the one request that asks the hub whether a model is there
 _WEIGHTS = (
     "model.safetensors",
     "model.safetensors.index.json",
@@ -89,81 +89,15 @@ def resolve_clip_model(name: str, option: str = "--clip-model") -> ClipSource:
                 f"{option} {name}: {path} is not a transformers model folder (no config.json in it)"
             )
         return ClipSource(name, str(path.resolve()))
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
+    if not is_hub_id(name):
         raise ClipModelError(
             f"{option} {name}: no such folder, and not a hub id (owner/name). {local_choices(option)}"
-        ) from None
-    cached = _cached_snapshot(name)
+        )
+    cached = cached_snapshot(name, (_WEIGHTS, _TOKENIZER, ("preprocessor_config.json",)))
     if cached is not None:
         return ClipSource(name, str(cached), revision=cached.name)
-    if hub_offline():
-        raise ClipModelError(
-            f"CLIP model {name} is not in the local Hugging Face cache and the hub is switched off "
-            f"(HF_HUB_OFFLINE). {local_choices(option)}"
-        )
-    problem = _probe_hub(name)
-    if problem:
-        raise ClipModelError(
-            f"CLIP model {name} is not in the local Hugging Face cache and {problem}. {local_choices(option)}"
-        )
+    require_on_hub(name, f"CLIP model {name}", local_choices(option), ClipModelError)
     return ClipSource(name, name)
-
-
-def hub_offline() -> bool:
-    from huggingface_hub import constants
-
-    flags = (os.environ.get("HF_HUB_OFFLINE"), os.environ.get("TRANSFORMERS_OFFLINE"))
-    return constants.is_offline_mode() or any(
-        (f or "").strip().upper() in ("1", "ON", "YES", "TRUE") for f in flags
-    )
-
-
-def _cached_snapshot(name: str) -> Path | None:
-    """The model's folder in the local Hugging Face cache, if config, weights, tokenizer and image
-    processor are all there (read with no network access)."""
-    from huggingface_hub import snapshot_download
-
-    try:
-        folder = Path(snapshot_download(name, local_files_only=True))
-    except (OSError, ValueError):
-        return None
-    complete = (
-        (folder / "config.json").is_file()
-        and (folder / "preprocessor_config.json").is_file()
-        and any((folder / f).is_file() for f in _WEIGHTS)
-        and any((folder / f).is_file() for f in _TOKENIZER)
-    )
-    return folder if complete else None
-
-
-def _probe_hub(name: str) -> str | None:
-    """One request, no retries: None if the hub has `name`, else what is wrong, in words."""
-    from huggingface_hub import constants, hf_hub_url
-    from huggingface_hub.utils import build_hf_headers, get_session
-
-    try:
-        response = get_session().head(
-            hf_hub_url(name, "config.json"), headers=build_hf_headers(), timeout=HUB_PROBE_TIMEOUT
-        )
-    except Exception as exc:  # no route, no DNS, refused, timed out: all say "no network"
-        return f"the hub ({constants.ENDPOINT}) cannot be reached ({_one_line(exc) or type(exc).__name__})"
-    if response.status_code in (401, 403, 404):
-        return (
-            f"the hub has no model {name} this machine may read (HTTP {response.status_code}; a "
-            "gated or private model needs `hf auth login`)"
-        )
-    if response.status_code >= 400:
-        return f"the hub answered HTTP {response.status_code}"
-    return None
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
 
 
 class TextScoring:
@@ -250,7 +184,7 @@ class ClipScorer(TextScoring):
             self.image_processor = AutoImageProcessor.from_pretrained(source)
         except (OSError, ValueError, KeyError) as exc:
             raise ClipModelError(
-                f"cannot load CLIP model {self.model_name} ({source}): {_one_line(exc)}"
+                f"cannot load CLIP model {self.model_name} ({source}): {' '.join(str(exc).split())}"
             ) from exc
         if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
             raise ClipModelError(

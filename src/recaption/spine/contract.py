@@ -191,8 +191,8 @@ def refuse_foreign(out: OutputDir, step: Step) -> None:
         )
     if not visible:
         if not step.creates:
-            raise ForeignOutputError(f"{out.url} holds no output of `recap {step.adopts[0]}`: "
-                                     "give the folder that command wrote")
+            raise ForeignOutputError(f"{out.url} holds no finished shards of `recap {step.adopts[0]}` "
+                                     "({name}.done): give the folder that command wrote")
         return
     if step.recognise is not None and step.recognise(out):
         return
@@ -262,9 +262,9 @@ def check_output(url: str, step: Step, inputs: Iterable[str] = ()) -> OutputDir:
     errors as one line; nothing is written. Steps that work long before they write (a model
     to load, images to sample) call this first, then `open_output` to write."""
     with output_errors(url):
-        refuse_among_inputs(url, inputs)
         out = OutputDir(url)
         _refuse_file_in_the_way(out)
+        refuse_among_inputs(url, inputs)
         refuse_foreign(out, step)
         return out
 

@@ -207,9 +207,9 @@ def trainable(model, stage: int) -> list:
     return params
 
 
-# What a resumed train-captioner run must share with the run it continues.
-RECIPE_FIELDS = ("stage1_field", "stage2_field", "prompt", "stage1_steps", "stage2_steps", "stage1_lr",
-                 "stage2_lr", "batch_size", "warmup", "seed")
+# What a resumed train-captioner run must share with the run it continues (steps may grow; the
+# data stream's settings are checked by its position, training/stream.py).
+RECIPE_FIELDS = ("stage1_field", "stage2_field", "prompt", "stage1_lr", "stage2_lr", "warmup")
 
 
 def captioner_recipe(config: CaptionerTrainConfig) -> dict:

@@ -150,8 +150,10 @@ def fresh_clip(config: ClipTrainConfig):
 
 
 # What a resumed train-clip run must share with the run it continues (the checkpoint records it).
-RECIPE_FIELDS = ("recipe", "p", "concat", "partial_words", "text_length", "steps", "batch_size", "lr",
-                 "weight_decay", "warmup", "seed", "caption_field", "recaption_field")
+# --steps may grow (train longer); the data stream's settings (batch size, seed, ...) are checked
+# by the stream's own position (training/stream.py).
+RECIPE_FIELDS = ("recipe", "p", "concat", "partial_words", "text_length", "lr", "weight_decay", "warmup",
+                 "caption_field", "recaption_field")
 
 
 def clip_recipe(config: ClipTrainConfig) -> dict:
