@@ -37,7 +37,7 @@ def caption(inputs: PathLike | list[PathLike], output: PathLike, **options: Any)
         atomic.OutputLockedError: another run is writing to `output`.
     """
     from .config import caption_settings
-    from .executors import run_caption
+    from .executors.run import run_caption
     from .readers import discover_shards
 
     settings = caption_settings(os.fspath(output), **options)

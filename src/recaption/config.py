@@ -7,6 +7,7 @@ from typing import Any
 
 from .images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
 from .models.registry import CONDITIONAL_PROMPT, PAPER_PROMPT
+from .spine.errors import RecaptionError
 
 
 @dataclass
@@ -145,9 +146,21 @@ class RunConfig:
             raise ValueError(f"max_side {self.max_side}: must be positive, or None for no limit")
         if self.workers is not None and self.workers < 0:
             raise ValueError(f"--workers {self.workers}: must be 0 (this process) or more")
-        from .quality.long_text import check_long_text
-
         check_long_text(self.clip_long_text)
+
+
+LONG_TEXT_MODES = ("truncate", "chunk")  # --clip-long-text: how captions over the text window score
+
+
+class LongTextError(RecaptionError, ValueError):
+    """A --clip-long-text that is not one of the rules (quality/long_text.py)."""
+
+
+def check_long_text(mode: str) -> str:
+    """The one check of --clip-long-text, for the run's settings and every scorer."""
+    if mode not in LONG_TEXT_MODES:
+        raise LongTextError(f"--clip-long-text {mode}: choose {' or '.join(LONG_TEXT_MODES)}")
+    return mode
 
 
 @dataclass
@@ -164,10 +177,7 @@ class ExecutorConfig:
     ray_cpus_per_worker: float = 1.0
 
     def __post_init__(self):
-        from .executors import executor_names
-
-        if self.executor not in executor_names():
-            raise ValueError(f"unknown executor {self.executor!r}; choose {' or '.join(executor_names())}")
+        # The executor's name is checked where executors are found (executors.executor_module).
         import re
 
         from .models.loading import DEVICE_PATTERN

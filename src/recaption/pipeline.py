@@ -22,8 +22,9 @@ from .engines.base import Engine
 from .images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
 from .passes import CONDITIONAL, FLAGS, CaptionPass, Decoding
 from .readers import Shard
+from .readers.changes import input_change, input_provenance
 from .sample import CAPTION_ERROR, OK, Sample
-from .schema import INPUT_FINGERPRINT, SCORES_METADATA_KEY
+from .schema import SCORES_METADATA_KEY
 from .spine import __version__
 from .spine.contract import Step, marker_has
 from .spine.ledger import OutputDir, plan
@@ -159,53 +160,6 @@ def _caption_errors(out: OutputDir, name: str) -> int:
             return int(json.load(f).get("status_counts", {}).get(CAPTION_ERROR, 0))
     except (FileNotFoundError, json.JSONDecodeError, ValueError):
         return 0
-
-
-def forget_vanished_slices(shards: list[Shard], out: OutputDir) -> None:
-    """A folder that shrank has fewer slices of 10,000 than when it was captioned: the output of
-    a slice that no longer exists would count its images twice. Remove it, saying so.
-
-    `shards` must be every shard of the run (the driver calls this once, under the folder's
-    lock): a worker given a subset would take the others' slices for vanished ones."""
-    from .readers.folder import FolderShard
-
-    current = {s.name for s in shards}
-    slices = [s for s in shards if isinstance(s, FolderShard)]
-    roots = {(s.source.rsplit(" [", 1)[0], s.name.rsplit("-", 1)[0]) for s in slices}
-    for root, prefix in roots:
-        for marker in out.fs.glob(out.path(f"{prefix}-*.done")):
-            name = marker.rsplit("/", 1)[-1][: -len(".done")]
-            if name in current or not name.rsplit("-", 1)[-1].isdigit():
-                continue
-            try:
-                with out.fs.open(out.stats(name), "r") as f:
-                    source = json.load(f).get("source", "")
-            except (FileNotFoundError, json.JSONDecodeError):
-                continue
-            if source == f"{root} [{name}]":  # a slice of this very folder
-                log.warning("%s: %s no longer has this slice (it shrank); removing its output", name, root)
-                out.invalidate(name)
-
-
-def input_provenance(shard: Shard) -> dict:
-    """What a shard's .done marker records about its input, beside the settings: the shard's
-    fingerprint (a folder slice's files), so a rerun notices when the input changed."""
-    fingerprint = shard.fingerprint()
-    return {} if fingerprint is None else {INPUT_FINGERPRINT: fingerprint}
-
-
-def input_change(shard: Shard, marker: dict) -> str | None:
-    """How a done shard's input differs from what its marker recorded, or None. A marker
-    without a fingerprint (tars, parquet, older versions) is trusted."""
-    then, now = marker.get(INPUT_FINGERPRINT), shard.fingerprint()
-    if not isinstance(then, dict) or now is None or then == now:
-        return None
-    images_then, images_now = then.get("images"), now.get("images")
-    if images_then != images_now:
-        detail = f"{images_then} images then, {images_now} now"
-    else:
-        detail = f"still {images_now} images, but files were added, removed or modified"
-    return f"folder changed since it was captioned ({detail})"
 
 
 def batch_seed(seed: int, shard: str, batch_index: int) -> int:

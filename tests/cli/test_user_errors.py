@@ -299,7 +299,7 @@ def _raise_planted(*args, **kwargs):
 
 # (command line, function raising the user error deep under that command)
 PLANTED = [
-    (["caption", "{tmp}/in", "-o", "{tmp}/out"], "recaption.executors.run_caption"),
+    (["caption", "{tmp}/in", "-o", "{tmp}/out"], "recaption.executors.run.run_caption"),
     (["download", "{tmp}/meta.csv", "-o", "{tmp}/dl"], "recaption.downloads.choose_columns"),
     (["run", "{tmp}/meta.csv", "-o", "{tmp}/run"], "recaption.downloads.choose_columns"),
     (["score", "{tmp}/out", "--clip-model", "tiny-clip"], "recaption.quality.scorers.make_scorer"),

@@ -8,7 +8,7 @@ import pytest
 import recaption.engines as engines
 import recaption.executors as executors
 from recaption.config import CaptionConfig, ExecutorConfig, RunConfig
-from recaption.executors import run_caption
+from recaption.executors.run import run_caption
 from recaption.readers import discover_shards
 
 from ..conftest import write_shards

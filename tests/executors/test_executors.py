@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from recaption.config import ExecutorConfig, RunConfig
-from recaption.executors import devices_to_use, run_caption
+from recaption.executors.run import devices_to_use, run_caption
 from recaption.pipeline import DONE, FAILED, SKIPPED, CaptionPipeline
 from recaption.readers import discover_shards
 
@@ -84,7 +84,7 @@ def test_ray_executor_matches_local_and_resumes(tmp_path, captioner, local_refer
 
 
 def test_devices_default_to_one_process_without_several_gpus(captioner, monkeypatch):
-    import recaption.executors as executors
+    import recaption.executors.run as executors
 
     monkeypatch.setattr(executors, "visible_gpus", lambda: ["cuda:0"])
     assert devices_to_use(captioner.config, ExecutorConfig()) == []

@@ -13,7 +13,7 @@ import pytest
 
 from recaption.config import ExecutorConfig, RunConfig
 from recaption.downloads import download
-from recaption.executors import run_caption
+from recaption.executors.run import run_caption
 from recaption.pipeline import DONE, CaptionPipeline
 from recaption.readers import discover_shards
 
@@ -64,7 +64,7 @@ def test_caption_on_two_nodes_matches_local(tmp_path, captioner, shards_and_refe
 
 
 def test_download_on_two_nodes_matches_local(tmp_path, two_nodes, caplog):
-    caplog.set_level(logging.INFO, logger="recaption.downloads.ray_executor")
+    caplog.set_level(logging.INFO, logger="recaption.executors.ray_executor")
     with ImageServer() as server:
         urls = metadata(tmp_path, server, rows=24, prefix="/delay/")
         options = dict(shard_size=6, concurrency=2)

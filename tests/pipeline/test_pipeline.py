@@ -7,7 +7,7 @@ import pytest
 
 from recaption.config import CaptionConfig, RunConfig
 from recaption.engines.transformers_engine import BatchPreparer, TransformersCaptioner
-from recaption.executors import run_caption
+from recaption.executors.run import run_caption
 from recaption.pipeline import DONE, FAILED, SKIPPED, CaptionPipeline
 from recaption.readers import discover_shards
 from recaption.schema import METADATA_KEY, output_schema

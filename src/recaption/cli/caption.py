@@ -21,7 +21,7 @@ def run_caption_command(inputs: list[str], caption_cfg: CaptionConfig, run_cfg: 
                         columns=None, executor_cfg: ExecutorConfig | None = None) -> int:
     """Caption with a progress bar and print the summary; the exit code (2: a user error, or a
     wrong value or folder found once the run starts)."""
-    from ..executors import run_caption
+    from ..executors.run import run_caption
     from ..progress import RichProgress
     from ..readers import ColumnConfig, discover_shards
 

@@ -56,10 +56,10 @@ def download_cmd(
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    from ..downloads.downloader import EXECUTORS
+    from ..executors import executor_names
 
-    if executor not in EXECUTORS:
-        raise typer.BadParameter(f"--executor {executor}: choose {' or '.join(EXECUTORS)}")
+    if executor not in executor_names():
+        raise typer.BadParameter(f"--executor {executor}: choose {' or '.join(executor_names())}")
     raise typer.Exit(run_download_command(inputs, config, executor, ray_address))
 
 

@@ -28,6 +28,7 @@ from itertools import islice
 
 import pyarrow.parquet as pq
 
+from ..executors import executor_module
 from ..redact import redact
 from ..shards import img2dataset_key
 from ..spine import __version__
@@ -57,11 +58,13 @@ def download(
 
     `columns`: what `choose_columns` returned for these inputs (chosen here when not given).
     `executor`: "local" (this process) or "ray" (shards fetched by Ray tasks across the cluster
-    at `ray_address`, or on a local Ray; downloads/ray_executor.py). Same files either way.
+    at `ray_address`, or on a local Ray): any executor of executors/ (its `download_shards`).
+    Same files either way.
     Raises InputError (bad input, a named column missing), ConfigMismatchError (the folder holds
     shards made with other settings) and atomic.OutputLockedError (another run writes there)."""
-    if executor not in EXECUTORS:
-        raise ValueError(f"--executor {executor}: unknown; choose one of {', '.join(EXECUTORS)}")
+    download_shards = getattr(executor_module(executor), "download_shards", None)  # unknown: one line
+    if download_shards is None:
+        raise ValueError(f"--executor {executor}: runs no downloads; use local or ray")
     reader = MetadataReader(config.url_col, config.caption_col, config.sha256_col, config.extra_cols)
     paths = expand_metadata_inputs(inputs)
     reader.chosen = columns or reader.choose(paths)
@@ -71,14 +74,9 @@ def download(
     with open_output(config.output, DOWNLOAD, paths):
         run = ShardDownloads(config, reader.chosen, progress)
         planned = run.plan(reader.read(paths))
-        if executor == "ray":
-            from .ray_executor import download_on_ray
-
-            return download_on_ray(planned, run, ray_address)
-        return asyncio.run(run.run_here(planned))
+        return download_shards(planned, run, ray_address)
 
 
-EXECUTORS = ("local", "ray")
 # What `recap download` writes (the output contract): img2dataset-layout shards whose markers
 # record the download settings.
 DOWNLOAD = Step("download", recognise=marker_has("url_col", "shard_size"))

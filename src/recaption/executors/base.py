@@ -11,10 +11,13 @@ writes the same files, so outputs and resume do not depend on which one ran."""
 
 from __future__ import annotations
 
-from ..config import CaptionConfig, ExecutorConfig, RunConfig
-from ..pipeline import plan_shards
-from ..readers import Shard
+from typing import TYPE_CHECKING
+
 from ..spine.results import SKIPPED, Progress, RunSummary, ShardResult
+
+if TYPE_CHECKING:
+    from ..config import CaptionConfig, ExecutorConfig, RunConfig
+    from ..readers import Shard
 
 
 class Executor:
@@ -24,6 +27,8 @@ class Executor:
         self.progress = progress or Progress()
 
     def run(self, shards: list[Shard]) -> RunSummary:
+        from ..pipeline import plan_shards  # the caption step; a download never loads it
+
         todo, done = plan_shards(shards, self.caption, self.run_config)
         summary = RunSummary([ShardResult(s.name, s.source, SKIPPED) for s in done])
         self.progress.run_started(todo)

@@ -1,19 +1,25 @@
-"""`--executor local`: this process on one device, or one worker process per GPU (devices.py)
-when several are given or visible."""
+"""`--executor local`: captioning in this process on one device, or one worker process per GPU
+(devices.py) when several are given or visible; downloading on this process's event loop."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterator
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
-from ..pipeline import CaptionPipeline
-from ..readers import Shard
-from ..spine.results import ShardResult
+from ..spine.results import RunSummary, ShardResult
 from .base import Executor
+
+if TYPE_CHECKING:
+    from ..downloads.downloader import PlannedShard, ShardDownloads
+    from ..readers import Shard
 
 
 class LocalExecutor(Executor):
     def _execute(self, todo: list[Shard]) -> list[ShardResult]:
-        from . import devices_to_use
+        from ..pipeline import CaptionPipeline
+        from .run import devices_to_use
 
         caption = self.caption
         devices = devices_to_use(caption, self.config)
@@ -27,3 +33,9 @@ class LocalExecutor(Executor):
 
 
 EXECUTOR = LocalExecutor
+
+
+def download_shards(planned: Iterator[PlannedShard | ShardResult], downloads: ShardDownloads,
+                    address: str | None = None) -> RunSummary:
+    """Every planned shard in this process, `shards_in_flight` at a time (`address`: unused)."""
+    return asyncio.run(downloads.run_here(planned))

@@ -1,4 +1,5 @@
-"""`--executor ray`: long-lived caption workers as Ray actors, on a local Ray or a cluster.
+"""`--executor ray`: long-lived caption workers as Ray actors, on a local Ray or a cluster; and
+downloads as Ray tasks (`download_shards`, at the end).
 
 Each actor sets up one engine (one model on its GPU share: `num_gpus=1`, or 0.5 / 0.25 to pack
 a small model several times on one GPU) and keeps ONE loader for its whole life: loader
@@ -14,6 +15,11 @@ results. An actor that dies (kill -9, a node removed) loses nothing: the shards 
 to the front of the queue and are done, once, by the actors still alive; a replacement actor is
 started where the cluster has room. A shard whose actor died under it three times is reported
 failed (it may be what kills them). Only this module and `ray_cluster` import ray.
+
+Downloading: the driver streams the metadata and plans each shard exactly as the local run does;
+each planned shard goes to a Ray task that downloads it whole with its own connections and
+commits it to the shared output folder: the same names, keys, members, markers and resume as
+the local executor. A worker killed mid-shard leaves no shard half-written.
 """
 
 from __future__ import annotations
@@ -21,15 +27,20 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter, deque
+from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
-from ..config import CaptionConfig, ExecutorConfig, RunConfig
-from ..pipeline import CaptionPipeline
-from ..ray_cluster import connected
-from ..readers import Shard
-from ..spine.results import FAILED, Progress, ShardResult
+from ..ray_cluster import cluster_cpus, connected
+from ..redact import redact
+from ..spine.results import FAILED, Progress, RunSummary, ShardResult
 from .base import Executor
+
+if TYPE_CHECKING:  # the caption step's types; a download never loads the pipeline
+    from ..config import CaptionConfig, ExecutorConfig, RunConfig
+    from ..downloads.downloader import PlannedShard, ShardDownloads
+    from ..readers import Shard
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +60,8 @@ class CaptionWorker:
 
     def __init__(self, caption: CaptionConfig, run: RunConfig, loader_workers: int | None):
         import multiprocessing as mp
+
+        from ..pipeline import CaptionPipeline
 
         if loader_workers is None:  # one loader process per CPU Ray gave this actor
             import ray
@@ -254,3 +267,56 @@ class _Dispatcher:
         while self.queue:
             shard = self.queue.popleft()
             self._finish(ShardResult(shard.name, shard.source, FAILED, error=f"no Ray worker left: {reason}"))
+
+
+# -- the download step -------------------------------------------------------------------------------
+
+TASK_RETRIES = 3  # a task whose worker died is run again this often before its shard fails
+
+
+def _download_one(run: ShardDownloads, shard: PlannedShard) -> tuple[ShardResult, str]:
+    import ray
+
+    return run.download_shard(shard), ray.get_runtime_context().get_node_id()
+
+
+def download_shards(planned: Iterator[PlannedShard | ShardResult], run: ShardDownloads,
+                    address: str | None = None) -> RunSummary:
+    """The download step: each planned shard downloaded whole by one Ray task (one CPU, at most
+    twice the cluster's CPUs in flight, so the driver's memory stays bounded) and committed to
+    the shared output folder; a task whose worker died runs again (TASK_RETRIES). Results in
+    shard order."""
+    with connected(address) as ray:
+        task = ray.remote(_download_one).options(num_cpus=1, max_retries=TASK_RETRIES)
+        limit = 2 * cluster_cpus(ray)
+        shared = ray.put(run)  # the settings, sent to the object store once
+        run.progress.run_started([])
+        results: dict[str, ShardResult] = {}
+        order: list[str] = []
+        running: dict = {}  # object ref -> PlannedShard
+        for item in planned:
+            order.append(item.name)
+            if isinstance(item, ShardResult):  # complete already
+                results[item.name] = item
+                continue
+            while len(running) >= limit:
+                _collect_download(ray, running, results, run)
+            running[task.remote(shared, item)] = item
+        while running:
+            _collect_download(ray, running, results, run)
+        return RunSummary([results[name] for name in order])
+
+
+def _collect_download(ray, running: dict, results: dict, run: ShardDownloads) -> None:
+    ready, _ = ray.wait(list(running), num_returns=1)
+    shard = running.pop(ready[0])
+    try:
+        result, node = ray.get(ready[0])
+        log.info("ray: shard %s downloaded on node %s", shard.name, node)
+    except ray.exceptions.RayError as exc:  # its workers kept dying, or the task could not run
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        log.error("ray: shard %s failed: %s", shard.name, reason)
+        result = ShardResult(shard.name, shard.name, FAILED, error=redact(f"ray worker failed: {reason}"))
+    results[shard.name] = result
+    run.progress.rows_done(result.rows, result.status_counts.get("ok", 0))
+    run.progress.shard_finished(result)

@@ -23,7 +23,7 @@ from ..engines.openai_engine import OpenAICaptioner, image_data_url
 from ..images import decode_sample
 from ..schema import JUDGE_METADATA_KEY
 from ..spine.contract import open_output
-from ..writer import OutputDir
+from ..spine.ledger import OutputDir
 from .outputs import (
     caption_rows,
     done_shards,

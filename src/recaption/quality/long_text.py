@@ -18,20 +18,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from ..spine.errors import RecaptionError
+from ..config import LONG_TEXT_MODES, LongTextError, check_long_text  # noqa: F401  (the one check)
 
-LONG_TEXT_MODES = ("truncate", "chunk")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-
-
-class LongTextError(RecaptionError, ValueError):
-    """A --clip-long-text that is not one of the rules."""
-
-
-def check_long_text(mode: str) -> str:
-    if mode not in LONG_TEXT_MODES:
-        raise LongTextError(f"--clip-long-text {mode}: choose {' or '.join(LONG_TEXT_MODES)}")
-    return mode
 
 
 def sentences(text: str) -> list[str]:

@@ -11,10 +11,11 @@ import pyarrow.parquet as pq
 
 from ..readers import ColumnConfig, discover_shards, open_shard
 from ..readers.base import Shard
+from ..readers.changes import input_change
 from ..spine.atomic import open_atomic
 from ..spine.contract import Step, marker_has
 from ..spine.errors import RecaptionError
-from ..writer import OutputDir
+from ..spine.ledger import OutputDir
 
 
 def works_in_caption_output(name: str) -> Step:
@@ -86,8 +87,6 @@ def input_shard(out: OutputDir, name: str) -> Shard:
         shard = next((s for s in discover_shards([folder], columns) if s.name == name), None)
     # A folder slice is matched to its rows by key: if its files changed since captioning, keys
     # could now name other images. Refuse rather than join rows to the wrong pictures.
-    from ..pipeline import input_change
-
     if shard is None:
         change = f"{folder} no longer has a slice {name}"
     else:

@@ -28,7 +28,7 @@ from importlib import resources
 from ..images import decode_sample
 from ..spine.atomic import write_to_url_atomic
 from ..spine.errors import RecaptionError
-from ..writer import OutputDir
+from ..spine.ledger import OutputDir
 from .flags import is_degenerate
 from .outputs import done_shards, input_shard, read_output
 from .stats import FAILED_ROWS_KEPT, PAPER, OutputStats, collect, comparison, count, fmt, pct

@@ -20,7 +20,7 @@ from ..images import decode_sample
 from ..readers.base import Shard
 from ..schema import SCORE_COLUMNS, SCORES_METADATA_KEY, word_count
 from ..spine.contract import open_output
-from ..writer import OutputDir
+from ..spine.ledger import OutputDir
 from .clip import ClipScorer
 from .outputs import (
     caption_rows,

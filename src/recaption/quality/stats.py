@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import pyarrow.parquet as pq
 
 from ..schema import INPUT_FINGERPRINT, JUDGE_METADATA_KEY, METADATA_KEY, SCORES_METADATA_KEY
-from ..writer import OutputDir
+from ..spine.ledger import OutputDir
 from .flags import is_degenerate
 from .outputs import done_shards
 

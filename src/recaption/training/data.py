@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from ..images import decode_sample
 from ..readers import ColumnConfig, ShardError, discover_shards
-from ..writer import OutputDir
+from ..spine.ledger import OutputDir
 from .inputs import TrainingInputError
 
 

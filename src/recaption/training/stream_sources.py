@@ -117,7 +117,7 @@ def _text(value) -> str | None:
 def _ok_rows(output: str, name: str) -> dict[str, tuple[str | None, str | None]]:
     """key -> (org_caption, re_caption) of a caption shard's rows with status ok."""
     from ..quality.outputs import read_output
-    from ..writer import OutputDir
+    from ..spine.ledger import OutputDir
 
     table = read_output(OutputDir(output), name, ["key", "org_caption", "re_caption", "status"])
     return {r["key"]: (r["org_caption"], r["re_caption"]) for r in table.to_pylist() if r["status"] == "ok"}
@@ -139,7 +139,7 @@ def is_caption_output(path: str) -> bool:
 
 def caption_output_shards(output: str) -> list[StreamShard]:
     from ..quality.outputs import done_shards, input_shard, read_output
-    from ..writer import OutputDir
+    from ..spine.ledger import OutputDir
 
     out = OutputDir(output)
     found, left_out, rows = [], {}, 0
