@@ -75,7 +75,7 @@ def test_a_download_worker_killed_mid_shard_loses_and_duplicates_nothing(tmp_pat
         assert {r.outcome for r in local.results} == {DONE}
         out = tmp_path / "ray"
         written = lambda: any(out.glob("*.tmp")) or any(out.glob("**/*.tmp"))  # noqa: E731 mid-shard
-        killer = KillOnce("ray::_download_shard", when=written)
+        killer = KillOnce("ray::_download_one", when=written)
         killer.start()
         summary = download([urls], config(out, **options), executor="ray")
         killer.join(timeout=1)
