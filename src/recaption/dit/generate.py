@@ -202,6 +202,29 @@ def _made_by_generate(out) -> bool:
 GENERATE = Step("generate", recognise=_made_by_generate, always_recognise=True)
 
 
+def _sample_records(dit: LoadedDit, items: list[dict], images_per_prompt: int, batch_size: int, seed: int,
+                    guidance: float, steps: int, sampler: str, progress) -> list[ShardRecord]:
+    """Every prompt's images, in batches, each with its own seed and the row it came from."""
+    jobs = [(p, k) for p in range(len(items)) for k in range(images_per_prompt)]
+    records: list[ShardRecord] = []
+    if progress:
+        progress(0, len(jobs))
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start : start + batch_size]
+        numbers = range(start, start + len(chunk))
+        seeds = [image_seed(seed, n) for n in numbers]
+        images = sample(dit, [items[p]["prompt"] for p, _ in chunk], seeds, guidance, steps, sampler)
+        for (p, k), image, s, n in zip(chunk, images, seeds, numbers, strict=True):
+            extra = {k2: v for k2, v in items[p].items() if k2 != "prompt"}
+            extra.update(prompt_index=p, image_index=k, seed=seed, image_seed=s, guidance=guidance,
+                         steps=steps, sampler=sampler)
+            records.append(ShardRecord(image=png(image), caption=items[p]["prompt"],
+                                       url=f"generated://{seed}/{n}", extension="png", extra=extra))
+        if progress:
+            progress(len(records), len(jobs))
+    return records
+
+
 def _check_counts(**values: int) -> None:
     for name, value in values.items():
         if value < 1:
@@ -256,38 +279,9 @@ def generate(
                     "records use_ema false", model, EMA)
     use_ema = ema
     dit = load_dit(folder, device, use_ema)
-    jobs = [(p, k) for p in range(len(items)) for k in range(images_per_prompt)]
-    records: list[ShardRecord] = []
     started = time.perf_counter()
-    if progress:
-        progress(0, len(jobs))
-    for start in range(0, len(jobs), batch_size):
-        chunk = jobs[start : start + batch_size]
-        numbers = range(start, start + len(chunk))
-        seeds = [image_seed(seed, n) for n in numbers]
-        images = sample(dit, [items[p]["prompt"] for p, _ in chunk], seeds, guidance, steps, sampler)
-        for (p, k), image, s, n in zip(chunk, images, seeds, numbers, strict=True):
-            extra = {k2: v for k2, v in items[p].items() if k2 != "prompt"}
-            records.append(
-                ShardRecord(
-                    image=png(image),
-                    caption=items[p]["prompt"],
-                    url=f"generated://{seed}/{n}",
-                    extension="png",
-                    extra={
-                        **extra,
-                        "prompt_index": p,
-                        "image_index": k,
-                        "seed": seed,
-                        "image_seed": s,
-                        "guidance": guidance,
-                        "steps": steps,
-                        "sampler": sampler,
-                    },
-                )
-            )
-        if progress:
-            progress(len(records), len(jobs))
+    records = _sample_records(dit, items, images_per_prompt, batch_size, seed, guidance, steps, sampler,
+                              progress)
     seconds = time.perf_counter() - started
     summary = {
         "model": str(model),

@@ -39,20 +39,11 @@ from fsspec.implementations.local import LocalFileSystem
 from ..spine.atomic import temporary_name, write_json_atomic
 from ..spine.contract import output_errors
 from ..training import distributed
-from ..training.checkpoints import (
-    _replace_folder,
-    check_checkpoint,
-    latest_checkpoint,
-    load_state,
-    require_same_recipe,
-    restore_optimizer,
-    restore_rng,
-    rng_tensors,
-    save_checkpoint,
-)
+from ..training.checkpoints import _replace_folder, check_checkpoint, latest_checkpoint, require_same_recipe
 from ..training.data import Pair
 from ..training.inputs import TrainingInputError, check_output
-from ..training.stream import StreamBatches, TrainingStream, checkpoint_state, resumed_position
+from ..training.loop import TrainLoop, open_batches, resume
+from ..training.stream import TrainingStream
 from ..training.stream_sources import require_fields, spread, stream_shards
 from .data import CAPTION_KINDS, UNCAPTIONED, SquarePixels, check_caption_sources, pick_caption
 from .model import (
@@ -216,16 +207,9 @@ def train_dit(config: DitTrainConfig, progress: Callable[[dict], None] | None = 
         raise
 
 
-def _train_dit(config: DitTrainConfig, out: Path, progress: Callable[[dict], None] | None) -> dict:
-    from transformers import get_constant_schedule_with_warmup
-
-    resume = latest_checkpoint(out)
-    if resume:
-        check_checkpoint(resume, (WEIGHTS,))
-    ranks = distributed.start(config.device)
-    rank, device = ranks.rank, ranks.device
-
-    # The frozen parts: a run's own copies once it has them, so a resumed run uses the same ones.
+def _frozen_parts(config: DitTrainConfig, out: Path, device: str):
+    """The text encoder and the pixel / latent codec: a run's own copies once it has them, so a
+    resumed run uses the same ones; a size the codec and patch cannot tile is refused."""
     saved_encoder = out / TEXT_ENCODER
     text_encoder = TextEncoder(
         str(saved_encoder) if saved_encoder.is_dir() else resolve_text_encoder(config.text_encoder),
@@ -249,38 +233,42 @@ def _train_dit(config: DitTrainConfig, out: Path, progress: Callable[[dict], Non
             "widen the model or use a smaller patch",
             width, patch_values, config.patch_size, config.patch_size, codec.channels,
         )  # fmt: skip
-    recipe = {
-        "space": codec.space,
-        "image_size": config.image_size,
-        "patch_size": config.patch_size,
-        "layers": config.layers,
-        "heads": config.heads,
-        "head_dim": config.head_dim,
-        "text_length": text_encoder.max_length,
-        "p": config.p,
-        "caption_dropout": config.caption_dropout,
-        "train_timesteps": config.train_timesteps,
-        "beta_schedule": config.beta_schedule,
-        "prediction_type": config.prediction_type,
-        "batch_size": config.batch_size,
-        "snr_gamma": config.snr_gamma,
-        "lr": config.lr,
-        "weight_decay": config.weight_decay,
-        "warmup": config.warmup,
-    }
-    meta = {
-        "format": FORMAT,
-        "version": VERSION,
-        **recipe,
-        "text_encoder_source": config.text_encoder,
-        "vae_source": config.vae,
-        "train_config": {k: v for k, v in asdict(config).items()},
-    }
-    if resume:
-        before = read_meta(Path(resume))
+    return text_encoder, codec
+
+
+def _transformer(config: DitTrainConfig, resume_from: str | None, codec, text_encoder, device: str):
+    """(the transformer, the EMA weights or None): a checkpoint's, or a fresh seeded one."""
+    from diffusers import PixArtTransformer2DModel
+
+    if resume_from:
+        load = PixArtTransformer2DModel.from_pretrained
+        transformer = load(Path(resume_from) / TRANSFORMER, low_cpu_mem_usage=False)
+        return transformer, load(Path(resume_from) / EMA, low_cpu_mem_usage=False).to(device)
+    transformer = build_transformer(config.image_size // codec.factor, config.patch_size, codec.channels,
+                                    config.layers, config.heads, config.head_dim, text_encoder.hidden_size,
+                                    seed=config.seed)
+    return transformer, None
+
+
+def _train_dit(config: DitTrainConfig, out: Path, progress: Callable[[dict], None] | None) -> dict:
+    from transformers import get_constant_schedule_with_warmup
+
+    resume_from = latest_checkpoint(out)
+    if resume_from:
+        check_checkpoint(resume_from, (WEIGHTS,))
+    ranks = distributed.start(config.device)
+    rank, device = ranks.rank, ranks.device
+
+    text_encoder, codec = _frozen_parts(config, out, device)
+    recipe = {"space": codec.space, "text_length": text_encoder.max_length,
+              **{k: getattr(config, k) for k in _FIXED if k not in ("space", "text_length")}}
+    meta = {"format": FORMAT, "version": VERSION, **recipe, "text_encoder_source": config.text_encoder,
+            "vae_source": config.vae, "train_config": asdict(config)}
+    if resume_from:
+        before = read_meta(Path(resume_from))
         # A setting added since an older run: what its full config recorded, else the default then.
         recorded = {**(before.get("train_config") or {}), **before}
-        require_same_recipe(resume, recorded, {k: recipe[k] for k in _FIXED}, _ADDED_DEFAULTS)
+        require_same_recipe(resume_from, recorded, recipe, _ADDED_DEFAULTS)
 
     # The data streams (training/stream.py), as train-clip's: epochs over the shards, split over
     # ranks and loader workers, a bounded shuffle buffer; memory does not grow with the data.
@@ -295,164 +283,97 @@ def _train_dit(config: DitTrainConfig, out: Path, progress: Callable[[dict], Non
     )
     pairs = sum(s.count for s in shards)
 
-    from diffusers import PixArtTransformer2DModel
-
-    sample_size = config.image_size // codec.factor
-    if resume:
-        transformer = PixArtTransformer2DModel.from_pretrained(
-            Path(resume) / TRANSFORMER, low_cpu_mem_usage=False
-        )
-        ema_weights = PixArtTransformer2DModel.from_pretrained(
-            Path(resume) / EMA, low_cpu_mem_usage=False
-        ).to(device)
-    else:
-        transformer = build_transformer(
-            sample_size,
-            config.patch_size,
-            codec.channels,
-            config.layers,
-            config.heads,
-            config.head_dim,
-            text_encoder.hidden_size,
-            seed=config.seed,
-        )
-        ema_weights = None
+    transformer, ema_weights = _transformer(config, resume_from, codec, text_encoder, device)
     transformer.to(device).train()
     ema = Ema(transformer, config.ema_decay, ema_weights)
     noise_scheduler = _noise_scheduler(config, codec.space)
     if rank == 0:
-        frozen = [] if saved_encoder.is_dir() else [Part(text_encoder, TEXT_ENCODER)]
+        frozen = [] if (out / TEXT_ENCODER).is_dir() else [Part(text_encoder, TEXT_ENCODER)]
         if config.vae and not (out / VAE).is_dir():
             frozen.append(Part(codec.vae, VAE))
         _save_parts(out, frozen + [Part(noise_scheduler, SCHEDULER)])
 
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     lr_schedule = get_constant_schedule_with_warmup(optimizer, config.warmup)
-    step, rng, position = 0, random.Random(config.seed * 1000 + rank), None
-    torch.manual_seed(config.seed * 1000 + rank + 1)  # noise and timesteps
-    losses: list[float] = []
-    captions = dict.fromkeys(CAPTION_KINDS, 0)
-    if resume:
-        state = load_state(resume, rank, ranks.world_size, (WEIGHTS,))
-        restore_optimizer(resume, state, optimizer, lr_schedule)
-        step, rng = state["step"], restore_rng(state["rng"], device)
-        losses, captions = list(state["losses"]), {**captions, **state["captions"]}
-        position = resumed_position(state.get("stream"), stream, rank)
-        log.info("resumed from %s at step %d", resume, step)
-    batches = StreamBatches(stream, config.workers, position, pin_memory=str(device).startswith("cuda"))
-    trained = ranks.wrap(transformer)
-    autocast = torch.autocast(
-        device.split(":")[0], dtype=torch.bfloat16, enabled=config.mixed_precision == "bf16"
-    )
+    torch.manual_seed(config.seed * 1000 + rank + 1)  # noise and timesteps (a resume restores its own)
+    resumed = resume(resume_from, ranks, device, optimizer, lr_schedule, stream, {}, (WEIGHTS,))
+    rng = resumed.rng or random.Random(config.seed * 1000 + rank)
+    captions = {**dict.fromkeys(CAPTION_KINDS, 0), **resumed.extra.get("captions", {})}
+    batches = open_batches(stream, config.workers, resumed, device)
+    step_loss = _DiffusionStep(config, ranks, text_encoder, codec, noise_scheduler, ranks.wrap(transformer),
+                               rng, captions, first=resumed.step == 0)
 
-    first_step, window_start, window_images, started = step, time.perf_counter(), 0, time.perf_counter()
-    images_per_s = None
-    while step < config.steps:
-        batch = next(batches)
-        drawn = [pick_caption(Pair(key, None, org, re), config.p, config.caption_dropout, rng)
+    def parts() -> list:
+        return [Part(transformer, TRANSFORMER), Part(ema.model, EMA), Part(noise_scheduler, SCHEDULER),
+                JsonPart({**meta, "step": loop_state["step"]})]
+
+    loop_state = {"step": resumed.step}
+    loop = TrainLoop(ranks, device, out, optimizer, lr_schedule, list(transformer.parameters()), config.steps,
+                     config.log_every, config.save_every, parts=parts,
+                     extra=lambda: {"losses": loop.losses, "captions": captions}, rng=rng,
+                     grad_clip=config.grad_clip, after_step=lambda step: _after(step),
+                     progress=progress, losses=list(resumed.extra.get("losses", [])))
+
+    def _after(step: int) -> None:
+        ema.update(transformer, step)
+        loop_state["step"] = step
+
+    first_step, started = resumed.step, time.perf_counter()
+    step = loop.run(batches, resumed.step, step_loss)
+    losses, images_per_s = loop.losses, loop.images_per_s
+    batches.close()
+    seconds = time.perf_counter() - started
+    result = {"steps": step, "losses": losses, "pairs": pairs, "captions": captions,
+              "images_per_s": images_per_s, "seconds": seconds}
+    if rank == 0:
+        _save_parts(out, parts())
+        summary = {**result, "seconds_this_run": round(seconds, 2), "steps_this_run": step - first_step,
+                   "device": device, "world_size": ranks.world_size, "threads": torch.get_num_threads(),
+                   "config": asdict(config)}
+        del summary["seconds"]
+        write_json_atomic(LocalFileSystem(), str(out / "train_summary.json"), summary)
+    ranks.finish()
+    return result
+
+
+class _DiffusionStep:
+    """One batch's loss: a caption drawn per sample (p, caption dropout; counted by kind), the
+    images encoded and noised at random timesteps, the transformer's prediction against the
+    noise (or velocity), weighted as the config says. A first batch with no caption at all,
+    on every rank, is refused: that data cannot train text-to-image."""
+
+    def __init__(self, config: DitTrainConfig, ranks, text_encoder, codec, noise_scheduler, trained,
+                 rng: random.Random, captions: dict, first: bool):
+        self.config, self.ranks, self.text_encoder, self.codec = config, ranks, text_encoder, codec
+        self.noise_scheduler, self.trained, self.rng = noise_scheduler, trained, rng
+        self.captions, self.first, self.device = captions, first, ranks.device
+        self.autocast = torch.autocast(self.device.split(":")[0], dtype=torch.bfloat16,
+                                       enabled=config.mixed_precision == "bf16")
+
+    def __call__(self, batch: dict) -> torch.Tensor:
+        config, scheduler = self.config, self.noise_scheduler
+        drawn = [pick_caption(Pair(key, None, org, re), config.p, config.caption_dropout, self.rng)
                  for key, org, re in zip(batch["keys"], batch["org"], batch["re"], strict=True)]
         for _, kind in drawn:
-            captions[kind] += 1
-        if step == 0 and _every_rank(ranks, all(kind == UNCAPTIONED for _, kind in drawn)):
+            self.captions[kind] += 1
+        if self.first and _every_rank(self.ranks, all(kind == UNCAPTIONED for _, kind in drawn)):
             raise TrainingInputError(
                 f"no sample of the first batch has a caption (neither its own nor "
                 f"{config.recaption_field or 'a recaption'}): give captioned data (a .txt or a caption "
                 "column beside each image, --caption-field, --recaption-field, or recap caption output)"
             )
-        features, mask = text_encoder.encode([t for t, _ in drawn])
-        x0 = codec.draw(codec.prepare(batch["pixels"]).to(device))
+        self.first = False
+        features, mask = self.text_encoder.encode([t for t, _ in drawn])
+        x0 = self.codec.draw(self.codec.prepare(batch["pixels"]).to(self.device))
         noise = torch.randn_like(x0)
-        timesteps = torch.randint(0, config.train_timesteps, (len(drawn),), device=device)
-        noisy = noise_scheduler.add_noise(x0, noise, timesteps)
-        with autocast:
-            prediction = trained(
+        timesteps = torch.randint(0, config.train_timesteps, (len(drawn),), device=self.device)
+        noisy = scheduler.add_noise(x0, noise, timesteps)
+        with self.autocast:
+            prediction = self.trained(
                 noisy, encoder_hidden_states=features, encoder_attention_mask=mask, timestep=timesteps
             ).sample
         if config.prediction_type == "v_prediction":
-            target = noise_scheduler.get_velocity(x0, noise, timesteps)
+            target = scheduler.get_velocity(x0, noise, timesteps)
         else:
             target = noise
-        loss = diffusion_loss(prediction.float(), target, timesteps, noise_scheduler, config)
-        loss.backward()
-        if config.grad_clip:
-            torch.nn.utils.clip_grad_norm_(transformer.parameters(), config.grad_clip)
-        optimizer.step()
-        lr_schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        ema.update(transformer, step)
-        losses.append(loss.item())
-        window_images += len(drawn) * ranks.world_size
-        if step % config.log_every == 0 or step == config.steps:
-            elapsed = time.perf_counter() - window_start
-            images_per_s = window_images / elapsed if elapsed > 0 else None
-            recent = losses[-config.log_every :]
-            event = {
-                "step": step,
-                "steps": config.steps,
-                "loss": sum(recent) / len(recent),
-                "images_per_s": images_per_s,
-                "lr": lr_schedule.get_last_lr()[0],
-            }
-            if rank == 0:
-                log.info(
-                    "step %d/%d loss %.4f %.1f images/s", step, config.steps, event["loss"], images_per_s or 0
-                )
-                if progress:
-                    progress(event)
-            window_start, window_images = time.perf_counter(), 0
-        if step % config.save_every == 0 or step == config.steps:
-            rng_states = ranks.gather(rng_tensors(rng, device))  # every rank takes part
-            data_state = checkpoint_state(batches, ranks)  # a collective too
-            if rank == 0:
-                save_checkpoint(
-                    out / f"checkpoint-{step:07d}",
-                    [
-                        Part(transformer, TRANSFORMER),
-                        Part(ema.model, EMA),
-                        Part(noise_scheduler, SCHEDULER),
-                        JsonPart({**meta, "step": step}),
-                    ],
-                    optimizer,
-                    lr_schedule,
-                    step,
-                    rng_states,
-                    losses=losses,
-                    captions=captions,
-                    stream=data_state,
-                )
-    batches.close()
-    seconds = time.perf_counter() - started
-    if rank == 0:
-        _save_parts(
-            out,
-            [
-                Part(transformer, TRANSFORMER),
-                Part(ema.model, EMA),
-                Part(noise_scheduler, SCHEDULER),
-                JsonPart({**meta, "step": step}),
-            ],
-        )
-        summary = {
-            "steps": step,
-            "pairs": pairs,
-            "losses": losses,
-            "captions": captions,
-            "images_per_s": images_per_s,
-            "seconds_this_run": round(seconds, 2),
-            "steps_this_run": step - first_step,
-            "device": device,
-            "world_size": ranks.world_size,
-            "threads": torch.get_num_threads(),
-            "config": asdict(config),
-        }
-        write_json_atomic(LocalFileSystem(), str(out / "train_summary.json"), summary)
-    ranks.finish()
-    return {
-        "steps": step,
-        "losses": losses,
-        "pairs": pairs,
-        "captions": captions,
-        "images_per_s": images_per_s,
-        "seconds": seconds,
-    }
+        return diffusion_loss(prediction.float(), target, timesteps, scheduler, config)

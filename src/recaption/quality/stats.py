@@ -389,6 +389,47 @@ def _models_text(uses: list[dict], unit: str) -> tuple[str, str | None]:
     return mixed, note
 
 
+def mean_median(d: dict | None, digits: int = 2) -> str:
+    return "-" if d is None else f"{fmt(d['mean'], digits)} (median {fmt(d['median'], digits)})"
+
+
+def counted(stats: dict, what: str) -> str:
+    """How many values each side's numbers come from (the original is often missing)."""
+    re_n, org_n = ((stats[k] or {}).get("n", 0) for k in ("re", "org"))
+    return f"{fmt(re_n)} recaptions and {fmt(org_n)} original captions{what}"
+
+
+def _judge_lines(summary: dict, judge: str, judge_warning: str | None) -> list[Line]:
+    """The judge's rows of the comparison (none when nothing was judged)."""
+    lines: list[Line] = []
+    judge_scores, judge_pref = summary["judge_score"], summary["judge_preference"]
+    if judge_pref or any(judge_scores.values()):
+        lines.append(
+            Line(
+                "judge rating 1-5 (mean)",
+                mean_median(judge_scores["re"]),
+                mean_median(judge_scores["org"]),
+                f"{PAPER['judge_mean']['re']} / {PAPER['judge_mean']['org']} "
+                f"({PAPER['judge_model']}, 10K images)",
+                f"{judge} on {fmt(max(d['n'] for d in judge_scores.values() if d))} images",
+                judge_warning,
+            )
+        )
+    if judge_pref:
+        lines.append(
+            Line(
+                "judge rates this caption higher (share of images)",
+                pct(judge_pref["re_higher_share"]),
+                pct(judge_pref["org_higher_share"]),
+                "not published",
+                f"{judge}: per image, over {fmt(judge_pref['n'])} images rated twice "
+                f"({count(judge_pref['ties'], 'tie')})",
+                judge_warning,
+            )
+        )
+    return lines
+
+
 def comparison(summary: dict) -> list[Line]:
     """Ours beside the paper's figures; every number says what made it."""
     lines: list[Line] = []
@@ -396,16 +437,7 @@ def comparison(summary: dict) -> list[Line]:
     clip, clip_warning = _models_text(summary["models"]["clip"], "CLIP models")
     judge, judge_warning = _models_text(summary["models"]["judge"], "judges")
     ok = summary["status_counts"].get("ok", 0)
-
-    def mean_median(d: dict | None, digits: int = 2) -> str:
-        return "-" if d is None else f"{fmt(d['mean'], digits)} (median {fmt(d['median'], digits)})"
-
     length = summary["length"]
-
-    def counted(stats: dict, what: str) -> str:
-        """How many values each side's numbers come from (the original is often missing)."""
-        re_n, org_n = ((stats[k] or {}).get("n", 0) for k in ("re", "org"))
-        return f"{fmt(re_n)} recaptions and {fmt(org_n)} original captions{what}"
     lines.append(
         Line(
             "caption length, words (mean)",
@@ -445,31 +477,7 @@ def comparison(summary: dict) -> list[Line]:
                 clip_warning,
             )
         )
-    judge_scores, judge_pref = summary["judge_score"], summary["judge_preference"]
-    if judge_pref or any(judge_scores.values()):
-        lines.append(
-            Line(
-                "judge rating 1-5 (mean)",
-                mean_median(judge_scores["re"]),
-                mean_median(judge_scores["org"]),
-                f"{PAPER['judge_mean']['re']} / {PAPER['judge_mean']['org']} "
-                f"({PAPER['judge_model']}, 10K images)",
-                f"{judge} on {fmt(max(d['n'] for d in judge_scores.values() if d))} images",
-                judge_warning,
-            )
-        )
-    if judge_pref:
-        lines.append(
-            Line(
-                "judge rates this caption higher (share of images)",
-                pct(judge_pref["re_higher_share"]),
-                pct(judge_pref["org_higher_share"]),
-                "not published",
-                f"{judge}: per image, over {fmt(judge_pref['n'])} images rated twice "
-                f"({count(judge_pref['ties'], 'tie')})",
-                judge_warning,
-            )
-        )
+    lines += _judge_lines(summary, judge, judge_warning)
     vocab = summary["vocabulary"]
     lines.append(
         Line(

@@ -118,6 +118,34 @@ def _relation(a: str, b: str) -> list[str]:
     return []
 
 
+def _assemble(clauses: list[tuple[str, bool, int]], rng: random.Random) -> str:
+    """The prompt's text from its clauses (text, stands alone, how many its subject is)."""
+    # A clause that starts with its place stands as a sentence of its own.
+    sentences = [text for text, alone, _ in clauses if alone]
+    listed = [text for text, alone, _ in clauses if not alone]
+    if listed:
+        joined = listed[0] if len(listed) == 1 else ", ".join(listed[:-1]) + " and " + listed[-1]
+        plural = sum(named for _, alone, named in clauses if not alone) > 1
+        template = rng.choice(
+            [
+                "{x}",
+                "There {be} {x}",
+                "A picture of {x}",
+                "I see {x}",
+                "{x} on a plain background",
+                "Draw {x}",
+                "Some shapes: {x}",
+            ]
+        )
+        lead = template.format(x=joined, be="are" if plural else "is")
+        sentences.insert(rng.randrange(len(sentences) + 1), lead)
+    text = ". ".join(s[0].upper() + s[1:] for s in sentences)
+    if rng.random() < 0.7:
+        text += "."
+    text = text.replace(", with", " with") if rng.random() < 0.5 else text
+    return text
+
+
 def human_prompt(
     objects: list[ShapeObject],
     rng: random.Random,
@@ -196,29 +224,7 @@ def human_prompt(
         if relation and i == relation["b"]:
             phrase += f", with {np(relation['a'])} {rng.choice(RELATION_WORDS[relation['rel']])} it"
         clauses.append((phrase, alone, named))
-    # A clause that starts with its place stands as a sentence of its own.
-    sentences = [text for text, alone, _ in clauses if alone]
-    listed = [text for text, alone, _ in clauses if not alone]
-    if listed:
-        joined = listed[0] if len(listed) == 1 else ", ".join(listed[:-1]) + " and " + listed[-1]
-        plural = sum(named for _, alone, named in clauses if not alone) > 1
-        template = rng.choice(
-            [
-                "{x}",
-                "There {be} {x}",
-                "A picture of {x}",
-                "I see {x}",
-                "{x} on a plain background",
-                "Draw {x}",
-                "Some shapes: {x}",
-            ]
-        )
-        lead = template.format(x=joined, be="are" if plural else "is")
-        sentences.insert(rng.randrange(len(sentences) + 1), lead)
-    text = ". ".join(s[0].upper() + s[1:] for s in sentences)
-    if rng.random() < 0.7:
-        text += "."
-    text = text.replace(", with", " with") if rng.random() < 0.5 else text
+    text = _assemble(clauses, rng)
     for g in groups:
         del g["_cells"]
     return text, {"groups": groups, "relations": relations}

@@ -32,20 +32,10 @@ from ..models.registry import PAPER_PROMPT
 from ..spine.atomic import write_json_atomic
 from ..spine.contract import output_errors
 from . import distributed
-from .checkpoints import (
-    CheckpointError,
-    check_checkpoint,
-    latest_checkpoint,
-    load_state,
-    require_same_recipe,
-    restore_optimizer,
-    restore_rng,
-    rng_tensors,
-    save_checkpoint,
-    save_final,
-)
+from .checkpoints import CheckpointError, check_checkpoint, latest_checkpoint, restore_optimizer, save_final
 from .inputs import TrainingInputError, check_output, load_pretrained, model_source, model_type
-from .stream import StreamBatches, TrainingStream, checkpoint_state, resumed_position
+from .loop import TrainLoop, open_batches, resume
+from .stream import TrainingStream
 from .stream_sources import require_fields, spread, stream_shards
 
 log = logging.getLogger(__name__)
@@ -228,21 +218,21 @@ def _train_captioner(config: CaptionerTrainConfig, out: Path) -> dict:
 
     from ..models.registry import family_for
 
-    resume = latest_checkpoint(out)
-    if resume:
-        check_checkpoint(resume)
+    resume_from = latest_checkpoint(out)
+    if resume_from:
+        check_checkpoint(resume_from)
     ranks = distributed.start(config.device)
     rank, device = ranks.rank, ranks.device
-    if resume or config.model:
-        option, name = ("checkpoint", resume) if resume else ("--model", config.model)
-        source = resume or model_source(config.model, "--model")
+    if resume_from or config.model:
+        option, name = ("checkpoint", resume_from) if resume_from else ("--model", config.model)
+        source = resume_from or model_source(config.model, "--model")
         _, kind = model_type(source, option, name)
         if kind != "llava":
             raise TrainingInputError(
                 f"{option} {name}: a {kind or 'unknown'} model; expected a LlavaForConditionalGeneration "
                 "folder (recap convert-llava makes one from a LLaVA-repo checkpoint)"
             )
-        safetensors_only = True if resume else None  # a checkpoint: never a pickle file
+        safetensors_only = True if resume_from else None  # a checkpoint: never a pickle file
         model = load_pretrained(
             lambda s: LlavaForConditionalGeneration.from_pretrained(s, use_safetensors=safetensors_only),
             source,
@@ -255,16 +245,14 @@ def _train_captioner(config: CaptionerTrainConfig, out: Path) -> dict:
     model.to(device)
     batcher = ConversationBatcher(processor, family_for(model.config.model_type))
     stream = training_stream(config, processor, ranks, out)
-    state = load_state(resume, rank, ranks.world_size) if resume else None
-    if state:
-        require_same_recipe(resume, state.get("settings"), captioner_recipe(config))
-        if state.get("stage") not in (1, 2):
-            raise CheckpointError(f"{resume}: its stage is {state.get('stage')!r}, not 1 or 2; "
-                                  "train into a new --output")
-    stage, step = (state["stage"], state["step"]) if state else (1, 0)
-    rng = restore_rng(state["rng"], device) if state else random.Random(config.seed * 1000 + rank)
-    position = resumed_position(state.get("stream"), stream, rank) if state else None
-    batches = StreamBatches(stream, config.workers, position, pin_memory=str(device).startswith("cuda"))
+    resumed = resume(resume_from, ranks, device, None, None, stream, captioner_recipe(config))
+    state = resumed.extra or None
+    if state and state.get("stage") not in (1, 2):
+        raise CheckpointError(f"{resume_from}: its stage is {state.get('stage')!r}, not 1 or 2; "
+                              "train into a new --output")
+    stage, step = (state["stage"], resumed.step) if state else (1, 0)
+    rng = resumed.rng or random.Random(config.seed * 1000 + rank)
+    batches = open_batches(stream, config.workers, resumed, device)
     history: dict[str, list[float]] = state["history"] if state else {"stage1": [], "stage2": []}
     for current in (1, 2):
         total = config.stage1_steps if current == 1 else config.stage2_steps
@@ -276,13 +264,14 @@ def _train_captioner(config: CaptionerTrainConfig, out: Path) -> dict:
         )
         scheduler = get_cosine_schedule_with_warmup(optimizer, min(config.warmup, total // 2), total)
         if state and current == stage:
-            restore_optimizer(resume, state, optimizer, scheduler)
+            restore_optimizer(resume_from, state, optimizer, scheduler)
         else:
             step = 0
         model.train()
         trained = ranks.wrap(model, find_unused_parameters=True)
-        while step < total:
-            batch = next(batches)
+        instruction = BRIEF_PROMPT if current == 1 else config.prompt
+
+        def step_loss(batch: dict, current: int = current, instruction: str = instruction, trained=trained):
             chosen = [
                 Example(pixels, brief, detailed)
                 for pixels, brief, detailed in zip(batch["pixels"], batch["org"], batch["re"], strict=True)
@@ -290,35 +279,17 @@ def _train_captioner(config: CaptionerTrainConfig, out: Path) -> dict:
             targets = [
                 (e.brief if current == 1 else e.detailed) or e.detailed or e.brief or "" for e in chosen
             ]
-            instruction = BRIEF_PROMPT if current == 1 else config.prompt
             inputs = {k: v.to(device) for k, v in batcher(chosen, instruction, targets).items()}
-            loss = trained(**inputs).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            history[f"stage{current}"].append(loss.item())
-            if step % config.log_every == 0 or step == total:
-                recent = history[f"stage{current}"][-config.log_every :]
-                log.info("stage %d step %d loss %.4f", current, step, sum(recent) / len(recent))
-            if step % config.save_every == 0 or step == total:
-                rng_states = ranks.gather(rng_tensors(rng, device))  # every rank takes part
-                data_state = checkpoint_state(batches, ranks)
-                if rank == 0:
-                    save_checkpoint(
-                        out / f"checkpoint-s{current}-{step:07d}",
-                        [model, processor],
-                        optimizer,
-                        scheduler,
-                        step,
-                        rng_states,
-                        stage=current,
-                        history=history,
-                        stream=data_state,
-                        settings=captioner_recipe(config),
-                    )
+            return trained(**inputs).loss
+
+        loop = TrainLoop(ranks, device, out, optimizer, scheduler, params, total, config.log_every,
+                         config.save_every, parts=lambda: [model, processor],
+                         extra=lambda current=current: {"stage": current, "history": history,
+                                                        "settings": captioner_recipe(config)},
+                         rng=rng, label=f"stage {current} ",
+                         checkpoint_name=lambda step, current=current: f"checkpoint-s{current}-{step:07d}",
+                         losses=history[f"stage{current}"])
+        step = loop.run(batches, step, step_loss)
         stage = current + 1
         state = None
     batches.close()

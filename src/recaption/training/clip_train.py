@@ -30,17 +30,7 @@ from fsspec.implementations.local import LocalFileSystem
 from ..spine.atomic import write_json_atomic
 from ..spine.contract import output_errors
 from . import distributed
-from .checkpoints import (
-    check_checkpoint,
-    latest_checkpoint,
-    load_state,
-    require_same_recipe,
-    restore_optimizer,
-    restore_rng,
-    rng_tensors,
-    save_checkpoint,
-    save_final,
-)
+from .checkpoints import check_checkpoint, latest_checkpoint, save_final
 from .clips_recipe import clips_loss, clips_texts
 from .data import Pair, check_fields, image_text_pairs, recaptioned_pairs
 from .inputs import (
@@ -50,7 +40,8 @@ from .inputs import (
     load_pretrained,
     model_source,
 )
-from .stream import StreamBatches, TrainingStream, checkpoint_state, resumed_position
+from .loop import TrainLoop, open_batches, resume
+from .stream import TrainingStream
 from .stream_sources import is_caption_output, require_fields, spread, stream_shards
 
 log = logging.getLogger(__name__)
@@ -170,17 +161,17 @@ def train_clip(config: ClipTrainConfig) -> dict:
 def _train_clip(config: ClipTrainConfig, out: Path) -> dict:
     from transformers import AutoImageProcessor, AutoModel, AutoTokenizer, get_cosine_schedule_with_warmup
 
-    resume = latest_checkpoint(out)
-    if resume:
-        check_checkpoint(resume)
+    resume_from = latest_checkpoint(out)
+    if resume_from:
+        check_checkpoint(resume_from)
     ranks = distributed.start(config.device)
     rank, device = ranks.rank, ranks.device
-    if resume or config.model:
-        option, name = ("checkpoint", resume) if resume else ("--model", config.model)
-        source = resume or model_source(config.model, "--model")
+    if resume_from or config.model:
+        option, name = ("checkpoint", resume_from) if resume_from else ("--model", config.model)
+        source = resume_from or model_source(config.model, "--model")
         check_dual_encoder(source, option, name)
         model = load_pretrained(
-            lambda s: AutoModel.from_pretrained(s, use_safetensors=True if resume else None),
+            lambda s: AutoModel.from_pretrained(s, use_safetensors=True if resume_from else None),
             source,
             option,
             name,
@@ -206,22 +197,15 @@ def _train_clip(config: ClipTrainConfig, out: Path) -> dict:
     )
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup, config.steps)
-    step, rng, position = 0, random.Random(config.seed * 1000 + rank), None
-    if resume:
-        state = load_state(resume, rank, ranks.world_size)
-        require_same_recipe(resume, state.get("settings"), clip_recipe(config))
-        restore_optimizer(resume, state, optimizer, scheduler)
-        step, rng = state["step"], restore_rng(state["rng"], device)
-        position = resumed_position(state.get("stream"), stream, rank)
-        log.info("resumed from %s at step %d", resume, step)
-    batches = StreamBatches(stream, config.workers, position, pin_memory=str(device).startswith("cuda"))
+    resumed = resume(resume_from, ranks, device, optimizer, scheduler, stream, clip_recipe(config))
+    rng = resumed.rng or random.Random(config.seed * 1000 + rank)
+    batches = open_batches(stream, config.workers, resumed, device)
     trained = ranks.wrap(model)
     window = min(
         config.text_length, getattr(model.config.text_config, "max_position_embeddings", config.text_length)
     )
-    losses = []
-    while step < config.steps:
-        batch = next(batches)
+
+    def step_loss(batch: dict) -> torch.Tensor:
         # the p draw (or the CLIPS partial recaption) happens here, with the trainer's RNG
         # (saved and restored with each checkpoint)
         if config.recipe == "clips":
@@ -232,45 +216,21 @@ def _train_clip(config: ClipTrainConfig, out: Path) -> dict:
                 choose_caption(Pair(key, None, org, re), config.p, config.concat, rng)
                 for key, org, re in zip(batch["keys"], batch["org"], batch["re"], strict=True)
             ]
-        tokens = tokenizer(texts, padding=True, truncation=True, max_length=window, return_tensors="pt").to(
-            device
-        )
+        tokens = tokenizer(texts, padding=True, truncation=True, max_length=window, return_tensors="pt")
+        tokens = tokens.to(device)
         output = trained(
             input_ids=tokens["input_ids"],
             attention_mask=tokens["attention_mask"],
             pixel_values=batch["pixels"].to(device, non_blocking=True),
             return_loss=config.recipe == "recap",
         )
-        if config.recipe == "clips":
-            output.loss = clips_loss(output.logits_per_image)
-        output.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        losses.append(output.loss.item())
-        if step % config.log_every == 0 or step == config.steps:
-            log.info(
-                "step %d loss %.4f lr %.2e",
-                step,
-                sum(losses[-config.log_every :]) / len(losses[-config.log_every :]),
-                scheduler.get_last_lr()[0],
-            )
-        if step % config.save_every == 0 or step == config.steps:
-            rng_states = ranks.gather(rng_tensors(rng, device))  # every rank takes part
-            data_state = checkpoint_state(batches, ranks)
-            if rank == 0:
-                save_checkpoint(
-                    out / f"checkpoint-{step:07d}",
-                    [model, tokenizer, processor],
-                    optimizer,
-                    scheduler,
-                    step,
-                    rng_states,
-                    stream=data_state,
-                    settings=clip_recipe(config),
-                )
+        return clips_loss(output.logits_per_image) if config.recipe == "clips" else output.loss
+
+    loop = TrainLoop(ranks, device, out, optimizer, scheduler, list(model.parameters()), config.steps,
+                     config.log_every, config.save_every, parts=lambda: [model, tokenizer, processor],
+                     extra=lambda: {"settings": clip_recipe(config)}, rng=rng)
+    step = loop.run(batches, resumed.step, step_loss)
+    losses = loop.losses
     batches.close()
     pairs = sum(s.count for s in shards)
     if rank == 0:

@@ -1,0 +1,136 @@
+"""The one training loop of train-clip, train-captioner and train-dit.
+
+A trainer builds its model, data stream and optimizer, then hands the loop a `step_loss`
+(one batch -> its loss tensor, backward not yet taken) and what a checkpoint holds; the loop
+does the rest the same way for all three: backward, gradient clipping, optimizer and schedule
+steps, the loss history, logging every `log_every` steps (loss, learning rate, images per
+second, and the trainer's `progress` hook), and checkpoints every `save_every` steps and at the
+end (every rank takes part in the collectives, rank 0 writes). Resuming is the trainer's
+`Resume.load` (training/checkpoints.py: every field checked, the settings the same).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .checkpoints import (
+    load_state,
+    require_same_recipe,
+    restore_optimizer,
+    restore_rng,
+    rng_tensors,
+    save_checkpoint,
+)
+from .stream import StreamBatches, checkpoint_state, resumed_position
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Resumed:
+    """Where a resumed run stands: its step, RNG, stream position and the extra values it saved."""
+
+    step: int = 0
+    rng: random.Random | None = None
+    position: object = None
+    extra: dict = field(default_factory=dict)
+
+
+def resume(folder: str | None, ranks, device: str, optimizer, scheduler, stream, settings: dict,
+           weights: tuple[str, ...] | None = None, added_later: dict | None = None) -> Resumed:
+    """The state of checkpoint `folder` for this rank (nothing to resume: None), checked before
+    use: its fields, its settings against `settings`, its optimizer state against this model."""
+    if folder is None:
+        return Resumed()
+    state = load_state(folder, ranks.rank, ranks.world_size, *(() if weights is None else (weights,)))
+    require_same_recipe(folder, state.get("settings"), settings, added_later)
+    if optimizer is not None:
+        restore_optimizer(folder, state, optimizer, scheduler)
+    log.info("resumed from %s at step %d", folder, state["step"])
+    position = resumed_position(state.get("stream"), stream, ranks.rank)
+    return Resumed(state["step"], restore_rng(state["rng"], device), position, state)
+
+
+def open_batches(stream, workers: int, resumed: Resumed, device: str) -> StreamBatches:
+    """The trainer's side of the stream, from where a resumed run stopped."""
+    return StreamBatches(stream, workers, resumed.position, pin_memory=str(device).startswith("cuda"))
+
+
+@dataclass
+class TrainLoop:
+    """One optimizer's steps over a stream, with the logging and checkpoints every trainer shares.
+
+    `parts()`: what a checkpoint saves beside the trainer state (objects with save_pretrained);
+    `extra()`: the values the trainer resumes with (JSON-able, tensors too); `after_step(step)`:
+    anything to do after the optimizer step (the DiT's EMA); `progress(event)`: called on rank
+    0 at each log line with {step, steps, loss, images_per_s, lr}."""
+
+    ranks: object
+    device: str
+    out: Path
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    params: list
+    steps: int
+    log_every: int
+    save_every: int
+    parts: Callable[[], list]
+    extra: Callable[[], dict]
+    rng: random.Random
+    grad_clip: float | None = 1.0
+    label: str = ""
+    checkpoint_name: Callable[[int], str] = lambda step: f"checkpoint-{step:07d}"
+    after_step: Callable[[int], None] | None = None
+    progress: Callable[[dict], None] | None = None
+    losses: list[float] = field(default_factory=list)
+    images_per_s: float | None = None
+
+    def run(self, batches: StreamBatches, step: int, step_loss: Callable[[dict], torch.Tensor]) -> int:
+        """Train from `step` to `self.steps`; returns the step reached."""
+        window_start, window_images = time.perf_counter(), 0
+        while step < self.steps:
+            batch = next(batches)
+            loss = step_loss(batch)
+            loss.backward()
+            if self.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if self.after_step:
+                self.after_step(step)
+            self.losses.append(loss.item())
+            window_images += len(batch["keys"]) * self.ranks.world_size
+            if step % self.log_every == 0 or step == self.steps:
+                elapsed = time.perf_counter() - window_start
+                self.images_per_s = window_images / elapsed if elapsed > 0 else None
+                self._log(step)
+                window_start, window_images = time.perf_counter(), 0
+            if step % self.save_every == 0 or step == self.steps:
+                self._save(batches, step)
+        return step
+
+    def _log(self, step: int) -> None:
+        recent = self.losses[-self.log_every :]
+        event = {"step": step, "steps": self.steps, "loss": sum(recent) / len(recent),
+                 "images_per_s": self.images_per_s, "lr": self.scheduler.get_last_lr()[0]}
+        if self.ranks.rank == 0:
+            log.info("%sstep %d/%d loss %.4f lr %.2e %.1f images/s", self.label, step, self.steps,
+                     event["loss"], event["lr"], self.images_per_s or 0)
+            if self.progress:
+                self.progress(event)
+
+    def _save(self, batches: StreamBatches, step: int) -> None:
+        rng_states = self.ranks.gather(rng_tensors(self.rng, self.device))  # every rank takes part
+        data_state = checkpoint_state(batches, self.ranks)  # a collective too
+        if self.ranks.rank == 0:
+            save_checkpoint(self.out / self.checkpoint_name(step), self.parts(), self.optimizer,
+                            self.scheduler, step, rng_states, stream=data_state, **self.extra())
