@@ -43,7 +43,6 @@ class ShardWriter:
         self._file = self.transaction.open("parquet", "wb")
         self._writer = pq.ParquetWriter(self._file, self.schema)
         self._pending: list[dict] = []
-        self.rows_written = 0
 
     def write(self, samples: list[Sample]) -> list[dict]:
         """Buffer the samples' rows (flushed a row group at a time); returns the rows."""
@@ -58,7 +57,6 @@ class ShardWriter:
         if self._pending:
             table = pa.Table.from_pylist(self._pending, schema=self.schema)
             self._writer.write_table(table)
-            self.rows_written += len(self._pending)
             self._pending = []
 
     def commit(self, stats: dict) -> None:

@@ -100,5 +100,9 @@ def test_a_new_engine_and_executor_are_one_file_each(tmp_path, plugins):
 def test_unknown_engine_and_executor_name_the_choices():
     with pytest.raises(ValueError, match="transformers"):
         engines.engine_class("nope")
-    with pytest.raises(ValueError, match="local or ray"):
-        ExecutorConfig("nope")
+    with pytest.raises(ValueError, match="--executor nope: unknown; choose one of local, ray"):
+        executors.executor_class("nope")
+    from recaption.executors.run import check_run
+
+    with pytest.raises(ValueError, match="--executor nope: unknown"):  # before any model or lock
+        check_run(CaptionConfig(model="tiny"), RunConfig(output="unused"), ExecutorConfig("nope"))

@@ -122,7 +122,10 @@ def test_passes_share_pixel_values_and_match_the_processor(captioner):
     images = [Image.new("RGB", (40 + 7 * i, 30), (30 * i, 90, 200)) for i in range(3)]
     alt = ["a red car", "", "two dogs playing in the long grass"]  # different lengths: padded
     plain = [preparer.plain_prompt] * 3
-    conditional = [preparer.conditional_prompt(a) for a in alt]
+    from recaption.models.registry import CONDITIONAL_PROMPT
+    from recaption.passes import conditional_pass
+
+    conditional = [preparer.render(conditional_pass(CONDITIONAL_PROMPT).instruction(a)) for a in alt]
     fast_plain, fast_conditional = preparer.prepare_passes(images, [plain, conditional])
     assert fast_plain["pixel_values"] is fast_conditional["pixel_values"]  # preprocessed once
     for fast, prompts in ((fast_plain, plain), (fast_conditional, conditional)):

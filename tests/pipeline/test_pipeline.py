@@ -145,11 +145,17 @@ def test_conditional_mode_writes_extra_columns_and_is_seeded(tmp_path, tiny_mode
 
 
 def test_conditional_prompt_contains_original_caption(captioner):
-    preparer = BatchPreparer(captioner.processor, captioner.family,
-                             CaptionConfig(model="tiny", conditional=True))
-    assert 'is: "a red car"' in preparer.conditional_prompt("a red car")
-    assert "{caption}" not in preparer.conditional_prompt(None)
-    assert preparer.conditional_prompt("x").startswith("<|begin_of_text|><|start_header_id|>user")
+    from recaption.passes import conditional_pass
+
+    config = CaptionConfig(model="tiny", conditional=True)
+    preparer = BatchPreparer(captioner.processor, captioner.family, config)
+
+    def conditional_prompt(caption):  # the conditional pass, rendered as the pipeline does
+        return preparer.render(conditional_pass(config.conditional_prompt).instruction(caption))
+
+    assert 'is: "a red car"' in conditional_prompt("a red car")
+    assert "{caption}" not in conditional_prompt(None)
+    assert conditional_prompt("x").startswith("<|begin_of_text|><|start_header_id|>user")
 
 
 def test_output_loads_with_datasets(tmp_path, captioner):

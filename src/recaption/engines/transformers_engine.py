@@ -65,11 +65,6 @@ class BatchPreparer(Preparer):
     def render(self, instruction: str) -> str:
         return self.family.render_prompt(self.processor, instruction)
 
-    def conditional_prompt(self, caption: str | None) -> str:
-        from ..passes import conditional_pass
-
-        return self.render(conditional_pass(self.config.conditional_prompt).instruction(caption))
-
     def prepare(self, images: list, prompts: list[str]):
         return self.prepare_passes(images, [prompts])[0]
 
@@ -199,9 +194,6 @@ class TransformersCaptioner(Engine):
         self.model = None
         self._release_memory()
         self.ready = False
-
-    def conditional_prompt(self, caption: str | None) -> str:
-        return self.preparer.conditional_prompt(caption)
 
     def prepare(self, images: list, prompts: list[str]):
         return self.preparer.prepare(images, prompts)

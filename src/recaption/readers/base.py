@@ -110,10 +110,6 @@ def extension(name: str) -> str:
     return base.rpartition(".")[2].lower() if "." in base else ""
 
 
-def is_image_name(name: str) -> bool:
-    return extension(name) in image_extensions()
-
-
 def is_hidden(name: str) -> bool:
     """Hidden files (`.DS_Store`) and macOS resource forks (`._cat.jpg`) are not samples."""
     return posixpath.basename(name).startswith(".")
