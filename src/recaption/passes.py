@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from .flags import FLAG_NAMES
 from .models.registry import CONDITIONAL_PROMPT, PAPER_PROMPT
 from .spine.errors import RecaptionError
 
 ALT_TEXT = "{caption}"  # in a pass's prompt: replaced by the sample's original caption
 DEFAULT, CONDITIONAL = "default", "condition_diverse_topk"
 _NAME = re.compile(r"[a-z0-9][a-z0-9_]{0,39}")
-FLAGS = ("truncated", "repetition", "boilerplate", "degenerate")
+FLAGS = FLAG_NAMES  # flags.py: the one table of flags
 
 
 class PassError(RecaptionError, ValueError):

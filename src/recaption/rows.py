@@ -5,12 +5,10 @@ rows written (pipeline._ShardInProgress), not computed again."""
 
 from __future__ import annotations
 
-from .passes import FLAGS, CaptionPass, default_pass
-from .quality.flags import is_boilerplate, is_degenerate, is_repetitive
+from .flags import CAPTION_FLAGS
+from .passes import CaptionPass, default_pass
 from .sample import Sample
 from .schema import word_count
-
-_FLAG_TESTS = {"repetition": is_repetitive, "boilerplate": is_boilerplate, "degenerate": is_degenerate}
 
 
 def sample_row(sample: Sample, passes: list[CaptionPass] | None = None) -> dict:
@@ -37,10 +35,6 @@ def sample_row(sample: Sample, passes: list[CaptionPass] | None = None) -> dict:
         row[p.length_column] = word_count(text)
         if p.flag_prefix is None:
             continue
-        for flag in FLAGS:
-            if flag == "truncated":
-                value = sample.truncated.get(p.column)
-            else:  # null without a caption; "" is degenerate
-                value = None if text is None else _FLAG_TESTS[flag](text)
-            row[p.flag_column(flag)] = value
+        for flag in CAPTION_FLAGS:
+            row[p.flag_column(flag.name)] = flag.value(text, sample.truncated.get(p.column))
     return row

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from .flags import PAPER_FLAG_COLUMNS
 from .spine.ledger import INPUT_FINGERPRINT  # noqa: F401  (re-exported: a .done marker's input record)
 
 # Published columns and types (Recap-DataComp-1B dataset card), in the card's order.
@@ -27,10 +28,7 @@ CONDITIONAL_FIELDS = [
 ]
 # Ours: what happened to each row.
 OUTCOME_FIELDS = [
-    pa.field("re_truncated", pa.bool_()),  # generation stopped at max_new_tokens
-    pa.field("re_repetition", pa.bool_()),  # a repeated-n-gram loop (quality/flags.py)
-    pa.field("re_boilerplate", pa.bool_()),  # opens with "The image shows..." and the like
-    pa.field("re_degenerate", pa.bool_()),  # empty, < 3 words or mostly punctuation (quality/flags.py)
+    *(pa.field(column, pa.bool_()) for column in PAPER_FLAG_COLUMNS),  # flags.py: what each means
     pa.field("re_clip_truncated", pa.bool_()),  # the caption was cut to the CLIP text window to score it
     pa.field("org_clip_truncated", pa.bool_()),
     pa.field("re_judge_status", pa.string()),  # judged rows: ok | no_rating | out_of_range | request_failed

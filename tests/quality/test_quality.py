@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from recaption.quality.flags import is_boilerplate, is_degenerate, is_repetitive, repetition_rate
+from recaption.flags import is_boilerplate, is_degenerate, is_repetitive, repetition_rate
 
 NATURAL = (
     "A brown horse stands in a green field in front of a wooden fence, with trees in the background "
@@ -429,3 +429,24 @@ def test_an_unreachable_judge_leaves_shards_unjudged_and_says_so(tmp_path, capti
     assert result.exit_code == 1, result.output
     assert "00000: all 6 judge requests failed; left unjudged" in " ".join(result.output.split())
     assert all(s is None for s in pq.read_table(out / "00000.parquet").column("re_judge_status").to_pylist())
+
+
+def test_every_reader_of_flags_takes_them_from_the_one_table():
+    """Rows, the schema, passes, stats and the report all read flags.CAPTION_FLAGS."""
+    from recaption.flags import CAPTION_FLAGS
+    from recaption.passes import FLAGS, parse_pass
+    from recaption.quality import report, stats
+    from recaption.rows import sample_row
+    from recaption.sample import Sample
+    from recaption.schema import output_schema
+
+    columns = [f"re_{f.name}" for f in CAPTION_FLAGS]
+    assert set(columns) <= set(output_schema().names)
+    assert FLAGS == tuple(f.name for f in CAPTION_FLAGS)
+    assert set(columns) <= set(stats.FLAGS) and tuple(columns) == tuple(report.GALLERY_FLAGS)
+    named = parse_pass("short=Describe briefly.")
+    sample = Sample(key="k", url=None, org_caption="alt", sha256=None, image_bytes=b"")
+    sample.captions = {"re_caption": "The image shows a cat.", named.column: ",,,,"}
+    row = sample_row(sample, [named])
+    assert row[named.flag_column("degenerate")] is True and row[named.flag_column("boilerplate")] is False
+    assert set(named.flag_column(f.name) for f in CAPTION_FLAGS) <= set(row)

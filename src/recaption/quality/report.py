@@ -25,18 +25,18 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import resources
 
+from ..flags import PAPER_FLAG_COLUMNS, is_degenerate
 from ..images import decode_sample
 from ..spine.atomic import write_to_url_atomic
 from ..spine.errors import RecaptionError
 from ..spine.ledger import OutputDir
-from .flags import is_degenerate
 from .outputs import done_shards, input_shard, read_output
 from .stats import FAILED_ROWS_KEPT, PAPER, OutputStats, collect, comparison, count, fmt, pct
 
 # Most points drawn in the per-image scatter (an SVG of millions of points would be megabytes);
 # the share above the diagonal is always computed over every image.
 SCATTER_POINTS = 4000
-GALLERY_FLAGS = ("re_truncated", "re_repetition", "re_boilerplate", "re_degenerate")
+GALLERY_FLAGS = PAPER_FLAG_COLUMNS
 FLAG_MEANINGS = {
     "re_truncated": "generation stopped at max_new_tokens",
     "re_repetition": ">= 30% of the caption's word 4-grams repeat an earlier one (a greedy loop)",

@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 
 import pyarrow.parquet as pq
 
+from ..flags import PAPER_FLAG_COLUMNS, is_degenerate
 from ..schema import INPUT_FINGERPRINT, JUDGE_METADATA_KEY, METADATA_KEY, SCORES_METADATA_KEY
 from ..spine.ledger import OutputDir
-from .flags import is_degenerate
 from .outputs import done_shards
 
 COLUMNS = [
@@ -44,21 +44,11 @@ COLUMNS = [
     "org_clip_score",
     "re_gpt4v_score",
     "org_gpt4v_score",
-    "re_truncated",
-    "re_repetition",
-    "re_boilerplate",
-    "re_degenerate",
+    *PAPER_FLAG_COLUMNS,
     "re_clip_truncated",
     "org_clip_truncated",
 ]
-FLAGS = [
-    "re_truncated",
-    "re_repetition",
-    "re_boilerplate",
-    "re_degenerate",
-    "re_clip_truncated",
-    "org_clip_truncated",
-]
+FLAGS = [*PAPER_FLAG_COLUMNS, "re_clip_truncated", "org_clip_truncated"]  # flags.py, and scoring's
 FAILED_ROWS_KEPT = 100  # failed rows listed by key; all are counted
 STOPWORDS = set(
     "a an the of and or in on at to with for from by is are was were be been it its this that these those "

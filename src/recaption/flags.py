@@ -1,4 +1,8 @@
-"""Failure flags computed from the caption text alone.
+"""Quality flags of a caption, as data: `CAPTION_FLAGS` is the one table (name, meaning, test)
+that rows, the schema, passes, stats and the report read; adding a flag is one entry. Each
+caption pass writes `<prefix>_<name>` (`re_repetition`, `re_caption_<pass>_repetition`).
+
+Failure flags computed from the caption text alone:
 
 re_repetition: greedy decoding's loops ("a red car. a red car. a red car. ..."). Measure: the
   share of the caption's word 4-grams (lower-cased, punctuation stripped) that already occurred
@@ -20,6 +24,8 @@ re_truncated (from generation, not here): stopped at max_new_tokens.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 
 REPETITION_N = 4
 REPETITION_THRESHOLD = 0.3
@@ -75,3 +81,29 @@ def is_degenerate(text: str | None) -> bool | None:
         return True
     visible = [c for c in text if not c.isspace()]
     return sum(c.isalnum() for c in visible) / len(visible) < DEGENERATE_MIN_ALNUM_SHARE
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One quality flag: its column suffix, what it means, and how it is computed from the
+    caption (`test`; None: set by generation, as `truncated` is)."""
+
+    name: str
+    meaning: str
+    test: Callable[[str], bool] | None = None
+
+    def value(self, text: str | None, truncated: bool | None) -> bool | None:
+        """The flag of one caption: null without a caption (a failed row); `""` is degenerate."""
+        if self.test is None:
+            return truncated
+        return None if text is None else self.test(text)
+
+
+CAPTION_FLAGS = (
+    Flag("truncated", "generation stopped at max_new_tokens"),
+    Flag("repetition", "a repeated-n-gram loop", is_repetitive),
+    Flag("boilerplate", "opens with \"The image shows...\" and the like", is_boilerplate),
+    Flag("degenerate", "empty, < 3 words or mostly punctuation", is_degenerate),
+)
+FLAG_NAMES = tuple(f.name for f in CAPTION_FLAGS)
+PAPER_FLAG_COLUMNS = tuple(f"re_{f.name}" for f in CAPTION_FLAGS)  # the paper's pass's flag columns
