@@ -31,10 +31,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .quality.outputs import done_shards, read_output
-from .spine.contract import Step, location, marker_has, open_output
+from .quality.outputs import done_shards, over_finished, read_output
+from .spine.contract import Step, location, marker_has
 from .spine.errors import RecaptionError
-from .spine.ledger import OutputDir, ShardCommit, plan
+from .spine.ledger import OutputDir, ShardCommit
 from .spine.results import DONE, SKIPPED
 
 log = logging.getLogger(__name__)
@@ -172,12 +172,11 @@ def filter_output(output: str, where: str, destination: str, *, overwrite: bool 
     # A bad condition is refused now, against the first shard's columns, before any lock or write.
     with src.fs.open(src.parquet(names[0]), "rb") as f:
         matching_rows(pq.read_schema(f).empty_table(), where, con, names[0])
-    where = where.strip()
-    source = location(src.url)
-    with open_output(destination, FILTER, [output]) as dest:
+    where, source = where.strip(), location(src.url)
+    settings = lambda name: {"filter": _record(src, name, where, source)}  # noqa: E731
+    with over_finished(output, FILTER, destination=destination, settings=settings,
+                       overwrite=overwrite) as (src, dest, todo, done):
         summary = FilterSummary(source, dest.url, where)
-        todo, done = plan(dest, names, lambda name: {"filter": _record(src, name, where, source)},
-                          only_current=True, overwrite=overwrite)
         summary.shards += [_skipped(dest, name) for name in done]
         summary.shards += [_filter_shard(src, dest, name, where, source, con) for name in todo]
     summary.shards.sort(key=lambda s: s.name)

@@ -45,13 +45,13 @@ from datetime import datetime, timezone
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .quality.outputs import done_shards, input_shard, read_output, recorded_sources
+from .quality.outputs import done_shards, input_shard, over_finished, read_output, recorded_sources
 from .readers import ColumnConfig, discover_shards
 from .readers.base import Shard
 from .spine import __version__
-from .spine.contract import Step, location, marker_has, open_output
+from .spine.contract import Step, location, marker_has
 from .spine.errors import RecaptionError
-from .spine.ledger import OutputDir, ShardCommit, plan
+from .spine.ledger import OutputDir, ShardCommit
 from .spine.results import DONE, FAILED, SKIPPED
 from .tars import TarShardWriter
 
@@ -301,11 +301,11 @@ def export(output: str, destination: str, *, images: list[str] | None = None, ca
     with src.fs.open(src.parquet(names[0]), "rb") as f:
         choice.check(pq.read_schema(f), f"{output} shard {names[0]}")
     sources = ImageSources(src, images)
-    inputs = [output, *(images or []), *recorded_sources(src, names)]
-    with open_output(destination, EXPORT, inputs) as dest:
-        summary = ExportSummary(location(output), destination, choice.spec, seed)
-        settings = {"caption": choice.spec, "seed": seed, "from": summary.source}
-        todo, done = plan(dest, names, settings, only_current=True, overwrite=overwrite)
+    summary = ExportSummary(location(output), destination, choice.spec, seed)
+    settings = {"caption": choice.spec, "seed": seed, "from": summary.source}
+    inputs = [*(images or []), *recorded_sources(src, names)]  # the images too: never written over
+    with over_finished(output, EXPORT, destination=destination, inputs=inputs, settings=lambda _: settings,
+                       overwrite=overwrite) as (src, dest, todo, done):
         summary.shards += [_skipped(dest, name) for name in done]
         for name in todo:
             summary.shards.append(_export_shard(src, dest, name, choice, seed, sources, settings, images))

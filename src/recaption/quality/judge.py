@@ -22,15 +22,14 @@ from ..config import CaptionConfig, ServerOptions
 from ..engines.openai_engine import OpenAICaptioner, image_data_url
 from ..images import decode_sample
 from ..schema import JUDGE_METADATA_KEY
-from ..spine.contract import open_output
 from ..spine.ledger import OutputDir
 from .outputs import (
     caption_rows,
-    done_shards,
+    file_stamp,
     input_shard,
+    over_finished,
     read_output,
     rewrite_output,
-    stamp,
     works_in_caption_output,
 )
 
@@ -102,12 +101,25 @@ class JudgeSummary:
 def judge_output(output: str, config: JudgeConfig, on_shard=None) -> JudgeSummary:
     """Rate the finished shards of `output`, rewriting each file atomically. Holds the folder's
     lock: no caption run or scorer may rewrite the same files meanwhile."""
-    with open_output(output, works_in_caption_output("judge")) as out:
-        return _judge_locked(out, config, on_shard)
-
-
-def _judge_locked(out: OutputDir, config: JudgeConfig, on_shard) -> JudgeSummary:
     summary = JudgeSummary()
+    judged_already = lambda out, name: file_stamp(out, name, JUDGE_METADATA_KEY) == config.stamp()  # noqa: E731
+    with over_finished(output, works_in_caption_output("judge"), finished=judged_already,
+                       overwrite=config.overwrite) as (_, out, todo, done):
+        summary.skipped += done
+        if not todo:
+            return summary
+        client = _client(config)
+        try:
+            for name in todo:
+                if on_shard:
+                    on_shard(name)
+                _judge_one(client, out, name, config, summary)
+        finally:
+            client.close()
+    return summary
+
+
+def _client(config: JudgeConfig) -> OpenAICaptioner:
     client = OpenAICaptioner(
         CaptionConfig(
             engine="openai",
@@ -120,29 +132,24 @@ def _judge_locked(out: OutputDir, config: JudgeConfig, on_shard) -> JudgeSummary
         )
     )
     client.setup()
+    return client
+
+
+def _judge_one(client: OpenAICaptioner, out: OutputDir, name: str, config: JudgeConfig,
+               summary: JudgeSummary) -> None:
+    table = read_output(out, name)
     try:
-        for name in done_shards(out):
-            if on_shard:
-                on_shard(name)
-            table = read_output(out, name)
-            if stamp(table, JUDGE_METADATA_KEY) == config.stamp() and not config.overwrite:
-                summary.skipped.append(name)
-                continue
-            try:
-                ratings = _judge_shard(client, input_shard(out, name), table, config)
-            except Exception as exc:  # a missing input shard: say which, go on
-                summary.failed[name] = client.redact(f"{type(exc).__name__}: {exc}")
-                continue
-            statuses = [status for by_caption in ratings.values() for _, status in by_caption.values()]
-            if statuses and all(status == REQUEST_FAILED for status in statuses):
-                # The judge was unreachable, not the captions bad: leave the shard unjudged, to redo.
-                summary.failed[name] = f"all {len(statuses)} judge requests failed; left unjudged"
-                continue
-            _rewrite(out, name, table, ratings, config.stamp())
-            summary.judged[name] = len(ratings)
-    finally:
-        client.close()
-    return summary
+        ratings = _judge_shard(client, input_shard(out, name), table, config)
+    except Exception as exc:  # a missing input shard: say which, go on
+        summary.failed[name] = client.redact(f"{type(exc).__name__}: {exc}")
+        return
+    statuses = [status for by_caption in ratings.values() for _, status in by_caption.values()]
+    if statuses and all(status == REQUEST_FAILED for status in statuses):
+        # The judge was unreachable, not the captions bad: leave the shard unjudged, to redo.
+        summary.failed[name] = f"all {len(statuses)} judge requests failed; left unjudged"
+        return
+    _rewrite(out, name, table, ratings, config.stamp())
+    summary.judged[name] = len(ratings)
 
 
 def _judge_shard(client: OpenAICaptioner, shard, table: pa.Table, config: JudgeConfig) -> dict[str, dict]:

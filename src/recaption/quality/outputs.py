@@ -5,6 +5,8 @@ input shard (where the images are), and rewriting a file's columns in place, ato
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -13,9 +15,39 @@ from ..readers import ColumnConfig, discover_shards, open_shard
 from ..readers.base import Shard
 from ..readers.changes import input_change
 from ..spine.atomic import open_atomic
-from ..spine.contract import Step, marker_has
+from ..spine.contract import Step, marker_has, open_output
 from ..spine.errors import RecaptionError
-from ..spine.ledger import OutputDir
+from ..spine.ledger import OutputDir, plan
+
+
+@contextmanager
+def over_finished(output: str, step: Step, *, destination: str | None = None, inputs=(),
+                  settings: Callable[[str], dict] | None = None,
+                  finished: Callable[[OutputDir, str], bool] | None = None,
+                  overwrite: bool = False) -> Iterator[tuple[OutputDir, OutputDir, list[str], list[str]]]:
+    """The one runner of steps over the finished shards of caption output `output` (score, judge,
+    filter, export): the destination (`output` itself for the steps that rewrite it in place)
+    opened through the output contract, then each finished shard planned: against the
+    destination's markers with `settings(name)` (ledger.plan), or done already when
+    `finished(dest, name)` says so (an in-place step's stamp in the file). Yields (source,
+    destination, names to do, names done); the step's own work is only its per-shard function."""
+    if destination is None:  # in place: the contract says first whether it is caption output at all
+        with open_output(output, step, inputs) as out:
+            names = done_shards(out)
+            done = [] if overwrite else [n for n in names if finished(out, n)]
+            yield out, out, [n for n in names if n not in done], done
+        return
+    src = OutputDir(output)
+    names = done_shards(src)
+    with open_output(destination, step, [output, *inputs]) as dest:
+        todo, done = plan(dest, names, settings, only_current=True, overwrite=overwrite)
+        yield src, dest, todo, done
+
+
+def file_stamp(out: OutputDir, name: str, key: bytes) -> dict:
+    """What an earlier step recorded in a shard file's metadata under `key`, read from its footer."""
+    with out.fs.open(out.parquet(name), "rb") as f:
+        return json.loads((pq.read_schema(f).metadata or {}).get(key, b"{}"))
 
 
 def works_in_caption_output(name: str) -> Step:

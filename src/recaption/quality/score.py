@@ -19,16 +19,15 @@ import pyarrow as pa
 from ..images import decode_sample
 from ..readers.base import Shard
 from ..schema import SCORE_COLUMNS, SCORES_METADATA_KEY, word_count
-from ..spine.contract import open_output
 from ..spine.ledger import OutputDir
 from .clip import ClipScorer
 from .outputs import (
     caption_rows,
-    done_shards,
+    file_stamp,
     input_shard,
+    over_finished,
     read_output,
     rewrite_output,
-    stamp,
     works_in_caption_output,
 )
 
@@ -55,29 +54,25 @@ def score_samples(scorer: ClipScorer, samples: list, pixel_values) -> None:
 def score_output(output: str, scorer: ClipScorer, overwrite: bool = False, on_shard=None) -> ScoreSummary:
     """Score the finished shards of `output`, rewriting each file atomically. Holds the folder's
     lock: no caption run or judge may rewrite the same files meanwhile."""
-    with open_output(output, works_in_caption_output("score")) as out:
-        return _score_locked(out, scorer, overwrite, on_shard)
-
-
-def _score_locked(out: OutputDir, scorer: ClipScorer, overwrite: bool, on_shard) -> ScoreSummary:
     summary = ScoreSummary()
-    for name in done_shards(out):
-        if on_shard:
-            on_shard(name)
-        table = read_output(out, name)
-        if not overwrite and scored_by(stamp(table, SCORES_METADATA_KEY), scorer):
-            summary.skipped.append(name)
-            continue
-        if scorer.model is None:
-            scorer.setup()
-        try:
-            scores = _scores_for(scorer, input_shard(out, name), table)
-        except Exception as exc:  # a missing or broken input shard: say which, go on
-            log.error("cannot score %s: %s", name, exc)
-            summary.failed[name] = f"{type(exc).__name__}: {exc}"
-            continue
-        _rewrite(out, name, table, scores, {**scorer.provenance(), "scored_at": _now()})
-        summary.scored.append(name)
+    scored_already = lambda out, name: scored_by(file_stamp(out, name, SCORES_METADATA_KEY), scorer)  # noqa: E731
+    with over_finished(output, works_in_caption_output("score"), finished=scored_already,
+                       overwrite=overwrite) as (_, out, todo, done):
+        summary.skipped += done
+        for name in todo:
+            if on_shard:
+                on_shard(name)
+            if scorer.model is None:
+                scorer.setup()
+            table = read_output(out, name)
+            try:
+                scores = _scores_for(scorer, input_shard(out, name), table)
+            except Exception as exc:  # a missing or broken input shard: say which, go on
+                log.error("cannot score %s: %s", name, exc)
+                summary.failed[name] = f"{type(exc).__name__}: {exc}"
+                continue
+            _rewrite(out, name, table, scores, {**scorer.provenance(), "scored_at": _now()})
+            summary.scored.append(name)
     return summary
 
 
