@@ -16,9 +16,12 @@ from rich.table import Table
 
 from .config import CaptionConfig, RunConfig
 from .shapes import ShapesWorld
+from .shapes.world import only_shapes_shards
 from .shards import ShardRecord, write_webdataset_shard
+from .spine.contract import Step, open_output
 
 DEMO_SEED, DEMO_START, DEMO_IMAGES = 0, 700_000, 8  # a range no training split used
+DEMO_SHARDS = Step("demo", recognise=only_shapes_shards, always_recognise=True)
 
 # Captions INPUTS with these settings and returns an exit code (0 ok, 1 a shard failed, 2 refused).
 CaptionCommand = Callable[[list[str], CaptionConfig, RunConfig], int]
@@ -45,8 +48,10 @@ def build_demo_shard(folder: Path) -> Path:
             image=broken, caption="broken download", url="https://example.org/broken.png", extension="png"
         )
     )
-    shard = folder / "00000.tar"
-    write_webdataset_shard(shard, records)
+    # Through the output contract: only a folder of shapes-world shards (the demo's own) is written over.
+    with open_output(str(folder), DEMO_SHARDS):
+        shard = folder / "00000.tar"
+        write_webdataset_shard(shard, records)
     return shard
 
 

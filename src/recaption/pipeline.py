@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 # equal to the value output made before had.
 CAPTION = Step(
     "caption",
-    recognise=marker_has("model"),
+    recognise=marker_has("model", without=("filter",)),
     added_later={"engine": "transformers", "dtype": "auto", "max_pixels": DEFAULT_MAX_PIXELS,
                  "max_side": DEFAULT_MAX_SIDE},
 )

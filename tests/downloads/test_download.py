@@ -569,7 +569,7 @@ def test_download_holds_the_output_folders_lock_and_clears_crashed_temporaries(t
     error = result.output.strip().splitlines()[-1]
     assert error.startswith("error: another run is writing to") and "recap caption" in error, result.output
     assert not list(out.glob("0000*")), "nothing written while another run holds the folder"
-    stale = [out / "00000.tar.4242-deadbeef.tmp", out / "00000.parquet.tmp"]  # left by a kill -9
+    stale = [out / "00000.tar.4242-deadbeef.tmp", out / "00000.parquet.4243-0badf00d.tmp"]  # kill -9 left
     for path in stale:
         path.write_bytes(b"half a file")
     assert recap("download", meta, "-o", out).exit_code == 0

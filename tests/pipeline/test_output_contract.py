@@ -338,3 +338,62 @@ def test_train_clip_refuses_its_data_folder_and_says_a_read_only_output_in_one_l
     with pytest.raises(OutputWriteError, match=f"cannot write to {out}.*read-only") as caught:
         train_clip(config(out))
     assert "\n" not in str(caught.value) and caught.value.exit_code == 2
+
+
+def test_a_users_tmp_file_or_dotfolder_is_never_adopted_nor_removed(captioned, tmp_path):
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    (keep / "draft.tmp").write_text("precious")
+    (tmp_path / "repo" / ".git").mkdir(parents=True)
+    for folder in (keep, tmp_path / "repo"):
+        one_error_line(
+            recap("filter", captioned / "captions", "--where", "true", "-o", folder),
+            "holds files recaption did not write",
+        )
+    assert (keep / "draft.tmp").read_text() == "precious" and sorted(p.name for p in keep.iterdir()) == [
+        "draft.tmp"
+    ]
+
+
+def test_odd_outputs_are_one_line_not_a_traceback(captioned, tmp_path):
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    one_error_line(
+        recap("filter", captioned / "captions", "--where", "true", "-o", tmp_path / "dangling"),
+        "is a link to nothing",
+    )
+    long_name = tmp_path / ("x" * 300)
+    one_error_line(recap("shapes", "-o", long_name, "--images", 1), "name is too long")
+
+
+def test_errors_elsewhere_are_not_blamed_on_the_output(tmp_path):
+    from recaption.spine.contract import _about_output
+
+    out = tmp_path / "out"
+    out.mkdir()
+    assert not _about_output(OSError(errno.ENOSPC, "No space left on device"), str(out))  # this disk has room
+    assert not _about_output(PermissionError(errno.EACCES, "denied", str(tmp_path)), str(out))
+    assert _about_output(PermissionError(errno.EACCES, "denied", str(out / "a.parquet")), str(out))
+    missing = tmp_path / "ro" / "new"
+    assert _about_output(PermissionError(errno.EACCES, "denied", str(missing)), str(missing))
+
+
+def test_an_older_filter_output_is_not_taken_for_caption_output(captioned, tmp_path):
+    import shutil
+
+    filtered = tmp_path / "filtered"
+    assert recap("filter", captioned / "captions", "--where", "true", "-o", filtered).exit_code == 0
+    (filtered / STAMP_NAME).unlink()  # as versions before stamps left it
+    one_error_line(
+        recap("caption", captioned / "images", "-o", filtered, "--model", "tiny"),
+        "another recaption step, not of `recap caption`",
+    )
+    assert not (filtered / STAMP_NAME).exists()
+    assert recap("filter", captioned / "captions", "--where", "true", "-o", filtered).exit_code == 0
+    shutil.rmtree(filtered)
+
+
+def test_the_demo_never_writes_over_a_shard_it_did_not_make(tmp_path):
+    (tmp_path / "demo" / "shards").mkdir(parents=True)
+    (tmp_path / "demo" / "shards" / "00000.tar").write_text("my precious shard")
+    one_error_line(recap("demo", "-o", tmp_path / "demo"), "shards holds files recaption did not write")
+    assert (tmp_path / "demo" / "shards" / "00000.tar").read_text() == "my precious shard"

@@ -77,3 +77,19 @@ def test_a_resume_with_another_p_is_refused_and_with_more_steps_goes_on(trained,
         train_clip(config(trained, run, steps=4, p=0.2))
     summary = train_clip(config(trained, run, steps=4))  # training longer is a resume
     assert summary["steps"] == 4 and (run / "checkpoint-0000004").is_dir()
+
+
+@pytest.mark.parametrize("edit,says", [
+    (lambda s: s["extra"].update(stream={"__tensor__": "rng.0.torch"}), "unreadable"),
+    (lambda s: s["optimizer"].update(state={"__items__": [[1]]}), "unreadable trainer state"),
+    (lambda s: s["extra"].update(stream=5), "data position is unreadable"),
+    (lambda s: s["scheduler"].update(base_lrs=[1000.0]), "learning rates [1000.0] are not this run's"),
+])  # fmt: skip
+def test_a_tampered_structure_is_one_line_not_a_traceback(trained, tmp_path, edit, says):
+    run, checkpoint = copy_run(trained, tmp_path)
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    edit(state)
+    (checkpoint / "trainer_state.json").write_text(json.dumps(state))
+    with pytest.raises(CheckpointError) as caught:
+        train_clip(config(trained, run, steps=4))
+    assert says in str(caught.value) and "\n" not in str(caught.value), caught.value

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -225,6 +226,18 @@ def discover_shards(
 def input_locations(shards: list[Shard]) -> list[str]:
     """What an output folder must keep out of (the output contract's inputs): each shard's file,
     or a folder slice's folder, and every folder scanned recursively for them."""
-    places = [s.source.rsplit(" [", 1)[0] if " [" in s.source else s.source for s in shards]
+    places = [full_url(s.fs, s.root) if isinstance(s, FolderShard) else s.source for s in shards]
     places += [s.scanned_root for s in shards if s.scanned_root]
+    return list(dict.fromkeys(places))
+
+
+def pattern_places(patterns: list[str]) -> list[str]:
+    """Where input patterns read, without reading them: `{a,b}` expanded, a glob cut to the
+    folder before its first wildcard (`data/*.tar` -> `data`). For the output contract of steps
+    that take patterns (the trainers)."""
+    places = []
+    for item in patterns:
+        for pattern in braceexpand(str(item)):
+            fixed = re.split(r"[*?\[]", pattern, maxsplit=1)[0]
+            places.append(pattern if fixed == pattern else (fixed.rsplit("/", 1)[0] or "/"))
     return list(dict.fromkeys(places))

@@ -213,7 +213,7 @@ def _check_counts(count: int, image_size: int, shard_size: int, start: int) -> N
             raise ShapesOutputError(f"--{name} {value}: must be at least {least}")
 
 
-def _only_shapes_shards(out) -> bool:
+def only_shapes_shards(out) -> bool:
     """The folder holds shapes-world shards and nothing else (visible)."""
     present = [p for p in Path(out.root).iterdir()
                if not p.name.startswith(".") and not p.name.endswith(TMP_SUFFIX)]  # a crash's leftovers
@@ -221,7 +221,7 @@ def _only_shapes_shards(out) -> bool:
 
 
 # What `recap shapes` writes (the output contract): a folder of shapes-world shards only.
-SHAPES_STEP = Step("shapes", recognise=_only_shapes_shards, always_recognise=True)
+SHAPES_STEP = Step("shapes", recognise=only_shapes_shards, always_recognise=True)
 
 
 def _is_shapes_shard(path: Path) -> bool:

@@ -9,6 +9,7 @@ import errno
 import json
 import logging
 import os
+import re
 import socket
 import time
 import uuid
@@ -26,9 +27,17 @@ LOCK_NAME = ".recap.lock"
 log = logging.getLogger(__name__)
 
 
+_TEMPORARY = re.compile(r"\.\d+-[0-9a-f]{8}" + re.escape(TMP_SUFFIX) + "$")
+
+
 def temporary_name(path: str) -> str:
     """`path` + a suffix no other process (or other writer in this one) uses."""
     return f"{path}.{os.getpid()}-{uuid.uuid4().hex[:8]}{TMP_SUFFIX}"
+
+
+def is_temporary(name: str) -> bool:
+    """A name `temporary_name` made (`x.parquet.<pid>-<8 hex>.tmp`): never a user's `draft.tmp`."""
+    return bool(_TEMPORARY.search(name))
 
 
 @contextmanager
@@ -185,7 +194,7 @@ def _exclusive_file_lock(fs, path: str, info: dict, url: str) -> Iterator[None]:
 def remove_stale_temporaries(fs, root: str) -> list[str]:
     """Delete temporary files left in an output folder by crashed runs. Call only while holding
     the folder's lock: then no other process has a temporary file there."""
-    stale = [p for p in fs.find(root, maxdepth=1) if p.endswith(TMP_SUFFIX)]
+    stale = [p for p in fs.find(root, maxdepth=1, withdirs=True) if is_temporary(p.rstrip("/"))]
     for path in stale:
         fs.rm(path, recursive=True)
     return stale

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from fsspec.core import url_to_fs
 
-from .atomic import LOCK_NAME, TMP_SUFFIX, output_lock, remove_stale_temporaries, write_json_atomic
+from .atomic import LOCK_NAME, is_temporary, output_lock, remove_stale_temporaries, write_json_atomic
 from .errors import RecaptionError
 from .ledger import MARKER_SUFFIX, OutputDir, commits_in
 
@@ -133,12 +133,21 @@ def refuse_among_inputs(output: str, inputs: Iterable[str]) -> None:
 # -- whose folder it is -----------------------------------------------------------------------------
 
 
+_OURS = (STAMP_NAME, LOCK_NAME, f"{LOCK_NAME}.excl")
+
+
 def _entries(out: OutputDir) -> list[str]:
     """Names in the folder ([] when it does not exist)."""
     try:
         return [p.rstrip("/").rsplit("/", 1)[-1] for p in out.fs.ls(out.root, detail=False)]
     except (FileNotFoundError, NotADirectoryError):
         return []
+
+
+def _not_ours(names: list[str]) -> list[str]:
+    """What a folder holds beside our stamp, lock and our own temporaries: a user's `draft.tmp`
+    or `.git` counts (never adopted, never removed)."""
+    return [n for n in names if n not in _OURS and not is_temporary(n)]
 
 
 def read_stamp(out: OutputDir) -> dict | None:
@@ -160,12 +169,13 @@ def first_marker(out: OutputDir) -> dict | None:
     return None
 
 
-def marker_has(*keys: str) -> Callable[[OutputDir], bool]:
-    """A `Step.recognise` for older output: its first marker records every one of `keys`."""
+def marker_has(*keys: str, without: tuple[str, ...] = ()) -> Callable[[OutputDir], bool]:
+    """A `Step.recognise` for older output: its first marker records every one of `keys` and
+    none of `without` (caption output that `recap filter` made records `filter` too)."""
 
     def recognise(out: OutputDir) -> bool:
         marker = first_marker(out)
-        return marker is not None and all(k in marker for k in keys)
+        return marker is not None and all(k in marker for k in keys) and not any(k in marker for k in without)
 
     return recognise
 
@@ -174,7 +184,7 @@ def refuse_foreign(out: OutputDir, step: Step) -> None:
     """ForeignOutputError unless the folder is new, empty, this step's (or one it adopts) by its
     stamp, or older output that `step.recognise` takes for its own."""
     names = _entries(out)
-    visible = [n for n in names if not n.startswith(".") and not n.endswith(TMP_SUFFIX)]
+    visible = _not_ours(names)
     stamp = read_stamp(out)
     own = (step.name, *step.adopts)
     if stamp is not None:
@@ -196,7 +206,10 @@ def refuse_foreign(out: OutputDir, step: Step) -> None:
         return
     if step.recognise is not None and step.recognise(out):
         return
-    ours = LOCK_NAME in names or any(n.endswith(MARKER_SUFFIX) for n in visible)
+    markers = any(n.endswith(MARKER_SUFFIX) for n in visible)
+    if LOCK_NAME in names and not markers and step.creates:
+        return  # an older run's folder that stopped before its first shard: nothing finished to mix
+    ours = LOCK_NAME in names or markers
     if ours:
         raise ForeignOutputError(
             f"{out.url} holds the output of another recaption step, not of `{step.command}`: "
@@ -220,16 +233,42 @@ _FIXES = {
     errno.EPERM: "no permission to write there: choose a folder you can write to",
     errno.ENOTDIR: "a part of the path is a file, not a folder: choose another output folder",
     errno.ENOENT: "a folder on the path is missing: create it or choose another output folder",
+    errno.EEXIST: "something that is not a folder is in the way: choose another output folder",
+    errno.EISDIR: "a folder is where a file should be: choose another output folder",
+    errno.ENAMETOOLONG: "the name is too long for the file system: choose a shorter output path",
+    errno.ELOOP: "the path loops through links: choose another output folder",
 }
+_ANY = "choose another output folder"
 
 
 def _about_output(exc: OSError, root: str) -> bool:
-    names = [n for n in (exc.filename, getattr(exc, "filename2", None)) if n]
-    if not names:  # a write on an open file: full disks and read-only mounts say no name
-        return exc.errno in (*_FULL, errno.EROFS)
+    """Is this OS error about the output folder: a path in it (or the folder itself, or a parent
+    it could not be made in), or, for a write that names no file, its own disk full or read-only?"""
+    names = [os.path.abspath(str(n)) for n in (exc.filename, getattr(exc, "filename2", None)) if n]
     here = os.path.abspath(root)
-    return any(os.path.abspath(str(n)) == here or _inside(os.path.abspath(str(n)), here)
-               or _inside(here, os.path.abspath(str(n))) for n in names)
+    if not names:  # a write on an open file: full disks and read-only mounts say no name
+        return exc.errno in (*_FULL, errno.EROFS) and _disk_says(here, exc.errno)
+    missing = not os.path.exists(here)
+    return any(n == here or _inside(n, here) or (missing and _inside(here, n) and not os.path.exists(n))
+               or (missing and n == _existing_parent(here)) for n in names)
+
+
+def _existing_parent(path: str) -> str:
+    while path and not os.path.exists(path):
+        parent = os.path.dirname(path)
+        path = parent if parent != path else ""
+    return path
+
+
+def _disk_says(path: str, err: int) -> bool:
+    """The output's own file system is full (under 64 MiB free) or mounted read-only."""
+    try:
+        stat = os.statvfs(_existing_parent(path) or ".")
+    except OSError:
+        return False
+    if err == errno.EROFS:
+        return bool(stat.f_flag & os.ST_RDONLY)
+    return stat.f_bavail * stat.f_frsize < 64 << 20
 
 
 @contextmanager
@@ -237,21 +276,29 @@ def output_errors(url: str) -> Iterator[None]:
     """OS errors about `url` raised in the block as one OutputWriteError line (exit code 2, or 1
     when shards were committed there before it failed: a rerun resumes from them)."""
     fs, root = url_to_fs(url)
-    before = commits_in(root)
+    before, markers_before = commits_in(root), _markers(url)
     try:
         yield
     except OutputError:
         raise
     except OSError as exc:
-        if not _about_output(exc, root) or exc.errno not in _FIXES:
+        if not _about_output(exc, root):
             raise
-        written = commits_in(root) - before
+        written = max(commits_in(root) - before, _markers(url) - markers_before)
         path = exc.filename or url
-        fix = _FIXES[exc.errno]
+        fix = _FIXES.get(exc.errno, _ANY)
         if written:
             fix += f"; {written} shard(s) were written before this: a rerun resumes from them"
         raise OutputWriteError(f"cannot write to {path}: {exc.strerror or exc}; {fix}",
                                exit_code=1 if written else 2) from None
+
+
+def _markers(url: str) -> int:
+    """Finished shards in the folder now (worker processes commit too); 0 when it cannot be read."""
+    try:
+        return len(OutputDir(url).done_names())
+    except OSError:
+        return 0
 
 
 # -- the contract -----------------------------------------------------------------------------------
@@ -274,6 +321,9 @@ def _refuse_file_in_the_way(out: OutputDir) -> None:
     if not _is_local(out.fs):
         return
     path = os.path.abspath(out.root)
+    if os.path.islink(path) and not os.path.exists(path):
+        raise OutputError(f"the output folder {out.url} is a link to nothing ({os.readlink(path)}); "
+                          "choose another output folder")
     for place in (path, *(p for p in [os.path.dirname(path)] if p)):
         while place and not os.path.exists(place):
             parent = os.path.dirname(place)

@@ -274,6 +274,9 @@ def load_state(
         }
     except KeyError as exc:
         raise CheckpointError(f"{folder}: trainer state is missing {exc}") from None
+    except (TypeError, ValueError) as exc:  # a reference or pair that is not what we write
+        raise CheckpointError(f"{folder / STATE_JSON}: unreadable trainer state ({exc}); the checkpoint "
+                              "was altered or is damaged: delete that checkpoint folder") from None
     prefix = f"rng.{rank}."
     state["rng"] = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
     if not state["rng"]:
@@ -326,14 +329,20 @@ def require_same_recipe(folder: str | Path, recorded: Mapping | None, current: M
 def restore_optimizer(folder: str | Path, state: dict, optimizer, scheduler) -> None:
     """Load a checkpoint's optimizer and scheduler states; states that do not fit this model
     (altered, or from another model) are one line, not a traceback."""
+    planned = list(getattr(scheduler, "base_lrs", []))  # this run's learning rates
     try:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError, AttributeError) as exc:
         raise CheckpointError(
             f"{folder}: its optimizer state does not fit this model ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}); train into a new --output"
         ) from None
+    if planned and list(scheduler.base_lrs) != planned:
+        raise CheckpointError(
+            f"{folder}: its scheduler's learning rates {list(scheduler.base_lrs)} are not this run's "
+            f"{planned}; the checkpoint was altered or is damaged: delete that checkpoint folder"
+        )
 
 
 def latest_checkpoint(output: Path, prefix: str = "checkpoint-") -> str | None:

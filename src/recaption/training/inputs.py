@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..models.loading import load_or_explain, local_folder_or_name
+from ..readers import pattern_places
 from ..spine.contract import Step
 from ..spine.contract import check_output as check_contract
 from ..spine.errors import RecaptionError
@@ -38,7 +39,7 @@ def holds_a_training_run(out) -> bool:
 def check_output(output, command: str, inputs=()) -> Path:
     """A trainer's output folder through the output contract's checks (spine/contract.py): not
     among the training data, not a file, not a folder holding other files; before any work."""
-    check_contract(str(output), Step(command, recognise=holds_a_training_run), [str(i) for i in inputs])
+    check_contract(str(output), Step(command, recognise=holds_a_training_run), pattern_places(list(inputs)))
     return Path(output).expanduser()
 
 

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import torch
 
+from ..spine.errors import RecaptionError
 from .checkpoints import (
+    CheckpointError,
     load_state,
     require_same_recipe,
     restore_optimizer,
@@ -53,9 +55,18 @@ def resume(folder: str | None, ranks, device: str, optimizer, scheduler, stream,
     require_same_recipe(folder, state.get("settings"), settings, added_later)
     if optimizer is not None:
         restore_optimizer(folder, state, optimizer, scheduler)
+    try:
+        rng = restore_rng(state["rng"], device)
+        position = resumed_position(state.get("stream"), stream, ranks.rank)
+    except RecaptionError:  # other data or data settings: said by the stream, in one line
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, RuntimeError, AttributeError) as exc:
+        raise CheckpointError(
+            f"{folder}: its RNG or data position is unreadable ({type(exc).__name__}: {exc}); the checkpoint "
+            "was altered or is damaged: delete that checkpoint folder"
+        ) from None
     log.info("resumed from %s at step %d", folder, state["step"])
-    position = resumed_position(state.get("stream"), stream, ranks.rank)
-    return Resumed(state["step"], restore_rng(state["rng"], device), position, state)
+    return Resumed(state["step"], rng, position, state)
 
 
 def open_batches(stream, workers: int, resumed: Resumed, device: str) -> StreamBatches:
