@@ -89,12 +89,13 @@ def test_two_writers_of_one_shard_never_commit_each_others_file(tmp_path):
 
 
 def test_lock_holder_clears_temporaries_left_by_crashed_runs(tmp_path):
-    (tmp_path / "00000.parquet.123-abcd.tmp").write_bytes(b"half a file")
+    (tmp_path / "00000.parquet.123-abcd0123.tmp").write_bytes(b"half a file")
     (tmp_path / "00000.parquet").write_bytes(b"kept")
+    (tmp_path / "draft.tmp").write_bytes(b"a user's, not a temporary we made")
     with output_lock(str(tmp_path)):
         removed = remove_stale_temporaries(OutputDir(str(tmp_path)).fs, str(tmp_path))
-    assert [os.path.basename(p) for p in removed] == ["00000.parquet.123-abcd.tmp"]
-    assert (tmp_path / "00000.parquet").read_bytes() == b"kept"
+    assert [os.path.basename(p) for p in removed] == ["00000.parquet.123-abcd0123.tmp"]
+    assert (tmp_path / "00000.parquet").read_bytes() == b"kept" and (tmp_path / "draft.tmp").exists()
 
 
 def test_lock_on_an_object_store_is_exclusive_and_released(tmp_path):

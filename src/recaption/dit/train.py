@@ -37,12 +37,11 @@ import torch
 from fsspec.implementations.local import LocalFileSystem
 
 from ..spine.atomic import temporary_name, write_json_atomic
-from ..spine.contract import output_errors
 from ..training import distributed
-from ..training.checkpoints import _replace_folder, check_checkpoint, latest_checkpoint, require_same_recipe
+from ..training.checkpoints import _replace_folder, latest_checkpoint, require_same_recipe
 from ..training.data import Pair
-from ..training.inputs import TrainingInputError, check_output
-from ..training.loop import TrainLoop, open_batches, resume
+from ..training.inputs import TrainingInputError
+from ..training.loop import TrainLoop, open_batches, resume, train_into
 from ..training.stream import TrainingStream
 from ..training.stream_sources import require_fields, spread, stream_shards
 from .data import CAPTION_KINDS, UNCAPTIONED, SquarePixels, check_caption_sources, pick_caption
@@ -196,11 +195,10 @@ def train_dit(config: DitTrainConfig, progress: Callable[[dict], None] | None = 
     steps with {step, steps, loss, images_per_s, lr}. Returns {steps, losses, pairs, captions,
     images_per_s, seconds}. A new output refused before its first checkpoint (data without
     captions, a misspelt field) is removed again, so no half-made model folder is left."""
-    out = check_output(config.output, "train-dit", config.data)
+    out = Path(config.output).expanduser()
     fresh = not out.exists()
     try:
-        with output_errors(config.output):
-            return _train_dit(config, out, progress)
+        return train_into("train-dit", config, _train_dit, (WEIGHTS,), progress)
     except TrainingInputError:
         if fresh and out.is_dir() and latest_checkpoint(out) is None:
             shutil.rmtree(out, ignore_errors=True)
@@ -250,12 +248,10 @@ def _transformer(config: DitTrainConfig, resume_from: str | None, codec, text_en
     return transformer, None
 
 
-def _train_dit(config: DitTrainConfig, out: Path, progress: Callable[[dict], None] | None) -> dict:
+def _train_dit(config: DitTrainConfig, out: Path, resume_from: str | None,
+               progress: Callable[[dict], None] | None) -> dict:
     from transformers import get_constant_schedule_with_warmup
 
-    resume_from = latest_checkpoint(out)
-    if resume_from:
-        check_checkpoint(resume_from, (WEIGHTS,))
     ranks = distributed.start(config.device)
     rank, device = ranks.rank, ranks.device
 

@@ -30,11 +30,10 @@ from fsspec.implementations.local import LocalFileSystem
 
 from ..models.registry import PAPER_PROMPT
 from ..spine.atomic import write_json_atomic
-from ..spine.contract import output_errors
 from . import distributed
-from .checkpoints import CheckpointError, check_checkpoint, latest_checkpoint, restore_optimizer, save_final
-from .inputs import TrainingInputError, check_output, load_pretrained, model_source, model_type
-from .loop import TrainLoop, open_batches, resume
+from .checkpoints import CheckpointError, restore_optimizer, save_final
+from .inputs import TrainingInputError, load_pretrained, model_source, model_type
+from .loop import TrainLoop, open_batches, resume, train_into
 from .stream import TrainingStream
 from .stream_sources import require_fields, spread, stream_shards
 
@@ -208,19 +207,14 @@ def captioner_recipe(config: CaptionerTrainConfig) -> dict:
 
 def train_captioner(config: CaptionerTrainConfig) -> dict:
     """Train (or resume) into config.output; OS errors there are one line (the output contract)."""
-    out = check_output(config.output, "train-captioner", config.data)
-    with output_errors(config.output):
-        return _train_captioner(config, out)
+    return train_into("train-captioner", config, _train_captioner)
 
 
-def _train_captioner(config: CaptionerTrainConfig, out: Path) -> dict:
+def _train_captioner(config: CaptionerTrainConfig, out: Path, resume_from: str | None) -> dict:
     from transformers import AutoProcessor, LlavaForConditionalGeneration, get_cosine_schedule_with_warmup
 
     from ..models.registry import family_for
 
-    resume_from = latest_checkpoint(out)
-    if resume_from:
-        check_checkpoint(resume_from)
     ranks = distributed.start(config.device)
     rank, device = ranks.rank, ranks.device
     if resume_from or config.model:

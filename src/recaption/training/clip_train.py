@@ -28,19 +28,17 @@ import torch
 from fsspec.implementations.local import LocalFileSystem
 
 from ..spine.atomic import write_json_atomic
-from ..spine.contract import output_errors
 from . import distributed
-from .checkpoints import check_checkpoint, latest_checkpoint, save_final
+from .checkpoints import save_final
 from .clips_recipe import clips_loss, clips_texts
 from .data import Pair, check_fields, image_text_pairs, recaptioned_pairs
 from .inputs import (
     TrainingInputError,
     check_dual_encoder,
-    check_output,
     load_pretrained,
     model_source,
 )
-from .loop import TrainLoop, open_batches, resume
+from .loop import TrainLoop, open_batches, resume, train_into
 from .stream import TrainingStream
 from .stream_sources import is_caption_output, require_fields, spread, stream_shards
 
@@ -153,17 +151,12 @@ def clip_recipe(config: ClipTrainConfig) -> dict:
 
 def train_clip(config: ClipTrainConfig) -> dict:
     """Train (or resume) into config.output; OS errors there are one line (the output contract)."""
-    out = check_output(config.output, "train-clip", config.data)
-    with output_errors(config.output):
-        return _train_clip(config, out)
+    return train_into("train-clip", config, _train_clip)
 
 
-def _train_clip(config: ClipTrainConfig, out: Path) -> dict:
+def _train_clip(config: ClipTrainConfig, out: Path, resume_from: str | None) -> dict:
     from transformers import AutoImageProcessor, AutoModel, AutoTokenizer, get_cosine_schedule_with_warmup
 
-    resume_from = latest_checkpoint(out)
-    if resume_from:
-        check_checkpoint(resume_from)
     ranks = distributed.start(config.device)
     rank, device = ranks.rank, ranks.device
     if resume_from or config.model:

@@ -20,9 +20,12 @@ from pathlib import Path
 
 import torch
 
+from ..spine.contract import output_errors
 from ..spine.errors import RecaptionError
 from .checkpoints import (
     CheckpointError,
+    check_checkpoint,
+    latest_checkpoint,
     load_state,
     require_same_recipe,
     restore_optimizer,
@@ -30,9 +33,22 @@ from .checkpoints import (
     rng_tensors,
     save_checkpoint,
 )
+from .inputs import check_output
 from .stream import StreamBatches, checkpoint_state, resumed_position
 
 log = logging.getLogger(__name__)
+
+
+def train_into(command: str, config, body: Callable, weights: tuple[str, ...] | None = None, *args):
+    """The start every trainer shares: `config.output` through the output contract's checks
+    (not among the data, not another command's folder), OS errors there as one line, the newest
+    checkpoint found and checked; then `body(config, out, resume_from, *args)`."""
+    out = check_output(config.output, command, config.data)
+    with output_errors(config.output):
+        resume_from = latest_checkpoint(out)
+        if resume_from:
+            check_checkpoint(resume_from, *(() if weights is None else (weights,)))
+        return body(config, out, resume_from, *args)
 
 
 @dataclass
