@@ -40,7 +40,7 @@ from recaption.models.registry import PAPER_PROMPT
 from recaption.models.tiny import tiny_model_path
 from recaption.pipeline import CaptionPipeline
 from recaption.readers import discover_shards
-from recaption.shards import ShardRecord, bundled_samples, write_webdataset_shard
+from recaption.samples.shards import ShardRecord, bundled_samples, write_webdataset_shard
 
 SHAPES = {
     # vision: CLIP ViT-L/14-336; text: Llama-3-8B

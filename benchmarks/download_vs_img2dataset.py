@@ -37,7 +37,7 @@ from aiohttp import web
 from PIL import Image
 
 from recaption.readers import discover_shards
-from recaption.shards import bundled_samples
+from recaption.samples.shards import bundled_samples
 
 
 def make_images(n: int) -> list[bytes]:

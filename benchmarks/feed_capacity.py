@@ -34,7 +34,7 @@ from recaption.engines.transformers_engine import TransformersCaptioner
 from recaption.models.tiny import tiny_model_path
 from recaption.pipeline import CaptionPipeline
 from recaption.readers import discover_shards
-from recaption.shards import ShardRecord, write_webdataset_shard
+from recaption.samples.shards import ShardRecord, write_webdataset_shard
 
 
 def instant_engine(batch_size: int) -> TransformersCaptioner:

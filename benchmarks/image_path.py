@@ -1,7 +1,7 @@
 """CPU image path: decode + resize + normalise to model-ready 336 px tensors, images/s per core.
 
 Three ways, on the same JPEG bytes, in one run, one thread:
-  ours         recaption.images.decode_image (JPEG draft: libjpeg decodes big photos at 1/2, 1/4
+  ours         recaption.samples.images.decode_image (JPEG draft: libjpeg decodes big photos at 1/2, 1/4
                or 1/8 scale; shrink to <= 1024 px) + recaption.preprocess.FastClipPreprocessor
                (pad to square, resize, crop, normalise in one uint8 -> float32 pass)
   plain PIL    Image.open + convert("RGB") at full size, resize shortest side to 336 (bicubic),
@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from recaption.images import decode_image
 from recaption.preprocess import FastClipPreprocessor
-from recaption.shards import bundled_samples
+from recaption.samples.images import decode_image
+from recaption.samples.shards import bundled_samples
 
 MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)

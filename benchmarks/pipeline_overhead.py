@@ -20,10 +20,10 @@ import torch
 
 from recaption.config import CaptionConfig, RunConfig
 from recaption.engines.transformers_engine import TransformersCaptioner
-from recaption.images import decode_image
 from recaption.pipeline import CaptionPipeline
 from recaption.readers import discover_shards
-from recaption.shards import ShardRecord, bundled_samples, write_webdataset_shard
+from recaption.samples.images import decode_image
+from recaption.samples.shards import ShardRecord, bundled_samples, write_webdataset_shard
 
 
 def make_shards(folder: Path, shards: int, per_shard: int) -> list[Path]:

@@ -17,8 +17,8 @@ from datetime import date
 import torch
 
 from image_path import jpegs  # the same 512 px JPEGs (benchmarks/)
-from recaption.images import decode_image
 from recaption.preprocess import FastQwenVLPreprocessor
+from recaption.samples.images import decode_image
 
 
 def main() -> None:

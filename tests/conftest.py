@@ -15,7 +15,7 @@ os.environ.setdefault("RECAPTION_CACHE", tempfile.mkdtemp(prefix="recap-test-cac
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from recaption.shards import ShardRecord, write_webdataset_shard  # noqa: E402
+from recaption.samples.shards import ShardRecord, write_webdataset_shard  # noqa: E402
 
 
 def image_bytes(width=48, height=32, mode="RGB", fmt="JPEG", seed=0, **save) -> bytes:

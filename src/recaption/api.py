@@ -123,7 +123,7 @@ def filter_output(output: PathLike, where: str, destination: PathLike, *, overwr
         quality.outputs.NoOutputError: `output` holds no finished shards.
         atomic.OutputLockedError: another run is writing to `destination`.
     """
-    from .selection import filter_output as _filter_output
+    from .steps.filter import filter_output as _filter_output
 
     return _filter_output(os.fspath(output), where, os.fspath(destination), overwrite=overwrite)
 
@@ -155,7 +155,7 @@ def export(output: PathLike, destination: PathLike, *, images: PathLike | list[P
         quality.outputs.NoOutputError, readers.InputError: no finished shards; `images` match none.
         atomic.OutputLockedError: another run is writing to `destination`.
     """
-    from .webdataset_export import export as _export
+    from .steps.export import export as _export
 
     found = None if images is None else _paths(images)
     return _export(os.fspath(output), os.fspath(destination), images=found, caption=caption, seed=seed,

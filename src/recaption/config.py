@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
 from .models.registry import CONDITIONAL_PROMPT, PAPER_PROMPT
+from .samples.images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
 from .spine.errors import RecaptionError
 
 

@@ -15,9 +15,9 @@ from rich.console import Console
 from rich.table import Table
 
 from .config import CaptionConfig, RunConfig
+from .samples.shards import ShardRecord, write_webdataset_shard
 from .shapes import ShapesWorld
 from .shapes.world import only_shapes_shards
-from .shards import ShardRecord, write_webdataset_shard
 from .spine.contract import Step, open_output
 
 DEMO_SEED, DEMO_START, DEMO_IMAGES = 0, 700_000, 8  # a range no training split used

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING
 from .config import CaptionConfig, RunConfig
 from .engines import make_engine
 from .engines.base import Engine
-from .images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
 from .passes import CONDITIONAL, FLAGS, CaptionPass, Decoding
 from .readers import Shard
 from .readers.changes import input_change, input_provenance
-from .sample import CAPTION_ERROR, OK, Sample
+from .samples.images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
+from .samples.sample import CAPTION_ERROR, OK, Sample
 from .schema import SCORES_METADATA_KEY
 from .spine import __version__
 from .spine.contract import Step, marker_has

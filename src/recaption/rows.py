@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from .flags import CAPTION_FLAGS
 from .passes import CaptionPass, default_pass
-from .sample import Sample
+from .samples.sample import Sample
 from .schema import word_count
 
 

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .rows import sample_row
-from .sample import Sample
+from .samples.sample import Sample
 from .schema import METADATA_KEY, output_schema
 from .spine.ledger import OutputDir, ShardCommit, rows_handed
 

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 import recaption
 from recaption.cli import app
-from recaption.images import DEFAULT_MAX_PIXELS
+from recaption.samples.images import DEFAULT_MAX_PIXELS
 from recaption.spine.errors import RecaptionError
 
 from ..conftest import image_bytes, write_shards
@@ -313,8 +313,8 @@ PLANTED = [
     (["eval-retrieval", "tiny-clip", "{tmp}/in"], "recaption.training.retrieval.evaluate"),
     (["demo", "-o", "{tmp}/demo"], "recaption.demo.build_demo_shard"),
     (["convert-llava", "{tmp}/llava", "{tmp}/converted"], "recaption.models.convert_llava.convert_llava"),
-    (["filter", "{tmp}/out", "--where", "true", "-o", "{tmp}/kept"], "recaption.selection.filter_output"),
-    (["export", "{tmp}/out", "-o", "{tmp}/wds"], "recaption.webdataset_export.export"),
+    (["filter", "{tmp}/out", "--where", "true", "-o", "{tmp}/kept"], "recaption.steps.filter.filter_output"),
+    (["export", "{tmp}/out", "-o", "{tmp}/wds"], "recaption.steps.export.export"),
     (["train-dit", "{tmp}/in", "-o", "{tmp}/dit"], "recaption.dit.train.train_dit"),
     (["generate", "{tmp}/dit", "a red circle", "-o", "{tmp}/gen"], "recaption.dit.generate.generate"),
     (["eval-t2i", "{tmp}/gen"], "recaption.dit.eval.eval_t2i"),

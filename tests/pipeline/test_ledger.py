@@ -314,7 +314,7 @@ def test_crash_point_counts_rows_handed_in_this_process(monkeypatch):
 
 def test_crash_point_kills_a_caption_writer_mid_shard(tmp_path):
     code = textwrap.dedent(f"""
-        from recaption.sample import Sample
+        from recaption.samples.sample import Sample
         from recaption.writer import OutputDir, ShardWriter
 
         writer = ShardWriter(OutputDir({str(tmp_path)!r}), "00000", None, {{"model": "a"}})
@@ -336,7 +336,7 @@ def test_crash_point_kills_a_caption_writer_mid_shard(tmp_path):
 
 
 def test_tar_writer_into_a_shard_commit(tmp_path):
-    from recaption.tars import TarShardWriter
+    from recaption.samples.tars import TarShardWriter
 
     out = OutputDir(str(tmp_path))
     commit = ShardCommit(out, NAME)

@@ -11,7 +11,7 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from recaption.sample import Sample
+from recaption.samples.sample import Sample
 from recaption.spine.atomic import OutputLockedError, output_lock, remove_stale_temporaries
 from recaption.writer import OutputDir, ShardWriter
 

@@ -10,8 +10,8 @@ from recaption.engines.transformers_engine import BatchPreparer, TransformersCap
 from recaption.executors.run import run_caption
 from recaption.pipeline import DONE, FAILED, SKIPPED, CaptionPipeline
 from recaption.readers import discover_shards
+from recaption.samples.shards import ShardRecord, write_webdataset_shard
 from recaption.schema import METADATA_KEY, output_schema
-from recaption.shards import ShardRecord, write_webdataset_shard
 from recaption.spine.contract import OutputAmongInputsError
 from recaption.spine.results import ConfigMismatchError
 

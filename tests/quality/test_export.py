@@ -14,11 +14,11 @@ from PIL import Image
 
 import recaption
 from recaption.readers import open_shard
-from recaption.shards import ShardRecord, img2dataset_key, write_webdataset_shard
+from recaption.samples.shards import ShardRecord, img2dataset_key, write_webdataset_shard
 from recaption.spine.contract import OutputAmongInputsError
 from recaption.spine.errors import RecaptionError
 from recaption.spine.results import ConfigMismatchError
-from recaption.webdataset_export import CaptionChoiceError, image_extension, takes_original
+from recaption.steps.export import CaptionChoiceError, image_extension, takes_original
 
 from ..conftest import image_bytes
 from .test_selection import row, write_output

@@ -144,8 +144,8 @@ def test_score_command_fills_columns_in_place_resumably(tmp_path, captioner, sco
     assert json.loads(after.schema.metadata[b"recaption_scores"])["clip_model"] == "tiny-clip"
     assert b"recaption" in after.schema.metadata  # the captioning provenance is kept
     # The scores are those of the model's own forward on the same images and captions.
-    from recaption.images import decode_sample
     from recaption.readers import open_shard
+    from recaption.samples.images import decode_sample
 
     images = [decode_sample(s).image for s in open_shard(shards[0])]
     assert [r["org_clip_score"] for r in rows] == pytest.approx(
@@ -437,7 +437,7 @@ def test_every_reader_of_flags_takes_them_from_the_one_table():
     from recaption.passes import FLAGS, parse_pass
     from recaption.quality import report, stats
     from recaption.rows import sample_row
-    from recaption.sample import Sample
+    from recaption.samples.sample import Sample
     from recaption.schema import output_schema
 
     columns = [f"re_{f.name}" for f in CAPTION_FLAGS]

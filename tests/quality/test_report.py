@@ -19,9 +19,9 @@ from typer.testing import CliRunner
 from recaption.cli import app
 from recaption.quality.clip import ClipScorer
 from recaption.rows import sample_row
-from recaption.sample import Sample
+from recaption.samples.sample import Sample
+from recaption.samples.shards import write_webdataset_shard
 from recaption.schema import JUDGE_METADATA_KEY, METADATA_KEY, SCORES_METADATA_KEY, output_schema
-from recaption.shards import write_webdataset_shard
 
 from ..conftest import make_records, write_shards
 

@@ -12,10 +12,10 @@ import pytest
 import recaption
 from recaption.quality.outputs import done_shards, input_shard, read_output
 from recaption.schema import METADATA_KEY, output_schema
-from recaption.selection import FilterExpressionError
 from recaption.spine.contract import ForeignOutputError, OutputAmongInputsError
 from recaption.spine.errors import RecaptionError
 from recaption.spine.results import ConfigMismatchError
+from recaption.steps.filter import FilterExpressionError
 from recaption.writer import OutputDir
 
 CAPTIONER = {"model": "acme/llava-test-8b", "max_new_tokens": 128, "conditional": False, "seed": 0}

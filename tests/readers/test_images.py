@@ -3,9 +3,9 @@ import io
 import pytest
 from PIL import Image
 
-from recaption import sample as st
-from recaption.images import ImageDecodeError, decode_image, decode_sample
-from recaption.sample import Sample
+from recaption.samples import sample as st
+from recaption.samples.images import ImageDecodeError, decode_image, decode_sample
+from recaption.samples.sample import Sample
 
 from ..conftest import image_bytes
 

@@ -21,7 +21,7 @@ from recaption.cli import app
 from recaption.config import CaptionConfig, RunConfig
 from recaption.pipeline import CaptionPipeline
 from recaption.readers import ColumnConfig, Shard, discover_shards, open_shard
-from recaption.sample import Sample
+from recaption.samples.sample import Sample
 
 from ..conftest import image_bytes, write_shards
 
@@ -128,7 +128,7 @@ def _solid(color: tuple[int, int, int], fmt: str = "JPEG") -> bytes:
 
 
 def _clip_score(scorer, image_path: str, text: str) -> float:
-    from recaption.images import decode_image
+    from recaption.samples.images import decode_image
 
     image = decode_image(open(image_path, "rb").read())
     embedding = scorer.image_embeddings(scorer.pixel_values([image]))

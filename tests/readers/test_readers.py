@@ -8,7 +8,7 @@ import pytest
 
 from recaption.readers import ColumnConfig, InputError, ShardError, discover_shards, open_shard
 from recaption.readers.webdataset import split_member_name
-from recaption.shards import img2dataset_key
+from recaption.samples.shards import img2dataset_key
 
 from ..conftest import image_bytes, make_records, write_shards
 

@@ -380,15 +380,15 @@ def test_cli_trains_generates_and_evaluates(tmp_path):
 
 
 def _shard(folder, records, shard_id=0):
-    from recaption.shards import write_webdataset_shard
+    from recaption.samples.shards import write_webdataset_shard
 
     write_webdataset_shard(folder / f"{shard_id:05d}.tar", records, shard_id=shard_id)
     return folder
 
 
 def _world_records(n, start=0, describe=lambda i: True, caption=True):
+    from recaption.samples.shards import ShardRecord
     from recaption.shapes import ShapesWorld
-    from recaption.shards import ShardRecord
 
     world = ShapesWorld(0)
     records = []

@@ -236,7 +236,7 @@ def write_caption_output(out, shard, failed_every=3):
     failed, the others captioned with a recaption of their own."""
     from recaption.readers import open_shard
     from recaption.rows import sample_row
-    from recaption.sample import Sample
+    from recaption.samples.sample import Sample
     from recaption.schema import METADATA_KEY, output_schema
 
     rows = []
@@ -318,7 +318,7 @@ def test_a_shard_that_breaks_after_counting_stops_the_run_in_one_line(uneven, tm
 
 
 def test_an_undecodable_image_is_left_out_of_its_batch_with_a_warning(tmp_path, caplog):
-    from recaption.shards import ShardRecord, write_webdataset_shard
+    from recaption.samples.shards import ShardRecord, write_webdataset_shard
 
     from ..conftest import image_bytes
 
@@ -335,7 +335,7 @@ def test_an_undecodable_image_is_left_out_of_its_batch_with_a_warning(tmp_path, 
 
 
 def test_a_batch_with_no_decodable_image_is_passed_over_and_replays_on_resume(tmp_path, caplog):
-    from recaption.shards import ShardRecord, write_webdataset_shard
+    from recaption.samples.shards import ShardRecord, write_webdataset_shard
 
     from ..conftest import image_bytes
 

@@ -17,7 +17,7 @@ def filter_cmd(
     overwrite: Annotated[bool, typer.Option(help="Redo shards already filtered into the folder (with another --where).")] = False,
 ) -> None:
     """Keep the rows of OUTPUT where a condition holds, shard by shard, into another folder."""
-    from ..selection import filter_output
+    from ..steps.filter import filter_output
 
     summary = filter_output(output, where, destination, overwrite=overwrite)
     for line in summary.lines():
@@ -34,7 +34,7 @@ def export_cmd(
 ) -> None:
     """Write caption output as WebDataset shards ({key}.jpg, .txt, .json with both captions)
     that open_clip, img2dataset readers and `recap caption` take unchanged."""
-    from ..webdataset_export import export
+    from ..steps.export import export
 
     summary = export(output, destination, images=images, caption=caption, seed=seed, overwrite=overwrite)
     for line in summary.lines():

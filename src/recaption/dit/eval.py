@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..images import decode_sample
 from ..readers import ColumnConfig, ShardError, discover_shards
+from ..samples.images import decode_sample
 from ..shapes import checker
 from ..training.inputs import TrainingInputError
 

@@ -41,7 +41,7 @@ import torch
 from fsspec.implementations.local import LocalFileSystem
 from PIL import Image
 
-from ..shards import ShardRecord, write_webdataset_shard
+from ..samples.shards import ShardRecord, write_webdataset_shard
 from ..spine.atomic import TMP_SUFFIX, write_bytes_atomic, write_json_atomic
 from ..spine.contract import Step, open_output
 from ..spine.contract import check_output as check_contract

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..images import DEFAULT_MAX_PIXELS
+from ..samples.images import DEFAULT_MAX_PIXELS
 
 RESIZE_MODES = ("none", "keep_ratio", "center_crop", "border")
 FORMATS = ("jpg", "png", "webp", "keep")

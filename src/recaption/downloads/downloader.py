@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from ..executors import executor_module
 from ..redact import redact
-from ..shards import img2dataset_key
+from ..samples.shards import img2dataset_key
 from ..spine import __version__
 from ..spine.contract import Step, check_output, marker_has, open_output
 from ..spine.ledger import OutputDir, require_same_settings

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps
 
-from ..images import ImageDecodeError, decode_image
-from ..sample import TOO_LARGE as PIXEL_LIMIT
+from ..samples.images import ImageDecodeError, decode_image
+from ..samples.sample import TOO_LARGE as PIXEL_LIMIT
 from . import outcomes as oc
 from .config import DownloadConfig
 

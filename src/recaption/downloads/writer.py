@@ -18,8 +18,8 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..samples.tars import TarShardWriter
 from ..spine.ledger import OutputDir, ShardCommit, rows_handed
-from ..tars import TarShardWriter
 
 BASE_FIELDS = [
     ("key", pa.string()),

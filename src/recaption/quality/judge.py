@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from ..config import CaptionConfig, ServerOptions
 from ..engines.openai_engine import OpenAICaptioner, image_data_url
-from ..images import decode_sample
+from ..samples.images import decode_sample
 from ..schema import JUDGE_METADATA_KEY
 from ..spine.ledger import OutputDir
 from .outputs import (

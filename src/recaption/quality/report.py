@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from importlib import resources
 
 from ..flags import PAPER_FLAG_COLUMNS, is_degenerate
-from ..images import decode_sample
+from ..samples.images import decode_sample
 from ..spine.atomic import write_to_url_atomic
 from ..spine.errors import RecaptionError
 from ..spine.ledger import OutputDir

@@ -16,8 +16,8 @@ from datetime import datetime, timezone
 
 import pyarrow as pa
 
-from ..images import decode_sample
 from ..readers.base import Shard
+from ..samples.images import decode_sample
 from ..schema import SCORE_COLUMNS, SCORES_METADATA_KEY, word_count
 from ..spine.ledger import OutputDir
 from .clip import ClipScorer

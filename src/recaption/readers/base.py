@@ -8,7 +8,7 @@ import posixpath
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from ..sample import MISSING_IMAGE, READ_ERROR, TOO_LARGE, Sample
+from ..samples.sample import MISSING_IMAGE, READ_ERROR, TOO_LARGE, Sample
 
 MiB = 1 << 20
 # Largest file (tar member, folder image, parquet image path) a reader loads into memory. An

@@ -9,7 +9,7 @@ import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ..sample import Sample
+from ..samples.sample import Sample
 from .base import (
     DEFAULT_MAX_IMAGE_BYTES,
     Shard,

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
-from ..sample import MISSING_IMAGE, Sample
+from ..samples.sample import MISSING_IMAGE, Sample
 from .base import (
     ColumnConfig,
     Shard,

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import fsspec
 
-from ..sample import MISSING_IMAGE, Sample
+from ..samples.sample import MISSING_IMAGE, Sample
 from .base import (
     ColumnConfig,
     Shard,

@@ -297,7 +297,7 @@ def write_prompt_shards(
     (the prompt), {key}.json (prompt, spec, style, complexity, index, the world's description).
     A retrieval test set in the prompts' style (`recap eval-retrieval FOLDER`), and the reference
     images of a Frechet distance."""
-    from ..shards import ShardRecord, write_webdataset_shard
+    from ..samples.shards import ShardRecord, write_webdataset_shard
 
     folder = Path(folder)
     worlds: dict[int, ShapesWorld] = {}

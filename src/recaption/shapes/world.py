@@ -159,7 +159,7 @@ def write_shapes_shards(
     shapes-world shards; those are refused unless `overwrite`, which also removes the old set's
     shards the new one does not replace (so readers never mix two runs). Wrong values are
     refused (TrainingInputError) before anything is written."""
-    from ..shards import ShardRecord, write_webdataset_shard
+    from ..samples.shards import ShardRecord, write_webdataset_shard
 
     _check_counts(count, image_size, shard_size, start)
     # The output contract: only a folder of shapes-world shards is adopted, one writer at a time,

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ..images import decode_sample
 from ..readers import ColumnConfig, ShardError, discover_shards
+from ..samples.images import decode_sample
 from ..spine.ledger import OutputDir
 from .inputs import TrainingInputError
 

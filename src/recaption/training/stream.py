@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ..images import ImageDecodeError, decode_image
+from ..samples.images import ImageDecodeError, decode_image
 from .inputs import TrainingInputError
 from .stream_sources import Record, StreamShard
 

@@ -45,15 +45,15 @@ from datetime import datetime, timezone
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .quality.outputs import done_shards, input_shard, over_finished, read_output, recorded_sources
-from .readers import ColumnConfig, discover_shards
-from .readers.base import Shard
-from .spine import __version__
-from .spine.contract import Step, location, marker_has
-from .spine.errors import RecaptionError
-from .spine.ledger import OutputDir, ShardCommit
-from .spine.results import DONE, FAILED, SKIPPED
-from .tars import TarShardWriter
+from ..quality.outputs import done_shards, input_shard, over_finished, read_output, recorded_sources
+from ..readers import ColumnConfig, discover_shards
+from ..readers.base import Shard
+from ..samples.tars import TarShardWriter
+from ..spine import __version__
+from ..spine.contract import Step, location, marker_has
+from ..spine.errors import RecaptionError
+from ..spine.ledger import OutputDir, ShardCommit
+from ..spine.results import DONE, FAILED, SKIPPED
 
 log = logging.getLogger(__name__)
 

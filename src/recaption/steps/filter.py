@@ -31,11 +31,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .quality.outputs import done_shards, over_finished, read_output
-from .spine.contract import Step, location, marker_has
-from .spine.errors import RecaptionError
-from .spine.ledger import OutputDir, ShardCommit
-from .spine.results import DONE, SKIPPED
+from ..quality.outputs import done_shards, over_finished, read_output
+from ..spine.contract import Step, location, marker_has
+from ..spine.errors import RecaptionError
+from ..spine.ledger import OutputDir, ShardCommit
+from ..spine.results import DONE, SKIPPED
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import tarfile
 import time
 from typing import IO
 
-from .spine.atomic import temporary_name
+from ..spine.atomic import temporary_name
 
 
 class TarShardWriter:
