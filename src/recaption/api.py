@@ -30,7 +30,9 @@ def caption(inputs: PathLike | list[PathLike], output: PathLike, **options: Any)
             lists them all).
 
     Returns:
-        pipeline.RunSummary: per-shard results (`.failed` names broken shards), row counts.
+        RunSummary (every command returns one, `recaption.spine.results`): `.results` per shard
+        (name, source, outcome, rows, status_counts, counts, error), `.done`, `.skipped`,
+        `.failed` (broken shards; `.errors` says why), row counts.
 
     Raises:
         TypeError: an option that does not exist. ValueError: a wrong value or input.
@@ -49,7 +51,7 @@ def download(inputs: PathLike | list[PathLike], output: PathLike, **options: Any
     """Download URL metadata into image shards in img2dataset's layout (`recap download`).
 
     Options are `DownloadConfig`'s fields (url_col, caption_col, shard_size, resize, image_size,
-    allow_private_network, retry_failed, overwrite, ...). Returns a `DownloadSummary`."""
+    allow_private_network, retry_failed, overwrite, ...). Returns a `RunSummary`."""
     from .downloads import DownloadConfig
     from .downloads import download as _download
 
@@ -63,7 +65,7 @@ def score(output: PathLike, clip_model: str | None = None, device: str = "auto",
     `clip_model`: a transformers CLIP/SigLIP folder or hub id (default: the paper's CLIP-L),
     `tiny-clip` (built in, shapes world only), or an open_clip model (`open_clip:FOLDER`,
     `open_clip:ARCH:PRETRAINED`). `long_text`: truncate or chunk captions over the CLIP's window.
-    Returns a `ScoreSummary`."""
+    Returns a `RunSummary` (`.done`: shards scored, `.skipped`: scored already, `.errors`)."""
     from .quality.clip import DEFAULT_CLIP_MODEL
     from .quality.score import score_output
     from .quality.scorers import make_scorer
@@ -76,7 +78,7 @@ def score(output: PathLike, clip_model: str | None = None, device: str = "auto",
 def judge(output: PathLike, **options: Any):
     """Rate original and new captions 1-5 with the paper's prompt (`recap judge`). Options are
     `JudgeConfig`'s fields: endpoints, model, fraction, seed, concurrency, ... Returns a
-    `JudgeSummary`."""
+    `RunSummary` (`.count("judged")`: rows rated, `.done`, `.skipped`, `.errors`)."""
     from .config import split_list
     from .quality.judge import JudgeConfig, judge_output
 
@@ -113,13 +115,15 @@ def filter_output(output: PathLike, where: str, destination: PathLike, *, overwr
     it is false. A rerun skips shards already filtered alike; `overwrite` redoes them.
 
     Returns:
-        selection.FilterSummary: `.shards` (per shard: name, outcome, rows_in, rows_kept),
-        `.rows_in`, `.rows_kept`, `.filtered`, `.skipped`, and `.lines()` as the CLI prints them.
+        RunSummary: `.results` (per shard: `counts` rows_in and rows_kept), `.count("rows_in")`,
+        `.count("rows_kept")`, `.done`, `.skipped`; `steps.filter.filter_lines` as the CLI prints it.
 
     Raises:
-        selection.FilterExpressionError: a condition that is empty, holds `;`, does not parse or
+        steps.filter.FilterExpressionError: a condition that is empty, holds `;`, does not parse or
             bind, or reads files (one line naming the columns).
-        selection.FilterError: `destination` is `output`, or holds shards filtered otherwise.
+        spine.contract.OutputError: `destination` is, holds or lies inside `output`, or holds other
+        files or another command's output. spine.results.ConfigMismatchError: it holds shards
+        filtered otherwise (without `overwrite`).
         quality.outputs.NoOutputError: `output` holds no finished shards.
         atomic.OutputLockedError: another run is writing to `destination`.
     """
@@ -145,13 +149,16 @@ def export(output: PathLike, destination: PathLike, *, images: PathLike | list[P
         overwrite: redo shards already exported (a rerun otherwise skips those exported alike).
 
     Returns:
-        webdataset_export.ExportSummary: `.shards` (per shard: outcome, rows, exported, not_exported by
-        reason, tar, error), `.exported`, `.not_exported`, `.failed` (name -> error: shards whose
-        images could not be read; the others are still exported), `.lines()` as the CLI prints them.
+        RunSummary: `.results` (per shard: `status_counts` rows exported and not by reason,
+        `counts["rows_in"]`), `.status_counts["exported"]`, `steps.export.not_exported`, `.errors`
+        (shards whose images could not be read; the others are still exported);
+        `steps.export.export_lines` as the CLI prints it.
 
     Raises:
-        webdataset_export.CaptionChoiceError: `caption` is no text column of the output, or a malformed mix.
-        webdataset_export.ExportError: `destination` is `output`, or holds shards exported otherwise.
+        steps.export.CaptionChoiceError: `caption` is no text column of the output, or a malformed mix.
+        spine.contract.OutputError: `destination` is, holds or lies inside an input, or holds other
+        files or another command's output. spine.results.ConfigMismatchError: it holds shards
+        exported otherwise (without `overwrite`).
         quality.outputs.NoOutputError, readers.InputError: no finished shards; `images` match none.
         atomic.OutputLockedError: another run is writing to `destination`.
     """

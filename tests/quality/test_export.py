@@ -18,7 +18,13 @@ from recaption.samples.shards import ShardRecord, img2dataset_key, write_webdata
 from recaption.spine.contract import OutputAmongInputsError
 from recaption.spine.errors import RecaptionError
 from recaption.spine.results import ConfigMismatchError
-from recaption.steps.export import CaptionChoiceError, image_extension, takes_original
+from recaption.steps.export import (
+    CaptionChoiceError,
+    export_lines,
+    image_extension,
+    not_exported,
+    takes_original,
+)
 
 from ..conftest import image_bytes
 from .test_selection import row, write_output
@@ -61,8 +67,8 @@ def test_export_writes_tars_that_webdataset_and_recap_read(captioned, tmp_path, 
     out, dest = captioned / "out", tmp_path / "wds"
     summary = recaption.export(out, dest, caption=caption, seed=3)
     assert summary.done == ["00000", "00001"] and not summary.failed
-    assert (summary.rows, summary.exported, dict(summary.not_exported)) == (6, 6, {})
-    assert summary.lines()[-1].startswith(f"exported 6 of 6 rows with --caption {caption} to ")
+    assert (summary.count("rows_in"), summary.status_counts["exported"], not_exported(summary)) == (6, 6, {})
+    assert export_lines(summary)[-1].startswith(f"exported 6 of 6 rows with --caption {caption} to ")
 
     for name in ("00000", "00001"):
         rows = {r["key"]: r for r in pq.read_table(out / f"{name}.parquet").to_pylist()}
@@ -97,7 +103,7 @@ def test_export_writes_tars_that_webdataset_and_recap_read(captioned, tmp_path, 
         done = json.loads((dest / f"{name}.done").read_text())
         assert (done["caption"], done["seed"], done["from"]) == (caption, 3, str(out))
     if caption.startswith("mix"):
-        assert summary.caption == "mix:p=0.5"
+        assert summary.settings["caption"] == "mix:p=0.5"
     assert not list(dest.glob("*.tmp"))
 
 
@@ -108,7 +114,7 @@ def test_mix_takes_the_original_with_probability_p_and_is_fixed_by_the_seed(tmp_
     write_output(tmp_path / "out", "00000", rows, source=tmp_path / "in" / "00000.tar")
 
     summary = recaption.export(tmp_path / "out", tmp_path / "a", caption="mix:p=0.8", seed=7)
-    assert summary.exported == n
+    assert summary.status_counts["exported"] == n
     samples = read_wds(tmp_path / "a" / "00000.tar")
     sources = [s["json"]["caption_source"] for s in samples]
     share = sources.count("re_caption") / n
@@ -147,11 +153,11 @@ def test_every_row_is_accounted_for_and_a_missing_input_fails_only_its_shard(tmp
     dest = tmp_path / "wds"
 
     summary = recaption.export(out, dest)
-    assert summary.done == ["00000"] and list(summary.failed) == ["00001"]
-    assert "00001.tar" in summary.failed["00001"]
-    assert any(line.startswith("00001: FAILED") for line in summary.lines())
-    assert "1 shards FAILED (00001)" in summary.lines()[-1]
-    assert summary.exported == 2 and summary.not_exported == {
+    assert summary.done == ["00000"] and list(summary.errors) == ["00001"]
+    assert "00001.tar" in summary.errors["00001"]
+    assert any(line.startswith("00001: FAILED") for line in export_lines(summary))
+    assert "1 shards FAILED (00001)" in export_lines(summary)[-1]
+    assert summary.status_counts["exported"] == 2 and not_exported(summary) == {
         "status_not_ok": 1, "no_caption": 1, "image_not_found": 1
     }
     assert [s["__key__"] for s in read_wds(dest / "00000.tar")] == [keys[0], keys[3]]
@@ -168,7 +174,7 @@ def test_every_row_is_accounted_for_and_a_missing_input_fails_only_its_shard(tmp
     write_input(tmp_path / "moved" / "00000.tar", 4)
     again = recaption.export(out, dest, images=[str(tmp_path / "moved" / "*.tar")])
     assert again.skipped == ["00000"] and again.done == ["00001"] and not again.failed
-    assert (again.exported, again.rows) == (3, 6)  # the skipped shard's numbers come from its stats
+    assert (again.status_counts["exported"], again.count("rows_in")) == (3, 6)  # skipped: from stats
     assert [s["png"] for s in read_wds(dest / "00001.tar")] == [png(9)]
     stats = json.loads((dest / "00001_stats.json").read_text())
     assert stats["images_from"] == [str(tmp_path / "moved" / "00001.tar")]
@@ -177,7 +183,7 @@ def test_every_row_is_accounted_for_and_a_missing_input_fails_only_its_shard(tmp
     before = (dest / "00000.tar").read_bytes()
     (tmp_path / "in" / "00000.tar").unlink()
     redo = recaption.export(out, dest, overwrite=True)
-    assert "00000" in redo.failed
+    assert "00000" in redo.errors
     assert (dest / "00000.done").exists() and (dest / "00000.tar").read_bytes() == before
     assert not list(dest.glob("*.tmp"))
 
@@ -198,7 +204,7 @@ def test_keys_a_tar_cannot_hold_and_other_caption_columns(tmp_path):
 
     dest = tmp_path / "wds"
     summary = recaption.export(out, dest, images=[str(folder)], caption="re_caption_condition_diverse_topk")
-    assert summary.exported == 2 and not summary.failed
+    assert summary.status_counts["exported"] == 2 and not summary.failed
     with tarfile.open(dest / "captioned.tar") as tar:
         assert tar.getnames() == ["dog.jpg", "dog.txt", "dog.json", "sub_cat_v2.png", "sub_cat_v2.txt",
                                   "sub_cat_v2.json"]

@@ -131,7 +131,7 @@ def test_score_command_fills_columns_in_place_resumably(tmp_path, captioner, sco
     assert before.column("re_clip_score").null_count == 4  # null until scored, never 0
 
     summary = score_output(str(out), scorer)
-    assert summary.scored == ["00000", "00001"] and not summary.failed
+    assert summary.done == ["00000", "00001"] and not summary.failed
     after = pq.read_table(out / "00000.parquet")
     assert after.num_rows == 4 and after.drop_columns(
         ["re_clip_score", "org_clip_score", "re_clip_truncated", "org_clip_truncated"]
@@ -254,7 +254,7 @@ def test_judge_fills_ratings_on_a_sample_and_survives_bad_replies(tmp_path, capt
         requests = len(server.state.requests)
     rows = pq.read_table(out / "00000.parquet").to_pylist()
     chosen = [r for r in rows if selected(r["key"], 0.5, 1)]
-    assert 0 < len(chosen) < 12 and summary.judged == {"00000": len(chosen)}
+    assert 0 < len(chosen) < 12 and summary.done == ["00000"] and summary.count("judged") == len(chosen)
     assert {1, 2, 6} <= {int(r["org_caption"].split()[3]) for r in chosen}  # the faulty replies are sampled
     for r in rows:
         if r not in chosen:

@@ -15,7 +15,7 @@ from recaption.schema import METADATA_KEY, output_schema
 from recaption.spine.contract import ForeignOutputError, OutputAmongInputsError
 from recaption.spine.errors import RecaptionError
 from recaption.spine.results import ConfigMismatchError
-from recaption.steps.filter import FilterExpressionError
+from recaption.steps.filter import FilterExpressionError, filter_lines
 from recaption.writer import OutputDir
 
 CAPTIONER = {"model": "acme/llava-test-8b", "max_new_tokens": 128, "conditional": False, "seed": 0}
@@ -82,12 +82,12 @@ def test_filter_keeps_matching_rows_into_a_caption_output_folder(output, tmp_pat
     assert pq.read_table(dest / "00000.parquet").to_pylist() == [
         r for r in pq.read_table(output / "00000.parquet").to_pylist() if r["key"] in ("a", "f")
     ]
-    assert [(s.name, s.outcome, s.rows_in, s.rows_kept) for s in summary.shards] == [
+    assert [(s.name, s.outcome, s.counts["rows_in"], s.counts["rows_kept"]) for s in summary.results] == [
         ("00000", "done", 6, 2), ("00001", "done", 2, 0)
     ]
-    assert (summary.rows_in, summary.rows_kept) == (8, 2)
-    assert summary.lines()[0] == "00000: kept 2 of 6 rows"
-    assert summary.lines()[-1].startswith("kept 2 of 8 rows (25.0%) in 2 shards where " + where)
+    assert (summary.count("rows_in"), summary.count("rows_kept")) == (8, 2)
+    assert filter_lines(summary)[0] == "00000: kept 2 of 6 rows"
+    assert filter_lines(summary)[-1].startswith("kept 2 of 8 rows (25.0%) in 2 shards where " + where)
 
     stats = json.loads((dest / "00000_stats.json").read_text())
     assert stats["source"] == str(output / "00000-gone.tar") and stats["tokens_generated"] == 1234
@@ -151,8 +151,8 @@ def test_reruns_skip_shards_filtered_alike_and_refuse_another_condition(output, 
     stamps = {p.name: p.stat().st_mtime_ns for p in dest.glob("0*")}
 
     again = recaption.filter_output(output, " re_clip_score > 25 ", dest)  # the same, spaced
-    assert again.skipped == ["00000", "00001"] and again.filtered == []
-    assert (again.rows_in, again.rows_kept) == (8, 3)
+    assert again.skipped == ["00000", "00001"] and again.done == []
+    assert (again.count("rows_in"), again.count("rows_kept")) == (8, 3)
     assert {p.name: p.stat().st_mtime_ns for p in dest.glob("0*")} == stamps
 
     with pytest.raises(ConfigMismatchError, match="--overwrite") as caught:
@@ -161,12 +161,12 @@ def test_reruns_skip_shards_filtered_alike_and_refuse_another_condition(output, 
     assert keys(dest, "00000") == ["a", "d", "f"]  # untouched
 
     redone = recaption.filter_output(output, "re_clip_score > 30", dest, overwrite=True)
-    assert redone.filtered == ["00000", "00001"] and keys(dest, "00000") == ["d"]
+    assert redone.done == ["00000", "00001"] and keys(dest, "00000") == ["d"]
 
     # A new shard in the source: only it is filtered on the next run.
     write_output(output, "00002", [row("i", 40.0)])
     more = recaption.filter_output(output, "re_clip_score > 30", dest)
-    assert more.filtered == ["00002"] and more.skipped == ["00000", "00001"]
+    assert more.done == ["00002"] and more.skipped == ["00000", "00001"]
 
 
 def test_destination_must_be_another_folder_and_filters_chain(output, tmp_path):
@@ -211,7 +211,7 @@ def test_filter_of_real_caption_output(tmp_path, captioner):
     median = sorted(r["re_length"] for r in rows)[2]
     summary = recaption.filter_output(out, f"status = 'ok' and re_length >= {median}", dest)
     expected = [r["key"] for r in rows if r["re_length"] >= median]
-    assert keys(dest, "00000") == expected and summary.rows_kept == len(expected) >= 3
+    assert keys(dest, "00000") == expected and summary.count("rows_kept") == len(expected) >= 3
     samples = [s.key for s in input_shard(OutputDir(str(dest)), "00000")]  # the images are found
     assert set(expected) <= set(samples)
     assert recaption.stats(dest)["rows"] == len(expected)

@@ -61,6 +61,6 @@ def test_a_folder_on_remote_storage_can_be_scored_after_captioning(tmp_path):
     out = tmp_path / "out"
     recaption.caption(f"memory://{root}", out, max_new_tokens=4)
     summary = recaption.score(out, clip_model="tiny-clip-random")
-    assert summary.scored == ["imgs-00000"] and not summary.failed
+    assert summary.done == ["imgs-00000"] and not summary.failed
     scores = pq.read_table(out / "imgs-00000.parquet").column("re_clip_score").to_pylist()
     assert all(s is not None for s in scores)

@@ -32,11 +32,11 @@ def score_cmd(
     # there (OutputLockedError): user errors, so one line at once, exit 2.
     with console.status("scoring") as status:
         summary = score_output(output, scorer, overwrite, on_shard=lambda name: status.update(f"scoring shard {name}"))
-    console.print(f"scored {len(summary.scored)} shard(s), skipped {len(summary.skipped)} already scored by {clip_model} "
+    console.print(f"scored {len(summary.done)} shard(s), skipped {len(summary.skipped)} already scored by {clip_model} "
                   f"(captions over its text window: {clip_long_text})")
     if scorer.note:  # the built-in shapes-world CLIP: say what its numbers are worth
         console.print(f"[yellow]note:[/yellow] {escape(scorer.note)}", soft_wrap=True)
-    for name, error in summary.failed.items():
+    for name, error in summary.errors.items():
         failed_line(f"{name}: {error}")
     raise typer.Exit(1 if summary.failed else 0)
 
@@ -65,10 +65,10 @@ def judge_cmd(
     # Not caption output (NoOutputError), another run writing there (OutputLockedError): user errors.
     with console.status("judging") as status:
         summary = judge_output(output, config, on_shard=lambda name: status.update(f"judging shard {name}"))
-    console.print(f"judged {sum(summary.judged.values())} row(s) in {len(summary.judged)} shard(s) "
+    console.print(f"judged {summary.count('judged')} row(s) in {len(summary.done)} shard(s) "
                   f"(--fraction {fraction} of the captioned rows, chosen by --seed {seed}); "
                   f"skipped {len(summary.skipped)} already judged", soft_wrap=True)
-    for name, error in summary.failed.items():
+    for name, error in summary.errors.items():
         failed_line(f"{name}: {error}")
     raise typer.Exit(1 if summary.failed else 0)
 

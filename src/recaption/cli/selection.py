@@ -17,10 +17,10 @@ def filter_cmd(
     overwrite: Annotated[bool, typer.Option(help="Redo shards already filtered into the folder (with another --where).")] = False,
 ) -> None:
     """Keep the rows of OUTPUT where a condition holds, shard by shard, into another folder."""
-    from ..steps.filter import filter_output
+    from ..steps.filter import filter_lines, filter_output
 
     summary = filter_output(output, where, destination, overwrite=overwrite)
-    for line in summary.lines():
+    for line in filter_lines(summary):
         console.print(line, soft_wrap=True, markup=False)
 
 
@@ -34,10 +34,10 @@ def export_cmd(
 ) -> None:
     """Write caption output as WebDataset shards ({key}.jpg, .txt, .json with both captions)
     that open_clip, img2dataset readers and `recap caption` take unchanged."""
-    from ..steps.export import export
+    from ..steps.export import export, export_lines
 
     summary = export(output, destination, images=images, caption=caption, seed=seed, overwrite=overwrite)
-    for line in summary.lines():
+    for line in export_lines(summary):
         if "FAILED" in line:
             failed_line(line)
         else:

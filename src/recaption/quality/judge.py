@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pyarrow as pa
 
@@ -23,6 +23,7 @@ from ..engines.openai_engine import OpenAICaptioner, image_data_url
 from ..samples.images import decode_sample
 from ..schema import JUDGE_METADATA_KEY
 from ..spine.ledger import OutputDir
+from ..spine.results import DONE, FAILED, SKIPPED, RunSummary, ShardResult
 from .outputs import (
     caption_rows,
     file_stamp,
@@ -91,21 +92,14 @@ class JudgeConfig:
         return {"model": self.model, "fraction": self.fraction, "seed": self.seed, "prompt": JUDGE_PROMPT}
 
 
-@dataclass
-class JudgeSummary:
-    judged: dict[str, int] = field(default_factory=dict)  # shard -> rows judged
-    skipped: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
-
-
-def judge_output(output: str, config: JudgeConfig, on_shard=None) -> JudgeSummary:
+def judge_output(output: str, config: JudgeConfig, on_shard=None) -> RunSummary:
     """Rate the finished shards of `output`, rewriting each file atomically. Holds the folder's
     lock: no caption run or scorer may rewrite the same files meanwhile."""
-    summary = JudgeSummary()
+    summary = RunSummary(settings=config.stamp())
     judged_already = lambda out, name: file_stamp(out, name, JUDGE_METADATA_KEY) == config.stamp()  # noqa: E731
     with over_finished(output, works_in_caption_output("judge"), finished=judged_already,
                        overwrite=config.overwrite) as (_, out, todo, done):
-        summary.skipped += done
+        summary.results += [ShardResult(name, name, SKIPPED) for name in done]
         if not todo:
             return summary
         client = _client(config)
@@ -136,20 +130,22 @@ def _client(config: JudgeConfig) -> OpenAICaptioner:
 
 
 def _judge_one(client: OpenAICaptioner, out: OutputDir, name: str, config: JudgeConfig,
-               summary: JudgeSummary) -> None:
+               summary: RunSummary) -> None:
     table = read_output(out, name)
     try:
         ratings = _judge_shard(client, input_shard(out, name), table, config)
     except Exception as exc:  # a missing input shard: say which, go on
-        summary.failed[name] = client.redact(f"{type(exc).__name__}: {exc}")
+        error = client.redact(f"{type(exc).__name__}: {exc}")
+        summary.results.append(ShardResult(name, name, FAILED, error=error))
         return
     statuses = [status for by_caption in ratings.values() for _, status in by_caption.values()]
     if statuses and all(status == REQUEST_FAILED for status in statuses):
         # The judge was unreachable, not the captions bad: leave the shard unjudged, to redo.
-        summary.failed[name] = f"all {len(statuses)} judge requests failed; left unjudged"
+        error = f"all {len(statuses)} judge requests failed; left unjudged"
+        summary.results.append(ShardResult(name, name, FAILED, error=error))
         return
     _rewrite(out, name, table, ratings, config.stamp())
-    summary.judged[name] = len(ratings)
+    summary.results.append(ShardResult(name, name, DONE, table.num_rows, counts={"judged": len(ratings)}))
 
 
 def _judge_shard(client: OpenAICaptioner, shard, table: pa.Table, config: JudgeConfig) -> dict[str, dict]:

@@ -11,7 +11,6 @@ that model (resumable, idempotent) and `overwrite` rescores.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import pyarrow as pa
@@ -20,6 +19,7 @@ from ..readers.base import Shard
 from ..samples.images import decode_sample
 from ..schema import SCORE_COLUMNS, SCORES_METADATA_KEY, word_count
 from ..spine.ledger import OutputDir
+from ..spine.results import DONE, FAILED, SKIPPED, RunSummary, ShardResult
 from .clip import ClipScorer
 from .outputs import (
     caption_rows,
@@ -34,13 +34,6 @@ from .outputs import (
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class ScoreSummary:
-    scored: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
-
-
 def score_samples(scorer: ClipScorer, samples: list, pixel_values) -> None:
     """Fill `scores` of each sample from its image (as CLIP pixel values) and its two captions."""
     images = scorer.image_embeddings(pixel_values)
@@ -51,14 +44,14 @@ def score_samples(scorer: ClipScorer, samples: list, pixel_values) -> None:
             sample.scores[f"{prefix}_clip_truncated"] = result.truncated
 
 
-def score_output(output: str, scorer: ClipScorer, overwrite: bool = False, on_shard=None) -> ScoreSummary:
+def score_output(output: str, scorer: ClipScorer, overwrite: bool = False, on_shard=None) -> RunSummary:
     """Score the finished shards of `output`, rewriting each file atomically. Holds the folder's
     lock: no caption run or judge may rewrite the same files meanwhile."""
-    summary = ScoreSummary()
+    summary = RunSummary(settings={"clip_model": scorer.model_name, "clip_long_text": scorer.long_text})
     scored_already = lambda out, name: scored_by(file_stamp(out, name, SCORES_METADATA_KEY), scorer)  # noqa: E731
     with over_finished(output, works_in_caption_output("score"), finished=scored_already,
                        overwrite=overwrite) as (_, out, todo, done):
-        summary.skipped += done
+        summary.results += [ShardResult(name, name, SKIPPED) for name in done]
         for name in todo:
             if on_shard:
                 on_shard(name)
@@ -69,10 +62,10 @@ def score_output(output: str, scorer: ClipScorer, overwrite: bool = False, on_sh
                 scores = _scores_for(scorer, input_shard(out, name), table)
             except Exception as exc:  # a missing or broken input shard: say which, go on
                 log.error("cannot score %s: %s", name, exc)
-                summary.failed[name] = f"{type(exc).__name__}: {exc}"
+                summary.results.append(ShardResult(name, name, FAILED, error=f"{type(exc).__name__}: {exc}"))
                 continue
             _rewrite(out, name, table, scores, {**scorer.provenance(), "scored_at": _now()})
-            summary.scored.append(name)
+            summary.results.append(ShardResult(name, name, DONE, table.num_rows))
     return summary
 
 

@@ -1,5 +1,6 @@
-"""What a run reports, shared by caption, score, judge and download: per-shard outcomes, the
-run's summary and progress hooks. Neutral ground: importing it loads no engine, reader or model."""
+"""What a run reports, one type for every step (caption, download, score, judge, filter, export):
+per-shard outcomes, the run's summary and progress hooks. Neutral ground: importing it loads no
+engine, reader or model."""
 
 from __future__ import annotations
 
@@ -23,14 +24,34 @@ class ShardResult:
     error: str | None = None
     # Seconds by stage (caption: waiting for the loader, generating, writing), when measured.
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    # What the step counts beside rows by status (filter: rows_in, rows_kept; judge: judged).
+    counts: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
 class RunSummary:
     results: list[ShardResult] = field(default_factory=list)
+    settings: dict = field(default_factory=dict)  # what the step was asked (filter: where, from, to)
 
     def by_outcome(self, outcome: str) -> list[ShardResult]:
         return [r for r in self.results if r.outcome == outcome]
+
+    @property
+    def done(self) -> list[str]:
+        return [r.name for r in self.by_outcome(DONE)]
+
+    @property
+    def skipped(self) -> list[str]:
+        return [r.name for r in self.by_outcome(SKIPPED)]
+
+    @property
+    def errors(self) -> dict[str, str]:
+        """Failed shard -> why."""
+        return {r.name: r.error or "" for r in self.failed}
+
+    def count(self, key: str) -> int:
+        """A step's count (`ShardResult.counts`) over every shard, skipped ones included."""
+        return sum(r.counts.get(key, 0) for r in self.results)
 
     @property
     def failed(self) -> list[ShardResult]:

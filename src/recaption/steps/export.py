@@ -39,7 +39,7 @@ import re
 import warnings
 from collections import Counter
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import pyarrow as pa
@@ -53,7 +53,7 @@ from ..spine import __version__
 from ..spine.contract import Step, location, marker_has
 from ..spine.errors import RecaptionError
 from ..spine.ledger import OutputDir, ShardCommit
-from ..spine.results import DONE, FAILED, SKIPPED
+from ..spine.results import DONE, FAILED, SKIPPED, RunSummary, ShardResult
 
 log = logging.getLogger(__name__)
 
@@ -214,67 +214,32 @@ class TarKeys:
 # -- summary ----------------------------------------------------------------------------------------
 
 
-@dataclass
-class ExportedShard:
-    name: str
-    outcome: str  # done | skipped (already exported alike) | failed
-    rows: int = 0
-    exported: int = 0
-    not_exported: dict[str, int] = field(default_factory=dict)
-    tar: str | None = None
-    error: str | None = None
+EXPORTED = "exported"  # a shard result's rows by what happened: exported, or a reason (REASONS) not
 
 
-@dataclass
-class ExportSummary:
-    source: str
-    destination: str
-    caption: str
-    seed: int
-    shards: list[ExportedShard] = field(default_factory=list)
+def not_exported(result: ShardResult | RunSummary) -> dict[str, int]:
+    """Rows left out, by reason (a shard's, or the run's)."""
+    return {k: v for k, v in result.status_counts.items() if k != EXPORTED and v}
 
-    @property
-    def rows(self) -> int:
-        return sum(s.rows for s in self.shards)
 
-    @property
-    def exported(self) -> int:
-        return sum(s.exported for s in self.shards)
-
-    @property
-    def not_exported(self) -> Counter:
-        total: Counter = Counter()
-        for s in self.shards:
-            total.update(s.not_exported)
-        return total
-
-    @property
-    def failed(self) -> dict[str, str]:
-        return {s.name: s.error or "" for s in self.shards if s.outcome == FAILED}
-
-    @property
-    def done(self) -> list[str]:
-        return [s.name for s in self.shards if s.outcome == DONE]
-
-    @property
-    def skipped(self) -> list[str]:
-        return [s.name for s in self.shards if s.outcome == SKIPPED]
-
-    def lines(self) -> list[str]:
-        """What `recap export` prints: one line per shard, then the totals."""
-        lines = []
-        for s in self.shards:
-            if s.outcome == FAILED:
-                lines.append(f"{s.name}: FAILED, nothing exported: {s.error}")
-                continue
-            note = " (already exported)" if s.outcome == SKIPPED else ""
-            lines.append(f"{s.name}: {s.exported} of {s.rows} rows{_reasons(s.not_exported)}{note}")
-        failed = f"; {len(self.failed)} shards FAILED ({', '.join(self.failed)})" if self.failed else ""
-        lines.append(
-            f"exported {self.exported} of {self.rows} rows{_reasons(self.not_exported)} with --caption "
-            f"{self.caption} to {self.destination}{failed}"
-        )
-        return lines
+def export_lines(summary: RunSummary) -> list[str]:
+    """What `recap export` prints: one line per shard, then the totals."""
+    lines = []
+    for r in summary.results:
+        if r.outcome == FAILED:
+            lines.append(f"{r.name}: FAILED, nothing exported: {r.error}")
+            continue
+        note = " (already exported)" if r.outcome == SKIPPED else ""
+        lines.append(f"{r.name}: {r.status_counts.get(EXPORTED, 0)} of {r.counts.get('rows_in', 0)} rows"
+                     f"{_reasons(not_exported(r))}{note}")
+    failed = summary.errors
+    failed = f"; {len(failed)} shards FAILED ({', '.join(failed)})" if failed else ""
+    lines.append(
+        f"exported {summary.status_counts.get(EXPORTED, 0)} of {summary.count('rows_in')} rows"
+        f"{_reasons(not_exported(summary))} with --caption {summary.settings['caption']} to "
+        f"{summary.settings['destination']}{failed}"
+    )
+    return lines
 
 
 def _reasons(counts: dict[str, int]) -> str:
@@ -286,11 +251,13 @@ def _reasons(counts: dict[str, int]) -> str:
 
 
 def export(output: str, destination: str, *, images: list[str] | None = None, caption: str = RECAPTION,
-           seed: int = 0, overwrite: bool = False) -> ExportSummary:
+           seed: int = 0, overwrite: bool = False) -> RunSummary:
     """Write each finished shard of caption output `output` as a WebDataset tar in `destination`.
 
     Holds `destination`'s lock; `output` and the images are only read. A shard whose images
-    cannot be read (input missing) is named in `summary.failed` and the others still export.
+    cannot be read (input missing) is in `summary.failed` (`.errors` says why) and the others
+    still export. Each shard's `status_counts` hold its rows by what happened (`exported`, or the
+    reason it was not), `counts["rows_in"]` the rows read.
     Raises CaptionChoiceError for a `caption` the output has no text column for, ExportError for
     `destination` == `output` or one that holds shards exported otherwise (without
     `overwrite`), NoOutputError when `output` holds no finished shards, InputError when
@@ -301,15 +268,15 @@ def export(output: str, destination: str, *, images: list[str] | None = None, ca
     with src.fs.open(src.parquet(names[0]), "rb") as f:
         choice.check(pq.read_schema(f), f"{output} shard {names[0]}")
     sources = ImageSources(src, images)
-    summary = ExportSummary(location(output), destination, choice.spec, seed)
-    settings = {"caption": choice.spec, "seed": seed, "from": summary.source}
+    settings = {"caption": choice.spec, "seed": seed, "from": location(output)}
+    summary = RunSummary(settings={**settings, "destination": destination})
     inputs = [*(images or []), *recorded_sources(src, names)]  # the images too: never written over
     with over_finished(output, EXPORT, destination=destination, inputs=inputs, settings=lambda _: settings,
                        overwrite=overwrite) as (src, dest, todo, done):
-        summary.shards += [_skipped(dest, name) for name in done]
+        summary.results += [_skipped(dest, name) for name in done]
         for name in todo:
-            summary.shards.append(_export_shard(src, dest, name, choice, seed, sources, settings, images))
-    summary.shards.sort(key=lambda s: s.name)
+            summary.results.append(_export_shard(src, dest, name, choice, seed, sources, settings, images))
+    summary.results.sort(key=lambda r: r.name)
     return summary
 
 
@@ -343,14 +310,17 @@ class ImageSources:
         return same or shards, bool(same)
 
 
-def _skipped(dest: OutputDir, name: str) -> ExportedShard:
+def _skipped(dest: OutputDir, name: str) -> ShardResult:
     try:
         with dest.fs.open(dest.stats(name), "r") as f:
             stats = json.load(f)
     except (FileNotFoundError, json.JSONDecodeError):
         stats = {}
-    return ExportedShard(name, SKIPPED, stats.get("rows", 0), stats.get("exported", 0),
-                         stats.get("not_exported", {}), dest.path(f"{name}.tar"))
+    return _result(name, SKIPPED, stats.get("rows", 0), stats.get(EXPORTED, 0), stats.get("not_exported", {}))
+
+
+def _result(name: str, outcome: str, rows: int, exported: int, reasons: dict[str, int]) -> ShardResult:
+    return ShardResult(name, name, outcome, rows, {EXPORTED: exported, **reasons}, counts={"rows_in": rows})
 
 
 def _row_columns(schema: pa.Schema, choice: CaptionChoice) -> list[str]:
@@ -370,7 +340,7 @@ def _meta(row: dict, key: str, source: str) -> dict:
 
 
 def _export_shard(src: OutputDir, dest: OutputDir, name: str, choice: CaptionChoice, seed: int,
-                  sources: ImageSources, settings: dict, images: list[str] | None) -> ExportedShard:
+                  sources: ImageSources, settings: dict, images: list[str] | None) -> ShardResult:
     tar = dest.path(f"{name}.tar")
     # The ledger's commit: an earlier export of the shard (--overwrite) stays until this one is
     # complete; a failure leaves it as it was.
@@ -429,8 +399,8 @@ def _export_shard(src: OutputDir, dest: OutputDir, name: str, choice: CaptionCho
     except Exception as exc:  # a missing or broken input shard, a changed folder: say which, go on
         commit.abort()
         log.error("cannot export %s: %s", name, exc)
-        return ExportedShard(name, FAILED, error=f"{type(exc).__name__}: {exc}")
-    not_exported = {r: reasons[r] for r in REASONS if reasons[r]}
+        return ShardResult(name, name, FAILED, error=f"{type(exc).__name__}: {exc}")
+    reasons_not = {r: reasons[r] for r in REASONS if reasons[r]}
     stats = {
         "shard": name,
         "output": settings["from"],
@@ -439,7 +409,7 @@ def _export_shard(src: OutputDir, dest: OutputDir, name: str, choice: CaptionCho
         "seed": seed,
         "rows": len(rows),
         "exported": writer.samples,
-        "not_exported": not_exported,
+        "not_exported": reasons_not,
         "caption_sources": dict(sorted(picked_from.items())),
         "mix_fallbacks": fallbacks if choice.column is None else None,
         "keys_renamed": keys.renamed,
@@ -448,4 +418,4 @@ def _export_shard(src: OutputDir, dest: OutputDir, name: str, choice: CaptionCho
     }
     commit.commit(stats, {**settings, "images": images, "samples": writer.samples,
                           "recaption_version": __version__})
-    return ExportedShard(name, DONE, len(rows), writer.samples, not_exported, tar)
+    return _result(name, DONE, len(rows), writer.samples, reasons_not)

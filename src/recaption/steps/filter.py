@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import numpy as np
@@ -35,7 +34,7 @@ from ..quality.outputs import done_shards, over_finished, read_output
 from ..spine.contract import Step, location, marker_has
 from ..spine.errors import RecaptionError
 from ..spine.ledger import OutputDir, ShardCommit
-from ..spine.results import DONE, SKIPPED
+from ..spine.results import DONE, SKIPPED, RunSummary, ShardResult
 
 log = logging.getLogger(__name__)
 
@@ -112,52 +111,20 @@ def matching_rows(table: pa.Table, where: str, con=None, shard: str | None = Non
     return table.take(pa.array(np.sort(kept.to_numpy()), pa.int64()))  # in source order
 
 
-@dataclass
-class FilteredShard:
-    name: str
-    outcome: str  # done | skipped (already filtered with this condition)
-    rows_in: int
-    rows_kept: int
+def filter_lines(summary: RunSummary) -> list[str]:
+    """What `recap filter` prints: one line per shard, then the totals."""
+    lines = []
+    for r in summary.results:
+        note = " (already filtered)" if r.outcome == SKIPPED else ""
+        lines.append(f"{r.name}: kept {r.counts['rows_kept']} of {r.counts['rows_in']} rows{note}")
+    rows_in, kept = summary.count("rows_in"), summary.count("rows_kept")
+    share = f" ({kept / rows_in:.1%})" if rows_in else ""
+    lines.append(f"kept {kept} of {rows_in} rows{share} in {len(summary.results)} shards "
+                 f"where {summary.settings['where']} -> {summary.settings['destination']}")
+    return lines
 
 
-@dataclass
-class FilterSummary:
-    source: str
-    destination: str
-    where: str
-    shards: list[FilteredShard] = field(default_factory=list)
-
-    @property
-    def rows_in(self) -> int:
-        return sum(s.rows_in for s in self.shards)
-
-    @property
-    def rows_kept(self) -> int:
-        return sum(s.rows_kept for s in self.shards)
-
-    @property
-    def filtered(self) -> list[str]:
-        return [s.name for s in self.shards if s.outcome == DONE]
-
-    @property
-    def skipped(self) -> list[str]:
-        return [s.name for s in self.shards if s.outcome == SKIPPED]
-
-    def lines(self) -> list[str]:
-        """What `recap filter` prints: one line per shard, then the totals."""
-        lines = []
-        for s in self.shards:
-            note = " (already filtered)" if s.outcome == SKIPPED else ""
-            lines.append(f"{s.name}: kept {s.rows_kept} of {s.rows_in} rows{note}")
-        share = f" ({self.rows_kept / self.rows_in:.1%})" if self.rows_in else ""
-        lines.append(
-            f"kept {self.rows_kept} of {self.rows_in} rows{share} in {len(self.shards)} shards "
-            f"where {self.where} -> {self.destination}"
-        )
-        return lines
-
-
-def filter_output(output: str, where: str, destination: str, *, overwrite: bool = False) -> FilterSummary:
+def filter_output(output: str, where: str, destination: str, *, overwrite: bool = False) -> RunSummary:
     """Write the rows of each finished shard of `output` where `where` holds into `destination`.
 
     Rows where the condition is NULL are dropped (SQL semantics), as are rows where it is false.
@@ -176,10 +143,10 @@ def filter_output(output: str, where: str, destination: str, *, overwrite: bool 
     settings = lambda name: {"filter": _record(src, name, where, source)}  # noqa: E731
     with over_finished(output, FILTER, destination=destination, settings=settings,
                        overwrite=overwrite) as (src, dest, todo, done):
-        summary = FilterSummary(source, dest.url, where)
-        summary.shards += [_skipped(dest, name) for name in done]
-        summary.shards += [_filter_shard(src, dest, name, where, source, con) for name in todo]
-    summary.shards.sort(key=lambda s: s.name)
+        summary = RunSummary(settings={"where": where, "from": source, "destination": dest.url})
+        summary.results += [_skipped(dest, name) for name in done]
+        summary.results += [_filter_shard(src, dest, name, where, source, con) for name in todo]
+    summary.results.sort(key=lambda r: r.name)
     return summary
 
 
@@ -193,7 +160,7 @@ def _record(src: OutputDir, name: str, where: str, source: str) -> dict:
     return record
 
 
-def _skipped(dest: OutputDir, name: str) -> FilteredShard:
+def _skipped(dest: OutputDir, name: str) -> ShardResult:
     try:
         with dest.fs.open(dest.stats(name), "r") as f:
             record = json.load(f).get("filter") or {}
@@ -203,10 +170,11 @@ def _skipped(dest: OutputDir, name: str) -> FilteredShard:
     if rows_kept is None:
         with dest.fs.open(dest.parquet(name), "rb") as f:
             rows_kept = pq.read_metadata(f).num_rows
-    return FilteredShard(name, SKIPPED, int(rows_in if rows_in is not None else rows_kept), int(rows_kept))
+    counts = {"rows_in": int(rows_in if rows_in is not None else rows_kept), "rows_kept": int(rows_kept)}
+    return ShardResult(name, name, SKIPPED, int(rows_kept), counts=counts)
 
 
-def _filter_shard(src: OutputDir, dest: OutputDir, name: str, where: str, source: str, con) -> FilteredShard:
+def _filter_shard(src: OutputDir, dest: OutputDir, name: str, where: str, source: str, con) -> ShardResult:
     table = read_output(src, name)
     kept = matching_rows(table, where, con, name)
     with src.fs.open(src.stats(name), "r") as f:
@@ -232,4 +200,5 @@ def _filter_shard(src: OutputDir, dest: OutputDir, name: str, where: str, source
         pq.write_table(kept, commit.open("parquet"))
         commit.commit(stats, {**provenance, "filter": record})
     log.info("%s: kept %d of %d rows", name, kept.num_rows, table.num_rows)
-    return FilteredShard(name, DONE, table.num_rows, kept.num_rows)
+    return ShardResult(name, name, DONE, kept.num_rows, dict(statuses or {}),
+                       counts={"rows_in": table.num_rows, "rows_kept": kept.num_rows})
