@@ -49,6 +49,7 @@ def run_caption_command(inputs: list[str], caption_cfg: CaptionConfig, run_cfg: 
 
 
 def caption_cmd(
+    ctx: typer.Context,
     inputs: Annotated[list[str], typer.Argument(help="Tar/parquet shards, folders, globs, {00000..00009} ranges or fsspec URLs.")],
     output: Annotated[str, typer.Option("--output", "-o", help="Output folder (local or fsspec URL).")],
     model: Annotated[str, typer.Option(help="'tiny' (built-in, offline), a local model folder or a hub id.")] = "tiny",
@@ -92,7 +93,8 @@ def caption_cmd(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Caption every image of INPUTS into one Recap-DataComp-1B-schema parquet per shard."""
-    options = {k: v for k, v in locals().items() if k not in ("inputs", "output", "verbose")}
+    # The options as typer parsed them, by name: the one way flags become settings (caption_settings).
+    options = {k: v for k, v in ctx.params.items() if k not in ("inputs", "output", "verbose")}
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
     from ..config import caption_settings
 
