@@ -34,11 +34,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from recaption.captioning.pipeline import CaptionPipeline
 from recaption.config import CaptionConfig, RunConfig
 from recaption.engines.transformers_engine import TransformersCaptioner
 from recaption.models.registry import PAPER_PROMPT
 from recaption.models.tiny import tiny_model_path
-from recaption.pipeline import CaptionPipeline
 from recaption.readers import discover_shards
 from recaption.samples.shards import ShardRecord, bundled_samples, write_webdataset_shard
 

@@ -28,11 +28,11 @@ from pathlib import Path
 import torch
 
 from image_path import jpegs, plain_pillow  # the same JPEGs and plain PIL baseline (benchmarks/)
+from recaption.captioning.pipeline import CaptionPipeline
 from recaption.config import CaptionConfig, RunConfig
 from recaption.engines.base import Generation
 from recaption.engines.transformers_engine import TransformersCaptioner
 from recaption.models.tiny import tiny_model_path
-from recaption.pipeline import CaptionPipeline
 from recaption.readers import discover_shards
 from recaption.samples.shards import ShardRecord, write_webdataset_shard
 

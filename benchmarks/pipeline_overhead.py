@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
+from recaption.captioning.pipeline import CaptionPipeline
 from recaption.config import CaptionConfig, RunConfig
 from recaption.engines.transformers_engine import TransformersCaptioner
-from recaption.pipeline import CaptionPipeline
 from recaption.readers import discover_shards
 from recaption.samples.images import decode_image
 from recaption.samples.shards import ShardRecord, bundled_samples, write_webdataset_shard

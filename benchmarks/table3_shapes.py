@@ -29,8 +29,8 @@ import time
 from datetime import date
 from pathlib import Path
 
+from recaption.captioning.pipeline import CaptionPipeline
 from recaption.config import CaptionConfig, RunConfig
-from recaption.pipeline import CaptionPipeline
 from recaption.readers import discover_shards
 from recaption.shapes import write_shapes_shards
 from recaption.shapes.prompts import prompt_set, write_prompt_shards

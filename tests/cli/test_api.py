@@ -126,3 +126,16 @@ def test_score_reads_the_input_as_caption_did(tmp_path):
     assert result.exit_code == 0, result.output
     scores = pq.read_table(tmp_path / "out" / "photos.parquet").column("re_clip_score").to_pylist()
     assert all(s is not None for s in scores), scores
+
+
+def test_the_api_functions_stay_functions_after_their_packages_load():
+    """A subpackage named like an API function would replace it on first import."""
+    import importlib
+    import pkgutil
+
+    for module in pkgutil.walk_packages(recaption.__path__, "recaption."):
+        if module.name.count(".") == 1:
+            importlib.import_module(module.name)
+    for name in ("caption", "download", "score", "judge", "stats", "report", "filter_output", "export",
+                 "train_clip", "eval_retrieval"):
+        assert callable(getattr(recaption, name)) and not isinstance(getattr(recaption, name), type(recaption)), name

@@ -289,8 +289,8 @@ def test_nothing_is_written_outside_the_output_folder(tmp_path):
 def test_download_output_feeds_webdataset_and_recap_caption(tmp_path, captioner):
     import webdataset as wds
 
+    from recaption.captioning.pipeline import CaptionPipeline
     from recaption.config import RunConfig
-    from recaption.pipeline import CaptionPipeline
     from recaption.readers import discover_shards
 
     with ImageServer() as server:
@@ -386,7 +386,7 @@ def test_the_downloader_loads_no_captioning_code():
     code = (
         "import recaption.downloads.downloader, sys; "
         "print([m for m in sys.modules if m.startswith(("
-        "'recaption.pipeline', 'recaption.engines', 'recaption.batching', 'torch'))])"
+        "'recaption.captioning.pipeline', 'recaption.engines', 'recaption.captioning.batching', 'torch'))])"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]", result.stdout
@@ -428,8 +428,8 @@ def test_recap_caption_reads_a_shard_made_by_img2dataset(tmp_path, captioner):
     """tests/data/img2dataset was written by img2dataset 1.47 itself (benchmarks/img2dataset_fixture.py)."""
     from pathlib import Path
 
+    from recaption.captioning.pipeline import CaptionPipeline
     from recaption.config import RunConfig
-    from recaption.pipeline import CaptionPipeline
     from recaption.readers import discover_shards
 
     fixture = Path(__file__).parent.parent / "data" / "img2dataset"

@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from recaption.captioning.pipeline import CaptionPipeline
 from recaption.config import CaptionConfig, RunConfig, ServerOptions
 from recaption.models.registry import PAPER_PROMPT
-from recaption.pipeline import CaptionPipeline
 from recaption.readers import discover_shards
 
 from ..conftest import write_shards

@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import recaption.engines as engines
+from recaption.captioning.pipeline import DONE, CaptionPipeline
 from recaption.config import CaptionConfig, RunConfig
 from recaption.executors.ray_executor import CaptionWorker, WorkerStopped
-from recaption.pipeline import DONE, CaptionPipeline
 from recaption.readers import discover_shards
 
 from ..conftest import write_shards

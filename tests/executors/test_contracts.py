@@ -48,7 +48,7 @@ ENGINE = EchoEngine
 
 SERIAL_EXECUTOR = '''
 from recaption.executors.base import Executor
-from recaption.pipeline import CaptionPipeline
+from recaption.captioning.pipeline import CaptionPipeline
 
 RAN = []
 

@@ -8,9 +8,9 @@ from dataclasses import replace
 import pyarrow.parquet as pq
 import pytest
 
+from recaption.captioning.pipeline import DONE, FAILED, SKIPPED, CaptionPipeline
 from recaption.config import ExecutorConfig, RunConfig
 from recaption.executors.run import devices_to_use, run_caption
-from recaption.pipeline import DONE, FAILED, SKIPPED, CaptionPipeline
 from recaption.readers import discover_shards
 
 from ..conftest import write_shards

@@ -11,10 +11,10 @@ import time
 
 import pytest
 
+from recaption.captioning.pipeline import DONE, CaptionPipeline
 from recaption.config import ExecutorConfig, RunConfig
 from recaption.downloads import download
 from recaption.executors.run import run_caption
-from recaption.pipeline import DONE, CaptionPipeline
 from recaption.readers import discover_shards
 
 from ..conftest import write_shards

@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from recaption.pipeline import CAPTION
+from recaption.captioning.pipeline import CAPTION
 from recaption.spine import ledger
 from recaption.spine.ledger import OutputDir, ShardCommit, plan, require_same_settings
 from recaption.spine.results import ConfigMismatchError
@@ -315,7 +315,7 @@ def test_crash_point_counts_rows_handed_in_this_process(monkeypatch):
 def test_crash_point_kills_a_caption_writer_mid_shard(tmp_path):
     code = textwrap.dedent(f"""
         from recaption.samples.sample import Sample
-        from recaption.writer import OutputDir, ShardWriter
+        from recaption.captioning.writer import OutputDir, ShardWriter
 
         writer = ShardWriter(OutputDir({str(tmp_path)!r}), "00000", None, {{"model": "a"}})
         for batch in range(5):

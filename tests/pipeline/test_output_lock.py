@@ -11,9 +11,9 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
+from recaption.captioning.writer import OutputDir, ShardWriter
 from recaption.samples.sample import Sample
 from recaption.spine.atomic import OutputLockedError, output_lock, remove_stale_temporaries
-from recaption.writer import OutputDir, ShardWriter
 
 from ..conftest import write_shards
 

@@ -8,10 +8,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import recaption.batching as batching
+import recaption.captioning.batching as batching
+from recaption.captioning.pipeline import DONE, CaptionPipeline
 from recaption.config import CaptionConfig, RunConfig, caption_settings
 from recaption.passes import PassError, named_pass, parse_pass, read_passes_file
-from recaption.pipeline import DONE, CaptionPipeline
 from recaption.readers import discover_shards
 from recaption.schema import output_schema
 from recaption.spine.results import ConfigMismatchError

@@ -5,10 +5,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from recaption.captioning.pipeline import DONE, FAILED, SKIPPED, CaptionPipeline
 from recaption.config import CaptionConfig, RunConfig
 from recaption.engines.transformers_engine import BatchPreparer, TransformersCaptioner
 from recaption.executors.run import run_caption
-from recaption.pipeline import DONE, FAILED, SKIPPED, CaptionPipeline
 from recaption.readers import discover_shards
 from recaption.samples.shards import ShardRecord, write_webdataset_shard
 from recaption.schema import METADATA_KEY, output_schema

@@ -49,8 +49,8 @@ def write_input(path, n: int, shard_id: int = 0) -> list[str]:
 @pytest.fixture(scope="module")
 def captioned(tmp_path_factory, captioner):
     """`recap caption` output of the tiny model on 6 shapes images in 2 shards."""
+    from recaption.captioning.pipeline import CaptionPipeline
     from recaption.config import RunConfig
-    from recaption.pipeline import CaptionPipeline
     from recaption.readers import discover_shards
     from recaption.shapes import write_shapes_shards
 

@@ -117,8 +117,8 @@ def test_score_command_fills_columns_in_place_resumably(tmp_path, captioner, sco
 
     import pyarrow.parquet as pq
 
+    from recaption.captioning.pipeline import CaptionPipeline
     from recaption.config import RunConfig
-    from recaption.pipeline import CaptionPipeline
     from recaption.quality.score import score_output
     from recaption.readers import discover_shards
 
@@ -162,9 +162,9 @@ def test_scoring_in_the_caption_pass_equals_scoring_afterwards(tmp_path, caption
     import pyarrow.parquet as pq
     from typer.testing import CliRunner
 
+    from recaption.captioning.pipeline import CaptionPipeline
     from recaption.cli import app
     from recaption.config import RunConfig
-    from recaption.pipeline import CaptionPipeline
     from recaption.readers import discover_shards
 
     from ..conftest import write_shards
@@ -217,8 +217,8 @@ def test_judge_fills_ratings_on_a_sample_and_survives_bad_replies(tmp_path, capt
 
     import pyarrow.parquet as pq
 
+    from recaption.captioning.pipeline import CaptionPipeline
     from recaption.config import RunConfig
-    from recaption.pipeline import CaptionPipeline
     from recaption.quality.judge import JudgeConfig, judge_output, selected
     from recaption.readers import discover_shards
 
@@ -279,8 +279,8 @@ def test_judge_fills_ratings_on_a_sample_and_survives_bad_replies(tmp_path, capt
 
 @pytest.fixture
 def scored_output(tmp_path, captioner, scorer):
+    from recaption.captioning.pipeline import CaptionPipeline
     from recaption.config import RunConfig
-    from recaption.pipeline import CaptionPipeline
     from recaption.readers import discover_shards
 
     from ..conftest import write_shards
@@ -411,9 +411,9 @@ def test_an_unreachable_judge_leaves_shards_unjudged_and_says_so(tmp_path, capti
     import pyarrow.parquet as pq
     from typer.testing import CliRunner
 
+    from recaption.captioning.pipeline import CaptionPipeline
     from recaption.cli import app
     from recaption.config import RunConfig
-    from recaption.pipeline import CaptionPipeline
     from recaption.readers import discover_shards
 
     from ..conftest import write_shards
@@ -433,10 +433,10 @@ def test_an_unreachable_judge_leaves_shards_unjudged_and_says_so(tmp_path, capti
 
 def test_every_reader_of_flags_takes_them_from_the_one_table():
     """Rows, the schema, passes, stats and the report all read flags.CAPTION_FLAGS."""
+    from recaption.captioning.rows import sample_row
     from recaption.flags import CAPTION_FLAGS
     from recaption.passes import FLAGS, parse_pass
     from recaption.quality import report, stats
-    from recaption.rows import sample_row
     from recaption.samples.sample import Sample
     from recaption.schema import output_schema
 

@@ -16,9 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from recaption.captioning.rows import sample_row
 from recaption.cli import app
 from recaption.quality.clip import ClipScorer
-from recaption.rows import sample_row
 from recaption.samples.sample import Sample
 from recaption.samples.shards import write_webdataset_shard
 from recaption.schema import JUDGE_METADATA_KEY, METADATA_KEY, SCORES_METADATA_KEY, output_schema
@@ -323,8 +323,8 @@ class _Degenerating:
 
 
 def test_degenerate_captions_are_flagged_counted_and_shown(tmp_path, captioner):
+    from recaption.captioning.pipeline import CaptionPipeline
     from recaption.config import RunConfig
-    from recaption.pipeline import CaptionPipeline
     from recaption.readers import discover_shards
 
     shards = write_shards(tmp_path / "in", n_shards=1, per_shard=5)
@@ -446,8 +446,8 @@ def test_report_and_stats_files_are_written_whole_or_not_at_all(scored, tmp_path
 
 def test_slices_of_one_folder_count_as_one_captioner(tmp_path, captioner):
     """Each folder slice's marker records its own files; the captioner is still one."""
+    from recaption.captioning.pipeline import CaptionPipeline
     from recaption.config import CaptionConfig, RunConfig
-    from recaption.pipeline import CaptionPipeline
     from recaption.quality.stats import collect
     from recaption.readers import discover_shards
 

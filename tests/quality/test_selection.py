@@ -10,13 +10,13 @@ import pyarrow.parquet as pq
 import pytest
 
 import recaption
+from recaption.captioning.writer import OutputDir
 from recaption.quality.outputs import done_shards, input_shard, read_output
 from recaption.schema import METADATA_KEY, output_schema
 from recaption.spine.contract import ForeignOutputError, OutputAmongInputsError
 from recaption.spine.errors import RecaptionError
 from recaption.spine.results import ConfigMismatchError
 from recaption.steps.filter import FilterExpressionError, filter_lines
-from recaption.writer import OutputDir
 
 CAPTIONER = {"model": "acme/llava-test-8b", "max_new_tokens": 128, "conditional": False, "seed": 0}
 
@@ -197,8 +197,8 @@ def test_destination_must_be_another_folder_and_filters_chain(output, tmp_path):
 
 def test_filter_of_real_caption_output(tmp_path, captioner):
     """Caption output of the tiny model on a shapes shard: filtered, then read like the original."""
+    from recaption.captioning.pipeline import CaptionPipeline
     from recaption.config import RunConfig
-    from recaption.pipeline import CaptionPipeline
     from recaption.readers import discover_shards
     from recaption.shapes import write_shapes_shards
 

@@ -31,8 +31,8 @@ def tiny_clip():
 @pytest.fixture
 def caption_output(tmp_path, captioner):
     """A finished `recap caption` folder of 6 shapes-world images, not yet scored."""
+    from recaption.captioning.pipeline import CaptionPipeline
     from recaption.config import RunConfig
-    from recaption.pipeline import CaptionPipeline
     from recaption.readers import discover_shards
     from recaption.shapes import write_shapes_shards
 
@@ -130,8 +130,8 @@ def test_score_records_which_model_made_the_columns_and_says_what_tiny_clip_is(c
 
     # A file scored by the old random-weight tiny-clip (stamp without a version) is scored again;
     # one scored by this version is skipped.
+    from recaption.captioning.writer import OutputDir
     from recaption.quality.outputs import rewrite_output
-    from recaption.writer import OutputDir
 
     rewrite_output(
         OutputDir(str(caption_output)), "00000", table, {}, b"recaption_scores", {"clip_model": "tiny-clip"}

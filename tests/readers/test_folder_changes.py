@@ -2,9 +2,9 @@
 
 import pyarrow.parquet as pq
 
+from recaption.captioning.pipeline import CaptionPipeline
 from recaption.config import CaptionConfig, RunConfig
 from recaption.executors.run import run_caption
-from recaption.pipeline import CaptionPipeline
 from recaption.quality.stats import collect
 from recaption.readers import discover_shards
 

@@ -17,9 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from recaption.captioning.pipeline import CaptionPipeline
 from recaption.cli import app
 from recaption.config import CaptionConfig, RunConfig
-from recaption.pipeline import CaptionPipeline
 from recaption.readers import ColumnConfig, Shard, discover_shards, open_shard
 from recaption.samples.sample import Sample
 

@@ -234,8 +234,8 @@ def test_resuming_with_other_data_settings_is_one_line(tmp_path):
 def write_caption_output(out, shard, failed_every=3):
     """A finished `recap caption` shard for the samples of `shard`: every `failed_every`-th row
     failed, the others captioned with a recaption of their own."""
+    from recaption.captioning.rows import sample_row
     from recaption.readers import open_shard
-    from recaption.rows import sample_row
     from recaption.samples.sample import Sample
     from recaption.schema import METADATA_KEY, output_schema
 

@@ -74,7 +74,7 @@ def print_caption_summary(summary, output: str) -> int:
     """The table after `recap caption` (and `run`, `demo`); the exit code: 1 if a shard failed."""
     from rich.markup import escape
 
-    from ..pipeline import DONE, SKIPPED
+    from ..captioning.pipeline import DONE, SKIPPED
 
     table = Table(title="recap caption: summary", show_header=False)
     table.add_row("shards done", str(len(summary.by_outcome(DONE))))
@@ -105,8 +105,8 @@ def print_download_summary(summary, config) -> int:
     """The table after `recap download` (and `run`); the exit code: 1 if a shard failed."""
     from rich.markup import escape
 
+    from ..captioning.pipeline import DONE, SKIPPED
     from ..downloads.outcomes import BLOCKED_ADDRESS
-    from ..pipeline import DONE, SKIPPED
     from ..redact import redact
 
     table = Table(title="recap download: summary", show_header=False)

@@ -27,7 +27,7 @@ class Executor:
         self.progress = progress or Progress()
 
     def run(self, shards: list[Shard]) -> RunSummary:
-        from ..pipeline import plan_shards  # the caption step; a download never loads it
+        from ..captioning.pipeline import plan_shards  # the caption step; a download never loads it
 
         todo, done = plan_shards(shards, self.caption, self.run_config)
         summary = RunSummary([ShardResult(s.name, s.source, SKIPPED) for s in done])

@@ -14,8 +14,8 @@ import queue
 import traceback
 from dataclasses import replace
 
+from ..captioning.pipeline import CaptionPipeline
 from ..config import CaptionConfig, RunConfig
-from ..pipeline import CaptionPipeline
 from ..readers import Shard
 from ..spine.results import FAILED, Progress, ShardResult
 

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 class LocalExecutor(Executor):
     def _execute(self, todo: list[Shard]) -> list[ShardResult]:
-        from ..pipeline import CaptionPipeline
+        from ..captioning.pipeline import CaptionPipeline
         from .run import devices_to_use
 
         caption = self.caption

@@ -61,7 +61,7 @@ class CaptionWorker:
     def __init__(self, caption: CaptionConfig, run: RunConfig, loader_workers: int | None):
         import multiprocessing as mp
 
-        from ..pipeline import CaptionPipeline
+        from ..captioning.pipeline import CaptionPipeline
 
         if loader_workers is None:  # one loader process per CPU Ray gave this actor
             import ray

@@ -3,8 +3,8 @@ the output contract, then the executor named by --executor (see executors/__init
 
 from __future__ import annotations
 
+from ..captioning.pipeline import CAPTION
 from ..config import CaptionConfig, ExecutorConfig, RunConfig
-from ..pipeline import CAPTION
 from ..readers import Shard, input_locations
 from ..readers.changes import forget_vanished_slices
 from ..spine.contract import open_output

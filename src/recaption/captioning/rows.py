@@ -5,10 +5,10 @@ rows written (pipeline._ShardInProgress), not computed again."""
 
 from __future__ import annotations
 
-from .flags import CAPTION_FLAGS
-from .passes import CaptionPass, default_pass
-from .samples.sample import Sample
-from .schema import word_count
+from ..flags import CAPTION_FLAGS
+from ..passes import CaptionPass, default_pass
+from ..samples.sample import Sample
+from ..schema import word_count
 
 
 def sample_row(sample: Sample, passes: list[CaptionPass] | None = None) -> dict:

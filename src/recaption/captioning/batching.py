@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .readers import Shard, ShardError
-from .samples.images import decode_sample
-from .samples.sample import Sample
+from ..readers import Shard, ShardError
+from ..samples.images import decode_sample
+from ..samples.sample import Sample
 
 log = logging.getLogger(__name__)
 

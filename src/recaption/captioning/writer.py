@@ -15,10 +15,10 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..samples.sample import Sample
+from ..schema import METADATA_KEY, output_schema
+from ..spine.ledger import OutputDir, ShardCommit, rows_handed
 from .rows import sample_row
-from .samples.sample import Sample
-from .schema import METADATA_KEY, output_schema
-from .spine.ledger import OutputDir, ShardCommit, rows_handed
 
 __all__ = ["OutputDir", "ShardWriter"]
 

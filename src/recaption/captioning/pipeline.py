@@ -16,19 +16,19 @@ from dataclasses import asdict, is_dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
-from .config import CaptionConfig, RunConfig
-from .engines import make_engine
-from .engines.base import Engine
-from .passes import CONDITIONAL, FLAGS, CaptionPass, Decoding
-from .readers import Shard
-from .readers.changes import input_change, input_provenance
-from .samples.images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
-from .samples.sample import CAPTION_ERROR, OK, Sample
-from .schema import SCORES_METADATA_KEY
-from .spine import __version__
-from .spine.contract import Step, marker_has
-from .spine.ledger import OutputDir, plan
-from .spine.results import DONE, FAILED, SKIPPED, Progress, RunSummary, ShardResult
+from ..config import CaptionConfig, RunConfig
+from ..engines import make_engine
+from ..engines.base import Engine
+from ..passes import CONDITIONAL, FLAGS, CaptionPass, Decoding
+from ..readers import Shard
+from ..readers.changes import input_change, input_provenance
+from ..samples.images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
+from ..samples.sample import CAPTION_ERROR, OK, Sample
+from ..schema import SCORES_METADATA_KEY
+from ..spine import __version__
+from ..spine.contract import Step, marker_has
+from ..spine.ledger import OutputDir, plan
+from ..spine.results import DONE, FAILED, SKIPPED, Progress, RunSummary, ShardResult
 from .writer import ShardWriter
 
 if TYPE_CHECKING:
@@ -233,7 +233,7 @@ class CaptionPipeline:
         run = self.run_config
         score_pixels = None
         if run.clip_model:
-            from .quality.scorers import make_scorer
+            from ..quality.scorers import make_scorer
 
             self.scorer = make_scorer(run.clip_model, device=self.caption.device,
                                       long_text=run.clip_long_text)
@@ -331,7 +331,7 @@ class CaptionPipeline:
             decoding = p.decoding(self.caption.max_new_tokens, seed)
             tokens += self._generate_into(ok, batch.inputs[p.name], p.column, decoding)
         if batch.score_inputs is not None:
-            from .quality.score import score_samples
+            from ..quality.score import score_samples
 
             score_samples(self.scorer, ok, batch.score_inputs)  # after captioning: rows that failed stay null
         return tokens, time.perf_counter() - started
