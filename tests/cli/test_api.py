@@ -138,4 +138,5 @@ def test_the_api_functions_stay_functions_after_their_packages_load():
             importlib.import_module(module.name)
     for name in ("caption", "download", "score", "judge", "stats", "report", "filter_output", "export",
                  "train_clip", "eval_retrieval"):
-        assert callable(getattr(recaption, name)) and not isinstance(getattr(recaption, name), type(recaption)), name
+        function = getattr(recaption, name)
+        assert callable(function) and not isinstance(function, type(recaption)), name
