@@ -98,9 +98,10 @@ def report(output: PathLike, report: PathLike | None = None, gallery: int = 24, 
     """Write the self-contained HTML report of the caption output folder `output` to `report`
     (`recap report OUTPUT -o REPORT`; default `{output}/report.html`); returns its path."""
     from .quality.report import write_report
+    from .spine.contract import REPORT_NAME
 
     output = os.fspath(output)
-    path = os.fspath(report) if report is not None else f"{output.rstrip('/')}/report.html"
+    path = os.fspath(report) if report is not None else f"{output.rstrip('/')}/{REPORT_NAME}"
     write_report(output, path, gallery, seed)
     return path
 

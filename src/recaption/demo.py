@@ -18,10 +18,11 @@ from .config import CaptionConfig, RunConfig
 from .samples.shards import ShardRecord, write_webdataset_shard
 from .shapes import ShapesWorld
 from .shapes.world import only_shapes_shards
-from .spine.contract import Step, open_output
+from .spine.contract import Step, holds_only, open_output
 
 DEMO_SEED, DEMO_START, DEMO_IMAGES = 0, 700_000, 8  # a range no training split used
-DEMO_SHARDS = Step("demo", recognise=only_shapes_shards, always_recognise=True)
+DEMO = Step("demo", recognise=holds_only("shards", "captions"), always_recognise=True)
+DEMO_SHARDS = Step("demo-shards", recognise=only_shapes_shards, always_recognise=True)
 
 # Captions INPUTS with these settings and returns an exit code (0 ok, 1 a shard failed, 2 refused).
 CaptionCommand = Callable[[list[str], CaptionConfig, RunConfig], int]
@@ -58,12 +59,13 @@ def build_demo_shard(folder: Path) -> Path:
 def run_demo(output: Path, console: Console, rows: int = 5, *, caption: CaptionCommand) -> int:
     """Write the sample shard under OUTPUT/shards, caption it into OUTPUT/captions with the
     built-in captioner, and print the first ROWS rows beside the truth; the exit code."""
-    shard = build_demo_shard(output / "shards")
-    out_dir = output / "captions"
-    console.print(f"sample shard: {shard}")
-    code = caption(
-        [str(shard)], CaptionConfig(model="tiny"), RunConfig(output=str(out_dir), overwrite=True)
-    )
+    with open_output(str(output), DEMO):  # a demo folder holds shards/ and captions/, nothing else
+        shard = build_demo_shard(output / "shards")
+        out_dir = output / "captions"
+        console.print(f"sample shard: {shard}")
+        code = caption(
+            [str(shard)], CaptionConfig(model="tiny"), RunConfig(output=str(out_dir), overwrite=True)
+        )
     parquet = out_dir / "00000.parquet"
     if not parquet.exists():
         return code or 1

@@ -397,3 +397,64 @@ def test_the_demo_never_writes_over_a_shard_it_did_not_make(tmp_path):
     (tmp_path / "demo" / "shards" / "00000.tar").write_text("my precious shard")
     one_error_line(recap("demo", "-o", tmp_path / "demo"), "shards holds files recaption did not write")
     assert (tmp_path / "demo" / "shards" / "00000.tar").read_text() == "my precious shard"
+
+
+def copied(captioned, tmp_path, name="captions"):
+    import shutil
+
+    shutil.copytree(captioned / "captions", tmp_path / name)
+    return tmp_path / name
+
+
+def test_a_report_or_stats_file_never_replaces_a_shard_or_another_kind_of_file(captioned, tmp_path):
+    out = copied(captioned, tmp_path)
+    before = (out / "00000.parquet").read_bytes()
+    one_error_line(recap("report", out, "-o", out / "00000.parquet"), "written to a .html or .htm file")
+    one_error_line(recap("stats", out, "-o", out / "00000_stats.json"), "choose another file")
+    (tmp_path / "notes.txt").write_text("mine")
+    one_error_line(recap("report", out, "-o", tmp_path / "notes.txt"), "choose another file name")
+    assert (out / "00000.parquet").read_bytes() == before and (tmp_path / "notes.txt").read_text() == "mine"
+    import recaption
+
+    assert recaption.report(out) == f"{out}/report.html"  # beside the shards: still a caption folder
+    again = recap("caption", captioned / "images", "-o", out, "--model", "tiny")
+    assert again.exit_code == 0, again.output
+
+
+def test_run_and_demo_folders_hold_nothing_else(captioned, tmp_path):
+    (tmp_path / "meta").mkdir()
+    (tmp_path / "meta" / "urls.txt").write_text("ftp://example.org/a.jpg\n")
+    one_error_line(
+        recap("run", tmp_path / "meta" / "urls.txt", "-o", tmp_path / "meta"), "contains the input"
+    )
+    out = copied(captioned, tmp_path)
+    one_error_line(
+        recap("run", tmp_path / "meta" / "urls.txt", "-o", out), "holds the output of `recap caption`"
+    )
+    one_error_line(recap("demo", "-o", out), "holds the output of `recap caption`")
+    assert not (out / "images").exists() and not (out / "shards").exists()
+
+
+def test_a_broken_shard_fails_alone_in_filter_and_score_and_is_one_line_in_stats(captioned, tmp_path):
+    out = copied(captioned, tmp_path)
+    (out / "00001.parquet").write_bytes(b"not parquet")
+    result = recap("filter", out, "--where", "true", "-o", tmp_path / "kept")
+    assert result.exit_code == 1 and "00001: FAILED" in result.output and "Traceback" not in result.output
+    assert (tmp_path / "kept" / "00000.done").exists() and not (tmp_path / "kept" / "00001.done").exists()
+    (out / "00001.parquet").unlink()
+    scored = recap("score", out, "--clip-model", "tiny-clip")
+    assert scored.exit_code == 1 and "00001" in scored.output and "cannot write" not in scored.output, (
+        scored.output
+    )
+    one_error_line(recap("stats", out), "shard 00001 is marked finished but its parquet cannot be read")
+
+
+def test_a_folder_of_another_command_is_no_caption_output(captioned, tmp_path):
+    out = copied(captioned, tmp_path)
+    assert recap("export", out, "-o", tmp_path / "wds").exit_code == 0
+    for args in (
+        ("export", tmp_path / "wds", "-o", tmp_path / "again"),
+        ("stats", tmp_path / "wds"),
+        ("filter", tmp_path / "wds", "--where", "true", "-o", tmp_path / "f"),
+    ):
+        one_error_line(recap(*args), "holds the output of `recap export`, not caption output")

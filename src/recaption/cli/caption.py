@@ -12,6 +12,8 @@ from rich.table import Table
 
 from ..config import CaptionConfig, ExecutorConfig, RunConfig
 from ..models.registry import CONDITIONAL_PROMPT, MODEL_FAMILIES, PAPER_PROMPT
+from ..readers import pattern_places
+from ..spine.contract import Step, holds_only, open_output
 from ..spine.errors import RecaptionError
 from .common import clear_error, console, error_line, exit_code_of, print_caption_summary
 from .download import run_download_command
@@ -104,6 +106,9 @@ def caption_cmd(
     raise typer.Exit(code)
 
 
+RUN = Step("run", recognise=holds_only("images", "captions"), always_recognise=True)
+
+
 def run_cmd(
     inputs: Annotated[list[str], typer.Argument(help="URL metadata (parquet, csv, tsv, jsonl, txt; .gz too).")],
     output: Annotated[str, typer.Option("--output", "-o", help="Run folder: images/ (shards) and captions/ go inside.")],
@@ -134,11 +139,14 @@ def run_cmd(
         executor_cfg = ExecutorConfig(executor=executor, ray_address=ray_address)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    code = run_download_command(inputs, download_cfg, executor, ray_address)
-    if code == 2:
-        raise typer.Exit(code)
-    caption_code = run_caption_command([f"{base}/images"], caption_cfg, RunConfig(output=f"{base}/captions"),
-                                       executor_cfg=executor_cfg)
+    # The run folder itself through the output contract: not among the inputs, and holding
+    # nothing but a run's images/ and captions/ (never an export's or a caption folder).
+    with open_output(base, RUN, pattern_places(inputs)):
+        code = run_download_command(inputs, download_cfg, executor, ray_address)
+        if code == 2:
+            raise typer.Exit(code)
+        caption_code = run_caption_command([f"{base}/images"], caption_cfg, RunConfig(output=f"{base}/captions"),
+                                           executor_cfg=executor_cfg)
     raise typer.Exit(max(code, caption_code))
 
 

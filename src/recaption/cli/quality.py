@@ -102,13 +102,13 @@ def stats_cmd(
     from rich.markup import escape
 
     from ..quality.stats import PAPER, collect, comparison, count, fmt, pct, rounded
-    from ..spine.atomic import write_to_url_atomic
+    from ..spine.contract import write_file_output
 
     stats = collect(output)  # NoOutputError: a user error
     summary = stats.summary(digits=None)  # exact; the JSON is rounded to 4 decimals, the table to 2
     text = json.dumps({**rounded(summary), "paper": PAPER}, indent=2)
     if save:
-        write_to_url_atomic(save, text + "\n")
+        write_file_output(save, text + "\n", what="stats export", suffixes=(".json",), inputs=[output])
     if as_json:
         print(text)
         return

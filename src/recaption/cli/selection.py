@@ -21,7 +21,11 @@ def filter_cmd(
 
     summary = filter_output(output, where, destination, overwrite=overwrite)
     for line in filter_lines(summary):
-        console.print(line, soft_wrap=True, markup=False)
+        if "FAILED" in line:
+            failed_line(line)
+        else:
+            console.print(line, soft_wrap=True, markup=False)
+    raise typer.Exit(1 if summary.failed else 0)
 
 
 def export_cmd(

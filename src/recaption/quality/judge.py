@@ -131,8 +131,8 @@ def _client(config: JudgeConfig) -> OpenAICaptioner:
 
 def _judge_one(client: OpenAICaptioner, out: OutputDir, name: str, config: JudgeConfig,
                summary: RunSummary) -> None:
-    table = read_output(out, name)
     try:
+        table = read_output(out, name)
         ratings = _judge_shard(client, input_shard(out, name), table, config)
     except Exception as exc:  # a missing input shard: say which, go on
         error = client.redact(f"{type(exc).__name__}: {exc}")

@@ -15,7 +15,7 @@ from ..readers import ColumnConfig, discover_shards, open_shard
 from ..readers.base import Shard
 from ..readers.changes import input_change
 from ..spine.atomic import open_atomic
-from ..spine.contract import Step, marker_has, open_output
+from ..spine.contract import Step, marker_has, open_output, read_stamp
 from ..spine.errors import RecaptionError
 from ..spine.ledger import OutputDir, plan
 
@@ -46,14 +46,17 @@ def over_finished(output: str, step: Step, *, destination: str | None = None, in
 
 def file_stamp(out: OutputDir, name: str, key: bytes) -> dict:
     """What an earlier step recorded in a shard file's metadata under `key`, read from its footer."""
-    with out.fs.open(out.parquet(name), "rb") as f:
-        return json.loads((pq.read_schema(f).metadata or {}).get(key, b"{}"))
+    try:
+        with out.fs.open(out.parquet(name), "rb") as f:
+            return json.loads((pq.read_schema(f).metadata or {}).get(key, b"{}"))
+    except (OSError, pa.ArrowInvalid, ValueError):  # gone or broken: not done; its work says why
+        return {}
 
 
 def works_in_caption_output(name: str) -> Step:
     """The contract's view of a step that rewrites finished caption output in place (score,
     judge): it works in folders `recap caption` or `recap filter` made, and creates none."""
-    return Step(name, adopts=("caption", "filter"), recognise=marker_has("model"), creates=False)
+    return Step(name, adopts=CAPTION_OUTPUT, recognise=marker_has("model"), creates=False)
 
 
 class NoOutputError(RecaptionError, ValueError):
@@ -64,8 +67,18 @@ class InputChangedError(RecaptionError, ValueError):
     """A shard's input images are no longer what was captioned."""
 
 
+CAPTION_OUTPUT = ("caption", "filter")  # the steps whose folders hold caption output
+
+
 def done_shards(out: OutputDir) -> list[str]:
-    """Names of the finished shards in a `recap caption` output folder; an error if there are none."""
+    """Names of the finished shards in a `recap caption` output folder; an error if there are none,
+    or if the folder's stamp says another command made it (a download's or an export's)."""
+    stamp = read_stamp(out)
+    if stamp is not None and stamp["step"] not in CAPTION_OUTPUT:
+        raise NoOutputError(
+            f"{out.url} holds the output of `recap {stamp['step']}`, not caption output: give a folder "
+            "that `recap caption` or `recap filter` wrote"
+        )
     names = sorted(path.rsplit("/", 1)[-1][: -len(".done")] for path in out.fs.glob(out.path("*.done")))
     if not names:
         raise NoOutputError(
@@ -89,9 +102,26 @@ def recorded_sources(out: OutputDir, names: list[str]) -> list[str]:
     return list(dict.fromkeys(sources))
 
 
-def read_output(out: OutputDir, name: str, columns: list[str] | None = None) -> pa.Table:
-    with out.fs.open(out.parquet(name), "rb") as f:
-        return pq.read_table(f, columns=columns)
+class BrokenShardError(RecaptionError, ValueError):
+    """A finished shard's parquet is missing or unreadable (truncated, not parquet)."""
+
+
+def read_output(out: OutputDir, name: str, columns: list[str] | None = None, *,
+                present_only: bool = False) -> pa.Table:
+    """A finished shard's rows (`columns` only; with `present_only`, those of them it has).
+    BrokenShardError, naming the shard and the fix, when its file is gone or unreadable."""
+    try:
+        with out.fs.open(out.parquet(name), "rb") as f:
+            if present_only and columns is not None:
+                names = pq.read_schema(f).names
+                columns = [c for c in columns if c in names]
+            return pq.read_table(f, columns=columns)
+    except (OSError, pa.ArrowInvalid) as exc:
+        said = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise BrokenShardError(
+            f"{out.url}: shard {name} is marked finished but its parquet cannot be read ({said}); caption "
+            f"it again (recap caption ... --overwrite) or delete {name}.done"
+        ) from None
 
 
 def caption_rows(table: pa.Table) -> dict[str, dict]:

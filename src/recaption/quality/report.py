@@ -27,7 +27,7 @@ from importlib import resources
 
 from ..flags import PAPER_FLAG_COLUMNS, is_degenerate
 from ..samples.images import decode_sample
-from ..spine.atomic import write_to_url_atomic
+from ..spine.contract import write_file_output
 from ..spine.errors import RecaptionError
 from ..spine.ledger import OutputDir
 from .outputs import done_shards, input_shard, read_output
@@ -301,5 +301,7 @@ def render_report(
 
 
 def write_report(output: str, path: str, gallery_size: int = 24, seed: int = 0) -> None:
-    """Render and write the report to a local path or fsspec URL, atomically."""
-    write_to_url_atomic(path, render_report(output, gallery_size, seed))
+    """Render and write the report to a local path or fsspec URL (an .html file), atomically,
+    through the output contract's file rules (never over a shard or another kind of file)."""
+    html = render_report(output, gallery_size, seed)
+    write_file_output(path, html, what="report", suffixes=(".html", ".htm"), inputs=[output])

@@ -57,8 +57,8 @@ def score_output(output: str, scorer: ClipScorer, overwrite: bool = False, on_sh
                 on_shard(name)
             if scorer.model is None:
                 scorer.setup()
-            table = read_output(out, name)
             try:
+                table = read_output(out, name)
                 scores = _scores_for(scorer, input_shard(out, name), table)
             except Exception as exc:  # a missing or broken input shard: say which, go on
                 log.error("cannot score %s: %s", name, exc)

@@ -25,12 +25,10 @@ import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 
-import pyarrow.parquet as pq
-
 from ..flags import PAPER_FLAG_COLUMNS, is_degenerate
 from ..schema import INPUT_FINGERPRINT, JUDGE_METADATA_KEY, METADATA_KEY, SCORES_METADATA_KEY
 from ..spine.ledger import OutputDir
-from .outputs import done_shards
+from .outputs import done_shards, read_output
 
 COLUMNS = [
     "key",
@@ -277,9 +275,8 @@ def collect(output: str) -> OutputStats:
     out = OutputDir(output)
     stats = OutputStats()
     for name in done_shards(out):
-        with out.fs.open(out.parquet(name), "rb") as f:
-            schema = pq.read_schema(f)
-            table = pq.read_table(f, columns=[c for c in COLUMNS if c in schema.names])
+        table = read_output(out, name, COLUMNS, present_only=True)
+        schema = table.schema
         stats.shards += 1
         rows = table.to_pylist()
         ok = [r for r in rows if r["status"] == "ok"]

@@ -31,9 +31,16 @@ from dataclasses import dataclass, field
 
 from fsspec.core import url_to_fs
 
-from .atomic import LOCK_NAME, is_temporary, output_lock, remove_stale_temporaries, write_json_atomic
+from .atomic import (
+    LOCK_NAME,
+    is_temporary,
+    output_lock,
+    remove_stale_temporaries,
+    write_json_atomic,
+    write_to_url_atomic,
+)
 from .errors import RecaptionError
-from .ledger import MARKER_SUFFIX, OutputDir, commits_in
+from .ledger import MARKER_SUFFIX, STATS_SUFFIX, OutputDir, commits_in
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +141,7 @@ def refuse_among_inputs(output: str, inputs: Iterable[str]) -> None:
 
 
 _OURS = (STAMP_NAME, LOCK_NAME, f"{LOCK_NAME}.excl")
+REPORT_NAME = "report.html"  # `recaption.report(OUT)` writes it beside the shards: still our folder
 
 
 def _entries(out: OutputDir) -> list[str]:
@@ -147,7 +155,7 @@ def _entries(out: OutputDir) -> list[str]:
 def _not_ours(names: list[str]) -> list[str]:
     """What a folder holds beside our stamp, lock and our own temporaries: a user's `draft.tmp`
     or `.git` counts (never adopted, never removed)."""
-    return [n for n in names if n not in _OURS and not is_temporary(n)]
+    return [n for n in names if n not in (*_OURS, REPORT_NAME) and not is_temporary(n)]
 
 
 def read_stamp(out: OutputDir) -> dict | None:
@@ -176,6 +184,16 @@ def marker_has(*keys: str, without: tuple[str, ...] = ()) -> Callable[[OutputDir
     def recognise(out: OutputDir) -> bool:
         marker = first_marker(out)
         return marker is not None and all(k in marker for k in keys) and not any(k in marker for k in without)
+
+    return recognise
+
+
+def holds_only(*names: str) -> Callable[[OutputDir], bool]:
+    """A `Step.recognise` for a folder of folders (`recap run`: images/ and captions/): it holds
+    nothing but these."""
+
+    def recognise(out: OutputDir) -> bool:
+        return set(_not_ours(_entries(out))) <= set(names)
 
     return recognise
 
@@ -248,6 +266,8 @@ def _about_output(exc: OSError, root: str) -> bool:
     here = os.path.abspath(root)
     if not names:  # a write on an open file: full disks and read-only mounts say no name
         return exc.errno in (*_FULL, errno.EROFS) and _disk_says(here, exc.errno)
+    if exc.errno == errno.ENOENT and all(os.path.isdir(os.path.dirname(n)) for n in names):
+        return False  # a file that is not there was read (a shard's parquet gone): not the disk's fault
     missing = not os.path.exists(here)
     return any(n == here or _inside(n, here) or (missing and _inside(here, n) and not os.path.exists(n))
                or (missing and n == _existing_parent(here)) for n in names)
@@ -361,6 +381,34 @@ def open_output(url: str, step: Step, inputs: Iterable[str] = (), *,
                     remove_stale_temporaries(out.fs, out.root)
                 except OSError as exc:
                     log.warning("%s: temporaries not removed (%s)", url, exc)
+
+
+def write_file_output(url: str, data: bytes | str, *, what: str, suffixes: tuple[str, ...],
+                      inputs: Iterable[str] = ()) -> None:
+    """One file a command writes (a report, a stats export), through the same rules as folders:
+    never a folder, special file or input; never a file of another kind (`suffixes`: a report is
+    `.html`) or one the ledger keeps (a shard's stats, marker, stamp); OS errors as one line."""
+    with output_errors(url):
+        place = location(url)
+        name = place.rstrip("/").rsplit("/", 1)[-1]
+        for given in inputs:
+            if place == location(given) or _inside(place, location(given)) and _ledger_file(name):
+                raise OutputAmongInputsError(
+                    f"{url} would overwrite a file of the input {given}; choose another file"
+                )
+        if not name.lower().endswith(suffixes) or _ledger_file(name):
+            raise OutputError(f"{url}: a {what} is written to a {' or '.join(suffixes)} file of its own; "
+                              "choose another file name")
+        fs, path = url_to_fs(url)
+        if fs.exists(path) and not fs.isfile(path):
+            raise OutputError(f"{url} is a folder or a special file, not a file: choose another file name")
+        if _is_local(fs) and os.path.exists(path) and not os.path.isfile(path):
+            raise OutputError(f"{url} is not a regular file: choose another file name")
+        write_to_url_atomic(url, data)
+
+
+def _ledger_file(name: str) -> bool:
+    return name.endswith((MARKER_SUFFIX, STATS_SUFFIX)) or name in _OURS or is_temporary(name)
 
 
 def _stamp(out: OutputDir, step: Step) -> None:

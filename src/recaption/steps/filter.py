@@ -30,11 +30,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..quality.outputs import done_shards, over_finished, read_output
+from ..quality.outputs import BrokenShardError, done_shards, over_finished, read_output
 from ..spine.contract import Step, location, marker_has
 from ..spine.errors import RecaptionError
 from ..spine.ledger import OutputDir, ShardCommit
-from ..spine.results import DONE, SKIPPED, RunSummary, ShardResult
+from ..spine.results import DONE, FAILED, SKIPPED, RunSummary, ShardResult
 
 log = logging.getLogger(__name__)
 
@@ -115,12 +115,16 @@ def filter_lines(summary: RunSummary) -> list[str]:
     """What `recap filter` prints: one line per shard, then the totals."""
     lines = []
     for r in summary.results:
+        if r.outcome == FAILED:
+            lines.append(f"{r.name}: FAILED, nothing filtered: {r.error}")
+            continue
         note = " (already filtered)" if r.outcome == SKIPPED else ""
         lines.append(f"{r.name}: kept {r.counts['rows_kept']} of {r.counts['rows_in']} rows{note}")
     rows_in, kept = summary.count("rows_in"), summary.count("rows_kept")
     share = f" ({kept / rows_in:.1%})" if rows_in else ""
+    failed = f"; {len(summary.failed)} shards FAILED ({', '.join(summary.errors)})" if summary.failed else ""
     lines.append(f"kept {kept} of {rows_in} rows{share} in {len(summary.results)} shards "
-                 f"where {summary.settings['where']} -> {summary.settings['destination']}")
+                 f"where {summary.settings['where']} -> {summary.settings['destination']}{failed}")
     return lines
 
 
@@ -175,7 +179,11 @@ def _skipped(dest: OutputDir, name: str) -> ShardResult:
 
 
 def _filter_shard(src: OutputDir, dest: OutputDir, name: str, where: str, source: str, con) -> ShardResult:
-    table = read_output(src, name)
+    try:
+        table = read_output(src, name)
+    except BrokenShardError as exc:  # that shard fails, the others are filtered
+        log.error("%s", exc)
+        return ShardResult(name, name, FAILED, error=str(exc))
     kept = matching_rows(table, where, con, name)
     with src.fs.open(src.stats(name), "r") as f:
         stats = json.load(f)
