@@ -10,6 +10,16 @@ import typer
 from .common import console, failed_line
 
 
+def print_lines(lines: list[str], summary) -> int:
+    """A step's lines, FAILED ones in red; the exit code (1 when a shard failed)."""
+    for line in lines:
+        if "FAILED" in line:
+            failed_line(line)
+        else:
+            console.print(line, soft_wrap=True, markup=False)
+    return 1 if summary.failed else 0
+
+
 def filter_cmd(
     output: Annotated[str, typer.Argument(help="A `recap caption` output folder.")],
     where: Annotated[str, typer.Option(help="SQL condition over the columns, e.g. \"re_clip_score > 25 and not re_degenerate\" (DuckDB; rows where it is NULL are dropped).")],
@@ -20,12 +30,7 @@ def filter_cmd(
     from ..steps.filter import filter_lines, filter_output
 
     summary = filter_output(output, where, destination, overwrite=overwrite)
-    for line in filter_lines(summary):
-        if "FAILED" in line:
-            failed_line(line)
-        else:
-            console.print(line, soft_wrap=True, markup=False)
-    raise typer.Exit(1 if summary.failed else 0)
+    raise typer.Exit(print_lines(filter_lines(summary), summary))
 
 
 def export_cmd(
@@ -41,9 +46,4 @@ def export_cmd(
     from ..steps.export import export, export_lines
 
     summary = export(output, destination, images=images, caption=caption, seed=seed, overwrite=overwrite)
-    for line in export_lines(summary):
-        if "FAILED" in line:
-            failed_line(line)
-        else:
-            console.print(line, soft_wrap=True, markup=False)
-    raise typer.Exit(1 if summary.failed else 0)
+    raise typer.Exit(print_lines(export_lines(summary), summary))
