@@ -458,3 +458,31 @@ def test_a_folder_of_another_command_is_no_caption_output(captioned, tmp_path):
         ("filter", tmp_path / "wds", "--where", "true", "-o", tmp_path / "f"),
     ):
         one_error_line(recap(*args), "holds the output of `recap export`, not caption output")
+
+
+def test_an_older_unfinished_folder_beside_other_files_is_never_written_over(captioned, tmp_path):
+    """A lock left by an older version's run that never finished, beside files anyone may own
+    (an img2dataset folder's metadata parquet): refused, not adopted."""
+    folder = tmp_path / "img2dataset"
+    folder.mkdir()
+    (folder / ".recap.lock").write_text("")
+    (folder / "00000.parquet").write_bytes(b"their metadata")
+    one_error_line(
+        recap("filter", captioned / "captions", "--where", "true", "-o", folder), "another recaption step"
+    )
+    assert (folder / "00000.parquet").read_bytes() == b"their metadata"
+
+
+def test_a_fifo_is_no_report_file_and_an_unwritable_folder_is_said_before_any_work(
+    captioned, tmp_path, monkeypatch
+):
+    os.mkfifo(tmp_path / "pipe.html")
+    one_error_line(
+        recap("report", captioned / "captions", "-o", tmp_path / "pipe.html"), "not a regular file"
+    )
+    real_access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda path, mode: False if str(path) == str(tmp_path) else real_access(path, mode)
+    )
+    one_error_line(recap("shapes", "-o", tmp_path / "new", "--images", 1), f"{tmp_path} is not writable")
+    assert not (tmp_path / "new").exists()

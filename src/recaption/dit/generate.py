@@ -32,7 +32,6 @@ import io
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -167,18 +166,11 @@ def _visible(folder: Path) -> list[Path]:
 
 
 def check_output_folder(output, owner: str, overwrite: bool) -> tuple[Path, list[Path]]:
-    """The output folder and the shards already in it (to replace), refused before any work
-    when: it, or a folder on its path, is a file or not writable; it holds `owner`'s shards and
-    not `overwrite`. Whose files it holds is the output contract's check (check_contract)."""
+    """The output folder and the shards already in it (to replace): refused before any work when
+    it holds `owner`'s shards and not `overwrite`. Whether it may be written at all (a file in
+    the way, a read-only disk, files generate did not write) is the output contract's check."""
     out = Path(output).expanduser()
-    if not out.is_dir():
-        nearest = next(p for p in out.absolute().parents if p.exists())
-        if not os.access(nearest, os.W_OK | os.X_OK):
-            raise TrainingInputError(f"--output {output}: cannot create it ({nearest} is not writable)")
-        return out, []
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise TrainingInputError(f"--output {output}: not writable")
-    old = sorted(out.glob("*.tar"))
+    old = sorted(out.glob("*.tar")) if out.is_dir() else []
     if old and not overwrite:
         raise TrainingInputError(
             f"--output {output}: already holds {len(old)} shard(s) from an earlier {owner}; give a new "

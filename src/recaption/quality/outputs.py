@@ -19,26 +19,29 @@ from ..spine.contract import Step, marker_has, open_output, read_stamp
 from ..spine.errors import RecaptionError
 from ..spine.ledger import OutputDir, plan
 
+Planned = tuple[OutputDir, OutputDir, list[str], list[str]]  # source, destination, to do, done
+
 
 @contextmanager
 def over_finished(output: str, step: Step, *, destination: str | None = None, inputs=(),
                   settings: Callable[[str], dict] | None = None,
-                  finished: Callable[[OutputDir, str], bool] | None = None,
-                  overwrite: bool = False) -> Iterator[tuple[OutputDir, OutputDir, list[str], list[str]]]:
+                  finished: Callable[[OutputDir, str], bool] | None = None, overwrite: bool = False,
+                  names: list[str] | None = None) -> Iterator[Planned]:
     """The one runner of steps over the finished shards of caption output `output` (score, judge,
     filter, export): the destination (`output` itself for the steps that rewrite it in place)
     opened through the output contract, then each finished shard planned: against the
     destination's markers with `settings(name)` (ledger.plan), or done already when
     `finished(dest, name)` says so (an in-place step's stamp in the file). Yields (source,
-    destination, names to do, names done); the step's own work is only its per-shard function."""
+    destination, names to do, names done); the step's own work is only its per-shard function.
+    `names`: the source's finished shards when the step has listed them already."""
     if destination is None:  # in place: the contract says first whether it is caption output at all
         with open_output(output, step, inputs) as out:
             names = done_shards(out)
-            done = [] if overwrite else [n for n in names if finished(out, n)]
-            yield out, out, [n for n in names if n not in done], done
+            done = set() if overwrite else {n for n in names if finished(out, n)}
+            yield out, out, [n for n in names if n not in done], sorted(done)
         return
     src = OutputDir(output)
-    names = done_shards(src)
+    names = names if names is not None else done_shards(src)
     with open_output(destination, step, [output, *inputs]) as dest:
         todo, done = plan(dest, names, settings, only_current=True, overwrite=overwrite)
         yield src, dest, todo, done

@@ -205,18 +205,18 @@ def refuse_foreign(out: OutputDir, step: Step) -> None:
     visible = _not_ours(names)
     stamp = read_stamp(out)
     own = (step.name, *step.adopts)
-    if stamp is not None:
-        if stamp["step"] in own and not (step.always_recognise and visible and not step.recognise(out)):
-            return
-        if stamp["step"] in own:
-            raise ForeignOutputError(
-                f"{out.url} holds files `{step.command}` did not write beside its own; "
-                "move them out or give a new or empty output folder"
-            )
+    if stamp is not None and stamp["step"] not in own:
         raise ForeignOutputError(
             f"{out.url} holds the output of `recap {stamp['step']}`, not of `{step.command}`: "
             "choose another output folder"
         )
+    if stamp is not None:
+        if step.always_recognise and visible and not step.recognise(out):
+            raise ForeignOutputError(
+                f"{out.url} holds files `{step.command}` did not write beside its own; "
+                "move them out or give a new or empty output folder"
+            )
+        return
     if not visible:
         if not step.creates:
             raise ForeignOutputError(f"{out.url} holds no finished shards of `recap {step.adopts[0]}` "
@@ -224,14 +224,12 @@ def refuse_foreign(out: OutputDir, step: Step) -> None:
         return
     if step.recognise is not None and step.recognise(out):
         return
-    markers = any(n.endswith(MARKER_SUFFIX) for n in visible)
-    if LOCK_NAME in names and not markers and step.creates:
-        return  # an older run's folder that stopped before its first shard: nothing finished to mix
-    ours = LOCK_NAME in names or markers
-    if ours:
+    # An older folder with our lock or markers but not recognised: another step's, or one that
+    # stopped before its first marker beside files that may be anyone's. Never written over.
+    if LOCK_NAME in names or any(n.endswith(MARKER_SUFFIX) for n in visible):
         raise ForeignOutputError(
-            f"{out.url} holds the output of another recaption step, not of `{step.command}`: "
-            "choose another output folder"
+            f"{out.url} holds the output of another recaption step, not of `{step.command}` (or files "
+            "beside one that never finished): choose another output folder"
         )
     raise ForeignOutputError(
         f"{out.url} holds files recaption did not write (e.g. {sorted(visible)[0]}); "
@@ -292,11 +290,12 @@ def _disk_says(path: str, err: int) -> bool:
 
 
 @contextmanager
-def output_errors(url: str) -> Iterator[None]:
+def output_errors(url: str, *, writes_shards: bool = True) -> Iterator[None]:
     """OS errors about `url` raised in the block as one OutputWriteError line (exit code 2, or 1
-    when shards were committed there before it failed: a rerun resumes from them)."""
+    when shards were committed there before it failed: a rerun resumes from them; counted only
+    for blocks that `writes_shards`)."""
     fs, root = url_to_fs(url)
-    before, markers_before = commits_in(root), _markers(url)
+    before, markers_before = commits_in(root), _markers(url) if writes_shards else 0
     try:
         yield
     except OutputError:
@@ -304,7 +303,7 @@ def output_errors(url: str) -> Iterator[None]:
     except OSError as exc:
         if not _about_output(exc, root):
             raise
-        written = max(commits_in(root) - before, _markers(url) - markers_before)
+        written = max(commits_in(root) - before, _markers(url) - markers_before if writes_shards else 0)
         path = exc.filename or url
         fix = _FIXES.get(exc.errno, _ANY)
         if written:
@@ -328,59 +327,50 @@ def check_output(url: str, step: Step, inputs: Iterable[str] = ()) -> OutputDir:
     """The contract's checks alone (not among the inputs, not another step's folder), with OS
     errors as one line; nothing is written. Steps that work long before they write (a model
     to load, images to sample) call this first, then `open_output` to write."""
-    with output_errors(url):
+    with output_errors(url, writes_shards=False):
         out = OutputDir(url)
-        _refuse_file_in_the_way(out)
+        _refuse_unusable_path(out)
         refuse_among_inputs(url, inputs)
         refuse_foreign(out, step)
         return out
 
 
-def _refuse_file_in_the_way(out: OutputDir) -> None:
-    """A file where the folder, or a folder on its path, should be: one line, before any work."""
+def _refuse_unusable_path(out: OutputDir) -> None:
+    """A dangling link, a file where the folder (or a folder on its path) should be, or a
+    folder that cannot be written (a read-only mount): one line, before any work."""
     if not _is_local(out.fs):
         return
     path = os.path.abspath(out.root)
     if os.path.islink(path) and not os.path.exists(path):
         raise OutputError(f"the output folder {out.url} is a link to nothing ({os.readlink(path)}); "
                           "choose another output folder")
-    for place in (path, *(p for p in [os.path.dirname(path)] if p)):
-        while place and not os.path.exists(place):
-            parent = os.path.dirname(place)
-            place = parent if parent != place else ""
-        if place and not os.path.isdir(place):
-            where = "is a file" if place == path else f"lies under {place}, which is a file"
-            raise OutputError(
-                f"the output folder {out.url} {where}, not a folder; choose another output folder"
-            )
+    place = _existing_parent(path)
+    if place and not os.path.isdir(place):
+        where = "is a file" if place == path else f"lies under {place}, which is a file"
+        raise OutputError(f"the output folder {out.url} {where}, not a folder; choose another output folder")
+    if place and not os.access(place, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write to {out.url}: {place} is not writable (read-only or no permission); "
+                          "choose a folder you can write to")
 
 
 @contextmanager
-def open_output(url: str, step: Step, inputs: Iterable[str] = (), *,
-                lock: bool = True) -> Iterator[OutputDir]:
+def open_output(url: str, step: Step, inputs: Iterable[str] = ()) -> Iterator[OutputDir]:
     """The output folder `url` for `step`, checked, locked and cleared of stale temporaries (see
-    the module's docstring); temporaries this run leaves are removed when the block ends.
-    `lock=False` for writers that are one rank of several (torchrun): rank 0 holds no flock
-    the other ranks would trip on."""
+    the module's docstring); temporaries this run leaves are removed when the block ends."""
     out = check_output(url, step, inputs)
-    with output_errors(url):
-        if not lock:
-            _stamp(out, step)
+    with output_errors(url), output_lock(url, step.command):
+        refuse_foreign(out, step)  # again under the lock: another run may have written meanwhile
+        _stamp(out, step)
+        remove_stale_temporaries(out.fs, out.root)  # ours alone now: left by crashed runs
+        try:
             yield out
-            return
-        with output_lock(url, step.command):
-            refuse_foreign(out, step)  # again under the lock: another run may have written meanwhile
-            _stamp(out, step)
-            remove_stale_temporaries(out.fs, out.root)  # ours alone now: left by crashed runs
+        finally:
+            # However the run ends, none of its temporaries outlives it (a stop signal can land
+            # between a writer opening its file and taking note of it).
             try:
-                yield out
-            finally:
-                # However the run ends, none of its temporaries outlives it (a stop signal can
-                # land between a writer opening its file and taking note of it).
-                try:
-                    remove_stale_temporaries(out.fs, out.root)
-                except OSError as exc:
-                    log.warning("%s: temporaries not removed (%s)", url, exc)
+                remove_stale_temporaries(out.fs, out.root)
+            except OSError as exc:
+                log.warning("%s: temporaries not removed (%s)", url, exc)
 
 
 def write_file_output(url: str, data: bytes | str, *, what: str, suffixes: tuple[str, ...],
@@ -388,21 +378,17 @@ def write_file_output(url: str, data: bytes | str, *, what: str, suffixes: tuple
     """One file a command writes (a report, a stats export), through the same rules as folders:
     never a folder, special file or input; never a file of another kind (`suffixes`: a report is
     `.html`) or one the ledger keeps (a shard's stats, marker, stamp); OS errors as one line."""
-    with output_errors(url):
+    with output_errors(url, writes_shards=False):
         place = location(url)
         name = place.rstrip("/").rsplit("/", 1)[-1]
-        for given in inputs:
-            if place == location(given) or _inside(place, location(given)) and _ledger_file(name):
-                raise OutputAmongInputsError(
-                    f"{url} would overwrite a file of the input {given}; choose another file"
-                )
+        taken = next((given for given in inputs if location(given) == place), None)
+        if taken is not None:
+            raise OutputAmongInputsError(f"{url} is the input {taken}; choose another file")
         if not name.lower().endswith(suffixes) or _ledger_file(name):
             raise OutputError(f"{url}: a {what} is written to a {' or '.join(suffixes)} file of its own; "
                               "choose another file name")
         fs, path = url_to_fs(url)
-        if fs.exists(path) and not fs.isfile(path):
-            raise OutputError(f"{url} is a folder or a special file, not a file: choose another file name")
-        if _is_local(fs) and os.path.exists(path) and not os.path.isfile(path):
+        if fs.exists(path) and not fs.isfile(path):  # a folder, a FIFO, a device
             raise OutputError(f"{url} is not a regular file: choose another file name")
         write_to_url_atomic(url, data)
 

@@ -49,6 +49,11 @@ class RunSummary:
         """Failed shard -> why."""
         return {r.name: r.error or "" for r in self.failed}
 
+    def failed_note(self) -> str:
+        """`; 2 shards FAILED (00001, 00007)` for a step's closing line; "" when none failed."""
+        failed = self.errors
+        return f"; {len(failed)} shards FAILED ({', '.join(failed)})" if failed else ""
+
     def count(self, key: str) -> int:
         """A step's count (`ShardResult.counts`) over every shard, skipped ones included."""
         return sum(r.counts.get(key, 0) for r in self.results)

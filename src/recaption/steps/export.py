@@ -232,12 +232,10 @@ def export_lines(summary: RunSummary) -> list[str]:
         note = " (already exported)" if r.outcome == SKIPPED else ""
         lines.append(f"{r.name}: {r.status_counts.get(EXPORTED, 0)} of {r.counts.get('rows_in', 0)} rows"
                      f"{_reasons(not_exported(r))}{note}")
-    failed = summary.errors
-    failed = f"; {len(failed)} shards FAILED ({', '.join(failed)})" if failed else ""
     lines.append(
         f"exported {summary.status_counts.get(EXPORTED, 0)} of {summary.count('rows_in')} rows"
         f"{_reasons(not_exported(summary))} with --caption {summary.settings['caption']} to "
-        f"{summary.settings['destination']}{failed}"
+        f"{summary.settings['destination']}{summary.failed_note()}"
     )
     return lines
 
@@ -272,7 +270,7 @@ def export(output: str, destination: str, *, images: list[str] | None = None, ca
     summary = RunSummary(settings={**settings, "destination": destination})
     inputs = [*(images or []), *recorded_sources(src, names)]  # the images too: never written over
     with over_finished(output, EXPORT, destination=destination, inputs=inputs, settings=lambda _: settings,
-                       overwrite=overwrite) as (src, dest, todo, done):
+                       overwrite=overwrite, names=names) as (src, dest, todo, done):
         summary.results += [_skipped(dest, name) for name in done]
         for name in todo:
             summary.results.append(_export_shard(src, dest, name, choice, seed, sources, settings, images))

@@ -122,9 +122,9 @@ def filter_lines(summary: RunSummary) -> list[str]:
         lines.append(f"{r.name}: kept {r.counts['rows_kept']} of {r.counts['rows_in']} rows{note}")
     rows_in, kept = summary.count("rows_in"), summary.count("rows_kept")
     share = f" ({kept / rows_in:.1%})" if rows_in else ""
-    failed = f"; {len(summary.failed)} shards FAILED ({', '.join(summary.errors)})" if summary.failed else ""
+    where, to = summary.settings["where"], summary.settings["destination"]
     lines.append(f"kept {kept} of {rows_in} rows{share} in {len(summary.results)} shards "
-                 f"where {summary.settings['where']} -> {summary.settings['destination']}{failed}")
+                 f"where {where} -> {to}{summary.failed_note()}")
     return lines
 
 
@@ -145,8 +145,8 @@ def filter_output(output: str, where: str, destination: str, *, overwrite: bool 
         matching_rows(pq.read_schema(f).empty_table(), where, con, names[0])
     where, source = where.strip(), location(src.url)
     settings = lambda name: {"filter": _record(src, name, where, source)}  # noqa: E731
-    with over_finished(output, FILTER, destination=destination, settings=settings,
-                       overwrite=overwrite) as (src, dest, todo, done):
+    with over_finished(output, FILTER, destination=destination, settings=settings, overwrite=overwrite,
+                       names=names) as (src, dest, todo, done):
         summary = RunSummary(settings={"where": where, "from": source, "destination": dest.url})
         summary.results += [_skipped(dest, name) for name in done]
         summary.results += [_filter_shard(src, dest, name, where, source, con) for name in todo]

@@ -23,6 +23,7 @@ import torch
 from ..spine.contract import output_errors
 from ..spine.errors import RecaptionError
 from .checkpoints import (
+    MODEL_WEIGHTS,
     CheckpointError,
     check_checkpoint,
     latest_checkpoint,
@@ -39,7 +40,7 @@ from .stream import StreamBatches, checkpoint_state, resumed_position
 log = logging.getLogger(__name__)
 
 
-def train_into(command: str, config, body: Callable, weights: tuple[str, ...] | None = None, *args):
+def train_into(command: str, config, body: Callable, weights: tuple[str, ...] = MODEL_WEIGHTS, *args):
     """The start every trainer shares: `config.output` through the output contract's checks
     (not among the data, not another command's folder), OS errors there as one line, the newest
     checkpoint found and checked; then `body(config, out, resume_from, *args)`."""
@@ -47,7 +48,7 @@ def train_into(command: str, config, body: Callable, weights: tuple[str, ...] | 
     with output_errors(config.output):
         resume_from = latest_checkpoint(out)
         if resume_from:
-            check_checkpoint(resume_from, *(() if weights is None else (weights,)))
+            check_checkpoint(resume_from, weights)
         return body(config, out, resume_from, *args)
 
 
@@ -62,12 +63,12 @@ class Resumed:
 
 
 def resume(folder: str | None, ranks, device: str, optimizer, scheduler, stream, settings: dict,
-           weights: tuple[str, ...] | None = None, added_later: dict | None = None) -> Resumed:
+           weights: tuple[str, ...] = MODEL_WEIGHTS, added_later: dict | None = None) -> Resumed:
     """The state of checkpoint `folder` for this rank (nothing to resume: None), checked before
     use: its fields, its settings against `settings`, its optimizer state against this model."""
     if folder is None:
         return Resumed()
-    state = load_state(folder, ranks.rank, ranks.world_size, *(() if weights is None else (weights,)))
+    state = load_state(folder, ranks.rank, ranks.world_size, weights)
     require_same_recipe(folder, state.get("settings"), settings, added_later)
     if optimizer is not None:
         restore_optimizer(folder, state, optimizer, scheduler)
