@@ -11,6 +11,8 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image
 
 from recaption.downloads import DownloadConfig, download
@@ -619,3 +621,38 @@ def test_an_image_the_encoder_refuses_is_that_rows_failure():
     assert status_of(caught.value.outcome) == "failed_to_resize"
     with pytest.raises(ValueError, match="--image-size"):
         DownloadConfig(output="unused", image_size=0)
+
+
+def test_the_address_policy_refuses_every_non_public_form():
+    from .address_cases import ALLOWED, REFUSED
+
+    wrongly_allowed = [name for name, address in REFUSED.items() if not address_blocked(address)]
+    wrongly_refused = [name for name, address in ALLOWED.items() if address_blocked(address)]
+    assert wrongly_allowed == [] and wrongly_refused == []
+
+
+@given(st.ip_addresses(v=4))
+def test_an_ipv4_address_is_judged_the_same_in_every_ipv6_wrapping(v4):
+    import ipaddress
+
+    n = int(v4)
+    wrapped = {
+        "mapped": ipaddress.IPv6Address((0xFFFF << 32) | n),
+        "translated": ipaddress.IPv6Address((0xFFFF << 48) | n),
+        "nat64": ipaddress.IPv6Address((0x64FF9B << 96) | n),
+    }
+    for form, address in wrapped.items():
+        assert address_blocked(address) == address_blocked(v4), (form, address)
+    sixtofour = ipaddress.IPv6Address((0x2002 << 112) | (n << 80) | 1)
+    if address_blocked(v4):
+        assert address_blocked(sixtofour), sixtofour
+
+
+@given(st.ip_addresses(v=6))
+def test_only_global_unicast_ipv6_passes(address):
+    import ipaddress
+
+    reaches_ipv4 = address.ipv4_mapped is not None or any(
+        address in ipaddress.ip_network(net) for net in ("::ffff:0:0:0/96", "64:ff9b::/96"))
+    if not reaches_ipv4 and not address_blocked(address):
+        assert address in ipaddress.ip_network("2000::/3") and address.is_global, address

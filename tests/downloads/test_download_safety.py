@@ -22,6 +22,7 @@ from recaption.downloads.fetch import Fetcher
 
 from ..image_server import ImageServer
 from ..netns import needs_netns, run_isolated
+from .address_cases import REFUSED
 
 # Spellings of this machine's own addresses that resolve without DNS (the system resolver's
 # inet_aton forms, IDNA-normalised digits and dots, IPv6 forms): `{P}` is the server's port.
@@ -47,6 +48,11 @@ LITERAL_SPELLINGS = {
     "ipv6-unspecified": "http://[::]:{P}/s/ipv6-unspecified",
     "userinfo": "http://public.example@127.0.0.1:{P}/s/userinfo",
 }
+# Every non-public address of the shared list, as a URL (IPv6 in brackets).
+LITERAL_SPELLINGS.update({
+    f"case-{name}": f"http://{f'[{address}]' if ':' in address else address}:{{P}}/s/case-{name}"
+    for name, address in REFUSED.items()
+})
 # Names: only inside the namespace, where /etc/hosts is ours and there is no DNS server.
 NAME_SPELLINGS = {
     "localhost-dot": "http://localhost.:{P}/s/localhost-dot",
@@ -54,17 +60,21 @@ NAME_SPELLINGS = {
     "sub-localhost": "http://a.b.localhost:{P}/s/sub-localhost",
     "dns-name": "http://inside.test:{P}/s/dns-name",  # /etc/hosts: 127.0.0.1
     "dns-name-v6": "http://inside6.test:{P}/s/dns-name-v6",  # /etc/hosts: ::1
+    "dns-site-local": "http://sitelocal.test:{P}/s/dns-site-local",  # /etc/hosts: fec0::1
+    "dns-translated": "http://translated.test:{P}/s/dns-translated",  # /etc/hosts: ::ffff:0:7f00:1
 }
 HOSTS = {
     "localhost": "127.0.0.1",
     "inside.test": "127.0.0.1",
     "inside6.test": "::1",
+    "sitelocal.test": "fec0::1",
+    "translated.test": "::ffff:0:7f00:1",
     "public.test": "93.184.216.34",
 }
 PUBLIC = "93.184.216.34"  # put on the namespace's lo: an address the downloader allows
 
 
-def _isolated_download(urls: dict[str, str], runs: dict[str, list[str]]) -> dict:
+def _isolated_download(urls: dict[str, str], runs: dict[str, list[str]], timeout: float = 120) -> dict:
     """In a fresh namespace: serve on every address, write the URLs as metadata (`{P}` filled
     in, also inside URL-encoded redirect targets), run `recap download` once per entry of `runs`
     (its extra flags) into a fresh folder, and report the exit code, the output, the server
@@ -99,7 +109,8 @@ def _isolated_download(urls: dict[str, str], runs: dict[str, list[str]]) -> dict
                 }}
         print(json.dumps(report))
     """
-    return run_isolated(code, public=[PUBLIC], hosts=HOSTS, timeout=120)
+    # A global IPv6 address on lo too: the resolver answers AAAA names only where one is configured.
+    return run_isolated(code, public=[PUBLIC, "2606:4700::1111"], hosts=HOSTS, timeout=timeout)
 
 
 @needs_netns
@@ -223,3 +234,21 @@ def test_redact_masks_every_kind_of_secret():
     assert "http://***@host/v1: HTTP 400" in masked
     assert masked.endswith("max_tokens=32 token limit; rating: 4"), "ordinary text is left alone"
     assert redact(None) is None and redact("no secrets here") == "no secrets here"
+
+
+@needs_netns
+@pytest.mark.slow
+def test_the_ray_executor_refuses_the_same_addresses_and_redirects():
+    """The same list on `--executor ray`: its workers fetch through the same policy."""
+    pytest.importorskip("ray")
+    hop = f"http://{PUBLIC}:{{P}}/redirect?to="
+    urls = {**LITERAL_SPELLINGS, **NAME_SPELLINGS}
+    urls.update({f"redirect-{name}": hop + quote(url, safe="") for name, url in NAME_SPELLINGS.items()})
+    urls["public-image"] = hop + quote("http://public.test:{P}/img/0.jpg", safe="")  # the control
+    report = _isolated_download(urls, {"ray": ["--executor", "ray"]}, timeout=300)["ray"]
+    assert report["exit"] == 0, report["output"]
+    private_hits = {p: n for p, n in report["hits"].items() if p.startswith("/s/")}
+    assert private_hits == {}, f"a Ray worker reached a private address: {private_hits}"
+    assert report["outcomes"]["public-image"][0] == "ok", report["outcomes"]["public-image"]
+    wrong = {n: o for n, o in report["outcomes"].items() if n != "public-image" and o[0] != "blocked_address"}
+    assert not wrong, wrong

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import ipaddress
 import random
-import re
 import socket
 from dataclasses import dataclass
 from urllib.parse import urljoin
@@ -21,6 +19,7 @@ import aiohttp
 from yarl import URL
 
 from . import outcomes as oc
+from .addresses import ALLOW_HINT, address_blocked, address_kind, host_refused
 from .config import DownloadConfig
 
 REDIRECTS = (301, 302, 303, 307, 308)
@@ -40,69 +39,6 @@ class FetchResult:
 
 class BlockedAddress(OSError):
     """Raised by the connector: the host is, or resolves to, an address we must not connect to."""
-
-
-ALLOW_HINT = "--allow-private-network allows it"
-_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
-_NUMERIC_HOST = re.compile(r"[0-9A-Fa-fXx.]+")
-
-
-def address_blocked(ip: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """True unless `ip` is a globally routable unicast address. IPv6 forms that carry an IPv4
-    address (mapped, compatible, 6to4, Teredo, NAT64) are judged by that address too."""
-    addr = ip if not isinstance(ip, str) else ipaddress.ip_address(ip.strip("[]").split("%", 1)[0])
-    if addr.is_multicast or addr.is_unspecified or not addr.is_global:
-        return True
-    if isinstance(addr, ipaddress.IPv6Address):
-        packed = int(addr)
-        embedded = [addr.ipv4_mapped, addr.sixtofour, *(addr.teredo or ())]
-        if packed >> 32 == 0 or any(addr in net for net in _NAT64):  # ::a.b.c.d, 64:ff9b::a.b.c.d
-            embedded.append(ipaddress.IPv4Address(packed & 0xFFFFFFFF))
-        return any(v4 is not None and address_blocked(v4) for v4 in embedded)
-    return False
-
-
-def literal_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The address a host names without DNS, in every spelling the system resolver accepts:
-    dotted quads, IPv6 (bracketed or not), and the legacy inet_aton forms (2130706433,
-    0177.0.0.1, 0x7f.1, 127.1), with or without a trailing dot. None for a host name."""
-    bare = host.strip("[]").split("%", 1)[0]
-    bare = bare[:-1] if bare.endswith(".") else bare
-    try:
-        return ipaddress.ip_address(bare)
-    except ValueError:
-        pass
-    if bare and _NUMERIC_HOST.fullmatch(bare) and bare[0].isdigit():
-        try:
-            return ipaddress.IPv4Address(socket.inet_aton(bare))
-        except OSError:
-            return None
-    return None
-
-
-def host_refused(host: str) -> str | None:
-    """Why connecting to `host` (as the connection will use it: IDNA / yarl-normalised) is
-    refused before any DNS lookup, or None: a non-public address in any spelling, or a
-    `localhost` name (RFC 6761: always loopback)."""
-    name = host.rstrip(".").lower()
-    if name == "localhost" or name.endswith(".localhost"):
-        return f"{host} is a loopback name; {ALLOW_HINT}"
-    addr = literal_address(host)
-    if addr is not None and address_blocked(addr):
-        spelled = "" if host.strip("[]") == str(addr) else f" ({addr})"
-        return f"{host}{spelled} is a {address_kind(addr)} address; {ALLOW_HINT}"
-    return None
-
-
-def address_kind(addr) -> str:
-    """A word for why an address is refused, for messages."""
-    addr = ipaddress.ip_address(str(addr).strip("[]").split("%", 1)[0])
-    mapped = getattr(addr, "ipv4_mapped", None)
-    addr = mapped or addr
-    for kind in ("loopback", "link_local", "multicast", "unspecified", "private", "reserved"):
-        if getattr(addr, f"is_{kind}"):
-            return kind.replace("_", "-")
-    return "non-public"
 
 
 def _guarded_socket(addr_info) -> socket.socket:
