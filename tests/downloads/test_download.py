@@ -656,3 +656,29 @@ def test_only_global_unicast_ipv6_passes(address):
         address in ipaddress.ip_network(net) for net in ("::ffff:0:0:0/96", "64:ff9b::/96"))
     if not reaches_ipv4 and not address_blocked(address):
         assert address in ipaddress.ip_network("2000::/3") and address.is_global, address
+
+
+def test_url_secrets_are_fetched_with_but_never_stored(tmp_path):
+    """Userinfo and signed-query values reach the server but not the parquet or the .json;
+    --keep-url-secrets stores them as given. A binary url column is read as UTF-8 text."""
+    with ImageServer() as server:
+        secret_url = server.url.replace("http://", "http://bob:s3cr3tpw@")
+        secret_url += "/img/0.jpg?token=t0k3n&sig=S1G&w=5"
+        table = pa.table({
+            "url": pa.array([secret_url.encode(), f"{server.url}/img/1.jpg".encode()], pa.binary()),
+            "caption": ["a", "b"],
+        })
+        pq.write_table(table, tmp_path / "urls.parquet")
+        stripped = download([str(tmp_path / "urls.parquet")],
+                            config(tmp_path / "out", extra_cols=[], sha256_col=None))
+        kept = download([str(tmp_path / "urls.parquet")],
+                        config(tmp_path / "kept", extra_cols=[], sha256_col=None, keep_url_secrets=True))
+    assert stripped.status_counts == kept.status_counts == {"ok": 2}
+    stored = pq.read_table(tmp_path / "out" / "00000.parquet").column("url").to_pylist()
+    assert stored == [f"{server.url}/img/0.jpg?token=***&sig=***&w=5", f"{server.url}/img/1.jpg"]
+    with tarfile.open(tmp_path / "out" / "00000.tar") as tar:
+        everything = b"".join(tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith(".json"))
+    everything += (tmp_path / "out" / "00000_stats.json").read_bytes()
+    for secret in (b"s3cr3tpw", b"t0k3n", b"S1G", b"bob"):
+        assert secret not in everything
+    assert pq.read_table(tmp_path / "kept" / "00000.parquet").column("url").to_pylist()[0] == secret_url

@@ -14,6 +14,8 @@ from urllib.parse import quote
 
 import aiohttp
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from recaption.cli import app
@@ -252,3 +254,32 @@ def test_the_ray_executor_refuses_the_same_addresses_and_redirects():
     assert report["outcomes"]["public-image"][0] == "ok", report["outcomes"]["public-image"]
     wrong = {n: o for n, o in report["outcomes"].items() if n != "public-image" and o[0] != "blocked_address"}
     assert not wrong, wrong
+
+
+_SECRET = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_~",
+                  min_size=8, max_size=24)
+_PARAM = st.sampled_from(["token", "access_token", "sig", "Signature", "X-Amz-Signature", "X-Amz-Credential",
+                          "X-Goog-Signature", "key", "api_key", "apiKey", "client_secret", "password",
+                          "Policy"])
+
+
+@given(user=_SECRET, password=_SECRET, name=_PARAM, value=_SECRET, other=st.sampled_from(["w", "size", "id"]),
+       in_fragment=st.booleans())
+def test_a_stored_url_keeps_no_credential(user, password, name, value, other, in_fragment):
+    from recaption.redact import strip_url_secrets
+
+    params = f"{other}=42&{name}={value}"
+    url = f"https://{user}:{password}@img.example/p/a.jpg" + (f"#{params}" if in_fragment else f"?{params}")
+    stored = strip_url_secrets(url)
+    for secret in (user, password, value):
+        assert secret not in stored, (url, stored)
+    assert stored.startswith("https://img.example/p/a.jpg") and f"{other}=42" in stored
+    assert strip_url_secrets(stored) == stored, "masking twice changes nothing"
+
+
+@given(path=st.text(alphabet="abcdefghij/._-", max_size=20), w=st.integers(0, 10**6))
+def test_a_url_without_credentials_is_stored_unchanged(path, w):
+    from recaption.redact import strip_url_secrets
+
+    url = f"https://img.example/{path}?w={w}&fmt=jpg"
+    assert strip_url_secrets(url) == url

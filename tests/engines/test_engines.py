@@ -372,3 +372,42 @@ def test_retry_failed_captions_again_the_shards_with_caption_errors(tmp_path):
         again = run(retry_failed=True)
     assert [r.outcome for r in again.results] == ["done"]
     assert [r["status"] for r in pq.read_table(out / "00000.parquet").to_pylist()] == ["ok"] * 3
+
+
+def test_a_caption_that_echoes_the_credentials_is_stored_masked(tmp_path, monkeypatch):
+    """A server whose reply text holds the API key, or the basic-auth token without its `Basic `
+    prefix: the stored caption has the secret masked, and the rest of the text kept."""
+    import base64
+
+    key = "sk-echoed-key-0123456789"
+    monkeypatch.setenv("RECAP_ECHO_KEY", key)
+
+    async def echo(body, state):
+        sent = state.headers[-1].get("Authorization", "")
+        return 200, completion(f"a basic table; token {sent.split(' ', 1)[-1]}"), {}
+
+    write_shards(tmp_path / "in", n_shards=1, per_shard=2)
+    with LoopbackServer(echo) as server:
+        keyed = caption_cli(tmp_path / "in", "-o", tmp_path / "keyed", "--endpoint", server.url,
+                            "--api-key-env", "RECAP_ECHO_KEY")
+        basic = caption_cli(tmp_path / "in", "-o", tmp_path / "basic", "--endpoint",
+                            server.url.replace("http://", "http://cap:pw-0123456789@"))
+    assert keyed.exit_code == 0 and basic.exit_code == 0, keyed.output + basic.output
+    token = base64.b64encode(b"cap:pw-0123456789").decode()
+    for out in ("keyed", "basic"):
+        captions = [r["re_caption"] for r in rows(tmp_path / out)]
+        assert captions == ["a basic table; token ***"] * 2, captions
+    assert token not in basic.output and key not in keyed.output
+
+
+@pytest.mark.parametrize("endpoint, expected", [
+    ("http://h:8000", "http://h:8000/v1/chat/completions"),
+    ("http://h:8000/v1/", "http://h:8000/v1/chat/completions"),
+    ("https://h/openai/deployments/d?api-version=2024-06-01",
+     "https://h/openai/deployments/d/v1/chat/completions?api-version=2024-06-01"),
+    ("https://h/v1/chat/completions?api-version=1", "https://h/v1/chat/completions?api-version=1"),
+])
+def test_an_endpoint_with_a_query_keeps_it_after_the_path(endpoint, expected):
+    from recaption.engines.openai_engine import chat_completions_url
+
+    assert chat_completions_url(endpoint) == expected

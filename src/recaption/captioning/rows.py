@@ -6,6 +6,7 @@ rows written (pipeline._ShardInProgress), not computed again."""
 from __future__ import annotations
 
 from ..flags import CAPTION_FLAGS
+from ..redact import strip_url_secrets
 from ..passes import CaptionPass, default_pass
 from ..samples.sample import Sample
 from ..schema import word_count
@@ -13,7 +14,7 @@ from ..schema import word_count
 
 def sample_row(sample: Sample, passes: list[CaptionPass] | None = None) -> dict:
     row = {
-        "url": sample.url,
+        "url": strip_url_secrets(sample.url),  # credentials never reach an output
         "org_caption": sample.org_caption,
         "sha256": sample.sha256,
         "key": sample.key,

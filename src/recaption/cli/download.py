@@ -33,6 +33,7 @@ def download_cmd(
     max_bytes: Annotated[int, typer.Option(help="Largest response body accepted.")] = 32 * 1024 * 1024,
     respect_opt_out: Annotated[bool, typer.Option(help="Skip images whose X-Robots-Tag says noai, noimageai, noindex, noimageindex or none.")] = True,
     allow_private_network: Annotated[bool, typer.Option(help="Allow hosts that resolve to private, loopback or link-local addresses.")] = False,
+    keep_url_secrets: Annotated[bool, typer.Option(help="Store URLs as given, credentials and signed query values included (by default rows and .json files keep them without userinfo, with token/sig/key/X-Amz-* values masked; the fetch always uses the full URL).")] = False,
     retry_failed: Annotated[bool, typer.Option(help="In complete shards, fetch again the rows that failed for a transient reason, and merge them in.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Redo shards that are already complete.")] = False,
     executor: Annotated[str, typer.Option(help="local (this process) or ray (Ray tasks across a cluster; same output).")] = "local",
@@ -52,7 +53,7 @@ def download_cmd(
             retries=retries, concurrency=concurrency, per_host_concurrency=per_host_concurrency,
             user_agent=user_agent, max_bytes=max_bytes, allow_private_network=allow_private_network,
             disallowed_directives=DEFAULT_DISALLOWED if respect_opt_out else (), overwrite=overwrite,
-            retry_failed=retry_failed,
+            retry_failed=retry_failed, keep_url_secrets=keep_url_secrets,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
@@ -77,6 +78,8 @@ def run_download_command(inputs: list[str], config, executor: str = "local", ray
         error_line(exc)
         return 2
     console.print(f"columns: {escape(columns.describe())}", soft_wrap=True)
+    if config.keep_url_secrets:
+        console.print("urls: stored as given, credentials and signed query values included (--keep-url-secrets)")
     progress = RichProgress(description="downloading", unit="rows")
     try:
         summary = download(inputs, config, progress, columns=columns, executor=executor, ray_address=ray_address)

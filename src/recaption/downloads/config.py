@@ -38,6 +38,9 @@ class DownloadConfig:
     max_bytes: int = 32 * 1024 * 1024
     max_pixels: int = DEFAULT_MAX_PIXELS
     allow_private_network: bool = False
+    # Rows and .json files keep URLs without userinfo and with credential-like query values
+    # masked (redact.strip_url_secrets); True stores them as given, secrets included.
+    keep_url_secrets: bool = False
     disallowed_directives: tuple[str, ...] = DEFAULT_DISALLOWED  # empty: ignore X-Robots-Tag
     overwrite: bool = False
     retry_failed: bool = False

@@ -29,7 +29,7 @@ from itertools import islice
 import pyarrow.parquet as pq
 
 from ..executors import executor_module
-from ..redact import redact
+from ..redact import redact, strip_url_secrets
 from ..samples.shards import img2dataset_key
 from ..spine import __version__
 from ..spine.contract import Step, check_output, marker_has, open_output
@@ -319,7 +319,7 @@ class ShardDownloads:
             fetched = await self.fetcher.fetch(row.url)
             record = {
                 "key": key,
-                "url": row.url,
+                "url": row.url if self.cfg.keep_url_secrets else strip_url_secrets(row.url),
                 "caption": row.caption,
                 "status": None,
                 "error_message": None,
@@ -376,5 +376,6 @@ class ShardDownloads:
             "outcomes": dict(sorted(counts.items())),
             "status_dict": dict(errors.most_common(20)),
             "retried_rows": retried,
+            "url_secrets": "kept" if self.cfg.keep_url_secrets else "removed",
             **self.provenance,
         }

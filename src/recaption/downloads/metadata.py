@@ -20,6 +20,7 @@ import fsspec
 from ..models.loading import first_line
 from ..readers import InputError
 from ..readers.base import ColumnConfig, full_url
+from ..samples.sample import as_text
 
 BATCH_ROWS = 4096
 
@@ -196,9 +197,9 @@ class MetadataReader:
             sha256 = columns.get(chosen.sha256) if chosen.sha256 else None
             for i in range(n):
                 yield UrlRow(
-                    url=_text(columns[chosen.url][i]),
-                    caption=_text(caption[i]) if caption is not None else None,
-                    sha256=_text(sha256[i]) if sha256 is not None else None,
+                    url=as_text(columns[chosen.url][i]),
+                    caption=as_text(caption[i]) if caption is not None else None,
+                    sha256=as_text(sha256[i]) if sha256 is not None else None,
                     extra={c: columns[c][i] for c in chosen.extra if c in columns},
                 )
 
@@ -328,9 +329,3 @@ def _arrow_problem(path: str, fmt: str, exc: BaseException) -> str:
 
 def _first_line(exc: BaseException) -> str:
     return first_line(exc, limit=300)
-
-
-def _text(value) -> str | None:
-    if value is None:
-        return None
-    return value if isinstance(value, str) else str(value)

@@ -24,10 +24,11 @@ import logging
 import os
 import random
 import threading
+from urllib.parse import urlsplit, urlunsplit
 
 from ..config import CaptionConfig
 from ..passes import Decoding
-from ..redact import redact, url_secrets
+from ..redact import mask_secrets, redact, url_secrets
 from .base import Engine, Generation, Preparer
 
 log = logging.getLogger(__name__)
@@ -36,13 +37,13 @@ RETRY_STATUSES = {408, 409, 429, 500, 502, 503, 504}
 
 
 def chat_completions_url(endpoint: str) -> str:
-    """Accept http://host:port, http://host:port/v1 or the full .../chat/completions URL."""
-    url = endpoint.rstrip("/")
-    if url.endswith("/chat/completions"):
-        return url
-    if not url.endswith("/v1"):
-        url += "/v1"
-    return url + "/chat/completions"
+    """Accept http://host:port, http://host:port/v1 or the full .../chat/completions URL; a
+    query string (Azure's ?api-version=...) stays after the path."""
+    parts = urlsplit(endpoint)
+    path = parts.path.rstrip("/")
+    if not path.endswith("/chat/completions"):
+        path = (path if path.endswith("/v1") else path + "/v1") + "/chat/completions"
+    return urlunsplit(parts._replace(path=path))
 
 
 def image_data_url(image, quality: int = 95) -> str:
@@ -210,7 +211,9 @@ class OpenAICaptioner(Engine):
             raise _RequestFailed(message, retry=True) from exc
         except aiohttp.ClientError as exc:
             raise _RequestFailed(f"{shown}: {type(exc).__name__}: {exc}", retry=True) from exc
-        return _parse_reply(shown, reply)
+        generation = _parse_reply(shown, reply)
+        generation.text = mask_secrets(generation.text, self._secrets)  # a server that echoes the key
+        return generation
 
 
 def _parse_reply(url: str, reply: dict) -> Generation:

@@ -190,11 +190,6 @@ def failed_sample(key: str, url: str | None, caption: str | None, problem: Unrea
     return sample
 
 
-def text_or_none(value) -> str | None:
-    """Identity columns are strings in the output schema; a number in a url column is not a crash."""
-    return None if value is None else str(value)
-
-
 def sha256_hex(data: bytes | None) -> str | None:
     return hashlib.sha256(data).hexdigest() if data else None
 

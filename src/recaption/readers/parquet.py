@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
-from ..samples.sample import MISSING_IMAGE, Sample
+from ..samples.sample import MISSING_IMAGE, Sample, as_text
 from .base import (
     ColumnConfig,
     Shard,
@@ -33,7 +33,6 @@ from .base import (
     failed_sample,
     read_bounded,
     sha256_hex,
-    text_or_none,
 )
 
 BATCH_ROWS = 256  # rows decoded from parquet at a time: bounds memory on huge files
@@ -168,8 +167,8 @@ class ParquetShard(Shard):
 
         given_key = value("key")
         key = unique(str(given_key) if given_key not in (None, "") else f"{self.name}_{index:09d}")
-        caption = text_or_none(value("caption"))
-        url = text_or_none(value("url"))
+        caption = as_text(value("caption"))
+        url = as_text(value("url"))
         try:
             image = self._image(value("image"), kind)
         except UnreadableImage as problem:
@@ -178,7 +177,7 @@ class ParquetShard(Shard):
             key=key,
             url=url,
             org_caption=caption,
-            sha256=text_or_none(value("sha256")) or sha256_hex(image),
+            sha256=as_text(value("sha256")) or sha256_hex(image),
             image_bytes=image,
             extra={c: row.get(c) for c in self.columns.extra},
         )

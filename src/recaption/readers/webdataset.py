@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import fsspec
 
-from ..samples.sample import MISSING_IMAGE, Sample
+from ..samples.sample import MISSING_IMAGE, Sample, as_text
 from .base import (
     ColumnConfig,
     Shard,
@@ -21,7 +21,6 @@ from .base import (
     image_extensions,
     is_hidden,
     sha256_hex,
-    text_or_none,
     too_large,
     unreadable_types_note,
 )
@@ -129,7 +128,7 @@ class TarShard(Shard):
             yield failed_sample(unique(posixpath.basename(key)), None, None, problem)
             return
         base_key = str(meta.get(self.columns.key) or posixpath.basename(key))
-        url = text_or_none(meta.get(self.columns.url))
+        url = as_text(meta.get(self.columns.url))
         image_exts = self._image_members(parts)
         if not image_exts:
             has = ", ".join(ext or "(no extension)" for ext in parts)
@@ -145,7 +144,7 @@ class TarShard(Shard):
                 yield failed_sample(sample_key, url, caption, problem)
                 continue
             # the .json's sha256 is the downloaded image's: the first image member's
-            given_sha = text_or_none(meta.get(self.columns.sha256)) if n == 0 else None
+            given_sha = as_text(meta.get(self.columns.sha256)) if n == 0 else None
             yield Sample(
                 key=sample_key,
                 url=url,

@@ -61,3 +61,14 @@ class Sample:
         self.status = status
         self.error = error
         self.image = None
+
+
+def as_text(value) -> str | None:
+    """A text field (url, caption, key, sha256) from whatever a column holds: a string as it is;
+    bytes decoded as UTF-8 (invalid bytes become U+FFFD, so the value shows it was not text);
+    a number as its digits; None stays None. Never a Python repr such as "b'http://...'"."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", errors="replace")
+    return str(value)
