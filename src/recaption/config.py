@@ -203,7 +203,8 @@ class CaptionSettings:
 
 # Options named as on the command line that do not map one-to-one onto a config field.
 _COLUMN_OPTIONS = {"image_col": "image", "caption_col": "caption", "url_col": "url", "key_col": "key",
-                   "sha256_col": "sha256", "max_image_bytes": "max_image_bytes"}
+                   "sha256_col": "sha256", "max_image_bytes": "max_image_bytes", "image_root": "image_root",
+                   "any_image_path": "any_image_path"}
 _CLI_ONLY = {"endpoint", "score", "devices"}
 
 

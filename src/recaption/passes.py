@@ -17,6 +17,7 @@ import pyarrow as pa
 from .flags import FLAG_NAMES
 from .models.registry import CONDITIONAL_PROMPT, PAPER_PROMPT
 from .spine.errors import RecaptionError
+from .spine.user_yaml import UserFileError, load_yaml
 
 ALT_TEXT = "{caption}"  # in a pass's prompt: replaced by the sample's original caption
 DEFAULT, CONDITIONAL = "default", "condition_diverse_topk"
@@ -109,11 +110,15 @@ def parse_pass(spec) -> CaptionPass:
         unknown = set(spec) - {"name", "prompt", "top_k", "max_new_tokens"}
         if unknown or "name" not in spec or "prompt" not in spec:
             raise PassError(
-                f"pass {spec!r}: give name and prompt (optional top_k, max_new_tokens)"
-                + (f"; unknown key(s) {', '.join(sorted(unknown))}" if unknown else "")
+                "give name and prompt (optional top_k, max_new_tokens)"
+                + (f"; unknown key(s) {', '.join(sorted(map(str, unknown)))}" if unknown else "")
             )
-        top_k = int(spec.get("top_k") or 0)
-        return named_pass(spec["name"], spec["prompt"], top_k, spec.get("max_new_tokens"))
+        for field in ("name", "prompt"):
+            if not isinstance(spec[field], str):
+                raise PassError(f"{field} must be text, not {type(spec[field]).__name__}; quote it")
+        top_k = _whole(spec.get("top_k"), "top_k", "top_k: 50") or 0
+        max_new_tokens = _whole(spec.get("max_new_tokens"), "max_new_tokens", "max_new_tokens: 40")
+        return named_pass(spec["name"], spec["prompt"], top_k, max_new_tokens)
     name, sep, prompt = str(spec).partition("=")
     if not sep:
         raise PassError(
@@ -122,30 +127,50 @@ def parse_pass(spec) -> CaptionPass:
     return named_pass(name, prompt)
 
 
+def _whole(value, field: str, example: str) -> int | None:
+    """A whole number from a passes file (None stays None); PassError naming the field otherwise."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    raise PassError(f"{field} {value!r} is not a whole number; write e.g. {example}")
+
+
 def read_passes_file(path: str | Path) -> list[CaptionPass]:
     """A YAML (or JSON) list of passes: `- {name: short, prompt: "...", top_k: 0, max_new_tokens: 40}`;
-    a mapping `passes: [...]` works too."""
-    import yaml
-
+    a mapping `passes: [...]` works too. Read with the bounded loader (no aliases, depth and size
+    capped); each entry's fields are checked by type, the error naming the file and the entry."""
     try:
-        data = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError as exc:
-        raise PassError(f"--passes {path}: no such file") from exc
-    except yaml.YAMLError as exc:
-        raise PassError(f"--passes {path}: not YAML ({str(exc).splitlines()[0]})") from exc
+        data = load_yaml(path, "--passes")
+    except UserFileError as exc:
+        raise PassError(str(exc)) from None
     if isinstance(data, dict):
         data = data.get("passes")
     if not isinstance(data, list) or not data:
         raise PassError(f"--passes {path}: expected a list of passes, each with name and prompt")
-    return [parse_pass(item) for item in data]
+    passes = []
+    for number, item in enumerate(data, 1):
+        try:
+            passes.append(parse_pass(item if isinstance(item, dict) else {"entry": item}))
+        except PassError as exc:
+            raise PassError(f"--passes {path}: pass {number}: {exc}") from None
+    return passes
+
+
+def written_columns(p: CaptionPass) -> list[str]:
+    """Every column a pass writes: its caption, its length and its flags."""
+    return [p.column, p.length_column, *(p.flag_column(f) for f in FLAGS if p.flag_prefix)]
 
 
 def check_unique(passes: list[CaptionPass]) -> None:
-    seen: set[str] = set()
+    """PassError when two passes would write one column (`a` and `a_length` both write
+    re_caption_a_length): said when the settings are read, before any model loads."""
+    owner: dict[str, str] = {}
     for p in passes:
-        if p.column in seen:
-            raise PassError(f"two passes write {p.column}: give each pass its own name")
-        seen.add(p.column)
+        for column in written_columns(p):
+            if column in owner:
+                if owner[column] == p.name:
+                    raise PassError(f"two passes write {p.column}: give each pass its own name")
+                raise PassError(f"passes {owner[column]} and {p.name} both write {column}: rename one")
+            owner[column] = p.name
 
 
 def pass_fields(p: CaptionPass) -> list[pa.Field]:

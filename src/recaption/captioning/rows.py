@@ -6,8 +6,8 @@ rows written (pipeline._ShardInProgress), not computed again."""
 from __future__ import annotations
 
 from ..flags import CAPTION_FLAGS
-from ..redact import strip_url_secrets
 from ..passes import CaptionPass, default_pass
+from ..redact import strip_url_secrets
 from ..samples.sample import Sample
 from ..schema import word_count
 

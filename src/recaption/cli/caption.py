@@ -73,6 +73,8 @@ def caption_cmd(
     caption_col: Annotated[str | None, typer.Option(help="Parquet caption column or tar .json field (default: caption, text, ...; tars use .txt).")] = None,
     url_col: Annotated[str, typer.Option(help="Column / .json field holding the URL.")] = "url",
     key_col: Annotated[str, typer.Option(help="Column / .json field holding the key.")] = "key",
+    image_root: Annotated[str | None, typer.Option(help="Folder that image paths in a parquet are read from (default: the parquet file's folder); a path outside it is that row's read_error.")] = None,
+    any_image_path: Annotated[bool, typer.Option(help="Let image paths in a parquet name any file this process can read (absolute paths, ../, other protocols); by default they stay inside --image-root.")] = False,
     max_image_bytes: Annotated[int, typer.Option(help="Largest image file / tar member read; bigger ones become rows with status too_large (checked before reading).")] = 64 * 1024 * 1024,
     max_pixels: Annotated[int, typer.Option(help="Largest image in pixels (width x height); bigger ones become rows with status too_large (checked from the header, before decoding).")] = 89_478_485,
     processor_options: Annotated[list[str] | None, typer.Option("--processor-option", help="A setting of the model's processor, KEY=VALUE (value as JSON, else text); repeat for several, e.g. --processor-option max_pixels=1003520 for Qwen-VL (image tokens per image; recorded with the output).")] = None,

@@ -61,13 +61,18 @@ def image_seed(seed: int, number: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{number}".encode()).digest()[:8], "little") >> 1
 
 
+# Guidance scales past this only amplify noise: eps differences times 1e39 overflow float32 into
+# black images. Published models use 1-20.
+MAX_GUIDANCE = 100.0
+
+
 def check_guidance(guidance: float) -> float:
-    """A finite scale >= 0 (1: no guidance, 0: unconditional); NaN or infinity would give black
-    images, a negative one steers away from the prompt."""
-    if not math.isfinite(guidance) or guidance < 0:
+    """A scale in [0, MAX_GUIDANCE] (1: no guidance, 0: unconditional); NaN, infinity or a huge
+    one would give black images (float32 overflow), a negative one steers away from the prompt."""
+    if not math.isfinite(guidance) or not 0 <= guidance <= MAX_GUIDANCE:
         raise TrainingInputError(
-            f"--guidance {guidance}: give a finite number >= 0 (1 = no guidance, 0 = ignore the "
-            "prompt, above 1 = follow it more closely; the paper: 10)"
+            f"--guidance {guidance}: give a number from 0 to {MAX_GUIDANCE:g} (1 = no guidance, 0 = ignore "
+            "the prompt, above 1 = follow it more closely; the paper: 10)"
         )
     return float(guidance)
 

@@ -10,6 +10,7 @@ import json
 import logging
 from pathlib import Path
 
+from ..spine.files import open_regular, read_input
 from ..training.inputs import TrainingInputError
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,10 @@ def read_prompts(source, column: str | None) -> Loaded:
 
 
 def _read_text(path: Path, where: str) -> str:
-    data = path.read_bytes()
+    try:
+        data = read_input(path)
+    except OSError as exc:  # a FIFO, a device, no permission: one line
+        raise TrainingInputError(f"{where}: cannot read it ({exc.strerror or exc})") from None
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -105,8 +109,8 @@ def _from_json(text: str, column: str | None, where: str, whole: bool) -> Loaded
     if whole:
         try:
             value = json.loads(text)
-        except json.JSONDecodeError:
-            value = None  # not one document: read as JSON lines
+        except (json.JSONDecodeError, RecursionError):
+            value = None  # not one document: read as JSON lines (which say what is wrong)
         if isinstance(value, list):
             return _from_rows(value, column, where, "source_row", 0)
     rows, numbers = [], []
@@ -120,6 +124,9 @@ def _from_json(text: str, column: str | None, where: str, whole: bool) -> Loaded
                 f"{where} line {n}: not valid JSON ({exc.msg} column {exc.colno}); "
                 "a .jsonl file needs one JSON object per line"
             ) from None
+        except RecursionError:
+            raise TrainingInputError(f"{where} line {n}: JSON nested too deeply; a prompt is an object "
+                                     "or a string") from None
         numbers.append(n)
     if not rows:
         raise TrainingInputError(f"{where}: no prompts (the file is empty or blank)")
@@ -178,7 +185,8 @@ def _from_parquet(path: Path, column: str | None, where: str) -> Loaded:
     for f in files:
         label = f"prompts {f}" if path.is_dir() else where
         try:
-            schema = pq.read_schema(f)
+            with open_regular(f) as fh:
+                schema = pq.read_schema(fh)
             if name not in schema.names:
                 raise TrainingInputError(
                     f"{label}: no column {name!r} (columns: {', '.join(schema.names)}); name it with --column"
@@ -189,7 +197,8 @@ def _from_parquet(path: Path, column: str | None, where: str) -> Loaded:
                     f"{label}: column {name!r} holds {kind}, not text; name a text column with --column"
                 )
             keep = [c for c in (name, "key") if c in schema.names]
-            rows = pq.read_table(f, columns=keep).to_pylist()
+            with open_regular(f) as fh:
+                rows = pq.read_table(fh, columns=keep).to_pylist()
         except (OSError, pa.ArrowException) as exc:
             raise TrainingInputError(f"{label}: not a readable parquet file ({exc})") from None
         for number, row in enumerate(rows):

@@ -15,12 +15,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import fsspec
-
 from ..models.loading import first_line
 from ..readers import InputError
 from ..readers.base import ColumnConfig, full_url
 from ..samples.sample import as_text
+from ..spine.files import NotRegularFile, open_input
 
 BATCH_ROWS = 4096
 
@@ -164,7 +163,7 @@ class MetadataReader:
         if fmt == "parquet":
             import pyarrow.parquet as pq
 
-            with _readable(path, fmt), fsspec.open(path, "rb") as f:
+            with _readable(path, fmt), open_input(path) as f:
                 return list(pq.ParquetFile(f).schema_arrow.names)
         for columns in {"csv": self._csv, "tsv": self._csv, "jsonl": self._jsonl}[fmt](path, fmt):
             return list(columns)
@@ -238,7 +237,7 @@ class MetadataReader:
     def _parquet(self, path: str, fmt: str) -> Iterator[dict]:
         import pyarrow.parquet as pq
 
-        with _readable(path, fmt), fsspec.open(path, "rb") as f:
+        with _readable(path, fmt), open_input(path) as f:
             parquet = pq.ParquetFile(f)
             names = set(parquet.schema_arrow.names)
             wanted = [c for c in self._wanted() if c in names]
@@ -251,7 +250,7 @@ class MetadataReader:
         import pyarrow.csv as pacsv
 
         delimiter = "\t" if fmt == "tsv" else ","
-        with _readable(path, fmt), fsspec.open(path, "rb", compression="infer") as f:
+        with _readable(path, fmt), open_input(path, compression="infer") as f:
             reader = pacsv.open_csv(
                 f,
                 read_options=pacsv.ReadOptions(block_size=1 << 20),
@@ -287,7 +286,7 @@ class MetadataReader:
 
     @staticmethod
     def _lines(path: str) -> Iterator[str]:
-        with _readable(path, input_format(path)), fsspec.open(path, "rb") as raw:
+        with _readable(path, input_format(path)), open_input(path) as raw:
             stream = gzip.open(raw) if path.lower().endswith((".gz", ".gzip")) else raw
             yield from io.TextIOWrapper(stream, encoding="utf-8")
 
@@ -300,6 +299,8 @@ def _readable(path: str, fmt: str):
 
     try:
         yield
+    except NotRegularFile as exc:
+        raise InputError(str(exc)) from None
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, pa.ArrowKeyError,
             pa.ArrowIndexError, pa.ArrowSerializationError) as exc:
         raise InputError(_arrow_problem(path, fmt, exc)) from None

@@ -112,15 +112,19 @@ def _folder_shards(fs, root: str, found: _FolderListing, folder_shard_size: int,
 
 
 def _shard_files(paths: list[str]) -> list[str]:
-    """Tars if there are any, else parquet files. img2dataset writes a metadata parquet with no
-    images beside each tar (00000.tar + 00000.parquet): the tar is the shard."""
+    """Tars, and the parquet files that are not a tar's metadata. img2dataset writes a metadata
+    parquet with no images beside each tar (00000.tar + 00000.parquet): the tar is the shard.
+    Any other parquet may hold images and is kept (whether it does is `_holds_images`)."""
     tars = sorted(p for p in paths if p.endswith(TAR_SUFFIXES))
-    return tars or sorted(p for p in paths if p.endswith(PARQUET_SUFFIXES))
+    tar_stems = {posixpath.join(posixpath.dirname(p), shard_name(p)) for p in tars}
+    parquets = sorted(p for p in paths if p.endswith(PARQUET_SUFFIXES)
+                      and posixpath.join(posixpath.dirname(p), shard_name(p)) not in tar_stems)
+    return tars + parquets
 
 
 def _holds_images(shard: Shard, pattern: str) -> bool:
-    """A parquet file beside loose images is a shard only if it has an image column; one
-    without is metadata: said in one line and left out."""
+    """A parquet file beside tars or loose images is a shard only if it has an image column;
+    one without is metadata: said in one line and left out."""
     if not isinstance(shard, ParquetShard):
         return True
     names = shard.column_names()
@@ -138,10 +142,10 @@ def _expand_folder(fs, pattern: str, path: str, columns: ColumnConfig, folder_sh
     """The shard files under a folder (tars if any, else parquet files) and its loose images
     (in slices); both when it holds both, saying so."""
     found = _FolderListing.scan(fs.find(path, detail=True))
-    shards = [open_shard(full_url(fs, m), columns) for m in found.tars or found.parquets]
+    shards = [open_shard(full_url(fs, m), columns) for m in _shard_files(found.tars + found.parquets)]
+    if found.tars or found.images:  # a parquet beside them may be metadata: only one with images
+        shards = [s for s in shards if _holds_images(s, pattern)]
     if found.images:
-        if not found.tars:
-            shards = [s for s in shards if _holds_images(s, pattern)]
         if shards:
             log.warning(
                 "%s: %s and %s; captioning both (name shard files or a subfolder to take only some)",
@@ -169,7 +173,9 @@ def _expand_one(pattern: str, columns: ColumnConfig, folder_shard_size: int) -> 
         matches = _shard_files(fs.glob(path))
         if not matches:
             raise InputError(f"{pattern}: no .tar or .parquet files match")
-        return [open_shard(full_url(fs, m), columns) for m in matches]
+        shards = [open_shard(full_url(fs, m), columns) for m in matches]
+        mixed = any(isinstance(s, TarShard) for s in shards)
+        return [s for s in shards if not mixed or _holds_images(s, pattern)]
     if not fs.exists(path):
         raise InputError(f"{pattern}: no such file or directory")
     if not fs.isdir(path):

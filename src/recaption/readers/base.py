@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import posixpath
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from ..samples.sample import MISSING_IMAGE, READ_ERROR, TOO_LARGE, Sample
+from ..spine.files import NotRegularFile, open_regular
 
 MiB = 1 << 20
 # Largest file (tar member, folder image, parquet image path) a reader loads into memory. An
@@ -38,6 +40,10 @@ class ColumnConfig:
     sha256: str = "sha256"
     extra: tuple[str, ...] = field(default_factory=tuple)
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    # Image paths in a parquet resolve under this folder (default: the parquet file's own);
+    # any_image_path lets rows name any file this process can read (absolute, ../, file://).
+    image_root: str | None = None
+    any_image_path: bool = False
 
     IMAGE_CANDIDATES = ("image", "jpg", "jpeg", "png", "webp", "img", "image_bytes")
     # Tried in order, exact names first, then ignoring case (`Caption`, `IMAGE`).
@@ -170,13 +176,22 @@ def read_bounded(fs, path: str, limit: int, size: int | None = None) -> bytes:
     Raises UnreadableImage: missing_image for a missing file or dangling link, too_large over
     the limit, read_error for anything else the filesystem refuses."""
     try:
-        if size is None:
-            size = fs.size(path)
-        if size is not None and size > limit:
-            raise too_large(path, size, limit)
-        data = fs.cat_file(path, start=0, end=limit + 1)
+        if is_local(fs):  # only a regular file, opened without blocking (a FIFO never hangs a run)
+            with open_regular(path) as f:
+                size = os.fstat(f.fileno()).st_size
+                if size > limit:
+                    raise too_large(path, size, limit)
+                data = f.read(limit + 1)
+        else:
+            if size is None:
+                size = fs.size(path)
+            if size is not None and size > limit:
+                raise too_large(path, size, limit)
+            data = fs.cat_file(path, start=0, end=limit + 1)
     except FileNotFoundError as exc:
         raise UnreadableImage(MISSING_IMAGE, f"cannot read {path}: no such file") from exc
+    except NotRegularFile as exc:
+        raise UnreadableImage(READ_ERROR, str(exc)) from exc
     except OSError as exc:
         raise UnreadableImage(READ_ERROR, f"cannot read {path}: {exc.strerror or exc}") from exc
     if len(data) > limit:

@@ -7,23 +7,26 @@ Image column types:
                              file, as `Dataset.cast_column("image", Image()).to_parquet()` does
                              for images on disk
   string                     a path per row
-A path is read with the parquet file's own filesystem; a relative path is relative to the
-parquet file's folder, a path with a protocol (s3://...) is read with that protocol. A row whose
-file is missing or unreadable is a row with that status, not a failed shard. http(s) URLs are
-not fetched here: `recap download` fetches them safely into shards.
+A path is data, so it stays inside its root: the parquet file's folder (or `image_root`,
+--image-root), relative paths from there. An absolute path elsewhere, a `..` escape, a symlink
+out, or a path with another protocol is that row's read_error naming the fix (--image-root DIR,
+or --any-image-path to let rows name any file). Only regular files are opened (a FIFO is a
+read_error, never a hang). A row whose file is missing or unreadable is a row with that status,
+not a failed shard. http(s) URLs are not fetched here: `recap download` fetches them safely.
 """
 
 from __future__ import annotations
 
+import os
 import posixpath
 from collections.abc import Iterator
 
-import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
-from ..samples.sample import MISSING_IMAGE, Sample, as_text
+from ..samples.sample import MISSING_IMAGE, READ_ERROR, Sample, as_text
+from ..spine.files import open_input
 from .base import (
     ColumnConfig,
     Shard,
@@ -31,6 +34,8 @@ from .base import (
     UniqueKeys,
     UnreadableImage,
     failed_sample,
+    full_url,
+    is_local,
     read_bounded,
     sha256_hex,
 )
@@ -84,7 +89,7 @@ class ParquetShard(Shard):
         """The file's columns, from its footer; None if it cannot be read (reading the shard
         then says why)."""
         try:
-            with fsspec.open(self.source, "rb") as raw:
+            with open_input(self.source) as raw:
                 return pq.read_schema(raw).names
         except (pa.ArrowException, OSError):
             return None
@@ -112,7 +117,7 @@ class ParquetShard(Shard):
 
     def __iter__(self) -> Iterator[Sample]:
         try:
-            with fsspec.open(self.source, "rb") as raw:
+            with open_input(self.source) as raw:
                 try:
                     pf = pq.ParquetFile(raw)
                 except (pa.ArrowInvalid, OSError) as exc:
@@ -202,11 +207,33 @@ class ParquetShard(Shard):
         return read_bounded(fs, resolved, self.columns.max_image_bytes)
 
     def _resolve(self, path: str):
-        """(filesystem, path): a URL with a protocol as it says, anything else on the parquet
-        file's filesystem, relative paths from the parquet file's folder."""
-        if "://" in path:
-            return url_to_fs(path)
-        fs, parquet_path = url_to_fs(self.source)  # fsspec caches filesystem instances: cheap
-        if not posixpath.isabs(path):
-            path = posixpath.join(posixpath.dirname(parquet_path), path)
-        return fs, path
+        """(filesystem, path) of an image path from a row: under the image root (the parquet
+        file's folder, or --image-root), relative paths from there; a path that leaves the root
+        (absolute elsewhere, ../, another protocol, a link out) is that row's read_error, unless
+        --any-image-path."""
+        if "\x00" in path:
+            raise UnreadableImage(READ_ERROR, f"image path {path!r} holds a NUL byte")
+        if self.columns.any_image_path:
+            if "://" in path:
+                return url_to_fs(path)
+            fs, parquet_path = url_to_fs(self.source)  # fsspec caches filesystem instances: cheap
+            return fs, posixpath.join(posixpath.dirname(parquet_path), path)
+        root_fs, root = url_to_fs(self.columns.image_root or self.source)
+        root = root if self.columns.image_root else posixpath.dirname(root)
+        fs, resolved = url_to_fs(path) if "://" in path else (root_fs, posixpath.join(root, path))
+        if type(fs) is not type(root_fs) or not inside(root, resolved, local=is_local(fs)):
+            raise UnreadableImage(
+                READ_ERROR,
+                f"image path {path} is outside {full_url(root_fs, root)}, the folder image paths are read "
+                "from; name that folder with --image-root, or pass --any-image-path to read paths anywhere",
+            )
+        return fs, resolved
+
+
+def inside(root: str, path: str, local: bool) -> bool:
+    """Whether `path` (after `..` and, for a local path, symlinks are resolved) is `root` or
+    lies under it."""
+    root, path = posixpath.normpath(root), posixpath.normpath(path)
+    if local:
+        root, path = os.path.realpath(root), os.path.realpath(path)
+    return path == root or path.startswith(root.rstrip("/") + "/")

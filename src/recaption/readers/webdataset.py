@@ -8,9 +8,8 @@ import tarfile
 from collections import Counter
 from collections.abc import Iterator
 
-import fsspec
-
 from ..samples.sample import MISSING_IMAGE, Sample, as_text
+from ..spine.files import open_input
 from .base import (
     ColumnConfig,
     Shard,
@@ -67,7 +66,7 @@ class TarShard(Shard):
 
     def __iter__(self) -> Iterator[Sample]:
         try:
-            with fsspec.open(self.source, "rb") as raw:
+            with open_input(self.source) as raw:
                 tar, members = self._headers(raw)
                 groups = _group_members(members)
                 unique = UniqueKeys(posixpath.basename(key) for key, _ in groups)

@@ -8,11 +8,22 @@ result unchanged."""
 from __future__ import annotations
 
 import io
+import re
 import tarfile
 import time
 from typing import IO
 
 from ..spine.atomic import temporary_name
+
+# What a tar member's key cannot hold: a path separator, a dot (webdataset splits a member name
+# at its first dot), control characters (NUL, newline) and the few code points tar tools mangle.
+_UNSAFE_KEY = re.compile(r"[./\\\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def member_key(key: str) -> str:
+    """A key fit for tar member names (`sub/cat.v2\n` -> `sub_cat_v2_`): the one rule for every
+    tar this toolkit writes; the original key goes in the sample's .json."""
+    return _UNSAFE_KEY.sub("_", key) or "_"
 
 
 class TarShardWriter:
@@ -47,8 +58,8 @@ class TarShardWriter:
     def add(self, key: str, members: dict[str, bytes]) -> None:
         """One sample: `{"jpg": ..., "txt": ..., "json": ...}` become `{key}.jpg`, `{key}.txt`, ...
         in this order."""
-        if "/" in key or key.startswith("."):
-            raise ValueError(f"tar key {key!r}: must not hold '/' or start with '.'")
+        if member_key(key) != key:
+            raise ValueError(f"tar key {key!r}: holds characters a member name cannot (see member_key)")
         for ext, data in members.items():
             self.add_member(f"{key}.{ext}", data)
         self.samples += 1

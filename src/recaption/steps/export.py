@@ -12,12 +12,14 @@ Per finished caption shard `{name}` the destination gets:
                      and "caption_source": the column the .txt came from). Samples follow the
                      order of the input shard.
   {name}_stats.json  every row accounted for: rows, exported, not_exported by reason
-                     (status_not_ok, no_caption, image_not_found, unreadable_image, duplicate_key)
+                     (status_not_ok, no_caption, image_not_found, unreadable_image, duplicate_key,
+                     image_mismatch: the image under that key is not the one captioned, by sha256)
   {name}.done        written last: what was exported (caption choice, seed, source folder)
 
-Keys in a tar member name cannot hold '/' or '.' (webdataset splits a member name at the first
-dot of its basename): such keys are written with '_' instead (`sub/cat.v2` -> `sub_cat_v2`); the
-.json keeps the real key, and `recap caption` reads it back from there.
+Keys in a tar member name cannot hold '/', '.' (webdataset splits a member name at the first
+dot of its basename) or control characters (NUL, newline): such keys are written with '_'
+instead (`sub/cat.v2` -> `sub_cat_v2`, samples.tars.member_key); the .json keeps the real key,
+and `recap caption` reads it back from there.
 
 Images come from each shard's input as `recap caption` recorded it (`source` in
 `{name}_stats.json`), or from `images`: shards found like `recap caption` inputs, the one of the
@@ -48,7 +50,7 @@ import pyarrow.parquet as pq
 from ..quality.outputs import done_shards, input_shard, over_finished, read_output, recorded_sources
 from ..readers import ColumnConfig, discover_shards
 from ..readers.base import Shard
-from ..samples.tars import TarShardWriter
+from ..samples.tars import TarShardWriter, member_key
 from ..spine import __version__
 from ..spine.contract import Step, location, marker_has
 from ..spine.errors import RecaptionError
@@ -64,7 +66,10 @@ NO_CAPTION = "no_caption"  # the chosen caption is null or blank
 IMAGE_NOT_FOUND = "image_not_found"  # no sample of that key in the input shard
 UNREADABLE_IMAGE = "unreadable_image"  # the input has the key, but no image bytes of a known format
 DUPLICATE_KEY = "duplicate_key"  # a second row of the same key in one output shard
-REASONS = (STATUS_NOT_OK, NO_CAPTION, IMAGE_NOT_FOUND, UNREADABLE_IMAGE, DUPLICATE_KEY)
+# The image found under the key is not the one captioned: its sha256 (as the reader derives it,
+# the same way captioning did) differs from the row's. Another image set with the same keys.
+IMAGE_MISMATCH = "image_mismatch"
+REASONS = (STATUS_NOT_OK, NO_CAPTION, IMAGE_NOT_FOUND, UNREADABLE_IMAGE, DUPLICATE_KEY, IMAGE_MISMATCH)
 
 
 # What `recap export` writes (the output contract): WebDataset tars whose markers record the
@@ -189,19 +194,16 @@ def image_extension(data: bytes | None) -> str | None:
         return None
 
 
-_UNSAFE_KEY = re.compile(r"[./\\]")
-
-
 class TarKeys:
-    """Member-name keys for one tar: '/', '\\' and '.' become '_' (webdataset splits a name at
-    its first dot); a key that then collides with an earlier one gets `_1`, `_2`, ..."""
+    """Member-name keys for one tar (samples.tars.member_key: '/', '.', control characters
+    become '_'); a key that then collides with an earlier one gets `_1`, `_2`, ..."""
 
     def __init__(self):
         self.used: set[str] = set()
         self.renamed = 0
 
     def __call__(self, key: str) -> str:
-        safe = _UNSAFE_KEY.sub("_", key) or "_"
+        safe = member_key(key)
         candidate, n = safe, 0
         while candidate in self.used:
             n += 1
@@ -376,11 +378,14 @@ def _export_shard(src: OutputDir, dest: OutputDir, name: str, choice: CaptionCho
                         entry = wanted.pop(sample.key, None)
                         if entry is None:
                             continue
+                        row, text, column, fell_back = entry
+                        if row.get("sha256") and sample.sha256 != row["sha256"]:
+                            reasons[IMAGE_MISMATCH] += 1
+                            continue
                         ext = image_extension(sample.image_bytes)
                         if ext is None:
                             reasons[UNREADABLE_IMAGE] += 1
                             continue
-                        row, text, column, fell_back = entry
                         meta = json.dumps(_meta(row, sample.key, column), ensure_ascii=False)
                         writer.add(keys(sample.key), {
                             ext: sample.image_bytes, "txt": text.encode("utf-8"), "json": meta.encode("utf-8")

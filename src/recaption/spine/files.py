@@ -1,0 +1,85 @@
+"""Open a file by name the one safe way: only a regular file, never blocking on a FIFO.
+
+Every file read by a name that came from a user or from data (input shards, folder images,
+parquet image paths, metadata, --passes, prompt files) is opened here. A local path is opened
+non-blocking (a FIFO's open would wait forever for a writer), checked with fstat on the open
+descriptor (no window between the check and the read), and only then read: a FIFO, socket,
+device or folder is refused in one line naming what it is. Remote URLs go to fsspec.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+from typing import IO
+
+import fsspec
+
+_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"))
+
+
+class NotRegularFile(OSError):
+    """A name that is not a regular file (FIFO, socket, device, folder): refused, not opened."""
+
+
+def kind_of(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def local_path(url: str) -> str | None:
+    """The local path a name refers to (plain path or file://), None for a remote URL."""
+    if "://" not in url:
+        return url
+    return url.removeprefix("file://") if url.startswith("file://") else None
+
+
+def open_regular(path: str | os.PathLike) -> IO[bytes]:
+    """A local regular file opened for binary reading; NotRegularFile for anything else (raised
+    without blocking), FileNotFoundError / PermissionError / OSError as the OS says."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFile(f"{os.fspath(path)} is {kind_of(mode)}, not a file; name a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def open_input(url: str | os.PathLike, mode: str = "rb", compression: str | None = None):
+    """A user- or data-named file for reading, local or remote, as a context manager: local
+    paths through `open_regular`, URLs through fsspec. `compression="infer"` unpacks .gz etc."""
+    url = os.fspath(url)
+    path = local_path(url)
+    if path is None:
+        return fsspec.open(url, mode, compression=compression)
+    raw = open_regular(path)
+    codec = fsspec.core.get_compression(path, compression) if compression else None
+    stream = fsspec.compression.compr[codec](raw, mode="rb") if codec else raw
+    return io.TextIOWrapper(stream, encoding="utf-8") if "b" not in mode else stream
+
+
+def read_input(url: str | os.PathLike, limit: int | None = None) -> bytes:
+    """The bytes of a user- or data-named file, at most `limit` + 1 of them (the caller checks)."""
+    with open_input(url) as f:
+        return f.read() if limit is None else f.read(limit + 1)
+
+
+def check_regular(url: str) -> None:
+    """NotRegularFile for a local name that exists and is not a regular file (no open at all):
+    for files a library opens itself by name."""
+    path = local_path(url)
+    if path is not None:
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            return  # missing or unreadable: the open that follows says so
+        if not stat.S_ISREG(mode):
+            raise NotRegularFile(f"{path} is {kind_of(mode)}, not a file; name a regular file")
+
+

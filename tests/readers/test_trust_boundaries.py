@@ -1,0 +1,288 @@
+"""What data and users' files may make the toolkit read or do: paths from data stay inside their
+root, only regular files are opened (a FIFO never hangs a run), settings files cannot cost more
+than their size, a mixed folder loses no shard, an export never pairs a caption with another
+image, and numbers that would break the math are refused. Each probe ends in one line or a row
+with a status."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import tarfile
+from contextlib import contextmanager
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+import recaption
+from recaption.cli import app
+from recaption.readers import ColumnConfig, discover_shards, open_shard
+from recaption.readers.parquet import inside
+from recaption.samples.sample import READ_ERROR
+from recaption.samples.tars import member_key
+from recaption.spine.user_yaml import UserFileError, load_yaml
+
+from ..conftest import image_bytes, write_shards
+from ..quality.test_selection import row, write_output
+
+
+@contextmanager
+def no_hang(seconds: int = 60):
+    """Fail (not hang) if the block blocks: the FIFO probes would wait forever on a plain open."""
+    def expired(*_):
+        raise AssertionError(f"blocked for {seconds}s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def invoke(*args) -> object:
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def one_line_error(result, *expected: str) -> str:
+    out = result.output.strip()
+    assert result.exit_code == 2, out
+    assert out.startswith("error:") and len(out.splitlines()) == 1, out
+    for text in expected:
+        assert text in out, out
+    return out
+
+
+# -- paths from data ------------------------------------------------------------------------------
+
+@pytest.fixture
+def planted(tmp_path):
+    """A data folder whose parquet names files: one beside it, and several outside it."""
+    outside = tmp_path / "private"
+    outside.mkdir()
+    (outside / "secret.png").write_bytes(image_bytes(8, 8, fmt="PNG", seed=7))
+    data = tmp_path / "data"
+    (data / "img").mkdir(parents=True)
+    (data / "img" / "ok.png").write_bytes(image_bytes(8, 8, fmt="PNG", seed=1))
+    os.symlink(outside / "secret.png", data / "img" / "link.png")
+    paths = {
+        "inside": "img/ok.png",
+        "absolute": str(outside / "secret.png"),
+        "dotdot": "../private/secret.png",
+        "sneaky-dotdot": "img/../../private/secret.png",
+        "file-url": f"file://{outside / 'secret.png'}",
+        "symlink-out": "img/link.png",
+    }
+    table = pa.table({"key": list(paths), "image": list(paths.values())})
+    pq.write_table(table, data / "rows.parquet")
+    struct = pa.table({"key": list(paths), "image": pa.array(
+        [{"bytes": None, "path": p} for p in paths.values()],
+        pa.struct([("bytes", pa.binary()), ("path", pa.string())]))})
+    pq.write_table(struct, data / "struct.parquet")
+    return tmp_path
+
+
+@pytest.mark.parametrize("name", ["rows", "struct"])
+def test_a_parquet_path_outside_its_folder_is_a_read_error_not_a_read(planted, name):
+    samples = {s.key: s for s in open_shard(str(planted / "data" / f"{name}.parquet"))}
+    assert samples["inside"].ok and samples["inside"].image_bytes
+    secret = (planted / "private" / "secret.png").read_bytes()
+    for key in ("absolute", "dotdot", "sneaky-dotdot", "file-url", "symlink-out"):
+        sample = samples[key]
+        assert sample.status == READ_ERROR and sample.image_bytes is None, key
+        assert "--image-root" in sample.error and "--any-image-path" in sample.error, sample.error
+        assert sample.sha256 != hashlib.sha256(secret).hexdigest()
+
+
+def test_image_root_and_any_image_path_lift_the_refusal_as_they_say(planted):
+    parquet = str(planted / "data" / "rows.parquet")
+    rooted = {s.key: s for s in open_shard(parquet, ColumnConfig(image_root=str(planted)))}
+    assert rooted["absolute"].ok and rooted["file-url"].ok, "absolute paths under the named root are read"
+    assert rooted["inside"].status == "missing_image", "relative paths resolve from the named root"
+    assert rooted["dotdot"].status == READ_ERROR, "and may not leave it"
+    anywhere = {s.key: s for s in open_shard(parquet, ColumnConfig(any_image_path=True))}
+    assert all(s.ok for s in anywhere.values())
+
+
+def test_caption_refuses_paths_outside_the_root_row_by_row(planted, tmp_path):
+    result = invoke("caption", planted / "data" / "rows.parquet", "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    rows = {r["key"]: r for r in pq.read_table(tmp_path / "out" / "rows.parquet").to_pylist()}
+    assert rows["inside"]["status"] == "ok"
+    assert {k: r["status"] for k, r in rows.items() if k != "inside"} == dict.fromkeys(
+        ["absolute", "dotdot", "sneaky-dotdot", "file-url", "symlink-out"], READ_ERROR)
+
+
+@given(st.lists(st.sampled_from(["a", "b", "..", ".", ""]), max_size=8))
+def test_inside_agrees_with_the_normalised_path(parts):
+    import posixpath
+
+    path = "/root/data/" + "/".join(parts)
+    normal = posixpath.normpath(path)
+    under = normal == "/root/data" or normal.startswith("/root/data/")
+    assert inside("/root/data", path, local=False) == under
+
+
+# -- special files --------------------------------------------------------------------------------
+
+def test_a_fifo_among_images_or_named_by_a_path_is_a_row_never_a_hang(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "cat.jpg").write_bytes(image_bytes(8, 8))
+    os.mkfifo(folder / "f.jpg")
+    paths = pa.table({"key": ["fifo", "cat"], "image": ["f.jpg", "cat.jpg"]})
+    pq.write_table(paths, folder / "paths.parquet")
+    with no_hang():
+        by_folder = {s.key: s for shard in discover_shards([str(folder)]) for s in shard}
+        by_path = {s.key: s for s in open_shard(str(folder / "paths.parquet"))}
+    for samples in (by_folder, by_path):
+        fifo = samples.get("f") or samples["fifo"]
+        assert fifo.status == READ_ERROR and "FIFO" in fifo.error, fifo.error
+        assert samples["cat"].ok
+
+
+def test_a_fifo_named_as_a_shard_metadata_or_passes_file_is_one_line(tmp_path):
+    write_shards(tmp_path / "in", n_shards=1, per_shard=1)
+    os.mkfifo(tmp_path / "in" / "00001.tar")
+    os.mkfifo(tmp_path / "urls.parquet")
+    os.mkfifo(tmp_path / "passes.yaml")
+    with no_hang():
+        shard = invoke("caption", tmp_path / "in" / "00001.tar", "-o", tmp_path / "o1", "--model", "tiny")
+        metadata = invoke("download", tmp_path / "urls.parquet", "-o", tmp_path / "o2")
+        passes = invoke("caption", tmp_path / "in" / "00000.tar", "-o", tmp_path / "o3",
+                        "--passes", tmp_path / "passes.yaml")
+    assert shard.exit_code != 0 and "FIFO" in shard.output and "Traceback" not in shard.output, shard.output
+    one_line_error(metadata, "FIFO")
+    one_line_error(passes, "--passes", "FIFO")
+
+
+# -- YAML and JSON from users ---------------------------------------------------------------------
+
+BILLION_LAUGHS = """
+a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
+b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
+c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
+d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
+e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
+passes: [*e]
+"""
+
+
+@pytest.mark.parametrize("text, says", [
+    (BILLION_LAUGHS, "aliases"),
+    ("[" * 50_000 + "]" * 50_000, "nested deeper than"),
+    ("- " * 40 + "x", "nested deeper than"),
+    ("- {name: a, prompt: x, max_new_tokens: 'abc'}", "pass 1: max_new_tokens 'abc' is not a whole number"),
+    ("- {name: a, prompt: x, top_k: true}", "top_k True is not a whole number"),
+    ("- {name: a, prompt: [1, 2]}", "prompt must be text"),
+    ("- {name: a, prompt: x}\n- {name: a_length, prompt: y}", "both write re_caption_a_length"),
+    ("- just a string", "pass 1: give name and prompt"),
+    ("{passes: 3}", "expected a list of passes"),
+    ("key: [unclosed", "not YAML"),
+    (b"\xff\xfe", "not UTF-8"),
+])
+def test_a_hostile_passes_file_is_one_line_before_any_model_loads(tmp_path, text, says):
+    path = tmp_path / "passes.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    write_shards(tmp_path / "in", n_shards=1, per_shard=1)
+    # A model that does not exist: reaching the model would be another error than the one expected.
+    result = invoke("caption", tmp_path / "in", "-o", tmp_path / "out", "--model", str(tmp_path / "no-model"),
+                    "--passes", path)
+    one_line_error(result, says)
+    assert len(result.output) < 400
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("*.parquet"))
+
+
+@given(st.text(max_size=200))
+def test_the_bounded_loader_only_ever_returns_data_or_a_user_error(tmp_path_factory, text):
+    path = tmp_path_factory.mktemp("yaml") / "f.yaml"
+    path.write_text(text, encoding="utf-8")
+    try:
+        load_yaml(path, "--passes")
+    except UserFileError as exc:
+        assert str(exc).startswith(f"--passes {path}") and "\n" not in str(exc)
+
+
+# -- a folder of tars and parquet files -----------------------------------------------------------
+
+def test_a_folder_of_tars_and_parquet_files_captions_every_shard_and_names_the_rest(tmp_path, caplog):
+    folder = tmp_path / "mixed"
+    write_shards(folder, n_shards=1, per_shard=2)  # 00000.tar
+    pq.write_table(pa.table({"url": ["u1", "u2"]}), folder / "00000.parquet")  # its img2dataset metadata
+    pq.write_table(pa.table({"key": ["p"], "image": [image_bytes(8, 8)]}), folder / "photos.parquet")
+    pq.write_table(pa.table({"note": ["x"]}), folder / "notes.parquet")  # no images at all
+    shards = discover_shards([str(folder)])
+    assert sorted(s.name for s in shards) == ["00000", "photos"]
+    assert "notes.parquet has no image column" in caplog.text
+    globbed = discover_shards([str(folder / "*")])
+    assert sorted(s.name for s in globbed) == ["00000", "photos"]
+
+
+# -- export: the image is the one captioned; keys a tar cannot hold -------------------------------
+
+def _image_parquet(path, keys: list[str], seed: int) -> list[bytes]:
+    images = [image_bytes(8, 8, fmt="PNG", seed=seed + i) for i in range(len(keys))]
+    pq.write_table(pa.table({"key": keys, "image": images}), path)
+    return images
+
+
+def test_export_never_pairs_a_caption_with_another_image_and_keys_are_made_safe(tmp_path):
+    keys = ["plain", "nul\x00key", "new\nline"]
+    (tmp_path / "s1").mkdir()
+    (tmp_path / "s2").mkdir()
+    originals = _image_parquet(tmp_path / "s1" / "images.parquet", keys, seed=0)
+    _image_parquet(tmp_path / "s2" / "images.parquet", keys, seed=50)  # same keys, other images
+    out = tmp_path / "out"
+    rows = [row(k, sha256=hashlib.sha256(b).hexdigest()) for k, b in zip(keys, originals, strict=True)]
+    write_output(out, "images", rows)
+
+    wrong = recaption.export(out, tmp_path / "wrong", images=[str(tmp_path / "s2")])
+    assert wrong.status_counts.get("exported", 0) == 0
+    assert wrong.status_counts["image_mismatch"] == 3
+    with tarfile.open(tmp_path / "wrong" / "images.tar") as tar:
+        assert tar.getnames() == []
+
+    right = recaption.export(out, tmp_path / "right", images=[str(tmp_path / "s1")])
+    assert right.status_counts["exported"] == 3
+    with tarfile.open(tmp_path / "right" / "images.tar") as tar:
+        names = tar.getnames()
+        metas = [json.loads(tar.extractfile(n).read()) for n in names if n.endswith(".json")]
+    assert names == [f"{member_key(k)}.{ext}" for k in keys for ext in ("png", "txt", "json")]
+    assert all("\x00" not in n and "\n" not in n for n in names)
+    assert [m["key"] for m in metas] == keys
+
+
+@given(st.text(max_size=40))
+def test_member_keys_hold_nothing_a_tar_name_cannot(key):
+    safe = member_key(key)
+    assert safe and member_key(safe) == safe
+    assert not any(c in safe for c in "./\\\x00\n\r\t") and all(ord(c) >= 0x20 for c in safe)
+
+
+# -- numbers that break the math ------------------------------------------------------------------
+
+@pytest.mark.parametrize("guidance", ["1e39", "inf", "nan", "-1", "101"])
+def test_guidance_that_float32_cannot_survive_is_refused(tmp_path, guidance):
+    from recaption.dit.generate import check_guidance
+    from recaption.training.inputs import TrainingInputError
+
+    with pytest.raises(TrainingInputError, match="give a number from 0 to 100"):
+        check_guidance(float(guidance))
+
+
+@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+def test_a_prompt_file_nested_too_deeply_is_one_line(tmp_path, suffix):
+    from recaption.dit.prompt_files import load_prompts
+    from recaption.training.inputs import TrainingInputError
+
+    path = tmp_path / f"prompts{suffix}"
+    path.write_text("[" * 50_000 + "]" * 50_000)
+    with pytest.raises(TrainingInputError, match="nested too deeply"):
+        load_prompts(str(path))
