@@ -403,21 +403,16 @@ def test_recap_run_goes_from_urls_to_captions(tmp_path):
         rows = [{"url": f"{server.url}/img/{i}.jpg", "text": f"alt {i}"} for i in range(4)]
         rows.append({"url": server.url + "/404", "text": "gone"})
         meta = write_metadata(tmp_path / "urls.parquet", rows)
-        result = CliRunner().invoke(
-            app,
-            [
-                "run",
-                meta,
-                "-o",
-                str(tmp_path / "run"),
-                "--allow-private-network",
-                "--max-new-tokens",
-                "6",
-                "--image-size",
-                "64",
-            ],
-        )
+        command = ["run", meta, "-o", str(tmp_path / "run"), "--allow-private-network",
+                   "--max-new-tokens", "6", "--image-size", "64"]
+        result = CliRunner().invoke(app, command)
+        other = CliRunner().invoke(app, [*command[:-1], "48"])  # other settings: refused, naming the way out
+        again = CliRunner().invoke(app, [*command[:-1], "48", "--overwrite", "--retry-failed"])
     assert result.exit_code == 0, result.output
+    assert other.exit_code == 2 and "--overwrite" in other.output, other.output
+    assert again.exit_code == 0, again.output
+    stats = json.loads((tmp_path / "run" / "images" / "00000_stats.json").read_text())
+    assert stats["image_size"] == 48, "--overwrite redid the download with the new settings"
     downloaded = pq.read_table(tmp_path / "run" / "images" / "00000.parquet").to_pylist()
     assert [r["outcome"] for r in downloaded] == ["ok"] * 4 + ["http_error"]
     captions = pq.read_table(tmp_path / "run" / "captions" / "00000.parquet").to_pylist()

@@ -120,7 +120,21 @@ def run_cmd(
     image_size: Annotated[int, typer.Option(help="Images are stored with this short side (keep_ratio).")] = 512,
     concurrency: Annotated[int, typer.Option(help="Connections open at once.")] = 64,
     allow_private_network: Annotated[bool, typer.Option(help="Allow hosts that resolve to private or loopback addresses.")] = False,
+    timeout: Annotated[float, typer.Option(help="Download: seconds per attempt (connect, redirects and the whole body).")] = 10.0,
+    retries: Annotated[int, typer.Option(help="Download: retries on 429, 5xx, connection errors and cut bodies.")] = 2,
+    respect_opt_out: Annotated[bool, typer.Option(help="Download: skip images whose X-Robots-Tag says noai, noimageai, noindex, noimageindex or none.")] = True,
+    keep_url_secrets: Annotated[bool, typer.Option(help="Download: store URLs as given, credentials and signed query values included.")] = False,
     model: Annotated[str, typer.Option(help="'tiny', a local model folder or a hub id.")] = "tiny",
+    prompt: Annotated[str, typer.Option(help="Instruction sent with each image.")] = PAPER_PROMPT,
+    passes_file: Annotated[str | None, typer.Option("--passes", help="YAML file: a list of caption passes, each {name, prompt, top_k (0: greedy), max_new_tokens}.")] = None,
+    score: Annotated[bool, typer.Option(help="Also fill the CLIP-score columns while captioning (images decoded once).")] = False,
+    clip_model: Annotated[str, typer.Option(help="CLIP for --score: hub id, local folder, open_clip:..., or tiny-clip (built in, offline).")] = "openai/clip-vit-large-patch14",
+    max_bytes: Annotated[int, typer.Option(help="Download: largest image body accepted, in bytes.")] = 32 * 1024 * 1024,
+    max_pixels: Annotated[int, typer.Option(help="Largest image in pixels; bigger ones become rows with a status (download: failed_to_resize; caption: too_large).")] = 89_478_485,
+    devices: Annotated[str | None, typer.Option(help="Caption on these GPUs, one model each: all, or a list such as 0,1.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Caption: loader processes (0: in this process; default: 0 on CPU, up to 4 on a GPU).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Redo complete shards of both halves (download and caption).")] = False,
+    retry_failed: Annotated[bool, typer.Option(help="Fetch again the rows that failed for a transient reason, and caption again the shards with caption_error rows.")] = False,
     batch_size: Annotated[int, typer.Option(help="Images per generate call (0: automatic on GPU).")] = 8,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     max_new_tokens: Annotated[int, typer.Option(help="Generation limit per caption.")] = 128,
@@ -130,25 +144,36 @@ def run_cmd(
     """URLs to captions in one command: `recap download` into OUT/images, then `recap caption`
     into OUT/captions. Both halves resume, so rerunning the command finishes an interrupted run."""
     from ..downloads import DownloadConfig
+    from ..downloads.config import DEFAULT_DISALLOWED
 
     base = output.rstrip("/")
     try:
         download_cfg = DownloadConfig(
             output=f"{base}/images", url_col=url_col, caption_col=caption_col, shard_size=shard_size,
             image_size=image_size, concurrency=concurrency, allow_private_network=allow_private_network,
+            timeout=timeout, retries=retries, keep_url_secrets=keep_url_secrets, overwrite=overwrite,
+            retry_failed=retry_failed, disallowed_directives=DEFAULT_DISALLOWED if respect_opt_out else (),
+            max_bytes=max_bytes, max_pixels=max_pixels,
         )
-        caption_cfg = CaptionConfig(model=model, batch_size=batch_size, device=device, max_new_tokens=max_new_tokens)
-        executor_cfg = ExecutorConfig(executor=executor, ray_address=ray_address)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
+    from ..config import caption_settings
+
+    with clear_error(ValueError):  # the caption half through the one mapping of flags to settings
+        settings = caption_settings(
+            f"{base}/captions", model=model, batch_size=batch_size, device=device, max_new_tokens=max_new_tokens,
+            prompt=prompt, passes_file=passes_file, score=score, clip_model=clip_model, overwrite=overwrite,
+            retry_failed=retry_failed, max_pixels=max_pixels, devices=devices, workers=workers,
+            executor=executor, ray_address=ray_address,
+        )
     # The run folder itself through the output contract: not among the inputs, and holding
     # nothing but a run's images/ and captions/ (never an export's or a caption folder).
     with open_output(base, RUN, pattern_places(inputs)):
         code = run_download_command(inputs, download_cfg, executor, ray_address)
         if code == 2:
             raise typer.Exit(code)
-        caption_code = run_caption_command([f"{base}/images"], caption_cfg, RunConfig(output=f"{base}/captions"),
-                                           executor_cfg=executor_cfg)
+        caption_code = run_caption_command([f"{base}/images"], settings.caption, settings.run,
+                                           executor_cfg=settings.executor)
     raise typer.Exit(max(code, caption_code))
 
 
