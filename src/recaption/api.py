@@ -134,11 +134,11 @@ def filter_output(output: PathLike, where: str, destination: PathLike, *, overwr
 
 
 def export(output: PathLike, destination: PathLike, *, images: PathLike | list[PathLike] | None = None,
-           caption: str = "re_caption", seed: int = 0, overwrite: bool = False):
+           caption: str = "re_caption", seed: int = 0, overwrite: bool = False, format: str = "jpg"):
     """Write caption output `output` as WebDataset tars in `destination`, one `{name}.tar` per
-    finished shard (`recap export OUTPUT -o DESTINATION --caption ...`): `{key}.{jpg,png,...}` (the
-    original image bytes), `{key}.txt` (the chosen caption), `{key}.json` (key, url, sha256, the
-    captions, CLIP scores, caption_source).
+    finished shard (`recap export OUTPUT -o DESTINATION --caption ...`): `{key}.jpg` (or `format`:
+    png, webp; `keep`: each image's own bytes), `{key}.txt` (the chosen caption), `{key}.json`
+    (key, url, sha256, the captions, CLIP scores, caption_source).
 
     Args:
         images: where the images are (tar / parquet shards, folders, globs), when not at the
@@ -147,6 +147,8 @@ def export(output: PathLike, destination: PathLike, *, images: PathLike | list[P
             `mix:p=P`: the original caption with probability P, else the recaption, fixed per
             (seed, key) so reruns write the same tars.
         seed: the mix's seed.
+        format: jpg, png or webp (one format for the whole export, EXIF orientation applied), or
+            keep (each image's bytes as they are).
         overwrite: redo shards already exported (a rerun otherwise skips those exported alike).
 
     Returns:
@@ -167,7 +169,7 @@ def export(output: PathLike, destination: PathLike, *, images: PathLike | list[P
 
     found = None if images is None else _paths(images)
     return _export(os.fspath(output), os.fspath(destination), images=found, caption=caption, seed=seed,
-                   overwrite=overwrite)
+                   overwrite=overwrite, format=format)
 
 
 def train_clip(data: PathLike | list[PathLike], output: PathLike, **options: Any) -> dict:

@@ -65,7 +65,7 @@ def captioned(tmp_path_factory, captioner):
 @pytest.mark.parametrize("caption", ["re_caption", "org_caption", "mix:p=0.5"])
 def test_export_writes_tars_that_webdataset_and_recap_read(captioned, tmp_path, caption):
     out, dest = captioned / "out", tmp_path / "wds"
-    summary = recaption.export(out, dest, caption=caption, seed=3)
+    summary = recaption.export(out, dest, caption=caption, seed=3, format="keep")
     assert summary.done == ["00000", "00001"] and not summary.failed
     assert (summary.count("rows_in"), summary.status_counts["exported"], not_exported(summary)) == (6, 6, {})
     assert export_lines(summary)[-1].startswith(f"exported 6 of 6 rows with --caption {caption} to ")
@@ -152,7 +152,7 @@ def test_every_row_is_accounted_for_and_a_missing_input_fails_only_its_shard(tmp
     write_output(out, "00001", [row(img2dataset_key(1, 0))], source=tmp_path / "gone" / "00001.tar")
     dest = tmp_path / "wds"
 
-    summary = recaption.export(out, dest)
+    summary = recaption.export(out, dest, format="keep")
     assert summary.done == ["00000"] and list(summary.errors) == ["00001"]
     assert "00001.tar" in summary.errors["00001"]
     assert any(line.startswith("00001: FAILED") for line in export_lines(summary))
@@ -172,7 +172,7 @@ def test_every_row_is_accounted_for_and_a_missing_input_fails_only_its_shard(tmp
     moved = [ShardRecord(png(9), "alt", "u", "png")]
     write_webdataset_shard(tmp_path / "moved" / "00001.tar", moved, shard_id=1)
     write_input(tmp_path / "moved" / "00000.tar", 4)
-    again = recaption.export(out, dest, images=[str(tmp_path / "moved" / "*.tar")])
+    again = recaption.export(out, dest, images=[str(tmp_path / "moved" / "*.tar")], format="keep")
     assert again.skipped == ["00000"] and again.done == ["00001"] and not again.failed
     assert (again.status_counts["exported"], again.count("rows_in")) == (3, 6)  # skipped: from stats
     assert [s["png"] for s in read_wds(dest / "00001.tar")] == [png(9)]
@@ -182,7 +182,7 @@ def test_every_row_is_accounted_for_and_a_missing_input_fails_only_its_shard(tmp
     # A redo (--overwrite) that fails keeps the finished export as it was.
     before = (dest / "00000.tar").read_bytes()
     (tmp_path / "in" / "00000.tar").unlink()
-    redo = recaption.export(out, dest, overwrite=True)
+    redo = recaption.export(out, dest, overwrite=True, format="keep")
     assert "00000" in redo.errors
     assert (dest / "00000.done").exists() and (dest / "00000.tar").read_bytes() == before
     assert not list(dest.glob("*.tmp"))
@@ -203,7 +203,8 @@ def test_keys_a_tar_cannot_hold_and_other_caption_columns(tmp_path):
     write_output(out, "captioned", rows, conditional=True)  # its recorded input is gone: --images
 
     dest = tmp_path / "wds"
-    summary = recaption.export(out, dest, images=[str(folder)], caption="re_caption_condition_diverse_topk")
+    summary = recaption.export(out, dest, images=[str(folder)], caption="re_caption_condition_diverse_topk",
+                               format="keep")
     assert summary.status_counts["exported"] == 2 and not summary.failed
     with tarfile.open(dest / "captioned.tar") as tar:
         assert tar.getnames() == ["dog.jpg", "dog.txt", "dog.json", "sub_cat_v2.png", "sub_cat_v2.txt",
@@ -268,3 +269,37 @@ def test_reruns_and_destinations(tmp_path):
 def test_image_extension_from_the_bytes(fmt, ext):
     assert image_extension(image_bytes(8, 8, fmt=fmt)) == ext
     assert image_extension(b"not an image") is None and image_extension(None) is None
+
+
+def test_the_default_export_is_one_format_upright_and_loads_in_datasets_and_webdataset(tmp_path):
+    """Mixed jpg and png input, and a photo stored sideways with an EXIF orientation: the default
+    export is all .jpg, the photo's pixels upright as it was captioned, and HF datasets'
+    webdataset builder (which refuses mixed types under one prefix) loads the tar."""
+    from PIL import Image as PILImage
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    sideways = PILImage.new("RGB", (40, 20), (200, 30, 30))  # stored 40x20, shown 20x40
+    exif = sideways.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view
+    sideways.save(folder / "a.jpg", exif=exif)
+    (folder / "b.png").write_bytes(png(2, 8))
+    upright_jpeg = image_bytes(16, 16, fmt="JPEG", seed=3)
+    (folder / "c.jpg").write_bytes(upright_jpeg)
+    write_output(tmp_path / "out", "photos", [row(k) for k in ("a", "b", "c")])
+
+    summary = recaption.export(tmp_path / "out", tmp_path / "wds", images=[str(folder)])
+    assert summary.status_counts["exported"] == 3
+    with tarfile.open(tmp_path / "wds" / "photos.tar") as tar:
+        assert sorted(n.rsplit(".", 1)[1] for n in tar.getnames()) == ["jpg"] * 3 + ["json"] * 3 + ["txt"] * 3
+        a = PILImage.open(io.BytesIO(tar.extractfile("a.jpg").read()))
+        assert a.size == (20, 40) and a.getexif().get(0x0112, 1) == 1, "turned upright, nothing left to turn"
+        assert tar.extractfile("c.jpg").read() == upright_jpeg, "already jpg and upright: its own bytes"
+
+    datasets = pytest.importorskip("datasets")
+    loaded = datasets.load_dataset("webdataset", data_files={"train": str(tmp_path / "wds" / "photos.tar")},
+                                   split="train")
+    assert loaded.num_rows == 3 and sorted(loaded["__key__"]) == ["a", "b", "c"]
+    assert [s["__key__"] for s in read_wds(tmp_path / "wds" / "photos.tar")] == ["a", "b", "c"]
+    with pytest.raises(RecaptionError, match="--format"):
+        recaption.export(tmp_path / "out", tmp_path / "gif", images=[str(folder)], format="gif")

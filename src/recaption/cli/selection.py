@@ -40,10 +40,12 @@ def export_cmd(
     caption: Annotated[str, typer.Option(help="Text of each sample's .txt: re_caption, org_caption, any re_caption_* column, or mix:p=0.8 (the original with probability p, else re_caption).")] = "re_caption",
     seed: Annotated[int, typer.Option(help="Seed of the mix:p draw (per key, so reruns give the same tars).")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Redo shards already exported into the folder.")] = False,
+    format: Annotated[str, typer.Option(help="Image format in the tars: jpg, png or webp (one format, EXIF orientation applied: every tar loads in HF datasets' webdataset builder), or keep (each image's own bytes).")] = "jpg",
 ) -> None:
     """Write caption output as WebDataset shards ({key}.jpg, .txt, .json with both captions)
     that open_clip, img2dataset readers and `recap caption` take unchanged."""
     from ..steps.export import export, export_lines
 
-    summary = export(output, destination, images=images, caption=caption, seed=seed, overwrite=overwrite)
+    summary = export(output, destination, images=images, caption=caption, seed=seed, overwrite=overwrite,
+                     format=format)
     raise typer.Exit(print_lines(export_lines(summary), summary))

@@ -43,7 +43,8 @@ def over_finished(output: str, step: Step, *, destination: str | None = None, in
     src = OutputDir(output)
     names = names if names is not None else done_shards(src)
     with open_output(destination, step, [output, *inputs]) as dest:
-        todo, done = plan(dest, names, settings, only_current=True, overwrite=overwrite)
+        todo, done = plan(dest, names, settings, added_later=step.added_later, only_current=True,
+                          overwrite=overwrite)
         yield src, dest, todo, done
 
 

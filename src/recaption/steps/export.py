@@ -5,8 +5,10 @@ WebDataset tars, the bridge to any trainer (open_clip, webdataset, img2dataset-s
 `recap caption` itself).
 
 Per finished caption shard `{name}` the destination gets:
-  {name}.tar         per exported row: `{key}.{ext}` (the original image bytes, ext from the
-                     image's format: jpg, png, webp, ...), `{key}.txt` (the chosen caption) and
+  {name}.tar         per exported row: `{key}.{ext}` (the image in one format, `format`: jpg by
+                     default, EXIF orientation applied so the pixels stand as captioned; an image
+                     already in that format and upright keeps its bytes; `keep`: every image's own
+                     bytes, ext from its format), `{key}.txt` (the chosen caption) and
                      `{key}.json` (key, url, sha256, org_caption, re_caption and any other
                      `re_caption*` column, re_clip_score / org_clip_score when the output has them,
                      and "caption_source": the column the .txt came from). Samples follow the
@@ -74,7 +76,8 @@ REASONS = (STATUS_NOT_OK, NO_CAPTION, IMAGE_NOT_FOUND, UNREADABLE_IMAGE, DUPLICA
 
 # What `recap export` writes (the output contract): WebDataset tars whose markers record the
 # caption choice and the sample count.
-EXPORT = Step("export", recognise=marker_has("caption", "samples"))
+# Exports made before --format kept each image's own bytes.
+EXPORT = Step("export", recognise=marker_has("caption", "samples"), added_later={"format": "keep"})
 
 
 class ExportError(RecaptionError, ValueError):
@@ -194,6 +197,38 @@ def image_extension(data: bytes | None) -> str | None:
         return None
 
 
+IMAGE_FORMATS = ("jpg", "png", "webp", "keep")
+_PIL_SAVE = {"jpg": ("JPEG", {"quality": 95}), "png": ("PNG", {}), "webp": ("WEBP", {"quality": 95})}
+_ORIENTATION = 0x0112  # EXIF tag: how the stored pixels must be turned to stand upright
+
+
+def exported_image(data: bytes | None, format: str) -> tuple[bytes | None, str | None]:
+    """(bytes, extension) of an image as exported: `keep` its own bytes; otherwise `format`, with
+    the EXIF orientation applied (the pixels stand as they were captioned, for readers that
+    ignore EXIF). An image already in `format` and upright keeps its bytes. (None, None): not an
+    image Pillow can read."""
+    ext = image_extension(data)
+    if format == "keep" or ext is None:
+        return data, ext
+    from PIL import Image, ImageOps
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as img:
+                if ext == format and img.getexif().get(_ORIENTATION, 1) == 1:
+                    return data, ext
+                upright = ImageOps.exif_transpose(img)
+                alpha = format != "jpg" and ("A" in upright.getbands() or "transparency" in upright.info)
+                upright = upright.convert("RGBA" if alpha else "RGB")
+                buffer = io.BytesIO()
+                fmt, options = _PIL_SAVE[format]
+                upright.save(buffer, fmt, **options)
+    except Exception:  # truncated or over Pillow's limits: not exported, counted
+        return None, None
+    return buffer.getvalue(), format
+
+
 class TarKeys:
     """Member-name keys for one tar (samples.tars.member_key: '/', '.', control characters
     become '_'); a key that then collides with an earlier one gets `_1`, `_2`, ..."""
@@ -251,7 +286,7 @@ def _reasons(counts: dict[str, int]) -> str:
 
 
 def export(output: str, destination: str, *, images: list[str] | None = None, caption: str = RECAPTION,
-           seed: int = 0, overwrite: bool = False) -> RunSummary:
+           seed: int = 0, overwrite: bool = False, format: str = "jpg") -> RunSummary:
     """Write each finished shard of caption output `output` as a WebDataset tar in `destination`.
 
     Holds `destination`'s lock; `output` and the images are only read. A shard whose images
@@ -263,12 +298,14 @@ def export(output: str, destination: str, *, images: list[str] | None = None, ca
     `overwrite`), NoOutputError when `output` holds no finished shards, InputError when
     `images` match no shards."""
     choice = CaptionChoice.parse(caption)
+    if format not in IMAGE_FORMATS:
+        raise ExportError(f"--format {format}: choose {', '.join(IMAGE_FORMATS)} (keep: each image's bytes)")
     src = OutputDir(output)
     names = done_shards(src)
     with src.fs.open(src.parquet(names[0]), "rb") as f:
         choice.check(pq.read_schema(f), f"{output} shard {names[0]}")
     sources = ImageSources(src, images)
-    settings = {"caption": choice.spec, "seed": seed, "from": location(output)}
+    settings = {"caption": choice.spec, "seed": seed, "format": format, "from": location(output)}
     summary = RunSummary(settings={**settings, "destination": destination})
     inputs = [*(images or []), *recorded_sources(src, names)]  # the images too: never written over
     with over_finished(output, EXPORT, destination=destination, inputs=inputs, settings=lambda _: settings,
@@ -382,13 +419,13 @@ def _export_shard(src: OutputDir, dest: OutputDir, name: str, choice: CaptionCho
                         if row.get("sha256") and sample.sha256 != row["sha256"]:
                             reasons[IMAGE_MISMATCH] += 1
                             continue
-                        ext = image_extension(sample.image_bytes)
+                        image, ext = exported_image(sample.image_bytes, settings["format"])
                         if ext is None:
                             reasons[UNREADABLE_IMAGE] += 1
                             continue
                         meta = json.dumps(_meta(row, sample.key, column), ensure_ascii=False)
                         writer.add(keys(sample.key), {
-                            ext: sample.image_bytes, "txt": text.encode("utf-8"), "json": meta.encode("utf-8")
+                            ext: image, "txt": text.encode("utf-8"), "json": meta.encode("utf-8")
                         })
                         picked_from[column] += 1
                         fallbacks += fell_back
