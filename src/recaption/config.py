@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .models.registry import CONDITIONAL_PROMPT, PAPER_PROMPT
+from .models.registry import CONDITIONAL_PROMPT, MAX_NEW_TOKENS, PAPER_PROMPT
 from .samples.images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
 from .spine.errors import RecaptionError
 
@@ -61,8 +61,9 @@ class CaptionConfig:
     server: ServerOptions = field(default_factory=lambda: ServerOptions())
 
     def __post_init__(self):
-        if self.max_new_tokens < 1:
-            raise ValueError("max_new_tokens must be at least 1")
+        if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
+            raise ValueError(f"--max-new-tokens {self.max_new_tokens}: give 1 to {MAX_NEW_TOKENS} "
+                             "(the paper: 128)")
         if self.batch_size < 0:
             raise ValueError("batch_size must be positive, or 0 for automatic")
         if self.top_k < 0:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from .flags import FLAG_NAMES
-from .models.registry import CONDITIONAL_PROMPT, PAPER_PROMPT
+from .models.registry import CONDITIONAL_PROMPT, MAX_NEW_TOKENS, PAPER_PROMPT
 from .spine.errors import RecaptionError
 from .spine.user_yaml import UserFileError, load_yaml
 
@@ -95,8 +95,8 @@ def named_pass(name: str, prompt: str, top_k: int = 0, max_new_tokens: int | Non
         )
     if not str(prompt).strip():
         raise PassError(f"pass {name}: the prompt is empty")
-    if top_k < 0 or (max_new_tokens is not None and max_new_tokens < 1):
-        raise PassError(f"pass {name}: top_k must be 0 or more, max_new_tokens 1 or more")
+    if top_k < 0 or (max_new_tokens is not None and not 1 <= max_new_tokens <= MAX_NEW_TOKENS):
+        raise PassError(f"pass {name}: top_k must be 0 or more, max_new_tokens 1 to {MAX_NEW_TOKENS}")
     column = f"re_caption_{name}"
     return CaptionPass(name, str(prompt), column, f"{column}_length", flag_prefix=column, top_k=top_k,
                        max_new_tokens=max_new_tokens)
@@ -111,7 +111,7 @@ def parse_pass(spec) -> CaptionPass:
         if unknown or "name" not in spec or "prompt" not in spec:
             raise PassError(
                 "give name and prompt (optional top_k, max_new_tokens)"
-                + (f"; unknown key(s) {', '.join(sorted(map(str, unknown)))}" if unknown else "")
+                + (f"; unknown key(s) {_some(sorted(map(str, unknown)))}" if unknown else "")
             )
         for field in ("name", "prompt"):
             if not isinstance(spec[field], str):
@@ -125,6 +125,12 @@ def parse_pass(spec) -> CaptionPass:
             f"--pass {spec!r}: write NAME=PROMPT, e.g. --pass 'short=Describe the image in one sentence.'"
         )
     return named_pass(name, prompt)
+
+
+def _some(names: list[str], shown: int = 5) -> str:
+    """`a, b, c` or `a, b, c, d, e and 49995 more`: a message stays one short line."""
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
 def _whole(value, field: str, example: str) -> int | None:
@@ -169,7 +175,8 @@ def check_unique(passes: list[CaptionPass]) -> None:
             if column in owner:
                 if owner[column] == p.name:
                     raise PassError(f"two passes write {p.column}: give each pass its own name")
-                raise PassError(f"passes {owner[column]} and {p.name} both write {column}: rename one")
+                raise PassError(f"passes {owner[column]} and {p.name} (--pass / --passes) both write "
+                                f"{column}: rename one")
             owner[column] = p.name
 
 

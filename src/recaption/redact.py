@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Iterable
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, unquote_plus, urlsplit, urlunsplit
 
 MASK = "***"
 MIN_SECRET_LENGTH = 4  # shorter "secrets" would mask ordinary words
@@ -74,39 +74,48 @@ def mask_secrets(text: str | None, secrets: Iterable[str | None]) -> str | None:
     return text
 
 
-# Query parameters that carry credentials in signed or authenticated URLs (S3, GCS, Azure SAS,
-# CloudFront, OAuth, API keys), matched ignoring case.
+# Query parameters that carry credentials in signed or authenticated URLs (S3, GCS, Azure SAS and
+# subscription keys, CloudFront, OAuth, sessions, API keys), matched on the decoded name ignoring
+# case: a credential word as the whole name or as one of its `_` / `-` separated parts
+# (secret_key, x-api-key, aws_secret_access_key, sessionid), and the signed-URL families.
+_CREDENTIAL_WORDS = (r"key|keys|token|tokens|secret|secrets|password|passwd|pass|pwd|sig|signature|auth"
+                     r"|authorization|credential|credentials|session|sessionid|sid|jwt|apikey|code|policy")
 _CREDENTIAL_PARAMS = re.compile(
-    r"(?i)^(?:x-amz-.+|x-goog-.+|(?:[a-z_-]*[_-])?(?:token|secret|password|passwd|signature|credential|"
-    r"session)s?|key|api[_-]?key|apikey|sig|pwd|auth|authorization|policy|key-pair-id|code|jwt)$"
+    rf"(?i)^(?:x-amz-.+|x-goog-.+|(?:.*[_-])?(?:{_CREDENTIAL_WORDS})(?:[_-].*)?|key-pair-id)$"
 )
+_PARAM_SEPARATOR = re.compile(r"([&;])")
 
 
 def strip_url_secrets(url: str | None) -> str | None:
-    """A URL fit to store: userinfo dropped and the values of credential-like query parameters
-    (token, sig, signature, X-Amz-*, key, api_key, access_token, ...) masked. The fetch itself
-    uses the URL as given; this is what rows, .json files and logs keep. A string that is not a
-    URL is returned as it is."""
-    if not url or "://" not in url:
+    """A URL fit to store: userinfo dropped and the values of credential-like query (and
+    fragment) parameters masked, everything else left exactly as written. The fetch itself uses
+    the URL as given; this is what rows, .json files and logs keep. Scheme-less URLs
+    (`//user:pw@host/x`, `host/x?token=...`) are treated the same."""
+    if not url:
         return url
     try:
         parts = urlsplit(url)
-        netloc = parts.netloc.rpartition("@")[2]
-        query, fragment = _mask_params(parts.query), _mask_params(parts.fragment)  # #access_token=
     except ValueError:
         return redact(url)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    netloc = host if at and not any(c in userinfo for c in "\\/") else parts.netloc
+    query, fragment = _mask_params(parts.query), _mask_params(parts.fragment)  # #access_token=
     if (netloc, query, fragment) == (parts.netloc, parts.query, parts.fragment):
         return url
     return urlunsplit(parts._replace(netloc=netloc, query=query, fragment=fragment))
 
 
 def _mask_params(text: str) -> str:
-    """A query string (or fragment) with the values of credential-like parameters masked."""
+    """A query string (or fragment) with the values of credential-like parameters masked; the
+    other parameters byte for byte as they were (no re-encoding)."""
     if "=" not in text:
         return text
-    pairs = parse_qsl(text, keep_blank_values=True)
-    masked = [(k, MASK if _CREDENTIAL_PARAMS.match(k) else v) for k, v in pairs]
-    return text if masked == pairs else urlencode(masked, safe="*/:")
+    pieces = _PARAM_SEPARATOR.split(text)  # parameters and the separators between them
+    for i in range(0, len(pieces), 2):
+        name, eq, _ = pieces[i].partition("=")
+        if eq and _CREDENTIAL_PARAMS.match(unquote_plus(name).strip()):
+            pieces[i] = f"{name}={MASK}"
+    return "".join(pieces)
 
 
 def url_secrets(url: str | None) -> list[str]:

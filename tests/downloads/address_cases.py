@@ -35,6 +35,7 @@ REFUSED = {
     "6to4-private": "2002:a00:1::1",
     "teredo": "2001:0:4136:e378:8000:63bf:3fff:fdd2",
     "orchid": "2001:20::1",
+    "ietf-protocol": "192.0.0.8",
 }
 
 ALLOWED = {
@@ -44,4 +45,6 @@ ALLOWED = {
     "translated-public": "::ffff:0:5db8:d822",
     "nat64-public": "64:ff9b::5db8:d822",
     "6to4-public": "2002:5db8:d822::1",
+    "pcp-anycast": "192.0.0.9",
+    "as112-v6": "2001:4:112::1",
 }

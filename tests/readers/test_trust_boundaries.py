@@ -254,7 +254,7 @@ def test_export_never_pairs_a_caption_with_another_image_and_keys_are_made_safe(
     with tarfile.open(tmp_path / "right" / "images.tar") as tar:
         names = tar.getnames()
         metas = [json.loads(tar.extractfile(n).read()) for n in names if n.endswith(".json")]
-    assert names == [f"{member_key(k)}.{ext}" for k in keys for ext in ("png", "txt", "json")]
+    assert names == [f"{member_key(k)}.{ext}" for k in keys for ext in ("jpg", "txt", "json")]
     assert all("\x00" not in n and "\n" not in n for n in names)
     assert [m["key"] for m in metas] == keys
 
@@ -286,3 +286,119 @@ def test_a_prompt_file_nested_too_deeply_is_one_line(tmp_path, suffix):
     path.write_text("[" * 50_000 + "]" * 50_000)
     with pytest.raises(TrainingInputError, match="nested too deeply"):
         load_prompts(str(path))
+
+
+# -- neighbours found on the way ------------------------------------------------------------------
+
+def test_a_row_naming_another_protocol_never_connects_and_fails_only_itself(tmp_path):
+    """A path with a protocol is judged by its text before any filesystem is built (building an
+    ftp or chained http filesystem connects): each is that row's read_error; the good row is
+    captioned; a listener on loopback sees no connection."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.setblocking(False)
+    port = listener.getsockname()[1]
+    os.mkfifo(tmp_path / "fifo.zip")
+    hostile = [f"ftp://127.0.0.1:{port}/x.png", f"zip://x::http://127.0.0.1:{port}/a.zip",
+               f"zip://x::file://{tmp_path}/fifo.zip", f"HTTP://127.0.0.1:{port}/a.png", "foo://bar",
+               "reference://", "s3://some-bucket/x.png", f"simplecache::http://127.0.0.1:{port}/a.png"]
+    (tmp_path / "ok.png").write_bytes(image_bytes(8, 8, fmt="PNG"))
+    pq.write_table(pa.table({"image": ["ok.png", *hostile]}), tmp_path / "rows.parquet")
+    for columns in (ColumnConfig(), ColumnConfig(any_image_path=True)):
+        with no_hang():
+            samples = list(open_shard(str(tmp_path / "rows.parquet"), columns))
+        assert samples[0].ok
+        assert [s.status for s in samples[1:]] != [] and all(not s.ok for s in samples[1:])
+    with pytest.raises(BlockingIOError):
+        listener.accept()  # nothing ever connected
+    listener.close()
+
+
+def test_a_socket_named_as_metadata_or_passes_is_one_line(tmp_path):
+    import socket
+
+    for name in ("urls.txt", "passes.yaml"):
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(str(tmp_path / name))
+    download = invoke("download", tmp_path / "urls.txt", "-o", tmp_path / "o")
+    errors = [line for line in download.output.splitlines() if line.startswith("error:")]
+    assert download.exit_code == 2 and len(errors) == 1 and "is a socket" in errors[0], download.output
+    assert "Traceback" not in download.output
+    write_shards(tmp_path / "in", n_shards=1, per_shard=1)
+    passes = invoke("caption", tmp_path / "in", "-o", tmp_path / "c", "--passes", tmp_path / "passes.yaml")
+    one_line_error(passes, "is a socket")
+
+
+def test_export_under_images_checks_the_bytes_not_the_stated_sha256(tmp_path):
+    """An image set with the right keys and a sha256 column copied from the captioned one is
+    still other images: judged by their bytes. The right images with a wrong stated sha256 are
+    exported."""
+    keys = ["a", "b"]
+    (tmp_path / "s1").mkdir()
+    originals = _image_parquet(tmp_path / "s1" / "images.parquet", keys, seed=0)
+    hashes = [hashlib.sha256(b).hexdigest() for b in originals]
+    others = [image_bytes(8, 8, fmt="PNG", seed=90 + i) for i in range(2)]
+    (tmp_path / "forged").mkdir()
+    pq.write_table(pa.table({"key": keys, "image": others, "sha256": hashes}),
+                   tmp_path / "forged" / "images.parquet")
+    (tmp_path / "right").mkdir()
+    pq.write_table(pa.table({"key": keys, "image": originals, "sha256": ["0" * 64] * 2}),
+                   tmp_path / "right" / "images.parquet")
+    out = tmp_path / "out"
+    write_output(out, "images", [row(k, sha256=h) for k, h in zip(keys, hashes, strict=True)])
+    forged = recaption.export(out, tmp_path / "e1", images=[str(tmp_path / "forged")])
+    assert forged.status_counts["image_mismatch"] == 2 and not forged.status_counts.get("exported")
+    right = recaption.export(out, tmp_path / "e2", images=[str(tmp_path / "right")])
+    assert right.status_counts["exported"] == 2
+
+
+@pytest.mark.parametrize("url, secrets", [
+    ("https://h/x?a=1;token=SEMITOK", ["SEMITOK"]),
+    ("https://h/x?secret_key=S1&x-api-key=S2&subscription-key=S3&access_key=S4&private_key=S5",
+     ["S1", "S2", "S3", "S4", "S5"]),
+    ("https://h/x?aws_secret_access_key=S6&pass=S7&sessionid=S8&%74oken=S9", ["S6", "S7", "S8", "S9"]),
+    ("//bob:relpw@h/x?token=RELTOK", ["relpw", "bob", "RELTOK"]),
+    ("h/x?token=BARETOK", ["BARETOK"]),
+])
+def test_url_secrets_in_every_spelling_are_masked_and_the_rest_kept_as_written(url, secrets):
+    from recaption.redact import strip_url_secrets
+
+    stored = strip_url_secrets(url)
+    assert not any(s in stored for s in secrets), stored
+    kept = strip_url_secrets("https://h/x?q=a%20b&flag&%E4=1&token=T")
+    assert kept == "https://h/x?q=a%20b&flag&%E4=1&token=***", "other parameters byte for byte"
+
+
+def test_a_lone_surrogate_in_a_tar_json_is_a_row_not_the_end_of_the_run(tmp_path):
+    import io
+
+    with tarfile.open(tmp_path / "s.tar", "w") as tar:
+        for key, meta in (("a", '{"key": "\\ud800", "caption": "x\\udfff"}'), ("b", '{"caption": "fine"}')):
+            for ext, data in (("jpg", image_bytes(8, 8)), ("json", meta.encode())):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    result = invoke("caption", tmp_path / "s.tar", "-o", tmp_path / "out", "--max-new-tokens", "4")
+    assert result.exit_code == 0, result.output
+    rows = pq.read_table(tmp_path / "out" / "s.parquet").to_pylist()
+    assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
+
+
+@pytest.mark.parametrize("text, says", [
+    ("- {name: a, name: b, prompt: x}", "'name' is given twice"),
+    ("- {name: a, prompt: x, " + ", ".join(f"k{i}: 1" for i in range(5000)) + "}", "and 4995 more"),
+    ("- {name: a, prompt: x, max_new_tokens: 99999999999999999999999}", "max_new_tokens 1 to 8192"),
+])
+def test_more_hostile_passes_files(tmp_path, text, says):
+    path = tmp_path / "passes.yaml"
+    path.write_text(text)
+    write_shards(tmp_path / "in", n_shards=1, per_shard=1)
+    result = invoke("caption", tmp_path / "in", "-o", tmp_path / "out", "--passes", path)
+    assert len(one_line_error(result, says)) < 400
+
+
+def test_member_keys_hide_nothing():
+    assert member_key("cat\u202egpj.exe\u200b") == "cat_gpj_exe_"

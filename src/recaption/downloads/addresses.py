@@ -22,8 +22,17 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052 well-known prefix: pub
 _NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215 local-use: never public
 _TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")  # SIIT IPv4-translated
 _COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated IPv4-compatible (:: and ::1 are in it)
-# Newer special-purpose blocks this Python's `is_global` may not know yet.
-_NOT_GLOBAL = (ipaddress.ip_network("3fff::/20"),)  # RFC 9637 documentation
+# The IANA special-purpose registries, where Python's `is_global` lags them (it was corrected in
+# 3.11.10 / 3.12.4 / 3.13): not reachable though older Pythons say so, and reachable though they
+# say not.
+_NOT_GLOBAL = (ipaddress.ip_network("3fff::/20"),  # RFC 9637 documentation
+               ipaddress.ip_network("192.0.0.0/24"))  # IETF protocol assignments (but .9, .10 below)
+_GLOBAL = tuple(ipaddress.ip_network(n) for n in (
+    "192.0.0.9/32", "192.0.0.10/32",  # PCP and TURN anycast
+    "2001:1::1/128", "2001:1::2/128",  # PCP and TURN anycast
+    "2001:3::/32",  # AMT
+    "2001:4:112::/48",  # AS112-v6
+))
 _NUMERIC_HOST = re.compile(r"[0-9A-Fa-fXx.]+")
 
 
@@ -56,11 +65,13 @@ def address_blocked(ip: str | IPAddress) -> bool:
     inner = embedded_ipv4(addr)
     if _reaches_ipv4(addr):
         return any(address_blocked(v4) for v4 in inner)
+    if any(addr in net for net in _GLOBAL if net.version == addr.version):
+        return False
+    if any(addr in net for net in _NOT_GLOBAL if net.version == addr.version):
+        return True
     if addr.is_multicast or addr.is_unspecified or not addr.is_global:
         return True
-    if isinstance(addr, ipaddress.IPv6Address) and (
-        addr not in _GLOBAL_UNICAST or addr in _NAT64_LOCAL or any(addr in net for net in _NOT_GLOBAL)
-    ):
+    if isinstance(addr, ipaddress.IPv6Address) and (addr not in _GLOBAL_UNICAST or addr in _NAT64_LOCAL):
         return True
     return any(address_blocked(v4) for v4 in inner)
 

@@ -301,6 +301,10 @@ def _readable(path: str, fmt: str):
         yield
     except NotRegularFile as exc:
         raise InputError(str(exc)) from None
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise InputError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, pa.ArrowKeyError,
             pa.ArrowIndexError, pa.ArrowSerializationError) as exc:
         raise InputError(_arrow_problem(path, fmt, exc)) from None

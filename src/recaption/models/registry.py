@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# A caption budget past any captioner's context window only lets a looping model run longer.
+MAX_NEW_TOKENS = 8192
 # The paper's recaptioning prompt, verbatim (Recap-DataComp-1B, arXiv 2406.08478).
 PAPER_PROMPT = (
     "Please generate a detailed caption of this image. Please be as descriptive as possible."

@@ -199,11 +199,20 @@ class ParquetShard(Shard):
         return self._read_path(value) if value else None
 
     def _read_path(self, path: str) -> bytes:
-        if path.startswith(_WEB):
+        if path.lower().startswith(_WEB):
             raise UnreadableImage(
                 MISSING_IMAGE, f"image is a web URL ({path}); fetch URLs with `recap download` first"
             )
-        fs, resolved = self._resolve(path)
+        if any(p in _NETWORK_PROTOCOLS for p in protocols_of(path)):
+            raise UnreadableImage(
+                READ_ERROR, f"image path {path} names a network location; fetch URLs with `recap download`"
+            )
+        try:
+            fs, resolved = self._resolve(path)
+        except UnreadableImage:
+            raise
+        except Exception as exc:  # an unknown protocol, a filesystem library not installed: this row
+            raise UnreadableImage(READ_ERROR, f"image path {path}: {type(exc).__name__}: {exc}") from exc
         return read_bounded(fs, resolved, self.columns.max_image_bytes)
 
     def _resolve(self, path: str):
@@ -220,14 +229,34 @@ class ParquetShard(Shard):
             return fs, posixpath.join(posixpath.dirname(parquet_path), path)
         root_fs, root = url_to_fs(self.columns.image_root or self.source)
         root = root if self.columns.image_root else posixpath.dirname(root)
-        fs, resolved = url_to_fs(path) if "://" in path else (root_fs, posixpath.join(root, path))
-        if type(fs) is not type(root_fs) or not inside(root, resolved, local=is_local(fs)):
+        # A path with a protocol is judged by its text before any filesystem is built for it
+        # (building one may connect): only the root's own protocol, never a chain (zip://x::...).
+        named = protocols_of(path)
+        if "::" in path or (named and named[0] not in _protocols(root_fs)):
+            fs, resolved = None, path  # refused below
+        else:
+            fs, resolved = url_to_fs(path) if named else (root_fs, posixpath.join(root, path))
+        if fs is None or type(fs) is not type(root_fs) or not inside(root, resolved, local=is_local(fs)):
             raise UnreadableImage(
                 READ_ERROR,
                 f"image path {path} is outside {full_url(root_fs, root)}, the folder image paths are read "
                 "from; name that folder with --image-root, or pass --any-image-path to read paths anywhere",
             )
         return fs, resolved
+
+
+# Protocols that reach over the network (fsspec's and its plugins'): never taken from a row.
+_NETWORK_PROTOCOLS = {"http", "https", "ftp", "sftp", "ssh", "smb", "webdav", "webhdfs", "hdfs", "git",
+                      "github", "dask", "dbfs", "oci", "ocilake", "box", "dropbox", "wandb", "hf"}
+
+
+def protocols_of(path: str) -> list[str]:
+    """Every protocol a path names, chained ones too (`zip://x::http://h/a.zip` -> zip, http)."""
+    return [part.split("://", 1)[0].lower() for part in path.split("::") if "://" in part]
+
+
+def _protocols(fs) -> tuple[str, ...]:
+    return fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
 
 
 def inside(root: str, path: str, local: bool) -> bool:

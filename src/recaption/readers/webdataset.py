@@ -126,7 +126,7 @@ class TarShard(Shard):
         except UnreadableImage as problem:
             yield failed_sample(unique(posixpath.basename(key)), None, None, problem)
             return
-        base_key = str(meta.get(self.columns.key) or posixpath.basename(key))
+        base_key = as_text(meta.get(self.columns.key)) or posixpath.basename(key)
         url = as_text(meta.get(self.columns.url))
         image_exts = self._image_members(parts)
         if not image_exts:
@@ -165,11 +165,11 @@ class TarShard(Shard):
     def _caption(self, tar: tarfile.TarFile, parts: dict[str, tarfile.TarInfo], meta: dict) -> str | None:
         """A caption field the user named wins; else img2dataset's {key}.txt; else json "caption"."""
         if self.columns.caption and meta.get(self.columns.caption) is not None:
-            return str(meta[self.columns.caption])
+            return as_text(meta[self.columns.caption])
         if "txt" in parts:  # stripped, as a folder's .txt sidecar is
             return self._read(tar, parts["txt"]).decode("utf-8", errors="replace").strip()
         if meta.get("caption") is not None:
-            return str(meta["caption"])
+            return as_text(meta["caption"])
         return None
 
 

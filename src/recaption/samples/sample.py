@@ -66,8 +66,15 @@ class Sample:
 def as_text(value) -> str | None:
     """A text field (url, caption, key, sha256) from whatever a column holds: a string as it is;
     bytes decoded as UTF-8 (invalid bytes become U+FFFD, so the value shows it was not text);
-    a number as its digits; None stays None. Never a Python repr such as "b'http://...'"."""
-    if value is None or isinstance(value, str):
+    a number as its digits; None stays None. Never a Python repr such as "b'http://...'". Lone
+    surrogates (a JSON `"\\ud800"`) become U+FFFD: they cannot be written as UTF-8."""
+    if value is None:
+        return value
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", errors="surrogatepass").decode("utf-8", errors="replace")
         return value
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value).decode("utf-8", errors="replace")

@@ -16,8 +16,9 @@ from typing import IO
 from ..spine.atomic import temporary_name
 
 # What a tar member's key cannot hold: a path separator, a dot (webdataset splits a member name
-# at its first dot), control characters (NUL, newline) and the few code points tar tools mangle.
-_UNSAFE_KEY = re.compile(r"[./\\\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# at its first dot), control characters (NUL, newline), and invisible or direction-changing code
+# points (zero-width, bidi overrides) that make a listed name lie about itself.
+_UNSAFE_KEY = re.compile(r"[./\\\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
 
 
 def member_key(key: str) -> str:

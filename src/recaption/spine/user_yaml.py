@@ -40,6 +40,16 @@ class _BoundedLoader(yaml.SafeLoader):
         finally:
             self.depth -= 1
 
+    def construct_mapping(self, node, deep=False):
+        """A key given twice is a mistake to say, not a value to drop silently."""
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise UserFileError(f"line {key_node.start_mark.line + 1}: {key!r} is given twice; keep one")
+            seen.add(key) if isinstance(key, str | int | float | bool) else None
+        return super().construct_mapping(node, deep=deep)
+
 
 def load_yaml(path: str | os.PathLike, flag: str):
     """The document in `path`, a YAML or JSON file named by option `flag` (for messages)."""

@@ -68,8 +68,8 @@ NO_CAPTION = "no_caption"  # the chosen caption is null or blank
 IMAGE_NOT_FOUND = "image_not_found"  # no sample of that key in the input shard
 UNREADABLE_IMAGE = "unreadable_image"  # the input has the key, but no image bytes of a known format
 DUPLICATE_KEY = "duplicate_key"  # a second row of the same key in one output shard
-# The image found under the key is not the one captioned: its sha256 (as the reader derives it,
-# the same way captioning did) differs from the row's. Another image set with the same keys.
+# The image found under the key is not the one captioned (same_image): another image set with the
+# same keys.
 IMAGE_MISMATCH = "image_mismatch"
 REASONS = (STATUS_NOT_OK, NO_CAPTION, IMAGE_NOT_FOUND, UNREADABLE_IMAGE, DUPLICATE_KEY, IMAGE_MISMATCH)
 
@@ -227,6 +227,19 @@ def exported_image(data: bytes | None, format: str) -> tuple[bytes | None, str |
     except Exception:  # truncated or over Pillow's limits: not exported, counted
         return None, None
     return buffer.getvalue(), format
+
+
+def same_image(sha256: str | None, sample, trust_claim: bool) -> bool:
+    """Whether `sample`'s image is the one a row with this sha256 was captioned from: its bytes
+    hash to it; or, read from the input captioning recorded (`trust_claim`), the sha256 the
+    reader took from that input (a download's .json names the fetched file's, before resizing)
+    is it. Images given with --images are judged by their bytes alone: a claimed sha256 there
+    could be copied from anywhere. A row without a sha256 has nothing to check."""
+    if not sha256:
+        return True
+    if hashlib.sha256(sample.image_bytes or b"").hexdigest() == sha256:
+        return True
+    return trust_claim and sample.sha256 == sha256
 
 
 class TarKeys:
@@ -416,7 +429,7 @@ def _export_shard(src: OutputDir, dest: OutputDir, name: str, choice: CaptionCho
                         if entry is None:
                             continue
                         row, text, column, fell_back = entry
-                        if row.get("sha256") and sample.sha256 != row["sha256"]:
+                        if not same_image(row.get("sha256"), sample, trust_claim=images is None):
                             reasons[IMAGE_MISMATCH] += 1
                             continue
                         image, ext = exported_image(sample.image_bytes, settings["format"])
