@@ -26,16 +26,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from fsspec.implementations.local import LocalFileSystem
 
 from ..models.registry import PAPER_PROMPT
-from ..spine.atomic import write_json_atomic
 from . import distributed
 from .checkpoints import CheckpointError, restore_optimizer, save_final
-from .inputs import TrainingInputError, load_pretrained, model_source, model_type
-from .loop import TrainLoop, open_batches, resume, train_into
-from .stream import TrainingStream
-from .stream_sources import require_fields, spread, stream_shards
+from .inputs import (
+    load_pretrained,
+    load_start,
+    model_source,
+    require_counts,
+    require_model_type,
+)
+from .loop import TrainLoop, finish_run, open_batches, resume, train_into, trainer_stream
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +69,8 @@ class CaptionerTrainConfig:
     shuffle_buffer: int = 1000  # samples each loader worker shuffles among (encoded images)
 
     def __post_init__(self):
-        for name in ("batch_size", "save_every", "log_every", "width", "layers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name.replace('_', '-')} must be at least 1")
-        for name in ("stage1_steps", "stage2_steps", "warmup", "workers", "shuffle_buffer"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name.replace('_', '-')} must not be negative")
+        require_counts(self, ("batch_size", "save_every", "log_every", "width", "layers"),
+                       ("stage1_steps", "stage2_steps", "warmup", "workers", "shuffle_buffer"))
 
 
 @dataclass
@@ -92,12 +90,8 @@ def fresh_llava(config: CaptionerTrainConfig, image_size: int = 64, patch: int =
     clip = None
     if config.vision_tower:
         source = model_source(config.vision_tower, "--vision-tower")
-        _, kind = model_type(source, "--vision-tower", config.vision_tower)
-        if kind != "clip":
-            raise TrainingInputError(
-                f"--vision-tower {config.vision_tower}: a {kind or 'unknown'} model; expected a CLIP "
-                "model folder (e.g. one recap train-clip wrote)"
-            )
+        require_model_type(source, "--vision-tower", config.vision_tower, "clip",
+                           "a CLIP model folder (e.g. one recap train-clip wrote)")
         clip = load_pretrained(AutoModel.from_pretrained, source, "--vision-tower", config.vision_tower)
     if clip is not None:
         vision = CLIPVisionConfig(**clip.config.vision_config.to_dict())
@@ -160,29 +154,6 @@ class ConversationBatcher:
         }
 
 
-def training_stream(config: CaptionerTrainConfig, processor, ranks, counts_folder) -> TrainingStream:
-    """The stream of (image, brief caption, detailed description) batches; the fields checked."""
-    shards = stream_shards(
-        config.data, config.stage1_field, config.stage2_field, counts_folder, save_counts=ranks.rank == 0
-    )
-    require_fields(shards, {"--stage1-field": config.stage1_field if config.stage1_steps else None})
-    require_fields(
-        shards,
-        {"--stage2-field": config.stage2_field if config.stage2_steps else None},
-        " (stage 2 trains on that detailed description)",
-    )
-    return TrainingStream(
-        spread(shards, ranks.world_size),
-        config.batch_size,
-        processor.image_processor,
-        seed=config.seed,
-        rank=ranks.rank,
-        world_size=ranks.world_size,
-        workers=max(1, config.workers),
-        shuffle_buffer=config.shuffle_buffer,
-    )
-
-
 def trainable(model, stage: int) -> list:
     """Stage 1: the projector. Stage 2: projector and language model. Never the vision tower."""
     for p in model.parameters():
@@ -205,6 +176,11 @@ def captioner_recipe(config: CaptionerTrainConfig) -> dict:
     return {k: getattr(config, k) for k in RECIPE_FIELDS}
 
 
+def _require_llava(source: str, option: str, name: str) -> None:
+    require_model_type(source, option, name, "llava", "a LlavaForConditionalGeneration folder "
+                       "(recap convert-llava makes one from a LLaVA-repo checkpoint)")
+
+
 def train_captioner(config: CaptionerTrainConfig) -> dict:
     """Train (or resume) into config.output; OS errors there are one line (the output contract)."""
     return train_into("train-captioner", config, _train_captioner)
@@ -218,27 +194,21 @@ def _train_captioner(config: CaptionerTrainConfig, out: Path, resume_from: str |
     ranks = distributed.start(config.device)
     rank, device = ranks.rank, ranks.device
     if resume_from or config.model:
-        option, name = ("checkpoint", resume_from) if resume_from else ("--model", config.model)
-        source = resume_from or model_source(config.model, "--model")
-        _, kind = model_type(source, option, name)
-        if kind != "llava":
-            raise TrainingInputError(
-                f"{option} {name}: a {kind or 'unknown'} model; expected a LlavaForConditionalGeneration "
-                "folder (recap convert-llava makes one from a LLaVA-repo checkpoint)"
-            )
-        safetensors_only = True if resume_from else None  # a checkpoint: never a pickle file
-        model = load_pretrained(
-            lambda s: LlavaForConditionalGeneration.from_pretrained(s, use_safetensors=safetensors_only),
-            source,
-            option,
-            name,
-        )
-        processor = load_pretrained(AutoProcessor.from_pretrained, source, option, name)
+        model, processor = load_start(resume_from, config.model, _require_llava,
+                                      LlavaForConditionalGeneration.from_pretrained,
+                                      AutoProcessor.from_pretrained)
     else:
         model, processor = fresh_llava(config)
     model.to(device)
     batcher = ConversationBatcher(processor, family_for(model.config.model_type))
-    stream = training_stream(config, processor, ranks, out)
+    # Stage 1 trains on the brief caption, stage 2 on the detailed description.
+    stream = trainer_stream(
+        config, processor.image_processor, ranks, out,
+        {"--stage1-field": config.stage1_field, "--stage2-field": config.stage2_field},
+        [({"--stage1-field": config.stage1_field if config.stage1_steps else None}, ""),
+         ({"--stage2-field": config.stage2_field if config.stage2_steps else None},
+          " (stage 2 trains on that detailed description)")],
+    )
     resumed = resume(resume_from, ranks, device, None, None, stream, captioner_recipe(config))
     state = resumed.extra or None
     if state and state.get("stage") not in (1, 2):
@@ -286,12 +256,7 @@ def _train_captioner(config: CaptionerTrainConfig, out: Path, resume_from: str |
         step = loop.run(batches, step, step_loss)
         stage = current + 1
         state = None
-    batches.close()
     model.eval()
-    if rank == 0:
-        save_final(out, [model, processor])
-        write_json_atomic(
-            LocalFileSystem(), str(out / "train_summary.json"), {"history": history, "config": asdict(config)}
-        )
-    ranks.finish()
+    finish_run(ranks, batches, out, lambda: save_final(out, [model, processor]),
+               {"history": history, "config": asdict(config)})
     return {"history": history, "examples": sum(s.samples for s in stream.shards)}

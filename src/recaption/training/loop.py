@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from fsspec.implementations.local import LocalFileSystem
 
+from ..spine.atomic import write_json_atomic
 from ..spine.contract import output_errors
 from ..spine.errors import RecaptionError
 from .checkpoints import (
@@ -35,7 +37,8 @@ from .checkpoints import (
     save_checkpoint,
 )
 from .inputs import check_output
-from .stream import StreamBatches, checkpoint_state, resumed_position
+from .stream import StreamBatches, TrainingStream, checkpoint_state, resumed_position
+from .stream_sources import require_fields, spread, stream_shards
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +87,31 @@ def resume(folder: str | None, ranks, device: str, optimizer, scheduler, stream,
         ) from None
     log.info("resumed from %s at step %d", folder, state["step"])
     return Resumed(state["step"], rng, position, state)
+
+
+def trainer_stream(config, processor, ranks, out: Path, fields: dict[str, str | None] | None = None,
+                   checks: list[tuple[dict, str]] | None = None) -> TrainingStream:
+    """The stream a trainer's config asks for (training/stream.py): DATA's shards with their
+    counts (rank 0 remembers them in `out`), the spread over the ranks. `fields`: {option: field}
+    of the caption and the recaption (default: --caption-field, --recaption-field); `checks`:
+    ({option: field}, note) pairs for stream_sources.require_fields (default: `fields`)."""
+    fields = fields or {"--caption-field": config.caption_field, "--recaption-field": config.recaption_field}
+    shards = stream_shards(config.data, *fields.values(), out, save_counts=ranks.rank == 0)
+    for checked, note in checks or [(fields, "")]:
+        require_fields(shards, checked, note)
+    return TrainingStream(spread(shards, ranks.world_size), config.batch_size, processor, seed=config.seed,
+                          rank=ranks.rank, world_size=ranks.world_size, workers=max(1, config.workers),
+                          shuffle_buffer=config.shuffle_buffer)
+
+
+def finish_run(ranks, batches: StreamBatches, out: Path, save: Callable[[], None], summary: dict) -> None:
+    """The end every trainer shares: the loaders stopped; on rank 0 the final model saved
+    (`save()`) and train_summary.json written; the process group left."""
+    batches.close()
+    if ranks.rank == 0:
+        save()
+        write_json_atomic(LocalFileSystem(), str(out / "train_summary.json"), summary)
+    ranks.finish()
 
 
 def open_batches(stream, workers: int, resumed: Resumed, device: str) -> StreamBatches:
