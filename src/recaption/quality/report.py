@@ -31,7 +31,7 @@ from ..spine.contract import write_file_output
 from ..spine.errors import RecaptionError
 from ..spine.ledger import OutputDir
 from .outputs import done_shards, input_shard, read_output
-from .stats import FAILED_ROWS_KEPT, PAPER, OutputStats, collect, comparison, count, fmt, pct
+from .stats import FAILED_ROWS_KEPT, PAPER, OutputStats, collect, comparison, count, fmt, model_names, pct
 
 # Most points drawn in the per-image scatter (an SVG of millions of points would be megabytes);
 # the share above the diagonal is always computed over every image.
@@ -59,12 +59,7 @@ def require_report_dependencies() -> None:
     missing, broken = [], []
     for module, package in REPORT_PACKAGES.items():
         try:
-            __import__(module)
-            if module == "matplotlib":
-                import matplotlib
-
-                matplotlib.use("Agg")
-                import matplotlib.pyplot  # noqa: F401
+            _pyplot() if module == "matplotlib" else __import__(module)
         except ModuleNotFoundError as exc:
             (missing if exc.name == module else broken).append((package, exc))
         except ImportError as exc:
@@ -232,11 +227,6 @@ def gallery(output: str, n: int, seed: int = 0) -> list[GalleryItem]:
     return items
 
 
-def _model_label(uses: list[dict]) -> str:
-    names = [u.get("model") if u.get("model") is not None else "an unrecorded model" for u in uses]
-    return " + ".join(str(n) for n in names) if names else ""
-
-
 def render_report(
     output: str, gallery_size: int = 24, seed: int = 0, stats: OutputStats | None = None
 ) -> str:
@@ -246,8 +236,7 @@ def render_report(
     stats = stats or collect(output)
     summary = stats.summary(digits=None)  # exact: the template formats them
     models = summary["models"]
-    clip_label = _model_label(models["clip"])
-    judge_label = _model_label(models["judge"])
+    clip_label, judge_label = (" + ".join(model_names(models[kind])) for kind in ("clip", "judge"))
     environment = jinja2.Environment(autoescape=True)
     environment.filters["fmt"] = fmt
     environment.filters["pct"] = pct

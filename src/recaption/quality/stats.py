@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from ..flags import PAPER_FLAG_COLUMNS, is_degenerate
 from ..schema import INPUT_FINGERPRINT, JUDGE_METADATA_KEY, METADATA_KEY, SCORES_METADATA_KEY
 from ..spine.ledger import OutputDir
-from .outputs import done_shards, read_output
+from .outputs import done_shards, read_output, schema_stamp
 
 COLUMNS = [
     "key",
@@ -258,17 +258,11 @@ class OutputStats:
         return summary if digits is None else rounded(summary, digits)
 
 
-def _metadata(schema, key: bytes) -> dict:
-    try:
-        return json.loads((schema.metadata or {}).get(key, b"{}"))
-    except json.JSONDecodeError:
-        return {}
-
-
-def _use(uses: dict, key, settings: dict) -> ModelUse:
-    if key not in uses:
-        uses[key] = ModelUse(settings)
-    return uses[key]
+def _count_use(uses: dict, key, settings: dict, shard: str, rows: int) -> None:
+    """Shard `shard`'s `rows` made by the model of `settings` (one ModelUse per `key`)."""
+    use = uses.setdefault(key, ModelUse(settings))
+    use.shards.append(shard)
+    use.rows += rows
 
 
 def collect(output: str) -> OutputStats:
@@ -281,25 +275,20 @@ def collect(output: str) -> OutputStats:
         rows = table.to_pylist()
         ok = [r for r in rows if r["status"] == "ok"]
         # Which models made this file's numbers.
-        captioner = out.done_provenance(name) or _metadata(schema, METADATA_KEY)
+        captioner = out.done_provenance(name) or schema_stamp(schema, METADATA_KEY)
         # The model and its settings; not what the shard's input covered (a folder slice's files).
         settings = {k: v for k, v in captioner.items() if k not in ("recaption_version", INPUT_FINGERPRINT)}
-        use = _use(stats.captioners, json.dumps(settings, sort_keys=True), settings)
-        use.shards.append(name)
-        use.rows += len(ok)
+        _count_use(stats.captioners, json.dumps(settings, sort_keys=True), settings, name, len(ok))
         scored = sum(r.get("re_clip_score") is not None or r.get("org_clip_score") is not None for r in rows)
         if scored:
-            stamp = _metadata(schema, SCORES_METADATA_KEY)
-            use = _use(stats.clip_models, (stamp.get("clip_model"), stamp.get("clip_model_version")), stamp)
-            use.shards.append(name)
-            use.rows += scored
+            stamp = schema_stamp(schema, SCORES_METADATA_KEY)
+            key = (stamp.get("clip_model"), stamp.get("clip_model_version"))
+            _count_use(stats.clip_models, key, stamp, name, scored)
         rated = sum(r.get("re_gpt4v_score") is not None or r.get("org_gpt4v_score") is not None for r in rows)
-        judge = _metadata(schema, JUDGE_METADATA_KEY)
+        judge = schema_stamp(schema, JUDGE_METADATA_KEY)
         if rated or judge:
             settings = {k: v for k, v in judge.items() if k != "prompt"}
-            use = _use(stats.judges, json.dumps(settings, sort_keys=True), settings)
-            use.shards.append(name)
-            use.rows += rated
+            _count_use(stats.judges, json.dumps(settings, sort_keys=True), settings, name, rated)
         # The rows.
         stats.rows += len(rows)
         for row in rows:
@@ -314,17 +303,16 @@ def collect(output: str) -> OutputStats:
                 row["re_degenerate"] = is_degenerate(row.get("re_caption"))
             stats.flag_counts.update(f for f in FLAGS if row.get(f))
             for which in ("re", "org"):
-                if row.get(f"{which}_length") is not None:
-                    stats.lengths[which].append(row[f"{which}_length"])
-                if row.get(f"{which}_clip_score") is not None:
-                    stats.clip_scores[which].append(row[f"{which}_clip_score"])
-                if row.get(f"{which}_gpt4v_score") is not None:
-                    stats.judge_scores[which].append(row[f"{which}_gpt4v_score"])
                 stats.vocab[which].update(words(row.get(f"{which}_caption")))
-            if row.get("re_clip_score") is not None and row.get("org_clip_score") is not None:
-                stats.clip_pairs.append((row["re_clip_score"], row["org_clip_score"]))
-            if row.get("re_gpt4v_score") is not None and row.get("org_gpt4v_score") is not None:
-                stats.judge_pairs.append((row["re_gpt4v_score"], row["org_gpt4v_score"]))
+            for column, values, pairs in (("length", stats.lengths, None),
+                                          ("clip_score", stats.clip_scores, stats.clip_pairs),
+                                          ("gpt4v_score", stats.judge_scores, stats.judge_pairs)):
+                both = (row.get(f"re_{column}"), row.get(f"org_{column}"))
+                for which, value in zip(("re", "org"), both, strict=True):
+                    if value is not None:
+                        values[which].append(value)
+                if pairs is not None and None not in both:
+                    pairs.append(both)
     return stats
 
 
@@ -361,11 +349,15 @@ class Line:
     note: str | None = None  # a warning that belongs next to these numbers
 
 
+def model_names(uses: list[dict]) -> list[str]:
+    return [str(u["model"]) if u.get("model") is not None else "an unrecorded model" for u in uses]
+
+
 def _models_text(uses: list[dict], unit: str) -> tuple[str, str | None]:
     """("tiny-clip", note) for one model; a mix is named as such, with shards per model."""
     if not uses:
         return "", None
-    names = [str(u["model"]) if u.get("model") is not None else "an unrecorded model" for u in uses]
+    names = model_names(uses)
     if len(set(names)) < len(names):  # one name, several versions (an older built-in tiny-clip)
         names = [f"{n} {u['version']}" if u.get("version") else n for n, u in zip(names, uses, strict=True)]
     notes = [u["note"] for u in uses if u.get("note")]
