@@ -159,12 +159,6 @@ def vision_tensors(vision_tower: str) -> dict:
 VISION_HINT = "; pass --vision-tower a CLIP folder or hub id"
 
 
-def _check_clip(config, name: str) -> None:
-    kind = getattr(config, "model_type", "")
-    if kind not in ("clip", "clip_vision_model"):
-        raise ConversionError(f"vision tower {name}: a {kind or 'unknown'} model, not CLIP{VISION_HINT}")
-
-
 def read_source_config(src: Path) -> dict:
     """The LLaVA-repo config.json, with a missing or wrong folder said in one line."""
     if not src.exists():
@@ -256,7 +250,9 @@ def _convert(src: Path, dst: Path, config: dict, text, shards: list[Path], visio
     if not tower:
         raise ConversionError(f"{src}: names no vision tower (mm_vision_tower){VISION_HINT}")
     tower_config = _load("vision tower", AutoConfig.from_pretrained, tower, VISION_HINT)
-    _check_clip(tower_config, tower)
+    kind = getattr(tower_config, "model_type", "")
+    if kind not in ("clip", "clip_vision_model"):
+        raise ConversionError(f"vision tower {tower}: a {kind or 'unknown'} model, not CLIP{VISION_HINT}")
     hint = "" if tokenizer else f"; {src} has no usable tokenizer: pass --tokenizer"
     tok = _load("tokenizer", AutoTokenizer.from_pretrained, tokenizer or str(src), hint)
     old_vocab = text.vocab_size

@@ -57,13 +57,6 @@ bright, colorful and simple, with sharp edges and flat colors.
 """
 
 
-def default_cache_dir() -> Path:
-    root = os.environ.get("RECAPTION_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "recaption"
-    )
-    return Path(root)
-
-
 def tiny_model_path(cache_dir: Path | None = None) -> Path:
     """Return the folder of the tiny model, building it there on first use."""
     return cached_build(f"tiny-llava-{TINY_MODEL_VERSION}", build_tiny_model, cache_dir)
@@ -71,7 +64,9 @@ def tiny_model_path(cache_dir: Path | None = None) -> Path:
 
 def cached_build(folder: str, build, cache_dir: Path | None = None) -> Path:
     """`cache/models/{folder}`, made by `build(staging_dir)` on first use."""
-    target = (cache_dir or default_cache_dir()) / "models" / folder
+    cache = os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache"))
+    root = cache_dir or Path(os.environ.get("RECAPTION_CACHE") or os.path.join(cache, "recaption"))
+    target = root / "models" / folder
     if (target / "config.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -40,17 +40,15 @@ def shipped_tiny_clip() -> Path:
     return Path(str(resources.files("recaption") / "data" / "tiny-clip"))
 
 
-def tiny_clip_random_path(cache_dir: Path | None = None) -> Path:
-    return cached_build(f"tiny-clip-{TINY_CLIP_RANDOM_VERSION}", build_tiny_clip_random, cache_dir)
-
-
 def builtin_clip(name: str) -> tuple[Path, str, str] | None:
     """(folder, version, note) of a built-in CLIP, what `--clip-model NAME` loads with no
     download (tiny-clip-random is built into the cache on first use); None for other names."""
     facts = builtin_clip_facts(name)
     if facts is None:
         return None
-    return (shipped_tiny_clip() if name == TINY_CLIP_NAME else tiny_clip_random_path(), *facts)
+    if name == TINY_CLIP_NAME:
+        return shipped_tiny_clip(), *facts
+    return cached_build(f"tiny-clip-{TINY_CLIP_RANDOM_VERSION}", build_tiny_clip_random), *facts
 
 
 def builtin_clip_facts(name: str) -> tuple[str, str] | None:

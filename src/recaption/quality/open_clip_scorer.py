@@ -46,16 +46,6 @@ def open_clip_spec(name: str) -> tuple[str, str | None]:
     return arch, pretrained or None
 
 
-def import_open_clip():
-    try:
-        import open_clip
-    except ImportError as exc:
-        raise ClipModelError(
-            f"open_clip models need open_clip and torchvision: pip install 'recaption[vision]' ({exc})"
-        ) from None
-    return open_clip
-
-
 class OpenClipScorer(TextScoring):
     """The ClipScorer interface over an open_clip model (loads in `setup()`)."""
 
@@ -63,7 +53,12 @@ class OpenClipScorer(TextScoring):
 
     def setup(self) -> None:
         arch, pretrained = open_clip_spec(self.model_name)
-        open_clip = import_open_clip()
+        try:
+            import open_clip
+        except ImportError as exc:
+            raise ClipModelError(
+                f"open_clip models need open_clip and torchvision: pip install 'recaption[vision]' ({exc})"
+            ) from None
         from ..hardware import pick_device
 
         if not arch.startswith(("local-dir:", "hf-hub:")) and arch not in open_clip.list_models():
