@@ -199,21 +199,17 @@ class CaptionPipeline:
         summary = RunSummary()
         if not todo:
             return summary
+        from .batching import BatchStream  # torch: only here
+
         owns_engine = not self.captioner.ready
         if owns_engine:
             self.captioner.setup()
         try:
-            self._run(todo, summary)
+            self._consume(BatchStream(todo, *self._stream_settings()), summary.results.append)
         finally:
             if owns_engine:
                 self.captioner.teardown()
         return summary
-
-    def _run(self, todo: list[Shard], summary: RunSummary) -> None:
-        from .batching import BatchStream  # torch: only here
-
-        stream = BatchStream(todo, *self._stream_settings())
-        self._consume(stream, summary.results.append)
 
     def serve(self, feed, on_result) -> None:
         """Caption the shards put on `feed` (a multiprocessing queue; None ends it, one per

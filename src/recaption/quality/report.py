@@ -98,10 +98,9 @@ def _pyplot():
 
 
 def _svg(figure) -> str:
-    plt = _pyplot()
     buf = io.StringIO()
     figure.savefig(buf, format="svg", bbox_inches="tight")
-    plt.close(figure)
+    _pyplot().close(figure)
     text = buf.getvalue()
     return text[text.index("<svg") :]  # drop the XML prolog and doctype: inline SVG needs neither
 
@@ -109,8 +108,7 @@ def _svg(figure) -> str:
 def histogram(values: dict[str, list[float]], title: str, xlabel: str, bins: int = 30) -> str | None:
     if not any(values.values()):
         return None
-    plt = _pyplot()
-    figure, axes = plt.subplots(figsize=(6, 3.2))
+    figure, axes = _pyplot().subplots(figsize=(6, 3.2))
     low = min(min(v) for v in values.values() if v)
     high = max(max(v) for v in values.values() if v)
     edges = [low + (high - low) * i / bins for i in range(bins + 1)] if high > low else bins
@@ -128,8 +126,7 @@ def histogram(values: dict[str, list[float]], title: str, xlabel: str, bins: int
 def bar_chart(counts: dict[str, int], title: str) -> str | None:
     if not counts:
         return None
-    plt = _pyplot()
-    figure, axes = plt.subplots(figsize=(6, 0.4 * len(counts) + 1))
+    figure, axes = _pyplot().subplots(figsize=(6, 0.4 * len(counts) + 1))
     names = list(counts)
     axes.barh(names, [counts[n] for n in names])
     axes.invert_yaxis()
@@ -143,10 +140,9 @@ def scatter(pairs: list[tuple[float, float]], model: str, seed: int = 0) -> str 
     points above it are images whose recaption the model scores higher."""
     if not pairs:
         return None
-    plt = _pyplot()
     shown = pairs if len(pairs) <= SCATTER_POINTS else random.Random(seed).sample(pairs, SCATTER_POINTS)
     above = sum(r > o for r, o in pairs)
-    figure, axes = plt.subplots(figsize=(5, 5))
+    figure, axes = _pyplot().subplots(figsize=(5, 5))
     size = 30 if len(shown) <= 200 else 6
     axes.scatter([o for _, o in shown], [r for r, _ in shown], s=size, alpha=0.6, linewidths=0)
     values = [v for pair in shown for v in pair]
