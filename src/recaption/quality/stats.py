@@ -23,6 +23,7 @@ import json
 import re
 import statistics
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..flags import PAPER_FLAG_COLUMNS, is_degenerate
@@ -378,34 +379,19 @@ def counted(stats: dict, what: str) -> str:
     return f"{fmt(re_n)} recaptions and {fmt(org_n)} original captions{what}"
 
 
-def _judge_lines(summary: dict, judge: str, judge_warning: str | None) -> list[Line]:
-    """The judge's rows of the comparison (none when nothing was judged)."""
-    lines: list[Line] = []
-    judge_scores, judge_pref = summary["judge_score"], summary["judge_preference"]
-    if judge_pref or any(judge_scores.values()):
-        lines.append(
-            Line(
-                "judge rating 1-5 (mean)",
-                mean_median(judge_scores["re"]),
-                mean_median(judge_scores["org"]),
-                f"{PAPER['judge_mean']['re']} / {PAPER['judge_mean']['org']} "
-                f"({PAPER['judge_model']}, 10K images)",
-                f"{judge} on {fmt(max(d['n'] for d in judge_scores.values() if d))} images",
-                judge_warning,
-            )
-        )
-    if judge_pref:
-        lines.append(
-            Line(
-                "judge rates this caption higher (share of images)",
-                pct(judge_pref["re_higher_share"]),
-                pct(judge_pref["org_higher_share"]),
-                "not published",
-                f"{judge}: per image, over {fmt(judge_pref['n'])} images rated twice "
-                f"({count(judge_pref['ties'], 'tie')})",
-                judge_warning,
-            )
-        )
+def _scorer_lines(scores: dict, pref: dict | None, note: str | None, mean: tuple[str, str, str],
+                  prefers: tuple[str, str, Callable[[str, str], str]]) -> list[Line]:
+    """A scorer's rows of the comparison (CLIP's, the judge's): its mean score of each caption,
+    then the share of images where it prefers each; none when nothing was scored. `mean` and
+    `prefers` are each row's (measure, the paper's figure, what made ours); the latter's is
+    made from how many images were compared and how many ties."""
+    lines = []
+    if pref or any(scores.values()):
+        lines.append(Line(mean[0], mean_median(scores["re"]), mean_median(scores["org"]), *mean[1:], note))
+    if pref:
+        made_by = prefers[2](fmt(pref["n"]), count(pref["ties"], "tie"))
+        share = pct(pref["re_higher_share"]), pct(pref["org_higher_share"])
+        lines.append(Line(prefers[0], *share, prefers[1], made_by, note))
     return lines
 
 
@@ -427,36 +413,27 @@ def comparison(summary: dict) -> list[Line]:
             captioner_note,
         )
     )
-    clip_scores, clip_pref = summary["clip_score"], summary["clip_preference"]
+    clip_scores = summary["clip_score"]
     truncated = summary["flag_rates"].get("re_clip_truncated")
     truncation = f"; {pct(truncated)} of recaptions cut to its text window" if truncated else ""
-    if clip_pref or any(clip_scores.values()):
-        lines.append(
-            Line(
-                "CLIP score, 100 x cosine (mean)",
-                mean_median(clip_scores["re"]),
-                mean_median(clip_scores["org"]),
-                "not published (only preferences)",
-                f"{clip} on {counted(clip_scores, '')}{truncation}",
-                clip_warning,
-            )
-        )
-    if clip_pref:
-        paper = "; ".join(
-            f"{name} {v['re']}% / {v['org']}%" for name, v in PAPER["clip_preference_pct"].items()
-        )
-        lines.append(
-            Line(
-                "CLIP prefers this caption (share of images)",
-                pct(clip_pref["re_higher_share"]),
-                pct(clip_pref["org_higher_share"]),
-                paper,
-                f"{clip}: per image, which caption scores higher, over {fmt(clip_pref['n'])} images with "
-                f"both scores ({count(clip_pref['ties'], 'tie')})",
-                clip_warning,
-            )
-        )
-    lines += _judge_lines(summary, judge, judge_warning)
+    lines += _scorer_lines(
+        clip_scores, summary["clip_preference"], clip_warning,
+        ("CLIP score, 100 x cosine (mean)", "not published (only preferences)",
+         f"{clip} on {counted(clip_scores, '')}{truncation}"),
+        ("CLIP prefers this caption (share of images)",
+         "; ".join(f"{name} {v['re']}% / {v['org']}%" for name, v in PAPER["clip_preference_pct"].items()),
+         lambda n, ties: f"{clip}: per image, which caption scores higher, over {n} images with both "
+         f"scores ({ties})"),
+    )
+    judged = max((d["n"] for d in summary["judge_score"].values() if d), default=0)
+    lines += _scorer_lines(
+        summary["judge_score"], summary["judge_preference"], judge_warning,
+        ("judge rating 1-5 (mean)",
+         f"{PAPER['judge_mean']['re']} / {PAPER['judge_mean']['org']} ({PAPER['judge_model']}, 10K images)",
+         f"{judge} on {fmt(judged)} images"),
+        ("judge rates this caption higher (share of images)", "not published",
+         lambda n, ties: f"{judge}: per image, over {n} images rated twice ({ties})"),
+    )
     vocab = summary["vocabulary"]
     lines.append(
         Line(
