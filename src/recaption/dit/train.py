@@ -11,16 +11,10 @@ at high noise, where its errors are amplified into x0 (measured, docs/dit.md: 4 
 memorised for 3000 steps, sampled from pure noise: 0 of 8 right with epsilon, 7 of 8 with v).
 
 Pixel space for small images (the shapes world's 64 px), latent space through an AutoencoderKL
-(`vae`; the paper's 256 px through an f=8 VAE). Checkpoints every `save_every` steps (the DiT
-folder of recaption.dit.model plus optimizer, scheduler, step and every rank's RNG; safetensors +
-JSON, no pickle); a rerun into the same output resumes from the newest and continues exactly as
-an uninterrupted run would. Several GPUs: torchrun, each rank draws its own batches, DDP averages
-gradients.
-
-The data streams as train-clip's does (training/stream.py): epochs over the shards, split over
-ranks and loader workers (which decode and crop), a bounded shuffle buffer, so memory does not
-grow with the data; the checkpoint keeps the stream's position, so a resumed run sees the same
-batches. In latent space each batch is encoded by the VAE as it comes.
+(`vae`; the paper's 256 px through an f=8 VAE), each batch encoded by the VAE as it comes.
+Checkpoints (the DiT folder of recaption.dit.model plus the trainer state) every `save_every`
+steps, resume, the data stream (its loader workers decode and crop) and torchrun are every
+trainer's (training/loop.py).
 """
 
 from __future__ import annotations
@@ -251,8 +245,6 @@ def _train_dit(config: DitTrainConfig, out: Path, resume_from: str | None,
         recorded = {**(before.get("train_config") or {}), **before}
         require_same_recipe(resume_from, recorded, recipe, _ADDED_DEFAULTS)
 
-    # The data streams (training/stream.py), as train-clip's: epochs over the shards, split over
-    # ranks and loader workers, a bounded shuffle buffer; memory does not grow with the data.
     check_caption_sources(config.data, config.p, config.recaption_field)
     stream = trainer_stream(config, SquarePixels(config.image_size), ranks, out)
 

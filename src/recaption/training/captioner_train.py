@@ -4,14 +4,10 @@
   stage 2  projector + language model, on instruction conversations (the recaption prompt ->
            the detailed description)
 The vision tower stays frozen throughout. Loss is on the answer tokens only (prompt and padding
-are masked). AdamW, warmup + cosine per stage. Checkpoints are safetensors model folders
-(`checkpoint-s1-0000200`, ...) with the trainer state beside them (optimizer, scheduler, step,
-stage, every rank's RNG and data position: safetensors + JSON, no pickle); a rerun resumes from
-the newest exactly; the final model is saved to OUTPUT as a model folder `recap caption --model
-OUTPUT` loads. Several GPUs: launch under torchrun (DDP).
-
-The data streams (stream.py: epochs over the shards, loader workers decode and preprocess, a
-bounded shuffle buffer); stage 2 continues the stream where stage 1 left it.
+are masked). AdamW, warmup + cosine per stage; stage 2 continues the data stream where stage 1
+left it. Checkpoints (`checkpoint-s1-0000200`, ...; their state holds the stage too), resume,
+the data stream and torchrun are every trainer's (training/loop.py); the final model is saved to
+OUTPUT as a model folder `recap caption --model OUTPUT` loads.
 
 With no `--model`, a small LLaVA for the shapes world is built (64 px images, 8 px patches -> 64
 image tokens, LLaMA-3 template), its vision tower taken from `--vision-tower` (a CLIP folder,

@@ -4,14 +4,9 @@ The paper's mixing (Recap-CLIP): each sample uses its ORIGINAL caption with prob
 its recaption with probability 1 - p, drawn anew every time the sample is seen; `concat` trains
 on "original recaption" instead. Text length defaults to the paper's 128 tokens (the text
 encoder's positions are set to it when the model is built fresh). AdamW, linear warmup then
-cosine decay, gradient clipping. Checkpoints (model folder + optimizer, scheduler, step, every
-rank's RNG and data position; safetensors + JSON, no pickle) every `save_every` steps; a rerun
-resumes from the newest and continues exactly as an uninterrupted run would. Several GPUs: launch
-with torchrun; each rank reads its own shards and DDP averages gradients.
-
-The data streams (stream.py): epochs over the shards, split across ranks and `workers` loader
-processes that decode and preprocess, a bounded shuffle buffer, so memory does not grow with
-the dataset. `load_pairs` (everything in memory) is kept for the benchmarks that compare with it.
+cosine decay, gradient clipping. Checkpoints every `save_every` steps, resume, the data stream
+and torchrun are every trainer's (training/loop.py). `load_pairs` (everything in memory) is kept
+for the benchmarks that compare the stream with it.
 
 `recipe="clips"` trains the CLIPS way instead (clips_recipe.py): each image contrasted with its
 alt-text and with a partial recaption, two losses added; p and concat do not apply.

@@ -1,12 +1,19 @@
-"""The one training loop of train-clip, train-captioner and train-dit.
+"""What train-clip, train-captioner and train-dit share: their start, data stream, loop and end.
 
 A trainer builds its model, data stream and optimizer, then hands the loop a `step_loss`
 (one batch -> its loss tensor, backward not yet taken) and what a checkpoint holds; the loop
 does the rest the same way for all three: backward, gradient clipping, optimizer and schedule
 steps, the loss history, logging every `log_every` steps (loss, learning rate, images per
 second, and the trainer's `progress` hook), and checkpoints every `save_every` steps and at the
-end (every rank takes part in the collectives, rank 0 writes). Resuming is the trainer's
-`Resume.load` (training/checkpoints.py: every field checked, the settings the same).
+end (every rank takes part in the collectives, rank 0 writes).
+
+So for every trainer: a checkpoint is the model folder plus the trainer state (optimizer,
+scheduler, step, every rank's RNG and data position; safetensors + JSON, no pickle:
+training/checkpoints.py); a rerun into the same output resumes from the newest, every field
+checked and the settings the same, and continues exactly as an uninterrupted run would. The data
+streams (training/stream.py): epochs over the shards, split over ranks and loader workers that
+decode and preprocess, a bounded shuffle buffer, so memory does not grow with the data. Several
+GPUs: launch under torchrun; each rank reads its own shards and DDP averages gradients.
 """
 
 from __future__ import annotations
