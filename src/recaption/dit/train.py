@@ -268,27 +268,21 @@ def _train_dit(config: DitTrainConfig, out: Path, resume_from: str | None,
     step_loss = _DiffusionStep(config, ranks, text_encoder, codec, noise_scheduler, ranks.wrap(transformer),
                                rng, captions, first=resumed.step == 0)
 
-    def parts() -> list:
+    def parts(step: int) -> list:
         return [Part(transformer, TRANSFORMER), Part(ema.model, EMA), Part(noise_scheduler, SCHEDULER),
-                JsonPart({**meta, "step": loop_state["step"]})]
+                JsonPart({**meta, "step": step})]
 
-    loop_state = {"step": resumed.step}
     loop = TrainLoop(ranks, device, out, optimizer, lr_schedule, list(transformer.parameters()), config.steps,
                      config.log_every, config.save_every, parts=parts,
                      extra=lambda: {"losses": loop.losses, "captions": captions}, rng=rng,
-                     grad_clip=config.grad_clip, after_step=lambda step: _after(step),
+                     grad_clip=config.grad_clip, after_step=lambda step: ema.update(transformer, step),
                      progress=progress, losses=list(resumed.extra.get("losses", [])))
-
-    def _after(step: int) -> None:
-        ema.update(transformer, step)
-        loop_state["step"] = step
-
     started = time.perf_counter()
     step = loop.run(batches, resumed.step, step_loss)
     seconds = time.perf_counter() - started
     result = {"steps": step, "losses": loop.losses, "pairs": sum(s.samples for s in stream.shards),
               "captions": captions, "images_per_s": loop.images_per_s}
-    finish_run(ranks, batches, out, lambda: _save_parts(out, parts()),
+    finish_run(ranks, batches, out, lambda: _save_parts(out, parts(step)),
                {**result, "seconds_this_run": round(seconds, 2), "steps_this_run": step - resumed.step,
                 "device": device, "world_size": ranks.world_size, "threads": torch.get_num_threads(),
                 "config": asdict(config)})

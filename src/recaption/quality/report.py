@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import resources
 
-from ..flags import PAPER_FLAG_COLUMNS, is_degenerate
+from ..flags import CAPTION_FLAGS, PAPER_FLAG_COLUMNS, is_degenerate
 from ..samples.images import decode_sample
 from ..spine.contract import write_file_output
 from ..spine.errors import RecaptionError
@@ -37,11 +37,8 @@ from .stats import FAILED_ROWS_KEPT, PAPER, OutputStats, collect, comparison, co
 # the share above the diagonal is always computed over every image.
 SCATTER_POINTS = 4000
 GALLERY_FLAGS = PAPER_FLAG_COLUMNS
-FLAG_MEANINGS = {
-    "re_truncated": "generation stopped at max_new_tokens",
-    "re_repetition": ">= 30% of the caption's word 4-grams repeat an earlier one (a greedy loop)",
-    "re_boilerplate": 'opens with a stock phrase ("The image shows...", "In this picture...")',
-    "re_degenerate": "empty, fewer than 3 words of letters/digits, or under 50% letters/digits",
+FLAG_MEANINGS = {  # the caption flags' meanings are flags.py's
+    **{f"re_{flag.name}": flag.meaning for flag in CAPTION_FLAGS},
     "re_clip_truncated": "recaption cut to the CLIP model's text window to score it",
     "org_clip_truncated": "original cut to the CLIP model's text window to score it",
 }
@@ -183,9 +180,7 @@ def gallery(output: str, n: int, seed: int = 0) -> list[GalleryItem]:
 
     def candidates():
         for name in done_shards(out):
-            table = read_output(out, name)
-            table = table.select([c for c in _GALLERY_COLUMNS if c in table.column_names])
-            for row in table.to_pylist():
+            for row in read_output(out, name, _GALLERY_COLUMNS, present_only=True).to_pylist():
                 if row["status"] == "ok":
                     rank = hashlib.sha256(f"{seed}:{name}:{row['key']}".encode()).hexdigest()
                     yield rank, name, row
@@ -234,9 +229,7 @@ def render_report(
     models = summary["models"]
     clip_label, judge_label = (" + ".join(model_names(models[kind])) for kind in ("clip", "judge"))
     environment = jinja2.Environment(autoescape=True)
-    environment.filters["fmt"] = fmt
-    environment.filters["pct"] = pct
-    environment.filters["count"] = count
+    environment.filters.update(fmt=fmt, pct=pct, count=count)
     template = environment.from_string(
         resources.files("recaption.quality").joinpath("templates/report.html.j2").read_text()
     )

@@ -29,7 +29,7 @@ import io
 import itertools
 import random
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -292,22 +292,18 @@ def score(spec: dict, objects: list[Detected]) -> dict:
             all(sizes_ok),
         )
 
-    best = None
-    for assignment in itertools.product(*candidates):
+    def distinct(assignment) -> bool:  # no detected object stands for two asked ones
         used = [a for a in assignment if a is not None]
-        if len(used) != len(set(used)):
-            continue
-        judged = judge(assignment)
-        if best is None or judged[0] > best[0]:
-            best = judged
-    _, position_ok, size_ok = best if best else ((0, 0, 0), False, False)
+        return len(used) == len(set(used))
+
+    # The first best assignment (the all-missing one is always there).
+    best = max(map(judge, filter(distinct, itertools.product(*candidates))), key=lambda judged: judged[0])
+    _, position_ok, size_ok = best
 
     counts = defaultdict(int)
     for g in groups:
         counts[(g["colour"], g["shape"])] += g["count"]
-    seen = defaultdict(int)
-    for d in objects:
-        seen[(d.colour, d.shape)] += 1
+    seen = Counter((d.colour, d.shape) for d in objects)
     shapes_seen = {d.shape for d in objects}
     result = {
         "present": all(g["shape"] in shapes_seen for g in groups),

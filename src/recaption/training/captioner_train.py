@@ -243,7 +243,7 @@ def _train_captioner(config: CaptionerTrainConfig, out: Path, resume_from: str |
             return trained(**inputs).loss
 
         loop = TrainLoop(ranks, device, out, optimizer, scheduler, params, total, config.log_every,
-                         config.save_every, parts=lambda: [model, processor],
+                         config.save_every, parts=lambda step: [model, processor],
                          extra=lambda current=current: {"stage": current, "history": history,
                                                         "settings": captioner_recipe(config)},
                          rng=rng, label=f"stage {current} ",

@@ -181,7 +181,7 @@ def _train_clip(config: ClipTrainConfig, out: Path, resume_from: str | None) -> 
         return clips_loss(output.logits_per_image) if config.recipe == "clips" else output.loss
 
     loop = TrainLoop(ranks, device, out, optimizer, scheduler, list(model.parameters()), config.steps,
-                     config.log_every, config.save_every, parts=lambda: [model, tokenizer, processor],
+                     config.log_every, config.save_every, parts=lambda step: [model, tokenizer, processor],
                      extra=lambda: {"settings": clip_recipe(config)}, rng=rng)
     step = loop.run(batches, resumed.step, step_loss)
     result = {"steps": step, "losses": loop.losses, "pairs": sum(s.samples for s in stream.shards)}

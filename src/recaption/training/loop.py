@@ -130,7 +130,7 @@ def open_batches(stream, workers: int, resumed: Resumed, device: str) -> StreamB
 class TrainLoop:
     """One optimizer's steps over a stream, with the logging and checkpoints every trainer shares.
 
-    `parts()`: what a checkpoint saves beside the trainer state (objects with save_pretrained);
+    `parts(step)`: what a checkpoint saves beside the trainer state (objects with save_pretrained);
     `extra()`: the values the trainer resumes with (JSON-able, tensors too); `after_step(step)`:
     anything to do after the optimizer step (the DiT's EMA); `progress(event)`: called on rank
     0 at each log line with {step, steps, loss, images_per_s, lr}."""
@@ -144,7 +144,7 @@ class TrainLoop:
     steps: int
     log_every: int
     save_every: int
-    parts: Callable[[], list]
+    parts: Callable[[int], list]
     extra: Callable[[], dict]
     rng: random.Random
     grad_clip: float | None = 1.0
@@ -195,5 +195,5 @@ class TrainLoop:
         rng_states = self.ranks.gather(rng_tensors(self.rng, self.device))  # every rank takes part
         data_state = checkpoint_state(batches, self.ranks)  # a collective too
         if self.ranks.rank == 0:
-            save_checkpoint(self.out / self.checkpoint_name(step), self.parts(), self.optimizer,
+            save_checkpoint(self.out / self.checkpoint_name(step), self.parts(step), self.optimizer,
                             self.scheduler, step, rng_states, stream=data_state, **self.extra())
