@@ -126,20 +126,11 @@ def _build_tokenizer(special_tokens: tuple[str, ...] = (), named_tokens: dict[st
 def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
     """Write a tiny LLaVA model folder (config, safetensors, tokenizer, processor) to out_dir."""
     import torch
-    from transformers import CLIPVisionConfig
 
-    from .llava_parts import llava_processor, small_llava
+    from .llava_parts import llava_processor, small_llava, toy_vision_config
 
     tokenizer = _build_tokenizer()
-    vision = CLIPVisionConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=IMAGE_SIZE,
-        patch_size=PATCH_SIZE,
-        projection_dim=64,
-    )
+    vision = toy_vision_config(IMAGE_SIZE, PATCH_SIZE, intermediate=128, projection_dim=64)
     model = small_llava(
         tokenizer, vision, width=64, layers=2, intermediate=128, heads=2, max_positions=2048, seed=seed
     ).eval()

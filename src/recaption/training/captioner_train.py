@@ -79,7 +79,7 @@ class Example:
 def fresh_llava(config: CaptionerTrainConfig, image_size: int = 64, patch: int = 8):
     from transformers import AutoModel, CLIPVisionConfig
 
-    from ..models.llava_parts import llava_processor, small_llava
+    from ..models.llava_parts import llava_processor, small_llava, toy_vision_config
     from ..models.tiny import _build_tokenizer
 
     tokenizer = _build_tokenizer()
@@ -93,14 +93,7 @@ def fresh_llava(config: CaptionerTrainConfig, image_size: int = 64, patch: int =
         vision = CLIPVisionConfig(**clip.config.vision_config.to_dict())
         image_size, patch = vision.image_size, vision.patch_size
     else:
-        vision = CLIPVisionConfig(
-            hidden_size=64,
-            intermediate_size=256,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=image_size,
-            patch_size=patch,
-        )
+        vision = toy_vision_config(image_size, patch, intermediate=256)
     heads = max(1, config.width // 32)
     model = small_llava(
         tokenizer, vision, config.width, config.layers, 3 * config.width, heads, 512, config.seed
