@@ -297,7 +297,3 @@ def eval_t2i(
             "note": "an FD in this encoder's feature space, not Inception FID; compare runs with one encoder",
         }
     return report
-
-
-__all__ = ["Unreadable", "clip_scores", "eval_shapes", "eval_t2i", "frechet_distance", "image_features",
-           "read_images"]

@@ -449,22 +449,3 @@ def validate(images: int = 500, seed: int = 0, start: int = 0, image_size: int =
             k: {**v, "caught_rate": round(v["caught"] / max(v["tried"], 1), 4)} for k, v in wrong.items()
         },
     }
-
-
-__all__ = [
-    "LAYOUT_CATEGORIES",
-    "cell_colours",
-    "layout_score",
-    "CATEGORIES",
-    "Detected",
-    "check",
-    "complexity",
-    "corrupt",
-    "detect",
-    "render",
-    "score",
-    "spec_from_description",
-    "spec_from_objects",
-    "summarise",
-    "validate",
-]

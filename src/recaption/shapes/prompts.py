@@ -297,16 +297,3 @@ def unknown_words(texts: list[str], tokenizer) -> dict[str, int]:
             if unk is not None and unk in ids:
                 unknown[word] = unknown.get(word, 0) + 1
     return dict(sorted(unknown.items(), key=lambda kv: -kv[1]))
-
-
-__all__ = [
-    "STYLES",
-    "Prompt",
-    "balanced_prompt_set",
-    "human_prompt",
-    "prompt_set",
-    "recaption_prompt",
-    "unknown_words",
-    "write_prompt_shards",
-    "write_prompts",
-]
