@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..readers import ColumnConfig, ShardError, discover_shards
-from ..readers.base import Shard
+from ..readers.base import Shard, text_or_none
 from .inputs import TrainingInputError
 
 log = logging.getLogger(__name__)
@@ -102,8 +102,7 @@ class StreamShard:
             for sample in self.shard:
                 if sample.ok:
                     re = sample.extra.get(self.recaption_field) if self.recaption_field else None
-                    yield Record(sample.key, sample.image_bytes, sample.org_caption,
-                                 None if re is None else str(re), label)
+                    yield Record(sample.key, sample.image_bytes, sample.org_caption, text_or_none(re), label)
             return
         rows = _ok_rows(self.rows, self.name)
         for sample in self.shard:
