@@ -31,6 +31,7 @@ from ..schema import INPUT_FINGERPRINT, JUDGE_METADATA_KEY, METADATA_KEY, SCORES
 from ..spine.ledger import OutputDir
 from .outputs import done_shards, read_output, schema_stamp
 
+FLAGS = [*PAPER_FLAG_COLUMNS, "re_clip_truncated", "org_clip_truncated"]  # flags.py, and scoring's
 COLUMNS = [
     "key",
     "status",
@@ -43,11 +44,8 @@ COLUMNS = [
     "org_clip_score",
     "re_gpt4v_score",
     "org_gpt4v_score",
-    *PAPER_FLAG_COLUMNS,
-    "re_clip_truncated",
-    "org_clip_truncated",
+    *FLAGS,
 ]
-FLAGS = [*PAPER_FLAG_COLUMNS, "re_clip_truncated", "org_clip_truncated"]  # flags.py, and scoring's
 FAILED_ROWS_KEPT = 100  # failed rows listed by key; all are counted
 STOPWORDS = set(
     "a an the of and or in on at to with for from by is are was were be been it its this that these those "

@@ -69,13 +69,6 @@ class CaptionerTrainConfig:
                        ("stage1_steps", "stage2_steps", "warmup", "workers", "shuffle_buffer"))
 
 
-@dataclass
-class Example:
-    pixels: torch.Tensor  # (3, H, W)
-    brief: str | None
-    detailed: str | None
-
-
 def fresh_llava(config: CaptionerTrainConfig, image_size: int = 64, patch: int = 8):
     from transformers import AutoModel, CLIPVisionConfig
 
@@ -122,7 +115,8 @@ class ConversationBatcher:
             self._prompt_ids[instruction] = probe["input_ids"][0].tolist()
         return self._prompt_ids[instruction]
 
-    def __call__(self, examples: list[Example], instruction: str, targets: list[str]) -> dict:
+    def __call__(self, pixels: torch.Tensor, instruction: str, targets: list[str]) -> dict:
+        """A batch of images (B x 3 x H x W) with one target answer each."""
         eos = self.tokenizer.eos_token_id
         prompt = self.prompt_ids(instruction)
         sequences, labels = [], []
@@ -139,7 +133,7 @@ class ConversationBatcher:
             "input_ids": input_ids,
             "attention_mask": mask,
             "labels": label_ids,
-            "pixel_values": torch.stack([e.pixels for e in examples]),
+            "pixel_values": pixels,
         }
 
 
@@ -190,7 +184,6 @@ def _train_captioner(config: CaptionerTrainConfig, out: Path, resume_from: str |
         model, processor = fresh_llava(config)
     model.to(device)
     batcher = ConversationBatcher(processor, family_for(model.config.model_type))
-    # Stage 1 trains on the brief caption, stage 2 on the detailed description.
     stream = trainer_stream(
         config, processor.image_processor, ranks, out,
         {"--stage1-field": config.stage1_field, "--stage2-field": config.stage2_field},
@@ -225,14 +218,10 @@ def _train_captioner(config: CaptionerTrainConfig, out: Path, resume_from: str |
         instruction = BRIEF_PROMPT if current == 1 else config.prompt
 
         def step_loss(batch: dict, current: int = current, instruction: str = instruction, trained=trained):
-            chosen = [
-                Example(pixels, brief, detailed)
-                for pixels, brief, detailed in zip(batch["pixels"], batch["org"], batch["re"], strict=True)
-            ]
-            targets = [
-                (e.brief if current == 1 else e.detailed) or e.detailed or e.brief or "" for e in chosen
-            ]
-            inputs = {k: v.to(device) for k, v in batcher(chosen, instruction, targets).items()}
+            # Stage 1 trains on the brief caption, stage 2 on the detailed one; either stands in.
+            targets = [(brief if current == 1 else detailed) or detailed or brief or ""
+                       for brief, detailed in zip(batch["org"], batch["re"], strict=True)]
+            inputs = {k: v.to(device) for k, v in batcher(batch["pixels"], instruction, targets).items()}
             return trained(**inputs).loss
 
         loop = TrainLoop(ranks, device, out, optimizer, scheduler, params, total, config.log_every,
