@@ -187,17 +187,3 @@ def eval_retrieval(model: str, data: PathLike | list[PathLike], **options: Any):
     from .training.retrieval import evaluate
 
     return evaluate(model, _paths(data), **options)
-
-
-__all__ = [
-    "caption",
-    "download",
-    "eval_retrieval",
-    "export",
-    "filter_output",
-    "judge",
-    "report",
-    "score",
-    "stats",
-    "train_clip",
-]

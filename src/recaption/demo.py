@@ -17,7 +17,7 @@ from rich.table import Table
 from .config import CaptionConfig, RunConfig
 from .samples.shards import ShardRecord, write_webdataset_shard
 from .shapes import ShapesWorld
-from .shapes.world import only_shapes_shards
+from .shapes.world import only_shapes_shards, shapes_record
 from .spine.contract import Step, holds_only, open_output
 
 DEMO_SEED, DEMO_START, DEMO_IMAGES = 0, 700_000, 8  # a range no training split used
@@ -33,22 +33,9 @@ def build_demo_shard(folder: Path) -> Path:
     broken image is reported."""
     world = ShapesWorld(DEMO_SEED)
     samples = [world.sample(DEMO_START + i) for i in range(DEMO_IMAGES)]
-    records = [
-        ShardRecord(
-            image=s.image,
-            caption=s.alt_text,
-            url=f"shapes://{DEMO_SEED}/{s.index}",
-            extension="png",
-            extra={"description": s.description},
-        )
-        for s in samples
-    ]
+    records = [shapes_record(s, DEMO_SEED, s.alt_text, {"description": s.description}) for s in samples]
     broken = samples[0].image[: len(samples[0].image) // 3]
-    records.append(
-        ShardRecord(
-            image=broken, caption="broken download", url="https://example.org/broken.png", extension="png"
-        )
-    )
+    records.append(ShardRecord(broken, "broken download", "https://example.org/broken.png", "png"))
     # Through the output contract: only a folder of shapes-world shards (the demo's own) is written over.
     with open_output(str(folder), DEMO_SHARDS):
         shard = folder / "00000.tar"

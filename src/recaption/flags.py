@@ -101,9 +101,12 @@ class Flag:
 
 CAPTION_FLAGS = (
     Flag("truncated", "generation stopped at max_new_tokens"),
-    Flag("repetition", "a repeated-n-gram loop", is_repetitive),
-    Flag("boilerplate", "opens with \"The image shows...\" and the like", is_boilerplate),
-    Flag("degenerate", "empty, < 3 words or mostly punctuation", is_degenerate),
+    Flag("repetition", ">= 30% of the caption's word 4-grams repeat an earlier one (a greedy loop)",
+         is_repetitive),
+    Flag("boilerplate", 'opens with a stock phrase ("The image shows...", "In this picture...")',
+         is_boilerplate),
+    Flag("degenerate", "empty, fewer than 3 words of letters/digits, or under 50% letters/digits",
+         is_degenerate),
 )
 FLAG_NAMES = tuple(f.name for f in CAPTION_FLAGS)
 PAPER_FLAG_COLUMNS = tuple(f"re_{f.name}" for f in CAPTION_FLAGS)  # the paper's pass's flag columns

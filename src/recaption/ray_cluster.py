@@ -15,19 +15,14 @@ class RayMissingError(RecaptionError, RuntimeError):
     """--executor ray without Ray installed."""
 
 
-def import_ray():
-    try:
-        import ray
-    except ImportError as exc:
-        raise RayMissingError("--executor ray needs Ray: pip install 'recaption[ray]'") from exc
-    return ray
-
-
 @contextmanager
 def connected(address: str | None) -> Iterator[object]:
     """Ray, joined for the length of the block: a cluster at `address` ("auto", ray://host:port),
     or a local Ray started here (None). A Ray the caller already joined is used as it is."""
-    ray = import_ray()
+    try:
+        import ray
+    except ImportError as exc:
+        raise RayMissingError("--executor ray needs Ray: pip install 'recaption[ray]'") from exc
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,

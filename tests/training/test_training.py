@@ -165,15 +165,13 @@ def test_only_the_answer_is_learned(tmp_path):
     from recaption.training.captioner_train import (
         CaptionerTrainConfig,
         ConversationBatcher,
-        Example,
         fresh_llava,
     )
 
     _, processor = fresh_llava(CaptionerTrainConfig(data=[], output=str(tmp_path), width=32, layers=1))
     batcher = ConversationBatcher(processor, LLAVA_1_5)
-    pixels = torch.zeros(3, 64, 64)
     batch = batcher(
-        [Example(pixels, None, None)] * 2,
+        torch.zeros(2, 3, 64, 64),
         "Describe it.",
         ["a red circle", "a small blue square in the center"],
     )

@@ -105,14 +105,13 @@ class BatchStream(IterableDataset):
                 yield from self._batches(shard)
             except ShardError as exc:
                 yield ShardEnd(shard.name, exc.message)
-                continue
             except Exception as exc:  # one shard's surprise must not end the run (in a loader
                 # worker it would end every worker's shards): fail this shard, naming the error;
                 # the traceback with --verbose.
                 log.info("%s failed while reading", shard.source, exc_info=True)
                 yield ShardEnd(shard.name, f"unexpected error while reading: {type(exc).__name__}: {exc}")
-                continue
-            yield ShardEnd(shard.name, None)
+            else:
+                yield ShardEnd(shard.name, None)
 
     def prompts(self, samples: list[Sample]) -> list[list[str]]:
         """Each pass's prompts for these samples (one list per pass, in pass order)."""

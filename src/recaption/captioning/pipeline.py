@@ -199,21 +199,17 @@ class CaptionPipeline:
         summary = RunSummary()
         if not todo:
             return summary
+        from .batching import BatchStream  # torch: only here
+
         owns_engine = not self.captioner.ready
         if owns_engine:
             self.captioner.setup()
         try:
-            self._run(todo, summary)
+            self._consume(BatchStream(todo, *self._stream_settings()), summary.results.append)
         finally:
             if owns_engine:
                 self.captioner.teardown()
         return summary
-
-    def _run(self, todo: list[Shard], summary: RunSummary) -> None:
-        from .batching import BatchStream  # torch: only here
-
-        stream = BatchStream(todo, *self._stream_settings())
-        self._consume(stream, summary.results.append)
 
     def serve(self, feed, on_result) -> None:
         """Caption the shards put on `feed` (a multiprocessing queue; None ends it, one per
@@ -254,8 +250,8 @@ class CaptionPipeline:
         # items still leave the window in input order, so rows are written in order.
         window = max(1, self.captioner.batches_in_flight)
         pool = ThreadPoolExecutor(window, thread_name_prefix="recap-batch") if window > 1 else None
-        in_flight: deque[tuple[object, Future | None]] = deque()
-        items = iter(loader)
+        in_flight: deque[tuple[object, Future]] = deque()
+        items, caption = iter(loader), self._caption_batch
         try:
             while True:
                 waited = time.perf_counter()
@@ -263,14 +259,12 @@ class CaptionPipeline:
                 waited = time.perf_counter() - waited  # the loader kept the model waiting
                 if item is None:
                     break
-                self._loader_wait[_shard_name(item)] += waited
+                self._loader_wait[item.shard if isinstance(item.shard, str) else item.shard.name] += waited
+                work = _done(None)  # a shard's start or end: nothing to wait for
                 if isinstance(item, Batch):
-                    caption = self._caption_batch
                     work = pool.submit(caption, item) if pool else _done(caption(item))
-                    in_flight.append((item, work))
-                else:
-                    in_flight.append((item, None))
-                while in_flight and (len(in_flight) > window or _ready(in_flight[0][1])):
+                in_flight.append((item, work))
+                while in_flight and (len(in_flight) > window or in_flight[0][1].done()):
                     self._finish_item(*in_flight.popleft(), in_progress, on_result)
             while in_flight:
                 self._finish_item(*in_flight.popleft(), in_progress, on_result)
@@ -282,7 +276,7 @@ class CaptionPipeline:
             if pool:
                 pool.shutdown(wait=True, cancel_futures=True)
 
-    def _finish_item(self, item, work: Future | None, in_progress: dict, on_result) -> None:
+    def _finish_item(self, item, work: Future, in_progress: dict, on_result) -> None:
         """Consume one stream item in order: open a shard, write a captioned batch, or close a shard."""
         from .batching import Batch, ShardStart
 
@@ -356,16 +350,7 @@ class CaptionPipeline:
         return sum(g.num_tokens for g in generations)
 
 
-def _shard_name(item) -> str:
-    shard = item.shard
-    return shard if isinstance(shard, str) else shard.name
-
-
 def _done(value) -> Future:
     future: Future = Future()
     future.set_result(value)
     return future
-
-
-def _ready(work: Future | None) -> bool:
-    return work is None or work.done()

@@ -38,17 +38,12 @@ def train_dit_cmd(
 ) -> None:
     """Train a text-conditioned diffusion transformer (diffusers' PixArt blocks) on a mix of
     original captions and recaptions."""
+    options = dict(locals())  # every option is a DitTrainConfig field of the same name
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from ..dit.train import DitTrainConfig, train_dit
 
     with clear_error(ValueError):
-        config = DitTrainConfig(data=data, output=output, p=p, text_encoder=text_encoder, vae=vae,
-                                image_size=image_size, patch_size=patch_size, layers=layers, heads=heads, head_dim=head_dim,
-                                steps=steps, batch_size=batch_size, lr=lr, caption_dropout=caption_dropout,
-                                prediction_type=prediction_type, snr_gamma=snr_gamma, save_every=save_every, seed=seed, device=device,
-                                caption_field=caption_field, recaption_field=recaption_field, workers=workers,
-                                shuffle_buffer=shuffle_buffer)
-        result = train_dit(config)
+        result = train_dit(DitTrainConfig(**options))
     if result["losses"]:
         console.print(f"trained {result['steps']} steps on {result['pairs']} images; final loss "
                       f"{result['losses'][-1]:.4f}; {result['images_per_s']:.1f} images/s -> {output}")

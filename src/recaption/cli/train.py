@@ -52,15 +52,12 @@ def train_clip_cmd(
     partial_words: Annotated[int, typer.Option(help="--recipe clips: longest block of a recaption sentence kept (block masking).")] = 32,
 ) -> None:
     """Train CLIP contrastively on a mix of original captions and recaptions (Recap-CLIP, or the CLIPS recipe)."""
+    options = dict(locals())  # every option is a ClipTrainConfig field of the same name
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from ..training.clip_train import ClipTrainConfig, train_clip
 
     try:
-        config = ClipTrainConfig(data=data, output=output, model=model, p=p, concat=concat, text_length=text_length,
-                                 steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, save_every=save_every,
-                                 seed=seed, caption_field=caption_field, recaption_field=recaption_field, width=width,
-                                 device=device, workers=workers, shuffle_buffer=shuffle_buffer, recipe=recipe,
-                                 partial_words=partial_words)
+        config = ClipTrainConfig(**options)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     with clear_error(ValueError):
@@ -87,15 +84,12 @@ def train_captioner_cmd(
     shuffle_buffer: Annotated[int, typer.Option(help="Samples each loader process shuffles among (encoded images held in memory).")] = 1000,
 ) -> None:
     """Train a captioner with the LLaVA-1.5 recipe (stage 1 projector, stage 2 projector + LM; vision frozen)."""
+    options = dict(locals())  # every option is a CaptionerTrainConfig field of the same name
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from ..training.captioner_train import CaptionerTrainConfig, train_captioner
 
     try:
-        config = CaptionerTrainConfig(data=data, output=output, model=model, vision_tower=vision_tower,
-                                      stage1_field=stage1_field, stage2_field=stage2_field,
-                                      stage1_steps=stage1_steps, stage2_steps=stage2_steps, batch_size=batch_size,
-                                      save_every=save_every, seed=seed, width=width, layers=layers, device=device,
-                                      workers=workers, shuffle_buffer=shuffle_buffer)
+        config = CaptionerTrainConfig(**options)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     # The library's input errors (InputError, TrainingInputError, CheckpointError) are user errors;

@@ -84,19 +84,15 @@ class Unreadable:
                         where, self.count, kinds, self.first)
 
 
-def check_max_images(max_images: int | None) -> None:
-    if max_images is not None and max_images < 1:
-        raise TrainingInputError(
-            f"--max-images {max_images}: must be at least 1 (leave it out to read every image)"
-        )
-
-
 def read_images(inputs: list[str], max_images: int | None = None,
                 unreadable: Unreadable | None = None) -> Iterator[Generated]:
     """Images with their captions (prompts) and json fields, from shards of any kind (several
     folders may hold shards of the same name). A sample whose image cannot be read is not
     yielded: it is counted in `unreadable` when given."""
-    check_max_images(max_images)
+    if max_images is not None and max_images < 1:
+        raise TrainingInputError(
+            f"--max-images {max_images}: must be at least 1 (leave it out to read every image)"
+        )
     count = 0
     for shard in discover_shards(list(inputs), ColumnConfig(extra=META_FIELDS), writes_by_name=False):
         try:
@@ -129,7 +125,6 @@ def spec_of(item: Generated) -> dict | None:
 def eval_shapes(inputs: list[str], max_images: int | None = None) -> dict:
     """The checker over shapes-world images: rates overall, by complexity, by prompt style.
     Samples whose image is unreadable are counted ("unreadable") and warned about."""
-    check_max_images(max_images)
     unreadable = Unreadable()
     items = list(read_images(inputs, max_images, unreadable))
     unreadable.warn(", ".join(inputs))
@@ -257,7 +252,6 @@ def eval_t2i(
     The report counts the samples not scored for an unreadable image ("unreadable") and the images
     that carry generate's metadata ("with_generate_metadata"); both are warned about when not
     every image is readable and generated."""
-    check_max_images(max_images)
     where = ", ".join(generated)
     unreadable = Unreadable()
     items = list(read_images(generated, max_images, unreadable))
@@ -303,7 +297,3 @@ def eval_t2i(
             "note": "an FD in this encoder's feature space, not Inception FID; compare runs with one encoder",
         }
     return report
-
-
-__all__ = ["Unreadable", "clip_scores", "eval_shapes", "eval_t2i", "frechet_distance", "image_features",
-           "read_images"]

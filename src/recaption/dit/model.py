@@ -145,7 +145,7 @@ class TextEncoder:
         out = self.encoder(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
         return out.last_hidden_state.float(), tokens["attention_mask"]
 
-    def save(self, folder: Path) -> None:
+    def save_pretrained(self, folder: Path) -> None:
         self.full.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
 
@@ -247,11 +247,7 @@ class Part:
         self.obj, self.name = obj, name
 
     def save_pretrained(self, folder) -> None:
-        target = Path(folder) / self.name
-        if hasattr(self.obj, "save_pretrained"):
-            self.obj.save_pretrained(target)
-        else:
-            self.obj.save(target)
+        self.obj.save_pretrained(Path(folder) / self.name)
 
 
 class JsonPart:

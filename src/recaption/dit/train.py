@@ -11,16 +11,10 @@ at high noise, where its errors are amplified into x0 (measured, docs/dit.md: 4 
 memorised for 3000 steps, sampled from pure noise: 0 of 8 right with epsilon, 7 of 8 with v).
 
 Pixel space for small images (the shapes world's 64 px), latent space through an AutoencoderKL
-(`vae`; the paper's 256 px through an f=8 VAE). Checkpoints every `save_every` steps (the DiT
-folder of recaption.dit.model plus optimizer, scheduler, step and every rank's RNG; safetensors +
-JSON, no pickle); a rerun into the same output resumes from the newest and continues exactly as
-an uninterrupted run would. Several GPUs: torchrun, each rank draws its own batches, DDP averages
-gradients.
-
-The data streams as train-clip's does (training/stream.py): epochs over the shards, split over
-ranks and loader workers (which decode and crop), a bounded shuffle buffer, so memory does not
-grow with the data; the checkpoint keeps the stream's position, so a resumed run sees the same
-batches. In latent space each batch is encoded by the VAE as it comes.
+(`vae`; the paper's 256 px through an f=8 VAE), each batch encoded by the VAE as it comes.
+Checkpoints (the DiT folder of recaption.dit.model plus the trainer state) every `save_every`
+steps, resume, the data stream (its loader workers decode and crop) and torchrun are every
+trainer's (training/loop.py).
 """
 
 from __future__ import annotations
@@ -40,10 +34,8 @@ from ..spine.atomic import temporary_name, write_json_atomic
 from ..training import distributed
 from ..training.checkpoints import _replace_folder, latest_checkpoint, require_same_recipe
 from ..training.data import Pair
-from ..training.inputs import TrainingInputError
-from ..training.loop import TrainLoop, open_batches, resume, train_into
-from ..training.stream import TrainingStream
-from ..training.stream_sources import require_fields, spread, stream_shards
+from ..training.inputs import TrainingInputError, require_counts
+from ..training.loop import TrainLoop, finish_run, open_batches, resume, train_into, trainer_stream
 from .data import CAPTION_KINDS, UNCAPTIONED, SquarePixels, check_caption_sources, pick_caption
 from .model import (
     EMA,
@@ -118,21 +110,8 @@ class DitTrainConfig:
             raise ValueError("p must be in [0, 1]")
         if not 0.0 <= self.caption_dropout < 1.0:
             raise ValueError("caption-dropout must be in [0, 1)")
-        for name in (
-            "steps",
-            "batch_size",
-            "save_every",
-            "log_every",
-            "image_size",
-            "patch_size",
-            "layers",
-            "heads",
-            "head_dim",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name.replace('_', '-')} must be at least 1")
-        if self.warmup < 0:
-            raise ValueError("warmup must not be negative")
+        require_counts(self, ("steps", "batch_size", "save_every", "log_every", "image_size", "patch_size",
+                              "layers", "heads", "head_dim"), ("warmup",))
         if self.prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError("prediction-type must be epsilon or v_prediction")
         if self.snr_gamma is not None and self.snr_gamma <= 0:
@@ -266,18 +245,8 @@ def _train_dit(config: DitTrainConfig, out: Path, resume_from: str | None,
         recorded = {**(before.get("train_config") or {}), **before}
         require_same_recipe(resume_from, recorded, recipe, _ADDED_DEFAULTS)
 
-    # The data streams (training/stream.py), as train-clip's: epochs over the shards, split over
-    # ranks and loader workers, a bounded shuffle buffer; memory does not grow with the data.
     check_caption_sources(config.data, config.p, config.recaption_field)
-    fields = {"--caption-field": config.caption_field, "--recaption-field": config.recaption_field}
-    shards = stream_shards(config.data, *fields.values(), counts_folder=out, save_counts=rank == 0)
-    require_fields(shards, fields)
-    stream = TrainingStream(
-        spread(shards, ranks.world_size), config.batch_size, SquarePixels(config.image_size),
-        seed=config.seed, rank=rank, world_size=ranks.world_size,
-        workers=max(1, config.workers), shuffle_buffer=config.shuffle_buffer,
-    )
-    pairs = sum(s.count for s in shards)
+    stream = trainer_stream(config, SquarePixels(config.image_size), ranks, out)
 
     transformer, ema_weights = _transformer(config, resume_from, codec, text_encoder, device)
     transformer.to(device).train()
@@ -299,37 +268,25 @@ def _train_dit(config: DitTrainConfig, out: Path, resume_from: str | None,
     step_loss = _DiffusionStep(config, ranks, text_encoder, codec, noise_scheduler, ranks.wrap(transformer),
                                rng, captions, first=resumed.step == 0)
 
-    def parts() -> list:
+    def parts(step: int) -> list:
         return [Part(transformer, TRANSFORMER), Part(ema.model, EMA), Part(noise_scheduler, SCHEDULER),
-                JsonPart({**meta, "step": loop_state["step"]})]
+                JsonPart({**meta, "step": step})]
 
-    loop_state = {"step": resumed.step}
     loop = TrainLoop(ranks, device, out, optimizer, lr_schedule, list(transformer.parameters()), config.steps,
                      config.log_every, config.save_every, parts=parts,
                      extra=lambda: {"losses": loop.losses, "captions": captions}, rng=rng,
-                     grad_clip=config.grad_clip, after_step=lambda step: _after(step),
+                     grad_clip=config.grad_clip, after_step=lambda step: ema.update(transformer, step),
                      progress=progress, losses=list(resumed.extra.get("losses", [])))
-
-    def _after(step: int) -> None:
-        ema.update(transformer, step)
-        loop_state["step"] = step
-
-    first_step, started = resumed.step, time.perf_counter()
+    started = time.perf_counter()
     step = loop.run(batches, resumed.step, step_loss)
-    losses, images_per_s = loop.losses, loop.images_per_s
-    batches.close()
     seconds = time.perf_counter() - started
-    result = {"steps": step, "losses": losses, "pairs": pairs, "captions": captions,
-              "images_per_s": images_per_s, "seconds": seconds}
-    if rank == 0:
-        _save_parts(out, parts())
-        summary = {**result, "seconds_this_run": round(seconds, 2), "steps_this_run": step - first_step,
-                   "device": device, "world_size": ranks.world_size, "threads": torch.get_num_threads(),
-                   "config": asdict(config)}
-        del summary["seconds"]
-        write_json_atomic(LocalFileSystem(), str(out / "train_summary.json"), summary)
-    ranks.finish()
-    return result
+    result = {"steps": step, "losses": loop.losses, "pairs": sum(s.samples for s in stream.shards),
+              "captions": captions, "images_per_s": loop.images_per_s}
+    finish_run(ranks, batches, out, lambda: _save_parts(out, parts(step)),
+               {**result, "seconds_this_run": round(seconds, 2), "steps_this_run": step - resumed.step,
+                "device": device, "world_size": ranks.world_size, "threads": torch.get_num_threads(),
+                "config": asdict(config)})
+    return {**result, "seconds": seconds}
 
 
 class _DiffusionStep:

@@ -170,7 +170,6 @@ class TransformersCaptioner(Engine):
         return engine
 
     def attach(self, model, processor, family: ModelFamily) -> None:
-
         self.model, self.processor, self.family = model, processor, family
         tokenizer = processor.tokenizer
         # Decoder-only batching pads on the left, so every row's answer starts at the same place;
@@ -228,7 +227,10 @@ class TransformersCaptioner(Engine):
         part = {k: v[start:stop] for k, v in inputs.items() if k != "pixel_values"}
         pixels = inputs.get("pixel_values")
         if pixels is not None and pixels.shape[0] != rows:
-            tokens = (inputs["input_ids"] == self._image_token_id()).sum(dim=1).tolist()
+            image_token = getattr(self.processor, "image_token_id", None)
+            if image_token is None:
+                image_token = self.processor.tokenizer.convert_tokens_to_ids(self.processor.image_token)
+            tokens = (inputs["input_ids"] == image_token).sum(dim=1).tolist()
             total = sum(tokens)
             first, last = (sum(tokens[:i]) * pixels.shape[0] for i in (start, stop))
             if not total or first % total or last % total:
@@ -237,11 +239,6 @@ class TransformersCaptioner(Engine):
         elif pixels is not None:
             part["pixel_values"] = pixels[start:stop]
         return type(inputs)(part)
-
-    def _image_token_id(self) -> int:
-        token_id = getattr(self.processor, "image_token_id", None)
-        return token_id if token_id is not None else self.processor.tokenizer.convert_tokens_to_ids(
-            self.processor.image_token)
 
     def _release_memory(self) -> None:
         import gc

@@ -138,19 +138,16 @@ def _follow(workers: dict, devices: list[str], assignments: dict, events, progre
         elif kind == "finished":
             finished[payload.name] = payload
             progress.shard_finished(payload)
-        elif kind == "crashed":
-            k, trace = payload
-            log.error("worker on %s crashed:\n%s", devices[k], trace)
-            running.discard(k)
-            workers[k].join()
-            _report_lost(devices[k], workers[k].exitcode, assignments[k], finished, progress,
-                         trace.strip().splitlines()[-1])
-        elif kind == "refused":
+        elif kind in ("crashed", "refused"):
             k, message = payload
-            refused[k] = message
+            if kind == "crashed":
+                log.error("worker on %s crashed:\n%s", devices[k], message)
+                message = message.strip().splitlines()[-1]  # the traceback's last line
+            else:
+                refused[k] = message
             running.discard(k)
             workers[k].join()
-            if len(refused) < len(workers):  # the others go on; this one's shards are failures
+            if kind == "crashed" or len(refused) < len(workers):  # the others go on; its shards failed
                 _report_lost(devices[k], workers[k].exitcode, assignments[k], finished, progress, message)
         elif kind == "exited":
             running.discard(payload)

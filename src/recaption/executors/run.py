@@ -63,9 +63,4 @@ def run_caption(shards: list[Shard], caption: CaptionConfig, run: RunConfig,
     check_run(caption, run, executor)
     with open_output(run.output, CAPTION, input_locations(shards)) as out:
         forget_vanished_slices(shards, out)  # once, with every shard of the run
-        return _run_unlocked(shards, caption, run, executor, progress)
-
-
-def _run_unlocked(shards: list[Shard], caption: CaptionConfig, run: RunConfig,
-                  executor: ExecutorConfig, progress: Progress | None) -> RunSummary:
-    return executor_class(executor.executor)(caption, run, executor, progress).run(shards)
+        return executor_class(executor.executor)(caption, run, executor, progress).run(shards)

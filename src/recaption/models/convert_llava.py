@@ -147,26 +147,16 @@ def _load(what: str, load, name: str, hint: str = ""):
     return load_or_explain(load, name, f"{what} {name}", ConversionError, hint)
 
 
-def vision_tensors(vision_tower: str):
-    """Vision weights (renamed) and config from a CLIP folder or hub id (CLIPVisionModel or CLIPModel)."""
-    from transformers import AutoConfig, CLIPVisionModel
+def vision_tensors(vision_tower: str) -> dict:
+    """Vision weights, renamed, from a CLIP folder or hub id (CLIPVisionModel or CLIPModel)."""
+    from transformers import CLIPVisionModel
 
-    config = _load("vision tower", AutoConfig.from_pretrained, vision_tower, VISION_HINT)
-    _check_clip(config, vision_tower)
-    vision_config = getattr(config, "vision_config", config)
     model = _load("vision tower", CLIPVisionModel.from_pretrained, vision_tower, VISION_HINT)
     # transformers 5 names CLIPVisionModel's tensors without the "vision_model." prefix; older ones with it.
-    tensors = {"vision_tower." + k.removeprefix("vision_model."): v for k, v in model.state_dict().items()}
-    return tensors, vision_config
+    return {"vision_tower." + k.removeprefix("vision_model."): v for k, v in model.state_dict().items()}
 
 
 VISION_HINT = "; pass --vision-tower a CLIP folder or hub id"
-
-
-def _check_clip(config, name: str) -> None:
-    kind = getattr(config, "model_type", "")
-    if kind not in ("clip", "clip_vision_model"):
-        raise ConversionError(f"vision tower {name}: a {kind or 'unknown'} model, not CLIP{VISION_HINT}")
 
 
 def read_source_config(src: Path) -> dict:
@@ -253,7 +243,6 @@ def convert_llava(
 
 
 def _convert(src: Path, dst: Path, config: dict, text, shards: list[Path], vision_tower, tokenizer) -> None:
-    from safetensors.torch import save_file
     from transformers import AutoConfig, AutoTokenizer, CLIPVisionConfig, LlavaConfig
 
     # Everything named (vision tower, tokenizer) is checked before the weights are streamed.
@@ -261,7 +250,9 @@ def _convert(src: Path, dst: Path, config: dict, text, shards: list[Path], visio
     if not tower:
         raise ConversionError(f"{src}: names no vision tower (mm_vision_tower){VISION_HINT}")
     tower_config = _load("vision tower", AutoConfig.from_pretrained, tower, VISION_HINT)
-    _check_clip(tower_config, tower)
+    kind = getattr(tower_config, "model_type", "")
+    if kind not in ("clip", "clip_vision_model"):
+        raise ConversionError(f"vision tower {tower}: a {kind or 'unknown'} model, not CLIP{VISION_HINT}")
     hint = "" if tokenizer else f"; {src} has no usable tokenizer: pass --tokenizer"
     tok = _load("tokenizer", AutoTokenizer.from_pretrained, tokenizer or str(src), hint)
     old_vocab = text.vocab_size
@@ -272,7 +263,6 @@ def _convert(src: Path, dst: Path, config: dict, text, shards: list[Path], visio
     new_vocab = max(old_vocab, len(tok))
     tok.chat_template = LLAMA3_CHAT_TEMPLATE
 
-    weight_map: dict[str, str] = {}
     outputs: list[tuple[str, dict]] = []
     vision_in_checkpoint = False
     # Pass 1 over the source, one shard at a time: rename, grow the vocabulary rows, write.
@@ -294,10 +284,8 @@ def _convert(src: Path, dst: Path, config: dict, text, shards: list[Path], visio
                     .expand(new_vocab - tensor.shape[0], -1)
                 )
                 tensor = torch.cat([tensor, extra])
-            tensors[name] = tensor.contiguous()
-        filename = f"part-{number:05d}.safetensors"
-        save_file(tensors, str(dst / filename), metadata={"format": "pt"})
-        outputs.append((filename, {k: tuple(v.shape) for k, v in tensors.items()}))
+            tensors[name] = tensor
+        _save_part(dst, number, tensors, outputs)
         log.info("converted %s (%d tensors)", shard.name, len(tensors))
         del tensors
     found = {name for _, shapes in outputs for name in shapes}
@@ -310,16 +298,11 @@ def _convert(src: Path, dst: Path, config: dict, text, shards: list[Path], visio
                 f"{src}: no {what} weights; a full LLaVA-repo checkpoint is needed (not a "
                 "projector-only or LoRA one)"
             )
-    if vision_in_checkpoint:  # its shape still comes from the named tower's config
-        vision_config = CLIPVisionConfig(**getattr(tower_config, "vision_config", tower_config).to_dict())
-    else:
-        tensors, vision_config = vision_tensors(tower)
-        filename = f"part-{len(shards):05d}.safetensors"
-        save_file(
-            {k: v.contiguous() for k, v in tensors.items()}, str(dst / filename), metadata={"format": "pt"}
-        )
-        outputs.append((filename, {k: tuple(v.shape) for k, v in tensors.items()}))
-    _finalise_names(dst, outputs, weight_map)
+    # The vision config comes from the named tower's config, its weights too unless in the checkpoint.
+    vision_config = CLIPVisionConfig(**getattr(tower_config, "vision_config", tower_config).to_dict())
+    if not vision_in_checkpoint:
+        _save_part(dst, len(shards), vision_tensors(tower), outputs)
+    _finalise_names(dst, outputs)
 
     text.vocab_size = new_vocab
     text.pad_token_id = tok.pad_token_id
@@ -340,7 +323,17 @@ def _convert(src: Path, dst: Path, config: dict, text, shards: list[Path], visio
     _write_processor(dst, tok, vision_config, strategy, pad=config.get("image_aspect_ratio", "pad") == "pad")
 
 
-def _finalise_names(dst: Path, outputs: list, weight_map: dict) -> None:
+def _save_part(dst: Path, number: int, tensors: dict, outputs: list) -> None:
+    """Tensors into dst/part-{number}.safetensors, recorded in `outputs` (name, shapes)."""
+    from safetensors.torch import save_file
+
+    filename = f"part-{number:05d}.safetensors"
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(dst / filename), metadata={"format": "pt"})
+    outputs.append((filename, {k: tuple(v.shape) for k, v in tensors.items()}))
+
+
+def _finalise_names(dst: Path, outputs: list) -> None:
+    weight_map: dict[str, str] = {}
     total = len(outputs)
     for number, (filename, shapes) in enumerate(outputs, 1):
         final = f"model-{number:05d}-of-{total:05d}.safetensors"

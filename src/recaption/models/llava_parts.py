@@ -36,6 +36,15 @@ def llava_processor(
     )
 
 
+def toy_vision_config(image_size: int, patch_size: int, intermediate: int, **extra):
+    """The vision tower of the toy LLaVAs (the tiny captioner, train-captioner's fresh model): a
+    CLIP ViT 64 wide, 2 layers, 2 heads."""
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(hidden_size=64, intermediate_size=intermediate, num_hidden_layers=2,
+                            num_attention_heads=2, image_size=image_size, patch_size=patch_size, **extra)
+
+
 def small_llava(
     tokenizer,
     vision_config,

@@ -42,12 +42,6 @@ def local_choices() -> str:
     )
 
 
-def shipped_tiny_captioner() -> Path | None:
-    """The trained shapes-world captioner shipped in the package (recaption/data/tiny-captioner)."""
-    folder = Path(str(resources.files("recaption") / "data" / "tiny-captioner"))
-    return folder if (folder / "config.json").is_file() else None
-
-
 def looks_like_a_path(name: str) -> bool:
     """`./x`, `/x`, `~/x`, `a/b/c`: meant as a folder, never a hub id (`owner/name`)."""
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
@@ -98,8 +92,9 @@ def resolve_model(name_or_path: str) -> str:
 
     Raises ModelError for a folder that is not there or not a model folder, a name that is
     neither, and a hub id that is not in the local cache while the hub is switched off."""
-    if name_or_path == TINY_MODEL_NAME:
-        return str(shipped_tiny_captioner() or tiny_model_path())
+    if name_or_path == TINY_MODEL_NAME:  # the trained captioner shipped in recaption/data/tiny-captioner
+        shipped = Path(str(resources.files("recaption") / "data" / "tiny-captioner"))
+        return str(shipped if (shipped / "config.json").is_file() else tiny_model_path())
     if name_or_path == TINY_RANDOM_NAME:
         return str(tiny_model_path())
     name = name_or_path

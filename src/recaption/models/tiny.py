@@ -57,13 +57,6 @@ bright, colorful and simple, with sharp edges and flat colors.
 """
 
 
-def default_cache_dir() -> Path:
-    root = os.environ.get("RECAPTION_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "recaption"
-    )
-    return Path(root)
-
-
 def tiny_model_path(cache_dir: Path | None = None) -> Path:
     """Return the folder of the tiny model, building it there on first use."""
     return cached_build(f"tiny-llava-{TINY_MODEL_VERSION}", build_tiny_model, cache_dir)
@@ -71,7 +64,9 @@ def tiny_model_path(cache_dir: Path | None = None) -> Path:
 
 def cached_build(folder: str, build, cache_dir: Path | None = None) -> Path:
     """`cache/models/{folder}`, made by `build(staging_dir)` on first use."""
-    target = (cache_dir or default_cache_dir()) / "models" / folder
+    cache = os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache"))
+    root = cache_dir or Path(os.environ.get("RECAPTION_CACHE") or os.path.join(cache, "recaption"))
+    target = root / "models" / folder
     if (target / "config.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -131,20 +126,11 @@ def _build_tokenizer(special_tokens: tuple[str, ...] = (), named_tokens: dict[st
 def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
     """Write a tiny LLaVA model folder (config, safetensors, tokenizer, processor) to out_dir."""
     import torch
-    from transformers import CLIPVisionConfig
 
-    from .llava_parts import llava_processor, small_llava
+    from .llava_parts import llava_processor, small_llava, toy_vision_config
 
     tokenizer = _build_tokenizer()
-    vision = CLIPVisionConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=IMAGE_SIZE,
-        patch_size=PATCH_SIZE,
-        projection_dim=64,
-    )
+    vision = toy_vision_config(IMAGE_SIZE, PATCH_SIZE, intermediate=128, projection_dim=64)
     model = small_llava(
         tokenizer, vision, width=64, layers=2, intermediate=128, heads=2, max_positions=2048, seed=seed
     ).eval()

@@ -40,18 +40,15 @@ def shipped_tiny_clip() -> Path:
     return Path(str(resources.files("recaption") / "data" / "tiny-clip"))
 
 
-def tiny_clip_random_path(cache_dir: Path | None = None) -> Path:
-    return cached_build(f"tiny-clip-{TINY_CLIP_RANDOM_VERSION}", build_tiny_clip_random, cache_dir)
-
-
 def builtin_clip(name: str) -> tuple[Path, str, str] | None:
     """(folder, version, note) of a built-in CLIP, what `--clip-model NAME` loads with no
     download (tiny-clip-random is built into the cache on first use); None for other names."""
+    facts = builtin_clip_facts(name)
+    if facts is None:
+        return None
     if name == TINY_CLIP_NAME:
-        return shipped_tiny_clip(), TINY_CLIP_VERSION, TINY_CLIP_NOTE
-    if name == TINY_CLIP_RANDOM_NAME:
-        return tiny_clip_random_path(), TINY_CLIP_RANDOM_VERSION, TINY_CLIP_RANDOM_NOTE
-    return None
+        return shipped_tiny_clip(), *facts
+    return cached_build(f"tiny-clip-{TINY_CLIP_RANDOM_VERSION}", build_tiny_clip_random), *facts
 
 
 def builtin_clip_facts(name: str) -> tuple[str, str] | None:
@@ -63,20 +60,10 @@ def builtin_clip_facts(name: str) -> tuple[str, str] | None:
 
 
 def build_tiny_clip_random(folder: Path) -> None:
-    model, tokenizer, image_processor = small_clip(
-        width=32,
-        intermediate=64,
-        heads=2,
-        layers=2,
-        image_size=64,
-        patch_size=16,
-        projection_dim=16,
-        text_length=TEXT_WINDOW,
-        seed=0,
-    )
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    image_processor.save_pretrained(folder)
+    parts = small_clip(width=32, intermediate=64, heads=2, layers=2, image_size=64, patch_size=16,
+                       projection_dim=16, text_length=TEXT_WINDOW, seed=0)
+    for part in parts:  # the model, its tokenizer and image processor
+        part.save_pretrained(folder)
 
 
 def small_clip(

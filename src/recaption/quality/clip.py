@@ -101,12 +101,42 @@ def resolve_clip_model(name: str, option: str = "--clip-model") -> ClipSource:
 
 
 class TextScoring:
-    """The text half shared by every scorer (transformers CLIP here, open_clip in
-    open_clip_scorer.py): 100 x cosine of each row's image and text, long texts truncated or
-    chunked (long_text.py). A scorer provides `window`, `batch_size`, `long_text`,
-    `text_embeddings(texts)` (normalised, cut at the window) and `token_counts(texts)`."""
+    """What every scorer shares (transformers CLIP here, open_clip in open_clip_scorer.py):
+    100 x cosine of each row's image and text, long texts truncated or chunked (long_text.py),
+    and the provenance recorded beside the scores. A scorer loads in `setup()` and provides
+    `window`, `image_processor_call` (the CPU half: a picklable callable, for loader workers),
+    `text_embeddings(texts)` (normalised, cut at the window), `token_counts(texts)` and
+    `_origin()` (what its provenance names as the model's path and revision)."""
 
-    long_text: str = "truncate"
+    library = "transformers"
+    builtin, version, note = False, None, None
+
+    def __init__(self, model: str, device: str = "auto", batch_size: int = 64, long_text: str = "truncate"):
+        from .long_text import check_long_text
+
+        self.long_text = check_long_text(long_text)
+        self.model_name = model
+        self.requested_device = device
+        self.batch_size = batch_size
+        self.model = None
+
+    def provenance(self) -> dict:
+        """What to record beside the score columns it made (the parquet file's metadata)."""
+        path, revision = self._origin()
+        return {
+            "clip_model": self.model_name,
+            "clip_model_builtin": self.builtin,
+            "clip_model_version": self.version,
+            "clip_model_note": self.note,
+            "clip_model_path": path,
+            "clip_model_revision": revision,
+            "clip_library": self.library,
+            "clip_text_window": getattr(self, "window", None),
+            "clip_long_text": self.long_text,
+        }
+
+    def pixel_values(self, images: list):
+        return self.image_processor_call(images)
 
     def truncated(self, texts: list[str]) -> list[bool]:
         return [n > self.window for n in self.token_counts(texts)]
@@ -148,19 +178,13 @@ class TextScoring:
 
 
 class ClipScorer(TextScoring):
-    """Loads in `setup()`. `pixel_values(images)` is the CPU half (picklable image processor)."""
+    """A transformers dual encoder (see the module's docstring)."""
 
     def __init__(self, model: str = DEFAULT_CLIP_MODEL, device: str = "auto", batch_size: int = 64,
                  long_text: str = "truncate"):
-        from .long_text import check_long_text
-
-        self.long_text = check_long_text(long_text)
         from ..models.tiny_clip import builtin_clip_facts
 
-        self.model_name = model
-        self.requested_device = device
-        self.batch_size = batch_size
-        self.model = None
+        super().__init__(model, device, batch_size, long_text)
         self.source: ClipSource | None = None
         facts = builtin_clip_facts(model)
         self.builtin = facts is not None
@@ -198,27 +222,11 @@ class ClipScorer(TextScoring):
         self.pad_to_window = self.model.config.model_type == "siglip"  # trained on max-length padding
         log.info("CLIP scorer %s on %s, text window %d", source, self.device, self.window)
 
-    def provenance(self) -> dict:
-        """What to record beside the score columns it made (the parquet file's metadata)."""
-        source = self.source
-        return {
-            "clip_model": self.model_name,
-            "clip_model_builtin": self.builtin,
-            "clip_model_version": self.version,
-            "clip_model_note": self.note,
-            "clip_model_path": source.path if source else None,
-            "clip_model_revision": source.revision if source else None,
-            "clip_library": "transformers",
-            "clip_text_window": getattr(self, "window", None),
-            "clip_long_text": self.long_text,
-        }
-
-    def pixel_values(self, images: list):
-        return self.image_processor_call(images)
+    def _origin(self) -> tuple[str | None, str | None]:
+        return (self.source.path, self.source.revision) if self.source else (None, None)
 
     @property
     def image_processor_call(self):
-        """The CPU half as a picklable callable, for loader workers."""
         return _PixelValues(self.image_processor)
 
     def image_embeddings(self, pixel_values):

@@ -46,35 +46,19 @@ def open_clip_spec(name: str) -> tuple[str, str | None]:
     return arch, pretrained or None
 
 
-def import_open_clip():
-    try:
-        import open_clip
-    except ImportError as exc:
-        raise ClipModelError(
-            f"open_clip models need open_clip and torchvision: pip install 'recaption[vision]' ({exc})"
-        ) from None
-    return open_clip
-
-
 class OpenClipScorer(TextScoring):
     """The ClipScorer interface over an open_clip model (loads in `setup()`)."""
 
-    builtin = False
-    version = None
-    note = None
-
-    def __init__(self, model: str, device: str = "auto", batch_size: int = 64, long_text: str = "truncate"):
-        from .long_text import check_long_text
-
-        self.model_name = model
-        self.requested_device = device
-        self.batch_size = batch_size
-        self.long_text = check_long_text(long_text)
-        self.model = None
+    library = "open_clip"
 
     def setup(self) -> None:
         arch, pretrained = open_clip_spec(self.model_name)
-        open_clip = import_open_clip()
+        try:
+            import open_clip
+        except ImportError as exc:
+            raise ClipModelError(
+                f"open_clip models need open_clip and torchvision: pip install 'recaption[vision]' ({exc})"
+            ) from None
         from ..hardware import pick_device
 
         if not arch.startswith(("local-dir:", "hf-hub:")) and arch not in open_clip.list_models():
@@ -94,26 +78,12 @@ class OpenClipScorer(TextScoring):
         self.spec = (arch, pretrained)
         log.info("open_clip scorer %s on %s, text window %d", arch, self.device, self.window)
 
-    def provenance(self) -> dict:
-        arch, pretrained = getattr(self, "spec", (None, None))
-        return {
-            "clip_model": self.model_name,
-            "clip_model_builtin": False,
-            "clip_model_version": None,
-            "clip_model_note": None,
-            "clip_model_path": arch,
-            "clip_model_revision": pretrained,
-            "clip_library": "open_clip",
-            "clip_text_window": getattr(self, "window", None),
-            "clip_long_text": self.long_text,
-        }
+    def _origin(self) -> tuple[str | None, str | None]:
+        return getattr(self, "spec", (None, None))  # (architecture, pretrained tag) once set up
 
     @property
     def image_processor_call(self):
         return _Preprocess(self.preprocess)
-
-    def pixel_values(self, images: list):
-        return self.image_processor_call(images)
 
     def image_embeddings(self, pixel_values):
         import torch

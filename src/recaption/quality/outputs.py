@@ -48,12 +48,20 @@ def over_finished(output: str, step: Step, *, destination: str | None = None, in
         yield src, dest, todo, done
 
 
+def schema_stamp(schema: pa.Schema, key: bytes) -> dict:
+    """What an earlier step recorded in a file's metadata under `key` ({}: nothing, or unreadable)."""
+    try:
+        return json.loads((schema.metadata or {}).get(key, b"{}"))
+    except ValueError:
+        return {}
+
+
 def file_stamp(out: OutputDir, name: str, key: bytes) -> dict:
-    """What an earlier step recorded in a shard file's metadata under `key`, read from its footer."""
+    """`schema_stamp` of a shard file, read from its footer."""
     try:
         with out.fs.open(out.parquet(name), "rb") as f:
-            return json.loads((pq.read_schema(f).metadata or {}).get(key, b"{}"))
-    except (OSError, pa.ArrowInvalid, ValueError):  # gone or broken: not done; its work says why
+            return schema_stamp(pq.read_schema(f), key)
+    except (OSError, pa.ArrowInvalid):  # gone or broken: not done; its work says why
         return {}
 
 
@@ -83,7 +91,7 @@ def done_shards(out: OutputDir) -> list[str]:
             f"{out.url} holds the output of `recap {stamp['step']}`, not caption output: give a folder "
             "that `recap caption` or `recap filter` wrote"
         )
-    names = sorted(path.rsplit("/", 1)[-1][: -len(".done")] for path in out.fs.glob(out.path("*.done")))
+    names = out.done_names()
     if not names:
         raise NoOutputError(
             f"{out.url} holds no finished shards ({{name}}.done): is it a `recap caption` output folder?"
@@ -131,11 +139,6 @@ def read_output(out: OutputDir, name: str, columns: list[str] | None = None, *,
 def caption_rows(table: pa.Table) -> dict[str, dict]:
     """key -> {key, re_caption, org_caption, status}."""
     return {r["key"]: r for r in table.select(["key", "re_caption", "org_caption", "status"]).to_pylist()}
-
-
-def stamp(table: pa.Table, key: bytes) -> dict:
-    """What an earlier step recorded in the file's metadata under `key` ({} if nothing)."""
-    return json.loads((table.schema.metadata or {}).get(key, b"{}"))
 
 
 def input_shard(out: OutputDir, name: str) -> Shard:

@@ -25,23 +25,20 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import resources
 
-from ..flags import PAPER_FLAG_COLUMNS, is_degenerate
+from ..flags import CAPTION_FLAGS, PAPER_FLAG_COLUMNS, is_degenerate
 from ..samples.images import decode_sample
 from ..spine.contract import write_file_output
 from ..spine.errors import RecaptionError
 from ..spine.ledger import OutputDir
 from .outputs import done_shards, input_shard, read_output
-from .stats import FAILED_ROWS_KEPT, PAPER, OutputStats, collect, comparison, count, fmt, pct
+from .stats import FAILED_ROWS_KEPT, PAPER, OutputStats, collect, comparison, count, fmt, model_names, pct
 
 # Most points drawn in the per-image scatter (an SVG of millions of points would be megabytes);
 # the share above the diagonal is always computed over every image.
 SCATTER_POINTS = 4000
 GALLERY_FLAGS = PAPER_FLAG_COLUMNS
-FLAG_MEANINGS = {
-    "re_truncated": "generation stopped at max_new_tokens",
-    "re_repetition": ">= 30% of the caption's word 4-grams repeat an earlier one (a greedy loop)",
-    "re_boilerplate": 'opens with a stock phrase ("The image shows...", "In this picture...")',
-    "re_degenerate": "empty, fewer than 3 words of letters/digits, or under 50% letters/digits",
+FLAG_MEANINGS = {  # the caption flags' meanings are flags.py's
+    **{f"re_{flag.name}": flag.meaning for flag in CAPTION_FLAGS},
     "re_clip_truncated": "recaption cut to the CLIP model's text window to score it",
     "org_clip_truncated": "original cut to the CLIP model's text window to score it",
 }
@@ -59,12 +56,7 @@ def require_report_dependencies() -> None:
     missing, broken = [], []
     for module, package in REPORT_PACKAGES.items():
         try:
-            __import__(module)
-            if module == "matplotlib":
-                import matplotlib
-
-                matplotlib.use("Agg")
-                import matplotlib.pyplot  # noqa: F401
+            _pyplot() if module == "matplotlib" else __import__(module)
         except ModuleNotFoundError as exc:
             (missing if exc.name == module else broken).append((package, exc))
         except ImportError as exc:
@@ -103,10 +95,9 @@ def _pyplot():
 
 
 def _svg(figure) -> str:
-    plt = _pyplot()
     buf = io.StringIO()
     figure.savefig(buf, format="svg", bbox_inches="tight")
-    plt.close(figure)
+    _pyplot().close(figure)
     text = buf.getvalue()
     return text[text.index("<svg") :]  # drop the XML prolog and doctype: inline SVG needs neither
 
@@ -114,8 +105,7 @@ def _svg(figure) -> str:
 def histogram(values: dict[str, list[float]], title: str, xlabel: str, bins: int = 30) -> str | None:
     if not any(values.values()):
         return None
-    plt = _pyplot()
-    figure, axes = plt.subplots(figsize=(6, 3.2))
+    figure, axes = _pyplot().subplots(figsize=(6, 3.2))
     low = min(min(v) for v in values.values() if v)
     high = max(max(v) for v in values.values() if v)
     edges = [low + (high - low) * i / bins for i in range(bins + 1)] if high > low else bins
@@ -133,8 +123,7 @@ def histogram(values: dict[str, list[float]], title: str, xlabel: str, bins: int
 def bar_chart(counts: dict[str, int], title: str) -> str | None:
     if not counts:
         return None
-    plt = _pyplot()
-    figure, axes = plt.subplots(figsize=(6, 0.4 * len(counts) + 1))
+    figure, axes = _pyplot().subplots(figsize=(6, 0.4 * len(counts) + 1))
     names = list(counts)
     axes.barh(names, [counts[n] for n in names])
     axes.invert_yaxis()
@@ -148,10 +137,9 @@ def scatter(pairs: list[tuple[float, float]], model: str, seed: int = 0) -> str 
     points above it are images whose recaption the model scores higher."""
     if not pairs:
         return None
-    plt = _pyplot()
     shown = pairs if len(pairs) <= SCATTER_POINTS else random.Random(seed).sample(pairs, SCATTER_POINTS)
     above = sum(r > o for r, o in pairs)
-    figure, axes = plt.subplots(figsize=(5, 5))
+    figure, axes = _pyplot().subplots(figsize=(5, 5))
     size = 30 if len(shown) <= 200 else 6
     axes.scatter([o for _, o in shown], [r for r, _ in shown], s=size, alpha=0.6, linewidths=0)
     values = [v for pair in shown for v in pair]
@@ -192,9 +180,7 @@ def gallery(output: str, n: int, seed: int = 0) -> list[GalleryItem]:
 
     def candidates():
         for name in done_shards(out):
-            table = read_output(out, name)
-            table = table.select([c for c in _GALLERY_COLUMNS if c in table.column_names])
-            for row in table.to_pylist():
+            for row in read_output(out, name, _GALLERY_COLUMNS, present_only=True).to_pylist():
                 if row["status"] == "ok":
                     rank = hashlib.sha256(f"{seed}:{name}:{row['key']}".encode()).hexdigest()
                     yield rank, name, row
@@ -232,11 +218,6 @@ def gallery(output: str, n: int, seed: int = 0) -> list[GalleryItem]:
     return items
 
 
-def _model_label(uses: list[dict]) -> str:
-    names = [u.get("model") if u.get("model") is not None else "an unrecorded model" for u in uses]
-    return " + ".join(str(n) for n in names) if names else ""
-
-
 def render_report(
     output: str, gallery_size: int = 24, seed: int = 0, stats: OutputStats | None = None
 ) -> str:
@@ -246,12 +227,9 @@ def render_report(
     stats = stats or collect(output)
     summary = stats.summary(digits=None)  # exact: the template formats them
     models = summary["models"]
-    clip_label = _model_label(models["clip"])
-    judge_label = _model_label(models["judge"])
+    clip_label, judge_label = (" + ".join(model_names(models[kind])) for kind in ("clip", "judge"))
     environment = jinja2.Environment(autoescape=True)
-    environment.filters["fmt"] = fmt
-    environment.filters["pct"] = pct
-    environment.filters["count"] = count
+    environment.filters.update(fmt=fmt, pct=pct, count=count)
     template = environment.from_string(
         resources.files("recaption.quality").joinpath("templates/report.html.j2").read_text()
     )

@@ -64,7 +64,8 @@ def score_output(output: str, scorer: ClipScorer, overwrite: bool = False, on_sh
                 log.error("cannot score %s: %s", name, exc)
                 summary.results.append(ShardResult(name, name, FAILED, error=f"{type(exc).__name__}: {exc}"))
                 continue
-            _rewrite(out, name, table, scores, {**scorer.provenance(), "scored_at": _now()})
+            scored_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            _rewrite(out, name, table, scores, {**scorer.provenance(), "scored_at": scored_at})
             summary.results.append(ShardResult(name, name, DONE, table.num_rows))
     return summary
 
@@ -110,7 +111,3 @@ def _rewrite(out: OutputDir, name: str, table: pa.Table, scores: dict[str, dict]
     for column, text in (("re_length", "re_caption"), ("org_length", "org_caption")):
         columns[column] = [word_count(t) for t in table.column(text).to_pylist()]
     rewrite_output(out, name, table, columns, SCORES_METADATA_KEY, metadata)
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")

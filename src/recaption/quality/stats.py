@@ -23,13 +23,15 @@ import json
 import re
 import statistics
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..flags import PAPER_FLAG_COLUMNS, is_degenerate
 from ..schema import INPUT_FINGERPRINT, JUDGE_METADATA_KEY, METADATA_KEY, SCORES_METADATA_KEY
 from ..spine.ledger import OutputDir
-from .outputs import done_shards, read_output
+from .outputs import done_shards, read_output, schema_stamp
 
+FLAGS = [*PAPER_FLAG_COLUMNS, "re_clip_truncated", "org_clip_truncated"]  # flags.py, and scoring's
 COLUMNS = [
     "key",
     "status",
@@ -42,11 +44,8 @@ COLUMNS = [
     "org_clip_score",
     "re_gpt4v_score",
     "org_gpt4v_score",
-    *PAPER_FLAG_COLUMNS,
-    "re_clip_truncated",
-    "org_clip_truncated",
+    *FLAGS,
 ]
-FLAGS = [*PAPER_FLAG_COLUMNS, "re_clip_truncated", "org_clip_truncated"]  # flags.py, and scoring's
 FAILED_ROWS_KEPT = 100  # failed rows listed by key; all are counted
 STOPWORDS = set(
     "a an the of and or in on at to with for from by is are was were be been it its this that these those "
@@ -258,17 +257,11 @@ class OutputStats:
         return summary if digits is None else rounded(summary, digits)
 
 
-def _metadata(schema, key: bytes) -> dict:
-    try:
-        return json.loads((schema.metadata or {}).get(key, b"{}"))
-    except json.JSONDecodeError:
-        return {}
-
-
-def _use(uses: dict, key, settings: dict) -> ModelUse:
-    if key not in uses:
-        uses[key] = ModelUse(settings)
-    return uses[key]
+def _count_use(uses: dict, key, settings: dict, shard: str, rows: int) -> None:
+    """Shard `shard`'s `rows` made by the model of `settings` (one ModelUse per `key`)."""
+    use = uses.setdefault(key, ModelUse(settings))
+    use.shards.append(shard)
+    use.rows += rows
 
 
 def collect(output: str) -> OutputStats:
@@ -281,25 +274,20 @@ def collect(output: str) -> OutputStats:
         rows = table.to_pylist()
         ok = [r for r in rows if r["status"] == "ok"]
         # Which models made this file's numbers.
-        captioner = out.done_provenance(name) or _metadata(schema, METADATA_KEY)
+        captioner = out.done_provenance(name) or schema_stamp(schema, METADATA_KEY)
         # The model and its settings; not what the shard's input covered (a folder slice's files).
         settings = {k: v for k, v in captioner.items() if k not in ("recaption_version", INPUT_FINGERPRINT)}
-        use = _use(stats.captioners, json.dumps(settings, sort_keys=True), settings)
-        use.shards.append(name)
-        use.rows += len(ok)
+        _count_use(stats.captioners, json.dumps(settings, sort_keys=True), settings, name, len(ok))
         scored = sum(r.get("re_clip_score") is not None or r.get("org_clip_score") is not None for r in rows)
         if scored:
-            stamp = _metadata(schema, SCORES_METADATA_KEY)
-            use = _use(stats.clip_models, (stamp.get("clip_model"), stamp.get("clip_model_version")), stamp)
-            use.shards.append(name)
-            use.rows += scored
+            stamp = schema_stamp(schema, SCORES_METADATA_KEY)
+            key = (stamp.get("clip_model"), stamp.get("clip_model_version"))
+            _count_use(stats.clip_models, key, stamp, name, scored)
         rated = sum(r.get("re_gpt4v_score") is not None or r.get("org_gpt4v_score") is not None for r in rows)
-        judge = _metadata(schema, JUDGE_METADATA_KEY)
+        judge = schema_stamp(schema, JUDGE_METADATA_KEY)
         if rated or judge:
             settings = {k: v for k, v in judge.items() if k != "prompt"}
-            use = _use(stats.judges, json.dumps(settings, sort_keys=True), settings)
-            use.shards.append(name)
-            use.rows += rated
+            _count_use(stats.judges, json.dumps(settings, sort_keys=True), settings, name, rated)
         # The rows.
         stats.rows += len(rows)
         for row in rows:
@@ -314,17 +302,16 @@ def collect(output: str) -> OutputStats:
                 row["re_degenerate"] = is_degenerate(row.get("re_caption"))
             stats.flag_counts.update(f for f in FLAGS if row.get(f))
             for which in ("re", "org"):
-                if row.get(f"{which}_length") is not None:
-                    stats.lengths[which].append(row[f"{which}_length"])
-                if row.get(f"{which}_clip_score") is not None:
-                    stats.clip_scores[which].append(row[f"{which}_clip_score"])
-                if row.get(f"{which}_gpt4v_score") is not None:
-                    stats.judge_scores[which].append(row[f"{which}_gpt4v_score"])
                 stats.vocab[which].update(words(row.get(f"{which}_caption")))
-            if row.get("re_clip_score") is not None and row.get("org_clip_score") is not None:
-                stats.clip_pairs.append((row["re_clip_score"], row["org_clip_score"]))
-            if row.get("re_gpt4v_score") is not None and row.get("org_gpt4v_score") is not None:
-                stats.judge_pairs.append((row["re_gpt4v_score"], row["org_gpt4v_score"]))
+            for column, values, pairs in (("length", stats.lengths, None),
+                                          ("clip_score", stats.clip_scores, stats.clip_pairs),
+                                          ("gpt4v_score", stats.judge_scores, stats.judge_pairs)):
+                both = (row.get(f"re_{column}"), row.get(f"org_{column}"))
+                for which, value in zip(("re", "org"), both, strict=True):
+                    if value is not None:
+                        values[which].append(value)
+                if pairs is not None and None not in both:
+                    pairs.append(both)
     return stats
 
 
@@ -361,11 +348,15 @@ class Line:
     note: str | None = None  # a warning that belongs next to these numbers
 
 
+def model_names(uses: list[dict]) -> list[str]:
+    return [str(u["model"]) if u.get("model") is not None else "an unrecorded model" for u in uses]
+
+
 def _models_text(uses: list[dict], unit: str) -> tuple[str, str | None]:
     """("tiny-clip", note) for one model; a mix is named as such, with shards per model."""
     if not uses:
         return "", None
-    names = [str(u["model"]) if u.get("model") is not None else "an unrecorded model" for u in uses]
+    names = model_names(uses)
     if len(set(names)) < len(names):  # one name, several versions (an older built-in tiny-clip)
         names = [f"{n} {u['version']}" if u.get("version") else n for n, u in zip(names, uses, strict=True)]
     notes = [u["note"] for u in uses if u.get("note")]
@@ -386,34 +377,19 @@ def counted(stats: dict, what: str) -> str:
     return f"{fmt(re_n)} recaptions and {fmt(org_n)} original captions{what}"
 
 
-def _judge_lines(summary: dict, judge: str, judge_warning: str | None) -> list[Line]:
-    """The judge's rows of the comparison (none when nothing was judged)."""
-    lines: list[Line] = []
-    judge_scores, judge_pref = summary["judge_score"], summary["judge_preference"]
-    if judge_pref or any(judge_scores.values()):
-        lines.append(
-            Line(
-                "judge rating 1-5 (mean)",
-                mean_median(judge_scores["re"]),
-                mean_median(judge_scores["org"]),
-                f"{PAPER['judge_mean']['re']} / {PAPER['judge_mean']['org']} "
-                f"({PAPER['judge_model']}, 10K images)",
-                f"{judge} on {fmt(max(d['n'] for d in judge_scores.values() if d))} images",
-                judge_warning,
-            )
-        )
-    if judge_pref:
-        lines.append(
-            Line(
-                "judge rates this caption higher (share of images)",
-                pct(judge_pref["re_higher_share"]),
-                pct(judge_pref["org_higher_share"]),
-                "not published",
-                f"{judge}: per image, over {fmt(judge_pref['n'])} images rated twice "
-                f"({count(judge_pref['ties'], 'tie')})",
-                judge_warning,
-            )
-        )
+def _scorer_lines(scores: dict, pref: dict | None, note: str | None, mean: tuple[str, str, str],
+                  prefers: tuple[str, str, Callable[[str, str], str]]) -> list[Line]:
+    """A scorer's rows of the comparison (CLIP's, the judge's): its mean score of each caption,
+    then the share of images where it prefers each; none when nothing was scored. `mean` and
+    `prefers` are each row's (measure, the paper's figure, what made ours); the latter's is
+    made from how many images were compared and how many ties."""
+    lines = []
+    if pref or any(scores.values()):
+        lines.append(Line(mean[0], mean_median(scores["re"]), mean_median(scores["org"]), *mean[1:], note))
+    if pref:
+        made_by = prefers[2](fmt(pref["n"]), count(pref["ties"], "tie"))
+        share = pct(pref["re_higher_share"]), pct(pref["org_higher_share"])
+        lines.append(Line(prefers[0], *share, prefers[1], made_by, note))
     return lines
 
 
@@ -435,36 +411,27 @@ def comparison(summary: dict) -> list[Line]:
             captioner_note,
         )
     )
-    clip_scores, clip_pref = summary["clip_score"], summary["clip_preference"]
+    clip_scores = summary["clip_score"]
     truncated = summary["flag_rates"].get("re_clip_truncated")
     truncation = f"; {pct(truncated)} of recaptions cut to its text window" if truncated else ""
-    if clip_pref or any(clip_scores.values()):
-        lines.append(
-            Line(
-                "CLIP score, 100 x cosine (mean)",
-                mean_median(clip_scores["re"]),
-                mean_median(clip_scores["org"]),
-                "not published (only preferences)",
-                f"{clip} on {counted(clip_scores, '')}{truncation}",
-                clip_warning,
-            )
-        )
-    if clip_pref:
-        paper = "; ".join(
-            f"{name} {v['re']}% / {v['org']}%" for name, v in PAPER["clip_preference_pct"].items()
-        )
-        lines.append(
-            Line(
-                "CLIP prefers this caption (share of images)",
-                pct(clip_pref["re_higher_share"]),
-                pct(clip_pref["org_higher_share"]),
-                paper,
-                f"{clip}: per image, which caption scores higher, over {fmt(clip_pref['n'])} images with "
-                f"both scores ({count(clip_pref['ties'], 'tie')})",
-                clip_warning,
-            )
-        )
-    lines += _judge_lines(summary, judge, judge_warning)
+    lines += _scorer_lines(
+        clip_scores, summary["clip_preference"], clip_warning,
+        ("CLIP score, 100 x cosine (mean)", "not published (only preferences)",
+         f"{clip} on {counted(clip_scores, '')}{truncation}"),
+        ("CLIP prefers this caption (share of images)",
+         "; ".join(f"{name} {v['re']}% / {v['org']}%" for name, v in PAPER["clip_preference_pct"].items()),
+         lambda n, ties: f"{clip}: per image, which caption scores higher, over {n} images with both "
+         f"scores ({ties})"),
+    )
+    judged = max((d["n"] for d in summary["judge_score"].values() if d), default=0)
+    lines += _scorer_lines(
+        summary["judge_score"], summary["judge_preference"], judge_warning,
+        ("judge rating 1-5 (mean)",
+         f"{PAPER['judge_mean']['re']} / {PAPER['judge_mean']['org']} ({PAPER['judge_model']}, 10K images)",
+         f"{judge} on {fmt(judged)} images"),
+        ("judge rates this caption higher (share of images)", "not published",
+         lambda n, ties: f"{judge}: per image, over {n} images rated twice ({ties})"),
+    )
     vocab = summary["vocabulary"]
     lines.append(
         Line(

@@ -29,13 +29,13 @@ import io
 import itertools
 import random
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 
 import numpy as np
 from PIL import Image
 
-from .world import CELLS, COLOURS, SHAPES, SIZES, ShapeObject, ShapesWorld
+from .world import CELLS, COLOURS, SHAPES, SIZES, ShapeObject, ShapesWorld, draw_shape
 
 CATEGORIES = ("present", "colour", "count", "exact", "position", "size", "all")
 RELATIONS = ("above", "below", "left of", "right of", "next to")
@@ -120,16 +120,7 @@ def shape_cover(shape: str, cx: float, cy: float, r: float, height: int, width: 
 
     scale = 4
     canvas = Image.new("L", (width * scale, height * scale), 0)
-    draw = ImageDraw.Draw(canvas)
-    x, y, r = cx * scale, cy * scale, r * scale
-    if shape == "circle":
-        draw.ellipse((x - r, y - r, x + r, y + r), fill=255)
-    elif shape == "square":
-        draw.rectangle((x - r * 0.85, y - r * 0.85, x + r * 0.85, y + r * 0.85), fill=255)
-    elif shape == "triangle":
-        draw.polygon([(x, y - r), (x - r, y + r * 0.8), (x + r, y + r * 0.8)], fill=255)
-    else:
-        draw.polygon([(x, y - r), (x + r, y), (x, y + r), (x - r, y)], fill=255)
+    draw_shape(ImageDraw.Draw(canvas), shape, cx * scale, cy * scale, r * scale, 255)
     return np.asarray(canvas, dtype=np.float32).reshape(height, scale, width, scale).mean(axis=(1, 3)) / 255
 
 
@@ -215,18 +206,9 @@ def detect(image, min_area: float = MIN_AREA, split_below: float = 0.85) -> list
 
 def spec_from_objects(objects) -> dict:
     """The spec of a world description: every object with its colour, shape, size and cell."""
-    groups = []
-    for o in objects:
-        o = o if isinstance(o, dict) else asdict(o)
-        groups.append(
-            {
-                "shape": o["shape"],
-                "colour": o["colour"],
-                "size": o["size"],
-                "count": 1,
-                "positions": [o["position"]],
-            }
-        )
+    fields = [o if isinstance(o, dict) else asdict(o) for o in objects]
+    groups = [{"shape": o["shape"], "colour": o["colour"], "size": o["size"], "count": 1,
+               "positions": [o["position"]]} for o in fields]
     return {"groups": groups, "relations": []}
 
 
@@ -310,22 +292,18 @@ def score(spec: dict, objects: list[Detected]) -> dict:
             all(sizes_ok),
         )
 
-    best = None
-    for assignment in itertools.product(*candidates):
+    def distinct(assignment) -> bool:  # no detected object stands for two asked ones
         used = [a for a in assignment if a is not None]
-        if len(used) != len(set(used)):
-            continue
-        judged = judge(assignment)
-        if best is None or judged[0] > best[0]:
-            best = judged
-    _, position_ok, size_ok = best if best else ((0, 0, 0), False, False)
+        return len(used) == len(set(used))
+
+    # The first best assignment (the all-missing one is always there).
+    best = max(map(judge, filter(distinct, itertools.product(*candidates))), key=lambda judged: judged[0])
+    _, position_ok, size_ok = best
 
     counts = defaultdict(int)
     for g in groups:
         counts[(g["colour"], g["shape"])] += g["count"]
-    seen = defaultdict(int)
-    for d in objects:
-        seen[(d.colour, d.shape)] += 1
+    seen = Counter((d.colour, d.shape) for d in objects)
     shapes_seen = {d.shape for d in objects}
     result = {
         "present": all(g["shape"] in shapes_seen for g in groups),
@@ -340,7 +318,6 @@ def score(spec: dict, objects: list[Detected]) -> dict:
 
 
 def check(image, spec: dict) -> dict:
-    """score(spec, detect(image))."""
     return score(spec, detect(image))
 
 
@@ -358,18 +335,15 @@ def summarise(
             out[cat] = round(sum(asked) / len(asked), 4) if asked else None
         return out
 
-    by_complexity = defaultdict(list)
-    for r, s in zip(results, specs, strict=True):
-        by_complexity[complexity(s)].append(r)
-    summary = {
-        "overall": rates(results),
-        "by_complexity": {k: rates(v) for k, v in sorted(by_complexity.items())},
-    }
+    def rates_by(keys):
+        grouped = defaultdict(list)
+        for r, key in zip(results, keys, strict=True):
+            grouped[key].append(r)
+        return {k: rates(v) for k, v in sorted(grouped.items())}
+
+    summary = {"overall": rates(results), "by_complexity": rates_by(map(complexity, specs))}
     if groups is not None:
-        by_group = defaultdict(list)
-        for r, g in zip(results, groups, strict=True):
-            by_group[g].append(r)
-        summary["by_group"] = {k: rates(v) for k, v in sorted(by_group.items())}
+        summary["by_group"] = rates_by(groups)
     return summary
 
 
@@ -475,22 +449,3 @@ def validate(images: int = 500, seed: int = 0, start: int = 0, image_size: int =
             k: {**v, "caught_rate": round(v["caught"] / max(v["tried"], 1), 4)} for k, v in wrong.items()
         },
     }
-
-
-__all__ = [
-    "LAYOUT_CATEGORIES",
-    "cell_colours",
-    "layout_score",
-    "CATEGORIES",
-    "Detected",
-    "check",
-    "complexity",
-    "corrupt",
-    "detect",
-    "render",
-    "score",
-    "spec_from_description",
-    "spec_from_objects",
-    "summarise",
-    "validate",
-]

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .checker import complexity, spec_from_objects
-from .world import CELLS, ShapeObject, ShapesWorld, describe
+from .world import CELLS, ShapeObject, ShapesWorld, describe, shapes_record, write_tars
 
 STYLES = ("recaption", "human")
 PROMPT_START = 400_000  # world indices of test prompts: outside every training range in docs
@@ -162,33 +162,18 @@ def human_prompt(
     groups = []
     for (colour, shape, size), cells in kinds:
         positions = None if rng.random() < omit_position else list(cells)
-        keep_size = rng.random() >= omit_size
-        groups.append(
-            {
-                "shape": shape,
-                "colour": colour,
-                "size": size if keep_size else None,
-                "count": len(cells),
-                "positions": positions,
-                "_cells": cells,
-            }
-        )
+        size = size if rng.random() >= omit_size else None
+        groups.append({"shape": shape, "colour": colour, "size": size, "count": len(cells),
+                       "positions": positions, "_cells": cells})
     relations, relation = [], None
     singles = [i for i, g in enumerate(groups) if g["count"] == 1]
-    pairs = [
-        (a, b)
-        for a in singles
-        for b in singles
-        if a != b and _relation(groups[a]["_cells"][0], groups[b]["_cells"][0])
-    ]
+    pairs = [(a, b) for a in singles for b in singles
+             if a != b and _relation(groups[a]["_cells"][0], groups[b]["_cells"][0])]
     if pairs and rng.random() < relation_rate:
         a, b = rng.choice(pairs)
-        relation = {
-            "a": a,
-            "rel": rng.choice(_relation(groups[a]["_cells"][0], groups[b]["_cells"][0])),
-            "b": b,
-        }
-        relation["inline"] = rng.random() < 0.5  # "A above a B" (else: "B ..., with A above it")
+        rel = rng.choice(_relation(groups[a]["_cells"][0], groups[b]["_cells"][0]))
+        # inline: "A above a B" (else: "B ..., with A above it")
+        relation = {"a": a, "rel": rel, "b": b, "inline": rng.random() < 0.5}
         relations.append({k: relation[k] for k in ("a", "rel", "b")})
         groups[a]["positions"] = None  # placed by the relation instead
         if relation["inline"]:
@@ -276,16 +261,8 @@ def write_prompts(prompts: list[Prompt], path: str | Path) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [
-        json.dumps(
-            {
-                "prompt": p.text,
-                **{k: v for k, v in asdict(p).items() if k != "text"},
-                "complexity": p.complexity,
-            }
-        )
-        for p in prompts
-    ]
+    lines = [json.dumps({"prompt": p.text, **{k: v for k, v in asdict(p).items() if k != "text"},
+                         "complexity": p.complexity}) for p in prompts]
     write_text_atomic(LocalFileSystem(), str(path.absolute()), "\n".join(lines) + "\n")
     return path
 
@@ -297,34 +274,15 @@ def write_prompt_shards(
     (the prompt), {key}.json (prompt, spec, style, complexity, index, the world's description).
     A retrieval test set in the prompts' style (`recap eval-retrieval FOLDER`), and the reference
     images of a Frechet distance."""
-    from ..samples.shards import ShardRecord, write_webdataset_shard
-
-    folder = Path(folder)
     worlds: dict[int, ShapesWorld] = {}
-    paths = []
-    for shard_id, first in enumerate(range(0, len(prompts), shard_size)):
-        records = []
-        for p in prompts[first : first + shard_size]:
-            world = worlds.setdefault(p.seed, ShapesWorld(p.seed, image_size))
-            sample = world.sample(p.index)
-            records.append(
-                ShardRecord(
-                    image=sample.image,
-                    caption=p.text,
-                    url=f"shapes://{p.seed}/{p.index}",
-                    extension="png",
-                    extra={
-                        "spec": p.spec,
-                        "style": p.style,
-                        "complexity": p.complexity,
-                        "index": p.index,
-                        "description": sample.description,
-                    },
-                )
-            )
-        paths.append(folder / f"{shard_id:05d}.tar")
-        write_webdataset_shard(paths[-1], records, shard_id=shard_id)
-    return paths
+
+    def record(p: Prompt):
+        sample = worlds.setdefault(p.seed, ShapesWorld(p.seed, image_size)).sample(p.index)
+        extra = {"spec": p.spec, "style": p.style, "complexity": p.complexity, "index": p.index,
+                 "description": sample.description}
+        return shapes_record(sample, p.seed, p.text, extra)
+
+    return write_tars(folder, prompts, shard_size, record)
 
 
 def unknown_words(texts: list[str], tokenizer) -> dict[str, int]:
@@ -339,16 +297,3 @@ def unknown_words(texts: list[str], tokenizer) -> dict[str, int]:
             if unk is not None and unk in ids:
                 unknown[word] = unknown.get(word, 0) + 1
     return dict(sorted(unknown.items(), key=lambda kv: -kv[1]))
-
-
-__all__ = [
-    "STYLES",
-    "Prompt",
-    "balanced_prompt_set",
-    "human_prompt",
-    "prompt_set",
-    "recaption_prompt",
-    "unknown_words",
-    "write_prompt_shards",
-    "write_prompts",
-]

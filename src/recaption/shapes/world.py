@@ -88,6 +88,18 @@ def describe(objects: list[ShapeObject]) -> str:
     return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
 
 
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, x: float, y: float, r: float, fill) -> None:
+    """`shape` centred at (x, y) with radius r, as the world draws it (the checker too)."""
+    if shape == "circle":
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=fill)
+    elif shape == "square":
+        draw.rectangle((x - r * 0.85, y - r * 0.85, x + r * 0.85, y + r * 0.85), fill=fill)
+    elif shape == "triangle":
+        draw.polygon([(x, y - r), (x - r, y + r * 0.8), (x + r, y + r * 0.8)], fill=fill)
+    else:  # diamond
+        draw.polygon([(x, y - r), (x + r, y), (x, y + r), (x - r, y)], fill=fill)
+
+
 class ShapesWorld:
     def __init__(self, seed: int = 0, image_size: int = 64):
         self.seed = seed
@@ -118,16 +130,7 @@ class ShapesWorld:
         draw = ImageDraw.Draw(canvas)
         for obj in objects:
             _, cx, cy = next(c for c in CELLS if c[0] == obj.position)
-            x, y, r = cx * side, cy * side, SIZES[obj.size] * side
-            colour = COLOURS[obj.colour]
-            if obj.shape == "circle":
-                draw.ellipse((x - r, y - r, x + r, y + r), fill=colour)
-            elif obj.shape == "square":
-                draw.rectangle((x - r * 0.85, y - r * 0.85, x + r * 0.85, y + r * 0.85), fill=colour)
-            elif obj.shape == "triangle":
-                draw.polygon([(x, y - r), (x - r, y + r * 0.8), (x + r, y + r * 0.8)], fill=colour)
-            else:  # diamond
-                draw.polygon([(x, y - r), (x + r, y), (x, y + r), (x - r, y)], fill=colour)
+            draw_shape(draw, obj.shape, cx * side, cy * side, SIZES[obj.size] * side, COLOURS[obj.colour])
         image = canvas.resize((self.image_size, self.image_size), Image.Resampling.LANCZOS)
         buf = io.BytesIO()
         image.save(buf, format="PNG")
@@ -159,8 +162,6 @@ def write_shapes_shards(
     shapes-world shards; those are refused unless `overwrite`, which also removes the old set's
     shards the new one does not replace (so readers never mix two runs). Wrong values are
     refused (TrainingInputError) before anything is written."""
-    from ..samples.shards import ShardRecord, write_webdataset_shard
-
     _check_counts(count, image_size, shard_size, start)
     # The output contract: only a folder of shapes-world shards is adopted, one writer at a time,
     # OS errors at the output as one line.
@@ -173,29 +174,36 @@ def write_shapes_shards(
                 "--overwrite to replace them"
             )
         world = ShapesWorld(seed, image_size)
-        paths = []
-        for shard_id, first in enumerate(range(start, start + count, shard_size)):
-            records = []
-            for index in range(first, min(first + shard_size, start + count)):
-                s = world.sample(index)
-                records.append(
-                    ShardRecord(
-                        image=s.image,
-                        caption=s.alt_text,
-                        url=f"shapes://{seed}/{index}",
-                        extension="png",
-                        extra={
-                            "description": s.description,
-                            "label": s.label,
-                            "objects": [vars(o) for o in s.objects],
-                        },
-                    )
-                )
-            paths.append(out / f"{shard_id:05d}.tar")
-            write_webdataset_shard(paths[-1], records, shard_id=shard_id)
+
+        def record(index: int):
+            s = world.sample(index)
+            extra = {"description": s.description, "label": s.label, "objects": [vars(o) for o in s.objects]}
+            return shapes_record(s, seed, s.alt_text, extra)
+
+        paths = write_tars(out, range(start, start + count), shard_size, record)
         for stale in old:
             if stale not in paths:
                 stale.unlink()
+    return paths
+
+
+def shapes_record(sample: ShapeSample, seed: int, caption: str, extra: dict | None = None):
+    """A world sample as a shard record: its PNG, `caption`, its shapes:// url and `extra`."""
+    from ..samples.shards import ShardRecord
+
+    return ShardRecord(sample.image, caption, f"shapes://{seed}/{sample.index}", "png", extra or {})
+
+
+def write_tars(folder: str | Path, items, shard_size: int, record) -> list[Path]:
+    """`items` (a list or range) as img2dataset-layout tars of `shard_size` samples each
+    (00000.tar, ...), `record(item)` making each one's ShardRecord."""
+    from ..samples.shards import write_webdataset_shard
+
+    paths = []
+    for shard_id, first in enumerate(range(0, len(items), shard_size)):
+        paths.append(Path(folder) / f"{shard_id:05d}.tar")
+        records = [record(item) for item in items[first : first + shard_size]]
+        write_webdataset_shard(paths[-1], records, shard_id=shard_id)
     return paths
 
 

@@ -96,9 +96,6 @@ class OutputDir:
             return []
         return sorted(p.rsplit("/", 1)[-1][: -len(MARKER_SUFFIX)] for p in paths)
 
-    def write_json_atomic(self, path: str, payload: dict) -> None:
-        write_json_atomic(self.fs, path, payload)
-
     def invalidate(self, shard: str, also: tuple[str, ...] = ()) -> None:
         """Forget a shard's completion (before redoing it), marker first, then its stats, parquet
         and the files named in `also` (`"tar"`: `{shard}.tar`, or a file name). Temporary files

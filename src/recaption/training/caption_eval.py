@@ -99,11 +99,9 @@ def evaluate_captioner(
     for first in range(start, start + images, batch_size):
         samples = [world.sample(i) for i in range(first, min(first + batch_size, start + images))]
         pictures = [Image.open(io.BytesIO(s.image)).convert("RGB") for s in samples]
-        for sample, gen in zip(
-            samples,
-            captioner.generate(captioner.prepare(pictures, [captioner.plain_prompt] * len(pictures))),
-            strict=True,
-        ):
+        prompts = [captioner.plain_prompt] * len(pictures)
+        generations = captioner.generate(captioner.prepare(pictures, prompts))
+        for sample, gen in zip(samples, generations, strict=True):
             score.add(gen.text, sample.objects)
             if len(shown) < examples:
                 shown.append({"truth": sample.description, "caption": gen.text})

@@ -4,14 +4,10 @@
   stage 2  projector + language model, on instruction conversations (the recaption prompt ->
            the detailed description)
 The vision tower stays frozen throughout. Loss is on the answer tokens only (prompt and padding
-are masked). AdamW, warmup + cosine per stage. Checkpoints are safetensors model folders
-(`checkpoint-s1-0000200`, ...) with the trainer state beside them (optimizer, scheduler, step,
-stage, every rank's RNG and data position: safetensors + JSON, no pickle); a rerun resumes from
-the newest exactly; the final model is saved to OUTPUT as a model folder `recap caption --model
-OUTPUT` loads. Several GPUs: launch under torchrun (DDP).
-
-The data streams (stream.py: epochs over the shards, loader workers decode and preprocess, a
-bounded shuffle buffer); stage 2 continues the stream where stage 1 left it.
+are masked). AdamW, warmup + cosine per stage; stage 2 continues the data stream where stage 1
+left it. Checkpoints (`checkpoint-s1-0000200`, ...; their state holds the stage too), resume,
+the data stream and torchrun are every trainer's (training/loop.py); the final model is saved to
+OUTPUT as a model folder `recap caption --model OUTPUT` loads.
 
 With no `--model`, a small LLaVA for the shapes world is built (64 px images, 8 px patches -> 64
 image tokens, LLaMA-3 template), its vision tower taken from `--vision-tower` (a CLIP folder,
@@ -26,16 +22,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from fsspec.implementations.local import LocalFileSystem
 
 from ..models.registry import PAPER_PROMPT
-from ..spine.atomic import write_json_atomic
 from . import distributed
 from .checkpoints import CheckpointError, restore_optimizer, save_final
-from .inputs import TrainingInputError, load_pretrained, model_source, model_type
-from .loop import TrainLoop, open_batches, resume, train_into
-from .stream import TrainingStream
-from .stream_sources import require_fields, spread, stream_shards
+from .inputs import (
+    load_pretrained,
+    load_start,
+    model_source,
+    require_counts,
+    require_model_type,
+)
+from .loop import TrainLoop, finish_run, open_batches, resume, train_into, trainer_stream
 
 log = logging.getLogger(__name__)
 
@@ -67,50 +65,28 @@ class CaptionerTrainConfig:
     shuffle_buffer: int = 1000  # samples each loader worker shuffles among (encoded images)
 
     def __post_init__(self):
-        for name in ("batch_size", "save_every", "log_every", "width", "layers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name.replace('_', '-')} must be at least 1")
-        for name in ("stage1_steps", "stage2_steps", "warmup", "workers", "shuffle_buffer"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name.replace('_', '-')} must not be negative")
-
-
-@dataclass
-class Example:
-    pixels: torch.Tensor  # (3, H, W)
-    brief: str | None
-    detailed: str | None
+        require_counts(self, ("batch_size", "save_every", "log_every", "width", "layers"),
+                       ("stage1_steps", "stage2_steps", "warmup", "workers", "shuffle_buffer"))
 
 
 def fresh_llava(config: CaptionerTrainConfig, image_size: int = 64, patch: int = 8):
     from transformers import AutoModel, CLIPVisionConfig
 
-    from ..models.llava_parts import llava_processor, small_llava
+    from ..models.llava_parts import llava_processor, small_llava, toy_vision_config
     from ..models.tiny import _build_tokenizer
 
     tokenizer = _build_tokenizer()
     clip = None
     if config.vision_tower:
         source = model_source(config.vision_tower, "--vision-tower")
-        _, kind = model_type(source, "--vision-tower", config.vision_tower)
-        if kind != "clip":
-            raise TrainingInputError(
-                f"--vision-tower {config.vision_tower}: a {kind or 'unknown'} model; expected a CLIP "
-                "model folder (e.g. one recap train-clip wrote)"
-            )
+        require_model_type(source, "--vision-tower", config.vision_tower, "clip",
+                           "a CLIP model folder (e.g. one recap train-clip wrote)")
         clip = load_pretrained(AutoModel.from_pretrained, source, "--vision-tower", config.vision_tower)
     if clip is not None:
         vision = CLIPVisionConfig(**clip.config.vision_config.to_dict())
         image_size, patch = vision.image_size, vision.patch_size
     else:
-        vision = CLIPVisionConfig(
-            hidden_size=64,
-            intermediate_size=256,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=image_size,
-            patch_size=patch,
-        )
+        vision = toy_vision_config(image_size, patch, intermediate=256)
     heads = max(1, config.width // 32)
     model = small_llava(
         tokenizer, vision, config.width, config.layers, 3 * config.width, heads, 512, config.seed
@@ -139,7 +115,8 @@ class ConversationBatcher:
             self._prompt_ids[instruction] = probe["input_ids"][0].tolist()
         return self._prompt_ids[instruction]
 
-    def __call__(self, examples: list[Example], instruction: str, targets: list[str]) -> dict:
+    def __call__(self, pixels: torch.Tensor, instruction: str, targets: list[str]) -> dict:
+        """A batch of images (B x 3 x H x W) with one target answer each."""
         eos = self.tokenizer.eos_token_id
         prompt = self.prompt_ids(instruction)
         sequences, labels = [], []
@@ -156,31 +133,8 @@ class ConversationBatcher:
             "input_ids": input_ids,
             "attention_mask": mask,
             "labels": label_ids,
-            "pixel_values": torch.stack([e.pixels for e in examples]),
+            "pixel_values": pixels,
         }
-
-
-def training_stream(config: CaptionerTrainConfig, processor, ranks, counts_folder) -> TrainingStream:
-    """The stream of (image, brief caption, detailed description) batches; the fields checked."""
-    shards = stream_shards(
-        config.data, config.stage1_field, config.stage2_field, counts_folder, save_counts=ranks.rank == 0
-    )
-    require_fields(shards, {"--stage1-field": config.stage1_field if config.stage1_steps else None})
-    require_fields(
-        shards,
-        {"--stage2-field": config.stage2_field if config.stage2_steps else None},
-        " (stage 2 trains on that detailed description)",
-    )
-    return TrainingStream(
-        spread(shards, ranks.world_size),
-        config.batch_size,
-        processor.image_processor,
-        seed=config.seed,
-        rank=ranks.rank,
-        world_size=ranks.world_size,
-        workers=max(1, config.workers),
-        shuffle_buffer=config.shuffle_buffer,
-    )
 
 
 def trainable(model, stage: int) -> list:
@@ -205,6 +159,11 @@ def captioner_recipe(config: CaptionerTrainConfig) -> dict:
     return {k: getattr(config, k) for k in RECIPE_FIELDS}
 
 
+def _require_llava(source: str, option: str, name: str) -> None:
+    require_model_type(source, option, name, "llava", "a LlavaForConditionalGeneration folder "
+                       "(recap convert-llava makes one from a LLaVA-repo checkpoint)")
+
+
 def train_captioner(config: CaptionerTrainConfig) -> dict:
     """Train (or resume) into config.output; OS errors there are one line (the output contract)."""
     return train_into("train-captioner", config, _train_captioner)
@@ -218,27 +177,20 @@ def _train_captioner(config: CaptionerTrainConfig, out: Path, resume_from: str |
     ranks = distributed.start(config.device)
     rank, device = ranks.rank, ranks.device
     if resume_from or config.model:
-        option, name = ("checkpoint", resume_from) if resume_from else ("--model", config.model)
-        source = resume_from or model_source(config.model, "--model")
-        _, kind = model_type(source, option, name)
-        if kind != "llava":
-            raise TrainingInputError(
-                f"{option} {name}: a {kind or 'unknown'} model; expected a LlavaForConditionalGeneration "
-                "folder (recap convert-llava makes one from a LLaVA-repo checkpoint)"
-            )
-        safetensors_only = True if resume_from else None  # a checkpoint: never a pickle file
-        model = load_pretrained(
-            lambda s: LlavaForConditionalGeneration.from_pretrained(s, use_safetensors=safetensors_only),
-            source,
-            option,
-            name,
-        )
-        processor = load_pretrained(AutoProcessor.from_pretrained, source, option, name)
+        model, processor = load_start(resume_from, config.model, _require_llava,
+                                      LlavaForConditionalGeneration.from_pretrained,
+                                      AutoProcessor.from_pretrained)
     else:
         model, processor = fresh_llava(config)
     model.to(device)
     batcher = ConversationBatcher(processor, family_for(model.config.model_type))
-    stream = training_stream(config, processor, ranks, out)
+    stream = trainer_stream(
+        config, processor.image_processor, ranks, out,
+        {"--stage1-field": config.stage1_field, "--stage2-field": config.stage2_field},
+        [({"--stage1-field": config.stage1_field if config.stage1_steps else None}, ""),
+         ({"--stage2-field": config.stage2_field if config.stage2_steps else None},
+          " (stage 2 trains on that detailed description)")],
+    )
     resumed = resume(resume_from, ranks, device, None, None, stream, captioner_recipe(config))
     state = resumed.extra or None
     if state and state.get("stage") not in (1, 2):
@@ -266,18 +218,14 @@ def _train_captioner(config: CaptionerTrainConfig, out: Path, resume_from: str |
         instruction = BRIEF_PROMPT if current == 1 else config.prompt
 
         def step_loss(batch: dict, current: int = current, instruction: str = instruction, trained=trained):
-            chosen = [
-                Example(pixels, brief, detailed)
-                for pixels, brief, detailed in zip(batch["pixels"], batch["org"], batch["re"], strict=True)
-            ]
-            targets = [
-                (e.brief if current == 1 else e.detailed) or e.detailed or e.brief or "" for e in chosen
-            ]
-            inputs = {k: v.to(device) for k, v in batcher(chosen, instruction, targets).items()}
+            # Stage 1 trains on the brief caption, stage 2 on the detailed one; either stands in.
+            targets = [(brief if current == 1 else detailed) or detailed or brief or ""
+                       for brief, detailed in zip(batch["org"], batch["re"], strict=True)]
+            inputs = {k: v.to(device) for k, v in batcher(batch["pixels"], instruction, targets).items()}
             return trained(**inputs).loss
 
         loop = TrainLoop(ranks, device, out, optimizer, scheduler, params, total, config.log_every,
-                         config.save_every, parts=lambda: [model, processor],
+                         config.save_every, parts=lambda step: [model, processor],
                          extra=lambda current=current: {"stage": current, "history": history,
                                                         "settings": captioner_recipe(config)},
                          rng=rng, label=f"stage {current} ",
@@ -286,12 +234,7 @@ def _train_captioner(config: CaptionerTrainConfig, out: Path, resume_from: str |
         step = loop.run(batches, step, step_loss)
         stage = current + 1
         state = None
-    batches.close()
     model.eval()
-    if rank == 0:
-        save_final(out, [model, processor])
-        write_json_atomic(
-            LocalFileSystem(), str(out / "train_summary.json"), {"history": history, "config": asdict(config)}
-        )
-    ranks.finish()
+    finish_run(ranks, batches, out, lambda: save_final(out, [model, processor]),
+               {"history": history, "config": asdict(config)})
     return {"history": history, "examples": sum(s.samples for s in stream.shards)}

@@ -4,14 +4,9 @@ The paper's mixing (Recap-CLIP): each sample uses its ORIGINAL caption with prob
 its recaption with probability 1 - p, drawn anew every time the sample is seen; `concat` trains
 on "original recaption" instead. Text length defaults to the paper's 128 tokens (the text
 encoder's positions are set to it when the model is built fresh). AdamW, linear warmup then
-cosine decay, gradient clipping. Checkpoints (model folder + optimizer, scheduler, step, every
-rank's RNG and data position; safetensors + JSON, no pickle) every `save_every` steps; a rerun
-resumes from the newest and continues exactly as an uninterrupted run would. Several GPUs: launch
-with torchrun; each rank reads its own shards and DDP averages gradients.
-
-The data streams (stream.py): epochs over the shards, split across ranks and `workers` loader
-processes that decode and preprocess, a bounded shuffle buffer, so memory does not grow with
-the dataset. `load_pairs` (everything in memory) is kept for the benchmarks that compare with it.
+cosine decay, gradient clipping. Checkpoints every `save_every` steps, resume, the data stream
+and torchrun are every trainer's (training/loop.py). `load_pairs` (everything in memory) is kept
+for the benchmarks that compare the stream with it.
 
 `recipe="clips"` trains the CLIPS way instead (clips_recipe.py): each image contrasted with its
 alt-text and with a partial recaption, two losses added; p and concat do not apply.
@@ -25,22 +20,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from fsspec.implementations.local import LocalFileSystem
 
-from ..spine.atomic import write_json_atomic
 from . import distributed
 from .checkpoints import save_final
 from .clips_recipe import clips_loss, clips_texts
 from .data import Pair, check_fields, image_text_pairs, recaptioned_pairs
-from .inputs import (
-    TrainingInputError,
-    check_dual_encoder,
-    load_pretrained,
-    model_source,
-)
-from .loop import TrainLoop, open_batches, resume, train_into
-from .stream import TrainingStream
-from .stream_sources import is_caption_output, require_fields, spread, stream_shards
+from .inputs import TrainingInputError, check_dual_encoder, load_start, require_counts
+from .loop import TrainLoop, finish_run, open_batches, resume, train_into, trainer_stream
+from .stream_sources import is_caption_output
 
 log = logging.getLogger(__name__)
 
@@ -75,20 +62,14 @@ class ClipTrainConfig:
     def __post_init__(self):
         if not 0.0 <= self.p <= 1.0:
             raise ValueError("p must be in [0, 1]")
-        for name in ("batch_size", "save_every", "log_every", "text_length", "width", "layers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name.replace('_', '-')} must be at least 1")
-        for name in ("steps", "warmup", "workers", "shuffle_buffer"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must not be negative")
+        require_counts(self, ("batch_size", "save_every", "log_every", "text_length", "width", "layers",
+                              "partial_words"), ("steps", "warmup", "workers", "shuffle_buffer"))
         if not self.data:
             raise ValueError("no data given")
         if self.recipe not in ("recap", "clips"):
             raise ValueError(f"--recipe {self.recipe}: choose recap or clips")
         if self.recipe == "clips" and self.concat:
             raise ValueError("--concat is a recap-recipe setting; --recipe clips uses both captions already")
-        if self.partial_words < 1:
-            raise ValueError("partial-words must be at least 1")
 
 
 def choose_caption(pair: Pair, p: float, concat: bool, rng: random.Random) -> str:
@@ -160,34 +141,14 @@ def _train_clip(config: ClipTrainConfig, out: Path, resume_from: str | None) -> 
     ranks = distributed.start(config.device)
     rank, device = ranks.rank, ranks.device
     if resume_from or config.model:
-        option, name = ("checkpoint", resume_from) if resume_from else ("--model", config.model)
-        source = resume_from or model_source(config.model, "--model")
-        check_dual_encoder(source, option, name)
-        model = load_pretrained(
-            lambda s: AutoModel.from_pretrained(s, use_safetensors=True if resume_from else None),
-            source,
-            option,
-            name,
-        )
-        tokenizer = load_pretrained(AutoTokenizer.from_pretrained, source, option, name)
-        processor = load_pretrained(AutoImageProcessor.from_pretrained, source, option, name)
+        model, tokenizer, processor = load_start(resume_from, config.model, check_dual_encoder,
+                                                 AutoModel.from_pretrained, AutoTokenizer.from_pretrained,
+                                                 AutoImageProcessor.from_pretrained)
     else:
         model, tokenizer, processor = fresh_clip(config)
     tokenizer.padding_side = "right"
     model.to(device).train()
-    fields = {"--caption-field": config.caption_field, "--recaption-field": config.recaption_field}
-    shards = stream_shards(config.data, *fields.values(), counts_folder=out, save_counts=rank == 0)
-    require_fields(shards, fields)
-    stream = TrainingStream(
-        spread(shards, ranks.world_size),
-        config.batch_size,
-        processor,
-        seed=config.seed,
-        rank=rank,
-        world_size=ranks.world_size,
-        workers=max(1, config.workers),
-        shuffle_buffer=config.shuffle_buffer,
-    )
+    stream = trainer_stream(config, processor, ranks, out)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup, config.steps)
     resumed = resume(resume_from, ranks, device, optimizer, scheduler, stream, clip_recipe(config))
@@ -220,20 +181,10 @@ def _train_clip(config: ClipTrainConfig, out: Path, resume_from: str | None) -> 
         return clips_loss(output.logits_per_image) if config.recipe == "clips" else output.loss
 
     loop = TrainLoop(ranks, device, out, optimizer, scheduler, list(model.parameters()), config.steps,
-                     config.log_every, config.save_every, parts=lambda: [model, tokenizer, processor],
+                     config.log_every, config.save_every, parts=lambda step: [model, tokenizer, processor],
                      extra=lambda: {"settings": clip_recipe(config)}, rng=rng)
     step = loop.run(batches, resumed.step, step_loss)
-    losses = loop.losses
-    batches.close()
-    pairs = sum(s.count for s in shards)
-    if rank == 0:
-        save_final(out, [model, tokenizer, processor])
-        summary = {
-            "steps": step,
-            "pairs": pairs,
-            "losses": losses,
-            "config": {k: v for k, v in asdict(config).items() if k != "history"},
-        }
-        write_json_atomic(LocalFileSystem(), str(out / "train_summary.json"), summary)
-    ranks.finish()
-    return {"steps": step, "losses": losses, "pairs": pairs}
+    result = {"steps": step, "losses": loop.losses, "pairs": sum(s.samples for s in stream.shards)}
+    finish_run(ranks, batches, out, lambda: save_final(out, [model, tokenizer, processor]),
+               {**result, "config": asdict(config)})
+    return result

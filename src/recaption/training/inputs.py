@@ -62,6 +62,34 @@ def model_type(source: str, option: str, name: str | None = None) -> tuple[objec
     return config, getattr(config, "model_type", "")
 
 
+def require_model_type(source: str, option: str, name: str, wanted: str, expected: str) -> None:
+    """Refuse, before loading weights, a model whose model_type is not `wanted`."""
+    _, kind = model_type(source, option, name)
+    if kind != wanted:
+        raise TrainingInputError(f"{option} {name}: a {kind or 'unknown'} model; expected {expected}")
+
+
+def load_start(resume_from: str | None, model: str | None, check, load_model, *loaders) -> tuple:
+    """What a run starts from, its newest checkpoint or else --model: the model through
+    `load_model(source, use_safetensors=...)` (a checkpoint's from safetensors only, never a
+    pickle), then each of `loaders`' parts (tokenizer, processor); `check(source, option, name)`
+    refuses the wrong kind of model before any weights load."""
+    option, name = ("checkpoint", resume_from) if resume_from else ("--model", model)
+    source = resume_from or model_source(model, "--model")
+    check(source, option, name)
+    safetensors_only = True if resume_from else None
+    loaded = load_pretrained(lambda s: load_model(s, use_safetensors=safetensors_only), source, option, name)
+    return (loaded, *(load_pretrained(load, source, option, name) for load in loaders))
+
+
+def require_counts(config, at_least_one: tuple[str, ...], not_negative: tuple[str, ...]) -> None:
+    """ValueError naming the first of a config's settings below 1 (`at_least_one`) or below 0."""
+    for names, least, rule in ((at_least_one, 1, "be at least 1"), (not_negative, 0, "not be negative")):
+        for name in names:
+            if getattr(config, name) < least:
+                raise ValueError(f"{name.replace('_', '-')} must {rule}")
+
+
 def check_dual_encoder(source: str, option: str, name: str) -> None:
     """Refuse, before loading weights, a model that is not a CLIP-style dual encoder."""
     from transformers import AutoModel

@@ -1,12 +1,19 @@
-"""The one training loop of train-clip, train-captioner and train-dit.
+"""What train-clip, train-captioner and train-dit share: their start, data stream, loop and end.
 
 A trainer builds its model, data stream and optimizer, then hands the loop a `step_loss`
 (one batch -> its loss tensor, backward not yet taken) and what a checkpoint holds; the loop
 does the rest the same way for all three: backward, gradient clipping, optimizer and schedule
 steps, the loss history, logging every `log_every` steps (loss, learning rate, images per
 second, and the trainer's `progress` hook), and checkpoints every `save_every` steps and at the
-end (every rank takes part in the collectives, rank 0 writes). Resuming is the trainer's
-`Resume.load` (training/checkpoints.py: every field checked, the settings the same).
+end (every rank takes part in the collectives, rank 0 writes).
+
+So for every trainer: a checkpoint is the model folder plus the trainer state (optimizer,
+scheduler, step, every rank's RNG and data position; safetensors + JSON, no pickle:
+training/checkpoints.py); a rerun into the same output resumes from the newest, every field
+checked and the settings the same, and continues exactly as an uninterrupted run would. The data
+streams (training/stream.py): epochs over the shards, split over ranks and loader workers that
+decode and preprocess, a bounded shuffle buffer, so memory does not grow with the data. Several
+GPUs: launch under torchrun; each rank reads its own shards and DDP averages gradients.
 """
 
 from __future__ import annotations
@@ -19,7 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from fsspec.implementations.local import LocalFileSystem
 
+from ..spine.atomic import write_json_atomic
 from ..spine.contract import output_errors
 from ..spine.errors import RecaptionError
 from .checkpoints import (
@@ -35,7 +44,8 @@ from .checkpoints import (
     save_checkpoint,
 )
 from .inputs import check_output
-from .stream import StreamBatches, checkpoint_state, resumed_position
+from .stream import StreamBatches, TrainingStream, checkpoint_state, resumed_position
+from .stream_sources import require_fields, spread, stream_shards
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +96,31 @@ def resume(folder: str | None, ranks, device: str, optimizer, scheduler, stream,
     return Resumed(state["step"], rng, position, state)
 
 
+def trainer_stream(config, processor, ranks, out: Path, fields: dict[str, str | None] | None = None,
+                   checks: list[tuple[dict, str]] | None = None) -> TrainingStream:
+    """The stream a trainer's config asks for (training/stream.py): DATA's shards with their
+    counts (rank 0 remembers them in `out`), the spread over the ranks. `fields`: {option: field}
+    of the caption and the recaption (default: --caption-field, --recaption-field); `checks`:
+    ({option: field}, note) pairs for stream_sources.require_fields (default: `fields`)."""
+    fields = fields or {"--caption-field": config.caption_field, "--recaption-field": config.recaption_field}
+    shards = stream_shards(config.data, *fields.values(), out, save_counts=ranks.rank == 0)
+    for checked, note in checks or [(fields, "")]:
+        require_fields(shards, checked, note)
+    return TrainingStream(spread(shards, ranks.world_size), config.batch_size, processor, seed=config.seed,
+                          rank=ranks.rank, world_size=ranks.world_size, workers=max(1, config.workers),
+                          shuffle_buffer=config.shuffle_buffer)
+
+
+def finish_run(ranks, batches: StreamBatches, out: Path, save: Callable[[], None], summary: dict) -> None:
+    """The end every trainer shares: the loaders stopped; on rank 0 the final model saved
+    (`save()`) and train_summary.json written; the process group left."""
+    batches.close()
+    if ranks.rank == 0:
+        save()
+        write_json_atomic(LocalFileSystem(), str(out / "train_summary.json"), summary)
+    ranks.finish()
+
+
 def open_batches(stream, workers: int, resumed: Resumed, device: str) -> StreamBatches:
     """The trainer's side of the stream, from where a resumed run stopped."""
     return StreamBatches(stream, workers, resumed.position, pin_memory=str(device).startswith("cuda"))
@@ -95,7 +130,7 @@ def open_batches(stream, workers: int, resumed: Resumed, device: str) -> StreamB
 class TrainLoop:
     """One optimizer's steps over a stream, with the logging and checkpoints every trainer shares.
 
-    `parts()`: what a checkpoint saves beside the trainer state (objects with save_pretrained);
+    `parts(step)`: what a checkpoint saves beside the trainer state (objects with save_pretrained);
     `extra()`: the values the trainer resumes with (JSON-able, tensors too); `after_step(step)`:
     anything to do after the optimizer step (the DiT's EMA); `progress(event)`: called on rank
     0 at each log line with {step, steps, loss, images_per_s, lr}."""
@@ -109,7 +144,7 @@ class TrainLoop:
     steps: int
     log_every: int
     save_every: int
-    parts: Callable[[], list]
+    parts: Callable[[int], list]
     extra: Callable[[], dict]
     rng: random.Random
     grad_clip: float | None = 1.0
@@ -160,5 +195,5 @@ class TrainLoop:
         rng_states = self.ranks.gather(rng_tensors(self.rng, self.device))  # every rank takes part
         data_state = checkpoint_state(batches, self.ranks)  # a collective too
         if self.ranks.rank == 0:
-            save_checkpoint(self.out / self.checkpoint_name(step), self.parts(), self.optimizer,
+            save_checkpoint(self.out / self.checkpoint_name(step), self.parts(step), self.optimizer,
                             self.scheduler, step, rng_states, stream=data_state, **self.extra())

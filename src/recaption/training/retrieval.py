@@ -7,6 +7,7 @@ Zero-shot classification: each image's label against prompts "a {label}" for eve
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -57,29 +58,20 @@ def evaluate(
     check_dual_encoder(getattr(resolved, "path", resolved), "model", model)
     scorer = ClipScorer(model, device=device, batch_size=batch_size)
     load_pretrained(lambda _: scorer.setup(), model, "model")
-    pairs = []
-    for pair in image_text_pairs(data, caption_field, label_field):
-        pairs.append(pair)
-        if limit and len(pairs) >= limit:
-            break
+    pairs = list(itertools.islice(image_text_pairs(data, caption_field, label_field), limit))
     if not pairs:
         raise TrainingInputError(f"no readable image-text pairs in {', '.join(data)}")
     check_fields(pairs, data, caption=caption_field, label=label_field)
     if all(p.org is None for p in pairs):
         raise TrainingInputError(f"no sample in {', '.join(data)} has a caption: nothing to retrieve")
     images, texts, labels = [p.image for p in pairs], [p.org or "" for p in pairs], [p.label for p in pairs]
-    image_emb = torch.cat(
-        [
-            scorer.image_embeddings(scorer.pixel_values(images[i : i + batch_size])).float().cpu()
-            for i in range(0, len(images), batch_size)
-        ]
-    )
-    text_emb = torch.cat(
-        [
-            scorer.text_embeddings(texts[i : i + batch_size]).float().cpu()
-            for i in range(0, len(texts), batch_size)
-        ]
-    )
+
+    def embedded(embed, items: list) -> torch.Tensor:
+        starts = range(0, len(items), batch_size)
+        return torch.cat([embed(items[i : i + batch_size]).float().cpu() for i in starts])
+
+    image_emb = embedded(lambda batch: scorer.image_embeddings(scorer.pixel_values(batch)), images)
+    text_emb = embedded(scorer.text_embeddings, texts)
     metrics = recall_at_k(image_emb @ text_emb.T)
     if label_field and all(label is not None for label in labels):
         classes = sorted(set(labels))

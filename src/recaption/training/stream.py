@@ -41,7 +41,7 @@ import logging
 import math
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -108,6 +108,7 @@ def _seed(*parts) -> random.Random:
     return random.Random("/".join(map(str, parts)))
 
 
+@dataclass(eq=False)
 class TrainingStream(IterableDataset):
     """Batches of one rank's share of the shards, for epoch `position.epoch`, from `position`
     on: a dict of `worker` (the worker that made it), `pixels` (preprocessed, float), `keys`,
@@ -116,33 +117,23 @@ class TrainingStream(IterableDataset):
 
     `processor`: an image processor (`processor(images=[...], return_tensors="pt")`)."""
 
-    def __init__(
-        self,
-        shards: list[StreamShard],
-        batch_size: int,
-        processor,
-        *,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        workers: int = 1,
-        shuffle_buffer: int = 1000,
-        max_side: int = 512,
-    ):
-        if batch_size < 1 or workers < 1 or world_size < 1 or not 0 <= rank < world_size:
+    shards: list[StreamShard]
+    batch_size: int
+    processor: object
+    _: KW_ONLY
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    workers: int = 1
+    shuffle_buffer: int = 1000
+    max_side: int = 512
+
+    def __post_init__(self):
+        if min(self.batch_size, self.workers, self.world_size) < 1 or not 0 <= self.rank < self.world_size:
             raise ValueError("batch_size, workers and world_size must be positive, rank below world_size")
-        if len(shards) < world_size:
+        if len(self.shards) < self.world_size:
             raise ValueError("fewer shards than ranks: spread them first (stream_sources.spread)")
-        self.shards = shards
-        self.batch_size = batch_size
-        self.processor = processor
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.workers = workers
-        self.shuffle_buffer = shuffle_buffer
-        self.max_side = max_side
-        self.position = Position.start(workers)
+        self.position = Position.start(self.workers)
 
     def settings(self) -> dict:
         """What must be the same for a checkpoint's position to mean the same batches."""

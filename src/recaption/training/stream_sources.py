@@ -25,12 +25,13 @@ import json
 import logging
 import math
 import posixpath
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..readers import ColumnConfig, ShardError, discover_shards
-from ..readers.base import Shard
+from ..readers.base import Shard, text_or_none
 from .inputs import TrainingInputError
 
 log = logging.getLogger(__name__)
@@ -101,17 +102,13 @@ class StreamShard:
             for sample in self.shard:
                 if sample.ok:
                     re = sample.extra.get(self.recaption_field) if self.recaption_field else None
-                    yield Record(sample.key, sample.image_bytes, sample.org_caption, _text(re), label)
+                    yield Record(sample.key, sample.image_bytes, sample.org_caption, text_or_none(re), label)
             return
         rows = _ok_rows(self.rows, self.name)
         for sample in self.shard:
             row = rows.get(sample.key)
             if row is not None and sample.ok:
                 yield Record(sample.key, sample.image_bytes, row[0], row[1], label)
-
-
-def _text(value) -> str | None:
-    return None if value is None else str(value)
 
 
 def _ok_rows(output: str, name: str) -> dict[str, tuple[str | None, str | None]]:
@@ -142,14 +139,12 @@ def caption_output_shards(output: str) -> list[StreamShard]:
     from ..spine.ledger import OutputDir
 
     out = OutputDir(output)
-    found, left_out, rows = [], {}, 0
+    found, left_out, rows = [], Counter(), 0
     for name in done_shards(out):
         statuses = read_output(out, name, ["status"]).column("status").to_pylist()
         found.append(StreamShard(input_shard(out, name), statuses.count("ok"), rows=output, name=name))
         rows += len(statuses)
-        for status in statuses:
-            if status != "ok":
-                left_out[status] = left_out.get(status, 0) + 1
+        left_out.update(status for status in statuses if status != "ok")
     if left_out:  # failed rows have no recaption to train on; say so instead of a silent shortfall
         log.warning("%s: %d of %d rows are left out (status %s)", output, sum(left_out.values()), rows,
                     ", ".join(f"{k} {n}" for k, n in sorted(left_out.items())))
