@@ -8,30 +8,52 @@ The main entry points take the options of the `recap` command of the same name:
     recaption.report("out/")
 """
 
-from .api import (
+from .api import (  # noqa: A004 - filter: the command's name
     caption,
+    convert_llava,
     download,
+    eval_captioner,
     eval_retrieval,
+    eval_t2i,
     export,
+    filter,
     filter_output,
+    generate,
     judge,
+    make_shapes,
+    model_families,
     report,
+    run,
+    run_demo,
     score,
     stats,
+    train_captioner,
     train_clip,
+    train_dit,
 )
 from .spine import __version__
 
 __all__ = [
     "__version__",
     "caption",
+    "convert_llava",
+    "run_demo",
     "download",
+    "eval_captioner",
     "eval_retrieval",
+    "eval_t2i",
     "export",
+    "filter",
     "filter_output",
+    "generate",
     "judge",
+    "model_families",
     "report",
+    "run",
     "score",
+    "make_shapes",
     "stats",
+    "train_captioner",
     "train_clip",
+    "train_dit",
 ]

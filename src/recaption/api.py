@@ -58,6 +58,31 @@ def download(inputs: PathLike | list[PathLike], output: PathLike, **options: Any
     return _download(_paths(inputs), DownloadConfig(output=os.fspath(output), **options))
 
 
+def run(inputs: PathLike | list[PathLike], output: PathLike, **options: Any):
+    """URLs to captions (`recap run`): download into `{output}/images`, then caption those shards
+    into `{output}/captions`; both halves resume. Options are the download's (`DownloadConfig`'s
+    fields) and the caption's (`caption`'s); those both take (overwrite, retry_failed,
+    max_pixels) go to both. Returns (download RunSummary, caption RunSummary)."""
+    from dataclasses import fields
+
+    from .config import caption_option_names
+    from .downloads import DownloadConfig
+    from .readers import pattern_places
+    from .spine.contract import open_output
+    from .steps.run import CAPTIONS, IMAGES, RUN
+
+    base = os.fspath(output).rstrip("/")
+    fetching = {f.name for f in fields(DownloadConfig)} - {"output"}
+    unknown = sorted(set(options) - fetching - set(caption_option_names()))
+    if unknown:
+        raise TypeError(f"unknown option(s) {', '.join(unknown)}; options: those of download() and caption()")
+    captioning = {k: v for k, v in options.items() if k in caption_option_names()}
+    with open_output(base, RUN, pattern_places(_paths(inputs))):
+        fetched = download(inputs, f"{base}/{IMAGES}", **{k: v for k, v in options.items() if k in fetching})
+        captioned = caption([f"{base}/{IMAGES}"], f"{base}/{CAPTIONS}", **captioning)
+    return fetched, captioned
+
+
 def score(output: PathLike, clip_model: str | None = None, device: str = "auto", batch_size: int = 64,
           overwrite: bool = False, long_text: str = "truncate"):
     """Fill re_clip_score / org_clip_score of finished shards in `output` (`recap score`).
@@ -104,6 +129,11 @@ def report(output: PathLike, report: PathLike | None = None, gallery: int = 24, 
     path = os.fspath(report) if report is not None else f"{output.rstrip('/')}/{REPORT_NAME}"
     write_report(output, path, gallery, seed)
     return path
+
+
+def filter(output: PathLike, where: str, destination: PathLike, *, overwrite: bool = False):  # noqa: A001
+    """`filter_output` under the command's name (`recap filter`)."""
+    return filter_output(output, where, destination, overwrite=overwrite)
 
 
 def filter_output(output: PathLike, where: str, destination: PathLike, *, overwrite: bool = False):
@@ -170,6 +200,97 @@ def export(output: PathLike, destination: PathLike, *, images: PathLike | list[P
     found = None if images is None else _paths(images)
     return _export(os.fspath(output), os.fspath(destination), images=found, caption=caption, seed=seed,
                    overwrite=overwrite, format=format)
+
+
+def make_shapes(output: PathLike, images: int = 10_000, seed: int = 0, image_size: int = 64,
+                shard_size: int = 1000, start: int = 0, overwrite: bool = False) -> list:
+    """Write shapes-world shards (`recap shapes`; `recaption.shapes` is the world's package):
+    images, noisy alt-text, full descriptions, labels, in img2dataset's layout; the shard paths."""
+    from .shapes import write_shapes_shards
+
+    return write_shapes_shards(output, images, seed, image_size, shard_size, start, overwrite)
+
+
+def train_captioner(data: PathLike | list[PathLike], output: PathLike, **options: Any) -> dict:
+    """Train a LLaVA-style captioner in the paper's two stages (`recap train-captioner`). Options
+    are `CaptionerTrainConfig`'s fields."""
+    from .training.captioner_train import CaptionerTrainConfig
+    from .training.captioner_train import train_captioner as _train_captioner
+
+    return _train_captioner(CaptionerTrainConfig(data=_paths(data), output=os.fspath(output), **options))
+
+
+def eval_captioner(model: str, images: int = 200, seed: int = 0, start: int = 200_000, device: str = "auto"):
+    """Objects described with the right colour and shape, and a CHAIR-style hallucination rate, on
+    held-out shapes-world images (`recap eval-captioner`)."""
+    from .training.caption_eval import evaluate_captioner
+
+    return evaluate_captioner(model, images, seed, start, device)
+
+
+def train_dit(data: PathLike | list[PathLike], output: PathLike, **options: Any) -> dict:
+    """Train Recap-DiT on the p mix of original captions and recaptions (`recap train-dit`).
+    Options are `DitTrainConfig`'s fields."""
+    from .dit.train import DitTrainConfig
+    from .dit.train import train_dit as _train_dit
+
+    return _train_dit(DitTrainConfig(data=_paths(data), output=os.fspath(output), **options))
+
+
+def generate(model: PathLike, prompts, output: PathLike, **options: Any) -> dict:
+    """Images from prompts (a list, or a prompt file) with a trained Recap-DiT (`recap generate`).
+    Options: column, seed, images_per_prompt, batch_size, guidance, steps, sampler, device,
+    overwrite."""
+    from .dit.generate import generate as _generate
+
+    return _generate(model, prompts, output, **options)
+
+
+def eval_t2i(generated: PathLike | list[PathLike], **options: Any) -> dict:
+    """Prompt alignment of generated images (`recap eval-t2i`): the shapes-world checker, CLIP
+    score, a Frechet distance to `reference` images. Options: reference, clip_model,
+    feature_model, max_images, device."""
+    from .dit.eval import eval_t2i as _eval_t2i
+
+    if options.get("reference") is not None:
+        options["reference"] = _paths(options["reference"])
+    return _eval_t2i(_paths(generated), **options)
+
+
+def run_demo(output: PathLike = "recap-demo", rows: int = 5) -> int:
+    """The built-in captioner on the bundled sample shard, offline (`recap demo`; `recaption.demo`
+    is its module); the exit code."""
+    from rich.console import Console
+
+    from .demo import run_demo as _run_demo
+    from .executors.run import run_caption
+    from .readers import discover_shards
+
+    def caption_shards(inputs, caption_config, run_config) -> int:
+        summary = run_caption(discover_shards(inputs), caption_config, run_config)
+        return 1 if summary.failed else 0
+
+    from pathlib import Path
+
+    return _run_demo(Path(output), Console(), rows, caption=caption_shards)
+
+
+def convert_llava(src: PathLike, dst: PathLike, vision_tower: str | None = None, tokenizer: str | None = None,
+                  allow_pickle: bool = False):
+    """A LLaVA-repo checkpoint as a transformers model folder (`recap convert-llava`)."""
+    from .models.convert_llava import convert_llava as _convert_llava
+
+    return _convert_llava(src, dst, vision_tower, tokenizer, allow_pickle)
+
+
+def model_families() -> list[dict]:
+    """The model families recaption knows and how it prompts them (`recap models`; under
+    another name, as `recaption.models` is the package of the models themselves)."""
+    from dataclasses import asdict
+
+    from .models.registry import MODEL_FAMILIES
+
+    return [asdict(f) for f in MODEL_FAMILIES]
 
 
 def train_clip(data: PathLike | list[PathLike], output: PathLike, **options: Any) -> dict:

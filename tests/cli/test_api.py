@@ -140,3 +140,49 @@ def test_the_api_functions_stay_functions_after_their_packages_load():
                  "train_clip", "eval_retrieval"):
         function = getattr(recaption, name)
         assert callable(function) and not isinstance(function, type(recaption)), name
+
+
+def test_every_command_has_its_python_function():
+    """The list comes from the CLI itself: a command added without its function fails here."""
+    from recaption.cli import COMMANDS
+
+    # Where the command's name is a package or module of recaption (recaption.models, .shapes,
+    # .demo), its function has another name: an attribute and a submodule cannot share one.
+    python_name = {name: name.replace("-", "_") for name in COMMANDS} | {
+        "models": "model_families", "shapes": "make_shapes", "demo": "run_demo"}
+    missing = [name for name in COMMANDS if not callable(getattr(recaption, python_name[name], None))]
+    assert missing == [], f"commands without a recaption.<name> function: {missing}"
+    for name in COMMANDS:
+        function = getattr(recaption, python_name[name])
+        assert f"recap {name}" in inspect.getdoc(function), f"{name}: its docstring names the command"
+        assert function.__module__ == "recaption.api"
+
+
+def test_report_writes_to_the_same_place_from_python_and_the_command_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from recaption.cli import app
+
+    from ..quality.test_selection import row, write_output
+
+    out = tmp_path / "out"
+    write_output(out, "00000", [row("a"), row("b")])
+    assert recaption.report(out) == str(out / "report.html")
+    (out / "report.html").unlink()
+    result = CliRunner().invoke(app, ["report", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "report.html").exists()
+    assert f"wrote {out / 'report.html'}" in result.output.replace("\n", "")
+
+
+def test_run_from_python_downloads_then_captions(tmp_path):
+    from ..image_server import ImageServer
+
+    with ImageServer() as server:
+        urls = [f"{server.url}/img/{i}.jpg" for i in range(3)]
+        pq.write_table(pa.table({"url": urls, "text": ["a", "b", "c"]}), tmp_path / "urls.parquet")
+        fetched, captioned = recaption.run(tmp_path / "urls.parquet", tmp_path / "run", image_size=32,
+                                           allow_private_network=True, max_new_tokens=4)
+    assert fetched.status_counts == {"ok": 3} and captioned.status_counts == {"ok": 3}
+    with pytest.raises(TypeError, match="unknown option"):
+        recaption.run(tmp_path / "urls.parquet", tmp_path / "run2", no_such_option=1)

@@ -450,3 +450,37 @@ def test_every_reader_of_flags_takes_them_from_the_one_table():
     row = sample_row(sample, [named])
     assert row[named.flag_column("degenerate")] is True and row[named.flag_column("boilerplate")] is False
     assert set(named.flag_column(f.name) for f in CAPTION_FLAGS) <= set(row)
+
+
+def test_preferences_leave_out_degenerate_recaptions_and_say_how_many(tmp_path):
+    """",,,,," scores higher than many alt-texts: counted, it would call junk a win."""
+    from recaption.quality.stats import collect, comparison
+
+    from .test_selection import row, write_output
+
+    rows = [row("a", re_clip_score=30.0, org_clip_score=20.0),
+            row("b", re_clip_score=10.0, org_clip_score=20.0),
+            row("c", re_caption=",,,,,,,,", re_degenerate=True, re_clip_score=40.0, org_clip_score=20.0),
+            row("d", re_caption="...", re_degenerate=True, re_clip_score=35.0, org_clip_score=20.0)]
+    write_output(tmp_path / "out", "00000", rows)
+    summary = collect(str(tmp_path / "out")).summary()
+    pref = summary["clip_preference"]
+    assert (pref["n"], pref["re_higher"], pref["org_higher"], pref["left_out_degenerate"]) == (2, 1, 1, 2)
+    line = next(line for line in comparison(summary) if line.measure.startswith("CLIP prefers"))
+    assert "2 images whose recaption is degenerate left out" in line.made_by
+
+
+def test_the_caption_summary_puts_flags_beside_statuses_and_names_junk(capsys):
+    from recaption.cli.common import print_caption_summary
+    from recaption.spine.results import DONE, RunSummary, ShardResult
+
+    junk = RunSummary(results=[ShardResult("00000", "in.tar", DONE, 20, {"ok": 20},
+                                           counts={"re_degenerate": 18, "re_truncated": 18})])
+    print_caption_summary(junk, "out", "tiny")
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "captions flagged re_degenerate │ 18 of 20 (90%)" in printed
+    assert "18 of the 20 captions written are degenerate" in printed and "tiny" in printed
+    fine = RunSummary(results=[ShardResult("00000", "in.tar", DONE, 20, {"ok": 20},
+                                           counts={"re_degenerate": 1})])
+    print_caption_summary(fine, "out", "tiny")
+    assert "degenerate (next to no words" not in capsys.readouterr().out

@@ -207,6 +207,7 @@ def test_preferences_beside_the_papers_figures(scored, tmp_path):
         "ties": 0,
         "re_higher_share": 0.75,
         "org_higher_share": 0.25,
+        "left_out_degenerate": 0,
     }
     assert summary["judge_preference"]["ties"] == 1 and summary["judge_preference"]["re_higher_share"] == 0.5
     assert summary["paper"]["clip_preference_pct"]["LongCLIP-L"] == {"re": 89.91, "org": 10.09}

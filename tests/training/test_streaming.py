@@ -17,9 +17,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from recaption.training.captions import is_caption_output
 from recaption.training.inputs import TrainingInputError
 from recaption.training.stream import Position, StreamBatches, TrainingStream
-from recaption.training.stream_sources import COUNTS_FILE, is_caption_output, spread, stream_shards
+from recaption.training.stream_sources import COUNTS_FILE, spread, stream_shards
 
 
 class FakeProcessor:
@@ -367,8 +368,9 @@ def test_the_loader_options_of_the_cli(uneven, tmp_path):
 
     from recaption.cli import app
 
-    args = ["train-clip", str(uneven), "-o", str(tmp_path / "clip"), "--steps", "2", "--batch-size", "8",
-            "--width", "32", "--device", "cpu", "--workers", "0", "--shuffle-buffer", "4"]  # fmt: skip
+    args = ["train-clip", str(uneven), "-o", str(tmp_path / "clip"), "--steps", "2", "--p", "1",
+            "--batch-size", "8", "--width", "32", "--device", "cpu", "--workers", "0",
+            "--shuffle-buffer", "4"]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "trained 2 steps on 150 pairs" in result.output

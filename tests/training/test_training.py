@@ -32,10 +32,12 @@ def test_p_is_the_probability_of_the_original_caption(p):
     rng = random.Random(0)
     pair = Pair("k", None, org="original words", re="a detailed recaption")
     draws = [choose_caption(pair, p, False, rng) for _ in range(5000)]
-    share = draws.count("original words") / len(draws)
+    share = draws.count(("original words", "original")) / len(draws)
     assert share == pytest.approx(p, abs=0.02)
-    assert choose_caption(pair, p, True, rng) == "original words a detailed recaption"
-    assert choose_caption(Pair("k", None, org="only", re=None), 0.0, False, rng) == "only"
+    originals = draws.count(("original words", "original"))
+    assert draws.count(("a detailed recaption", "recaption")) == len(draws) - originals
+    assert choose_caption(pair, p, True, rng) == ("original words a detailed recaption", "both")
+    assert choose_caption(Pair("k", None, org="only", re=None), 0.0, False, rng) == ("only", "fallback")
 
 
 @pytest.fixture(scope="module")
@@ -378,7 +380,7 @@ def test_wrong_inputs_of_train_and_eval_are_one_line(shapes, tmp_path, tiny_mode
         (["train-captioner", train, "-o", tmp_path / "f", "--stage2-field", "no_such_field", "--stage1-steps",
           1, *SMALL_CAPTIONER], ["--stage2-field no_such_field", "no sample"]),
         (["train-clip", train, "-o", tmp_path / "h", "--model", clip_folder, "--caption-field", "no_field",
-          "--device", "cpu"], ["--caption-field no_field", "no sample"]),
+          "--p", "1", "--device", "cpu"], ["--caption-field no_field", "no sample"]),
         (["eval-retrieval", clip_folder, shapes / "test", "--caption-field", "no_field", "--device", "cpu"],
          ["--caption-field no_field", "no sample"]),
         (["eval-retrieval", tmp_path / "no-clip", shapes / "test", "--device", "cpu"], ["no such folder"]),
@@ -400,5 +402,36 @@ def test_wrong_inputs_of_train_and_eval_are_one_line(shapes, tmp_path, tiny_mode
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
 def test_asking_for_cuda_without_a_gpu_is_one_line(shapes, tmp_path):
-    args = ["--caption-field", "description", "--steps", 1, "--device", "cuda"]
+    args = ["--caption-field", "description", "--p", 1, "--steps", 1, "--device", "cuda"]
     one_error_line(recap("train-clip", shapes / "train", "-o", tmp_path / "a", *args), "no CUDA GPU")
+
+
+def test_train_clip_on_an_export_trains_on_the_p_mix_it_reports(shapes, tmp_path):
+    """An export's .txt holds one caption; its .json both. train-clip with default options reads
+    the recaption from the .json (whatever the .txt holds), trains on the p=0.5 mix and says so;
+    plain shards with no recaption are refused for p < 1, in one line, before any training."""
+    import recaption
+    from recaption.readers import ColumnConfig, open_shard
+    from recaption.training.captions import offered, reader_fields
+
+    from ..quality.test_selection import row, write_output
+
+    tar = sorted((shapes / "train").glob("*.tar"))[0]
+    keys = [s.key for s in open_shard(str(tar))]
+    write_output(tmp_path / "captions", tar.stem, [row(k, re_caption=f"recaption of {k}") for k in keys],
+                 source=tar)
+    recaption.export(tmp_path / "captions", tmp_path / "wds", caption="org_caption")  # .txt: the alt-text
+    exported = list(open_shard(str(tmp_path / "wds" / f"{tar.stem}.tar"),
+                               ColumnConfig(extra=reader_fields(None))))
+    assert [offered(s) for s in exported] == [(f"alt text {k}", f"recaption of {k}") for k in keys]
+
+    result = recap("train-clip", tmp_path / "wds", "-o", tmp_path / "clip", "--steps", 3, "--batch-size", 16,
+                   "--width", 32, "--warmup", 1, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    used = json.loads((tmp_path / "clip" / "train_summary.json").read_text())["captions_trained_on"]
+    assert set(used) == {"original", "recaption"} and sum(used.values()) == 48, used
+    assert 0.25 < used["recaption"] / 48 < 0.75, used
+
+    plain = recap("train-clip", shapes / "train", "-o", tmp_path / "c2", "--steps", 1, "--device", "cpu")
+    one_error_line(plain, "p=0.5", "offers none", "--recaption-field", "--p 1")
+    assert not (tmp_path / "c2" / "train_summary.json").exists()

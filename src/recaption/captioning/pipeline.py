@@ -121,7 +121,7 @@ class _ShardInProgress:
         )
         self.stages["write"] += time.perf_counter() - started
         return ShardResult(name, source, DONE, rows, dict(self.counts), seconds, self.tokens,
-                           stage_seconds=dict(self.stages))
+                           stage_seconds=dict(self.stages), counts=dict(self.flags))
 
 
 def plan_shards(

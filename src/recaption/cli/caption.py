@@ -13,8 +13,9 @@ from rich.table import Table
 from ..config import CaptionConfig, ExecutorConfig, RunConfig
 from ..models.registry import CONDITIONAL_PROMPT, MODEL_FAMILIES, PAPER_PROMPT
 from ..readers import pattern_places
-from ..spine.contract import Step, holds_only, open_output
+from ..spine.contract import open_output
 from ..spine.errors import RecaptionError
+from ..steps.run import RUN
 from .common import clear_error, console, error_line, exit_code_of, print_caption_summary
 from .download import run_download_command
 
@@ -40,7 +41,7 @@ def run_caption_command(inputs: list[str], caption_cfg: CaptionConfig, run_cfg: 
         error_line(exc)
         return exit_code_of(exc)
     progress.stop()
-    code = print_caption_summary(summary, run_cfg.output)
+    code = print_caption_summary(summary, run_cfg.output, caption_cfg.model)
     if run_cfg.clip_model:
         from ..models.tiny_clip import builtin_clip_facts
 
@@ -106,9 +107,6 @@ def caption_cmd(
         settings = caption_settings(output, **options)
     code = run_caption_command(inputs, settings.caption, settings.run, settings.columns, settings.executor)
     raise typer.Exit(code)
-
-
-RUN = Step("run", recognise=holds_only("images", "captions"), always_recognise=True)
 
 
 def run_cmd(

@@ -4,6 +4,7 @@ user-error guard, and the run summaries."""
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from collections.abc import Callable
 from contextlib import contextmanager
 
@@ -70,8 +71,10 @@ def split_values(values: list[str] | None) -> list[str]:
     return [v.strip() for value in values or [] for v in value.split(",") if v.strip()]
 
 
-def print_caption_summary(summary, output: str) -> int:
-    """The table after `recap caption` (and `run`, `demo`); the exit code: 1 if a shard failed."""
+def print_caption_summary(summary, output: str, model: str | None = None) -> int:
+    """The table after `recap caption` (and `run`, `demo`); the exit code: 1 if a shard failed.
+    Beside the statuses, how many of this run's captions each quality flag marks (flags.py),
+    and a line when most of them are degenerate, naming the model that wrote them."""
     from rich.markup import escape
 
     from ..captioning.pipeline import DONE, SKIPPED
@@ -83,8 +86,23 @@ def print_caption_summary(summary, output: str) -> int:
     table.add_row("rows written", str(summary.rows))
     for status, n in sorted(summary.status_counts.items()):
         table.add_row(f"  rows with status {status}", str(n))
+    captioned = sum(r.status_counts.get("ok", 0) for r in summary.by_outcome(DONE))
+    flagged: Counter = Counter()
+    for r in summary.by_outcome(DONE):
+        flagged.update(r.counts)
+    for column, n in sorted(flagged.items()):
+        table.add_row(f"  captions flagged {column}", f"{n} of {captioned} ({n / captioned:.0%})")
     table.add_row("output", output)
     console.print(table)
+    junk = flagged.get("re_degenerate", 0)
+    if captioned and junk > captioned / 2:
+        console.print(
+            f"[yellow]warning:[/yellow] {junk} of the {captioned} captions written are degenerate (next to no words: "
+            f"{escape(str(model or 'the model'))} does not describe these images); see re_degenerate, and "
+            + ("use a real captioner (--model llava-hf/llava-1.5-7b-hf, docs/models.md): the built-in tiny model "
+               "knows only the shapes world" if model in (None, "tiny") else "check the model and its prompt"),
+            soft_wrap=True,
+        )
     bound = summary.bound_by()
     if bound:  # which stage limited this run: the loader or the model
         console.print(f"time: {escape(bound)}", soft_wrap=True)

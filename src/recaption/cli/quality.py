@@ -75,19 +75,19 @@ def judge_cmd(
 
 def report_cmd(
     output: Annotated[str, typer.Argument(help="An output folder of `recap caption`.")],
-    report: Annotated[str, typer.Option("--output", "-o", help="HTML file to write (local path or fsspec URL).")] = "report.html",
+    report: Annotated[str | None, typer.Option("--output", "-o", help="HTML file to write (local path or fsspec URL; default: OUTPUT/report.html, as recaption.report).")] = None,
     gallery: Annotated[int, typer.Option(help="Samples in the gallery.")] = 24,
     seed: Annotated[int, typer.Option(help="Chooses the gallery's samples.")] = 0,
 ) -> None:
     """Write one self-contained HTML report: the models, our numbers beside the paper's, statuses,
     failed rows, distributions, flags, a gallery."""
-    from ..quality.report import write_report
+    from ..api import report as write_report
 
     # A missing matplotlib / jinja2 (MissingDependencyError, a user error) is one line naming the
     # pip command (exit 2), not a traceback.
     with console.status("building the report"):
-        write_report(output, report, gallery, seed)
-    console.print(f"wrote {report}")
+        path = write_report(output, report, gallery, seed)
+    console.print(f"wrote {path}")
 
 
 def stats_cmd(

@@ -21,7 +21,6 @@ import torch
 from PIL import Image
 
 from ..training.data import Pair
-from ..training.inputs import TrainingInputError
 
 ORIGINAL, RECAPTION, DROPPED = "original", "recaption", "dropped"
 # A draw whose chosen caption the sample lacks uses the other one, and is counted apart, so a
@@ -74,12 +73,8 @@ class SquarePixels:
 
 
 def check_caption_sources(data: list[str], p: float, recaption_field: str | None) -> None:
-    """Refuse a mix the data cannot give, before streaming: p < 1 needs recaptions (a
-    --recaption-field, or `recap caption` output, whose rows all have one)."""
-    from ..training.stream_sources import is_caption_output
+    """Refuse a mix the data cannot give, before streaming (training/captions.check_mix, the
+    rule every trainer shares)."""
+    from ..training.captions import check_mix
 
-    if p < 1 and not recaption_field and not all(is_caption_output(item) for item in data):
-        raise TrainingInputError(
-            f"p={p} trains on recaptions {1 - p:.0%} of the time, but no sample in {', '.join(data)} has "
-            "one: give --recaption-field (the shapes world's shards: description) or `recap caption` output"
-        )
+    check_mix(data, p, recaption_field)

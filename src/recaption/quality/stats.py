@@ -137,8 +137,10 @@ def describe(values: list) -> dict | None:
     }
 
 
-def preference(pairs: list[tuple[float, float]]) -> dict | None:
-    """Per image: does the recaption score higher than the original, lower, or the same?"""
+def preference(pairs: list[tuple[float, float]], left_out: int = 0) -> dict | None:
+    """Per image: does the recaption score higher than the original, lower, or the same?
+    `left_out`: images with both scores whose recaption is degenerate (",,,," scores higher
+    than many alt-texts: counting it would call junk a win), said beside the shares."""
     if not pairs:
         return None
     n = len(pairs)
@@ -151,6 +153,7 @@ def preference(pairs: list[tuple[float, float]]) -> dict | None:
         "ties": n - re_higher - org_higher,
         "re_higher_share": re_higher / n,
         "org_higher_share": org_higher / n,
+        "left_out_degenerate": left_out,
     }
 
 
@@ -173,6 +176,8 @@ class OutputStats:
     judge_scores: dict[str, list[int]] = field(default_factory=lambda: {"re": [], "org": []})
     clip_pairs: list[tuple[float, float]] = field(default_factory=list)  # (re, org) per image
     judge_pairs: list[tuple[int, int]] = field(default_factory=list)
+    # Scored pairs left out of the preferences because the recaption is degenerate, by measure.
+    degenerate_pairs: Counter = field(default_factory=Counter)
     vocab: dict[str, Counter] = field(default_factory=lambda: {"re": Counter(), "org": Counter()})
     flag_counts: Counter = field(default_factory=Counter)
     ok_rows: int = 0
@@ -247,9 +252,9 @@ class OutputStats:
             "models": self.models(),
             "length": {k: describe(v) for k, v in self.lengths.items()},
             "clip_score": {k: describe(v) for k, v in self.clip_scores.items()},
-            "clip_preference": preference(self.clip_pairs),
+            "clip_preference": preference(self.clip_pairs, self.degenerate_pairs["clip_score"]),
             "judge_score": {k: describe(v) for k, v in self.judge_scores.items()},
-            "judge_preference": preference(self.judge_pairs),
+            "judge_preference": preference(self.judge_pairs, self.degenerate_pairs["gpt4v_score"]),
             "vocabulary": self.vocabulary_overlap,
             "flag_rates": self.flag_rates(),
             "failed_rows": {"count": self.failed, "listed": self.failed_rows},
@@ -311,7 +316,10 @@ def collect(output: str) -> OutputStats:
                     if value is not None:
                         values[which].append(value)
                 if pairs is not None and None not in both:
-                    pairs.append(both)
+                    if row.get("re_degenerate"):
+                        stats.degenerate_pairs[column] += 1
+                    else:
+                        pairs.append(both)
     return stats
 
 
@@ -388,6 +396,9 @@ def _scorer_lines(scores: dict, pref: dict | None, note: str | None, mean: tuple
         lines.append(Line(mean[0], mean_median(scores["re"]), mean_median(scores["org"]), *mean[1:], note))
     if pref:
         made_by = prefers[2](fmt(pref["n"]), count(pref["ties"], "tie"))
+        if pref.get("left_out_degenerate"):
+            made_by += (f"; {count(pref['left_out_degenerate'], 'image')} whose recaption is degenerate "
+                        "left out")
         share = pct(pref["re_higher_share"]), pct(pref["org_higher_share"])
         lines.append(Line(prefers[0], *share, prefers[1], made_by, note))
     return lines

@@ -25,17 +25,32 @@ EXPORT_MARK = "caption_source"  # a field every `recap export` .json has
 ORIGINAL, RECAPTION = "org_caption", "re_caption"
 
 
-def reader_fields(recaption_field: str | None) -> tuple[str, ...]:
-    """The json fields / columns a reader must hand over for `offered`."""
-    return tuple(dict.fromkeys(f for f in (EXPORT_MARK, ORIGINAL, RECAPTION, recaption_field) if f))
+def reader_fields(recaption_field: str | None, caption_field: str | None = None) -> tuple[str, ...]:
+    """The json fields / columns a reader must hand over for `offered` (and the named fields)."""
+    fields = (EXPORT_MARK, ORIGINAL, RECAPTION, recaption_field, caption_field)
+    return tuple(dict.fromkeys(f for f in fields if f))
 
 
-def offered(sample: Sample, recaption_field: str | None = None) -> tuple[str | None, str | None]:
-    """(original caption, recaption) of one sample, by the rule above."""
+def offered(sample: Sample, recaption_field: str | None = None,
+            caption_field: str | None = None) -> tuple[str | None, str | None]:
+    """(original caption, recaption) of one sample, by the rule above; a field the user named
+    (`caption_field`, read into sample.org_caption by the reader) wins over the export's."""
     extra = sample.extra
     if extra.get(EXPORT_MARK) is not None:
-        return as_text(extra.get(ORIGINAL)), as_text(extra.get(recaption_field or RECAPTION))
+        original = sample.org_caption if caption_field else as_text(extra.get(ORIGINAL))
+        return original, as_text(extra.get(recaption_field or RECAPTION))
     return sample.org_caption, as_text(extra.get(recaption_field)) if recaption_field else None
+
+
+def is_caption_output(path: str) -> bool:
+    """A `recap caption` output folder (parquet with re_caption beside .done markers)."""
+    import pyarrow.parquet as pq
+
+    folder = Path(path)
+    if not folder.is_dir() or not list(folder.glob("*.done")):
+        return False
+    first = next(iter(sorted(folder.glob("*.parquet"))), None)
+    return first is not None and "re_caption" in pq.read_schema(first).names
 
 
 def is_export(place: str) -> bool:
@@ -55,8 +70,6 @@ def is_export(place: str) -> bool:
 def has_recaptions(item: str, recaption_field: str | None) -> bool:
     """Whether DATA item offers recaptions without reading its samples: a named field, caption
     output, or an export."""
-    from .stream_sources import is_caption_output
-
     if recaption_field:
         return True  # checked on the samples themselves (require_fields)
     places = pattern_places([item])

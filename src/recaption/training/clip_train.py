@@ -16,18 +16,19 @@ from __future__ import annotations
 
 import logging
 import random
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from . import distributed
+from .captions import check_mix, is_caption_output
 from .checkpoints import save_final
 from .clips_recipe import clips_loss, clips_texts
 from .data import Pair, check_fields, image_text_pairs, recaptioned_pairs
 from .inputs import TrainingInputError, check_dual_encoder, load_start, require_counts
 from .loop import TrainLoop, finish_run, open_batches, resume, train_into, trainer_stream
-from .stream_sources import is_caption_output
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +73,16 @@ class ClipTrainConfig:
             raise ValueError("--concat is a recap-recipe setting; --recipe clips uses both captions already")
 
 
-def choose_caption(pair: Pair, p: float, concat: bool, rng: random.Random) -> str:
-    """The caption a sample trains with this time (falls back to whichever exists)."""
+def choose_caption(pair: Pair, p: float, concat: bool, rng: random.Random) -> tuple[str, str]:
+    """(the caption a sample trains with this time, where it came from: original, recaption,
+    both (--concat), or fallback: the drawn one is missing, so whichever exists)."""
     if concat:
-        return " ".join(t for t in (pair.org, pair.re) if t)
+        return " ".join(t for t in (pair.org, pair.re) if t), "both"
     use_original = rng.random() < p
     text = pair.org if use_original else pair.re
-    return text or pair.re or pair.org or ""
+    if text:
+        return text, "original" if use_original else "recaption"
+    return pair.re or pair.org or "", "fallback"
 
 
 def load_pairs(config: ClipTrainConfig) -> list[Pair]:
@@ -138,6 +142,8 @@ def train_clip(config: ClipTrainConfig) -> dict:
 def _train_clip(config: ClipTrainConfig, out: Path, resume_from: str | None) -> dict:
     from transformers import AutoImageProcessor, AutoModel, AutoTokenizer, get_cosine_schedule_with_warmup
 
+    if config.recipe == "clips" or not config.concat:
+        check_mix(config.data, 0.0 if config.recipe == "clips" else config.p, config.recaption_field)
     ranks = distributed.start(config.device)
     rank, device = ranks.rank, ranks.device
     if resume_from or config.model:
@@ -159,6 +165,8 @@ def _train_clip(config: ClipTrainConfig, out: Path, resume_from: str | None) -> 
         config.text_length, getattr(model.config.text_config, "max_position_embeddings", config.text_length)
     )
 
+    trained_on: Counter = Counter()  # which caption each trained sample had: the mix as it happened
+
     def step_loss(batch: dict) -> torch.Tensor:
         # the p draw (or the CLIPS partial recaption) happens here, with the trainer's RNG
         # (saved and restored with each checkpoint)
@@ -166,10 +174,10 @@ def _train_clip(config: ClipTrainConfig, out: Path, resume_from: str | None) -> 
             originals, partials = clips_texts(batch["org"], batch["re"], rng, config.partial_words)
             texts = originals + partials  # one forward: every image against both text sets
         else:
-            texts = [
-                choose_caption(Pair(key, None, org, re), config.p, config.concat, rng)
-                for key, org, re in zip(batch["keys"], batch["org"], batch["re"], strict=True)
-            ]
+            drawn = [choose_caption(Pair(key, None, org, re), config.p, config.concat, rng)
+                     for key, org, re in zip(batch["keys"], batch["org"], batch["re"], strict=True)]
+            texts = [text for text, _ in drawn]
+            trained_on.update(source for _, source in drawn)
         tokens = tokenizer(texts, padding=True, truncation=True, max_length=window, return_tensors="pt")
         tokens = tokens.to(device)
         output = trained(
@@ -184,7 +192,8 @@ def _train_clip(config: ClipTrainConfig, out: Path, resume_from: str | None) -> 
                      config.log_every, config.save_every, parts=lambda step: [model, tokenizer, processor],
                      extra=lambda: {"settings": clip_recipe(config)}, rng=rng)
     step = loop.run(batches, resumed.step, step_loss)
-    result = {"steps": step, "losses": loop.losses, "pairs": sum(s.samples for s in stream.shards)}
+    result = {"steps": step, "losses": loop.losses, "pairs": sum(s.samples for s in stream.shards),
+              "captions_trained_on": dict(sorted(trained_on.items()))}
     finish_run(ranks, batches, out, lambda: save_final(out, [model, tokenizer, processor]),
                {**result, "config": asdict(config)})
     return result

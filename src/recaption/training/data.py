@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from ..readers import ColumnConfig, ShardError, discover_shards
 from ..samples.images import decode_sample
 from ..spine.ledger import OutputDir
+from .captions import offered, reader_fields
 from .inputs import TrainingInputError
 
 
@@ -35,18 +36,19 @@ def image_text_pairs(
     recaption_field: str | None = None,
     max_side: int = 512,
 ) -> Iterator[Pair]:
-    extra = tuple(f for f in (label_field, recaption_field, caption_field) if f)
+    extra = reader_fields(recaption_field, caption_field) + ((label_field,) if label_field else ())
     columns = ColumnConfig(caption=caption_field, extra=extra)
     for shard in discover_shards(inputs, columns):
         try:
             for sample in shard:
                 decode_sample(sample, max_side=max_side)
                 if sample.ok:
+                    org, re = offered(sample, recaption_field, caption_field)  # training/captions.py
                     yield Pair(
                         sample.key,
                         sample.image,
-                        sample.org_caption,
-                        sample.extra.get(recaption_field) if recaption_field else None,
+                        org,
+                        re,
                         sample.extra.get(label_field) if label_field else None,
                         bool(caption_field) and sample.extra.get(caption_field) is not None,
                     )

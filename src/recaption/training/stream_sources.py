@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..readers import ColumnConfig, ShardError, discover_shards
-from ..readers.base import Shard, text_or_none
+from ..readers.base import Shard
+from .captions import is_caption_output, offered, reader_fields
 from .inputs import TrainingInputError
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class StreamShard:
     name: str | None = None
     part: int = 0  # records i with i % parts == part
     parts: int = 1
+    caption_field: str | None = None  # plain shards: the field the user named for the caption
 
     @property
     def label(self) -> str:
@@ -75,7 +77,8 @@ class StreamShard:
 
     def split(self, parts: int) -> list[StreamShard]:
         return [
-            StreamShard(self.shard, self.count, self.recaption_field, self.rows, self.name, p, parts)
+            StreamShard(self.shard, self.count, self.recaption_field, self.rows, self.name, p, parts,
+                        self.caption_field)
             for p in range(parts)
         ]
 
@@ -100,9 +103,9 @@ class StreamShard:
         label = self.label
         if self.rows is None:
             for sample in self.shard:
-                if sample.ok:
-                    re = sample.extra.get(self.recaption_field) if self.recaption_field else None
-                    yield Record(sample.key, sample.image_bytes, sample.org_caption, text_or_none(re), label)
+                if sample.ok:  # the captions it offers: training/captions.py, one rule for every trainer
+                    org, re = offered(sample, self.recaption_field, self.caption_field)
+                    yield Record(sample.key, sample.image_bytes, org, re, label)
             return
         rows = _ok_rows(self.rows, self.name)
         for sample in self.shard:
@@ -121,17 +124,6 @@ def _ok_rows(output: str, name: str) -> dict[str, tuple[str | None, str | None]]
 
 
 # ---- finding the shards and their counts ----
-
-
-def is_caption_output(path: str) -> bool:
-    """A `recap caption` output folder (parquet with re_caption beside .done markers)."""
-    import pyarrow.parquet as pq
-
-    folder = Path(path)
-    if not folder.is_dir() or not list(folder.glob("*.done")):
-        return False
-    first = next(iter(sorted(folder.glob("*.parquet"))), None)
-    return first is not None and "re_caption" in pq.read_schema(first).names
 
 
 def caption_output_shards(output: str) -> list[StreamShard]:
@@ -242,11 +234,12 @@ def stream_shards(
         else:
             plain.append(item)
     if plain:
-        extra = tuple(f for f in (recaption_field, caption_field) if f)
+        extra = reader_fields(recaption_field, caption_field)
         columns = ColumnConfig(caption=caption_field, extra=extra)
         counts = _Counts(Path(counts_folder) / COUNTS_FILE if counts_folder else None)
         shards = discover_shards(plain, columns, writes_by_name=False)  # two folders of 00000.tar: fine
-        found += [StreamShard(s, counts.count(s), recaption_field) for s in shards]
+        found += [StreamShard(s, counts.count(s), recaption_field, caption_field=caption_field)
+                  for s in shards]
         if save_counts:
             counts.save()
     if not any(s.count for s in found):
