@@ -372,8 +372,10 @@ def test_cli_trains_generates_and_evaluates(tmp_path):
     made = runner.invoke(app, ["generate", str(tmp_path / "dit"), "a large red circle in the top left",
                                "-o", str(tmp_path / "gen"), "--steps", "2"])
     assert made.exit_code == 0 and (tmp_path / "gen" / "00000.tar").exists(), made.output
-    scored = runner.invoke(app, ["eval-t2i", str(tmp_path / "gen")])
-    assert scored.exit_code == 0 and '"images": 1' in scored.output, scored.output
+    scored = runner.invoke(app, ["eval-t2i", str(tmp_path / "gen")])  # a table by default
+    assert scored.exit_code == 0 and "recap eval-t2i" in scored.output, scored.output
+    as_json = runner.invoke(app, ["eval-t2i", str(tmp_path / "gen"), "--json"])
+    assert as_json.exit_code == 0 and '"images": 1' in as_json.output, as_json.output
 
 
 # ---- what train-dit does with the inputs people have ----

@@ -385,7 +385,7 @@ def test_unreadable_samples_are_counted_and_warned_about(tmp_path, caplog):
     )
     warned = [r.getMessage() for r in caplog.records if "not scored" in r.getMessage()]
     assert len(warned) == 1 and "2 sample(s)" in warned[0] and "00000.tar b" in warned[0], warned
-    result = invoke("eval-t2i", tmp_path, "--device", "cpu")
+    result = invoke("eval-t2i", tmp_path, "--device", "cpu", "--json")
     assert result.exit_code == 0 and '"unreadable": 2' in result.output, result.output
 
 
@@ -414,7 +414,7 @@ def test_max_images_below_1_is_refused(gen, value):
 
 def test_two_generate_folders_with_the_same_shard_names_are_read_together(model, gen, tmp_path):
     generate(model, ["a green diamond"], tmp_path / "g2", **FAST)
-    result = invoke("eval-t2i", gen, tmp_path / "g2", "--device", "cpu")
+    result = invoke("eval-t2i", gen, tmp_path / "g2", "--device", "cpu", "--json")
     assert result.exit_code == 0 and '"images": 3' in result.output, result.output
     only_error_line(invoke("eval-t2i", gen / "00000.tar", gen / "00000.tar"), "given twice")
 

@@ -7,6 +7,7 @@ error (RecaptionError) raised anywhere under it is one red line and exit code 2.
 from __future__ import annotations
 
 import typer
+from typer.core import TyperCommand
 
 from .caption import caption_cmd, convert_llava_cmd, models_cmd, run_caption_command, run_cmd
 from .common import user_errors
@@ -48,8 +49,28 @@ COMMANDS = {
     "convert-llava": convert_llava_cmd,
     "models": models_cmd,
 }
+# What each positional argument is, as usage shows it (`recap score [OPTIONS] CAPTIONS`); typer
+# would print its parameter name in braces.
+METAVARS = {"inputs": "INPUTS", "output": "CAPTIONS", "data": "DATA", "model": "MODEL", "prompts": "PROMPTS",
+            "generated": "GENERATED", "src": "SRC", "dst": "DST"}
+PER_COMMAND = {("download", "inputs"): "METADATA", ("run", "inputs"): "METADATA"}
+
+
+class _RecapCommand(TyperCommand):
+    """A typer command whose positional arguments show a name in capitals (INPUTS..., CAPTIONS),
+    where typer shows the parameter's name in braces (`{output}`)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if hasattr(param, "_usage_display_name"):  # typer's argument class (its own click's)
+                name = PER_COMMAND.get((self.name, param.name), METAVARS.get(param.name, param.name.upper()))
+                shown = name + ("..." if param.nargs != 1 else "")
+                param._usage_display_name = param._rich_display_name = lambda shown=shown: shown
+
+
 for _name, _command in COMMANDS.items():
-    app.command(_name)(user_errors(_command))
+    app.command(_name, cls=_RecapCommand)(user_errors(_command))
 
 
 def _stop_on_sigterm() -> None:

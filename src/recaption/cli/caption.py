@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -95,12 +94,11 @@ def caption_cmd(
     score: Annotated[bool, typer.Option(help="Also fill the CLIP-score columns in the same pass (images decoded once).")] = False,
     clip_model: Annotated[str, typer.Option(help="CLIP for --score: hub id, local folder, open_clip:FOLDER or open_clip:ARCH:PRETRAINED, or tiny-clip (built in).")] = "openai/clip-vit-large-patch14",
     clip_long_text: Annotated[str, typer.Option(help="--score: captions longer than the CLIP's text window: truncate or chunk (sentences packed into windows, embeddings averaged).")] = "truncate",
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show info lines and the libraries' warnings and progress bars.")] = False,
 ) -> None:
     """Caption every image of INPUTS into one Recap-DataComp-1B-schema parquet per shard."""
     # The options as typer parsed them, by name: the one way flags become settings (caption_settings).
     options = {k: v for k, v in ctx.params.items() if k not in ("inputs", "output", "verbose")}
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
     from ..config import caption_settings
 
     with clear_error(ValueError):  # a wrong value: one line naming it, exit 2
@@ -183,7 +181,6 @@ def convert_llava_cmd(
     allow_pickle: Annotated[bool, typer.Option(help="Accept pickle checkpoints (.bin); pickle can run code when loaded.")] = False,
 ) -> None:
     """Convert a LLaVA-repo checkpoint into a transformers model folder that `recap caption --model` loads."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     from ..models.convert_llava import convert_llava
 
     out = convert_llava(src, dst, vision_tower, tokenizer, allow_pickle)  # ConversionError: a user error

@@ -4,6 +4,7 @@ user-error guard, and the run summaries."""
 from __future__ import annotations
 
 import functools
+import logging
 from collections import Counter
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -54,14 +55,62 @@ def clear_error(*errors: type[Exception]):
         raise typer.Exit(exit_code_of(exc)) from exc
 
 
+# Commands whose own progress lines are info-level logs (the trainers' steps, the converter).
+TALKATIVE = {"train_clip_cmd", "train_captioner_cmd", "train_dit_cmd", "convert_llava_cmd"}
+# Libraries whose warnings and progress bars are chatter to a user of recap (shown with -v).
+THIRD_PARTY = ("transformers", "datasets", "torch", "urllib3", "filelock", "fsspec", "PIL", "ray", "httpx",
+               "huggingface_hub", "diffusers", "accelerate", "matplotlib", "asyncio")
+
+
+class _Lines(logging.Formatter):
+    """`warning: message` (the level in words, no logger name): one formatter for every command."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = super().format(record)
+        return message if record.levelno == logging.INFO else f"{record.levelname.lower()}: {message}"
+
+
+def configure_logging(verbose: bool = False, talkative: bool = False) -> None:
+    """One handler for every command: recaption's warnings as `warning: ...` lines (its info lines
+    too with -v, or for commands that report progress so); third-party libraries' warnings and
+    progress bars silenced unless -v."""
+    import os
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(_Lines("%(message)s"))
+    handler.setLevel(logging.INFO if verbose or talkative else logging.WARNING)
+    root = logging.getLogger()
+    # Ours replaces ours (a second command in one process); others' handlers (pytest's) stay.
+    root.handlers[:] = [h for h in root.handlers if not isinstance(h.formatter, _Lines)] + [handler]
+    if verbose or talkative:
+        logging.getLogger("recaption").setLevel(logging.INFO)
+    for name in THIRD_PARTY:
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
+    if not verbose:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' "Loading weights" bars
+
+
 def user_errors(command: Callable) -> Callable:
     """A command whose user errors (RecaptionError), wherever raised under it, end it with one
-    line and exit code 2. Signature, annotations and docstring stay the command's, for typer."""
+    line and exit code 2; its logging set up the one way (configure_logging); Ctrl-C or SIGTERM
+    ending it with a line saying what is kept. Signature, annotations and docstring stay the
+    command's, for typer."""
 
     @functools.wraps(command)
     def guarded(*args, **kwargs):
-        with clear_error():
-            return command(*args, **kwargs)
+        configure_logging(bool(kwargs.get("verbose")), command.__name__ in TALKATIVE)
+        try:
+            with clear_error():
+                return command(*args, **kwargs)
+        except KeyboardInterrupt as exc:
+            console.print(
+                f"[yellow]stopped[/yellow] ({exc or 'interrupted'}): finished shards and checkpoints are kept, "
+                "the one being written was discarded; rerun the same command to resume",
+                soft_wrap=True,
+            )
+            raise typer.Exit(130) from None
 
     return guarded
 
@@ -147,3 +196,25 @@ def print_download_summary(summary, config) -> int:
     for r in summary.failed:
         failed_line(f"shard {r.name}: {r.error}")
     return 1 if summary.failed else 0
+
+
+def print_result(result: dict, as_json: bool, title: str) -> None:
+    """A command's result: a table of its numbers by default (nested keys joined with `.`,
+    floats to 4 significant digits, lists by length), or all of it as JSON with --json."""
+    import json
+
+    if as_json:
+        console.print(json.dumps(result, indent=2, default=str), soft_wrap=True, markup=False)
+        return
+    table = Table(title=title, show_header=False)
+    for key, value in _flat(result):
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    console.print(table)
+
+
+def _flat(value, prefix: str = "") -> list[tuple[str, object]]:
+    if isinstance(value, dict):
+        return [row for k, v in value.items() for row in _flat(v, f"{prefix}{k}.")]
+    if isinstance(value, (list, tuple)):
+        return [(prefix.rstrip("."), f"{len(value)} items (--json lists them)")]
+    return [(prefix.rstrip("."), value)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated
 
 import typer
@@ -38,10 +37,9 @@ def download_cmd(
     overwrite: Annotated[bool, typer.Option(help="Redo shards that are already complete.")] = False,
     executor: Annotated[str, typer.Option(help="local (this process) or ray (Ray tasks across a cluster; same output).")] = "local",
     ray_address: Annotated[str | None, typer.Option(help="With --executor ray: the cluster to join ('auto', ray://host:10001); default: a local Ray.")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show info lines and the libraries' warnings and progress bars.")] = False,
 ) -> None:
     """Download URL metadata into image shards in img2dataset's layout (tar + parquet + stats)."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
     from ..downloads import DownloadConfig
     from ..downloads.config import DEFAULT_DISALLOWED
 

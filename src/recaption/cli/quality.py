@@ -14,7 +14,7 @@ def score_cmd(
     output: Annotated[str, typer.Argument(help="An output folder of `recap caption`.")],
     clip_model: Annotated[str, typer.Option(help="CLIP / SigLIP / long-text CLIP: a hub id (default: the paper's CLIP ViT-L/14; "
                                             "used from the local Hugging Face cache when it is there), a local model folder, "
-                                            "open_clip:FOLDER or open_clip:ARCH:PRETRAINED (open_clip models; needs recaption[vision]), "
+                                            "open_clip:FOLDER or open_clip:ARCH:PRETRAINED (open_clip models; needs recaption\\[vision]), "
                                             "or tiny-clip (built in; shapes world only, its scores mean nothing for photos).")] = "openai/clip-vit-large-patch14",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per CLIP batch.")] = 64,

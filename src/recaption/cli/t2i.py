@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import logging
 from typing import Annotated
 
 import typer
 
-from .common import clear_error, console
+from .common import clear_error, console, print_result
 
 
 def train_dit_cmd(
@@ -39,7 +37,6 @@ def train_dit_cmd(
     """Train a text-conditioned diffusion transformer (diffusers' PixArt blocks) on a mix of
     original captions and recaptions."""
     options = dict(locals())  # every option is a DitTrainConfig field of the same name
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     from ..dit.train import DitTrainConfig, train_dit
 
     with clear_error(ValueError):
@@ -78,6 +75,7 @@ def generate_cmd(
     sampler: Annotated[str, typer.Option(help="ddim, dpm (DPM-Solver++) or ddpm.")] = "ddim",
     overwrite: Annotated[bool, typer.Option(help="Replace the shards of an earlier recap generate in --output (a folder holding generate.json; never other data).")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of a table.")] = False,
 ) -> None:
     """Generate images from prompts with a trained Recap-DiT, plus a contact sheet."""
     from ..dit.generate import generate, looks_like_prompt_file
@@ -105,8 +103,7 @@ def generate_cmd(
         finally:
             if bar is not None:
                 bar.stop()
-    console.print(json.dumps({k: v for k, v in result.items() if not isinstance(v, (list, dict))}), soft_wrap=True,
-                  markup=False)
+    print_result(result, as_json, "recap generate")
 
 
 def eval_t2i_cmd(
@@ -116,6 +113,7 @@ def eval_t2i_cmd(
     feature_model: Annotated[str | None, typer.Option(help="Encoder whose image features the Frechet distance uses (default: --clip-model's; never Inception).")] = None,
     max_images: Annotated[int | None, typer.Option(help="Read at most this many images (at least 1; default: all).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON instead of a table.")] = False,
 ) -> None:
     """Prompt alignment of generated images: the shapes-world checker (no model), CLIP score,
     and a Frechet distance to reference images in a named encoder's feature space."""
@@ -126,4 +124,4 @@ def eval_t2i_cmd(
             raise ValueError("--feature-model is for the Frechet distance, which needs --reference images")
         report = eval_t2i(generated, reference, clip_model=clip_model, feature_model=feature_model,
                           max_images=max_images, device=device)
-    console.print(json.dumps(report, indent=2, default=str), soft_wrap=True, markup=False)
+    print_result(report, as_json, "recap eval-t2i")

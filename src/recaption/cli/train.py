@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from .common import clear_error, console
+from .common import clear_error, console, print_result
 
 
 def shapes_cmd(
@@ -53,7 +52,6 @@ def train_clip_cmd(
 ) -> None:
     """Train CLIP contrastively on a mix of original captions and recaptions (Recap-CLIP, or the CLIPS recipe)."""
     options = dict(locals())  # every option is a ClipTrainConfig field of the same name
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     from ..training.clip_train import ClipTrainConfig, train_clip
 
     try:
@@ -85,7 +83,6 @@ def train_captioner_cmd(
 ) -> None:
     """Train a captioner with the LLaVA-1.5 recipe (stage 1 projector, stage 2 projector + LM; vision frozen)."""
     options = dict(locals())  # every option is a CaptionerTrainConfig field of the same name
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     from ..training.captioner_train import CaptionerTrainConfig, train_captioner
 
     try:
@@ -105,15 +102,15 @@ def eval_captioner_cmd(
     seed: Annotated[int, typer.Option(help="World seed.")] = 0,
     start: Annotated[int, typer.Option(help="First sample index (keep it outside the training range).")] = 200_000,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of a table.")] = False,
 ) -> None:
     """Share of objects described with the right colour and shape, and a CHAIR-style hallucination rate."""
-    import json
 
     from ..training.caption_eval import evaluate_captioner
 
     with clear_error(ValueError):
         result = evaluate_captioner(model, images, seed, start, device)
-    console.print_json(json.dumps(result))
+    print_result(result, as_json, "recap eval-captioner")
 
 
 def eval_retrieval_cmd(

@@ -1,0 +1,65 @@
+"""One command-line convention over every command: usage names what each positional is (no
+braces), every option has help, machine output behind --json, and an interrupted run says what it
+kept and that a rerun resumes."""
+
+from __future__ import annotations
+
+import re
+
+import typer
+from typer.testing import CliRunner
+
+from recaption.cli import COMMANDS, app
+
+
+def _commands():
+    return typer.main.get_command(app).commands
+
+
+def test_usage_names_positionals_in_capitals_and_every_option_has_help():
+    runner = CliRunner()
+    for name, command in _commands().items():
+        usage = runner.invoke(app, [name, "--help"], env={"COLUMNS": "200"}).output
+        line = next(line for line in usage.splitlines() if "Usage:" in line)
+        assert "{" not in line and "}" not in line, (name, line)
+        shown = re.findall(r"\[OPTIONS\]\s+(.*)$", line.strip())
+        for word in (shown[0].split() if shown else []):
+            assert word.rstrip(".").isupper(), (name, line)
+        for param in command.params:
+            if param.param_type_name == "option" and param.name != "help":
+                assert (param.help or "").strip(), f"recap {name} {param.opts[0]} has no help text"
+
+
+def test_commands_that_print_results_offer_json():
+    for name in ("stats", "eval-retrieval", "eval-captioner", "eval-t2i", "generate"):
+        options = {o for p in _commands()[name].params for o in p.opts}
+        assert "--json" in options, name
+
+
+def test_an_interrupted_command_says_what_it_kept_and_that_a_rerun_resumes(monkeypatch, tmp_path):
+    import recaption.steps.filter as filtering
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt("stopped by signal 15")
+
+    monkeypatch.setattr(filtering, "filter_output", interrupted)
+    result = CliRunner().invoke(app, ["filter", str(tmp_path), "--where", "true", "-o", str(tmp_path / "k")])
+    assert result.exit_code == 130
+    said = " ".join(result.output.split())
+    assert "stopped (stopped by signal 15)" in said and "rerun the same command to resume" in said
+    assert "Traceback" not in result.output and set(COMMANDS) == set(_commands())
+
+
+def test_warnings_are_one_formatted_line_and_third_party_chatter_is_quiet(tmp_path):
+    import logging
+
+    from recaption.cli.common import configure_logging
+
+    configure_logging(verbose=False)
+    handler = logging.getLogger().handlers[-1]
+    record = logging.LogRecord("recaption.readers", logging.WARNING, __file__, 1, "a folder note", None, None)
+    assert handler.format(record) == "warning: a folder note"
+    assert logging.getLogger("transformers").getEffectiveLevel() == logging.ERROR
+    configure_logging(verbose=True)
+    assert logging.getLogger("transformers").getEffectiveLevel() == logging.INFO
+    configure_logging(verbose=False)
