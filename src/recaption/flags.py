@@ -18,7 +18,9 @@ re_degenerate: the caption says next to nothing: empty, too few words, or mostly
   letters and digits are under 50% of the caption's non-space characters. Null when the row has
   no caption (a failed row); `""` on an ok row is degenerate. A real recaption is dozens of words
   of mostly letters; a 2-word caption is no detailed description whatever it says.
-re_truncated (from generation, not here): stopped at max_new_tokens.
+re_truncated (from generation, not here): stopped at max_new_tokens, or (transformers engine)
+  early on a run of one token repeated LOOP_RUN times (",,,,", "a a a a"): a loop never becomes a
+  caption, so it does not spend the whole budget; its text flags say what it was.
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ class Flag:
 
 
 CAPTION_FLAGS = (
-    Flag("truncated", "generation stopped at max_new_tokens"),
+    Flag("truncated", "generation stopped at max_new_tokens, or early on a loop of one token"),
     Flag("repetition", ">= 30% of the caption's word 4-grams repeat an earlier one (a greedy loop)",
          is_repetitive),
     Flag("boilerplate", 'opens with a stock phrase ("The image shows...", "In this picture...")',

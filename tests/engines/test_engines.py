@@ -411,3 +411,30 @@ def test_an_endpoint_with_a_query_keeps_it_after_the_path(endpoint, expected):
     from recaption.engines.openai_engine import chat_completions_url
 
     assert chat_completions_url(endpoint) == expected
+
+
+def test_a_run_of_one_token_stops_its_caption_early_and_says_so(tmp_path, captioner):
+    """A captioner stuck on one token (",,,," on photos it cannot read) stops after LOOP_RUN of
+    them instead of spending the whole budget: truncated, flagged by its text, and the tokens
+    counted are those generated."""
+    from recaption.engines.transformers_engine import LOOP_RUN, loop_end, stop_on_token_run
+
+    assert loop_end([1, 2, *[5] * LOOP_RUN, 6]) == 2 + LOOP_RUN and loop_end([1, 2, 1, 2] * 20) is None
+    ids = torch.tensor([[9, 9, *[4] * LOOP_RUN], [9, 9, *range(LOOP_RUN)]])
+    assert stop_on_token_run(2)(ids, None).tolist() == [True, False]
+
+    comma = captioner.processor.tokenizer.convert_tokens_to_ids(",")
+    lm_head = captioner.model.get_output_embeddings()
+    hook = lm_head.register_forward_hook(lambda module, args, out: out.index_add(
+        -1, torch.tensor([comma]), torch.full((*out.shape[:-1], 1), 1e4, dtype=out.dtype)))
+    try:
+        shards = write_shards(tmp_path / "in", n_shards=1, per_shard=3)
+        config = CaptionConfig(model=captioner.config.model, max_new_tokens=64, batch_size=3)
+        pipeline = CaptionPipeline(config, RunConfig(output=str(tmp_path / "out")), captioner)
+        pipeline.run(discover_shards(shards))
+    finally:
+        hook.remove()
+    rows = pq.read_table(tmp_path / "out" / "00000.parquet").to_pylist()
+    assert all(r["re_truncated"] and r["re_degenerate"] for r in rows), rows
+    stats = json.loads((tmp_path / "out" / "00000_stats.json").read_text())
+    assert stats["tokens_generated"] == 3 * LOOP_RUN, "stopped at the loop, not at max_new_tokens (64)"

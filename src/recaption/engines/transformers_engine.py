@@ -251,6 +251,7 @@ class TransformersCaptioner(Engine):
 
     def _generate_rows(self, inputs, decoding: Decoding) -> list[Generation]:
         import torch
+        from transformers import StoppingCriteriaList
 
         inputs = inputs.to(self.device, non_blocking=True)
         if "pixel_values" in inputs:
@@ -267,23 +268,61 @@ class TransformersCaptioner(Engine):
             kwargs.update(do_sample=True, top_k=decoding.top_k, temperature=1.0, top_p=1.0)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        with torch.inference_mode():
-            output = self.model.generate(**inputs, **kwargs)
         # A decoder-only model's output starts with its prompt; an encoder-decoder's with the
         # decoder's start token(s) only (the prompt went to the encoder).
         if self.encoder_decoder:
             prompt = inputs["decoder_input_ids"].shape[1] if "decoder_input_ids" in inputs else 1
         else:
             prompt = inputs["input_ids"].shape[1]
+        kwargs["stopping_criteria"] = StoppingCriteriaList([stop_on_token_run(prompt)])
+        with torch.inference_mode():
+            output = self.model.generate(**inputs, **kwargs)
         new_tokens = output[:, prompt:].tolist()
         return [self._finish(row, decoding.max_new_tokens) for row in new_tokens]
 
     def _finish(self, tokens: list[int], max_new_tokens: int) -> Generation:
         end = next((i for i, t in enumerate(tokens) if t in self.eos_ids), None)
+        looped = loop_end(tokens if end is None else tokens[:end])
+        if looped is not None:  # stopped early on a run of one token: cut there, not at the budget
+            text = self.processor.tokenizer.decode(tokens[:looped], skip_special_tokens=True).strip()
+            return Generation(text=text, num_tokens=looped, truncated=True)
         kept = tokens if end is None else tokens[:end]
         text = self.processor.tokenizer.decode(kept, skip_special_tokens=True).strip()
         truncated = end is None and len(tokens) >= max_new_tokens
         return Generation(text=text, num_tokens=len(tokens) if end is None else end + 1, truncated=truncated)
+
+
+# One token this many times in a row is a loop, never a caption (",,,,", "a a a a"): generation of
+# that caption stops there instead of spending the whole max_new_tokens budget. The caption keeps
+# the loop's start, marked truncated; its text flags (degenerate, repetition) say what it is.
+LOOP_RUN = 16
+
+
+def loop_end(tokens: list[int]) -> int | None:
+    """Where the first run of LOOP_RUN identical tokens ends, or None."""
+    run = 0
+    for i, token in enumerate(tokens):
+        run = run + 1 if i and token == tokens[i - 1] else 1
+        if run >= LOOP_RUN:
+            return i + 1
+    return None
+
+
+def stop_on_token_run(prompt_length: int):
+    """A transformers stopping criterion: a row is done once its last LOOP_RUN new tokens are one
+    token (per row: the others of the batch go on)."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class StopOnTokenRun(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            new = input_ids[:, prompt_length:]
+            if new.shape[1] < LOOP_RUN:
+                return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            tail = new[:, -LOOP_RUN:]
+            return (tail == tail[:, :1]).all(dim=1)
+
+    return StopOnTokenRun()
 
 
 ENGINE = TransformersCaptioner
