@@ -232,6 +232,9 @@ class _StandInVLLM:
             self.processor = AutoProcessor.from_pretrained(model)
             self.model = LlavaForConditionalGeneration.from_pretrained(model).eval()
 
+        def get_tokenizer(self):
+            return self.processor.tokenizer
+
         def generate(self, prompts, sampling_params=None, *, use_tqdm=True):
             _StandInVLLM.calls.append((prompts, sampling_params))
             outputs = []
@@ -417,7 +420,8 @@ def test_a_run_of_one_token_stops_its_caption_early_and_says_so(tmp_path, captio
     """A captioner stuck on one token (",,,," on photos it cannot read) stops after LOOP_RUN of
     them instead of spending the whole budget: truncated, flagged by its text, and the tokens
     counted are those generated."""
-    from recaption.engines.transformers_engine import LOOP_RUN, loop_end, stop_on_token_run
+    from recaption.engines.base import LOOP_RUN, loop_end
+    from recaption.engines.transformers_engine import stop_on_token_run
 
     assert loop_end([1, 2, *[5] * LOOP_RUN, 6]) == 2 + LOOP_RUN and loop_end([1, 2, 1, 2] * 20) is None
     ids = torch.tensor([[9, 9, *[4] * LOOP_RUN], [9, 9, *range(LOOP_RUN)]])

@@ -92,3 +92,19 @@ def batch_rows(inputs) -> int:
     if isinstance(inputs, list):
         return len(inputs)
     return int(inputs["input_ids"].shape[0])
+
+
+# One token this many times in a row is a loop, never a caption (",,,,", "a a a a"): generation of
+# that caption stops there instead of spending the whole max_new_tokens budget. The caption keeps
+# the loop's start, marked truncated; its text flags (degenerate, repetition) say what it is.
+LOOP_RUN = 16
+
+
+def loop_end(tokens: list[int]) -> int | None:
+    """Where the first run of LOOP_RUN identical tokens ends, or None."""
+    run = 0
+    for i, token in enumerate(tokens):
+        run = run + 1 if i and token == tokens[i - 1] else 1
+        if run >= LOOP_RUN:
+            return i + 1
+    return None

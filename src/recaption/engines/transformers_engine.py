@@ -16,7 +16,7 @@ from ..models.processors import load_processor
 from ..models.registry import ModelFamily, family_for
 from ..passes import Decoding
 from ..preprocess import FastClipPreprocessor, FastImageProcessor, FastQwenVLPreprocessor
-from .base import Engine, Generation, Preparer, batch_rows
+from .base import LOOP_RUN, Engine, Generation, Preparer, batch_rows, loop_end
 
 log = logging.getLogger(__name__)
 
@@ -290,22 +290,6 @@ class TransformersCaptioner(Engine):
         text = self.processor.tokenizer.decode(kept, skip_special_tokens=True).strip()
         truncated = end is None and len(tokens) >= max_new_tokens
         return Generation(text=text, num_tokens=len(tokens) if end is None else end + 1, truncated=truncated)
-
-
-# One token this many times in a row is a loop, never a caption (",,,,", "a a a a"): generation of
-# that caption stops there instead of spending the whole max_new_tokens budget. The caption keeps
-# the loop's start, marked truncated; its text flags (degenerate, repetition) say what it is.
-LOOP_RUN = 16
-
-
-def loop_end(tokens: list[int]) -> int | None:
-    """Where the first run of LOOP_RUN identical tokens ends, or None."""
-    run = 0
-    for i, token in enumerate(tokens):
-        run = run + 1 if i and token == tokens[i - 1] else 1
-        if run >= LOOP_RUN:
-            return i + 1
-    return None
 
 
 def stop_on_token_run(prompt_length: int):

@@ -18,7 +18,7 @@ from ..config import CaptionConfig
 from ..models.loading import load_error, resolve_model
 from ..models.registry import ModelFamily, family_for
 from ..passes import Decoding
-from .base import Engine, Generation, Preparer
+from .base import Engine, Generation, Preparer, loop_end
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +92,16 @@ class VLLMCaptioner(Engine):
         outputs = self.llm.generate(inputs, sampling_params=params, use_tqdm=False)
         return [self._finish(out) for out in outputs]
 
-    @staticmethod
-    def _finish(request_output) -> Generation:
+    def _finish(self, request_output) -> Generation:
         completion = request_output.outputs[0]
+        tokens = list(completion.token_ids)
+        looped = loop_end(tokens)
+        if looped is not None:  # the same cut as the transformers engine's early stop (base.LOOP_RUN)
+            text = self.llm.get_tokenizer().decode(tokens[:looped], skip_special_tokens=True).strip()
+            return Generation(text=text, num_tokens=len(tokens), truncated=True)
         return Generation(
             text=completion.text.strip(),
-            num_tokens=len(completion.token_ids),
+            num_tokens=len(tokens),
             truncated=completion.finish_reason == "length",
         )
 
