@@ -435,3 +435,13 @@ def test_train_clip_on_an_export_trains_on_the_p_mix_it_reports(shapes, tmp_path
     plain = recap("train-clip", shapes / "train", "-o", tmp_path / "c2", "--steps", 1, "--device", "cpu")
     one_error_line(plain, "p=0.5", "offers none", "--recaption-field", "--p 1")
     assert not (tmp_path / "c2" / "train_summary.json").exists()
+
+
+def test_retrieval_recalls_are_exact_shares_not_float32_noise():
+    from recaption.training.retrieval import recall_at_k
+
+    similarity = torch.eye(100)
+    similarity[:27] = torch.rand(27, 100) * 0.5  # 27 images whose own text is not first
+    similarity[torch.arange(27), torch.arange(27)] = 0.0
+    recalls = recall_at_k(similarity)
+    assert recalls["image_to_text_R@1"] == 0.73 and isinstance(recalls["image_to_text_R@1"], float)
