@@ -679,3 +679,32 @@ def test_url_secrets_are_fetched_with_but_never_stored(tmp_path):
     for secret in (b"s3cr3tpw", b"t0k3n", b"S1G", b"bob"):
         assert secret not in everything
     assert pq.read_table(tmp_path / "kept" / "00000.parquet").column("url").to_pylist()[0] == secret_url
+
+
+@pytest.mark.parametrize("key_format", ["id", "url"])
+def test_keys_that_survive_resharding_join_two_downloads_back(tmp_path, key_format):
+    """The same metadata downloaded with two shard sizes: img2dataset keys differ, id and url keys
+    are the same sample for sample; the id column is kept in every row."""
+    with ImageServer() as server:
+        rows = [{"url": f"{server.url}/img/{i % 8}.jpg?n={i}", "text": f"photo {i}", "uid": f"u{i:03d}"}
+                for i in range(10)]
+        rows[4]["uid"] = None  # a row without an id: keyed by its position, saying so
+        meta = write_metadata(tmp_path / "urls.parquet", rows)
+        for size in (3, 7):
+            download([meta], config(tmp_path / f"s{size}", shard_size=size, extra_cols=[], sha256_col=None,
+                                    key_format=key_format))
+
+    def by_key(folder) -> dict[str, str]:
+        found = {}
+        for parquet in sorted(folder.glob("*.parquet")):
+            for r in pq.read_table(parquet).to_pylist():
+                found[r["key"]] = r["caption"]
+        return found
+
+    three, seven = by_key(tmp_path / "s3"), by_key(tmp_path / "s7")
+    stable = {k: v for k, v in three.items() if not k.startswith("row-")}
+    assert len(stable) == (9 if key_format == "id" else 10)
+    assert all(seven.get(k) == v for k, v in stable.items())
+    if key_format == "id":
+        kept = pq.read_table(tmp_path / "s3" / "00000.parquet").column("uid").to_pylist()
+        assert "u000" in three and kept[0] == "u000"

@@ -32,6 +32,8 @@ def download_cmd(
     max_bytes: Annotated[int, typer.Option(help="Largest response body accepted.")] = 32 * 1024 * 1024,
     respect_opt_out: Annotated[bool, typer.Option(help="Skip images whose X-Robots-Tag says noai, noimageai, noindex, noimageindex or none.")] = True,
     allow_private_network: Annotated[bool, typer.Option(help="Allow hosts that resolve to private, loopback or link-local addresses.")] = False,
+    key_format: Annotated[str, typer.Option(help="Keys: img2dataset (shard and position, as img2dataset names them), id (the --id-col value of each row: stable when you reshard) or url (a hash of the URL: stable too).")] = "img2dataset",
+    id_col: Annotated[str, typer.Option(help="--key-format id: the column naming each row (DataComp: uid); kept in every row and .json.")] = "uid",
     keep_url_secrets: Annotated[bool, typer.Option(help="Store URLs as given, credentials and signed query values included (by default rows and .json files keep them without userinfo, with token/sig/key/X-Amz-* values masked; the fetch always uses the full URL).")] = False,
     retry_failed: Annotated[bool, typer.Option(help="In complete shards, fetch again the rows that failed for a transient reason, and merge them in.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Redo shards that are already complete.")] = False,
@@ -51,7 +53,7 @@ def download_cmd(
             retries=retries, concurrency=concurrency, per_host_concurrency=per_host_concurrency,
             user_agent=user_agent, max_bytes=max_bytes, allow_private_network=allow_private_network,
             disallowed_directives=DEFAULT_DISALLOWED if respect_opt_out else (), overwrite=overwrite,
-            retry_failed=retry_failed, keep_url_secrets=keep_url_secrets,
+            retry_failed=retry_failed, keep_url_secrets=keep_url_secrets, key_format=key_format, id_col=id_col,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc

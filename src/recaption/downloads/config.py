@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from ..samples.images import DEFAULT_MAX_PIXELS
 
 RESIZE_MODES = ("none", "keep_ratio", "center_crop", "border")
+# How a row's key is made: img2dataset's (shard number and position: changes when the shard size
+# does), the row's own id (`id_col`), or a hash of its URL; the last two survive resharding.
+KEY_FORMATS = ("img2dataset", "id", "url")
 FORMATS = ("jpg", "png", "webp", "keep")
 # img2dataset's default opt-out directives, plus "none" (= noindex, nofollow).
 DEFAULT_DISALLOWED = ("noai", "noimageai", "noindex", "noimageindex", "none")
@@ -21,6 +24,8 @@ class DownloadConfig:
     caption_col: str | None = None
     extra_cols: list[str] = field(default_factory=list)
     sha256_col: str | None = None  # verify the downloaded bytes against this column when given
+    key_format: str = "img2dataset"
+    id_col: str = "uid"  # key_format "id": the metadata column naming each row (DataComp's uid)
     shard_size: int = 10_000
     resize: str = "keep_ratio"
     image_size: int = 512
@@ -49,6 +54,10 @@ class DownloadConfig:
     def __post_init__(self):
         if self.resize not in RESIZE_MODES:
             raise ValueError(f"--resize must be one of {', '.join(RESIZE_MODES)}")
+        if self.key_format not in KEY_FORMATS:
+            raise ValueError(f"--key-format must be one of {', '.join(KEY_FORMATS)}")
+        if self.key_format == "id" and self.id_col not in self.extra_cols:
+            self.extra_cols = [*self.extra_cols, self.id_col]  # read it, and keep it in every row
         if self.format not in FORMATS:
             raise ValueError(f"--format must be one of {', '.join(FORMATS)}")
         if self.shard_size < 1 or self.concurrency < 1 or self.per_host_concurrency < 1:
@@ -90,5 +99,7 @@ class DownloadConfig:
             "min_size",
             "format",
             "quality",
+            "key_format",
+            "id_col",
         ]
         return {k: getattr(self, k) for k in keys}

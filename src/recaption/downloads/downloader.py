@@ -16,6 +16,7 @@ temporaries removed, never among the metadata files or in another step's folder)
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 import os
 import time
@@ -29,8 +30,10 @@ from itertools import islice
 import pyarrow.parquet as pq
 
 from ..executors import executor_module
+from ..readers.base import UniqueKeys
 from ..redact import redact, strip_url_secrets
 from ..samples.shards import img2dataset_key
+from ..samples.tars import member_key
 from ..spine import __version__
 from ..spine.contract import Step, check_output, marker_has, open_output
 from ..spine.ledger import OutputDir, require_same_settings
@@ -79,7 +82,9 @@ def download(
 
 # What `recap download` writes (the output contract): img2dataset-layout shards whose markers
 # record the download settings.
-DOWNLOAD = Step("download", recognise=marker_has("url_col", "shard_size"))
+# Downloads made before --key-format were keyed the img2dataset way.
+DOWNLOAD = Step("download", recognise=marker_has("url_col", "shard_size"),
+                added_later={"key_format": "img2dataset", "id_col": "uid"})
 
 
 def choose_columns(inputs: list[str], config: DownloadConfig) -> ChosenColumns:
@@ -243,7 +248,7 @@ class ShardDownloads:
             found_none = self.cfg.caption_col is None and self.columns.caption is None
             if found_none and marker.get("caption_col") == "text":
                 marker["caption_col"] = None  # the old default, on metadata without it: no captions
-        require_same_settings(self.out, name, self.provenance, marker)
+        require_same_settings(self.out, name, self.provenance, marker, DOWNLOAD.added_later)
         loosened, tightened = policy_change(previous_policy, self.policy)
         if tightened:
             key = tightened[0]
@@ -269,7 +274,7 @@ class ShardDownloads:
         save_caption = self.columns.caption is not None
         writer = DownloadShardWriter(self.out, name, list(self.columns.extra), save_caption)
         try:
-            keys = [img2dataset_key(shard_id, i, index_digits=self.index_digits) for i in range(len(rows))]
+            keys = self._keys(shard_id, rows)
             todo = list(zip(keys, rows, strict=True))
             if retrying:
                 todo = self._carry_over(writer, name, todo, again)
@@ -313,6 +318,26 @@ class ShardDownloads:
                 writer.rows[key] = {**row, "error_message": redact(row.get("error_message"))}
         writer.copy_samples(paths["tar"], {k for k, r in previous.items() if r["outcome"] == oc.OK})
         return [(key, row) for key, row in todo if key in redo]
+
+    def _keys(self, shard_id: int, rows: list[UrlRow]) -> list[str]:
+        """Each row's key (--key-format): img2dataset's by position, or one that survives
+        resharding (the row's id, a hash of its URL), unique within the shard and fit for a tar
+        member name (samples.tars.member_key)."""
+        fmt = self.cfg.key_format
+        if fmt == "img2dataset":
+            return [img2dataset_key(shard_id, i, index_digits=self.index_digits) for i in range(len(rows))]
+        unique = UniqueKeys()
+        keys = []
+        for i, row in enumerate(rows):
+            value = row.extra.get(self.cfg.id_col) if fmt == "id" else row.url
+            if value in (None, ""):  # no id (or no url): the position, said by its prefix
+                base = f"row-{img2dataset_key(shard_id, i, index_digits=self.index_digits)}"
+            elif fmt == "id":
+                base = member_key(str(value))
+            else:
+                base = hashlib.sha256(str(value).encode()).hexdigest()[:20]
+            keys.append(unique(base))
+        return keys
 
     async def _one(self, writer: DownloadShardWriter, key: str, row: UrlRow) -> None:
         async with self.rows_in_flight:
