@@ -402,3 +402,23 @@ def test_more_hostile_passes_files(tmp_path, text, says):
 
 def test_member_keys_hide_nothing():
     assert member_key("cat\u202egpj.exe\u200b") == "cat_gpj_exe_"
+
+
+def test_a_shard_file_replaced_since_it_was_captioned_is_captioned_again(tmp_path):
+    """recap run's trap: a download rerun (with --allow-private-network) rewrites 00000.tar with
+    the rows it now fetched; the caption half must not skip it as done."""
+    from recaption.samples.shards import ShardRecord, write_webdataset_shard
+
+    shard = tmp_path / "in" / "00000.tar"
+    write_webdataset_shard(shard, [ShardRecord(image_bytes(8, 8), "one", "u1", "jpg")])
+    first = invoke("caption", shard, "-o", tmp_path / "out", "--max-new-tokens", "4")
+    assert first.exit_code == 0, first.output
+    bigger = [ShardRecord(image_bytes(8, 8, seed=i), f"r{i}", f"u{i}", "jpg") for i in range(3)]
+    write_webdataset_shard(shard, bigger)
+    os.utime(shard, (1, 1))  # a different mtime, whatever the clock's resolution
+    again = invoke("caption", shard, "-o", tmp_path / "out", "--max-new-tokens", "4")
+    assert again.exit_code == 0, again.output
+    assert len(pq.read_table(tmp_path / "out" / "00000.parquet")) == 3
+    assert "00000.tar changed since it was captioned" in " ".join(again.output.split())
+    unchanged = invoke("caption", shard, "-o", tmp_path / "out", "--max-new-tokens", "4")
+    assert "shards skipped (already complete) │ 1" in unchanged.output, unchanged.output

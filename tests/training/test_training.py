@@ -445,3 +445,13 @@ def test_retrieval_recalls_are_exact_shares_not_float32_noise():
     similarity[torch.arange(27), torch.arange(27)] = 0.0
     recalls = recall_at_k(similarity)
     assert recalls["image_to_text_R@1"] == 0.73 and isinstance(recalls["image_to_text_R@1"], float)
+
+
+def test_concat_and_clips_need_recaptions_and_say_why(shapes, tmp_path):
+    concat = recap("train-clip", shapes / "train", "-o", tmp_path / "a", "--concat", "--steps", 1,
+                   "--device", "cpu")
+    one_error_line(concat, "--concat joins each original caption with its recaption", "offers none")
+    assert "--p 1" not in concat.output
+    clips = recap("train-clip", shapes / "train", "-o", tmp_path / "b", "--recipe", "clips", "--p", 1,
+                  "--steps", 1, "--device", "cpu")
+    one_error_line(clips, "--recipe clips contrasts each image with its recaption too")

@@ -106,7 +106,7 @@ def user_errors(command: Callable) -> Callable:
                 return command(*args, **kwargs)
         except KeyboardInterrupt as exc:
             console.print(
-                f"[yellow]stopped[/yellow] ({exc or 'interrupted'}): finished shards and checkpoints are kept, "
+                f"[yellow]stopped[/yellow] ({str(exc) or 'interrupted'}): finished shards and checkpoints are kept, "
                 "the one being written was discarded; rerun the same command to resume",
                 soft_wrap=True,
             )

@@ -54,6 +54,30 @@ class ColumnConfig:
             raise ValueError("max_image_bytes must be positive")
 
 
+# Listing fields that change when a file is rewritten: local mtime, then what object stores give.
+VERSION_FIELDS = ("mtime", "LastModified", "last_modified", "updated", "ETag", "etag", "md5Hash")
+
+
+def listed_version(info: dict) -> str | None:
+    """A file's version as its listing gives it (mtime, or an object store's equivalent)."""
+    version = next((info[f] for f in VERSION_FIELDS if info.get(f) is not None), None)
+    return None if version is None else str(version)
+
+
+def file_fingerprint(source: str) -> dict | None:
+    """A tar or parquet shard's size and version, for its marker: a shard file replaced since
+    it was captioned (a rerun of `recap download` that fetched more rows) is captioned again.
+    None when the file cannot be listed (reading it then says why)."""
+    from fsspec.core import url_to_fs
+
+    try:
+        fs, path = url_to_fs(source)
+        info = fs.info(path)
+    except (OSError, ValueError):
+        return None
+    return {"file": posixpath.basename(path), "size": info.get("size"), "version": listed_version(info)}
+
+
 class Shard:
     """An input shard. `name` is the stem its outputs are named after (00042.tar -> 00042).
     `scanned_root`: the folder given as input that this shard was found in by a recursive scan

@@ -47,10 +47,13 @@ def input_provenance(shard: Shard) -> dict:
 
 def input_change(shard: Shard, marker: dict) -> str | None:
     """How a done shard's input differs from what its marker recorded, or None. A marker
-    without a fingerprint (tars, parquet, older versions) is trusted."""
+    without a fingerprint (older versions) is trusted."""
     then, now = marker.get(INPUT_FINGERPRINT), shard.fingerprint()
     if not isinstance(then, dict) or now is None or then == now:
         return None
+    if "file" in now:  # a tar or parquet shard
+        return (f"{now['file']} changed since it was captioned ({then.get('size')} bytes then, "
+                f"{now.get('size')} now{'' if then.get('size') != now.get('size') else ', rewritten'})")
     images_then, images_now = then.get("images"), now.get("images")
     if images_then != images_now:
         detail = f"{images_then} images then, {images_now} now"

@@ -17,15 +17,12 @@ from .base import (
     UnreadableImage,
     failed_sample,
     full_url,
+    listed_version,
     read_bounded,
     sha256_hex,
 )
 
 log = logging.getLogger(__name__)
-
-# Listing fields that change when a file is rewritten: local mtime, then what object stores give.
-_VERSION_FIELDS = ("mtime", "LastModified", "last_modified", "updated", "ETag", "etag", "md5Hash")
-
 
 @dataclass(frozen=True)
 class FolderFile:
@@ -37,8 +34,7 @@ class FolderFile:
 
     @classmethod
     def from_info(cls, info: dict) -> FolderFile:
-        version = next((info[f] for f in _VERSION_FIELDS if info.get(f) is not None), None)
-        return cls(info["name"], info.get("size"), None if version is None else str(version))
+        return cls(info["name"], info.get("size"), listed_version(info))
 
 
 class FolderShard(Shard):

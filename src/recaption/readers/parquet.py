@@ -34,6 +34,7 @@ from .base import (
     UniqueKeys,
     UnreadableImage,
     failed_sample,
+    file_fingerprint,
     full_url,
     is_local,
     read_bounded,
@@ -84,6 +85,13 @@ class ParquetShard(Shard):
         self.source = source
         self.name = name
         self.columns = columns
+        self._fingerprint: dict | None = None
+
+    def fingerprint(self) -> dict | None:
+        """The file's size and version when first asked (readers.base.file_fingerprint)."""
+        if self._fingerprint is None:
+            self._fingerprint = file_fingerprint(self.source)
+        return self._fingerprint
 
     def column_names(self) -> list[str] | None:
         """The file's columns, from its footer; None if it cannot be read (reading the shard

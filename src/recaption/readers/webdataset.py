@@ -17,6 +17,7 @@ from .base import (
     UniqueKeys,
     UnreadableImage,
     failed_sample,
+    file_fingerprint,
     image_extensions,
     is_hidden,
     sha256_hex,
@@ -63,6 +64,13 @@ class TarShard(Shard):
         self.source = source
         self.name = name
         self.columns = columns
+        self._fingerprint: dict | None = None
+
+    def fingerprint(self) -> dict | None:
+        """The file's size and version when first asked (readers.base.file_fingerprint)."""
+        if self._fingerprint is None:
+            self._fingerprint = file_fingerprint(self.source)
+        return self._fingerprint
 
     def __iter__(self) -> Iterator[Sample]:
         try:

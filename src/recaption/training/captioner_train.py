@@ -189,7 +189,8 @@ def _train_captioner(config: CaptionerTrainConfig, out: Path, resume_from: str |
         {"--stage1-field": config.stage1_field, "--stage2-field": config.stage2_field},
         [({"--stage1-field": config.stage1_field if config.stage1_steps else None}, ""),
          ({"--stage2-field": config.stage2_field if config.stage2_steps else None},
-          " (stage 2 trains on that detailed description)")],
+          " (stage 2 trains on that detailed description; a `recap export` folder holds its recaption "
+          "as re_caption: --stage2-field re_caption)")],
     )
     resumed = resume(resume_from, ranks, device, None, None, stream, captioner_recipe(config))
     state = resumed.extra or None

@@ -76,12 +76,17 @@ def has_recaptions(item: str, recaption_field: str | None) -> bool:
     return all(is_caption_output(p) or is_export(p) for p in places)
 
 
-def check_mix(data: list[str], p: float, recaption_field: str | None) -> None:
-    """Refuse, in one line, a mix the data cannot give: p < 1 needs recaptions."""
+def check_mix(data: list[str], p: float, recaption_field: str | None, uses: str | None = None) -> None:
+    """Refuse, in one line, a mix the data cannot give: p < 1 needs recaptions, and so does a
+    recipe that `uses` them whatever p is (`--concat`, `--recipe clips`: named in the message)."""
+    if p >= 1 and uses is None:
+        return
     lacking = [item for item in data if not has_recaptions(str(item), recaption_field)]
-    if p < 1 and lacking:
+    if lacking:
+        why = uses or f"p={p:g} trains on recaptions {1 - p:.0%} of the time"
+        way_out = "" if uses else "; or --p 1"
         raise TrainingInputError(
-            f"p={p:g} trains on recaptions {1 - p:.0%} of the time, but {', '.join(map(str, lacking))} "
-            "offers none: give `recap caption` output, a `recap export` folder, or --recaption-field "
-            "(the json field or column holding them; the shapes world's shards: description); or --p 1"
+            f"{why}, but {', '.join(map(str, lacking))} offers none: give `recap caption` output, a "
+            "`recap export` folder, or --recaption-field (the json field or column holding them; the "
+            f"shapes world's shards: description){way_out}"
         )

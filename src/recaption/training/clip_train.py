@@ -142,8 +142,9 @@ def train_clip(config: ClipTrainConfig) -> dict:
 def _train_clip(config: ClipTrainConfig, out: Path, resume_from: str | None) -> dict:
     from transformers import AutoImageProcessor, AutoModel, AutoTokenizer, get_cosine_schedule_with_warmup
 
-    if config.recipe == "clips" or not config.concat:
-        check_mix(config.data, 0.0 if config.recipe == "clips" else config.p, config.recaption_field)
+    uses = ("--recipe clips contrasts each image with its recaption too" if config.recipe == "clips"
+            else "--concat joins each original caption with its recaption" if config.concat else None)
+    check_mix(config.data, config.p, config.recaption_field, uses)
     ranks = distributed.start(config.device)
     rank, device = ranks.rank, ranks.device
     if resume_from or config.model:
