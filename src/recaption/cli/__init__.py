@@ -66,7 +66,8 @@ class _RecapCommand(TyperCommand):
             if hasattr(param, "_usage_display_name"):  # typer's argument class (its own click's)
                 name = PER_COMMAND.get((self.name, param.name), METAVARS.get(param.name, param.name.upper()))
                 shown = name + ("..." if param.nargs != 1 else "")
-                param._usage_display_name = param._rich_display_name = lambda shown=shown: shown
+                param.metavar = name  # the Arguments panel and error hints name it so too
+                param._usage_display_name = lambda shown=shown: shown
 
 
 for _name, _command in COMMANDS.items():
