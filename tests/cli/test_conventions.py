@@ -63,3 +63,16 @@ def test_warnings_are_one_formatted_line_and_third_party_chatter_is_quiet(tmp_pa
     configure_logging(verbose=True)
     assert logging.getLogger("transformers").getEffectiveLevel() == logging.INFO
     configure_logging(verbose=False)
+
+
+def test_sigterm_exits_143_and_ctrl_c_130(monkeypatch, tmp_path):
+    import recaption.steps.filter as filtering
+
+    def terminated(*args, **kwargs):
+        interrupt = KeyboardInterrupt("stopped by signal 15")
+        interrupt.signum = 15  # as cli._stop_on_sigterm raises it
+        raise interrupt
+
+    monkeypatch.setattr(filtering, "filter_output", terminated)
+    result = CliRunner().invoke(app, ["filter", str(tmp_path), "--where", "true", "-o", str(tmp_path / "k")])
+    assert result.exit_code == 143 and "rerun the same command to resume" in " ".join(result.output.split())

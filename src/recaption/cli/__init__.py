@@ -80,7 +80,9 @@ def _stop_on_sigterm() -> None:
     import signal
 
     def stop(signum, _frame):
-        raise KeyboardInterrupt(f"stopped by signal {signum}")
+        interrupt = KeyboardInterrupt(f"stopped by signal {signum}")
+        interrupt.signum = signum  # the exit code says which: 128 + 15 for SIGTERM, as shells do
+        raise interrupt
 
     signal.signal(signal.SIGTERM, stop)
 

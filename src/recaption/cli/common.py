@@ -110,7 +110,7 @@ def user_errors(command: Callable) -> Callable:
                 "the one being written was discarded; rerun the same command to resume",
                 soft_wrap=True,
             )
-            raise typer.Exit(130) from None
+            raise typer.Exit(128 + getattr(exc, "signum", 2)) from None  # 130 for Ctrl-C, 143 for SIGTERM
 
     return guarded
 
