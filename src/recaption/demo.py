@@ -65,10 +65,6 @@ def run_demo(output: Path, console: Console, rows: int = 5, *, caption: CaptionC
         index = int(row["url"].rsplit("/", 1)[1]) if row["url"].startswith("shapes://") else None
         truth = world.sample(index).description if index is not None else ""
         view.add_row(row["key"], row["org_caption"], row["re_caption"] or "", truth, row["status"])
-    console.print(view)
-    console.print(
-        "The built-in captioner is a tiny LLaVA trained on the shapes world (docs/shapes.md): it "
-        "describes shapes, colours and positions, not photos. Use --model with a real model for photos."
-    )
+    console.print(view)  # what the tiny model is: said under the caption summary
     console.print(f"output: {out_dir}")
     return code

@@ -127,6 +127,7 @@ def print_caption_summary(summary, output: str, model: str | None = None) -> int
     from rich.markup import escape
 
     from ..captioning.pipeline import DONE, SKIPPED
+    from ..quality.stats import CAPTIONER_NOTES
 
     table = Table(title="recap caption: summary", show_header=False)
     table.add_row("shards done", str(len(summary.by_outcome(DONE))))
@@ -144,6 +145,10 @@ def print_caption_summary(summary, output: str, model: str | None = None) -> int
     table.add_row("output", output)
     console.print(table)
     junk = flagged.get("re_degenerate", 0)
+    note = CAPTIONER_NOTES.get(model or "")
+    if note and captioned and junk <= captioned / 2:  # its captions look fine, and may be made up
+        console.print(f"note: --model {escape(model)} is {note}; use a real captioner for photos "
+                      "(--model llava-hf/llava-1.5-7b-hf, docs/models.md)", soft_wrap=True)
     if captioned and junk > captioned / 2:
         console.print(
             f"[yellow]warning:[/yellow] {junk} of the {captioned} captions written are degenerate (next to no words: "
