@@ -7,6 +7,7 @@ from typing import Any
 
 from .models.registry import CONDITIONAL_PROMPT, MAX_NEW_TOKENS, PAPER_PROMPT
 from .samples.images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
+from .samples.placeholders import read_placeholder_list
 from .spine.errors import RecaptionError
 
 
@@ -139,8 +140,13 @@ class RunConfig:
     row_group_rows: int = 1000
     clip_model: str | None = None  # score in the same pass (images decoded once): CLIP id or folder
     clip_long_text: str = "truncate"  # captions over the CLIP's window: truncate or chunk (long_text.py)
+    # A file of sha256 digests of known placeholder images (samples/placeholders.py): such rows get
+    # status placeholder and are not captioned. Read once, here, so a bad file fails before a model loads.
+    placeholders: str | None = None
+    placeholder_digests: frozenset = field(default=frozenset(), init=False, repr=False)
 
     def __post_init__(self):
+        self.placeholder_digests = read_placeholder_list(self.placeholders)
         if self.max_pixels < 1:
             raise ValueError(f"--max-pixels {self.max_pixels}: must be at least 1")
         if self.max_side is not None and self.max_side < 0:

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..readers import Shard, ShardError
 from ..samples.images import decode_sample
+from ..samples.placeholders import PLACEHOLDER, listed_message
 from ..samples.sample import Sample
 from .carry import carried_sample
 
@@ -66,6 +67,15 @@ class ShardEnd:
     error: str | None  # the ShardError message when the shard turned out broken
 
 
+def placeholder(sample: Sample, digests: frozenset) -> bool:
+    """Mark a sample whose image is a listed placeholder failed (status placeholder)."""
+    if sample.ok and sample.sha256 in digests:
+        sample.fail(PLACEHOLDER, listed_message(sample.sha256))
+        sample.image_bytes = None
+        return True
+    return False
+
+
 def group_batches(samples: Iterable[Sample], batch_size: int, shard: str = "") -> Iterator[Batch]:
     current: list[Sample] = []
     ok_count = 0
@@ -85,7 +95,7 @@ class BatchStream(IterableDataset):
     """ShardStart, Batch..., ShardEnd for every shard; worker k of n takes shards k, k+n, ..."""
 
     def __init__(self, shards: list[Shard], preparer, batch_size: int, passes: list,
-                 max_pixels: int, max_side: int | None, score_pixels=None):
+                 max_pixels: int, max_side: int | None, score_pixels=None, placeholders=frozenset()):
         self.shards = shards
         self.score_pixels = score_pixels  # images -> CLIP pixel values (picklable), or None
         self.preparer = preparer
@@ -95,6 +105,7 @@ class BatchStream(IterableDataset):
         self._fixed_prompts = {p.name: preparer.render(p.prompt) for p in passes if not p.conditional}
         self.max_pixels = max_pixels
         self.max_side = max_side
+        self.placeholders = placeholders  # sha256 digests of images never captioned (--placeholders)
 
     def my_shards(self) -> Iterator[Shard]:
         worker = get_worker_info()
@@ -127,8 +138,8 @@ class BatchStream(IterableDataset):
         started = time.perf_counter()
         carry = getattr(shard, "carry", None)
         kept = carry.rows() if carry is not None else {}
-        decoded = (s if carried_sample(s, kept) else decode_sample(s, self.max_pixels, self.max_side)
-                   for s in shard)
+        decoded = (s if carried_sample(s, kept) or placeholder(s, self.placeholders)
+                   else decode_sample(s, self.max_pixels, self.max_side) for s in shard)
         for batch in group_batches(decoded, self.batch_size, shard.name):
             ok = batch.ok_samples
             if ok:

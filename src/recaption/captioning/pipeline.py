@@ -23,6 +23,7 @@ from ..passes import CONDITIONAL, FLAGS, CaptionPass, Decoding
 from ..readers import Shard
 from ..readers.changes import input_change, input_provenance
 from ..samples.images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
+from ..samples.placeholders import list_provenance
 from ..samples.sample import CAPTION_ERROR, OK, Sample
 from ..schema import SCORES_METADATA_KEY
 from ..spine import __version__
@@ -44,7 +45,7 @@ CAPTION = Step(
     "caption",
     recognise=marker_has("model", without=("filter",)),
     added_later={"engine": "transformers", "dtype": "auto", "max_pixels": DEFAULT_MAX_PIXELS,
-                 "max_side": DEFAULT_MAX_SIDE},
+                 "max_side": DEFAULT_MAX_SIDE, "placeholders": None},
 )
 
 
@@ -158,7 +159,8 @@ def run_provenance(caption: CaptionConfig, run: RunConfig) -> dict:
     """Every setting that changes a shard's rows, as its .done marker records them: the
     captioner's (model, passes, decoding, engine, dtype) and the image limits (a smaller
     --max-side captions a smaller image; --max-pixels decides which images are too_large)."""
-    return {**caption.provenance(), "max_pixels": run.max_pixels, "max_side": run.max_side}
+    return {**caption.provenance(), "max_pixels": run.max_pixels, "max_side": run.max_side,
+            "placeholders": list_provenance(run.placeholder_digests)}
 
 
 def _caption_errors(out: OutputDir, name: str) -> int:
@@ -244,7 +246,7 @@ class CaptionPipeline:
             self.scorer.setup()
             score_pixels = self.scorer.image_processor_call
         return (self.captioner.preparer, self.captioner.batch_size, self.passes, run.max_pixels,
-                run.max_side, score_pixels)
+                run.max_side, score_pixels, run.placeholder_digests)
 
     def _consume(self, stream, on_result) -> None:
         """Caption and write every item of the stream's loader, in order, until it ends."""

@@ -76,6 +76,7 @@ def caption_cmd(
     image_root: Annotated[str | None, typer.Option(help="Folder that image paths in a parquet are read from (default: the parquet file's folder); a path outside it is that row's read_error.")] = None,
     any_image_path: Annotated[bool, typer.Option(help="Let image paths in a parquet name any file this process can read (absolute paths, ../, other protocols); by default they stay inside --image-root.")] = False,
     max_image_bytes: Annotated[int, typer.Option(help="Largest image file / tar member read; bigger ones become rows with status too_large (checked before reading).")] = 64 * 1024 * 1024,
+    placeholders: Annotated[str | None, typer.Option(help="A file of sha256 digests (one per line, # comments) of placeholder images ('image unavailable'): such rows get status placeholder and are not captioned.")] = None,
     max_pixels: Annotated[int, typer.Option(help="Largest image in pixels (width x height); bigger ones become rows with status too_large (checked from the header, before decoding).")] = 89_478_485,
     processor_options: Annotated[list[str] | None, typer.Option("--processor-option", help="A setting of the model's processor, KEY=VALUE (value as JSON, else text); repeat for several, e.g. --processor-option max_pixels=1003520 for Qwen-VL (image tokens per image; recorded with the output).")] = None,
     attn_implementation: Annotated[str, typer.Option(help="transformers engine attention: sdpa, flash_attention_2 (needs flash-attn) or eager.")] = "sdpa",
@@ -126,6 +127,8 @@ def run_cmd(
     score: Annotated[bool, typer.Option(help="Also fill the CLIP-score columns while captioning (images decoded once).")] = False,
     clip_model: Annotated[str, typer.Option(help="CLIP for --score: hub id, local folder, open_clip:..., or tiny-clip (built in, offline).")] = "openai/clip-vit-large-patch14",
     max_bytes: Annotated[int, typer.Option(help="Download: largest image body accepted, in bytes.")] = 32 * 1024 * 1024,
+    placeholder_min_urls: Annotated[int, typer.Option(help="Download: an image whose bytes came from this many distinct URLs of one host in a shard is a placeholder, not stored (0: never).")] = 5,
+    placeholders: Annotated[str | None, typer.Option(help="A file of sha256 digests of known placeholder images: not stored by the download, not captioned.")] = None,
     max_pixels: Annotated[int, typer.Option(help="Largest image in pixels; bigger ones become rows with a status (download: failed_to_resize; caption: too_large).")] = 89_478_485,
     devices: Annotated[str | None, typer.Option(help="Caption on these GPUs, one model each: all, or a list such as 0,1.")] = None,
     workers: Annotated[int | None, typer.Option(help="Caption: loader processes (0: in this process; default: 0 on CPU, up to 4 on a GPU).")] = None,
@@ -149,7 +152,8 @@ def run_cmd(
             image_size=image_size, concurrency=concurrency, allow_private_network=allow_private_network,
             timeout=timeout, retries=retries, keep_url_secrets=keep_url_secrets, overwrite=overwrite,
             retry_failed=retry_failed, disallowed_directives=DEFAULT_DISALLOWED if respect_opt_out else (),
-            max_bytes=max_bytes, max_pixels=max_pixels,
+            max_bytes=max_bytes, max_pixels=max_pixels, placeholder_min_urls=placeholder_min_urls,
+            placeholders=placeholders,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
@@ -160,7 +164,7 @@ def run_cmd(
             f"{base}/captions", model=model, batch_size=batch_size, device=device, max_new_tokens=max_new_tokens,
             prompt=prompt, passes_file=passes_file, score=score, clip_model=clip_model, overwrite=overwrite,
             retry_failed=retry_failed, max_pixels=max_pixels, devices=devices, workers=workers,
-            executor=executor, ray_address=ray_address,
+            executor=executor, ray_address=ray_address, placeholders=placeholders,
         )
     # The run folder itself through the output contract: not among the inputs, and holding
     # nothing but a run's images/ and captions/ (never an export's or a caption folder).

@@ -31,6 +31,8 @@ def download_cmd(
     per_host_concurrency: Annotated[int, typer.Option(help="Connections open at once to one host.")] = 8,
     user_agent: Annotated[str, typer.Option(help="User-Agent header; its first word is the token X-Robots-Tag directives may name.")] = "recaption/0.1 (+https://github.com/recaption; image-text research)",
     max_bytes: Annotated[int, typer.Option(help="Largest response body accepted.")] = 32 * 1024 * 1024,
+    placeholder_min_urls: Annotated[int, typer.Option(help="An image whose bytes came from this many distinct URLs of one host in a shard is a host's placeholder ('image unavailable'): outcome placeholder, not stored (0: never).")] = 5,
+    placeholders: Annotated[str | None, typer.Option(help="A file of sha256 digests (one per line, # comments) of known placeholder images: such images get outcome placeholder, not stored.")] = None,
     respect_opt_out: Annotated[bool, typer.Option(help="Skip images whose X-Robots-Tag says noai, noimageai, noindex, noimageindex or none.")] = True,
     allow_private_network: Annotated[bool, typer.Option(help="Allow hosts that resolve to private, loopback or link-local addresses.")] = False,
     key_format: Annotated[str, typer.Option(help="Keys: img2dataset (shard and position, as img2dataset names them), id (the --id-col value of each row: stable when you reshard) or url (a hash of the URL: stable too).")] = "img2dataset",
@@ -55,6 +57,7 @@ def download_cmd(
             user_agent=user_agent, max_bytes=max_bytes, allow_private_network=allow_private_network,
             disallowed_directives=DEFAULT_DISALLOWED if respect_opt_out else (), overwrite=overwrite,
             retry_failed=retry_failed, keep_url_secrets=keep_url_secrets, key_format=key_format, id_col=id_col,
+            placeholder_min_urls=placeholder_min_urls, placeholders=placeholders,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..samples.images import DEFAULT_MAX_PIXELS
+from ..samples.placeholders import DEFAULT_MIN_URLS
 
 RESIZE_MODES = ("none", "keep_ratio", "center_crop", "border")
 # How a row's key is made: img2dataset's (shard number and position: changes when the shard size
@@ -47,6 +48,10 @@ class DownloadConfig:
     max_redirects: int = 5
     max_bytes: int = 32 * 1024 * 1024
     max_pixels: int = DEFAULT_MAX_PIXELS
+    # Placeholders (samples/placeholders.py): the same bytes from this many distinct URLs of one
+    # host in a shard (0: never), or a sha256 in the `placeholders` file
+    placeholder_min_urls: int = DEFAULT_MIN_URLS
+    placeholders: str | None = None
     allow_private_network: bool = False
     # Rows and .json files keep URLs without userinfo and with credential-like query values
     # masked (redact.strip_url_secrets); True stores them as given, secrets included.
@@ -73,6 +78,8 @@ class DownloadConfig:
             raise ValueError("--timeout must be positive and --retries at least 0")
         if self.image_size < 1 and self.resize != "none":
             raise ValueError("--image-size must be at least 1 (or --resize none)")
+        if self.placeholder_min_urls < 0 or self.placeholder_min_urls == 1:
+            raise ValueError("--placeholder-min-urls must be 0 (off) or at least 2")
         if not 1 <= self.quality <= 100:
             raise ValueError("--quality must be between 1 and 100")
 
@@ -91,6 +98,7 @@ class DownloadConfig:
             "max_bytes": self.max_bytes,
             "max_pixels": self.max_pixels,
             "max_redirects": self.max_redirects,
+            "placeholder_min_urls": self.placeholder_min_urls,
         }
 
     def provenance(self) -> dict:

@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from ..executors import executor_module
 from ..readers.base import UniqueKeys
 from ..redact import redact, strip_url_secrets
+from ..samples.placeholders import listed_message, read_placeholder_list, repeated_placeholders
 from ..samples.shards import img2dataset_key
 from ..samples.tars import member_key
 from ..spine import __version__
@@ -104,6 +105,7 @@ _POLICY_FLAGS = {
     "allow_private_network": lambda v: "--allow-private-network" if v else "private addresses refused",
     "disallowed_directives": lambda v: "--respect-opt-out" if v else "--no-respect-opt-out",
     "max_bytes": lambda v: f"--max-bytes {v}",
+    "placeholder_min_urls": lambda v: f"--placeholder-min-urls {v}",
 }
 
 
@@ -118,6 +120,8 @@ def policy_change(previous: dict, current: dict) -> tuple[list[str], list[str]]:
             looser = set(now) < set(before)
         elif isinstance(now, bool):
             looser = now and not before
+        elif key == "placeholder_min_urls":  # 0: never a placeholder, the loosest
+            looser = now == 0 or (before != 0 and now > before)
         else:
             looser = before is not None and (now is None or now > before)
         (loosened if looser else tightened).append(key)
@@ -177,6 +181,7 @@ class ShardDownloads:
             "recaption_version": __version__,
         }
         self.policy = config.fetch_policy()
+        self.placeholders = read_placeholder_list(config.placeholders)  # checked before any shard
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "progress": Progress()}  # a Ray worker reports by its result
@@ -284,6 +289,8 @@ class ShardDownloads:
                     writer.abort()
                     return ShardResult(name, name, SKIPPED)
             await asyncio.gather(*(self._one(writer, key, row) for key, row in todo))
+            repeated = repeated_placeholders(list(writer.rows.values()), self.cfg.placeholder_min_urls)
+            writer.mark(repeated, oc.PLACEHOLDER, oc.status_of(oc.PLACEHOLDER))
             counts = Counter(r["outcome"] for r in writer.rows.values())
             seconds = time.perf_counter() - started
             stats = self._stats(writer, counts, started, seconds, retried=len(todo) if retrying else None)
@@ -370,7 +377,10 @@ class ShardDownloads:
                 except ProcessError as exc:
                     record.update(outcome=exc.outcome, error_message=redact(str(exc)), sha256=exc.sha256)
                 else:
-                    image, ext = stored.data, stored.ext
+                    if stored.sha256 not in self.placeholders:
+                        image, ext = stored.data, stored.ext
+                    else:
+                        record.update(outcome=oc.PLACEHOLDER, error_message=listed_message(stored.sha256))
                     record.update(
                         width=stored.width,
                         height=stored.height,

@@ -18,6 +18,7 @@ TOO_MANY_PIXELS = "too_many_pixels"  # over the decoder's pixel limit
 TOO_SMALL = "too_small"  # smaller than --min-size
 BAD_ASPECT_RATIO = "bad_aspect_ratio"  # over --max-aspect-ratio
 ENCODE_ERROR = "encode_error"  # decoded, but the resize or the encoder refused it (too wide for JPEG)
+PLACEHOLDER = "placeholder"  # a host's "image unavailable" picture (samples/placeholders.py), not stored
 
 # img2dataset's status column: success | failed_to_download | failed_to_resize
 SUCCESS, FAILED_TO_DOWNLOAD, FAILED_TO_RESIZE = "success", "failed_to_download", "failed_to_resize"
@@ -51,4 +52,5 @@ POLICY_OUTCOMES = {
     "max_bytes": TOO_LARGE,
     "max_pixels": TOO_MANY_PIXELS,
     "max_redirects": TOO_MANY_REDIRECTS,
+    "placeholder_min_urls": PLACEHOLDER,
 }

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..samples.tars import TarShardWriter
+from ..spine.atomic import temporary_name
 from ..spine.ledger import OutputDir, ShardCommit, rows_handed
 
 BASE_FIELDS = [
@@ -60,7 +61,8 @@ class DownloadShardWriter:
         self.extra_cols = extra_cols
         self.save_caption = save_caption
         self.transaction = ShardCommit(out, name)
-        self._tar = TarShardWriter.into(self.transaction.open("tar", "wb"))
+        self._tar_file = self.transaction.open("tar", "wb")
+        self._tar = TarShardWriter.into(self._tar_file)
         self.rows: dict[str, dict] = {}
 
     def add(self, row: dict, image: bytes | None = None, ext: str | None = None) -> None:
@@ -73,6 +75,24 @@ class DownloadShardWriter:
             members["json"] = json.dumps(row, default=str, ensure_ascii=False).encode()
             self._tar.add(row["key"], members)
         rows_handed(1)  # RECAP_CRASH_AFTER_ROWS
+
+    def mark(self, why: dict[str, str], outcome: str, status: str) -> None:
+        """Turn these successes into failures with `outcome` (key -> the message) and take their
+        samples out of the tar (a copy without them replaces it, before the commit)."""
+        if not why:
+            return
+        for key, message in why.items():
+            self.rows[key].update(outcome=outcome, status=status, error_message=message)
+        self._tar.close()
+        self._tar_file.close()  # (closed again by the commit: a no-op)
+        written = self.transaction.path_for("tar")
+        kept = temporary_name(self.paths["tar"])
+        # (a crash meanwhile leaves `kept` as a temporary, which the next run clears)
+        with self.out.fs.open(kept, "wb") as f:
+            copy = TarShardWriter.into(f)
+            copy.copy_samples(self.out.fs, written, {k for k, r in self.rows.items() if r["outcome"] == "ok"})
+            copy.close()
+        self.out.fs.mv(kept, written)
 
     def copy_samples(self, tar_path: str, keys: set[str]) -> None:
         """Carry over the members of these keys from an existing tar (for --retry-failed)."""

@@ -1,0 +1,95 @@
+"""Placeholder images: a host's "image unavailable" picture, served with status 200 for URLs whose
+photo is gone. Stored as photos they would be captioned as photos (and they are where duplicate
+sha256 values in web datasets come from), so they are caught:
+
+- by list: a sha256 the user names (`--placeholders FILE`: one hex digest per line, `#` comments),
+  at once, in download and in caption;
+- by repetition: the same bytes from `min_urls` or more distinct URLs of one host within a
+  download shard. A photo reposted across the web is on many hosts; a placeholder is one host's.
+
+A row judged a placeholder gets the `placeholder` outcome (download) or status (caption), its
+sha256 and a message saying why, and no image in the shard.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from urllib.parse import urlsplit
+
+from ..spine.errors import RecaptionError
+from ..spine.files import read_input
+
+DEFAULT_MIN_URLS = 5
+LIST_LIMIT = 64 << 20
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class PlaceholderListError(RecaptionError, ValueError):
+    """A placeholder list that cannot be read, or a line that is not a sha256."""
+
+
+def read_placeholder_list(path: str | None) -> frozenset[str]:
+    """The sha256 digests listed in `path` (none when no path is given)."""
+    if not path:
+        return frozenset()
+    try:
+        data = read_input(path, limit=LIST_LIMIT)
+        if len(data) > LIST_LIMIT:
+            raise PlaceholderListError(
+                f"--placeholders {path}: over {LIST_LIMIT >> 20} MiB; is it a list of sha256 digests?")
+        text = data.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PlaceholderListError(f"--placeholders {path}: cannot read it ({exc})") from None
+    digests = set()
+    for number, line in enumerate(text.splitlines(), 1):
+        value = line.split("#", 1)[0].strip().lower()
+        if not value:
+            continue
+        if not _SHA256.match(value):
+            raise PlaceholderListError(
+                f"--placeholders {path}, line {number}: {value[:80]!r} is not a sha256 (64 hex digits)")
+        digests.add(value)
+    return frozenset(digests)
+
+
+PLACEHOLDER = "placeholder"  # the outcome (download) and status (caption) of such a row
+
+
+def listed_message(sha256: str) -> str:
+    return f"its sha256 {sha256} is in the --placeholders list: not a photo"
+
+
+def list_provenance(digests: frozenset[str]) -> dict | None:
+    """What a marker records of a placeholder list: how many, and a digest of them."""
+    if not digests:
+        return None
+    import hashlib
+
+    return {"count": len(digests), "sha256": hashlib.sha256("\n".join(sorted(digests)).encode()).hexdigest()}
+
+
+def repeated_placeholders(rows: list[dict], min_urls: int) -> dict[str, str]:
+    """key -> why, for the ok rows whose bytes (sha256) came from `min_urls` or more distinct
+    URLs of one host (0: never)."""
+    if min_urls < 2:
+        return {}
+    urls: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for row in rows:
+        if row.get("sha256") and row.get("outcome") == "ok":
+            urls[(row["sha256"], _host(row["url"]))].add(row["url"])
+    repeated = {group: len(found) for group, found in urls.items() if len(found) >= min_urls}
+    return {
+        row["key"]: (f"the same image (sha256 {row['sha256'][:16]}...) came from {count} URLs on "
+                     f"{host or 'one host'}: a placeholder (--placeholder-min-urls {min_urls}; 0 keeps them)")
+        for row in rows
+        if row.get("outcome") == "ok"
+        and (count := repeated.get((row.get("sha256"), host := _host(row["url"])))) is not None
+    }
+
+
+def _host(url: str | None) -> str:
+    try:
+        return (urlsplit(url or "").hostname or "").lower()
+    except ValueError:
+        return ""
