@@ -192,11 +192,12 @@ class Rows:
         if unknown:
             raise QueryError(f"{what}: no column {unknown[0]!r} here; columns: {', '.join(allowed)}")
 
-    def _run(self, sql: str, params: list):
+    def _run(self, sql: str, params: list, cursor=None):
+        """The result of one statement, on its own cursor (requests run in threads) or `cursor`."""
         import duckdb
 
         try:
-            return self._db.cursor().execute(sql, params)
+            return (cursor or self._db.cursor()).execute(sql, params)
         except duckdb.Error as exc:
             raise QueryError(one_line(exc)) from None
 
@@ -216,13 +217,16 @@ class Rows:
                 raise QueryError(f"sort: no column {query.sort!r} here; sorts: {', '.join(self.sorts)}")
             expression = f"({CLIP_GAIN})" if query.sort == CLIP_GAIN else identifier(query.sort)
             order = f"{expression} {'DESC' if query.descending else 'ASC'} NULLS LAST, {order}"
-        # The page's (shard, row) first, over two small columns; then only those rows in full.
-        picked = self._run(
-            f"SELECT {SHARD}, {ROW} FROM rows WHERE {condition} ORDER BY {order} LIMIT ? OFFSET ?",
+        # The page's (shard, row) and the count of all matches in one scan, over small columns;
+        # then only those rows in full.
+        found = self._run(
+            f"SELECT {SHARD}, {ROW}, count(*) OVER () FROM rows WHERE {condition} ORDER BY {order} "
+            "LIMIT ? OFFSET ?",
             [*params, per_page, max(0, int(query.page)) * per_page],
         ).fetchall()
+        picked = [(shard, row) for shard, row, _ in found]
         rows = self.rows_at(picked)
-        matched = self._count(condition, params) if query.page or len(picked) == per_page else len(picked)
+        matched = int(found[0][2]) if found else (self._count(condition, params) if query.page else 0)
         return {"total": self.total, "matched": matched, "page": int(query.page), "per_page": per_page,
                 "rows": rows, "where": self.where_text(query), "command": self.filter_command(query)}
 
@@ -261,8 +265,12 @@ class Rows:
         if not self.numbers:
             return {}
         names = [identifier(c) for c in self.numbers]
+        # The filter is evaluated once: its rows' numbers into a temporary table of this cursor.
+        cursor = self._db.cursor()
+        self._run(f"CREATE TEMP TABLE kept AS SELECT {', '.join(names)} FROM rows WHERE {condition}", params,
+                  cursor)
         ranges = ", ".join(f"min({c})::DOUBLE, max({c})::DOUBLE, count({c})" for c in names)
-        found = self._run(f"SELECT {ranges} FROM rows WHERE {condition}", params).fetchone()
+        found = self._run(f"SELECT {ranges} FROM kept", [], cursor).fetchone()
         result, selects = {}, []
         for i, column in enumerate(self.numbers):
             low, high, n = found[3 * i: 3 * i + 3]
@@ -276,12 +284,12 @@ class Rows:
             name = identifier(column)
             selects.append((column, f"SELECT {literal(column)} AS c, "
                                     f"least(floor(({name} - {low!r}) / {width!r}), {bins - 1})::INT AS b, "
-                                    f"count(*) AS n FROM rows WHERE ({condition}) AND {name} IS NOT NULL "
-                                    "GROUP BY b"))
+                                    f"count(*) AS n FROM kept WHERE {name} IS NOT NULL GROUP BY b"))
         if selects:
             sql = " UNION ALL ".join(s for _, s in selects)
-            for column, b, n in self._run(sql, params * len(selects)).fetchall():
+            for column, b, n in self._run(sql, [], cursor).fetchall():
                 result[column]["counts"][int(b)] = int(n)
+        cursor.close()
         return result
 
     def statuses(self) -> dict[str, int]:
