@@ -342,3 +342,23 @@ def test_the_command_serves_over_real_http_on_loopback(captioned):
             server.should_exit = True
     thread.join(10)
     assert not thread.is_alive()
+
+
+def test_sigterm_stops_the_server_with_143_and_a_line_that_fits_a_server(captioned):
+    import signal
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "recaption.cli", "view", str(captioned[0]), "--port", "0"]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, "COLUMNS": "300"})
+    try:
+        first = server.stdout.readline()
+        assert "http://127.0.0.1:" in first, first
+        server.send_signal(signal.SIGTERM)
+        rest = server.communicate(timeout=30)[0]
+    finally:
+        server.kill()
+    said = " ".join(rest.split())
+    assert server.returncode == 143, rest
+    assert "recap view stopped (stopped by signal 15)" in said and "rerun" not in said

@@ -24,4 +24,9 @@ def view_cmd(
     def ready(url: str) -> None:
         console.print(f"recap view: {escape(output)} at [bold]{url}[/bold] (read-only; Ctrl-C stops)", soft_wrap=True)
 
-    view(output, images=images, host=host, port=port, on_ready=ready)
+    try:
+        view(output, images=images, host=host, port=port, on_ready=ready)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the usual way to stop a server
+        console.print(f"recap view stopped ({escape(str(exc) or 'interrupted')}); it wrote nothing but the tar "
+                      f"indexes in {escape(output.rstrip('/'))}/.recap-index", soft_wrap=True)
+        raise typer.Exit(128 + getattr(exc, "signum", 2)) from None
