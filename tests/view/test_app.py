@@ -362,3 +362,31 @@ def test_sigterm_stops_the_server_with_143_and_a_line_that_fits_a_server(caption
     said = " ".join(rest.split())
     assert server.returncode == 143, rest
     assert "recap view stopped (stopped by signal 15)" in said and "rerun" not in said
+
+
+def test_pass_columns_are_captions_and_nan_scores_stay_out_of_the_histograms(captioned, tmp_path):
+    """A named pass's column (re_caption_<name>) is shown, searched and filterable; a NaN score
+    is no bin's."""
+    import pyarrow as pa
+
+    out = tmp_path / "out"
+    shutil.copytree(captioned[0], out, ignore=shutil.ignore_patterns(".recap-index", ".recap.lock"))
+    table = pq.read_table(out / "00001.parquet")
+    short = [f"short pass {i}" for i in range(table.num_rows)]
+    scores = table.column("re_clip_score").to_pylist()
+    scores[0] = float("nan")
+    table = table.set_column(table.schema.get_field_index("re_clip_score"), "re_clip_score",
+                             pa.array(scores, pa.float64()))
+    pq.write_table(table.append_column("re_caption_short", pa.array(short)), out / "00001.parquet")
+    with TestClient(make_app(str(out), [str(captioned[1])]), base_url="http://127.0.0.1") as c:
+        meta = c.get("/api/meta").json()
+        assert meta["captions"] == ["re_caption", "org_caption", "re_caption_short"]
+        found = c.get("/api/rows", params={"q": "SHORT pass 3"}).json()
+        assert [r["re_caption_short"] for r in found["rows"]] == ["short pass 3"]
+        assert "contains(lower(re_caption_short), 'short pass 3')" in found["where"]
+        kept = c.get("/api/rows", params={"where": "re_caption_short like '%pass 1%'"}).json()
+        assert kept["matched"] == 1 and kept["rows"][0]["__shard"] == "00001"
+        h = c.get("/api/histograms").json()["histograms"]["re_clip_score"]
+        finite = [s for r in all_rows(out) if (s := r["re_clip_score"]) is not None and s == s]
+        assert h["count"] == len(finite) == sum(h["counts"]) and h["high"] == max(finite)
+        assert c.get("/api/row", params={"shard": "00001", "row": 0}).json()["row"]["re_clip_score"] is None

@@ -267,9 +267,10 @@ class Rows:
         names = [identifier(c) for c in self.numbers]
         # The filter is evaluated once: its rows' numbers into a temporary table of this cursor.
         cursor = self._db.cursor()
-        self._run(f"CREATE TEMP TABLE kept AS SELECT {', '.join(names)} FROM rows WHERE {condition}", params,
-                  cursor)
-        ranges = ", ".join(f"min({c})::DOUBLE, max({c})::DOUBLE, count({c})" for c in names)
+        # (as doubles, NaN and infinities as NULL: a NaN score would make every bin NaN)
+        finite = ", ".join(f"CASE WHEN isfinite({c}::DOUBLE) THEN {c}::DOUBLE END AS {c}" for c in names)
+        self._run(f"CREATE TEMP TABLE kept AS SELECT {finite} FROM rows WHERE {condition}", params, cursor)
+        ranges = ", ".join(f"min({c}), max({c}), count({c})" for c in names)
         found = self._run(f"SELECT {ranges} FROM kept", [], cursor).fetchone()
         result, selects = {}, []
         for i, column in enumerate(self.numbers):
