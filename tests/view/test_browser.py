@@ -24,13 +24,16 @@ def chromium_path() -> str:
 
 
 @pytest.fixture(scope="module")
-def server(captioned):
+def server(request):
     """The app on a free loopback port, served by uvicorn in a thread."""
+    chromium_path()  # skips first, before any server
+    pytest.importorskip("playwright.sync_api", reason="needs playwright (.[test])")
     import uvicorn
 
     from recaption.viewer.app import make_app
     from recaption.viewer.serve import bind
 
+    captioned = request.getfixturevalue("captioned")  # captioned only when the browser is there
     sock = bind("127.0.0.1", 0)
     config = uvicorn.Config(make_app(str(captioned[0])), log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
