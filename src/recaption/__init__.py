@@ -6,6 +6,7 @@ The main entry points take the options of the `recap` command of the same name:
     summary = recaption.caption(["shards/*.tar"], "out/", model="tiny", key_col="id")
     recaption.score("out/", clip_model="tiny-clip")
     recaption.report("out/")
+    recaption.view("out/")  # http://127.0.0.1:8765/
 """
 
 from .api import (  # noqa: A004 - filter: the command's name
@@ -30,6 +31,7 @@ from .api import (  # noqa: A004 - filter: the command's name
     train_captioner,
     train_clip,
     train_dit,
+    view,
 )
 from .spine import __version__
 
@@ -56,4 +58,5 @@ __all__ = [
     "train_captioner",
     "train_clip",
     "train_dit",
+    "view",
 ]

@@ -131,6 +131,17 @@ def report(output: PathLike, report: PathLike | None = None, gallery: int = 24, 
     return path
 
 
+def view(output: PathLike, images: PathLike | list[PathLike] | None = None, host: str = "127.0.0.1",
+         port: int = 8765, *, on_ready=None) -> None:
+    """Serve the read-only browser view of caption output `output` at http://host:port/ until
+    interrupted (`recap view`): thumbnails from `images` (tar shards or folders of them; default:
+    the inputs the shards' stats record), both captions, flags, scores, search, filters, sorts.
+    `on_ready(url)` is called once it listens. The app itself: `recaption.viewer.app.make_app`."""
+    from .viewer.serve import serve
+
+    serve(os.fspath(output), _paths(images) if images else None, host, port, on_ready=on_ready)
+
+
 def filter(output: PathLike, where: str, destination: PathLike, *, overwrite: bool = False):  # noqa: A001
     """`filter_output` under the command's name (`recap filter`)."""
     return filter_output(output, where, destination, overwrite=overwrite)

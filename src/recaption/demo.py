@@ -67,4 +67,5 @@ def run_demo(output: Path, console: Console, rows: int = 5, *, caption: CaptionC
         view.add_row(row["key"], row["org_caption"], row["re_caption"] or "", truth, row["status"])
     console.print(view)  # what the tiny model is: said under the caption summary
     console.print(f"output: {out_dir}")
+    console.print(f"browse it beside its images: recap view {out_dir}", soft_wrap=True)
     return code

@@ -71,6 +71,7 @@ def test_demo_runs_offline(tmp_path):
     assert sum(r["status"] == "ok" for r in table) == 8
     assert [r["status"] for r in table if r["status"] != "ok"] == ["decode_error"]
     assert "output:" in result.output
+    assert f"recap view {tmp_path / 'demo' / 'captions'}" in result.output.replace("\n", "")
     # The built-in captioner is trained on the shapes world: its captions name what is there.
     from recaption.demo import DEMO_SEED
     from recaption.shapes import ShapesWorld

@@ -1,6 +1,6 @@
 """`recap`: a thin command-line layer over the recaption library.
 
-One module per group of commands (caption, download, quality, selection, train, demo), each a set of plain
+One module per group of commands (caption, download, quality, selection, train, view, demo), each a set of plain
 functions; this module makes the typer app and registers them, every one guarded so that a user
 error (RecaptionError) raised anywhere under it is one red line and exit code 2."""
 
@@ -17,6 +17,7 @@ from .quality import judge_cmd, report_cmd, score_cmd, stats_cmd
 from .selection import export_cmd, filter_cmd
 from .t2i import eval_t2i_cmd, generate_cmd, train_dit_cmd
 from .train import eval_captioner_cmd, eval_retrieval_cmd, shapes_cmd, train_captioner_cmd, train_clip_cmd
+from .view import view_cmd
 
 __all__ = ["app", "caption_cmd", "main", "run_caption_command", "run_download_command"]
 
@@ -35,6 +36,7 @@ COMMANDS = {
     "judge": judge_cmd,
     "report": report_cmd,
     "stats": stats_cmd,
+    "view": view_cmd,
     "filter": filter_cmd,
     "export": export_cmd,
     "shapes": shapes_cmd,

@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Iterator
 
 from ..samples.sample import MISSING_IMAGE, Sample, as_text
+from ..samples.tars import normalise_member_name, split_member_name
 from ..spine.files import open_input
 from .base import (
     ColumnConfig,
@@ -24,22 +25,6 @@ from .base import (
     too_large,
     unreadable_types_note,
 )
-
-
-def normalise_member_name(name: str) -> str:
-    """The member's path inside the tar as a sample name: `./000001.jpg` (what `tar -C dir .`
-    writes) and `/abs/x.jpg` lose their leading `./` and `/`."""
-    name = posixpath.normpath(name)
-    return "" if name == "." else name.lstrip("/")
-
-
-def split_member_name(name: str) -> tuple[str, str]:
-    """Split a member name into (key, extension) the way webdataset does: at the first dot of
-    the basename, so `dir/000001.seg.png` is key `dir/000001`, extension `seg.png`; a leading
-    `./` or `/` is not part of the key."""
-    directory, base = posixpath.split(normalise_member_name(name))
-    stem, _, ext = base.partition(".")
-    return posixpath.join(directory, stem) if directory else stem, ext.lower()
 
 
 def _has_end_of_archive(tar: tarfile.TarFile) -> bool:

@@ -8,6 +8,7 @@ result unchanged."""
 from __future__ import annotations
 
 import io
+import posixpath
 import re
 import tarfile
 import time
@@ -25,6 +26,22 @@ def member_key(key: str) -> str:
     """A key fit for tar member names (`sub/cat.v2\n` -> `sub_cat_v2_`): the one rule for every
     tar this toolkit writes; the original key goes in the sample's .json."""
     return _UNSAFE_KEY.sub("_", key) or "_"
+
+
+def normalise_member_name(name: str) -> str:
+    """The member's path inside the tar as a sample name: `./000001.jpg` (what `tar -C dir .`
+    writes) and `/abs/x.jpg` lose their leading `./` and `/`."""
+    name = posixpath.normpath(name)
+    return "" if name == "." else name.lstrip("/")
+
+
+def split_member_name(name: str) -> tuple[str, str]:
+    """Split a member name into (key, extension) the way webdataset does: at the first dot of
+    the basename, so `dir/000001.seg.png` is key `dir/000001`, extension `seg.png`; a leading
+    `./` or `/` is not part of the key. The one rule for the tar reader and the tar index."""
+    directory, base = posixpath.split(normalise_member_name(name))
+    stem, _, ext = base.partition(".")
+    return posixpath.join(directory, stem) if directory else stem, ext.lower()
 
 
 class TarShardWriter:

@@ -142,6 +142,7 @@ def refuse_among_inputs(output: str, inputs: Iterable[str]) -> None:
 
 _OURS = (STAMP_NAME, LOCK_NAME, f"{LOCK_NAME}.excl")
 REPORT_NAME = "report.html"  # `recaption.report(OUT)` writes it beside the shards: still our folder
+INDEX_NAME = ".recap-index"  # tar indexes (samples/tar_index.py) `recap view` keeps beside the shards
 
 
 def _entries(out: OutputDir) -> list[str]:
@@ -155,7 +156,7 @@ def _entries(out: OutputDir) -> list[str]:
 def _not_ours(names: list[str]) -> list[str]:
     """What a folder holds beside our stamp, lock and our own temporaries: a user's `draft.tmp`
     or `.git` counts (never adopted, never removed)."""
-    return [n for n in names if n not in (*_OURS, REPORT_NAME) and not is_temporary(n)]
+    return [n for n in names if n not in (*_OURS, REPORT_NAME, INDEX_NAME) and not is_temporary(n)]
 
 
 def read_stamp(out: OutputDir) -> dict | None:

@@ -80,7 +80,7 @@ def _columns(columns: list[str]) -> str:
     return f"columns: {', '.join(c for c in columns if c != _ROW)}"
 
 
-def _one_line(exc: Exception) -> str:
+def one_line(exc: Exception) -> str:
     """DuckDB's message, first line (`Binder Error: Referenced column "x" not found ...`)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[0] if lines else type(exc).__name__
@@ -106,7 +106,7 @@ def matching_rows(table: pa.Table, where: str, con=None, shard: str | None = Non
     except duckdb.Error as exc:
         where_shard = f" (shard {shard})" if shard else ""
         raise FilterExpressionError(
-            f"--where {where!r}{where_shard}: {_one_line(exc)}; {_columns(table.column_names)}"
+            f"--where {where!r}{where_shard}: {one_line(exc)}; {_columns(table.column_names)}"
         ) from None
     return table.take(pa.array(np.sort(kept.to_numpy()), pa.int64()))  # in source order
 

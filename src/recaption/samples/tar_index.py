@@ -1,0 +1,169 @@
+"""Where each member of a tar shard lies: key -> (tar file, member, offset, size), so one image
+is read with one seek instead of a scan of the whole tar.
+
+An index is built once per tar from the tar's member headers (tarfile's `offset_data`: no image
+is read; a sample's small `.json`, when it has one, is read for the key it records, as the tar
+reader keys its rows) and kept as a parquet file in an index folder (`spine.contract.INDEX_NAME`
+beside the shards of an output folder), written atomically. It is used again while the tar's
+size and modification time are those it was built from, and rebuilt otherwise. `recap view`
+reads thumbnails through it; any step that fetches single samples by key can do the same.
+
+Only uncompressed tars can be indexed: the offsets are positions in the file."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import posixpath
+import tarfile
+from dataclasses import dataclass
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..spine.atomic import open_atomic
+from ..spine.files import open_input
+from .tars import normalise_member_name, split_member_name
+
+log = logging.getLogger(__name__)
+
+INDEX_VERSION = 1
+_MAX_JSON = 1 << 16  # a sample's .json read for its key: bigger ones are not metadata we wrote
+SCHEMA = pa.schema([("key", pa.string()), ("member", pa.string()), ("ext", pa.string()),
+                    ("offset", pa.int64()), ("size", pa.int64())])
+
+
+class TarIndexError(OSError):
+    """The tar cannot be indexed (compressed, unreadable, truncated)."""
+
+
+@dataclass(frozen=True)
+class Member:
+    """One member of a tar: where its bytes are."""
+
+    tar: str
+    name: str
+    ext: str
+    offset: int
+    size: int
+
+    def read(self) -> bytes:
+        """The member's bytes: one seek and one read (the tar opened the safe way, spine/files.py)."""
+        with open_input(self.tar) as f:
+            f.seek(self.offset)
+            data = f.read(self.size)
+        if len(data) != self.size:
+            raise TarIndexError(f"{self.tar}: member {self.name} is cut short (the tar changed since it was "
+                                "indexed)")
+        return data
+
+
+def fingerprint(tar: str) -> dict:
+    """What says a tar is the one an index was built from: its size and modification time."""
+    fs, path = fsspec.core.url_to_fs(tar)
+    info = fs.info(path)
+    mtime = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
+    return {"size": int(info.get("size") or 0), "mtime": str(mtime)}
+
+
+def scan(tar: str) -> pa.Table:
+    """Every regular member's key, name, extension, data offset and size, in tar order. The key
+    is the sample's `.json` "key" when it records one, else the member name's key (webdataset's
+    rule, `split_member_name`) without its folder, as the tar reader keys rows."""
+    keys, names, exts, offsets, sizes = [], [], [], [], []
+    recorded: dict[str, str] = {}
+    try:
+        with open_input(tar) as raw:
+            with tarfile.open(fileobj=raw, mode="r:") as archive:
+                for member in archive:
+                    if not member.isfile():  # links, folders: never followed
+                        continue
+                    prefix, ext = split_member_name(member.name)
+                    keys.append(prefix)
+                    names.append(normalise_member_name(member.name))
+                    exts.append(ext)
+                    offsets.append(member.offset_data)
+                    sizes.append(member.size)
+            # The samples' .json after the headers, each by its offset (20x faster than
+            # extracting them during the header scan).
+            for prefix, ext, offset, size in zip(keys, exts, offsets, sizes, strict=True):
+                if ext == "json" and size <= _MAX_JSON:
+                    raw.seek(offset)
+                    found = _json_key(raw.read(size))
+                    if found:
+                        recorded[prefix] = found
+    except tarfile.ReadError as exc:
+        raise TarIndexError(f"{tar}: not an uncompressed tar ({exc}); only plain .tar shards are "
+                            "indexed") from None
+    except (tarfile.TarError, EOFError) as exc:
+        raise TarIndexError(f"{tar}: unreadable tar ({exc})") from None
+    keys = [recorded.get(prefix) or posixpath.basename(prefix) for prefix in keys]
+    return pa.table([keys, names, exts, offsets, sizes], schema=SCHEMA)
+
+
+def _json_key(data: bytes) -> str | None:
+    """The "key" a sample's .json records (None: none, or not JSON)."""
+    try:
+        meta = json.loads(data)
+    except ValueError:
+        return None
+    key = meta.get("key") if isinstance(meta, dict) else None
+    return str(key) if isinstance(key, (str, int)) and str(key) else None
+
+
+def index_file(folder: str, tar: str) -> str:
+    """The index of `tar` in `folder`: the tar's name and a hash of its full path (two tars of
+    one name in two folders get two indexes)."""
+    stem = posixpath.basename(tar.rstrip("/")).rsplit(".", 1)[0]
+    digest = hashlib.sha256(tar.encode("utf-8")).hexdigest()[:12]
+    return f"{folder.rstrip('/')}/{stem}-{digest}.parquet"
+
+
+class TarIndex:
+    """The members of one tar by key; `load` builds the index or reuses the stored one."""
+
+    def __init__(self, tar: str, table: pa.Table):
+        self.tar = tar
+        self.rows = table.num_rows
+        self._by_key: dict[str, list[tuple[str, str, int, int]]] = {}
+        columns = [table.column(c).to_pylist() for c in ("key", "member", "ext", "offset", "size")]
+        for key, name, ext, offset, size in zip(*columns, strict=True):
+            self._by_key.setdefault(key, []).append((name, ext, offset, size))
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._by_key
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def members(self, key: str) -> list[Member]:
+        """The members of the sample `key`, in tar order ([] for a key the tar does not hold)."""
+        return [Member(self.tar, *entry) for entry in self._by_key.get(key, ())]
+
+    @classmethod
+    def load(cls, tar: str, folder: str | None = None) -> TarIndex:
+        """The index of `tar`: read from `folder` when it was built from this very file (same size
+        and modification time), else built from the tar and written there atomically (a folder
+        that cannot be written keeps it in memory only, with a warning). `folder` None: in memory."""
+        stamp = {"version": INDEX_VERSION, "tar": tar, **fingerprint(tar)}
+        if folder is None:
+            return cls(tar, scan(tar))
+        path = index_file(folder, tar)
+        fs, local = fsspec.core.url_to_fs(path)
+        try:
+            with fs.open(local, "rb") as f:
+                table = pq.read_table(f)
+            if json.loads((table.schema.metadata or {}).get(b"recaption_tar_index", b"{}")) == stamp:
+                return cls(tar, table)
+        except (OSError, ValueError, pa.ArrowInvalid):
+            pass  # none yet, or unreadable: build it again
+        table = scan(tar).replace_schema_metadata({b"recaption_tar_index": json.dumps(stamp).encode()})
+        try:
+            fs.makedirs(fs._parent(local), exist_ok=True)
+            with open_atomic(fs, local, "wb") as f:
+                pq.write_table(table, f)
+        except OSError as exc:
+            log.warning("the index of %s is kept in memory only: %s cannot be written (%s)", tar, path, exc)
+        return cls(tar, table)

@@ -1,0 +1,172 @@
+"""The images beside the rows: each shard's input tar, found from `--images` or from what the
+shard's stats recorded, read one member at a time through its tar index (samples/tar_index.py),
+decoded, resized and re-encoded as JPEG on the fly, the results kept in an LRU cache.
+
+Only tars under the folders (or the files) given are read, and a request names a shard and a
+key, never a path: the file comes from the shard, the offset from the index."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+from ..readers.base import image_extensions
+from ..samples.images import ImageDecodeError, decode_image
+from ..samples.tar_index import Member, TarIndex, TarIndexError
+from ..spine.contract import INDEX_NAME
+from ..spine.files import local_path
+from ..spine.ledger import OutputDir
+from .rows import ViewError
+
+log = logging.getLogger(__name__)
+
+THUMBNAIL_SIDES = (96, 160, 256, 384)  # the sizes a thumbnail may be asked for
+FULL_SIDE = 2048
+CACHE_BYTES = 64 << 20  # encoded images kept, all sizes together
+
+
+class LRUBytes:
+    """Encoded images by key, the least recently used dropped past `limit` bytes; thread-safe."""
+
+    def __init__(self, limit: int = CACHE_BYTES):
+        self.limit, self.size = limit, 0
+        self._items: OrderedDict[tuple, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> bytes | None:
+        with self._lock:
+            data = self._items.get(key)
+            if data is not None:
+                self._items.move_to_end(key)
+            return data
+
+    def put(self, key: tuple, data: bytes) -> None:
+        with self._lock:
+            if key in self._items:
+                return
+            self._items[key] = data
+            self.size += len(data)
+            while self.size > self.limit and self._items:
+                _, dropped = self._items.popitem(last=False)
+                self.size -= len(dropped)
+
+
+class Images:
+    """Where each shard's images are, and the images themselves as JPEG bytes."""
+
+    def __init__(self, out: OutputDir, names: list[str], images: list[str] | None = None,
+                 index_folder: str | None = None):
+        self.out = out
+        self.index_folder = index_folder if index_folder is not None else out.path(INDEX_NAME)
+        self.cache = LRUBytes()
+        self._indexes: OrderedDict[str, TarIndex] = OrderedDict()
+        self._lock = threading.Lock()
+        self._building: dict[str, threading.Lock] = {}
+        self.notes: dict[str, str] = {}  # shard -> why it has no images
+        if images:
+            found = _tars_in(images)
+            self.roots = [os.path.realpath(p) for p in images]
+            self.tars = {name: found[name] for name in names if name in found}
+            for name in names:
+                if name not in found:
+                    self.notes[name] = f"no {name}.tar among --images"
+        else:
+            self.tars, self.roots = {}, []
+            for name in names:
+                source = _recorded_source(out, name)
+                if source and source.endswith(".tar") and local_path(source) and os.path.isfile(source):
+                    self.tars[name] = source
+                    self.roots.append(os.path.realpath(source))  # that file, nothing beside it
+                else:
+                    said = f"its input {source} is not a local tar" if source else "its stats record no input"
+                    self.notes[name] = f"{said}; give the shards with --images"
+
+    def allowed(self, tar: str) -> bool:
+        """Whether `tar` lies under a folder given (or is a file given)."""
+        real = os.path.realpath(tar)
+        return any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in self.roots)
+
+    def index(self, shard: str) -> TarIndex | None:
+        """The shard's tar index (built on first use, then kept: the last 64 in memory)."""
+        tar = self.tars.get(shard)
+        if tar is None or not self.allowed(tar):
+            return None
+        with self._lock:
+            index = self._indexes.get(shard)
+            if index is not None:
+                self._indexes.move_to_end(shard)
+                return index
+            building = self._building.setdefault(shard, threading.Lock())
+        with building:  # one build per shard, however many thumbnails ask at once
+            with self._lock:
+                if shard in self._indexes:
+                    return self._indexes[shard]
+            try:
+                index = TarIndex.load(tar, self.index_folder)
+            except (TarIndexError, OSError) as exc:
+                self.notes[shard] = str(exc)
+                log.warning("%s", exc)
+                return None
+            with self._lock:
+                self._indexes[shard] = index
+                while len(self._indexes) > 64:
+                    self._indexes.popitem(last=False)
+        return index
+
+    def member(self, shard: str, key: str) -> Member | None:
+        """The image member of the row `key` in `shard` (the first image of its sample)."""
+        index = self.index(shard)
+        if index is None:
+            return None
+        readable = image_extensions()
+        return next((m for m in index.members(key) if m.ext.rpartition(".")[2] in readable), None)
+
+    def jpeg(self, shard: str, key: str, side: int) -> bytes | None:
+        """The image at most `side` pixels on its longest edge, as JPEG (None: no such image, or
+        it does not decode)."""
+        cached = self.cache.get((shard, key, side))
+        if cached is not None:
+            return cached
+        member = self.member(shard, key)
+        if member is None:
+            return None
+        try:
+            image = decode_image(member.read(), max_side=side)
+        except (ImageDecodeError, OSError):
+            return None
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=82 if side <= 384 else 90)
+        data = buffer.getvalue()
+        self.cache.put((shard, key, side), data)
+        return data
+
+
+def _tars_in(images: list[str]) -> dict[str, str]:
+    """Shard name -> tar, from tar files and folders of them."""
+    found: dict[str, str] = {}
+    for item in images:
+        path = Path(item)
+        if path.is_dir():
+            tars = sorted(path.glob("*.tar"))
+        elif path.is_file() and path.suffix == ".tar":
+            tars = [path]
+        else:
+            raise ViewError(f"--images {item}: not a .tar file or a folder of them")
+        for tar in tars:
+            found.setdefault(tar.stem, str(tar))
+    return found
+
+
+def _recorded_source(out: OutputDir, name: str) -> str | None:
+    """The input the shard's stats record (`source`; a folder slice's folder)."""
+    try:
+        with out.fs.open(out.stats(name), "r") as f:
+            source = json.load(f).get("source")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return source.rsplit(" [", 1)[0] if isinstance(source, str) and source else None

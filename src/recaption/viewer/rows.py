@@ -1,0 +1,317 @@
+"""The rows `recap view` shows: DuckDB over the output's parquet files (read where they lie,
+never loaded whole), a filter built from the page's controls, and the same filter as the
+`recap filter --where` condition that keeps those rows.
+
+DuckDB runs with `recap filter`'s rules (steps/filter.py: no file system, no network, no
+extensions, configuration locked) and may read only the output's own parquet files. Values from
+the page reach SQL as parameters; only column names (checked against the files' columns) and
+the condition a user typed into the SQL box (checked as `recap filter` checks --where) are SQL
+text."""
+
+from __future__ import annotations
+
+import math
+import re
+import shlex
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..quality.outputs import done_shards
+from ..spine.errors import RecaptionError
+from ..spine.files import local_path, open_input
+from ..spine.ledger import OutputDir
+from ..steps.filter import DUCKDB_CONFIG, check_where, one_line
+
+SHARD, ROW = "__shard", "__row"  # the shard a row is in, and its number in that shard's file
+CLIP_GAIN = "re_clip_score - org_clip_score"  # the sort that shows where the recaption wins or loses
+MAX_PER_PAGE = 200
+HISTOGRAM_BINS = 20
+_PLAIN_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+class ViewError(RecaptionError, ValueError):
+    """`recap view` cannot show this folder."""
+
+
+class QueryError(ValueError):
+    """A request the rows cannot answer (an unknown column, a bad condition): one line, HTTP 400."""
+
+
+def identifier(name: str) -> str:
+    """A column name as SQL: plain names as they are, others quoted."""
+    return name if _PLAIN_NAME.match(name) else '"' + name.replace('"', '""') + '"'
+
+
+def literal(value) -> str:
+    """A value as a SQL literal, for the `--where` text a user copies (the queries themselves take
+    parameters). `;` is written `chr(59)`: `recap filter` refuses a condition holding one."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    parts = ["'" + part.replace("'", "''") + "'" for part in str(value).split(";")]
+    return " || chr(59) || ".join(parts)
+
+
+def shell_word(text: str) -> str:
+    """`text` as one POSIX shell word: in single quotes, or in double quotes when it holds a single
+    quote (SQL string literals do), so a copied command reads as the SQL it is."""
+    if "'" not in text:
+        return shlex.quote(text)
+    return '"' + re.sub(r'([\\"$`])', r"\\\1", text) + '"'
+
+
+@dataclass
+class Clause:
+    """One condition: `template` with `{}` where each value goes, as parameters (`?`) for the
+    query and as literals for the `--where` text."""
+
+    template: str
+    values: list = field(default_factory=list)
+
+    @property
+    def sql(self) -> str:
+        return self.template.format(*("?" for _ in self.values))
+
+    @property
+    def text(self) -> str:
+        return self.template.format(*(literal(v) for v in self.values))
+
+
+@dataclass
+class Query:
+    """What the page asks: search text, statuses, flags set or not, numeric ranges, a condition
+    typed as SQL, the sort, the page."""
+
+    search: str = ""
+    search_in: list[str] = field(default_factory=list)
+    status: list[str] = field(default_factory=list)
+    flags: dict[str, bool] = field(default_factory=dict)
+    ranges: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    where: str = ""
+    sort: str = ""
+    descending: bool = True
+    page: int = 0
+    per_page: int = 48
+
+
+class Rows:
+    """The finished shards of one caption output folder, queried in place."""
+
+    def __init__(self, output: str):
+        import duckdb
+
+        self.out = OutputDir(output)
+        self.names = done_shards(self.out)  # NoOutputError: not caption output
+        root = local_path(output)
+        if root is None:
+            raise ViewError(f"{output}: recap view reads local folders; copy the output here first")
+        self.files = {name: self.out.parquet(name) for name in self.names}
+        schemas = []
+        for name, path in self.files.items():
+            try:
+                with open_input(path) as f:
+                    schemas.append(pq.read_schema(f))
+            except (OSError, pa.ArrowInvalid) as exc:
+                raise ViewError(f"{path}: shard {name} is marked finished but its parquet cannot be read "
+                                f"({one_line(exc)}); caption it again or delete {name}.done") from None
+        self.schema = pa.unify_schemas(schemas, promote_options="permissive")
+        self.columns = [f.name for f in self.schema if f.name not in (SHARD, ROW)]
+        kinds = {f.name: f.type for f in self.schema}
+        self.text = [c for c in self.columns
+                     if pa.types.is_string(kinds[c]) or pa.types.is_large_string(kinds[c])]
+        self.captions = [c for c in self.text
+                         if c in ("re_caption", "org_caption") or c.startswith("re_caption_")]
+        self.flags = [c for c in self.columns if pa.types.is_boolean(kinds[c])]
+        self.numbers = [c for c in self.columns
+                        if pa.types.is_integer(kinds[c]) or pa.types.is_floating(kinds[c])]
+        gain = {"re_clip_score", "org_clip_score"} <= set(self.numbers)
+        self.sorts = self.numbers + ([CLIP_GAIN] if gain else [])
+        self._db = duckdb.connect(":memory:")
+        # Only these files are readable; then recap filter's rules, locked.
+        self._db.execute("SET allowed_paths = ?", [list(self.files.values())])
+        files = "[" + ", ".join(literal(p) for p in self.files.values()) + "]"
+        self._db.execute(
+            f"CREATE VIEW rows AS SELECT *, regexp_extract(__file, '([^/]*)\\.parquet$', 1) AS {SHARD}, "
+            f"file_row_number AS {ROW} FROM read_parquet({files}, filename='__file', file_row_number=true, "
+            "union_by_name=true)"
+        )
+        for name, value in DUCKDB_CONFIG.items():
+            self._db.execute(f"SET {name} = {literal(value)}")
+        self.total = self._count("true", [])
+
+    # -- the filter ---------------------------------------------------------------------------------
+
+    def clauses(self, query: Query) -> list[Clause]:
+        """The conditions of a query, each a Clause; QueryError for a column the files lack."""
+        clauses = []
+        if query.search.strip():
+            columns = query.search_in or self.captions
+            self._known(columns, self.text, "search in")
+            needle = query.search.strip().lower()
+            parts = [f"contains(lower({identifier(c)}), {{}})" for c in columns]
+            clauses.append(Clause("(" + " or ".join(parts) + ")" if len(parts) > 1 else parts[0],
+                                  [needle] * len(parts)))
+        if query.status:
+            self._known(["status"], self.columns, "status filter")
+            marks = ", ".join("{}" for _ in query.status)
+            clauses.append(Clause(f"status in ({marks})", list(query.status)))
+        for flag, is_set in sorted(query.flags.items()):
+            self._known([flag], self.flags, "flag")
+            clauses.append(Clause(identifier(flag) if is_set else f"not {identifier(flag)}"))
+        for column, (low, high) in sorted(query.ranges.items()):
+            self._known([column], self.numbers, "range")
+            if low is not None:
+                clauses.append(Clause(f"{identifier(column)} >= {{}}", [low]))
+            if high is not None:
+                clauses.append(Clause(f"{identifier(column)} <= {{}}", [high]))
+        if query.where.strip():
+            try:
+                where = check_where(query.where, self.columns)
+            except ValueError as exc:
+                raise QueryError(str(exc)) from None
+            clauses.append(Clause("(" + where.replace("{", "{{").replace("}", "}}") + ")"))
+        return clauses
+
+    def where_text(self, query: Query) -> str:
+        """The condition `recap filter --where` takes to keep exactly these rows."""
+        return " and ".join(c.text for c in self.clauses(query)) or "true"
+
+    def filter_command(self, query: Query, destination: str = "FILTERED") -> str:
+        return (f"recap filter {shell_word(self.out.url)} --where {shell_word(self.where_text(query))} "
+                f"-o {shell_word(destination)}")
+
+    def _condition(self, query: Query) -> tuple[str, list]:
+        clauses = self.clauses(query)
+        return (" and ".join(c.sql for c in clauses) or "true", [v for c in clauses for v in c.values])
+
+    def _known(self, names: list[str], allowed: list[str], what: str) -> None:
+        unknown = [n for n in names if n not in allowed]
+        if unknown:
+            raise QueryError(f"{what}: no column {unknown[0]!r} here; columns: {', '.join(allowed)}")
+
+    def _run(self, sql: str, params: list, cursor=None):
+        """The result of one statement, on its own cursor (requests run in threads) or `cursor`."""
+        import duckdb
+
+        try:
+            return (cursor or self._db.cursor()).execute(sql, params)
+        except duckdb.Error as exc:
+            raise QueryError(one_line(exc)) from None
+
+    def _count(self, condition: str, params: list) -> int:
+        return int(self._run(f"SELECT count(*) FROM rows WHERE {condition}", params).fetchone()[0])
+
+    # -- answers ---------------------------------------------------------------------------------
+
+    def page(self, query: Query) -> dict:
+        """One page of rows (every column, plus shard and row number), the count of all rows the
+        filter keeps, and the filter as a `recap filter` command."""
+        condition, params = self._condition(query)
+        per_page = max(1, min(int(query.per_page), MAX_PER_PAGE))
+        order = f"{SHARD}, {ROW}"
+        if query.sort:
+            if query.sort not in self.sorts:
+                raise QueryError(f"sort: no column {query.sort!r} here; sorts: {', '.join(self.sorts)}")
+            expression = f"({CLIP_GAIN})" if query.sort == CLIP_GAIN else identifier(query.sort)
+            order = f"{expression} {'DESC' if query.descending else 'ASC'} NULLS LAST, {order}"
+        # The page's (shard, row) and the count of all matches in one scan, over small columns;
+        # then only those rows in full. No filter: the count is known, the scan stops early.
+        counted = "count(*) OVER ()" if params or condition != "true" else f"{self.total}"
+        found = self._run(
+            f"SELECT {SHARD}, {ROW}, {counted} FROM rows WHERE {condition} ORDER BY {order} LIMIT ? OFFSET ?",
+            [*params, per_page, max(0, int(query.page)) * per_page],
+        ).fetchall()
+        picked = [(shard, row) for shard, row, _ in found]
+        rows = self.rows_at(picked)
+        matched = int(found[0][2]) if found else (self._count(condition, params) if query.page else 0)
+        return {"total": self.total, "matched": matched, "page": int(query.page), "per_page": per_page,
+                "rows": rows, "where": self.where_text(query), "command": self.filter_command(query)}
+
+    def rows_at(self, picked: list[tuple[str, int]]) -> list[dict]:
+        """Full rows at these (shard, row) places, in this order; each shard's file read alone."""
+        by_shard: dict[str, list[int]] = {}
+        for shard, row in picked:
+            by_shard.setdefault(shard, []).append(int(row))
+        found: dict[tuple[str, int], dict] = {}
+        for shard, numbers in by_shard.items():
+            path = self.files[shard]
+            marks = ", ".join("?" for _ in numbers)
+            result = self._run(
+                f"SELECT * EXCLUDE (file_row_number), file_row_number AS {ROW} "
+                f"FROM read_parquet({literal(path)}, file_row_number=true) "
+                f"WHERE file_row_number IN ({marks})",
+                numbers,
+            )
+            names = [d[0] for d in result.description]
+            for values in result.fetchall():
+                row = dict(zip(names, values, strict=True))
+                found[(shard, row[ROW])] = {**_clean(row), SHARD: shard}
+        return [found[(shard, int(row))] for shard, row in picked if (shard, int(row)) in found]
+
+    def row(self, shard: str, number: int) -> dict | None:
+        """One row by shard and number (None when there is no such row)."""
+        if shard not in self.files or number < 0:
+            return None
+        rows = self.rows_at([(shard, number)])
+        return rows[0] if rows else None
+
+    def histograms(self, query: Query, bins: int = HISTOGRAM_BINS) -> dict:
+        """Per numeric column, the counts of the rows the filter keeps in `bins` equal bins
+        between its smallest and largest value there."""
+        condition, params = self._condition(query)
+        if not self.numbers:
+            return {}
+        names = [identifier(c) for c in self.numbers]
+        # The filter is evaluated once: its rows' numbers into a temporary table of this cursor.
+        cursor = self._db.cursor()
+        # (as doubles, NaN and infinities as NULL: a NaN score would make every bin NaN)
+        finite = ", ".join(f"CASE WHEN isfinite({c}::DOUBLE) THEN {c}::DOUBLE END AS {c}" for c in names)
+        self._run(f"CREATE TEMP TABLE kept AS SELECT {finite} FROM rows WHERE {condition}", params, cursor)
+        ranges = ", ".join(f"min({c}), max({c}), count({c})" for c in names)
+        found = self._run(f"SELECT {ranges} FROM kept", [], cursor).fetchone()
+        result, selects = {}, []
+        for i, column in enumerate(self.numbers):
+            low, high, n = found[3 * i: 3 * i + 3]
+            if not n:
+                continue
+            result[column] = {"low": low, "high": high, "count": int(n), "counts": [0] * bins}
+            if low == high:
+                result[column]["counts"][0] = int(n)
+                continue
+            width = (high - low) / bins
+            name = identifier(column)
+            selects.append((column, f"SELECT {literal(column)} AS c, "
+                                    f"least(floor(({name} - {low!r}) / {width!r}), {bins - 1})::INT AS b, "
+                                    f"count(*) AS n FROM kept WHERE {name} IS NOT NULL GROUP BY b"))
+        if selects:
+            sql = " UNION ALL ".join(s for _, s in selects)
+            for column, b, n in self._run(sql, [], cursor).fetchall():
+                result[column]["counts"][int(b)] = int(n)
+        cursor.close()
+        return result
+
+    def statuses(self) -> dict[str, int]:
+        if "status" not in self.columns:
+            return {}
+        found = self._run("SELECT status, count(*) FROM rows GROUP BY status ORDER BY 2 DESC", []).fetchall()
+        return {str(s): int(n) for s, n in found}
+
+    def meta(self) -> dict:
+        return {"output": self.out.url, "shards": self.names, "total": self.total, "columns": self.columns,
+                "captions": self.captions, "text": self.text, "flags": self.flags, "numbers": self.numbers,
+                "sorts": self.sorts, "statuses": self.statuses()}
+
+
+def _clean(row: dict) -> dict:
+    """JSON-ready values: NaN and infinities as None, bytes as their size."""
+    clean = {}
+    for key, value in row.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            value = None
+        elif isinstance(value, (bytes, bytearray)):
+            value = f"<{len(value)} bytes>"
+        clean[key] = value
+    return clean
