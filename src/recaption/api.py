@@ -58,6 +58,16 @@ def download(inputs: PathLike | list[PathLike], output: PathLike, **options: Any
     return _download(_paths(inputs), DownloadConfig(output=os.fspath(output), **options))
 
 
+def lookup(shards: PathLike, values: list[str], by: str = "key"):
+    """Find samples of a download folder (`recap download`'s or img2dataset's layout) whose column
+    `by` (key, url, uid, ...) holds one of `values`, without scanning the tars (`recap lookup`).
+    Returns (found, missing): `readers.lookup.Found` rows, each with its tar members
+    (`member.read()` is one seek), and the values found nowhere."""
+    from .readers.lookup import lookup as _lookup
+
+    return _lookup(os.fspath(shards), [str(v) for v in values], by=by)
+
+
 def run(inputs: PathLike | list[PathLike], output: PathLike, **options: Any):
     """URLs to captions (`recap run`): download into `{output}/images`, then caption those shards
     into `{output}/captions`; both halves resume. Options are the download's (`DownloadConfig`'s

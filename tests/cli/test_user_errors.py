@@ -308,6 +308,7 @@ PLANTED = [
     (["report", "{tmp}/out", "-o", "{tmp}/r.html"], "recaption.quality.report.write_report"),
     (["stats", "{tmp}/out"], "recaption.quality.stats.collect"),
     (["view", "{tmp}/out", "--port", "0"], "recaption.viewer.serve.make_app"),
+    (["lookup", "{tmp}/in", "x"], "recaption.readers.lookup.lookup"),
     (["shapes", "-o", "{tmp}/shapes", "--images", "1"], "recaption.shapes.write_shapes_shards"),
     (["train-clip", "{tmp}/in", "-o", "{tmp}/clip"], "recaption.training.clip_train.train_clip"),
     (["eval-captioner", "tiny"], "recaption.training.caption_eval.evaluate_captioner"),

@@ -281,6 +281,7 @@ def test_nothing_is_written_outside_the_output_folder(tmp_path):
     assert {p.name for p in (tmp_path / "out").iterdir()} <= {
         ".recap.lock",  # the output folder's lock (atomic.output_lock)
         ".recap-output.json",  # which step made the folder (spine/contract.py)
+        ".recap-index",  # where each sample lies in the tar (samples/tar_index.py, recap lookup)
         "00000.tar",
         "00000.parquet",
         "00000_stats.json",
@@ -574,6 +575,7 @@ def test_download_holds_the_output_folders_lock_and_clears_crashed_temporaries(t
     assert {p.name for p in out.iterdir()} == {
         ".recap.lock",
         ".recap-output.json",
+        ".recap-index",
         "00000.tar",
         "00000.parquet",
         "00000_stats.json",

@@ -12,7 +12,7 @@ from typer.core import TyperCommand
 from .caption import caption_cmd, convert_llava_cmd, models_cmd, run_caption_command, run_cmd
 from .common import user_errors
 from .demo import demo_cmd
-from .download import download_cmd, run_download_command
+from .download import download_cmd, lookup_cmd, run_download_command
 from .quality import judge_cmd, report_cmd, score_cmd, stats_cmd
 from .selection import export_cmd, filter_cmd
 from .t2i import eval_t2i_cmd, generate_cmd, train_dit_cmd
@@ -31,6 +31,7 @@ app = typer.Typer(
 COMMANDS = {
     "caption": caption_cmd,
     "download": download_cmd,
+    "lookup": lookup_cmd,
     "run": run_cmd,
     "score": score_cmd,
     "judge": judge_cmd,

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from ..spine.errors import RecaptionError
-from .common import console, error_line, exit_code_of, print_download_summary, split_values
+from .common import clear_error, console, error_line, exit_code_of, print_download_summary, split_values
 
 
 def download_cmd(
@@ -93,3 +93,40 @@ def run_download_command(inputs: list[str], config, executor: str = "local", ray
         return exit_code_of(exc)
     progress.stop()
     return print_download_summary(summary, config)
+
+
+def lookup_cmd(
+    shards: Annotated[str, typer.Argument(help="A folder `recap download` or img2dataset wrote (NAME.tar beside NAME.parquet).")],
+    values: Annotated[list[str], typer.Argument(help="Keys (or values of --by) to find.")],
+    by: Annotated[str, typer.Option(help="The column to match: key, url, or an id column such as uid (DataComp's).")] = "key",
+    as_json: Annotated[bool, typer.Option("--json", help="Print every matching row, with its tar members' offsets, as JSON.")] = False,
+) -> None:
+    """Find samples by key, id or URL without scanning the tars: each shard's parquet is read for
+    one column, then the tar's index (kept in .recap-index) says where the sample's members lie."""
+    import json
+
+    from rich.markup import escape
+    from rich.table import Table
+
+    from ..api import lookup
+
+    with clear_error(ValueError, OSError):
+        found, missing = lookup(shards, values, by=by)
+    if as_json:
+        rows = [{"value": f.value, "shard": f.shard, "row": f.row,
+                 "members": [{"tar": m.tar, "name": m.name, "offset": m.offset, "size": m.size} for m in f.members]}
+                for f in found]
+        console.print(json.dumps({"found": rows, "missing": missing}, indent=2, default=str), soft_wrap=True,
+                      markup=False)
+    else:
+        table = Table(title=f"recap lookup --by {escape(by)}: {len(found)} found, {len(missing)} missing")
+        for column in ("value", "shard", "key", "outcome", "members (offset)"):
+            table.add_column(column)
+        for f in found:
+            members = ", ".join(f"{m.name} ({m.offset})" for m in f.members) or "none (not downloaded)"
+            table.add_row(escape(f.value), f.shard, escape(str(f.row.get("key"))),
+                          escape(str(f.row.get("outcome") or f.row.get("status"))), escape(members))
+        console.print(table)
+        for value in missing:
+            console.print(f"not found: {escape(value)}", soft_wrap=True)
+    raise typer.Exit(1 if missing else 0)

@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from ..executors import executor_module
 from ..readers.base import UniqueKeys
+from ..readers.lookup import index_shard
 from ..redact import redact, strip_url_secrets
 from ..samples.placeholders import listed_message, read_placeholder_list, repeated_placeholders
 from ..samples.shards import img2dataset_key
@@ -295,6 +296,7 @@ class ShardDownloads:
             seconds = time.perf_counter() - started
             stats = self._stats(writer, counts, started, seconds, retried=len(todo) if retrying else None)
             writer.commit(stats, {**self.provenance, "fetch_policy": self.policy})
+            index_shard(self.cfg.output, name)  # where each sample lies in the tar, for `recap lookup`
         except BaseException as exc:
             writer.abort()
             if isinstance(exc, Exception):

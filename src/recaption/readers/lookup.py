@@ -1,0 +1,100 @@
+"""`recap lookup SHARDS VALUE...`: find samples of an img2dataset-layout folder (what `recap download`
+and img2dataset write: `00042.tar` beside `00042.parquet`) by key, by id or by URL, without
+scanning the tars.
+
+Each shard's parquet is read for the one column asked about (with a filter, so row groups whose
+statistics rule the values out are skipped); a match's tar members are then found through the
+tar's index (samples/tar_index.py: built once, kept in `.recap-index` beside the shards, as
+`recap download` leaves it), so reading a sample is one seek per member.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ..samples.tar_index import Member, TarIndex, TarIndexError
+from ..spine.contract import INDEX_NAME
+from ..spine.errors import RecaptionError
+from ..spine.ledger import OutputDir
+
+log = logging.getLogger(__name__)
+
+
+class ShardLookupError(RecaptionError, ValueError):
+    """A folder that holds no shards, or a column its shards do not have."""
+
+
+@dataclass
+class Found:
+    """One row that matched: its shard, its row (every column of the shard's parquet) and the
+    members of its sample in the tar (none for a row that failed to download)."""
+
+    value: str
+    shard: str
+    row: dict
+    members: list[Member] = field(default_factory=list)
+
+
+def lookup(folder: str, values: list[str], by: str = "key") -> tuple[list[Found], list[str]]:
+    """(the rows whose column `by` holds one of `values`, in shard order; the values found
+    nowhere). Raises ShardLookupError for a folder without shards or a column none of them has."""
+    out = OutputDir(folder)
+    shards = sorted(p.rsplit("/", 1)[-1][: -len(".parquet")] for p in out.fs.glob(out.path("*.parquet")))
+    if not shards:
+        raise ShardLookupError(f"{folder}: no shards (NAME.parquet beside NAME.tar) to look in; "
+                           "name a folder `recap download` or img2dataset wrote")
+    wanted = pa.array(sorted(set(values)), pa.string())
+    found: list[Found] = []
+    had_column = False
+    for name in shards:
+        with out.fs.open(out.parquet(name), "rb") as f:
+            parquet = pq.ParquetFile(f)
+            if by not in parquet.schema_arrow.names:
+                continue
+            had_column = True
+            column = parquet.read(columns=[by]).column(by)  # one column first: most shards hold no match
+            hits = pc.indices_nonzero(pc.fill_null(pc.is_in(pc.cast(column, pa.string()), wanted), False))
+            matches = parquet.read().take(hits) if len(hits) else None
+        if matches is not None:
+            index = _index(out, name)
+            for row in matches.to_pylist():
+                members = index.members(str(row.get("key"))) if index is not None else []
+                found.append(Found(str(row[by]), name, row, members))
+    if not had_column:
+        raise ShardLookupError(f"{folder}: no shard has a column {by!r}; --by takes a column of the shards' "
+                           "parquet (key, url, or an id column such as uid)")
+    missing = sorted(set(values) - {f.value for f in found})
+    return found, missing
+
+
+def _index(out: OutputDir, name: str) -> TarIndex | None:
+    tar = out.path(f"{name}.tar")
+    if not out.fs.exists(tar):
+        return None
+    try:
+        return TarIndex.load(_full(out, tar), _full(out, out.path(INDEX_NAME)))
+    except TarIndexError as exc:
+        log.warning("%s: its members cannot be located (%s)", name, exc)
+        return None
+
+
+def _full(out: OutputDir, path: str) -> str:
+    """A path of the folder with its protocol (local paths stay plain)."""
+    protocol = out.fs.protocol if isinstance(out.fs.protocol, str) else out.fs.protocol[0]
+    return path if protocol in ("file", "local") else out.fs.unstrip_protocol(path)
+
+
+def index_shard(folder: str, name: str) -> None:
+    """Build the tar index of a finished shard (download does, after each commit): a cache,
+    so a failure is a warning, never the shard's."""
+    out = OutputDir(folder)
+    try:
+        _index(out, name)
+    except OSError as exc:
+        log.warning("%s: tar index not built (%s); `recap lookup` builds it when needed", name, exc)
+

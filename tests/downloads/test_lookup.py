@@ -1,0 +1,81 @@
+"""`recap lookup`: samples found by key, id or URL through the parquet and the tar index, never a
+scan of the tars; the index is left beside the shards by the download."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+import recaption
+from recaption.cli import app
+from recaption.downloads import download
+from recaption.readers import discover_shards
+
+from ..image_server import ImageServer
+from .test_download import config, write_metadata
+
+
+def downloaded(tmp_path, **options):
+    out = tmp_path / "out"
+    with ImageServer() as server:
+        rows = [{"url": f"{server.url}/img/{i}.jpg", "text": f"photo {i}", "license": None, "sha256": None,
+                 "uid": f"uid-{i:03d}"} for i in range(6)]
+        gone = {"url": f"{server.url}/404", "text": "gone", "license": None, "sha256": None,
+                "uid": "uid-gone"}
+        rows.append(gone)
+        meta = write_metadata(tmp_path / "urls.parquet", rows)
+        download([meta], config(out, shard_size=3, extra_cols=["license", "uid"], **options))
+    return out
+
+
+def test_lookup_by_id_finds_the_sample_in_its_shard_and_reads_its_bytes(tmp_path):
+    out = downloaded(tmp_path)
+    assert sorted(p.name for p in (out / ".recap-index").iterdir())  # left by the download
+
+    found, missing = recaption.lookup(out, ["uid-004", "uid-gone", "uid-nope"], by="uid")
+
+    assert missing == ["uid-nope"]
+    by_value = {f.value: f for f in found}
+    hit = by_value["uid-004"]
+    assert hit.shard == "00001" and hit.row["caption"] == "photo 4"
+    exts = {m.ext: m for m in hit.members}
+    assert set(exts) == {"jpg", "json", "txt"}
+    assert exts["txt"].read() == b"photo 4"
+    assert json.loads(exts["json"].read())["uid"] == "uid-004"
+    (sample,) = [s for shard in discover_shards([str(out)]) for s in shard if s.key == hit.row["key"]]
+    assert exts["jpg"].read() == sample.image_bytes  # the very bytes the tar reader gives
+    assert by_value["uid-gone"].row["outcome"] == "http_error" and by_value["uid-gone"].members == []
+
+
+def test_lookup_by_key_and_url_on_the_command_line(tmp_path):
+    out = downloaded(tmp_path, key_format="url")
+    found, _ = recaption.lookup(out, ["uid-001"], by="uid")
+    key, url = found[0].row["key"], found[0].row["url"]
+
+    result = CliRunner().invoke(app, ["lookup", str(out), key, "--json"])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.output)["found"]
+    assert row["row"]["url"] == url
+    assert {m["name"].rsplit(".", 1)[1] for m in row["members"]} == {"jpg", "json", "txt"}
+
+    table = CliRunner().invoke(app, ["lookup", str(out), url, "nowhere", "--by", "url"])
+    assert table.exit_code == 1 and "1 found, 1 missing" in table.output
+    assert "not found: nowhere" in table.output
+
+
+def test_lookup_names_what_is_wrong_in_one_line(tmp_path):
+    out = downloaded(tmp_path)
+    result = CliRunner().invoke(app, ["lookup", str(out), "x", "--by", "nope"])
+    assert result.exit_code == 2 and "no shard has a column 'nope'" in result.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = CliRunner().invoke(app, ["lookup", str(empty), "x"])
+    assert result.exit_code == 2 and "no shards" in result.output and "Traceback" not in result.output
+
+
+def test_the_index_beside_the_shards_is_not_taken_for_input(tmp_path):
+    out = downloaded(tmp_path)
+    assert (out / ".recap-index").is_dir()
+    shards = discover_shards([str(out)])
+    assert sorted(s.name for s in shards) == ["00000", "00001", "00002"]
