@@ -79,3 +79,11 @@ def test_the_index_beside_the_shards_is_not_taken_for_input(tmp_path):
     assert (out / ".recap-index").is_dir()
     shards = discover_shards([str(out)])
     assert sorted(s.name for s in shards) == ["00000", "00001", "00002"]
+
+
+def test_captioning_a_download_folder_reads_no_index_file(tmp_path, caplog):
+    out = downloaded(tmp_path)
+    with caplog.at_level("WARNING"):
+        shards = discover_shards([str(out)])
+    assert [s.name for s in shards] == ["00000", "00001", "00002"]
+    assert ".recap-index" not in caplog.text

@@ -60,8 +60,9 @@ def open_shard(url: str, columns: ColumnConfig = ColumnConfig()) -> Shard:
 
 @dataclass
 class _FolderListing:
-    """What a recursive scan of a folder found. Hidden files (`.DS_Store`, `._cat.jpg`) are
-    left out; `.txt` / `.json` files are sidecars; anything else is `skipped`, by extension."""
+    """What a recursive scan of a folder found. Hidden files (`.DS_Store`, `._cat.jpg`) and
+    whatever lies in hidden folders under it (`.recap-index`, `.git`) are left out; `.txt` /
+    `.json` files are sidecars; anything else is `skipped`, by extension."""
 
     images: list[FolderFile] = field(default_factory=list)
     captions: dict[str, FolderFile] = field(default_factory=dict)  # stem -> its .txt (any case)
@@ -70,11 +71,11 @@ class _FolderListing:
     skipped: Counter = field(default_factory=Counter)
 
     @classmethod
-    def scan(cls, infos: dict) -> _FolderListing:
+    def scan(cls, infos: dict, root: str) -> _FolderListing:
         found = cls()
         for path in sorted(infos):
             ext = extension(path)
-            if is_hidden(path):
+            if any(is_hidden(part) for part in posixpath.relpath(path, root).split("/")):
                 continue
             if path.endswith(TAR_SUFFIXES):
                 found.tars.append(path)
@@ -141,7 +142,7 @@ def _holds_images(shard: Shard, pattern: str) -> bool:
 def _expand_folder(fs, pattern: str, path: str, columns: ColumnConfig, folder_shard_size: int) -> list[Shard]:
     """The shard files under a folder (tars if any, else parquet files) and its loose images
     (in slices); both when it holds both, saying so."""
-    found = _FolderListing.scan(fs.find(path, detail=True))
+    found = _FolderListing.scan(fs.find(path, detail=True), path)
     shards = [open_shard(full_url(fs, m), columns) for m in _shard_files(found.tars + found.parquets)]
     if found.tars or found.images:  # a parquet beside them may be metadata: only one with images
         shards = [s for s in shards if _holds_images(s, pattern)]
