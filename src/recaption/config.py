@@ -143,10 +143,12 @@ class RunConfig:
     # A file of sha256 digests of known placeholder images (samples/placeholders.py): such rows get
     # status placeholder and are not captioned. Read once, here, so a bad file fails before a model loads.
     placeholders: str | None = None
-    placeholder_digests: frozenset = field(default=frozenset(), init=False, repr=False)
+    # (an init field: `replace(run, ...)` on a Ray worker keeps the list read by the driver)
+    placeholder_digests: frozenset = field(default=frozenset(), repr=False)
 
     def __post_init__(self):
-        self.placeholder_digests = read_placeholder_list(self.placeholders)
+        if self.placeholders and not self.placeholder_digests:
+            self.placeholder_digests = read_placeholder_list(self.placeholders)
         if self.max_pixels < 1:
             raise ValueError(f"--max-pixels {self.max_pixels}: must be at least 1")
         if self.max_side is not None and self.max_side < 0:

@@ -87,3 +87,18 @@ def test_captioning_a_download_folder_reads_no_index_file(tmp_path, caplog):
         shards = discover_shards([str(out)])
     assert [s.name for s in shards] == ["00000", "00001", "00002"]
     assert ".recap-index" not in caplog.text
+
+
+def test_lookup_by_a_number_column_and_by_a_signed_url(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    pq.write_table(pa.table({"key": ["a", "b"], "score": [2.0, 3.5],
+                             "url": ["http://x.example/a.jpg?sig=***", "http://x.example/b.jpg"]}),
+                   folder / "00000.parquet")
+    found, missing = recaption.lookup(folder, ["3.5"], by="score")
+    assert [f.row["key"] for f in found] == ["b"] and missing == []
+    found, _ = recaption.lookup(folder, ["http://x.example/a.jpg?sig=secret123"], by="url")
+    assert [f.row["key"] for f in found] == ["a"]

@@ -97,3 +97,13 @@ def test_a_reposted_photo_on_many_hosts_is_not_a_placeholder():
     same_host = [{**r, "url": f"http://one.example/{i}.jpg"} for i, r in enumerate(rows)]
     assert set(repeated_placeholders(same_host, 5)) == {str(i) for i in range(10)}
     assert repeated_placeholders(same_host, 0) == {}
+
+
+def test_rows_judged_placeholders_before_count_on_a_retry():
+    """A --retry-failed rerun keeps the rows it judged placeholders: the ones fetched again with
+    the same bytes join them, not start a new count."""
+    old = [{"key": f"p{i}", "url": f"http://h.example/{i}", "sha256": "cd" * 32, "outcome": "placeholder"}
+           for i in range(5)]
+    new = [{"key": f"n{i}", "url": f"http://h.example/n{i}", "sha256": "cd" * 32, "outcome": "ok"}
+           for i in range(3)]
+    assert set(repeated_placeholders(old + new, 5)) == {"n0", "n1", "n2"}

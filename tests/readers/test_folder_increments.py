@@ -206,3 +206,53 @@ def test_judge_rates_only_the_rows_a_partial_stamp_lacks(tmp_path, captioner):
         assert judge_output(str(out), config).skipped == ["photos-00000"]
     assert [r["re_gpt4v_score"] for r in by_url(out).values()] == [4, 4, 4]
     assert stamp(out / "photos-00000.parquet", JUDGE_METADATA_KEY) == config.stamp()
+
+
+def test_rows_are_kept_in_an_output_on_remote_storage(tmp_path, captioner):
+    photos = photos_folder(tmp_path, 2)
+    out = f"memory://carry-{tmp_path.name}/out"
+    counting = CountingCaptioner(captioner)
+
+    def run():
+        shards = discover_shards([str(photos)])
+        CaptionPipeline(CaptionConfig(max_new_tokens=8), RunConfig(out), counting).run(shards)
+
+    run()
+    (photos / "2.jpg").write_bytes(image_bytes(seed=2))
+    counting.images = 0
+    run()
+    assert counting.images == 1
+
+
+def test_a_rerun_whose_new_captions_all_fail_leaves_the_shard_to_redo(tmp_path, captioner):
+    """Kept rows are not captions this run made: if every new one fails, the engine is down."""
+    photos, out = photos_folder(tmp_path, 2), tmp_path / "out"
+    caption(photos, out, captioner)
+    before = by_url(out)
+    (photos / "2.jpg").write_bytes(image_bytes(seed=2))
+
+    class Down(CountingCaptioner):
+        def generate(self, inputs, decoding):
+            raise RuntimeError("server down")
+
+    shards = discover_shards([str(photos)])
+    pipeline = CaptionPipeline(CaptionConfig(max_new_tokens=8), RunConfig(str(out)), Down(captioner))
+    summary = pipeline.run(shards)
+    assert summary.failed and "every caption failed" in summary.failed[0].error
+    assert by_url(out) == before  # the earlier output stands until a redo commits
+
+
+def test_a_replaced_tar_keeps_no_rows(tmp_path, captioner):
+    """A tar's sha256 may be the metadata's, not the bytes captioned: a shard downloaded again
+    with other settings must be captioned again whole."""
+    from ..conftest import write_shards
+
+    shards = write_shards(tmp_path / "in", n_shards=1, per_shard=3)
+    counting = CountingCaptioner(captioner)
+    pipeline = CaptionPipeline(CaptionConfig(max_new_tokens=8), RunConfig(str(tmp_path / "out")), counting)
+    pipeline.run(discover_shards(shards))
+    shards = write_shards(tmp_path / "in", n_shards=1, per_shard=3)  # written again: a new file
+    os.utime(shards[0], (1, 1))
+    counting.images = 0
+    pipeline.run(discover_shards(shards))
+    assert counting.images == 3

@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..readers import Shard
+from ..readers.changes import input_change
 from ..readers.folder import FolderShard
 from ..redact import strip_url_secrets
 from ..samples.sample import OK, Sample
@@ -111,13 +112,20 @@ def attach_carry(out: OutputDir, todo: list[Shard], every: list[Shard]) -> None:
     slices = [s for s in every if isinstance(s, FolderShard)]
     for shard in todo:
         previous = shard.name if shard.name in done and out.fs.exists(out.parquet(shard.name)) else None
+        changed = previous and input_change(shard, out.done_provenance(previous) or {})
+        if changed and not isinstance(shard, FolderShard):
+            # A tar's or parquet's sha256 may be the metadata's (the server's bytes), not the
+            # bytes captioned: a shard downloaded again with other settings would match its old
+            # rows. Only a folder slice hashes the very bytes; other shards keep rows only when
+            # their file is the one captioned (--retry-failed).
+            previous = None
         borrowed: list[tuple[str, dict]] = []
         if isinstance(shard, FolderShard):
             borrowed = _borrowed(out, shard, [n for n in _neighbours(shard, slices) if n in done])
         if previous is None and not borrowed:
             continue
         sources = {previous, *(name for name, _ in borrowed)} - {None}
-        shard.carry = Carry(out.root, previous, borrowed, {n: _stamps(out, n) for n in sources})
+        shard.carry = Carry(out.url, previous, borrowed, {n: _stamps(out, n) for n in sources})
 
 
 def carried_sample(sample: Sample, rows: dict[tuple, tuple[str, dict]]) -> bool:

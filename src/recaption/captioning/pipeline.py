@@ -88,7 +88,7 @@ class _ShardInProgress:
     def finish(self, error: str | None, provenance: dict) -> ShardResult:
         seconds = time.perf_counter() - self.started
         name, source = self.shard.name, self.shard.source
-        if error is None and self.counts.get(CAPTION_ERROR) and not self.counts.get(OK):
+        if error is None and self.counts.get(CAPTION_ERROR) and not self.counts.get(OK, 0) - self.kept:
             # Not one caption came back (a server down, a model that cannot run): that is the
             # engine failing, not the data. Leave the shard to do, so a rerun captions it.
             error = (

@@ -33,7 +33,12 @@ from ..executors import executor_module
 from ..readers.base import UniqueKeys
 from ..readers.lookup import index_shard
 from ..redact import redact, strip_url_secrets
-from ..samples.placeholders import listed_message, read_placeholder_list, repeated_placeholders
+from ..samples.placeholders import (
+    list_provenance,
+    listed_message,
+    read_placeholder_list,
+    repeated_placeholders,
+)
 from ..samples.shards import img2dataset_key
 from ..samples.tars import member_key
 from ..spine import __version__
@@ -88,7 +93,8 @@ def download(
 DOWNLOAD = Step("download", recognise=marker_has("url_col", "shard_size"),
                 # Downloads made before --resample resized with Lanczos from a full decode: within
                 # a dB or two (PSNR) of auto's result, so such a folder resumes under the default.
-                added_later={"key_format": "img2dataset", "id_col": "uid", "resample": "auto"})
+                added_later={"key_format": "img2dataset", "id_col": "uid", "resample": "auto",
+                             "placeholders": None})
 
 
 def choose_columns(inputs: list[str], config: DownloadConfig) -> ChosenColumns:
@@ -172,6 +178,7 @@ class ShardDownloads:
         self.progress = progress
         self.out = OutputDir(config.output)
         self.columns = columns
+        self.placeholders = read_placeholder_list(config.placeholders)  # checked before any shard
         self.index_digits = max(1, math.ceil(math.log10(config.shard_size))) if config.shard_size > 1 else 1
         # The columns actually read (a found caption column under its name), so a rerun that
         # finds another column is refused rather than mixing captions from two columns.
@@ -179,10 +186,10 @@ class ShardDownloads:
             **config.provenance(),
             "caption_col": self.columns.caption,
             "sha256_col": self.columns.sha256,
+            "placeholders": list_provenance(self.placeholders),
             "recaption_version": __version__,
         }
         self.policy = config.fetch_policy()
-        self.placeholders = read_placeholder_list(config.placeholders)  # checked before any shard
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "progress": Progress()}  # a Ray worker reports by its result
@@ -296,7 +303,8 @@ class ShardDownloads:
             seconds = time.perf_counter() - started
             stats = self._stats(writer, counts, started, seconds, retried=len(todo) if retrying else None)
             writer.commit(stats, {**self.provenance, "fetch_policy": self.policy})
-            index_shard(self.cfg.output, name)  # where each sample lies in the tar, for `recap lookup`
+            # where each sample lies in the tar, for `recap lookup` (off the event loop: it reads the tar)
+            await asyncio.get_running_loop().run_in_executor(self.pool, index_shard, self.cfg.output, name)
         except BaseException as exc:
             writer.abort()
             if isinstance(exc, Exception):

@@ -67,7 +67,7 @@ def process_image(
         if outcome == oc.DECODE_ERROR and content_type and not content_type.startswith("image/"):
             message = f"not an image (Content-Type {content_type}): {message}"
         raise ProcessError(outcome, message, digest) from exc
-    sent = SentImage.of(data)
+    sent = SentImage.of(data, image)
     width, height = sent.size
     if min(width, height) < cfg.min_size:
         raise ProcessError(oc.TOO_SMALL, f"{width}x{height} is under --min-size {cfg.min_size}", digest)
@@ -102,9 +102,15 @@ class SentImage:
     plain: bool  # RGB or grey, no EXIF rotation: decoding changes nothing but the encoding
 
     @classmethod
-    def of(cls, data: bytes) -> SentImage:
-        header = Image.open(io.BytesIO(data))  # the header only: the pixels were decoded already
-        orientation = header.getexif().get(ORIENTATION, 1)
+    def of(cls, data: bytes, decoded: Image.Image) -> SentImage:
+        """From the header (the pixels were decoded already). Only a JPEG is decoded reduced;
+        any other format's decoded (upright) size is the size sent, and its EXIF is not read
+        again (Pillow reads a PNG's by loading the whole image)."""
+        header = Image.open(io.BytesIO(data))
+        if header.format != "JPEG":
+            plain = header.mode in ("RGB", "L") and decoded.size == header.size
+            return cls(decoded.size, header.format, plain)
+        orientation = header.getexif().get(ORIENTATION, 1)  # a JPEG's EXIF is read with its header
         width, height = header.size
         size = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
         return cls(size, header.format, orientation == 1 and header.mode in ("RGB", "L"))

@@ -158,8 +158,10 @@ def _ratings(table: pa.Table) -> dict[str, dict]:
     """The ratings a file has, by key, as _send records them."""
     rated = {}
     for row in table.select(["key", *JUDGE_COLUMNS]).to_pylist():
+        if REQUEST_FAILED in (row["re_judge_status"], row["org_judge_status"]):
+            continue  # a request that failed: the row is asked again, both captions
         for which in ("re", "org"):
-            if row[f"{which}_judge_status"] not in (None, REQUEST_FAILED):  # a failed request is asked again
+            if row[f"{which}_judge_status"] is not None:
                 rating = (row[f"{which}_gpt4v_score"], row[f"{which}_judge_status"])
                 rated.setdefault(row["key"], {})[which] = rating
     return rated

@@ -33,6 +33,7 @@ from ..schema import (
     METADATA_KEY,
     SCORES_METADATA_KEY,
     schema_stamp,
+    stamp_identity,
 )
 from ..spine.ledger import OutputDir
 from .outputs import done_shards, read_output
@@ -297,7 +298,7 @@ def collect(output: str) -> OutputStats:
         rated = sum(r.get("re_gpt4v_score") is not None or r.get("org_gpt4v_score") is not None for r in rows)
         judge = schema_stamp(schema, JUDGE_METADATA_KEY)
         if rated or judge:
-            settings = {k: v for k, v in judge.items() if k != "prompt"}
+            settings = {k: v for k, v in stamp_identity(judge).items() if k != "prompt"}
             _count_use(stats.judges, json.dumps(settings, sort_keys=True), settings, name, rated)
         # The rows.
         stats.rows += len(rows)

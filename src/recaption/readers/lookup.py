@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ..redact import strip_url_secrets
 from ..samples.tar_index import Member, TarIndex, TarIndexError
 from ..spine.contract import INDEX_NAME
 from ..spine.errors import RecaptionError
@@ -48,6 +49,8 @@ def lookup(folder: str, values: list[str], by: str = "key") -> tuple[list[Found]
     if not shards:
         raise ShardLookupError(f"{folder}: no shards (NAME.parquet beside NAME.tar) to look in; "
                            "name a folder `recap download` or img2dataset wrote")
+    if by == "url":  # stored URLs keep no secrets (redact.py): match them the same way
+        values = [strip_url_secrets(v) for v in values]
     wanted = pa.array(sorted(set(values)), pa.string())
     found: list[Found] = []
     had_column = False
@@ -57,14 +60,18 @@ def lookup(folder: str, values: list[str], by: str = "key") -> tuple[list[Found]
             if by not in parquet.schema_arrow.names:
                 continue
             had_column = True
-            column = parquet.read(columns=[by]).column(by)  # one column first: most shards hold no match
-            hits = pc.indices_nonzero(pc.fill_null(pc.is_in(pc.cast(column, pa.string()), wanted), False))
+            try:  # one column first: most shards hold no match
+                text = pc.cast(parquet.read(columns=[by]).column(by), pa.string())
+            except pa.ArrowException as exc:
+                raise ShardLookupError(f"{name}: column {by!r} cannot be matched as text ({exc}); "
+                                       "--by takes a text or number column") from None
+            hits = pc.indices_nonzero(pc.fill_null(pc.is_in(text, wanted), False))
             matches = parquet.read().take(hits) if len(hits) else None
         if matches is not None:
             index = _index(out, name)
-            for row in matches.to_pylist():
+            for value, row in zip(text.take(hits).to_pylist(), matches.to_pylist(), strict=True):
                 members = index.members(str(row.get("key"))) if index is not None else []
-                found.append(Found(str(row[by]), name, row, members))
+                found.append(Found(value, name, row, members))
     if not had_column:
         raise ShardLookupError(f"{folder}: no shard has a column {by!r}; --by takes a column of the shards' "
                            "parquet (key, url, or an id column such as uid)")

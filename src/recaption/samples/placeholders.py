@@ -75,8 +75,8 @@ def repeated_placeholders(rows: list[dict], min_urls: int) -> dict[str, str]:
     if min_urls < 2:
         return {}
     urls: dict[tuple[str, str], set[str]] = defaultdict(set)
-    for row in rows:
-        if row.get("sha256") and row.get("outcome") == "ok":
+    for row in rows:  # rows judged placeholders before (a --retry-failed rerun) count too
+        if row.get("sha256") and row.get("outcome") in ("ok", PLACEHOLDER):
             urls[(row["sha256"], _host(row["url"]))].add(row["url"])
     repeated = {group: len(found) for group, found in urls.items() if len(found) >= min_urls}
     return {
