@@ -68,7 +68,7 @@ class CaptionConfig:
             raise ValueError("batch_size must be positive, or 0 for automatic")
         if self.top_k < 0:
             raise ValueError("top_k must be 0 (greedy) or positive")
-        from .passes import check_unique, parse_pass, read_passes_file
+        from .passes import check_dependencies, check_unique, parse_pass, read_passes_file
 
         if self.conditional and "{caption}" not in self.conditional_prompt:
             raise ValueError("the conditional prompt must contain {caption}")
@@ -79,6 +79,7 @@ class CaptionConfig:
             self.passes += read_passes_file(self.passes_file)
             self.passes_file = None  # read once: the passes are what the run keeps
         check_unique(self.caption_passes)
+        check_dependencies(self.caption_passes)  # reads of later, unknown or own outputs; cycles
         self.processor_options = parse_processor_options(self.processor_options)
         if self.processor_options and self.engine == "openai":
             raise ValueError("--processor-option: with --engine openai the server runs the processor; "
