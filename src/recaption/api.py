@@ -293,6 +293,15 @@ def model_families() -> list[dict]:
     return [asdict(f) for f in MODEL_FAMILIES]
 
 
+def caption_presets() -> list[dict]:
+    """The caption presets shipped with recaption (`recap caption --preset NAME`; listed by
+    `recap models`): name, description, source, file, the columns each writes."""
+    from .presets import preset_columns, presets
+
+    return [{"name": p.name, "description": p.description, "source": p.source, "path": p.path,
+             "columns": preset_columns(p)} for p in presets()]
+
+
 def train_clip(data: PathLike | list[PathLike], output: PathLike, **options: Any) -> dict:
     """Train CLIP on a mix of original captions and recaptions (`recap train-clip`). Options are
     `ClipTrainConfig`'s fields (p, concat, steps, batch_size, lr, ...)."""

@@ -51,6 +51,9 @@ class CaptionConfig:
     # passes file), each into re_caption_<NAME>; `passes_file` adds those of a YAML file.
     passes: list = field(default_factory=list)
     passes_file: str | None = None
+    # A preset shipped with the package (presets.py: paper, paper-v2, short, dense, fused): its
+    # passes come first, then `passes` and `passes_file`; paper-v2 turns on the conditional pass.
+    preset: str | None = None
     seed: int = 0
     # Settings for the model's processor, given to from_pretrained (`--processor-option KEY=VALUE`:
     # Qwen-VL's min_pixels / max_pixels, Gemma 3's do_pan_and_scan); values as JSON, else text.
@@ -75,6 +78,15 @@ class CaptionConfig:
         if isinstance(self.passes, (str, dict)):
             self.passes = [self.passes]
         self.passes = [parse_pass(p) for p in self.passes or []]
+        if self.preset:
+            from .presets import load_preset
+
+            preset = load_preset(self.preset)
+            self.passes = [*preset.passes, *self.passes]
+            if preset.conditional:
+                self.conditional = True
+                self.top_k = self.top_k or preset.top_k
+            self.preset = None  # read once: the passes and decoding are what the run keeps
         if self.passes_file:
             self.passes += read_passes_file(self.passes_file)
             self.passes_file = None  # read once: the passes are what the run keeps
