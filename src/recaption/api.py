@@ -257,9 +257,10 @@ def eval_t2i(generated: PathLike | list[PathLike], **options: Any) -> dict:
     return _eval_t2i(_paths(generated), **options)
 
 
-def run_demo(output: PathLike = "recap-demo", rows: int = 5) -> int:
+def run_demo(output: PathLike = "recap-demo", rows: int = 5, preset: str | None = None) -> int:
     """The built-in captioner on the bundled sample shard, offline (`recap demo`; `recaption.demo`
-    is its module); the exit code."""
+    is its module), with a caption preset's passes when given (`fused`: the chain with the built-in
+    text LLM); the exit code."""
     from rich.console import Console
 
     from .demo import run_demo as _run_demo
@@ -272,7 +273,7 @@ def run_demo(output: PathLike = "recap-demo", rows: int = 5) -> int:
 
     from pathlib import Path
 
-    return _run_demo(Path(output), Console(), rows, caption=caption_shards)
+    return _run_demo(Path(output), Console(), rows, caption=caption_shards, preset=preset)
 
 
 def convert_llava(src: PathLike, dst: PathLike, vision_tower: str | None = None, tokenizer: str | None = None,

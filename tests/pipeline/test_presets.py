@@ -63,3 +63,14 @@ def test_each_preset_runs_offline(tmp_path, captioner, name):
         assert all(isinstance(v, str) for v in table.column(column).to_pylist()), column
     marker = json.loads((tmp_path / "out" / "00000.done").read_text())
     assert marker["prompt"] == PAPER_PROMPT and "preset" not in marker  # what the preset made is recorded
+
+
+@pytest.mark.slow
+def test_the_demo_runs_the_fused_chain_offline(tmp_path):
+    result = runner.invoke(app, ["demo", "-o", str(tmp_path / "demo"), "--preset", "fused", "--rows", "2"],
+                           terminal_width=200)
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(tmp_path / "demo" / "captions" / "00000.parquet").to_pylist()
+    ok = [r for r in table if r["status"] == "ok"]
+    assert len(ok) == 8 and all(r["re_caption"] and r["re_caption_fused"] for r in ok)
+    assert "tiny-text is the built-in text LLM" in " ".join(result.output.split())
