@@ -1,9 +1,14 @@
 """`recap download` vs img2dataset on the same metadata, against the same loopback server, in one run.
 
-A local aiohttp server serves N distinct JPEGs (640 px, re-encoded bundled photos) with a fixed
-per-request latency standing in for the network. Both tools resize to 256 px (keep_ratio), encode
-JPEG, write webdataset tars of 1000 samples, with 64 connections/threads (img2dataset: 2
-processes x 64 threads on this 2-core machine). Runs alternate (ours, img2dataset, ours, ...).
+A local aiohttp server serves N URLs of distinct JPEGs (--source-px: 640x480, or 1600x1200 as
+people post photos; re-encoded bundled photos, quality 85) with a fixed per-request latency
+standing in for the network. Both tools resize to 256 px (keep_ratio; --resize none: no resizing)
+and store JPEG quality 95, write webdataset tars of 1000 samples, with 64 connections/threads
+(img2dataset: processes = cores x 64 threads). `recap download` runs with its default filter
+(auto: lanczos after a reduced JPEG decode, hamming otherwise) and with --resample lanczos; the
+mean PSNR of each one's stored images against Pillow's full-size Lanczos resize is printed. Without
+resizing img2dataset runs with skip_reencode=True, as recap stores an unchanged JPEG as sent.
+Runs alternate (each tool goes first in turn).
 Printed per run: images/s and the peak RSS of the whole process tree (polled from /proc); then
 the medians and ratios; then that `recap caption`'s reader takes img2dataset's shards; then
 ours' peak RSS on inputs of growing size (rows that fail fast with 404, so only metadata flows).
@@ -40,15 +45,17 @@ from recaption.readers import discover_shards
 from recaption.samples.shards import bundled_samples
 
 
-def make_images(n: int) -> list[bytes]:
-    photos = [Image.open(io.BytesIO(r.image)).convert("RGB").resize((640, 480)) for r in bundled_samples()]
+def make_images(n: int, width: int) -> list[bytes]:
+    size = (width, width * 3 // 4)
+    photos = [Image.open(io.BytesIO(r.image)).convert("RGB").resize(size) for r in bundled_samples()]
     images = []
-    for i in range(n):
+    distinct = min(n, 600)  # 600 distinct photos at most (1600 px ones take a while to make)
+    for i in range(distinct):
         img = photos[i % len(photos)].rotate((i // len(photos)) % 360)  # distinct bytes per URL
         buf = io.BytesIO()
         img.save(buf, "JPEG", quality=85)
         images.append(buf.getvalue())
-    return images
+    return [images[i % distinct] for i in range(n)]
 
 
 class Server:
@@ -120,7 +127,8 @@ def timed(command: list[str]) -> tuple[float, int]:
     return seconds, peak
 
 
-def ours_command(meta: str, out: str, concurrency: int, executor: str = "local") -> list[str]:
+def ours_command(meta: str, out: str, concurrency: int, executor: str = "local", resize: str = "keep_ratio",
+                 resample: str = "auto") -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -135,7 +143,9 @@ def ours_command(meta: str, out: str, concurrency: int, executor: str = "local")
         "--image-size",
         "256",
         "--resize",
-        "keep_ratio",
+        resize,
+        "--resample",
+        resample,
         "--shard-size",
         "1000",
         "--concurrency",
@@ -149,16 +159,43 @@ def ours_command(meta: str, out: str, concurrency: int, executor: str = "local")
     ]
 
 
-def img2dataset_command(python: str, meta: str, out: str, threads: int) -> list[str]:
+def img2dataset_command(python: str, meta: str, out: str, threads: int,
+                        resize: str = "keep_ratio") -> list[str]:
+    mode = "no" if resize == "none" else resize
     code = (
         "from img2dataset import download; "
         f"download(url_list={meta!r}, input_format='parquet', url_col='url', caption_col='caption', "
-        f"output_format='webdataset', output_folder={out!r}, processes_count=2, thread_count={threads}, "
-        "image_size=256, resize_mode='keep_ratio', number_sample_per_shard=1000, "
+        f"output_format='webdataset', output_folder={out!r}, processes_count={os.cpu_count()}, "
+        f"thread_count={threads}, image_size=256, resize_mode={mode!r}, number_sample_per_shard=1000, "
+        f"encode_quality=95, skip_reencode={resize == 'none'}, "
         "distributor='multiprocessing', "
         "enable_wandb=False, timeout=10, retries=0)"
     )
     return [python, "-c", code]
+
+
+def psnr_vs_lanczos(folder: str, images: list[bytes], server_url: str) -> float:
+    """Mean PSNR of the stored images against Pillow's full-size Lanczos resize of the photo their
+    URL served (the quality reference), over the first 200 samples read back."""
+    import numpy as np
+
+    from recaption.downloads.process import target_size
+
+    values = []
+    for shard in discover_shards([folder]):
+        for sample in shard:
+            if not sample.ok or len(values) >= 200:
+                continue
+            index = int(sample.url.rsplit("/", 1)[-1].split(".")[0])
+            source = Image.open(io.BytesIO(images[index])).convert("RGB")
+            reference = source.resize(target_size("keep_ratio", 256, *source.size), Image.Resampling.LANCZOS,
+                                      reducing_gap=3.0)
+            stored = Image.open(io.BytesIO(sample.image_bytes)).convert("RGB")
+            if stored.size != reference.size:
+                continue  # a rounding difference of a pixel: not comparable pixel by pixel
+            err = np.mean((np.asarray(stored, float) - np.asarray(reference, float)) ** 2)
+            values.append(10 * np.log10(255**2 / max(err, 1e-9)))
+    return float(np.mean(values)) if values else float("nan")
 
 
 def count_tar_samples(folder: str) -> int:
@@ -172,6 +209,9 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=20.0)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--source-px", type=int, default=640, help="width of the served photos (4:3)")
+    parser.add_argument("--resize", default="keep_ratio", choices=["keep_ratio", "none"])
+    parser.add_argument("--ray", action="store_true", help="also run recap download --executor ray")
     parser.add_argument(
         "--memory-rows", default="20000,100000", help="input sizes for the RSS-vs-input check"
     )
@@ -179,11 +219,13 @@ def main() -> None:
 
     print(
         f"download_vs_img2dataset  {date.today()}  {platform.processor() or platform.machine()}  "
-        f"{os.cpu_count()} cores  {args.images} images  {args.latency_ms:g} ms latency per request"
+        f"{os.cpu_count()} cores  {args.images} images of {args.source_px} px  resize {args.resize}  "
+        f"{args.latency_ms:g} ms latency per request"
     )
+    images = make_images(args.images, args.source_px)
     with (
         tempfile.TemporaryDirectory() as tmp,
-        Server(make_images(args.images), args.latency_ms / 1000) as server,
+        Server(images, args.latency_ms / 1000) as server,
     ):
         meta = f"{tmp}/urls.parquet"
         pq.write_table(
@@ -195,16 +237,23 @@ def main() -> None:
             ),
             meta,
         )
-        names = ["recap download", "recap download --executor ray", "img2dataset"]
+        names = ["recap download", "img2dataset"]
+        if args.resize != "none":
+            names.insert(1, "recap download --resample lanczos")
+        if args.ray:
+            names.append("recap download --executor ray")
         runs: dict[str, list[tuple[float, int]]] = {name: [] for name in names}
         for round_ in range(args.rounds):
-            for name in names[round_ % 3:] + names[: round_ % 3]:  # each goes first in turn
+            turn = round_ % len(names)
+            for name in names[turn:] + names[:turn]:  # each goes first in turn
                 out = f"{tmp}/{name.replace(' ', '_')}-{round_}"
                 if name == "img2dataset":
-                    command = img2dataset_command(args.img2dataset_python, meta, out, args.concurrency)
+                    command = img2dataset_command(args.img2dataset_python, meta, out, args.concurrency,
+                                                  args.resize)
                 else:
                     executor = "ray" if "ray" in name else "local"
-                    command = ours_command(meta, out, args.concurrency, executor)
+                    resample = "lanczos" if "lanczos" in name else "auto"
+                    command = ours_command(meta, out, args.concurrency, executor, args.resize, resample)
                 seconds, peak = timed(command)
                 got = count_tar_samples(out)
                 runs[name].append((args.images / seconds, peak))
@@ -214,6 +263,10 @@ def main() -> None:
                 )
                 if round_ < args.rounds - 1:
                     shutil.rmtree(out)
+                elif args.resize != "none":
+                    quality = psnr_vs_lanczos(out, images, server.url)
+                    print(f"         {name:30s} mean PSNR vs full-size Lanczos: {quality:.1f} dB "
+                          "(200 images)")
         rate = {k: statistics.median(r for r, _ in v) for k, v in runs.items()}
         rss = {k: statistics.median(m for _, m in v) for k, v in runs.items()}
         base = "img2dataset"
@@ -223,7 +276,7 @@ def main() -> None:
                 f"peak RSS {rss[name] / 2**20:6.0f} MiB ({rss[name] / rss[base]:.2f}x)"
             )
 
-        for rows in (int(x) for x in args.memory_rows.split(",")):
+        for rows in (int(x) for x in args.memory_rows.split(",") if x):
             meta_big = f"{tmp}/urls-{rows}.parquet"
             missing = args.images  # past the last image: the server answers 404 at once
             pq.write_table(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pyarrow as pa
 
 from .flags import PAPER_FLAG_COLUMNS
@@ -41,6 +43,25 @@ METADATA_KEY = b"recaption"
 SCORES_METADATA_KEY = b"recaption_scores"  # which CLIP scored the file, when
 JUDGE_METADATA_KEY = b"recaption_judge"  # which judge rated the file: model, fraction, seed, prompt
 SCORE_COLUMNS = ("re_clip_score", "org_clip_score", "re_clip_truncated", "org_clip_truncated")
+JUDGE_COLUMNS = ("re_gpt4v_score", "org_gpt4v_score", "re_judge_status", "org_judge_status")
+# A score or judge stamp saying some rows still lack what it vouches for (rows kept from an
+# earlier file captioned again, captioning/carry.py): `recap score` / `recap judge` fill those.
+PARTIAL = "partial"
+_WHEN = ("scored_at", "judged_at", PARTIAL)
+
+
+def stamp_identity(stamp: dict) -> dict:
+    """What a score or judge stamp says about how, without when or how completely."""
+    return {k: v for k, v in stamp.items() if k not in _WHEN}
+
+
+def schema_stamp(schema: pa.Schema, key: bytes) -> dict:
+    """What a step recorded in a file's metadata under `key` ({}: nothing, or unreadable)."""
+    try:
+        stamp = json.loads((schema.metadata or {}).get(key, b"{}"))
+    except ValueError:
+        return {}
+    return stamp if isinstance(stamp, dict) else {}
 
 
 def output_schema(conditional: bool = False, passes: list | None = None) -> pa.Schema:

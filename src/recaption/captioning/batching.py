@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from ..readers import Shard, ShardError
 from ..samples.images import decode_sample
 from ..samples.sample import Sample
+from .carry import carried_sample
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,8 @@ class Batch:
 
     @property
     def ok_samples(self) -> list[Sample]:
-        return [s for s in self.samples if s.ok]
+        """The samples to caption: decodable, and not kept from an earlier output."""
+        return [s for s in self.samples if s.to_caption]
 
     def pin_memory(self) -> Batch:
         """Called by the DataLoader when pin_memory=True: page-locked host memory lets the copy
@@ -70,7 +72,7 @@ def group_batches(samples: Iterable[Sample], batch_size: int, shard: str = "") -
     index = 0
     for sample in samples:
         current.append(sample)
-        ok_count += sample.ok
+        ok_count += sample.to_caption
         if ok_count == batch_size:
             yield Batch(shard, index, current)
             index += 1
@@ -128,7 +130,10 @@ class BatchStream(IterableDataset):
 
     def _batches(self, shard: Shard) -> Iterator[Batch]:
         started = time.perf_counter()
-        decoded = (decode_sample(s, self.max_pixels, self.max_side) for s in shard)
+        carry = getattr(shard, "carry", None)
+        kept = carry.rows() if carry is not None else {}
+        decoded = (s if carried_sample(s, kept) else decode_sample(s, self.max_pixels, self.max_side)
+                   for s in shard)
         for batch in group_batches(decoded, self.batch_size, shard.name):
             ok = batch.ok_samples
             if ok:

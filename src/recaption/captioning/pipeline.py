@@ -29,6 +29,7 @@ from ..spine import __version__
 from ..spine.contract import Step, marker_has
 from ..spine.ledger import OutputDir, plan
 from ..spine.results import DONE, FAILED, SKIPPED, Progress, RunSummary, ShardResult
+from .carry import attach_carry
 from .writer import ShardWriter
 
 if TYPE_CHECKING:
@@ -58,12 +59,14 @@ class _ShardInProgress:
         self.flags: Counter = Counter()  # flag column -> captioned (ok) rows where it is true
         self.stages: Counter = Counter()  # seconds: loader_wait, prepare, generate, write
         self.tokens = 0
+        self.kept = 0  # rows kept from an earlier output of the same images (carry.py)
         self.first_caption_error: str | None = None
         self.started = time.perf_counter()
 
     def add(self, batch: Batch, tokens: int, generate_seconds: float) -> None:
         started = time.perf_counter()
         rows = self.writer.write(batch.samples)  # flags computed once, in the row
+        self.kept += sum(s.carried is not None for s in batch.samples)
         self.stages["write"] += time.perf_counter() - started
         self.stages["generate"] += generate_seconds
         self.stages["prepare"] += batch.decode_seconds
@@ -105,8 +108,10 @@ class _ShardInProgress:
                 "rows": rows,
                 "status_counts": dict(sorted(self.counts.items())),
                 "seconds": round(seconds, 3),
-                "images_per_second": round(ok / seconds, 3) if seconds else None,
+                # images captioned, not kept, per second
+                "images_per_second": round((ok - self.kept) / seconds, 3) if seconds else None,
                 "tokens_generated": self.tokens,
+                "rows_kept": self.kept,  # ok rows of unchanged images kept from the earlier output
                 "truncated": self.flags["re_truncated"],
                 "flag_rates": {  # over captioned (ok) rows
                     column: round(self.flags[column] / ok, 4) if ok else None for column in self.flag_columns
@@ -137,13 +142,16 @@ def plan_shards(
     def redo(name: str, marker: dict) -> str | None:
         change = input_change(by_name[name], marker)
         if change:
-            return change
+            return f"{change}; captioning what changed (unchanged images keep their rows)"
         failed_rows = _caption_errors(out, name) if run.retry_failed else 0
         return f"{failed_rows} row(s) with caption_error (--retry-failed)" if failed_rows else None
 
     todo, done = plan(out, by_name, run_provenance(caption, run), added_later=CAPTION.added_later,
                       overwrite=run.overwrite, redo=redo)
-    return [by_name[n] for n in todo], [by_name[n] for n in done]
+    todo_shards = [by_name[n] for n in todo]
+    if not run.overwrite:  # --overwrite means caption everything again
+        attach_carry(out, todo_shards, shards)
+    return todo_shards, [by_name[n] for n in done]
 
 
 def run_provenance(caption: CaptionConfig, run: RunConfig) -> dict:
@@ -309,13 +317,18 @@ class CaptionPipeline:
         # folder) stays until the new one commits over it: a failed or stopped redo loses nothing.
         # The marker also records what the input covered (a folder slice's files), for resume.
         provenance = {**self.provenance, **input_provenance(shard)}
-        metadata = None
+        stamps = {}
         if self.run_config.clip_model:  # scored in this pass: record which CLIP, as `recap score` does
             now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            stamp = {**self.scorer.provenance(), "scored_at": now}
-            metadata = {SCORES_METADATA_KEY: json.dumps(stamp).encode()}
+            stamps[SCORES_METADATA_KEY] = {**self.scorer.provenance(), "scored_at": now}
+        carry, keep = getattr(shard, "carry", None), None
+        if carry is not None:  # rows of unchanged images are kept, with the stamps they share
+            targets = carry.targets(stamps.get(SCORES_METADATA_KEY))
+            stamps = carry.metadata(targets, scoring=bool(stamps))
+            keep = lambda sample: carry.row(sample, targets)  # noqa: E731
+        metadata = {key: json.dumps(stamp).encode() for key, stamp in stamps.items()}
         rows = self.run_config.row_group_rows
-        return ShardWriter(self.out, shard.name, self.passes, provenance, rows, metadata)
+        return ShardWriter(self.out, shard.name, self.passes, provenance, rows, metadata, keep)
 
     def _caption_batch(self, batch: Batch) -> tuple[int, float]:
         """Caption the batch's ok samples in place, pass by pass; returns (tokens generated,

@@ -28,12 +28,14 @@ class ShardWriter:
     `commit` makes it visible with its stats and marker, `abort` drops it."""
 
     def __init__(self, out: OutputDir, shard: str, passes: list | None, provenance: dict,
-                 row_group_rows: int = 1000, metadata: dict[bytes, bytes] | None = None):
+                 row_group_rows: int = 1000, metadata: dict[bytes, bytes] | None = None,
+                 keep=None):
         self.out = out
         self.shard = shard
         self.passes = passes  # passes.CaptionPass list; None: the paper's one pass
         self.provenance = provenance
         self.row_group_rows = row_group_rows
+        self.keep = keep  # sample -> its kept row, for samples carried from an earlier output
         self.schema = output_schema(passes=passes).with_metadata(
             {METADATA_KEY: json.dumps(provenance, sort_keys=True).encode(), **(metadata or {})}
         )
@@ -46,7 +48,7 @@ class ShardWriter:
 
     def write(self, samples: list[Sample]) -> list[dict]:
         """Buffer the samples' rows (flushed a row group at a time); returns the rows."""
-        rows = [sample_row(s, self.passes) for s in samples]
+        rows = [self.keep(s) if s.carried is not None else sample_row(s, self.passes) for s in samples]
         self._pending.extend(rows)
         if len(self._pending) >= self.row_group_rows:
             self._flush()

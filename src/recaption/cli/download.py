@@ -20,6 +20,7 @@ def download_cmd(
     shard_size: Annotated[int, typer.Option(help="Rows per shard.")] = 10_000,
     resize: Annotated[str, typer.Option(help="none, keep_ratio (short side = --image-size), center_crop, border (padded square).")] = "keep_ratio",
     image_size: Annotated[int, typer.Option(help="Target size for --resize.")] = 512,
+    resample: Annotated[str, typer.Option(help="Resize filter: auto (lanczos after a reduced JPEG decode, else hamming: as close to full-size lanczos as img2dataset's INTER_AREA, at the least cost), hamming, lanczos (sharpest), bicubic, bilinear.")] = "auto",
     max_aspect_ratio: Annotated[float | None, typer.Option(help="Drop images whose long/short side ratio is above this.")] = None,
     min_size: Annotated[int, typer.Option(help="Drop images whose short side is below this.")] = 0,
     format: Annotated[str, typer.Option("--format", help="jpg, png, webp, or keep (the server's bytes when not resized).")] = "jpg",
@@ -48,7 +49,7 @@ def download_cmd(
     try:
         config = DownloadConfig(
             output=output, url_col=url_col, caption_col=caption_col, extra_cols=split_values([extra_cols] if extra_cols else None),
-            sha256_col=sha256_col, shard_size=shard_size, resize=resize, image_size=image_size,
+            sha256_col=sha256_col, shard_size=shard_size, resize=resize, image_size=image_size, resample=resample,
             max_aspect_ratio=max_aspect_ratio, min_size=min_size, format=format, quality=quality, timeout=timeout,
             retries=retries, concurrency=concurrency, per_host_concurrency=per_host_concurrency,
             user_agent=user_agent, max_bytes=max_bytes, allow_private_network=allow_private_network,

@@ -11,6 +11,7 @@ RESIZE_MODES = ("none", "keep_ratio", "center_crop", "border")
 # does), the row's own id (`id_col`), or a hash of its URL; the last two survive resharding.
 KEY_FORMATS = ("img2dataset", "id", "url")
 FORMATS = ("jpg", "png", "webp", "keep")
+RESAMPLE_FILTERS = ("auto", "hamming", "lanczos", "bicubic", "bilinear")  # process.RESAMPLING
 # img2dataset's default opt-out directives, plus "none" (= noindex, nofollow).
 DEFAULT_DISALLOWED = ("noai", "noimageai", "noindex", "noimageindex", "none")
 
@@ -29,6 +30,10 @@ class DownloadConfig:
     shard_size: int = 10_000
     resize: str = "keep_ratio"
     image_size: int = 512
+    # the resize filter: auto (lanczos after a reduced JPEG decode, hamming otherwise: at least
+    # img2dataset's quality at the least cost, docs/benchmarks.md), hamming, lanczos, bicubic,
+    # bilinear
+    resample: str = "auto"
     max_aspect_ratio: float | None = None
     min_size: int = 0
     format: str = "jpg"
@@ -58,6 +63,8 @@ class DownloadConfig:
             raise ValueError(f"--key-format must be one of {', '.join(KEY_FORMATS)}")
         if self.key_format == "id" and self.id_col not in self.extra_cols:
             self.extra_cols = [*self.extra_cols, self.id_col]  # read it, and keep it in every row
+        if self.resample not in RESAMPLE_FILTERS:
+            raise ValueError(f"--resample must be one of {', '.join(RESAMPLE_FILTERS)}")
         if self.format not in FORMATS:
             raise ValueError(f"--format must be one of {', '.join(FORMATS)}")
         if self.shard_size < 1 or self.concurrency < 1 or self.per_host_concurrency < 1:
@@ -95,6 +102,7 @@ class DownloadConfig:
             "shard_size",
             "resize",
             "image_size",
+            "resample",
             "max_aspect_ratio",
             "min_size",
             "format",

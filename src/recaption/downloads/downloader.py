@@ -84,7 +84,9 @@ def download(
 # record the download settings.
 # Downloads made before --key-format were keyed the img2dataset way.
 DOWNLOAD = Step("download", recognise=marker_has("url_col", "shard_size"),
-                added_later={"key_format": "img2dataset", "id_col": "uid"})
+                # Downloads made before --resample resized with Lanczos from a full decode: within
+                # a dB or two (PSNR) of auto's result, so such a folder resumes under the default.
+                added_later={"key_format": "img2dataset", "id_col": "uid", "resample": "auto"})
 
 
 def choose_columns(inputs: list[str], config: DownloadConfig) -> ChosenColumns:

@@ -11,16 +11,23 @@ from __future__ import annotations
 import hashlib
 import io
 from dataclasses import dataclass
+from functools import partial
 
 from PIL import Image, ImageOps
 
-from ..samples.images import ImageDecodeError, decode_image
+from ..samples.images import ORIENTATION, ImageDecodeError, decode_image
 from ..samples.sample import TOO_LARGE as PIXEL_LIMIT
 from . import outcomes as oc
 from .config import DownloadConfig
 
 KEEP_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff"}
 ENCODERS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
+# --resample: Lanczos is the sharpest; Hamming costs about half as much and is as close to
+# full-size Lanczos (PSNR) as OpenCV's INTER_AREA, img2dataset's filter. After a reduced JPEG
+# decode (the DCT's own averaging) Hamming falls behind INTER_AREA and Lanczos is cheap (the image
+# is at most twice the target): `auto` takes Lanczos there, Hamming elsewhere (docs/benchmarks.md).
+RESAMPLING = {"lanczos": Image.Resampling.LANCZOS, "bicubic": Image.Resampling.BICUBIC,
+              "hamming": Image.Resampling.HAMMING, "bilinear": Image.Resampling.BILINEAR}
 
 
 @dataclass
@@ -50,15 +57,18 @@ def process_image(
             oc.HASH_MISMATCH, f"SHA-256 {digest} is not the expected {expected_sha256}", digest
         )
     try:
+        # Only as many pixels as the resize needs are decoded (a JPEG's DCT-domain reduction).
+        shrink_to = None if cfg.resize == "none" else partial(target_size, cfg.resize, cfg.image_size)
         image = decode_image(data, max_pixels=cfg.max_pixels, max_side=None,
-                             pixels_hint="DownloadConfig.max_pixels sets it")
+                             pixels_hint="DownloadConfig.max_pixels sets it", shrink_to=shrink_to)
     except ImageDecodeError as exc:
         outcome = oc.TOO_MANY_PIXELS if exc.status == PIXEL_LIMIT else oc.DECODE_ERROR
         message = str(exc)
         if outcome == oc.DECODE_ERROR and content_type and not content_type.startswith("image/"):
             message = f"not an image (Content-Type {content_type}): {message}"
         raise ProcessError(outcome, message, digest) from exc
-    width, height = image.size
+    sent = SentImage.of(data)
+    width, height = sent.size
     if min(width, height) < cfg.min_size:
         raise ProcessError(oc.TOO_SMALL, f"{width}x{height} is under --min-size {cfg.min_size}", digest)
     if cfg.max_aspect_ratio and max(width, height) / min(width, height) > cfg.max_aspect_ratio:
@@ -68,8 +78,8 @@ def process_image(
             digest,
         )
     try:
-        resized = resize(image, cfg.resize, cfg.image_size)
-        encoded, ext = encode(resized, data, cfg, unchanged=resized is image)
+        resized = resize(image, cfg.resize, cfg.image_size, _filter(cfg.resample, image, sent), sent.size)
+        encoded, ext = encode(resized, data, cfg, sent)
     except (OSError, ValueError, MemoryError) as exc:
         # One image the encoder refuses (a 10000x40 banner resized past JPEG's 65,500 px) is
         # that row's failure, never the shard's.
@@ -81,28 +91,68 @@ def process_image(
     return StoredImage(encoded, ext, resized.width, resized.height, width, height, digest)
 
 
-def resize(image: Image.Image, mode: str, size: int) -> Image.Image:
+@dataclass(frozen=True)
+class SentImage:
+    """What the server's bytes say about the image before any decoding: its upright size (a
+    reduced decode does not show it; --min-size, the aspect ratio and original_width/height
+    are about this), its format, and whether its pixels are stored as they are decoded."""
+
+    size: tuple[int, int]
+    format: str | None
+    plain: bool  # RGB or grey, no EXIF rotation: decoding changes nothing but the encoding
+
+    @classmethod
+    def of(cls, data: bytes) -> SentImage:
+        header = Image.open(io.BytesIO(data))  # the header only: the pixels were decoded already
+        orientation = header.getexif().get(ORIENTATION, 1)
+        width, height = header.size
+        size = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+        return cls(size, header.format, orientation == 1 and header.mode in ("RGB", "L"))
+
+
+
+def _filter(resample: str, decoded: Image.Image, sent: SentImage) -> Image.Resampling:
+    if resample != "auto":
+        return RESAMPLING[resample]
+    reduced = decoded.width * decoded.height < sent.size[0] * sent.size[1]
+    return Image.Resampling.LANCZOS if reduced else Image.Resampling.HAMMING
+
+
+def target_size(mode: str, size: int, width: int, height: int) -> tuple[int, int]:
+    """The size `resize` scales an image of this size to, before any crop or padding."""
+    if mode == "border":
+        scale = size / max(width, height)
+        return max(1, round(width * scale)), max(1, round(height * scale))
+    scale = size / min(width, height)
+    return max(size, round(width * scale)), max(size, round(height * scale))
+
+
+def resize(image: Image.Image, mode: str, size: int, resample: Image.Resampling = Image.Resampling.LANCZOS,
+           source_size: tuple[int, int] | None = None) -> Image.Image:
+    """Resize for `mode`; `source_size`: the image's size as sent when `image` was decoded
+    reduced (the target is computed from it, so a reduced decode gives the same size)."""
     if mode == "none":
         return image
+    target = target_size(mode, size, *(source_size or image.size))
+    resized = image if image.size == target else image.resize(target, resample, reducing_gap=3.0)
     if mode == "border":
-        scale = size / max(image.size)
-        target = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        fitted = image.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
-        return ImageOps.pad(fitted, (size, size), color=(255, 255, 255))
-    scale = size / min(image.size)
-    target = (max(size, round(image.width * scale)), max(size, round(image.height * scale)))
-    resized = image.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
+        return ImageOps.pad(resized, (size, size), color=(255, 255, 255))
     if mode == "center_crop":
         left, top = (resized.width - size) // 2, (resized.height - size) // 2
         return resized.crop((left, top, left + size, top + size))
     return resized  # keep_ratio
 
 
-def encode(image: Image.Image, original: bytes, cfg: DownloadConfig, unchanged: bool) -> tuple[bytes, str]:
-    fmt = cfg.format
+def encode(image: Image.Image, original: bytes, cfg: DownloadConfig, sent: SentImage) -> tuple[bytes, str]:
+    """The bytes to store. An image not resized is stored byte for byte as the server sent it
+    with --format keep, and with jpg when it is a plain JPEG (RGB or grey, upright): re-encoding
+    it would only lose quality and time."""
+    fmt, source_format = cfg.format, sent.format
+    not_resized = image.size == sent.size
+    if not_resized and sent.plain and fmt == "jpg" and source_format == "JPEG":
+        return original, fmt
     if fmt == "keep":
-        source_format = Image.open(io.BytesIO(original)).format
-        if unchanged and source_format in KEEP_EXTENSIONS:
+        if not_resized and source_format in KEEP_EXTENSIONS:
             return original, KEEP_EXTENSIONS[source_format]  # byte for byte what the server sent
         fmt = (
             KEEP_EXTENSIONS.get(source_format, "jpg")

@@ -21,7 +21,7 @@ import pyarrow as pa
 from ..config import CaptionConfig, ServerOptions
 from ..engines.openai_engine import OpenAICaptioner, image_data_url
 from ..samples.images import decode_sample
-from ..schema import JUDGE_METADATA_KEY
+from ..schema import JUDGE_COLUMNS, JUDGE_METADATA_KEY, stamp_identity
 from ..spine.ledger import OutputDir
 from ..spine.results import DONE, FAILED, SKIPPED, RunSummary, ShardResult
 from .outputs import (
@@ -97,6 +97,7 @@ def judge_output(output: str, config: JudgeConfig, on_shard=None) -> RunSummary:
     lock: no caption run or scorer may rewrite the same files meanwhile."""
     summary = RunSummary(settings=config.stamp())
     judged_already = lambda out, name: file_stamp(out, name, JUDGE_METADATA_KEY) == config.stamp()  # noqa: E731
+    # (a partial stamp, from rows kept when a shard was captioned again, is not judged already)
     with over_finished(output, works_in_caption_output("judge"), finished=judged_already,
                        overwrite=config.overwrite) as (_, out, todo, done):
         summary.results += [ShardResult(name, name, SKIPPED) for name in done]
@@ -133,12 +134,17 @@ def _judge_one(client: OpenAICaptioner, out: OutputDir, name: str, config: Judge
                summary: RunSummary) -> None:
     try:
         table = read_output(out, name)
-        ratings = _judge_shard(client, input_shard(out, name), table, config)
+        # A partial stamp by this judge: the rows that have ratings keep them; the rest are rated.
+        stamp = file_stamp(out, name, JUDGE_METADATA_KEY)
+        fill = stamp_identity(stamp) == config.stamp() and not config.overwrite
+        kept = _ratings(table) if fill else {}
+        ratings = _judge_shard(client, input_shard(out, name), table, config, kept)
     except Exception as exc:  # a missing input shard: say which, go on
         error = client.redact(f"{type(exc).__name__}: {exc}")
         summary.results.append(ShardResult(name, name, FAILED, error=error))
         return
-    statuses = [status for by_caption in ratings.values() for _, status in by_caption.values()]
+    statuses = [status for key, by_caption in ratings.items() if key not in kept
+                for _, status in by_caption.values()]
     if statuses and all(status == REQUEST_FAILED for status in statuses):
         # The judge was unreachable, not the captions bad: leave the shard unjudged, to redo.
         error = f"all {len(statuses)} judge requests failed; left unjudged"
@@ -148,10 +154,24 @@ def _judge_one(client: OpenAICaptioner, out: OutputDir, name: str, config: Judge
     summary.results.append(ShardResult(name, name, DONE, table.num_rows, counts={"judged": len(ratings)}))
 
 
-def _judge_shard(client: OpenAICaptioner, shard, table: pa.Table, config: JudgeConfig) -> dict[str, dict]:
+def _ratings(table: pa.Table) -> dict[str, dict]:
+    """The ratings a file has, by key, as _send records them."""
+    rated = {}
+    for row in table.select(["key", *JUDGE_COLUMNS]).to_pylist():
+        for which in ("re", "org"):
+            if row[f"{which}_judge_status"] not in (None, REQUEST_FAILED):  # a failed request is asked again
+                rating = (row[f"{which}_gpt4v_score"], row[f"{which}_judge_status"])
+                rated.setdefault(row["key"], {})[which] = rating
+    return rated
+
+
+def _judge_shard(client: OpenAICaptioner, shard, table: pa.Table, config: JudgeConfig,
+                 kept: dict[str, dict] | None = None) -> dict[str, dict]:
+    """Ratings by key of the chosen rows; those in `kept` are not asked again."""
     rows = caption_rows(table)
-    chosen = {k for k, r in rows.items() if r["status"] == "ok" and selected(k, config.fraction, config.seed)}
-    ratings: dict[str, dict] = {}
+    ratings: dict[str, dict] = dict(kept or {})
+    chosen = {k for k, r in rows.items()
+              if r["status"] == "ok" and selected(k, config.fraction, config.seed) and k not in ratings}
     batch: list[tuple[str, str, list]] = []  # (key, which caption, messages)
     for sample in shard:
         if sample.key not in chosen:

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 from ..readers import ColumnConfig, discover_shards, open_shard
 from ..readers.base import Shard
 from ..readers.changes import input_change
+from ..schema import schema_stamp
 from ..spine.atomic import open_atomic
 from ..spine.contract import Step, marker_has, open_output, read_stamp
 from ..spine.errors import RecaptionError
@@ -46,14 +47,6 @@ def over_finished(output: str, step: Step, *, destination: str | None = None, in
         todo, done = plan(dest, names, settings, added_later=step.added_later, only_current=True,
                           overwrite=overwrite)
         yield src, dest, todo, done
-
-
-def schema_stamp(schema: pa.Schema, key: bytes) -> dict:
-    """What an earlier step recorded in a file's metadata under `key` ({}: nothing, or unreadable)."""
-    try:
-        return json.loads((schema.metadata or {}).get(key, b"{}"))
-    except ValueError:
-        return {}
 
 
 def file_stamp(out: OutputDir, name: str, key: bytes) -> dict:

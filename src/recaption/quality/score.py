@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from ..readers.base import Shard
 from ..samples.images import decode_sample
-from ..schema import SCORE_COLUMNS, SCORES_METADATA_KEY, word_count
+from ..schema import PARTIAL, SCORE_COLUMNS, SCORES_METADATA_KEY, word_count
 from ..spine.ledger import OutputDir
 from ..spine.results import DONE, FAILED, SKIPPED, RunSummary, ShardResult
 from .clip import ClipScorer
@@ -48,7 +48,10 @@ def score_output(output: str, scorer: ClipScorer, overwrite: bool = False, on_sh
     """Score the finished shards of `output`, rewriting each file atomically. Holds the folder's
     lock: no caption run or judge may rewrite the same files meanwhile."""
     summary = RunSummary(settings={"clip_model": scorer.model_name, "clip_long_text": scorer.long_text})
-    scored_already = lambda out, name: scored_by(file_stamp(out, name, SCORES_METADATA_KEY), scorer)  # noqa: E731
+    def scored_already(out: OutputDir, name: str) -> bool:
+        stamp = file_stamp(out, name, SCORES_METADATA_KEY)
+        return scored_by(stamp, scorer) and not stamp.get(PARTIAL)
+
     with over_finished(output, works_in_caption_output("score"), finished=scored_already,
                        overwrite=overwrite) as (_, out, todo, done):
         summary.results += [ShardResult(name, name, SKIPPED) for name in done]
@@ -59,7 +62,9 @@ def score_output(output: str, scorer: ClipScorer, overwrite: bool = False, on_sh
                 scorer.setup()
             try:
                 table = read_output(out, name)
-                scores = _scores_for(scorer, input_shard(out, name), table)
+                # A partial stamp by this scorer: only the rows kept without scores are scored.
+                fill = scored_by(file_stamp(out, name, SCORES_METADATA_KEY), scorer) and not overwrite
+                scores = _scores_for(scorer, input_shard(out, name), table, only_missing=fill)
             except Exception as exc:  # a missing or broken input shard: say which, go on
                 log.error("cannot score %s: %s", name, exc)
                 summary.results.append(ShardResult(name, name, FAILED, error=f"{type(exc).__name__}: {exc}"))
@@ -80,13 +85,20 @@ def scored_by(recorded: dict, scorer: ClipScorer) -> bool:
     )
 
 
-def _scores_for(scorer: ClipScorer, shard: Shard, table: pa.Table) -> dict[str, dict]:
+def _scores_for(scorer: ClipScorer, shard: Shard, table: pa.Table,
+                only_missing: bool = False) -> dict[str, dict]:
+    """Scores by key of the ok rows (with `only_missing`, of those without a score); the
+    others keep what they have."""
     rows = caption_rows(table)
+    keys = table.column("key").to_pylist()
     scores: dict[str, dict] = {}
+    if only_missing:  # keep the scores the file has
+        have = table.select(list(SCORE_COLUMNS)).to_pylist()
+        scores = {k: r for k, r in zip(keys, have, strict=True) if r["re_clip_score"] is not None}
     pending: list = []
     for sample in shard:
         row = rows.get(sample.key)
-        if row is None or row["status"] != "ok":
+        if row is None or row["status"] != "ok" or sample.key in scores:
             continue
         decode_sample(sample)
         if sample.ok:

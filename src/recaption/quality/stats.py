@@ -27,9 +27,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..flags import PAPER_FLAG_COLUMNS, is_degenerate
-from ..schema import INPUT_FINGERPRINT, JUDGE_METADATA_KEY, METADATA_KEY, SCORES_METADATA_KEY
+from ..schema import (
+    INPUT_FINGERPRINT,
+    JUDGE_METADATA_KEY,
+    METADATA_KEY,
+    SCORES_METADATA_KEY,
+    schema_stamp,
+)
 from ..spine.ledger import OutputDir
-from .outputs import done_shards, read_output, schema_stamp
+from .outputs import done_shards, read_output
 
 FLAGS = [*PAPER_FLAG_COLUMNS, "re_clip_truncated", "org_clip_truncated"]  # flags.py, and scoring's
 COLUMNS = [

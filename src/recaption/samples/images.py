@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import re
 import warnings
+from collections.abc import Callable
+from functools import partial
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -69,8 +71,13 @@ def decode_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_side: int | None = DEFAULT_MAX_SIDE,
     pixels_hint: str = MAX_PIXELS_HINT,
+    shrink_to: Callable[[int, int], tuple[int, int]] | None = None,
 ) -> Image.Image:
     """Decode bytes to an RGB image no larger than max_side on its longest edge.
+
+    `shrink_to(width, height)`: the size the caller will resize the image to; a JPEG is then
+    decoded at the largest DCT reduction (1/2, 1/4, 1/8) that stays at or above it, which is
+    far cheaper than decoding at full size and shrinking afterwards.
 
     Raises ImageDecodeError with a status kind for empty, undecodable or oversized input (over
     `max_pixels`: too_large, its message ending with `pixels_hint`, how to raise the limit).
@@ -88,14 +95,17 @@ def decode_image(
             width, height = img.size
             if width * height > max_pixels:
                 raise too_many_pixels(width * height, max_pixels, (width, height), pixels_hint)
-            if max_side and max(width, height) > max_side and img.format == "JPEG":
+            if shrink_to is None and max_side and max(width, height) > max_side:
+                shrink_to = partial(_fit_long_side, max_side)
+            if shrink_to is not None and img.format == "JPEG":
                 # Let libjpeg decode at 1/2, 1/4 or 1/8 scale, never below the size we shrink
-                # to anyway: far faster for big photos. Draft keeps both sides >= the request,
-                # so ask for the shrunk size itself (asking for a square would stop it at 1/1).
-                scale = max_side / max(width, height)
-                img.draft("RGB", (max(1, int(width * scale)), max(1, int(height * scale))))
+                # to anyway. Draft keeps both sides >= the request, so ask for the shrunk size
+                # itself (asking for a square would stop it at 1/1). EXIF rotation comes after:
+                # the target is proportional, so the raw orientation asks for the same scale.
+                img.draft("RGB", shrink_to(width, height))
             img.load()
-            img = ImageOps.exif_transpose(img) or img
+            if img.getexif().get(ORIENTATION, 1) != 1:  # (exif_transpose copies even when upright)
+                img = ImageOps.exif_transpose(img)
             img = _to_rgb(img)
             if max_side and max(img.size) > max_side:
                 img.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
@@ -116,6 +126,14 @@ def decode_image(
         raise ImageDecodeError(DECODE_ERROR, UNIDENTIFIED) from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageDecodeError(DECODE_ERROR, _stable(f"{type(exc).__name__}: {exc}")) from exc
+
+
+ORIENTATION = 0x0112  # the EXIF tag
+
+
+def _fit_long_side(side: int, width: int, height: int) -> tuple[int, int]:
+    scale = side / max(width, height)
+    return max(1, int(width * scale)), max(1, int(height * scale))
 
 
 def decode_sample(sample: Sample, max_pixels: int = DEFAULT_MAX_PIXELS,

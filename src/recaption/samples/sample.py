@@ -35,6 +35,9 @@ class Sample:
     captions: dict[str, str | None] = field(default_factory=dict)  # output column -> caption
     truncated: dict[str, bool] = field(default_factory=dict)  # output column -> hit max_new_tokens
     scores: dict[str, Any] = field(default_factory=dict)  # re_clip_score, org_clip_score, ... when scored
+    # (source shard, row) when an earlier output's row of this very image is kept instead of
+    # captioning it again (captioning/carry.py)
+    carried: tuple[str, dict] | None = None
 
     # The paper's pass, by its published column name (what score, judge and report read).
     @property
@@ -56,6 +59,11 @@ class Sample:
     @property
     def ok(self) -> bool:
         return self.status == OK
+
+    @property
+    def to_caption(self) -> bool:
+        """Ok, and not kept from an earlier output: the model has work to do."""
+        return self.status == OK and self.carried is None
 
     def fail(self, status: str, error: str) -> None:
         self.status = status

@@ -1,0 +1,107 @@
+"""The download's image path: a JPEG decoded only as large as the resize needs, resized by the
+filter asked for, stored byte for byte when nothing would change. Quality is measured against
+Pillow's full-size Lanczos result."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from recaption.downloads import DownloadConfig
+from recaption.downloads.process import ProcessError, process_image, target_size
+from recaption.samples.shards import bundled_samples
+
+
+def photo(width: int, height: int, quality: int = 90, mode: str = "RGB",
+          orientation: int | None = None) -> bytes:
+    image = Image.open(io.BytesIO(bundled_samples()[0].image)).convert("RGB").resize((width, height))
+    buf = io.BytesIO()
+    exif = None
+    if orientation is not None:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+    image.convert(mode).save(buf, "JPEG", quality=quality, **({"exif": exif} if exif else {}))
+    return buf.getvalue()
+
+
+def config(**options) -> DownloadConfig:
+    return DownloadConfig(output="unused", **options)
+
+
+def decoded(data: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def psnr(a: Image.Image, b: Image.Image) -> float:
+    err = np.mean((np.asarray(a, dtype=float) - np.asarray(b, dtype=float)) ** 2)
+    return float("inf") if err == 0 else 10 * np.log10(255**2 / err)
+
+
+@pytest.mark.parametrize("mode", ["keep_ratio", "center_crop", "border"])
+def test_a_big_photo_decoded_reduced_matches_the_full_size_lanczos_result(mode):
+    data = photo(1600, 1200)
+    stored = process_image(data, None, config(resize=mode, image_size=256, quality=100))  # auto: lanczos
+
+    full = Image.open(io.BytesIO(data)).convert("RGB")
+    reference = full.resize(target_size(mode, 256, 1600, 1200), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    if mode == "center_crop":
+        left = (reference.width - 256) // 2
+        reference = reference.crop((left, 0, left + 256, 256))
+    got = decoded(stored.data)
+    assert got.size == (stored.width, stored.height)
+    if mode != "border":
+        assert got.size == reference.size
+        assert psnr(got, reference) > 38  # measured ~45 dB (docs/benchmarks.md); JPEG q100 adds a little
+    # the size as sent, not the reduced decode's
+    assert (stored.original_width, stored.original_height) == (1600, 1200)
+
+
+def test_min_size_and_aspect_ratio_judge_the_size_as_sent():
+    data = photo(1600, 400)
+    with pytest.raises(ProcessError, match="aspect ratio 4.00"):
+        process_image(data, None, config(image_size=64, max_aspect_ratio=3.0))
+    stored = process_image(data, None, config(image_size=64, min_size=400))
+    assert (stored.original_width, stored.original_height) == (1600, 400)
+    with pytest.raises(ProcessError, match="1600x400 is under --min-size 401"):
+        process_image(data, None, config(image_size=64, min_size=401))
+
+
+def test_an_exif_rotated_photo_is_stored_upright_at_the_right_size():
+    data = photo(1600, 1200, orientation=6)  # stored landscape, shown portrait
+    stored = process_image(data, None, config(image_size=256))
+    assert (stored.original_width, stored.original_height) == (1200, 1600)
+    assert (stored.width, stored.height) == (256, 341)
+    assert decoded(stored.data).size == (256, 341)
+    kept = process_image(data, None, config(resize="none"))
+    assert kept.data != data and decoded(kept.data).size == (1200, 1600)  # turned, so re-encoded
+
+
+def test_an_image_that_needs_no_change_is_stored_byte_for_byte():
+    data = photo(640, 480)
+    assert process_image(data, None, config(resize="none")).data == data
+    assert process_image(data, None, config(resize="keep_ratio", image_size=480)).data == data
+    resized = process_image(data, None, config(resize="keep_ratio", image_size=240))
+    assert resized.data != data and decoded(resized.data).size == (320, 240)
+    png = process_image(data, None, config(resize="none", format="png"))
+    assert decoded(png.data).size == (640, 480) and png.ext == "png"
+    cmyk = photo(64, 48, mode="CMYK")  # readers disagree on CMYK JPEGs: always stored as RGB
+    stored = process_image(cmyk, None, config(resize="none"))
+    assert stored.data != cmyk and Image.open(io.BytesIO(stored.data)).mode == "RGB"
+
+
+@pytest.mark.parametrize("resample", ["auto", "lanczos", "bicubic", "hamming", "bilinear"])
+def test_every_resize_filter_stays_close_to_lanczos(resample):
+    data = photo(640, 480)
+    full = Image.open(io.BytesIO(data)).convert("RGB")
+    reference = full.resize((341, 256), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    stored = process_image(data, None, config(image_size=256, resample=resample, quality=100))
+    assert psnr(decoded(stored.data), reference) > 35
+
+
+def test_an_unknown_filter_is_refused_naming_the_choices():
+    choices = "auto, hamming, lanczos, bicubic, bilinear"
+    with pytest.raises(ValueError, match=f"--resample must be one of {choices}"):
+        config(resample="nearest")
