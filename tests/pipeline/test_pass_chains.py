@@ -151,3 +151,18 @@ def test_chain_on_four_shards_resumes_after_a_kill_with_the_same_rows(tmp_path):
     for name, table in expected.items():
         assert got[name].equals(table), name
         assert all(table.column(c).null_count == 0 for c in CHAIN_COLUMNS)
+
+
+def test_three_stage_chain_on_the_demo_shard(tmp_path, captioner):
+    """The issue's chain on `recap demo`'s shard: its broken image is a row, the rest get all three."""
+    from recaption.demo import build_demo_shard
+
+    shard = build_demo_shard(tmp_path / "shards")
+    config = CaptionConfig(model="tiny", max_new_tokens=16, passes_file=chain_file(tmp_path))
+    summary = CaptionPipeline(config, RunConfig(output=str(tmp_path / "out")), captioner).run(
+        discover_shards([str(shard)]))
+    assert [r.outcome for r in summary.results] == [DONE]
+    rows = pq.read_table(tmp_path / "out" / "00000.parquet").to_pylist()
+    assert [r["status"] for r in rows].count("ok") == 8 and rows[-1]["status"] == "decode_error"
+    assert all(r[c] for r in rows[:8] for c in CHAIN_COLUMNS)
+    assert all(r[c] is None for c in CHAIN_COLUMNS for r in rows[8:])
