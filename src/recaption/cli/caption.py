@@ -201,7 +201,7 @@ def models_cmd() -> None:
 
     table = Table(title="caption presets (recap caption --preset NAME)")
     for column in ("preset", "writes", "what", "from", "file"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # the whole path: copy the file to change it
     for p in presets():
         table.add_row(p.name, ", ".join(preset_columns(p)), p.description, p.source, p.path)
     console.print(table)
