@@ -174,8 +174,9 @@ def export(output: PathLike, destination: PathLike, *, images: PathLike | list[P
         images: where the images are (tar / parquet shards, folders, globs), when not at the
             inputs `recap caption` recorded; joined to the rows by key.
         caption: a text column of the output (`re_caption`, `org_caption`, `re_caption_...`), or
-            `mix:p=P`: the original caption with probability P, else the recaption, fixed per
-            (seed, key) so reruns write the same tars.
+            `mix:p=P`: the original caption with probability P, else the recaption, or
+            `mix:re_caption=0.5,org_caption=0.3,re_caption_short=0.2` (any text columns, the
+            probabilities summing to 1); a mix is drawn per (seed, key) so reruns write the same tars.
         seed: the mix's seed.
         format: jpg, png or webp (one format for the whole export, EXIF orientation applied), or
             keep (each image's bytes as they are).
