@@ -11,6 +11,7 @@ The main entry points take the options of the `recap` command of the same name:
 
 from .api import (  # noqa: A004 - filter: the command's name
     caption,
+    caption_presets,
     convert_llava,
     download,
     eval_captioner,
@@ -39,6 +40,7 @@ from .spine import __version__
 __all__ = [
     "__version__",
     "caption",
+    "caption_presets",
     "convert_llava",
     "run_demo",
     "download",

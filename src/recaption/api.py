@@ -195,8 +195,9 @@ def export(output: PathLike, destination: PathLike, *, images: PathLike | list[P
         images: where the images are (tar / parquet shards, folders, globs), when not at the
             inputs `recap caption` recorded; joined to the rows by key.
         caption: a text column of the output (`re_caption`, `org_caption`, `re_caption_...`), or
-            `mix:p=P`: the original caption with probability P, else the recaption, fixed per
-            (seed, key) so reruns write the same tars.
+            `mix:p=P`: the original caption with probability P, else the recaption, or
+            `mix:re_caption=0.5,org_caption=0.3,re_caption_short=0.2` (any text columns, the
+            probabilities summing to 1); a mix is drawn per (seed, key) so reruns write the same tars.
         seed: the mix's seed.
         format: jpg, png or webp (one format for the whole export, EXIF orientation applied), or
             keep (each image's bytes as they are).
@@ -278,9 +279,10 @@ def eval_t2i(generated: PathLike | list[PathLike], **options: Any) -> dict:
     return _eval_t2i(_paths(generated), **options)
 
 
-def run_demo(output: PathLike = "recap-demo", rows: int = 5) -> int:
+def run_demo(output: PathLike = "recap-demo", rows: int = 5, preset: str | None = None) -> int:
     """The built-in captioner on the bundled sample shard, offline (`recap demo`; `recaption.demo`
-    is its module); the exit code."""
+    is its module), with a caption preset's passes when given (`fused`: the chain with the built-in
+    text LLM); the exit code."""
     from rich.console import Console
 
     from .demo import run_demo as _run_demo
@@ -293,7 +295,7 @@ def run_demo(output: PathLike = "recap-demo", rows: int = 5) -> int:
 
     from pathlib import Path
 
-    return _run_demo(Path(output), Console(), rows, caption=caption_shards)
+    return _run_demo(Path(output), Console(), rows, caption=caption_shards, preset=preset)
 
 
 def convert_llava(src: PathLike, dst: PathLike, vision_tower: str | None = None, tokenizer: str | None = None,
@@ -312,6 +314,15 @@ def model_families() -> list[dict]:
     from .models.registry import MODEL_FAMILIES
 
     return [asdict(f) for f in MODEL_FAMILIES]
+
+
+def caption_presets() -> list[dict]:
+    """The caption presets shipped with recaption (`recap caption --preset NAME`; listed by
+    `recap models`): name, description, source, file, the columns each writes."""
+    from .presets import preset_columns, presets
+
+    return [{"name": p.name, "description": p.description, "source": p.source, "path": p.path,
+             "columns": preset_columns(p)} for p in presets()]
 
 
 def train_clip(data: PathLike | list[PathLike], output: PathLike, **options: Any) -> dict:

@@ -52,6 +52,9 @@ class CaptionConfig:
     # passes file), each into re_caption_<NAME>; `passes_file` adds those of a YAML file.
     passes: list = field(default_factory=list)
     passes_file: str | None = None
+    # A preset shipped with the package (presets.py: paper, paper-v2, short, dense, fused): its
+    # passes come first, then `passes` and `passes_file`; paper-v2 turns on the conditional pass.
+    preset: str | None = None
     seed: int = 0
     # Settings for the model's processor, given to from_pretrained (`--processor-option KEY=VALUE`:
     # Qwen-VL's min_pixels / max_pixels, Gemma 3's do_pan_and_scan); values as JSON, else text.
@@ -69,17 +72,27 @@ class CaptionConfig:
             raise ValueError("batch_size must be positive, or 0 for automatic")
         if self.top_k < 0:
             raise ValueError("top_k must be 0 (greedy) or positive")
-        from .passes import check_unique, parse_pass, read_passes_file
+        from .passes import check_dependencies, check_unique, parse_pass, read_passes_file
 
         if self.conditional and "{caption}" not in self.conditional_prompt:
             raise ValueError("the conditional prompt must contain {caption}")
         if isinstance(self.passes, (str, dict)):
             self.passes = [self.passes]
         self.passes = [parse_pass(p) for p in self.passes or []]
+        if self.preset:
+            from .presets import load_preset
+
+            preset = load_preset(self.preset)
+            self.passes = [*preset.passes, *self.passes]
+            if preset.conditional:
+                self.conditional = True
+                self.top_k = self.top_k or preset.top_k
+            self.preset = None  # read once: the passes and decoding are what the run keeps
         if self.passes_file:
             self.passes += read_passes_file(self.passes_file)
             self.passes_file = None  # read once: the passes are what the run keeps
         check_unique(self.caption_passes)
+        check_dependencies(self.caption_passes)  # reads of later, unknown or own outputs; cycles
         self.processor_options = parse_processor_options(self.processor_options)
         if self.processor_options and self.engine == "openai":
             raise ValueError("--processor-option: with --engine openai the server runs the processor; "

@@ -43,15 +43,18 @@ def build_demo_shard(folder: Path) -> Path:
     return shard
 
 
-def run_demo(output: Path, console: Console, rows: int = 5, *, caption: CaptionCommand) -> int:
+def run_demo(output: Path, console: Console, rows: int = 5, *, caption: CaptionCommand,
+             preset: str | None = None) -> int:
     """Write the sample shard under OUTPUT/shards, caption it into OUTPUT/captions with the
-    built-in captioner, and print the first ROWS rows beside the truth; the exit code."""
+    built-in captioner (and, with `preset`, that preset's passes: `fused` runs the text LLM
+    tiny-text too), and print the first ROWS rows beside the truth; the exit code."""
+    config = CaptionConfig(model="tiny", preset=preset)  # a preset that is not there: said now
     with open_output(str(output), DEMO):  # a demo folder holds shards/ and captions/, nothing else
         shard = build_demo_shard(output / "shards")
         out_dir = output / "captions"
         console.print(f"sample shard: {shard}")
         code = caption(
-            [str(shard)], CaptionConfig(model="tiny"), RunConfig(output=str(out_dir), overwrite=True)
+            [str(shard)], config, RunConfig(output=str(out_dir), overwrite=True)
         )
     parquet = out_dir / "00000.parquet"
     if not parquet.exists():
@@ -59,13 +62,19 @@ def run_demo(output: Path, console: Console, rows: int = 5, *, caption: CaptionC
     table = pq.read_table(parquet).to_pylist()
     world = ShapesWorld(DEMO_SEED)
     view = Table(title=f"first {rows} rows of {parquet}")
-    for column in ("key", "alt-text (org_caption)", "recaption (re_caption)", "truth", "status"):
+    passes = [p.column for p in config.caption_passes if p.column != "re_caption"]
+    for column in ("key", "alt-text (org_caption)", "recaption (re_caption)", *passes, "truth", "status"):
         view.add_column(column, overflow="fold")
     for row in table[:rows] + [r for r in table if r["status"] != "ok"]:
         index = int(row["url"].rsplit("/", 1)[1]) if row["url"].startswith("shapes://") else None
         truth = world.sample(index).description if index is not None else ""
-        view.add_row(row["key"], row["org_caption"], row["re_caption"] or "", truth, row["status"])
+        view.add_row(row["key"], row["org_caption"], row["re_caption"] or "", *(row[c] or "" for c in passes),
+                     truth, row["status"])
     console.print(view)  # what the tiny model is: said under the caption summary
+    if any(p.model == "tiny-text" for p in config.caption_passes):
+        console.print("note: tiny-text is the built-in text LLM with random weights: it shows the chain "
+                      "runs, its words carry no meaning; name a real text LLM (model:) in a copy of the "
+                      "preset file (recap models shows where it is)", soft_wrap=True)
     console.print(f"output: {out_dir}")
     console.print(f"browse it beside its images: recap view {out_dir}", soft_wrap=True)
     return code

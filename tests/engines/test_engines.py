@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from recaption.captioning.pipeline import CaptionPipeline
-from recaption.config import CaptionConfig, RunConfig, ServerOptions
+from recaption.config import CaptionConfig, ExecutorConfig, RunConfig, ServerOptions
 from recaption.models.registry import PAPER_PROMPT
 from recaption.readers import discover_shards
 
@@ -442,3 +442,80 @@ def test_a_run_of_one_token_stops_its_caption_early_and_says_so(tmp_path, captio
     assert all(r["re_truncated"] and r["re_degenerate"] for r in rows), rows
     stats = json.loads((tmp_path / "out" / "00000_stats.json").read_text())
     assert stats["tokens_generated"] == 3 * LOOP_RUN, "stopped at the loop, not at max_new_tokens (64)"
+
+
+def test_a_text_only_pass_on_an_openai_server_sends_text_alone(tmp_path, captioner):
+    """The fusion step on an OpenAI-compatible server: the request holds the filled-in prompt (the
+    earlier pass's caption and the alt-text), no image; the reply is the pass's column."""
+    from recaption.captioning.pipeline import CaptionPipeline
+    from recaption.executors.run import check_run
+    from recaption.readers import discover_shards
+
+    async def echo(body, state):
+        return 200, completion("fused: " + body["messages"][0]["content"][-40:]), {}
+
+    shards = write_shards(tmp_path / "in", n_shards=1, per_shard=3)
+    prompt = "Fuse {re_caption} with {caption}"
+    with LoopbackServer(echo) as server:
+        fused = {"name": "fused", "model": "served-llm", "engine": "openai", "endpoint": server.url,
+                 "prompt": prompt, "max_new_tokens": 20}
+        config = CaptionConfig(model="tiny", max_new_tokens=8, passes=[fused])
+        pipeline = CaptionPipeline(config, RunConfig(output=str(tmp_path / "out")), captioner)
+        pipeline.run(discover_shards(shards))
+        bodies = server.state.requests
+    assert len(bodies) == 3 and all(isinstance(b["messages"][0]["content"], str) for b in bodies)
+    assert bodies[0]["model"] == "served-llm" and bodies[0]["max_tokens"] == 20
+    for row, body in zip(rows(tmp_path / "out"), bodies, strict=True):
+        assert body["messages"][0]["content"] == f"Fuse {row['re_caption']} with {row['org_caption']}"
+        assert row["re_caption_fused"] == "fused: " + body["messages"][0]["content"][-40:]
+    marker = json.loads((tmp_path / "out" / "00000.done").read_text())
+    assert "endpoint" not in marker["passes"][0] and marker["passes"][0]["engine"] == "openai"
+
+    no_server = CaptionConfig(passes=[{**fused, "endpoint": None}])
+    with pytest.raises(ValueError, match="pass fused: engine openai needs a server"):
+        check_run(no_server, RunConfig(output=str(tmp_path / "o2")), ExecutorConfig())
+
+
+class _StandInTextVLLM:
+    """`vllm.LLM` for a text model (no images), generating greedily with transformers."""
+
+    class LLM:
+        def __init__(self, model, *, dtype="auto", seed=0):
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(model)
+            self.model = AutoModelForCausalLM.from_pretrained(model).eval()
+
+        def get_tokenizer(self):
+            return self.tokenizer
+
+        def generate(self, prompts, sampling_params=None, *, use_tqdm=True):
+            outputs = []
+            for request in prompts:
+                assert set(request) == {"prompt"} and sampling_params.temperature == 0.0
+                inputs = self.tokenizer([request["prompt"]], return_tensors="pt", add_special_tokens=False)
+                with torch.inference_mode():
+                    out = self.model.generate(**inputs, max_new_tokens=sampling_params.max_tokens,
+                                              do_sample=False)
+                tokens = out[0, inputs["input_ids"].shape[1]:].tolist()
+                text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+                completion = types.SimpleNamespace(text=text, token_ids=tokens, finish_reason="length")
+                outputs.append(types.SimpleNamespace(outputs=[completion]))
+            return outputs
+
+
+def test_a_text_only_pass_on_vllm_matches_transformers(tmp_path, monkeypatch, captioner):
+    module = types.ModuleType("vllm")
+    module.LLM, module.SamplingParams = _StandInTextVLLM.LLM, _StandInVLLM.SamplingParams
+    monkeypatch.setitem(sys.modules, "vllm", module)
+    shards = write_shards(tmp_path / "in", n_shards=1, per_shard=2)
+    fused = {"name": "fused", "model": "tiny-text", "prompt": "Fuse {re_caption} with {caption}",
+             "max_new_tokens": 6}
+    columns = {}
+    for engine in ("transformers", "vllm"):
+        config = CaptionConfig(model="tiny", max_new_tokens=8, batch_size=1,
+                               passes=[{**fused, "engine": engine}])
+        pipeline = CaptionPipeline(config, RunConfig(output=str(tmp_path / engine)), captioner)
+        pipeline.run(discover_shards(shards))
+        columns[engine] = [r["re_caption_fused"] for r in rows(tmp_path / engine)]
+    assert columns["vllm"] == columns["transformers"] and all(columns["vllm"])

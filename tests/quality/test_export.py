@@ -303,3 +303,25 @@ def test_the_default_export_is_one_format_upright_and_loads_in_datasets_and_webd
     assert [s["__key__"] for s in read_wds(tmp_path / "wds" / "photos.tar")] == ["a", "b", "c"]
     with pytest.raises(RecaptionError, match="--format"):
         recaption.export(tmp_path / "out", tmp_path / "gif", images=[str(folder)], format="gif")
+
+
+
+def test_export_takes_any_pass_column_and_a_mix_over_several(tmp_path):
+    v2 = "re_caption_condition_diverse_topk"  # a pass column beside re_caption
+    keys = write_input(tmp_path / "in" / "00000.tar", 4)
+    rows = [row(k) | {v2: f"v2 caption {k}"} for k in keys]
+    rows[0][v2] = None  # a blank draw falls back to the next column of the mix
+    write_output(tmp_path / "out", "00000", rows, source=tmp_path / "in" / "00000.tar", conditional=True)
+    recaption.export(tmp_path / "out", tmp_path / "one", caption=v2)
+    stats = json.loads((tmp_path / "one" / "00000_stats.json").read_text())
+    assert stats["exported"] == 3 and stats["caption_sources"] == {v2: 3}
+    spec = f"mix:{v2}=0.5,org_caption=0.25,re_caption=0.25"
+    recaption.export(tmp_path / "out", tmp_path / "mix", caption=spec, seed=1)
+    stats = json.loads((tmp_path / "mix" / "00000_stats.json").read_text())
+    assert stats["exported"] == 4 and set(stats["caption_sources"]) <= {v2, "org_caption", "re_caption"}
+    assert stats["caption"] == spec
+    with pytest.raises(CaptionChoiceError, match="sum to 0.9, not 1"):
+        recaption.export(tmp_path / "out", tmp_path / "bad", caption="mix:re_caption=0.5,org_caption=0.4")
+    with pytest.raises(CaptionChoiceError, match="has no text column re_caption_dense"):
+        recaption.export(tmp_path / "out", tmp_path / "bad",
+                         caption="mix:re_caption=0.5,re_caption_dense=0.5")

@@ -451,3 +451,21 @@ def test_resume_with_another_learning_rate_is_refused_and_steps_must_be_positive
     (tmp_path / "afile").write_text("x")
     with pytest.raises(OutputError, match="which is a file, not a folder"):
         train_dit(config(shapes, tmp_path / "afile" / "sub", steps=2, workers=0))
+
+
+def test_mix_trains_on_the_columns_it_names(shapes, tmp_path, monkeypatch):
+    """train-dit --mix over json fields of plain shards (here the description and the alt-text):
+    only those texts are seen, counted by column; a column no sample has is refused first."""
+    from recaption.shapes import ShapesWorld
+    from recaption.training.captions import MixError
+
+    world = ShapesWorld(0)
+    allowed = {world.sample(i).description for i in range(64)} | {world.sample(i).alt_text for i in range(64)}
+    seen: list[str] = []
+    encode = TextEncoder.encode
+    monkeypatch.setattr(TextEncoder, "encode", lambda self, texts: seen.extend(texts) or encode(self, texts))
+    result = train_dit(config(shapes, tmp_path / "run", steps=6, mix="description=0.7,org_caption=0.3"))
+    assert {t for t in seen if t} <= allowed
+    assert result["captions"]["description"] > result["captions"]["org_caption"] > 0
+    with pytest.raises(MixError, match="offers no re_caption_short"):
+        train_dit(config(shapes, tmp_path / "bad", steps=2, mix="re_caption_short=1"))

@@ -101,8 +101,13 @@ class BatchStream(IterableDataset):
         self.preparer = preparer
         self.batch_size = batch_size
         self.passes = passes  # passes.CaptionPass, each prepared from the same decoded images
+        # Prepared here: the passes that read only the image and the alt-text. A pass that reads
+        # an earlier pass's output is prepared once that output exists (pipeline._caption_batch),
+        # from the images kept for it when it reads the image too (decoded once all the same).
+        self.early = [p for p in passes if not p.reads and not p.text_only]
+        self.keep_images = any(p.reads and not p.text_only for p in passes)
         # Rendered once: a pass without {caption} asks every image the same thing.
-        self._fixed_prompts = {p.name: preparer.render(p.prompt) for p in passes if not p.conditional}
+        self._fixed_prompts = {p.name: preparer.render(p.prompt) for p in self.early if p.fixed}
         self.max_pixels = max_pixels
         self.max_side = max_side
         self.placeholders = placeholders  # sha256 digests of images never captioned (--placeholders)
@@ -127,11 +132,11 @@ class BatchStream(IterableDataset):
                 yield ShardEnd(shard.name, None)
 
     def prompts(self, samples: list[Sample]) -> list[list[str]]:
-        """Each pass's prompts for these samples (one list per pass, in pass order)."""
+        """Each early pass's prompts for these samples (one list per pass, in pass order)."""
         return [
             [self._fixed_prompts[p.name]] * len(samples) if p.name in self._fixed_prompts
             else [self.preparer.render(p.instruction(s.org_caption)) for s in samples]
-            for p in self.passes
+            for p in self.early
         ]
 
     def _batches(self, shard: Shard) -> Iterator[Batch]:
@@ -145,11 +150,12 @@ class BatchStream(IterableDataset):
             if ok:
                 images = [s.image for s in ok]  # decoded once, for every pass
                 prepared = self.preparer.prepare_passes(images, self.prompts(ok))
-                batch.inputs = {p.name: inputs for p, inputs in zip(self.passes, prepared, strict=True)}
+                batch.inputs = {p.name: inputs for p, inputs in zip(self.early, prepared, strict=True)}
                 if self.score_pixels is not None:
                     batch.score_inputs = self.score_pixels(images)
-            for s in ok:
-                s.image = None  # the tensors hold what the model needs; do not ship pixels twice
+            if not self.keep_images:
+                for s in ok:
+                    s.image = None  # the tensors hold what the model needs; do not ship pixels twice
             batch.decode_seconds = time.perf_counter() - started
             yield batch
             started = time.perf_counter()

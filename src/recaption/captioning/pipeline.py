@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 from ..config import CaptionConfig, RunConfig
-from ..engines import make_engine
+from ..engines import make_engine, make_text_engines
 from ..engines.base import Engine
 from ..passes import CONDITIONAL, FLAGS, CaptionPass, Decoding
 from ..readers import Shard
@@ -190,6 +190,8 @@ class CaptionPipeline:
         self.caption = caption
         self.run_config = run
         self.captioner = captioner or make_engine(caption)
+        # The text LLMs of text-only passes (by pass name; passes on one model share one engine).
+        self.text_engines = make_text_engines(caption)
         self.progress = progress or Progress()
         self.out = OutputDir(run.output)
         self.passes = caption.caption_passes
@@ -262,7 +264,10 @@ class CaptionPipeline:
         pool = ThreadPoolExecutor(window, thread_name_prefix="recap-batch") if window > 1 else None
         in_flight: deque[tuple[object, Future]] = deque()
         items, caption = iter(loader), self._caption_batch
+        owned = [e for e in dict.fromkeys(self.text_engines.values()) if not e.ready]
         try:
+            for engine in owned:
+                engine.setup()
             while True:
                 waited = time.perf_counter()
                 item = next(items, None)
@@ -285,6 +290,9 @@ class CaptionPipeline:
         finally:
             if pool:
                 pool.shutdown(wait=True, cancel_futures=True)
+            for engine in owned:
+                if engine.ready:
+                    engine.teardown()
 
     def _finish_item(self, item, work: Future, in_progress: dict, on_result) -> None:
         """Consume one stream item in order: open a shard, write a captioned batch, or close a shard."""
@@ -332,29 +340,64 @@ class CaptionPipeline:
         if not ok:
             return 0, 0.0
         tokens = 0
-        for p in self.passes:
+        for p in self.passes:  # in dependency order (passes.check_dependencies)
             # A sampled pass draws from a seed fixed by shard, pass and batch: a resumed shard
             # samples exactly as an uninterrupted one (the conditional pass keeps its old seeds).
             salt = batch.shard if p.name == CONDITIONAL else f"{batch.shard}/{p.name}"
             seed = batch_seed(self.caption.seed, salt, batch.index)
             decoding = p.decoding(self.caption.max_new_tokens, seed)
-            tokens += self._generate_into(ok, batch.inputs[p.name], p.column, decoding)
+            if p.name in batch.inputs:
+                tokens += self._generate_into(ok, batch.inputs[p.name], p.column, decoding)
+                continue
+            ready = self._can_read(p, ok)
+            if ready:
+                engine = self.text_engines.get(p.name, self.captioner)
+                tokens += self._generate_into(ready, self._late_inputs(p, ready, engine), p.column, decoding,
+                                              engine)
+        for s in ok:
+            s.image = None  # kept only for the passes that read earlier outputs
         if batch.score_inputs is not None:
             from ..quality.score import score_samples
 
             score_samples(self.scorer, ok, batch.score_inputs)  # after captioning: rows that failed stay null
         return tokens, time.perf_counter() - started
 
-    def _generate_into(self, samples: list[Sample], inputs, column: str, decoding: Decoding) -> int:
+    @staticmethod
+    def _can_read(p: CaptionPass, samples: list[Sample]) -> list[Sample]:
+        """The samples whose outputs `p` reads are all there; the others keep `p`'s column null,
+        saying why in `error` (a failed earlier pass already did, and its status says so)."""
+        ready = []
+        for s in samples:
+            if not s.ok:
+                continue
+            empty = [c for c in p.reads if not (s.captions.get(c) or "").strip()]
+            if not empty:
+                ready.append(s)
+                continue
+            note = f"pass {p.name} not run: {', '.join(empty)} is empty"
+            s.error = note if s.error is None else f"{s.error}; {note}"
+        return ready
+
+    def _late_inputs(self, p: CaptionPass, samples: list[Sample], engine: Engine):
+        """Inputs of a pass that reads earlier outputs, prepared here once they exist: text alone
+        for a text LLM, else with the images decoded for the batch (kept for this)."""
+        prompts = [engine.preparer.render(p.instruction(s.org_caption, s.captions)) for s in samples]
+        if p.text_only:
+            return engine.preparer.prepare_text(prompts)
+        return engine.preparer.prepare([s.image for s in samples], prompts)
+
+    def _generate_into(self, samples: list[Sample], inputs, column: str, decoding: Decoding,
+                       engine: Engine | None = None) -> int:
+        engine = engine or self.captioner
         try:
-            generations = self.captioner.generate(inputs, decoding)
+            generations = engine.generate(inputs, decoding)
         except (RuntimeError, ValueError) as exc:
             # One failing sample (or memory) must not sink the batch: retry one by one.
             if len(samples) == 1:
                 samples[0].fail(CAPTION_ERROR, f"{type(exc).__name__}: {exc}")
                 return 0
             log.warning("batch of %d failed (%s); retrying one by one", len(samples), exc)
-            one_by_one = (self._generate_into([s], self.captioner.rows(inputs, i, i + 1), column, decoding)
+            one_by_one = (self._generate_into([s], engine.rows(inputs, i, i + 1), column, decoding, engine)
                           for i, s in enumerate(samples))
             return sum(one_by_one)
         for s, g in zip(samples, generations, strict=True):

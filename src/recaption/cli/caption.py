@@ -65,7 +65,8 @@ def caption_cmd(
     top_k: Annotated[int, typer.Option(help="Top-k sampling for --conditional (0 = greedy).")] = 0,
     seed: Annotated[int, typer.Option(help="Seed for --conditional sampling.")] = 0,
     passes: Annotated[list[str] | None, typer.Option("--pass", help="Another caption pass, NAME=PROMPT, into re_caption_<NAME> (with _length and flags); repeat for several; {caption} in PROMPT is the original caption.")] = None,
-    passes_file: Annotated[str | None, typer.Option("--passes", help="YAML file: a list of passes, each {name, prompt, top_k (0: greedy), max_new_tokens}.")] = None,
+    passes_file: Annotated[str | None, typer.Option("--passes", help="YAML file: a list of passes, each {name, prompt, top_k (0: greedy), max_new_tokens; model (and engine, endpoint): a text LLM}; {re_caption} or {re_caption_NAME} in a prompt reads an earlier pass.")] = None,
+    preset: Annotated[str | None, typer.Option(help="Caption passes shipped with recaption: paper, paper-v2, short, dense or fused (recap models lists them); --pass / --passes add to it.")] = None,
     workers: Annotated[int | None, typer.Option(help="Processes that read, decode and preprocess ahead of the model (default: 0 on CPU, up to 4 with a GPU).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Redo shards that are already complete.")] = False,
     retry_failed: Annotated[bool, typer.Option(help="Redo complete shards that hold caption_error rows (e.g. a server failed some requests).")] = False,
@@ -123,7 +124,8 @@ def run_cmd(
     keep_url_secrets: Annotated[bool, typer.Option(help="Download: store URLs as given, credentials and signed query values included.")] = False,
     model: Annotated[str, typer.Option(help="'tiny', a local model folder or a hub id.")] = "tiny",
     prompt: Annotated[str, typer.Option(help="Instruction sent with each image.")] = PAPER_PROMPT,
-    passes_file: Annotated[str | None, typer.Option("--passes", help="YAML file: a list of caption passes, each {name, prompt, top_k (0: greedy), max_new_tokens}.")] = None,
+    passes_file: Annotated[str | None, typer.Option("--passes", help="YAML file: a list of caption passes, each {name, prompt, top_k (0: greedy), max_new_tokens; model: a text LLM}.")] = None,
+    preset: Annotated[str | None, typer.Option(help="Caption passes shipped with recaption: paper, paper-v2, short, dense or fused (recap models lists them).")] = None,
     score: Annotated[bool, typer.Option(help="Also fill the CLIP-score columns while captioning (images decoded once).")] = False,
     clip_model: Annotated[str, typer.Option(help="CLIP for --score: hub id, local folder, open_clip:..., or tiny-clip (built in, offline).")] = "openai/clip-vit-large-patch14",
     max_bytes: Annotated[int, typer.Option(help="Download: largest image body accepted, in bytes.")] = 32 * 1024 * 1024,
@@ -162,7 +164,7 @@ def run_cmd(
     with clear_error(ValueError):  # the caption half through the one mapping of flags to settings
         settings = caption_settings(
             f"{base}/captions", model=model, batch_size=batch_size, device=device, max_new_tokens=max_new_tokens,
-            prompt=prompt, passes_file=passes_file, score=score, clip_model=clip_model, overwrite=overwrite,
+            prompt=prompt, passes_file=passes_file, preset=preset, score=score, clip_model=clip_model, overwrite=overwrite,
             retry_failed=retry_failed, max_pixels=max_pixels, devices=devices, workers=workers,
             executor=executor, ray_address=ray_address, placeholders=placeholders,
         )
@@ -192,10 +194,18 @@ def convert_llava_cmd(
 
 
 def models_cmd() -> None:
-    """List the model families recaption knows and how it prompts them."""
+    """List the model families recaption knows and how it prompts them, and the caption presets."""
     table = Table(title="model families")
     for column in ("family", "model_type", "prompt format", "models"):
         table.add_column(column)
     for family in MODEL_FAMILIES:
         table.add_row(family.name, ", ".join(family.model_types), family.prompt_format, family.description)
+    console.print(table)
+    from ..presets import preset_columns, presets
+
+    table = Table(title="caption presets (recap caption --preset NAME)")
+    for column in ("preset", "writes", "what", "from", "file"):
+        table.add_column(column, overflow="fold")  # the whole path: copy the file to change it
+    for p in presets():
+        table.add_row(p.name, ", ".join(preset_columns(p)), p.description, p.source, p.path)
     console.print(table)

@@ -37,7 +37,7 @@ def export_cmd(
     output: Annotated[str, typer.Argument(help="A `recap caption` (or `recap filter`) output folder.")],
     destination: Annotated[str, typer.Option("--output", "-o", help="Folder for the WebDataset tars.")],
     images: Annotated[list[str] | None, typer.Option(help="The image shards or folders that were captioned (default: the inputs each shard's stats record).")] = None,
-    caption: Annotated[str, typer.Option(help="Text of each sample's .txt: re_caption, org_caption, any re_caption_* column, or mix:p=0.8 (the original with probability p, else re_caption).")] = "re_caption",
+    caption: Annotated[str, typer.Option(help="Text of each sample's .txt: re_caption, org_caption, any re_caption_* column (re_caption_fused, ...), mix:p=0.8 (the original with probability p, else re_caption), or mix:re_caption=0.5,org_caption=0.3,re_caption_short=0.2 (probabilities summing to 1).")] = "re_caption",
     seed: Annotated[int, typer.Option(help="Seed of the mix:p draw (per key, so reruns give the same tars).")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Redo shards already exported into the folder.")] = False,
     format: Annotated[str, typer.Option(help="Image format in the tars: jpg, png or webp (one format, EXIF orientation applied: every tar loads in HF datasets' webdataset builder), or keep (each image's own bytes).")] = "jpg",

@@ -33,6 +33,7 @@ def train_dit_cmd(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda.")] = "auto",
     workers: Annotated[int, typer.Option(help="Loader processes that read, decode and crop (per GPU under torchrun; 0: in this process). Resume with the same number.")] = 2,
     shuffle_buffer: Annotated[int, typer.Option(help="Samples each loader process shuffles among.")] = 1000,
+    mix: Annotated[str | None, typer.Option(help="Instead of --p: probabilities of caption columns summing to 1, e.g. mix:re_caption=0.5,org_caption=0.3,re_caption_short=0.2 (any re_caption_* pass column; plain shards: json fields).")] = None,
 ) -> None:
     """Train a text-conditioned diffusion transformer (diffusers' PixArt blocks) on a mix of
     original captions and recaptions."""

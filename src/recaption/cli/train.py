@@ -49,6 +49,7 @@ def train_clip_cmd(
     shuffle_buffer: Annotated[int, typer.Option(help="Samples each loader process shuffles among (encoded images held in memory).")] = 1000,
     recipe: Annotated[str, typer.Option(help="recap (the paper: original with probability p, else the recaption) or clips (each image against its alt-text and a partial recaption, two losses).")] = "recap",
     partial_words: Annotated[int, typer.Option(help="--recipe clips: longest block of a recaption sentence kept (block masking).")] = 32,
+    mix: Annotated[str | None, typer.Option(help="Instead of --p: probabilities of caption columns summing to 1, e.g. mix:re_caption=0.5,org_caption=0.3,re_caption_short=0.2 (any re_caption_* pass column; plain shards: json fields).")] = None,
 ) -> None:
     """Train CLIP contrastively on a mix of original captions and recaptions (Recap-CLIP, or the CLIPS recipe)."""
     options = dict(locals())  # every option is a ClipTrainConfig field of the same name

@@ -72,9 +72,26 @@ class SquarePixels:
         return {"pixel_values": torch.stack([square_pixels(image, self.size) for image in images])}
 
 
-def check_caption_sources(data: list[str], p: float, recaption_field: str | None) -> None:
-    """Refuse a mix the data cannot give, before streaming (training/captions.check_mix, the
-    rule every trainer shares)."""
-    from ..training.captions import check_mix
+def check_caption_sources(data: list[str], p: float, recaption_field: str | None, mix: str | None = None,
+                          caption_field: str | None = None) -> None:
+    """Refuse a mix the data cannot give, before streaming (training/captions.check_mix and
+    check_mix_columns, the rules every trainer shares)."""
+    from ..training.captions import CaptionMix, check_mix, check_mix_columns
 
-    check_mix(data, p, recaption_field)
+    if mix:
+        check_mix_columns(data, CaptionMix.parse(mix), recaption_field, caption_field)
+    else:
+        check_mix(data, p, recaption_field)
+
+
+def pick_mixed_caption(mix, org: str | None, re: str | None, more: dict, caption_dropout: float,
+                       rng: random.Random) -> tuple[str, str]:
+    """(text, kind) for --mix: the column drawn (training/captions.CaptionMix.pick; kind is the
+    column, "COLUMN (fallback)" when the drawn one was empty), then dropout as pick_caption."""
+    text, column, fell_back = mix.pick({"org_caption": org, "re_caption": re, **more}, rng.random())
+    dropped = rng.random() < caption_dropout
+    if not text:
+        return "", UNCAPTIONED
+    if dropped:
+        return "", DROPPED
+    return text, f"{column} (fallback)" if fell_back else column

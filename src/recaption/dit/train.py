@@ -32,11 +32,19 @@ from fsspec.implementations.local import LocalFileSystem
 
 from ..spine.atomic import temporary_name, write_json_atomic
 from ..training import distributed
+from ..training.captions import CaptionMix
 from ..training.checkpoints import _replace_folder, latest_checkpoint, require_same_recipe
 from ..training.data import Pair
 from ..training.inputs import TrainingInputError, require_counts
 from ..training.loop import TrainLoop, finish_run, open_batches, resume, train_into, trainer_stream
-from .data import CAPTION_KINDS, UNCAPTIONED, SquarePixels, check_caption_sources, pick_caption
+from .data import (
+    CAPTION_KINDS,
+    UNCAPTIONED,
+    SquarePixels,
+    check_caption_sources,
+    pick_caption,
+    pick_mixed_caption,
+)
 from .model import (
     EMA,
     FORMAT,
@@ -64,9 +72,10 @@ log = logging.getLogger(__name__)
 _FIXED = (
     "space", "image_size", "patch_size", "layers", "heads", "head_dim", "text_length", "p",
     "caption_dropout", "train_timesteps", "beta_schedule", "prediction_type", "batch_size",
-    "snr_gamma", "lr", "weight_decay", "warmup",
+    "snr_gamma", "lr", "weight_decay", "warmup", "mix",
 )  # fmt: skip
-_ADDED_DEFAULTS = {"snr_gamma": None}  # runs from before these settings existed trained with these
+# Runs from before these settings existed trained with these.
+_ADDED_DEFAULTS = {"snr_gamma": None, "mix": None}
 
 
 @dataclass
@@ -100,6 +109,8 @@ class DitTrainConfig:
     seed: int = 0
     caption_field: str | None = None  # plain shards: where the original caption is (default .txt)
     recaption_field: str | None = None  # plain shards: a json field holding the recaption
+    # A mix over any caption columns instead of p (training/captions.CaptionMix), as train-clip's.
+    mix: str | None = None
     device: str = "auto"
     extra: dict = field(default_factory=dict)  # anything to record in dit.json (experiment names)
     workers: int = 2  # loader processes that decode and crop (0: in this process); resume with the same
@@ -120,6 +131,10 @@ class DitTrainConfig:
             raise ValueError("mixed-precision must be no or bf16")
         if not self.data:
             raise ValueError("no data given")
+        if self.mix is not None:
+            from ..training.captions import CaptionMix
+
+            self.mix = CaptionMix.parse(self.mix).spec  # MixError: one line naming the form
 
 
 def _save_parts(out: Path, parts: list) -> None:
@@ -245,7 +260,7 @@ def _train_dit(config: DitTrainConfig, out: Path, resume_from: str | None,
         recorded = {**(before.get("train_config") or {}), **before}
         require_same_recipe(resume_from, recorded, recipe, _ADDED_DEFAULTS)
 
-    check_caption_sources(config.data, config.p, config.recaption_field)
+    check_caption_sources(config.data, config.p, config.recaption_field, config.mix, config.caption_field)
     stream = trainer_stream(config, SquarePixels(config.image_size), ranks, out)
 
     transformer, ema_weights = _transformer(config, resume_from, codec, text_encoder, device)
@@ -305,10 +320,15 @@ class _DiffusionStep:
 
     def __call__(self, batch: dict) -> torch.Tensor:
         config, scheduler = self.config, self.noise_scheduler
-        drawn = [pick_caption(Pair(key, None, org, re), config.p, config.caption_dropout, self.rng)
-                 for key, org, re in zip(batch["keys"], batch["org"], batch["re"], strict=True)]
+        if config.mix:
+            mix = CaptionMix.parse(config.mix)
+            drawn = [pick_mixed_caption(mix, org, re, more, config.caption_dropout, self.rng)
+                     for org, re, more in zip(batch["org"], batch["re"], batch["more"], strict=True)]
+        else:
+            drawn = [pick_caption(Pair(key, None, org, re), config.p, config.caption_dropout, self.rng)
+                     for key, org, re in zip(batch["keys"], batch["org"], batch["re"], strict=True)]
         for _, kind in drawn:
-            self.captions[kind] += 1
+            self.captions[kind] = self.captions.get(kind, 0) + 1  # --mix: kinds are its columns
         if self.first and _every_rank(self.ranks, all(kind == UNCAPTIONED for _, kind in drawn)):
             raise TrainingInputError(
                 f"no sample of the first batch has a caption (neither its own nor "

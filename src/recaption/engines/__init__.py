@@ -28,6 +28,47 @@ def make_engine(config) -> Engine:
     return engine_class(config.engine)(config)
 
 
+def text_engine_class(name: str, pass_name: str = "") -> type[Engine]:
+    """The text-only generator of engine `name` (its module's TEXT_ENGINE): for passes with `model:`."""
+    if name not in engine_names():
+        raise ValueError(f"pass {pass_name}: engine {name} is unknown; "
+                         f"choose one of {', '.join(engine_names())}")
+    module = importlib.import_module(f"{__name__}.{name}{_SUFFIX}")
+    if not hasattr(module, "TEXT_ENGINE"):
+        raise ValueError(f"pass {pass_name}: engine {name} has no text-only generator; choose one of "
+                         f"{', '.join(n for n in engine_names() if n != name)}")
+    return module.TEXT_ENGINE
+
+
+def text_config(config, caption_pass):
+    """The settings a text-only pass's engine is built from: the run's, with the pass's model,
+    engine and endpoint."""
+    from dataclasses import replace
+
+    server = config.server
+    if caption_pass.endpoint:
+        server = replace(server, endpoints=[caption_pass.endpoint])
+    return replace(config, model=caption_pass.model, engine=caption_pass.engine or config.engine, passes=[],
+                   conditional=False, processor_options={}, server=server)
+
+
+def make_text_engines(config) -> dict[str, Engine]:
+    """pass name -> the (not yet set up) engine of each text-only pass of `config`; passes on the
+    same model, engine and endpoint share one."""
+    engines: dict[str, Engine] = {}
+    shared: dict[tuple, Engine] = {}
+    for p in config.caption_passes:
+        if not p.text_only:
+            continue
+        settings = text_config(config, p)
+        key = (settings.engine, settings.model, tuple(settings.server.endpoints))
+        if key not in shared:
+            shared[key] = text_engine_class(settings.engine, p.name)(settings)
+        engines[p.name] = shared[key]
+    return engines
+
+
 ENGINES = tuple(engine_names())
 
-__all__ = ["ENGINES", "Engine", "Generation", "Preparer", "engine_class", "engine_names", "make_engine"]
+__all__ = ["ENGINES", "Engine", "Generation", "Preparer", "engine_class", "engine_names", "make_engine",
+           "make_text_engines", "text_config", "text_engine_class"]

@@ -10,13 +10,15 @@ engine itself turns prepared inputs into `Generation`s on a GPU, through vLLM or
     engine.preparer.render(instruction)  the instruction in the form `prepare` expects
     engine.preparer.prepare(images, prompts) -> inputs
     engine.preparer.prepare_passes(images, [prompts, ...]) -> [inputs, ...]  (images shared)
+    engine.preparer.prepare_text(prompts) -> inputs   (a text engine: a text-only pass, no images)
     engine.generate(inputs, Decoding(max_new_tokens, top_k, seed)) -> list[Generation]
     engine.device                        "cuda:0", "cpu", or "remote"
     engine.batch_size                    images per batch (known after setup)
     engine.batches_in_flight             how many batches the pipeline may hand over at once
 
 A new engine is one file, `engines/<name>_engine.py`, defining `ENGINE = <its Engine class>`;
-`--engine <name>` finds it (engines/__init__.py).
+`--engine <name>` finds it (engines/__init__.py). `TEXT_ENGINE` there, when defined, is its
+text-only generator, for passes that name a text LLM (`model:` in a passes file).
 """
 
 from __future__ import annotations
@@ -44,6 +46,11 @@ class Preparer:
 
     def prepare(self, images: list, prompts: list[str]):
         raise NotImplementedError
+
+    def prepare_text(self, prompts: list[str]):
+        """Inputs for a text-only pass (a text LLM's preparer): prompts, no images."""
+        raise NotImplementedError(f"{type(self).__name__} prepares images; a text-only pass needs a "
+                                  "text engine")
 
     def prepare_passes(self, images: list, prompt_lists: list[list[str]]) -> list:
         """Inputs for several passes over the same images. Engines whose image preprocessing

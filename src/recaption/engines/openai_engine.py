@@ -237,4 +237,24 @@ def _seconds(value: str | None) -> float | None:
         return None  # an HTTP date: fall back to our own backoff
 
 
+class OpenAITextPreparer(OpenAIPreparer):
+    """A text-only pass's chat messages: the instruction alone (the server applies the template)."""
+
+    def prepare_text(self, prompts: list[str]) -> list[list[dict]]:
+        return [[{"role": "user", "content": prompt}] for prompt in prompts]
+
+
+class OpenAITextGenerator(OpenAICaptioner):
+    """A text-only pass's LLM behind an OpenAI-compatible server: the same requests, retries and
+    redaction as the captioner, without an image."""
+
+    def __init__(self, config: CaptionConfig):
+        if not config.server.endpoints:
+            raise ValueError(f"a text-only pass on engine openai (model {config.model}) needs a server: "
+                             "give it endpoint: URL, or the run --endpoint URL")
+        super().__init__(config)
+        self.preparer = OpenAITextPreparer(config)
+
+
 ENGINE = OpenAICaptioner
+TEXT_ENGINE = OpenAITextGenerator

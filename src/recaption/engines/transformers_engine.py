@@ -185,7 +185,8 @@ class TransformersCaptioner(Engine):
         self.preparer = BatchPreparer(processor, family, self.config)
         self.plain_prompt = self.preparer.plain_prompt
         for caption_pass in self.config.caption_passes:  # a prompt the family refuses: now, in one line
-            self.preparer.render(caption_pass.instruction("an example caption"))
+            if not caption_pass.text_only:
+                self.preparer.render(caption_pass.instruction("an example caption"))
         self.batch_size = self.config.batch_size or auto_batch_size(model, self.device, self.config)
         self.ready = True
 
@@ -283,11 +284,12 @@ class TransformersCaptioner(Engine):
     def _finish(self, tokens: list[int], max_new_tokens: int) -> Generation:
         end = next((i for i, t in enumerate(tokens) if t in self.eos_ids), None)
         looped = loop_end(tokens if end is None else tokens[:end])
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)  # a text LLM's is its tokenizer
         if looped is not None:  # stopped early on a run of one token: cut there, not at the budget
-            text = self.processor.tokenizer.decode(tokens[:looped], skip_special_tokens=True).strip()
+            text = tokenizer.decode(tokens[:looped], skip_special_tokens=True).strip()
             return Generation(text=text, num_tokens=looped, truncated=True)
         kept = tokens if end is None else tokens[:end]
-        text = self.processor.tokenizer.decode(kept, skip_special_tokens=True).strip()
+        text = tokenizer.decode(kept, skip_special_tokens=True).strip()
         truncated = end is None and len(tokens) >= max_new_tokens
         return Generation(text=text, num_tokens=len(tokens) if end is None else end + 1, truncated=truncated)
 
@@ -309,4 +311,57 @@ def stop_on_token_run(prompt_length: int):
     return StopOnTokenRun()
 
 
+class TextPreparer(Preparer):
+    """A text LLM's CPU half: the instruction in the model's chat template, then token ids."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def render(self, instruction: str) -> str:
+        if getattr(self.tokenizer, "chat_template", None):
+            messages = [{"role": "user", "content": instruction}]
+            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return instruction
+
+    def prepare_text(self, prompts: list[str]):
+        # The chat template wrote the begin token already (when the model has one).
+        special = not getattr(self.tokenizer, "chat_template", None)
+        return self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=special)
+
+
+class TransformersTextGenerator(TransformersCaptioner):
+    """A text-only pass's LLM (AutoModelForCausalLM): the same batched, left-padded generation,
+    decoding and out-of-memory back-off as the captioner, from text alone."""
+
+    def setup(self) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        source = resolve_model(self.config.model)  # tiny-text, a folder or a hub id; ModelError
+        self.device = pick_device(self.config.device)
+        self.dtype = pick_dtype(self.config.dtype, self.device)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source)
+            kwargs = {"dtype": self.dtype}
+            if self.config.transformers.attn_implementation:
+                kwargs["attn_implementation"] = self.config.transformers.attn_implementation
+            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        except (OSError, ValueError, KeyError, TypeError, ImportError) as exc:
+            raise load_error(self.config.model, exc) from exc
+        self.model = model.to(self.device).eval()
+        self.processor = tokenizer
+        self.encoder_decoder = False
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        gen = model.generation_config
+        eos = gen.eos_token_id if gen.eos_token_id is not None else tokenizer.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+        self.pad_id = gen.pad_token_id if gen.pad_token_id is not None else tokenizer.pad_token_id
+        self.preparer = TextPreparer(tokenizer)
+        self.batch_size = self.config.batch_size or auto_batch_size(model, self.device, self.config)
+        self.ready = True
+        log.info("loaded text model %s on %s as %s", source, self.device, self.dtype)
+
+
 ENGINE = TransformersCaptioner
+TEXT_ENGINE = TransformersTextGenerator

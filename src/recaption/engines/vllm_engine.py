@@ -106,4 +106,42 @@ class VLLMCaptioner(Engine):
         )
 
 
+class VLLMTextPreparer(Preparer):
+    """A text-only pass's prompts for vLLM: the instruction in the model's chat template."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def render(self, instruction: str) -> str:
+        if getattr(self.tokenizer, "chat_template", None):
+            messages = [{"role": "user", "content": instruction}]
+            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return instruction
+
+    def prepare_text(self, prompts: list[str]) -> list[dict]:
+        return [{"prompt": p} for p in prompts]
+
+
+class VLLMTextGenerator(VLLMCaptioner):
+    """A text-only pass's LLM in vLLM (tested against a stand-in only, as the captioner)."""
+
+    def setup(self) -> None:
+        try:
+            import vllm
+        except ImportError as exc:
+            raise RuntimeError("engine vllm needs vLLM: pip install vllm (on a GPU machine)") from exc
+        source = resolve_model(self.config.model)
+        dtype = "auto" if self.config.dtype == "auto" else self.config.dtype
+        try:
+            self.llm = vllm.LLM(model=source, dtype=dtype, seed=self.config.seed)
+        except (OSError, ValueError, KeyError, TypeError, ImportError) as exc:
+            raise load_error(self.config.model, exc) from exc
+        self._sampling_params = vllm.SamplingParams
+        self.preparer = VLLMTextPreparer(self.llm.get_tokenizer())
+        self.batch_size = self.config.batch_size or 256
+        self.ready = True
+        log.info("vLLM loaded text model %s", source)
+
+
 ENGINE = VLLMCaptioner
+TEXT_ENGINE = VLLMTextGenerator

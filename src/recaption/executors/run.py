@@ -48,6 +48,17 @@ def check_run(caption: CaptionConfig, run: RunConfig, executor: ExecutorConfig) 
                 check_devices(list(executor.devices), "--devices")
             elif caption.device != "auto":
                 check_devices([caption.device], "--device")
+    for p in caption.caption_passes:  # the text LLMs of text-only passes, as the captioner
+        if p.text_only:
+            from ..engines import text_config, text_engine_class
+            from ..models.loading import check_model
+
+            settings = text_config(caption, p)
+            if text_engine_class(settings.engine, p.name).loads_weights:
+                check_model(settings.model)
+            elif not settings.server.endpoints:
+                raise ValueError(f"pass {p.name}: engine openai needs a server: give the pass endpoint: URL "
+                                 "or the run --endpoint URL")
     if run.clip_model:  # a CLIP that is not here fails now, not after the captioner has loaded
         from ..quality.scorers import check_scorer
 

@@ -3,7 +3,7 @@
 A model that cannot be used here fails at once, in one line (ModelError, a ValueError) that
 names --model and what to give instead, before any process starts or any weights load:
 
-  tiny, tiny-random   built in; nothing is downloaded
+  tiny, tiny-random   built in; nothing is downloaded (tiny-text: the built-in text LLM)
   a folder            must hold config.json (a transformers model folder)
   a path that is not there (/x, ./x, ~/x, a/b/c)            "no such folder"
   a hub id            read from the local Hugging Face cache when it is there; else, with the hub
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..spine.errors import RecaptionError
 from .hub import in_hub_cache, is_hub_id, require_on_hub
-from .tiny import TINY_MODEL_NAME, tiny_model_path
+from .tiny import TINY_MODEL_NAME, TINY_TEXT_NAME, tiny_model_path, tiny_text_model_path
 
 TINY_RANDOM_NAME = "tiny-random"
 # --dtype names the engines take, short ones mapped to long ones (CaptionConfig checks them).
@@ -97,6 +97,8 @@ def resolve_model(name_or_path: str) -> str:
         return str(shipped if (shipped / "config.json").is_file() else tiny_model_path())
     if name_or_path == TINY_RANDOM_NAME:
         return str(tiny_model_path())
+    if name_or_path == TINY_TEXT_NAME:  # the built-in text LLM of text-only passes
+        return str(tiny_text_model_path())
     name = name_or_path
     if Path(name).expanduser().exists():
         hint = " (LLaVA-repo checkpoints need converting first: recap convert-llava)"
@@ -113,7 +115,7 @@ def resolve_model(name_or_path: str) -> str:
 def check_model(name: str) -> None:
     """Fail now, in seconds and in one line (ModelError), if `--model name` cannot load here;
     for a hub id neither cached nor offline, one quick request asks the hub whether it has it."""
-    if name in (TINY_MODEL_NAME, TINY_RANDOM_NAME):
+    if name in (TINY_MODEL_NAME, TINY_RANDOM_NAME, TINY_TEXT_NAME):
         return  # built in (built on first use, by the run itself)
     source = resolve_model(name)
     if source == name and not Path(name).expanduser().exists() and not in_hub_cache(name):

@@ -141,3 +141,36 @@ def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
     model.save_pretrained(out_dir)
     llava_processor(tokenizer, IMAGE_SIZE, PATCH_SIZE, LLAMA3_CHAT_TEMPLATE).save_pretrained(out_dir)
     return out_dir
+
+
+TINY_TEXT_NAME = "tiny-text"
+TINY_TEXT_VERSION = "v1"  # bump when build_tiny_text_model changes
+
+
+def tiny_text_model_path(cache_dir: Path | None = None) -> Path:
+    """The folder of the built-in text LLM (`model: tiny-text` in a passes file), built on first use."""
+    return cached_build(f"tiny-text-{TINY_TEXT_VERSION}", build_tiny_text_model, cache_dir)
+
+
+def build_tiny_text_model(out_dir: Path, seed: int = 1) -> Path:
+    """Write a tiny Llama text LLM (AutoModelForCausalLM, LLaMA-3 chat template, the captioner's
+    word-level tokenizer) with seeded random weights: ~0.6 MB, deterministic. Its answers carry
+    no meaning; it lets the text-only passes (fusion of a caption with the alt-text) run offline."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = _build_tokenizer()
+    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+           "pad_token_id": tokenizer.pad_token_id}
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                         max_position_embeddings=2048, **ids)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        # As the random captioner: the end token's logit held at 0, so answers run to the budget.
+        model.lm_head.weight[tokenizer.eos_token_id].zero_()
+    model.generation_config = GenerationConfig(**ids)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir

@@ -28,9 +28,11 @@ Images come from each shard's input as `recap caption` recorded it (`source` in
 same name when there is one (else all of them), joined to the rows by key.
 
 `caption`: a string column of the output (re_caption, org_caption, re_caption_condition_diverse_topk,
-...), or `mix:p=P`: the ORIGINAL caption with probability P, else the recaption (P as in
-`recap train-clip --p`). The draw is fixed per (seed, key), so a rerun writes the same tars; where
-the drawn caption is empty the other one is used (as train-clip does), and counted.
+re_caption_fused, ...), or a mix: `mix:p=P`, the ORIGINAL caption with probability P, else the
+recaption (P as in `recap train-clip --p`), or `mix:re_caption=0.5,org_caption=0.3,re_caption_short=0.2`
+over any text columns, the probabilities summing to 1 (training/captions.CaptionMix, the rule the
+trainers' --mix share). The draw is fixed per (seed, key), so a rerun writes the same tars; where
+the drawn caption is empty the next column of the mix that has one is used, and counted.
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ import hashlib
 import io
 import json
 import logging
-import re
 import warnings
 from collections import Counter
 from contextlib import closing
@@ -58,6 +59,7 @@ from ..spine.contract import Step, location, marker_has
 from ..spine.errors import RecaptionError
 from ..spine.ledger import OutputDir, ShardCommit
 from ..spine.results import DONE, FAILED, SKIPPED, RunSummary, ShardResult
+from ..training.captions import CaptionMix, MixError, keyed_draw
 
 log = logging.getLogger(__name__)
 
@@ -88,39 +90,38 @@ class CaptionChoiceError(ExportError):
     """--caption names no string column of the output, or a malformed mix."""
 
 
-_MIX = re.compile(r"^mix:p=(?P<p>[-+0-9.eE]+)$")
-
-
 @dataclass(frozen=True)
 class CaptionChoice:
-    """Which caption a sample's .txt holds: one column, or the mix of original and recaption."""
+    """Which caption a sample's .txt holds: one column, or a mix of columns."""
 
     spec: str
     column: str | None = None
-    p: float | None = None  # mix: probability of the ORIGINAL caption
+    mix: CaptionMix | None = None
 
     @classmethod
     def parse(cls, spec: str) -> CaptionChoice:
         spec = (spec or "").strip()
         if spec.startswith("mix"):
-            match = _MIX.match(spec.replace(" ", ""))
             try:
-                p = float(match["p"]) if match else None
-            except ValueError:
-                p = None
-            if p is None or not 0.0 <= p <= 1.0:
-                raise CaptionChoiceError(
-                    f"--caption {spec}: write mix:p=P with P in [0, 1], the probability of the original "
-                    "caption (mix:p=0.8: the original 80% of the time, else the recaption)"
-                )
-            return cls(f"mix:p={p:g}", p=p)
+                mix = CaptionMix.parse(spec, "--caption")
+            except MixError as exc:
+                raise CaptionChoiceError(str(exc)) from None
+            return cls(mix.spec, mix=mix)
         if not spec:
-            raise CaptionChoiceError("--caption is empty: give re_caption, org_caption or mix:p=P")
+            raise CaptionChoiceError("--caption is empty: give re_caption, org_caption, another text column "
+                                     "or mix:COLUMN=P,...")
         return cls(spec, column=spec)
 
     @property
+    def p(self) -> float | None:
+        """The paper's mix: the probability of the original caption (None for other choices)."""
+        if self.mix is None or self.mix.columns != (ORIGINAL, RECAPTION):
+            return None
+        return self.mix.weights[0][1]
+
+    @property
     def columns(self) -> tuple[str, ...]:
-        return (ORIGINAL, RECAPTION) if self.column is None else (self.column,)
+        return self.mix.columns if self.mix is not None else (self.column,)
 
     def check(self, schema: pa.Schema, where: str) -> None:
         """CaptionChoiceError unless the columns it reads are string columns of `schema`."""
@@ -129,24 +130,19 @@ class CaptionChoice:
         if missing:
             raise CaptionChoiceError(
                 f"--caption {self.spec}: {where} has no text column {', '.join(missing)}; "
-                f"its text columns: {', '.join(strings)} (or mix:p=P)"
+                f"its text columns: {', '.join(strings)} (or a mix:COLUMN=P,... of them)"
             )
 
     def pick(self, row: dict, seed: int) -> tuple[str | None, str, bool]:
         """(text, the column it came from, whether a mix fell back to the other caption)."""
         if self.column is not None:
             return row.get(self.column), self.column, False
-        first, second = (ORIGINAL, RECAPTION) if takes_original(row["key"], self.p, seed) else (
-            RECAPTION, ORIGINAL)
-        if _blank(row.get(first)) and not _blank(row.get(second)):
-            return row[second], second, True
-        return row.get(first), first, False
+        return self.mix.pick(row, keyed_draw(row["key"], seed))
 
 
 def takes_original(key: str | None, p: float, seed: int) -> bool:
-    """The mix's draw for one sample: fixed by (seed, key), true with probability p."""
-    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") / 2**64 < p
+    """The paper's mix's draw for one sample: fixed by (seed, key), true with probability p."""
+    return keyed_draw(key, seed) < p
 
 
 def _blank(text: str | None) -> bool:

@@ -9,10 +9,21 @@ A sample offers an original caption (the alt-text) and, where the data has one, 
   names (`--recaption-field`).
 A mix that asks for recaptions (p < 1) of data that has none is refused before training
 (`check_mix`), never trained silently on alt-text alone.
+
+Beyond the pair, a sample offers any other caption column the data has (`offered_captions`): a
+caption pass's `re_caption_<name>` in caption output or an export's .json, a json field of a
+plain shard. A `CaptionMix` (`mix:re_caption=0.5,org_caption=0.3,re_caption_short=0.2`, or the
+paper's `mix:p=P`) draws one of them per sample: `recap export --caption`, `train-clip --mix` and
+`train-dit --mix` all draw through `CaptionMix.pick`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..readers import pattern_places
@@ -25,9 +36,11 @@ EXPORT_MARK = "caption_source"  # a field every `recap export` .json has
 ORIGINAL, RECAPTION = "org_caption", "re_caption"
 
 
-def reader_fields(recaption_field: str | None, caption_field: str | None = None) -> tuple[str, ...]:
-    """The json fields / columns a reader must hand over for `offered` (and the named fields)."""
-    fields = (EXPORT_MARK, ORIGINAL, RECAPTION, recaption_field, caption_field)
+def reader_fields(recaption_field: str | None, caption_field: str | None = None,
+                  columns: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The json fields / columns a reader must hand over for `offered` (and the named fields, and
+    a mix's other columns)."""
+    fields = (EXPORT_MARK, ORIGINAL, RECAPTION, recaption_field, caption_field, *columns)
     return tuple(dict.fromkeys(f for f in fields if f))
 
 
@@ -35,11 +48,122 @@ def offered(sample: Sample, recaption_field: str | None = None,
             caption_field: str | None = None) -> tuple[str | None, str | None]:
     """(original caption, recaption) of one sample, by the rule above; a field the user named
     (`caption_field`, read into sample.org_caption by the reader) wins over the export's."""
+    captions = offered_captions(sample, (ORIGINAL, RECAPTION), recaption_field, caption_field)
+    return captions[ORIGINAL], captions[RECAPTION]
+
+
+def offered_captions(sample: Sample, columns: tuple[str, ...], recaption_field: str | None = None,
+                     caption_field: str | None = None) -> dict[str, str | None]:
+    """Each of `columns` as this sample offers it (None: it has none): org_caption and re_caption
+    by the rule above, any other column from the export's .json or the shard's json field / column
+    of that name (the reader hands over those named in `reader_fields`)."""
     extra = sample.extra
-    if extra.get(EXPORT_MARK) is not None:
-        original = sample.org_caption if caption_field else as_text(extra.get(ORIGINAL))
-        return original, as_text(extra.get(recaption_field or RECAPTION))
-    return sample.org_caption, as_text(extra.get(recaption_field)) if recaption_field else None
+    exported = extra.get(EXPORT_MARK) is not None
+    captions: dict[str, str | None] = {}
+    for column in columns:
+        if column == ORIGINAL:
+            text = as_text(extra.get(ORIGINAL)) if exported and not caption_field else sample.org_caption
+        elif column == RECAPTION:
+            field = recaption_field or (RECAPTION if exported else None)
+            text = as_text(extra.get(field)) if field else None
+        else:
+            text = as_text(extra.get(column))
+        captions[column] = text
+    return captions
+
+
+class MixError(TrainingInputError):
+    """A caption mix that is malformed, or names columns the data does not have."""
+
+
+_MIX_COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")
+_EXAMPLE = "mix:re_caption=0.5,org_caption=0.3,re_caption_short=0.2"
+
+
+@dataclass(frozen=True)
+class CaptionMix:
+    """Which caption a sample uses: column i with probability weights[i]; the weights sum to 1.
+    `mix:p=P` is the paper's mix: the ORIGINAL caption with probability P, else the recaption (so
+    `p` alone is that form, never a column's name)."""
+
+    spec: str  # as recorded (exports' markers, trainers' settings)
+    weights: tuple[tuple[str, float], ...]
+
+    @classmethod
+    def parse(cls, spec: str, option: str = "--mix") -> CaptionMix:
+        """`mix:COL=W,COL=W,...` (the `mix:` prefix optional) or `mix:p=P`; MixError (one line,
+        naming the fix) for a weight outside [0, 1], a column named twice, weights that do not
+        sum to 1 (within 1e-6: they are never rescaled silently)."""
+        text = str(spec or "").strip().replace(" ", "")
+        spec = spec if str(spec).isprintable() else repr(spec)  # a message stays one line
+        body = "" if text == "mix" else text.removeprefix("mix:")
+        usage = (f"{option} {spec}: write mix:p=P with P in [0, 1] (the original caption with probability "
+                 f"P, else the recaption), or probabilities of text columns summing to 1, e.g. {_EXAMPLE}")
+        if body.startswith("p="):
+            p = _number(body[2:])
+            if p is None or not 0.0 <= p <= 1.0:
+                raise MixError(usage)
+            return cls(f"mix:p={p:g}", ((ORIGINAL, p), (RECAPTION, 1.0 - p)))
+        weights: list[tuple[str, float]] = []
+        for part in filter(None, body.split(",")):
+            column, sep, value = part.partition("=")
+            weight = _number(value) if sep else None
+            if not _MIX_COLUMN.match(column) or weight is None:
+                raise MixError(usage)
+            if not 0.0 <= weight <= 1.0:
+                raise MixError(f"{option} {spec}: {column}={value}: a weight is a probability in [0, 1]")
+            if column in dict(weights):
+                raise MixError(f"{option} {spec}: {column} is named twice; give each column once")
+            weights.append((column, weight))
+        if not weights:
+            raise MixError(usage)
+        total = math.fsum(w for _, w in weights)
+        if abs(total - 1.0) > 1e-6:
+            raise MixError(f"{option} {spec}: the probabilities sum to {total:g}, not 1; make them sum to 1 "
+                           f"(e.g. {_EXAMPLE})")
+        return cls("mix:" + ",".join(f"{c}={w:g}" for c, w in weights), tuple(weights))
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return tuple(c for c, _ in self.weights)
+
+    def draw(self, u: float) -> str:
+        """The column a uniform draw u in [0, 1) picks (cumulative, in the mix's order)."""
+        edge = 0.0
+        for column, weight in self.weights:
+            edge += weight
+            if u < edge:
+                return column
+        return next(c for c, w in reversed(self.weights) if w > 0)
+
+    def pick(self, captions: Mapping[str, str | None], u: float) -> tuple[str | None, str, bool]:
+        """(text, the column it came from, whether it fell back): the drawn column's caption; where
+        that is blank, the first other column of the mix (in its order) that is not."""
+        column = self.draw(u)
+        if not _blank(captions.get(column)):
+            return captions[column], column, False
+        other = next((c for c in self.columns if c != column and not _blank(captions.get(c))), None)
+        if other is None:
+            return captions.get(column), column, False
+        return captions[other], other, True
+
+
+def keyed_draw(key: str | None, seed: int) -> float:
+    """A uniform draw in [0, 1) fixed by (seed, key): an export writes the same caption on a rerun."""
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") / 2**64
+
+
+def _number(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _blank(text: str | None) -> bool:
+    return text is None or not str(text).strip()
 
 
 def is_caption_output(path: str) -> bool:
@@ -90,3 +214,43 @@ def check_mix(data: list[str], p: float, recaption_field: str | None, uses: str 
             "`recap export` folder, or --recaption-field (the json field or column holding them; the "
             f"shapes world's shards: description){way_out}"
         )
+
+
+def check_mix_columns(data: list[str], mix: CaptionMix, recaption_field: str | None = None,
+                      caption_field: str | None = None, look: int = 64) -> None:
+    """Refuse, in one line, a mix naming a column some item of DATA does not offer: caption output
+    by its parquet schema; exports and plain shards by their first `look` samples (a column no one
+    of them has a caption in is taken as missing)."""
+    for item in data:
+        item = str(item)
+        if is_caption_output(item):
+            import pyarrow.parquet as pq
+
+            first = sorted(Path(item).glob("*.parquet"))[0]
+            have = set(pq.read_schema(first).names)
+            missing = [c for c in mix.columns if c not in have]
+        else:
+            missing = _missing_in_samples(item, mix.columns, recaption_field, caption_field, look)
+        if missing:
+            raise MixError(f"{mix.spec}: {item} offers no {', '.join(missing)}; name the caption columns it "
+                           "has (recap stats lists a caption output's), or caption it with that pass first")
+
+
+def _missing_in_samples(item: str, columns: tuple[str, ...], recaption_field: str | None,
+                        caption_field: str | None, look: int) -> list[str]:
+    from ..readers import ColumnConfig, ShardError, discover_shards
+
+    extra = reader_fields(recaption_field, caption_field, columns)
+    missing = list(columns)
+    try:
+        for shard in discover_shards([item], ColumnConfig(caption=caption_field, extra=extra),
+                                     writes_by_name=False)[:1]:
+            for seen, sample in enumerate(shard):
+                if seen >= look or not missing:
+                    break
+                if sample.ok:
+                    captions = offered_captions(sample, tuple(missing), recaption_field, caption_field)
+                    missing = [c for c in missing if _blank(captions[c])]
+    except ShardError as exc:
+        raise TrainingInputError(f"broken shard {exc}") from None
+    return missing

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from . import distributed
-from .captions import check_mix, is_caption_output
+from .captions import CaptionMix, check_mix, check_mix_columns, is_caption_output
 from .checkpoints import save_final
 from .clips_recipe import clips_loss, clips_texts
 from .data import Pair, check_fields, image_text_pairs, recaptioned_pairs
@@ -58,6 +58,9 @@ class ClipTrainConfig:
     workers: int = 2  # loader processes that decode and preprocess (0: in this process)
     shuffle_buffer: int = 1000  # samples each loader worker shuffles among (encoded images)
     recipe: str = "recap"  # recap: the paper's p mixing; clips: alt-text + partial recaption, two losses
+    # A mix over any caption columns instead of p (training/captions.CaptionMix):
+    # "mix:re_caption=0.5,org_caption=0.3,re_caption_short=0.2"; drawn per sample per step.
+    mix: str | None = None
     partial_words: int = 32  # clips: the longest block of a recaption sentence kept
 
     def __post_init__(self):
@@ -71,6 +74,11 @@ class ClipTrainConfig:
             raise ValueError(f"--recipe {self.recipe}: choose recap or clips")
         if self.recipe == "clips" and self.concat:
             raise ValueError("--concat is a recap-recipe setting; --recipe clips uses both captions already")
+        if self.mix is not None:
+            if self.concat or self.recipe != "recap":
+                raise ValueError("--mix draws one caption per sample: it goes with --recipe recap, without "
+                                 "--concat")
+            self.mix = CaptionMix.parse(self.mix).spec  # MixError: one line naming the form
 
 
 def choose_caption(pair: Pair, p: float, concat: bool, rng: random.Random) -> tuple[str, str]:
@@ -83,6 +91,14 @@ def choose_caption(pair: Pair, p: float, concat: bool, rng: random.Random) -> tu
     if text:
         return text, "original" if use_original else "recaption"
     return pair.re or pair.org or "", "fallback"
+
+
+def mixed_caption(mix: CaptionMix, org: str | None, re: str | None, more: dict,
+                  rng: random.Random) -> tuple[str, str]:
+    """(the caption a sample trains with this time, the column it came from; "COLUMN (fallback)"
+    when the drawn one was empty): --mix's draw, with the trainer's RNG."""
+    text, column, fell_back = mix.pick({"org_caption": org, "re_caption": re, **more}, rng.random())
+    return text or "", f"{column} (fallback)" if fell_back else column
 
 
 def load_pairs(config: ClipTrainConfig) -> list[Pair]:
@@ -127,7 +143,7 @@ def fresh_clip(config: ClipTrainConfig):
 # --steps may grow (train longer); the data stream's settings (batch size, seed, ...) are checked
 # by the stream's own position (training/stream.py).
 RECIPE_FIELDS = ("recipe", "p", "concat", "partial_words", "text_length", "lr", "weight_decay", "warmup",
-                 "caption_field", "recaption_field")
+                 "caption_field", "recaption_field", "mix")
 
 
 def clip_recipe(config: ClipTrainConfig) -> dict:
@@ -144,7 +160,11 @@ def _train_clip(config: ClipTrainConfig, out: Path, resume_from: str | None) -> 
 
     uses = ("--recipe clips contrasts each image with its recaption too" if config.recipe == "clips"
             else "--concat joins each original caption with its recaption" if config.concat else None)
-    check_mix(config.data, config.p, config.recaption_field, uses)
+    mix = CaptionMix.parse(config.mix) if config.mix else None
+    if mix is None:
+        check_mix(config.data, config.p, config.recaption_field, uses)
+    else:  # every column the mix names, in every item of DATA
+        check_mix_columns(config.data, mix, config.recaption_field, config.caption_field)
     ranks = distributed.start(config.device)
     rank, device = ranks.rank, ranks.device
     if resume_from or config.model:
@@ -175,8 +195,12 @@ def _train_clip(config: ClipTrainConfig, out: Path, resume_from: str | None) -> 
             originals, partials = clips_texts(batch["org"], batch["re"], rng, config.partial_words)
             texts = originals + partials  # one forward: every image against both text sets
         else:
-            drawn = [choose_caption(Pair(key, None, org, re), config.p, config.concat, rng)
-                     for key, org, re in zip(batch["keys"], batch["org"], batch["re"], strict=True)]
+            if mix is not None:
+                drawn = [mixed_caption(mix, org, re, more, rng)
+                         for org, re, more in zip(batch["org"], batch["re"], batch["more"], strict=True)]
+            else:
+                drawn = [choose_caption(Pair(key, None, org, re), config.p, config.concat, rng)
+                         for key, org, re in zip(batch["keys"], batch["org"], batch["re"], strict=True)]
             texts = [text for text, _ in drawn]
             trained_on.update(source for _, source in drawn)
         tokens = tokenizer(texts, padding=True, truncation=True, max_length=window, return_tensors="pt")

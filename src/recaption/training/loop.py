@@ -31,6 +31,7 @@ from fsspec.implementations.local import LocalFileSystem
 from ..spine.atomic import write_json_atomic
 from ..spine.contract import output_errors
 from ..spine.errors import RecaptionError
+from .captions import CaptionMix
 from .checkpoints import (
     MODEL_WEIGHTS,
     CheckpointError,
@@ -103,7 +104,9 @@ def trainer_stream(config, processor, ranks, out: Path, fields: dict[str, str | 
     of the caption and the recaption (default: --caption-field, --recaption-field); `checks`:
     ({option: field}, note) pairs for stream_sources.require_fields (default: `fields`)."""
     fields = fields or {"--caption-field": config.caption_field, "--recaption-field": config.recaption_field}
-    shards = stream_shards(config.data, *fields.values(), out, save_counts=ranks.rank == 0)
+    mix = getattr(config, "mix", None)  # --mix: its columns travel with each record
+    columns = CaptionMix.parse(mix).columns if mix else ()
+    shards = stream_shards(config.data, *fields.values(), out, save_counts=ranks.rank == 0, columns=columns)
     for checked, note in checks or [(fields, "")]:
         require_fields(shards, checked, note)
     return TrainingStream(spread(shards, ranks.world_size), config.batch_size, processor, seed=config.seed,

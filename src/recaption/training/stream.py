@@ -207,6 +207,7 @@ class TrainingStream(IterableDataset):
             "keys": [r.key for r in kept],
             "org": [r.org for r in kept],
             "re": [r.re for r in kept],
+            "more": [r.more or {} for r in kept],  # a caption mix's other columns (--mix)
         }
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from ..readers import ColumnConfig, ShardError, discover_shards
 from ..readers.base import Shard
-from .captions import is_caption_output, offered, reader_fields
+from .captions import ORIGINAL, RECAPTION, is_caption_output, offered_captions, reader_fields
 from .inputs import TrainingInputError
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ class Record:
     org: str | None  # the original caption
     re: str | None  # the recaption
     where: str  # the shard, for messages
+    more: dict | None = None  # a caption mix's other columns (--mix), by column
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class StreamShard:
     part: int = 0  # records i with i % parts == part
     parts: int = 1
     caption_field: str | None = None  # plain shards: the field the user named for the caption
+    columns: tuple[str, ...] = ()  # a caption mix's columns besides org_caption and re_caption
 
     @property
     def label(self) -> str:
@@ -78,7 +80,7 @@ class StreamShard:
     def split(self, parts: int) -> list[StreamShard]:
         return [
             StreamShard(self.shard, self.count, self.recaption_field, self.rows, self.name, p, parts,
-                        self.caption_field)
+                        self.caption_field, self.columns)
             for p in range(parts)
         ]
 
@@ -101,32 +103,37 @@ class StreamShard:
 
     def _all_records(self) -> Iterator[Record]:
         label = self.label
+        wanted = (ORIGINAL, RECAPTION, *self.columns)
         if self.rows is None:
             for sample in self.shard:
                 if sample.ok:  # the captions it offers: training/captions.py, one rule for every trainer
-                    org, re = offered(sample, self.recaption_field, self.caption_field)
-                    yield Record(sample.key, sample.image_bytes, org, re, label)
+                    offer = offered_captions(sample, wanted, self.recaption_field, self.caption_field)
+                    yield Record(sample.key, sample.image_bytes, offer.pop(ORIGINAL), offer.pop(RECAPTION),
+                                 label, offer or None)
             return
-        rows = _ok_rows(self.rows, self.name)
+        rows = _ok_rows(self.rows, self.name, self.columns)
         for sample in self.shard:
             row = rows.get(sample.key)
             if row is not None and sample.ok:
-                yield Record(sample.key, sample.image_bytes, row[0], row[1], label)
+                more = {c: row[c] for c in self.columns if c not in (ORIGINAL, RECAPTION)}
+                yield Record(sample.key, sample.image_bytes, row[ORIGINAL], row[RECAPTION], label,
+                             more or None)
 
 
-def _ok_rows(output: str, name: str) -> dict[str, tuple[str | None, str | None]]:
-    """key -> (org_caption, re_caption) of a caption shard's rows with status ok."""
+def _ok_rows(output: str, name: str, columns: tuple[str, ...] = ()) -> dict[str, dict]:
+    """key -> {org_caption, re_caption and `columns`} of a caption shard's rows with status ok."""
     from ..quality.outputs import read_output
     from ..spine.ledger import OutputDir
 
-    table = read_output(OutputDir(output), name, ["key", "org_caption", "re_caption", "status"])
-    return {r["key"]: (r["org_caption"], r["re_caption"]) for r in table.to_pylist() if r["status"] == "ok"}
+    names = list(dict.fromkeys(["key", ORIGINAL, RECAPTION, "status", *columns]))
+    table = read_output(OutputDir(output), name, names)
+    return {r["key"]: r for r in table.to_pylist() if r["status"] == "ok"}
 
 
 # ---- finding the shards and their counts ----
 
 
-def caption_output_shards(output: str) -> list[StreamShard]:
+def caption_output_shards(output: str, columns: tuple[str, ...] = ()) -> list[StreamShard]:
     from ..quality.outputs import done_shards, input_shard, read_output
     from ..spine.ledger import OutputDir
 
@@ -134,7 +141,8 @@ def caption_output_shards(output: str) -> list[StreamShard]:
     found, left_out, rows = [], Counter(), 0
     for name in done_shards(out):
         statuses = read_output(out, name, ["status"]).column("status").to_pylist()
-        found.append(StreamShard(input_shard(out, name), statuses.count("ok"), rows=output, name=name))
+        found.append(StreamShard(input_shard(out, name), statuses.count("ok"), rows=output, name=name,
+                                 columns=columns))
         rows += len(statuses)
         left_out.update(status for status in statuses if status != "ok")
     if left_out:  # failed rows have no recaption to train on; say so instead of a silent shortfall
@@ -224,22 +232,25 @@ def stream_shards(
     recaption_field: str | None = None,
     counts_folder: str | Path | None = None,
     save_counts: bool = True,
+    columns: tuple[str, ...] = (),
 ) -> list[StreamShard]:
-    """Every item of DATA as shards with counts, in a fixed order (the same on every rank)."""
+    """Every item of DATA as shards with counts, in a fixed order (the same on every rank);
+    `columns`: a caption mix's columns besides org_caption and re_caption, carried by each record."""
+    columns = tuple(c for c in columns if c not in (ORIGINAL, RECAPTION))
     found: list[StreamShard] = []
     plain = []
     for item in data:
         if is_caption_output(item):
-            found += caption_output_shards(item)
+            found += caption_output_shards(item, columns)
         else:
             plain.append(item)
     if plain:
-        extra = reader_fields(recaption_field, caption_field)
-        columns = ColumnConfig(caption=caption_field, extra=extra)
+        extra = reader_fields(recaption_field, caption_field, columns)
+        read_as = ColumnConfig(caption=caption_field, extra=extra)
         counts = _Counts(Path(counts_folder) / COUNTS_FILE if counts_folder else None)
-        shards = discover_shards(plain, columns, writes_by_name=False)  # two folders of 00000.tar: fine
-        found += [StreamShard(s, counts.count(s), recaption_field, caption_field=caption_field)
-                  for s in shards]
+        shards = discover_shards(plain, read_as, writes_by_name=False)  # two folders of 00000.tar: fine
+        found += [StreamShard(s, counts.count(s), recaption_field, caption_field=caption_field,
+                              columns=columns) for s in shards]
         if save_counts:
             counts.save()
     if not any(s.count for s in found):
