@@ -58,6 +58,20 @@ class Preparer:
         return [self.prepare(images, prompts) for prompts in prompt_lists]
 
 
+class ChatTextPreparer(Preparer):
+    """A text LLM's CPU half: the instruction in the model's chat template (when it has one);
+    each engine says how prompts become its inputs (`prepare_text`)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def render(self, instruction: str) -> str:
+        if getattr(self.tokenizer, "chat_template", None):
+            messages = [{"role": "user", "content": instruction}]
+            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return instruction
+
+
 class Engine:
     """Base of the captioning engines. Constructed from a CaptionConfig without loading anything
     (so it can be pickled to a worker); `setup()` loads, `teardown()` releases."""

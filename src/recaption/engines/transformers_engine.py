@@ -16,7 +16,7 @@ from ..models.processors import load_processor
 from ..models.registry import ModelFamily, family_for
 from ..passes import Decoding
 from ..preprocess import FastClipPreprocessor, FastImageProcessor, FastQwenVLPreprocessor
-from .base import LOOP_RUN, Engine, Generation, Preparer, batch_rows, loop_end
+from .base import LOOP_RUN, ChatTextPreparer, Engine, Generation, Preparer, batch_rows, loop_end
 
 log = logging.getLogger(__name__)
 
@@ -148,10 +148,7 @@ class TransformersCaptioner(Engine):
             processor = load_processor(
                 source, model_type, **{**family.processor_kwargs, **self.config.processor_options})
             auto_class = getattr(transformers, family.auto_class)
-            kwargs = {"dtype": self.dtype}
-            if self.config.transformers.attn_implementation:
-                kwargs["attn_implementation"] = self.config.transformers.attn_implementation
-            model = auto_class.from_pretrained(source, **kwargs)
+            model = auto_class.from_pretrained(source, **self._load_options())
         except (OSError, ValueError, KeyError, TypeError, ImportError) as exc:
             # Not found, offline, not a model of a kind transformers knows, missing files,
             # flash-attn not installed: one line naming the model, not a traceback.
@@ -189,6 +186,13 @@ class TransformersCaptioner(Engine):
                 self.preparer.render(caption_pass.instruction("an example caption"))
         self.batch_size = self.config.batch_size or auto_batch_size(model, self.device, self.config)
         self.ready = True
+
+    def _load_options(self) -> dict:
+        """from_pretrained's options: the dtype, and the attention kernel when one is asked for."""
+        options = {"dtype": self.dtype}
+        if self.config.transformers.attn_implementation:
+            options["attn_implementation"] = self.config.transformers.attn_implementation
+        return options
 
     def teardown(self) -> None:
         self.model = None
@@ -311,17 +315,8 @@ def stop_on_token_run(prompt_length: int):
     return StopOnTokenRun()
 
 
-class TextPreparer(Preparer):
+class TextPreparer(ChatTextPreparer):
     """A text LLM's CPU half: the instruction in the model's chat template, then token ids."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-
-    def render(self, instruction: str) -> str:
-        if getattr(self.tokenizer, "chat_template", None):
-            messages = [{"role": "user", "content": instruction}]
-            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return instruction
 
     def prepare_text(self, prompts: list[str]):
         # The chat template wrote the begin token already (when the model has one).
@@ -341,10 +336,7 @@ class TransformersTextGenerator(TransformersCaptioner):
         self.dtype = pick_dtype(self.config.dtype, self.device)
         try:
             tokenizer = AutoTokenizer.from_pretrained(source)
-            kwargs = {"dtype": self.dtype}
-            if self.config.transformers.attn_implementation:
-                kwargs["attn_implementation"] = self.config.transformers.attn_implementation
-            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(source, **self._load_options())
         except (OSError, ValueError, KeyError, TypeError, ImportError) as exc:
             raise load_error(self.config.model, exc) from exc
         self.model = model.to(self.device).eval()

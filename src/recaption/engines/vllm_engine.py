@@ -18,7 +18,7 @@ from ..config import CaptionConfig
 from ..models.loading import load_error, resolve_model
 from ..models.registry import ModelFamily, family_for
 from ..passes import Decoding
-from .base import Engine, Generation, Preparer, loop_end
+from .base import ChatTextPreparer, Engine, Generation, Preparer, loop_end
 
 log = logging.getLogger(__name__)
 
@@ -106,17 +106,8 @@ class VLLMCaptioner(Engine):
         )
 
 
-class VLLMTextPreparer(Preparer):
+class VLLMTextPreparer(ChatTextPreparer):
     """A text-only pass's prompts for vLLM: the instruction in the model's chat template."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-
-    def render(self, instruction: str) -> str:
-        if getattr(self.tokenizer, "chat_template", None):
-            messages = [{"role": "user", "content": instruction}]
-            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return instruction
 
     def prepare_text(self, prompts: list[str]) -> list[dict]:
         return [{"prompt": p} for p in prompts]
