@@ -168,17 +168,8 @@ class TransformersCaptioner(Engine):
 
     def attach(self, model, processor, family: ModelFamily) -> None:
         self.model, self.processor, self.family = model, processor, family
-        tokenizer = processor.tokenizer
-        # Decoder-only batching pads on the left, so every row's answer starts at the same place;
-        # an encoder-decoder (Florence-2) pads its encoder input on the right, as it was trained.
-        self.encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
-        tokenizer.padding_side = "right" if self.encoder_decoder else "left"
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        gen = model.generation_config
-        eos = gen.eos_token_id if gen.eos_token_id is not None else tokenizer.eos_token_id
-        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
-        self.pad_id = gen.pad_token_id if gen.pad_token_id is not None else tokenizer.pad_token_id
+        encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
+        self._bind_tokens(model, processor.tokenizer, encoder_decoder)
         self.preparer = BatchPreparer(processor, family, self.config)
         self.plain_prompt = self.preparer.plain_prompt
         for caption_pass in self.config.caption_passes:  # a prompt the family refuses: now, in one line
@@ -186,6 +177,19 @@ class TransformersCaptioner(Engine):
                 self.preparer.render(caption_pass.instruction("an example caption"))
         self.batch_size = self.config.batch_size or auto_batch_size(model, self.device, self.config)
         self.ready = True
+
+    def _bind_tokens(self, model, tokenizer, encoder_decoder: bool) -> None:
+        """Padding side, pad token and the ids that end an answer, from the model and tokenizer.
+        Decoder-only batching pads on the left, so every row's answer starts at the same place;
+        an encoder-decoder (Florence-2) pads its encoder input on the right, as it was trained."""
+        self.encoder_decoder = encoder_decoder
+        tokenizer.padding_side = "right" if encoder_decoder else "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        gen = model.generation_config
+        eos = gen.eos_token_id if gen.eos_token_id is not None else tokenizer.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+        self.pad_id = gen.pad_token_id if gen.pad_token_id is not None else tokenizer.pad_token_id
 
     def _load_options(self) -> dict:
         """from_pretrained's options: the dtype, and the attention kernel when one is asked for."""
@@ -341,14 +345,7 @@ class TransformersTextGenerator(TransformersCaptioner):
             raise load_error(self.config.model, exc) from exc
         self.model = model.to(self.device).eval()
         self.processor = tokenizer
-        self.encoder_decoder = False
-        tokenizer.padding_side = "left"
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        gen = model.generation_config
-        eos = gen.eos_token_id if gen.eos_token_id is not None else tokenizer.eos_token_id
-        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
-        self.pad_id = gen.pad_token_id if gen.pad_token_id is not None else tokenizer.pad_token_id
+        self._bind_tokens(model, tokenizer, encoder_decoder=False)
         self.preparer = TextPreparer(tokenizer)
         self.batch_size = self.config.batch_size or auto_batch_size(model, self.device, self.config)
         self.ready = True
