@@ -35,7 +35,7 @@ def test_the_same_bytes_from_many_urls_of_one_host_are_a_placeholder_and_not_sto
         assert len(placeholders) == 5
         for row in placeholders:
             assert row["outcome"] == "placeholder" and row["status"] == "failed_to_download"
-            assert "came from 5 URLs on 127.0.0.1: a placeholder" in row["error_message"]
+            assert "came from 5 paths on 127.0.0.1: a placeholder" in row["error_message"]
             assert row["sha256"] == hashlib.sha256(IMAGES["5.jpg"]).hexdigest()
         photos = sorted(r["key"] for u, r in rows.items() if "/img/" in u)
         assert all(rows[u]["outcome"] == "ok" for u in rows if "/img/" in u)
@@ -107,3 +107,19 @@ def test_rows_judged_placeholders_before_count_on_a_retry():
     new = [{"key": f"n{i}", "url": f"http://h.example/n{i}", "sha256": "cd" * 32, "outcome": "ok"}
            for i in range(3)]
     assert set(repeated_placeholders(old + new, 5)) == {"n0", "n1", "n2"}
+
+
+def test_one_photo_in_query_variants_is_not_a_placeholder():
+    rows = [{"key": str(i), "url": f"http://cdn.example/p.jpg?w={i}", "sha256": "ef" * 32, "outcome": "ok"}
+            for i in range(6)]
+    assert repeated_placeholders(rows, 5) == {}
+
+
+def test_a_bad_list_makes_no_download_folder(tmp_path):
+    bad = tmp_path / "list.txt"
+    bad.write_text("nope\n")
+    meta = write_metadata(tmp_path / "urls.parquet", [{"url": "http://127.0.0.1:9/a.jpg", "text": "a",
+                                                        "license": None, "sha256": None}])
+    with pytest.raises(PlaceholderListError):
+        download([meta], config(tmp_path / "out", placeholders=str(bad)))
+    assert not (tmp_path / "out").exists()

@@ -569,3 +569,21 @@ def test_tar_txt_caption_is_stripped_like_a_folder_sidecar(tmp_path):
     assert result.exit_code == 0, result.output
     assert rows(tmp_path / "out" / "t.parquet")[0]["org_caption"] == "a cat on a mat"
     assert rows(tmp_path / "out" / "photos-00000.parquet")[0]["org_caption"] == "a cat on a mat"
+
+
+def test_a_tar_named_by_a_relative_path_is_found_again_from_another_folder(tmp_path, monkeypatch):
+    """The stats record where a shard came from; score, export and view open it from wherever
+    they run, so a relative path is recorded absolute."""
+    from pathlib import Path
+
+    monkeypatch.chdir(tmp_path)
+    write_shards(Path("in"), n_shards=1, per_shard=2)
+    assert caption(["in/00000.tar"], "out").exit_code == 0
+    stats = json.loads((tmp_path / "out" / "00000_stats.json").read_text())
+    assert stats["source"] == str(tmp_path / "in" / "00000.tar")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    args = ["score", str(tmp_path / "out"), "--clip-model", PLUMBING_CLIP, "--device", "cpu"]
+    scored = runner.invoke(app, args)
+    assert scored.exit_code == 0, scored.output

@@ -252,10 +252,16 @@ def test_bad_parameters_are_one_line_400s(client):
                          ({"min.re_length": "ten"}, "not a number"), ({"min.nope": "1"}, "range: no column"),
                          ({"where": "read_csv('/etc/passwd') is not null"}, ""),
                          ({"where": "true; select 1"}, "';' is not allowed"),
-                         ({"order": "up"}, "asc or desc")]:
+                         ({"order": "up"}, "asc or desc"), ({"min.org_length": "nan"}, "finite"),
+                         ({"max.re_length": "1e400"}, "finite")]:
         answer = client.get("/api/rows", params=params)
         assert answer.status_code == 400, params
         assert says in answer.json()["error"] and "\n" not in answer.json()["error"]
+
+
+def test_a_page_past_any_output_is_an_empty_page(client):
+    answer = client.get("/api/rows", params={"page": "99999999999999999999999"})
+    assert answer.status_code == 200 and answer.json()["rows"] == []
 
 
 def test_a_condition_cannot_read_files_beyond_the_output(client):

@@ -59,7 +59,7 @@ def caption_cmd(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16.")] = "auto",
     prompt: Annotated[str, typer.Option(help="Instruction sent with each image.")] = PAPER_PROMPT,
-    max_new_tokens: Annotated[int, typer.Option(help="Generation limit per caption.")] = 128,
+    max_new_tokens: Annotated[int, typer.Option(help="Generation limit per caption (a pass that sets its own max_new_tokens, in a passes file or a preset, keeps it).")] = 128,
     conditional: Annotated[bool, typer.Option(help="Also write re_caption_condition_diverse_topk: a caption conditioned on the original.")] = False,
     conditional_prompt: Annotated[str, typer.Option(help="Prompt for --conditional; {caption} is replaced by the original caption.")] = CONDITIONAL_PROMPT,
     top_k: Annotated[int, typer.Option(help="Top-k sampling for --conditional (0 = greedy).")] = 0,
@@ -138,7 +138,7 @@ def run_cmd(
     retry_failed: Annotated[bool, typer.Option(help="Fetch again the rows that failed for a transient reason, and caption again the shards with caption_error rows.")] = False,
     batch_size: Annotated[int, typer.Option(help="Images per generate call (0: automatic on GPU).")] = 8,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    max_new_tokens: Annotated[int, typer.Option(help="Generation limit per caption.")] = 128,
+    max_new_tokens: Annotated[int, typer.Option(help="Generation limit per caption (a pass that sets its own max_new_tokens, in a passes file or a preset, keeps it).")] = 128,
     executor: Annotated[str, typer.Option(help="local (this machine) or ray (both halves on a Ray cluster; same output).")] = "local",
     ray_address: Annotated[str | None, typer.Option(help="--executor ray: cluster to join (auto, ray://host:10001); default: start a local Ray.")] = None,
 ) -> None:

@@ -12,7 +12,7 @@ from .common import console
 def view_cmd(
     output: Annotated[str, typer.Argument(help="A `recap caption` (or `recap filter`) output folder.")],
     images: Annotated[list[str] | None, typer.Option(help="The tar shards that were captioned, or folders of them (default: the inputs each shard's stats record).")] = None,
-    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8765,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on (0: any free port).")] = 8765,
     host: Annotated[str, typer.Option(help="Address to listen on; anything but 127.0.0.1 / localhost serves the captions and images to others, with a warning.")] = "127.0.0.1",
 ) -> None:
     """Browse an output folder in a browser: thumbnails, both captions side by side, flags,

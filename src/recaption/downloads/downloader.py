@@ -79,10 +79,11 @@ def download(
     paths = expand_metadata_inputs(inputs)
     reader.chosen = columns or reader.choose(paths)
     progress = progress or Progress()
+    placeholders = read_placeholder_list(config.placeholders)  # a bad list: one line, no folder made
     # The output contract: not among the metadata files, not another step's folder, one run at a
     # time; temporaries a worker killed mid-shard (Ray) leaves are removed when the run ends.
     with open_output(config.output, DOWNLOAD, paths):
-        run = ShardDownloads(config, reader.chosen, progress)
+        run = ShardDownloads(config, reader.chosen, progress, placeholders)
         planned = run.plan(reader.read(paths))
         return download_shards(planned, run, ray_address)
 
@@ -173,12 +174,13 @@ class ShardDownloads:
     once; the same object runs in this process (`run_here`) and, pickled, in Ray workers
     (`download_shard`)."""
 
-    def __init__(self, config: DownloadConfig, columns: ChosenColumns, progress: Progress):
+    def __init__(self, config: DownloadConfig, columns: ChosenColumns, progress: Progress,
+                 placeholders: frozenset[str] = frozenset()):
         self.cfg = config
         self.progress = progress
         self.out = OutputDir(config.output)
         self.columns = columns
-        self.placeholders = read_placeholder_list(config.placeholders)  # checked before any shard
+        self.placeholders = placeholders  # sha256 digests of --placeholders, read by `download`
         self.index_digits = max(1, math.ceil(math.log10(config.shard_size))) if config.shard_size > 1 else 1
         # The columns actually read (a found caption column under its name), so a rerun that
         # finds another column is refused rather than mixing captions from two columns.

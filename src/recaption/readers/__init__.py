@@ -180,7 +180,9 @@ def _expand_one(pattern: str, columns: ColumnConfig, folder_shard_size: int) -> 
     if not fs.exists(path):
         raise InputError(f"{pattern}: no such file or directory")
     if not fs.isdir(path):
-        return [open_shard(pattern, columns)]
+        # As an absolute path (or a URL with its protocol): the stats record it as the shard's
+        # source, and score, export and view open it again from wherever they run.
+        return [open_shard(full_url(fs, path), columns)]
     return _expand_folder(fs, pattern, path, columns, folder_shard_size)
 
 

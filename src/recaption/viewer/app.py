@@ -9,6 +9,7 @@ and nothing from another origin; images are re-encoded JPEG, never the stored by
 from __future__ import annotations
 
 import json
+import math
 from importlib import resources
 
 from starlette.applications import Starlette
@@ -97,6 +98,8 @@ def parse_query(params, rows: Rows) -> Query:
                 number = float(value)
             except ValueError:
                 raise QueryError(f"{name}={value!r}: not a number") from None
+            if not math.isfinite(number):  # nan / inf would not survive as a `recap filter` condition
+                raise QueryError(f"{name}={value!r}: give a finite number")
             if number.is_integer() and abs(number) < 2**53:
                 number = int(number)
             ranges.setdefault(column, [None, None])[0 if bound == "min" else 1] = number
@@ -104,6 +107,7 @@ def parse_query(params, rows: Rows) -> Query:
         page, per = int(params.get("page", 0) or 0), int(params.get("per", 48) or 48)
     except ValueError:
         raise QueryError("page and per are whole numbers") from None
+    page = min(page, MAX_PAGE)  # past any output's last page; keeps the offset a 64-bit number
     order = params.get("order", "desc")
     if order not in ("asc", "desc"):
         raise QueryError(f"order={order!r}: asc or desc")
@@ -112,6 +116,9 @@ def parse_query(params, rows: Rows) -> Query:
                  ranges={c: (lo, hi) for c, (lo, hi) in ranges.items()}, where=params.get("where", ""),
                  sort=params.get("sort", ""), descending=order == "desc", page=max(0, page),
                  per_page=max(1, min(per, MAX_PER_PAGE)))
+
+
+MAX_PAGE = 10**12
 
 
 def make_app(output: str, images: list[str] | None = None, *, hosts: list[str] | None = None,
