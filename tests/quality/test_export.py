@@ -225,8 +225,10 @@ def test_keys_a_tar_cannot_hold_and_other_caption_columns(tmp_path):
 @pytest.mark.parametrize(
     "caption,says",
     [
-        ("nope", "has no text column nope; its text columns: url, re_caption, org_caption"),
+        ("nope", "has no text column nope; its text columns: re_caption, org_caption"),
         ("re_length", "has no text column re_length"),  # a number column
+        ("url", "has no text column url"),  # where the row came from, not a caption
+        ("mix:re_caption=0.5,sha256=0.5", "has no text column sha256"),
         ("mix:p=1.5", "mix:p=P with P in [0, 1]"),
         ("mix", "mix:p=P with P in [0, 1]"),
         ("mix:p=abc", "mix:p=P with P in [0, 1]"),

@@ -86,6 +86,10 @@ class ExportError(RecaptionError, ValueError):
     """`recap export` cannot run as asked (its destination, or what is already there)."""
 
 
+# Text columns that are not captions: where a row came from and what happened to it.
+NOT_CAPTIONS = frozenset({"url", "key", "sha256", "status", "error", "re_judge_status", "org_judge_status"})
+
+
 class CaptionChoiceError(ExportError):
     """--caption names no string column of the output, or a malformed mix."""
 
@@ -125,7 +129,8 @@ class CaptionChoice:
 
     def check(self, schema: pa.Schema, where: str) -> None:
         """CaptionChoiceError unless the columns it reads are string columns of `schema`."""
-        strings = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+        strings = [f.name for f in schema if (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))
+                   and f.name not in NOT_CAPTIONS]
         missing = [c for c in self.columns if c not in strings]
         if missing:
             raise CaptionChoiceError(
