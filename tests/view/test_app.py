@@ -259,6 +259,15 @@ def test_bad_parameters_are_one_line_400s(client):
         assert says in answer.json()["error"] and "\n" not in answer.json()["error"]
 
 
+def test_a_condition_is_one_expression_over_a_shards_rows_as_recap_filter_takes_it(client):
+    for where in ["true) UNION ALL SELECT '00000', 0, 1 FROM rows WHERE (true",
+                  "re_clip_score > (select avg(re_clip_score) from rows)",
+                  "true -- and the rest"]:
+        answer = client.get("/api/rows", params={"where": where})
+        assert answer.status_code == 400, (where, answer.text)
+        assert "\n" not in answer.json()["error"]
+
+
 def test_a_page_past_any_output_is_an_empty_page(client):
     answer = client.get("/api/rows", params={"page": "99999999999999999999999"})
     assert answer.status_code == 200 and answer.json()["rows"] == []

@@ -102,6 +102,6 @@ def index_shard(folder: str, name: str) -> None:
     out = OutputDir(folder)
     try:
         _index(out, name)
-    except OSError as exc:
+    except Exception as exc:  # noqa: BLE001 - a cache: whatever goes wrong, the shard stands
         log.warning("%s: tar index not built (%s); `recap lookup` builds it when needed", name, exc)
 

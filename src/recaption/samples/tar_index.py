@@ -107,7 +107,7 @@ def _json_key(data: bytes) -> str | None:
     """The "key" a sample's .json records (None: none, or not JSON)."""
     try:
         meta = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
         return None
     key = meta.get("key") if isinstance(meta, dict) else None
     return str(key) if isinstance(key, (str, int)) and str(key) else None

@@ -28,6 +28,12 @@ log = logging.getLogger(__name__)
 THUMBNAIL_SIDES = (96, 160, 256, 384)  # the sizes a thumbnail may be asked for
 FULL_SIDE = 2048
 CACHE_BYTES = 64 << 20  # encoded images kept, all sizes together
+# Memory for decoding: a member over MAX_MEMBER_BYTES is not read, an image over MAX_PIXELS is not
+# decoded, and at most DECODERS decode at once (the server answers from a pool of ~40 threads, and
+# any page a browser opens can ask for images).
+MAX_MEMBER_BYTES = 64 << 20
+MAX_PIXELS = 50_000_000
+DECODERS = threading.BoundedSemaphore(2)
 
 
 class LRUBytes:
@@ -133,10 +139,11 @@ class Images:
         if cached is not None:
             return cached
         member = self.member(shard, key)
-        if member is None:
+        if member is None or member.size > MAX_MEMBER_BYTES:
             return None
         try:
-            image = decode_image(member.read(), max_side=side)
+            with DECODERS:
+                image = decode_image(member.read(), max_pixels=MAX_PIXELS, max_side=side)
         except (ImageDecodeError, OSError):
             return None
         buffer = io.BytesIO()

@@ -22,7 +22,7 @@ from ..quality.outputs import done_shards
 from ..spine.errors import RecaptionError
 from ..spine.files import local_path, open_input
 from ..spine.ledger import OutputDir
-from ..steps.filter import DUCKDB_CONFIG, check_where, one_line
+from ..steps.filter import DUCKDB_CONFIG, check_where, matching_rows, one_line
 
 SHARD, ROW = "__shard", "__row"  # the shard a row is in, and its number in that shard's file
 CLIP_GAIN = "re_clip_score - org_clip_score"  # the sort that shows where the recaption wins or loses
@@ -57,8 +57,10 @@ def literal(value) -> str:
 
 def shell_word(text: str) -> str:
     """`text` as one POSIX shell word: in single quotes, or in double quotes when it holds a single
-    quote (SQL string literals do), so a copied command reads as the SQL it is."""
-    if "'" not in text:
+    quote (SQL string literals do), so a copied command reads as the SQL it is. A text with `!`
+    stays in single quotes whatever it holds: in double quotes an interactive bash would expand
+    `!x` from its history."""
+    if "'" not in text or "!" in text:
         return shlex.quote(text)
     return '"' + re.sub(r'([\\"$`])', r"\\\1", text) + '"'
 
@@ -129,6 +131,8 @@ class Rows:
                         if pa.types.is_integer(kinds[c]) or pa.types.is_floating(kinds[c])]
         gain = {"re_clip_score", "org_clip_score"} <= set(self.numbers)
         self.sorts = self.numbers + ([CLIP_GAIN] if gain else [])
+        self._floats = {c for c in self.numbers if pa.types.is_floating(kinds[c])}
+        self._floats |= {CLIP_GAIN} if gain else set()
         self._db = duckdb.connect(":memory:")
         # Only these files are readable; then recap filter's rules, locked.
         self._db.execute("SET allowed_paths = ?", [list(self.files.values())])
@@ -170,6 +174,10 @@ class Rows:
         if query.where.strip():
             try:
                 where = check_where(query.where, self.columns)
+                # As `recap filter` evaluates it: one expression over one shard's rows (no
+                # closing parenthesis to step out of the page's query, no other table).
+                shard_rows = pa.schema([f for f in self.schema if f.name in self.columns]).empty_table()
+                matching_rows(shard_rows, where)
             except ValueError as exc:
                 raise QueryError(str(exc)) from None
             clauses.append(Clause("(" + where.replace("{", "{{").replace("}", "}}") + ")"))
@@ -216,6 +224,8 @@ class Rows:
             if query.sort not in self.sorts:
                 raise QueryError(f"sort: no column {query.sort!r} here; sorts: {', '.join(self.sorts)}")
             expression = f"({CLIP_GAIN})" if query.sort == CLIP_GAIN else identifier(query.sort)
+            if query.sort in self._floats:  # NaN is "no value" here, as on the page: last, not largest
+                expression = f"(CASE WHEN isnan({expression}) THEN NULL ELSE {expression} END)"
             order = f"{expression} {'DESC' if query.descending else 'ASC'} NULLS LAST, {order}"
         # The page's (shard, row) and the count of all matches in one scan, over small columns;
         # then only those rows in full. No filter: the count is known, the scan stops early.
