@@ -28,6 +28,8 @@ from .spine.user_yaml import UserFileError, load_yaml
 ALT_TEXT = "{caption}"  # in a pass's prompt: replaced by the sample's original caption
 # In a pass's prompt: an earlier pass's output, by its column (`{re_caption}`, `{re_caption_short}`).
 _REF = re.compile(r"\{(re_caption(?:_[a-z0-9_]+)?)\}")
+_PLACEHOLDER = re.compile(r"\{(?:caption|re_caption(?:_[a-z0-9_]+)?)\}")
+MAX_INSERTED_CHARS = 4000  # of an alt-text or an earlier caption put into a prompt
 DEFAULT, CONDITIONAL = "default", "condition_diverse_topk"
 _NAME = re.compile(r"[a-z0-9][a-z0-9_]{0,39}")
 FLAGS = FLAG_NAMES  # flags.py: the one table of flags
@@ -87,10 +89,12 @@ class CaptionPass:
         each earlier pass's output (`outputs`: column -> text) in place of `{<its column>}`."""
         if self.fixed:
             return self.prompt
-        text = self.prompt.replace(ALT_TEXT, (alt_text or "").strip())
-        for column in self.reads:
-            text = text.replace("{" + column + "}", ((outputs or {}).get(column) or "").strip())
-        return text
+        values = {ALT_TEXT: alt_text, **{"{" + c + "}": (outputs or {}).get(c) for c in self.reads}}
+        # One pass over the prompt: a text put in is never searched for placeholders itself (an
+        # alt-text holding "{re_caption}" stays as written), and each is capped (web text can be
+        # any length; the prompt must fit the model).
+        return _PLACEHOLDER.sub(lambda m: (values.get(m.group(0)) or "").strip()[:MAX_INSERTED_CHARS]
+                                if m.group(0) in values else m.group(0), self.prompt)
 
     def decoding(self, max_new_tokens: int, seed: int | None = None) -> Decoding:
         return Decoding(self.max_new_tokens or max_new_tokens, self.top_k, seed if self.top_k else None)

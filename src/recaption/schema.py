@@ -43,6 +43,8 @@ METADATA_KEY = b"recaption"
 SCORES_METADATA_KEY = b"recaption_scores"  # which CLIP scored the file, when
 JUDGE_METADATA_KEY = b"recaption_judge"  # which judge rated the file: model, fraction, seed, prompt
 SCORE_COLUMNS = ("re_clip_score", "org_clip_score", "re_clip_truncated", "org_clip_truncated")
+# Text columns of caption output that are not captions: where a row came from, what happened to it.
+NOT_CAPTIONS = frozenset({"url", "key", "sha256", "status", "error", "re_judge_status", "org_judge_status"})
 JUDGE_COLUMNS = ("re_gpt4v_score", "org_gpt4v_score", "re_judge_status", "org_judge_status")
 # A score or judge stamp saying some rows still lack what it vouches for (rows kept from an
 # earlier file captioned again, captioning/carry.py): `recap score` / `recap judge` fill those.

@@ -166,3 +166,24 @@ def test_three_stage_chain_on_the_demo_shard(tmp_path, captioner):
     assert [r["status"] for r in rows].count("ok") == 8 and rows[-1]["status"] == "decode_error"
     assert all(r[c] for r in rows[:8] for c in CHAIN_COLUMNS)
     assert all(r[c] is None for c in CHAIN_COLUMNS for r in rows[8:])
+
+
+def test_a_text_put_into_a_prompt_is_not_searched_for_placeholders_and_is_capped():
+    from recaption.passes import MAX_INSERTED_CHARS, parse_pass
+
+    fuse = parse_pass({"name": "f", "prompt": "Fuse {re_caption} with the alt-text: {caption}"})
+    assert fuse.instruction("see {re_caption} here", {"re_caption": "A DOG"}) == (
+        "Fuse A DOG with the alt-text: see {re_caption} here")
+    long = fuse.instruction("z" * (MAX_INSERTED_CHARS * 3), {"re_caption": "y"})
+    assert long.count("z") == MAX_INSERTED_CHARS
+
+
+def test_a_passes_file_endpoint_never_gets_the_runs_api_key():
+    from recaption.config import CaptionConfig
+    from recaption.engines import text_config
+    from recaption.passes import parse_pass
+
+    config = CaptionConfig(model="tiny")
+    elsewhere = parse_pass({"name": "f", "prompt": "Shorten {re_caption}", "model": "m", "engine": "openai",
+                            "endpoint": "http://127.0.0.1:9/v1"})
+    assert text_config(config, elsewhere).server.api_key_env is None

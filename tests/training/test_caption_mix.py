@@ -78,3 +78,10 @@ def test_the_paper_mix_draws_as_before_and_empty_captions_fall_back():
     for _ in range(4000):
         counts[mix.draw(rng.random())] += 1
     assert abs(counts["org_caption"] / 4000 - 0.5) < 0.05
+
+
+def test_a_mix_spec_reads_back_as_the_same_weights():
+    from recaption.training.captions import CaptionMix
+
+    mix = CaptionMix.parse("mix:re_caption=0.1000009,org_caption=0.2000009,re_caption_fused=0.6999991")
+    assert CaptionMix.parse(mix.spec).weights == mix.weights

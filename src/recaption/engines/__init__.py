@@ -46,8 +46,10 @@ def text_config(config, caption_pass):
     from dataclasses import replace
 
     server = config.server
-    if caption_pass.endpoint:
-        server = replace(server, endpoints=[caption_pass.endpoint])
+    if caption_pass.endpoint and [caption_pass.endpoint] != list(server.endpoints):
+        # An endpoint a passes file names is not the one the run's key was given for: the key
+        # (OPENAI_API_KEY or --api-key-env) is never sent there.
+        server = replace(server, endpoints=[caption_pass.endpoint], api_key_env=None)
     return replace(config, model=caption_pass.model, engine=caption_pass.engine or config.engine, passes=[],
                    conditional=False, processor_options={}, server=server)
 

@@ -54,6 +54,7 @@ from ..quality.outputs import done_shards, input_shard, over_finished, read_outp
 from ..readers import ColumnConfig, discover_shards
 from ..readers.base import Shard
 from ..samples.tars import TarShardWriter, member_key
+from ..schema import NOT_CAPTIONS
 from ..spine import __version__
 from ..spine.contract import Step, location, marker_has
 from ..spine.errors import RecaptionError
@@ -84,10 +85,6 @@ EXPORT = Step("export", recognise=marker_has("caption", "samples"), added_later=
 
 class ExportError(RecaptionError, ValueError):
     """`recap export` cannot run as asked (its destination, or what is already there)."""
-
-
-# Text columns that are not captions: where a row came from and what happened to it.
-NOT_CAPTIONS = frozenset({"url", "key", "sha256", "status", "error", "re_judge_status", "org_judge_status"})
 
 
 class CaptionChoiceError(ExportError):

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from ..readers import pattern_places
 from ..samples.sample import Sample, as_text
+from ..schema import NOT_CAPTIONS
 from ..spine.contract import read_stamp
 from ..spine.ledger import OutputDir
 from .inputs import TrainingInputError
@@ -80,6 +81,13 @@ _MIX_COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")
 _EXAMPLE = "mix:re_caption=0.5,org_caption=0.3,re_caption_short=0.2"
 
 
+def _exact(weight: float) -> str:
+    """A weight as a spec shows it: short (`0.5`, `1`), but always reading back as the same float
+    (the spec is parsed again when training starts)."""
+    short = f"{weight:g}"
+    return short if float(short) == weight else repr(weight)
+
+
 @dataclass(frozen=True)
 class CaptionMix:
     """Which caption a sample uses: column i with probability weights[i]; the weights sum to 1.
@@ -119,9 +127,9 @@ class CaptionMix:
             raise MixError(usage)
         total = math.fsum(w for _, w in weights)
         if abs(total - 1.0) > 1e-6:
-            raise MixError(f"{option} {spec}: the probabilities sum to {total:g}, not 1; make them sum to 1 "
-                           f"(e.g. {_EXAMPLE})")
-        return cls("mix:" + ",".join(f"{c}={w:g}" for c, w in weights), tuple(weights))
+            raise MixError(f"{option} {spec}: the probabilities sum to {total:.9g}, not 1; make them sum "
+                           f"to 1 (e.g. {_EXAMPLE})")
+        return cls("mix:" + ",".join(f"{c}={_exact(w)}" for c, w in weights), tuple(weights))
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -224,10 +232,12 @@ def check_mix_columns(data: list[str], mix: CaptionMix, recaption_field: str | N
     for item in data:
         item = str(item)
         if is_caption_output(item):
+            import pyarrow as pa
             import pyarrow.parquet as pq
 
             first = sorted(Path(item).glob("*.parquet"))[0]
-            have = set(pq.read_schema(first).names)
+            have = {f.name for f in pq.read_schema(first) if pa.types.is_string(f.type)
+                    or pa.types.is_large_string(f.type)} - NOT_CAPTIONS  # caption columns, as export takes
             missing = [c for c in mix.columns if c not in have]
         else:
             missing = _missing_in_samples(item, mix.columns, recaption_field, caption_field, look)
