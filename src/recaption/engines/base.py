@@ -64,8 +64,15 @@ class ChatTextPreparer(Preparer):
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
+        # The model's control tokens (`<|eot_id|>`, `</s>`, ...), longest first: web text that
+        # spells one must not end the user's turn or open the assistant's.
+        special = {*getattr(tokenizer, "all_special_tokens", ()),
+                   *getattr(tokenizer, "added_tokens_encoder", {})}
+        self.control = sorted((t for t in special if t), key=len, reverse=True)
 
     def render(self, instruction: str) -> str:
+        for token in self.control:
+            instruction = instruction.replace(token, "")
         if getattr(self.tokenizer, "chat_template", None):
             messages = [{"role": "user", "content": instruction}]
             return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
