@@ -1,4 +1,5 @@
-"""Terminal progress for the CLI: shards and images done, images/s, ETA."""
+"""Terminal progress for the CLI: shards and images done, images/s (from the first shard's start,
+so a model's loading is not in it), ETA."""
 
 from __future__ import annotations
 
@@ -26,12 +27,20 @@ class RichProgress(PipelineProgress):
         self._task = None
         self._images = 0
         self._ok = 0
+        # From the run's start, moved to the first shard's start when the step reports one (the
+        # caption step, after its model loaded): loading a model is not part of the rate.
         self._started = time.perf_counter()
+        self._first_shard = True
 
     def run_started(self, shards) -> None:
         self._bar.start()
         self._started = time.perf_counter()
         self._task = self._bar.add_task(self.description, total=len(shards) or None, images=0, rate="-")
+
+    def shard_started(self, shard) -> None:
+        if self._first_shard:
+            self._first_shard = False
+            self._started = time.perf_counter()
 
     def rows_done(self, rows: int, ok: int) -> None:
         self._images += rows
