@@ -405,3 +405,30 @@ def test_pass_columns_are_captions_and_nan_scores_stay_out_of_the_histograms(cap
         finite = [s for r in all_rows(out) if (s := r["re_clip_score"]) is not None and s == s]
         assert h["count"] == len(finite) == sum(h["counts"]) and h["high"] == max(finite)
         assert c.get("/api/row", params={"shard": "00001", "row": 0}).json()["row"]["re_clip_score"] is None
+
+
+def test_a_tar_replaced_while_the_view_runs_is_indexed_again(captioned, tmp_path):
+    import tarfile
+
+    out, shards = captioned
+    copy_out, copy_shards = tmp_path / "out", tmp_path / "shards"
+    shutil.copytree(out, copy_out, ignore=shutil.ignore_patterns(".recap-index"))
+    shutil.copytree(shards, copy_shards)
+    key = all_rows(copy_out)[3]["key"]
+    with TestClient(make_app(str(copy_out), images=[str(copy_shards)]), base_url="http://127.0.0.1") as c:
+        before = c.get("/api/image", params={"shard": "00000", "key": key}).content
+        tar = copy_shards / "00000.tar"
+        with tarfile.open(tar) as old:  # the same members, with one image swapped for another sample's
+            members = [(m, old.extractfile(m).read()) for m in old.getmembers()]
+        images = [m.name for m, _ in members if m.name.endswith((".jpg", ".png"))]
+        mine = next(n for n in images if n.startswith(key + "."))
+        other = next(data for m, data in members if m.name in images and m.name != mine)
+        time.sleep(0.01)
+        with tarfile.open(tar, "w") as new:
+            for member, data in members:
+                data = other if member.name == mine else data
+                member.size = len(data)
+                new.addfile(member, io.BytesIO(data))
+        os.utime(tar, (time.time() + 5, time.time() + 5))
+        after = c.get("/api/image", params={"shard": "00000", "key": key})
+    assert after.status_code == 200 and after.content != before

@@ -126,6 +126,7 @@ class TarIndex:
 
     def __init__(self, tar: str, table: pa.Table):
         self.tar = tar
+        self.stamp: tuple | None = None  # what a holder recorded of the tar when it took this index
         self.rows = table.num_rows
         self._by_key: dict[str, list[tuple[str, str, int, int]]] = {}
         columns = [table.column(c).to_pylist() for c in ("key", "member", "ext", "offset", "size")]

@@ -17,10 +17,11 @@ from pathlib import Path
 
 from ..readers.base import image_extensions
 from ..samples.images import ImageDecodeError, decode_image
-from ..samples.tar_index import Member, TarIndex, TarIndexError
+from ..samples.tar_index import Member, TarIndex, fingerprint
 from ..spine.contract import INDEX_NAME
 from ..spine.files import local_path
 from ..spine.ledger import OutputDir
+from ..steps.filter import one_line
 from .rows import ViewError
 
 log = logging.getLogger(__name__)
@@ -98,26 +99,32 @@ class Images:
         return any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in self.roots)
 
     def index(self, shard: str) -> TarIndex | None:
-        """The shard's tar index (built on first use, then kept: the last 64 in memory)."""
+        """The shard's tar index (built on first use, then kept: the last 64 in memory), built
+        again when the tar changed since (its size and time, one stat per use)."""
         tar = self.tars.get(shard)
         if tar is None or not self.allowed(tar):
             return None
+        try:
+            stamp = tuple(fingerprint(tar).values())
+        except OSError:
+            return None
         with self._lock:
             index = self._indexes.get(shard)
-            if index is not None:
+            if index is not None and index.stamp == stamp:
                 self._indexes.move_to_end(shard)
                 return index
             building = self._building.setdefault(shard, threading.Lock())
         with building:  # one build per shard, however many thumbnails ask at once
             with self._lock:
-                if shard in self._indexes:
+                if shard in self._indexes and self._indexes[shard].stamp == stamp:
                     return self._indexes[shard]
             try:
                 index = TarIndex.load(tar, self.index_folder)
-            except (TarIndexError, OSError) as exc:
-                self.notes[shard] = str(exc)
-                log.warning("%s", exc)
+            except Exception as exc:  # noqa: BLE001 - an unindexable tar: that shard shows no images
+                self.notes[shard] = one_line(exc)
+                log.warning("%s: %s", shard, self.notes[shard])
                 return None
+            index.stamp = stamp
             with self._lock:
                 self._indexes[shard] = index
                 while len(self._indexes) > 64:
@@ -135,7 +142,9 @@ class Images:
     def jpeg(self, shard: str, key: str, side: int) -> bytes | None:
         """The image at most `side` pixels on its longest edge, as JPEG (None: no such image, or
         it does not decode)."""
-        cached = self.cache.get((shard, key, side))
+        index = self.index(shard)
+        stamp = getattr(index, "stamp", None)  # thumbnails of a tar since replaced are not shown
+        cached = self.cache.get((shard, key, side, stamp))
         if cached is not None:
             return cached
         member = self.member(shard, key)
@@ -149,7 +158,7 @@ class Images:
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=82 if side <= 384 else 90)
         data = buffer.getvalue()
-        self.cache.put((shard, key, side), data)
+        self.cache.put((shard, key, side, stamp), data)
         return data
 
 
