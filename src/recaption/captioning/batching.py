@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..readers import Shard, ShardError
 from ..samples.images import decode_sample
-from ..samples.placeholders import PLACEHOLDER, listed_message
+from ..samples.placeholders import listed_placeholder
 from ..samples.sample import Sample
 from .carry import carried_sample
 
@@ -65,15 +65,6 @@ class ShardStart:
 class ShardEnd:
     shard: str
     error: str | None  # the ShardError message when the shard turned out broken
-
-
-def placeholder(sample: Sample, digests: frozenset) -> bool:
-    """Mark a sample whose image is a listed placeholder failed (status placeholder)."""
-    if sample.ok and sample.sha256 in digests:
-        sample.fail(PLACEHOLDER, listed_message(sample.sha256))
-        sample.image_bytes = None
-        return True
-    return False
 
 
 def group_batches(samples: Iterable[Sample], batch_size: int, shard: str = "") -> Iterator[Batch]:
@@ -143,7 +134,7 @@ class BatchStream(IterableDataset):
         started = time.perf_counter()
         carry = getattr(shard, "carry", None)
         kept = carry.rows() if carry is not None else {}
-        decoded = (s if carried_sample(s, kept) or placeholder(s, self.placeholders)
+        decoded = (s if carried_sample(s, kept) or listed_placeholder(s, self.placeholders)
                    else decode_sample(s, self.max_pixels, self.max_side) for s in shard)
         for batch in group_batches(decoded, self.batch_size, shard.name):
             ok = batch.ok_samples

@@ -23,7 +23,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ..quality.outputs import file_stamp
 from ..readers import Shard
+from ..readers.base import full_url
 from ..readers.changes import input_change
 from ..readers.folder import FolderShard
 from ..redact import strip_url_secrets
@@ -34,7 +36,6 @@ from ..schema import (
     PARTIAL,
     SCORE_COLUMNS,
     SCORES_METADATA_KEY,
-    schema_stamp,
     stamp_identity,
 )
 from ..spine.ledger import OutputDir
@@ -151,8 +152,6 @@ def _borrowed(out: OutputDir, shard: FolderShard, names: list[str]) -> list[tupl
     """The ok rows of `names` whose image is one of this slice's now."""
     if not names:
         return []
-    from ..readers.base import full_url
-
     urls = pa.array([strip_url_secrets(full_url(shard.fs, f.path)) for f in shard.images])
     rows = []
     for name in names:
@@ -173,9 +172,4 @@ def _ok_rows(out: OutputDir, name: str) -> pa.Table:
 
 
 def _stamps(out: OutputDir, name: str) -> dict[bytes, dict]:
-    try:
-        with out.fs.open(out.parquet(name), "rb") as f:
-            schema = pq.read_schema(f)
-    except (OSError, pa.ArrowInvalid):
-        return {}
-    return {key: schema_stamp(schema, key) for key in STAMPED_COLUMNS}
+    return {key: file_stamp(out, name, key) for key in STAMPED_COLUMNS}

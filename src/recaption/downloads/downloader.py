@@ -305,8 +305,6 @@ class ShardDownloads:
             seconds = time.perf_counter() - started
             stats = self._stats(writer, counts, started, seconds, retried=len(todo) if retrying else None)
             writer.commit(stats, {**self.provenance, "fetch_policy": self.policy})
-            # where each sample lies in the tar, for `recap lookup` (off the event loop: it reads the tar)
-            await asyncio.get_running_loop().run_in_executor(self.pool, index_shard, self.cfg.output, name)
         except BaseException as exc:
             writer.abort()
             if isinstance(exc, Exception):
@@ -320,6 +318,9 @@ class ShardDownloads:
                 self.progress.shard_finished(result)
                 return result
             raise
+        # Where each sample lies in the tar, for `recap lookup`: after the commit (a cache, whose
+        # failure never touches the shard) and off the event loop (it reads the tar).
+        await asyncio.get_running_loop().run_in_executor(self.pool, index_shard, self.cfg.output, name)
         result = ShardResult(name, name, DONE, len(writer.rows), dict(counts), seconds)
         self.progress.shard_finished(result)
         return result

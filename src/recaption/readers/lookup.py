@@ -22,6 +22,7 @@ from ..samples.tar_index import Member, TarIndex, TarIndexError
 from ..spine.contract import INDEX_NAME
 from ..spine.errors import RecaptionError
 from ..spine.ledger import OutputDir
+from .base import full_url
 
 log = logging.getLogger(__name__)
 
@@ -84,16 +85,10 @@ def _index(out: OutputDir, name: str) -> TarIndex | None:
     if not out.fs.exists(tar):
         return None
     try:
-        return TarIndex.load(_full(out, tar), _full(out, out.path(INDEX_NAME)))
+        return TarIndex.load(full_url(out.fs, tar), full_url(out.fs, out.path(INDEX_NAME)))
     except TarIndexError as exc:
         log.warning("%s: its members cannot be located (%s)", name, exc)
         return None
-
-
-def _full(out: OutputDir, path: str) -> str:
-    """A path of the folder with its protocol (local paths stay plain)."""
-    protocol = out.fs.protocol if isinstance(out.fs.protocol, str) else out.fs.protocol[0]
-    return path if protocol in ("file", "local") else out.fs.unstrip_protocol(path)
 
 
 def index_shard(folder: str, name: str) -> None:

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from ..spine.errors import RecaptionError
 from ..spine.files import read_input
+from .sample import Sample
 
 DEFAULT_MIN_URLS = 5
 LIST_LIMIT = 64 << 20
@@ -60,6 +61,16 @@ PLACEHOLDER = "placeholder"  # the outcome (download) and status (caption) of su
 
 def listed_message(sha256: str) -> str:
     return f"its sha256 {sha256} is in the --placeholders list: not a photo"
+
+
+def listed_placeholder(sample: Sample, digests: frozenset[str]) -> bool:
+    """Mark a sample whose image is a listed placeholder failed (status placeholder, not
+    captioned); True when it was."""
+    if sample.ok and sample.sha256 in digests:
+        sample.fail(PLACEHOLDER, listed_message(sample.sha256))
+        sample.image_bytes = None
+        return True
+    return False
 
 
 def list_provenance(digests: frozenset[str]) -> dict | None:
