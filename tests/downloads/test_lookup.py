@@ -102,3 +102,13 @@ def test_lookup_by_a_number_column_and_by_a_signed_url(tmp_path):
     assert [f.row["key"] for f in found] == ["b"] and missing == []
     found, _ = recaption.lookup(folder, ["http://x.example/a.jpg?sig=secret123"], by="url")
     assert [f.row["key"] for f in found] == ["a"]
+
+
+def test_a_fifo_named_like_a_shard_is_one_line_not_a_hang(tmp_path):
+    import os
+
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    os.mkfifo(folder / "00000.parquet")
+    result = CliRunner().invoke(app, ["lookup", str(folder), "x"])
+    assert result.exit_code == 2 and "not a file" in result.output and "Traceback" not in result.output

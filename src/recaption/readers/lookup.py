@@ -21,6 +21,7 @@ from ..redact import strip_url_secrets
 from ..samples.tar_index import Member, TarIndex, TarIndexError
 from ..spine.contract import INDEX_NAME
 from ..spine.errors import RecaptionError
+from ..spine.files import open_input
 from ..spine.ledger import OutputDir
 from .base import full_url
 
@@ -56,7 +57,7 @@ def lookup(folder: str, values: list[str], by: str = "key") -> tuple[list[Found]
     found: list[Found] = []
     had_column = False
     for name in shards:
-        with out.fs.open(out.parquet(name), "rb") as f:
+        with open_input(full_url(out.fs, out.parquet(name))) as f:  # a regular file: never a FIFO
             parquet = pq.ParquetFile(f)
             if by not in parquet.schema_arrow.names:
                 continue
