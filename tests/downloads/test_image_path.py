@@ -105,3 +105,33 @@ def test_an_unknown_filter_is_refused_naming_the_choices():
     choices = "auto, hamming, lanczos, bicubic, bilinear"
     with pytest.raises(ValueError, match=f"--resample must be one of {choices}"):
         config(resample="nearest")
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])  # (grey is stored as RGB, as every image is)
+def test_the_jpeg_encoder_writes_what_pillows_would_in_the_right_colours(mode):
+    """The stored JPEG is encoded off the GIL (OpenCV) but is the same file Pillow writes with
+    the same quality: same chroma subsampling, tables and colours (a red photo stays red)."""
+    image = Image.open(io.BytesIO(photo(300, 200))).convert(mode)
+    if mode == "RGB":
+        image.paste((255, 0, 0), (0, 0, 100, 100))
+    stored = process_image(_png(image), None, config(image_size=100, resample="lanczos", quality=87))
+    resized = image.convert("RGB").resize((150, 100), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    by_pillow = io.BytesIO()
+    resized.save(by_pillow, "JPEG", quality=87)
+    assert stored.ext == "jpg" and stored.data == by_pillow.getvalue()
+    if mode == "RGB":
+        red, green, blue = decoded(stored.data).getpixel((20, 20))
+        assert red > 200 and green < 60 and blue < 60
+
+
+def _png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_an_image_too_wide_for_jpeg_is_that_rows_encode_error():
+    banner = _png(Image.new("RGB", (20000, 10), "white"))
+    with pytest.raises(ProcessError, match="at most 65500 px a side") as caught:
+        process_image(banner, None, config(image_size=256))  # keep_ratio: 10 px -> 256, width 512000
+    assert caught.value.outcome == "encode_error"

@@ -13,6 +13,8 @@ import io
 from dataclasses import dataclass
 from functools import partial
 
+import cv2
+import numpy as np
 from PIL import Image, ImageOps
 
 from ..samples.images import ORIENTATION, ImageDecodeError, decode_image
@@ -165,7 +167,28 @@ def encode(image: Image.Image, original: bytes, cfg: DownloadConfig, sent: SentI
             if KEEP_EXTENSIONS.get(source_format) in ENCODERS
             else "jpg"
         )
+    if fmt == "jpg" and image.mode == "RGB":  # (what decode_image gives)
+        return encode_jpeg(image, cfg.quality), fmt
     buf = io.BytesIO()
-    options = {"quality": cfg.quality} if fmt in ("jpg", "webp") else {}
+    options = {"quality": cfg.quality} if fmt == "webp" else {}
     image.save(buf, format=ENCODERS[fmt], **options)
     return buf.getvalue(), fmt
+
+
+JPEG_MAX_SIDE = 65500
+
+
+def encode_jpeg(image: Image.Image, quality: int) -> bytes:
+    """libjpeg-turbo through OpenCV (as img2dataset encodes): the same bytes as Pillow's encoder
+    with the same settings, but Pillow holds the GIL for the whole encode, so the download's
+    worker threads queued on it, and OpenCV releases it (docs/benchmarks.md)."""
+    if max(image.size) > JPEG_MAX_SIDE:  # (OpenCV would also log the refusal to stderr)
+        raise ValueError(f"a JPEG holds at most {JPEG_MAX_SIDE} px a side, not {image.width}x{image.height}")
+    pixels = cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2BGR)  # the channel order OpenCV encodes
+    try:
+        ok, encoded = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    except cv2.error as exc:
+        raise ValueError(f"JPEG encoder: {str(exc).strip().splitlines()[-1]}") from None
+    if not ok:
+        raise ValueError(f"JPEG encoder refused a {image.width}x{image.height} image")
+    return encoded.tobytes()
