@@ -130,8 +130,17 @@ def _png(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def test_an_image_too_wide_for_jpeg_is_that_rows_encode_error():
-    banner = _png(Image.new("RGB", (20000, 10), "white"))
-    with pytest.raises(ProcessError, match="at most 65500 px a side") as caught:
-        process_image(banner, None, config(image_size=256))  # keep_ratio: 10 px -> 256, width 512000
-    assert caught.value.outcome == "encode_error"
+def test_a_resize_target_over_the_pixel_limit_is_that_rows_failure_before_any_allocation():
+    """A 100000x2 banner (a 2 KB PNG) at keep_ratio 512 would be 25,600,000x512 pixels: 52 GB."""
+    banner = _png(Image.new("RGB", (100_000, 2), "white"))
+    with pytest.raises(ProcessError, match="would be 25600000x512, over --max-pixels") as caught:
+        process_image(banner, None, config(image_size=512))
+    assert caught.value.outcome == "too_many_pixels"
+    assert process_image(banner, None, config(resize="border", image_size=512)).width == 512  # fits
+
+
+def test_an_image_size_whose_square_is_over_the_pixel_limit_is_refused():
+    with pytest.raises(ValueError, match="--image-size 100000 makes every image at least 100000x100000"):
+        config(image_size=100_000)
+    assert config(image_size=100_000, resize="none").image_size == 100_000  # not used
+    assert config(image_size=20_000, max_pixels=400_000_000).image_size == 20_000

@@ -78,6 +78,10 @@ class DownloadConfig:
             raise ValueError("--timeout must be positive and --retries at least 0")
         if self.image_size < 1 and self.resize != "none":
             raise ValueError("--image-size must be at least 1 (or --resize none)")
+        if self.resize != "none" and self.image_size**2 > self.max_pixels:
+            raise ValueError(f"--image-size {self.image_size} makes every image at least {self.image_size}x"
+                             f"{self.image_size} pixels, over --max-pixels {self.max_pixels}: lower "
+                             "--image-size or raise --max-pixels")
         if self.placeholder_min_urls < 0 or self.placeholder_min_urls == 1:
             raise ValueError("--placeholder-min-urls must be 0 (off) or at least 2")
         if not 1 <= self.quality <= 100:

@@ -79,6 +79,16 @@ def process_image(
             f"aspect ratio {max(width, height) / min(width, height):.2f} over {cfg.max_aspect_ratio}",
             digest,
         )
+    if cfg.resize != "none":
+        target = target_size(cfg.resize, cfg.image_size, width, height)
+        if target[0] * target[1] > cfg.max_pixels:  # a 100000x2 banner at keep_ratio: 10^10 pixels
+            raise ProcessError(
+                oc.TOO_MANY_PIXELS,
+                f"{width}x{height} resized ({cfg.resize}, {cfg.image_size}) would be "
+                f"{target[0]}x{target[1]}, over --max-pixels {cfg.max_pixels} "
+                "(--max-aspect-ratio refuses such shapes earlier)",
+                digest,
+            )
     try:
         resized = resize(image, cfg.resize, cfg.image_size, _filter(cfg.resample, image, sent), sent.size)
         encoded, ext = encode(resized, data, cfg, sent)
