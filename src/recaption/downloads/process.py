@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
-from ..samples.images import ORIENTATION, ImageDecodeError, decode_image
+from ..samples.images import ImageDecodeError, ImageHeader, decode_with_header
 from ..samples.sample import TOO_LARGE as PIXEL_LIMIT
 from . import outcomes as oc
 from .config import DownloadConfig
@@ -61,15 +61,16 @@ def process_image(
     try:
         # Only as many pixels as the resize needs are decoded (a JPEG's DCT-domain reduction).
         shrink_to = None if cfg.resize == "none" else partial(target_size, cfg.resize, cfg.image_size)
-        image = decode_image(data, max_pixels=cfg.max_pixels, max_side=None,
-                             pixels_hint="DownloadConfig.max_pixels sets it", shrink_to=shrink_to)
+        image, header = decode_with_header(data, max_pixels=cfg.max_pixels, max_side=None,
+                                           pixels_hint="DownloadConfig.max_pixels sets it",
+                                           shrink_to=shrink_to)
     except ImageDecodeError as exc:
         outcome = oc.TOO_MANY_PIXELS if exc.status == PIXEL_LIMIT else oc.DECODE_ERROR
         message = str(exc)
         if outcome == oc.DECODE_ERROR and content_type and not content_type.startswith("image/"):
             message = f"not an image (Content-Type {content_type}): {message}"
         raise ProcessError(outcome, message, digest) from exc
-    sent = SentImage.of(data, image)
+    sent = SentImage.of(header, image)
     width, height = sent.size
     if min(width, height) < cfg.min_size:
         raise ProcessError(oc.TOO_SMALL, f"{width}x{height} is under --min-size {cfg.min_size}", digest)
@@ -114,19 +115,15 @@ class SentImage:
     plain: bool  # RGB or grey, no EXIF rotation: decoding changes nothing but the encoding
 
     @classmethod
-    def of(cls, data: bytes, decoded: Image.Image) -> SentImage:
-        """From the header (the pixels were decoded already). Only a JPEG is decoded reduced;
-        any other format's decoded (upright) size is the size sent, and its EXIF is not read
-        again (Pillow reads a PNG's by loading the whole image)."""
-        header = Image.open(io.BytesIO(data))
+    def of(cls, header: ImageHeader, decoded: Image.Image) -> SentImage:
+        """From the header the pixels were decoded from. Only a JPEG is decoded reduced; any
+        other format's decoded (upright) size is the size sent."""
         if header.format != "JPEG":
             plain = header.mode in ("RGB", "L") and decoded.size == header.size
             return cls(decoded.size, header.format, plain)
-        orientation = header.getexif().get(ORIENTATION, 1)  # a JPEG's EXIF is read with its header
         width, height = header.size
-        size = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
-        return cls(size, header.format, orientation == 1 and header.mode in ("RGB", "L"))
-
+        size = (height, width) if header.orientation in (5, 6, 7, 8) else (width, height)
+        return cls(size, header.format, header.orientation == 1 and header.mode in ("RGB", "L"))
 
 
 def _filter(resample: str, decoded: Image.Image, sent: SentImage) -> Image.Resampling:

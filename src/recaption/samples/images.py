@@ -6,6 +6,7 @@ import io
 import re
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -66,6 +67,17 @@ def _stable(message: str) -> str:
     return re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", message)
 
 
+@dataclass(frozen=True)
+class ImageHeader:
+    """What the file says about itself: format, mode and size as stored (a reduced decode changes
+    the image's size and mode: these stay what was sent), and its EXIF orientation (1: upright)."""
+
+    format: str | None
+    mode: str
+    size: tuple[int, int]
+    orientation: int
+
+
 def decode_image(
     data: bytes | None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -73,7 +85,20 @@ def decode_image(
     pixels_hint: str = MAX_PIXELS_HINT,
     shrink_to: Callable[[int, int], tuple[int, int]] | None = None,
 ) -> Image.Image:
-    """Decode bytes to an RGB image no larger than max_side on its longest edge.
+    """Decode bytes to an RGB image no larger than max_side on its longest edge (see
+    `decode_with_header`)."""
+    return decode_with_header(data, max_pixels, max_side, pixels_hint, shrink_to)[0]
+
+
+def decode_with_header(
+    data: bytes | None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_side: int | None = DEFAULT_MAX_SIDE,
+    pixels_hint: str = MAX_PIXELS_HINT,
+    shrink_to: Callable[[int, int], tuple[int, int]] | None = None,
+) -> tuple[Image.Image, ImageHeader]:
+    """Decode bytes to an RGB image no larger than max_side on its longest edge, with the header
+    it was decoded from (parsed once: a caller needing the size as sent does not open it again).
 
     `shrink_to(width, height)`: the size the caller will resize the image to; a JPEG is then
     decoded at the largest DCT reduction (1/2, 1/4, 1/8) that stays at or above it, which is
@@ -92,6 +117,7 @@ def decode_image(
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
+            stored = (img.format, img.mode, img.size)
             width, height = img.size
             if width * height > max_pixels:
                 raise too_many_pixels(width * height, max_pixels, (width, height), pixels_hint)
@@ -104,12 +130,13 @@ def decode_image(
                 # the target is proportional, so the raw orientation asks for the same scale.
                 img.draft("RGB", shrink_to(width, height))
             img.load()
-            if img.getexif().get(ORIENTATION, 1) != 1:  # (exif_transpose copies even when upright)
+            header = ImageHeader(*stored, img.getexif().get(ORIENTATION, 1))
+            if header.orientation != 1:  # (exif_transpose copies even when upright)
                 img = ImageOps.exif_transpose(img)
             img = _to_rgb(img)
             if max_side and max(img.size) > max_side:
                 img.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
-            return img
+            return img, header
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
