@@ -247,6 +247,11 @@ def test_metadata_formats_read_the_same_rows(tmp_path):
         assert got == expected, name
     (tmp_path / "a.txt").write_text("\n".join(r["url"] for r in rows) + "\n")
     assert [r.url for r in reader.rows([str(tmp_path / "a.txt")])] == [r["url"] for r in rows]
+    # as Windows Notepad saves them: a byte-order mark first, CRLF line ends
+    (tmp_path / "b.txt").write_bytes(b"\xef\xbb\xbf" + "\r\n".join(r["url"] for r in rows).encode() + b"\r\n")
+    (tmp_path / "b.jsonl").write_bytes(b"\xef\xbb\xbf" + "\r\n".join(json.dumps(r) for r in rows).encode())
+    assert [r.url for r in reader.rows([str(tmp_path / "b.txt")])] == [r["url"] for r in rows]
+    assert [(r.url, r.caption, r.extra) for r in reader.rows([str(tmp_path / "b.jsonl")])] == expected
 
 
 def test_missing_url_column_is_a_clear_error(tmp_path):
@@ -710,3 +715,19 @@ def test_keys_that_survive_resharding_join_two_downloads_back(tmp_path, key_form
     if key_format == "id":
         kept = pq.read_table(tmp_path / "s3" / "00000.parquet").column("uid").to_pylist()
         assert "u000" in three and kept[0] == "u000"
+
+
+def test_the_pixel_limit_is_a_download_option_and_its_rows_name_it(tmp_path):
+    from typer.testing import CliRunner
+
+    from recaption.cli import app
+
+    with ImageServer() as server:
+        meta = write_metadata(tmp_path / "urls.parquet", [{"url": f"{server.url}/img/0.jpg"}])
+        args = ["download", meta, "-o", str(tmp_path / "out"), "--allow-private-network", "--resize", "none"]
+        result = CliRunner().invoke(app, [*args, "--max-pixels", "100"])
+    assert result.exit_code == 0, result.output
+    row = next(iter(table(tmp_path / "out").values()))
+    assert row["outcome"] == "too_many_pixels" and "raise it with --max-pixels" in row["error_message"]
+    refused = CliRunner().invoke(app, [*args, "--max-pixels", "0"])
+    assert refused.exit_code == 2 and "--max-pixels must be at least 1" in refused.output

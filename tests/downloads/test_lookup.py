@@ -112,3 +112,19 @@ def test_a_fifo_named_like_a_shard_is_one_line_not_a_hang(tmp_path):
     os.mkfifo(folder / "00000.parquet")
     result = CliRunner().invoke(app, ["lookup", str(folder), "x"])
     assert result.exit_code == 2 and "not a file" in result.output and "Traceback" not in result.output
+
+
+def test_an_unreadable_shard_is_skipped_with_a_warning_naming_it_and_the_others_answer(tmp_path, caplog):
+    out = downloaded(tmp_path)
+    (out / "00009.parquet").write_text("not parquet")
+    (out / "00009.tar").write_bytes(b"")
+    (out / "00001.tar").write_bytes((out / "00001.tar").read_bytes()[:700])  # cut short
+
+    found, missing = recaption.lookup(out, ["uid-001", "uid-004"], by="uid")
+
+    assert missing == [] and {f.value for f in found} == {"uid-001", "uid-004"}
+    assert [m.ext for m in next(f for f in found if f.value == "uid-001").members]  # shard 00000: fine
+    assert next(f for f in found if f.value == "uid-004").members is None  # its tar cannot be read
+    assert "00009.parquet" in caplog.text and "truncated or corrupt tar" in caplog.text
+    result = CliRunner().invoke(app, ["lookup", str(out), "uid-004", "--by", "uid"])
+    assert result.exit_code == 0 and "its tar cannot be read" in result.output

@@ -255,10 +255,10 @@ def test_settings_added_later_match_their_old_defaults():
     old = {"model": "tiny", "prompt": "Describe."}  # made before engine, dtype, ... were recorded
     require_same_settings(out, NAME, dict(SETTINGS), marker=old, added_later=ADDED_LATER)
     for key, other in (("engine", "vllm"), ("dtype", "bfloat16"), ("max_pixels", 1000), ("max_side", 448)):
-        with pytest.raises(ConfigMismatchError, match=rf"\({key} differ: "):
+        with pytest.raises(ConfigMismatchError, match=rf"\({key} differs: "):
             require_same_settings(out, NAME, {**SETTINGS, key: other}, marker=old, added_later=ADDED_LATER)
     # Recorded in the marker: compared as recorded, whatever the default.
-    with pytest.raises(ConfigMismatchError, match=r"\(engine differ: "):
+    with pytest.raises(ConfigMismatchError, match=r"\(engine differs: "):
         require_same_settings(out, NAME, dict(SETTINGS), marker={**SETTINGS, "engine": "server"},
                               added_later=ADDED_LATER)
     # A step whose settings do not have the key (download) gets nothing added.
@@ -277,7 +277,7 @@ def test_plan_splits_units_by_marker_and_asks_the_step_what_to_redo(tmp_path):
     assert plan(out, ["a", "new"], {"model": "m"}) == (["new"], ["a"])
     # only_current: a marker that also holds its input's settings (filter, export)
     assert plan(out, ["b"], {"model": "m"}, only_current=True) == ([], ["b"])
-    with pytest.raises(ConfigMismatchError, match=r"\(extra differ: extra 1 there, null now\)"):
+    with pytest.raises(ConfigMismatchError, match=r"\(extra differs: extra 1 there, null now\)"):
         plan(out, ["b"], {"model": "m"})
     with pytest.raises(ConfigMismatchError, match="shard c made with other settings"):
         plan(out, ["a", "c"], {"model": "m"})

@@ -92,8 +92,34 @@ def test_a_compressed_tar_cannot_be_indexed_and_says_so(tmp_path):
     write_webdataset_shard(tar, make_records(1))
     packed = tmp_path / "00000.tar.gz"
     packed.write_bytes(gzip.compress(tar.read_bytes()))
-    with pytest.raises(TarIndexError, match="not an uncompressed tar"):
+    with pytest.raises(TarIndexError, match="a compressed tar; only plain .tar shards are indexed"):
         scan(str(packed))
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(tar.read_bytes()[:700])
+    with pytest.raises(TarIndexError, match="truncated or corrupt tar"):
+        scan(str(cut))
+
+
+def test_a_tar_rewritten_with_its_old_size_and_time_is_indexed_again_and_never_misread(tmp_path):
+    tar = tmp_path / "00000.tar"
+    write_webdataset_shard(tar, make_records(3))
+    folder = str(tmp_path / "index")
+    old = TarIndex.load(str(tar), folder)
+    stat = os.stat(tar)
+    with tarfile.open(tar) as archive:  # the same members in reverse order: same size
+        members = [(m, archive.extractfile(m).read()) for m in archive.getmembers()]
+    with tarfile.open(tar, "w") as archive:
+        for member, data in reversed(members):
+            archive.addfile(member, io.BytesIO(data))
+    os.truncate(tar, stat.st_size)
+    os.utime(tar, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+    expected = members_of(tar)
+    key = next(iter(old._by_key))
+    with pytest.raises(TarIndexError, match="not where its index says"):
+        [m.read() for m in old.members(key)]  # an index taken before the rewrite
+    again = TarIndex.load(str(tar), folder)  # the change time differs: indexed again
+    assert [m.read() for m in again.members(key)] == [expected[m.name] for m in again.members(key)]
 
 
 def test_an_index_folder_that_cannot_be_written_keeps_the_index_in_memory(tmp_path, caplog):

@@ -31,6 +31,7 @@ def download_cmd(
     per_host_concurrency: Annotated[int, typer.Option(help="Connections open at once to one host.")] = 8,
     user_agent: Annotated[str, typer.Option(help="User-Agent header; its first word is the token X-Robots-Tag directives may name.")] = "recaption/0.1 (+https://github.com/recaption; image-text research)",
     max_bytes: Annotated[int, typer.Option(help="Largest response body accepted.")] = 32 * 1024 * 1024,
+    max_pixels: Annotated[int, typer.Option(help="Largest image in pixels (width x height), as sent and once resized: bigger ones become rows with outcome too_many_pixels.")] = 89_478_485,
     placeholder_min_urls: Annotated[int, typer.Option(help="An image whose bytes came from this many distinct URLs of one host in a shard is a host's placeholder ('image unavailable'): outcome placeholder, not stored (0: never).")] = 5,
     placeholders: Annotated[str | None, typer.Option(help="A file of sha256 digests (one per line, # comments) of known placeholder images: such images get outcome placeholder, not stored.")] = None,
     respect_opt_out: Annotated[bool, typer.Option(help="Skip images whose X-Robots-Tag says noai, noimageai, noindex, noimageindex or none.")] = True,
@@ -54,7 +55,7 @@ def download_cmd(
             sha256_col=sha256_col, shard_size=shard_size, resize=resize, image_size=image_size, resample=resample,
             max_aspect_ratio=max_aspect_ratio, min_size=min_size, format=format, quality=quality, timeout=timeout,
             retries=retries, concurrency=concurrency, per_host_concurrency=per_host_concurrency,
-            user_agent=user_agent, max_bytes=max_bytes, allow_private_network=allow_private_network,
+            user_agent=user_agent, max_bytes=max_bytes, max_pixels=max_pixels, allow_private_network=allow_private_network,
             disallowed_directives=DEFAULT_DISALLOWED if respect_opt_out else (), overwrite=overwrite,
             retry_failed=retry_failed, keep_url_secrets=keep_url_secrets, key_format=key_format, id_col=id_col,
             placeholder_min_urls=placeholder_min_urls, placeholders=placeholders,
@@ -95,6 +96,14 @@ def run_download_command(inputs: list[str], config, executor: str = "local", ray
     return print_download_summary(summary, config)
 
 
+def _members_text(members: list | None, outcome: str) -> str:
+    if members is None:
+        return "unknown (its tar cannot be read: see the warning)"
+    if members:
+        return ", ".join(f"{m.name} ({m.offset})" for m in members)
+    return "none (not in the tar)" if outcome in ("ok", "success") else "none (not downloaded)"
+
+
 def lookup_cmd(
     shards: Annotated[str, typer.Argument(help="A folder `recap download` or img2dataset wrote (NAME.tar beside NAME.parquet).")],
     values: Annotated[list[str], typer.Argument(help="Keys (or values of --by) to find.")],
@@ -114,7 +123,8 @@ def lookup_cmd(
         found, missing = lookup(shards, values, by=by)
     if as_json:
         rows = [{"value": f.value, "shard": f.shard, "row": f.row,
-                 "members": [{"tar": m.tar, "name": m.name, "offset": m.offset, "size": m.size} for m in f.members]}
+                 "members": None if f.members is None else
+                 [{"tar": m.tar, "name": m.name, "offset": m.offset, "size": m.size} for m in f.members]}
                 for f in found]
         console.print(json.dumps({"found": rows, "missing": missing}, indent=2, default=str), soft_wrap=True,
                       markup=False)
@@ -123,10 +133,11 @@ def lookup_cmd(
         for column in ("value", "shard", "key", "outcome", "members (offset)"):
             table.add_column(column)
         for f in found:
-            members = ", ".join(f"{m.name} ({m.offset})" for m in f.members) or "none (not downloaded)"
-            table.add_row(escape(f.value), f.shard, escape(str(f.row.get("key"))),
-                          escape(str(f.row.get("outcome") or f.row.get("status"))), escape(members))
-        console.print(table)
+            outcome = str(f.row.get("outcome") or f.row.get("status"))
+            table.add_row(escape(f.value), f.shard, escape(str(f.row.get("key"))), escape(outcome),
+                          escape(_members_text(f.members, outcome)))
+        if found:
+            console.print(table)
         for value in missing:
             console.print(f"not found: {escape(value)}", soft_wrap=True)
     raise typer.Exit(1 if missing else 0)

@@ -78,6 +78,8 @@ class DownloadConfig:
             raise ValueError("--timeout must be positive and --retries at least 0")
         if self.image_size < 1 and self.resize != "none":
             raise ValueError("--image-size must be at least 1 (or --resize none)")
+        if self.max_pixels < 1:
+            raise ValueError("--max-pixels must be at least 1")
         if self.resize != "none" and self.image_size**2 > self.max_pixels:
             raise ValueError(f"--image-size {self.image_size} makes every image at least {self.image_size}x"
                              f"{self.image_size} pixels, over --max-pixels {self.max_pixels}: lower "

@@ -288,7 +288,7 @@ class MetadataReader:
     def _lines(path: str) -> Iterator[str]:
         with _readable(path, input_format(path)), open_input(path) as raw:
             stream = gzip.open(raw) if path.lower().endswith((".gz", ".gzip")) else raw
-            yield from io.TextIOWrapper(stream, encoding="utf-8")
+            yield from io.TextIOWrapper(stream, encoding="utf-8-sig")  # (a BOM, as Notepad writes: dropped)
 
 
 @contextmanager

@@ -61,9 +61,7 @@ def process_image(
     try:
         # Only as many pixels as the resize needs are decoded (a JPEG's DCT-domain reduction).
         shrink_to = None if cfg.resize == "none" else partial(target_size, cfg.resize, cfg.image_size)
-        image, header = decode_with_header(data, max_pixels=cfg.max_pixels, max_side=None,
-                                           pixels_hint="DownloadConfig.max_pixels sets it",
-                                           shrink_to=shrink_to)
+        image, header = decode_with_header(data, cfg.max_pixels, max_side=None, shrink_to=shrink_to)
     except ImageDecodeError as exc:
         outcome = oc.TOO_MANY_PIXELS if exc.status == PIXEL_LIMIT else oc.DECODE_ERROR
         message = str(exc)

@@ -35,12 +35,13 @@ class ShardLookupError(RecaptionError, ValueError):
 @dataclass
 class Found:
     """One row that matched: its shard, its row (every column of the shard's parquet) and the
-    members of its sample in the tar (none for a row that failed to download)."""
+    members of its sample in the tar ([] for a row that failed to download; None when the tar
+    cannot be read, which a warning says)."""
 
     value: str
     shard: str
     row: dict
-    members: list[Member] = field(default_factory=list)
+    members: list[Member] | None = field(default_factory=list)
 
 
 def lookup(folder: str, values: list[str], by: str = "key") -> tuple[list[Found], list[str]]:
@@ -55,30 +56,51 @@ def lookup(folder: str, values: list[str], by: str = "key") -> tuple[list[Found]
         values = [strip_url_secrets(v) for v in values]
     wanted = pa.array(sorted(set(values)), pa.string())
     found: list[Found] = []
-    had_column = False
+    had_column, unreadable = False, []
     for name in shards:
-        with open_input(full_url(out.fs, out.parquet(name))) as f:  # a regular file: never a FIFO
-            parquet = pq.ParquetFile(f)
-            if by not in parquet.schema_arrow.names:
-                continue
-            had_column = True
-            try:  # one column first: most shards hold no match
-                text = pc.cast(parquet.read(columns=[by]).column(by), pa.string())
-            except pa.ArrowException as exc:
-                raise ShardLookupError(f"{name}: column {by!r} cannot be matched as text ({exc}); "
-                                       "--by takes a text or number column") from None
-            hits = pc.indices_nonzero(pc.fill_null(pc.is_in(text, wanted), False))
-            matches = parquet.read().take(hits) if len(hits) else None
-        if matches is not None:
+        try:
+            matched = _matching_rows(out, name, by, wanted)
+        except (OSError, pa.ArrowException) as exc:  # (a FIFO, a file that is not parquet)
+            unreadable.append(f"{full_url(out.fs, out.parquet(name))}: {exc}")
+            log.warning("%s; skipped", unreadable[-1])
+            continue
+        if matched is None:
+            continue
+        had_column = True
+        if matched.num_rows:
             index = _index(out, name)
-            for value, row in zip(text.take(hits).to_pylist(), matches.to_pylist(), strict=True):
-                members = index.members(str(row.get("key"))) if index is not None else []
-                found.append(Found(value, name, row, members))
+            for row in matched.to_pylist():
+                members = index.members(str(row.get("key"))) if index is not None else None
+                found.append(Found(row.pop(_MATCHED), name, row, members))
+    if len(unreadable) == len(shards):
+        more = f" (and {len(unreadable) - 1} more)" if len(unreadable) > 1 else ""
+        raise ShardLookupError(f"no shard could be read: {unreadable[0]}{more}")
     if not had_column:
         raise ShardLookupError(f"{folder}: no shard has a column {by!r}; --by takes a column of the shards' "
                            "parquet (key, url, or an id column such as uid)")
     missing = sorted(set(values) - {f.value for f in found})
     return found, missing
+
+
+_MATCHED = "__recap_lookup_value"
+
+
+def _matching_rows(out: OutputDir, name: str, by: str, wanted: pa.Array) -> pa.Table | None:
+    """The shard's rows whose `by` (as text) is wanted, with that text in column _MATCHED (None:
+    the shard has no such column)."""
+    with open_input(full_url(out.fs, out.parquet(name))) as f:  # a regular file: never a FIFO
+        parquet = pq.ParquetFile(f)
+        if by not in parquet.schema_arrow.names:
+            return None
+        try:  # one column first: most shards hold no match
+            text = pc.cast(parquet.read(columns=[by]).column(by), pa.string())
+        except pa.ArrowException as exc:
+            raise ShardLookupError(f"{name}: column {by!r} cannot be matched as text ({exc}); "
+                                   "--by takes a text or number column") from None
+        hits = pc.indices_nonzero(pc.fill_null(pc.is_in(text, wanted), False))
+        if not len(hits):
+            return parquet.schema_arrow.empty_table()
+        return parquet.read().take(hits).append_column(_MATCHED, text.take(hits))
 
 
 def _index(out: OutputDir, name: str) -> TarIndex | None:

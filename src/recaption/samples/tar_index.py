@@ -50,22 +50,37 @@ class Member:
     size: int
 
     def read(self) -> bytes:
-        """The member's bytes: one seek and one read (the tar opened the safe way, spine/files.py)."""
+        """The member's bytes: one seek and one read (the tar opened the safe way, spine/files.py),
+        after checking that the tar header just before them is this member's."""
         with open_input(self.tar) as f:
-            f.seek(self.offset)
-            data = f.read(self.size)
-        if len(data) != self.size:
-            raise TarIndexError(f"{self.tar}: member {self.name} is cut short (the tar changed since it was "
-                                "indexed)")
+            f.seek(self.offset - tarfile.BLOCKSIZE)
+            block = f.read(tarfile.BLOCKSIZE + self.size)
+        header, data = block[: tarfile.BLOCKSIZE], block[tarfile.BLOCKSIZE :]
+        if len(data) != self.size or not self._is_header(header):
+            raise TarIndexError(f"{self.tar}: member {self.name} is not where its index says (the tar "
+                                "changed since it was indexed); open it again to index it again")
         return data
+
+    def _is_header(self, block: bytes) -> bool:
+        try:
+            info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+        except tarfile.TarError:  # bad checksum, empty block: not a header at all
+            return False
+        named = normalise_member_name(info.name)  # ustar keeps 100 bytes of a longer name
+        return info.size == self.size and (named == self.name or self.name.startswith(named[:90]))
 
 
 def fingerprint(tar: str) -> dict:
-    """What says a tar is the one an index was built from: its size and modification time."""
+    """What says a tar is the one an index was built from: its size and modification time, and
+    for a local file its inode and change time too (a tar rewritten with its old size and
+    modification time put back still gets a new change time)."""
     fs, path = fsspec.core.url_to_fs(tar)
     info = fs.info(path)
     mtime = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
-    return {"size": int(info.get("size") or 0), "mtime": str(mtime)}
+    stamp = {"size": int(info.get("size") or 0), "mtime": str(mtime)}
+    if info.get("ino") is not None:  # fsspec's local filesystem: os.stat's st_ino and st_ctime
+        stamp.update(ino=int(info["ino"]), changed=str(info.get("created")))
+    return stamp
 
 
 def scan(tar: str) -> pa.Table:
@@ -95,12 +110,27 @@ def scan(tar: str) -> pa.Table:
                     if found:
                         recorded[prefix] = found
     except tarfile.ReadError as exc:
-        raise TarIndexError(f"{tar}: not an uncompressed tar ({exc}); only plain .tar shards are "
-                            "indexed") from None
+        raise TarIndexError(f"{tar}: {_unreadable(tar, exc)}") from None
     except (tarfile.TarError, EOFError) as exc:
         raise TarIndexError(f"{tar}: unreadable tar ({exc})") from None
     keys = [recorded.get(prefix) or posixpath.basename(prefix) for prefix in keys]
     return pa.table([keys, names, exts, offsets, sizes], schema=SCHEMA)
+
+
+_COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x28\xb5\x2f\xfd")  # gzip, bzip2, xz, zstd
+
+
+def _unreadable(tar: str, exc: tarfile.ReadError) -> str:
+    """Why tarfile could not read it: compressed (only plain tars have offsets), or cut short /
+    corrupt."""
+    try:
+        with open_input(tar) as f:
+            start = f.read(6)
+    except OSError:
+        start = b""
+    if start.startswith(_COMPRESSED):
+        return "a compressed tar; only plain .tar shards are indexed"
+    return f"truncated or corrupt tar ({exc})"
 
 
 def _json_key(data: bytes) -> str | None:

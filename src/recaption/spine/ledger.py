@@ -235,7 +235,8 @@ def require_same_settings(out: OutputDir, name: str, current: Mapping, marker: M
         shown = "; ".join(describe_differences(previous, current, changed)[:3])
         raise ConfigMismatchError(
             f"{out.url} holds shard {name} made with other settings "
-            f"({', '.join(changed)} differ: {shown}); use --overwrite or another output folder"
+            f"({', '.join(changed)} {'differs' if len(changed) == 1 else 'differ'}: {shown}); "
+            "use --overwrite or another output folder"
         )
 
 
