@@ -16,6 +16,7 @@ temporaries removed, never among the metadata files or in another step's folder)
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import math
 import os
@@ -25,7 +26,9 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from itertools import islice
+from typing import TypeVar
 
 import pyarrow.parquet as pq
 
@@ -51,6 +54,8 @@ from .fetch import Fetcher
 from .metadata import ChosenColumns, MetadataReader, UrlRow, expand_metadata_inputs
 from .process import ProcessError, process_image
 from .writer import DownloadShardWriter, forget_shard, shard_paths
+
+T = TypeVar("T")
 
 # A download shard reports like a caption shard: ShardResult.status_counts counts outcomes.
 DownloadSummary = RunSummary
@@ -245,11 +250,13 @@ class ShardDownloads:
         """Connections, the image-processing threads and the bound on rows in flight."""
         self.rows_in_flight = asyncio.Semaphore(2 * self.cfg.concurrency)  # bounds images in memory
         self.pool = ThreadPoolExecutor(max(1, os.cpu_count() or 1), thread_name_prefix="recap-image")
+        self.committer = ThreadPoolExecutor(1, thread_name_prefix="recap-commit")
         try:
             async with Fetcher(self.cfg) as self.fetcher:
                 yield
         finally:
             self.pool.shutdown(wait=True, cancel_futures=True)
+            self.committer.shutdown(wait=True)
 
     def _rows_to_fetch_again(self, name: str) -> Refetch | None:
         """For a complete shard: which of its rows this run fetches again (None: none, skip it).
@@ -299,12 +306,11 @@ class ShardDownloads:
                     writer.abort()
                     return ShardResult(name, name, SKIPPED)
             await asyncio.gather(*(self._one(writer, key, row) for key, row in todo))
-            repeated = repeated_placeholders(list(writer.rows.values()), self.cfg.placeholder_min_urls)
-            writer.mark(repeated, oc.PLACEHOLDER, oc.status_of(oc.PLACEHOLDER))
-            counts = Counter(r["outcome"] for r in writer.rows.values())
-            seconds = time.perf_counter() - started
-            stats = self._stats(writer, counts, started, seconds, retried=len(todo) if retrying else None)
-            writer.commit(stats, {**self.provenance, "fetch_policy": self.policy})
+            # Off the event loop (the tar rewrite, the parquet, the first one's imports: 0.3 s), so
+            # the other shard in flight keeps fetching meanwhile.
+            counts, seconds = await self._off_loop(
+                partial(self._commit, writer, started, retried=len(todo) if retrying else None)
+            )
         except BaseException as exc:
             writer.abort()
             if isinstance(exc, Exception):
@@ -320,10 +326,31 @@ class ShardDownloads:
             raise
         # Where each sample lies in the tar, for `recap lookup`: after the commit (a cache, whose
         # failure never touches the shard) and off the event loop (it reads the tar).
-        await asyncio.get_running_loop().run_in_executor(self.pool, index_shard, self.cfg.output, name)
+        await self._off_loop(partial(index_shard, self.cfg.output, name))
         result = ShardResult(name, name, DONE, len(writer.rows), dict(counts), seconds)
         self.progress.shard_finished(result)
         return result
+
+    def _commit(self, writer: DownloadShardWriter, started: float, retried: int | None
+                ) -> tuple[Counter, float]:
+        """Placeholders out of the tar, then the shard's files and marker (in a thread)."""
+        repeated = repeated_placeholders(list(writer.rows.values()), self.cfg.placeholder_min_urls)
+        writer.mark(repeated, oc.PLACEHOLDER, oc.status_of(oc.PLACEHOLDER))
+        counts = Counter(r["outcome"] for r in writer.rows.values())
+        seconds = time.perf_counter() - started
+        stats = self._stats(writer, counts, started, seconds, retried=retried)
+        writer.commit(stats, {**self.provenance, "fetch_policy": self.policy})
+        return counts, seconds
+
+    async def _off_loop(self, work: Callable[[], T]) -> T:
+        """`work` in the commit thread. Cancelled meanwhile (Ctrl-C), it is waited for first: a
+        commit is never aborted half-way by the caller's clean-up."""
+        future = self.committer.submit(work)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            concurrent.futures.wait([future])
+            raise
 
     def _carry_over(
         self, writer: DownloadShardWriter, name: str, todo: list, again: Callable[[dict], bool]
