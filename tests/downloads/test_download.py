@@ -325,6 +325,17 @@ def test_download_output_feeds_webdataset_and_recap_caption(tmp_path, captioner)
         captioned[0]["url"] == f"{server.url}/img/0.jpg"
         and captioned[0]["sha256"] == hashlib.sha256(IMAGES["0.jpg"]).hexdigest()
     )
+    # the row that was never downloaded is accounted for: the caption command says so
+    from recaption.readers.webdataset import rows_without_image
+
+    assert rows_without_image(discover_shards([str(tmp_path / "shards")])) == {"http_error": 1}
+    from typer.testing import CliRunner
+
+    from recaption.cli import app
+
+    said = CliRunner().invoke(app, ["caption", str(tmp_path / "shards"), "-o", str(tmp_path / "again")])
+    assert said.exit_code == 0, said.output
+    assert "also lists 1 row without an image (http_error 1)" in " ".join(said.output.split())
 
 
 @pytest.mark.slow

@@ -26,6 +26,7 @@ def run_caption_command(inputs: list[str], caption_cfg: CaptionConfig, run_cfg: 
     from ..executors.run import run_caption
     from ..progress import RichProgress
     from ..readers import ColumnConfig, discover_shards
+    from ..readers.webdataset import rows_without_image
 
     try:
         shards = discover_shards(inputs, columns or ColumnConfig())
@@ -41,6 +42,13 @@ def run_caption_command(inputs: list[str], caption_cfg: CaptionConfig, run_cfg: 
         return exit_code_of(exc)
     progress.stop()
     code = print_caption_summary(summary, run_cfg.output, caption_cfg.model)
+    without_image = rows_without_image(shards)
+    if without_image:  # the download's failures: in its parquet, never in the tar we read
+        kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(without_image.items()))
+        total = sum(without_image.values())
+        console.print(f"note: the download parquet beside the tar shards also lists {total} "
+                      f"{'row' if total == 1 else 'rows'} without an image ({kinds}): nothing to caption "
+                      "for them", soft_wrap=True)
     if run_cfg.clip_model:
         from ..models.tiny_clip import builtin_clip_facts
 

@@ -186,3 +186,27 @@ def _group_members(members: list[tarfile.TarInfo]) -> list[tuple[str, dict[str, 
             groups.append((key, samples[-1]))
         samples[index][ext] = member
     return groups
+
+
+def rows_without_image(shards: list[Shard]) -> Counter:
+    """How many rows the download parquet beside these tar shards (`00000.parquet` next to
+    `00000.tar`, as img2dataset and `recap download` write) lists with no image in the tar, by
+    status: rows a caption run never sees, said so that every input row is accounted for."""
+    import pyarrow.parquet as pq
+
+    counts: Counter = Counter()
+    for shard in shards:
+        if not isinstance(shard, TarShard) or not shard.source.endswith(".tar"):
+            continue
+        try:
+            with open_input(shard.source[: -len(".tar")] + ".parquet") as f:
+                parquet = pq.ParquetFile(f)
+                if "status" not in parquet.schema_arrow.names:
+                    continue
+                names = parquet.schema_arrow.names
+                columns = ["status", "outcome"] if "outcome" in names else ["status"]
+                rows = parquet.read(columns=columns).to_pylist()
+        except Exception:  # noqa: BLE001 - a note about other files: none beside it, or unreadable
+            continue
+        counts.update(r.get("outcome") or r["status"] for r in rows if r["status"] != "success")
+    return counts
