@@ -129,3 +129,22 @@ def test_an_index_folder_that_cannot_be_written_keeps_the_index_in_memory(tmp_pa
     blocked.write_text("a file where the folder would be")
     index = TarIndex.load(str(tar), str(blocked / "index"))
     assert len(index) == 2 and "kept in memory only" in caplog.text
+
+
+def test_the_index_of_a_tar_that_moved_away_is_removed_when_its_new_one_is_written(tmp_path):
+    first, second = tmp_path / "a" / "00000.tar", tmp_path / "b" / "00000.tar"
+    for tar in (first, second):
+        tar.parent.mkdir()
+        write_webdataset_shard(tar, make_records(2))
+    folder = str(tmp_path / "index")
+    TarIndex.load(str(first), folder)
+    TarIndex.load(str(second), folder)  # two tars of one name: both indexes stay
+    def indexes_of(*tars):
+        return sorted(os.path.basename(index_file(folder, str(t))) for t in tars)
+
+    assert sorted(os.listdir(folder)) == indexes_of(first, second)
+    moved = tmp_path / "c" / "00000.tar"
+    moved.parent.mkdir()
+    first.rename(moved)
+    TarIndex.load(str(moved), folder)
+    assert sorted(os.listdir(folder)) == indexes_of(second, moved)

@@ -151,6 +151,23 @@ def index_file(folder: str, tar: str) -> str:
     return f"{folder.rstrip('/')}/{stem}-{digest}.parquet"
 
 
+def _forget_moved(fs, written: str) -> None:
+    """Remove the indexes beside `written` of tars of the same name that no longer exist (a
+    folder moved or copied is indexed under its new path: the old path's index would stay)."""
+    stem = posixpath.basename(written).rsplit("-", 1)[0]
+    for other in fs.glob(f"{fs._parent(written)}/{stem}-*.parquet"):
+        if posixpath.basename(other) == posixpath.basename(written):
+            continue
+        try:
+            with fs.open(other, "rb") as f:
+                metadata = pq.read_schema(f).metadata or {}
+            tar = json.loads(metadata.get(b"recaption_tar_index", b"{}")).get("tar")
+            if tar and not fsspec.core.url_to_fs(tar)[0].exists(fsspec.core.url_to_fs(tar)[1]):
+                fs.rm(other)
+        except (OSError, ValueError, pa.ArrowInvalid):
+            continue  # someone else's file, or one being written: left alone
+
+
 class TarIndex:
     """The members of one tar by key; `load` builds the index or reuses the stored one."""
 
@@ -197,4 +214,6 @@ class TarIndex:
                 pq.write_table(table, f)
         except OSError as exc:
             log.warning("the index of %s is kept in memory only: %s cannot be written (%s)", tar, path, exc)
+        else:
+            _forget_moved(fs, local)
         return cls(tar, table)
