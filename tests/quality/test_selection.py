@@ -130,7 +130,9 @@ def test_null_conditions_drop_rows_as_sql_does(output, tmp_path):
         ("re_clip_score > (select count(*) from read_csv('/etc/passwd'))", "disabled by configuration"),
         ("key in (select file from glob('/etc/*'))", "disabled by configuration"),
         ("(select count(*) from 'out/00000.parquet') > 0", "disabled by configuration"),
-        ("key", "Could not convert"),  # fails while evaluating, not while parsing
+        ("key", "a VARCHAR value, not a condition"),
+        ("re_clip_score", "a DOUBLE value, not a condition"),  # (kept nothing, silently, before)
+        ("re_clip_score > 25 and key::INT > 0", "Could not convert"),  # fails while evaluating
     ],
 )
 def test_bad_conditions_are_refused_in_one_line_naming_the_columns(output, tmp_path, where, says):

@@ -262,10 +262,37 @@ def test_bad_parameters_are_one_line_400s(client):
 def test_a_condition_is_one_expression_over_a_shards_rows_as_recap_filter_takes_it(client):
     for where in ["true) UNION ALL SELECT '00000', 0, 1 FROM rows WHERE (true",
                   "re_clip_score > (select avg(re_clip_score) from rows)",
-                  "true -- and the rest"]:
+                  "re_clip_score", "set_bit('0101', 1, 0)"]:  # (the last two: values, not conditions)
         answer = client.get("/api/rows", params={"where": where})
         assert answer.status_code == 400, (where, answer.text)
         assert "\n" not in answer.json()["error"]
+    # a trailing comment ends at its line, as in recap filter: it cannot swallow the rest of the query
+    commented = client.get("/api/rows", params={"where": "status = 'ok' -- the rest"})
+    plain = client.get("/api/rows", params={"where": "status = 'ok'"})
+    assert commented.status_code == 200 and commented.json()["matched"] == plain.json()["matched"] > 0
+
+
+def test_requests_another_sites_page_makes_are_refused(client):
+    """An <img> or fetch on any web page can point at 127.0.0.1 (its Host is ours): the browser
+    marks it cross-site, or sends that page's Origin."""
+    query = {"where": "status = 'ok'"}
+    for headers in [{"sec-fetch-site": "cross-site"}, {"sec-fetch-site": "same-site"},
+                    {"origin": "http://evil.example"}, {"origin": "null"}]:
+        answer = client.get("/api/rows", params=query, headers=headers)
+        assert answer.status_code == 403 and "another site" in answer.json()["error"], headers
+    for headers in [{}, {"sec-fetch-site": "same-origin"}, {"sec-fetch-site": "none"},
+                    {"origin": "http://127.0.0.1"}]:
+        assert client.get("/api/rows", params=query, headers=headers).status_code == 200, headers
+
+
+def test_a_runaway_condition_is_interrupted_in_one_line(client, monkeypatch):
+    import recaption.viewer.rows as rows
+
+    monkeypatch.setattr(rows, "QUERY_SECONDS", 0.5)
+    started = time.monotonic()
+    answer = client.get("/api/rows", params={"where": "(select count(*) from range(100000000000)) > 0"})
+    assert answer.status_code == 400 and "ran over 0.5 s and was stopped" in answer.json()["error"]
+    assert time.monotonic() - started < 30
 
 
 def test_a_page_past_any_output_is_an_empty_page(client):

@@ -101,8 +101,14 @@ def matching_rows(table: pa.Table, where: str, con=None, shard: str | None = Non
     con = con or connect()
     numbered = table.append_column(_ROW, pa.array(range(table.num_rows), pa.int64()))
     try:
-        relation = con.from_arrow(numbered).filter(where).project(f'"{_ROW}"')
-        kept = relation.fetch_arrow_table().column(_ROW)
+        rows = con.from_arrow(numbered)
+        kind = str(rows.project(f"({where}\n) AS kept").types[0])
+        if kind not in ("BOOLEAN", '"NULL"', "NULL"):
+            raise FilterExpressionError(
+                f"--where {where!r}: a {kind} value, not a condition; give one that is true or false, "
+                f"such as 're_clip_score > 25'; {_columns(table.column_names)}"
+            )
+        kept = rows.filter(where).project(f'"{_ROW}"').fetch_arrow_table().column(_ROW)
     except duckdb.Error as exc:
         where_shard = f" (shard {shard})" if shard else ""
         raise FilterExpressionError(

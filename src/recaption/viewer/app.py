@@ -57,6 +57,11 @@ class ReadOnly:
                                     headers={"Allow": "GET, HEAD", **SECURITY_HEADERS})
             await response(scope, receive, send)
             return
+        if _from_another_site(scope):
+            response = JSONResponse({"error": "recap view answers its own page only, not requests another "
+                                     "site's page makes"}, status_code=403, headers=SECURITY_HEADERS)
+            await response(scope, receive, send)
+            return
 
         async def with_headers(message):
             if message["type"] == "http.response.start":
@@ -67,6 +72,21 @@ class ReadOnly:
             await send(message)
 
         await self.app(scope, receive, with_headers)
+
+
+def _from_another_site(scope) -> bool:
+    """A request a page of another site made (an <img> or fetch pointing here: its Host is ours,
+    so the Host check passes): the browser says so in Sec-Fetch-Site, or in an Origin that is not
+    this server's. curl and the page's own requests send neither, or say same-origin / none."""
+    headers = {k.lower(): v for k, v in scope.get("headers", [])}
+    site = headers.get(b"sec-fetch-site", b"").decode("latin-1").lower()
+    if site in ("cross-site", "same-site"):
+        return True
+    origin = headers.get(b"origin")
+    if origin is None:
+        return False
+    host = headers.get(b"host", b"").decode("latin-1").lower()
+    return origin.decode("latin-1").lower().split("://", 1)[-1] != host  # ("null": an opaque origin)
 
 
 def _asset(name: str) -> bytes:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import re
 import shlex
+import threading
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -28,6 +29,10 @@ SHARD, ROW = "__shard", "__row"  # the shard a row is in, and its number in that
 CLIP_GAIN = "re_clip_score - org_clip_score"  # the sort that shows where the recaption wins or loses
 MAX_PER_PAGE = 200
 HISTOGRAM_BINS = 20
+# A query over the folder answers a click: one that runs longer (a runaway --where such as a
+# subquery over range(10^11)) is interrupted, and DuckDB works on two threads at most.
+QUERY_SECONDS = 15
+VIEW_DUCKDB = {"threads": 2, "memory_limit": "2GB"}
 _PLAIN_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 
@@ -142,7 +147,7 @@ class Rows:
             f"file_row_number AS {ROW} FROM read_parquet({files}, filename='__file', file_row_number=true, "
             "union_by_name=true)"
         )
-        for name, value in DUCKDB_CONFIG.items():
+        for name, value in {**VIEW_DUCKDB, **DUCKDB_CONFIG}.items():  # (the lock last)
             self._db.execute(f"SET {name} = {literal(value)}")
         self.total = self._count("true", [])
 
@@ -180,7 +185,8 @@ class Rows:
                 matching_rows(shard_rows, where)
             except ValueError as exc:
                 raise QueryError(str(exc)) from None
-            clauses.append(Clause("(" + where.replace("{", "{{").replace("}", "}}") + ")"))
+            closing = "\n)" if "--" in where else ")"  # (a trailing -- comment ends at the line)
+            clauses.append(Clause("(" + where.replace("{", "{{").replace("}", "}}") + closing))
         return clauses
 
     def where_text(self, query: Query) -> str:
@@ -200,17 +206,26 @@ class Rows:
         if unknown:
             raise QueryError(f"{what}: no column {unknown[0]!r} here; columns: {', '.join(allowed)}")
 
-    def _run(self, sql: str, params: list, cursor=None):
-        """The result of one statement, on its own cursor (requests run in threads) or `cursor`."""
+    def _run(self, sql: str, params: list, cursor=None, fetch=lambda result: result.fetchall()):
+        """`fetch` of one statement's result, on its own cursor (requests run in threads) or
+        `cursor`, interrupted after QUERY_SECONDS."""
         import duckdb
 
+        cursor = cursor or self._db.cursor()
+        timer = threading.Timer(QUERY_SECONDS, cursor.interrupt)
+        timer.start()
         try:
-            return (cursor or self._db.cursor()).execute(sql, params)
+            return fetch(cursor.execute(sql, params))
+        except duckdb.InterruptException:
+            raise QueryError(f"the query ran over {QUERY_SECONDS} s and was stopped; give a narrower "
+                             "condition") from None
         except duckdb.Error as exc:
             raise QueryError(one_line(exc)) from None
+        finally:
+            timer.cancel()
 
     def _count(self, condition: str, params: list) -> int:
-        return int(self._run(f"SELECT count(*) FROM rows WHERE {condition}", params).fetchone()[0])
+        return int(self._run(f"SELECT count(*) FROM rows WHERE {condition}", params, fetch=_first)[0])
 
     # -- answers ---------------------------------------------------------------------------------
 
@@ -233,7 +248,7 @@ class Rows:
         found = self._run(
             f"SELECT {SHARD}, {ROW}, {counted} FROM rows WHERE {condition} ORDER BY {order} LIMIT ? OFFSET ?",
             [*params, per_page, max(0, int(query.page)) * per_page],
-        ).fetchall()
+        )
         picked = [(shard, row) for shard, row, _ in found]
         rows = self.rows_at(picked)
         matched = int(found[0][2]) if found else (self._count(condition, params) if query.page else 0)
@@ -249,14 +264,13 @@ class Rows:
         for shard, numbers in by_shard.items():
             path = self.files[shard]
             marks = ", ".join("?" for _ in numbers)
-            result = self._run(
+            names, rows = self._run(
                 f"SELECT * EXCLUDE (file_row_number), file_row_number AS {ROW} "
                 f"FROM read_parquet({literal(path)}, file_row_number=true) "
                 f"WHERE file_row_number IN ({marks})",
-                numbers,
+                numbers, fetch=lambda result: ([d[0] for d in result.description], result.fetchall()),
             )
-            names = [d[0] for d in result.description]
-            for values in result.fetchall():
+            for values in rows:
                 row = dict(zip(names, values, strict=True))
                 found[(shard, row[ROW])] = {**_clean(row), SHARD: shard}
         return [found[(shard, int(row))] for shard, row in picked if (shard, int(row)) in found]
@@ -279,9 +293,10 @@ class Rows:
         cursor = self._db.cursor()
         # (as doubles, NaN and infinities as NULL: a NaN score would make every bin NaN)
         finite = ", ".join(f"CASE WHEN isfinite({c}::DOUBLE) THEN {c}::DOUBLE END AS {c}" for c in names)
-        self._run(f"CREATE TEMP TABLE kept AS SELECT {finite} FROM rows WHERE {condition}", params, cursor)
+        self._run(f"CREATE TEMP TABLE kept AS SELECT {finite} FROM rows WHERE {condition}", params, cursor,
+                  fetch=lambda result: None)
         ranges = ", ".join(f"min({c}), max({c}), count({c})" for c in names)
-        found = self._run(f"SELECT {ranges} FROM kept", [], cursor).fetchone()
+        found = self._run(f"SELECT {ranges} FROM kept", [], cursor, fetch=_first)
         result, selects = {}, []
         for i, column in enumerate(self.numbers):
             low, high, n = found[3 * i: 3 * i + 3]
@@ -298,7 +313,7 @@ class Rows:
                                     f"count(*) AS n FROM kept WHERE {name} IS NOT NULL GROUP BY b"))
         if selects:
             sql = " UNION ALL ".join(s for _, s in selects)
-            for column, b, n in self._run(sql, [], cursor).fetchall():
+            for column, b, n in self._run(sql, [], cursor):
                 result[column]["counts"][int(b)] = int(n)
         cursor.close()
         return result
@@ -306,13 +321,17 @@ class Rows:
     def statuses(self) -> dict[str, int]:
         if "status" not in self.columns:
             return {}
-        found = self._run("SELECT status, count(*) FROM rows GROUP BY status ORDER BY 2 DESC", []).fetchall()
+        found = self._run("SELECT status, count(*) FROM rows GROUP BY status ORDER BY 2 DESC", [])
         return {str(s): int(n) for s, n in found}
 
     def meta(self) -> dict:
         return {"output": self.out.url, "shards": self.names, "total": self.total, "columns": self.columns,
                 "captions": self.captions, "text": self.text, "flags": self.flags, "numbers": self.numbers,
                 "sorts": self.sorts, "statuses": self.statuses()}
+
+
+def _first(result):
+    return result.fetchone()
 
 
 def _clean(row: dict) -> dict:
