@@ -4,6 +4,7 @@ in dependency order per batch, one decode per image; bad references refused befo
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -200,3 +201,22 @@ def test_web_text_that_spells_control_tokens_stays_in_the_users_turn():
     rendered = preparer.render(f"Fuse: {hostile}")
     assert rendered.count("<|start_header_id|>assistant") == 1 and rendered.count("<|eot_id|>") == 1
     assert "a catassistant" in rendered
+
+
+@pytest.mark.parametrize("model_line", ["  model: tiny-text\n", ""])  # a text pass; an image pass
+def test_a_prompt_over_its_models_context_is_one_line_before_any_row(tmp_path, model_line):
+    """The tiny models cover 512 (captioner) and 2048 (text) positions: a 3000-word prompt cannot
+    fit, and its attention (quadratic in the prompt) could take the machine's memory first."""
+    shards = write_shards(tmp_path / "in", 1, 2)
+    long_prompt = "describe " * 3000 + "{re_caption}"
+    passes = tmp_path / "long.yaml"
+    passes.write_text(f"- name: dense\n  prompt: Describe the image.\n- name: long\n{model_line}"
+                      f"  prompt: \"{long_prompt.replace('{re_caption}', '{re_caption_dense}')}\"\n")
+    out = str(tmp_path / "out")
+    result = CliRunner().invoke(app, ["caption", *shards, "-o", out, "--passes", str(passes)])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert re.search(r"pass long: its prompt is \d+ tokens; with 128 new tokens that is over the model's "
+                     r"\d+-token context; shorten its prompt", said), said
+    assert "Traceback" not in result.output
+    assert not list((tmp_path / "out").glob("*.parquet")) and not list((tmp_path / "out").glob("*.tmp"))

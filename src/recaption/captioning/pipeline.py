@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from ..config import CaptionConfig, RunConfig
 from ..engines import make_engine, make_text_engines
 from ..engines.base import Engine
-from ..passes import CONDITIONAL, FLAGS, CaptionPass, Decoding
+from ..passes import CONDITIONAL, FLAGS, CaptionPass, Decoding, PassError
 from ..readers import Shard
 from ..readers.changes import input_change, input_provenance
 from ..samples.images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
@@ -268,6 +268,7 @@ class CaptionPipeline:
         try:
             for engine in owned:
                 engine.setup()
+            self._check_prompts_fit()
             while True:
                 waited = time.perf_counter()
                 item = next(items, None)
@@ -293,6 +294,17 @@ class CaptionPipeline:
             for engine in owned:
                 if engine.ready:
                     engine.teardown()
+
+    def _check_prompts_fit(self) -> None:
+        """Each pass's prompt (its placeholders empty) and new tokens within its model's context,
+        before any row: a prompt over it fails every row, and its attention can take the
+        machine's memory first."""
+        for p in self.passes:
+            engine = self.text_engines.get(p.name, self.captioner)
+            new_tokens = p.decoding(self.caption.max_new_tokens).max_new_tokens
+            why = engine.prompt_overflow(p.instruction("", {}), new_tokens)
+            if why:
+                raise PassError(f"pass {p.name}: {why}; shorten its prompt (or its max_new_tokens)")
 
     def _finish_item(self, item, work: Future, in_progress: dict, on_result) -> None:
         """Consume one stream item in order: open a shard, write a captioned batch, or close a shard."""

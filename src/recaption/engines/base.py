@@ -115,6 +115,20 @@ class Engine:
         """The given decoding, or the run's default: greedy, --max-new-tokens."""
         return decoding or Decoding(self.config.max_new_tokens)
 
+    def prompt_overflow(self, instruction: str, max_new_tokens: int) -> str | None:
+        """Why this instruction and `max_new_tokens` cannot fit the model's context (None: they
+        fit, or the engine cannot tell: a server checks its own)."""
+        return None
+
+
+def context_length(model_config) -> int | None:
+    """The most positions the model covers (its text model's, for a vision-language one)."""
+    for config in (model_config, getattr(model_config, "text_config", None)):
+        length = getattr(config, "max_position_embeddings", None)
+        if isinstance(length, int) and length > 0:
+            return length
+    return None
+
 
 def batch_rows(inputs) -> int:
     if isinstance(inputs, list):

@@ -16,7 +16,16 @@ from ..models.processors import load_processor
 from ..models.registry import ModelFamily, family_for
 from ..passes import Decoding
 from ..preprocess import FastClipPreprocessor, FastImageProcessor, FastQwenVLPreprocessor
-from .base import LOOP_RUN, ChatTextPreparer, Engine, Generation, Preparer, batch_rows, loop_end
+from .base import (
+    LOOP_RUN,
+    ChatTextPreparer,
+    Engine,
+    Generation,
+    Preparer,
+    batch_rows,
+    context_length,
+    loop_end,
+)
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +186,17 @@ class TransformersCaptioner(Engine):
                 self.preparer.render(caption_pass.instruction("an example caption"))
         self.batch_size = self.config.batch_size or auto_batch_size(model, self.device, self.config)
         self.ready = True
+
+    def prompt_overflow(self, instruction: str, max_new_tokens: int) -> str | None:
+        context = context_length(self.model.config)
+        if context is None:
+            return None
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        tokens = len(tokenizer(self.preparer.render(instruction), add_special_tokens=False).input_ids)
+        if tokens + max_new_tokens <= context:
+            return None
+        return (f"its prompt is {tokens} tokens; with {max_new_tokens} new tokens that is over the model's "
+                f"{context}-token context")
 
     def _bind_tokens(self, model, tokenizer, encoder_decoder: bool) -> None:
         """Padding side, pad token and the ids that end an answer, from the model and tokenizer.
