@@ -268,6 +268,12 @@ def test_a_read_only_or_full_output_is_one_line_for_every_command(
     for name, args in commands.items():
         line = one_error_line(recap(*args), f"cannot write to {out}", says)
         assert "Traceback" not in line, name
+    files = tmp_path / "files"  # commands that write one file: its temporary beside it fails first
+    files.mkdir()
+    Unwritable(monkeypatch, files, err)
+    for args in (("stats", captions, "-o", files / "s.json"), ("report", captions, "-o", files / "r.html")):
+        line = one_error_line(recap(*args), f"cannot write to {files}", says)
+        assert "Traceback" not in line, args
     Unwritable(monkeypatch, captions, err)
     for args in (
         ("score", captions, "--clip-model", "tiny-clip"),

@@ -268,8 +268,15 @@ def _about_output(exc: OSError, root: str) -> bool:
     if exc.errno == errno.ENOENT and all(os.path.isdir(os.path.dirname(n)) for n in names):
         return False  # a file that is not there was read (a shard's parquet gone): not the disk's fault
     missing = not os.path.exists(here)
-    return any(n == here or _inside(n, here) or (missing and _inside(here, n) and not os.path.exists(n))
+    return any(n == here or _inside(n, here) or _temporary_of(n, here)
+               or (missing and _inside(here, n) and not os.path.exists(n))
                or (missing and n == _existing_parent(here)) for n in names)
+
+
+def _temporary_of(name: str, path: str) -> bool:
+    """`name` is a temporary of the file `path` (written beside it, then renamed onto it)."""
+    return (name.startswith(path + ".") and is_temporary(name)
+            and os.path.dirname(name) == os.path.dirname(path))
 
 
 def _existing_parent(path: str) -> str:
