@@ -229,6 +229,24 @@ def test_resuming_with_other_data_settings_is_one_line(tmp_path):
     assert "\n" not in message and "batch-size: 8 then, 4 now" in message
 
 
+def test_the_same_data_named_another_way_resumes_and_other_data_is_named(tmp_path, monkeypatch):
+    from recaption.shapes import write_shapes_shards
+    from recaption.training.clip_train import ClipTrainConfig, train_clip
+
+    write_shapes_shards(tmp_path / "data", 40, seed=1, shard_size=20)
+    write_shapes_shards(tmp_path / "other", 40, seed=2, shard_size=20)
+    (tmp_path / "elsewhere").mkdir()
+    options = dict(output=str(tmp_path / "out"), caption_field="description", recaption_field="description",
+                   steps=1, batch_size=8, width=32, layers=1, warmup=0, workers=0, device="cpu")  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    train_clip(ClipTrainConfig(data=["data"], **options))  # relative, from tmp_path
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    resumed = train_clip(ClipTrainConfig(data=["../data"], **{**options, "steps": 2}))  # the same shards
+    assert len(resumed["losses"]) == 1
+    with pytest.raises(TrainingInputError, match=r"shard 1 was /\S+/data/\S+, is /\S+/other/"):
+        train_clip(ClipTrainConfig(data=[str(tmp_path / "other")], **{**options, "steps": 3}))
+
+
 # ---- (d) caption output joined with its image shards ----
 
 

@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..samples.images import ImageDecodeError, decode_image
 from .inputs import TrainingInputError
-from .stream_sources import Record, StreamShard
+from .stream_sources import Record, StreamShard, absolute
 
 log = logging.getLogger(__name__)
 
@@ -327,6 +327,14 @@ def checkpoint_state(batches: StreamBatches, ranks) -> dict:
     return {"settings": batches.stream.settings(), "positions": [g["position"].tolist() for g in gathered]}
 
 
+def _other_shards(then: list, now: list) -> str:
+    """How the shards differ, naming the first one that does."""
+    if len(then) != len(now):
+        return f"{len(then)} shards then, {len(now)} now"
+    first = next(i for i, (a, b) in enumerate(zip(then, now, strict=True)) if a != b)
+    return f"shard {first + 1} was {then[first]}, is {now[first]}"
+
+
 def resumed_position(saved: dict | None, stream: TrainingStream, rank: int) -> Position | None:
     """This rank's position from a checkpoint's `stream` state; None (from the start) for a
     checkpoint written before training streamed."""
@@ -334,12 +342,14 @@ def resumed_position(saved: dict | None, stream: TrainingStream, rank: int) -> P
         log.warning("checkpoint without a data position (from before training streamed): data from the start")
         return None
     then, now = saved["settings"], stream.settings()
+    if isinstance(then.get("shards"), list):  # older checkpoints: paths as typed (relative to here)
+        then = {**then, "shards": [absolute(str(label)) for label in then["shards"]]}
     changed = []
     for key in now:
         if then.get(key) == now[key]:
             continue
         if key == "shards":
-            changed.append(f"other shards ({len(then.get(key) or [])} then, {len(now[key])} now)")
+            changed.append(_other_shards(then.get(key) or [], now[key]))
         elif key == "samples":
             changed.append("other shard sizes")
         else:

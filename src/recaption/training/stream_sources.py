@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import posixpath
 from collections import Counter
 from collections.abc import Iterator
@@ -52,6 +53,11 @@ class Record:
     more: dict | None = None  # a caption mix's other columns (--mix), by column
 
 
+def absolute(place: str) -> str:
+    """A local path made absolute and normal (`../data/x.tar` -> `/work/data/x.tar`); a URL as it is."""
+    return place if "://" in place else os.path.abspath(place)
+
+
 @dataclass(frozen=True)
 class StreamShard:
     """One unit of the stream: an input shard (or an interleaved part of one, when there are
@@ -69,7 +75,9 @@ class StreamShard:
 
     @property
     def label(self) -> str:
-        where = f"{self.rows.rstrip('/')}/{self.name}.parquet" if self.rows else self.shard.source
+        """Where the samples come from, absolute (a checkpoint records it: resuming from another
+        folder, or naming the data another way, is the same data)."""
+        where = absolute(f"{self.rows.rstrip('/')}/{self.name}.parquet" if self.rows else self.shard.source)
         return where if self.parts == 1 else f"{where} (part {self.part + 1} of {self.parts})"
 
     @property
