@@ -29,14 +29,15 @@ _AUTH_HEADER = re.compile(
     r"(?i)(?P<name>\b(?:proxy-)?authorization\b[\"']?\s*[:=]\s*[\"']?)(?P<value>[^\"'\r\n,}]+)"
 )
 _SCHEME_CREDENTIALS = re.compile(r"(?i)(?P<name>\b(?:bearer|basic)\s+)(?P<value>[A-Za-z0-9._~+/=\-]{4,})")
-# api_key=..., "api_key": "...", x-api-key: ..., ?key=..., &sig=... (signed URLs)
+# api_key=..., "api_key": "...", x-api-key: ..., ?key=..., &sig=... (signed URLs); not a path's last
+# part (`/etc/passwd: not a tar` is a message about a file)
 _SECRET_NAMES = (
     r"(?:x-)?api[_-]?key|apikey|access[_-]?token|auth[_-]?token|refresh[_-]?token|id[_-]?token"
     r"|client[_-]?secret|secret[_-]?key|secret|password|passwd|x-amz-signature|x-amz-credential"
     r"|x-amz-security-token|x-goog-signature|x-goog-credential"
 )
 _KEY_VALUE = re.compile(
-    rf"(?i)(?P<name>(?<![\w-])[\"']?(?:{_SECRET_NAMES})[\"']?\s*[:=]\s*[\"']?)(?P<value>[^\s\"'&,;}}#<>]+)"
+    rf"(?i)(?P<name>(?<![\w/-])[\"']?(?:{_SECRET_NAMES})[\"']?\s*[:=]\s*[\"']?)(?P<value>[^\s\"'&,;}}#<>]+)"
 )
 _QUERY_VALUE = re.compile(r"(?i)(?P<name>[?&;](?:key|token|sig|signature|code)=)(?P<value>[^\s\"'&;#<>]+)")
 # Token formats that are secrets wherever they appear.

@@ -236,6 +236,9 @@ def test_redact_masks_every_kind_of_secret():
     assert "http://***@host/v1: HTTP 400" in masked
     assert masked.endswith("max_tokens=32 token limit; rating: 4"), "ordinary text is left alone"
     assert redact(None) is None and redact("no secrets here") == "no secrets here"
+    # a file named like a secret is a path in a message, not a credential
+    assert redact("--images /etc/passwd: not a .tar file") == "--images /etc/passwd: not a .tar file"
+    assert redact("password: hunter22") == "password: ***"
 
 
 @needs_netns

@@ -253,7 +253,8 @@ def test_bad_parameters_are_one_line_400s(client):
                          ({"where": "read_csv('/etc/passwd') is not null"}, ""),
                          ({"where": "true; select 1"}, "';' is not allowed"),
                          ({"order": "up"}, "asc or desc"), ({"min.org_length": "nan"}, "finite"),
-                         ({"max.re_length": "1e400"}, "finite")]:
+                         ({"max.re_length": "1e400"}, "finite"), ({"in": 'key"'}, "search in: no column"),
+                         ({"in": "re_clip_score", "q": "x"}, "search in: no column")]:
         answer = client.get("/api/rows", params=params)
         assert answer.status_code == 400, params
         assert says in answer.json()["error"] and "\n" not in answer.json()["error"]

@@ -156,9 +156,9 @@ class Rows:
     def clauses(self, query: Query) -> list[Clause]:
         """The conditions of a query, each a Clause; QueryError for a column the files lack."""
         clauses = []
+        self._known(query.search_in, self.text, "search in")  # (checked with or without a search)
         if query.search.strip():
             columns = query.search_in or self.captions
-            self._known(columns, self.text, "search in")
             needle = query.search.strip().lower()
             parts = [f"contains(lower({identifier(c)}), {{}})" for c in columns]
             clauses.append(Clause("(" + " or ".join(parts) + ")" if len(parts) > 1 else parts[0],
