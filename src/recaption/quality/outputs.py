@@ -120,7 +120,10 @@ def read_output(out: OutputDir, name: str, columns: list[str] | None = None, *,
             if present_only and columns is not None:
                 names = pq.read_schema(f).names
                 columns = [c for c in columns if c in names]
-            return pq.read_table(f, columns=columns)
+            # One thread: pyarrow's pool, after reads through a Python file object, could abort the
+            # process as it exited (exit 134, "terminate called without an active exception",
+            # apache/arrow#34314; 1 run in ~15 of `recap report` on a broken shard, 0 in 40 now).
+            return pq.read_table(f, columns=columns, use_threads=False)
     except (OSError, pa.ArrowInvalid) as exc:
         said = " ".join(str(exc).split())[:200] or type(exc).__name__
         raise BrokenShardError(
