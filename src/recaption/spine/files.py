@@ -73,16 +73,3 @@ def read_input(url: str | os.PathLike, limit: int | None = None) -> bytes:
         return f.read() if limit is None else f.read(limit + 1)
 
 
-def check_regular(url: str) -> None:
-    """NotRegularFile for a local name that exists and is not a regular file (no open at all):
-    for files a library opens itself by name."""
-    path = local_path(url)
-    if path is not None:
-        try:
-            mode = os.stat(path).st_mode
-        except OSError:
-            return  # missing or unreadable: the open that follows says so
-        if not stat.S_ISREG(mode):
-            raise NotRegularFile(f"{path} is {kind_of(mode)}, not a file; name a regular file")
-
-
