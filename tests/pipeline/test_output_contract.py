@@ -453,6 +453,18 @@ def test_a_broken_shard_fails_alone_in_filter_and_score_and_is_one_line_in_stats
         scored.output
     )
     one_error_line(recap("stats", out), "shard 00001 is marked finished but its parquet cannot be read")
+    # another valid parquet put in its place: the same, for every command, never a KeyError
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"foo": [1, 2], "bar": ["a", "b"]}), out / "00001.parquet")
+    for args in (("stats", out), ("stats", out, "--json"), ("report", out, "-o", tmp_path / "r.html")):
+        one_error_line(recap(*args), "shard 00001 is marked finished but its parquet cannot be read",
+                       "no key or status column")
+    scored = recap("score", out, "--clip-model", "tiny-clip")
+    assert scored.exit_code == 1 and "no key or status column" in scored.output, scored.output
+    refiltered = recap("filter", out, "--where", "status = 'ok'", "-o", tmp_path / "kept2")
+    assert refiltered.exit_code == 1 and "00001: FAILED" in refiltered.output, refiltered.output
 
 
 def test_a_folder_of_another_command_is_no_caption_output(captioned, tmp_path):

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 import recaption
 from recaption.cli import app
 from recaption.readers import ColumnConfig, discover_shards, open_shard
-from recaption.readers.parquet import inside
+from recaption.readers.base import inside
 from recaption.samples.sample import READ_ERROR
 from recaption.samples.tars import member_key
 from recaption.spine.user_yaml import UserFileError, load_yaml

@@ -107,6 +107,9 @@ def recorded_sources(out: OutputDir, names: list[str]) -> list[str]:
     return list(dict.fromkeys(sources))
 
 
+ROW_IDENTITY = ("key", "status")  # every caption output row has them (filtered, scored, judged too)
+
+
 class BrokenShardError(RecaptionError, ValueError):
     """A finished shard's parquet is missing or unreadable (truncated, not parquet)."""
 
@@ -117,8 +120,11 @@ def read_output(out: OutputDir, name: str, columns: list[str] | None = None, *,
     BrokenShardError, naming the shard and the fix, when its file is gone or unreadable."""
     try:
         with out.fs.open(out.parquet(name), "rb") as f:
+            names = pq.read_schema(f).names
+            lacking = [c for c in ROW_IDENTITY if c not in names]
+            if lacking:  # another parquet put in its place: not rows of this toolkit's
+                raise pa.ArrowInvalid(f"no {' or '.join(lacking)} column: not caption output")
             if present_only and columns is not None:
-                names = pq.read_schema(f).names
                 columns = [c for c in columns if c in names]
             # One thread: pyarrow's pool, after reads through a Python file object, could abort the
             # process as it exited (exit 134, "terminate called without an active exception",

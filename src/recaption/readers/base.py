@@ -241,3 +241,19 @@ def is_local(fs) -> bool:
 def full_url(fs, path: str) -> str:
     """Local paths stay plain paths; remote ones get their protocol back."""
     return path if is_local(fs) else fs.unstrip_protocol(path)
+
+
+def inside(root: str, path: str, local: bool) -> bool:
+    """Whether `path` (after `..` and, for a local path, symlinks are resolved) is `root` or
+    lies under it: the one rule for files an input names (a parquet's image paths, a folder's
+    images and captions), so a link never reads a file from elsewhere."""
+    root, path = posixpath.normpath(root), posixpath.normpath(path)
+    if local:
+        root, path = os.path.realpath(root), os.path.realpath(path)
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def as_text(path: str) -> str:
+    """A file name as text every writer takes: bytes that are not UTF-8 (kept by the OS as lone
+    surrogates) become U+FFFD."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")

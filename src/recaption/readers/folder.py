@@ -5,18 +5,22 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ..samples.sample import Sample
+from ..samples.sample import READ_ERROR, Sample
 from .base import (
     DEFAULT_MAX_IMAGE_BYTES,
     Shard,
     UniqueKeys,
     UnreadableImage,
+    as_text,
     failed_sample,
     full_url,
+    inside,
+    is_local,
     listed_version,
     read_bounded,
     sha256_hex,
@@ -73,29 +77,64 @@ class FolderShard(Shard):
         return {"images": len(self.images), "sha256": digest}
 
     def __iter__(self) -> Iterator[Sample]:
-        unique = UniqueKeys(posixpath.relpath(_stem(f), self.root) for f in self.images)
+        unique = UniqueKeys(as_text(posixpath.relpath(_stem(f), self.root)) for f in self.images)
         for image in self.images:
-            key = unique(posixpath.relpath(_stem(image), self.root))
-            url = full_url(self.fs, image.path)
+            # (a name that is not UTF-8 is kept as text with U+FFFD: keys and URLs are written)
+            key = unique(as_text(posixpath.relpath(_stem(image), self.root)))
+            url = as_text(full_url(self.fs, image.path))
             caption = self._caption(_stem(image))
             try:
-                data = read_bounded(self.fs, image.path, self.max_image_bytes, image.size)
+                data = self._read(image)
             except UnreadableImage as problem:
                 yield failed_sample(key, url, caption, problem)
                 continue
             yield Sample(key=key, url=url, org_caption=caption, sha256=sha256_hex(data), image_bytes=data)
+
+    def _read(self, file: FolderFile) -> bytes:
+        """A file of the folder, never one a link leads to outside it (a folder someone sent
+        could otherwise copy /etc/passwd into the output)."""
+        if is_local(self.fs) and os.path.exists(file.path) and not inside(self.root, file.path, local=True):
+            raise UnreadableImage(READ_ERROR, f"{as_text(file.path)} links to a file outside "
+                                  f"{as_text(self.root)}: not read; copy the file into the folder")
+        return read_bounded(self.fs, file.path, self.max_image_bytes, file.size)
 
     def _caption(self, stem: str) -> str | None:
         sidecar = self.sidecars.get(stem)
         if sidecar is None:
             return None
         try:
-            data = read_bounded(self.fs, sidecar.path, self.max_image_bytes, sidecar.size)
+            data = self._read(sidecar)
         except UnreadableImage as problem:
-            log.warning("%s: caption not used: %s", self.source, problem)
+            log.warning("%s: caption not used: %s", as_text(self.source), problem)
             return None
-        return data.decode("utf-8", errors="replace").strip()
+        source, name = as_text(self.source), as_text(stem)
+        return sidecar_text(data, lambda why: log.warning("%s: caption of %s %s", source, name, why))
 
 
 def _stem(file: FolderFile) -> str:
     return posixpath.splitext(file.path)[0]
+
+
+MAX_CAPTION_CHARS = 20_000  # a sidecar is a caption: a 1 MB text file is not one
+
+
+def sidecar_text(data: bytes, warn) -> str | None:
+    """A sidecar's caption: UTF-8 (a BOM dropped), or UTF-16 with its BOM; anything else (latin-1,
+    binary) is not used, with a warning, rather than stored garbled. Capped at MAX_CAPTION_CHARS."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        encoding = "utf-16"
+    else:
+        encoding = "utf-8-sig"
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError:
+        warn(f"not used: not {encoding.upper().replace('-SIG', '')} text (save it as UTF-8)")
+        return None
+    if "\x00" in text:
+        warn("not used: it holds NUL characters, not text")
+        return None
+    text = text.strip()
+    if len(text) > MAX_CAPTION_CHARS:
+        warn(f"cut to its first {MAX_CAPTION_CHARS} of {len(text)} characters")
+        text = text[:MAX_CAPTION_CHARS]
+    return text

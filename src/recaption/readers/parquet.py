@@ -17,7 +17,6 @@ not a failed shard. http(s) URLs are not fetched here: `recap download` fetches 
 
 from __future__ import annotations
 
-import os
 import posixpath
 from collections.abc import Iterator
 
@@ -36,6 +35,7 @@ from .base import (
     failed_sample,
     file_fingerprint,
     full_url,
+    inside,
     is_local,
     read_bounded,
     sha256_hex,
@@ -265,12 +265,3 @@ def protocols_of(path: str) -> list[str]:
 
 def _protocols(fs) -> tuple[str, ...]:
     return fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-
-
-def inside(root: str, path: str, local: bool) -> bool:
-    """Whether `path` (after `..` and, for a local path, symlinks are resolved) is `root` or
-    lies under it."""
-    root, path = posixpath.normpath(root), posixpath.normpath(path)
-    if local:
-        root, path = os.path.realpath(root), os.path.realpath(path)
-    return path == root or path.startswith(root.rstrip("/") + "/")
