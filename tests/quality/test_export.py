@@ -327,3 +327,18 @@ def test_export_takes_any_pass_column_and_a_mix_over_several(tmp_path):
     with pytest.raises(CaptionChoiceError, match="has no text column re_caption_dense"):
         recaption.export(tmp_path / "out", tmp_path / "bad",
                          caption="mix:re_caption=0.5,re_caption_dense=0.5")
+
+
+def test_an_image_too_wide_for_the_format_is_said_so_and_png_takes_it(capfd):
+    from io import BytesIO
+
+    from PIL import Image
+
+    from recaption.steps.export import TOO_LARGE_FOR_FORMAT, exported_image
+
+    buf = BytesIO()
+    Image.new("RGB", (70000, 2), "white").save(buf, "PNG")
+    assert exported_image(buf.getvalue(), "jpg") == (None, TOO_LARGE_FOR_FORMAT)
+    assert exported_image(buf.getvalue(), "webp") == (None, TOO_LARGE_FOR_FORMAT)
+    assert exported_image(buf.getvalue(), "png")[1] == "png"
+    assert "Maximum supported image dimension" not in capfd.readouterr().err  # libjpeg never ran

@@ -74,7 +74,10 @@ DUPLICATE_KEY = "duplicate_key"  # a second row of the same key in one output sh
 # The image found under the key is not the one captioned (same_image): another image set with the
 # same keys.
 IMAGE_MISMATCH = "image_mismatch"
-REASONS = (STATUS_NOT_OK, NO_CAPTION, IMAGE_NOT_FOUND, UNREADABLE_IMAGE, DUPLICATE_KEY, IMAGE_MISMATCH)
+# Readable, but too large a side for --format (JPEG: 65,500 px; WebP: 16,383): png or keep export it.
+TOO_LARGE_FOR_FORMAT = "too_large_for_format"
+REASONS = (STATUS_NOT_OK, NO_CAPTION, IMAGE_NOT_FOUND, UNREADABLE_IMAGE, DUPLICATE_KEY, IMAGE_MISMATCH,
+           TOO_LARGE_FOR_FORMAT)
 
 
 # What `recap export` writes (the output contract): WebDataset tars whose markers record the
@@ -197,6 +200,7 @@ def image_extension(data: bytes | None) -> str | None:
 
 IMAGE_FORMATS = ("jpg", "png", "webp", "keep")
 _PIL_SAVE = {"jpg": ("JPEG", {"quality": 95}), "png": ("PNG", {}), "webp": ("WEBP", {"quality": 95})}
+_MAX_SIDE = {"jpg": 65500, "webp": 16383}  # checked first: libjpeg would also print to stderr
 _ORIENTATION = 0x0112  # EXIF tag: how the stored pixels must be turned to stand upright
 
 
@@ -204,7 +208,7 @@ def exported_image(data: bytes | None, format: str) -> tuple[bytes | None, str |
     """(bytes, extension) of an image as exported: `keep` its own bytes; otherwise `format`, with
     the EXIF orientation applied (the pixels stand as they were captioned, for readers that
     ignore EXIF). An image already in `format` and upright keeps its bytes. (None, None): not an
-    image Pillow can read."""
+    image Pillow can read; (None, TOO_LARGE_FOR_FORMAT): one `format` cannot hold."""
     ext = image_extension(data)
     if format == "keep" or ext is None:
         return data, ext
@@ -217,6 +221,8 @@ def exported_image(data: bytes | None, format: str) -> tuple[bytes | None, str |
                 if ext == format and img.getexif().get(_ORIENTATION, 1) == 1:
                     return data, ext
                 upright = ImageOps.exif_transpose(img)
+                if max(upright.size) > _MAX_SIDE.get(format, max(upright.size)):
+                    return None, TOO_LARGE_FOR_FORMAT
                 alpha = format != "jpg" and ("A" in upright.getbands() or "transparency" in upright.info)
                 upright = upright.convert("RGBA" if alpha else "RGB")
                 buffer = io.BytesIO()
@@ -431,8 +437,9 @@ def _export_shard(src: OutputDir, dest: OutputDir, name: str, choice: CaptionCho
                             reasons[IMAGE_MISMATCH] += 1
                             continue
                         image, ext = exported_image(sample.image_bytes, settings["format"])
-                        if ext is None:
-                            reasons[UNREADABLE_IMAGE] += 1
+                        if image is None or ext is None:
+                            too_large = ext == TOO_LARGE_FOR_FORMAT
+                            reasons[TOO_LARGE_FOR_FORMAT if too_large else UNREADABLE_IMAGE] += 1
                             continue
                         meta = json.dumps(_meta(row, sample.key, column), ensure_ascii=False)
                         writer.add(keys(sample.key), {
