@@ -216,6 +216,14 @@ def test_preferences_beside_the_papers_figures(scored, tmp_path):
     table = runner.invoke(app, ["stats", str(scored)], env={"COLUMNS": "200"})
     assert table.exit_code == 0, table.output
     assert "75.00%" in table.output and "89.91%" in table.output and TINY_CLIP_WARNING in table.output
+    assert "not counted" not in table.output
+    # a shard left unfinished (no marker) is counted nowhere: the numbers say so
+    import shutil
+
+    shutil.copy(scored / "00000.parquet", scored / "00001.parquet")
+    table = runner.invoke(app, ["stats", str(scored)], env={"COLUMNS": "200"})
+    said = " ".join(table.output.split())
+    assert table.exit_code == 0 and "not counted: 1 shard with a parquet but no .done marker (00001)" in said
 
 
 def test_numbers_are_rounded_for_display(tmp_path):

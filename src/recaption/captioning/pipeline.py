@@ -145,7 +145,9 @@ def plan_shards(
         if change:
             return f"{change}; captioning what changed (unchanged images keep their rows)"
         failed_rows = _caption_errors(out, name) if run.retry_failed else 0
-        return f"{failed_rows} row(s) with caption_error (--retry-failed)" if failed_rows else None
+        if not failed_rows:
+            return None
+        return f"{failed_rows} row(s) with caption_error (--retry-failed): captioning them again"
 
     todo, done = plan(out, by_name, run_provenance(caption, run), added_later=CAPTION.added_later,
                       overwrite=run.overwrite, redo=redo)

@@ -101,8 +101,10 @@ def stats_cmd(
 
     from rich.markup import escape
 
+    from ..quality.outputs import unfinished_shards
     from ..quality.stats import PAPER, collect, comparison, count, fmt, pct, rounded
     from ..spine.contract import write_file_output
+    from ..spine.ledger import OutputDir
 
     stats = collect(output)  # NoOutputError: a user error
     summary = stats.summary(digits=None)  # exact; the JSON is rounded to 4 decimals, the table to 2
@@ -114,6 +116,11 @@ def stats_cmd(
         return
     console.print(f"[bold]recap stats: {output}[/bold]  {count(summary['shards'], 'shard')}, {count(summary['rows'], 'row')}: "
                   + ", ".join(f"{fmt(n)} {status}" for status, n in summary["status_counts"].items()))
+    unfinished = unfinished_shards(OutputDir(output))
+    if unfinished:
+        console.print(f"note: not counted: {count(len(unfinished), 'shard')} with a parquet but no .done marker "
+                      f"({escape(', '.join(unfinished[:5]))}{', ...' if len(unfinished) > 5 else ''}): unfinished; "
+                      "rerun the command that made them to finish them", soft_wrap=True)
     models = summary["models"]
     for use in models["captioner"]:
         console.print(f"captioner: [bold]{escape(str(use.get('model') or 'not recorded'))}[/bold], {use['decoding']}, prompt {escape(repr(use.get('prompt')))} "

@@ -75,6 +75,14 @@ class InputChangedError(RecaptionError, ValueError):
 CAPTION_OUTPUT = ("caption", "filter")  # the steps whose folders hold caption output
 
 
+def unfinished_shards(out: OutputDir) -> list[str]:
+    """Shards with a parquet but no marker (interrupted, or a marker deleted): counted nowhere,
+    so the numbers of an output say how many they leave out."""
+    done = set(out.done_names())
+    names = (p.rsplit("/", 1)[-1][: -len(".parquet")] for p in out.fs.glob(out.path("*.parquet")))
+    return sorted(n for n in names if n not in done and not n.startswith("."))
+
+
 def done_shards(out: OutputDir) -> list[str]:
     """Names of the finished shards in a `recap caption` output folder; an error if there are none,
     or if the folder's stamp says another command made it (a download's or an export's)."""

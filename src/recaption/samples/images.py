@@ -109,7 +109,7 @@ def decode_with_header(
     Animated images yield their first frame; EXIF orientation is applied.
     """
     if data is None:
-        raise ImageDecodeError(MISSING_IMAGE, "sample has no image member")
+        raise ImageDecodeError(MISSING_IMAGE, "the sample has no image (a null image cell, or no image file)")
     if len(data) == 0:
         raise ImageDecodeError(EMPTY_IMAGE, "image file is zero bytes")
     _allow_pixels(max_pixels)

@@ -284,7 +284,7 @@ def plan(out: OutputDir, names: Iterable[str], current: Mapping | Callable[[str]
         require_same_settings(out, name, settings, marker, added_later, only_current=only_current)
         reason = redo(name, marker) if redo else None
         if reason:
-            log.warning("%s: %s; doing it again", name, reason)
+            log.warning("%s: %s", name, reason)  # (the reason says what is done again)
             todo.append(name)
         else:
             done.append(name)
