@@ -29,15 +29,15 @@ _AUTH_HEADER = re.compile(
     r"(?i)(?P<name>\b(?:proxy-)?authorization\b[\"']?\s*[:=]\s*[\"']?)(?P<value>[^\"'\r\n,}]+)"
 )
 _SCHEME_CREDENTIALS = re.compile(r"(?i)(?P<name>\b(?:bearer|basic)\s+)(?P<value>[A-Za-z0-9._~+/=\-]{4,})")
-# api_key=..., "api_key": "...", x-api-key: ..., ?key=..., &sig=... (signed URLs); not a path's last
-# part (`/etc/passwd: not a tar` is a message about a file)
+# api_key=..., "api_key": "...", x-api-key: ..., ?key=..., &sig=... (signed URLs, tokens in a path);
+# but `/etc/passwd: not a tar` is a message about a file (`_key_value`)
 _SECRET_NAMES = (
     r"(?:x-)?api[_-]?key|apikey|access[_-]?token|auth[_-]?token|refresh[_-]?token|id[_-]?token"
     r"|client[_-]?secret|secret[_-]?key|secret|password|passwd|x-amz-signature|x-amz-credential"
     r"|x-amz-security-token|x-goog-signature|x-goog-credential"
 )
 _KEY_VALUE = re.compile(
-    rf"(?i)(?P<name>(?<![\w/-])[\"']?(?:{_SECRET_NAMES})[\"']?\s*[:=]\s*[\"']?)(?P<value>[^\s\"'&,;}}#<>]+)"
+    rf"(?i)(?P<name>(?<![\w-])[\"']?(?:{_SECRET_NAMES})[\"']?\s*[:=]\s*[\"']?)(?P<value>[^\s\"'&,;}}#<>]+)"
 )
 _QUERY_VALUE = re.compile(r"(?i)(?P<name>[?&;](?:key|token|sig|signature|code)=)(?P<value>[^\s\"'&;#<>]+)")
 # Token formats that are secrets wherever they appear.
@@ -57,7 +57,7 @@ def redact(text: str | None, secrets: Iterable[str | None] = ()) -> str | None:
     text = _USERINFO.sub(lambda m: m["scheme"] + MASK + "@", text)
     text = _AUTH_HEADER.sub(lambda m: m["name"] + MASK, text)
     text = _SCHEME_CREDENTIALS.sub(lambda m: m["name"] + MASK, text)
-    text = _KEY_VALUE.sub(lambda m: m["name"] + MASK, text)
+    text = _KEY_VALUE.sub(_key_value, text)
     text = _QUERY_VALUE.sub(lambda m: m["name"] + MASK, text)
     text = _TOKENS.sub(lambda m: (m["prefix"] or m["aws"]) + MASK, text)
     return text
@@ -135,3 +135,12 @@ def url_secrets(url: str | None) -> list[str]:
         pair = f"{unquote(username)}:{unquote(password or '')}".encode()
         forms.append(base64.b64encode(pair).decode("ascii"))
     return forms
+
+
+def _key_value(match: re.Match) -> str:
+    """The name with its value masked, unless it is a file named like a secret in a message (a
+    path's last part, then `: `): `/etc/passwd: not a tar` stays, `/x/password=...` does not."""
+    start = match.start()
+    after_path = start > 0 and match.string[start - 1] == "/"
+    ends_path = not match["name"].rstrip(" \"'").endswith("=")
+    return match.group(0) if after_path and ends_path else match["name"] + MASK

@@ -239,6 +239,8 @@ def test_redact_masks_every_kind_of_secret():
     # a file named like a secret is a path in a message, not a credential
     assert redact("--images /etc/passwd: not a .tar file") == "--images /etc/passwd: not a .tar file"
     assert redact("password: hunter22") == "password: ***"
+    assert "abcdef123456" not in redact("https://cdn.example.com/auth_token=abcdef123456/a.jpg")  # in a path
+    assert "hunter2secret" not in redact("GET /api/password=hunter2secret")
 
 
 @needs_netns

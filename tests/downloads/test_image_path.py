@@ -137,6 +137,8 @@ def test_a_resize_target_over_the_pixel_limit_is_that_rows_failure_before_any_al
         process_image(banner, None, config(image_size=512))
     assert caught.value.outcome == "too_many_pixels"
     assert process_image(banner, None, config(resize="border", image_size=512)).width == 512  # fits
+    cropped = process_image(banner, None, config(resize="center_crop", image_size=512))  # only the centre
+    assert (cropped.width, cropped.height) == (512, 512)
 
 
 def test_an_image_size_whose_square_is_over_the_pixel_limit_is_refused():

@@ -128,3 +128,8 @@ def test_an_unreadable_shard_is_skipped_with_a_warning_naming_it_and_the_others_
     assert "00009.parquet" in caplog.text and "truncated or corrupt tar" in caplog.text
     result = CliRunner().invoke(app, ["lookup", str(out), "uid-004", "--by", "uid"])
     assert result.exit_code == 0 and "its tar cannot be read" in result.output
+    (out / "00002.tar").unlink()  # no tar at all: no members, and nothing to warn about
+    (gone,), _ = recaption.lookup(out, ["uid-gone"], by="uid")
+    assert gone.members == []
+    result = CliRunner().invoke(app, ["lookup", str(out), "uid-gone", "--by", "uid"])
+    assert "none (not downloaded)" in " ".join(result.output.split())

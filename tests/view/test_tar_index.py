@@ -148,3 +148,15 @@ def test_the_index_of_a_tar_that_moved_away_is_removed_when_its_new_one_is_writt
     first.rename(moved)
     TarIndex.load(str(moved), folder)
     assert sorted(os.listdir(folder)) == indexes_of(second, moved)
+
+
+def test_members_with_non_ascii_names_are_read_from_a_pax_tar(tmp_path):
+    """Python writes PAX tars: the plain header keeps `caf?.jpg`, the PAX header the real name."""
+    tar = tmp_path / "00000.tar"
+    with tarfile.open(tar, "w") as archive:
+        for name, data in (("café.jpg", b"jpeg"), ("café.json", b'{"key": "caf\\u00e9"}')):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    index = TarIndex.load(str(tar), str(tmp_path / "index"))
+    assert sorted(m.read() for m in index.members("café")) == [b"jpeg", b'{"key": "caf\\u00e9"}']

@@ -78,7 +78,7 @@ def process_image(
             f"aspect ratio {max(width, height) / min(width, height):.2f} over {cfg.max_aspect_ratio}",
             digest,
         )
-    if cfg.resize != "none":
+    if cfg.resize == "keep_ratio":  # (border and center_crop make image_size^2: checked in the config)
         target = target_size(cfg.resize, cfg.image_size, width, height)
         if target[0] * target[1] > cfg.max_pixels:  # a 100000x2 banner at keep_ratio: 10^10 pixels
             raise ProcessError(
@@ -147,12 +147,18 @@ def resize(image: Image.Image, mode: str, size: int, resample: Image.Resampling 
     if mode == "none":
         return image
     target = target_size(mode, size, *(source_size or image.size))
+    if mode == "center_crop":
+        # Only the centre square is resized (Pillow's `box`), never the whole image at the
+        # target's scale (a 100000x2 banner would be 25,600,000x512 pixels before the crop).
+        left, top = (target[0] - size) // 2, (target[1] - size) // 2
+        if image.size == target:
+            return image.crop((left, top, left + size, top + size))
+        sx, sy = image.width / target[0], image.height / target[1]
+        box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+        return image.resize((size, size), resample, box=box, reducing_gap=3.0)
     resized = image if image.size == target else image.resize(target, resample, reducing_gap=3.0)
     if mode == "border":
         return ImageOps.pad(resized, (size, size), color=(255, 255, 255))
-    if mode == "center_crop":
-        left, top = (resized.width - size) // 2, (resized.height - size) // 2
-        return resized.crop((left, top, left + size, top + size))
     return resized  # keep_ratio
 
 

@@ -68,9 +68,13 @@ def lookup(folder: str, values: list[str], by: str = "key") -> tuple[list[Found]
             continue
         had_column = True
         if matched.num_rows:
-            index = _index(out, name)
+            has_tar = out.fs.exists(out.path(f"{name}.tar"))
+            index = _index(out, name) if has_tar else None  # (a tar that cannot be read: warned)
             for row in matched.to_pylist():
-                members = index.members(str(row.get("key"))) if index is not None else None
+                if index is not None:
+                    members = index.members(str(row.get("key")))
+                else:  # no tar at all: no members; an unreadable one: unknown
+                    members = None if has_tar else []
                 found.append(Found(row.pop(_MATCHED), name, row, members))
     if len(unreadable) == len(shards):
         more = f" (and {len(unreadable) - 1} more)" if len(unreadable) > 1 else ""

@@ -66,8 +66,11 @@ class Member:
             info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
         except tarfile.TarError:  # bad checksum, empty block: not a header at all
             return False
-        named = normalise_member_name(info.name)  # ustar keeps 100 bytes of a longer name
-        return info.size == self.size and (named == self.name or self.name.startswith(named[:90]))
+        # The plain header keeps at most 100 bytes of a longer name, and in a PAX tar (Python's
+        # default) a non-ASCII name as ASCII with `?` (the full name is in the PAX header before).
+        named = normalise_member_name(info.name)
+        spellings = {self.name, self.name.encode("ascii", "replace").decode("ascii")}
+        return info.size == self.size and any(n == named or n.startswith(named[:90]) for n in spellings)
 
 
 def fingerprint(tar: str) -> dict:

@@ -14,6 +14,8 @@ import math
 import re
 import shlex
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -149,6 +151,7 @@ class Rows:
         )
         for name, value in {**VIEW_DUCKDB, **DUCKDB_CONFIG}.items():  # (the lock last)
             self._db.execute(f"SET {name} = {literal(value)}")
+        self._check_db = duckdb.connect(":memory:", config={**VIEW_DUCKDB, **DUCKDB_CONFIG})
         self.total = self._count("true", [])
 
     # -- the filter ---------------------------------------------------------------------------------
@@ -177,17 +180,24 @@ class Rows:
             if high is not None:
                 clauses.append(Clause(f"{identifier(column)} <= {{}}", [high]))
         if query.where.strip():
-            try:
-                where = check_where(query.where, self.columns)
-                # As `recap filter` evaluates it: one expression over one shard's rows (no
-                # closing parenthesis to step out of the page's query, no other table).
-                shard_rows = pa.schema([f for f in self.schema if f.name in self.columns]).empty_table()
-                matching_rows(shard_rows, where)
-            except ValueError as exc:
-                raise QueryError(str(exc)) from None
+            where = self._checked_where(query.where)
             closing = "\n)" if "--" in where else ")"  # (a trailing -- comment ends at the line)
             clauses.append(Clause("(" + where.replace("{", "{{").replace("}", "}}") + closing))
         return clauses
+
+    def _checked_where(self, where: str) -> str:
+        """The condition as `recap filter` evaluates it: one expression over one shard's rows (no
+        closing parenthesis to step out of the page's query, no other table), checked on this
+        view's own bounded connection (a subquery that ignores the rows still runs in full)."""
+        shard_rows = pa.schema([f for f in self.schema if f.name in self.columns]).empty_table()
+        cursor = self._check_db.cursor()  # no `rows` table there: as recap filter sees one shard
+        with _interrupted_after(cursor) as stopped:
+            try:
+                where = check_where(where, self.columns)
+                matching_rows(shard_rows, where, con=cursor)
+            except ValueError as exc:
+                raise QueryError(_too_long() if stopped.is_set() else str(exc)) from None
+        return where
 
     def where_text(self, query: Query) -> str:
         """The condition `recap filter --where` takes to keep exactly these rows."""
@@ -212,17 +222,13 @@ class Rows:
         import duckdb
 
         cursor = cursor or self._db.cursor()
-        timer = threading.Timer(QUERY_SECONDS, cursor.interrupt)
-        timer.start()
-        try:
-            return fetch(cursor.execute(sql, params))
-        except duckdb.InterruptException:
-            raise QueryError(f"the query ran over {QUERY_SECONDS} s and was stopped; give a narrower "
-                             "condition") from None
-        except duckdb.Error as exc:
-            raise QueryError(one_line(exc)) from None
-        finally:
-            timer.cancel()
+        with _interrupted_after(cursor):
+            try:
+                return fetch(cursor.execute(sql, params))
+            except duckdb.InterruptException:
+                raise QueryError(_too_long()) from None
+            except duckdb.Error as exc:
+                raise QueryError(one_line(exc)) from None
 
     def _count(self, condition: str, params: list) -> int:
         return int(self._run(f"SELECT count(*) FROM rows WHERE {condition}", params, fetch=_first)[0])
@@ -328,6 +334,27 @@ class Rows:
         return {"output": self.out.url, "shards": self.names, "total": self.total, "columns": self.columns,
                 "captions": self.captions, "text": self.text, "flags": self.flags, "numbers": self.numbers,
                 "sorts": self.sorts, "statuses": self.statuses()}
+
+
+@contextmanager
+def _interrupted_after(cursor) -> Iterator[threading.Event]:
+    """The block's DuckDB work on `cursor`, interrupted after QUERY_SECONDS (the event says so)."""
+    stopped = threading.Event()
+
+    def stop() -> None:
+        stopped.set()
+        cursor.interrupt()
+
+    timer = threading.Timer(QUERY_SECONDS, stop)
+    timer.start()
+    try:
+        yield stopped
+    finally:
+        timer.cancel()
+
+
+def _too_long() -> str:
+    return f"the query ran over {QUERY_SECONDS} s and was stopped; give a narrower condition"
 
 
 def _first(result):
