@@ -73,7 +73,46 @@ def check_where(where: str, columns: list[str]) -> str:
         raise FilterExpressionError(
             f"--where {where!r}: ';' is not allowed, give one SQL condition; {_columns(columns)}"
         )
+    refused = _refused_parts(where)
+    if refused:
+        raise FilterExpressionError(
+            f"--where {where!r}: {refused} is not taken in a condition: give one over the row's own columns; "
+            f"{_columns(columns)}"
+        )
     return where.strip()
+
+
+# Functions that build a value as large as their arguments say (`len(range(0, 3e8))` took 15 GB in
+# one call, before any time bound could stop it): a row's condition has no use for them.
+_BUILDERS = {"range", "generate_series", "repeat", "lpad", "rpad", "list_resize", "array_resize",
+             "printf", "format", "bar", "unnest", "list_repeat"}
+
+
+def _refused_parts(where: str) -> str | None:
+    """What in the condition is refused (None: nothing): a subquery (it reads beyond the row, and
+    a table function there can run for ever) or a function of _BUILDERS. Judged on DuckDB's own
+    parse tree; a condition it cannot parse is left to the evaluation's one-line error."""
+    con = connect()
+    try:
+        parsed = con.execute("SELECT json_serialize_sql(?)", [f"SELECT ({where}\n) FROM t"]).fetchone()[0]
+        tree = json.loads(parsed)
+    except Exception:  # noqa: BLE001 - no parser at hand: the evaluation's rules still hold
+        return None
+    finally:
+        con.close()
+    found: list[str] = []
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if node.get("class") == "SUBQUERY":
+                found.append("a subquery")
+            elif node.get("class") == "FUNCTION" and str(node.get("function_name", "")).lower() in _BUILDERS:
+                found.append(f"{node['function_name']}()")
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found[0] if found else None
 
 
 def _columns(columns: list[str]) -> str:
