@@ -23,7 +23,6 @@ alt-text, for several seeds, and evaluated on held-out images against ground-tru
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import tempfile
@@ -38,6 +37,7 @@ from recaption.readers import discover_shards
 from recaption.shapes import write_shapes_shards
 from recaption.training.clip_train import ClipTrainConfig, train_clip
 from recaption.training.retrieval import evaluate
+from table3_shapes import CLIP_START, TEST_START, experiment_parser  # same splits (benchmarks/)
 
 SETTINGS = {  # --mix of each row
     "alt-text": "org_caption=1",
@@ -53,7 +53,6 @@ PASSES = [
     {"name": "short", "model": "shapes-rewriter", "prompt": "SHORT {re_caption}"},
     {"name": "fused", "model": "shapes-rewriter", "prompt": "FUSE {re_caption} ALT {caption}"},
 ]
-CLIP_START, TEST_START = 300_000, 900_000  # as table3_shapes.py
 
 
 class ShapesRewriter(Engine):
@@ -101,17 +100,8 @@ def caption_split(work: Path, images: int) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--clip-images", type=int, default=2000)
-    parser.add_argument("--test-images", type=int, default=500)
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--width", type=int, default=64)
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
-    parser.add_argument("--work", default=None, help="keep intermediate files here")
-    parser.add_argument("--json", default=None, help="also write the results here")
-    args = parser.parse_args()
+    args = experiment_parser(__doc__.split("\n")[0], SETTINGS, clip_images=2000, test_images=500,
+                             steps=200).parse_args()
 
     work = Path(args.work or tempfile.mkdtemp(prefix="formats-"))
     started = time.time()

@@ -55,18 +55,26 @@ SETTINGS = {  # ClipTrainConfig options of each row
 CLIP_START, TEST_START = 300_000, 900_000  # sample-index ranges of the splits (captioner split: 1,000,000+)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--captioner", default="tiny", help="captioner model (default: the built-in one)")
-    parser.add_argument("--clip-images", type=int, default=4000)
-    parser.add_argument("--test-images", type=int, default=1000)
-    parser.add_argument("--steps", type=int, default=600)
+def experiment_parser(description: str, settings, clip_images: int, test_images: int,
+                      steps: int) -> argparse.ArgumentParser:
+    """The options of a shapes-world CLIP experiment (this one, formats_shapes.py)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--clip-images", type=int, default=clip_images)
+    parser.add_argument("--test-images", type=int, default=test_images)
+    parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--settings", nargs="+", default=list(settings), choices=list(settings))
     parser.add_argument("--work", default=None, help="keep intermediate files here")
     parser.add_argument("--json", default=None, help="also write the results here")
+    return parser
+
+
+def main() -> None:
+    parser = experiment_parser(__doc__.split("\n")[0], SETTINGS, clip_images=4000, test_images=1000,
+                               steps=600)
+    parser.add_argument("--captioner", default="tiny", help="captioner model (default: the built-in one)")
     args = parser.parse_args()
 
     work = Path(args.work or tempfile.mkdtemp(prefix="table3-"))

@@ -142,5 +142,5 @@ def _key_value(match: re.Match) -> str:
     path's last part, then `: `): `/etc/passwd: not a tar` stays, `/x/password=...` does not."""
     start = match.start()
     after_path = start > 0 and match.string[start - 1] == "/"
-    ends_path = not match["name"].rstrip(" \"'").endswith("=")
-    return match.group(0) if after_path and ends_path else match["name"] + MASK
+    then_colon = not match["name"].rstrip(" \"'").endswith("=")
+    return match.group(0) if after_path and then_colon else match["name"] + MASK

@@ -259,10 +259,16 @@ class _StandInVLLM:
             return outputs
 
 
-def test_vllm_adapter_against_stand_in_matches_transformers_engine(tmp_path, monkeypatch, captioner):
+
+def _install_stand_in_vllm(monkeypatch, llm) -> None:
+    """`import vllm` gives the stand-in: `llm` as vllm.LLM, its SamplingParams."""
     module = types.ModuleType("vllm")
-    module.LLM, module.SamplingParams = _StandInVLLM.LLM, _StandInVLLM.SamplingParams
+    module.LLM, module.SamplingParams = llm, _StandInVLLM.SamplingParams
     monkeypatch.setitem(sys.modules, "vllm", module)
+
+
+def test_vllm_adapter_against_stand_in_matches_transformers_engine(tmp_path, monkeypatch, captioner):
+    _install_stand_in_vllm(monkeypatch, _StandInVLLM.LLM)
     shards = write_shards(tmp_path / "in", n_shards=1, per_shard=5)
     caption_with(captioner, shards, tmp_path / "hf")
     vllm_cfg = CaptionConfig(model="tiny", max_new_tokens=captioner.config.max_new_tokens,
@@ -288,9 +294,7 @@ def test_vllm_engine_that_cannot_load_the_model_says_so_in_one_line(monkeypatch,
         def __init__(self, model, **_):
             raise ValueError("The model's max seq len (4096) is larger than the KV cache\nmore")
 
-    module = types.ModuleType("vllm")
-    module.LLM, module.SamplingParams = RefusingLLM, _StandInVLLM.SamplingParams
-    monkeypatch.setitem(sys.modules, "vllm", module)
+    _install_stand_in_vllm(monkeypatch, RefusingLLM)
     from recaption.engines.vllm_engine import VLLMCaptioner
     from recaption.models.loading import ModelError
 
@@ -505,9 +509,7 @@ class _StandInTextVLLM:
 
 
 def test_a_text_only_pass_on_vllm_matches_transformers(tmp_path, monkeypatch, captioner):
-    module = types.ModuleType("vllm")
-    module.LLM, module.SamplingParams = _StandInTextVLLM.LLM, _StandInVLLM.SamplingParams
-    monkeypatch.setitem(sys.modules, "vllm", module)
+    _install_stand_in_vllm(monkeypatch, _StandInTextVLLM.LLM)
     shards = write_shards(tmp_path / "in", n_shards=1, per_shard=2)
     fused = {"name": "fused", "model": "tiny-text", "prompt": "Fuse {re_caption} with {caption}",
              "max_new_tokens": 6}

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from recaption.cli import app
 from recaption.readers import discover_shards
-from recaption.readers.folder import MAX_CAPTION_CHARS
+from recaption.samples.sample import MAX_CAPTION_CHARS
 
 from ..conftest import image_bytes
 
@@ -68,3 +68,19 @@ def test_sidecars_in_other_encodings_are_read_right_or_not_used_with_a_warning(t
     assert got["latin1"] is None and "caption of" in caplog.text and "not UTF-8 text" in caplog.text
     assert got["binary"] is None and "NUL characters" in caplog.text
     assert len(got["long"]) == MAX_CAPTION_CHARS and f"first {MAX_CAPTION_CHARS} of" in caplog.text
+
+
+def test_a_tars_txt_caption_is_read_by_the_same_rule_as_a_sidecar(tmp_path, caplog):
+    import io
+    import tarfile
+
+    tar = tmp_path / "00000.tar"
+    with tarfile.open(tar, "w") as archive:
+        for key, text in (("a", "\ufeffa cat\n".encode()), ("b", "café".encode("latin-1"))):
+            for ext, data in (("jpg", image_bytes(seed=len(key))), ("txt", text)):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+    with caplog.at_level(logging.WARNING):
+        got = {s.key: s.org_caption for shard in discover_shards([str(tar)]) for s in shard}
+    assert got == {"a": "a cat", "b": None} and "b.txt not used: not UTF-8 text" in caplog.text

@@ -251,9 +251,3 @@ def inside(root: str, path: str, local: bool) -> bool:
     if local:
         root, path = os.path.realpath(root), os.path.realpath(path)
     return path == root or path.startswith(root.rstrip("/") + "/")
-
-
-def as_text(path: str) -> str:
-    """A file name as text every writer takes: bytes that are not UTF-8 (kept by the OS as lone
-    surrogates) become U+FFFD."""
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")

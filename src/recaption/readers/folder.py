@@ -10,13 +10,12 @@ import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ..samples.sample import READ_ERROR, Sample
+from ..samples.sample import READ_ERROR, Sample, as_text, caption_text
 from .base import (
     DEFAULT_MAX_IMAGE_BYTES,
     Shard,
     UniqueKeys,
     UnreadableImage,
-    as_text,
     failed_sample,
     full_url,
     inside,
@@ -108,33 +107,8 @@ class FolderShard(Shard):
             log.warning("%s: caption not used: %s", as_text(self.source), problem)
             return None
         source, name = as_text(self.source), as_text(stem)
-        return sidecar_text(data, lambda why: log.warning("%s: caption of %s %s", source, name, why))
+        return caption_text(data, lambda why: log.warning("%s: caption of %s %s", source, name, why))
 
 
 def _stem(file: FolderFile) -> str:
     return posixpath.splitext(file.path)[0]
-
-
-MAX_CAPTION_CHARS = 20_000  # a sidecar is a caption: a 1 MB text file is not one
-
-
-def sidecar_text(data: bytes, warn) -> str | None:
-    """A sidecar's caption: UTF-8 (a BOM dropped), or UTF-16 with its BOM; anything else (latin-1,
-    binary) is not used, with a warning, rather than stored garbled. Capped at MAX_CAPTION_CHARS."""
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        encoding = "utf-16"
-    else:
-        encoding = "utf-8-sig"
-    try:
-        text = data.decode(encoding)
-    except UnicodeDecodeError:
-        warn(f"not used: not {encoding.upper().replace('-SIG', '')} text (save it as UTF-8)")
-        return None
-    if "\x00" in text:
-        warn("not used: it holds NUL characters, not text")
-        return None
-    text = text.strip()
-    if len(text) > MAX_CAPTION_CHARS:
-        warn(f"cut to its first {MAX_CAPTION_CHARS} of {len(text)} characters")
-        text = text[:MAX_CAPTION_CHARS]
-    return text

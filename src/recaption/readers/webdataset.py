@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import posixpath
 import tarfile
 from collections import Counter
 from collections.abc import Iterator
 
-from ..samples.sample import MISSING_IMAGE, Sample, as_text
+from ..samples.sample import MISSING_IMAGE, Sample, as_text, caption_text
 from ..samples.tars import normalise_member_name, split_member_name
 from ..spine.files import open_input
 from .base import (
@@ -25,6 +26,8 @@ from .base import (
     too_large,
     unreadable_types_note,
 )
+
+log = logging.getLogger(__name__)
 
 
 def _has_end_of_archive(tar: tarfile.TarFile) -> bool:
@@ -159,8 +162,10 @@ class TarShard(Shard):
         """A caption field the user named wins; else img2dataset's {key}.txt; else json "caption"."""
         if self.columns.caption and meta.get(self.columns.caption) is not None:
             return as_text(meta[self.columns.caption])
-        if "txt" in parts:  # stripped, as a folder's .txt sidecar is
-            return self._read(tar, parts["txt"]).decode("utf-8", errors="replace").strip()
+        if "txt" in parts:  # read as a folder's .txt sidecar is
+            member = parts["txt"].name
+            return caption_text(self._read(tar, parts["txt"]),
+                                lambda why: log.warning("%s: caption %s %s", self.source, member, why))
         if meta.get("caption") is not None:
             return as_text(meta["caption"])
         return None

@@ -82,8 +82,34 @@ def as_text(value) -> str | None:
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
-            return value.encode("utf-8", errors="surrogatepass").decode("utf-8", errors="replace")
+            try:  # a file name's bytes that are not UTF-8, as the OS hands them over: one U+FFFD each
+                return value.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace")
+            except UnicodeEncodeError:
+                return value.encode("utf-8", errors="surrogatepass").decode("utf-8", errors="replace")
         return value
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value).decode("utf-8", errors="replace")
     return str(value)
+
+
+MAX_CAPTION_CHARS = 20_000  # a caption file is a caption: a 1 MB text file is not one
+
+
+def caption_text(data: bytes, warn) -> str | None:
+    """A caption file's text (a folder's `.txt` sidecar, a tar's `.txt` member): UTF-8 (a BOM
+    dropped) or UTF-16 with its BOM, stripped, capped at MAX_CAPTION_CHARS; anything else (latin-1,
+    binary) is not used, `warn(why)` says so, rather than stored garbled."""
+    encoding = "utf-16" if data.startswith((b"\xff\xfe", b"\xfe\xff")) else "utf-8-sig"
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError:
+        warn(f"not used: not {encoding.upper().replace('-SIG', '')} text (save it as UTF-8)")
+        return None
+    if "\x00" in text:
+        warn("not used: it holds NUL characters, not text")
+        return None
+    text = text.strip()
+    if len(text) > MAX_CAPTION_CHARS:
+        warn(f"cut to its first {MAX_CAPTION_CHARS} of {len(text)} characters")
+        text = text[:MAX_CAPTION_CHARS]
+    return text

@@ -165,7 +165,10 @@ def _forget_moved(fs, written: str) -> None:
             with fs.open(other, "rb") as f:
                 metadata = pq.read_schema(f).metadata or {}
             tar = json.loads(metadata.get(b"recaption_tar_index", b"{}")).get("tar")
-            if tar and not fsspec.core.url_to_fs(tar)[0].exists(fsspec.core.url_to_fs(tar)[1]):
+            if not tar:
+                continue
+            tar_fs, tar_path = fsspec.core.url_to_fs(tar)
+            if not tar_fs.exists(tar_path):
                 fs.rm(other)
         except (OSError, ValueError, pa.ArrowInvalid):
             continue  # someone else's file, or one being written: left alone

@@ -21,6 +21,7 @@ A rerun skips shards already filtered with the same condition from the same fold
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections import Counter
@@ -88,6 +89,7 @@ _BUILDERS = {"range", "generate_series", "repeat", "lpad", "rpad", "list_resize"
              "printf", "format", "bar", "unnest", "list_repeat"}
 
 
+@functools.lru_cache(maxsize=256)  # (a pure function of the text: filter checks it per shard)
 def _refused_parts(where: str) -> str | None:
     """What in the condition is refused (None: nothing): a subquery (it reads beyond the row, and
     a table function there can run for ever) or a function of _BUILDERS. Judged on DuckDB's own

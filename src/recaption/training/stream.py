@@ -47,8 +47,9 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..samples.images import ImageDecodeError, decode_image
+from ..spine.contract import location
 from .inputs import TrainingInputError
-from .stream_sources import Record, StreamShard, absolute
+from .stream_sources import Record, StreamShard
 
 log = logging.getLogger(__name__)
 
@@ -327,6 +328,12 @@ def checkpoint_state(batches: StreamBatches, ranks) -> dict:
     return {"settings": batches.stream.settings(), "positions": [g["position"].tolist() for g in gathered]}
 
 
+def _located(label: str) -> str:
+    """An older checkpoint's shard label as StreamShard.label writes it now (its place located)."""
+    place, part, rest = label.partition(" (part ")
+    return location(place) + part + rest
+
+
 def _other_shards(then: list, now: list) -> str:
     """How the shards differ, naming the first one that does."""
     if len(then) != len(now):
@@ -343,7 +350,7 @@ def resumed_position(saved: dict | None, stream: TrainingStream, rank: int) -> P
         return None
     then, now = saved["settings"], stream.settings()
     if isinstance(then.get("shards"), list):  # older checkpoints: paths as typed (relative to here)
-        then = {**then, "shards": [absolute(str(label)) for label in then["shards"]]}
+        then = {**then, "shards": [_located(str(label)) for label in then["shards"]]}
     changed = []
     for key in now:
         if then.get(key) == now[key]:

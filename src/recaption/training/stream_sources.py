@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import posixpath
 from collections import Counter
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ from pathlib import Path
 
 from ..readers import ColumnConfig, ShardError, discover_shards
 from ..readers.base import Shard
+from ..spine.contract import location
 from .captions import ORIGINAL, RECAPTION, is_caption_output, offered_captions, reader_fields
 from .inputs import TrainingInputError
 
@@ -51,11 +51,6 @@ class Record:
     re: str | None  # the recaption
     where: str  # the shard, for messages
     more: dict | None = None  # a caption mix's other columns (--mix), by column
-
-
-def absolute(place: str) -> str:
-    """A local path made absolute and normal (`../data/x.tar` -> `/work/data/x.tar`); a URL as it is."""
-    return place if "://" in place else os.path.abspath(place)
 
 
 @dataclass(frozen=True)
@@ -77,7 +72,7 @@ class StreamShard:
     def label(self) -> str:
         """Where the samples come from, absolute (a checkpoint records it: resuming from another
         folder, or naming the data another way, is the same data)."""
-        where = absolute(f"{self.rows.rstrip('/')}/{self.name}.parquet" if self.rows else self.shard.source)
+        where = location(f"{self.rows.rstrip('/')}/{self.name}.parquet" if self.rows else self.shard.source)
         return where if self.parts == 1 else f"{where} (part {self.part + 1} of {self.parts})"
 
     @property
