@@ -146,3 +146,68 @@ def test_an_image_size_whose_square_is_over_the_pixel_limit_is_refused():
         config(image_size=100_000)
     assert config(image_size=100_000, resize="none").image_size == 100_000  # not used
     assert config(image_size=20_000, max_pixels=400_000_000).image_size == 20_000
+
+
+def fast_path_calls(monkeypatch) -> list[tuple[int, int]]:
+    """The targets process_image handed to the GIL-free plain-JPEG path."""
+    from recaption.downloads import process
+
+    calls: list[tuple[int, int]] = []
+    real = process.resize_plain_jpeg
+
+    def spy(data, target, quality):
+        calls.append(target)
+        return real(data, target, quality)
+
+    monkeypatch.setattr(process, "resize_plain_jpeg", spy)
+    return calls
+
+
+def test_a_plain_jpeg_within_2x_takes_the_gil_free_path_at_img2datasets_filter(monkeypatch):
+    import cv2
+
+    calls = fast_path_calls(monkeypatch)
+    data = photo(640, 480)
+    stored = process_image(data, None, config(image_size=256, quality=95))
+    assert calls == [(341, 256)]
+    got = decoded(stored.data)
+    assert got.size == (341, 256) == (stored.width, stored.height)
+    # img2dataset's own path (OpenCV decode, INTER_AREA, quality 95) gives these very pixels
+    pixels = cv2.resize(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), (341, 256),
+                        interpolation=cv2.INTER_AREA)
+    theirs = Image.fromarray(cv2.imdecode(cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, 95])[1],
+                                          cv2.IMREAD_COLOR)[:, :, ::-1])
+    assert psnr(got, theirs) > 45
+    grey = process_image(photo(400, 300, mode="L"), None, config(image_size=256))
+    assert calls[-1] == (341, 256) and decoded(grey.data).size == (341, 256)
+
+
+@pytest.mark.parametrize("case", ["lanczos asked", "rotated", "cmyk", "reduced decode fits", "png out"])
+def test_everything_else_goes_pillows_way(monkeypatch, case):
+    calls = fast_path_calls(monkeypatch)
+    data, options = photo(640, 480), {"image_size": 256}
+    if case == "lanczos asked":
+        options["resample"] = "lanczos"
+    elif case == "rotated":
+        data = photo(640, 480, orientation=6)
+    elif case == "cmyk":
+        data = photo(640, 480, mode="CMYK")
+    elif case == "reduced decode fits":
+        data = photo(1600, 1200)
+    else:
+        options["format"] = "png"
+    stored = process_image(data, None, config(**options))
+    assert calls == [] and stored.width * stored.height > 0
+
+
+def test_a_jpeg_libjpeg_warns_about_is_judged_by_pillow_and_nothing_is_printed(capfd):
+    data = photo(640, 480)
+    scan_start = data.index(b"\xff\xda")
+    extraneous = data[:scan_start] + b"\x00\x00\x00" + data[scan_start:]  # libjpeg: "Corrupt JPEG data"
+    stored = process_image(extraneous, None, config(image_size=256))
+    assert decoded(stored.data).size == (341, 256)  # Pillow decodes it, as before this path
+    with pytest.raises(ProcessError) as refused:
+        process_image(data[: len(data) // 2], None, config(image_size=256))
+    assert refused.value.outcome == "decode_error" and "truncated" in str(refused.value)
+    out, err = capfd.readouterr()
+    assert "JPEG" not in out + err  # (OpenCV's decoder would print libjpeg's warnings)

@@ -22,13 +22,16 @@ from ..samples.images import ImageDecodeError, ImageHeader, decode_with_header
 from ..samples.sample import TOO_LARGE as PIXEL_LIMIT
 from . import outcomes as oc
 from .config import DownloadConfig
+from .plain_jpeg import plain_jpeg_size, resize_plain_jpeg
 
 KEEP_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff"}
 ENCODERS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 # --resample: Lanczos is the sharpest; Hamming costs about half as much and is as close to
 # full-size Lanczos (PSNR) as OpenCV's INTER_AREA, img2dataset's filter. After a reduced JPEG
 # decode (the DCT's own averaging) Hamming falls behind INTER_AREA and Lanczos is cheap (the image
-# is at most twice the target): `auto` takes Lanczos there, Hamming elsewhere (docs/benchmarks.md).
+# is at most twice the target): `auto` takes Lanczos there, Hamming elsewhere (docs/benchmarks.md),
+# except for a plain JPEG stored as JPEG at keep_ratio that no reduced decode fits: plain_jpeg's
+# GIL-free path (img2dataset's filter and encoder) takes it.
 RESAMPLING = {"lanczos": Image.Resampling.LANCZOS, "bicubic": Image.Resampling.BICUBIC,
               "hamming": Image.Resampling.HAMMING, "bilinear": Image.Resampling.BILINEAR}
 
@@ -59,6 +62,10 @@ def process_image(
         raise ProcessError(
             oc.HASH_MISMATCH, f"SHA-256 {digest} is not the expected {expected_sha256}", digest
         )
+    if cfg.resample == "auto" and cfg.resize == "keep_ratio" and cfg.format == "jpg":
+        stored = _plain_jpeg(data, cfg, digest)
+        if stored is not None:
+            return stored
     try:
         # Only as many pixels as the resize needs are decoded (a JPEG's DCT-domain reduction).
         shrink_to = None if cfg.resize == "none" else partial(_decode_size, cfg.resize, cfg.image_size)
@@ -71,6 +78,23 @@ def process_image(
         raise ProcessError(outcome, message, digest) from exc
     sent = SentImage.of(header, image)
     width, height = sent.size
+    _check_shape(width, height, cfg, digest)
+    try:
+        resized = resize(image, cfg.resize, cfg.image_size, _filter(cfg.resample, image, sent), sent.size)
+        encoded, ext = encode(resized, data, cfg, sent)
+    except (OSError, ValueError, MemoryError) as exc:
+        # One image the encoder refuses (a 10000x40 banner resized past JPEG's 65,500 px) is
+        # that row's failure, never the shard's.
+        raise ProcessError(
+            oc.ENCODE_ERROR,
+            f"cannot resize ({cfg.resize}, {cfg.image_size}) and encode as {cfg.format}: {exc}",
+            digest,
+        ) from exc
+    return StoredImage(encoded, ext, resized.width, resized.height, width, height, digest)
+
+
+def _check_shape(width: int, height: int, cfg: DownloadConfig, digest: str) -> None:
+    """--min-size, --max-aspect-ratio and the resized size's pixels, on the size as sent."""
     if min(width, height) < cfg.min_size:
         raise ProcessError(oc.TOO_SMALL, f"{width}x{height} is under --min-size {cfg.min_size}", digest)
     if cfg.max_aspect_ratio and max(width, height) / min(width, height) > cfg.max_aspect_ratio:
@@ -89,18 +113,28 @@ def process_image(
                 "(--max-aspect-ratio refuses such shapes earlier)",
                 digest,
             )
-    try:
-        resized = resize(image, cfg.resize, cfg.image_size, _filter(cfg.resample, image, sent), sent.size)
-        encoded, ext = encode(resized, data, cfg, sent)
-    except (OSError, ValueError, MemoryError) as exc:
-        # One image the encoder refuses (a 10000x40 banner resized past JPEG's 65,500 px) is
-        # that row's failure, never the shard's.
-        raise ProcessError(
-            oc.ENCODE_ERROR,
-            f"cannot resize ({cfg.resize}, {cfg.image_size}) and encode as {cfg.format}: {exc}",
-            digest,
-        ) from exc
-    return StoredImage(encoded, ext, resized.width, resized.height, width, height, digest)
+
+
+def _plain_jpeg(data: bytes, cfg: DownloadConfig, digest: str) -> StoredImage | None:
+    """plain_jpeg's GIL-free path, for a plain JPEG no reduced decode fits (None: not such a
+    JPEG, or one libjpeg warns about: Pillow's path takes it)."""
+    size = plain_jpeg_size(data)
+    if size is None or size[0] * size[1] > cfg.max_pixels:
+        return None
+    width, height = size
+    reduced = _decode_size(cfg.resize, cfg.image_size, width, height)
+    if min(width // reduced[0], height // reduced[1]) >= 2:  # a 1/2 decode fits: Pillow's draft
+        return None
+    _check_shape(width, height, cfg, digest)
+    target = target_size(cfg.resize, cfg.image_size, width, height)
+    if target == size:  # stored byte for byte, as `encode` does
+        return StoredImage(data, "jpg", width, height, width, height, digest)
+    if max(target) > JPEG_MAX_SIDE:  # the encoder refuses it: Pillow's path says so
+        return None
+    encoded = resize_plain_jpeg(data, target, cfg.quality)
+    if encoded is None:
+        return None
+    return StoredImage(encoded, "jpg", target[0], target[1], width, height, digest)
 
 
 @dataclass(frozen=True)

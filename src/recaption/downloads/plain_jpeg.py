@@ -1,0 +1,60 @@
+"""The download's fast path for the common case: a plain JPEG (RGB or grey, upright) resized
+keep_ratio by less than about 2x (no DCT-domain reduction fits) and stored as JPEG.
+
+libjpeg-turbo decodes it straight into a BGR array (simplejpeg), OpenCV resizes and encodes it:
+every step releases the GIL and no image is converted between Pillow and numpy, where Pillow's
+decode, resize and array export held the GIL between the download's threads. Anything else,
+or any doubt, goes Pillow's way (`process.py`): a file libjpeg warns about (corrupt data,
+truncated) is refused here (simplejpeg's strict mode, quiet, where OpenCV's decoder prints
+libjpeg's warnings to stderr) and Pillow decides about it as before.
+
+Filter: OpenCV's INTER_AREA (img2dataset's) from 1.3x down, bicubic above it, where area
+averaging has almost nothing to average (docs/benchmarks.md: PSNR against Pillow's full-size
+Lanczos at each source size).
+"""
+
+from __future__ import annotations
+
+import io
+
+import cv2
+import simplejpeg
+from PIL import Image
+
+from ..samples.images import ORIENTATION
+
+CUBIC_BELOW = 1.3  # shrink factors under this: bicubic interpolation, else area averaging
+
+
+def plain_jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """The size of a JPEG this path takes (RGB or grey, EXIF-upright); None for any other file,
+    or one whose header Pillow cannot read (Pillow's path then says why)."""
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as header:  # the header only: nothing is decoded
+            plain = header.format == "JPEG" and header.mode in ("RGB", "L")
+            if not plain or header.getexif().get(ORIENTATION, 1) != 1:
+                return None
+            return header.size
+    except Exception:  # noqa: BLE001 - not ours to judge: Pillow's path names the failure
+        return None
+
+
+def resize_plain_jpeg(data: bytes, target: tuple[int, int], quality: int) -> bytes | None:
+    """The JPEG resized to `target` and encoded at `quality`; None when libjpeg warns about the
+    file (the caller decodes it with Pillow instead)."""
+    try:
+        pixels = simplejpeg.decode_jpeg(data, colorspace="BGR", strict=True)
+    except ValueError:  # corrupt or truncated data: Pillow's rules apply
+        return None
+    height, width = pixels.shape[:2]
+    if (width, height) != target:
+        shrink = min(width / target[0], height / target[1])
+        method = cv2.INTER_CUBIC if shrink < CUBIC_BELOW else cv2.INTER_AREA
+        pixels = cv2.resize(pixels, target, interpolation=method)
+    try:
+        ok, encoded = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    except cv2.error:
+        return None
+    return encoded.tobytes() if ok else None
