@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 
+import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
 import recaption
 from recaption.cli import app
 from recaption.downloads import download
 from recaption.readers import discover_shards
+from recaption.samples.tar_index import index_file, scan
+from recaption.spine.contract import INDEX_NAME
 
 from ..image_server import ImageServer
 from .test_download import config, write_metadata
@@ -27,6 +30,19 @@ def downloaded(tmp_path, **options):
         meta = write_metadata(tmp_path / "urls.parquet", rows)
         download([meta], config(out, shard_size=3, extra_cols=["license", "uid"], **options))
     return out
+
+
+def index_as_stored(out, name: str) -> list[dict]:
+    """The index the download left for shard `name`, as rows (what `scan` gives, reading the tar)."""
+    tar = str(out / f"{name}.tar")
+    stored = pq.read_table(index_file(str(out / INDEX_NAME), tar))
+    return stored.replace_schema_metadata(None).to_pylist()
+
+
+def test_the_index_the_download_leaves_is_the_one_a_scan_of_the_tar_gives(tmp_path):
+    out = downloaded(tmp_path)
+    for name in ("00000", "00001", "00002"):
+        assert index_as_stored(out, name) == scan(str(out / f"{name}.tar")).to_pylist()
 
 
 def test_lookup_by_id_finds_the_sample_in_its_shard_and_reads_its_bytes(tmp_path):

@@ -12,9 +12,11 @@ from typer.testing import CliRunner
 from recaption.cli import app
 from recaption.downloads import download
 from recaption.samples.placeholders import PlaceholderListError, read_placeholder_list, repeated_placeholders
+from recaption.samples.tar_index import scan
 
 from ..image_server import IMAGES, ImageServer
 from .test_download import config, table, tar_members, write_metadata
+from .test_lookup import index_as_stored
 
 
 def urls(server, placeholders: int = 5) -> list[dict]:
@@ -43,11 +45,13 @@ def test_the_same_bytes_from_many_urls_of_one_host_are_a_placeholder_and_not_sto
         assert tar_members(out / "00000.tar") == members
         stats = json.loads((out / "00000_stats.json").read_text())
         assert stats["successes"] == 3
+        assert index_as_stored(out, "00000") == scan(str(out / "00000.tar")).to_pylist()  # (rewritten tar)
 
         # 0 turns the rule off: a loosened setting, so the rerun fetches those rows again
         download([meta], config(out, placeholder_min_urls=0))
         assert all(r["outcome"] == "ok" for r in table(out).values())
         assert len(tar_members(out / "00000.tar")) == 8 * 3
+        assert index_as_stored(out, "00000") == scan(str(out / "00000.tar")).to_pylist()  # (retried in place)
 
 
 def test_fewer_urls_than_the_threshold_are_kept(tmp_path):

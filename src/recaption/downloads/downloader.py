@@ -325,8 +325,8 @@ class ShardDownloads:
                 return result
             raise
         # Where each sample lies in the tar, for `recap lookup`: after the commit (a cache, whose
-        # failure never touches the shard) and off the event loop (it reads the tar).
-        await self._off_loop(partial(index_shard, self.cfg.output, name))
+        # failure never touches the shard), from the offsets the writer wrote at.
+        await self._off_loop(partial(index_shard, self.cfg.output, name, writer.members))
         result = ShardResult(name, name, DONE, len(writer.rows), dict(counts), seconds)
         self.progress.shard_finished(result)
         return result

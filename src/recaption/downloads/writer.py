@@ -93,6 +93,12 @@ class DownloadShardWriter:
             copy.copy_samples(self.out.fs, written, {k for k, r in self.rows.items() if r["outcome"] == "ok"})
             copy.close()
         self.out.fs.mv(kept, written)
+        self._tar = copy  # (closed: what the shard's tar holds now, member by member)
+
+    @property
+    def members(self) -> list[tuple[str, int, int]]:
+        """Each tar member's name, data offset and size, as written (for the tar index)."""
+        return self._tar.members
 
     def copy_samples(self, tar_path: str, keys: set[str]) -> None:
         """Carry over the members of these keys from an existing tar (for --retry-failed)."""

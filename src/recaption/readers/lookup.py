@@ -107,23 +107,24 @@ def _matching_rows(out: OutputDir, name: str, by: str, wanted: pa.Array) -> pa.T
         return parquet.read().take(hits).append_column(_MATCHED, text.take(hits))
 
 
-def _index(out: OutputDir, name: str) -> TarIndex | None:
+def _index(out: OutputDir, name: str, written: list[tuple[str, int, int]] | None = None) -> TarIndex | None:
     tar = out.path(f"{name}.tar")
     if not out.fs.exists(tar):
         return None
     try:
-        return TarIndex.load(full_url(out.fs, tar), full_url(out.fs, out.path(INDEX_NAME)))
+        return TarIndex.load(full_url(out.fs, tar), full_url(out.fs, out.path(INDEX_NAME)), written)
     except TarIndexError as exc:
         log.warning("%s: its members cannot be located (%s)", name, exc)
         return None
 
 
-def index_shard(folder: str, name: str) -> None:
-    """Build the tar index of a finished shard (download does, after each commit): a cache,
-    so a failure is a warning, never the shard's."""
+def index_shard(folder: str, name: str, written: list[tuple[str, int, int]] | None = None) -> None:
+    """Build the tar index of a finished shard (download does, after each commit; `written`: its
+    members as the tar writer wrote them, so the tar is not read again): a cache, so a failure
+    is a warning, never the shard's."""
     out = OutputDir(folder)
     try:
-        _index(out, name)
+        _index(out, name, written)
     except Exception as exc:  # noqa: BLE001 - a cache: whatever goes wrong, the shard stands
         log.warning("%s: tar index not built (%s); `recap lookup` builds it when needed", name, exc)
 

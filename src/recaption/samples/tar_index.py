@@ -120,6 +120,20 @@ def scan(tar: str) -> pa.Table:
     return pa.table([keys, names, exts, offsets, sizes], schema=SCHEMA)
 
 
+def of_members(written: list[tuple[str, int, int]]) -> pa.Table:
+    """`scan`'s table from the members a writer wrote (name, data offset, size), each keyed by
+    its member name's key (what `scan` finds for a sample whose .json records that key)."""
+    keys, names, exts = [], [], []
+    for name, _, _ in written:
+        prefix, ext = split_member_name(name)
+        keys.append(posixpath.basename(prefix))
+        names.append(normalise_member_name(name))
+        exts.append(ext)
+    offsets = [offset for _, offset, _ in written]
+    sizes = [size for _, _, size in written]
+    return pa.table([keys, names, exts, offsets, sizes], schema=SCHEMA)
+
+
 _COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x28\xb5\x2f\xfd")  # gzip, bzip2, xz, zstd
 
 
@@ -197,13 +211,17 @@ class TarIndex:
         return [Member(self.tar, *entry) for entry in self._by_key.get(key, ())]
 
     @classmethod
-    def load(cls, tar: str, folder: str | None = None) -> TarIndex:
+    def load(cls, tar: str, folder: str | None = None,
+             written: list[tuple[str, int, int]] | None = None) -> TarIndex:
         """The index of `tar`: read from `folder` when it was built from this very file (same size
         and modification time), else built from the tar and written there atomically (a folder
-        that cannot be written keeps it in memory only, with a warning). `folder` None: in memory."""
+        that cannot be written keeps it in memory only, with a warning). `folder` None: in memory.
+        `written`: the members (name, data offset, size) as the writer of this tar wrote them,
+        each sample keyed by its member names (a writer that keyed them otherwise in their .json
+        leaves it None): the index is made from them instead of reading the tar."""
         stamp = {"version": INDEX_VERSION, "tar": tar, **fingerprint(tar)}
         if folder is None:
-            return cls(tar, scan(tar))
+            return cls(tar, scan(tar) if written is None else of_members(written))
         path = index_file(folder, tar)
         fs, local = fsspec.core.url_to_fs(path)
         try:
@@ -213,7 +231,8 @@ class TarIndex:
                 return cls(tar, table)
         except (OSError, ValueError, pa.ArrowInvalid):
             pass  # none yet, or unreadable: build it again
-        table = scan(tar).replace_schema_metadata({b"recaption_tar_index": json.dumps(stamp).encode()})
+        table = scan(tar) if written is None else of_members(written)
+        table = table.replace_schema_metadata({b"recaption_tar_index": json.dumps(stamp).encode()})
         try:
             fs.makedirs(fs._parent(local), exist_ok=True)
             with open_atomic(fs, local, "wb") as f:

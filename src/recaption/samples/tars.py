@@ -81,6 +81,7 @@ class TarShardWriter:
         self._file = stream
         self._owns_file = owns_file
         self._written = 0  # bytes so far: the end is padded to tarfile's record size
+        self.members: list[tuple[str, int, int]] = []  # (name, data offset, size): a tar index
         self._finished = False
         self.samples = 0
 
@@ -96,17 +97,18 @@ class TarShardWriter:
     def add_member(self, name: str, data: bytes) -> None:
         info = tarfile.TarInfo(name)
         info.size, info.mtime, info.mode = len(data), int(time.time()), 0o444
-        self._add(_header(info), data)
+        self._add(name, _header(info), data)
 
     def copy_member(self, member: tarfile.TarInfo, data: bytes) -> None:
         """A member read from another tar, as it was (its pax records kept)."""
-        self._add(member.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"), data)
+        self._add(member.name, member.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"), data)
 
-    def _add(self, header: bytes, data: bytes) -> None:
+    def _add(self, name: str, header: bytes, data: bytes) -> None:
         # tarfile's own header and layout (what TarFile.addfile writes, byte for byte: tested),
         # without its per-member copy of the TarInfo and stream buffering, which made the tar
         # a tenth of the download's event-loop time.
         self._write(header)
+        self.members.append((name, self._written, len(data)))
         self._write(data)
         if len(data) % tarfile.BLOCKSIZE:
             self._write(tarfile.NUL * (tarfile.BLOCKSIZE - len(data) % tarfile.BLOCKSIZE))
