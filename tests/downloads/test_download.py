@@ -742,3 +742,18 @@ def test_the_pixel_limit_is_a_download_option_and_its_rows_name_it(tmp_path):
     assert row["outcome"] == "too_many_pixels" and "raise it with --max-pixels" in row["error_message"]
     refused = CliRunner().invoke(app, [*args, "--max-pixels", "0"])
     assert refused.exit_code == 2 and "--max-pixels must be at least 1" in refused.output
+
+
+def test_the_download_loop_is_uvloops_where_installed_and_asyncios_otherwise(monkeypatch):
+    import asyncio
+    import sys
+
+    from recaption.downloads.downloader import run_event_loop
+
+    async def loop_kind() -> str:
+        return type(asyncio.get_running_loop()).__module__
+
+    pytest.importorskip("uvloop")
+    assert run_event_loop(loop_kind()).startswith("uvloop")
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # (not installed: Windows)
+    assert run_event_loop(loop_kind()).startswith("asyncio")

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -38,4 +37,4 @@ EXECUTOR = LocalExecutor
 def download_shards(planned: Iterator[PlannedShard | ShardResult], downloads: ShardDownloads,
                     address: str | None = None) -> RunSummary:
     """Every planned shard in this process, `shards_in_flight` at a time (`address`: unused)."""
-    return asyncio.run(downloads.run_here(planned))
+    return downloads.run_here(planned)
