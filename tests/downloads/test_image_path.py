@@ -209,5 +209,22 @@ def test_a_jpeg_libjpeg_warns_about_is_judged_by_pillow_and_nothing_is_printed(c
     with pytest.raises(ProcessError) as refused:
         process_image(data[: len(data) // 2], None, config(image_size=256))
     assert refused.value.outcome == "decode_error" and "truncated" in str(refused.value)
+    # stored as sent (--resize none, or already the target's size): still read through first
+    assert process_image(extraneous, None, config(resize="none")).data == extraneous
+    for options in ({"resize": "none"}, {"image_size": 480}):
+        with pytest.raises(ProcessError) as refused:
+            process_image(data[: len(data) - 100], None, config(**options))
+        assert refused.value.outcome == "decode_error"
     out, err = capfd.readouterr()
     assert "JPEG" not in out + err  # (OpenCV's decoder would print libjpeg's warnings)
+
+
+def test_a_plain_jpeg_stored_as_sent_is_read_at_an_eighth_of_its_size(monkeypatch):
+    from recaption.downloads import process
+
+    checked = []
+    monkeypatch.setattr(process, "decodes_cleanly", lambda data, size: checked.append(size) or True)
+    data = photo(1600, 1200)
+    assert process_image(data, None, config(resize="none")).data == data
+    assert process_image(data, None, config(resize="none", format="keep")).data == data
+    assert checked == [(1600, 1200), (1600, 1200)]

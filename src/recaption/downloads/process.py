@@ -22,7 +22,7 @@ from ..samples.images import ImageDecodeError, ImageHeader, decode_with_header
 from ..samples.sample import TOO_LARGE as PIXEL_LIMIT
 from . import outcomes as oc
 from .config import DownloadConfig
-from .plain_jpeg import plain_jpeg_size, resize_plain_jpeg
+from .plain_jpeg import decodes_cleanly, plain_jpeg_size, resize_plain_jpeg
 
 KEEP_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff"}
 ENCODERS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
@@ -62,7 +62,8 @@ def process_image(
         raise ProcessError(
             oc.HASH_MISMATCH, f"SHA-256 {digest} is not the expected {expected_sha256}", digest
         )
-    if cfg.resample == "auto" and cfg.resize == "keep_ratio" and cfg.format == "jpg":
+    resized_fast = cfg.resample == "auto" and cfg.resize == "keep_ratio" and cfg.format == "jpg"
+    if resized_fast or (cfg.resize == "none" and cfg.format in ("jpg", "keep")):
         stored = _plain_jpeg(data, cfg, digest)
         if stored is not None:
             return stored
@@ -116,18 +117,23 @@ def _check_shape(width: int, height: int, cfg: DownloadConfig, digest: str) -> N
 
 
 def _plain_jpeg(data: bytes, cfg: DownloadConfig, digest: str) -> StoredImage | None:
-    """plain_jpeg's GIL-free path, for a plain JPEG no reduced decode fits (None: not such a
-    JPEG, or one libjpeg warns about: Pillow's path takes it)."""
+    """plain_jpeg's GIL-free path, for a plain JPEG stored as sent or resized where no reduced
+    decode fits (None: not such a JPEG, or one libjpeg warns about: Pillow's path takes it)."""
     size = plain_jpeg_size(data)
     if size is None or size[0] * size[1] > cfg.max_pixels:
         return None
     width, height = size
-    reduced = _decode_size(cfg.resize, cfg.image_size, width, height)
-    if min(width // reduced[0], height // reduced[1]) >= 2:  # a 1/2 decode fits: Pillow's draft
-        return None
+    if cfg.resize == "none":
+        target = size
+    else:
+        reduced = _decode_size(cfg.resize, cfg.image_size, width, height)
+        if min(width // reduced[0], height // reduced[1]) >= 2:  # a 1/2 decode fits: Pillow's draft
+            return None
+        target = target_size(cfg.resize, cfg.image_size, width, height)
     _check_shape(width, height, cfg, digest)
-    target = target_size(cfg.resize, cfg.image_size, width, height)
-    if target == size:  # stored byte for byte, as `encode` does
+    if target == size:  # stored byte for byte, as `encode` does, once libjpeg read it all
+        if not decodes_cleanly(data, size):
+            return None
         return StoredImage(data, "jpg", width, height, width, height, digest)
     if max(target) > JPEG_MAX_SIDE:  # the encoder refuses it: Pillow's path says so
         return None
