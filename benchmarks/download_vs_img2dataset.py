@@ -5,7 +5,8 @@ people post photos; re-encoded bundled photos, quality 85) with a fixed per-requ
 standing in for the network. Both tools resize to 256 px (keep_ratio; --resize none: no resizing)
 and store JPEG quality 95, write webdataset tars of 1000 samples, with 64 connections/threads
 (img2dataset: processes = cores x 64 threads). `recap download` runs with its default filter
-(auto: lanczos after a reduced JPEG decode, hamming otherwise) and with --resample lanczos; the
+(auto: a plain JPEG shrunk under 2.2x through OpenCV's INTER_AREA, lanczos after a reduced
+JPEG decode, hamming otherwise) and with --resample lanczos; the
 mean PSNR of each one's stored images against Pillow's full-size Lanczos resize is printed. Without
 resizing img2dataset runs with skip_reencode=True, as recap stores an unchanged JPEG as sent.
 Runs alternate (each tool goes first in turn).
