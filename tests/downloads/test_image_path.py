@@ -228,3 +228,16 @@ def test_a_plain_jpeg_stored_as_sent_is_read_at_an_eighth_of_its_size(monkeypatc
     assert process_image(data, None, config(resize="none")).data == data
     assert process_image(data, None, config(resize="none", format="keep")).data == data
     assert checked == [(1600, 1200), (1600, 1200)]
+
+
+def test_a_jpeg_over_pillows_bomb_limit_is_refused_by_pillows_rule_without_a_warning(monkeypatch):
+    import warnings
+
+    data = photo(40, 30)  # 1200 pixels: over the limit below, under twice it (a warning, not an error)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # a process that lowered Pillow's limit
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with pytest.raises(ProcessError) as refused:
+            process_image(data, None, config(image_size=32))
+    assert refused.value.outcome == "too_many_pixels" and "Pillow's limit" in str(refused.value)
+    assert not [w for w in seen if issubclass(w.category, Image.DecompressionBombWarning)]

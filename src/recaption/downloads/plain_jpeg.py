@@ -17,6 +17,7 @@ Lanczos at each source size).
 from __future__ import annotations
 
 import io
+import warnings
 
 import cv2
 import simplejpeg
@@ -33,7 +34,10 @@ def plain_jpeg_size(data: bytes) -> tuple[int, int] | None:
     if not data.startswith(b"\xff\xd8"):
         return None
     try:
-        with Image.open(io.BytesIO(data)) as header:  # the header only: nothing is decoded
+        with warnings.catch_warnings():  # (over Pillow's bomb limit: Pillow's path names it)
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            header = Image.open(io.BytesIO(data))  # the header only: nothing is decoded
+        with header:
             plain = header.format == "JPEG" and header.mode in ("RGB", "L")
             if not plain or header.getexif().get(ORIENTATION, 1) != 1:
                 return None

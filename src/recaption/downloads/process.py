@@ -130,16 +130,15 @@ def _plain_jpeg(data: bytes, cfg: DownloadConfig, digest: str) -> StoredImage | 
         if min(width // reduced[0], height // reduced[1]) >= 2:  # a 1/2 decode fits: Pillow's draft
             return None
         target = target_size(cfg.resize, cfg.image_size, width, height)
-    _check_shape(width, height, cfg, digest)
-    if target == size:  # stored byte for byte, as `encode` does, once libjpeg read it all
-        if not decodes_cleanly(data, size):
-            return None
-        return StoredImage(data, "jpg", width, height, width, height, digest)
     if max(target) > JPEG_MAX_SIDE:  # the encoder refuses it: Pillow's path says so
         return None
-    encoded = resize_plain_jpeg(data, target, cfg.quality)
-    if encoded is None:
+    if target == size:  # stored byte for byte, as `encode` does, once libjpeg read it all
+        encoded = data if decodes_cleanly(data, size) else None
+    else:
+        encoded = resize_plain_jpeg(data, target, cfg.quality)
+    if encoded is None:  # libjpeg warned: Pillow's path judges the file
         return None
+    _check_shape(width, height, cfg, digest)  # (after the decode, as on Pillow's path)
     return StoredImage(encoded, "jpg", target[0], target[1], width, height, digest)
 
 
