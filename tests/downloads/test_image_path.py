@@ -8,6 +8,8 @@ import io
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image
 
 from recaption.downloads import DownloadConfig
@@ -155,31 +157,52 @@ def fast_path_calls(monkeypatch) -> list[tuple[int, int]]:
     calls: list[tuple[int, int]] = []
     real = process.resize_plain_jpeg
 
-    def spy(data, target, quality):
+    def spy(data, size, target, quality):
         calls.append(target)
-        return real(data, target, quality)
+        return real(data, size, target, quality)
 
     monkeypatch.setattr(process, "resize_plain_jpeg", spy)
     return calls
 
 
-def test_a_plain_jpeg_within_2x_takes_the_gil_free_path_at_img2datasets_filter(monkeypatch):
+def img2datasets_pixels(data: bytes, target: tuple[int, int], quality: int = 95) -> Image.Image:
+    """img2dataset's own path: OpenCV decode at full size, INTER_AREA, OpenCV encode."""
     import cv2
 
-    calls = fast_path_calls(monkeypatch)
-    data = photo(640, 480)
-    stored = process_image(data, None, config(image_size=256, quality=95))
-    assert calls == [(341, 256)]
-    got = decoded(stored.data)
-    assert got.size == (341, 256) == (stored.width, stored.height)
-    # img2dataset's own path (OpenCV decode, INTER_AREA, quality 95) gives these very pixels
-    pixels = cv2.resize(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), (341, 256),
+    pixels = cv2.resize(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), target,
                         interpolation=cv2.INTER_AREA)
-    theirs = Image.fromarray(cv2.imdecode(cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, 95])[1],
-                                          cv2.IMREAD_COLOR)[:, :, ::-1])
-    assert psnr(got, theirs) > 45
+    encoded = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, quality])[1]
+    return Image.fromarray(cv2.imdecode(encoded, cv2.IMREAD_COLOR)[:, :, ::-1])
+
+
+@pytest.mark.parametrize("size", [(640, 480), (560, 420), (480, 360), (600, 450), (520, 390), (720, 540)])
+def test_a_plain_jpeg_within_2x_takes_the_gil_free_path_at_img2datasets_quality(monkeypatch, size):
+    calls = fast_path_calls(monkeypatch)
+    data = photo(*size)
+    stored = process_image(data, None, config(image_size=256, quality=95))
+    target = target_size("keep_ratio", 256, *size)
+    assert calls == [target]
+    got = decoded(stored.data)
+    assert got.size == target == (stored.width, stored.height)
+    # against Pillow's full-size Lanczos, at least as close as img2dataset's path (some sizes
+    # decode at M/8: 640x480 at 5/8, 560x420 at 6/8; 600x450 has no whole-pixel M/8 that fits)
+    reference = decoded(data).resize(target, Image.Resampling.LANCZOS)
+    assert psnr(got, reference) >= psnr(img2datasets_pixels(data, target), reference) - 0.5
     grey = process_image(photo(400, 300, mode="L"), None, config(image_size=256))
     assert calls[-1] == (341, 256) and decoded(grey.data).size == (341, 256)
+
+
+@given(width=st.integers(1, 5000), height=st.integers(1, 5000), side=st.integers(1, 1000))
+def test_a_scaled_decode_covers_the_picture_in_whole_pixels_above_the_target(width, height, side):
+    from recaption.downloads.plain_jpeg import CUBIC_BELOW, REDUCED_DECODE_MARGIN, scaled_decode_size
+
+    target = target_size("keep_ratio", side, width, height)
+    reduced = scaled_decode_size((width, height), target)
+    if reduced != (width, height):
+        eighths = reduced[0] * 8 // width
+        assert 1 <= eighths < 8 and reduced == (width * eighths / 8, height * eighths / 8)
+        shrink = min(reduced[0] / target[0], reduced[1] / target[1])
+        assert REDUCED_DECODE_MARGIN <= shrink < CUBIC_BELOW
 
 
 @pytest.mark.parametrize("case", ["lanczos asked", "rotated", "cmyk", "reduced decode fits", "png out"])

@@ -9,9 +9,12 @@ or any doubt, goes Pillow's way (`process.py`): a file libjpeg warns about (corr
 truncated) is refused here (simplejpeg's strict mode, quiet, where OpenCV's decoder prints
 libjpeg's warnings to stderr) and Pillow decides about it as before.
 
-Filter: OpenCV's INTER_AREA (img2dataset's) from 1.3x down, bicubic above it, where area
-averaging has almost nothing to average (docs/benchmarks.md: PSNR against Pillow's full-size
-Lanczos at each source size).
+Scale: libjpeg decodes at M/8 (its scaled IDCT: 640 px photos in 2.5 instead of 4.3 ms with the
+resize) where such a scale maps the picture onto whole pixels and bicubic finishes the shrink; a
+rounded-up scaled size stretches the picture by up to a pixel, which cost 4-8 dB on 520 and 600
+px sources. Filter: bicubic under a 1.3x shrink, where area averaging has almost nothing to
+average, else OpenCV's INTER_AREA (img2dataset's) from full size (docs/benchmarks.md: PSNR
+against Pillow's full-size Lanczos at each source size).
 """
 
 from __future__ import annotations
@@ -26,6 +29,10 @@ from PIL import Image
 from ..samples.images import ORIENTATION
 
 CUBIC_BELOW = 1.3  # shrink factors under this: bicubic interpolation, else area averaging
+# A reduced JPEG decode stops this far above the target: libjpeg's scaled IDCT is no resampling
+# filter, and where it alone made the target the stored image was 6 dB further from full-size
+# Lanczos than a decode 1.1x above it followed by a filter (docs/benchmarks.md).
+REDUCED_DECODE_MARGIN = 1.1
 
 
 def plain_jpeg_size(data: bytes) -> tuple[int, int] | None:
@@ -57,14 +64,36 @@ def decodes_cleanly(data: bytes, size: tuple[int, int]) -> bool:
     return True
 
 
-def resize_plain_jpeg(data: bytes, target: tuple[int, int], quality: int) -> bytes | None:
-    """The JPEG resized to `target` and encoded at `quality`; None when libjpeg warns about the
-    file (the caller decodes it with Pillow instead)."""
+def scaled_decode_size(size: tuple[int, int], target: tuple[int, int]) -> tuple[int, int]:
+    """The size libjpeg decodes a `size` JPEG at for `target`: the smallest M/8 of it in whole
+    pixels (M * width and M * height divisible by 8) at least REDUCED_DECODE_MARGIN above the
+    target, when bicubic can finish the shrink from there; else the full size."""
+    width, height = size
+    for eighths in range(1, 8):
+        shrink = min(width * eighths / 8 / target[0], height * eighths / 8 / target[1])
+        if shrink < REDUCED_DECODE_MARGIN or (width * eighths) % 8 or (height * eighths) % 8:
+            continue
+        if shrink < CUBIC_BELOW:
+            return width * eighths // 8, height * eighths // 8
+        break
+    return size
+
+
+Size = tuple[int, int]
+
+
+def resize_plain_jpeg(data: bytes, size: Size, target: Size, quality: int) -> bytes | None:
+    """The `size` JPEG resized to `target` and encoded at `quality`; None when libjpeg warns
+    about the file (the caller decodes it with Pillow instead)."""
+    reduced = scaled_decode_size(size, target)
     try:
-        pixels = simplejpeg.decode_jpeg(data, colorspace="BGR", strict=True)
+        pixels = simplejpeg.decode_jpeg(data, colorspace="BGR", strict=True, min_width=reduced[0],
+                                        min_height=reduced[1])
     except ValueError:  # corrupt or truncated data: Pillow's rules apply
         return None
     height, width = pixels.shape[:2]
+    if (width, height) != reduced:  # (not the size its header gave: Pillow's path judges it)
+        return None
     if (width, height) != target:
         shrink = min(width / target[0], height / target[1])
         method = cv2.INTER_CUBIC if shrink < CUBIC_BELOW else cv2.INTER_AREA

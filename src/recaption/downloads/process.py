@@ -22,7 +22,7 @@ from ..samples.images import ImageDecodeError, ImageHeader, decode_with_header
 from ..samples.sample import TOO_LARGE as PIXEL_LIMIT
 from . import outcomes as oc
 from .config import DownloadConfig
-from .plain_jpeg import decodes_cleanly, plain_jpeg_size, resize_plain_jpeg
+from .plain_jpeg import REDUCED_DECODE_MARGIN, decodes_cleanly, plain_jpeg_size, resize_plain_jpeg
 
 KEEP_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff"}
 ENCODERS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
@@ -135,7 +135,7 @@ def _plain_jpeg(data: bytes, cfg: DownloadConfig, digest: str) -> StoredImage | 
     if target == size:  # stored byte for byte, as `encode` does, once libjpeg read it all
         encoded = data if decodes_cleanly(data, size) else None
     else:
-        encoded = resize_plain_jpeg(data, target, cfg.quality)
+        encoded = resize_plain_jpeg(data, size, target, cfg.quality)
     if encoded is None:  # libjpeg warned: Pillow's path judges the file
         return None
     _check_shape(width, height, cfg, digest)  # (after the decode, as on Pillow's path)
@@ -169,13 +169,6 @@ def _filter(resample: str, decoded: Image.Image, sent: SentImage) -> Image.Resam
         return RESAMPLING[resample]
     reduced = decoded.width * decoded.height < sent.size[0] * sent.size[1]
     return Image.Resampling.LANCZOS if reduced else Image.Resampling.HAMMING
-
-
-# A reduced JPEG decode stops this far above the target: libjpeg's scaled IDCT is no resampling
-# filter, and where it alone would make the target (a 1400x1050 photo at 1/4 is 350x263 for
-# 341x256) the stored image was 6 dB further from full-size Lanczos than a decode at 1/2
-# followed by Lanczos (docs/benchmarks.md).
-REDUCED_DECODE_MARGIN = 1.1
 
 
 def _decode_size(mode: str, size: int, width: int, height: int) -> tuple[int, int]:
