@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from PIL import Image
+from PIL import Image, ImageOps
 
 from recaption.downloads import DownloadConfig
 from recaption.downloads.process import ProcessError, process_image, target_size
@@ -203,6 +203,27 @@ def test_a_scaled_decode_covers_the_picture_in_whole_pixels_above_the_target(wid
         assert 1 <= eighths < 8 and reduced == (width * eighths / 8, height * eighths / 8)
         shrink = min(reduced[0] / target[0], reduced[1] / target[1])
         assert REDUCED_DECODE_MARGIN <= shrink < CUBIC_BELOW
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("mode", ["keep_ratio", "center_crop", "border"])
+def test_a_reduced_decode_of_a_side_it_does_not_divide_keeps_the_picture_in_place(orientation, mode):
+    # 1001x751 at 1/4 is 251x188 pixels holding 250.25x187.75 of picture: resized whole, the
+    # picture was stretched by up to a pixel (28.7 dB; 25 with the padding on the wrong side)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(photo(1001, 751))).save(buf, "JPEG", quality=90, exif=exif)
+    stored = process_image(buf.getvalue(), None, config(image_size=128, resize=mode, resample="lanczos"))
+    upright = ImageOps.exif_transpose(decoded(buf.getvalue()))
+    target = target_size(mode, 128, *upright.size)
+    reference = upright.resize(target, Image.Resampling.LANCZOS)
+    if mode == "center_crop":
+        left, top = (target[0] - 128) // 2, (target[1] - 128) // 2
+        reference = reference.crop((left, top, left + 128, top + 128))
+    elif mode == "border":
+        reference = ImageOps.pad(reference, (128, 128), color=(255, 255, 255))
+    assert psnr(decoded(stored.data), reference) > 34  # (36 here)
 
 
 @pytest.mark.parametrize("case", ["lanczos asked", "rotated", "cmyk", "reduced decode fits", "png out"])

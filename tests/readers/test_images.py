@@ -120,3 +120,16 @@ def test_decode_sample_marks_failure_and_frees_bytes():
     assert s.status == st.DECODE_ERROR and s.error and s.image is None and s.image_bytes is None
     good = decode_sample(Sample(key="g", image_bytes=image_bytes()))
     assert good.ok and good.image.mode == "RGB" and good.image_bytes is None
+
+
+def test_a_reduced_decode_shrunk_to_max_side_keeps_the_picture_in_place():
+    import numpy as np
+
+    from recaption.samples.shards import bundled_samples
+
+    buf = io.BytesIO()  # 4161x3121 at 1/8 is 521x391 pixels holding 520.125x390.125 of picture
+    Image.open(io.BytesIO(bundled_samples()[0].image)).convert("RGB").resize((4161, 3121)).save(buf, "JPEG")
+    img = decode_image(buf.getvalue(), max_side=512)
+    full = Image.open(io.BytesIO(buf.getvalue())).convert("RGB").resize(img.size, Image.Resampling.BICUBIC)
+    err = np.mean((np.asarray(img, dtype=float) - np.asarray(full, dtype=float)) ** 2)
+    assert img.size == (512, 384) and 10 * np.log10(255**2 / err) > 36, 10 * np.log10(255**2 / err)

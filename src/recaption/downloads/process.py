@@ -81,7 +81,8 @@ def process_image(
     width, height = sent.size
     _check_shape(width, height, cfg, digest)
     try:
-        resized = resize(image, cfg.resize, cfg.image_size, _filter(cfg.resample, image, sent), sent.size)
+        resized = resize(image, cfg.resize, cfg.image_size, _filter(cfg.resample, image, sent), sent.size,
+                         header.picture_box)
         encoded, ext = encode(resized, data, cfg, sent)
     except (OSError, ValueError, MemoryError) as exc:
         # One image the encoder refuses (a 10000x40 banner resized past JPEG's 65,500 px) is
@@ -187,22 +188,28 @@ def target_size(mode: str, size: int, width: int, height: int) -> tuple[int, int
 
 
 def resize(image: Image.Image, mode: str, size: int, resample: Image.Resampling = Image.Resampling.LANCZOS,
-           source_size: tuple[int, int] | None = None) -> Image.Image:
+           source_size: tuple[int, int] | None = None,
+           picture_box: tuple[float, float, float, float] | None = None) -> Image.Image:
     """Resize for `mode`; `source_size`: the image's size as sent when `image` was decoded
-    reduced (the target is computed from it, so a reduced decode gives the same size)."""
+    reduced (the target is computed from it, so a reduced decode gives the same size), and
+    `picture_box` the part of it the picture fills (ImageHeader.picture_box)."""
     if mode == "none":
         return image
     target = target_size(mode, size, *(source_size or image.size))
+    x0, y0, x1, y1 = picture_box or (0, 0, *image.size)
     if mode == "center_crop":
         # Only the centre square is resized (Pillow's `box`), never the whole image at the
         # target's scale (a 100000x2 banner would be 25,600,000x512 pixels before the crop).
         left, top = (target[0] - size) // 2, (target[1] - size) // 2
-        if image.size == target:
+        if image.size == target and picture_box is None:
             return image.crop((left, top, left + size, top + size))
-        sx, sy = image.width / target[0], image.height / target[1]
-        box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+        sx, sy = (x1 - x0) / target[0], (y1 - y0) / target[1]
+        box = (x0 + left * sx, y0 + top * sy, x0 + (left + size) * sx, y0 + (top + size) * sy)
         return image.resize((size, size), resample, box=box, reducing_gap=3.0)
-    resized = image if image.size == target else image.resize(target, resample, reducing_gap=3.0)
+    if image.size == target and picture_box is None:
+        resized = image
+    else:
+        resized = image.resize(target, resample, box=(x0, y0, x1, y1), reducing_gap=3.0)
     if mode == "border":
         return ImageOps.pad(resized, (size, size), color=(255, 255, 255))
     return resized  # keep_ratio

@@ -6,7 +6,7 @@ import io
 import re
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -76,6 +76,10 @@ class ImageHeader:
     mode: str
     size: tuple[int, int]
     orientation: int
+    # The part of the decoded (upright) image the picture fills, where a reduced decode rounded
+    # the size up (a 1001 px side at 1/4 is 251 px holding 250.25 px of picture): a resize
+    # from the whole image would stretch it by up to a pixel (5-8 dB from full-size Lanczos).
+    picture_box: tuple[float, float, float, float] | None = None
 
 
 def decode_image(
@@ -123,19 +127,22 @@ def decode_with_header(
                 raise too_many_pixels(width * height, max_pixels, (width, height), pixels_hint)
             if shrink_to is None and max_side and max(width, height) > max_side:
                 shrink_to = partial(_fit_long_side, max_side)
+            reduced_box = None
             if shrink_to is not None and img.format == "JPEG":
                 # Let libjpeg decode at 1/2, 1/4 or 1/8 scale, never below the size we shrink
                 # to anyway. Draft keeps both sides >= the request, so ask for the shrunk size
                 # itself (asking for a square would stop it at 1/1). EXIF rotation comes after:
                 # the target is proportional, so the raw orientation asks for the same scale.
-                img.draft("RGB", shrink_to(width, height))
+                drafted = img.draft("RGB", shrink_to(width, height))
+                reduced_box = drafted[1] if drafted else None
             img.load()
-            header = ImageHeader(*stored, img.getexif().get(ORIENTATION, 1))
-            if header.orientation != 1:  # (exif_transpose copies even when upright)
+            orientation = img.getexif().get(ORIENTATION, 1)
+            if orientation != 1:  # (exif_transpose copies even when upright)
                 img = ImageOps.exif_transpose(img)
+            header = ImageHeader(*stored, orientation, _picture_box(img.size, reduced_box, orientation))
             img = _to_rgb(img)
             if max_side and max(img.size) > max_side:
-                img.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
+                img, header = _fit_within(img, header, max_side)
             return img, header
     except ImageDecodeError:
         raise
@@ -156,6 +163,38 @@ def decode_with_header(
 
 
 ORIENTATION = 0x0112  # the EXIF tag
+# Whether a reduced decode's padded last column and row (libjpeg pads the stored image's right
+# and bottom) end up on the left and top once the EXIF orientation is applied.
+_PADDING_LEFT_TOP = {1: (False, False), 2: (True, False), 3: (True, True), 4: (False, True),
+                     5: (False, False), 6: (True, False), 7: (True, True), 8: (False, True)}
+
+
+def _picture_box(size: tuple[int, int], reduced_box: tuple[int, int, float, float] | None,
+                 orientation: int) -> tuple[float, float, float, float] | None:
+    """Where the picture lies in the upright decoded image of `size`, given the box the reduced
+    decode reported in stored orientation; None when it fills the image."""
+    if reduced_box is None:
+        return None
+    width, height = reduced_box[2], reduced_box[3]
+    if orientation in (5, 6, 7, 8):  # (these turn the image a quarter)
+        width, height = height, width
+    if (width, height) == size:
+        return None
+    left, top = _PADDING_LEFT_TOP.get(orientation, (False, False))
+    x0, y0 = (size[0] - width if left else 0), (size[1] - height if top else 0)
+    return x0, y0, x0 + width, y0 + height
+
+
+def _fit_within(img: Image.Image, header: ImageHeader, side: int) -> tuple[Image.Image, ImageHeader]:
+    """The image shrunk to fit `side`, from its picture box: the result is all picture."""
+    box = header.picture_box
+    if box is None:
+        img.thumbnail((side, side), Image.Resampling.BICUBIC)
+        return img, header
+    width, height = box[2] - box[0], box[3] - box[1]
+    scale = side / max(width, height)
+    size = max(1, round(width * scale)), max(1, round(height * scale))
+    return img.resize(size, Image.Resampling.BICUBIC, box=box), replace(header, picture_box=None)
 
 
 def _fit_long_side(side: int, width: int, height: int) -> tuple[int, int]:
