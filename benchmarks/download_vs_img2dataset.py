@@ -62,10 +62,12 @@ def make_images(n: int, width: int) -> list[bytes]:
 class Server:
     def __init__(self, images: list[bytes], latency: float):
         self.images, self.latency = images, latency
+        self.stamps: list[float] = []  # when each request came (perf_counter, this process's clock)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
     async def image(self, request: web.Request) -> web.Response:
+        self.stamps.append(time.perf_counter())
         await asyncio.sleep(self.latency)
         index = int(request.match_info["i"])
         if index >= len(self.images):
@@ -243,7 +245,7 @@ def main() -> None:
             names.insert(1, "recap download --resample lanczos")
         if args.ray:
             names.append("recap download --executor ray")
-        runs: dict[str, list[tuple[float, int]]] = {name: [] for name in names}
+        runs: dict[str, list[tuple[float, int, float]]] = {name: [] for name in names}
         for round_ in range(args.rounds):
             turn = round_ % len(names)
             for name in names[turn:] + names[:turn]:  # each goes first in turn
@@ -255,12 +257,19 @@ def main() -> None:
                     executor = "ray" if "ray" in name else "local"
                     resample = "lanczos" if "lanczos" in name else "auto"
                     command = ours_command(meta, out, args.concurrency, executor, args.resize, resample)
+                server.stamps.clear()
+                started = time.perf_counter()
                 seconds, peak = timed(command)
                 got = count_tar_samples(out)
-                runs[name].append((args.images / seconds, peak))
+                # start-up (first request) and the rate between first and last request: how much
+                # of a whole run's rate is start-up, which a longer run would spread thinner
+                first, last = server.stamps[0] - started, server.stamps[-1] - started
+                steady = (len(server.stamps) - 1) / (last - first)
+                runs[name].append((args.images / seconds, peak, steady))
                 print(
                     f"round {round_}  {name:30s} {args.images / seconds:8.1f} images/s  "
-                    f"peak RSS {peak / 2**20:7.1f} MiB  ({got} samples read back by recap's reader)"
+                    f"peak RSS {peak / 2**20:7.1f} MiB  ({got} samples read back by recap's reader)  "
+                    f"first request at {first:.1f} s, {steady:.0f} requests/s from first to last"
                 )
                 if round_ < args.rounds - 1:
                     shutil.rmtree(out)
@@ -268,13 +277,15 @@ def main() -> None:
                     quality = psnr_vs_lanczos(out, images, server.url)
                     print(f"         {name:30s} mean PSNR vs full-size Lanczos: {quality:.1f} dB "
                           "(200 images)")
-        rate = {k: statistics.median(r for r, _ in v) for k, v in runs.items()}
-        rss = {k: statistics.median(m for _, m in v) for k, v in runs.items()}
+        rate = {k: statistics.median(r for r, _, _ in v) for k, v in runs.items()}
+        rss = {k: statistics.median(m for _, m, _ in v) for k, v in runs.items()}
+        steady = {k: statistics.median(s for _, _, s in v) for k, v in runs.items()}
         base = "img2dataset"
         for name in names:
             print(
                 f"median {name:30s} {rate[name]:8.1f} images/s ({rate[name] / rate[base]:.2f}x img2dataset)  "
-                f"peak RSS {rss[name] / 2**20:6.0f} MiB ({rss[name] / rss[base]:.2f}x)"
+                f"peak RSS {rss[name] / 2**20:6.0f} MiB ({rss[name] / rss[base]:.2f}x)  "
+                f"first to last request {steady[name]:.0f}/s ({steady[name] / steady[base]:.2f}x)"
             )
 
         for rows in (int(x) for x in args.memory_rows.split(",") if x):
