@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import math
 import os
 import platform
 import shutil
@@ -263,8 +264,9 @@ def main() -> None:
                 got = count_tar_samples(out)
                 # start-up (first request) and the rate between first and last request: how much
                 # of a whole run's rate is start-up, which a longer run would spread thinner
-                first, last = server.stamps[0] - started, server.stamps[-1] - started
-                steady = (len(server.stamps) - 1) / (last - first)
+                stamps = server.stamps or [math.nan]
+                first, last = stamps[0] - started, stamps[-1] - started
+                steady = (len(stamps) - 1) / (last - first) if last > first else math.nan
                 runs[name].append((args.images / seconds, peak, steady))
                 print(
                     f"round {round_}  {name:30s} {args.images / seconds:8.1f} images/s  "

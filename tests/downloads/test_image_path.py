@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
 from recaption.downloads import DownloadConfig
+from recaption.downloads.plain_jpeg import scaled_decode_size
 from recaption.downloads.process import ProcessError, process_image, target_size
 from recaption.samples.shards import bundled_samples
 
@@ -188,16 +189,23 @@ def test_a_plain_jpeg_within_2x_takes_the_gil_free_path_at_img2datasets_quality(
     # decode at M/8: 640x480 at 5/8, 560x420 at 6/8; 600x450 has no whole-pixel M/8 that fits)
     reference = decoded(data).resize(target, Image.Resampling.LANCZOS)
     assert psnr(got, reference) >= psnr(img2datasets_pixels(data, target), reference) - 0.5
+    eighths = {(640, 480): 5, (560, 420): 6, (480, 360): 7}.get(size, 8)  # (the others: no M/8 fits)
+    assert scaled_decode_size(size, target) == (size[0] * eighths // 8, size[1] * eighths // 8)
     grey = process_image(photo(400, 300, mode="L"), None, config(image_size=256))
     assert calls[-1] == (341, 256) and decoded(grey.data).size == (341, 256)
 
 
 @given(width=st.integers(1, 5000), height=st.integers(1, 5000), side=st.integers(1, 1000))
 def test_a_scaled_decode_covers_the_picture_in_whole_pixels_above_the_target(width, height, side):
-    from recaption.downloads.plain_jpeg import CUBIC_BELOW, REDUCED_DECODE_MARGIN, scaled_decode_size
+    from recaption.downloads.plain_jpeg import CUBIC_BELOW, REDUCED_DECODE_MARGIN
 
     target = target_size("keep_ratio", side, width, height)
     reduced = scaled_decode_size((width, height), target)
+    fits = [m for m in range(1, 8) if not (width * m % 8 or height * m % 8)
+            and REDUCED_DECODE_MARGIN <= min(width * m / 8 / target[0], height * m / 8 / target[1])]
+    # the smallest whole-pixel scale 1.1x above the target is taken when bicubic finishes from it
+    assert (reduced != (width, height)) == bool(fits and min(width * fits[0] / 8 / target[0],
+                                                             height * fits[0] / 8 / target[1]) < CUBIC_BELOW)
     if reduced != (width, height):
         eighths = reduced[0] * 8 // width
         assert 1 <= eighths < 8 and reduced == (width * eighths / 8, height * eighths / 8)
@@ -205,7 +213,7 @@ def test_a_scaled_decode_covers_the_picture_in_whole_pixels_above_the_target(wid
         assert REDUCED_DECODE_MARGIN <= shrink < CUBIC_BELOW
 
 
-@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("orientation", range(10))  # (0 and 9: not orientations, left as stored)
 @pytest.mark.parametrize("mode", ["keep_ratio", "center_crop", "border"])
 def test_a_reduced_decode_of_a_side_it_does_not_divide_keeps_the_picture_in_place(orientation, mode):
     # 1001x751 at 1/4 is 251x188 pixels holding 250.25x187.75 of picture: resized whole, the

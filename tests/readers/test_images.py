@@ -133,3 +133,7 @@ def test_a_reduced_decode_shrunk_to_max_side_keeps_the_picture_in_place():
     full = Image.open(io.BytesIO(buf.getvalue())).convert("RGB").resize(img.size, Image.Resampling.BICUBIC)
     err = np.mean((np.asarray(img, dtype=float) - np.asarray(full, dtype=float)) ** 2)
     assert img.size == (512, 384) and 10 * np.log10(255**2 / err) > 36, 10 * np.log10(255**2 / err)
+    # a reduced decode that already fits max_side is cut to its picture too (385 rows, 384.5 of it)
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(bundled_samples()[0].image)).convert("RGB").resize((1024, 769)).save(buf, "JPEG")
+    assert decode_image(buf.getvalue(), max_side=512).size == (512, 384)
