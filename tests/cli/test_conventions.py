@@ -65,6 +65,34 @@ def test_warnings_are_one_formatted_line_and_third_party_chatter_is_quiet(tmp_pa
     configure_logging(verbose=False)
 
 
+def test_pillows_notes_on_a_files_metadata_are_quiet_unless_verbose():
+    import io
+    import struct
+    import warnings
+
+    from PIL import Image
+
+    from recaption.cli.common import configure_logging
+    from recaption.downloads import DownloadConfig
+    from recaption.downloads.process import process_image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(buf, "JPEG")
+    # an EXIF block whose Orientation tag has two values: Pillow warns "tag 274 had too many entries"
+    exif = (b"Exif\x00\x00II*\x00\x08\x00\x00\x00\x01\x00"  # one IFD entry:
+            b"\x12\x01\x03\x00\x02\x00\x00\x00\x06\x00\x06\x00\x00\x00\x00\x00")  # 274, SHORT, count 2
+    data = buf.getvalue()[:2] + b"\xff\xe1" + struct.pack(">H", len(exif) + 2) + exif + buf.getvalue()[2:]
+    said = {}
+    for verbose in (False, True):
+        with warnings.catch_warnings(record=True) as seen:
+            configure_logging(verbose=verbose)
+            stored = process_image(data, None, DownloadConfig(output="unused", image_size=32))
+        said[verbose] = [str(w.message) for w in seen if issubclass(w.category, UserWarning)]
+        assert stored.width * stored.height > 0
+    assert said[False] == [] and any("274" in message for message in said[True])
+    configure_logging(verbose=False)
+
+
 def test_sigterm_exits_143_and_ctrl_c_130(monkeypatch, tmp_path):
     import recaption.steps.filter as filtering
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -86,6 +87,9 @@ def configure_logging(verbose: bool = False, talkative: bool = False) -> None:
         logging.getLogger("recaption").setLevel(logging.INFO)
     for name in THIRD_PARTY:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
+    # Pillow's notes about a file's metadata ("Corrupt EXIF data", "Metadata Warning, tag 274 had
+    # too many entries") are Python warnings, not log lines: one per image of a crawl on stderr.
+    warnings.filterwarnings("default" if verbose else "ignore", category=UserWarning, module=r"PIL(\.|$)")
     if not verbose:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
