@@ -234,6 +234,20 @@ def test_a_reduced_decode_of_a_side_it_does_not_divide_keeps_the_picture_in_plac
     assert psnr(decoded(stored.data), reference) > 34  # (36 here)
 
 
+def test_an_mpo_is_the_jpeg_of_its_first_picture(monkeypatch):
+    # an MPO (stereo pairs, Ultra HDR gain maps) is a JPEG with more pictures after its first
+    calls = fast_path_calls(monkeypatch)
+    first = decoded(photo(640, 480))
+    buf = io.BytesIO()
+    first.save(buf, "MPO", save_all=True, append_images=[first.resize((160, 120))])
+    data = buf.getvalue()
+    assert Image.open(io.BytesIO(data)).format == "MPO"
+    stored = process_image(data, None, config(image_size=256))
+    assert calls == [(341, 256)] and (stored.width, stored.height, stored.ext) == (341, 256, "jpg")
+    kept = process_image(data, None, config(resize="none", format="keep"))
+    assert kept.data == data and kept.ext == "jpg"  # byte for byte, as --format keep promises
+
+
 @pytest.mark.parametrize("case", ["lanczos asked", "rotated", "cmyk", "reduced decode fits", "png out"])
 def test_everything_else_goes_pillows_way(monkeypatch, case):
     calls = fast_path_calls(monkeypatch)

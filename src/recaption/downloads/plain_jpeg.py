@@ -26,7 +26,7 @@ import cv2
 import simplejpeg
 from PIL import Image
 
-from ..samples.images import ORIENTATION
+from ..samples.images import ORIENTATION, jpeg_or_format
 
 CUBIC_BELOW = 1.3  # shrink factors under this: bicubic interpolation, else area averaging
 # A reduced JPEG decode stops this far above the target: libjpeg's scaled IDCT is no resampling
@@ -45,7 +45,7 @@ def plain_jpeg_size(data: bytes) -> tuple[int, int] | None:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             header = Image.open(io.BytesIO(data))  # the header only: nothing is decoded
         with header:
-            plain = header.format == "JPEG" and header.mode in ("RGB", "L")
+            plain = jpeg_or_format(header.format) == "JPEG" and header.mode in ("RGB", "L")
             if not plain or header.getexif().get(ORIENTATION, 1) != 1:
                 return None
             return header.size

@@ -67,6 +67,12 @@ def _stable(message: str) -> str:
     return re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", message)
 
 
+def jpeg_or_format(pillow_format: str | None) -> str | None:
+    """Pillow's format name, an MPO (a JPEG followed by more pictures: stereo pairs, Ultra HDR
+    gain maps) named JPEG: it is its first picture's JPEG to every reader."""
+    return "JPEG" if pillow_format == "MPO" else pillow_format
+
+
 @dataclass(frozen=True)
 class ImageHeader:
     """What the file says about itself: format, mode and size as stored (a reduced decode changes
@@ -121,14 +127,14 @@ def decode_with_header(
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
-            stored = (img.format, img.mode, img.size)
+            stored = (jpeg_or_format(img.format), img.mode, img.size)
             width, height = img.size
             if width * height > max_pixels:
                 raise too_many_pixels(width * height, max_pixels, (width, height), pixels_hint)
             if shrink_to is None and max_side and max(width, height) > max_side:
                 shrink_to = partial(_fit_long_side, max_side)
             reduced_box = None
-            if shrink_to is not None and img.format == "JPEG":
+            if shrink_to is not None and stored[0] == "JPEG":
                 # Let libjpeg decode at 1/2, 1/4 or 1/8 scale, never below the size we shrink
                 # to anyway. Draft keeps both sides >= the request, so ask for the shrunk size
                 # itself (asking for a square would stop it at 1/1). EXIF rotation comes after:
