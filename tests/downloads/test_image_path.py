@@ -4,11 +4,12 @@ Pillow's full-size Lanczos result."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
@@ -283,6 +284,35 @@ def test_a_jpeg_libjpeg_warns_about_is_judged_by_pillow_and_nothing_is_printed(c
         assert refused.value.outcome == "decode_error"
     out, err = capfd.readouterr()
     assert "JPEG" not in out + err  # (OpenCV's decoder would print libjpeg's warnings)
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+@pytest.mark.parametrize("cut", [1, 2])
+def test_a_jpeg_without_its_end_marker_is_stored_with_it(progressive, cut):
+    # some servers send every block but not the final FF D9; browsers and OpenCV show such files
+    from recaption.samples.images import decode_image
+
+    buf = io.BytesIO()
+    decoded(photo(640, 480)).save(buf, "JPEG", quality=90, progressive=progressive)
+    whole = buf.getvalue()
+    sent = whole[:-cut]
+    stored = process_image(sent, None, config(image_size=256))
+    assert (stored.width, stored.height) == (341, 256) and psnr(decoded(stored.data), decoded(whole)
+                                                                .resize((341, 256))) > 35
+    assert stored.sha256 == hashlib.sha256(sent).hexdigest()  # (of the bytes sent, as DataComp's)
+    as_sent = process_image(sent, None, config(resize="none"))
+    assert as_sent.data.endswith(b"\xff\xd9") and decoded(as_sent.data).size == (640, 480)
+    assert decode_image(sent).size == (640, 480)  # the caption path reads it too
+
+
+@settings(max_examples=25, deadline=None)
+@given(fraction=st.floats(0.05, 0.995))
+def test_a_jpeg_cut_inside_its_data_is_still_refused(fraction):
+    data = photo(320, 240)
+    cut = data[: min(int(len(data) * fraction), len(data) - 3)]
+    with pytest.raises(ProcessError) as refused:
+        process_image(cut, None, config(image_size=128))
+    assert refused.value.outcome == "decode_error"
 
 
 def test_a_plain_jpeg_stored_as_sent_is_read_at_an_eighth_of_its_size(monkeypatch):

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
-from ..samples.images import ImageDecodeError, ImageHeader, decode_with_header
+from ..samples.images import ImageDecodeError, ImageHeader, decode_with_header, with_end_marker
 from ..samples.sample import TOO_LARGE as PIXEL_LIMIT
 from . import outcomes as oc
 from .config import DownloadConfig
@@ -62,6 +62,7 @@ def process_image(
         raise ProcessError(
             oc.HASH_MISMATCH, f"SHA-256 {digest} is not the expected {expected_sha256}", digest
         )
+    data = with_end_marker(data, cfg.max_pixels)  # (stored so: a reader needs the marker too)
     resized_fast = cfg.resample == "auto" and cfg.resize == "keep_ratio" and cfg.format == "jpg"
     if resized_fast or (cfg.resize == "none" and cfg.format in ("jpg", "keep")):
         stored = _plain_jpeg(data, cfg, digest)

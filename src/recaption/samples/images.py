@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
 
+import simplejpeg
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .sample import DECODE_ERROR, EMPTY_IMAGE, MISSING_IMAGE, TOO_LARGE, Sample
@@ -67,6 +68,29 @@ def _stable(message: str) -> str:
     return re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", message)
 
 
+def with_end_marker(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
+    """A JPEG whose data is all there but whose end marker (FF D9) is missing, as some servers
+    send it, with the marker added (browsers and OpenCV show such files; Pillow calls them
+    truncated); any other bytes as they are. The test is libjpeg's own, at 1/8 scale: the file
+    with the marker added reads without a warning only if every block is there, so a file cut
+    inside its data is still refused as truncated."""
+    if not data.startswith(b"\xff\xd8") or data.endswith(b"\xff\xd9"):
+        return data
+    try:
+        height, width = simplejpeg.decode_jpeg_header(data)[:2]
+        if width * height > max_pixels:  # (refused by the pixel limit anyway)
+            return data
+        eighth = {"min_width": -(-width // 8), "min_height": -(-height // 8)}
+        try:
+            simplejpeg.decode_jpeg(data, strict=True, **eighth)
+            return data  # read cleanly as it is (bytes after its end marker)
+        except ValueError:
+            simplejpeg.decode_jpeg(data + b"\xff\xd9", strict=True, **eighth)
+            return data + b"\xff\xd9"
+    except ValueError:  # cut short, damaged, or a JPEG libjpeg-turbo cannot decode (CMYK)
+        return data
+
+
 def jpeg_or_format(pillow_format: str | None) -> str | None:
     """Pillow's format name, an MPO (a JPEG followed by more pictures: stereo pairs, Ultra HDR
     gain maps) named JPEG: it is its first picture's JPEG to every reader."""
@@ -122,6 +146,7 @@ def decode_with_header(
         raise ImageDecodeError(MISSING_IMAGE, "the sample has no image (a null image cell, or no image file)")
     if len(data) == 0:
         raise ImageDecodeError(EMPTY_IMAGE, "image file is zero bytes")
+    data = with_end_marker(data, max_pixels)
     _allow_pixels(max_pixels)
     try:
         with warnings.catch_warnings():
