@@ -28,6 +28,7 @@ from PIL import Image
 
 from ..samples.images import ORIENTATION, jpeg_or_format
 
+Size = tuple[int, int]
 CUBIC_BELOW = 1.3  # shrink factors under this: bicubic interpolation, else area averaging
 # A reduced JPEG decode stops this far above the target: libjpeg's scaled IDCT is no resampling
 # filter, and where it alone made the target (1400x1050 at 1/4 for 341x256) the stored image was
@@ -35,7 +36,7 @@ CUBIC_BELOW = 1.3  # shrink factors under this: bicubic interpolation, else area
 REDUCED_DECODE_MARGIN = 1.1
 
 
-def plain_jpeg_size(data: bytes) -> tuple[int, int] | None:
+def plain_jpeg_size(data: bytes) -> Size | None:
     """The size of a JPEG this path takes (RGB or grey, EXIF-upright); None for any other file,
     or one whose header Pillow cannot read (Pillow's path then says why)."""
     if not data.startswith(b"\xff\xd8"):
@@ -53,7 +54,7 @@ def plain_jpeg_size(data: bytes) -> tuple[int, int] | None:
         return None
 
 
-def decodes_cleanly(data: bytes, size: tuple[int, int]) -> bool:
+def decodes_cleanly(data: bytes, size: Size) -> bool:
     """Whether libjpeg reads the whole file without a warning: every entropy-coded block is
     decoded, at 1/8 scale (a third of a full decode's time at 1600 px), for a JPEG stored as
     sent. False: Pillow's path judges it (it decodes some files libjpeg warns about)."""
@@ -64,7 +65,7 @@ def decodes_cleanly(data: bytes, size: tuple[int, int]) -> bool:
     return True
 
 
-def scaled_decode_size(size: tuple[int, int], target: tuple[int, int]) -> tuple[int, int]:
+def scaled_decode_size(size: Size, target: Size) -> Size:
     """The size libjpeg decodes a `size` JPEG at for `target`: the smallest M/8 of it in whole
     pixels (M * width and M * height divisible by 8) at least REDUCED_DECODE_MARGIN above the
     target, when bicubic can finish the shrink from there; else the full size."""
@@ -77,9 +78,6 @@ def scaled_decode_size(size: tuple[int, int], target: tuple[int, int]) -> tuple[
             return width * eighths // 8, height * eighths // 8
         break
     return size
-
-
-Size = tuple[int, int]
 
 
 def resize_plain_jpeg(data: bytes, size: Size, target: Size, quality: int) -> bytes | None:

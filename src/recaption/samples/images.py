@@ -73,20 +73,17 @@ def with_end_marker(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
     send it, with the marker added (browsers and OpenCV show such files; Pillow calls them
     truncated); any other bytes as they are. The test is libjpeg's own, at 1/8 scale: the file
     with the marker added reads without a warning only if every block is there, so a file cut
-    inside its data is still refused as truncated."""
-    if not data.startswith(b"\xff\xd8") or data.endswith(b"\xff\xd9"):
+    inside its data is still refused as truncated. An end marker after the last scan's start
+    (bytes follow it: a server's padding) needs no decode: entropy-coded data never holds FF D9."""
+    if not data.startswith(b"\xff\xd8") or data.rfind(b"\xff\xd9") > data.rfind(b"\xff\xda"):
         return data
     try:
         height, width = simplejpeg.decode_jpeg_header(data)[:2]
         if width * height > max_pixels:  # (refused by the pixel limit anyway)
             return data
         eighth = {"min_width": -(-width // 8), "min_height": -(-height // 8)}
-        try:
-            simplejpeg.decode_jpeg(data, strict=True, **eighth)
-            return data  # read cleanly as it is (bytes after its end marker)
-        except ValueError:
-            simplejpeg.decode_jpeg(data + b"\xff\xd9", strict=True, **eighth)
-            return data + b"\xff\xd9"
+        simplejpeg.decode_jpeg(data + b"\xff\xd9", strict=True, **eighth)
+        return data + b"\xff\xd9"
     except ValueError:  # cut short, damaged, or a JPEG libjpeg-turbo cannot decode (CMYK)
         return data
 
