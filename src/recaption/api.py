@@ -18,26 +18,13 @@ def _paths(value) -> list[str]:
 
 
 def caption(inputs: PathLike | list[PathLike], output: PathLike, **options: Any):
-    """Caption every image of `inputs` into one Recap-DataComp-1B-schema parquet per shard.
+    """Caption every image of `inputs` (tar / parquet shards, image folders, globs, `{00000..00009}`
+    ranges, fsspec URLs) into one Recap-DataComp-1B-schema parquet per shard in `output`.
 
-    Args:
-        inputs: tar / parquet shards, image folders, globs, `{00000..00009}` ranges, fsspec URLs.
-        output: the output folder (local path or fsspec URL). One run writes to it at a time.
-        **options: any `recap caption` option, named as on the command line with `_` for `-`:
-            model, prompt, max_new_tokens, batch_size, device, dtype, conditional, top_k, seed,
-            engine, endpoint, devices, executor, image_col, caption_col, url_col, key_col,
-            workers, overwrite, score, clip_model, ... (`recaption.config.caption_option_names()`
-            lists them all).
-
-    Returns:
-        RunSummary (every command returns one, `recaption.spine.results`): `.results` per shard
-        (name, source, outcome, rows, status_counts, counts, error), `.done`, `.skipped`,
-        `.failed` (broken shards; `.errors` says why), row counts.
-
-    Raises:
-        TypeError: an option that does not exist. ValueError: a wrong value or input.
-        atomic.OutputLockedError: another run is writing to `output`.
-    """
+    `options`: any `recap caption` option with `_` for `-` (`config.caption_option_names()` lists
+    them). Returns a `spine.results.RunSummary`, as every command does: `.results` per shard,
+    `.done`, `.skipped`, `.failed`, `.errors`. Raises TypeError for an unknown option, ValueError
+    for a wrong value or input, OutputLockedError while another run writes to `output`."""
     from .config import caption_settings
     from .executors.run import run_caption
     from .readers import discover_shards
@@ -158,27 +145,14 @@ def filter(output: PathLike, where: str, destination: PathLike, *, overwrite: bo
 
 
 def filter_output(output: PathLike, where: str, destination: PathLike, *, overwrite: bool = False):
-    """Keep the rows of caption output `output` where the SQL condition `where` holds, into the
-    caption output folder `destination` (`recap filter OUTPUT --where "..." -o DESTINATION`).
+    """Keep the rows of caption output `output` where the DuckDB SQL condition `where` holds
+    (e.g. `"re_clip_score > 25 and not re_degenerate"`; NULL drops a row, as false does; no file or
+    network access), into the caption output folder `destination` (`recap filter`). A rerun skips
+    shards filtered alike; `overwrite` redoes them.
 
-    `where` is a DuckDB SQL condition over the output's columns, e.g.
-    `"re_clip_score > 25 and not re_degenerate"`; it can read nothing but the rows (file and
-    network access are off). Rows where it is NULL are dropped (SQL semantics), like those where
-    it is false. A rerun skips shards already filtered alike; `overwrite` redoes them.
-
-    Returns:
-        RunSummary: `.results` (per shard: `counts` rows_in and rows_kept), `.count("rows_in")`,
-        `.count("rows_kept")`, `.done`, `.skipped`; `steps.filter.filter_lines` as the CLI prints it.
-
-    Raises:
-        steps.filter.FilterExpressionError: a condition that is empty, holds `;`, does not parse or
-            bind, or reads files (one line naming the columns).
-        spine.contract.OutputError: `destination` is, holds or lies inside `output`, or holds other
-        files or another command's output. spine.results.ConfigMismatchError: it holds shards
-        filtered otherwise (without `overwrite`).
-        quality.outputs.NoOutputError: `output` holds no finished shards.
-        atomic.OutputLockedError: another run is writing to `destination`.
-    """
+    Returns a RunSummary (`.count("rows_in")`, `.count("rows_kept")`). Raises FilterExpressionError
+    (a bad condition), OutputError (`destination` is or holds an input, or holds other files),
+    ConfigMismatchError (shards filtered otherwise there), NoOutputError, OutputLockedError."""
     from .steps.filter import filter_output as _filter_output
 
     return _filter_output(os.fspath(output), where, os.fspath(destination), overwrite=overwrite)
@@ -186,37 +160,16 @@ def filter_output(output: PathLike, where: str, destination: PathLike, *, overwr
 
 def export(output: PathLike, destination: PathLike, *, images: PathLike | list[PathLike] | None = None,
            caption: str = "re_caption", seed: int = 0, overwrite: bool = False, format: str = "jpg"):
-    """Write caption output `output` as WebDataset tars in `destination`, one `{name}.tar` per
-    finished shard (`recap export OUTPUT -o DESTINATION --caption ...`): `{key}.jpg` (or `format`:
-    png, webp; `keep`: each image's own bytes), `{key}.txt` (the chosen caption), `{key}.json`
-    (key, url, sha256, the captions, CLIP scores, caption_source).
+    """Write caption output `output` as WebDataset tars in `destination` (`recap export`): per
+    finished shard `{name}.tar` of `{key}.jpg` (or `format`: png, webp, keep), `{key}.txt` (the
+    chosen caption) and `{key}.json`.
 
-    Args:
-        images: where the images are (tar / parquet shards, folders, globs), when not at the
-            inputs `recap caption` recorded; joined to the rows by key.
-        caption: a text column of the output (`re_caption`, `org_caption`, `re_caption_...`), or
-            `mix:p=P`: the original caption with probability P, else the recaption, or
-            `mix:re_caption=0.5,org_caption=0.3,re_caption_short=0.2` (any text columns, the
-            probabilities summing to 1); a mix is drawn per (seed, key) so reruns write the same tars.
-        seed: the mix's seed.
-        format: jpg, png or webp (one format for the whole export, EXIF orientation applied), or
-            keep (each image's bytes as they are).
-        overwrite: redo shards already exported (a rerun otherwise skips those exported alike).
-
-    Returns:
-        RunSummary: `.results` (per shard: `status_counts` rows exported and not by reason,
-        `counts["rows_in"]`), `.status_counts["exported"]`, `steps.export.not_exported`, `.errors`
-        (shards whose images could not be read; the others are still exported);
-        `steps.export.export_lines` as the CLI prints it.
-
-    Raises:
-        steps.export.CaptionChoiceError: `caption` is no text column of the output, or a malformed mix.
-        spine.contract.OutputError: `destination` is, holds or lies inside an input, or holds other
-        files or another command's output. spine.results.ConfigMismatchError: it holds shards
-        exported otherwise (without `overwrite`).
-        quality.outputs.NoOutputError, readers.InputError: no finished shards; `images` match none.
-        atomic.OutputLockedError: another run is writing to `destination`.
-    """
+    `images`: where the images are when not at the inputs `recap caption` recorded (joined by key).
+    `caption`: a text column, `mix:p=P` (the original caption with probability P, else the
+    recaption) or `mix:COLUMN=P,...`, drawn per (seed, key) so reruns write the same tars.
+    Returns a RunSummary (`.status_counts["exported"]`, rows not exported by reason). Raises
+    CaptionChoiceError, OutputError, ConfigMismatchError, NoOutputError, OutputLockedError as
+    `filter_output` does."""
     from .steps.export import export as _export
 
     found = None if images is None else _paths(images)

@@ -10,6 +10,7 @@ from .common import clear_error, console, print_result
 
 
 def train_dit_cmd(
+    ctx: typer.Context,
     data: Annotated[list[str], typer.Argument(help="Image shards with an original caption and a recaption (shapes world: recap shapes), or `recap caption` output folders.")],
     output: Annotated[str, typer.Option("--output", "-o", help="Folder for checkpoints and the final model (a rerun resumes).")],
     p: Annotated[float, typer.Option("--p", help="Probability of training on the ORIGINAL caption (the paper's p); else the recaption.")] = 0.5,
@@ -37,7 +38,7 @@ def train_dit_cmd(
 ) -> None:
     """Train a text-conditioned diffusion transformer (diffusers' PixArt blocks) on a mix of
     original captions and recaptions."""
-    options = dict(locals())  # every option is a DitTrainConfig field of the same name
+    options = ctx.params  # every option is a DitTrainConfig field of the same name
     from ..dit.train import DitTrainConfig, train_dit
 
     with clear_error(ValueError):

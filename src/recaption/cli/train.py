@@ -29,6 +29,7 @@ def shapes_cmd(
 
 
 def train_clip_cmd(
+    ctx: typer.Context,
     data: Annotated[list[str], typer.Argument(help="`recap caption` output folders (original + recaption per row) or image-text shards.")],
     output: Annotated[str, typer.Option("--output", "-o", help="Folder for checkpoints and the final model.")],
     p: Annotated[float, typer.Option("--p", help="Probability of training on the ORIGINAL caption (the paper's p); else the recaption.")] = 0.5,
@@ -52,7 +53,7 @@ def train_clip_cmd(
     mix: Annotated[str | None, typer.Option(help="Instead of --p: probabilities of caption columns summing to 1, e.g. mix:re_caption=0.5,org_caption=0.3,re_caption_short=0.2 (any re_caption_* pass column; plain shards: json fields).")] = None,
 ) -> None:
     """Train CLIP contrastively on a mix of original captions and recaptions (Recap-CLIP, or the CLIPS recipe)."""
-    options = dict(locals())  # every option is a ClipTrainConfig field of the same name
+    options = ctx.params  # every option is a ClipTrainConfig field of the same name
     from ..training.clip_train import ClipTrainConfig, train_clip
 
     try:
@@ -65,6 +66,7 @@ def train_clip_cmd(
 
 
 def train_captioner_cmd(
+    ctx: typer.Context,
     data: Annotated[list[str], typer.Argument(help="Image shards with a short caption and a detailed description (shapes world: recap shapes).")],
     output: Annotated[str, typer.Option("--output", "-o", help="Folder for checkpoints and the final model.")],
     model: Annotated[str | None, typer.Option(help="LlavaForConditionalGeneration folder to start from (default: a small one built fresh).")] = None,
@@ -83,7 +85,7 @@ def train_captioner_cmd(
     shuffle_buffer: Annotated[int, typer.Option(help="Samples each loader process shuffles among (encoded images held in memory).")] = 1000,
 ) -> None:
     """Train a captioner with the LLaVA-1.5 recipe (stage 1 projector, stage 2 projector + LM; vision frozen)."""
-    options = dict(locals())  # every option is a CaptionerTrainConfig field of the same name
+    options = ctx.params  # every option is a CaptionerTrainConfig field of the same name
     from ..training.captioner_train import CaptionerTrainConfig, train_captioner
 
     try:
