@@ -1,25 +1,15 @@
-"""The shard ledger: which shards of an output folder are finished, and the one way a step
-(caption, download, filter, ...) makes a shard's files visible.
+"""The shard ledger: which shards of an output folder are finished, and the one way a step makes
+a shard's files visible.
 
-Layout in an output folder, for shard `00042`:
-  00042.parquet, 00042.tar, ...  the shard's files (which ones depends on the step)
-  00042_stats.json               counts, timings, what the step reports
-  00042.done                     completion marker, written last; holds the settings (provenance)
-A shard is finished iff its marker exists; anything else of it is redone on the next run.
+For shard `00042`: its files (`00042.parquet`, `00042.tar`, ...), `00042_stats.json`, and
+`00042.done`, the marker holding the settings, written last. A shard is finished iff its marker
+exists; anything else of it is redone on the next run.
 
-`ShardCommit` is one shard's transaction: its files are written under temporary names unique to
-the writer (atomic.temporary_name), then `commit` removes an earlier marker, renames the files
-into place, writes the stats and the marker last. A crash at any moment leaves either the old
-finished shard, or a shard without a marker (redone), never a marker beside files it does not
-describe. Two writers of one shard never see, rename or remove each other's temporaries;
-temporaries a crash left behind are removed by the folder's next lock holder
-(atomic.remove_stale_temporaries).
-
-`RECAP_CRASH_AFTER_ROWS=N` (for tests): the process exits at once, like `kill -9`, as soon as N
-rows have been handed to shard writers in it (see `rows_handed`, docs/failures.md).
-
-`plan` is the one planner: each unit (shard) of a step against its marker, with the step's
-settings compared by `require_same_settings`, the one comparison.
+`ShardCommit` is one shard's transaction: files written under temporary names unique to the
+writer, then the old marker removed, the files renamed in, stats and marker written last. A crash
+leaves the old finished shard or a shard without a marker, never a marker beside files it does not
+describe. `plan` is the one planner; `require_same_settings` the one settings comparison.
+`RECAP_CRASH_AFTER_ROWS=N` (tests) exits like `kill -9` after N rows (docs/failures.md).
 
 Light on purpose: the downloader imports it, and it must not load engines, batching or torch.
 """
