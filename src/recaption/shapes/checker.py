@@ -170,9 +170,8 @@ def detect(image, min_area: float = MIN_AREA, split_below: float = 0.85) -> list
     labels, alpha = colour_labels(pixels)
     gy, gx = np.mgrid[0:height, 0:width]
     centres = np.array([(c[1] * width, c[2] * height) for c in CELLS])
-    cell_of = (
-        (gx[..., None] + 0.5 - centres[:, 0]) ** 2 + (gy[..., None] + 0.5 - centres[:, 1]) ** 2
-    ).argmin(-1)
+    distance = (gx[..., None] + 0.5 - centres[:, 0]) ** 2 + (gy[..., None] + 0.5 - centres[:, 1]) ** 2
+    cell_of = distance.argmin(-1)
     found = []
     for label, ys, xs in _regions(labels):
         if len(ys) / (height * width) < min_area:
@@ -188,13 +187,11 @@ def detect(image, min_area: float = MIN_AREA, split_below: float = 0.85) -> list
         whole, overlap = _measure(cover, top, left, label, height, width)
         objects = [whole]
         cells = cell_of[top:bottom, left:right]
-        held = [
-            c for c in np.unique(cells[mine]) if (mine & (cells == c)).sum() / (height * width) >= min_area
-        ]
+        held = [c for c in np.unique(cells[mine])
+                if (mine & (cells == c)).sum() / (height * width) >= min_area]
         if overlap < split_below and len(held) > 1:
-            parts = [
-                _measure(np.where(cells == c, cover, 0.0), top, left, label, height, width) for c in held
-            ]
+            parts = [_measure(np.where(cells == c, cover, 0.0), top, left, label, height, width)
+                     for c in held]
             if np.mean([o for _, o in parts]) > overlap:
                 objects = [d for d, _ in parts]
         found += objects
@@ -259,38 +256,26 @@ def score(spec: dict, objects: list[Detected]) -> dict:
     for g_index, g in enumerate(groups):
         cells = g.get("positions") or [None] * g["count"]
         wanted += [(g_index, cell) for cell in cells]
-    candidates = [
-        [i for i, d in enumerate(objects) if (d.colour, d.shape) == (groups[g]["colour"], groups[g]["shape"])]
-        + [None]
-        for g, _ in wanted
-    ]
+    candidates = [[i for i, d in enumerate(objects)
+                   if (d.colour, d.shape) == (groups[g]["colour"], groups[g]["shape"])] + [None]
+                  for g, _ in wanted]
     asks_position = any(c is not None for _, c in wanted) or bool(relations)
     asks_size = any(g.get("size") for g in groups)
 
     def judge(assignment):
         matched = sum(a is not None for a in assignment)
-        cells_ok = [
-            cell is None or (a is not None and objects[a].position == cell)
-            for (_, cell), a in zip(wanted, assignment, strict=True)
-        ]
-        sizes_ok = [
-            not groups[g].get("size") or (a is not None and objects[a].size == groups[g]["size"])
-            for (g, _), a in zip(wanted, assignment, strict=True)
-        ]
+        cells_ok = [cell is None or (a is not None and objects[a].position == cell)
+                    for (_, cell), a in zip(wanted, assignment, strict=True)]
+        sizes_ok = [not groups[g].get("size") or (a is not None and objects[a].size == groups[g]["size"])
+                    for (g, _), a in zip(wanted, assignment, strict=True)]
         first = {}  # a relation names groups; it binds their first instances
         for (g, _), a in zip(wanted, assignment, strict=True):
             first.setdefault(g, a)
-        rel_ok = [
-            first.get(r["a"]) is not None
-            and first.get(r["b"]) is not None
-            and _relation_holds(r["rel"], objects[first[r["a"]]], objects[first[r["b"]]])
-            for r in relations
-        ]
-        return (
-            (matched, sum(cells_ok) + sum(rel_ok), sum(sizes_ok)),
-            all(cells_ok) and all(rel_ok),
-            all(sizes_ok),
-        )
+        rel_ok = [first.get(r["a"]) is not None and first.get(r["b"]) is not None
+                  and _relation_holds(r["rel"], objects[first[r["a"]]], objects[first[r["b"]]])
+                  for r in relations]
+        rank = (matched, sum(cells_ok) + sum(rel_ok), sum(sizes_ok))
+        return rank, all(cells_ok) and all(rel_ok), all(sizes_ok)
 
     def distinct(assignment) -> bool:  # no detected object stands for two asked ones
         used = [a for a in assignment if a is not None]
@@ -321,9 +306,8 @@ def check(image, spec: dict) -> dict:
     return score(spec, detect(image))
 
 
-def summarise(
-    results: list[dict], specs: list[dict], groups: list[str] | None = None, categories=CATEGORIES
-) -> dict:
+def summarise(results: list[dict], specs: list[dict], groups: list[str] | None = None,
+              categories=CATEGORIES) -> dict:
     """Rates of each category over the images that ask about it, overall, by complexity and, when
     `groups` names one group per image (a prompt style, say), by group too. `categories`:
     LAYOUT_CATEGORIES for layout_score's results."""
@@ -443,9 +427,5 @@ def validate(images: int = 500, seed: int = 0, start: int = 0, image_size: int =
             wrong[kind]["tried"] += 1
             wrong[kind]["caught"] += not result["all"]
             wrong[kind]["caught_by_category"] += result[category] is False
-    return {
-        "clean": summarise(clean, specs),
-        "wrong": {
-            k: {**v, "caught_rate": round(v["caught"] / max(v["tried"], 1), 4)} for k, v in wrong.items()
-        },
-    }
+    caught = {k: {**v, "caught_rate": round(v["caught"] / max(v["tried"], 1), 4)} for k, v in wrong.items()}
+    return {"clean": summarise(clean, specs), "wrong": caught}

@@ -37,31 +37,15 @@ PROMPT_START = 400_000  # world indices of test prompts: outside every training 
 COUNT_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
 SIZE_WORDS = {"small": ("small", "little", "tiny"), "large": ("large", "big")}
 PLACES = {
-    "top left": (
-        "in the upper left corner",
-        "at the top left",
-        "in the top-left corner",
-        "up in the left corner",
-    ),
-    "top right": (
-        "in the upper right corner",
-        "at the top right",
-        "in the top-right corner",
-        "up in the right corner",
-    ),
+    "top left": ("in the upper left corner", "at the top left", "in the top-left corner",
+                 "up in the left corner"),
+    "top right": ("in the upper right corner", "at the top right", "in the top-right corner",
+                  "up in the right corner"),
     "center": ("in the middle", "in the centre", "at the center", "right in the middle"),
-    "bottom left": (
-        "in the lower left corner",
-        "at the bottom left",
-        "in the bottom-left corner",
-        "down on the left",
-    ),
-    "bottom right": (
-        "in the lower right corner",
-        "at the bottom right",
-        "in the bottom-right corner",
-        "down on the right",
-    ),
+    "bottom left": ("in the lower left corner", "at the bottom left", "in the bottom-left corner",
+                    "down on the left"),
+    "bottom right": ("in the lower right corner", "at the bottom right", "in the bottom-right corner",
+                     "down on the right"),
 }
 RELATION_WORDS = {
     "above": ("above", "over"),
@@ -126,17 +110,8 @@ def _assemble(clauses: list[tuple[str, bool, int]], rng: random.Random) -> str:
     if listed:
         joined = listed[0] if len(listed) == 1 else ", ".join(listed[:-1]) + " and " + listed[-1]
         plural = sum(named for _, alone, named in clauses if not alone) > 1
-        template = rng.choice(
-            [
-                "{x}",
-                "There {be} {x}",
-                "A picture of {x}",
-                "I see {x}",
-                "{x} on a plain background",
-                "Draw {x}",
-                "Some shapes: {x}",
-            ]
-        )
+        template = rng.choice(["{x}", "There {be} {x}", "A picture of {x}", "I see {x}",
+                               "{x} on a plain background", "Draw {x}", "Some shapes: {x}"])
         lead = template.format(x=joined, be="are" if plural else "is")
         sentences.insert(rng.randrange(len(sentences) + 1), lead)
     text = ". ".join(s[0].upper() + s[1:] for s in sentences)
@@ -146,13 +121,8 @@ def _assemble(clauses: list[tuple[str, bool, int]], rng: random.Random) -> str:
     return text
 
 
-def human_prompt(
-    objects: list[ShapeObject],
-    rng: random.Random,
-    omit_size: float = 0.2,
-    omit_position: float = 0.15,
-    relation_rate: float = 0.5,
-) -> tuple[str, dict]:
+def human_prompt(objects: list[ShapeObject], rng: random.Random, omit_size: float = 0.2,
+                 omit_position: float = 0.15, relation_rate: float = 0.5) -> tuple[str, dict]:
     """(text, spec) of a human-style prompt for these objects (see the module's docstring)."""
     by_kind: dict[tuple[str, str, str], list[str]] = {}
     for o in objects:
@@ -223,13 +193,8 @@ def recaption_prompt(objects: list[ShapeObject]) -> tuple[str, dict]:
 # ---- prompt sets ----
 
 
-def prompt_set(
-    count: int,
-    style: str = "human",
-    seed: int = 0,
-    start: int = PROMPT_START,
-    complexities: tuple[int, ...] | None = None,
-) -> list[Prompt]:
+def prompt_set(count: int, style: str = "human", seed: int = 0, start: int = PROMPT_START,
+               complexities: tuple[int, ...] | None = None) -> list[Prompt]:
     """`count` prompts made from world samples start, start+1, ... (samples whose number of
     objects is not in `complexities` are skipped, to balance a set by complexity)."""
     if style not in STYLES:
@@ -267,9 +232,8 @@ def write_prompts(prompts: list[Prompt], path: str | Path) -> Path:
     return path
 
 
-def write_prompt_shards(
-    folder: str | Path, prompts: list[Prompt], shard_size: int = 1000, image_size: int = 64
-) -> list[Path]:
+def write_prompt_shards(folder: str | Path, prompts: list[Prompt], shard_size: int = 1000,
+                        image_size: int = 64) -> list[Path]:
     """The prompts with their reference renders as img2dataset-layout tars: {key}.png, {key}.txt
     (the prompt), {key}.json (prompt, spec, style, complexity, index, the world's description).
     A retrieval test set in the prompts' style (`recap eval-retrieval FOLDER`), and the reference

@@ -26,38 +26,17 @@ from ..spine.contract import Step, open_output
 from ..spine.errors import RecaptionError
 
 SHAPES = ("circle", "square", "triangle", "diamond")
-COLOURS = {
-    "red": (220, 30, 30),
-    "green": (30, 160, 50),
-    "blue": (30, 70, 220),
-    "yellow": (240, 210, 20),
-    "purple": (140, 40, 170),
-    "orange": (245, 130, 20),
-}
+COLOURS = {"red": (220, 30, 30), "green": (30, 160, 50), "blue": (30, 70, 220), "yellow": (240, 210, 20),
+           "purple": (140, 40, 170), "orange": (245, 130, 20)}
 SIZES = {"small": 0.1, "large": 0.17}  # radius as a share of the side; neighbours never touch
 # Cells in reading order, as (name, centre x, centre y) in image-side units.
-CELLS = (
-    ("top left", 0.25, 0.25),
-    ("top right", 0.75, 0.25),
-    ("center", 0.5, 0.5),
-    ("bottom left", 0.25, 0.75),
-    ("bottom right", 0.75, 0.75),
-)
+CELLS = (("top left", 0.25, 0.25), ("top right", 0.75, 0.25), ("center", 0.5, 0.5),
+         ("bottom left", 0.25, 0.75), ("bottom right", 0.75, 0.75))
 WRONG_COLOUR_RATE = 0.25
 NO_COLOUR_RATE = 0.2
 JUNK_RATE = 0.3
-JUNK = (
-    "stock photo",
-    "free download",
-    "hd wallpaper",
-    "best price",
-    "image",
-    "clipart",
-    "vector art",
-    "high quality",
-    "buy now",
-    "royalty free",
-)
+JUNK = ("stock photo", "free download", "hd wallpaper", "best price", "image", "clipart", "vector art",
+        "high quality", "buy now", "royalty free")
 CLASSES = tuple(f"{c} {s}" for c in COLOURS for s in SHAPES)
 
 
@@ -108,19 +87,11 @@ class ShapesWorld:
     def sample(self, index: int) -> ShapeSample:
         rng = random.Random(f"shapes:{self.seed}:{index}")
         cells = sorted(rng.sample(range(len(CELLS)), rng.randint(1, 4)))
-        objects = [
-            ShapeObject(rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.choice(list(SIZES)), CELLS[c][0])
-            for c in cells
-        ]
+        objects = [ShapeObject(rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.choice(list(SIZES)),
+                               CELLS[c][0]) for c in cells]
         image = self._draw(objects, rng)
-        return ShapeSample(
-            index,
-            image,
-            objects,
-            describe(objects),
-            self._alt_text(objects, rng),
-            f"{objects[0].colour} {objects[0].shape}",
-        )
+        return ShapeSample(index, image, objects, describe(objects), self._alt_text(objects, rng),
+                           f"{objects[0].colour} {objects[0].shape}")
 
     def _draw(self, objects: list[ShapeObject], rng: random.Random) -> bytes:
         scale = 4  # draw large, then shrink: smooth edges, same pixels every time
@@ -148,15 +119,8 @@ class ShapesWorld:
         return " ".join(words)
 
 
-def write_shapes_shards(
-    folder: str | Path,
-    count: int,
-    seed: int = 0,
-    image_size: int = 64,
-    shard_size: int = 1000,
-    start: int = 0,
-    overwrite: bool = False,
-) -> list[Path]:
+def write_shapes_shards(folder: str | Path, count: int, seed: int = 0, image_size: int = 64,
+                        shard_size: int = 1000, start: int = 0, overwrite: bool = False) -> list[Path]:
     """Samples start..start+count as img2dataset-layout tars: {key}.png, {key}.txt (alt-text),
     {key}.json (url, description, label, objects). `folder` must be new, empty, or hold only
     shapes-world shards; those are refused unless `overwrite`, which also removes the old set's
