@@ -38,29 +38,8 @@ from .api import (  # noqa: A004 - filter: the command's name
 from .spine import __version__
 
 __all__ = [
-    "__version__",
-    "caption",
-    "caption_presets",
-    "convert_llava",
-    "run_demo",
-    "download",
-    "lookup",
-    "eval_captioner",
-    "eval_retrieval",
-    "eval_t2i",
-    "export",
-    "filter",
-    "filter_output",
-    "generate",
-    "judge",
-    "model_families",
-    "report",
-    "run",
-    "score",
-    "make_shapes",
-    "stats",
-    "train_captioner",
-    "train_clip",
-    "train_dit",
-    "view",
+    "__version__", "caption", "caption_presets", "convert_llava", "run_demo", "download", "lookup",
+    "eval_captioner", "eval_retrieval", "eval_t2i", "export", "filter", "filter_output", "generate",
+    "judge", "model_families", "report", "run", "score", "make_shapes", "stats", "train_captioner",
+    "train_clip", "train_dit", "view"
 ]

@@ -15,26 +15,28 @@ from rich.console import Console
 from rich.table import Table
 
 from ..spine.errors import RecaptionError
+from ..spine.results import DONE
 
 console = Console()
 
-def error_line(exc: BaseException) -> None:
-    """One red line, unwrapped (so it stays one line in logs), markup in the message shown as is,
+
+def _red_line(label: str, text: str) -> None:
+    """One line, unwrapped (so it stays one line in logs), markup in the text shown as is,
     secrets (URL credentials, keys) masked."""
     from rich.markup import escape
 
     from ..redact import redact
 
-    console.print(f"[red]error:[/red] {escape(redact(str(exc)))}", soft_wrap=True)
+    console.print(f"[red]{label}[/red] {escape(redact(text))}", soft_wrap=True)
+
+
+def error_line(exc: BaseException) -> None:
+    _red_line("error:", str(exc))
 
 
 def failed_line(text: str) -> None:
-    """A shard that failed: one line, secrets masked."""
-    from rich.markup import escape
-
-    from ..redact import redact
-
-    console.print(f"[red]FAILED[/red] {escape(redact(text))}", soft_wrap=True)
+    """A shard that failed."""
+    _red_line("FAILED", text)
 
 
 def exit_code_of(exc: BaseException) -> int:
@@ -124,25 +126,31 @@ def split_values(values: list[str] | None) -> list[str]:
     return [v.strip() for value in values or [] for v in value.split(",") if v.strip()]
 
 
+def _shards_table(title: str, summary) -> Table:
+    """A run summary's table, begun with its shards by outcome."""
+    table = Table(title=title, show_header=False)
+    table.add_row("shards done", str(len(summary.done)))
+    table.add_row("shards skipped (already complete)", str(len(summary.skipped)))
+    table.add_row("shards failed", str(len(summary.failed)))
+    return table
+
+
 def print_caption_summary(summary, output: str, model: str | None = None) -> int:
     """The table after `recap caption` (and `run`, `demo`); the exit code: 1 if a shard failed.
     Beside the statuses, how many of this run's captions each quality flag marks (flags.py),
     and a line when most of them are degenerate, naming the model that wrote them."""
     from rich.markup import escape
 
-    from ..captioning.pipeline import DONE, SKIPPED
     from ..quality.stats import CAPTIONER_NOTES
 
-    table = Table(title="recap caption: summary", show_header=False)
-    table.add_row("shards done", str(len(summary.by_outcome(DONE))))
-    table.add_row("shards skipped (already complete)", str(len(summary.by_outcome(SKIPPED))))
-    table.add_row("shards failed", str(len(summary.failed)))
+    table = _shards_table("recap caption: summary", summary)
     table.add_row("rows written", str(summary.rows))
     for status, n in sorted(summary.status_counts.items()):
         table.add_row(f"  rows with status {status}", str(n))
-    captioned = sum(r.status_counts.get("ok", 0) for r in summary.by_outcome(DONE))
+    finished = summary.by_outcome(DONE)
+    captioned = sum(r.status_counts.get("ok", 0) for r in finished)
     flagged: Counter = Counter()
-    for r in summary.by_outcome(DONE):
+    for r in finished:
         flagged.update(r.counts)
     for column, n in sorted(flagged.items()):
         table.add_row(f"  captions flagged {column}", f"{n} of {captioned} ({n / captioned:.0%})")
@@ -166,7 +174,7 @@ def print_caption_summary(summary, output: str, model: str | None = None) -> int
         console.print(f"time: {escape(bound)}", soft_wrap=True)
     for r in summary.failed:
         failed_line(f"{r.source}: {r.error}")
-    for r in summary.by_outcome(DONE):
+    for r in finished:
         if r.rows and not r.status_counts.get("ok"):  # complete, yet nothing captioned: say so
             kinds = ", ".join(f"{status} {n}" for status, n in sorted(r.status_counts.items()))
             console.print(
@@ -181,14 +189,10 @@ def print_download_summary(summary, config) -> int:
     """The table after `recap download` (and `run`); the exit code: 1 if a shard failed."""
     from rich.markup import escape
 
-    from ..captioning.pipeline import DONE, SKIPPED
     from ..downloads.outcomes import BLOCKED_ADDRESS
     from ..redact import redact
 
-    table = Table(title="recap download: summary", show_header=False)
-    table.add_row("shards done", str(len(summary.by_outcome(DONE))))
-    table.add_row("shards skipped (already complete)", str(len(summary.by_outcome(SKIPPED))))
-    table.add_row("shards failed", str(len(summary.failed)))
+    table = _shards_table("recap download: summary", summary)
     for outcome, n in sorted(summary.status_counts.items()):
         table.add_row(f"  rows: {outcome}", str(n))
     table.add_row("output", escape(redact(config.output)))
