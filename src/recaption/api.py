@@ -23,8 +23,9 @@ def caption(inputs: PathLike | list[PathLike], output: PathLike, **options: Any)
 
     `options`: any `recap caption` option with `_` for `-` (`config.caption_option_names()` lists
     them). Returns a `spine.results.RunSummary`, as every command does: `.results` per shard,
-    `.done`, `.skipped`, `.failed`, `.errors`. Raises TypeError for an unknown option, ValueError
-    for a wrong value or input, OutputLockedError while another run writes to `output`."""
+    `.done`, `.skipped`, `.failed` (broken shards; `.errors` says why). Raises TypeError for an
+    unknown option, ValueError for a wrong value or input, `spine.atomic.OutputLockedError` while
+    another run writes to `output`."""
     from .config import caption_settings
     from .executors.run import run_caption
     from .readers import discover_shards
@@ -150,9 +151,11 @@ def filter_output(output: PathLike, where: str, destination: PathLike, *, overwr
     network access), into the caption output folder `destination` (`recap filter`). A rerun skips
     shards filtered alike; `overwrite` redoes them.
 
-    Returns a RunSummary (`.count("rows_in")`, `.count("rows_kept")`). Raises FilterExpressionError
-    (a bad condition), OutputError (`destination` is or holds an input, or holds other files),
-    ConfigMismatchError (shards filtered otherwise there), NoOutputError, OutputLockedError."""
+    Returns a RunSummary (`.count("rows_in")`, `.count("rows_kept")`). Raises
+    `steps.filter.FilterExpressionError` (a bad condition), `spine.contract.OutputError`
+    (`destination` is, holds or lies inside `output`, or holds other files),
+    `spine.results.ConfigMismatchError` (shards filtered otherwise there, without `overwrite`),
+    `quality.outputs.NoOutputError` (no finished shards), `spine.atomic.OutputLockedError`."""
     from .steps.filter import filter_output as _filter_output
 
     return _filter_output(os.fspath(output), where, os.fspath(destination), overwrite=overwrite)
@@ -161,15 +164,18 @@ def filter_output(output: PathLike, where: str, destination: PathLike, *, overwr
 def export(output: PathLike, destination: PathLike, *, images: PathLike | list[PathLike] | None = None,
            caption: str = "re_caption", seed: int = 0, overwrite: bool = False, format: str = "jpg"):
     """Write caption output `output` as WebDataset tars in `destination` (`recap export`): per
-    finished shard `{name}.tar` of `{key}.jpg` (or `format`: png, webp, keep), `{key}.txt` (the
-    chosen caption) and `{key}.json`.
+    finished shard `{name}.tar` of `{key}.jpg` (or `format`: png, webp; EXIF orientation applied;
+    keep: each image's own bytes), `{key}.txt` (the chosen caption) and `{key}.json` (key, url,
+    sha256, the captions, CLIP scores, caption_source).
 
     `images`: where the images are when not at the inputs `recap caption` recorded (joined by key).
     `caption`: a text column, `mix:p=P` (the original caption with probability P, else the
-    recaption) or `mix:COLUMN=P,...`, drawn per (seed, key) so reruns write the same tars.
-    Returns a RunSummary (`.status_counts["exported"]`, rows not exported by reason). Raises
-    CaptionChoiceError, OutputError, ConfigMismatchError, NoOutputError, OutputLockedError as
-    `filter_output` does."""
+    recaption) or `mix:COLUMN=P,...` (summing to 1), drawn per (seed, key) so reruns write the
+    same tars. Returns a RunSummary (`.status_counts["exported"]`, rows not exported by reason;
+    `.errors`: shards whose images could not be read, the others still exported). Raises
+    `steps.export.CaptionChoiceError` (no such text column, a malformed mix),
+    `readers.InputError` (`images` match none) and, as `filter_output`, OutputError (`destination`
+    is, holds or lies inside an input), ConfigMismatchError, NoOutputError, OutputLockedError."""
     from .steps.export import export as _export
 
     found = None if images is None else _paths(images)

@@ -8,8 +8,10 @@ exists; anything else of it is redone on the next run.
 `ShardCommit` is one shard's transaction: files written under temporary names unique to the
 writer, then the old marker removed, the files renamed in, stats and marker written last. A crash
 leaves the old finished shard or a shard without a marker, never a marker beside files it does not
-describe. `plan` is the one planner; `require_same_settings` the one settings comparison.
-`RECAP_CRASH_AFTER_ROWS=N` (tests) exits like `kill -9` after N rows (docs/failures.md).
+describe. Two writers of one shard never touch each other's temporaries; a crash's are removed
+by the folder's next lock holder (atomic.remove_stale_temporaries). `plan` is the one planner;
+`require_same_settings` the one settings comparison. `RECAP_CRASH_AFTER_ROWS=N` (tests) exits
+like `kill -9` after N rows (docs/failures.md).
 
 Light on purpose: the downloader imports it, and it must not load engines, batching or torch.
 """
