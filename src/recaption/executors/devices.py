@@ -1,10 +1,6 @@
-"""One worker process per device on this machine, each over its own shards (k, k+n, ...).
-
-Workers are spawned (CUDA cannot be forked) and not daemonic, so each keeps its own loader
-processes. They report progress and shard results through a queue; a worker that dies is
-noticed and its unfinished shards are reported failed (their output is never half-written, so
-the next run redoes them).
-"""
+"""One spawned (CUDA cannot be forked), non-daemonic worker process per device, each over its
+own shards (k, k+n, ...), reporting through a queue; a worker that dies has its unfinished shards
+reported failed (never half-written: the next run redoes them)."""
 
 from __future__ import annotations
 

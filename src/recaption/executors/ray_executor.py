@@ -1,26 +1,7 @@
-"""`--executor ray`: long-lived caption workers as Ray actors, on a local Ray or a cluster; and
-downloads as Ray tasks (`download_shards`, at the end).
-
-Each actor sets up one engine (one model on its GPU share: `num_gpus=1`, or 0.5 / 0.25 to pack
-a small model several times on one GPU) and keeps ONE loader for its whole life: loader
-processes beside it on its node (as many as the CPUs Ray gives the actor, so pixels never cross
-the network) take shards from the actor's queue as they free up. The driver keeps each actor
-one shard ahead of its loader workers, so the next shard is read and decoded while the current
-one generates, and no process is started per shard. Each shard's parquet, stats and `.done`
-marker are written by its actor to the shared output folder (a local path on one machine, an
-fsspec URL such as s3:// or gs:// on a cluster), exactly as the local executor writes them.
-
-The driver plans (skips done shards, refuses mixed settings), hands out shards, and collects
-results. An actor that dies (kill -9, a node removed) loses nothing: the shards it held go back
-to the front of the queue and are done, once, by the actors still alive; a replacement actor is
-started where the cluster has room. A shard whose actor died under it three times is reported
-failed (it may be what kills them). Only this module and `ray_cluster` import ray.
-
-Downloading: the driver streams the metadata and plans each shard exactly as the local run does;
-each planned shard goes to a Ray task that downloads it whole with its own connections and
-commits it to the shared output folder: the same names, keys, members, markers and resume as
-the local executor. A worker killed mid-shard leaves no shard half-written.
-"""
+"""`--executor ray`: caption workers as Ray actors (an engine set up once, one loader for life,
+kept a shard ahead; a dead actor's shards requeued, failed after DEATHS_PER_SHARD deaths), and
+downloads as Ray tasks (`download_shards`). Outputs and resume are the local executor's
+(docs/scaling.md). Only this module and `ray_cluster` import ray."""
 
 from __future__ import annotations
 
@@ -119,13 +100,8 @@ class CaptionWorker:
 
 
 def worker_count(executor: ExecutorConfig, cluster_gpus: float, shards: int) -> int:
-    if executor.ray_workers:
-        wanted = executor.ray_workers
-    elif cluster_gpus >= 1:
-        wanted = int(cluster_gpus / executor.ray_gpus_per_worker)
-    else:
-        wanted = 1
-    return max(1, min(wanted, shards))
+    by_gpus = int(cluster_gpus / executor.ray_gpus_per_worker) if cluster_gpus >= 1 else 1
+    return max(1, min(executor.ray_workers or by_gpus, shards))
 
 
 class RayExecutor(Executor):
