@@ -64,14 +64,9 @@ def run_event_loop(main: Coroutine[object, object, T]) -> T:
 DownloadSummary = RunSummary
 
 
-def download(
-    inputs: list[str],
-    config: DownloadConfig,
-    progress: Progress | None = None,
-    columns: ChosenColumns | None = None,
-    executor: str = "local",
-    ray_address: str | None = None,
-) -> DownloadSummary:
+def download(inputs: list[str], config: DownloadConfig, progress: Progress | None = None,
+             columns: ChosenColumns | None = None, executor: str = "local",
+             ray_address: str | None = None) -> DownloadSummary:
     """Download every URL of `inputs` into `config.output` (`columns`: `choose_columns`'s, else
     chosen here), on any executor with a `download_shards` (local, ray at `ray_address`): the same
     files either way. Raises InputError (bad input, a named column missing), ConfigMismatchError
@@ -388,11 +383,9 @@ class ShardDownloads:
             }
             image = ext = None
             if fetched.outcome == oc.OK:
-                loop = asyncio.get_running_loop()
                 try:
-                    stored = await loop.run_in_executor(
-                        self.pool, process_image, fetched.data, row.sha256, self.cfg, fetched.content_type
-                    )
+                    stored = await asyncio.get_running_loop().run_in_executor(
+                        self.pool, process_image, fetched.data, row.sha256, self.cfg, fetched.content_type)
                 except ProcessError as exc:
                     record.update(outcome=exc.outcome, error_message=redact(str(exc)), sha256=exc.sha256)
                 else:

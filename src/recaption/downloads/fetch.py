@@ -48,11 +48,9 @@ def _guarded_socket(addr_info) -> socket.socket:
 
 
 class SafeConnector(aiohttp.TCPConnector):
-    """A TCPConnector that refuses non-public addresses at the connector, so no request of the
-    session can reach one: every host is checked as the connection uses it (after yarl's IDNA
-    normalisation, so `①②⑦.⓪.⓪.①` and `１２７．０．０．１` are 127.0.0.1), literal addresses
-    in any spelling before connecting, names on the addresses they resolve to (DNS names that
-    point inside too), and every socket on the address it connects to."""
+    """A TCPConnector that refuses non-public addresses, so no request of the session reaches one:
+    every host as the connection uses it (after yarl's IDNA normalisation: `①②⑦.⓪.⓪.①` is
+    127.0.0.1), every address a name resolves to, and every socket's address (docs/download.md)."""
 
     def __init__(self, *, allow_private: bool, **options):
         self.allow_private = allow_private

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import re
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ from ..samples.sample import as_text
 from ..spine.files import NotRegularFile, open_input
 
 BATCH_ROWS = 4096
+_FORMAT = re.compile(r"\.(parquet|csv|tsv|jsonl|json|txt)(?:\.gzip)?(?:\.gz)?$", re.IGNORECASE)
 
 
 @dataclass
@@ -40,7 +42,7 @@ def expand_metadata_inputs(inputs: list[str]) -> list[str]:
             if any(ch in path for ch in "*?["):
                 found = sorted(fs.glob(path))
             elif fs.isdir(path):
-                found = sorted(p for p in fs.find(path) if _is_metadata(p))
+                found = sorted(p for p in fs.find(path) if _FORMAT.search(p))
             elif fs.exists(path):
                 paths.append(pattern)
                 continue
@@ -52,22 +54,10 @@ def expand_metadata_inputs(inputs: list[str]) -> list[str]:
     return paths
 
 
-def _is_metadata(path: str) -> bool:
-    try:
-        input_format(path)
-    except InputError:
-        return False
-    return True
-
-
 def input_format(path: str) -> str:
-    name = path.lower()
-    for suffix in (".gz", ".gzip"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-    for fmt in ("parquet", "csv", "tsv", "jsonl", "json", "txt"):
-        if name.endswith("." + fmt):
-            return "jsonl" if fmt == "json" else fmt
+    if match := _FORMAT.search(path):
+        fmt = match.group(1).lower()
+        return "jsonl" if fmt == "json" else fmt
     raise InputError(f"{path}: unknown metadata format (want .parquet, .csv, .tsv, .jsonl or .txt, "
                      "optionally .gz)")
 

@@ -134,11 +134,9 @@ class _Dispatcher:
         gpus = ray.cluster_resources().get("GPU", 0)
         self.count = worker_count(executor, gpus, len(todo))
         self.actor_class = ray.remote(CaptionWorker).options(
-            num_gpus=executor.ray_gpus_per_worker if gpus else 0,
-            num_cpus=executor.ray_cpus_per_worker,
+            num_gpus=executor.ray_gpus_per_worker if gpus else 0, num_cpus=executor.ray_cpus_per_worker,
             max_restarts=0, max_task_retries=0,  # a dead actor's shards are requeued here instead
-            max_concurrency=64,  # caption_shard calls wait in threads; slots bound them
-        )
+            max_concurrency=64)  # caption_shard calls wait in threads; slots bound them
         self.queue: deque[Shard] = deque(todo)
         self.deaths: Counter = Counter()  # shard name -> actors that died while holding it
         self.actors: list[_Actor] = []
@@ -258,10 +256,9 @@ def _download_one(run: ShardDownloads, shard: PlannedShard) -> tuple[ShardResult
 
 def download_shards(planned: Iterator[PlannedShard | ShardResult], run: ShardDownloads,
                     address: str | None = None) -> RunSummary:
-    """The download step: each planned shard downloaded whole by one Ray task (one CPU, at most
-    twice the cluster's CPUs in flight, so the driver's memory stays bounded) and committed to
-    the shared output folder; a task whose worker died runs again (TASK_RETRIES). Results in
-    shard order."""
+    """Each planned shard downloaded whole by one Ray task (one CPU; at most twice the cluster's
+    CPUs in flight: the driver's memory stays bounded), run again when its worker died
+    (TASK_RETRIES); results in shard order."""
     with connected(address) as ray:
         task = ray.remote(_download_one).options(num_cpus=1, max_retries=TASK_RETRIES)
         limit = 2 * cluster_cpus(ray)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ..captioning.pipeline import CAPTION
 from ..config import CaptionConfig, ExecutorConfig, RunConfig
+from ..hardware import check_devices
 from ..readers import Shard, input_locations
 from ..readers.changes import forget_vanished_slices
 from ..spine.contract import open_output
@@ -38,8 +39,6 @@ def check_run(caption: CaptionConfig, run: RunConfig, executor: ExecutorConfig) 
     executor_module(executor.executor)
 
     if engine_class(caption.engine).loads_weights:
-        from .devices import check_devices
-
         check_model(caption.model)
         if executor.executor == "local":  # Ray places its workers on the cluster's GPUs
             if executor.devices:
