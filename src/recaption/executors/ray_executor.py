@@ -1,7 +1,8 @@
 """`--executor ray`: caption workers as Ray actors (an engine set up once, one loader for life,
 kept a shard ahead; a dead actor's shards requeued, failed after DEATHS_PER_SHARD deaths), and
 downloads as Ray tasks (`download_shards`). Outputs and resume are the local executor's
-(docs/scaling.md). Only this module and `ray_cluster` import ray."""
+(docs/scaling.md). Ray is an optional dependency: only this module imports it, and a missing Ray
+is one line naming the extra to install."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import threading
 from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from ..ray_cluster import cluster_cpus, connected
 from ..redact import redact
+from ..spine.errors import RecaptionError
 from ..spine.results import FAILED, Progress, RunSummary, ShardResult
 from .base import Executor
 
@@ -27,6 +29,29 @@ log = logging.getLogger(__name__)
 
 DEATHS_PER_SHARD = 3  # a shard whose actor died under it this often is failed, not retried
 WAITING_NOTE_SECONDS = 60.0
+
+
+class RayMissingError(RecaptionError, RuntimeError):
+    """--executor ray without Ray installed."""
+
+
+@contextmanager
+def connected(address: str | None) -> Iterator[object]:
+    """Ray, joined for the length of the block: a cluster at `address` ("auto", ray://host:port),
+    or a local Ray started here (None). A Ray the caller already joined is used as it is."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise RayMissingError("--executor ray needs Ray: pip install 'recaption[ray]'") from exc
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
+                 include_dashboard=False)
+    try:
+        yield ray
+    finally:
+        if started_here:
+            ray.shutdown()
 
 
 class WorkerStopped(RuntimeError):
@@ -261,7 +286,7 @@ def download_shards(planned: Iterator[PlannedShard | ShardResult], run: ShardDow
     (TASK_RETRIES); results in shard order."""
     with connected(address) as ray:
         task = ray.remote(_download_one).options(num_cpus=1, max_retries=TASK_RETRIES)
-        limit = 2 * cluster_cpus(ray)
+        limit = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
         shared = ray.put(run)  # the settings, sent to the object store once
         run.progress.run_started([])
         results: dict[str, ShardResult] = {}
