@@ -11,11 +11,14 @@ def pick_device(requested: str) -> str:
 
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested.startswith("cuda"):
-        try:
-            check_devices([requested], "--device")
-        except DeviceError as exc:
-            raise RuntimeError(str(exc)) from None
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {requested} asked for, but torch sees no CUDA GPU")
+    index = requested.partition(":")[2]
+    if requested.startswith("cuda:") and index.isdigit() and int(index) >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        have = f"cuda:0 to cuda:{count - 1}" if count > 1 else "cuda:0"
+        raise RuntimeError(f"--device {requested} asked for, but torch sees only {count} "
+                           f"GPU{'s' if count > 1 else ''} ({have})")
     return requested
 
 

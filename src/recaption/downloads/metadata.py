@@ -19,7 +19,7 @@ from ..samples.sample import as_text
 from ..spine.files import NotRegularFile, open_input
 
 BATCH_ROWS = 4096
-_FORMAT = re.compile(r"\.(parquet|csv|tsv|jsonl|json|txt)(?:\.gzip)?(?:\.gz)?$", re.IGNORECASE)
+_FORMAT = re.compile(r"\.(parquet|csv|tsv|jsonl|json|txt)(?:\.gzip)?(?:\.gz)?\Z", re.IGNORECASE)
 
 
 @dataclass

@@ -125,8 +125,11 @@ class CaptionWorker:
 
 
 def worker_count(executor: ExecutorConfig, cluster_gpus: float, shards: int) -> int:
-    by_gpus = int(cluster_gpus / executor.ray_gpus_per_worker) if cluster_gpus >= 1 else 1
-    return max(1, min(executor.ray_workers or by_gpus, shards))
+    if executor.ray_workers:  # (then the GPU share is never divided by: it may be 0)
+        wanted = executor.ray_workers
+    else:
+        wanted = int(cluster_gpus / executor.ray_gpus_per_worker) if cluster_gpus >= 1 else 1
+    return max(1, min(wanted, shards))
 
 
 class RayExecutor(Executor):
