@@ -16,17 +16,11 @@ class RichProgress(PipelineProgress):
     def __init__(self, console: Console | None = None, description: str = "captioning", unit: str = "images"):
         self.console = console or Console(stderr=True)
         self.description = description
-        self._bar = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn(f"shards  {{task.fields[images]}} {unit}  {{task.fields[rate]}} {unit}/s"),
-            TimeRemainingColumn(),
-            console=self.console,
-        )
+        counts = TextColumn(f"shards  {{task.fields[images]}} {unit}  {{task.fields[rate]}} {unit}/s")
+        self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             counts, TimeRemainingColumn(), console=self.console)
         self._task = None
-        self._images = 0
-        self._ok = 0
+        self._images = self._ok = 0
         # From the run's start, moved to the first shard's start when the step reports one (the
         # caption step, after its model loaded): loading a model is not part of the rate.
         self._started = time.perf_counter()

@@ -1,12 +1,7 @@
-"""The one address policy for image URLs and their redirects: only globally routable unicast.
-
-IPv4: `is_global` and not multicast. IPv6: inside 2000::/3 (global unicast; so site-local
-fec0::/10, unique-local fc00::/7, link-local, multicast and every special block are out) and
-`is_global`. An IPv6 address that carries an IPv4 one (mapped ::ffff:a.b.c.d, translated
-::ffff:0:a.b.c.d, compatible ::a.b.c.d, NAT64 64:ff9b::/96, 6to4 2002::/16, Teredo 2001::/32) is
-judged by the IPv4 address inside as well, since that is where a packet may end up.
-Endpoints the user names (judge, openai) are the user's choice and not checked here.
-"""
+"""The one address policy for image URLs and their redirects: only globally routable unicast
+(IPv4 `is_global`; IPv6 also inside 2000::/3). An IPv6 address that carries an IPv4 one (mapped,
+translated, compatible, NAT64, 6to4, Teredo) is judged by the IPv4 inside too: a packet may end
+up there. Endpoints the user names (judge, openai) are the user's choice, not checked here."""
 
 from __future__ import annotations
 

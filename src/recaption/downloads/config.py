@@ -31,10 +31,7 @@ class DownloadConfig:
     shard_size: int = 10_000
     resize: str = "keep_ratio"
     image_size: int = 512
-    # the resize filter: auto (a plain JPEG shrunk under 2.2x: OpenCV's INTER_AREA, as
-    # img2dataset; lanczos after a reduced JPEG decode; hamming otherwise: at least img2dataset's
-    # quality at the least cost, docs/benchmarks.md), hamming, lanczos, bicubic, bilinear
-    resample: str = "auto"
+    resample: str = "auto"  # the resize filter (docs/download.md)
     max_aspect_ratio: float | None = None
     min_size: int = 0
     format: str = "jpg"
@@ -62,16 +59,13 @@ class DownloadConfig:
     shards_in_flight: int = 2  # a shard's slow tail overlaps the next shard's start
 
     def __post_init__(self):
-        if self.resize not in RESIZE_MODES:
-            raise ValueError(f"--resize must be one of {', '.join(RESIZE_MODES)}")
-        if self.key_format not in KEY_FORMATS:
-            raise ValueError(f"--key-format must be one of {', '.join(KEY_FORMATS)}")
+        choices = {"--resize": (self.resize, RESIZE_MODES), "--key-format": (self.key_format, KEY_FORMATS),
+                   "--resample": (self.resample, RESAMPLE_FILTERS), "--format": (self.format, FORMATS)}
+        for flag, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ValueError(f"{flag} must be one of {', '.join(allowed)}")
         if self.key_format == "id" and self.id_col not in self.extra_cols:
             self.extra_cols = [*self.extra_cols, self.id_col]  # read it, and keep it in every row
-        if self.resample not in RESAMPLE_FILTERS:
-            raise ValueError(f"--resample must be one of {', '.join(RESAMPLE_FILTERS)}")
-        if self.format not in FORMATS:
-            raise ValueError(f"--format must be one of {', '.join(FORMATS)}")
         if self.shard_size < 1 or self.concurrency < 1 or self.per_host_concurrency < 1:
             raise ValueError("--shard-size, --concurrency and --per-host-concurrency must be positive")
         if self.timeout <= 0 or self.retries < 0:
@@ -98,30 +92,13 @@ class DownloadConfig:
         """The settings that decide which rows may succeed, not what a stored row looks like.
         Recorded in each shard's marker: a rerun that loosens one fetches again the rows it
         refused (see downloader.policy_change); tightening one is refused."""
-        return {
-            "allow_private_network": self.allow_private_network,
-            "disallowed_directives": sorted(self.disallowed_directives),
-            "max_bytes": self.max_bytes,
-            "max_pixels": self.max_pixels,
-            "max_redirects": self.max_redirects,
-            "placeholder_min_urls": self.placeholder_min_urls,
-        }
+        keys = ("allow_private_network", "disallowed_directives", "max_bytes", "max_pixels", "max_redirects",
+                "placeholder_min_urls")
+        policy = {k: getattr(self, k) for k in keys}
+        return {**policy, "disallowed_directives": sorted(self.disallowed_directives)}
 
     def provenance(self) -> dict:
-        keys = [
-            "url_col",
-            "caption_col",
-            "extra_cols",
-            "sha256_col",
-            "shard_size",
-            "resize",
-            "image_size",
-            "resample",
-            "max_aspect_ratio",
-            "min_size",
-            "format",
-            "quality",
-            "key_format",
-            "id_col",
-        ]
+        """The settings that decide what a stored row looks like (recorded in each marker)."""
+        keys = ("url_col", "caption_col", "extra_cols", "sha256_col", "shard_size", "resize", "image_size",
+                "resample", "max_aspect_ratio", "min_size", "format", "quality", "key_format", "id_col")
         return {k: getattr(self, k) for k in keys}

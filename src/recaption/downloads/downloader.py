@@ -1,16 +1,9 @@
 """The download run: plan shards from the metadata stream, fetch concurrently, write, resume.
 
-Row i of the input (all files, in order) goes to shard i // shard_size with img2dataset's key
-(shard id, then index in the shard, zero-padded), so a rerun plans the same shards: complete
-ones (marker present, same settings) are skipped, the rest redone from scratch. Some rows of a
-complete shard are fetched again and merged in by key (no duplicates, nothing else touched):
-with `retry_failed`, its transient failures (timeouts, connection errors, 429, 5xx) and the
-rows refused as private addresses; and when a fetch-policy setting was loosened since the shard
-was made (`--allow-private-network`, `--no-respect-opt-out`, a larger `--max-bytes`), the rows
-that setting refused. Tightening one is refused like any other change of settings.
-
-The run opens its folder through the output contract (spine/contract.py: its lock, stale
-temporaries removed, never among the metadata files or in another step's folder).
+Row i of the input (all files, in order) goes to shard i // shard_size, so a rerun plans the same
+shards: complete ones (marker present, same settings) are skipped, the rest redone. Rows of a
+complete shard that may now succeed (--retry-failed's, or those a since loosened fetch-policy
+setting refused) are fetched again and merged in by key; tightening a setting is refused.
 """
 
 from __future__ import annotations
@@ -18,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import hashlib
-import math
 import os
 import time
 from collections import Counter
@@ -54,71 +46,55 @@ from .config import DownloadConfig
 from .fetch import Fetcher
 from .metadata import ChosenColumns, MetadataReader, UrlRow, expand_metadata_inputs
 from .process import ProcessError, process_image
-from .writer import DownloadShardWriter, forget_shard, shard_paths
+from .writer import DownloadShardWriter
 
 T = TypeVar("T")
 
 
 def run_event_loop(main: Coroutine[object, object, T]) -> T:
-    """`asyncio.run` on uvloop's event loop where uvloop is installed (not on Windows): libuv's
-    transports took 4-6% off a whole download's time (docs/benchmarks.md); the standard loop
-    otherwise."""
+    """`asyncio.run` on uvloop's loop where installed: 4-6% off a download (docs/benchmarks.md)."""
     try:
         import uvloop
     except ImportError:
         return asyncio.run(main)
     return uvloop.run(main)
 
+
 # A download shard reports like a caption shard: ShardResult.status_counts counts outcomes.
 DownloadSummary = RunSummary
 
 
-def download(
-    inputs: list[str],
-    config: DownloadConfig,
-    progress: Progress | None = None,
-    columns: ChosenColumns | None = None,
-    executor: str = "local",
-    ray_address: str | None = None,
-) -> DownloadSummary:
-    """Download every URL of `inputs` into `config.output`; see the module docstring.
-
-    `columns`: what `choose_columns` returned for these inputs (chosen here when not given).
-    `executor`: "local" (this process) or "ray" (shards fetched by Ray tasks across the cluster
-    at `ray_address`, or on a local Ray): any executor of executors/ (its `download_shards`).
-    Same files either way.
-    Raises InputError (bad input, a named column missing), ConfigMismatchError (the folder holds
-    shards made with other settings) and atomic.OutputLockedError (another run writes there)."""
+def download(inputs: list[str], config: DownloadConfig, progress: Progress | None = None,
+             columns: ChosenColumns | None = None, executor: str = "local",
+             ray_address: str | None = None) -> DownloadSummary:
+    """Download every URL of `inputs` into `config.output` (`columns`: `choose_columns`'s, else
+    chosen here), on any executor with a `download_shards` (local, ray at `ray_address`): the same
+    files either way. Raises InputError (bad input, a named column missing), ConfigMismatchError
+    (shards made with other settings) and atomic.OutputLockedError (another run writes there)."""
     download_shards = getattr(executor_module(executor), "download_shards", None)  # unknown: one line
     if download_shards is None:
         raise ValueError(f"--executor {executor}: runs no downloads; use local or ray")
     reader = MetadataReader(config.url_col, config.caption_col, config.sha256_col, config.extra_cols)
     paths = expand_metadata_inputs(inputs)
     reader.chosen = columns or reader.choose(paths)
-    progress = progress or Progress()
     placeholders = read_placeholder_list(config.placeholders)  # a bad list: one line, no folder made
-    # The output contract: not among the metadata files, not another step's folder, one run at a
-    # time; temporaries a worker killed mid-shard (Ray) leaves are removed when the run ends.
+    # (temporaries a worker killed mid-shard (Ray) leaves are removed when the run ends)
     with open_output(config.output, DOWNLOAD, paths):
-        run = ShardDownloads(config, reader.chosen, progress, placeholders)
+        run = ShardDownloads(config, reader.chosen, progress or Progress(), placeholders)
         planned = run.plan(reader.read(paths))
         return download_shards(planned, run, ray_address)
 
 
-# What `recap download` writes (the output contract): img2dataset-layout shards whose markers
-# record the download settings.
-# Downloads made before --key-format were keyed the img2dataset way.
+# What `recap download` writes (the output contract). Downloads made before --key-format were keyed
+# the img2dataset way; before --resample, Lanczos from a full decode (within a dB or two of auto's).
 DOWNLOAD = Step("download", recognise=marker_has("url_col", "shard_size"),
-                # Downloads made before --resample resized with Lanczos from a full decode: within
-                # a dB or two (PSNR) of auto's result, so such a folder resumes under the default.
                 added_later={"key_format": "img2dataset", "id_col": "uid", "resample": "auto",
                              "placeholders": None})
 
 
 def choose_columns(inputs: list[str], config: DownloadConfig) -> ChosenColumns:
-    """The url / caption / sha256 / extra columns `download` will read (printed at the start of
-    `recap download`); InputError when a named one is missing. The output contract's checks run
-    first, so a refused output is the only line a refused run prints."""
+    """The columns `download` will read (InputError when a named one is missing), after the output
+    contract's checks, so a refused output is the only line a refused run prints."""
     paths = expand_metadata_inputs(inputs)
     check_output(config.output, DOWNLOAD, paths)
     reader = MetadataReader(config.url_col, config.caption_col, config.sha256_col, config.extra_cols)
@@ -155,17 +131,14 @@ def policy_change(previous: dict, current: dict) -> tuple[list[str], list[str]]:
 
 @dataclass(frozen=True)
 class Refetch:
-    """Which rows of a complete shard a rerun fetches again: those a loosened fetch-policy
-    setting refused, and with --retry-failed the transient failures. Plain data, so it travels
-    to a Ray worker with its shard."""
+    """Which rows of a complete shard a rerun fetches again (plain data: it travels to Ray)."""
 
     outcomes: frozenset
     retry_failed: bool
 
     def __call__(self, row: dict) -> bool:
         return row["outcome"] in self.outcomes or (
-            self.retry_failed and oc.retry_on_rerun(row["outcome"], row["http_status"])
-        )
+            self.retry_failed and oc.retry_on_rerun(row["outcome"], row["http_status"]))
 
 
 @dataclass
@@ -179,17 +152,9 @@ class PlannedShard:
         return f"{self.shard_id:05d}"
 
 
-def plan(rows: Iterator[UrlRow], shard_size: int) -> Iterator[tuple[int, list[UrlRow]]]:
-    shard_id = 0
-    while chunk := list(islice(rows, shard_size)):
-        yield shard_id, chunk
-        shard_id += 1
-
-
 class ShardDownloads:
-    """Plans shards against the output folder and downloads one shard at a time or many at
-    once; the same object runs in this process (`run_here`) and, pickled, in Ray workers
-    (`download_shard`)."""
+    """Plans shards against the output folder and downloads them, in this process (`run_here`)
+    or, pickled, in Ray workers (`download_shard`)."""
 
     def __init__(self, config: DownloadConfig, columns: ChosenColumns, progress: Progress,
                  placeholders: frozenset[str] = frozenset()):
@@ -198,16 +163,12 @@ class ShardDownloads:
         self.out = OutputDir(config.output)
         self.columns = columns
         self.placeholders = placeholders  # sha256 digests of --placeholders, read by `download`
-        self.index_digits = max(1, math.ceil(math.log10(config.shard_size))) if config.shard_size > 1 else 1
+        self.index_digits = len(str(config.shard_size - 1))
         # The columns actually read (a found caption column under its name), so a rerun that
         # finds another column is refused rather than mixing captions from two columns.
-        self.provenance = {
-            **config.provenance(),
-            "caption_col": self.columns.caption,
-            "sha256_col": self.columns.sha256,
-            "placeholders": list_provenance(self.placeholders),
-            "recaption_version": __version__,
-        }
+        self.provenance = {**config.provenance(), "caption_col": columns.caption,
+                           "sha256_col": columns.sha256, "placeholders": list_provenance(placeholders),
+                           "recaption_version": __version__}
         self.policy = config.fetch_policy()
 
     def __getstate__(self) -> dict:
@@ -216,15 +177,14 @@ class ShardDownloads:
     def plan(self, rows: Iterator[UrlRow]) -> Iterator[PlannedShard | ShardResult]:
         """Each shard of the metadata stream, in order: planned to download, or the SKIPPED
         result of a complete one. Lazy: at most one shard's rows are read ahead."""
-        for shard_id, chunk in plan(rows, self.cfg.shard_size):
-            name = f"{shard_id:05d}"
-            again = None
-            if self.out.is_done(name) and not self.cfg.overwrite:  # --overwrite redoes it
-                again = self._rows_to_fetch_again(name)
-                if again is None:
-                    yield ShardResult(name, name, SKIPPED)
+        for shard_id, chunk in enumerate(iter(lambda: list(islice(rows, self.cfg.shard_size)), [])):
+            shard = PlannedShard(shard_id, chunk, None)
+            if self.out.is_done(shard.name) and not self.cfg.overwrite:  # --overwrite redoes it
+                shard.again = self._rows_to_fetch_again(shard.name)
+                if shard.again is None:
+                    yield ShardResult(shard.name, shard.name, SKIPPED)
                     continue
-            yield PlannedShard(shard_id, chunk, again)
+            yield shard
 
     def run_here(self, planned: Iterator[PlannedShard | ShardResult]) -> DownloadSummary:
         """Every planned shard in this process, `shards_in_flight` at a time."""
@@ -242,7 +202,7 @@ class ShardDownloads:
                         summary.results.append(item)
                         continue
                     await shard_slots.acquire()  # at most shards_in_flight shards' rows in memory
-                    task = asyncio.create_task(self._shard(item.shard_id, item.rows, item.again))
+                    task = asyncio.create_task(self._shard(item))
                     task.add_done_callback(lambda _t: shard_slots.release())
                     tasks.append(task)
                 summary.results += await asyncio.gather(*tasks)
@@ -256,7 +216,7 @@ class ShardDownloads:
 
         async def alone() -> ShardResult:
             async with self._session():
-                return await self._shard(shard.shard_id, shard.rows, shard.again)
+                return await self._shard(shard)
 
         return run_event_loop(alone())
 
@@ -305,19 +265,15 @@ class ShardDownloads:
             return None
         return Refetch(outcomes, self.cfg.retry_failed)
 
-    async def _shard(
-        self, shard_id: int, rows: list[UrlRow], again: Callable[[dict], bool] | None
-    ) -> ShardResult:
-        name = f"{shard_id:05d}"
-        started = time.perf_counter()
+    async def _shard(self, shard: PlannedShard) -> ShardResult:
+        name, again, started = shard.name, shard.again, time.perf_counter()
         retrying = again is not None
-        if not retrying:
-            forget_shard(self.out, name)
-        save_caption = self.columns.caption is not None
-        writer = DownloadShardWriter(self.out, name, list(self.columns.extra), save_caption)
+        if not retrying:  # marker first, then stats, parquet and tar (temporaries are their writers')
+            self.out.invalidate(name, also=("tar",))
+        writer = DownloadShardWriter(self.out, name, list(self.columns.extra),
+                                     save_caption=self.columns.caption is not None)
         try:
-            keys = self._keys(shard_id, rows)
-            todo = list(zip(keys, rows, strict=True))
+            todo = list(zip(self._keys(shard.shard_id, shard.rows), shard.rows, strict=True))
             if retrying:
                 todo = self._carry_over(writer, name, todo, again)
                 if todo is None:
@@ -332,13 +288,8 @@ class ShardDownloads:
         except BaseException as exc:
             writer.abort()
             if isinstance(exc, Exception):
-                result = ShardResult(
-                    name,
-                    name,
-                    FAILED,
-                    error=redact(f"{type(exc).__name__}: {exc}"),
-                    seconds=time.perf_counter() - started,
-                )
+                result = ShardResult(name, name, FAILED, error=redact(f"{type(exc).__name__}: {exc}"),
+                                     seconds=time.perf_counter() - started)
                 self.progress.shard_finished(result)
                 return result
             raise
@@ -356,7 +307,20 @@ class ShardDownloads:
         writer.mark(repeated, oc.PLACEHOLDER, oc.status_of(oc.PLACEHOLDER))
         counts = Counter(r["outcome"] for r in writer.rows.values())
         seconds = time.perf_counter() - started
-        stats = self._stats(writer, counts, started, seconds, retried=retried)
+        statuses = Counter(r["status"] for r in writer.rows.values())
+        errors = Counter(r["error_message"] for r in writer.rows.values() if r["error_message"])
+        stats = {
+            "count": len(writer.rows),
+            "successes": statuses.get(oc.SUCCESS, 0),
+            "failed_to_download": statuses.get(oc.FAILED_TO_DOWNLOAD, 0),
+            "failed_to_resize": statuses.get(oc.FAILED_TO_RESIZE, 0),
+            "duration": round(seconds, 3),
+            "outcomes": dict(sorted(counts.items())),
+            "status_dict": dict(errors.most_common(20)),
+            "retried_rows": retried,
+            "url_secrets": "kept" if self.cfg.keep_url_secrets else "removed",
+            **self.provenance,
+        }
         writer.commit(stats, {**self.provenance, "fetch_policy": self.policy})
         return counts, seconds
 
@@ -370,12 +334,9 @@ class ShardDownloads:
             concurrent.futures.wait([future])
             raise
 
-    def _carry_over(
-        self, writer: DownloadShardWriter, name: str, todo: list, again: Callable[[dict], bool]
-    ) -> list | None:
+    def _carry_over(self, writer: DownloadShardWriter, name: str, todo: list, again: Refetch) -> list | None:
         """Keep a done shard's rows; return the (key, row) pairs to fetch again (None: none)."""
-        paths = shard_paths(self.out, name)
-        with self.out.fs.open(paths["parquet"], "rb") as f:
+        with self.out.fs.open(self.out.parquet(name), "rb") as f:
             previous = {r["key"]: r for r in pq.read_table(f).to_pylist()}
         redo = {k for k, r in previous.items() if again(r)}
         if not redo:
@@ -383,7 +344,7 @@ class ShardDownloads:
         for key, row in previous.items():
             if key not in redo:
                 writer.rows[key] = {**row, "error_message": redact(row.get("error_message"))}
-        writer.copy_samples(paths["tar"], {k for k, r in previous.items() if r["outcome"] == oc.OK})
+        writer.copy_samples(writer.tar_path, {k for k, r in previous.items() if r["outcome"] == oc.OK})
         return [(key, row) for key, row in todo if key in redo]
 
     def _keys(self, shard_id: int, rows: list[UrlRow]) -> list[str]:
@@ -413,13 +374,8 @@ class ShardDownloads:
                 "key": key,
                 "url": row.url if self.cfg.keep_url_secrets else strip_url_secrets(row.url),
                 "caption": row.caption,
-                "status": None,
-                "error_message": None,
-                "width": None,
-                "height": None,
-                "original_width": None,
-                "original_height": None,
-                "sha256": None,
+                **dict.fromkeys(("status", "error_message", "width", "height", "original_width",
+                                 "original_height", "sha256")),
                 "outcome": fetched.outcome,
                 "http_status": fetched.http_status,
                 "attempts": fetched.attempts,
@@ -427,11 +383,9 @@ class ShardDownloads:
             }
             image = ext = None
             if fetched.outcome == oc.OK:
-                loop = asyncio.get_running_loop()
                 try:
-                    stored = await loop.run_in_executor(
-                        self.pool, process_image, fetched.data, row.sha256, self.cfg, fetched.content_type
-                    )
+                    stored = await asyncio.get_running_loop().run_in_executor(
+                        self.pool, process_image, fetched.data, row.sha256, self.cfg, fetched.content_type)
                 except ProcessError as exc:
                     record.update(outcome=exc.outcome, error_message=redact(str(exc)), sha256=exc.sha256)
                 else:
@@ -439,38 +393,11 @@ class ShardDownloads:
                         image, ext = stored.data, stored.ext
                     else:
                         record.update(outcome=oc.PLACEHOLDER, error_message=listed_message(stored.sha256))
-                    record.update(
-                        width=stored.width,
-                        height=stored.height,
-                        sha256=stored.sha256,
-                        original_width=stored.original_width,
-                        original_height=stored.original_height,
-                    )
+                    record.update(width=stored.width, height=stored.height, sha256=stored.sha256,
+                                  original_width=stored.original_width,
+                                  original_height=stored.original_height)
             else:
                 record["error_message"] = redact(fetched.error)  # URL credentials, signed queries
             record["status"] = oc.status_of(record["outcome"])
             writer.add(record, image, ext)
             self.progress.rows_done(1, int(image is not None))
-
-    def _stats(
-        self,
-        writer: DownloadShardWriter,
-        counts: Counter,
-        started: float,
-        seconds: float,
-        retried: int | None,
-    ) -> dict:
-        statuses = Counter(r["status"] for r in writer.rows.values())
-        errors = Counter(r["error_message"] for r in writer.rows.values() if r["error_message"])
-        return {
-            "count": len(writer.rows),
-            "successes": statuses.get(oc.SUCCESS, 0),
-            "failed_to_download": statuses.get(oc.FAILED_TO_DOWNLOAD, 0),
-            "failed_to_resize": statuses.get(oc.FAILED_TO_RESIZE, 0),
-            "duration": round(seconds, 3),
-            "outcomes": dict(sorted(counts.items())),
-            "status_dict": dict(errors.most_common(20)),
-            "retried_rows": retried,
-            "url_secrets": "kept" if self.cfg.keep_url_secrets else "removed",
-            **self.provenance,
-        }

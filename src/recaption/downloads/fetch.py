@@ -1,10 +1,6 @@
 """Fetch one URL safely: http(s) only, no private addresses, bounded time, size and redirects.
-
-Every way a fetch can end is a `FetchResult` with an outcome, never an exception. The time
-bound covers DNS, connect, every redirect hop and the whole body (asyncio.wait_for around it
-all), so no URL can hang a shard; retries (429, 5xx, connection errors, truncated bodies) back
-off exponentially and honour Retry-After up to the timeout.
-"""
+Every way a fetch ends is a `FetchResult` with an outcome, never an exception; the time bound
+covers DNS, connect, every redirect and the whole body, so no URL can hang a shard."""
 
 from __future__ import annotations
 
@@ -46,18 +42,15 @@ def _guarded_socket(addr_info) -> socket.socket:
     hops, redirects, retries) is checked on the address it is about to connect to."""
     family, type_, proto, _, sockaddr = addr_info
     if address_blocked(sockaddr[0]):
-        raise BlockedAddress(
-            f"refused to connect to {sockaddr[0]}, a {address_kind(sockaddr[0])} address; {ALLOW_HINT}"
-        )
+        raise BlockedAddress(f"refused to connect to {sockaddr[0]}, a {address_kind(sockaddr[0])} address; "
+                             f"{ALLOW_HINT}")
     return socket.socket(family=family, type=type_, proto=proto)
 
 
 class SafeConnector(aiohttp.TCPConnector):
-    """A TCPConnector that refuses non-public addresses at the connector, so no request of the
-    session can reach one: every host is checked as the connection uses it (after yarl's IDNA
-    normalisation, so `①②⑦.⓪.⓪.①` and `１２７．０．０．１` are 127.0.0.1), literal addresses
-    in any spelling before connecting, names on the addresses they resolve to (DNS names that
-    point inside too), and every socket on the address it connects to."""
+    """A TCPConnector that refuses non-public addresses, so no request of the session reaches one:
+    every host as the connection uses it (after yarl's IDNA normalisation: `①②⑦.⓪.⓪.①` is
+    127.0.0.1), every address a name resolves to, and every socket's address (docs/download.md)."""
 
     def __init__(self, *, allow_private: bool, **options):
         self.allow_private = allow_private
@@ -74,10 +67,8 @@ class SafeConnector(aiohttp.TCPConnector):
         if not self.allow_private:
             for info in infos:
                 if address_blocked(info["host"]):
-                    raise BlockedAddress(
-                        f"{host} resolves to {info['host']}, a {address_kind(info['host'])} address; "
-                        f"{ALLOW_HINT}"
-                    )
+                    raise BlockedAddress(f"{host} resolves to {info['host']}, a "
+                                         f"{address_kind(info['host'])} address; {ALLOW_HINT}")
         return infos
 
 
@@ -103,14 +94,12 @@ def robots_opt_out(values: list[str], user_agent_token: str, disallowed: tuple[s
     `noai, noindex` (everyone) or `agent: noai` (only that agent)."""
     for value in values:
         agent, sep, directives = value.partition(":")
-        if not sep:
-            agent, directives = "", value
-        agent = agent.strip().lower()
-        if agent and agent not in (user_agent_token, "*"):
+        agent, directives = (agent.strip().lower(), directives) if sep else ("", value)
+        if agent not in ("", user_agent_token, "*"):
             continue
-        for directive in directives.split(","):
-            if directive.strip().lower() in disallowed:
-                return directive.strip().lower()
+        for directive in (d.strip().lower() for d in directives.split(",")):
+            if directive in disallowed:
+                return directive
     return None
 
 
@@ -121,34 +110,26 @@ class Fetcher:
         self.config = config
 
     async def __aenter__(self) -> Fetcher:
-        connector = SafeConnector(
-            allow_private=self.config.allow_private_network,
-            limit=self.config.concurrency,
-            limit_per_host=self.config.per_host_concurrency,
-            ttl_dns_cache=300,
-        )
-        self.session = aiohttp.ClientSession(
-            connector=connector,
-            headers={"User-Agent": self.config.user_agent},
-            timeout=aiohttp.ClientTimeout(total=None),
-            auto_decompress=True,
-            trust_env=False,
-        )
+        cfg = self.config
+        connector = SafeConnector(allow_private=cfg.allow_private_network, limit=cfg.concurrency,
+                                  limit_per_host=cfg.per_host_concurrency, ttl_dns_cache=300)
+        self.session = aiohttp.ClientSession(connector=connector, headers={"User-Agent": cfg.user_agent},
+                                             timeout=aiohttp.ClientTimeout(total=None), auto_decompress=True,
+                                             trust_env=False)
         return self
 
     async def __aexit__(self, *exc) -> None:
         await self.session.close()
 
     async def fetch(self, url: str | None) -> FetchResult:
-        """Fetch with retries on transient failures; the last result is returned."""
+        """Fetch with retries on transient failures (exponential backoff, Retry-After honoured up
+        to the timeout); the last result is returned."""
         cfg = self.config
-        result = FetchResult(oc.BAD_URL, error="no URL")
         for attempt in range(cfg.retries + 1):
             result = await self.fetch_once(url)
             result.attempts = attempt + 1
             retry = result.outcome in (oc.CONNECTION_ERROR, oc.TRUNCATED) or (
-                result.outcome == oc.HTTP_ERROR and result.http_status in RETRY_HTTP
-            )
+                result.outcome == oc.HTTP_ERROR and result.http_status in RETRY_HTTP)
             if not retry or attempt == cfg.retries:
                 break
             delay = result.retry_after if result.retry_after is not None else cfg.retry_backoff * 2**attempt
@@ -193,11 +174,8 @@ class Fetcher:
                     if response.status in REDIRECTS:
                         location = response.headers.get("Location")
                         if not location:
-                            return FetchResult(
-                                oc.HTTP_ERROR,
-                                http_status=response.status,
-                                error=f"HTTP {response.status} without Location",
-                            )
+                            return FetchResult(oc.HTTP_ERROR, http_status=response.status,
+                                               error=f"HTTP {response.status} without Location")
                         current = urljoin(str(target), location)
                         continue
                     return await self._read(response)
@@ -216,33 +194,22 @@ class Fetcher:
         cfg = self.config
         status = response.status
         if status != 200:
-            return FetchResult(
-                oc.HTTP_ERROR,
-                http_status=status,
-                error=f"HTTP {status} {response.reason or ''}".strip(),
-                retry_after=_seconds(response.headers.get("Retry-After")),
-            )
-        if cfg.disallowed_directives:
-            directive = robots_opt_out(
-                response.headers.getall("X-Robots-Tag", []), cfg.user_agent_token, cfg.disallowed_directives
-            )
-            if directive:
-                return FetchResult(
-                    oc.OPTED_OUT, http_status=status, error=f"X-Robots-Tag: {directive} opts this image out"
-                )
-        if response.content_length is not None and response.content_length > cfg.max_bytes:
-            return FetchResult(
-                oc.TOO_LARGE,
-                http_status=status,
-                error=f"Content-Length {response.content_length} over the {cfg.max_bytes}-byte limit",
-            )
+            return FetchResult(oc.HTTP_ERROR, http_status=status,
+                               error=f"HTTP {status} {response.reason or ''}".strip(),
+                               retry_after=_seconds(response.headers.get("Retry-After")))
+        tags = response.headers.getall("X-Robots-Tag", [])
+        directive = robots_opt_out(tags, cfg.user_agent_token, cfg.disallowed_directives)
+        if directive:
+            return FetchResult(oc.OPTED_OUT, http_status=status,
+                               error=f"X-Robots-Tag: {directive} opts this image out")
+        limit, length = f"over the {cfg.max_bytes}-byte limit", response.content_length
+        if length is not None and length > cfg.max_bytes:
+            return FetchResult(oc.TOO_LARGE, http_status=status, error=f"Content-Length {length} {limit}")
         body = bytearray()
         async for chunk in response.content.iter_chunked(1 << 16):
             body += chunk
             if len(body) > cfg.max_bytes:
-                return FetchResult(
-                    oc.TOO_LARGE, http_status=status, error=f"body over the {cfg.max_bytes}-byte limit"
-                )
+                return FetchResult(oc.TOO_LARGE, http_status=status, error=f"body {limit}")
         return FetchResult(oc.OK, data=bytes(body), http_status=status, content_type=response.content_type)
 
 

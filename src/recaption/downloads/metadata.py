@@ -1,15 +1,12 @@
-"""Stream URL metadata rows from parquet, csv/tsv (optionally gzipped), jsonl and txt files.
-
-Rows are read in batches (parquet row groups, csv blocks, lines), never a whole file at once,
-so memory does not grow with the input's size. Inputs are read in the order given; row i of
-the concatenation goes to shard i // shard_size, so the plan is the same on every rerun.
-"""
+"""Stream URL metadata rows from parquet, csv/tsv (optionally gzipped), jsonl and txt files, in
+the order given and in batches (never a whole file at once: memory does not grow with the input)."""
 
 from __future__ import annotations
 
 import gzip
 import io
 import json
+import re
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +19,7 @@ from ..samples.sample import as_text
 from ..spine.files import NotRegularFile, open_input
 
 BATCH_ROWS = 4096
+_FORMAT = re.compile(r"\.(parquet|csv|tsv|jsonl|json|txt)(?:\.gzip)?(?:\.gz)?\Z", re.IGNORECASE)
 
 
 @dataclass
@@ -44,7 +42,7 @@ def expand_metadata_inputs(inputs: list[str]) -> list[str]:
             if any(ch in path for ch in "*?["):
                 found = sorted(fs.glob(path))
             elif fs.isdir(path):
-                found = sorted(p for p in fs.find(path) if _is_metadata(p))
+                found = sorted(p for p in fs.find(path) if _FORMAT.search(p))
             elif fs.exists(path):
                 paths.append(pattern)
                 continue
@@ -56,25 +54,12 @@ def expand_metadata_inputs(inputs: list[str]) -> list[str]:
     return paths
 
 
-def _is_metadata(path: str) -> bool:
-    try:
-        input_format(path)
-    except InputError:
-        return False
-    return True
-
-
 def input_format(path: str) -> str:
-    name = path.lower()
-    for suffix in (".gz", ".gzip"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-    for fmt in ("parquet", "csv", "tsv", "jsonl", "json", "txt"):
-        if name.endswith("." + fmt):
-            return "jsonl" if fmt == "json" else fmt
-    raise InputError(
-        f"{path}: unknown metadata format (want .parquet, .csv, .tsv, .jsonl or .txt, optionally .gz)"
-    )
+    if match := _FORMAT.search(path):
+        fmt = match.group(1).lower()
+        return "jsonl" if fmt == "json" else fmt
+    raise InputError(f"{path}: unknown metadata format (want .parquet, .csv, .tsv, .jsonl or .txt, "
+                     "optionally .gz)")
 
 
 @dataclass(frozen=True)
@@ -103,18 +88,35 @@ class ChosenColumns:
         parts.append("extra: " + (", ".join(repr(c) for c in self.extra) if self.extra else "none"))
         return "; ".join(parts)
 
+    def check(self, path: str, columns, first: bool = True) -> None:
+        """Every batch needs the URL column; a file's first batch also every other chosen
+        column (jsonl records may leave a key out later on: that row's value is null)."""
+        _require(path, columns, self.url, "URL", "--url-col")
+        if not first:
+            return
+        if self.caption:
+            hint = f"chosen from {self.source}; name one, or " if self.caption_found else ""
+            _require(path, columns, self.caption, "caption", "--caption-col", hint + "'' for none")
+        if self.sha256:
+            _require(path, columns, self.sha256, "SHA-256", "--sha256-col")
+        missing = [c for c in self.extra if c not in columns]
+        if missing:
+            raise InputError(f"{path}: --extra-cols {', '.join(missing)} not in the file")
+
+
+def _require(path: str, names, column: str, what: str, flag: str, more: str = "") -> None:
+    if column not in names:
+        has = ", ".join(sorted(str(n) for n in names)) or "nothing"
+        hint = f"choose one with {flag}" + (f" ({more})" if more else "")
+        raise InputError(f"{path}: no {what} column {column!r} (has: {has}); {hint}")
+
 
 class MetadataReader:
     """Rows of metadata files. `caption_col`: a column name, None to take the first of the
     usual names the file has (caption, text, ... as `recap caption` does), or "" for none."""
 
-    def __init__(
-        self,
-        url_col: str = "url",
-        caption_col: str | None = None,
-        sha256_col: str | None = None,
-        extra_cols: list[str] | None = None,
-    ):
+    def __init__(self, url_col: str = "url", caption_col: str | None = None, sha256_col: str | None = None,
+                 extra_cols: list[str] | None = None):
         self.url_col = url_col
         self.caption_col = caption_col
         self.sha256_col = sha256_col or None
@@ -124,38 +126,18 @@ class MetadataReader:
     def choose(self, paths: list[str]) -> ChosenColumns:
         """Decide the columns from the first file that has columns (its schema, header or first
         records) and check them there: a named column it lacks is an InputError."""
-        for path in paths:
-            if input_format(path) == "txt":
-                continue
+        extra = tuple(self.extra_cols)
+        for path in (p for p in paths if input_format(p) != "txt"):
             names = self._names(path)
-            self._require(path, names, self.url_col, "URL", "--url-col")
-            if self.caption_col is None:
-                caption = next(
-                    (c for c in ColumnConfig.CAPTION_CANDIDATES if c in names and c != self.url_col), None
-                )
-                found = caption is not None
-            else:
-                caption, found = self.caption_col or None, False
-                if caption:
-                    self._require(path, names, caption, "caption", "--caption-col", "'' for none")
-            if self.sha256_col:
-                self._require(path, names, self.sha256_col, "SHA-256", "--sha256-col")
-            missing = [c for c in self.extra_cols if c not in names]
-            if missing:
-                raise InputError(f"{path}: --extra-cols {', '.join(missing)} not in the file")
-            self.chosen = ChosenColumns(
-                self.url_col, caption, self.sha256_col, tuple(self.extra_cols), found, path
-            )
-            return self.chosen
-        self.chosen = ChosenColumns(self.url_col, None, None, tuple(self.extra_cols))
+            usual = (c for c in ColumnConfig.CAPTION_CANDIDATES if c in names and c != self.url_col)
+            caption = next(usual, None) if self.caption_col is None else self.caption_col or None
+            found = self.caption_col is None and caption is not None
+            chosen = ChosenColumns(self.url_col, caption, self.sha256_col, extra, found, path)
+            chosen.check(path, names)
+            self.chosen = chosen
+            return chosen
+        self.chosen = ChosenColumns(self.url_col, None, None, extra)
         return self.chosen
-
-    @staticmethod
-    def _require(path: str, names, column: str, what: str, flag: str, more: str = "") -> None:
-        if column not in names:
-            has = ", ".join(sorted(str(n) for n in names)) or "nothing"
-            hint = f"choose one with {flag}" + (f" ({more})" if more else "")
-            raise InputError(f"{path}: no {what} column {column!r} (has: {has}); {hint}")
 
     def _names(self, path: str) -> list[str]:
         """The column names of a metadata file, read without reading its rows."""
@@ -190,77 +172,37 @@ class MetadataReader:
         chosen = self.chosen
         batches = {"parquet": self._parquet, "csv": self._csv, "tsv": self._csv, "jsonl": self._jsonl}[fmt]
         for number, columns in enumerate(batches(path, fmt)):
-            self._check_columns(path, columns, first=number == 0)
-            n = len(columns[chosen.url])
+            chosen.check(path, columns, first=number == 0)
             caption = columns.get(chosen.caption) if chosen.caption else None
             sha256 = columns.get(chosen.sha256) if chosen.sha256 else None
-            for i in range(n):
-                yield UrlRow(
-                    url=as_text(columns[chosen.url][i]),
-                    caption=as_text(caption[i]) if caption is not None else None,
-                    sha256=as_text(sha256[i]) if sha256 is not None else None,
-                    extra={c: columns[c][i] for c in chosen.extra if c in columns},
-                )
-
-    def _check_columns(self, path: str, columns, first: bool = True) -> None:
-        """Every batch needs the URL column; a file's first batch also every other chosen
-        column (jsonl records may leave a key out later on: that row's value is null)."""
-        chosen = self.chosen
-        self._require(path, columns, chosen.url, "URL", "--url-col")
-        if not first:
-            return
-        if chosen.caption:
-            hint = (
-                "'' for none"
-                if not chosen.caption_found
-                else (f"chosen from {chosen.source}; name one, or '' for none")
-            )
-            self._require(path, columns, chosen.caption, "caption", "--caption-col", hint)
-        if chosen.sha256:
-            self._require(path, columns, chosen.sha256, "SHA-256", "--sha256-col")
-        missing = [c for c in chosen.extra if c not in columns]
-        if missing:
-            raise InputError(f"{path}: --extra-cols {', '.join(missing)} not in the file")
-
-    def _wanted(self) -> list[str]:
-        chosen = self.chosen
-        if chosen is None:
-            return [self.url_col]
-        return [c for c in [chosen.url, chosen.caption, chosen.sha256, *chosen.extra] if c]
-
-    def _string_columns(self) -> list[str]:
-        chosen = self.chosen
-        if chosen is None:
-            return [self.url_col]
-        return [c for c in (chosen.url, chosen.caption, chosen.sha256) if c]
+            for i in range(len(columns[chosen.url])):
+                yield UrlRow(url=as_text(columns[chosen.url][i]),
+                             caption=as_text(caption[i]) if caption is not None else None,
+                             sha256=as_text(sha256[i]) if sha256 is not None else None,
+                             extra={c: columns[c][i] for c in chosen.extra if c in columns})
 
     def _parquet(self, path: str, fmt: str) -> Iterator[dict]:
         import pyarrow.parquet as pq
 
         with _readable(path, fmt), open_input(path) as f:
             parquet = pq.ParquetFile(f)
-            names = set(parquet.schema_arrow.names)
-            wanted = [c for c in self._wanted() if c in names]
-            if self.chosen is not None:
-                self._check_columns(path, names)
+            names, chosen = set(parquet.schema_arrow.names), self.chosen
+            chosen.check(path, names)  # (before the first batch: a file may have none)
+            wanted = [c for c in (chosen.url, chosen.caption, chosen.sha256, *chosen.extra) if c in names]
             for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=wanted):
                 yield batch.to_pydict()
 
     def _csv(self, path: str, fmt: str) -> Iterator[dict]:
         import pyarrow.csv as pacsv
 
-        delimiter = "\t" if fmt == "tsv" else ","
+        chosen = self.chosen  # (None while choosing: the URL column is text)
+        strings = [c for c in (chosen.url, chosen.caption, chosen.sha256) if c] if chosen else [self.url_col]
+        parse = pacsv.ParseOptions(delimiter="\t" if fmt == "tsv" else ",", newlines_in_values=True)
+        types = dict.fromkeys(strings, "string")
+        convert = pacsv.ConvertOptions(strings_can_be_null=True, column_types=types)
         with _readable(path, fmt), open_input(path, compression="infer") as f:
-            reader = pacsv.open_csv(
-                f,
-                read_options=pacsv.ReadOptions(block_size=1 << 20),
-                parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
-                convert_options=pacsv.ConvertOptions(
-                    include_columns=None,
-                    strings_can_be_null=True,
-                    column_types={c: "string" for c in self._string_columns()},
-                ),
-            )
+            read = pacsv.ReadOptions(block_size=1 << 20)
+            reader = pacsv.open_csv(f, read_options=read, parse_options=parse, convert_options=convert)
             for batch in reader:
                 yield batch.to_pydict()
 
@@ -309,28 +251,21 @@ def _readable(path: str, fmt: str):
             pa.ArrowIndexError, pa.ArrowSerializationError) as exc:
         raise InputError(_arrow_problem(path, fmt, exc)) from None
     except UnicodeDecodeError as exc:
-        raise InputError(
-            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} cannot be decoded); save it as UTF-8"
-        ) from None
+        raise InputError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} cannot be decoded); "
+                         "save it as UTF-8") from None
     except EOFError:
         raise InputError(f"{path}: ends early (a truncated gzip file?)") from None
     except (gzip.BadGzipFile, zlib.error) as exc:
-        raise InputError(f"{path}: not a valid gzip file ({_first_line(exc)})") from None
+        raise InputError(f"{path}: not a valid gzip file ({first_line(exc, limit=300)})") from None
 
 
 def _arrow_problem(path: str, fmt: str, exc: BaseException) -> str:
-    reason = _first_line(exc)
+    reason = first_line(exc, limit=300)
     if fmt == "parquet":
         return f"{path}: not a readable parquet file ({reason})"
     if "invalid UTF8" in reason or "invalid utf8" in reason.lower():
         return f"{path}: not UTF-8 text ({reason}); save it as UTF-8"
     if "Expected" in reason and "columns" in reason:
-        return (
-            f"{path}: {reason}; every row needs as many fields as the header "
-            "(quote values that hold the delimiter)"
-        )
+        return (f"{path}: {reason}; every row needs as many fields as the header (quote values that hold "
+                "the delimiter)")
     return f"{path}: cannot read as {fmt.upper()} ({reason})"
-
-
-def _first_line(exc: BaseException) -> str:
-    return first_line(exc, limit=300)

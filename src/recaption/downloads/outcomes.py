@@ -31,17 +31,12 @@ def status_of(outcome: str) -> str:
     return FAILED_TO_RESIZE if outcome in _RESIZE_FAILURES else FAILED_TO_DOWNLOAD
 
 
-def is_transient(outcome: str, http_status: int | None) -> bool:
-    """Failures worth another try later (`--retry-failed`): the server or network, not the URL."""
-    if outcome in (TIMEOUT, CONNECTION_ERROR, TRUNCATED):
+def retry_on_rerun(outcome: str, http_status: int | None) -> bool:
+    """Rows `--retry-failed` fetches again: transient failures (the server or network, not the URL),
+    and rows refused as private addresses (a rerun may allow them; a host's address can change)."""
+    if outcome in (BLOCKED_ADDRESS, TIMEOUT, CONNECTION_ERROR, TRUNCATED):
         return True
     return outcome == HTTP_ERROR and http_status is not None and (http_status == 429 or http_status >= 500)
-
-
-def retry_on_rerun(outcome: str, http_status: int | None) -> bool:
-    """Rows `--retry-failed` fetches again: transient failures, and rows refused as private
-    addresses (a rerun may allow them, and a host's address can change)."""
-    return outcome == BLOCKED_ADDRESS or is_transient(outcome, http_status)
 
 
 # The fetch-policy setting (DownloadConfig.fetch_policy) whose loosening may turn these rows into

@@ -1,20 +1,10 @@
-"""The download's fast path for the common case: a plain JPEG (RGB or grey, upright) resized
-keep_ratio by less than about 2x (no DCT-domain reduction fits) and stored as JPEG, or stored as
-sent (`--resize none`, or already the target's size) once libjpeg has read it through.
+"""The download's fast path for a plain JPEG (RGB or grey, upright) shrunk keep_ratio by less than
+about 2x (no DCT-domain reduction fits) and stored as JPEG, or stored as sent once libjpeg read it.
 
-libjpeg-turbo decodes it straight into a BGR array (simplejpeg), OpenCV resizes and encodes it:
-every step releases the GIL and no image is converted between Pillow and numpy, where Pillow's
-decode, resize and array export held the GIL between the download's threads. Anything else,
-or any doubt, goes Pillow's way (`process.py`): a file libjpeg warns about (corrupt data,
-truncated) is refused here (simplejpeg's strict mode, quiet, where OpenCV's decoder prints
-libjpeg's warnings to stderr) and Pillow decides about it as before.
-
-Scale: libjpeg decodes at M/8 (its scaled IDCT: 640 px photos in 2.5 instead of 4.3 ms with the
-resize) where such a scale maps the picture onto whole pixels and bicubic finishes the shrink; a
-rounded-up scaled size stretches the picture by up to a pixel, which cost 4-8 dB on 520 and 600
-px sources. Filter: bicubic under a 1.3x shrink, where area averaging has almost nothing to
-average, else OpenCV's INTER_AREA (img2dataset's) from full size (docs/benchmarks.md: PSNR
-against Pillow's full-size Lanczos at each source size).
+simplejpeg decodes into a BGR array (at libjpeg's M/8 where that maps onto whole pixels: a rounded
+scale stretched the picture, 4-8 dB), OpenCV resizes (bicubic under a 1.3x shrink, else INTER_AREA)
+and encodes: every step releases the GIL, where Pillow's held it between the download's threads.
+Anything libjpeg warns about, or any doubt, goes Pillow's way (`process.py`). docs/benchmarks.md.
 """
 
 from __future__ import annotations

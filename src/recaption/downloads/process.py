@@ -1,10 +1,5 @@
 """Downloaded bytes -> the image to store: verify, decode (pixel limit), check, resize, encode.
-
-CPU work, run in a thread pool beside the event loop (Pillow releases the GIL while it decodes
-and resizes). Resize modes follow img2dataset's: keep_ratio (short side = image_size),
-center_crop (then the centre square), border (long side = image_size, padded white to a
-square), none.
-"""
+Run in a thread pool beside the event loop; resize modes are img2dataset's (docs/download.md)."""
 
 from __future__ import annotations
 
@@ -26,12 +21,9 @@ from .plain_jpeg import REDUCED_DECODE_MARGIN, decodes_cleanly, plain_jpeg_size,
 
 KEEP_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff"}
 ENCODERS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
-# --resample: Lanczos is the sharpest; Hamming costs about half as much and is as close to
-# full-size Lanczos (PSNR) as OpenCV's INTER_AREA, img2dataset's filter. After a reduced JPEG
-# decode (the DCT's own averaging) Hamming falls behind INTER_AREA and Lanczos is cheap (the image
-# is at most twice the target): `auto` takes Lanczos there, Hamming elsewhere (docs/benchmarks.md),
-# except for a plain JPEG stored as JPEG at keep_ratio that no reduced decode fits: plain_jpeg's
-# GIL-free path (img2dataset's filter and encoder) takes it.
+# --resample auto: Lanczos after a reduced JPEG decode (cheap there, where Hamming falls behind
+# INTER_AREA), Hamming elsewhere (half Lanczos's cost, INTER_AREA's quality: docs/benchmarks.md),
+# plain_jpeg's path for a plain JPEG stored as JPEG at keep_ratio that no reduced decode fits.
 RESAMPLING = {"lanczos": Image.Resampling.LANCZOS, "bicubic": Image.Resampling.BICUBIC,
               "hamming": Image.Resampling.HAMMING, "bilinear": Image.Resampling.BILINEAR}
 
@@ -54,14 +46,12 @@ class ProcessError(Exception):
         self.sha256 = sha256
 
 
-def process_image(
-    data: bytes, expected_sha256: str | None, cfg: DownloadConfig, content_type: str | None = None
-) -> StoredImage:
+def process_image(data: bytes, expected_sha256: str | None, cfg: DownloadConfig,
+                  content_type: str | None = None) -> StoredImage:
     digest = hashlib.sha256(data).hexdigest()
     if expected_sha256 and expected_sha256.strip().lower() != digest:
-        raise ProcessError(
-            oc.HASH_MISMATCH, f"SHA-256 {digest} is not the expected {expected_sha256}", digest
-        )
+        raise ProcessError(oc.HASH_MISMATCH, f"SHA-256 {digest} is not the expected {expected_sha256}",
+                           digest)
     data = with_end_marker(data, cfg.max_pixels)  # (stored so: a reader needs the marker too)
     resized_fast = cfg.resample == "auto" and cfg.resize == "keep_ratio" and cfg.format == "jpg"
     if resized_fast or (cfg.resize == "none" and cfg.format in ("jpg", "keep")):
@@ -88,11 +78,8 @@ def process_image(
     except (OSError, ValueError, MemoryError) as exc:
         # One image the encoder refuses (a 10000x40 banner resized past JPEG's 65,500 px) is
         # that row's failure, never the shard's.
-        raise ProcessError(
-            oc.ENCODE_ERROR,
-            f"cannot resize ({cfg.resize}, {cfg.image_size}) and encode as {cfg.format}: {exc}",
-            digest,
-        ) from exc
+        raise ProcessError(oc.ENCODE_ERROR, f"cannot resize ({cfg.resize}, {cfg.image_size}) and encode as "
+                           f"{cfg.format}: {exc}", digest) from exc
     return StoredImage(encoded, ext, resized.width, resized.height, width, height, digest)
 
 
@@ -100,22 +87,15 @@ def _check_shape(width: int, height: int, cfg: DownloadConfig, digest: str) -> N
     """--min-size, --max-aspect-ratio and the resized size's pixels, on the size as sent."""
     if min(width, height) < cfg.min_size:
         raise ProcessError(oc.TOO_SMALL, f"{width}x{height} is under --min-size {cfg.min_size}", digest)
-    if cfg.max_aspect_ratio and max(width, height) / min(width, height) > cfg.max_aspect_ratio:
-        raise ProcessError(
-            oc.BAD_ASPECT_RATIO,
-            f"aspect ratio {max(width, height) / min(width, height):.2f} over {cfg.max_aspect_ratio}",
-            digest,
-        )
+    if cfg.max_aspect_ratio and (ratio := max(width, height) / min(width, height)) > cfg.max_aspect_ratio:
+        raise ProcessError(oc.BAD_ASPECT_RATIO, f"aspect ratio {ratio:.2f} over {cfg.max_aspect_ratio}",
+                           digest)
     if cfg.resize == "keep_ratio":  # (border and center_crop make image_size^2: checked in the config)
         target = target_size(cfg.resize, cfg.image_size, width, height)
         if target[0] * target[1] > cfg.max_pixels:  # a 100000x2 banner at keep_ratio: 10^10 pixels
-            raise ProcessError(
-                oc.TOO_MANY_PIXELS,
-                f"{width}x{height} resized ({cfg.resize}, {cfg.image_size}) would be "
-                f"{target[0]}x{target[1]}, over --max-pixels {cfg.max_pixels} "
-                "(--max-aspect-ratio refuses such shapes earlier)",
-                digest,
-            )
+            raise ProcessError(oc.TOO_MANY_PIXELS, f"{width}x{height} resized ({cfg.resize}, "
+                               f"{cfg.image_size}) would be {target[0]}x{target[1]}, over --max-pixels "
+                               f"{cfg.max_pixels} (--max-aspect-ratio refuses such shapes earlier)", digest)
 
 
 def _plain_jpeg(data: bytes, cfg: DownloadConfig, digest: str) -> StoredImage | None:
@@ -207,10 +187,8 @@ def resize(image: Image.Image, mode: str, size: int, resample: Image.Resampling 
         sx, sy = (x1 - x0) / target[0], (y1 - y0) / target[1]
         box = (x0 + left * sx, y0 + top * sy, x0 + (left + size) * sx, y0 + (top + size) * sy)
         return image.resize((size, size), resample, box=box, reducing_gap=3.0)
-    if image.size == target and picture_box is None:
-        resized = image
-    else:
-        resized = image.resize(target, resample, box=(x0, y0, x1, y1), reducing_gap=3.0)
+    unchanged = image.size == target and picture_box is None
+    resized = image if unchanged else image.resize(target, resample, box=(x0, y0, x1, y1), reducing_gap=3.0)
     if mode == "border":
         return ImageOps.pad(resized, (size, size), color=(255, 255, 255))
     return resized  # keep_ratio
@@ -227,11 +205,7 @@ def encode(image: Image.Image, original: bytes, cfg: DownloadConfig, sent: SentI
     if fmt == "keep":
         if not_resized and source_format in KEEP_EXTENSIONS:
             return original, KEEP_EXTENSIONS[source_format]  # byte for byte what the server sent
-        fmt = (
-            KEEP_EXTENSIONS.get(source_format, "jpg")
-            if KEEP_EXTENSIONS.get(source_format) in ENCODERS
-            else "jpg"
-        )
+        fmt = ext if (ext := KEEP_EXTENSIONS.get(source_format)) in ENCODERS else "jpg"
     if fmt == "jpg" and image.mode == "RGB":  # (what decode_image gives)
         return encode_jpeg(image, cfg.quality), fmt
     buf = io.BytesIO()

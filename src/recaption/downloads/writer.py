@@ -1,15 +1,6 @@
-"""One download shard in img2dataset's layout, written atomically.
-
-  00000.tar           {key}.{jpg|png|webp}, {key}.txt (caption), {key}.json (the row) per success
-  00000.parquet       one row per input row, failures included, in input order
-  00000_stats.json    counts by status and outcome, timing
-  00000.done          completion marker, written last (holds the settings)
-The shard is one ledger.ShardCommit: tar and parquet are written under temporary names unique to
-this writer and renamed into place on commit, then the stats and the marker, so a reader never
-sees half a file and two processes never rename each other's files; a shard without its marker
-is redone from scratch. Temporaries left by a crash are removed by the next run, under the
-output folder's lock. The tar is tars.TarShardWriter's.
-"""
+"""One download shard in img2dataset's layout (tar, parquet, stats, marker: docs/download.md),
+committed as one ledger.ShardCommit: a reader never sees half a file, and a shard without its
+marker is redone from scratch."""
 
 from __future__ import annotations
 
@@ -22,42 +13,16 @@ from ..samples.tars import TarShardWriter
 from ..spine.atomic import temporary_name
 from ..spine.ledger import OutputDir, ShardCommit, rows_handed
 
-BASE_FIELDS = [
-    ("key", pa.string()),
-    ("url", pa.string()),
-    ("caption", pa.string()),
-    ("status", pa.string()),
-    ("error_message", pa.string()),
-    ("width", pa.int32()),
-    ("height", pa.int32()),
-    ("original_width", pa.int32()),
-    ("original_height", pa.int32()),
-    ("sha256", pa.string()),
-    ("outcome", pa.string()),
-    ("http_status", pa.int32()),
-    ("attempts", pa.int32()),
-]
-
-
-def shard_paths(out: OutputDir, name: str) -> dict[str, str]:
-    return {
-        "tar": out.path(f"{name}.tar"),
-        "parquet": out.parquet(name),
-        "stats": out.stats(name),
-        "done": out.marker(name),
-    }
-
-
-def forget_shard(out: OutputDir, name: str) -> None:
-    """Remove a shard's marker first, then whatever else of it exists (before redoing it).
-    Temporary files are not touched: they belong to whichever writer is writing them."""
-    out.invalidate(name, also=("tar",))  # marker, stats, parquet, tar
+INT_FIELDS = ("width", "height", "original_width", "original_height", "http_status", "attempts")
+BASE_FIELDS = [(name, pa.int32() if name in INT_FIELDS else pa.string()) for name in (
+    "key", "url", "caption", "status", "error_message", "width", "height", "original_width",
+    "original_height", "sha256", "outcome", "http_status", "attempts")]
 
 
 class DownloadShardWriter:
     def __init__(self, out: OutputDir, name: str, extra_cols: list[str], save_caption: bool):
         self.out, self.name = out, name
-        self.paths = shard_paths(out, name)
+        self.tar_path = out.path(f"{name}.tar")
         self.extra_cols = extra_cols
         self.save_caption = save_caption
         self.transaction = ShardCommit(out, name)
@@ -86,7 +51,7 @@ class DownloadShardWriter:
         self._tar.close()
         self._tar_file.close()  # (closed again by the commit: a no-op)
         written = self.transaction.path_for("tar")
-        kept = temporary_name(self.paths["tar"])
+        kept = temporary_name(self.tar_path)
         # (a crash meanwhile leaves `kept` as a temporary, which the next run clears)
         with self.out.fs.open(kept, "wb") as f:
             copy = TarShardWriter.into(f)

@@ -1,17 +1,7 @@
-"""Where steps run. An executor runs a caption step (every executor the same `CaptionPipeline`
-over disjoint shards) and a download step (the same `ShardDownloads` shard by shard), so outputs,
-file names, markers and resume are the same whichever one ran:
-
-  local    this process (one device), or one process per GPU on this machine (devices.py);
-           downloads on this process's event loop
-  ray      Ray actors on a local or remote cluster, shards handed out as actors free up;
-           downloads as Ray tasks across the cluster
-
-Executors are found by name: `executors/<name>_executor.py` defines `EXECUTOR` (an `Executor`
+"""Where steps run, found by name: `executors/<name>_executor.py` defines `EXECUTOR` (an `Executor`
 subclass, base.py: the caption step) and `download_shards(planned, downloads, address)` (the
-download step). This module is the registry only and imports neither step, so the download
-path never loads the caption pipeline (or torch). `run.py` runs a caption step.
-"""
+download step). Every executor writes the same files. This registry imports neither step, so a
+download never loads the caption pipeline (or torch)."""
 
 from __future__ import annotations
 

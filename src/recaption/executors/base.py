@@ -1,13 +1,7 @@
-"""The executor contract: plan once, then run what is left.
-
-    class MyExecutor(Executor):
-        def _execute(self, todo: list[Shard]) -> list[ShardResult]: ...
-    EXECUTOR = MyExecutor          # in executors/<name>_executor.py: `--executor <name>` finds it
-
-`run` plans the shards against the output folder's markers (refusing mixed settings), reports
-the finished ones as skipped, and hands the rest to `_execute`, which runs `CaptionPipeline
-.run_planned` wherever it likes (this process, one process per GPU, Ray actors). Every executor
-writes the same files, so outputs and resume do not depend on which one ran."""
+"""The executor contract: `run` plans the shards against the output folder's markers (refusing
+mixed settings), reports the finished ones as skipped, and hands the rest to `_execute`, which
+runs `CaptionPipeline.run_planned` wherever it likes. `EXECUTOR = MyExecutor` in
+executors/<name>_executor.py makes `--executor <name>` find it."""
 
 from __future__ import annotations
 

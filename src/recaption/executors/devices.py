@@ -1,10 +1,6 @@
-"""One worker process per device on this machine, each over its own shards (k, k+n, ...).
-
-Workers are spawned (CUDA cannot be forked) and not daemonic, so each keeps its own loader
-processes. They report progress and shard results through a queue; a worker that dies is
-noticed and its unfinished shards are reported failed (their output is never half-written, so
-the next run redoes them).
-"""
+"""One spawned (CUDA cannot be forked), non-daemonic worker process per device, each over its
+own shards (k, k+n, ...), reporting through a queue; a worker that dies has its unfinished shards
+reported failed (never half-written: the next run redoes them)."""
 
 from __future__ import annotations
 
@@ -16,40 +12,11 @@ from dataclasses import replace
 
 from ..captioning.pipeline import CaptionPipeline
 from ..config import CaptionConfig, RunConfig
+from ..hardware import check_devices
 from ..readers import Shard
 from ..spine.results import FAILED, Progress, ShardResult
 
 log = logging.getLogger(__name__)
-
-
-class DeviceError(ValueError):
-    """Devices asked for that this machine does not have, in one line."""
-
-
-def check_devices(devices: list[str], option: str = "--devices") -> None:
-    """Refuse, before any worker starts, devices torch does not see: cuda:N with N at or past
-    the GPU count, any CUDA device without a GPU, mps without Apple's GPU. cpu is always there
-    (tests list it several times to stand in for several GPUs)."""
-    shown = f"{option} {','.join(devices)}"
-    cuda = [d for d in devices if d.startswith("cuda")]
-    if cuda:
-        import torch
-
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise DeviceError(f"{shown}: torch sees no CUDA GPU here; leave {option} out to run on the CPU")
-        missing = [d for d in cuda if d.partition(":")[2].isdigit() and int(d.partition(":")[2]) >= count]
-        if missing:
-            have = "cuda:0" if count == 1 else f"cuda:0 to cuda:{count - 1}"
-            raise DeviceError(
-                f"{shown}: torch sees only {count} GPU{'s' if count > 1 else ''} ({have}); "
-                f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not there"
-            )
-    if "mps" in devices:
-        import torch
-
-        if not torch.backends.mps.is_available():
-            raise DeviceError(f"{shown}: torch sees no Apple GPU (mps) here")
 
 
 class QueueProgress(Progress):

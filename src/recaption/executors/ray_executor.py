@@ -1,26 +1,8 @@
-"""`--executor ray`: long-lived caption workers as Ray actors, on a local Ray or a cluster; and
-downloads as Ray tasks (`download_shards`, at the end).
-
-Each actor sets up one engine (one model on its GPU share: `num_gpus=1`, or 0.5 / 0.25 to pack
-a small model several times on one GPU) and keeps ONE loader for its whole life: loader
-processes beside it on its node (as many as the CPUs Ray gives the actor, so pixels never cross
-the network) take shards from the actor's queue as they free up. The driver keeps each actor
-one shard ahead of its loader workers, so the next shard is read and decoded while the current
-one generates, and no process is started per shard. Each shard's parquet, stats and `.done`
-marker are written by its actor to the shared output folder (a local path on one machine, an
-fsspec URL such as s3:// or gs:// on a cluster), exactly as the local executor writes them.
-
-The driver plans (skips done shards, refuses mixed settings), hands out shards, and collects
-results. An actor that dies (kill -9, a node removed) loses nothing: the shards it held go back
-to the front of the queue and are done, once, by the actors still alive; a replacement actor is
-started where the cluster has room. A shard whose actor died under it three times is reported
-failed (it may be what kills them). Only this module and `ray_cluster` import ray.
-
-Downloading: the driver streams the metadata and plans each shard exactly as the local run does;
-each planned shard goes to a Ray task that downloads it whole with its own connections and
-commits it to the shared output folder: the same names, keys, members, markers and resume as
-the local executor. A worker killed mid-shard leaves no shard half-written.
-"""
+"""`--executor ray`: caption workers as Ray actors (an engine set up once, one loader for life,
+kept a shard ahead; a dead actor's shards requeued, failed after DEATHS_PER_SHARD deaths), and
+downloads as Ray tasks (`download_shards`). Outputs and resume are the local executor's
+(docs/scaling.md). Ray is an optional dependency: only this module imports it, and a missing Ray
+is one line naming the extra to install."""
 
 from __future__ import annotations
 
@@ -29,11 +11,12 @@ import threading
 from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from ..ray_cluster import cluster_cpus, connected
 from ..redact import redact
+from ..spine.errors import RecaptionError
 from ..spine.results import FAILED, Progress, RunSummary, ShardResult
 from .base import Executor
 
@@ -46,6 +29,29 @@ log = logging.getLogger(__name__)
 
 DEATHS_PER_SHARD = 3  # a shard whose actor died under it this often is failed, not retried
 WAITING_NOTE_SECONDS = 60.0
+
+
+class RayMissingError(RecaptionError, RuntimeError):
+    """--executor ray without Ray installed."""
+
+
+@contextmanager
+def connected(address: str | None) -> Iterator[object]:
+    """Ray, joined for the length of the block: a cluster at `address` ("auto", ray://host:port),
+    or a local Ray started here (None). A Ray the caller already joined is used as it is."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise RayMissingError("--executor ray needs Ray: pip install 'recaption[ray]'") from exc
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
+                 include_dashboard=False)
+    try:
+        yield ray
+    finally:
+        if started_here:
+            ray.shutdown()
 
 
 class WorkerStopped(RuntimeError):
@@ -119,12 +125,10 @@ class CaptionWorker:
 
 
 def worker_count(executor: ExecutorConfig, cluster_gpus: float, shards: int) -> int:
-    if executor.ray_workers:
+    if executor.ray_workers:  # (then the GPU share is never divided by: it may be 0)
         wanted = executor.ray_workers
-    elif cluster_gpus >= 1:
-        wanted = int(cluster_gpus / executor.ray_gpus_per_worker)
     else:
-        wanted = 1
+        wanted = int(cluster_gpus / executor.ray_gpus_per_worker) if cluster_gpus >= 1 else 1
     return max(1, min(wanted, shards))
 
 
@@ -158,11 +162,9 @@ class _Dispatcher:
         gpus = ray.cluster_resources().get("GPU", 0)
         self.count = worker_count(executor, gpus, len(todo))
         self.actor_class = ray.remote(CaptionWorker).options(
-            num_gpus=executor.ray_gpus_per_worker if gpus else 0,
-            num_cpus=executor.ray_cpus_per_worker,
+            num_gpus=executor.ray_gpus_per_worker if gpus else 0, num_cpus=executor.ray_cpus_per_worker,
             max_restarts=0, max_task_retries=0,  # a dead actor's shards are requeued here instead
-            max_concurrency=64,  # caption_shard calls wait in threads; slots bound them
-        )
+            max_concurrency=64)  # caption_shard calls wait in threads; slots bound them
         self.queue: deque[Shard] = deque(todo)
         self.deaths: Counter = Counter()  # shard name -> actors that died while holding it
         self.actors: list[_Actor] = []
@@ -282,13 +284,12 @@ def _download_one(run: ShardDownloads, shard: PlannedShard) -> tuple[ShardResult
 
 def download_shards(planned: Iterator[PlannedShard | ShardResult], run: ShardDownloads,
                     address: str | None = None) -> RunSummary:
-    """The download step: each planned shard downloaded whole by one Ray task (one CPU, at most
-    twice the cluster's CPUs in flight, so the driver's memory stays bounded) and committed to
-    the shared output folder; a task whose worker died runs again (TASK_RETRIES). Results in
-    shard order."""
+    """Each planned shard downloaded whole by one Ray task (one CPU; at most twice the cluster's
+    CPUs in flight: the driver's memory stays bounded), run again when its worker died
+    (TASK_RETRIES); results in shard order."""
     with connected(address) as ray:
         task = ray.remote(_download_one).options(num_cpus=1, max_retries=TASK_RETRIES)
-        limit = 2 * cluster_cpus(ray)
+        limit = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
         shared = ray.put(run)  # the settings, sent to the object store once
         run.progress.run_started([])
         results: dict[str, ShardResult] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ..captioning.pipeline import CAPTION
 from ..config import CaptionConfig, ExecutorConfig, RunConfig
+from ..hardware import check_devices
 from ..readers import Shard, input_locations
 from ..readers.changes import forget_vanished_slices
 from ..spine.contract import open_output
@@ -30,18 +31,14 @@ def devices_to_use(caption: CaptionConfig, executor: ExecutorConfig) -> list[str
 
 
 def check_run(caption: CaptionConfig, run: RunConfig, executor: ExecutorConfig) -> None:
-    """What can be checked in seconds, before the output lock, worker processes and model
-    loading: the model (not for --engine openai, where it is a name the server serves), the
-    devices asked for, the CLIP of --score, the executor's name. Each failure is one line (a
-    ValueError)."""
-    from ..engines import engine_class
+    """What can be checked in seconds, before the output lock, workers and model loading (the
+    model, the devices, the CLIP of --score, the executor's name): each failure one ValueError line."""
+    from ..engines import engine_class, text_config, text_engine_class
+    from ..models.loading import check_model
 
     executor_module(executor.executor)
 
     if engine_class(caption.engine).loads_weights:
-        from ..models.loading import check_model
-        from .devices import check_devices
-
         check_model(caption.model)
         if executor.executor == "local":  # Ray places its workers on the cluster's GPUs
             if executor.devices:
@@ -50,9 +47,6 @@ def check_run(caption: CaptionConfig, run: RunConfig, executor: ExecutorConfig) 
                 check_devices([caption.device], "--device")
     for p in caption.caption_passes:  # the text LLMs of text-only passes, as the captioner
         if p.text_only:
-            from ..engines import text_config, text_engine_class
-            from ..models.loading import check_model
-
             settings = text_config(caption, p)
             if text_engine_class(settings.engine, p.name).loads_weights:
                 check_model(settings.model)
