@@ -19,6 +19,7 @@ from ..spine.atomic import open_atomic
 from ..spine.contract import Step, marker_has, open_output, read_stamp
 from ..spine.errors import RecaptionError
 from ..spine.ledger import OutputDir, plan
+from ..spine.results import FAILED, SKIPPED, RunSummary, ShardResult
 
 Planned = tuple[OutputDir, OutputDir, list[str], list[str]]  # source, destination, to do, done
 
@@ -47,6 +48,13 @@ def over_finished(output: str, step: Step, *, destination: str | None = None, in
         todo, done = plan(dest, names, settings, added_later=step.added_later, only_current=True,
                           overwrite=overwrite)
         yield src, dest, todo, done
+
+
+def shard_lines(summary: RunSummary, did: str, line: Callable[[ShardResult], str]) -> list[str]:
+    """What a step that writes a new folder prints per shard: FAILED, or `line(result)` (noted
+    when it was `did` already)."""
+    return [f"{r.name}: FAILED, nothing {did}: {r.error}" if r.outcome == FAILED
+            else line(r) + (f" (already {did})" if r.outcome == SKIPPED else "") for r in summary.results]
 
 
 def file_stamp(out: OutputDir, name: str, key: bytes) -> dict:
@@ -100,19 +108,32 @@ def done_shards(out: OutputDir) -> list[str]:
     return names
 
 
+def shard_stats(out: OutputDir, name: str) -> dict:
+    """A shard's `{name}_stats.json` ({}: missing or unreadable)."""
+    try:
+        with out.fs.open(out.stats(name), "r") as f:
+            stats = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return stats if isinstance(stats, dict) else {}
+
+
+def recorded_source(out: OutputDir, name: str) -> str | None:
+    """Where a shard's images came from (its stats' `source`; a folder slice's folder)."""
+    source = shard_stats(out, name).get("source")
+    return source.rsplit(" [", 1)[0] if isinstance(source, str) and source else None
+
+
 def recorded_sources(out: OutputDir, names: list[str]) -> list[str]:
-    """Where each shard's images came from (its stats' `source`; a folder slice's folder), for
-    the output contract of steps that read them: their output must stay out of those places."""
-    sources = []
-    for name in names:
-        try:
-            with out.fs.open(out.stats(name), "r") as f:
-                source = json.load(f).get("source")
-        except (OSError, ValueError, AttributeError):
-            continue
-        if isinstance(source, str) and source:
-            sources.append(source.rsplit(" [", 1)[0])
-    return list(dict.fromkeys(sources))
+    """Every shard's recorded_source, for the output contract of steps that read them: their
+    output must stay out of those places."""
+    return list(dict.fromkeys(s for s in (recorded_source(out, n) for n in names) if s))
+
+
+def recorded_columns(stats: dict) -> ColumnConfig:
+    """The --key-col, --image-col, ... a shard was captioned with (its stats' `columns`)."""
+    recorded = stats.get("columns") or {}
+    return ColumnConfig(**{k: tuple(v) if k == "extra" else v for k, v in recorded.items()})
 
 
 ROW_IDENTITY = ("key", "status")  # every caption output row has them (filtered, scored, judged too)
@@ -156,9 +177,7 @@ def input_shard(out: OutputDir, name: str) -> Shard:
     file, or a slice of an image folder."""
     with out.fs.open(out.stats(name), "r") as f:
         stats = json.load(f)
-    source = stats["source"]
-    recorded = stats.get("columns") or {}  # the --key-col, --image-col, ... it was captioned with
-    columns = ColumnConfig(**{k: tuple(v) if k == "extra" else v for k, v in recorded.items()})
+    source, columns = stats["source"], recorded_columns(stats)
     try:
         return open_shard(source, columns)
     except ValueError:

@@ -1,38 +1,6 @@
-"""(Named webdataset_export, not export: `recaption.export` is the API function.)
-
-`recap export OUT -o WDS --caption re_caption|org_caption|mix:p=0.8`: a caption output folder as
-WebDataset tars, the bridge to any trainer (open_clip, webdataset, img2dataset-style loaders, and
-`recap caption` itself).
-
-Per finished caption shard `{name}` the destination gets:
-  {name}.tar         per exported row: `{key}.{ext}` (the image in one format, `format`: jpg by
-                     default, EXIF orientation applied so the pixels stand as captioned; an image
-                     already in that format and upright keeps its bytes; `keep`: every image's own
-                     bytes, ext from its format), `{key}.txt` (the chosen caption) and
-                     `{key}.json` (key, url, sha256, org_caption, re_caption and any other
-                     `re_caption*` column, re_clip_score / org_clip_score when the output has them,
-                     and "caption_source": the column the .txt came from). Samples follow the
-                     order of the input shard.
-  {name}_stats.json  every row accounted for: rows, exported, not_exported by reason
-                     (status_not_ok, no_caption, image_not_found, unreadable_image, duplicate_key,
-                     image_mismatch: the image under that key is not the one captioned, by sha256)
-  {name}.done        written last: what was exported (caption choice, seed, source folder)
-
-Keys in a tar member name cannot hold '/', '.' (webdataset splits a member name at the first
-dot of its basename) or control characters (NUL, newline): such keys are written with '_'
-instead (`sub/cat.v2` -> `sub_cat_v2`, samples.tars.member_key); the .json keeps the real key,
-and `recap caption` reads it back from there.
-
-Images come from each shard's input as `recap caption` recorded it (`source` in
-`{name}_stats.json`), or from `images`: shards found like `recap caption` inputs, the one of the
-same name when there is one (else all of them), joined to the rows by key.
-
-`caption`: a string column of the output (re_caption, org_caption, re_caption_condition_diverse_topk,
-re_caption_fused, ...), or a mix: `mix:p=P`, the ORIGINAL caption with probability P, else the
-recaption (P as in `recap train-clip --p`), or `mix:re_caption=0.5,org_caption=0.3,re_caption_short=0.2`
-over any text columns, the probabilities summing to 1 (training/captions.CaptionMix, the rule the
-trainers' --mix share). The draw is fixed per (seed, key), so a rerun writes the same tars; where
-the drawn caption is empty the next column of the mix that has one is used, and counted.
+"""`recap export OUT -o WDS --caption re_caption|org_caption|mix:...`: a caption output folder as
+WebDataset tars, the bridge to any trainer; what each shard's files hold: docs/recipes.md.
+(Named webdataset_export, not export: `recaption.export` is the API function.)
 """
 
 from __future__ import annotations
@@ -50,7 +18,16 @@ from datetime import datetime, timezone
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..quality.outputs import done_shards, input_shard, over_finished, read_output, recorded_sources
+from ..quality.outputs import (
+    done_shards,
+    input_shard,
+    over_finished,
+    read_output,
+    recorded_columns,
+    recorded_sources,
+    shard_lines,
+    shard_stats,
+)
 from ..readers import ColumnConfig, discover_shards
 from ..readers.base import Shard
 from ..samples.tars import TarShardWriter, member_key
@@ -150,22 +127,11 @@ def takes_original(key: str | None, p: float, seed: int) -> bool:
     return keyed_draw(key, seed) < p
 
 
-def _blank(text: str | None) -> bool:
-    return text is None or not text.strip()
-
-
 # -- image formats and tar keys ---------------------------------------------------------------------
 
-_SIGNATURES = (
-    (b"\xff\xd8\xff", "jpg"),
-    (b"\x89PNG\r\n\x1a\n", "png"),
-    (b"GIF87a", "gif"),
-    (b"GIF89a", "gif"),
-    (b"BM", "bmp"),
-    (b"II*\x00", "tiff"),
-    (b"MM\x00*", "tiff"),
-    (b"qoif", "qoi"),
-)
+_SIGNATURES = ((b"\xff\xd8\xff", "jpg"), (b"\x89PNG\r\n\x1a\n", "png"), (b"GIF87a", "gif"),
+               (b"GIF89a", "gif"), (b"BM", "bmp"), (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"),
+               (b"qoif", "qoi"))
 _PIL_FORMATS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp",
                 "DIB": "bmp", "TIFF": "tiff", "AVIF": "avif", "HEIF": "heic", "JPEG2000": "jp2",
                 "PPM": "ppm", "QOI": "qoi", "TGA": "tga"}
@@ -278,14 +244,8 @@ def not_exported(result: ShardResult | RunSummary) -> dict[str, int]:
 
 def export_lines(summary: RunSummary) -> list[str]:
     """What `recap export` prints: one line per shard, then the totals."""
-    lines = []
-    for r in summary.results:
-        if r.outcome == FAILED:
-            lines.append(f"{r.name}: FAILED, nothing exported: {r.error}")
-            continue
-        note = " (already exported)" if r.outcome == SKIPPED else ""
-        lines.append(f"{r.name}: {r.status_counts.get(EXPORTED, 0)} of {r.counts.get('rows_in', 0)} rows"
-                     f"{_reasons(not_exported(r))}{note}")
+    lines = shard_lines(summary, "exported", lambda r: f"{r.name}: {r.status_counts.get(EXPORTED, 0)} of "
+                        f"{r.counts.get('rows_in', 0)} rows{_reasons(not_exported(r))}")
     lines.append(
         f"exported {summary.status_counts.get(EXPORTED, 0)} of {summary.count('rows_in')} rows"
         f"{_reasons(not_exported(summary))} with --caption {summary.settings['caption']} to "
@@ -354,9 +314,7 @@ class ImageSources:
         if self.images is None:
             return [input_shard(self.src, name)], True
         with self.src.fs.open(self.src.stats(name), "r") as f:
-            recorded = json.load(f).get("columns") or {}  # how the input was read when captioned
-        columns = ColumnConfig(**{k: tuple(v) if k == "extra" else v for k, v in recorded.items()})
-        shards = self._discover(columns)
+            shards = self._discover(recorded_columns(json.load(f)))  # the input as read when captioned
         same = [s for s in shards if s.name == name]
         if not same:
             log.warning("%s: no shard of that name among the images given; looking for its keys in all %d",
@@ -365,11 +323,7 @@ class ImageSources:
 
 
 def _skipped(dest: OutputDir, name: str) -> ShardResult:
-    try:
-        with dest.fs.open(dest.stats(name), "r") as f:
-            stats = json.load(f)
-    except (FileNotFoundError, json.JSONDecodeError):
-        stats = {}
+    stats = shard_stats(dest, name)
     return _result(name, SKIPPED, stats.get("rows", 0), stats.get(EXPORTED, 0), stats.get("not_exported", {}))
 
 
@@ -412,7 +366,7 @@ def _export_shard(src: OutputDir, dest: OutputDir, name: str, choice: CaptionCho
                 reasons[STATUS_NOT_OK] += 1
                 continue
             text, column, fell_back = choice.pick(row, seed)
-            if _blank(text):
+            if text is None or not text.strip():
                 reasons[NO_CAPTION] += 1
             elif row["key"] is None:
                 reasons[IMAGE_NOT_FOUND] += 1

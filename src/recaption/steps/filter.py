@@ -1,22 +1,7 @@
 """`recap filter OUT --where "re_clip_score > 25 and not re_degenerate" -o FILTERED`: keep the rows
-of a caption output folder that satisfy a SQL condition, into a new folder that is itself caption
-output (score, judge, stats, report, export and CLIP training read it like the original).
-
-The condition is a DuckDB SQL expression, evaluated as the WHERE clause over each finished
-shard's table: columns by name (`re_clip_score`, `status`, `re_length`, ...), SQL operators and
-functions (`and`, `or`, `not`, `is null`, `like`, `regexp_matches(...)`, `length(...)`). SQL
-semantics apply: a row where the condition is NULL (a comparison with a null score, `not
-re_degenerate` on a failed row) is dropped, as are rows where it is false. DuckDB runs with file
-and network access switched off and its configuration locked, so a condition can read nothing
-but the shard's rows (`read_csv('/etc/passwd')` is refused); nothing is evaluated as Python.
-
-Per shard `{name}` the destination gets, each written atomically:
-  {name}.parquet     the kept rows, in source order, with the source's schema and metadata
-                     (a shard may keep 0 rows: its file is still written, so it counts as done)
-  {name}_stats.json  the source's stats, `rows` / `status_counts` of the kept rows, and
-                     "filter": {where, rows_in, rows_kept, status_counts_in, from}
-  {name}.done        written last: the source's marker plus "filter": {where, from}
-A rerun skips shards already filtered with the same condition from the same folder.
+of a caption output folder where a DuckDB SQL condition holds, into a new folder that is itself
+caption output. The condition reads nothing but the shard's rows (file and network access off,
+configuration locked); its semantics and what each shard's files hold: docs/recipes.md.
 """
 
 from __future__ import annotations
@@ -31,7 +16,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..quality.outputs import BrokenShardError, done_shards, over_finished, read_output
+from ..quality.outputs import (
+    BrokenShardError,
+    done_shards,
+    over_finished,
+    read_output,
+    shard_lines,
+    shard_stats,
+)
 from ..spine.contract import Step, location, marker_has
 from ..spine.errors import RecaptionError
 from ..spine.ledger import OutputDir, ShardCommit
@@ -160,13 +152,8 @@ def matching_rows(table: pa.Table, where: str, con=None, shard: str | None = Non
 
 def filter_lines(summary: RunSummary) -> list[str]:
     """What `recap filter` prints: one line per shard, then the totals."""
-    lines = []
-    for r in summary.results:
-        if r.outcome == FAILED:
-            lines.append(f"{r.name}: FAILED, nothing filtered: {r.error}")
-            continue
-        note = " (already filtered)" if r.outcome == SKIPPED else ""
-        lines.append(f"{r.name}: kept {r.counts['rows_kept']} of {r.counts['rows_in']} rows{note}")
+    lines = shard_lines(summary, "filtered",
+                        lambda r: f"{r.name}: kept {r.counts['rows_kept']} of {r.counts['rows_in']} rows")
     rows_in, kept = summary.count("rows_in"), summary.count("rows_kept")
     share = f" ({kept / rows_in:.1%})" if rows_in else ""
     where, to = summary.settings["where"], summary.settings["destination"]
@@ -212,11 +199,7 @@ def _record(src: OutputDir, name: str, where: str, source: str) -> dict:
 
 
 def _skipped(dest: OutputDir, name: str) -> ShardResult:
-    try:
-        with dest.fs.open(dest.stats(name), "r") as f:
-            record = json.load(f).get("filter") or {}
-    except (FileNotFoundError, json.JSONDecodeError, AttributeError):
-        record = {}
+    record = shard_stats(dest, name).get("filter") or {}
     rows_in, rows_kept = record.get("rows_in"), record.get("rows_kept")
     if rows_kept is None:
         with dest.fs.open(dest.parquet(name), "rb") as f:
@@ -236,24 +219,17 @@ def _filter_shard(src: OutputDir, dest: OutputDir, name: str, where: str, source
         stats = json.load(f)
     provenance = src.done_provenance(name) or {}
     record = _record(src, name, where, source)
-    statuses_in = Counter(table.column("status").to_pylist()) if "status" in table.column_names else None
-    statuses = Counter(kept.column("status").to_pylist()) if "status" in kept.column_names else None
-    stats = {
-        **stats,
-        "rows": kept.num_rows,
-        **({"status_counts": dict(sorted(statuses.items()))} if statuses is not None else {}),
-        "filter": {
-            **record,
-            "rows_in": table.num_rows,
-            "rows_kept": kept.num_rows,
-            **({"status_counts_in": dict(sorted(statuses_in.items()))} if statuses_in is not None else {}),
-            "filtered_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        },
-    }
+    # (read_output: every shard has a status column)
+    statuses_in, statuses = (dict(sorted(Counter(t.column("status").to_pylist()).items()))
+                             for t in (table, kept))
+    stats = {**stats, "rows": kept.num_rows, "status_counts": statuses, "filter": {
+        **record, "rows_in": table.num_rows, "rows_kept": kept.num_rows, "status_counts_in": statuses_in,
+        "filtered_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }}
     # The ledger's commit: an earlier result stays until this one is complete.
     with ShardCommit(dest, name) as commit:
         pq.write_table(kept, commit.open("parquet"))
         commit.commit(stats, {**provenance, "filter": record})
     log.info("%s: kept %d of %d rows", name, kept.num_rows, table.num_rows)
-    return ShardResult(name, name, DONE, kept.num_rows, dict(statuses or {}),
+    return ShardResult(name, name, DONE, kept.num_rows, statuses,
                        counts={"rows_in": table.num_rows, "rows_kept": kept.num_rows})

@@ -8,13 +8,13 @@ key, never a path: the file comes from the shard, the offset from the index."""
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
 
+from ..quality.outputs import recorded_source
 from ..readers.base import image_extensions
 from ..samples.images import ImageDecodeError, decode_image
 from ..samples.tar_index import Member, TarIndex, fingerprint
@@ -85,7 +85,7 @@ class Images:
         else:
             self.tars, self.roots = {}, []
             for name in names:
-                source = _recorded_source(out, name)
+                source = recorded_source(out, name)
                 if source and source.endswith(".tar") and local_path(source) and os.path.isfile(source):
                     self.tars[name] = source
                     self.roots.append(os.path.realpath(source))  # that file, nothing beside it
@@ -177,12 +177,3 @@ def _tars_in(images: list[str]) -> dict[str, str]:
             found.setdefault(tar.stem, str(tar))
     return found
 
-
-def _recorded_source(out: OutputDir, name: str) -> str | None:
-    """The input the shard's stats record (`source`; a folder slice's folder)."""
-    try:
-        with out.fs.open(out.stats(name), "r") as f:
-            source = json.load(f).get("source")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return source.rsplit(" [", 1)[0] if isinstance(source, str) and source else None
