@@ -1,11 +1,6 @@
-"""`recap score OUTDIR`: fill the CLIP-score columns of finished output, in place.
-
-Images come from each shard's input (the `source` in `{shard}_stats.json`), read again in
-batches; scores are matched to output rows by key. Each parquet file is rewritten whole under
-a temporary name and renamed (atomic per file); the CLIP model that scored it is stored in the
-file's metadata (`ClipScorer.provenance()`: the name, the folder or hub commit it loaded, and for
-the built-in models their version and `TINY_CLIP_NOTE`), so a rerun skips files already scored by
-that model (resumable, idempotent) and `overwrite` rescores.
+"""`recap score OUTDIR`: fill the CLIP-score columns of finished output, in place, each file
+rewritten atomically and stamped with the scorer's provenance, so a rerun skips files that model
+scored (docs/quality.md).
 """
 
 from __future__ import annotations

@@ -5,12 +5,14 @@ WebDataset tars, the bridge to any trainer; what each shard's files hold: docs/r
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
 import logging
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -92,13 +94,6 @@ class CaptionChoice:
             raise CaptionChoiceError("--caption is empty: give re_caption, org_caption, another text column "
                                      "or mix:COLUMN=P,...")
         return cls(spec, column=spec)
-
-    @property
-    def p(self) -> float | None:
-        """The paper's mix: the probability of the original caption (None for other choices)."""
-        if self.mix is None or self.mix.columns != (ORIGINAL, RECAPTION):
-            return None
-        return self.mix.weights[0][1]
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -264,16 +259,12 @@ def _reasons(counts: dict[str, int]) -> str:
 
 def export(output: str, destination: str, *, images: list[str] | None = None, caption: str = RECAPTION,
            seed: int = 0, overwrite: bool = False, format: str = "jpg") -> RunSummary:
-    """Write each finished shard of caption output `output` as a WebDataset tar in `destination`.
-
-    Holds `destination`'s lock; `output` and the images are only read. A shard whose images
-    cannot be read (input missing) is in `summary.failed` (`.errors` says why) and the others
-    still export. Each shard's `status_counts` hold its rows by what happened (`exported`, or the
-    reason it was not), `counts["rows_in"]` the rows read.
-    Raises CaptionChoiceError for a `caption` the output has no text column for, ExportError for
-    `destination` == `output` or one that holds shards exported otherwise (without
-    `overwrite`), NoOutputError when `output` holds no finished shards, InputError when
-    `images` match no shards."""
+    """Write each finished shard of caption output `output` as a WebDataset tar in `destination`
+    (holding its lock; `output` and the images are only read). A shard whose images cannot be read
+    is in `summary.failed` and the others still export; each shard's `status_counts` hold its rows
+    by what happened (`exported`, or the reason not), `counts["rows_in"]` the rows read.
+    Raises CaptionChoiceError, ExportError (a destination that is `output` or holds shards exported
+    otherwise, without `overwrite`), NoOutputError, or InputError (`images` match no shards)."""
     choice = CaptionChoice.parse(caption)
     if format not in IMAGE_FORMATS:
         raise ExportError(f"--format {format}: choose {', '.join(IMAGE_FORMATS)} (keep: each image's bytes)")
@@ -299,14 +290,10 @@ class ImageSources:
 
     def __init__(self, src: OutputDir, images: list[str] | None):
         self.src, self.images = src, images
-        self._found: dict[ColumnConfig, list[Shard]] = {}
+        self._discover: Callable[[ColumnConfig], list[Shard]] = functools.cache(
+            lambda columns: discover_shards(list(images), columns))
         if images is not None:
             self._discover(ColumnConfig())  # images that match nothing: said now, in one line
-
-    def _discover(self, columns: ColumnConfig) -> list[Shard]:
-        if columns not in self._found:
-            self._found[columns] = discover_shards(list(self.images), columns)
-        return self._found[columns]
 
     def for_shard(self, name: str) -> tuple[list[Shard], bool]:
         """(shards to read, whether that is one matched shard: reading may stop once every row
@@ -413,21 +400,11 @@ def _export_shard(src: OutputDir, dest: OutputDir, name: str, choice: CaptionCho
         log.error("cannot export %s: %s", name, exc)
         return ShardResult(name, name, FAILED, error=f"{type(exc).__name__}: {exc}")
     reasons_not = {r: reasons[r] for r in REASONS if reasons[r]}
-    stats = {
-        "shard": name,
-        "output": settings["from"],
-        "images_from": [s.source for s in shards],
-        "caption": choice.spec,
-        "seed": seed,
-        "rows": len(rows),
-        "exported": writer.samples,
-        "not_exported": reasons_not,
-        "caption_sources": dict(sorted(picked_from.items())),
-        "mix_fallbacks": fallbacks if choice.column is None else None,
-        "keys_renamed": keys.renamed,
-        "tar": tar,
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    stats = {"shard": name, "output": settings["from"], "images_from": [s.source for s in shards],
+             "caption": choice.spec, "seed": seed, "rows": len(rows), "exported": writer.samples,
+             "not_exported": reasons_not, "caption_sources": dict(sorted(picked_from.items())),
+             "mix_fallbacks": fallbacks if choice.column is None else None, "keys_renamed": keys.renamed,
+             "tar": tar, "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     commit.commit(stats, {**settings, "images": images, "samples": writer.samples,
                           "recaption_version": __version__})
     return _result(name, DONE, len(rows), writer.samples, reasons_not)

@@ -163,14 +163,10 @@ def filter_lines(summary: RunSummary) -> list[str]:
 
 
 def filter_output(output: str, where: str, destination: str, *, overwrite: bool = False) -> RunSummary:
-    """Write the rows of each finished shard of `output` where `where` holds into `destination`.
-
-    Rows where the condition is NULL are dropped (SQL semantics), as are rows where it is false.
-    `destination` opens through the output contract (spine/contract.py); `output` is only read.
-    Raises FilterExpressionError for a bad condition (before anything is written), OutputError
-    for a destination that is, holds or lies inside `output` or holds other files,
-    ConfigMismatchError for one holding shards filtered otherwise (without `overwrite`),
-    NoOutputError when `output` holds no finished shards."""
+    """Write the rows of each finished shard of `output` where `where` holds (not false, not NULL)
+    into `destination`, opened through the output contract; `output` is only read. Raises
+    FilterExpressionError (before anything is written), OutputError, ConfigMismatchError (shards
+    filtered otherwise, without `overwrite`) or NoOutputError."""
     src = OutputDir(output)
     names = done_shards(src)
     con = connect()

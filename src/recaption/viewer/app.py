@@ -1,10 +1,5 @@
-"""The `recap view` web app (Starlette): one page, its script and stylesheet shipped in the
-package, and a read-only JSON API over the rows and their images.
-
-Safe by default: only GET and HEAD are answered (anything else: 405); only the Host names the
-server was started for are served (no DNS rebinding); every text reaches the page as JSON and is
-put there as text (never as HTML), under a Content-Security-Policy that allows no inline script
-and nothing from another origin; images are re-encoded JPEG, never the stored bytes."""
+"""The `recap view` web app (Starlette): one page, its script and stylesheet, and a read-only JSON
+API over the rows and their images; its safety rules: docs/view.md ("Safe by default")."""
 
 from __future__ import annotations
 

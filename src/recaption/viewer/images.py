@@ -1,9 +1,6 @@
-"""The images beside the rows: each shard's input tar, found from `--images` or from what the
-shard's stats recorded, read one member at a time through its tar index (samples/tar_index.py),
-decoded, resized and re-encoded as JPEG on the fly, the results kept in an LRU cache.
-
-Only tars under the folders (or the files) given are read, and a request names a shard and a
-key, never a path: the file comes from the shard, the offset from the index."""
+"""The images beside the rows: each shard's input tar (`--images`, or what its stats record), read
+one member at a time through its tar index, re-encoded as JPEG, kept in an LRU cache. A request
+names a shard and a key, never a path."""
 
 from __future__ import annotations
 
