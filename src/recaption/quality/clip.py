@@ -65,14 +65,12 @@ def resolve_clip_model(name: str, option: str = "--clip-model") -> ClipSource:
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
-            raise ClipModelError(
-                f"{option} {name}: {path} is not a transformers model folder (no config.json in it)"
-            )
+            raise ClipModelError(f"{option} {name}: {path} is not a transformers model folder "
+                                 "(no config.json in it)")
         return ClipSource(name, str(path.resolve()))
     if not is_hub_id(name):
-        raise ClipModelError(
-            f"{option} {name}: no such folder, and not a hub id (owner/name). {local_choices(option)}"
-        )
+        raise ClipModelError(f"{option} {name}: no such folder, and not a hub id (owner/name). "
+                             f"{local_choices(option)}")
     cached = cached_snapshot(name, (_WEIGHTS, _TOKENIZER, ("preprocessor_config.json",)))
     if cached is not None:
         return ClipSource(name, str(cached), revision=cached.name)
@@ -181,14 +179,12 @@ class ClipScorer(TextScoring):
             self.tokenizer = AutoTokenizer.from_pretrained(source)
             self.image_processor = AutoImageProcessor.from_pretrained(source)
         except (OSError, ValueError, KeyError) as exc:
-            raise ClipModelError(
-                f"cannot load CLIP model {self.model_name} ({source}): {' '.join(str(exc).split())}"
-            ) from exc
+            raise ClipModelError(f"cannot load CLIP model {self.model_name} ({source}): "
+                                 f"{' '.join(str(exc).split())}") from exc
         if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
-            raise ClipModelError(
-                f"--clip-model {self.model_name} is a {type(model).__name__}, not a dual encoder "
-                "(CLIP / SigLIP / long-text CLIP with get_image_features and get_text_features)"
-            )
+            raise ClipModelError(f"--clip-model {self.model_name} is a {type(model).__name__}, not a dual "
+                                 "encoder (CLIP / SigLIP / long-text CLIP with get_image_features and "
+                                 "get_text_features)")
         self.model = model.to(self.device).eval()
         self.tokenizer.padding_side = "right"  # absolute positions: text must start at position 0
         text_config = getattr(self.model.config, "text_config", self.model.config)

@@ -96,15 +96,12 @@ def done_shards(out: OutputDir) -> list[str]:
     or if the folder's stamp says another command made it (a download's or an export's)."""
     stamp = read_stamp(out)
     if stamp is not None and stamp["step"] not in CAPTION_OUTPUT:
-        raise NoOutputError(
-            f"{out.url} holds the output of `recap {stamp['step']}`, not caption output: give a folder "
-            "that `recap caption` or `recap filter` wrote"
-        )
+        raise NoOutputError(f"{out.url} holds the output of `recap {stamp['step']}`, not caption output: "
+                            "give a folder that `recap caption` or `recap filter` wrote")
     names = out.done_names()
     if not names:
-        raise NoOutputError(
-            f"{out.url} holds no finished shards ({{name}}.done): is it a `recap caption` output folder?"
-        )
+        raise NoOutputError(f"{out.url} holds no finished shards ({{name}}.done): is it a `recap caption` "
+                            "output folder?")
     return names
 
 
@@ -161,10 +158,9 @@ def read_output(out: OutputDir, name: str, columns: list[str] | None = None, *,
             return pq.read_table(f, columns=columns, use_threads=False)
     except (OSError, pa.ArrowInvalid) as exc:
         said = " ".join(str(exc).split())[:200] or type(exc).__name__
-        raise BrokenShardError(
-            f"{out.url}: shard {name} is marked finished but its parquet cannot be read ({said}); caption "
-            f"it again (recap caption ... --overwrite) or delete {name}.done"
-        ) from None
+        raise BrokenShardError(f"{out.url}: shard {name} is marked finished but its parquet cannot be read "
+                               f"({said}); caption it again (recap caption ... --overwrite) or delete "
+                               f"{name}.done") from None
 
 
 def caption_rows(table: pa.Table) -> dict[str, dict]:
@@ -201,11 +197,9 @@ def rewrite_output(
     whole under a temporary name and renamed, so readers see the old file or the new one."""
     for column, values in columns.items():
         index = table.schema.get_field_index(column)
-        table = table.set_column(
-            index, table.schema.field(column), pa.array(values, type=table.schema.field(column).type)
-        )
-    table = table.replace_schema_metadata(
-        {**(table.schema.metadata or {}), metadata_key: json.dumps(metadata).encode()}
-    )
+        field = table.schema.field(column)
+        table = table.set_column(index, field, pa.array(values, type=field.type))
+    stamped = {**(table.schema.metadata or {}), metadata_key: json.dumps(metadata).encode()}
+    table = table.replace_schema_metadata(stamped)
     with open_atomic(out.fs, out.parquet(name), "wb") as f:
         pq.write_table(table, f)

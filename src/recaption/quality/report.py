@@ -57,9 +57,8 @@ def require_report_dependencies() -> None:
     if broken:
         package, exc = broken[0]
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise MissingDependencyError(
-            f"recap report cannot import {package} ({reason}): pip install --force-reinstall {package}"
-        )
+        raise MissingDependencyError(f"recap report cannot import {package} ({reason}): "
+                                     f"pip install --force-reinstall {package}")
 
 
 @dataclass
@@ -205,9 +204,8 @@ def render_report(output: str, gallery_size: int = 24, seed: int = 0,
     clip_label, judge_label = (" + ".join(model_names(models[kind])) for kind in ("clip", "judge"))
     environment = jinja2.Environment(autoescape=True)
     environment.filters.update(fmt=fmt, pct=pct, count=count)
-    template = environment.from_string(
-        resources.files("recaption.quality").joinpath("templates/report.html.j2").read_text()
-    )
+    page = resources.files(__package__).joinpath("templates/report.html.j2").read_text()
+    template = environment.from_string(page)
     judge_scores = {k: [float(x) for x in v] for k, v in stats.judge_scores.items()}
     plots = {
         "status": (bar_chart(dict(stats.status_counts.most_common()), "rows by status"), "status column"),
@@ -219,29 +217,16 @@ def render_report(output: str, gallery_size: int = 24, seed: int = 0,
         "judge": (histogram(judge_scores, f"judge rating ({judge_label})", "rating (1-5)", bins=5),
                   f"ratings by {judge_label}"),
     }
-    flags = [
-        {"name": f, "meaning": FLAG_MEANINGS.get(f, ""), "rows": stats.flag_counts[f], "rate": rate}
-        for f, rate in summary["flag_rates"].items()
-    ]
-    clip_notes = [u["note"] for u in models["clip"] if u.get("note")]
+    flags = [{"name": f, "meaning": FLAG_MEANINGS.get(f, ""), "rows": stats.flag_counts[f], "rate": rate}
+             for f, rate in summary["flag_rates"].items()]
     return template.render(
-        output=output,
-        generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        summary=summary,
-        models=models,
-        lines=comparison(summary),
-        paper=PAPER,
-        flags=flags,
-        ok_rows=stats.ok_rows,
-        failed=summary["failed_rows"],
-        failed_kept=FAILED_ROWS_KEPT,
+        output=output, generated=datetime.now(timezone.utc).isoformat(timespec="seconds"), summary=summary,
+        models=models, lines=comparison(summary), paper=PAPER, flags=flags, ok_rows=stats.ok_rows,
+        failed=summary["failed_rows"], failed_kept=FAILED_ROWS_KEPT,
         plots={name: plot for name, plot in plots.items() if plot[0]},
-        common={w: stats.common_words(w) for w in ("re", "org")},
-        gallery=gallery(output, gallery_size, seed),
-        clip_label=clip_label,
-        clip_notes=clip_notes,
+        common={w: stats.common_words(w) for w in ("re", "org")}, gallery=gallery(output, gallery_size, seed),
+        clip_label=clip_label, clip_notes=[u["note"] for u in models["clip"] if u.get("note")],
     )
-
 
 def write_report(output: str, path: str, gallery_size: int = 24, seed: int = 0) -> None:
     """Render and write the report to a local path or fsspec URL (an .html file), atomically,

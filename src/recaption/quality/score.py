@@ -73,11 +73,9 @@ def score_output(output: str, scorer: ClipScorer, overwrite: bool = False, on_sh
 def scored_by(recorded: dict, scorer: ClipScorer) -> bool:
     """Did this scorer make the recorded scores? Same name, and for a built-in model the same
     version (files scored by the old random-weight tiny-clip are scored again)."""
-    return (
-        recorded.get("clip_model") == scorer.model_name
-        and recorded.get("clip_model_version") == scorer.version
-        and recorded.get("clip_long_text", "truncate") == scorer.long_text
-    )
+    return (recorded.get("clip_model") == scorer.model_name
+            and recorded.get("clip_model_version") == scorer.version
+            and recorded.get("clip_long_text", "truncate") == scorer.long_text)
 
 
 def _scores_for(scorer: ClipScorer, shard: Shard, table: pa.Table,

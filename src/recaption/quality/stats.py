@@ -38,10 +38,8 @@ PAPER = {
     "source": "Recap-DataComp-1B (arXiv 2406.08478)",
     "length_mean": {"re": 49.43, "org": 10.22},  # words
     # per-image preference, % of 180K image pairs where each caption scores higher
-    "clip_preference_pct": {
-        "CLIP ViT-L": {"re": 49.57, "org": 50.43},
-        "LongCLIP-L": {"re": 89.91, "org": 10.09},
-    },
+    "clip_preference_pct": {"CLIP ViT-L": {"re": 49.57, "org": 50.43},
+                            "LongCLIP-L": {"re": 89.91, "org": 10.09}},
     "judge_mean": {"re": 4.14, "org": 3.71},  # GPT-4V rating 1-5, mean over 10K images
     "judge_model": "GPT-4V",
     "re_share_of_combined_vocabulary_pct": 82.86,
@@ -88,9 +86,8 @@ def decoding(settings: dict) -> str:
         text += f", at least {settings['min_new_tokens']}"
     if settings.get("conditional"):
         top_k = settings.get("top_k") or 0
-        text += "; conditional caption: " + (
-            f"top-k {top_k} sampling, seed {settings.get('seed')}" if top_k > 0 else "greedy"
-        )
+        text += "; conditional caption: " + (f"top-k {top_k} sampling, seed {settings.get('seed')}"
+                                             if top_k > 0 else "greedy")
     return text
 
 
@@ -244,9 +241,8 @@ def collect(output: str) -> OutputStats:
         for row in rows:
             stats.status_counts[row["status"]] += 1
             if row["status"] != "ok" and len(stats.failed_rows) < FAILED_ROWS_KEPT:
-                stats.failed_rows.append(
-                    {"shard": name, "key": row["key"], "status": row["status"], "error": row.get("error")}
-                )
+                stats.failed_rows.append({"shard": name, "key": row["key"], "status": row["status"],
+                                          "error": row.get("error")})
         for row in ok:
             stats.ok_rows += 1
             if "re_degenerate" not in schema.names:  # output of an older version: flag it here

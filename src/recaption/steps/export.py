@@ -105,10 +105,9 @@ class CaptionChoice:
                    and f.name not in NOT_CAPTIONS]
         missing = [c for c in self.columns if c not in strings]
         if missing:
-            raise CaptionChoiceError(
-                f"--caption {self.spec}: {where} has no text column {', '.join(missing)}; "
-                f"its text columns: {', '.join(strings)} (or a mix:COLUMN=P,... of them)"
-            )
+            raise CaptionChoiceError(f"--caption {self.spec}: {where} has no text column {', '.join(missing)}"
+                                     f"; its text columns: {', '.join(strings)} (or a mix:COLUMN=P,... of "
+                                     "them)")
 
     def pick(self, row: dict, seed: int) -> tuple[str | None, str, bool]:
         """(text, the column it came from, whether a mix fell back to the other caption)."""
@@ -241,11 +240,9 @@ def export_lines(summary: RunSummary) -> list[str]:
     """What `recap export` prints: one line per shard, then the totals."""
     lines = shard_lines(summary, "exported", lambda r: f"{r.name}: {r.status_counts.get(EXPORTED, 0)} of "
                         f"{r.counts.get('rows_in', 0)} rows{_reasons(not_exported(r))}")
-    lines.append(
-        f"exported {summary.status_counts.get(EXPORTED, 0)} of {summary.count('rows_in')} rows"
-        f"{_reasons(not_exported(summary))} with --caption {summary.settings['caption']} to "
-        f"{summary.settings['destination']}{summary.failed_note()}"
-    )
+    lines.append(f"exported {summary.status_counts.get(EXPORTED, 0)} of {summary.count('rows_in')} rows"
+                 f"{_reasons(not_exported(summary))} with --caption {summary.settings['caption']} to "
+                 f"{summary.settings['destination']}{summary.failed_note()}")
     return lines
 
 

@@ -33,12 +33,8 @@ log = logging.getLogger(__name__)
 
 # DuckDB with no file system, no network, no extension loading, and settings no expression can
 # change back (`lock_configuration`).
-DUCKDB_CONFIG = {
-    "enable_external_access": False,
-    "autoinstall_known_extensions": False,
-    "autoload_known_extensions": False,
-    "lock_configuration": True,
-}
+DUCKDB_CONFIG = {"enable_external_access": False, "autoinstall_known_extensions": False,
+                 "autoload_known_extensions": False, "lock_configuration": True}
 _ROW = "__recap_row__"  # the row number, added to restore source order
 
 
@@ -59,19 +55,15 @@ def check_where(where: str, columns: list[str]) -> str:
     """The condition, stripped; a FilterExpressionError for one that cannot be a single
     condition (empty, or holding `;`)."""
     if not isinstance(where, str) or not where.strip():
-        raise FilterExpressionError(
-            f"--where is empty: give a SQL condition such as 're_clip_score > 25'; {_columns(columns)}"
-        )
+        raise FilterExpressionError(f"--where is empty: give a SQL condition such as 're_clip_score > 25'; "
+                                    f"{_columns(columns)}")
     if ";" in where:
-        raise FilterExpressionError(
-            f"--where {where!r}: ';' is not allowed, give one SQL condition; {_columns(columns)}"
-        )
+        raise FilterExpressionError(f"--where {where!r}: ';' is not allowed, give one SQL condition; "
+                                    f"{_columns(columns)}")
     refused = _refused_parts(where)
     if refused:
-        raise FilterExpressionError(
-            f"--where {where!r}: {refused} is not taken in a condition: give one over the row's own columns; "
-            f"{_columns(columns)}"
-        )
+        raise FilterExpressionError(f"--where {where!r}: {refused} is not taken in a condition: give one "
+                                    f"over the row's own columns; {_columns(columns)}")
     return where.strip()
 
 
@@ -137,16 +129,14 @@ def matching_rows(table: pa.Table, where: str, con=None, shard: str | None = Non
         rows = con.from_arrow(numbered)
         kind = str(rows.project(f"({where}\n) AS kept").types[0])
         if kind not in ("BOOLEAN", '"NULL"', "NULL"):
-            raise FilterExpressionError(
-                f"--where {where!r}: a {kind} value, not a condition; give one that is true or false, "
-                f"such as 're_clip_score > 25'; {_columns(table.column_names)}"
-            )
+            raise FilterExpressionError(f"--where {where!r}: a {kind} value, not a condition; give one that "
+                                        f"is true or false, such as 're_clip_score > 25'; "
+                                        f"{_columns(table.column_names)}")
         kept = rows.filter(where).project(f'"{_ROW}"').fetch_arrow_table().column(_ROW)
     except duckdb.Error as exc:
         where_shard = f" (shard {shard})" if shard else ""
-        raise FilterExpressionError(
-            f"--where {where!r}{where_shard}: {one_line(exc)}; {_columns(table.column_names)}"
-        ) from None
+        raise FilterExpressionError(f"--where {where!r}{where_shard}: {one_line(exc)}; "
+                                    f"{_columns(table.column_names)}") from None
     return table.take(pa.array(np.sort(kept.to_numpy()), pa.int64()))  # in source order
 
 
