@@ -17,16 +17,8 @@ from ..engines.openai_engine import OpenAICaptioner, image_data_url
 from ..samples.images import decode_sample
 from ..schema import JUDGE_COLUMNS, JUDGE_METADATA_KEY, stamp_identity
 from ..spine.ledger import OutputDir
-from ..spine.results import DONE, FAILED, SKIPPED, RunSummary, ShardResult
-from .outputs import (
-    caption_rows,
-    file_stamp,
-    input_shard,
-    over_finished,
-    read_output,
-    rewrite_output,
-    works_in_caption_output,
-)
+from ..spine.results import DONE, FAILED, RunSummary, ShardResult
+from .outputs import caption_rows, file_stamp, in_place, input_shard, read_output, rewrite_output
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +84,7 @@ def judge_output(output: str, config: JudgeConfig, on_shard=None) -> RunSummary:
     summary = RunSummary(settings=config.stamp())
     judged_already = lambda out, name: file_stamp(out, name, JUDGE_METADATA_KEY) == config.stamp()  # noqa: E731
     # (a partial stamp, from rows kept when a shard was captioned again, is not judged already)
-    with over_finished(output, works_in_caption_output("judge"), finished=judged_already,
-                       overwrite=config.overwrite) as (_, out, todo, done):
-        summary.results += [ShardResult(name, name, SKIPPED) for name in done]
+    with in_place(output, "judge", summary, judged_already, config.overwrite) as (out, todo):
         if not todo:
             return summary
         client = _client(config)

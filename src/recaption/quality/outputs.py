@@ -66,10 +66,16 @@ def file_stamp(out: OutputDir, name: str, key: bytes) -> dict:
         return {}
 
 
-def works_in_caption_output(name: str) -> Step:
-    """The contract's view of a step that rewrites finished caption output in place (score,
-    judge): it works in folders `recap caption` or `recap filter` made, and creates none."""
-    return Step(name, adopts=CAPTION_OUTPUT, recognise=marker_has("model"), creates=False)
+@contextmanager
+def in_place(output: str, step: str, summary: RunSummary, finished: Callable[[OutputDir, str], bool],
+             overwrite: bool) -> Iterator[tuple[OutputDir, list[str]]]:
+    """over_finished for a step that rewrites finished caption output in place (score, judge): it
+    works in folders `recap caption` or `recap filter` made, and creates none. Yields the folder
+    and the shards to do; those done already are SKIPPED in `summary`."""
+    contract = Step(step, adopts=CAPTION_OUTPUT, recognise=marker_has("model"), creates=False)
+    with over_finished(output, contract, finished=finished, overwrite=overwrite) as (_, out, todo, done):
+        summary.results += [ShardResult(name, name, SKIPPED) for name in done]
+        yield out, todo
 
 
 class NoOutputError(RecaptionError, ValueError):

@@ -14,17 +14,9 @@ from ..readers.base import Shard
 from ..samples.images import decode_sample
 from ..schema import PARTIAL, SCORE_COLUMNS, SCORES_METADATA_KEY, word_count
 from ..spine.ledger import OutputDir
-from ..spine.results import DONE, FAILED, SKIPPED, RunSummary, ShardResult
+from ..spine.results import DONE, FAILED, RunSummary, ShardResult
 from .clip import ClipScorer
-from .outputs import (
-    caption_rows,
-    file_stamp,
-    input_shard,
-    over_finished,
-    read_output,
-    rewrite_output,
-    works_in_caption_output,
-)
+from .outputs import caption_rows, file_stamp, in_place, input_shard, read_output, rewrite_output
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +39,7 @@ def score_output(output: str, scorer: ClipScorer, overwrite: bool = False, on_sh
         stamp = file_stamp(out, name, SCORES_METADATA_KEY)
         return scored_by(stamp, scorer) and not stamp.get(PARTIAL)
 
-    with over_finished(output, works_in_caption_output("score"), finished=scored_already,
-                       overwrite=overwrite) as (_, out, todo, done):
-        summary.results += [ShardResult(name, name, SKIPPED) for name in done]
+    with in_place(output, "score", summary, scored_already, overwrite) as (out, todo):
         for name in todo:
             if on_shard:
                 on_shard(name)

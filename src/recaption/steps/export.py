@@ -50,9 +50,7 @@ NO_CAPTION = "no_caption"  # the chosen caption is null or blank
 IMAGE_NOT_FOUND = "image_not_found"  # no sample of that key in the input shard
 UNREADABLE_IMAGE = "unreadable_image"  # the input has the key, but no image bytes of a known format
 DUPLICATE_KEY = "duplicate_key"  # a second row of the same key in one output shard
-# The image found under the key is not the one captioned (same_image): another image set with the
-# same keys.
-IMAGE_MISMATCH = "image_mismatch"
+IMAGE_MISMATCH = "image_mismatch"  # the image under the key is not the one captioned (same_image)
 # Readable, but too large a side for --format (JPEG: 65,500 px; WebP: 16,383): png or keep export it.
 TOO_LARGE_FOR_FORMAT = "too_large_for_format"
 REASONS = (STATUS_NOT_OK, NO_CAPTION, IMAGE_NOT_FOUND, UNREADABLE_IMAGE, DUPLICATE_KEY, IMAGE_MISMATCH,
@@ -60,8 +58,7 @@ REASONS = (STATUS_NOT_OK, NO_CAPTION, IMAGE_NOT_FOUND, UNREADABLE_IMAGE, DUPLICA
 
 
 # What `recap export` writes (the output contract): WebDataset tars whose markers record the
-# caption choice and the sample count.
-# Exports made before --format kept each image's own bytes.
+# caption choice and the sample count (exports made before --format kept each image's own bytes).
 EXPORT = Step("export", recognise=marker_has("caption", "samples"), added_later={"format": "keep"})
 
 
@@ -194,11 +191,9 @@ def exported_image(data: bytes | None, format: str) -> tuple[bytes | None, str |
 
 
 def same_image(sha256: str | None, sample, trust_claim: bool) -> bool:
-    """Whether `sample`'s image is the one a row with this sha256 was captioned from: its bytes
-    hash to it; or, read from the input captioning recorded (`trust_claim`), the sha256 the
-    reader took from that input (a download's .json names the fetched file's, before resizing)
-    is it. Images given with --images are judged by their bytes alone: a claimed sha256 there
-    could be copied from anywhere. A row without a sha256 has nothing to check."""
+    """Whether `sample`'s image is the one a row with this sha256 was captioned from: its bytes hash
+    to it, or (`trust_claim`: read from the input captioning recorded) the sha256 that input states
+    is it; --images are judged by their bytes alone (docs/security.md). No sha256: nothing to check."""
     if not sha256:
         return True
     if hashlib.sha256(sample.image_bytes or b"").hexdigest() == sha256:
@@ -335,33 +330,32 @@ def _export_shard(src: OutputDir, dest: OutputDir, name: str, choice: CaptionCho
                   sources: ImageSources, settings: dict, images: list[str] | None) -> ShardResult:
     tar = dest.path(f"{name}.tar")
     # The ledger's commit: an earlier export of the shard (--overwrite) stays until this one is
-    # complete; a failure leaves it as it was.
-    commit = ShardCommit(dest, name)
-    try:
-        table = read_output(src, name)
-        choice.check(table.schema, f"shard {name}")
-        rows = table.select(_row_columns(table.schema, choice)).to_pylist()
-        reasons: Counter = Counter()
-        picked_from: Counter = Counter()
-        fallbacks = 0
-        wanted: dict[str, tuple[dict, str, str, bool]] = {}
-        for row in rows:
-            if row.get("status", "ok") != "ok":
-                reasons[STATUS_NOT_OK] += 1
-                continue
-            text, column, fell_back = choice.pick(row, seed)
-            if text is None or not text.strip():
-                reasons[NO_CAPTION] += 1
-            elif row["key"] is None:
-                reasons[IMAGE_NOT_FOUND] += 1
-            elif row["key"] in wanted:
-                reasons[DUPLICATE_KEY] += 1
-            else:
-                wanted[row["key"]] = (row, text, column, fell_back)
-        shards, matched = sources.for_shard(name)
-        writer = TarShardWriter.into(commit.open("tar"))
-        keys = TarKeys()
+    # complete; a failure or an interrupt leaves it as it was.
+    with ShardCommit(dest, name) as commit:
         try:
+            table = read_output(src, name)
+            choice.check(table.schema, f"shard {name}")
+            rows = table.select(_row_columns(table.schema, choice)).to_pylist()
+            reasons: Counter = Counter()
+            picked_from: Counter = Counter()
+            fallbacks = 0
+            wanted: dict[str, tuple[dict, str, str, bool]] = {}
+            for row in rows:
+                if row.get("status", "ok") != "ok":
+                    reasons[STATUS_NOT_OK] += 1
+                    continue
+                text, column, fell_back = choice.pick(row, seed)
+                if text is None or not text.strip():
+                    reasons[NO_CAPTION] += 1
+                elif row["key"] is None:
+                    reasons[IMAGE_NOT_FOUND] += 1
+                elif row["key"] in wanted:
+                    reasons[DUPLICATE_KEY] += 1
+                else:
+                    wanted[row["key"]] = (row, text, column, fell_back)
+            shards, matched = sources.for_shard(name)
+            writer = TarShardWriter.into(commit.open("tar"))
+            keys = TarKeys()
             for shard in shards:
                 if matched and not wanted:
                     break
@@ -380,28 +374,23 @@ def _export_shard(src: OutputDir, dest: OutputDir, name: str, choice: CaptionCho
                             reasons[TOO_LARGE_FOR_FORMAT if too_large else UNREADABLE_IMAGE] += 1
                             continue
                         meta = json.dumps(_meta(row, sample.key, column), ensure_ascii=False)
-                        writer.add(keys(sample.key), {
-                            ext: image, "txt": text.encode("utf-8"), "json": meta.encode("utf-8")
-                        })
+                        writer.add(keys(sample.key), {ext: image, "txt": text.encode("utf-8"),
+                                                      "json": meta.encode("utf-8")})
                         picked_from[column] += 1
                         fallbacks += fell_back
                         if matched and not wanted:
                             break  # every row has its image: the rest of the shard is not read
             reasons[IMAGE_NOT_FOUND] += len(wanted)
             writer.close()
-        except BaseException:
-            commit.abort()
-            raise
-    except Exception as exc:  # a missing or broken input shard, a changed folder: say which, go on
-        commit.abort()
-        log.error("cannot export %s: %s", name, exc)
-        return ShardResult(name, name, FAILED, error=f"{type(exc).__name__}: {exc}")
-    reasons_not = {r: reasons[r] for r in REASONS if reasons[r]}
-    stats = {"shard": name, "output": settings["from"], "images_from": [s.source for s in shards],
-             "caption": choice.spec, "seed": seed, "rows": len(rows), "exported": writer.samples,
-             "not_exported": reasons_not, "caption_sources": dict(sorted(picked_from.items())),
-             "mix_fallbacks": fallbacks if choice.column is None else None, "keys_renamed": keys.renamed,
-             "tar": tar, "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    commit.commit(stats, {**settings, "images": images, "samples": writer.samples,
-                          "recaption_version": __version__})
+        except Exception as exc:  # a missing or broken input shard, a changed folder: say which, go on
+            log.error("cannot export %s: %s", name, exc)
+            return ShardResult(name, name, FAILED, error=f"{type(exc).__name__}: {exc}")
+        reasons_not = {r: reasons[r] for r in REASONS if reasons[r]}
+        stats = {"shard": name, "output": settings["from"], "images_from": [s.source for s in shards],
+                 "caption": choice.spec, "seed": seed, "rows": len(rows), "exported": writer.samples,
+                 "not_exported": reasons_not, "caption_sources": dict(sorted(picked_from.items())),
+                 "mix_fallbacks": fallbacks if choice.column is None else None, "keys_renamed": keys.renamed,
+                 "tar": tar, "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        commit.commit(stats, {**settings, "images": images, "samples": writer.samples,
+                              "recaption_version": __version__})
     return _result(name, DONE, len(rows), writer.samples, reasons_not)

@@ -76,9 +76,7 @@ class Images:
             found = _tars_in(images)
             self.roots = [os.path.realpath(p) for p in images]
             self.tars = {name: found[name] for name in names if name in found}
-            for name in names:
-                if name not in found:
-                    self.notes[name] = f"no {name}.tar among --images"
+            self.notes.update({name: f"no {name}.tar among --images" for name in names if name not in found})
         else:
             self.tars, self.roots = {}, []
             for name in names:
