@@ -228,6 +228,7 @@ def render_report(output: str, gallery_size: int = 24, seed: int = 0,
         clip_label=clip_label, clip_notes=[u["note"] for u in models["clip"] if u.get("note")],
     )
 
+
 def write_report(output: str, path: str, gallery_size: int = 24, seed: int = 0) -> None:
     """Render and write the report to a local path or fsspec URL (an .html file), atomically,
     through the output contract's file rules (never over a shard or another kind of file)."""

@@ -383,6 +383,7 @@ def comparison(summary: dict) -> list[Line]:
                       "not published",
                       f"lower-cased words of {fmt(ok)} captioned rows ({fmt(vocab['shared'])} in both)"))
     lines.append(Line("share of the combined vocabulary", pct(vocab["re_share_of_combined"]),
-                      pct(vocab["org_share_of_combined"]), f"{PAPER['re_share_of_combined_vocabulary_pct']}% "
-                      "/ -", "|V| / |V_re U V_org| over the same rows"))
+                      pct(vocab["org_share_of_combined"]),
+                      f"{PAPER['re_share_of_combined_vocabulary_pct']}% / -",
+                      "|V| / |V_re U V_org| over the same rows"))
     return lines
