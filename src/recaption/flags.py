@@ -1,26 +1,7 @@
 """Quality flags of a caption, as data: `CAPTION_FLAGS` is the one table (name, meaning, test)
 that rows, the schema, passes, stats and the report read; adding a flag is one entry. Each
-caption pass writes `<prefix>_<name>` (`re_repetition`, `re_caption_<pass>_repetition`).
-
-Failure flags computed from the caption text alone:
-
-re_repetition: greedy decoding's loops ("a red car. a red car. a red car. ..."). Measure: the
-  share of the caption's word 4-grams (lower-cased, punctuation stripped) that already occurred
-  earlier in the same caption. Flagged at >= 0.3 with at least 3 repeated 4-grams: a natural
-  60-word description repeats a phrase like "in the background" once or twice (share < 0.1);
-  a caption that loops for even a third of its length crosses 0.3.
-re_boilerplate: the caption opens with a stock phrase ("The image shows", "This picture
-  depicts", "In this image, ...") that carries no content. Not an error, but peers' captioners
-  start most captions so and it costs tokens and CLIP-score headroom.
-re_degenerate: the caption says next to nothing: empty, too few words, or mostly punctuation and
-  symbols (",,,,,,,,", "...", "a", "!!!???"). Rule: fewer than 3 words that contain a letter or a
-  digit (a CJK or kana character counts as a word: those scripts put no spaces between words), or
-  letters and digits are under 50% of the caption's non-space characters. Null when the row has
-  no caption (a failed row); `""` on an ok row is degenerate. A real recaption is dozens of words
-  of mostly letters; a 2-word caption is no detailed description whatever it says.
-re_truncated (from generation, not here): stopped at max_new_tokens, or (transformers engine)
-  early on a run of one token repeated LOOP_RUN times (",,,,", "a a a a"): a loop never becomes a
-  caption, so it does not spend the whole budget; its text flags say what it was.
+caption pass writes `<prefix>_<name>` (`re_repetition`, `re_caption_<pass>_repetition`). The
+rules and why their thresholds: docs/quality.md ("Flags").
 """
 
 from __future__ import annotations

@@ -24,10 +24,8 @@ PUBLISHED_FIELDS = [
     pa.field("org_gpt4v_score", pa.int64()),
 ]
 # The dataset's later version: a caption conditioned on the alt-text, sampled top-k.
-CONDITIONAL_FIELDS = [
-    pa.field("re_caption_condition_diverse_topk", pa.string()),
-    pa.field("re_condition_length", pa.int64()),
-]
+CONDITIONAL_FIELDS = [pa.field("re_caption_condition_diverse_topk", pa.string()),
+                      pa.field("re_condition_length", pa.int64())]
 # Ours: what happened to each row.
 OUTCOME_FIELDS = [
     *(pa.field(column, pa.bool_()) for column in PAPER_FLAG_COLUMNS),  # flags.py: what each means

@@ -1,25 +1,11 @@
-"""CLIP scores: 100 x cosine similarity of image and text embeddings (the common CLIP-score
-convention; not clamped at 0, not the 2.5 x max(cos, 0) of CLIPScore the metric).
-
-Any transformers dual encoder with get_image_features / get_text_features: CLIPModel,
-SiglipModel, or a long-text CLIP (LongCLIP converted) through AutoModel. Texts longer than the
-text encoder's window (CLIP: 77 tokens) are truncated to it, and the row records that it was
-(`re_clip_truncated`, `org_clip_truncated`); give a long-text CLIP to avoid it.
-
-Which model (`resolve_clip_model`; the hub part in models/hub.py), with no waiting when there
-is no network:
-  tiny-clip, tiny-clip-random   built in (recaption.models.tiny_clip); nothing is downloaded
-  a folder                      a transformers model folder (config.json in it)
-  a hub id                      from the local Hugging Face cache when it is there (no network
-                                access at all); else, unless HF_HUB_OFFLINE is set, one quick
-                                request to the hub (HUB_PROBE_TIMEOUT s, no retries) before
-                                from_pretrained downloads it.
-Anything else fails at once with one line (ClipModelError, a ValueError) naming --clip-model
-and the choices that work here.
+"""CLIP scores (100 x cosine of image and text embeddings) from any transformers dual encoder, and
+which model a `--clip-model` name loads (`resolve_clip_model`: built in, a folder, or a hub id,
+never waiting when there is no network). docs/quality.md ("CLIP scores") says the rules.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,12 +17,8 @@ log = logging.getLogger(__name__)
 
 # The paper scored with CLIP ViT-L/14; real users get it by default (a 1.7 GB download once).
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
-_WEIGHTS = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
+_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+            "pytorch_model.bin.index.json")
 _TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "spiece.model")
 
 
@@ -63,12 +45,10 @@ class ClipSource:
 def local_choices(option: str = "--clip-model") -> str:
     from ..models.tiny_clip import TINY_CLIP_NAME
 
-    return (
-        f"Give {option} one that is here: {TINY_CLIP_NAME} (built in; trained on the synthetic "
-        "shapes world only, its scores mean nothing for real photos), or a folder with a "
-        "transformers CLIP / SigLIP model (save_pretrained, or `hf download MODEL --local-dir "
-        "DIR` on a machine with a network)."
-    )
+    return (f"Give {option} one that is here: {TINY_CLIP_NAME} (built in; trained on the synthetic "
+            "shapes world only, its scores mean nothing for real photos), or a folder with a "
+            "transformers CLIP / SigLIP model (save_pretrained, or `hf download MODEL --local-dir "
+            "DIR` on a machine with a network).")
 
 
 def resolve_clip_model(name: str, option: str = "--clip-model") -> ClipSource:
@@ -85,14 +65,12 @@ def resolve_clip_model(name: str, option: str = "--clip-model") -> ClipSource:
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
-            raise ClipModelError(
-                f"{option} {name}: {path} is not a transformers model folder (no config.json in it)"
-            )
+            raise ClipModelError(f"{option} {name}: {path} is not a transformers model folder "
+                                 "(no config.json in it)")
         return ClipSource(name, str(path.resolve()))
     if not is_hub_id(name):
-        raise ClipModelError(
-            f"{option} {name}: no such folder, and not a hub id (owner/name). {local_choices(option)}"
-        )
+        raise ClipModelError(f"{option} {name}: no such folder, and not a hub id (owner/name). "
+                             f"{local_choices(option)}")
     cached = cached_snapshot(name, (_WEIGHTS, _TOKENIZER, ("preprocessor_config.json",)))
     if cached is not None:
         return ClipSource(name, str(cached), revision=cached.name)
@@ -112,7 +90,7 @@ class TextScoring:
     builtin, version, note = False, None, None
 
     def __init__(self, model: str, device: str = "auto", batch_size: int = 64, long_text: str = "truncate"):
-        from .long_text import check_long_text
+        from ..config import check_long_text
 
         self.long_text = check_long_text(long_text)
         self.model_name = model
@@ -123,17 +101,11 @@ class TextScoring:
     def provenance(self) -> dict:
         """What to record beside the score columns it made (the parquet file's metadata)."""
         path, revision = self._origin()
-        return {
-            "clip_model": self.model_name,
-            "clip_model_builtin": self.builtin,
-            "clip_model_version": self.version,
-            "clip_model_note": self.note,
-            "clip_model_path": path,
-            "clip_model_revision": revision,
-            "clip_library": self.library,
-            "clip_text_window": getattr(self, "window", None),
-            "clip_long_text": self.long_text,
-        }
+        return {"clip_model": self.model_name, "clip_model_builtin": self.builtin,
+                "clip_model_version": self.version, "clip_model_note": self.note, "clip_model_path": path,
+                "clip_model_revision": revision,
+                "clip_library": self.library, "clip_text_window": getattr(self, "window", None),
+                "clip_long_text": self.long_text}
 
     def pixel_values(self, images: list):
         return self.image_processor_call(images)
@@ -207,14 +179,12 @@ class ClipScorer(TextScoring):
             self.tokenizer = AutoTokenizer.from_pretrained(source)
             self.image_processor = AutoImageProcessor.from_pretrained(source)
         except (OSError, ValueError, KeyError) as exc:
-            raise ClipModelError(
-                f"cannot load CLIP model {self.model_name} ({source}): {' '.join(str(exc).split())}"
-            ) from exc
+            raise ClipModelError(f"cannot load CLIP model {self.model_name} ({source}): "
+                                 f"{' '.join(str(exc).split())}") from exc
         if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
-            raise ClipModelError(
-                f"--clip-model {self.model_name} is a {type(model).__name__}, not a dual encoder "
-                "(CLIP / SigLIP / long-text CLIP with get_image_features and get_text_features)"
-            )
+            raise ClipModelError(f"--clip-model {self.model_name} is a {type(model).__name__}, not a dual "
+                                 "encoder (CLIP / SigLIP / long-text CLIP with get_image_features and "
+                                 "get_text_features)")
         self.model = model.to(self.device).eval()
         self.tokenizer.padding_side = "right"  # absolute positions: text must start at position 0
         text_config = getattr(self.model.config, "text_config", self.model.config)
@@ -227,7 +197,7 @@ class ClipScorer(TextScoring):
 
     @property
     def image_processor_call(self):
-        return _PixelValues(self.image_processor)
+        return functools.partial(_pixel_values, self.image_processor)
 
     def image_embeddings(self, pixel_values):
         import torch
@@ -242,13 +212,8 @@ class ClipScorer(TextScoring):
         import torch
 
         with torch.inference_mode():
-            tokens = self.tokenizer(
-                texts,
-                truncation=True,
-                max_length=self.window,
-                return_tensors="pt",
-                padding="max_length" if self.pad_to_window else True,
-            ).to(self.device)
+            tokens = self.tokenizer(texts, truncation=True, max_length=self.window, return_tensors="pt",
+                                    padding="max_length" if self.pad_to_window else True).to(self.device)
             # SigLIP was trained on max-length padding with no attention mask; CLIP masks padding.
             keys = ("input_ids",) if self.pad_to_window else ("input_ids", "attention_mask")
             features = self.model.get_text_features(**{k: v for k, v in tokens.items() if k in keys})
@@ -259,12 +224,8 @@ class ClipScorer(TextScoring):
         return [len(ids) for ids in self.tokenizer(texts, truncation=False)["input_ids"]]
 
 
-class _PixelValues:
-    def __init__(self, image_processor):
-        self.image_processor = image_processor
-
-    def __call__(self, images: list):
-        return self.image_processor(images=images, return_tensors="pt")["pixel_values"]
+def _pixel_values(image_processor, images: list):
+    return image_processor(images=images, return_tensors="pt")["pixel_values"]
 
 
 def _normalised(features):

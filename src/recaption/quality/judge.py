@@ -1,12 +1,6 @@
-"""A judge: the paper's GPT-4V caption rating, sent to any OpenAI-compatible chat endpoint that
-takes images (vLLM, SGLang, a hosted API), the reply parsed to an int 1-5.
-
-The paper's prompt (Recap-DataComp-1B, sec. 4) is quoted abbreviated in our reference notes;
-JUDGE_PROMPT fills its ellipsis with the scale's ends and keeps its wording otherwise.
-Requests go through the OpenAI engine's client (concurrency, retries with backoff on 429 / 5xx /
-timeouts, Retry-After, the API key read from an environment variable and never logged).
-A fraction of each shard's rows is judged, chosen by a hash of (seed, key): the same rows on
-every rerun and on every machine.
+"""A judge: the paper's GPT-4V caption rating (JUDGE_PROMPT) sent to any OpenAI-compatible chat
+endpoint that takes images, through the OpenAI engine's client; the reply parsed to an int 1-5.
+The rows judged are chosen by a hash of (seed, key): the same on every rerun (docs/quality.md).
 """
 
 from __future__ import annotations
@@ -23,16 +17,8 @@ from ..engines.openai_engine import OpenAICaptioner, image_data_url
 from ..samples.images import decode_sample
 from ..schema import JUDGE_COLUMNS, JUDGE_METADATA_KEY, stamp_identity
 from ..spine.ledger import OutputDir
-from ..spine.results import DONE, FAILED, SKIPPED, RunSummary, ShardResult
-from .outputs import (
-    caption_rows,
-    file_stamp,
-    input_shard,
-    over_finished,
-    read_output,
-    rewrite_output,
-    works_in_caption_output,
-)
+from ..spine.results import DONE, FAILED, RunSummary, ShardResult
+from .outputs import caption_rows, file_stamp, in_place, input_shard, read_output, rewrite_output
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +84,7 @@ def judge_output(output: str, config: JudgeConfig, on_shard=None) -> RunSummary:
     summary = RunSummary(settings=config.stamp())
     judged_already = lambda out, name: file_stamp(out, name, JUDGE_METADATA_KEY) == config.stamp()  # noqa: E731
     # (a partial stamp, from rows kept when a shard was captioned again, is not judged already)
-    with over_finished(output, works_in_caption_output("judge"), finished=judged_already,
-                       overwrite=config.overwrite) as (_, out, todo, done):
-        summary.results += [ShardResult(name, name, SKIPPED) for name in done]
+    with in_place(output, "judge", summary, judged_already, config.overwrite) as (out, todo):
         if not todo:
             return summary
         client = _client(config)
@@ -115,17 +99,10 @@ def judge_output(output: str, config: JudgeConfig, on_shard=None) -> RunSummary:
 
 
 def _client(config: JudgeConfig) -> OpenAICaptioner:
-    client = OpenAICaptioner(
-        CaptionConfig(
-            engine="openai",
-            model=config.model,
-            max_new_tokens=32,
-            batch_size=config.concurrency,
-            server=ServerOptions(endpoints=config.endpoints, concurrency=config.concurrency,
-                                 retries=config.retries, request_timeout=config.request_timeout,
-                                 api_key_env=config.api_key_env),
-        )
-    )
+    server = ServerOptions(endpoints=config.endpoints, concurrency=config.concurrency, retries=config.retries,
+                           request_timeout=config.request_timeout, api_key_env=config.api_key_env)
+    client = OpenAICaptioner(CaptionConfig(engine="openai", model=config.model, max_new_tokens=32,
+                                           batch_size=config.concurrency, server=server))
     client.setup()
     return client
 
@@ -186,21 +163,8 @@ def _judge_shard(client: OpenAICaptioner, shard, table: pa.Table, config: JudgeC
             caption = rows[sample.key][f"{which}_caption"]
             if caption:
                 text = JUDGE_PROMPT.format(caption=caption)
-                batch.append(
-                    (
-                        sample.key,
-                        which,
-                        [
-                            {
-                                "role": "user",
-                                "content": [
-                                    {"type": "image_url", "image_url": {"url": url}},
-                                    {"type": "text", "text": text},
-                                ],
-                            }
-                        ],
-                    )
-                )
+                content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": text}]
+                batch.append((sample.key, which, [{"role": "user", "content": content}]))
         if len(batch) >= config.concurrency:
             _send(client, batch, ratings)
             batch = []

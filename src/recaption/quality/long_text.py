@@ -1,24 +1,11 @@
-"""Scoring captions longer than a text encoder's window (CLIP: 77 tokens; the paper's
-recaptions average 49 words, and many pass 77 tokens).
-
-Two ways, chosen with `--clip-long-text` and recorded beside the scores:
-  truncate  (default) the text is cut at the window, as CLIP itself was trained; the row's
-            `*_clip_truncated` says it was.
-  chunk     a text over the window is split into sentences, consecutive sentences are packed
-            greedily into chunks that fit the window, each chunk is embedded, and the text's
-            embedding is the normalised mean of the chunks' normalised embeddings. A text that
-            fits is embedded whole, exactly as with `truncate`; only a single sentence longer
-            than the window is still cut (and the row says truncated).
-A long-text encoder (LongCLIP converted to transformers, 248 positions) needs neither: its window
-is read from the model, and texts up to it are embedded whole.
-"""
+"""Captions longer than a text encoder's window (`--clip-long-text chunk`): whole sentences packed
+into chunks that fit, whose embeddings the scorer averages (docs/quality.md, "Captions over the
+text window")."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
-
-from ..config import LONG_TEXT_MODES, LongTextError, check_long_text  # noqa: F401  (the one check)
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 

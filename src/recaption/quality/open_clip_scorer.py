@@ -1,19 +1,11 @@
-"""CLIP scores with open_clip models: most strong CLIP checkpoints (DFN, MetaCLIP, LAION's,
-SigLIP in timm form) are published for open_clip, not transformers.
-
-`--clip-model open_clip:SPEC`, where SPEC is
-  FOLDER                  open_clip's own layout (open_clip_config.json + weights, as
-                          `open_clip.push_to_hf_hub.save_for_hf` writes it); a folder holding
-                          open_clip_config.json is taken as open_clip even without the prefix
-  hf-hub:ORG/NAME         an open_clip model on the Hugging Face hub (needs the network or cache)
-  ARCH:PRETRAINED         an architecture (`open_clip.list_models()`) with a pretrained tag
-                          (`open_clip.list_pretrained()`) or a checkpoint file
-Scores are the same 100 x cosine as the transformers scorer, and long texts follow the same
-rule (long_text.py). open_clip needs torchvision: `pip install 'recaption[vision]'`.
+"""CLIP scores with open_clip models (`--clip-model open_clip:FOLDER|hf-hub:ORG/NAME|ARCH:PRETRAINED`,
+or a folder holding open_clip_config.json): the same 100 x cosine and long-text rule as the
+transformers scorer (docs/quality.md). open_clip needs torchvision: `pip install 'recaption[vision]'`.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -83,7 +75,7 @@ class OpenClipScorer(TextScoring):
 
     @property
     def image_processor_call(self):
-        return _Preprocess(self.preprocess)
+        return functools.partial(_preprocessed, self.preprocess)
 
     def image_embeddings(self, pixel_values):
         import torch
@@ -108,13 +100,8 @@ class OpenClipScorer(TextScoring):
         return [len(ids) for ids in inner(texts, truncation=False)["input_ids"]]
 
 
-class _Preprocess:
+def _preprocessed(preprocess, images: list):
     """open_clip's image transform over a list of images (picklable, for loader workers)."""
+    import torch
 
-    def __init__(self, preprocess):
-        self.preprocess = preprocess
-
-    def __call__(self, images: list):
-        import torch
-
-        return torch.stack([self.preprocess(image) for image in images])
+    return torch.stack([preprocess(image) for image in images])

@@ -19,6 +19,7 @@ from ..spine.atomic import open_atomic
 from ..spine.contract import Step, marker_has, open_output, read_stamp
 from ..spine.errors import RecaptionError
 from ..spine.ledger import OutputDir, plan
+from ..spine.results import FAILED, SKIPPED, RunSummary, ShardResult
 
 Planned = tuple[OutputDir, OutputDir, list[str], list[str]]  # source, destination, to do, done
 
@@ -49,6 +50,13 @@ def over_finished(output: str, step: Step, *, destination: str | None = None, in
         yield src, dest, todo, done
 
 
+def shard_lines(summary: RunSummary, did: str, line: Callable[[ShardResult], str]) -> list[str]:
+    """What a step that writes a new folder prints per shard: FAILED, or `line(result)` (noted
+    when it was `did` already)."""
+    return [f"{r.name}: FAILED, nothing {did}: {r.error}" if r.outcome == FAILED
+            else line(r) + (f" (already {did})" if r.outcome == SKIPPED else "") for r in summary.results]
+
+
 def file_stamp(out: OutputDir, name: str, key: bytes) -> dict:
     """`schema_stamp` of a shard file, read from its footer."""
     try:
@@ -58,10 +66,16 @@ def file_stamp(out: OutputDir, name: str, key: bytes) -> dict:
         return {}
 
 
-def works_in_caption_output(name: str) -> Step:
-    """The contract's view of a step that rewrites finished caption output in place (score,
-    judge): it works in folders `recap caption` or `recap filter` made, and creates none."""
-    return Step(name, adopts=CAPTION_OUTPUT, recognise=marker_has("model"), creates=False)
+@contextmanager
+def in_place(output: str, step: str, summary: RunSummary, finished: Callable[[OutputDir, str], bool],
+             overwrite: bool) -> Iterator[tuple[OutputDir, list[str]]]:
+    """over_finished for a step that rewrites finished caption output in place (score, judge): it
+    works in folders `recap caption` or `recap filter` made, and creates none. Yields the folder
+    and the shards to do; those done already are SKIPPED in `summary`."""
+    contract = Step(step, adopts=CAPTION_OUTPUT, recognise=marker_has("model"), creates=False)
+    with over_finished(output, contract, finished=finished, overwrite=overwrite) as (_, out, todo, done):
+        summary.results += [ShardResult(name, name, SKIPPED) for name in done]
+        yield out, todo
 
 
 class NoOutputError(RecaptionError, ValueError):
@@ -88,31 +102,41 @@ def done_shards(out: OutputDir) -> list[str]:
     or if the folder's stamp says another command made it (a download's or an export's)."""
     stamp = read_stamp(out)
     if stamp is not None and stamp["step"] not in CAPTION_OUTPUT:
-        raise NoOutputError(
-            f"{out.url} holds the output of `recap {stamp['step']}`, not caption output: give a folder "
-            "that `recap caption` or `recap filter` wrote"
-        )
+        raise NoOutputError(f"{out.url} holds the output of `recap {stamp['step']}`, not caption output: "
+                            "give a folder that `recap caption` or `recap filter` wrote")
     names = out.done_names()
     if not names:
-        raise NoOutputError(
-            f"{out.url} holds no finished shards ({{name}}.done): is it a `recap caption` output folder?"
-        )
+        raise NoOutputError(f"{out.url} holds no finished shards ({{name}}.done): is it a `recap caption` "
+                            "output folder?")
     return names
 
 
+def shard_stats(out: OutputDir, name: str) -> dict:
+    """A shard's `{name}_stats.json` ({}: missing or unreadable)."""
+    try:
+        with out.fs.open(out.stats(name), "r") as f:
+            stats = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return stats if isinstance(stats, dict) else {}
+
+
+def recorded_source(out: OutputDir, name: str) -> str | None:
+    """Where a shard's images came from (its stats' `source`; a folder slice's folder)."""
+    source = shard_stats(out, name).get("source")
+    return source.rsplit(" [", 1)[0] if isinstance(source, str) and source else None
+
+
 def recorded_sources(out: OutputDir, names: list[str]) -> list[str]:
-    """Where each shard's images came from (its stats' `source`; a folder slice's folder), for
-    the output contract of steps that read them: their output must stay out of those places."""
-    sources = []
-    for name in names:
-        try:
-            with out.fs.open(out.stats(name), "r") as f:
-                source = json.load(f).get("source")
-        except (OSError, ValueError, AttributeError):
-            continue
-        if isinstance(source, str) and source:
-            sources.append(source.rsplit(" [", 1)[0])
-    return list(dict.fromkeys(sources))
+    """Every shard's recorded_source, for the output contract of steps that read them: their
+    output must stay out of those places."""
+    return list(dict.fromkeys(s for s in (recorded_source(out, n) for n in names) if s))
+
+
+def recorded_columns(stats: dict) -> ColumnConfig:
+    """The --key-col, --image-col, ... a shard was captioned with (its stats' `columns`)."""
+    recorded = stats.get("columns") or {}
+    return ColumnConfig(**{k: tuple(v) if k == "extra" else v for k, v in recorded.items()})
 
 
 ROW_IDENTITY = ("key", "status")  # every caption output row has them (filtered, scored, judged too)
@@ -140,10 +164,9 @@ def read_output(out: OutputDir, name: str, columns: list[str] | None = None, *,
             return pq.read_table(f, columns=columns, use_threads=False)
     except (OSError, pa.ArrowInvalid) as exc:
         said = " ".join(str(exc).split())[:200] or type(exc).__name__
-        raise BrokenShardError(
-            f"{out.url}: shard {name} is marked finished but its parquet cannot be read ({said}); caption "
-            f"it again (recap caption ... --overwrite) or delete {name}.done"
-        ) from None
+        raise BrokenShardError(f"{out.url}: shard {name} is marked finished but its parquet cannot be read "
+                               f"({said}); caption it again (recap caption ... --overwrite) or delete "
+                               f"{name}.done") from None
 
 
 def caption_rows(table: pa.Table) -> dict[str, dict]:
@@ -156,9 +179,7 @@ def input_shard(out: OutputDir, name: str) -> Shard:
     file, or a slice of an image folder."""
     with out.fs.open(out.stats(name), "r") as f:
         stats = json.load(f)
-    source = stats["source"]
-    recorded = stats.get("columns") or {}  # the --key-col, --image-col, ... it was captioned with
-    columns = ColumnConfig(**{k: tuple(v) if k == "extra" else v for k, v in recorded.items()})
+    source, columns = stats["source"], recorded_columns(stats)
     try:
         return open_shard(source, columns)
     except ValueError:
@@ -182,11 +203,9 @@ def rewrite_output(
     whole under a temporary name and renamed, so readers see the old file or the new one."""
     for column, values in columns.items():
         index = table.schema.get_field_index(column)
-        table = table.set_column(
-            index, table.schema.field(column), pa.array(values, type=table.schema.field(column).type)
-        )
-    table = table.replace_schema_metadata(
-        {**(table.schema.metadata or {}), metadata_key: json.dumps(metadata).encode()}
-    )
+        field = table.schema.field(column)
+        table = table.set_column(index, field, pa.array(values, type=field.type))
+    stamped = {**(table.schema.metadata or {}), metadata_key: json.dumps(metadata).encode()}
+    table = table.replace_schema_metadata(stamped)
     with open_atomic(out.fs, out.parquet(name), "wb") as f:
         pq.write_table(table, f)

@@ -1,17 +1,6 @@
-"""`recap report OUTDIR -o report.html`: one self-contained HTML file.
-
-Plots are matplotlib SVG inlined in the page, thumbnails are JPEG data URLs, the stylesheet is
-inline, and there is no script: nothing is fetched when the file is opened, anywhere.
-
-What it shows, each number with what made it: the models (the captioner's settings from the
-`.done` markers, the CLIP model and the judge stamped into the files' metadata, with a warning
-next to numbers that mean nothing for photos, such as the built-in tiny-clip's); our numbers
-beside the paper's (mean lengths, CLIP and judge means and per-image preferences, vocabulary
-share); a scatter of each image's recaption CLIP score against its original's, with the diagonal;
-rows by status and the failed rows (key, status, error; the first FAILED_ROWS_KEPT listed); flag
-rates; distributions; common words; and a gallery of N rows chosen by a seeded hash of their keys,
-with the image from the shard's input, the original caption and the recaption side by side.
-The file is written atomically (a temporary name, then renamed).
+"""`recap report OUTDIR -o report.html`: one self-contained HTML file (inline SVG plots, JPEG data
+URLs, inline CSS, no script: nothing is fetched when it is opened), written atomically; what it
+shows: docs/quality.md ("Stats and report").
 """
 
 from __future__ import annotations
@@ -63,15 +52,13 @@ def require_report_dependencies() -> None:
             broken.append((package, exc))
     if missing:
         packages = [p for p, _ in missing]
-        raise MissingDependencyError(
-            f"recap report needs {' and '.join(packages)}: pip install {' '.join(packages)}"
-        )
+        raise MissingDependencyError(f"recap report needs {' and '.join(packages)}: "
+                                     f"pip install {' '.join(packages)}")
     if broken:
         package, exc = broken[0]
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise MissingDependencyError(
-            f"recap report cannot import {package} ({reason}): pip install --force-reinstall {package}"
-        )
+        raise MissingDependencyError(f"recap report cannot import {package} ({reason}): "
+                                     f"pip install --force-reinstall {package}")
 
 
 @dataclass
@@ -153,11 +140,8 @@ def scatter(pairs: list[tuple[float, float]], model: str, seed: int = 0) -> str 
     axes.set_xlabel(f"original caption, CLIP score ({model})")
     axes.set_ylabel(f"recaption, CLIP score ({model})")
     subset = f"; {len(shown):,} drawn at random" if len(shown) < len(pairs) else ""
-    axes.set_title(
-        f"recaption scores higher (above the red line y = x):\n{100 * above / len(pairs):.2f}% of "
-        f"{len(pairs):,} images{subset}",
-        fontsize=10,
-    )
+    axes.set_title(f"recaption scores higher (above the red line y = x):\n{100 * above / len(pairs):.2f}% of "
+                   f"{len(pairs):,} images{subset}", fontsize=10)
     return _svg(figure)
 
 
@@ -169,9 +153,8 @@ def thumbnail(image, size: int = 192) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-_GALLERY_COLUMNS = [
-    "key", "status", "re_caption", "org_caption", "re_clip_score", "org_clip_score", *GALLERY_FLAGS
-]
+_GALLERY_COLUMNS = ["key", "status", "re_caption", "org_caption", "re_clip_score", "org_clip_score",
+                    *GALLERY_FLAGS]
 
 
 def gallery(output: str, n: int, seed: int = 0) -> list[GalleryItem]:
@@ -204,23 +187,14 @@ def gallery(output: str, n: int, seed: int = 0) -> list[GalleryItem]:
     for _, name, row in chosen:
         if "re_degenerate" not in row:  # output of an older version
             row["re_degenerate"] = is_degenerate(row["re_caption"])
-        items.append(
-            GalleryItem(
-                row["key"],
-                thumbs.get((name, row["key"])),
-                row["org_caption"],
-                row["re_caption"],
-                row.get("re_clip_score"),
-                row.get("org_clip_score"),
-                [f for f in GALLERY_FLAGS if row.get(f)],
-            )
-        )
+        items.append(GalleryItem(row["key"], thumbs.get((name, row["key"])), row["org_caption"],
+                                 row["re_caption"], row.get("re_clip_score"), row.get("org_clip_score"),
+                                 [f for f in GALLERY_FLAGS if row.get(f)]))
     return items
 
 
-def render_report(
-    output: str, gallery_size: int = 24, seed: int = 0, stats: OutputStats | None = None
-) -> str:
+def render_report(output: str, gallery_size: int = 24, seed: int = 0,
+                  stats: OutputStats | None = None) -> str:
     require_report_dependencies()
     import jinja2
 
@@ -230,51 +204,28 @@ def render_report(
     clip_label, judge_label = (" + ".join(model_names(models[kind])) for kind in ("clip", "judge"))
     environment = jinja2.Environment(autoescape=True)
     environment.filters.update(fmt=fmt, pct=pct, count=count)
-    template = environment.from_string(
-        resources.files("recaption.quality").joinpath("templates/report.html.j2").read_text()
-    )
+    page = resources.files(__package__).joinpath("templates/report.html.j2").read_text()
+    template = environment.from_string(page)
+    judge_scores = {k: [float(x) for x in v] for k, v in stats.judge_scores.items()}
     plots = {
         "status": (bar_chart(dict(stats.status_counts.most_common()), "rows by status"), "status column"),
-        "length": (
-            histogram(stats.lengths, "caption length", "words"),
-            "whitespace word counts of the captioned rows",
-        ),
+        "length": (histogram(stats.lengths, "caption length", "words"),
+                   "whitespace word counts of the captioned rows"),
         "clip-scatter": (scatter(stats.clip_pairs, clip_label, seed), f"CLIP scores by {clip_label}"),
-        "clip": (
-            histogram(stats.clip_scores, f"CLIP score ({clip_label})", "100 x cosine"),
-            f"CLIP scores by {clip_label}",
-        ),
-        "judge": (
-            histogram(
-                {k: [float(x) for x in v] for k, v in stats.judge_scores.items()},
-                f"judge rating ({judge_label})",
-                "rating (1-5)",
-                bins=5,
-            ),
-            f"ratings by {judge_label}",
-        ),
+        "clip": (histogram(stats.clip_scores, f"CLIP score ({clip_label})", "100 x cosine"),
+                 f"CLIP scores by {clip_label}"),
+        "judge": (histogram(judge_scores, f"judge rating ({judge_label})", "rating (1-5)", bins=5),
+                  f"ratings by {judge_label}"),
     }
-    flags = [
-        {"name": f, "meaning": FLAG_MEANINGS.get(f, ""), "rows": stats.flag_counts[f], "rate": rate}
-        for f, rate in summary["flag_rates"].items()
-    ]
-    clip_notes = [u["note"] for u in models["clip"] if u.get("note")]
+    flags = [{"name": f, "meaning": FLAG_MEANINGS.get(f, ""), "rows": stats.flag_counts[f], "rate": rate}
+             for f, rate in summary["flag_rates"].items()]
     return template.render(
-        output=output,
-        generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        summary=summary,
-        models=models,
-        lines=comparison(summary),
-        paper=PAPER,
-        flags=flags,
-        ok_rows=stats.ok_rows,
-        failed=summary["failed_rows"],
-        failed_kept=FAILED_ROWS_KEPT,
+        output=output, generated=datetime.now(timezone.utc).isoformat(timespec="seconds"), summary=summary,
+        models=models, lines=comparison(summary), paper=PAPER, flags=flags, ok_rows=stats.ok_rows,
+        failed=summary["failed_rows"], failed_kept=FAILED_ROWS_KEPT,
         plots={name: plot for name, plot in plots.items() if plot[0]},
-        common={w: stats.common_words(w) for w in ("re", "org")},
-        gallery=gallery(output, gallery_size, seed),
-        clip_label=clip_label,
-        clip_notes=clip_notes,
+        common={w: stats.common_words(w) for w in ("re", "org")}, gallery=gallery(output, gallery_size, seed),
+        clip_label=clip_label, clip_notes=[u["note"] for u in models["clip"] if u.get("note")],
     )
 
 

@@ -1,11 +1,6 @@
-"""`recap score OUTDIR`: fill the CLIP-score columns of finished output, in place.
-
-Images come from each shard's input (the `source` in `{shard}_stats.json`), read again in
-batches; scores are matched to output rows by key. Each parquet file is rewritten whole under
-a temporary name and renamed (atomic per file); the CLIP model that scored it is stored in the
-file's metadata (`ClipScorer.provenance()`: the name, the folder or hub commit it loaded, and for
-the built-in models their version and `TINY_CLIP_NOTE`), so a rerun skips files already scored by
-that model (resumable, idempotent) and `overwrite` rescores.
+"""`recap score OUTDIR`: fill the CLIP-score columns of finished output, in place, each file
+rewritten atomically and stamped with the scorer's provenance, so a rerun skips files that model
+scored (docs/quality.md).
 """
 
 from __future__ import annotations
@@ -19,17 +14,9 @@ from ..readers.base import Shard
 from ..samples.images import decode_sample
 from ..schema import PARTIAL, SCORE_COLUMNS, SCORES_METADATA_KEY, word_count
 from ..spine.ledger import OutputDir
-from ..spine.results import DONE, FAILED, SKIPPED, RunSummary, ShardResult
+from ..spine.results import DONE, FAILED, RunSummary, ShardResult
 from .clip import ClipScorer
-from .outputs import (
-    caption_rows,
-    file_stamp,
-    input_shard,
-    over_finished,
-    read_output,
-    rewrite_output,
-    works_in_caption_output,
-)
+from .outputs import caption_rows, file_stamp, in_place, input_shard, read_output, rewrite_output
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +39,7 @@ def score_output(output: str, scorer: ClipScorer, overwrite: bool = False, on_sh
         stamp = file_stamp(out, name, SCORES_METADATA_KEY)
         return scored_by(stamp, scorer) and not stamp.get(PARTIAL)
 
-    with over_finished(output, works_in_caption_output("score"), finished=scored_already,
-                       overwrite=overwrite) as (_, out, todo, done):
-        summary.results += [ShardResult(name, name, SKIPPED) for name in done]
+    with in_place(output, "score", summary, scored_already, overwrite) as (out, todo):
         for name in todo:
             if on_shard:
                 on_shard(name)
@@ -78,11 +63,9 @@ def score_output(output: str, scorer: ClipScorer, overwrite: bool = False, on_sh
 def scored_by(recorded: dict, scorer: ClipScorer) -> bool:
     """Did this scorer make the recorded scores? Same name, and for a built-in model the same
     version (files scored by the old random-weight tiny-clip are scored again)."""
-    return (
-        recorded.get("clip_model") == scorer.model_name
-        and recorded.get("clip_model_version") == scorer.version
-        and recorded.get("clip_long_text", "truncate") == scorer.long_text
-    )
+    return (recorded.get("clip_model") == scorer.model_name
+            and recorded.get("clip_model_version") == scorer.version
+            and recorded.get("clip_long_text", "truncate") == scorer.long_text)
 
 
 def _scores_for(scorer: ClipScorer, shard: Shard, table: pa.Table,

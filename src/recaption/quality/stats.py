@@ -1,20 +1,7 @@
 """Numbers about an output folder: statuses, lengths, CLIP and judge scores, vocabulary, flags, and
-the models that made them.
-
-Reads only the columns it needs, one parquet file at a time. Recaption and original are compared
-over the same rows: the captioned (status ok) ones.
-
-- length: whitespace word counts (`re_length`, `org_length`), as the paper counts them.
-- CLIP / judge preference: the paper's CLIP-L and LongCLIP-L figures (49.57 vs 50.43, 89.91 vs
-  10.09) are per-image preferences: for each image, which of its two captions the model scores
-  higher. Ours: over rows with both scores, the share where `re_*` > `org_*`, where `org_*` >
-  `re_*`, and ties (the two shares add up to 1 - ties).
-- vocabulary overlap, the paper's statistic (recaptions cover 82.86% of the combined vocabulary
-  of both caption sets): |V_re| / |V_re U V_org|, words lower-cased, split on anything not a
-  letter, digit or apostrophe.
-- flag rates: share of ok rows with the flag set.
-- models: the captioner's settings from each shard's `.done` marker (parquet metadata as a
-  fallback), the CLIP model `recap score` stamped into each file, the judge `recap judge` stamped.
+the models that made them, beside the paper's (docs/quality.md, "Stats and report", says each
+measure). Reads only the columns it needs, one parquet file at a time; recaption and original are
+compared over the same rows: the captioned (status ok) ones.
 """
 
 from __future__ import annotations
@@ -39,25 +26,11 @@ from ..spine.ledger import OutputDir
 from .outputs import done_shards, read_output
 
 FLAGS = [*PAPER_FLAG_COLUMNS, "re_clip_truncated", "org_clip_truncated"]  # flags.py, and scoring's
-COLUMNS = [
-    "key",
-    "status",
-    "error",
-    "re_caption",
-    "org_caption",
-    "re_length",
-    "org_length",
-    "re_clip_score",
-    "org_clip_score",
-    "re_gpt4v_score",
-    "org_gpt4v_score",
-    *FLAGS,
-]
+COLUMNS = ["key", "status", "error", "re_caption", "org_caption", "re_length", "org_length", "re_clip_score",
+           "org_clip_score", "re_gpt4v_score", "org_gpt4v_score", *FLAGS]
 FAILED_ROWS_KEPT = 100  # failed rows listed by key; all are counted
-STOPWORDS = set(
-    "a an the of and or in on at to with for from by is are was were be been it its this that these those "
-    "as into near over under has have there their his her s".split()
-)
+STOPWORDS = set("a an the of and or in on at to with for from by is are was were be been it its this that "
+                "these those as into near over under has have there their his her s".split())
 _WORD = re.compile(r"[a-z0-9']+")
 
 # The paper's figures (Recap-DataComp-1B, arXiv 2406.08478), beside which ours are shown.
@@ -65,10 +38,8 @@ PAPER = {
     "source": "Recap-DataComp-1B (arXiv 2406.08478)",
     "length_mean": {"re": 49.43, "org": 10.22},  # words
     # per-image preference, % of 180K image pairs where each caption scores higher
-    "clip_preference_pct": {
-        "CLIP ViT-L": {"re": 49.57, "org": 50.43},
-        "LongCLIP-L": {"re": 89.91, "org": 10.09},
-    },
+    "clip_preference_pct": {"CLIP ViT-L": {"re": 49.57, "org": 50.43},
+                            "LongCLIP-L": {"re": 89.91, "org": 10.09}},
     "judge_mean": {"re": 4.14, "org": 3.71},  # GPT-4V rating 1-5, mean over 10K images
     "judge_model": "GPT-4V",
     "re_share_of_combined_vocabulary_pct": 82.86,
@@ -115,9 +86,8 @@ def decoding(settings: dict) -> str:
         text += f", at least {settings['min_new_tokens']}"
     if settings.get("conditional"):
         top_k = settings.get("top_k") or 0
-        text += "; conditional caption: " + (
-            f"top-k {top_k} sampling, seed {settings.get('seed')}" if top_k > 0 else "greedy"
-        )
+        text += "; conditional caption: " + (f"top-k {top_k} sampling, seed {settings.get('seed')}"
+                                             if top_k > 0 else "greedy")
     return text
 
 
@@ -135,13 +105,8 @@ def rounded(value, digits: int = 4):
 def describe(values: list) -> dict | None:
     if not values:
         return None
-    return {
-        "n": len(values),
-        "mean": statistics.fmean(values),
-        "median": float(statistics.median(values)),
-        "min": min(values),
-        "max": max(values),
-    }
+    return {"n": len(values), "mean": statistics.fmean(values), "median": float(statistics.median(values)),
+            "min": min(values), "max": max(values)}
 
 
 def preference(pairs: list[tuple[float, float]], left_out: int = 0) -> dict | None:
@@ -153,15 +118,9 @@ def preference(pairs: list[tuple[float, float]], left_out: int = 0) -> dict | No
     n = len(pairs)
     re_higher = sum(r > o for r, o in pairs)
     org_higher = sum(o > r for r, o in pairs)
-    return {
-        "n": n,
-        "re_higher": re_higher,
-        "org_higher": org_higher,
-        "ties": n - re_higher - org_higher,
-        "re_higher_share": re_higher / n,
-        "org_higher_share": org_higher / n,
-        "left_out_degenerate": left_out,
-    }
+    return {"n": n, "re_higher": re_higher, "org_higher": org_higher, "ties": n - re_higher - org_higher,
+            "re_higher_share": re_higher / n, "org_higher_share": org_higher / n,
+            "left_out_degenerate": left_out}
 
 
 @dataclass
@@ -201,13 +160,10 @@ class OutputStats:
     def vocabulary_overlap(self) -> dict[str, float | int | None]:
         re_vocab, org_vocab = set(self.vocab["re"]), set(self.vocab["org"])
         union = re_vocab | org_vocab
-        return {
-            "re_vocabulary": len(re_vocab),
-            "org_vocabulary": len(org_vocab),
-            "shared": len(re_vocab & org_vocab),
-            "re_share_of_combined": len(re_vocab) / len(union) if union else None,
-            "org_share_of_combined": len(org_vocab) / len(union) if union else None,
-        }
+        return {"re_vocabulary": len(re_vocab), "org_vocabulary": len(org_vocab),
+                "shared": len(re_vocab & org_vocab),
+                "re_share_of_combined": len(re_vocab) / len(union) if union else None,
+                "org_share_of_combined": len(org_vocab) / len(union) if union else None}
 
     def flag_rates(self) -> dict[str, float | None]:
         return {f: (self.flag_counts[f] / self.ok_rows if self.ok_rows else None) for f in FLAGS}
@@ -217,37 +173,17 @@ class OutputStats:
 
     def models(self) -> dict[str, list[dict]]:
         """Which model made which numbers, with the settings that matter and how many shards."""
-        captioners = [
-            {
-                **use.settings,
-                "decoding": decoding(use.settings),
-                "shards": len(use.shards),
-                "rows": use.rows,
-                "note": CAPTIONER_NOTES.get(use.settings.get("model")),
-            }
-            for use in self.captioners.values()
-        ]
-        clip = [
-            {
-                "model": use.settings.get("clip_model"),
-                "version": use.settings.get("clip_model_version"),
-                "revision": use.settings.get("clip_model_revision"),
-                "shards": len(use.shards),
-                "rows": use.rows,
-                "note": clip_note(use.settings),
-            }
-            for use in self.clip_models.values()
-        ]
-        judges = [
-            {
-                "model": use.settings.get("model"),
-                "fraction": use.settings.get("fraction"),
-                "seed": use.settings.get("seed"),
-                "shards": len(use.shards),
-                "rows": use.rows,
-            }
-            for use in self.judges.values()
-        ]
+        def made(use: ModelUse, facts: dict, **note) -> dict:
+            return {**facts, "shards": len(use.shards), "rows": use.rows, **note}
+
+        captioners = [made(u, {**u.settings, "decoding": decoding(u.settings)},
+                           note=CAPTIONER_NOTES.get(u.settings.get("model")))
+                      for u in self.captioners.values()]
+        clip = [made(u, {"model": u.settings.get("clip_model"),
+                         **{k: u.settings.get(f"clip_model_{k}") for k in ("version", "revision")}},
+                     note=clip_note(u.settings)) for u in self.clip_models.values()]
+        judges = [made(u, {k: u.settings.get(k) for k in ("model", "fraction", "seed")})
+                  for u in self.judges.values()]
         return {"captioner": captioners, "clip": clip, "judge": judges}
 
     def summary(self, digits: int | None = 4) -> dict:
@@ -305,9 +241,8 @@ def collect(output: str) -> OutputStats:
         for row in rows:
             stats.status_counts[row["status"]] += 1
             if row["status"] != "ok" and len(stats.failed_rows) < FAILED_ROWS_KEPT:
-                stats.failed_rows.append(
-                    {"shard": name, "key": row["key"], "status": row["status"], "error": row.get("error")}
-                )
+                stats.failed_rows.append({"shard": name, "key": row["key"], "status": row["status"],
+                                          "error": row.get("error")})
         for row in ok:
             stats.ok_rows += 1
             if "re_degenerate" not in schema.names:  # output of an older version: flag it here
@@ -413,22 +348,15 @@ def _scorer_lines(scores: dict, pref: dict | None, note: str | None, mean: tuple
 
 def comparison(summary: dict) -> list[Line]:
     """Ours beside the paper's figures; every number says what made it."""
-    lines: list[Line] = []
     captioner, captioner_note = _models_text(summary["models"]["captioner"], "captioners")
     clip, clip_warning = _models_text(summary["models"]["clip"], "CLIP models")
     judge, judge_warning = _models_text(summary["models"]["judge"], "judges")
     ok = summary["status_counts"].get("ok", 0)
     length = summary["length"]
-    lines.append(
-        Line(
-            "caption length, words (mean)",
-            mean_median(length["re"]),
-            mean_median(length["org"]),
-            f"{fmt(PAPER['length_mean']['re'])} / {fmt(PAPER['length_mean']['org'])}",
-            f"whitespace word count of {counted(length, ' (captioned rows)')}; recaptions by {captioner}",
-            captioner_note,
-        )
-    )
+    lines = [Line("caption length, words (mean)", mean_median(length["re"]), mean_median(length["org"]),
+                  f"{fmt(PAPER['length_mean']['re'])} / {fmt(PAPER['length_mean']['org'])}",
+                  f"whitespace word count of {counted(length, ' (captioned rows)')}; "
+                  f"recaptions by {captioner}", captioner_note)]
     clip_scores = summary["clip_score"]
     truncated = summary["flag_rates"].get("re_clip_truncated")
     truncation = f"; {pct(truncated)} of recaptions cut to its text window" if truncated else ""
@@ -451,22 +379,11 @@ def comparison(summary: dict) -> list[Line]:
          lambda n, ties: f"{judge}: per image, over {n} images rated twice ({ties})"),
     )
     vocab = summary["vocabulary"]
-    lines.append(
-        Line(
-            "vocabulary, distinct words",
-            fmt(vocab["re_vocabulary"]),
-            fmt(vocab["org_vocabulary"]),
-            "not published",
-            f"lower-cased words of {fmt(ok)} captioned rows ({fmt(vocab['shared'])} in both)",
-        )
-    )
-    lines.append(
-        Line(
-            "share of the combined vocabulary",
-            pct(vocab["re_share_of_combined"]),
-            pct(vocab["org_share_of_combined"]),
-            f"{PAPER['re_share_of_combined_vocabulary_pct']}% / -",
-            "|V| / |V_re U V_org| over the same rows",
-        )
-    )
+    lines.append(Line("vocabulary, distinct words", fmt(vocab["re_vocabulary"]), fmt(vocab["org_vocabulary"]),
+                      "not published",
+                      f"lower-cased words of {fmt(ok)} captioned rows ({fmt(vocab['shared'])} in both)"))
+    lines.append(Line("share of the combined vocabulary", pct(vocab["re_share_of_combined"]),
+                      pct(vocab["org_share_of_combined"]),
+                      f"{PAPER['re_share_of_combined_vocabulary_pct']}% / -",
+                      "|V| / |V_re U V_org| over the same rows"))
     return lines

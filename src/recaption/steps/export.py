@@ -1,48 +1,18 @@
-"""(Named webdataset_export, not export: `recaption.export` is the API function.)
-
-`recap export OUT -o WDS --caption re_caption|org_caption|mix:p=0.8`: a caption output folder as
-WebDataset tars, the bridge to any trainer (open_clip, webdataset, img2dataset-style loaders, and
-`recap caption` itself).
-
-Per finished caption shard `{name}` the destination gets:
-  {name}.tar         per exported row: `{key}.{ext}` (the image in one format, `format`: jpg by
-                     default, EXIF orientation applied so the pixels stand as captioned; an image
-                     already in that format and upright keeps its bytes; `keep`: every image's own
-                     bytes, ext from its format), `{key}.txt` (the chosen caption) and
-                     `{key}.json` (key, url, sha256, org_caption, re_caption and any other
-                     `re_caption*` column, re_clip_score / org_clip_score when the output has them,
-                     and "caption_source": the column the .txt came from). Samples follow the
-                     order of the input shard.
-  {name}_stats.json  every row accounted for: rows, exported, not_exported by reason
-                     (status_not_ok, no_caption, image_not_found, unreadable_image, duplicate_key,
-                     image_mismatch: the image under that key is not the one captioned, by sha256)
-  {name}.done        written last: what was exported (caption choice, seed, source folder)
-
-Keys in a tar member name cannot hold '/', '.' (webdataset splits a member name at the first
-dot of its basename) or control characters (NUL, newline): such keys are written with '_'
-instead (`sub/cat.v2` -> `sub_cat_v2`, samples.tars.member_key); the .json keeps the real key,
-and `recap caption` reads it back from there.
-
-Images come from each shard's input as `recap caption` recorded it (`source` in
-`{name}_stats.json`), or from `images`: shards found like `recap caption` inputs, the one of the
-same name when there is one (else all of them), joined to the rows by key.
-
-`caption`: a string column of the output (re_caption, org_caption, re_caption_condition_diverse_topk,
-re_caption_fused, ...), or a mix: `mix:p=P`, the ORIGINAL caption with probability P, else the
-recaption (P as in `recap train-clip --p`), or `mix:re_caption=0.5,org_caption=0.3,re_caption_short=0.2`
-over any text columns, the probabilities summing to 1 (training/captions.CaptionMix, the rule the
-trainers' --mix share). The draw is fixed per (seed, key), so a rerun writes the same tars; where
-the drawn caption is empty the next column of the mix that has one is used, and counted.
+"""`recap export OUT -o WDS --caption re_caption|org_caption|mix:...`: a caption output folder as
+WebDataset tars, the bridge to any trainer; what each shard's files hold: docs/recipes.md.
+(Named webdataset_export, not export: `recaption.export` is the API function.)
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
 import logging
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -50,7 +20,16 @@ from datetime import datetime, timezone
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..quality.outputs import done_shards, input_shard, over_finished, read_output, recorded_sources
+from ..quality.outputs import (
+    done_shards,
+    input_shard,
+    over_finished,
+    read_output,
+    recorded_columns,
+    recorded_sources,
+    shard_lines,
+    shard_stats,
+)
 from ..readers import ColumnConfig, discover_shards
 from ..readers.base import Shard
 from ..samples.tars import TarShardWriter, member_key
@@ -71,9 +50,7 @@ NO_CAPTION = "no_caption"  # the chosen caption is null or blank
 IMAGE_NOT_FOUND = "image_not_found"  # no sample of that key in the input shard
 UNREADABLE_IMAGE = "unreadable_image"  # the input has the key, but no image bytes of a known format
 DUPLICATE_KEY = "duplicate_key"  # a second row of the same key in one output shard
-# The image found under the key is not the one captioned (same_image): another image set with the
-# same keys.
-IMAGE_MISMATCH = "image_mismatch"
+IMAGE_MISMATCH = "image_mismatch"  # the image under the key is not the one captioned (same_image)
 # Readable, but too large a side for --format (JPEG: 65,500 px; WebP: 16,383): png or keep export it.
 TOO_LARGE_FOR_FORMAT = "too_large_for_format"
 REASONS = (STATUS_NOT_OK, NO_CAPTION, IMAGE_NOT_FOUND, UNREADABLE_IMAGE, DUPLICATE_KEY, IMAGE_MISMATCH,
@@ -81,8 +58,7 @@ REASONS = (STATUS_NOT_OK, NO_CAPTION, IMAGE_NOT_FOUND, UNREADABLE_IMAGE, DUPLICA
 
 
 # What `recap export` writes (the output contract): WebDataset tars whose markers record the
-# caption choice and the sample count.
-# Exports made before --format kept each image's own bytes.
+# caption choice and the sample count (exports made before --format kept each image's own bytes).
 EXPORT = Step("export", recognise=marker_has("caption", "samples"), added_later={"format": "keep"})
 
 
@@ -117,13 +93,6 @@ class CaptionChoice:
         return cls(spec, column=spec)
 
     @property
-    def p(self) -> float | None:
-        """The paper's mix: the probability of the original caption (None for other choices)."""
-        if self.mix is None or self.mix.columns != (ORIGINAL, RECAPTION):
-            return None
-        return self.mix.weights[0][1]
-
-    @property
     def columns(self) -> tuple[str, ...]:
         return self.mix.columns if self.mix is not None else (self.column,)
 
@@ -133,10 +102,9 @@ class CaptionChoice:
                    and f.name not in NOT_CAPTIONS]
         missing = [c for c in self.columns if c not in strings]
         if missing:
-            raise CaptionChoiceError(
-                f"--caption {self.spec}: {where} has no text column {', '.join(missing)}; "
-                f"its text columns: {', '.join(strings)} (or a mix:COLUMN=P,... of them)"
-            )
+            raise CaptionChoiceError(f"--caption {self.spec}: {where} has no text column {', '.join(missing)}"
+                                     f"; its text columns: {', '.join(strings)} (or a mix:COLUMN=P,... of "
+                                     "them)")
 
     def pick(self, row: dict, seed: int) -> tuple[str | None, str, bool]:
         """(text, the column it came from, whether a mix fell back to the other caption)."""
@@ -150,22 +118,11 @@ def takes_original(key: str | None, p: float, seed: int) -> bool:
     return keyed_draw(key, seed) < p
 
 
-def _blank(text: str | None) -> bool:
-    return text is None or not text.strip()
-
-
 # -- image formats and tar keys ---------------------------------------------------------------------
 
-_SIGNATURES = (
-    (b"\xff\xd8\xff", "jpg"),
-    (b"\x89PNG\r\n\x1a\n", "png"),
-    (b"GIF87a", "gif"),
-    (b"GIF89a", "gif"),
-    (b"BM", "bmp"),
-    (b"II*\x00", "tiff"),
-    (b"MM\x00*", "tiff"),
-    (b"qoif", "qoi"),
-)
+_SIGNATURES = ((b"\xff\xd8\xff", "jpg"), (b"\x89PNG\r\n\x1a\n", "png"), (b"GIF87a", "gif"),
+               (b"GIF89a", "gif"), (b"BM", "bmp"), (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"),
+               (b"qoif", "qoi"))
 _PIL_FORMATS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp",
                 "DIB": "bmp", "TIFF": "tiff", "AVIF": "avif", "HEIF": "heic", "JPEG2000": "jp2",
                 "PPM": "ppm", "QOI": "qoi", "TGA": "tga"}
@@ -234,11 +191,9 @@ def exported_image(data: bytes | None, format: str) -> tuple[bytes | None, str |
 
 
 def same_image(sha256: str | None, sample, trust_claim: bool) -> bool:
-    """Whether `sample`'s image is the one a row with this sha256 was captioned from: its bytes
-    hash to it; or, read from the input captioning recorded (`trust_claim`), the sha256 the
-    reader took from that input (a download's .json names the fetched file's, before resizing)
-    is it. Images given with --images are judged by their bytes alone: a claimed sha256 there
-    could be copied from anywhere. A row without a sha256 has nothing to check."""
+    """Whether `sample`'s image is the one a row with this sha256 was captioned from: its bytes hash
+    to it, or (`trust_claim`: read from the input captioning recorded) the sha256 that input states
+    is it; --images are judged by their bytes alone (docs/security.md). No sha256: nothing to check."""
     if not sha256:
         return True
     if hashlib.sha256(sample.image_bytes or b"").hexdigest() == sha256:
@@ -278,19 +233,11 @@ def not_exported(result: ShardResult | RunSummary) -> dict[str, int]:
 
 def export_lines(summary: RunSummary) -> list[str]:
     """What `recap export` prints: one line per shard, then the totals."""
-    lines = []
-    for r in summary.results:
-        if r.outcome == FAILED:
-            lines.append(f"{r.name}: FAILED, nothing exported: {r.error}")
-            continue
-        note = " (already exported)" if r.outcome == SKIPPED else ""
-        lines.append(f"{r.name}: {r.status_counts.get(EXPORTED, 0)} of {r.counts.get('rows_in', 0)} rows"
-                     f"{_reasons(not_exported(r))}{note}")
-    lines.append(
-        f"exported {summary.status_counts.get(EXPORTED, 0)} of {summary.count('rows_in')} rows"
-        f"{_reasons(not_exported(summary))} with --caption {summary.settings['caption']} to "
-        f"{summary.settings['destination']}{summary.failed_note()}"
-    )
+    lines = shard_lines(summary, "exported", lambda r: f"{r.name}: {r.status_counts.get(EXPORTED, 0)} of "
+                        f"{r.counts.get('rows_in', 0)} rows{_reasons(not_exported(r))}")
+    lines.append(f"exported {summary.status_counts.get(EXPORTED, 0)} of {summary.count('rows_in')} rows"
+                 f"{_reasons(not_exported(summary))} with --caption {summary.settings['caption']} to "
+                 f"{summary.settings['destination']}{summary.failed_note()}")
     return lines
 
 
@@ -304,16 +251,12 @@ def _reasons(counts: dict[str, int]) -> str:
 
 def export(output: str, destination: str, *, images: list[str] | None = None, caption: str = RECAPTION,
            seed: int = 0, overwrite: bool = False, format: str = "jpg") -> RunSummary:
-    """Write each finished shard of caption output `output` as a WebDataset tar in `destination`.
-
-    Holds `destination`'s lock; `output` and the images are only read. A shard whose images
-    cannot be read (input missing) is in `summary.failed` (`.errors` says why) and the others
-    still export. Each shard's `status_counts` hold its rows by what happened (`exported`, or the
-    reason it was not), `counts["rows_in"]` the rows read.
-    Raises CaptionChoiceError for a `caption` the output has no text column for, ExportError for
-    `destination` == `output` or one that holds shards exported otherwise (without
-    `overwrite`), NoOutputError when `output` holds no finished shards, InputError when
-    `images` match no shards."""
+    """Write each finished shard of caption output `output` as a WebDataset tar in `destination`
+    (holding its lock; `output` and the images are only read). A shard whose images cannot be read
+    is in `summary.failed` and the others still export; each shard's `status_counts` hold its rows
+    by what happened (`exported`, or the reason not), `counts["rows_in"]` the rows read.
+    Raises CaptionChoiceError, ExportError (a destination that is `output` or holds shards exported
+    otherwise, without `overwrite`), NoOutputError, or InputError (`images` match no shards)."""
     choice = CaptionChoice.parse(caption)
     if format not in IMAGE_FORMATS:
         raise ExportError(f"--format {format}: choose {', '.join(IMAGE_FORMATS)} (keep: each image's bytes)")
@@ -339,14 +282,10 @@ class ImageSources:
 
     def __init__(self, src: OutputDir, images: list[str] | None):
         self.src, self.images = src, images
-        self._found: dict[ColumnConfig, list[Shard]] = {}
+        self._discover: Callable[[ColumnConfig], list[Shard]] = functools.cache(
+            lambda columns: discover_shards(list(images), columns))
         if images is not None:
             self._discover(ColumnConfig())  # images that match nothing: said now, in one line
-
-    def _discover(self, columns: ColumnConfig) -> list[Shard]:
-        if columns not in self._found:
-            self._found[columns] = discover_shards(list(self.images), columns)
-        return self._found[columns]
 
     def for_shard(self, name: str) -> tuple[list[Shard], bool]:
         """(shards to read, whether that is one matched shard: reading may stop once every row
@@ -354,9 +293,7 @@ class ImageSources:
         if self.images is None:
             return [input_shard(self.src, name)], True
         with self.src.fs.open(self.src.stats(name), "r") as f:
-            recorded = json.load(f).get("columns") or {}  # how the input was read when captioned
-        columns = ColumnConfig(**{k: tuple(v) if k == "extra" else v for k, v in recorded.items()})
-        shards = self._discover(columns)
+            shards = self._discover(recorded_columns(json.load(f)))  # the input as read when captioned
         same = [s for s in shards if s.name == name]
         if not same:
             log.warning("%s: no shard of that name among the images given; looking for its keys in all %d",
@@ -365,11 +302,7 @@ class ImageSources:
 
 
 def _skipped(dest: OutputDir, name: str) -> ShardResult:
-    try:
-        with dest.fs.open(dest.stats(name), "r") as f:
-            stats = json.load(f)
-    except (FileNotFoundError, json.JSONDecodeError):
-        stats = {}
+    stats = shard_stats(dest, name)
     return _result(name, SKIPPED, stats.get("rows", 0), stats.get(EXPORTED, 0), stats.get("not_exported", {}))
 
 
@@ -397,33 +330,32 @@ def _export_shard(src: OutputDir, dest: OutputDir, name: str, choice: CaptionCho
                   sources: ImageSources, settings: dict, images: list[str] | None) -> ShardResult:
     tar = dest.path(f"{name}.tar")
     # The ledger's commit: an earlier export of the shard (--overwrite) stays until this one is
-    # complete; a failure leaves it as it was.
-    commit = ShardCommit(dest, name)
-    try:
-        table = read_output(src, name)
-        choice.check(table.schema, f"shard {name}")
-        rows = table.select(_row_columns(table.schema, choice)).to_pylist()
-        reasons: Counter = Counter()
-        picked_from: Counter = Counter()
-        fallbacks = 0
-        wanted: dict[str, tuple[dict, str, str, bool]] = {}
-        for row in rows:
-            if row.get("status", "ok") != "ok":
-                reasons[STATUS_NOT_OK] += 1
-                continue
-            text, column, fell_back = choice.pick(row, seed)
-            if _blank(text):
-                reasons[NO_CAPTION] += 1
-            elif row["key"] is None:
-                reasons[IMAGE_NOT_FOUND] += 1
-            elif row["key"] in wanted:
-                reasons[DUPLICATE_KEY] += 1
-            else:
-                wanted[row["key"]] = (row, text, column, fell_back)
-        shards, matched = sources.for_shard(name)
-        writer = TarShardWriter.into(commit.open("tar"))
-        keys = TarKeys()
+    # complete; a failure or an interrupt leaves it as it was.
+    with ShardCommit(dest, name) as commit:
         try:
+            table = read_output(src, name)
+            choice.check(table.schema, f"shard {name}")
+            rows = table.select(_row_columns(table.schema, choice)).to_pylist()
+            reasons: Counter = Counter()
+            picked_from: Counter = Counter()
+            fallbacks = 0
+            wanted: dict[str, tuple[dict, str, str, bool]] = {}
+            for row in rows:
+                if row.get("status", "ok") != "ok":
+                    reasons[STATUS_NOT_OK] += 1
+                    continue
+                text, column, fell_back = choice.pick(row, seed)
+                if text is None or not text.strip():
+                    reasons[NO_CAPTION] += 1
+                elif row["key"] is None:
+                    reasons[IMAGE_NOT_FOUND] += 1
+                elif row["key"] in wanted:
+                    reasons[DUPLICATE_KEY] += 1
+                else:
+                    wanted[row["key"]] = (row, text, column, fell_back)
+            shards, matched = sources.for_shard(name)
+            writer = TarShardWriter.into(commit.open("tar"))
+            keys = TarKeys()
             for shard in shards:
                 if matched and not wanted:
                     break
@@ -442,38 +374,23 @@ def _export_shard(src: OutputDir, dest: OutputDir, name: str, choice: CaptionCho
                             reasons[TOO_LARGE_FOR_FORMAT if too_large else UNREADABLE_IMAGE] += 1
                             continue
                         meta = json.dumps(_meta(row, sample.key, column), ensure_ascii=False)
-                        writer.add(keys(sample.key), {
-                            ext: image, "txt": text.encode("utf-8"), "json": meta.encode("utf-8")
-                        })
+                        writer.add(keys(sample.key), {ext: image, "txt": text.encode("utf-8"),
+                                                      "json": meta.encode("utf-8")})
                         picked_from[column] += 1
                         fallbacks += fell_back
                         if matched and not wanted:
                             break  # every row has its image: the rest of the shard is not read
             reasons[IMAGE_NOT_FOUND] += len(wanted)
             writer.close()
-        except BaseException:
-            commit.abort()
-            raise
-    except Exception as exc:  # a missing or broken input shard, a changed folder: say which, go on
-        commit.abort()
-        log.error("cannot export %s: %s", name, exc)
-        return ShardResult(name, name, FAILED, error=f"{type(exc).__name__}: {exc}")
-    reasons_not = {r: reasons[r] for r in REASONS if reasons[r]}
-    stats = {
-        "shard": name,
-        "output": settings["from"],
-        "images_from": [s.source for s in shards],
-        "caption": choice.spec,
-        "seed": seed,
-        "rows": len(rows),
-        "exported": writer.samples,
-        "not_exported": reasons_not,
-        "caption_sources": dict(sorted(picked_from.items())),
-        "mix_fallbacks": fallbacks if choice.column is None else None,
-        "keys_renamed": keys.renamed,
-        "tar": tar,
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    commit.commit(stats, {**settings, "images": images, "samples": writer.samples,
-                          "recaption_version": __version__})
+        except Exception as exc:  # a missing or broken input shard, a changed folder: say which, go on
+            log.error("cannot export %s: %s", name, exc)
+            return ShardResult(name, name, FAILED, error=f"{type(exc).__name__}: {exc}")
+        reasons_not = {r: reasons[r] for r in REASONS if reasons[r]}
+        stats = {"shard": name, "output": settings["from"], "images_from": [s.source for s in shards],
+                 "caption": choice.spec, "seed": seed, "rows": len(rows), "exported": writer.samples,
+                 "not_exported": reasons_not, "caption_sources": dict(sorted(picked_from.items())),
+                 "mix_fallbacks": fallbacks if choice.column is None else None, "keys_renamed": keys.renamed,
+                 "tar": tar, "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        commit.commit(stats, {**settings, "images": images, "samples": writer.samples,
+                              "recaption_version": __version__})
     return _result(name, DONE, len(rows), writer.samples, reasons_not)

@@ -1,22 +1,7 @@
 """`recap filter OUT --where "re_clip_score > 25 and not re_degenerate" -o FILTERED`: keep the rows
-of a caption output folder that satisfy a SQL condition, into a new folder that is itself caption
-output (score, judge, stats, report, export and CLIP training read it like the original).
-
-The condition is a DuckDB SQL expression, evaluated as the WHERE clause over each finished
-shard's table: columns by name (`re_clip_score`, `status`, `re_length`, ...), SQL operators and
-functions (`and`, `or`, `not`, `is null`, `like`, `regexp_matches(...)`, `length(...)`). SQL
-semantics apply: a row where the condition is NULL (a comparison with a null score, `not
-re_degenerate` on a failed row) is dropped, as are rows where it is false. DuckDB runs with file
-and network access switched off and its configuration locked, so a condition can read nothing
-but the shard's rows (`read_csv('/etc/passwd')` is refused); nothing is evaluated as Python.
-
-Per shard `{name}` the destination gets, each written atomically:
-  {name}.parquet     the kept rows, in source order, with the source's schema and metadata
-                     (a shard may keep 0 rows: its file is still written, so it counts as done)
-  {name}_stats.json  the source's stats, `rows` / `status_counts` of the kept rows, and
-                     "filter": {where, rows_in, rows_kept, status_counts_in, from}
-  {name}.done        written last: the source's marker plus "filter": {where, from}
-A rerun skips shards already filtered with the same condition from the same folder.
+of a caption output folder where a DuckDB SQL condition holds, into a new folder that is itself
+caption output. The condition reads nothing but the shard's rows (file and network access off,
+configuration locked); its semantics and what each shard's files hold: docs/recipes.md.
 """
 
 from __future__ import annotations
@@ -31,7 +16,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..quality.outputs import BrokenShardError, done_shards, over_finished, read_output
+from ..quality.outputs import (
+    BrokenShardError,
+    done_shards,
+    over_finished,
+    read_output,
+    shard_lines,
+    shard_stats,
+)
 from ..spine.contract import Step, location, marker_has
 from ..spine.errors import RecaptionError
 from ..spine.ledger import OutputDir, ShardCommit
@@ -41,12 +33,8 @@ log = logging.getLogger(__name__)
 
 # DuckDB with no file system, no network, no extension loading, and settings no expression can
 # change back (`lock_configuration`).
-DUCKDB_CONFIG = {
-    "enable_external_access": False,
-    "autoinstall_known_extensions": False,
-    "autoload_known_extensions": False,
-    "lock_configuration": True,
-}
+DUCKDB_CONFIG = {"enable_external_access": False, "autoinstall_known_extensions": False,
+                 "autoload_known_extensions": False, "lock_configuration": True}
 _ROW = "__recap_row__"  # the row number, added to restore source order
 
 
@@ -67,19 +55,15 @@ def check_where(where: str, columns: list[str]) -> str:
     """The condition, stripped; a FilterExpressionError for one that cannot be a single
     condition (empty, or holding `;`)."""
     if not isinstance(where, str) or not where.strip():
-        raise FilterExpressionError(
-            f"--where is empty: give a SQL condition such as 're_clip_score > 25'; {_columns(columns)}"
-        )
+        raise FilterExpressionError(f"--where is empty: give a SQL condition such as 're_clip_score > 25'; "
+                                    f"{_columns(columns)}")
     if ";" in where:
-        raise FilterExpressionError(
-            f"--where {where!r}: ';' is not allowed, give one SQL condition; {_columns(columns)}"
-        )
+        raise FilterExpressionError(f"--where {where!r}: ';' is not allowed, give one SQL condition; "
+                                    f"{_columns(columns)}")
     refused = _refused_parts(where)
     if refused:
-        raise FilterExpressionError(
-            f"--where {where!r}: {refused} is not taken in a condition: give one over the row's own columns; "
-            f"{_columns(columns)}"
-        )
+        raise FilterExpressionError(f"--where {where!r}: {refused} is not taken in a condition: give one "
+                                    f"over the row's own columns; {_columns(columns)}")
     return where.strip()
 
 
@@ -145,28 +129,21 @@ def matching_rows(table: pa.Table, where: str, con=None, shard: str | None = Non
         rows = con.from_arrow(numbered)
         kind = str(rows.project(f"({where}\n) AS kept").types[0])
         if kind not in ("BOOLEAN", '"NULL"', "NULL"):
-            raise FilterExpressionError(
-                f"--where {where!r}: a {kind} value, not a condition; give one that is true or false, "
-                f"such as 're_clip_score > 25'; {_columns(table.column_names)}"
-            )
+            raise FilterExpressionError(f"--where {where!r}: a {kind} value, not a condition; give one that "
+                                        f"is true or false, such as 're_clip_score > 25'; "
+                                        f"{_columns(table.column_names)}")
         kept = rows.filter(where).project(f'"{_ROW}"').fetch_arrow_table().column(_ROW)
     except duckdb.Error as exc:
         where_shard = f" (shard {shard})" if shard else ""
-        raise FilterExpressionError(
-            f"--where {where!r}{where_shard}: {one_line(exc)}; {_columns(table.column_names)}"
-        ) from None
+        raise FilterExpressionError(f"--where {where!r}{where_shard}: {one_line(exc)}; "
+                                    f"{_columns(table.column_names)}") from None
     return table.take(pa.array(np.sort(kept.to_numpy()), pa.int64()))  # in source order
 
 
 def filter_lines(summary: RunSummary) -> list[str]:
     """What `recap filter` prints: one line per shard, then the totals."""
-    lines = []
-    for r in summary.results:
-        if r.outcome == FAILED:
-            lines.append(f"{r.name}: FAILED, nothing filtered: {r.error}")
-            continue
-        note = " (already filtered)" if r.outcome == SKIPPED else ""
-        lines.append(f"{r.name}: kept {r.counts['rows_kept']} of {r.counts['rows_in']} rows{note}")
+    lines = shard_lines(summary, "filtered",
+                        lambda r: f"{r.name}: kept {r.counts['rows_kept']} of {r.counts['rows_in']} rows")
     rows_in, kept = summary.count("rows_in"), summary.count("rows_kept")
     share = f" ({kept / rows_in:.1%})" if rows_in else ""
     where, to = summary.settings["where"], summary.settings["destination"]
@@ -176,14 +153,10 @@ def filter_lines(summary: RunSummary) -> list[str]:
 
 
 def filter_output(output: str, where: str, destination: str, *, overwrite: bool = False) -> RunSummary:
-    """Write the rows of each finished shard of `output` where `where` holds into `destination`.
-
-    Rows where the condition is NULL are dropped (SQL semantics), as are rows where it is false.
-    `destination` opens through the output contract (spine/contract.py); `output` is only read.
-    Raises FilterExpressionError for a bad condition (before anything is written), OutputError
-    for a destination that is, holds or lies inside `output` or holds other files,
-    ConfigMismatchError for one holding shards filtered otherwise (without `overwrite`),
-    NoOutputError when `output` holds no finished shards."""
+    """Write the rows of each finished shard of `output` where `where` holds (not false, not NULL)
+    into `destination`, opened through the output contract; `output` is only read. Raises
+    FilterExpressionError (before anything is written), OutputError, ConfigMismatchError (shards
+    filtered otherwise, without `overwrite`) or NoOutputError."""
     src = OutputDir(output)
     names = done_shards(src)
     con = connect()
@@ -212,11 +185,7 @@ def _record(src: OutputDir, name: str, where: str, source: str) -> dict:
 
 
 def _skipped(dest: OutputDir, name: str) -> ShardResult:
-    try:
-        with dest.fs.open(dest.stats(name), "r") as f:
-            record = json.load(f).get("filter") or {}
-    except (FileNotFoundError, json.JSONDecodeError, AttributeError):
-        record = {}
+    record = shard_stats(dest, name).get("filter") or {}
     rows_in, rows_kept = record.get("rows_in"), record.get("rows_kept")
     if rows_kept is None:
         with dest.fs.open(dest.parquet(name), "rb") as f:
@@ -236,24 +205,17 @@ def _filter_shard(src: OutputDir, dest: OutputDir, name: str, where: str, source
         stats = json.load(f)
     provenance = src.done_provenance(name) or {}
     record = _record(src, name, where, source)
-    statuses_in = Counter(table.column("status").to_pylist()) if "status" in table.column_names else None
-    statuses = Counter(kept.column("status").to_pylist()) if "status" in kept.column_names else None
-    stats = {
-        **stats,
-        "rows": kept.num_rows,
-        **({"status_counts": dict(sorted(statuses.items()))} if statuses is not None else {}),
-        "filter": {
-            **record,
-            "rows_in": table.num_rows,
-            "rows_kept": kept.num_rows,
-            **({"status_counts_in": dict(sorted(statuses_in.items()))} if statuses_in is not None else {}),
-            "filtered_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        },
-    }
+    # (read_output: every shard has a status column)
+    statuses_in, statuses = (dict(sorted(Counter(t.column("status").to_pylist()).items()))
+                             for t in (table, kept))
+    stats = {**stats, "rows": kept.num_rows, "status_counts": statuses, "filter": {
+        **record, "rows_in": table.num_rows, "rows_kept": kept.num_rows, "status_counts_in": statuses_in,
+        "filtered_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }}
     # The ledger's commit: an earlier result stays until this one is complete.
     with ShardCommit(dest, name) as commit:
         pq.write_table(kept, commit.open("parquet"))
         commit.commit(stats, {**provenance, "filter": record})
     log.info("%s: kept %d of %d rows", name, kept.num_rows, table.num_rows)
-    return ShardResult(name, name, DONE, kept.num_rows, dict(statuses or {}),
+    return ShardResult(name, name, DONE, kept.num_rows, statuses,
                        counts={"rows_in": table.num_rows, "rows_kept": kept.num_rows})

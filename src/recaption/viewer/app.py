@@ -1,10 +1,5 @@
-"""The `recap view` web app (Starlette): one page, its script and stylesheet shipped in the
-package, and a read-only JSON API over the rows and their images.
-
-Safe by default: only GET and HEAD are answered (anything else: 405); only the Host names the
-server was started for are served (no DNS rebinding); every text reaches the page as JSON and is
-put there as text (never as HTML), under a Content-Security-Policy that allows no inline script
-and nothing from another origin; images are re-encoded JPEG, never the stored bytes."""
+"""The `recap view` web app (Starlette): one page, its script and stylesheet, and a read-only JSON
+API over the rows and their images; its safety rules: docs/view.md ("Safe by default")."""
 
 from __future__ import annotations
 
@@ -195,13 +190,9 @@ def make_app(output: str, images: list[str] | None = None, *, hosts: list[str] |
         size = request.query_params.get("size", "")
         if shard not in rows.files:
             return _error("no such shard", 404)
-        if size:
-            if not size.isdigit() or int(size) not in THUMBNAIL_SIDES:
-                return _error(f"size: one of {', '.join(map(str, THUMBNAIL_SIDES))}")
-            side = int(size)
-        else:
-            side = FULL_SIDE
-        data = pictures.jpeg(shard, key, side)
+        if size and (not size.isdigit() or int(size) not in THUMBNAIL_SIDES):
+            return _error(f"size: one of {', '.join(map(str, THUMBNAIL_SIDES))}")
+        data = pictures.jpeg(shard, key, int(size) if size else FULL_SIDE)
         if data is None:
             return _error("no image for this row", 404)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})

@@ -1,20 +1,17 @@
-"""The images beside the rows: each shard's input tar, found from `--images` or from what the
-shard's stats recorded, read one member at a time through its tar index (samples/tar_index.py),
-decoded, resized and re-encoded as JPEG on the fly, the results kept in an LRU cache.
-
-Only tars under the folders (or the files) given are read, and a request names a shard and a
-key, never a path: the file comes from the shard, the offset from the index."""
+"""The images beside the rows: each shard's input tar (`--images`, or what its stats record), read
+one member at a time through its tar index, re-encoded as JPEG, kept in an LRU cache. A request
+names a shard and a key, never a path."""
 
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
 
+from ..quality.outputs import recorded_source
 from ..readers.base import image_extensions
 from ..samples.images import ImageDecodeError, decode_image
 from ..samples.tar_index import Member, TarIndex, fingerprint
@@ -79,13 +76,11 @@ class Images:
             found = _tars_in(images)
             self.roots = [os.path.realpath(p) for p in images]
             self.tars = {name: found[name] for name in names if name in found}
-            for name in names:
-                if name not in found:
-                    self.notes[name] = f"no {name}.tar among --images"
+            self.notes.update({name: f"no {name}.tar among --images" for name in names if name not in found})
         else:
             self.tars, self.roots = {}, []
             for name in names:
-                source = _recorded_source(out, name)
+                source = recorded_source(out, name)
                 if source and source.endswith(".tar") and local_path(source) and os.path.isfile(source):
                     self.tars[name] = source
                     self.roots.append(os.path.realpath(source))  # that file, nothing beside it
@@ -177,12 +172,3 @@ def _tars_in(images: list[str]) -> dict[str, str]:
             found.setdefault(tar.stem, str(tar))
     return found
 
-
-def _recorded_source(out: OutputDir, name: str) -> str | None:
-    """The input the shard's stats record (`source`; a folder slice's folder)."""
-    try:
-        with out.fs.open(out.stats(name), "r") as f:
-            source = json.load(f).get("source")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return source.rsplit(" [", 1)[0] if isinstance(source, str) and source else None

@@ -1,12 +1,6 @@
-"""The rows `recap view` shows: DuckDB over the output's parquet files (read where they lie,
-never loaded whole), a filter built from the page's controls, and the same filter as the
-`recap filter --where` condition that keeps those rows.
-
-DuckDB runs with `recap filter`'s rules (steps/filter.py: no file system, no network, no
-extensions, configuration locked) and may read only the output's own parquet files. Values from
-the page reach SQL as parameters; only column names (checked against the files' columns) and
-the condition a user typed into the SQL box (checked as `recap filter` checks --where) are SQL
-text."""
+"""The rows `recap view` shows: DuckDB over the output's parquet files in place, under `recap
+filter`'s rules and reading only those files; a filter built from the page's controls (values as
+parameters) and the same filter as the `recap filter --where` text (docs/view.md)."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ class PortError(RecaptionError, OSError):
 
 
 def is_loopback(host: str) -> bool:
-    if host in ("localhost",):
+    if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
