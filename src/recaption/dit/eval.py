@@ -136,16 +136,12 @@ def _provenance(items: list[Generated], where: str) -> dict:
     other = next(i for i in items if not i.from_generate)
     out["without_generate_metadata"] = {"count": len(items) - made, "first": f"{other.source} {other.key}"}
     if made:
-        log.warning(
-            "%s: %d of %d images carry no recap generate metadata (seed, guidance), e.g. %s %s; they are "
-            "scored together with the generated ones (name only generate's folders to score a model)",
-            where, len(items) - made, len(items), other.source, other.key,
-        )
+        log.warning("%s: %d of %d images carry no recap generate metadata (seed, guidance), e.g. %s %s; "
+                    "they are scored together with the generated ones (name only generate's folders to "
+                    "score a model)", where, len(items) - made, len(items), other.source, other.key)
     else:
-        log.warning(
-            "%s: none of the %d images carries recap generate metadata (seed, guidance): they are not "
-            "recap generate output (a world's own shards score as the truth)", where, len(items),
-        )
+        log.warning("%s: none of the %d images carries recap generate metadata (seed, guidance): they are "
+                    "not recap generate output (a world's own shards score as the truth)", where, len(items))
     return out
 
 

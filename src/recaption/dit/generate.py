@@ -128,12 +128,6 @@ def _check_model(model, steps: int, use_ema: bool) -> tuple[Path, bool]:
     return folder, use_ema and (folder / EMA).is_dir()
 
 
-def _visible(folder: Path) -> list[Path]:
-    """What a user sees in the folder: no hidden files, no temporaries a crash left."""
-    return sorted(p for p in folder.iterdir()
-                  if not p.name.startswith(".") and not p.name.endswith(TMP_SUFFIX))
-
-
 def check_output_folder(output, owner: str, overwrite: bool) -> tuple[Path, list[Path]]:
     """The output folder and the shards already in it (to replace): refused before any work when
     it holds `owner`'s shards and not `overwrite` (whether it may be written: the output contract)."""
@@ -153,7 +147,9 @@ def _made_by_generate(out) -> bool:
         listed = set(json.loads((folder / GENERATE_JSON).read_text()).get("shards") or [])
     except (OSError, ValueError, AttributeError):
         return False
-    return all(p.name == GENERATE_JSON or p.name in listed for p in _visible(folder))
+    # what a user sees in the folder: no hidden files, no temporaries a crash left
+    visible = (p for p in folder.iterdir() if not p.name.startswith(".") and not p.name.endswith(TMP_SUFFIX))
+    return all(p.name == GENERATE_JSON or p.name in listed for p in visible)
 
 
 # What `recap generate` writes (the output contract): a folder of image shards and generate.json.
@@ -183,12 +179,6 @@ def _sample_records(dit: LoadedDit, items: list[dict], images_per_prompt: int, b
     return records
 
 
-def _check_counts(**values: int) -> None:
-    for name, value in values.items():
-        if value < 1:
-            raise TrainingInputError(f"--{name.replace('_', '-')} {value}: must be at least 1")
-
-
 def generate(model: str | Path, prompts, output: str | Path, *, column: str | None = None, seed: int = 0,
              images_per_prompt: int = 1, batch_size: int = 32, guidance: float = 4.0, steps: int = 50,
              sampler: str = "ddim", use_ema: bool = True, device: str = "auto", shard_size: int = 10_000,
@@ -200,8 +190,11 @@ def generate(model: str | Path, prompts, output: str | Path, *, column: str | No
     (then the old set's leftover shards are removed, so readers never mix two sets). `sheet`: the
     contact sheet's path; `progress(done, total)` before the first batch and after each; `use_ema`:
     the EMA weights when the folder has them (else the raw ones, with a warning)."""
-    _check_counts(images_per_prompt=images_per_prompt, batch_size=batch_size, steps=steps,
-                  shard_size=shard_size)
+    counts = {"images-per-prompt": images_per_prompt, "batch-size": batch_size, "steps": steps,
+              "shard-size": shard_size}
+    for name, value in counts.items():
+        if value < 1:
+            raise TrainingInputError(f"--{name} {value}: must be at least 1")
     guidance = check_guidance(guidance)
     if sampler not in SAMPLERS:
         raise TrainingInputError(f"--sampler {sampler}: choose {', '.join(SAMPLERS)}")

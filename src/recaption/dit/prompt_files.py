@@ -192,9 +192,8 @@ def _from_parquet(path: Path, column: str | None, where: str) -> Loaded:
 
 
 def _kind(value) -> str:
-    return {bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object"}.get(
-        type(value), f"a {type(value).__name__}"
-    )
+    kinds = {bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object"}
+    return kinds.get(type(value), f"a {type(value).__name__}")
 
 
 def _keep(fields: dict) -> dict:

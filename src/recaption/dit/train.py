@@ -158,12 +158,10 @@ def _frozen_parts(config: DitTrainConfig, out: Path, device: str):
                                  f"{codec.factor} x --patch-size {config.patch_size}")
     width, patch_values = config.heads * config.head_dim, config.patch_size**2 * codec.channels
     if width < patch_values:
-        log.warning(
-            "width %d (heads x head-dim) < %d values per patch (patch %d x %d x %d channels): the patch "
-            "embedding cannot carry the noise through, so the loss stays high and samples stay noisy; "
-            "widen the model or use a smaller patch",
-            width, patch_values, config.patch_size, config.patch_size, codec.channels,
-        )  # fmt: skip
+        log.warning("width %d (heads x head-dim) < %d values per patch (patch %d x %d x %d channels): the "
+                    "patch embedding cannot carry the noise through, so the loss stays high and samples "
+                    "stay noisy; widen the model or use a smaller patch",
+                    width, patch_values, config.patch_size, config.patch_size, codec.channels)
     return text_encoder, codec
 
 

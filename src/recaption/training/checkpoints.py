@@ -183,10 +183,9 @@ def _check_tensors_readable(path: Path) -> None:
             for key in f.keys():
                 f.get_slice(key)
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(
-            f"{path}: unreadable tensors ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
-            "delete that checkpoint folder to resume from an earlier one, or train into a new --output"
-        ) from None
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path}: unreadable tensors ({why}); delete that checkpoint folder to resume "
+                              "from an earlier one, or train into a new --output") from None
 
 
 def load_state(folder: str | Path, rank: int = 0, world_size: int = 1,

@@ -90,9 +90,8 @@ def load_pairs(config: ClipTrainConfig) -> list[Pair]:
         else:
             plain.append(item)
     if plain:
-        from_shards = list(
-            image_text_pairs(plain, config.caption_field, recaption_field=config.recaption_field)
-        )
+        from_shards = list(image_text_pairs(plain, config.caption_field,
+                                            recaption_field=config.recaption_field))
         check_fields(from_shards, plain, caption=config.caption_field, recaption=config.recaption_field)
         pairs += from_shards
     if not pairs:
