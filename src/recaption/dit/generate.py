@@ -44,8 +44,7 @@ MAX_GUIDANCE = 100.0
 
 
 def check_guidance(guidance: float) -> float:
-    """A scale in [0, MAX_GUIDANCE] (1: no guidance, 0: unconditional); NaN, infinity or a huge
-    one would give black images (float32 overflow), a negative one steers away from the prompt."""
+    """A scale in [0, MAX_GUIDANCE] (1: no guidance, 0: unconditional; a negative one would steer away)."""
     if not math.isfinite(guidance) or not 0 <= guidance <= MAX_GUIDANCE:
         raise TrainingInputError(f"--guidance {guidance}: give a number from 0 to {MAX_GUIDANCE:g} (1 = no "
                                  "guidance, 0 = ignore the prompt, above 1 = follow it more closely; the "

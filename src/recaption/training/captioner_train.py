@@ -2,8 +2,9 @@
 
 Stage 1 trains the projector on image-caption pairs (a brief-caption instruction -> the caption),
 stage 2 the projector and language model on the recaption prompt -> the detailed description; the
-vision tower stays frozen and the loss is on the answer tokens only. With no `--model`, a small
-LLaVA for the shapes world is built, its vision tower from `--vision-tower` (a CLIP folder) or random.
+vision tower stays frozen and the loss is on the answer tokens only; OUTPUT ends as a model folder
+`recap caption --model OUTPUT` loads. With no `--model`, a small LLaVA for the shapes world is
+built, its vision tower from `--vision-tower` (a CLIP folder) or random.
 """
 
 from __future__ import annotations

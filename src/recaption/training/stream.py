@@ -1,12 +1,7 @@
 """The trainers' data: a resumable stream of batches, split over ranks and loader workers, whose
-memory does not grow with the dataset (docs/scaling.md, "Training that streams").
-
-Epoch e: the shards shuffled by (seed, e), rank r of R takes every R-th, its worker w every W-th
-of those, reads them through a bounded shuffle buffer and decodes each batch; the DataLoader hands
-the workers' batches out round-robin. A `Position` (epoch, batches taken from each worker, the
-next worker) is saved in checkpoints; on resume each worker skips what it had made, undecoded,
-so the run sees exactly the batches it would have. Every rank's epoch ends after the fewest
-batches any rank has (DDP needs the same steps): the ragged tail is left out of that epoch.
+memory does not grow with the dataset. docs/scaling.md ("Training that streams") has the split,
+the shuffle buffer, why every rank's epoch ends after the fewest batches any rank has, and how a
+saved `Position` lets a resumed run see exactly the batches it would have seen.
 """
 
 from __future__ import annotations

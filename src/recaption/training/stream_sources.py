@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..readers import ColumnConfig, discover_shards
-from ..readers.base import Shard
+from ..readers.base import Shard, file_fingerprint
 from ..spine.contract import location
 from .captions import ORIGINAL, RECAPTION, is_caption_output, offered_captions, reader_fields
 from .inputs import TrainingInputError, shard_errors
@@ -187,20 +187,12 @@ def _img2dataset_successes(shard: Shard) -> int | None:
 
 
 def _identity(shard: Shard) -> str:
-    """What must be unchanged for a remembered count to hold: a folder slice's fingerprint, or
-    the file's size and modification time."""
-    from fsspec.core import url_to_fs
-
+    """What must be unchanged for a remembered count to hold: a folder slice's fingerprint, or the
+    file's size and version ("" when it cannot be listed: the read that counts will say why)."""
     fingerprint = shard.fingerprint()
-    if fingerprint is not None:
-        return json.dumps(fingerprint, sort_keys=True)
-    try:
-        fs, path = url_to_fs(shard.source)
-        info = fs.info(path)
-    except OSError:
-        return ""  # the read that counts will say what is wrong with it
-    version = info.get("mtime") or info.get("LastModified") or info.get("ETag") or ""
-    return json.dumps([info.get("size"), str(version)])
+    if fingerprint is None:
+        fingerprint = file_fingerprint(shard.source) or ""
+    return json.dumps(fingerprint, sort_keys=True)
 
 
 def stream_shards(data: list[str], caption_field: str | None = None, recaption_field: str | None = None,
