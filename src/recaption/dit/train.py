@@ -49,11 +49,9 @@ from .model import (
 log = logging.getLogger(__name__)
 
 # What a resumed run must share with the run it continues.
-_FIXED = (
-    "space", "image_size", "patch_size", "layers", "heads", "head_dim", "text_length", "p",
-    "caption_dropout", "train_timesteps", "beta_schedule", "prediction_type", "batch_size",
-    "snr_gamma", "lr", "weight_decay", "warmup", "mix",
-)  # fmt: skip
+_FIXED = ("space", "image_size", "patch_size", "layers", "heads", "head_dim", "text_length", "p",
+          "caption_dropout", "train_timesteps", "beta_schedule", "prediction_type", "batch_size", "snr_gamma",
+          "lr", "weight_decay", "warmup", "mix")
 # Runs from before these settings existed trained with these.
 _ADDED_DEFAULTS = {"snr_gamma": None, "mix": None}
 
