@@ -35,8 +35,7 @@ def pick_caption(pair: Pair, p: float, caption_dropout: float, rng: random.Rando
 
 def pick_mixed_caption(mix, org: str | None, re: str | None, more: dict, caption_dropout: float,
                        rng: random.Random) -> tuple[str, str]:
-    """(text, kind) for --mix: the column drawn (CaptionMix.choose: kind is the column), then
-    dropout as pick_caption."""
+    """(text, kind) for --mix: the column drawn (CaptionMix.choose), then dropout as pick_caption."""
     return _dropout(*mix.choose(org, re, more, rng.random()), caption_dropout, rng)
 
 

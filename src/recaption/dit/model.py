@@ -172,8 +172,7 @@ class LatentCodec:
 
 
 def load_vae(name: str, device: str = "cpu"):
-    """An AutoencoderKL from a folder (a VAE folder, or a diffusers pipeline folder with vae/) or
-    a hub id."""
+    """An AutoencoderKL from a VAE folder, a diffusers pipeline folder with vae/, or a hub id."""
     from diffusers import AutoencoderKL
 
     path = Path(name).expanduser()

@@ -138,8 +138,7 @@ class CaptionMix:
         return captions[other], other, True
 
     def choose(self, org: str | None, re: str | None, more: dict, u: float) -> tuple[str, str]:
-        """(the caption a trainer's sample uses, the column it came from; "COLUMN (fallback)" when
-        the drawn one was blank)."""
+        """(the caption a trainer's sample uses, its column; "COLUMN (fallback)" when the drawn was blank)."""
         text, column, fell_back = self.pick({ORIGINAL: org, RECAPTION: re, **more}, u)
         return text or "", f"{column} (fallback)" if fell_back else column
 
@@ -188,8 +187,7 @@ def is_export(place: str) -> bool:
 
 
 def has_recaptions(item: str, recaption_field: str | None) -> bool:
-    """Whether DATA item offers recaptions without reading its samples: a named field, caption
-    output, or an export."""
+    """Whether a DATA item offers recaptions, unread: a named field, caption output, or an export."""
     if recaption_field:
         return True  # checked on the samples themselves (require_fields)
     places = pattern_places([item])
@@ -208,8 +206,7 @@ def check_mix_settings(config) -> None:
 
 def check_caption_sources(data: list[str], p: float, recaption_field: str | None, mix: str | None = None,
                           caption_field: str | None = None, uses: str | None = None) -> CaptionMix | None:
-    """Refuse, before streaming, a mix the data cannot give (`mix`: check_mix_columns, else
-    check_mix); returns the parsed mix."""
+    """Refuse a mix the data cannot give, before streaming; returns the parsed `mix` (or None)."""
     if mix:
         parsed = CaptionMix.parse(mix)
         check_mix_columns(data, parsed, recaption_field, caption_field)

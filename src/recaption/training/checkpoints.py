@@ -134,8 +134,7 @@ def save_checkpoint(folder: Path, parts: list, optimizer, scheduler, step: int,
 
 
 def save_final(output: Path, parts: list) -> None:
-    """The final model into OUTPUT: saved under a temporary folder, then each file and folder
-    renamed into place, so each one in OUTPUT is whole."""
+    """The final model into OUTPUT via a temporary folder, each file and folder renamed into place whole."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     tmp = Path(temporary_name(str(output / "final")))
