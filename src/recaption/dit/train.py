@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 
-from ..training import distributed
 from ..training.captions import CaptionMix, check_caption_sources, check_mix_settings
 from ..training.checkpoints import latest_checkpoint, require_same_recipe, save_final
 from ..training.data import Pair
@@ -177,12 +176,11 @@ def _transformer(config: DitTrainConfig, resume_from: str | None, codec, text_en
     return transformer, None
 
 
-def _train_dit(config: DitTrainConfig, out: Path, resume_from: str | None,
+def _train_dit(config: DitTrainConfig, out: Path, resume_from: str | None, ranks,
                progress: Callable[[dict], None] | None) -> dict:
     from diffusers import DDPMScheduler
     from transformers import get_constant_schedule_with_warmup
 
-    ranks = distributed.start(config.device)
     rank, device = ranks.rank, ranks.device
 
     text_encoder, codec = _frozen_parts(config, out, device)

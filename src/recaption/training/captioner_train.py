@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 
 from ..models.registry import PAPER_PROMPT
-from . import distributed
 from .checkpoints import CheckpointError, restore_optimizer, save_final
 from .inputs import load_pretrained, load_start, model_source, require_counts, require_model_type
 from .loop import TrainLoop, finish_run, resume, settings_of, train_into, trainer_stream
@@ -143,12 +142,11 @@ def train_captioner(config: CaptionerTrainConfig) -> dict:
     return train_into("train-captioner", config, _train_captioner)
 
 
-def _train_captioner(config: CaptionerTrainConfig, out: Path, resume_from: str | None) -> dict:
+def _train_captioner(config: CaptionerTrainConfig, out: Path, resume_from: str | None, ranks) -> dict:
     from transformers import AutoProcessor, LlavaForConditionalGeneration, get_cosine_schedule_with_warmup
 
     from ..models.registry import family_for
 
-    ranks = distributed.start(config.device)
     device = ranks.device
     model, processor = load_start(resume_from, config.model, _require_llava, lambda: fresh_llava(config),
                                   LlavaForConditionalGeneration.from_pretrained,

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 
-from . import distributed
 from .captions import check_caption_sources, check_mix_settings, is_caption_output
 from .checkpoints import save_final
 from .clips_recipe import clips_loss, clips_texts
@@ -121,14 +120,13 @@ def train_clip(config: ClipTrainConfig) -> dict:
     return train_into("train-clip", config, _train_clip)
 
 
-def _train_clip(config: ClipTrainConfig, out: Path, resume_from: str | None) -> dict:
+def _train_clip(config: ClipTrainConfig, out: Path, resume_from: str | None, ranks) -> dict:
     from transformers import AutoImageProcessor, AutoModel, AutoTokenizer, get_cosine_schedule_with_warmup
 
     uses = ("--recipe clips contrasts each image with its recaption too" if config.recipe == "clips"
             else "--concat joins each original caption with its recaption" if config.concat else None)
     mix = check_caption_sources(config.data, config.p, config.recaption_field, config.mix,
                                 config.caption_field, uses)
-    ranks = distributed.start(config.device)
     device = ranks.device
     model, tokenizer, processor = load_start(
         resume_from, config.model, check_dual_encoder, lambda: fresh_clip(config), AutoModel.from_pretrained,

@@ -20,6 +20,7 @@ from fsspec.implementations.local import LocalFileSystem
 from ..spine.atomic import write_json_atomic
 from ..spine.contract import output_errors
 from ..spine.errors import RecaptionError
+from . import distributed
 from .captions import CaptionMix
 from .checkpoints import (
     MODEL_WEIGHTS,
@@ -42,13 +43,14 @@ log = logging.getLogger(__name__)
 
 def train_into(command: str, config, body: Callable, weights: tuple[str, ...] = MODEL_WEIGHTS, *args):
     """The start every trainer shares: `config.output` through the output contract's checks, OS
-    errors there as one line, the newest checkpoint checked; then `body(config, out, resume_from, *args)`."""
+    errors there as one line, the newest checkpoint checked, this rank's process group joined (under
+    torchrun) and device picked; then `body(config, out, resume_from, ranks, *args)`."""
     out = check_output(config.output, command, config.data)
     with output_errors(config.output):
         resume_from = latest_checkpoint(out)
         if resume_from:
             check_checkpoint(resume_from, weights)
-        return body(config, out, resume_from, *args)
+        return body(config, out, resume_from, distributed.start(config.device), *args)
 
 
 def settings_of(config, names: tuple[str, ...]) -> dict:
