@@ -1,29 +1,7 @@
-"""Text-to-image evaluation of generated shards (what `generate` writes, or any img2dataset-layout
-images with their prompts as captions).
-
-eval_shapes(inputs)      shapes-world compositional alignment with no model (recaption.shapes.checker):
-                         per category (present, colour, count, exact, position, size, all), by
-                         complexity (1-4 objects) and by prompt style. The spec of each image is
-                         its json `spec` (prompts from recaption.shapes.prompts), else its json
-                         `objects` (the world's own shards: the truth), else its caption read as a
-                         world description.
-clip_scores(...)         CLIP score of each prompt against its image: 100 x cosine, with any
-                         transformers dual encoder (recaption.quality.clip.ClipScorer: tiny-clip,
-                         a folder, a hub id in the local cache).
-frechet_distance(a, b)   between two sets of features (Gaussian fit, as FID).
-eval_t2i(...)            all of them for generated shards, with a reference set for the Frechet
-                         distance. Its features come from `feature_model` (default: the same dual
-                         encoder's image tower, get_image_features before normalisation), never
-                         Inception, which is not here to download; so the number is an FD in that
-                         encoder's space (FD-CLIP, as Kynkaanniemi et al. 2023 argue for), not FID,
-                         and is comparable only between runs with the same encoder.
-
-Every sample read is accounted for: one whose image cannot be read is counted in the report
-("unreadable", by status, the first named) and warned about, never silently left out; the report
-also counts the images that carry generate's metadata (seed, guidance), and warns when some do
-not (a world's own shards, or other data mixed in, would be scored as if generated). Several
-generate folders may be read together although each holds 00000.tar (eval writes nothing per
-shard); one shard named twice is refused.
+"""Text-to-image evaluation of generated shards (docs/dit.md, "Evaluation"): the shapes checker
+with no model (`eval_shapes`), CLIP scores, the Frechet distance of a dual encoder's image
+features (an FD in that encoder's space, not FID), and all of them (`eval_t2i`). Every sample read
+is accounted for: an unreadable image is counted and warned about, never silently left out.
 """
 
 from __future__ import annotations
@@ -35,10 +13,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..readers import ColumnConfig, ShardError, discover_shards
+from ..readers import ColumnConfig, discover_shards
 from ..samples.images import decode_sample
 from ..shapes import checker
-from ..training.inputs import TrainingInputError
+from ..training.inputs import TrainingInputError, shard_errors
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +39,7 @@ class Generated:
 
 @dataclass
 class Unreadable:
-    """Samples read but not scored because their image could not be used: how many, by status,
-    and the first one (its shard, key and error)."""
+    """Samples read but not scored for an unusable image: how many, by status, and the first one."""
 
     count: int = 0
     by_status: Counter = field(default_factory=Counter)
@@ -87,15 +64,13 @@ class Unreadable:
 def read_images(inputs: list[str], max_images: int | None = None,
                 unreadable: Unreadable | None = None) -> Iterator[Generated]:
     """Images with their captions (prompts) and json fields, from shards of any kind (several
-    folders may hold shards of the same name). A sample whose image cannot be read is not
-    yielded: it is counted in `unreadable` when given."""
+    folders may hold shards of the same name); an unreadable one is counted in `unreadable`."""
     if max_images is not None and max_images < 1:
-        raise TrainingInputError(
-            f"--max-images {max_images}: must be at least 1 (leave it out to read every image)"
-        )
+        raise TrainingInputError(f"--max-images {max_images}: must be at least 1 (leave it out to read every "
+                                 "image)")
     count = 0
     for shard in discover_shards(list(inputs), ColumnConfig(extra=META_FIELDS), writes_by_name=False):
-        try:
+        with shard_errors():
             for sample in shard:
                 decode_sample(sample, max_side=4096)
                 if not sample.ok:
@@ -106,8 +81,6 @@ def read_images(inputs: list[str], max_images: int | None = None,
                 count += 1
                 if max_images is not None and count >= max_images:
                     return
-        except ShardError as exc:
-            raise TrainingInputError(f"broken shard {exc}") from None
 
 
 def spec_of(item: Generated) -> dict | None:
@@ -123,8 +96,7 @@ def spec_of(item: Generated) -> dict | None:
 
 
 def eval_shapes(inputs: list[str], max_images: int | None = None) -> dict:
-    """The checker over shapes-world images: rates overall, by complexity, by prompt style.
-    Samples whose image is unreadable are counted ("unreadable") and warned about."""
+    """The checker over shapes-world images: rates overall, by complexity, by prompt style."""
     unreadable = Unreadable()
     items = list(read_images(inputs, max_images, unreadable))
     unreadable.warn(", ".join(inputs))
@@ -145,10 +117,8 @@ def _shapes_summary(items: list[Generated], inputs: list[str]) -> dict:
         specs.append(spec)
         styles.append(item.meta.get("style") or "unknown")
     if not results:
-        raise TrainingInputError(
-            f"no image in {', '.join(inputs)} has a shapes-world prompt to check against "
-            "(a json spec or objects, or a world description as its caption)"
-        )
+        raise TrainingInputError(f"no image in {', '.join(inputs)} has a shapes-world prompt to check "
+                                 "against (a json spec or objects, or a world description as its caption)")
     summary = checker.summarise(results, specs, styles)
     summary["unscored"] = unscored
     summary["checker"] = "recaption.shapes.checker (no model; validated on world renders)"
@@ -166,20 +136,13 @@ def _provenance(items: list[Generated], where: str) -> dict:
     other = next(i for i in items if not i.from_generate)
     out["without_generate_metadata"] = {"count": len(items) - made, "first": f"{other.source} {other.key}"}
     if made:
-        log.warning(
-            "%s: %d of %d images carry no recap generate metadata (seed, guidance), e.g. %s %s; they are "
-            "scored together with the generated ones (name only generate's folders to score a model)",
-            where, len(items) - made, len(items), other.source, other.key,
-        )
+        log.warning("%s: %d of %d images carry no recap generate metadata (seed, guidance), e.g. %s %s; "
+                    "they are scored together with the generated ones (name only generate's folders to "
+                    "score a model)", where, len(items) - made, len(items), other.source, other.key)
     else:
-        log.warning(
-            "%s: none of the %d images carries recap generate metadata (seed, guidance): they are not "
-            "recap generate output (a world's own shards score as the truth)", where, len(items),
-        )
+        log.warning("%s: none of the %d images carries recap generate metadata (seed, guidance): they are "
+                    "not recap generate output (a world's own shards score as the truth)", where, len(items))
     return out
-
-
-# ---- any data ----
 
 
 def _scorer(model: str, device: str, batch_size: int):
@@ -226,32 +189,18 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     w, v = np.linalg.eigh(s_a)
     root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
     cross = np.linalg.eigvalsh(root_a @ s_b @ root_a)
-    value = (
-        ((mu_a - mu_b) ** 2).sum()
-        + np.trace(s_a)
-        + np.trace(s_b)
-        - 2 * np.sqrt(np.clip(cross, 0, None)).sum()
-    )
+    value = (((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b)
+             - 2 * np.sqrt(np.clip(cross, 0, None)).sum())
     return float(max(value, 0.0))
 
 
-def eval_t2i(
-    generated: list[str],
-    reference: list[str] | None = None,
-    *,
-    clip_model: str = "tiny-clip",
-    feature_model: str | None = None,
-    shapes: bool = True,
-    max_images: int | None = None,
-    device: str = "auto",
-    batch_size: int = 64,
-) -> dict:
+def eval_t2i(generated: list[str], reference: list[str] | None = None, *, clip_model: str = "tiny-clip",
+             feature_model: str | None = None, shapes: bool = True, max_images: int | None = None,
+             device: str = "auto", batch_size: int = 64) -> dict:
     """Prompt alignment of generated shards: the shapes checker (when the images carry shapes
     prompts), mean CLIP score with `clip_model`, and, given `reference` shards, the Frechet
     distance of `feature_model`'s image features (default: clip_model's) between the two sets.
-    The report counts the samples not scored for an unreadable image ("unreadable") and the images
-    that carry generate's metadata ("with_generate_metadata"); both are warned about when not
-    every image is readable and generated."""
+    The report counts unreadable samples and the images that carry generate's metadata."""
     where = ", ".join(generated)
     unreadable = Unreadable()
     items = list(read_images(generated, max_images, unreadable))
@@ -267,33 +216,24 @@ def eval_t2i(
         report["shapes"] = _shapes_summary(items, generated)
     scorer = _scorer(clip_model, device, batch_size)
     scored = [i for i in items if i.prompt]
-    values = [
-        v for v in clip_scores([i.image for i in scored], [i.prompt for i in scored], scorer) if v is not None
-    ]
-    report["clip_score"] = {
-        "mean": round(float(np.mean(values)), 4) if values else None,
-        "std": round(float(np.std(values)), 4) if values else None,
-        "images": len(values),
-        "unscored": len(items) - len(values),  # no prompt, or none the encoder could score
-        **scorer.provenance(),
-    }
+    values = [v for v in clip_scores([i.image for i in scored], [i.prompt for i in scored], scorer)
+              if v is not None]
+    report["clip_score"] = {"mean": round(float(np.mean(values)), 4) if values else None,
+                            "std": round(float(np.std(values)), 4) if values else None, "images": len(values),
+                            "unscored": len(items) - len(values),  # no prompt, or not scorable
+                            **scorer.provenance()}
     if reference:
-        features_scorer = (
-            scorer if feature_model in (None, clip_model) else _scorer(feature_model, device, batch_size)
-        )
+        same = feature_model in (None, clip_model)
+        features_scorer = scorer if same else _scorer(feature_model, device, batch_size)
         ref_unreadable = Unreadable()
         ref = [r.image for r in read_images(reference, max_images, ref_unreadable)]
         ref_unreadable.warn(", ".join(reference))
-        fd = frechet_distance(
-            image_features([i.image for i in items], features_scorer), image_features(ref, features_scorer)
-        )
+        fd = frechet_distance(image_features([i.image for i in items], features_scorer),
+                              image_features(ref, features_scorer))
         report["frechet_distance"] = {
-            "value": round(fd, 4),
-            "encoder": features_scorer.model_name,
-            "features": "get_image_features (projected, not normalised)",
-            "generated": len(items),
-            "reference": len(ref),
-            "reference_unreadable": ref_unreadable.count,
+            "value": round(fd, 4), "encoder": features_scorer.model_name,
+            "features": "get_image_features (projected, not normalised)", "generated": len(items),
+            "reference": len(ref), "reference_unreadable": ref_unreadable.count,
             "note": "an FD in this encoder's feature space, not Inception FID; compare runs with one encoder",
         }
     return report

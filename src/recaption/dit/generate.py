@@ -1,28 +1,8 @@
 """Prompts -> images with a trained DiT, written as an img2dataset-layout shard (so `recap score`,
-`report` and the evaluators read it) plus a contact sheet.
+`report` and the evaluators read it) plus a contact sheet beside the folder (docs/dit.md).
 
-Every image has its own noise generator, seeded from (seed, image number): a run is the same for
-the same seed, and an image does not depend on which batch it fell in (up to floating-point
-differences between batch sizes). Classifier-free guidance: eps = eps(empty text) + guidance x
-(eps(prompt) - eps(empty text)), guidance a finite number >= 0: 1 is the plain conditional model
-(no guidance), 0 the unconditional one (the prompt ignored), above 1 follows the prompt more
-closely; a negative scale would steer away from the prompt and is refused. Samplers: ddim (eta
-0), dpm (DPM-Solver++ multistep) or ddpm (ancestral, the paper's 250 steps), all configured from
-the DDPM schedule the model was trained with (so at most its train timesteps steps).
-
-Output:
-  OUTPUT/00000.tar ...          {key}.png, {key}.txt (the prompt), {key}.json (url, prompt,
-                                seed, guidance, steps, sampler, where the prompt came from
-                                (source_row: its row in a parquet file or list, with
-                                source_file; source_line: its line in a .txt/.jsonl), and
-                                whatever the prompt came with: a shapes prompt's spec, style,
-                                complexity; a field of the prompt's own that would clash with
-                                these is kept as source_<field>)
-  OUTPUT/generate.json          settings, counts, seconds, images/s; its presence marks the
-                                folder as generate's (only such a folder is ever overwritten)
-  OUTPUT-contact-sheet.png      the first images in a grid (a row per prompt when several per
-                                prompt); beside the folder, not in it, because readers take a
-                                folder's loose images as samples too
+Every image has its own noise generator, seeded from (seed, image number), so it does not depend
+on its batch. Classifier-free guidance: eps(empty) + guidance x (eps(prompt) - eps(empty)).
 """
 
 from __future__ import annotations
@@ -54,9 +34,6 @@ SAMPLERS = ("ddim", "dpm", "ddpm")
 GENERATE_JSON = "generate.json"
 
 
-# ---- sampling ----
-
-
 def image_seed(seed: int, number: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{number}".encode()).digest()[:8], "little") >> 1
 
@@ -67,13 +44,11 @@ MAX_GUIDANCE = 100.0
 
 
 def check_guidance(guidance: float) -> float:
-    """A scale in [0, MAX_GUIDANCE] (1: no guidance, 0: unconditional); NaN, infinity or a huge
-    one would give black images (float32 overflow), a negative one steers away from the prompt."""
+    """A scale in [0, MAX_GUIDANCE] (1: no guidance, 0: unconditional; a negative one would steer away)."""
     if not math.isfinite(guidance) or not 0 <= guidance <= MAX_GUIDANCE:
-        raise TrainingInputError(
-            f"--guidance {guidance}: give a number from 0 to {MAX_GUIDANCE:g} (1 = no guidance, 0 = ignore "
-            "the prompt, above 1 = follow it more closely; the paper: 10)"
-        )
+        raise TrainingInputError(f"--guidance {guidance}: give a number from 0 to {MAX_GUIDANCE:g} (1 = no "
+                                 "guidance, 0 = ignore the prompt, above 1 = follow it more closely; the "
+                                 "paper: 10)")
     return float(guidance)
 
 
@@ -87,14 +62,8 @@ def make_scheduler(dit: LoadedDit, sampler: str):
 
 
 @torch.no_grad()
-def sample(
-    dit: LoadedDit,
-    prompts: list[str],
-    seeds: list[int],
-    guidance: float = 4.0,
-    steps: int = 50,
-    sampler: str = "ddim",
-) -> torch.Tensor:
+def sample(dit: LoadedDit, prompts: list[str], seeds: list[int], guidance: float = 4.0, steps: int = 50,
+           sampler: str = "ddim") -> torch.Tensor:
     """uint8 images (B x 3 x H x W) for `prompts`, image i from noise seeded with seeds[i]."""
     check_guidance(guidance)
     device = next(dit.transformer.parameters()).device
@@ -112,9 +81,8 @@ def sample(
     for t in scheduler.timesteps:
         inputs = scheduler.scale_model_input(torch.cat([x, x]) if guided else x, t)
         timestep = t.expand(inputs.shape[0]).to(device)
-        eps = dit.transformer(
-            inputs, encoder_hidden_states=features, encoder_attention_mask=mask, timestep=timestep
-        ).sample
+        eps = dit.transformer(inputs, encoder_hidden_states=features, encoder_attention_mask=mask,
+                              timestep=timestep).sample
         if guided:
             uncond, cond = eps.chunk(2)
             eps = uncond + guidance * (cond - uncond)
@@ -138,13 +106,9 @@ def contact_sheet(images: list[bytes], columns: int = 8, pad: int = 2) -> Image.
     return sheet
 
 
-# ---- checks before any work ----
-
-
 def _check_model(model, steps: int, use_ema: bool) -> tuple[Path, bool]:
     """The DiT folder and whether its EMA weights will be used (asked for, and there); refused
-    here, before anything is loaded: a path that is not a DiT folder, more steps than the
-    model's train timesteps."""
+    before anything is loaded: not a DiT folder, more steps than its train timesteps."""
     folder = Path(model).expanduser()
     if not folder.exists():
         raise TrainingInputError(f"model {model}: no such folder (give a folder recap train-dit wrote)")
@@ -158,29 +122,19 @@ def _check_model(model, steps: int, use_ema: bool) -> tuple[Path, bool]:
     except (OSError, ValueError) as exc:
         raise TrainingInputError(f"model {model}: unreadable {config.name} ({exc})") from None
     if steps > timesteps:
-        raise TrainingInputError(
-            f"--steps {steps}: the model was trained with {timesteps} timesteps; give at most {timesteps}"
-        )
+        raise TrainingInputError(f"--steps {steps}: the model was trained with {timesteps} timesteps; give "
+                                 f"at most {timesteps}")
     return folder, use_ema and (folder / EMA).is_dir()
-
-
-def _visible(folder: Path) -> list[Path]:
-    """What a user sees in the folder: no hidden files, no temporaries a crash left."""
-    return sorted(p for p in folder.iterdir()
-                  if not p.name.startswith(".") and not p.name.endswith(TMP_SUFFIX))
 
 
 def check_output_folder(output, owner: str, overwrite: bool) -> tuple[Path, list[Path]]:
     """The output folder and the shards already in it (to replace): refused before any work when
-    it holds `owner`'s shards and not `overwrite`. Whether it may be written at all (a file in
-    the way, a read-only disk, files generate did not write) is the output contract's check."""
+    it holds `owner`'s shards and not `overwrite` (whether it may be written: the output contract)."""
     out = Path(output).expanduser()
     old = sorted(out.glob("*.tar")) if out.is_dir() else []
     if old and not overwrite:
-        raise TrainingInputError(
-            f"--output {output}: already holds {len(old)} shard(s) from an earlier {owner}; give a new "
-            "folder, or --overwrite to replace them"
-        )
+        raise TrainingInputError(f"--output {output}: already holds {len(old)} shard(s) from an earlier "
+                                 f"{owner}; give a new folder, or --overwrite to replace them")
     return out, old
 
 
@@ -192,7 +146,9 @@ def _made_by_generate(out) -> bool:
         listed = set(json.loads((folder / GENERATE_JSON).read_text()).get("shards") or [])
     except (OSError, ValueError, AttributeError):
         return False
-    return all(p.name == GENERATE_JSON or p.name in listed for p in _visible(folder))
+    # what a user sees in the folder: no hidden files, no temporaries a crash left
+    visible = (p for p in folder.iterdir() if not p.name.startswith(".") and not p.name.endswith(TMP_SUFFIX))
+    return all(p.name == GENERATE_JSON or p.name in listed for p in visible)
 
 
 # What `recap generate` writes (the output contract): a folder of image shards and generate.json.
@@ -222,43 +178,22 @@ def _sample_records(dit: LoadedDit, items: list[dict], images_per_prompt: int, b
     return records
 
 
-def _check_counts(**values: int) -> None:
-    for name, value in values.items():
+def generate(model: str | Path, prompts, output: str | Path, *, column: str | None = None, seed: int = 0,
+             images_per_prompt: int = 1, batch_size: int = 32, guidance: float = 4.0, steps: int = 50,
+             sampler: str = "ddim", use_ema: bool = True, device: str = "auto", shard_size: int = 10_000,
+             sheet_images: int = 64, sheet: str | Path | None = None,
+             progress: Callable[[int, int], None] | None = None, overwrite: bool = False) -> dict:
+    """Images for `prompts` (see load_prompts) from the DiT folder `model`, into `output`; returns
+    the summary also written to generate.json. Every input is checked before the model loads.
+    `output` must be new, empty, or generate's; one holding shards is refused unless `overwrite`
+    (then the old set's leftover shards are removed, so readers never mix two sets). `sheet`: the
+    contact sheet's path; `progress(done, total)` before the first batch and after each; `use_ema`:
+    the EMA weights when the folder has them (else the raw ones, with a warning)."""
+    counts = {"images-per-prompt": images_per_prompt, "batch-size": batch_size, "steps": steps,
+              "shard-size": shard_size}
+    for name, value in counts.items():
         if value < 1:
-            raise TrainingInputError(f"--{name.replace('_', '-')} {value}: must be at least 1")
-
-
-def generate(
-    model: str | Path,
-    prompts,
-    output: str | Path,
-    *,
-    column: str | None = None,
-    seed: int = 0,
-    images_per_prompt: int = 1,
-    batch_size: int = 32,
-    guidance: float = 4.0,
-    steps: int = 50,
-    sampler: str = "ddim",
-    use_ema: bool = True,
-    device: str = "auto",
-    shard_size: int = 10_000,
-    sheet_images: int = 64,
-    sheet: str | Path | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    overwrite: bool = False,
-) -> dict:
-    """Images for `prompts` (see load_prompts) from the DiT folder `model`, into `output`.
-    Returns the summary also written to generate.json. `sheet`: where the contact sheet goes
-    (default OUTPUT-contact-sheet.png). `progress(done, total)` before the first batch and after
-    each. Every input is
-    checked before the model is loaded. `output` must be new, empty, or a folder generate wrote
-    (it has generate.json); one that already holds shards is refused unless `overwrite` (then
-    shards of the old set left over are removed, so readers never mix two sets). `use_ema`: the
-    EMA weights when the folder has them (else the raw ones, with a warning; the summary says
-    which were used)."""
-    _check_counts(images_per_prompt=images_per_prompt, batch_size=batch_size, steps=steps,
-                  shard_size=shard_size)
+            raise TrainingInputError(f"--{name} {value}: must be at least 1")
     guidance = check_guidance(guidance)
     if sampler not in SAMPLERS:
         raise TrainingInputError(f"--sampler {sampler}: choose {', '.join(SAMPLERS)}")
@@ -280,21 +215,10 @@ def generate(
     records = _sample_records(dit, items, images_per_prompt, batch_size, seed, guidance, steps, sampler,
                               progress)
     seconds = time.perf_counter() - started
-    summary = {
-        "model": str(model),
-        "use_ema": use_ema,
-        "prompts": len(items),
-        "skipped_prompts": skipped,
-        "images": len(records),
-        "seed": seed,
-        "guidance": guidance,
-        "steps": steps,
-        "sampler": sampler,
-        "batch_size": batch_size,
-        "device": device,
-        "seconds": round(seconds, 3),
-        "images_per_s": round(len(records) / seconds, 3) if seconds > 0 else None,
-    }
+    summary = {"model": str(model), "use_ema": use_ema, "prompts": len(items), "skipped_prompts": skipped,
+               "images": len(records), "seed": seed, "guidance": guidance, "steps": steps, "sampler": sampler,
+               "batch_size": batch_size, "device": device, "seconds": round(seconds, 3),
+               "images_per_s": round(len(records) / seconds, 3) if seconds > 0 else None}
     # Only now is the folder made (a run that fails while sampling leaves none), through the
     # output contract: locked, and OS errors at the output as one line.
     with open_output(str(out), GENERATE, inputs):

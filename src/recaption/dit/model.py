@@ -1,25 +1,8 @@
-"""The parts of a Recap-DiT: the transformer, the frozen text encoder, the image codec (pixels or
-an AutoencoderKL's latents), EMA weights, and the folder they are saved in.
+"""The parts of a Recap-DiT and the folder they are saved in (docs/dit.md has its layout).
 
-transformer    diffusers' PixArtTransformer2DModel: patch embedding, adaLN-single timestep
-               conditioning, self-attention then cross-attention to the caption's token features
-               (through its caption projection) in every block. No class labels, no extra
-               resolution conditions. Its output layer starts at zero, as DiT's does.
-text encoder   any transformers text encoder, frozen: a CLIP / SigLIP dual encoder (its text
-               tower), a CLIPTextModel, a T5 encoder... The DiT attends to its last hidden states
-               (one feature per token, padding masked). Default: the built-in tiny-clip.
-codec          pixel space (images scaled to [-1, 1]) or latent space through a diffusers
-               AutoencoderKL folder (latents = (z - shift) x scaling_factor, as diffusers does).
-
-A trained DiT folder (what `train_dit` writes, and each checkpoint inside it):
-
-  dit.json                 what it is: space, image size, text encoder, the training recipe
-  transformer/             the trained weights (diffusers save_pretrained)
-  transformer_ema/         their exponential moving average (what generation uses by default)
-  scheduler/               the DDPMScheduler it was trained with
-  text_encoder/            the frozen text encoder and its tokenizer (in the run's folder only;
-                           a checkpoint uses its parent's)
-  vae/                     the AutoencoderKL, latent runs only (likewise)
+The transformer is diffusers' PixArtTransformer2DModel (cross-attention to the caption's token
+features in every block, its output layer zeroed as DiT's); the text encoder any frozen
+transformers text encoder; the codec pixel space ([-1, 1]) or an AutoencoderKL's latents.
 """
 
 from __future__ import annotations
@@ -39,48 +22,26 @@ log = logging.getLogger(__name__)
 DIT_JSON = "dit.json"
 FORMAT = "recaption-dit"
 VERSION = 1
-TRANSFORMER, EMA, SCHEDULER, TEXT_ENCODER, VAE = (
-    "transformer",
-    "transformer_ema",
-    "scheduler",
-    "text_encoder",
-    "vae",
-)
+TRANSFORMER, EMA, SCHEDULER = "transformer", "transformer_ema", "scheduler"
+TEXT_ENCODER, VAE = "text_encoder", "vae"
 WEIGHTS = f"{TRANSFORMER}/diffusion_pytorch_model.safetensors"
 
 
-# ---- the transformer ----
-
-
-def build_transformer(
-    sample_size: int,
-    patch_size: int,
-    in_channels: int,
-    layers: int,
-    heads: int,
-    head_dim: int,
-    caption_channels: int,
-    seed: int = 0,
-):
+def build_transformer(sample_size: int, patch_size: int, in_channels: int, layers: int, heads: int,
+                      head_dim: int, caption_channels: int, seed: int = 0):
     """A PixArtTransformer2DModel with random weights from `seed` (its output layer zeroed)."""
     from diffusers import PixArtTransformer2DModel
 
     if sample_size % patch_size:
         raise TrainingInputError(f"--patch-size {patch_size} does not divide the {sample_size} px input")
     torch.manual_seed(seed)
+    # out_channels: the noise only (fixed variance); the caption projection maps text features to
+    # cross_attention_dim
     model = PixArtTransformer2DModel(
-        num_attention_heads=heads,
-        attention_head_dim=head_dim,
-        in_channels=in_channels,
-        out_channels=in_channels,  # the noise only (fixed variance)
-        num_layers=layers,
-        sample_size=sample_size,
-        patch_size=patch_size,
-        cross_attention_dim=heads * head_dim,  # the caption projection maps text features to this
-        caption_channels=caption_channels,
-        use_additional_conditions=False,
-        norm_num_groups=1,
-    )
+        num_attention_heads=heads, attention_head_dim=head_dim, in_channels=in_channels,
+        out_channels=in_channels, num_layers=layers, sample_size=sample_size, patch_size=patch_size,
+        cross_attention_dim=heads * head_dim, caption_channels=caption_channels,
+        use_additional_conditions=False, norm_num_groups=1)
     torch.nn.init.zeros_(model.proj_out.weight)
     torch.nn.init.zeros_(model.proj_out.bias)
     return model
@@ -103,9 +64,6 @@ class Ema:
         torch._foreach_lerp_(ema, now, 1.0 - decay)
 
 
-# ---- the text encoder ----
-
-
 def resolve_text_encoder(name: str) -> str:
     """A folder or hub id from_pretrained can load: the built-in CLIPs by name, else as given."""
     from ..models.tiny_clip import builtin_clip
@@ -119,15 +77,13 @@ def resolve_text_encoder(name: str) -> str:
 class TextEncoder:
     """A frozen transformers text encoder: `encode(texts)` -> (features B x L x C, mask B x L)."""
 
-    def __init__(
-        self, source: str, device: str = "cpu", max_length: int | None = None, option: str = "--text-encoder"
-    ):
+    def __init__(self, source: str, device: str = "cpu", max_length: int | None = None,
+                 option: str = "--text-encoder"):
         from transformers import AutoModel, AutoTokenizer
 
         self.source = source
-        self.full = load_pretrained(
-            lambda s: AutoModel.from_pretrained(s, dtype=torch.float32), source, option
-        )
+        self.full = load_pretrained(lambda s: AutoModel.from_pretrained(s, dtype=torch.float32), source,
+                                    option)
         self.tokenizer = load_pretrained(AutoTokenizer.from_pretrained, source, option)
         self.tokenizer.padding_side = "right"  # absolute positions: the text starts at position 0
         self.encoder = getattr(self.full, "text_model", self.full).to(device).eval().requires_grad_(False)
@@ -139,9 +95,8 @@ class TextEncoder:
 
     @torch.no_grad()
     def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        ).to(self.device)
+        tokens = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+                                return_tensors="pt").to(self.device)
         out = self.encoder(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
         return out.last_hidden_state.float(), tokens["attention_mask"]
 
@@ -159,9 +114,6 @@ def pad_features(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.
         features.append(torch.nn.functional.pad(f, (0, 0, 0, extra)))
         masks.append(torch.nn.functional.pad(m, (0, extra)))
     return torch.cat(features), torch.cat(masks)
-
-
-# ---- pixels or latents ----
 
 
 class PixelCodec:
@@ -220,24 +172,18 @@ class LatentCodec:
 
 
 def load_vae(name: str, device: str = "cpu"):
-    """An AutoencoderKL from a folder (a VAE folder, or a diffusers pipeline folder with vae/) or
-    a hub id."""
+    """An AutoencoderKL from a VAE folder, a diffusers pipeline folder with vae/, or a hub id."""
     from diffusers import AutoencoderKL
 
     path = Path(name).expanduser()
-    subfolder = (
-        "vae" if (path / "vae" / "config.json").is_file() and not (path / "config.json").is_file() else None
-    )
+    pipeline = (path / "vae" / "config.json").is_file() and not (path / "config.json").is_file()
+    subfolder = "vae" if pipeline else None
     source = str(path) if path.exists() else name
     try:
         return AutoencoderKL.from_pretrained(source, subfolder=subfolder, low_cpu_mem_usage=False).to(device)
     except (OSError, ValueError, KeyError) as exc:
-        raise TrainingInputError(
-            f"--vae {name}: cannot load an AutoencoderKL ({' '.join(str(exc).split())})"
-        ) from None
-
-
-# ---- a trained DiT folder ----
+        why = " ".join(str(exc).split())
+        raise TrainingInputError(f"--vae {name}: cannot load an AutoencoderKL ({why})") from None
 
 
 class Part:
@@ -270,9 +216,8 @@ def read_meta(folder: Path) -> dict:
     if meta.get("format") != FORMAT:
         raise TrainingInputError(f"{path}: not a recaption DiT")
     if meta.get("version") != VERSION:
-        raise TrainingInputError(
-            f"{path}: DiT format version {meta.get('version')}; this recaption reads {VERSION}"
-        )
+        raise TrainingInputError(f"{path}: DiT format version {meta.get('version')}; this recaption reads "
+                                 f"{VERSION}")
     return meta
 
 
@@ -309,10 +254,7 @@ def load_dit(folder: str | Path, device: str = "cpu", use_ema: bool = True) -> L
     weights = folder / (EMA if use_ema and (folder / EMA).is_dir() else TRANSFORMER)
     transformer = PixArtTransformer2DModel.from_pretrained(weights, low_cpu_mem_usage=False).to(device).eval()
     text_encoder = TextEncoder(str(component(folder, TEXT_ENCODER)), device, meta.get("text_length"))
-    codec = (
-        LatentCodec(load_vae(str(component(folder, VAE)), device), device)
-        if meta["space"] == "latent"
-        else PixelCodec()
-    )
+    latent = meta["space"] == "latent"
+    codec = LatentCodec(load_vae(str(component(folder, VAE)), device), device) if latent else PixelCodec()
     scheduler = DDPMScheduler.from_pretrained(component(folder, SCHEDULER))
     return LoadedDit(transformer, text_encoder, codec, dict(scheduler.config), meta, folder)

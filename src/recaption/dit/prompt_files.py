@@ -1,8 +1,6 @@
-"""Prompts for `recap generate`, from wherever people keep them: a list, a .txt (a prompt a line,
-UTF-8, a BOM ignored), a .jsonl / .json list (objects with "prompt" or `column`), a parquet file
-or folder (`column`; `recap caption` output: re_caption or org_caption). Every prompt keeps where
-it came from (source_row / source_line, source_file); empty ones are skipped and counted; a bad
-file is one line naming the file, the line and the fix."""
+"""Prompts for `recap generate`, from wherever people keep them (see load_prompts). Every prompt
+keeps where it came from; empty ones are skipped and counted; a bad file is one line naming the
+file, the line and the fix."""
 
 from __future__ import annotations
 
@@ -27,11 +25,9 @@ Loaded = tuple[list[dict], int, str | None]  # prompts, rows skipped, the line t
 
 
 def looks_like_prompt_file(text: str) -> bool:
-    """Whether the command line's `prompts` argument names a prompt file rather than being one
-    prompt: it exists, or it has no whitespace and ends in a prompt-file suffix (.txt, .jsonl,
-    .json, .parquet) or "/", or has no whitespace and a "/" after an existing folder. So
-    "draw a circle/square" and "circle/square" are prompts, "prompts.txt" and "runs/typo" (with
-    runs/ there) are files, and a missing file is said to be missing instead of being drawn."""
+    """Whether the command line's `prompts` names a prompt file rather than being one prompt: it
+    exists, or has no whitespace and ends in a prompt-file suffix or "/", or a "/" after an existing
+    folder ("circle/square" is a prompt, "runs/typo" with runs/ there a missing file)."""
     path = Path(text).expanduser()
     if path.exists():
         return True
@@ -43,14 +39,11 @@ def looks_like_prompt_file(text: str) -> bool:
 
 
 def load_prompts(source, column: str | None = None) -> list[dict]:
-    """Prompts as dicts {"prompt": text, ...anything else to record with the image}, from:
-    a list of strings, of dicts with "prompt" (or `column`), or of shapes `Prompt`s; a .txt file
-    (a prompt a line); a .jsonl file (objects with "prompt", or with `column`; a .json file may
-    also hold one list); a parquet file or a folder of them (`column`, default "prompt";
-    `recap caption` output: re_caption or org_caption). Text files are read as UTF-8 (a BOM is
-    dropped). Rows whose prompt is null or blank are skipped, with one warning that counts them;
-    `generate` records in each image's json where its prompt came from (source_row in a list or
-    parquet file, with source_file; source_line in a text file), so images join back to rows."""
+    """Prompts as dicts {"prompt": text, ...anything else to record with the image}, from a list
+    (strings, dicts with "prompt" or `column`, shapes `Prompt`s), a UTF-8 .txt file (a prompt a
+    line), a .jsonl file (objects with "prompt" or `column`; a .json file may hold one list), a
+    parquet file or folder (`column`, default "prompt"). Null or blank prompts are skipped, with
+    one warning that counts them."""
     items, _, note = read_prompts(source, column)
     if note:
         log.warning("%s", note)
@@ -64,25 +57,20 @@ def read_prompts(source, column: str | None) -> Loaded:
     path = Path(source).expanduser()
     where = f"prompts {source}"
     if not path.exists():
-        raise TrainingInputError(
-            f"{where}: no such file or folder (give an existing prompt file, or a prompt in quotes)"
-        )
+        raise TrainingInputError(f"{where}: no such file or folder (give an existing prompt file, or a "
+                                 "prompt in quotes)")
     if path.is_dir() or path.suffix.lower() == ".parquet":
         return _from_parquet(path, column, where)
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
-        raise TrainingInputError(
-            f"{where}: a {suffix} file is not read as prompts; save them as .txt (one a line), "
-            ".jsonl or parquet"
-        )
+        raise TrainingInputError(f"{where}: a {suffix} file is not read as prompts; save them as .txt (one a "
+                                 "line), .jsonl or parquet")
     text = _read_text(path, where)
     if suffix in (".jsonl", ".json"):
         return _from_json(text, column, where, whole=suffix == ".json")
     if column:
-        raise TrainingInputError(
-            f"--column {column}: {path.name} is read as plain text (one prompt a line) and has no "
-            "columns; leave --column out, or give a .jsonl or parquet file"
-        )
+        raise TrainingInputError(f"--column {column}: {path.name} is read as plain text (one prompt a line) "
+                                 "and has no columns; leave --column out, or give a .jsonl or parquet file")
     lines = _lines(text)
     items = [{"prompt": line.strip(), "source_line": n} for n, line in enumerate(lines, 1) if line.strip()]
     if not items:
@@ -99,9 +87,8 @@ def _read_text(path: Path, where: str) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise TrainingInputError(
-            f"{where} line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); save it as UTF-8"
-        ) from None
+        raise TrainingInputError(f"{where} line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); save "
+                                 "it as UTF-8") from None
 
 
 def _from_json(text: str, column: str | None, where: str, whole: bool) -> Loaded:
@@ -120,10 +107,8 @@ def _from_json(text: str, column: str | None, where: str, whole: bool) -> Loaded
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as exc:
-            raise TrainingInputError(
-                f"{where} line {n}: not valid JSON ({exc.msg} column {exc.colno}); "
-                "a .jsonl file needs one JSON object per line"
-            ) from None
+            raise TrainingInputError(f"{where} line {n}: not valid JSON ({exc.msg} column {exc.colno}); a "
+                                     ".jsonl file needs one JSON object per line") from None
         except RecursionError:
             raise TrainingInputError(f"{where} line {n}: JSON nested too deeply; a prompt is an object "
                                      "or a string") from None
@@ -144,18 +129,16 @@ def _from_rows(rows, column: str | None, where: str, place: str, numbers) -> Loa
         if isinstance(row, str) and column is None:
             fields = {"prompt": row}
         elif isinstance(row, str):
-            raise TrainingInputError(
-                f"--column {column}: {at} is a plain string, which has no columns; leave --column out"
-            )
+            raise TrainingInputError(f"--column {column}: {at} is a plain string, which has no columns; "
+                                     "leave --column out")
         elif isinstance(row, dict):
             fields = dict(row)
         elif hasattr(row, "text") and hasattr(row, "spec"):  # recaption.shapes.prompts.Prompt
             fields = {"prompt": row.text, "spec": row.spec, "style": row.style, "index": row.index,
                       "complexity": row.complexity}
         else:
-            raise TrainingInputError(
-                f"{at}: a prompt must be a string or an object with {key!r}, not {_kind(row)}"
-            )
+            raise TrainingInputError(f"{at}: a prompt must be a string or an object with {key!r}, not "
+                                     f"{_kind(row)}")
         if key not in fields:
             has = ", ".join(map(str, fields)) or "nothing"
             raise TrainingInputError(f"{at}: no {key!r} (it has: {has}); name the prompt field with --column")
@@ -176,10 +159,8 @@ def _from_parquet(path: Path, column: str | None, where: str) -> Loaded:
 
     files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
     if not files:
-        raise TrainingInputError(
-            f"{where}: a folder with no parquet files in it (give a .txt, .jsonl or parquet file, "
-            "or a recap caption output folder)"
-        )
+        raise TrainingInputError(f"{where}: a folder with no parquet files in it (give a .txt, .jsonl or "
+                                 "parquet file, or a recap caption output folder)")
     name = column or "prompt"
     items, skipped, first = [], 0, None
     for f in files:
@@ -188,14 +169,12 @@ def _from_parquet(path: Path, column: str | None, where: str) -> Loaded:
             with open_regular(f) as fh:
                 schema = pq.read_schema(fh)
             if name not in schema.names:
-                raise TrainingInputError(
-                    f"{label}: no column {name!r} (columns: {', '.join(schema.names)}); name it with --column"
-                )
+                raise TrainingInputError(f"{label}: no column {name!r} (columns: {', '.join(schema.names)}); "
+                                         "name it with --column")
             kind = schema.field(name).type
             if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)):
-                raise TrainingInputError(
-                    f"{label}: column {name!r} holds {kind}, not text; name a text column with --column"
-                )
+                raise TrainingInputError(f"{label}: column {name!r} holds {kind}, not text; name a text "
+                                         "column with --column")
             keep = [c for c in (name, "key") if c in schema.names]
             with open_regular(f) as fh:
                 rows = pq.read_table(fh, columns=keep).to_pylist()
@@ -213,9 +192,8 @@ def _from_parquet(path: Path, column: str | None, where: str) -> Loaded:
 
 
 def _kind(value) -> str:
-    return {bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object"}.get(
-        type(value), f"a {type(value).__name__}"
-    )
+    kinds = {bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object"}
+    return kinds.get(type(value), f"a {type(value).__name__}")
 
 
 def _keep(fields: dict) -> dict:

@@ -1,20 +1,9 @@
 """Train a Recap-DiT: text-to-image diffusion on original captions, recaptions, or a mix.
 
-The paper's recipe (arXiv 2406.08478 v2, section 6), as defaults where it gives one: a DiT with
-the text encoder's features through cross-attention in every block; AdamW at a constant 1e-4, no
-warm-up, no weight decay; each sample uses its ORIGINAL caption with probability p, else its
-recaption (train-clip's p). Not given there, chosen here: caption dropout 0.1 for
-classifier-free guidance, EMA of the weights (decay 0.9999 with warm-up), gradient clipping at
-1.0, the DDPM linear noise schedule over 1000 steps (DiT's), and v-prediction rather than DiT's
-epsilon: in pixel space on a CPU budget an epsilon model learns fine detail but not the layout
-at high noise, where its errors are amplified into x0 (measured, docs/dit.md: 4 shapes images
-memorised for 3000 steps, sampled from pure noise: 0 of 8 right with epsilon, 7 of 8 with v).
-
-Pixel space for small images (the shapes world's 64 px), latent space through an AutoencoderKL
-(`vae`; the paper's 256 px through an f=8 VAE), each batch encoded by the VAE as it comes.
-Checkpoints (the DiT folder of recaption.dit.model plus the trainer state) every `save_every`
-steps, resume, the data stream (its loader workers decode and crop) and torchrun are every
-trainer's (training/loop.py).
+The paper's recipe (arXiv 2406.08478 v2, section 6) where it gives one; the rest chosen here
+(docs/dit.md has the table), v-prediction rather than DiT's epsilon among them: in pixel space on
+a CPU budget an epsilon model does not learn the layout at high noise (docs/dit.md, "Why
+v-prediction"). Pixel space for small images, else latents of an AutoencoderKL (`vae`).
 """
 
 from __future__ import annotations
@@ -28,23 +17,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from fsspec.implementations.local import LocalFileSystem
 
-from ..spine.atomic import temporary_name, write_json_atomic
-from ..training import distributed
-from ..training.captions import CaptionMix
-from ..training.checkpoints import _replace_folder, latest_checkpoint, require_same_recipe
+from ..training.captions import CaptionMix, check_caption_sources, check_mix_settings
+from ..training.checkpoints import latest_checkpoint, require_same_recipe, save_final
 from ..training.data import Pair
 from ..training.inputs import TrainingInputError, require_counts
-from ..training.loop import TrainLoop, finish_run, open_batches, resume, train_into, trainer_stream
-from .data import (
-    CAPTION_KINDS,
-    UNCAPTIONED,
-    SquarePixels,
-    check_caption_sources,
-    pick_caption,
-    pick_mixed_caption,
-)
+from ..training.loop import TrainLoop, finish_run, resume, train_into, trainer_stream
+from .data import CAPTION_KINDS, UNCAPTIONED, SquarePixels, pick_caption, pick_mixed_caption
 from .model import (
     EMA,
     FORMAT,
@@ -64,16 +43,14 @@ from .model import (
     load_vae,
     read_meta,
     resolve_text_encoder,
-)
+)  # fmt: skip
 
 log = logging.getLogger(__name__)
 
 # What a resumed run must share with the run it continues.
-_FIXED = (
-    "space", "image_size", "patch_size", "layers", "heads", "head_dim", "text_length", "p",
-    "caption_dropout", "train_timesteps", "beta_schedule", "prediction_type", "batch_size",
-    "snr_gamma", "lr", "weight_decay", "warmup", "mix",
-)  # fmt: skip
+_FIXED = ("space", "image_size", "patch_size", "layers", "heads", "head_dim", "text_length", "p",
+          "caption_dropout", "train_timesteps", "beta_schedule", "prediction_type", "batch_size", "snr_gamma",
+          "lr", "weight_decay", "warmup", "mix")
 # Runs from before these settings existed trained with these.
 _ADDED_DEFAULTS = {"snr_gamma": None, "mix": None}
 
@@ -109,16 +86,13 @@ class DitTrainConfig:
     seed: int = 0
     caption_field: str | None = None  # plain shards: where the original caption is (default .txt)
     recaption_field: str | None = None  # plain shards: a json field holding the recaption
-    # A mix over any caption columns instead of p (training/captions.CaptionMix), as train-clip's.
-    mix: str | None = None
+    mix: str | None = None  # a mix over any caption columns instead of p, as train-clip's
     device: str = "auto"
     extra: dict = field(default_factory=dict)  # anything to record in dit.json (experiment names)
     workers: int = 2  # loader processes that decode and crop (0: in this process); resume with the same
     shuffle_buffer: int = 1000  # samples each loader process shuffles among
 
     def __post_init__(self):
-        if not 0.0 <= self.p <= 1.0:
-            raise ValueError("p must be in [0, 1]")
         if not 0.0 <= self.caption_dropout < 1.0:
             raise ValueError("caption-dropout must be in [0, 1)")
         require_counts(self, ("steps", "batch_size", "save_every", "log_every", "image_size", "patch_size",
@@ -129,38 +103,7 @@ class DitTrainConfig:
             raise ValueError("snr-gamma must be positive")
         if self.mixed_precision not in ("no", "bf16"):
             raise ValueError("mixed-precision must be no or bf16")
-        if not self.data:
-            raise ValueError("no data given")
-        if self.mix is not None:
-            from ..training.captions import CaptionMix
-
-            self.mix = CaptionMix.parse(self.mix).spec  # MixError: one line naming the form
-
-
-def _save_parts(out: Path, parts: list) -> None:
-    """Each part into OUTPUT/<its name>, each folder renamed into place whole."""
-    out.mkdir(parents=True, exist_ok=True)
-    for part in parts:
-        if isinstance(part, JsonPart):
-            write_json_atomic(LocalFileSystem(), str(out / "dit.json"), part.payload)
-            continue
-        tmp = Path(temporary_name(str(out / part.name)))
-        try:
-            Part(part.obj, tmp.name).save_pretrained(out)
-            _replace_folder(tmp, out / part.name)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _noise_scheduler(config: DitTrainConfig, space: str):
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler(
-        num_train_timesteps=config.train_timesteps,
-        beta_schedule=config.beta_schedule,
-        prediction_type=config.prediction_type,
-        clip_sample=space == "pixel",  # x0 lies in [-1, 1] in pixel space only
-    )
+        check_mix_settings(self)
 
 
 def diffusion_loss(prediction, target, timesteps, noise_scheduler, config: DitTrainConfig):
@@ -185,10 +128,8 @@ def _every_rank(ranks, flag: bool) -> bool:
 
 
 def train_dit(config: DitTrainConfig, progress: Callable[[dict], None] | None = None) -> dict:
-    """Train (or resume) into config.output. `progress`, when given, is called every log_every
-    steps with {step, steps, loss, images_per_s, lr}. Returns {steps, losses, pairs, captions,
-    images_per_s, seconds}. A new output refused before its first checkpoint (data without
-    captions, a misspelt field) is removed again, so no half-made model folder is left."""
+    """Train (or resume) into config.output; `progress` as TrainLoop's. A new output refused before
+    its first checkpoint (data without captions, a misspelt field) is removed again."""
     out = Path(config.output).expanduser()
     fresh = not out.exists()
     try:
@@ -203,28 +144,21 @@ def _frozen_parts(config: DitTrainConfig, out: Path, device: str):
     """The text encoder and the pixel / latent codec: a run's own copies once it has them, so a
     resumed run uses the same ones; a size the codec and patch cannot tile is refused."""
     saved_encoder = out / TEXT_ENCODER
-    text_encoder = TextEncoder(
-        str(saved_encoder) if saved_encoder.is_dir() else resolve_text_encoder(config.text_encoder),
-        device,
-        config.text_length,
-    )
+    source = str(saved_encoder) if saved_encoder.is_dir() else resolve_text_encoder(config.text_encoder)
+    text_encoder = TextEncoder(source, device, config.text_length)
     if config.vae:
         codec = LatentCodec(load_vae(str(out / VAE) if (out / VAE).is_dir() else config.vae, device), device)
     else:
         codec = PixelCodec()
     if config.image_size % (codec.factor * config.patch_size):
-        raise TrainingInputError(
-            f"--image-size {config.image_size} is not a multiple of the VAE's factor {codec.factor} "
-            f"x --patch-size {config.patch_size}"
-        )
+        raise TrainingInputError(f"--image-size {config.image_size} is not a multiple of the VAE's factor "
+                                 f"{codec.factor} x --patch-size {config.patch_size}")
     width, patch_values = config.heads * config.head_dim, config.patch_size**2 * codec.channels
     if width < patch_values:
-        log.warning(
-            "width %d (heads x head-dim) < %d values per patch (patch %d x %d x %d channels): the patch "
-            "embedding cannot carry the noise through, so the loss stays high and samples stay noisy; "
-            "widen the model or use a smaller patch",
-            width, patch_values, config.patch_size, config.patch_size, codec.channels,
-        )  # fmt: skip
+        log.warning("width %d (heads x head-dim) < %d values per patch (patch %d x %d x %d channels): the "
+                    "patch embedding cannot carry the noise through, so the loss stays high and samples "
+                    "stay noisy; widen the model or use a smaller patch",
+                    width, patch_values, config.patch_size, config.patch_size, codec.channels)
     return text_encoder, codec
 
 
@@ -242,11 +176,11 @@ def _transformer(config: DitTrainConfig, resume_from: str | None, codec, text_en
     return transformer, None
 
 
-def _train_dit(config: DitTrainConfig, out: Path, resume_from: str | None,
+def _train_dit(config: DitTrainConfig, out: Path, resume_from: str | None, ranks,
                progress: Callable[[dict], None] | None) -> dict:
+    from diffusers import DDPMScheduler
     from transformers import get_constant_schedule_with_warmup
 
-    ranks = distributed.start(config.device)
     rank, device = ranks.rank, ranks.device
 
     text_encoder, codec = _frozen_parts(config, out, device)
@@ -266,20 +200,21 @@ def _train_dit(config: DitTrainConfig, out: Path, resume_from: str | None,
     transformer, ema_weights = _transformer(config, resume_from, codec, text_encoder, device)
     transformer.to(device).train()
     ema = Ema(transformer, config.ema_decay, ema_weights)
-    noise_scheduler = _noise_scheduler(config, codec.space)
+    noise_scheduler = DDPMScheduler(  # clip_sample: x0 lies in [-1, 1] in pixel space only
+        num_train_timesteps=config.train_timesteps, beta_schedule=config.beta_schedule,
+        prediction_type=config.prediction_type, clip_sample=codec.space == "pixel")
     if rank == 0:
         frozen = [] if (out / TEXT_ENCODER).is_dir() else [Part(text_encoder, TEXT_ENCODER)]
         if config.vae and not (out / VAE).is_dir():
             frozen.append(Part(codec.vae, VAE))
-        _save_parts(out, frozen + [Part(noise_scheduler, SCHEDULER)])
+        save_final(out, frozen + [Part(noise_scheduler, SCHEDULER)])
 
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     lr_schedule = get_constant_schedule_with_warmup(optimizer, config.warmup)
     torch.manual_seed(config.seed * 1000 + rank + 1)  # noise and timesteps (a resume restores its own)
-    resumed = resume(resume_from, ranks, device, optimizer, lr_schedule, stream, {}, (WEIGHTS,))
-    rng = resumed.rng or random.Random(config.seed * 1000 + rank)
+    resumed = resume(resume_from, ranks, config, optimizer, lr_schedule, stream, {}, (WEIGHTS,))
+    rng, batches = resumed.rng, resumed.batches
     captions = {**dict.fromkeys(CAPTION_KINDS, 0), **resumed.extra.get("captions", {})}
-    batches = open_batches(stream, config.workers, resumed, device)
     step_loss = _DiffusionStep(config, ranks, text_encoder, codec, noise_scheduler, ranks.wrap(transformer),
                                rng, captions, first=resumed.step == 0)
 
@@ -287,7 +222,7 @@ def _train_dit(config: DitTrainConfig, out: Path, resume_from: str | None,
         return [Part(transformer, TRANSFORMER), Part(ema.model, EMA), Part(noise_scheduler, SCHEDULER),
                 JsonPart({**meta, "step": step})]
 
-    loop = TrainLoop(ranks, device, out, optimizer, lr_schedule, list(transformer.parameters()), config.steps,
+    loop = TrainLoop(ranks, out, optimizer, lr_schedule, list(transformer.parameters()), config.steps,
                      config.log_every, config.save_every, parts=parts,
                      extra=lambda: {"losses": loop.losses, "captions": captions}, rng=rng,
                      grad_clip=config.grad_clip, after_step=lambda step: ema.update(transformer, step),
@@ -297,7 +232,7 @@ def _train_dit(config: DitTrainConfig, out: Path, resume_from: str | None,
     seconds = time.perf_counter() - started
     result = {"steps": step, "losses": loop.losses, "pairs": sum(s.samples for s in stream.shards),
               "captions": captions, "images_per_s": loop.images_per_s}
-    finish_run(ranks, batches, out, lambda: _save_parts(out, parts(step)),
+    finish_run(ranks, batches, out, lambda: save_final(out, parts(step)),
                {**result, "seconds_this_run": round(seconds, 2), "steps_this_run": step - resumed.step,
                 "device": device, "world_size": ranks.world_size, "threads": torch.get_num_threads(),
                 "config": asdict(config)})
@@ -305,10 +240,9 @@ def _train_dit(config: DitTrainConfig, out: Path, resume_from: str | None,
 
 
 class _DiffusionStep:
-    """One batch's loss: a caption drawn per sample (p, caption dropout; counted by kind), the
-    images encoded and noised at random timesteps, the transformer's prediction against the
-    noise (or velocity), weighted as the config says. A first batch with no caption at all,
-    on every rank, is refused: that data cannot train text-to-image."""
+    """One batch's loss: a caption drawn per sample (counted by kind), the images noised at random
+    timesteps, the prediction against the noise (or velocity). A first batch with no caption at
+    all, on every rank, is refused: that data cannot train text-to-image."""
 
     def __init__(self, config: DitTrainConfig, ranks, text_encoder, codec, noise_scheduler, trained,
                  rng: random.Random, captions: dict, first: bool):
@@ -330,11 +264,10 @@ class _DiffusionStep:
         for _, kind in drawn:
             self.captions[kind] = self.captions.get(kind, 0) + 1  # --mix: kinds are its columns
         if self.first and _every_rank(self.ranks, all(kind == UNCAPTIONED for _, kind in drawn)):
-            raise TrainingInputError(
-                f"no sample of the first batch has a caption (neither its own nor "
-                f"{config.recaption_field or 'a recaption'}): give captioned data (a .txt or a caption "
-                "column beside each image, --caption-field, --recaption-field, or recap caption output)"
-            )
+            raise TrainingInputError("no sample of the first batch has a caption (neither its own nor "
+                                     f"{config.recaption_field or 'a recaption'}): give captioned data (a "
+                                     ".txt or a caption column beside each image, --caption-field, "
+                                     "--recaption-field, or recap caption output)")
         self.first = False
         features, mask = self.text_encoder.encode([t for t, _ in drawn])
         x0 = self.codec.draw(self.codec.prepare(batch["pixels"]).to(self.device))
@@ -342,11 +275,8 @@ class _DiffusionStep:
         timesteps = torch.randint(0, config.train_timesteps, (len(drawn),), device=self.device)
         noisy = scheduler.add_noise(x0, noise, timesteps)
         with self.autocast:
-            prediction = self.trained(
-                noisy, encoder_hidden_states=features, encoder_attention_mask=mask, timestep=timesteps
-            ).sample
-        if config.prediction_type == "v_prediction":
-            target = scheduler.get_velocity(x0, noise, timesteps)
-        else:
-            target = noise
+            prediction = self.trained(noisy, encoder_hidden_states=features, encoder_attention_mask=mask,
+                                      timestep=timesteps).sample
+        v_prediction = config.prediction_type == "v_prediction"
+        target = scheduler.get_velocity(x0, noise, timesteps) if v_prediction else noise
         return diffusion_loss(prediction.float(), target, timesteps, scheduler, config)

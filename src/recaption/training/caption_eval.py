@@ -58,23 +58,13 @@ class CaptionScore:
         return self.colours_hallucinated / self.colours_named if self.colours_named else 0.0
 
     def summary(self) -> dict:
-        return {
-            "objects": self.objects,
-            "accuracy": round(self.accuracy, 4),
-            "hallucination": round(self.hallucination, 4),
-            "colour_hallucination": round(self.colour_hallucination, 4),
-        }
+        return {"objects": self.objects, "accuracy": round(self.accuracy, 4),
+                "hallucination": round(self.hallucination, 4),
+                "colour_hallucination": round(self.colour_hallucination, 4)}
 
 
-def evaluate_captioner(
-    model: str,
-    images: int = 200,
-    seed: int = 0,
-    start: int = 200_000,
-    device: str = "auto",
-    batch_size: int = 16,
-    examples: int = 3,
-) -> dict:
+def evaluate_captioner(model: str, images: int = 200, seed: int = 0, start: int = 200_000,
+                       device: str = "auto", batch_size: int = 16, examples: int = 3) -> dict:
     """Caption held-out shapes-world images with the paper's prompt and score them."""
     import io
 

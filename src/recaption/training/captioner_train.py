@@ -1,39 +1,24 @@
 """`recap train-captioner`: the LLaVA-1.5 recipe on transformers, for any LlavaForConditionalGeneration.
 
-  stage 1  projector only, on image-caption pairs (a brief-caption instruction -> the caption)
-  stage 2  projector + language model, on instruction conversations (the recaption prompt ->
-           the detailed description)
-The vision tower stays frozen throughout. Loss is on the answer tokens only (prompt and padding
-are masked). AdamW, warmup + cosine per stage; stage 2 continues the data stream where stage 1
-left it. Checkpoints (`checkpoint-s1-0000200`, ...; their state holds the stage too), resume,
-the data stream and torchrun are every trainer's (training/loop.py); the final model is saved to
-OUTPUT as a model folder `recap caption --model OUTPUT` loads.
-
-With no `--model`, a small LLaVA for the shapes world is built (64 px images, 8 px patches -> 64
-image tokens, LLaMA-3 template), its vision tower taken from `--vision-tower` (a CLIP folder,
-e.g. one `recap train-clip` made, as LLaVA takes CLIP's) or left random.
+Stage 1 trains the projector on image-caption pairs (a brief-caption instruction -> the caption),
+stage 2 the projector and language model on the recaption prompt -> the detailed description; the
+vision tower stays frozen and the loss is on the answer tokens only; OUTPUT ends as a model folder
+`recap caption --model OUTPUT` loads. With no `--model`, a small LLaVA for the shapes world is
+built, its vision tower from `--vision-tower` (a CLIP folder) or random.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from ..models.registry import PAPER_PROMPT
-from . import distributed
 from .checkpoints import CheckpointError, restore_optimizer, save_final
-from .inputs import (
-    load_pretrained,
-    load_start,
-    model_source,
-    require_counts,
-    require_model_type,
-)
-from .loop import TrainLoop, finish_run, open_batches, resume, train_into, trainer_stream
+from .inputs import load_pretrained, load_start, model_source, require_counts, require_model_type
+from .loop import TrainLoop, finish_run, resume, settings_of, train_into, trainer_stream
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +72,8 @@ def fresh_llava(config: CaptionerTrainConfig, image_size: int = 64, patch: int =
         image_size, patch = vision.image_size, vision.patch_size
     else:
         vision = toy_vision_config(image_size, patch, intermediate=256)
-    heads = max(1, config.width // 32)
-    model = small_llava(
-        tokenizer, vision, config.width, config.layers, 3 * config.width, heads, 512, config.seed
-    )
+    model = small_llava(tokenizer, vision, config.width, config.layers, 3 * config.width,
+                        max(1, config.width // 32), 512, config.seed)
     if clip is not None:
         model.model.vision_tower.load_state_dict(clip.vision_model.state_dict(), strict=False)
     return model, llava_processor(tokenizer, image_size, patch, tokenizer.chat_template)
@@ -129,12 +112,7 @@ class ConversationBatcher:
         input_ids = torch.tensor([s + [pad] * (width - len(s)) for s in sequences])
         mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences])
         label_ids = torch.tensor([lab + [-100] * (width - len(lab)) for lab in labels])
-        return {
-            "input_ids": input_ids,
-            "attention_mask": mask,
-            "labels": label_ids,
-            "pixel_values": pixels,
-        }
+        return {"input_ids": input_ids, "attention_mask": mask, "labels": label_ids, "pixel_values": pixels}
 
 
 def trainable(model, stage: int) -> list:
@@ -150,13 +128,8 @@ def trainable(model, stage: int) -> list:
     return params
 
 
-# What a resumed train-captioner run must share with the run it continues (steps may grow; the
-# data stream's settings are checked by its position, training/stream.py).
+# What a resumed run must share with the run it continues (steps may grow).
 RECIPE_FIELDS = ("stage1_field", "stage2_field", "prompt", "stage1_lr", "stage2_lr", "warmup")
-
-
-def captioner_recipe(config: CaptionerTrainConfig) -> dict:
-    return {k: getattr(config, k) for k in RECIPE_FIELDS}
 
 
 def _require_llava(source: str, option: str, name: str) -> None:
@@ -169,19 +142,15 @@ def train_captioner(config: CaptionerTrainConfig) -> dict:
     return train_into("train-captioner", config, _train_captioner)
 
 
-def _train_captioner(config: CaptionerTrainConfig, out: Path, resume_from: str | None) -> dict:
+def _train_captioner(config: CaptionerTrainConfig, out: Path, resume_from: str | None, ranks) -> dict:
     from transformers import AutoProcessor, LlavaForConditionalGeneration, get_cosine_schedule_with_warmup
 
     from ..models.registry import family_for
 
-    ranks = distributed.start(config.device)
-    rank, device = ranks.rank, ranks.device
-    if resume_from or config.model:
-        model, processor = load_start(resume_from, config.model, _require_llava,
-                                      LlavaForConditionalGeneration.from_pretrained,
-                                      AutoProcessor.from_pretrained)
-    else:
-        model, processor = fresh_llava(config)
+    device = ranks.device
+    model, processor = load_start(resume_from, config.model, _require_llava, lambda: fresh_llava(config),
+                                  LlavaForConditionalGeneration.from_pretrained,
+                                  AutoProcessor.from_pretrained)
     model.to(device)
     batcher = ConversationBatcher(processor, family_for(model.config.model_type))
     stream = trainer_stream(
@@ -192,23 +161,22 @@ def _train_captioner(config: CaptionerTrainConfig, out: Path, resume_from: str |
           " (stage 2 trains on that detailed description; a `recap export` folder holds its recaption "
           "as re_caption: --stage2-field re_caption)")],
     )
-    resumed = resume(resume_from, ranks, device, None, None, stream, captioner_recipe(config))
+    recipe = settings_of(config, RECIPE_FIELDS)
+    resumed = resume(resume_from, ranks, config, None, None, stream, recipe)
     state = resumed.extra or None
     if state and state.get("stage") not in (1, 2):
         raise CheckpointError(f"{resume_from}: its stage is {state.get('stage')!r}, not 1 or 2; "
                               "train into a new --output")
     stage, step = (state["stage"], resumed.step) if state else (1, 0)
-    rng = resumed.rng or random.Random(config.seed * 1000 + rank)
-    batches = open_batches(stream, config.workers, resumed, device)
+    batches = resumed.batches
     history: dict[str, list[float]] = state["history"] if state else {"stage1": [], "stage2": []}
     for current in (1, 2):
         total = config.stage1_steps if current == 1 else config.stage2_steps
         if current < stage or total == 0:
             continue
         params = trainable(model, current)
-        optimizer = torch.optim.AdamW(
-            params, lr=config.stage1_lr if current == 1 else config.stage2_lr, weight_decay=0.0
-        )
+        optimizer = torch.optim.AdamW(params, lr=config.stage1_lr if current == 1 else config.stage2_lr,
+                                      weight_decay=0.0)
         scheduler = get_cosine_schedule_with_warmup(optimizer, min(config.warmup, total // 2), total)
         if state and current == stage:
             restore_optimizer(resume_from, state, optimizer, scheduler)
@@ -225,11 +193,11 @@ def _train_captioner(config: CaptionerTrainConfig, out: Path, resume_from: str |
             inputs = {k: v.to(device) for k, v in batcher(batch["pixels"], instruction, targets).items()}
             return trained(**inputs).loss
 
-        loop = TrainLoop(ranks, device, out, optimizer, scheduler, params, total, config.log_every,
-                         config.save_every, parts=lambda step: [model, processor],
+        loop = TrainLoop(ranks, out, optimizer, scheduler, params, total, config.log_every, config.save_every,
+                         parts=lambda step: [model, processor],
                          extra=lambda current=current: {"stage": current, "history": history,
-                                                        "settings": captioner_recipe(config)},
-                         rng=rng, label=f"stage {current} ",
+                                                        "settings": recipe},
+                         rng=resumed.rng, label=f"stage {current} ",
                          checkpoint_name=lambda step, current=current: f"checkpoint-s{current}-{step:07d}",
                          losses=history[f"stage{current}"])
         step = loop.run(batches, step, step_loss)

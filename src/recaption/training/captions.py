@@ -1,20 +1,9 @@
 """Which captions a training sample offers: the one rule train-clip, train-captioner and
-train-dit share.
+train-dit share (docs/recipes.md), and `CaptionMix`, the draw of one of them per sample.
 
-A sample offers an original caption (the alt-text) and, where the data has one, a recaption:
-- a `recap export` tar: its `.json` holds both (`org_caption`, `re_caption` and every pass
-  column; `caption_source` marks the export), whatever the `.txt` was chosen to hold;
-- `recap caption` output: its rows (joined by key to the images, stream_sources);
-- other shards: the shard's caption, and the recaption in the json field or column the user
-  names (`--recaption-field`).
-A mix that asks for recaptions (p < 1) of data that has none is refused before training
-(`check_mix`), never trained silently on alt-text alone.
-
-Beyond the pair, a sample offers any other caption column the data has (`offered_captions`): a
-caption pass's `re_caption_<name>` in caption output or an export's .json, a json field of a
-plain shard. A `CaptionMix` (`mix:re_caption=0.5,org_caption=0.3,re_caption_short=0.2`, or the
-paper's `mix:p=P`) draws one of them per sample: `recap export --caption`, `train-clip --mix` and
-`train-dit --mix` all draw through `CaptionMix.pick`.
+A sample offers an original caption and, where the data has one, a recaption: an export's .json
+holds both, caption output its rows, other shards the json field or column `--recaption-field`
+names. A mix that asks for recaptions of data that has none is refused before training.
 """
 
 from __future__ import annotations
@@ -31,7 +20,7 @@ from ..samples.sample import Sample, as_text
 from ..schema import NOT_CAPTIONS
 from ..spine.contract import read_stamp
 from ..spine.ledger import OutputDir
-from .inputs import TrainingInputError
+from .inputs import TrainingInputError, shard_errors
 
 EXPORT_MARK = "caption_source"  # a field every `recap export` .json has
 ORIGINAL, RECAPTION = "org_caption", "re_caption"
@@ -39,25 +28,22 @@ ORIGINAL, RECAPTION = "org_caption", "re_caption"
 
 def reader_fields(recaption_field: str | None, caption_field: str | None = None,
                   columns: tuple[str, ...] = ()) -> tuple[str, ...]:
-    """The json fields / columns a reader must hand over for `offered` (and the named fields, and
-    a mix's other columns)."""
+    """The json fields / columns a reader must hand over for `offered_captions`."""
     fields = (EXPORT_MARK, ORIGINAL, RECAPTION, recaption_field, caption_field, *columns)
     return tuple(dict.fromkeys(f for f in fields if f))
 
 
 def offered(sample: Sample, recaption_field: str | None = None,
             caption_field: str | None = None) -> tuple[str | None, str | None]:
-    """(original caption, recaption) of one sample, by the rule above; a field the user named
-    (`caption_field`, read into sample.org_caption by the reader) wins over the export's."""
+    """(original caption, recaption) of one sample, by the rule above."""
     captions = offered_captions(sample, (ORIGINAL, RECAPTION), recaption_field, caption_field)
     return captions[ORIGINAL], captions[RECAPTION]
 
 
 def offered_captions(sample: Sample, columns: tuple[str, ...], recaption_field: str | None = None,
                      caption_field: str | None = None) -> dict[str, str | None]:
-    """Each of `columns` as this sample offers it (None: it has none): org_caption and re_caption
-    by the rule above, any other column from the export's .json or the shard's json field / column
-    of that name (the reader hands over those named in `reader_fields`)."""
+    """Each of `columns` as this sample offers it (None: it has none); a field the user named
+    (`caption_field`, read into sample.org_caption by the reader) wins over the export's."""
     extra = sample.extra
     exported = extra.get(EXPORT_MARK) is not None
     captions: dict[str, str | None] = {}
@@ -82,17 +68,14 @@ _EXAMPLE = "mix:re_caption=0.5,org_caption=0.3,re_caption_short=0.2"
 
 
 def _exact(weight: float) -> str:
-    """A weight as a spec shows it: short (`0.5`, `1`), but always reading back as the same float
-    (the spec is parsed again when training starts)."""
+    """A weight as a spec shows it: short (`0.5`, `1`), but reading back as the same float."""
     short = f"{weight:g}"
     return short if float(short) == weight else repr(weight)
 
 
 @dataclass(frozen=True)
 class CaptionMix:
-    """Which caption a sample uses: column i with probability weights[i]; the weights sum to 1.
-    `mix:p=P` is the paper's mix: the ORIGINAL caption with probability P, else the recaption (so
-    `p` alone is that form, never a column's name)."""
+    """Which caption a sample uses: column i with probability weights[i] (docs/recipes.md)."""
 
     spec: str  # as recorded (exports' markers, trainers' settings)
     weights: tuple[tuple[str, float], ...]
@@ -100,8 +83,7 @@ class CaptionMix:
     @classmethod
     def parse(cls, spec: str, option: str = "--mix") -> CaptionMix:
         """`mix:COL=W,COL=W,...` (the `mix:` prefix optional) or `mix:p=P`; MixError (one line,
-        naming the fix) for a weight outside [0, 1], a column named twice, weights that do not
-        sum to 1 (within 1e-6: they are never rescaled silently)."""
+        naming the fix) for anything else."""
         text = str(spec or "").strip().replace(" ", "")
         spec = spec if str(spec).isprintable() else repr(spec)  # a message stays one line
         body = "" if text == "mix" else text.removeprefix("mix:")
@@ -155,6 +137,11 @@ class CaptionMix:
             return captions.get(column), column, False
         return captions[other], other, True
 
+    def choose(self, org: str | None, re: str | None, more: dict, u: float) -> tuple[str, str]:
+        """(the caption a trainer's sample uses, its column; "COLUMN (fallback)" when the drawn was blank)."""
+        text, column, fell_back = self.pick({ORIGINAL: org, RECAPTION: re, **more}, u)
+        return text or "", f"{column} (fallback)" if fell_back else column
+
 
 def keyed_draw(key: str | None, seed: int) -> float:
     """A uniform draw in [0, 1) fixed by (seed, key): an export writes the same caption on a rerun."""
@@ -200,12 +187,32 @@ def is_export(place: str) -> bool:
 
 
 def has_recaptions(item: str, recaption_field: str | None) -> bool:
-    """Whether DATA item offers recaptions without reading its samples: a named field, caption
-    output, or an export."""
+    """Whether a DATA item offers recaptions, unread: a named field, caption output, or an export."""
     if recaption_field:
         return True  # checked on the samples themselves (require_fields)
     places = pattern_places([item])
     return all(is_caption_output(p) or is_export(p) for p in places)
+
+
+def check_mix_settings(config) -> None:
+    """A trainer config's p and data checked (ValueError), its --mix in the form it is recorded in."""
+    if not 0.0 <= config.p <= 1.0:
+        raise ValueError("p must be in [0, 1]")
+    if not config.data:
+        raise ValueError("no data given")
+    if config.mix is not None:
+        config.mix = CaptionMix.parse(config.mix).spec  # MixError: one line naming the form
+
+
+def check_caption_sources(data: list[str], p: float, recaption_field: str | None, mix: str | None = None,
+                          caption_field: str | None = None, uses: str | None = None) -> CaptionMix | None:
+    """Refuse a mix the data cannot give, before streaming; returns the parsed `mix` (or None)."""
+    if mix:
+        parsed = CaptionMix.parse(mix)
+        check_mix_columns(data, parsed, recaption_field, caption_field)
+        return parsed
+    check_mix(data, p, recaption_field, uses)
+    return None
 
 
 def check_mix(data: list[str], p: float, recaption_field: str | None, uses: str | None = None) -> None:
@@ -217,18 +224,16 @@ def check_mix(data: list[str], p: float, recaption_field: str | None, uses: str 
     if lacking:
         why = uses or f"p={p:g} trains on recaptions {1 - p:.0%} of the time"
         way_out = "" if uses else "; or --p 1"
-        raise TrainingInputError(
-            f"{why}, but {', '.join(map(str, lacking))} offers none: give `recap caption` output, a "
-            "`recap export` folder, or --recaption-field (the json field or column holding them; the "
-            f"shapes world's shards: description){way_out}"
-        )
+        raise TrainingInputError(f"{why}, but {', '.join(map(str, lacking))} offers none: give `recap "
+                                 "caption` output, a `recap export` folder, or --recaption-field (the json "
+                                 "field or column holding them; the shapes world's shards: "
+                                 f"description){way_out}")
 
 
 def check_mix_columns(data: list[str], mix: CaptionMix, recaption_field: str | None = None,
                       caption_field: str | None = None, look: int = 64) -> None:
     """Refuse, in one line, a mix naming a column some item of DATA does not offer: caption output
-    by its parquet schema; exports and plain shards by their first `look` samples (a column no one
-    of them has a caption in is taken as missing)."""
+    by its parquet schema, other data by its first `look` samples."""
     for item in data:
         item = str(item)
         if is_caption_output(item):
@@ -248,11 +253,11 @@ def check_mix_columns(data: list[str], mix: CaptionMix, recaption_field: str | N
 
 def _missing_in_samples(item: str, columns: tuple[str, ...], recaption_field: str | None,
                         caption_field: str | None, look: int) -> list[str]:
-    from ..readers import ColumnConfig, ShardError, discover_shards
+    from ..readers import ColumnConfig, discover_shards
 
     extra = reader_fields(recaption_field, caption_field, columns)
     missing = list(columns)
-    try:
+    with shard_errors():
         for shard in discover_shards([item], ColumnConfig(caption=caption_field, extra=extra),
                                      writes_by_name=False)[:1]:
             for seen, sample in enumerate(shard):
@@ -261,6 +266,4 @@ def _missing_in_samples(item: str, columns: tuple[str, ...], recaption_field: st
                 if sample.ok:
                     captions = offered_captions(sample, tuple(missing), recaption_field, caption_field)
                     missing = [c for c in missing if _blank(captions[c])]
-    except ShardError as exc:
-        raise TrainingInputError(f"broken shard {exc}") from None
     return missing

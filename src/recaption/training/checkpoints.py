@@ -1,19 +1,8 @@
-"""Checkpoints shared by the trainers, with no pickle anywhere.
-
-A checkpoint is a folder: the model folder (safetensors, tokenizer, processor) plus the trainer
-state in two files,
-
-  trainer_state.json         step, scheduler, optimizer hyper-parameters, stage, loss history...
-                             (the structure, with each tensor replaced by a reference)
-  trainer_state.safetensors  the tensors: optimizer moments, and every rank's RNG states
-                             (Python's Mersenne Twister words, torch CPU / CUDA generator states)
-
-so resuming restores everything a run needs to continue exactly as if never stopped, and
-loading a checkpoint can never run code. The folder is written under a temporary name and
-renamed, so it is there whole or not at all; `latest_checkpoint` finds the one to resume from.
-
-Checkpoints of older versions kept the trainer state in trainer_state.pt, a pickle: those are
-refused with a message, never unpickled (a planted file would run code).
+"""Checkpoints shared by the trainers, with no pickle anywhere: a folder holding the model folder
+plus the trainer state (trainer_state.json: the structure, each tensor replaced by a reference;
+trainer_state.safetensors: the tensors, every rank's RNG states among them), so loading one can
+never run code. Written under a temporary name and renamed: there whole or not at all. Older
+versions' trainer_state.pt (a pickle) is refused with a message, never unpickled.
 """
 
 from __future__ import annotations
@@ -47,9 +36,6 @@ class CheckpointError(TrainingInputError):
     """A checkpoint that cannot be resumed from (an old pickle one, an incomplete folder)."""
 
 
-# ---- state trees (dicts, lists, tuples, numbers, strings, tensors) <-> JSON + tensors ----
-
-
 def _encode(value, tensors: dict, name: str):
     if isinstance(value, torch.Tensor):
         key = name if name not in tensors else f"{name}#{len(tensors)}"
@@ -59,12 +45,8 @@ def _encode(value, tensors: dict, name: str):
         plain = all(isinstance(k, str) for k in value) and not {_TENSOR, _TUPLE, _ITEMS} & set(value)
         if plain:
             return {k: _encode(v, tensors, f"{name}.{k}") for k, v in value.items()}
-        return {
-            _ITEMS: [
-                [_encode(k, tensors, f"{name}.key{i}"), _encode(v, tensors, f"{name}.{k}")]
-                for i, (k, v) in enumerate(value.items())
-            ]
-        }
+        return {_ITEMS: [[_encode(k, tensors, f"{name}.key{i}"), _encode(v, tensors, f"{name}.{k}")]
+                         for i, (k, v) in enumerate(value.items())]}
     if isinstance(value, tuple):
         return {_TUPLE: [_encode(v, tensors, f"{name}.{i}") for i, v in enumerate(value)]}
     if isinstance(value, list):
@@ -88,20 +70,14 @@ def _decode(value, tensors: dict):
     return value
 
 
-# ---- random number generators ----
-
-
 def rng_tensors(rng: random.Random, device: str) -> dict[str, torch.Tensor]:
-    """This process's RNG states as tensors: the trainer's random.Random (batch and caption
-    draws) and torch's generators (dropout and the like)."""
+    """This process's RNG states as tensors: the trainer's random.Random and torch's generators."""
     version, words, gauss = rng.getstate()
     if version != 3:
         raise TypeError(f"unexpected random.Random state version {version}")
-    states = {
-        "python": torch.tensor(words, dtype=torch.int64),
-        "python_gauss": torch.tensor([math.nan if gauss is None else gauss], dtype=torch.float64),
-        "torch": torch.get_rng_state(),
-    }
+    states = {"python": torch.tensor(words, dtype=torch.int64),
+              "python_gauss": torch.tensor([math.nan if gauss is None else gauss], dtype=torch.float64),
+              "torch": torch.get_rng_state()}
     if str(device).startswith("cuda"):
         states["cuda"] = torch.cuda.get_rng_state(torch.device(device))
     return states
@@ -118,9 +94,6 @@ def restore_rng(states: dict[str, torch.Tensor], device: str) -> random.Random:
     return rng
 
 
-# ---- writing ----
-
-
 def _replace_folder(tmp: Path, folder: Path) -> None:
     """Rename a finished folder into place (an existing one is moved aside first, then deleted)."""
     old = None
@@ -132,18 +105,10 @@ def _replace_folder(tmp: Path, folder: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def save_checkpoint(
-    folder: Path,
-    parts: list,
-    optimizer,
-    scheduler,
-    step: int,
-    rng_states: list[dict[str, torch.Tensor]],
-    **extra,
-) -> None:
-    """`parts` are objects with save_pretrained (model, tokenizer, processor); `rng_states` holds
-    one `rng_tensors` dict per rank, in rank order; `extra` is anything else the trainer resumes
-    with (JSON-able values and tensors)."""
+def save_checkpoint(folder: Path, parts: list, optimizer, scheduler, step: int,
+                    rng_states: list[dict[str, torch.Tensor]], **extra) -> None:
+    """`parts` have save_pretrained (model, tokenizer, processor); `rng_states` holds one
+    `rng_tensors` dict per rank, in rank order; `extra`: JSON-able values and tensors."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -153,15 +118,10 @@ def save_checkpoint(
         for part in parts:
             part.save_pretrained(tmp)
         tensors: dict[str, torch.Tensor] = {}
-        payload = {
-            "format": FORMAT,
-            "version": VERSION,
-            "step": step,
-            "world_size": len(rng_states),
-            "optimizer": _encode(optimizer.state_dict(), tensors, "optimizer"),
-            "scheduler": _encode(scheduler.state_dict(), tensors, "scheduler"),
-            "extra": _encode(extra, tensors, "extra"),
-        }
+        payload = {"format": FORMAT, "version": VERSION, "step": step, "world_size": len(rng_states),
+                   "optimizer": _encode(optimizer.state_dict(), tensors, "optimizer"),
+                   "scheduler": _encode(scheduler.state_dict(), tensors, "scheduler"),
+                   "extra": _encode(extra, tensors, "extra")}
         for rank, states in enumerate(rng_states):
             for key, value in states.items():
                 tensors[f"rng.{rank}.{key}"] = value.detach().cpu().contiguous()
@@ -174,8 +134,7 @@ def save_checkpoint(
 
 
 def save_final(output: Path, parts: list) -> None:
-    """The final model into OUTPUT: saved under a temporary folder, then each file renamed into
-    place, so every file in OUTPUT is whole."""
+    """The final model into OUTPUT via a temporary folder, each file and folder renamed into place whole."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     tmp = Path(temporary_name(str(output / "final")))
@@ -183,34 +142,27 @@ def save_final(output: Path, parts: list) -> None:
         for part in parts:
             part.save_pretrained(tmp)
         for path in sorted(tmp.iterdir()):
-            os.replace(path, output / path.name)
+            (_replace_folder if path.is_dir() else os.replace)(path, output / path.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-# ---- reading ----
 
 
 MODEL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 
 
 def check_checkpoint(folder: str | Path, weights: tuple[str, ...] = MODEL_WEIGHTS) -> Path:
-    """Refuse, in one line, a checkpoint that cannot be resumed from: one written by an older
-    version (trainer state in a pickle, never loaded), or an incomplete or foreign folder.
-    `weights`: paths inside the folder of which one must be there (the model's weights)."""
+    """Refuse, in one line, a checkpoint that cannot be resumed from: an older version's (a pickle,
+    never loaded), an incomplete or foreign folder. `weights`: one of them must be there."""
     folder = Path(folder)
     has_state = (folder / STATE_JSON).is_file() and (folder / STATE_TENSORS).is_file()
     if not has_state:
         if (folder / LEGACY_STATE).exists():
-            raise CheckpointError(
-                f"{folder} was written by an older recaption: its trainer state is a pickle "
-                f"({LEGACY_STATE}), which is never loaded because unpickling can run code; delete "
-                "that checkpoint folder to resume from an earlier one, or train into a new --output"
-            )
-        raise CheckpointError(
-            f"{folder}: no {STATE_JSON} and {STATE_TENSORS}, so not a complete checkpoint; delete "
-            "it to resume from an earlier one, or train into a new --output"
-        )
+            raise CheckpointError(f"{folder} was written by an older recaption: its trainer state is a "
+                                  f"pickle ({LEGACY_STATE}), which is never loaded because unpickling can "
+                                  "run code; delete that checkpoint folder to resume from an earlier one, "
+                                  "or train into a new --output")
+        raise CheckpointError(f"{folder}: no {STATE_JSON} and {STATE_TENSORS}, so not a complete checkpoint; "
+                              "delete it to resume from an earlier one, or train into a new --output")
     if not any((folder / name).is_file() for name in weights):
         raise CheckpointError(f"{folder}: no {weights[0]}; not a complete checkpoint (delete it)")
     for name in weights:
@@ -222,8 +174,7 @@ def check_checkpoint(folder: str | Path, weights: tuple[str, ...] = MODEL_WEIGHT
 
 
 def _check_tensors_readable(path: Path) -> None:
-    """A safetensors file whose header and tensors are all there (a truncated copy is refused
-    in one line, not by a traceback from deep inside from_pretrained)."""
+    """A safetensors file whose header and tensors are all there (a truncated copy: one line)."""
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -231,18 +182,15 @@ def _check_tensors_readable(path: Path) -> None:
             for key in f.keys():
                 f.get_slice(key)
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(
-            f"{path}: unreadable tensors ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
-            "delete that checkpoint folder to resume from an earlier one, or train into a new --output"
-        ) from None
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path}: unreadable tensors ({why}); delete that checkpoint folder to resume "
+                              "from an earlier one, or train into a new --output") from None
 
 
-def load_state(
-    folder: str | Path, rank: int = 0, world_size: int = 1, weights: tuple[str, ...] = MODEL_WEIGHTS
-) -> dict:
-    """The trainer state of a checkpoint: optimizer and scheduler state dicts, step, the extra
-    values saved with it, and `rng`: this rank's RNG states for `restore_rng`. Every field is
-    checked before use (validate_state): a wrong one is a CheckpointError naming file and field."""
+def load_state(folder: str | Path, rank: int = 0, world_size: int = 1,
+               weights: tuple[str, ...] = MODEL_WEIGHTS) -> dict:
+    """A checkpoint's optimizer and scheduler states, step, extra values, and `rng`: this rank's
+    RNG states. Every field is checked before use: a wrong one is a CheckpointError naming it."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -255,23 +203,16 @@ def load_state(
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{folder / STATE_JSON}: not a recaption trainer state")
     if payload.get("version") != VERSION:
-        raise CheckpointError(
-            f"{folder / STATE_JSON}: trainer state version {payload.get('version')}; "
-            f"this recaption reads version {VERSION}"
-        )
+        raise CheckpointError(f"{folder / STATE_JSON}: trainer state version {payload.get('version')}; this "
+                              f"recaption reads version {VERSION}")
     validate_state(folder, payload)
     if payload["world_size"] != world_size:
-        raise CheckpointError(
-            f"{folder} was written by a run of {payload['world_size']} process(es); resume it with "
-            f"as many (torchrun --nproc_per_node {payload['world_size']}), not {world_size}"
-        )
+        raise CheckpointError(f"{folder} was written by a run of {payload['world_size']} process(es); resume "
+                              f"it with as many (torchrun --nproc_per_node {payload['world_size']}), not "
+                              f"{world_size}")
     try:
-        state = {
-            "step": payload["step"],
-            "optimizer": _decode(payload["optimizer"], tensors),
-            "scheduler": _decode(payload["scheduler"], tensors),
-            **_decode(payload["extra"], tensors),
-        }
+        state = {"step": payload["step"], "optimizer": _decode(payload["optimizer"], tensors),
+                 "scheduler": _decode(payload["scheduler"], tensors), **_decode(payload["extra"], tensors)}
     except KeyError as exc:
         raise CheckpointError(f"{folder}: trainer state is missing {exc}") from None
     except (TypeError, ValueError) as exc:  # a reference or pair that is not what we write
@@ -285,16 +226,14 @@ def load_state(
 
 
 def validate_state(folder: Path, payload: dict) -> None:
-    """Each field of a trainer state as the trainers use it: `step` a whole number >= 0 (and the
-    one in the folder's name), `world_size` >= 1, optimizer / scheduler / extra mappings."""
+    """Each field of a trainer state as the trainers use it (`step` also the folder name's)."""
     where = folder / STATE_JSON
 
     def wrong(field: str, expected: str) -> CheckpointError:
         value = json.dumps(payload.get(field), default=str)[:60]
-        return CheckpointError(
-            f"{where}: field {field!r} is {value}, not {expected}; the checkpoint was altered or is damaged: "
-            "delete that checkpoint folder to resume from an earlier one, or train into a new --output"
-        )
+        return CheckpointError(f"{where}: field {field!r} is {value}, not {expected}; the checkpoint was "
+                               "altered or is damaged: delete that checkpoint folder to resume from an "
+                               "earlier one, or train into a new --output")
 
     for field, expected in (("step", "a whole number >= 0"), ("world_size", "a whole number >= 1")):
         value = payload.get(field)
@@ -310,9 +249,8 @@ def validate_state(folder: Path, payload: dict) -> None:
 
 def require_same_recipe(folder: str | Path, recorded: Mapping | None, current: Mapping,
                         added_later: Mapping | None = None) -> None:
-    """A resume must train as the run it continues: the settings its checkpoint recorded (those
-    missing from older checkpoints count as `added_later` says) equal the current ones, or one
-    line names each difference. A checkpoint that recorded none (older versions) is trusted."""
+    """The settings a checkpoint recorded (those missing from older ones as `added_later` says)
+    equal the current ones, or one line names each difference; none recorded (older versions): trusted."""
     if recorded is None:
         return
     if not isinstance(recorded, Mapping):
@@ -320,29 +258,24 @@ def require_same_recipe(folder: str | Path, recorded: Mapping | None, current: M
     then = {k: recorded.get(k, (added_later or {}).get(k)) for k in current}
     if then != dict(current):
         differences = "; ".join(describe_differences(then, current))
-        raise TrainingInputError(
-            f"{Path(folder).parent} holds a run with other settings ({differences}); "
-            "train into a new --output, or give the same settings to resume it"
-        )
+        raise TrainingInputError(f"{Path(folder).parent} holds a run with other settings ({differences}); "
+                                 "train into a new --output, or give the same settings to resume it")
 
 
 def restore_optimizer(folder: str | Path, state: dict, optimizer, scheduler) -> None:
-    """Load a checkpoint's optimizer and scheduler states; states that do not fit this model
-    (altered, or from another model) are one line, not a traceback."""
+    """Load a checkpoint's optimizer and scheduler states; states that do not fit: one line."""
     planned = list(getattr(scheduler, "base_lrs", []))  # this run's learning rates
     try:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
     except (ValueError, KeyError, TypeError, IndexError, RuntimeError, AttributeError) as exc:
-        raise CheckpointError(
-            f"{folder}: its optimizer state does not fit this model ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}); train into a new --output"
-        ) from None
+        raise CheckpointError(f"{folder}: its optimizer state does not fit this model "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                              "train into a new --output") from None
     if planned and list(scheduler.base_lrs) != planned:
-        raise CheckpointError(
-            f"{folder}: its scheduler's learning rates {list(scheduler.base_lrs)} are not this run's "
-            f"{planned}; the checkpoint was altered or is damaged: delete that checkpoint folder"
-        )
+        raise CheckpointError(f"{folder}: its scheduler's learning rates {list(scheduler.base_lrs)} are not "
+                              f"this run's {planned}; the checkpoint was altered or is damaged: delete that "
+                              "checkpoint folder")
 
 
 def latest_checkpoint(output: Path, prefix: str = "checkpoint-") -> str | None:

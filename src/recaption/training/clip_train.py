@@ -1,15 +1,9 @@
 """`recap train-clip`: contrastive training of a transformers CLIPModel on original/recaption mixes.
 
-The paper's mixing (Recap-CLIP): each sample uses its ORIGINAL caption with probability p and
-its recaption with probability 1 - p, drawn anew every time the sample is seen; `concat` trains
-on "original recaption" instead. Text length defaults to the paper's 128 tokens (the text
-encoder's positions are set to it when the model is built fresh). AdamW, linear warmup then
-cosine decay, gradient clipping. Checkpoints every `save_every` steps, resume, the data stream
-and torchrun are every trainer's (training/loop.py). `load_pairs` (everything in memory) is kept
-for the benchmarks that compare the stream with it.
-
-`recipe="clips"` trains the CLIPS way instead (clips_recipe.py): each image contrasted with its
-alt-text and with a partial recaption, two losses added; p and concat do not apply.
+Each sample uses its ORIGINAL caption with probability p, else its recaption, drawn anew each time
+it is seen (the paper's Recap-CLIP); `concat` trains on both joined, `mix` draws any caption
+columns, `recipe="clips"` trains the CLIPS way (clips_recipe.py). `load_pairs` (everything in
+memory) is kept for the benchmarks that compare the stream with it.
 """
 
 from __future__ import annotations
@@ -22,13 +16,12 @@ from pathlib import Path
 
 import torch
 
-from . import distributed
-from .captions import CaptionMix, check_mix, check_mix_columns, is_caption_output
+from .captions import check_caption_sources, check_mix_settings, is_caption_output
 from .checkpoints import save_final
 from .clips_recipe import clips_loss, clips_texts
 from .data import Pair, check_fields, image_text_pairs, recaptioned_pairs
 from .inputs import TrainingInputError, check_dual_encoder, load_start, require_counts
-from .loop import TrainLoop, finish_run, open_batches, resume, train_into, trainer_stream
+from .loop import TrainLoop, finish_run, resume, settings_of, train_into, trainer_stream
 
 log = logging.getLogger(__name__)
 
@@ -58,27 +51,20 @@ class ClipTrainConfig:
     workers: int = 2  # loader processes that decode and preprocess (0: in this process)
     shuffle_buffer: int = 1000  # samples each loader worker shuffles among (encoded images)
     recipe: str = "recap"  # recap: the paper's p mixing; clips: alt-text + partial recaption, two losses
-    # A mix over any caption columns instead of p (training/captions.CaptionMix):
-    # "mix:re_caption=0.5,org_caption=0.3,re_caption_short=0.2"; drawn per sample per step.
-    mix: str | None = None
+    mix: str | None = None  # a mix over any caption columns instead of p (training/captions.CaptionMix)
     partial_words: int = 32  # clips: the longest block of a recaption sentence kept
 
     def __post_init__(self):
-        if not 0.0 <= self.p <= 1.0:
-            raise ValueError("p must be in [0, 1]")
         require_counts(self, ("batch_size", "save_every", "log_every", "text_length", "width", "layers",
                               "partial_words"), ("steps", "warmup", "workers", "shuffle_buffer"))
-        if not self.data:
-            raise ValueError("no data given")
         if self.recipe not in ("recap", "clips"):
             raise ValueError(f"--recipe {self.recipe}: choose recap or clips")
         if self.recipe == "clips" and self.concat:
             raise ValueError("--concat is a recap-recipe setting; --recipe clips uses both captions already")
-        if self.mix is not None:
-            if self.concat or self.recipe != "recap":
-                raise ValueError("--mix draws one caption per sample: it goes with --recipe recap, without "
-                                 "--concat")
-            self.mix = CaptionMix.parse(self.mix).spec  # MixError: one line naming the form
+        if self.mix is not None and (self.concat or self.recipe != "recap"):
+            raise ValueError("--mix draws one caption per sample: it goes with --recipe recap, without "
+                             "--concat")
+        check_mix_settings(self)
 
 
 def choose_caption(pair: Pair, p: float, concat: bool, rng: random.Random) -> tuple[str, str]:
@@ -93,14 +79,6 @@ def choose_caption(pair: Pair, p: float, concat: bool, rng: random.Random) -> tu
     return pair.re or pair.org or "", "fallback"
 
 
-def mixed_caption(mix: CaptionMix, org: str | None, re: str | None, more: dict,
-                  rng: random.Random) -> tuple[str, str]:
-    """(the caption a sample trains with this time, the column it came from; "COLUMN (fallback)"
-    when the drawn one was empty): --mix's draw, with the trainer's RNG."""
-    text, column, fell_back = mix.pick({"org_caption": org, "re_caption": re, **more}, rng.random())
-    return text or "", f"{column} (fallback)" if fell_back else column
-
-
 def load_pairs(config: ClipTrainConfig) -> list[Pair]:
     """Every pair decoded, in memory (the DiT trainer's data; train_clip streams)."""
     pairs: list[Pair] = []
@@ -111,9 +89,8 @@ def load_pairs(config: ClipTrainConfig) -> list[Pair]:
         else:
             plain.append(item)
     if plain:
-        from_shards = list(
-            image_text_pairs(plain, config.caption_field, recaption_field=config.recaption_field)
-        )
+        from_shards = list(image_text_pairs(plain, config.caption_field,
+                                            recaption_field=config.recaption_field))
         check_fields(from_shards, plain, caption=config.caption_field, recaption=config.recaption_field)
         pairs += from_shards
     if not pairs:
@@ -126,28 +103,16 @@ def fresh_clip(config: ClipTrainConfig):
     image processor at `image_size`, text positions = text_length."""
     from ..models.tiny_clip import small_clip
 
-    return small_clip(
-        width=config.width,
-        intermediate=4 * config.width,
-        heads=max(1, config.width // 32),
-        layers=config.layers,
-        image_size=config.image_size,
-        patch_size=max(4, config.image_size // 8),
-        projection_dim=config.width,
-        text_length=config.text_length,
-        seed=config.seed,
-    )
+    return small_clip(width=config.width, intermediate=4 * config.width, heads=max(1, config.width // 32),
+                      layers=config.layers, image_size=config.image_size,
+                      patch_size=max(4, config.image_size // 8), projection_dim=config.width,
+                      text_length=config.text_length, seed=config.seed)
 
 
-# What a resumed train-clip run must share with the run it continues (the checkpoint records it).
-# --steps may grow (train longer); the data stream's settings (batch size, seed, ...) are checked
-# by the stream's own position (training/stream.py).
+# What a resumed run must share with the run it continues (--steps may grow; the data stream's
+# settings are checked by its position, training/stream.py).
 RECIPE_FIELDS = ("recipe", "p", "concat", "partial_words", "text_length", "lr", "weight_decay", "warmup",
                  "caption_field", "recaption_field", "mix")
-
-
-def clip_recipe(config: ClipTrainConfig) -> dict:
-    return {k: getattr(config, k) for k in RECIPE_FIELDS}
 
 
 def train_clip(config: ClipTrainConfig) -> dict:
@@ -155,48 +120,39 @@ def train_clip(config: ClipTrainConfig) -> dict:
     return train_into("train-clip", config, _train_clip)
 
 
-def _train_clip(config: ClipTrainConfig, out: Path, resume_from: str | None) -> dict:
+def _train_clip(config: ClipTrainConfig, out: Path, resume_from: str | None, ranks) -> dict:
     from transformers import AutoImageProcessor, AutoModel, AutoTokenizer, get_cosine_schedule_with_warmup
 
     uses = ("--recipe clips contrasts each image with its recaption too" if config.recipe == "clips"
             else "--concat joins each original caption with its recaption" if config.concat else None)
-    mix = CaptionMix.parse(config.mix) if config.mix else None
-    if mix is None:
-        check_mix(config.data, config.p, config.recaption_field, uses)
-    else:  # every column the mix names, in every item of DATA
-        check_mix_columns(config.data, mix, config.recaption_field, config.caption_field)
-    ranks = distributed.start(config.device)
-    rank, device = ranks.rank, ranks.device
-    if resume_from or config.model:
-        model, tokenizer, processor = load_start(resume_from, config.model, check_dual_encoder,
-                                                 AutoModel.from_pretrained, AutoTokenizer.from_pretrained,
-                                                 AutoImageProcessor.from_pretrained)
-    else:
-        model, tokenizer, processor = fresh_clip(config)
+    mix = check_caption_sources(config.data, config.p, config.recaption_field, config.mix,
+                                config.caption_field, uses)
+    device = ranks.device
+    model, tokenizer, processor = load_start(
+        resume_from, config.model, check_dual_encoder, lambda: fresh_clip(config), AutoModel.from_pretrained,
+        AutoTokenizer.from_pretrained, AutoImageProcessor.from_pretrained)
     tokenizer.padding_side = "right"
     model.to(device).train()
     stream = trainer_stream(config, processor, ranks, out)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup, config.steps)
-    resumed = resume(resume_from, ranks, device, optimizer, scheduler, stream, clip_recipe(config))
-    rng = resumed.rng or random.Random(config.seed * 1000 + rank)
-    batches = open_batches(stream, config.workers, resumed, device)
+    recipe = settings_of(config, RECIPE_FIELDS)
+    resumed = resume(resume_from, ranks, config, optimizer, scheduler, stream, recipe)
+    rng, batches = resumed.rng, resumed.batches
     trained = ranks.wrap(model)
-    window = min(
-        config.text_length, getattr(model.config.text_config, "max_position_embeddings", config.text_length)
-    )
+    window = min(config.text_length,
+                 getattr(model.config.text_config, "max_position_embeddings", config.text_length))
 
     trained_on: Counter = Counter()  # which caption each trained sample had: the mix as it happened
 
     def step_loss(batch: dict) -> torch.Tensor:
-        # the p draw (or the CLIPS partial recaption) happens here, with the trainer's RNG
-        # (saved and restored with each checkpoint)
+        # the p draw (or the CLIPS partial recaption) happens here, with the checkpointed RNG
         if config.recipe == "clips":
             originals, partials = clips_texts(batch["org"], batch["re"], rng, config.partial_words)
             texts = originals + partials  # one forward: every image against both text sets
         else:
             if mix is not None:
-                drawn = [mixed_caption(mix, org, re, more, rng)
+                drawn = [mix.choose(org, re, more, rng.random())
                          for org, re, more in zip(batch["org"], batch["re"], batch["more"], strict=True)]
             else:
                 drawn = [choose_caption(Pair(key, None, org, re), config.p, config.concat, rng)
@@ -205,17 +161,14 @@ def _train_clip(config: ClipTrainConfig, out: Path, resume_from: str | None) -> 
             trained_on.update(source for _, source in drawn)
         tokens = tokenizer(texts, padding=True, truncation=True, max_length=window, return_tensors="pt")
         tokens = tokens.to(device)
-        output = trained(
-            input_ids=tokens["input_ids"],
-            attention_mask=tokens["attention_mask"],
-            pixel_values=batch["pixels"].to(device, non_blocking=True),
-            return_loss=config.recipe == "recap",
-        )
+        output = trained(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"],
+                         pixel_values=batch["pixels"].to(device, non_blocking=True),
+                         return_loss=config.recipe == "recap")
         return clips_loss(output.logits_per_image) if config.recipe == "clips" else output.loss
 
-    loop = TrainLoop(ranks, device, out, optimizer, scheduler, list(model.parameters()), config.steps,
+    loop = TrainLoop(ranks, out, optimizer, scheduler, list(model.parameters()), config.steps,
                      config.log_every, config.save_every, parts=lambda step: [model, tokenizer, processor],
-                     extra=lambda: {"settings": clip_recipe(config)}, rng=rng)
+                     extra=lambda: {"settings": recipe}, rng=rng)
     step = loop.run(batches, resumed.step, step_loss)
     result = {"steps": step, "losses": loop.losses, "pairs": sum(s.samples for s in stream.shards),
               "captions_trained_on": dict(sorted(trained_on.items()))}

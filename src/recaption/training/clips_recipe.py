@@ -1,12 +1,7 @@
-"""The CLIPS recipe (arXiv 2411.16828, from the Recap-DataComp-1B group), beside the paper's
-Recap-CLIP mixing: each image is contrasted twice in one step, with its original alt-text and
-with a PARTIAL recaption, and the two contrastive losses are added.
-
-Partial recaption: one sentence of the recaption drawn at random, then, if it is longer than
-`block_words` words, a random block of `block_words` consecutive words of it (block masking: the
-rest of the sentence is masked out). CLIPS found that shorter, partial synthetic captions train
-the contrastive objective better than whole long ones. A sample with no recaption uses its
-alt-text in both places (and one with no alt-text its recaption), so nothing is dropped.
+"""The CLIPS recipe (arXiv 2411.16828): each image contrasted twice in one step, with its alt-text
+and with a PARTIAL recaption (one sentence, then a random block of `block_words` words of it),
+the two contrastive losses added. A sample with no recaption uses its alt-text in both places
+(and one with no alt-text its recaption), so nothing is dropped.
 """
 
 from __future__ import annotations

@@ -1,20 +1,16 @@
-"""Image-text pairs for training and evaluation, from any shards or from a caption output folder.
-
-image_text_pairs(inputs)    tars / parquet / folders: the caption (or a json field) and a label
-recaptioned_pairs(outdir)   `recap caption` output: each row's original caption and recaption,
-                            with the image read from the row's input shard
-"""
+"""Image-text pairs in memory, for evaluation: from any shards (`image_text_pairs`: the caption
+or a json field, and a label) or from `recap caption` output (`recaptioned_pairs`)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ..readers import ColumnConfig, ShardError, discover_shards
+from ..readers import ColumnConfig, discover_shards
 from ..samples.images import decode_sample
 from ..spine.ledger import OutputDir
 from .captions import offered, reader_fields
-from .inputs import TrainingInputError
+from .inputs import TrainingInputError, shard_errors
 
 
 @dataclass
@@ -29,41 +25,25 @@ class Pair:
     has_caption_field: bool = False
 
 
-def image_text_pairs(
-    inputs: list[str],
-    caption_field: str | None = None,
-    label_field: str | None = None,
-    recaption_field: str | None = None,
-    max_side: int = 512,
-) -> Iterator[Pair]:
+def image_text_pairs(inputs: list[str], caption_field: str | None = None, label_field: str | None = None,
+                     recaption_field: str | None = None, max_side: int = 512) -> Iterator[Pair]:
     extra = reader_fields(recaption_field, caption_field) + ((label_field,) if label_field else ())
-    columns = ColumnConfig(caption=caption_field, extra=extra)
-    for shard in discover_shards(inputs, columns):
-        try:
+    for shard in discover_shards(inputs, ColumnConfig(caption=caption_field, extra=extra)):
+        with shard_errors():
             for sample in shard:
                 decode_sample(sample, max_side=max_side)
                 if sample.ok:
                     org, re = offered(sample, recaption_field, caption_field)  # training/captions.py
-                    yield Pair(
-                        sample.key,
-                        sample.image,
-                        org,
-                        re,
-                        sample.extra.get(label_field) if label_field else None,
-                        bool(caption_field) and sample.extra.get(caption_field) is not None,
-                    )
-        except ShardError as exc:
-            raise TrainingInputError(f"broken shard {exc}") from None
+                    yield Pair(sample.key, sample.image, org, re,
+                               sample.extra.get(label_field) if label_field else None,
+                               bool(caption_field) and sample.extra.get(caption_field) is not None)
 
 
 def check_fields(pairs: list[Pair], inputs: list[str], **fields: str | None) -> None:
     """Refuse a named field no sample has: `caption=...` (else each caption silently falls back
     to the shard's own), `recaption=...`, `label=...`."""
-    have = {
-        "caption": lambda p: p.has_caption_field,
-        "recaption": lambda p: p.re is not None,
-        "label": lambda p: p.label is not None,
-    }
+    have = {"caption": lambda p: p.has_caption_field, "recaption": lambda p: p.re is not None,
+            "label": lambda p: p.label is not None}
     for kind, field in fields.items():
         if field and not any(have[kind](p) for p in pairs):
             raise TrainingInputError(f"--{kind}-field {field}: no sample in {', '.join(inputs)} has it")

@@ -49,11 +49,9 @@ def _references(tensors: list[torch.Tensor]) -> list[int]:
 
 
 def _wait_released(tensors: list[torch.Tensor], baseline: list[int], timeout: float = 10.0) -> None:
-    """Wait until the process group's worker threads have let go of `tensors` (their Python
-    reference counts are back to `baseline`). A finished gloo collective is freed by its worker
-    thread a moment after the call returns, and freeing Python tensors needs the GIL; if the
-    main thread tore the process group down first (holding the GIL, joining that thread), the
-    process would hang at exit. Seen about one run in five without this wait."""
+    """Wait until the process group's threads have let go of `tensors` (reference counts back to
+    `baseline`): gloo frees a finished collective a moment later, needing the GIL; a teardown
+    first would hang the process at exit (about one run in five without this wait)."""
     deadline = time.monotonic() + timeout
     while any(now > then for now, then in zip(_references(tensors), baseline, strict=True)):
         if time.monotonic() > deadline:

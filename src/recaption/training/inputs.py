@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..models.loading import load_or_explain, local_folder_or_name
-from ..readers import pattern_places
+from ..readers import ShardError, pattern_places
 from ..spine.contract import Step
 from ..spine.contract import check_output as check_contract
 from ..spine.errors import RecaptionError
@@ -14,6 +16,15 @@ from ..spine.errors import RecaptionError
 
 class TrainingInputError(RecaptionError, ValueError):
     """A wrong input of train-* / eval-*: a missing folder, a model of the wrong kind, no data."""
+
+
+@contextmanager
+def shard_errors() -> Iterator[None]:
+    """A broken shard (ShardError) as one line."""
+    try:
+        yield
+    except ShardError as exc:
+        raise TrainingInputError(f"broken shard {exc}") from None
 
 
 def check_device(requested: str) -> str:
@@ -69,11 +80,13 @@ def require_model_type(source: str, option: str, name: str, wanted: str, expecte
         raise TrainingInputError(f"{option} {name}: a {kind or 'unknown'} model; expected {expected}")
 
 
-def load_start(resume_from: str | None, model: str | None, check, load_model, *loaders) -> tuple:
-    """What a run starts from, its newest checkpoint or else --model: the model through
-    `load_model(source, use_safetensors=...)` (a checkpoint's from safetensors only, never a
-    pickle), then each of `loaders`' parts (tokenizer, processor); `check(source, option, name)`
+def load_start(resume_from: str | None, model: str | None, check, fresh, load_model, *loaders) -> tuple:
+    """What a run starts from, its newest checkpoint, else --model, else `fresh()`: the model
+    through `load_model(source, use_safetensors=...)` (a checkpoint's from safetensors only, never
+    a pickle), then each of `loaders`' parts (tokenizer, processor); `check(source, option, name)`
     refuses the wrong kind of model before any weights load."""
+    if not (resume_from or model):
+        return fresh()
     option, name = ("checkpoint", resume_from) if resume_from else ("--model", model)
     source = resume_from or model_source(model, "--model")
     check(source, option, name)
@@ -100,6 +113,5 @@ def check_dual_encoder(source: str, option: str, name: str) -> None:
     except KeyError:
         cls = None
     if cls is None or not (hasattr(cls, "get_text_features") and hasattr(cls, "get_image_features")):
-        raise TrainingInputError(
-            f"{option} {name}: a {kind or 'unknown'} model, not a CLIP-style dual encoder (CLIP, SigLIP)"
-        )
+        raise TrainingInputError(f"{option} {name}: a {kind or 'unknown'} model, not a CLIP-style dual "
+                                 "encoder (CLIP, SigLIP)")

@@ -1,19 +1,8 @@
 """What train-clip, train-captioner and train-dit share: their start, data stream, loop and end.
 
-A trainer builds its model, data stream and optimizer, then hands the loop a `step_loss`
-(one batch -> its loss tensor, backward not yet taken) and what a checkpoint holds; the loop
-does the rest the same way for all three: backward, gradient clipping, optimizer and schedule
-steps, the loss history, logging every `log_every` steps (loss, learning rate, images per
-second, and the trainer's `progress` hook), and checkpoints every `save_every` steps and at the
-end (every rank takes part in the collectives, rank 0 writes).
-
-So for every trainer: a checkpoint is the model folder plus the trainer state (optimizer,
-scheduler, step, every rank's RNG and data position; safetensors + JSON, no pickle:
-training/checkpoints.py); a rerun into the same output resumes from the newest, every field
-checked and the settings the same, and continues exactly as an uninterrupted run would. The data
-streams (training/stream.py): epochs over the shards, split over ranks and loader workers that
-decode and preprocess, a bounded shuffle buffer, so memory does not grow with the data. Several
-GPUs: launch under torchrun; each rank reads its own shards and DDP averages gradients.
+A trainer builds its model, stream and optimizer and hands `TrainLoop` a `step_loss` (a batch ->
+its loss); the loop steps, logs and checkpoints alike for all three. A rerun into the same output
+resumes from the newest checkpoint (training/checkpoints.py) exactly; the stream: training/stream.py.
 """
 
 from __future__ import annotations
@@ -31,6 +20,7 @@ from fsspec.implementations.local import LocalFileSystem
 from ..spine.atomic import write_json_atomic
 from ..spine.contract import output_errors
 from ..spine.errors import RecaptionError
+from . import distributed
 from .captions import CaptionMix
 from .checkpoints import (
     MODEL_WEIGHTS,
@@ -52,57 +42,62 @@ log = logging.getLogger(__name__)
 
 
 def train_into(command: str, config, body: Callable, weights: tuple[str, ...] = MODEL_WEIGHTS, *args):
-    """The start every trainer shares: `config.output` through the output contract's checks
-    (not among the data, not another command's folder), OS errors there as one line, the newest
-    checkpoint found and checked; then `body(config, out, resume_from, *args)`."""
+    """The start every trainer shares: `config.output` through the output contract's checks, OS
+    errors there as one line, the newest checkpoint checked, this rank's process group joined (under
+    torchrun) and device picked; then `body(config, out, resume_from, ranks, *args)`."""
     out = check_output(config.output, command, config.data)
     with output_errors(config.output):
         resume_from = latest_checkpoint(out)
         if resume_from:
             check_checkpoint(resume_from, weights)
-        return body(config, out, resume_from, *args)
+        return body(config, out, resume_from, distributed.start(config.device), *args)
+
+
+def settings_of(config, names: tuple[str, ...]) -> dict:
+    """The settings a resumed run must share with the run it continues (its checkpoint records them)."""
+    return {name: getattr(config, name) for name in names}
 
 
 @dataclass
 class Resumed:
-    """Where a resumed run stands: its step, RNG, stream position and the extra values it saved."""
+    """Where this rank starts: its step, RNG, batches (from the saved position) and the values saved."""
 
-    step: int = 0
-    rng: random.Random | None = None
-    position: object = None
-    extra: dict = field(default_factory=dict)
+    step: int
+    rng: random.Random
+    batches: StreamBatches
+    extra: dict
 
 
-def resume(folder: str | None, ranks, device: str, optimizer, scheduler, stream, settings: dict,
+def resume(folder: str | None, ranks, config, optimizer, scheduler, stream: TrainingStream, settings: dict,
            weights: tuple[str, ...] = MODEL_WEIGHTS, added_later: dict | None = None) -> Resumed:
-    """The state of checkpoint `folder` for this rank (nothing to resume: None), checked before
-    use: its fields, its settings against `settings`, its optimizer state against this model."""
-    if folder is None:
-        return Resumed()
-    state = load_state(folder, ranks.rank, ranks.world_size, weights)
-    require_same_recipe(folder, state.get("settings"), settings, added_later)
-    if optimizer is not None:
-        restore_optimizer(folder, state, optimizer, scheduler)
-    try:
-        rng = restore_rng(state["rng"], device)
-        position = resumed_position(state.get("stream"), stream, ranks.rank)
-    except RecaptionError:  # other data or data settings: said by the stream, in one line
-        raise
-    except (TypeError, ValueError, KeyError, IndexError, RuntimeError, AttributeError) as exc:
-        raise CheckpointError(
-            f"{folder}: its RNG or data position is unreadable ({type(exc).__name__}: {exc}); the checkpoint "
-            "was altered or is damaged: delete that checkpoint folder"
-        ) from None
-    log.info("resumed from %s at step %d", folder, state["step"])
-    return Resumed(state["step"], rng, position, state)
+    """Checkpoint `folder`'s state for this rank (None: the start, its RNG seeded by config.seed),
+    checked before use: its fields, its settings against `settings`, its optimizer state against
+    this model; then the stream's batches from its data position."""
+    state, rng, position = {}, random.Random(config.seed * 1000 + ranks.rank), None
+    if folder is not None:
+        state = load_state(folder, ranks.rank, ranks.world_size, weights)
+        require_same_recipe(folder, state.get("settings"), settings, added_later)
+        if optimizer is not None:
+            restore_optimizer(folder, state, optimizer, scheduler)
+        try:
+            rng = restore_rng(state["rng"], ranks.device)
+            position = resumed_position(state.get("stream"), stream, ranks.rank)
+        except RecaptionError:  # other data or data settings: said by the stream, in one line
+            raise
+        except (TypeError, ValueError, KeyError, IndexError, RuntimeError, AttributeError) as exc:
+            raise CheckpointError(f"{folder}: its RNG or data position is unreadable ({type(exc).__name__}: "
+                                  f"{exc}); the checkpoint was altered or is damaged: delete that checkpoint "
+                                  "folder") from None
+        log.info("resumed from %s at step %d", folder, state["step"])
+    batches = StreamBatches(stream, config.workers, position, pin_memory=str(ranks.device).startswith("cuda"))
+    return Resumed(state.get("step", 0), rng, batches, state)
 
 
 def trainer_stream(config, processor, ranks, out: Path, fields: dict[str, str | None] | None = None,
                    checks: list[tuple[dict, str]] | None = None) -> TrainingStream:
-    """The stream a trainer's config asks for (training/stream.py): DATA's shards with their
-    counts (rank 0 remembers them in `out`), the spread over the ranks. `fields`: {option: field}
-    of the caption and the recaption (default: --caption-field, --recaption-field); `checks`:
-    ({option: field}, note) pairs for stream_sources.require_fields (default: `fields`)."""
+    """DATA's shards with their counts (rank 0 remembers them in `out`), spread over the ranks.
+    `fields`: {option: field} of the caption and the recaption (default: --caption-field,
+    --recaption-field); `checks`: ({option: field}, note) pairs for require_fields (default: `fields`)."""
     fields = fields or {"--caption-field": config.caption_field, "--recaption-field": config.recaption_field}
     mix = getattr(config, "mix", None)  # --mix: its columns travel with each record
     columns = CaptionMix.parse(mix).columns if mix else ()
@@ -115,8 +110,7 @@ def trainer_stream(config, processor, ranks, out: Path, fields: dict[str, str | 
 
 
 def finish_run(ranks, batches: StreamBatches, out: Path, save: Callable[[], None], summary: dict) -> None:
-    """The end every trainer shares: the loaders stopped; on rank 0 the final model saved
-    (`save()`) and train_summary.json written; the process group left."""
+    """The loaders stopped; on rank 0 the final model saved and train_summary.json written."""
     batches.close()
     if ranks.rank == 0:
         save()
@@ -124,22 +118,15 @@ def finish_run(ranks, batches: StreamBatches, out: Path, save: Callable[[], None
     ranks.finish()
 
 
-def open_batches(stream, workers: int, resumed: Resumed, device: str) -> StreamBatches:
-    """The trainer's side of the stream, from where a resumed run stopped."""
-    return StreamBatches(stream, workers, resumed.position, pin_memory=str(device).startswith("cuda"))
-
-
 @dataclass
 class TrainLoop:
     """One optimizer's steps over a stream, with the logging and checkpoints every trainer shares.
 
-    `parts(step)`: what a checkpoint saves beside the trainer state (objects with save_pretrained);
-    `extra()`: the values the trainer resumes with (JSON-able, tensors too); `after_step(step)`:
-    anything to do after the optimizer step (the DiT's EMA); `progress(event)`: called on rank
-    0 at each log line with {step, steps, loss, images_per_s, lr}."""
+    `parts(step)`: what a checkpoint saves beside the trainer state; `extra()`: the values the
+    trainer resumes with; `after_step(step)`: the DiT's EMA; `progress(event)`: called on rank 0
+    at each log line with {step, steps, loss, images_per_s, lr}."""
 
     ranks: object
-    device: str
     out: Path
     optimizer: torch.optim.Optimizer
     scheduler: object
@@ -195,7 +182,7 @@ class TrainLoop:
                 self.progress(event)
 
     def _save(self, batches: StreamBatches, step: int) -> None:
-        rng_states = self.ranks.gather(rng_tensors(self.rng, self.device))  # every rank takes part
+        rng_states = self.ranks.gather(rng_tensors(self.rng, self.ranks.device))  # every rank takes part
         data_state = checkpoint_state(batches, self.ranks)  # a collective too
         if self.ranks.rank == 0:
             save_checkpoint(self.out / self.checkpoint_name(step), self.parts(step), self.optimizer,

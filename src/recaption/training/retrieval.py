@@ -39,15 +39,8 @@ class EvalResult:
     metrics: dict[str, float]
 
 
-def evaluate(
-    model: str,
-    data: list[str],
-    caption_field: str | None = None,
-    label_field: str | None = None,
-    device: str = "auto",
-    batch_size: int = 64,
-    limit: int | None = None,
-) -> EvalResult:
+def evaluate(model: str, data: list[str], caption_field: str | None = None, label_field: str | None = None,
+             device: str = "auto", batch_size: int = 64, limit: int | None = None) -> EvalResult:
     from ..quality.clip import resolve_clip_model
 
     if limit is not None and limit < 1:

@@ -1,36 +1,7 @@
 """The trainers' data: a resumable stream of batches, split over ranks and loader workers, whose
-memory does not grow with the dataset.
-
-Epoch e, on rank r of R, with W loader workers:
-  1. the shard list (stream_sources.py) is shuffled with a seed made of (seed, e): the same
-     order on every rank;
-  2. rank r takes shards r, r + R, r + 2R, ... of it, and its worker w (0..W-1) takes every W-th
-     of those: no shard is read twice and none is left out;
-  3. worker w reads its shards' samples, undecoded, in turn through a shuffle buffer of
-     `shuffle_buffer` samples (seeded by (seed, e, r, w)), cuts them into batches of
-     `batch_size` (its last batch may be smaller), and only then decodes and preprocesses each
-     batch into a pixel tensor: in the worker process; the main process only sees batches;
-  4. torch's DataLoader (batch_size=None, in_order=True) hands out the workers' batches
-     round-robin over the workers that still have batches.
-Memory: W shuffle buffers of encoded images and a few batches in flight, whatever the dataset.
-
-Position and resume. What a step consumed is (epoch, the batches taken from each worker this
-epoch, the worker whose batch comes next): `Position`, saved in every checkpoint. Each batch says
-which worker made it. On resume, loader process p plays worker (p + next) mod W, so the
-round-robin starts where it stopped, and each worker first skips the batches it had made:
-undecoded samples dropped at the shuffle buffer's output, so skipping costs reading, not
-decoding. A worker with nothing left stops at once and the round-robin skips it, as it did
-before. So a resumed run sees exactly the batches the uninterrupted run saw.
-
-Steps per epoch with several ranks: DDP needs every rank to take the same number of steps,
-and ranks hold different shards. Every rank computes, from the shards' counts, how many batches
-each rank's workers will make this epoch, and the epoch ends, on every rank, after the fewest
-any rank has. The batches a rank would have made beyond that are left out of that epoch: the
-ragged tail, at most about one shard per rank when shards are of one size, and other samples
-each epoch since the shard order is drawn again. With one process nothing is left out. We chose
-this over cutting shards into samples for every rank (nothing lost, but every rank would read
-every shard); only when there are fewer shards than ranks are shards cut into interleaved parts
-(stream_sources.spread), so that no rank is idle.
+memory does not grow with the dataset. docs/scaling.md ("Training that streams") has the split,
+the shuffle buffer, why every rank's epoch ends after the fewest batches any rank has, and how a
+saved `Position` lets a resumed run see exactly the batches it would have seen.
 """
 
 from __future__ import annotations
@@ -56,8 +27,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Position:
-    """Where a rank's stream is: the next batch is the next one of worker `pointer` (or the
-    next worker after it that has any), in `epoch`, `consumed[w]` batches of worker w taken."""
+    """Where a rank's stream is: the next batch is worker `pointer`'s (or the next worker's after it
+    that has any), in `epoch`, `consumed[w]` batches of worker w taken."""
 
     epoch: int
     consumed: list[int]
@@ -111,12 +82,9 @@ def _seed(*parts) -> random.Random:
 
 @dataclass(eq=False)
 class TrainingStream(IterableDataset):
-    """Batches of one rank's share of the shards, for epoch `position.epoch`, from `position`
-    on: a dict of `worker` (the worker that made it), `pixels` (preprocessed, float), `keys`,
-    `org` and `re` (each sample's original caption and recaption; either may be None). An item
-    with `error` instead is a one-line TrainingInputError raised in the main process.
-
-    `processor`: an image processor (`processor(images=[...], return_tensors="pt")`)."""
+    """Batches of one rank's share of the shards from `position` on: dicts of `worker` (that made
+    it), `pixels` (`processor(images=[...], return_tensors="pt")`), `keys`, `org` and `re` (either
+    may be None), `more`. An item with `error` is a TrainingInputError raised in the main process."""
 
     shards: list[StreamShard]
     batch_size: int
@@ -138,16 +106,9 @@ class TrainingStream(IterableDataset):
 
     def settings(self) -> dict:
         """What must be the same for a checkpoint's position to mean the same batches."""
-        return {
-            "shards": [s.label for s in self.shards],
-            "samples": [s.samples for s in self.shards],
-            "batch_size": self.batch_size,
-            "workers": self.workers,
-            "shuffle_buffer": self.shuffle_buffer,
-            "seed": self.seed,
-        }
-
-    # ---- the split ----
+        return {"shards": [s.label for s in self.shards], "samples": [s.samples for s in self.shards],
+                "batch_size": self.batch_size, "workers": self.workers, "shuffle_buffer": self.shuffle_buffer,
+                "seed": self.seed}
 
     def shards_of(self, epoch: int, rank: int, worker: int) -> list[StreamShard]:
         order = list(range(len(self.shards)))
@@ -156,16 +117,12 @@ class TrainingStream(IterableDataset):
 
     def batches_of(self, epoch: int, rank: int) -> list[int]:
         """How many batches each worker of `rank` makes in `epoch`."""
-        return [
-            math.ceil(sum(s.samples for s in self.shards_of(epoch, rank, w)) / self.batch_size)
-            for w in range(self.workers)
-        ]
+        return [math.ceil(sum(s.samples for s in self.shards_of(epoch, rank, w)) / self.batch_size)
+                for w in range(self.workers)]
 
     def steps_per_epoch(self, epoch: int) -> int:
         """The same on every rank: the fewest batches any rank makes in `epoch`."""
         return min(sum(self.batches_of(epoch, rank)) for rank in range(self.world_size))
-
-    # ---- one worker's batches ----
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -202,14 +159,9 @@ class TrainingStream(IterableDataset):
         if not kept:  # a batch with nothing to train on: counted as taken, then passed over
             return {"worker": worker, "undecodable": len(chunk), "where": chunk[0].where, "key": chunk[0].key}
         pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
-        return {
-            "worker": worker,
-            "pixels": pixels,
-            "keys": [r.key for r in kept],
-            "org": [r.org for r in kept],
-            "re": [r.re for r in kept],
-            "more": [r.more or {} for r in kept],  # a caption mix's other columns (--mix)
-        }
+        return {"worker": worker, "pixels": pixels, "keys": [r.key for r in kept],
+                "org": [r.org for r in kept], "re": [r.re for r in kept],
+                "more": [r.more or {} for r in kept]}  # a caption mix's other columns (--mix)
 
 
 def _as_is(item):
@@ -219,8 +171,7 @@ def _as_is(item):
 @dataclass
 class StreamBatches:
     """The trainer's side: an endless iterator of batches, epoch after epoch, that knows its
-    `position` (what to save in a checkpoint to resume exactly). `loader_workers` processes
-    run the stream (0: in this process; it then plays a stream of one worker)."""
+    `position`. `loader_workers` processes run the stream (0: in this process, as one worker)."""
 
     stream: TrainingStream
     loader_workers: int
@@ -236,18 +187,16 @@ class StreamBatches:
         self.position = (self.position or Position.start(self.stream.workers)).copy()
         steps = self.stream.steps_per_epoch(self.position.epoch)
         if len(self.position.consumed) != self.stream.workers or self.position.steps >= steps:
-            raise TrainingInputError(
-                f"the saved data position (epoch {self.position.epoch}, {self.position.steps} steps in) "
-                f"does not fit this data ({steps} steps in that epoch); train into a new --output"
-            )
+            raise TrainingInputError(f"the saved data position (epoch {self.position.epoch}, "
+                                     f"{self.position.steps} steps in) does not fit this data ({steps} steps "
+                                     "in that epoch); train into a new --output")
 
     def __iter__(self):
         return self
 
     def __next__(self) -> dict:
-        """The next batch with images. A batch none of whose images decodes is passed over (it
-        still counts as taken, so a resumed run passes over the same one); a whole epoch of
-        them is an error."""
+        """The next batch with images. One none of whose images decodes is passed over (counted as
+        taken, so a resumed run passes over the same one); a whole epoch of them is an error."""
         passed_over = 0
         while True:
             item = self._next_item()
@@ -266,10 +215,9 @@ class StreamBatches:
             item = next(self._batches)
         except StopIteration:
             self.close()
-            raise TrainingInputError(
-                f"rank {self.stream.rank} ran out of batches {self.position.steps} steps into epoch "
-                f"{self.position.epoch}, which has {self._steps}: did the shards change while training?"
-            ) from None
+            raise TrainingInputError(f"rank {self.stream.rank} ran out of batches {self.position.steps} "
+                                     f"steps into epoch {self.position.epoch}, which has {self._steps}: did "
+                                     "the shards change while training?") from None
         if "error" in item:
             self.close()
             raise TrainingInputError(item["error"])
@@ -285,19 +233,13 @@ class StreamBatches:
         if self.loader_workers == 0:
             self._batches = iter(self.stream)
             return
-        loader = DataLoader(
-            self.stream,
-            batch_size=None,  # the workers make whole batches
-            collate_fn=_as_is,
-            num_workers=self.loader_workers,
-            prefetch_factor=self.prefetch,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
-            persistent_workers=False,
-            in_order=True,  # round-robin over the workers still active: what Position assumes
-            # Its own generator for the workers' base seed: drawn from torch's global one, it
-            # would shift the trainer's noise after a resume (the DiT draws noise from it).
-            generator=torch.Generator().manual_seed(0),
-        )
+        # batch_size None: the workers make whole batches; in_order: round-robin over the workers
+        # still active, as Position assumes; its own generator for the workers' base seed: drawn
+        # from torch's global one, it would shift the DiT's noise after a resume.
+        loader = DataLoader(self.stream, batch_size=None, collate_fn=_as_is, num_workers=self.loader_workers,
+                            prefetch_factor=self.prefetch, persistent_workers=False, in_order=True,
+                            pin_memory=self.pin_memory and torch.cuda.is_available(),
+                            generator=torch.Generator().manual_seed(0))
         # The workers are forked here. Frozen, the objects they inherit are never visited by
         # their garbage collector, whose writes would copy each page it touches into the worker
         # (measured: ~60 MiB a worker after the shards were counted in this process).
@@ -318,12 +260,8 @@ class StreamBatches:
             batches.close()
 
 
-# ---- in checkpoints (through training/checkpoints.py: JSON values, no pickle) ----
-
-
 def checkpoint_state(batches: StreamBatches, ranks) -> dict:
-    """Every rank's position and the stream's settings, for `save_checkpoint(..., stream=...)`.
-    A collective: every rank calls it."""
+    """Every rank's position and the stream's settings, for a checkpoint (a collective)."""
     gathered = ranks.gather({"position": batches.position.tensor()})
     return {"settings": batches.stream.settings(), "positions": [g["position"].tolist() for g in gathered]}
 
@@ -343,8 +281,7 @@ def _other_shards(then: list, now: list) -> str:
 
 
 def resumed_position(saved: dict | None, stream: TrainingStream, rank: int) -> Position | None:
-    """This rank's position from a checkpoint's `stream` state; None (from the start) for a
-    checkpoint written before training streamed."""
+    """This rank's position from a checkpoint's `stream` state (None: from the start)."""
     if saved is None:
         log.warning("checkpoint without a data position (from before training streamed): data from the start")
         return None
@@ -362,8 +299,7 @@ def resumed_position(saved: dict | None, stream: TrainingStream, rank: int) -> P
         else:
             changed.append(f"{key.replace('_', '-')}: {then.get(key)} then, {now[key]} now")
     if changed:
-        raise TrainingInputError(
-            f"the checkpoint was trained on other data or data settings ({'; '.join(changed)}): give the "
-            "same to resume it exactly, or train into a new --output"
-        )
+        raise TrainingInputError("the checkpoint was trained on other data or data settings "
+                                 f"({'; '.join(changed)}): give the same to resume it exactly, or train into "
+                                 "a new --output")
     return Position.from_list(saved["positions"][rank])

@@ -1,26 +1,13 @@
-"""What a streaming trainer reads: its shards, how many training samples each holds, and whether
-the fields asked for exist. Nothing here decodes an image.
-
-  stream_shards(data, ...)  the items of DATA as `StreamShard`s, each with its count:
-      `recap caption` output folder  every finished shard, joined with its input shard; a
-                                     sample is a row with status ok (org_caption, re_caption);
-                                     count: the ok rows of its parquet
-      anything else                  `discover_shards` (tars, parquet, image folders); a sample
-                                     is one the reader yields with image bytes; count: the
-                                     `successes` of img2dataset's `{shard}_stats.json` beside a
-                                     tar when there is one, else one read of the shard (no
-                                     decoding), remembered in `{output}/stream_counts.json` by
-                                     the shard's size and time (or a folder slice's fingerprint)
-  require_fields(...)       refuse a named field that no sample of the first plain shard has
-
-The counts decide how many steps an epoch has on every rank (stream.py), so each shard's count
-is checked again while it streams: a shard that yields another number of samples (changed since
-it was counted, or stats that lie) stops the run with one line naming it, instead of leaving one
-rank short of batches.
+"""What a streaming trainer reads: its shards (`recap caption` output joined with its input
+shards, or anything `discover_shards` reads), how many training samples each holds (ok rows,
+img2dataset's stats, else one read remembered in OUTPUT/stream_counts.json), and whether the
+fields asked for exist. Nothing here decodes an image. The counts decide every rank's steps per
+epoch, so a shard that streams another number than counted stops the run in one line.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -30,11 +17,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..readers import ColumnConfig, ShardError, discover_shards
-from ..readers.base import Shard
+from ..readers import ColumnConfig, discover_shards
+from ..readers.base import Shard, file_fingerprint
 from ..spine.contract import location
 from .captions import ORIGINAL, RECAPTION, is_caption_output, offered_captions, reader_fields
-from .inputs import TrainingInputError
+from .inputs import TrainingInputError, shard_errors
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +57,7 @@ class StreamShard:
 
     @property
     def label(self) -> str:
-        """Where the samples come from, absolute (a checkpoint records it: resuming from another
-        folder, or naming the data another way, is the same data)."""
+        """Where the samples come from, absolute (as a checkpoint records it)."""
         where = location(f"{self.rows.rstrip('/')}/{self.name}.parquet" if self.rows else self.shard.source)
         return where if self.parts == 1 else f"{where} (part {self.part + 1} of {self.parts})"
 
@@ -81,28 +67,21 @@ class StreamShard:
         return self.count // self.parts + (1 if self.part < self.count % self.parts else 0)
 
     def split(self, parts: int) -> list[StreamShard]:
-        return [
-            StreamShard(self.shard, self.count, self.recaption_field, self.rows, self.name, p, parts,
-                        self.caption_field, self.columns)
-            for p in range(parts)
-        ]
+        return [dataclasses.replace(self, part=p, parts=parts) for p in range(parts)]
 
     def records(self) -> Iterator[Record]:
         """This part's samples, undecoded; then a check that they were as many as counted."""
         yielded = 0
-        try:
+        with shard_errors():
             for index, record in enumerate(self._all_records()):
                 if index % self.parts == self.part:
                     yielded += 1
                     yield record
-        except ShardError as exc:
-            raise TrainingInputError(f"broken shard {exc}") from None
         if yielded != self.samples:
-            raise TrainingInputError(
-                f"{self.label}: {yielded} training samples now, {self.samples} when counted before the run "
-                f"(changed since, or its stats are wrong); delete {COUNTS_FILE} in the output folder "
-                "to count again, or train into a new --output"
-            )
+            raise TrainingInputError(f"{self.label}: {yielded} training samples now, {self.samples} when "
+                                     "counted before the run (changed since, or its stats are wrong); "
+                                     f"delete {COUNTS_FILE} in the output folder to count again, or train "
+                                     "into a new --output")
 
     def _all_records(self) -> Iterator[Record]:
         label = self.label
@@ -131,9 +110,6 @@ def _ok_rows(output: str, name: str, columns: tuple[str, ...] = ()) -> dict[str,
     names = list(dict.fromkeys(["key", ORIGINAL, RECAPTION, "status", *columns]))
     table = read_output(OutputDir(output), name, names)
     return {r["key"]: r for r in table.to_pylist() if r["status"] == "ok"}
-
-
-# ---- finding the shards and their counts ----
 
 
 def caption_output_shards(output: str, columns: tuple[str, ...] = ()) -> list[StreamShard]:
@@ -175,10 +151,8 @@ class _Counts:
         seen = self.known.get(shard.source)
         if isinstance(seen, dict) and seen.get("identity") == identity:
             return int(seen["count"])
-        try:
+        with shard_errors():
             count = sum(1 for sample in shard if sample.ok)  # read once; nothing decoded
-        except ShardError as exc:
-            raise TrainingInputError(f"broken shard {exc}") from None
         self.known[shard.source] = {"identity": identity, "count": count}
         self.changed = True
         return count
@@ -213,30 +187,17 @@ def _img2dataset_successes(shard: Shard) -> int | None:
 
 
 def _identity(shard: Shard) -> str:
-    """What must be unchanged for a remembered count to hold: a folder slice's fingerprint, or
-    the file's size and modification time."""
-    from fsspec.core import url_to_fs
-
+    """What must be unchanged for a remembered count to hold: a folder slice's fingerprint, or the
+    file's size and version ("" when it cannot be listed: the read that counts will say why)."""
     fingerprint = shard.fingerprint()
-    if fingerprint is not None:
-        return json.dumps(fingerprint, sort_keys=True)
-    try:
-        fs, path = url_to_fs(shard.source)
-        info = fs.info(path)
-    except OSError:
-        return ""  # the read that counts will say what is wrong with it
-    version = info.get("mtime") or info.get("LastModified") or info.get("ETag") or ""
-    return json.dumps([info.get("size"), str(version)])
+    if fingerprint is None:
+        fingerprint = file_fingerprint(shard.source) or ""
+    return json.dumps(fingerprint, sort_keys=True)
 
 
-def stream_shards(
-    data: list[str],
-    caption_field: str | None = None,
-    recaption_field: str | None = None,
-    counts_folder: str | Path | None = None,
-    save_counts: bool = True,
-    columns: tuple[str, ...] = (),
-) -> list[StreamShard]:
+def stream_shards(data: list[str], caption_field: str | None = None, recaption_field: str | None = None,
+                  counts_folder: str | Path | None = None, save_counts: bool = True,
+                  columns: tuple[str, ...] = ()) -> list[StreamShard]:
     """Every item of DATA as shards with counts, in a fixed order (the same on every rank);
     `columns`: a caption mix's columns besides org_caption and re_caption, carried by each record."""
     columns = tuple(c for c in columns if c not in (ORIGINAL, RECAPTION))
@@ -277,22 +238,19 @@ def spread(shards: list[StreamShard], world_size: int) -> list[StreamShard]:
 
 def require_fields(shards: list[StreamShard], fields: dict[str, str | None], note: str = "") -> None:
     """Refuse a field no sample has (`{"--caption-field": "description"}`): a caption falls back
-    to the shard's own, so a misspelt name would otherwise go unnoticed. Looked for in the first
-    plain shard, read until each field is seen (nothing decoded); a dataset whose first shard
-    lacks a field the others have is refused too: name its shards in another order."""
+    to the shard's own, so a misspelt name would go unnoticed. Looked for in the first plain
+    shard (so one lacking a field the others have is refused too: name them in another order)."""
     wanted = {option: field for option, field in fields.items() if field}
     first = next((s for s in shards if s.rows is None), None)
     if not wanted or first is None:
         return
     missing = dict(wanted)
-    try:
+    with shard_errors():
         for sample in first.shard:
             for option, field in list(missing.items()):
                 if sample.extra.get(field) is not None:
                     del missing[option]
             if not missing:
                 return
-    except ShardError as exc:
-        raise TrainingInputError(f"broken shard {exc}") from None
     option, field = next(iter(missing.items()))
     raise TrainingInputError(f"{option} {field}: no sample in {first.shard.source} has it{note}")
