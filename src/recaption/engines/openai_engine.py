@@ -1,19 +1,8 @@
-"""The OpenAI-compatible server engine (`--engine openai --endpoint URL [URL...]`).
-
-Sends one chat-completions request per image to one or more vLLM / SGLang / hosted servers:
-the paper's prompt with the image as a base64 data URL, greedy (temperature 0), max_tokens =
-max_new_tokens. The server applies the model's chat template.
-
-Many requests are in flight at once (`concurrency`, shared by all batches the pipeline hands
-over), each going to the endpoint with the fewest requests outstanding. A request that times
-out, fails to connect, or gets 429 / 5xx is retried with exponential backoff (honouring
-Retry-After), on another endpoint when there is one. A request that still fails becomes that
-one row's caption_error; the rest of the batch is kept.
-
-Error messages are stored (the `error` column) and logged, so they go through `redact` first: the
-API key (a server may echo it in an error body), credentials in an endpoint URL
-(`http://user:pass@host/v1`, sent as basic auth) and token-like strings are masked.
-"""
+"""The OpenAI-compatible server engine (`--engine openai --endpoint URL [URL...]`): one
+chat-completions request per image, `concurrency` in flight over all endpoints (the least busy
+first), retried with backoff (Retry-After honoured) on timeouts, connection errors, 429 and 5xx;
+a request that still fails is that row's caption_error. Error messages are stored and logged,
+so they go through `redact` first (API key, endpoint credentials, token-like strings)."""
 
 from __future__ import annotations
 
@@ -57,10 +46,6 @@ class OpenAIPreparer(Preparer):
     """Chat messages with the image inlined; built in loader workers (JPEG encoding is CPU work).
     The server applies the chat template, so `render` keeps the instruction as it is."""
 
-    def __init__(self, config: CaptionConfig):
-        self.config = config
-        self.plain_prompt = config.prompt
-
     def prepare(self, images: list, prompts: list[str]) -> list[list[dict]]:
         return [
             [{"role": "user", "content": [
@@ -87,7 +72,7 @@ class OpenAICaptioner(Engine):
         super().__init__(config)
         self.server = config.server
         self.device = "remote"
-        self.preparer = OpenAIPreparer(config)
+        self.preparer = OpenAIPreparer()
         self.batch_size = config.batch_size or 32
         # Enough batches in flight to keep `concurrency` requests busy, plus one being prepared.
         self.batches_in_flight = max(1, -(-config.server.concurrency // self.batch_size)) + 1
@@ -223,11 +208,8 @@ def _parse_reply(url: str, reply: dict) -> Generation:
     except (KeyError, IndexError, TypeError) as exc:
         raise _RequestFailed(f"{url}: reply has no choices[0].message.content", retry=False) from exc
     usage = reply.get("usage") or {}
-    return Generation(
-        text=(text or "").strip(),
-        num_tokens=int(usage.get("completion_tokens") or 0),
-        truncated=choice.get("finish_reason") == "length",
-    )
+    return Generation(text=(text or "").strip(), num_tokens=int(usage.get("completion_tokens") or 0),
+                      truncated=choice.get("finish_reason") == "length")
 
 
 def _seconds(value: str | None) -> float | None:
@@ -253,7 +235,7 @@ class OpenAITextGenerator(OpenAICaptioner):
             raise ValueError(f"a text-only pass on engine openai (model {config.model}) needs a server: "
                              "give it endpoint: URL, or the run --endpoint URL")
         super().__init__(config)
-        self.preparer = OpenAITextPreparer(config)
+        self.preparer = OpenAITextPreparer()
 
 
 ENGINE = OpenAICaptioner

@@ -1,14 +1,7 @@
 """Where each member of a tar shard lies: key -> (tar file, member, offset, size), so one image
-is read with one seek instead of a scan of the whole tar.
-
-An index is built once per tar from the tar's member headers (tarfile's `offset_data`: no image
-is read; a sample's small `.json`, when it has one, is read for the key it records, as the tar
-reader keys its rows) and kept as a parquet file in an index folder (`spine.contract.INDEX_NAME`
-beside the shards of an output folder), written atomically. It is used again while the tar's
-size and modification time are those it was built from, and rebuilt otherwise. `recap view`
-reads thumbnails through it; any step that fetches single samples by key can do the same.
-
-Only uncompressed tars can be indexed: the offsets are positions in the file."""
+is read with one seek instead of a scan of the whole tar. Built once from the member headers
+(and each sample's small `.json`, for the key it records), kept as parquet in an index folder,
+used while the tar's size and times are those it was built from. Only uncompressed tars."""
 
 from __future__ import annotations
 
@@ -90,23 +83,15 @@ def scan(tar: str) -> pa.Table:
     """Every regular member's key, name, extension, data offset and size, in tar order. The key
     is the sample's `.json` "key" when it records one, else the member name's key (webdataset's
     rule, `split_member_name`) without its folder, as the tar reader keys rows."""
-    keys, names, exts, offsets, sizes = [], [], [], [], []
     recorded: dict[str, str] = {}
     try:
         with open_input(tar) as raw:
-            with tarfile.open(fileobj=raw, mode="r:") as archive:
-                for member in archive:
-                    if not member.isfile():  # links, folders: never followed
-                        continue
-                    prefix, ext = split_member_name(member.name)
-                    keys.append(prefix)
-                    names.append(normalise_member_name(member.name))
-                    exts.append(ext)
-                    offsets.append(member.offset_data)
-                    sizes.append(member.size)
+            with tarfile.open(fileobj=raw, mode="r:") as archive:  # links, folders: never followed
+                members = [(m.name, m.offset_data, m.size) for m in archive if m.isfile()]
             # The samples' .json after the headers, each by its offset (20x faster than
             # extracting them during the header scan).
-            for prefix, ext, offset, size in zip(keys, exts, offsets, sizes, strict=True):
+            for name, offset, size in members:
+                prefix, ext = split_member_name(name)
                 if ext == "json" and size <= _MAX_JSON:
                     raw.seek(offset)
                     found = _json_key(raw.read(size))
@@ -116,22 +101,18 @@ def scan(tar: str) -> pa.Table:
         raise TarIndexError(f"{tar}: {_unreadable(tar, exc)}") from None
     except (tarfile.TarError, EOFError) as exc:
         raise TarIndexError(f"{tar}: unreadable tar ({exc})") from None
-    keys = [recorded.get(prefix) or posixpath.basename(prefix) for prefix in keys]
-    return pa.table([keys, names, exts, offsets, sizes], schema=SCHEMA)
+    return of_members(members, recorded)
 
 
-def of_members(written: list[tuple[str, int, int]]) -> pa.Table:
-    """`scan`'s table from the members a writer wrote (name, data offset, size), each keyed by
-    its member name's key (what `scan` finds for a sample whose .json records that key)."""
-    keys, names, exts = [], [], []
-    for name, _, _ in written:
+def of_members(written: list[tuple[str, int, int]], recorded: dict[str, str] | None = None) -> pa.Table:
+    """`scan`'s table from members (name, data offset, size): each keyed by the key `recorded`
+    gives its member name's key, else by that key without its folder."""
+    rows = []
+    for name, offset, size in written:
         prefix, ext = split_member_name(name)
-        keys.append(posixpath.basename(prefix))
-        names.append(normalise_member_name(name))
-        exts.append(ext)
-    offsets = [offset for _, offset, _ in written]
-    sizes = [size for _, _, size in written]
-    return pa.table([keys, names, exts, offsets, sizes], schema=SCHEMA)
+        key = (recorded or {}).get(prefix) or posixpath.basename(prefix)
+        rows.append((key, normalise_member_name(name), ext, offset, size))
+    return pa.Table.from_pylist([dict(zip(SCHEMA.names, row, strict=True)) for row in rows], schema=SCHEMA)
 
 
 _COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x28\xb5\x2f\xfd")  # gzip, bzip2, xz, zstd
