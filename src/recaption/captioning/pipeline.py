@@ -87,38 +87,33 @@ class _ShardInProgress:
         name, source = self.shard.name, self.shard.source
         if error is None and self.counts.get(CAPTION_ERROR) and not self.counts.get(OK, 0) - self.kept:
             # Not one caption came back: the engine failed, not the data. Left to do for a rerun.
-            error = (
-                f"every caption failed ({self.counts[CAPTION_ERROR]} rows), so the shard is left to redo; "
-                f"first error: {self.first_caption_error}"
-            )
+            error = (f"every caption failed ({self.counts[CAPTION_ERROR]} rows), so the shard is left to "
+                     f"redo; first error: {self.first_caption_error}")
         if error is not None:
             self.writer.abort()
             return ShardResult(name, source, FAILED, error=error, seconds=seconds)
         rows = sum(self.counts.values())
         ok = self.counts.get(OK, 0)
         started = time.perf_counter()
-        self.writer.commit(
-            {
-                "shard": name,
-                "source": source,
-                "columns": self._columns(),
-                "rows": rows,
-                "status_counts": dict(sorted(self.counts.items())),
-                "seconds": round(seconds, 3),
-                "images_per_second": round((ok - self.kept) / seconds, 3) if seconds else None,  # captioned
-                "tokens_generated": self.tokens,
-                "rows_kept": self.kept,  # ok rows of unchanged images kept from the earlier output
-                "truncated": self.flags["re_truncated"],
-                "flag_rates": {  # over captioned (ok) rows
-                    column: round(self.flags[column] / ok, 4) if ok else None for column in self.flag_columns
-                },
-                # Waiting on the loader, preparing (in loader workers: overlapping generation),
-                # generating, writing.
-                "stage_seconds": {k: round(v, 3) for k, v in sorted(self.stages.items())},
-                "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                **provenance,
-            }
-        )
+        self.writer.commit({
+            "shard": name,
+            "source": source,
+            "columns": self._columns(),
+            "rows": rows,
+            "status_counts": dict(sorted(self.counts.items())),
+            "seconds": round(seconds, 3),
+            "images_per_second": round((ok - self.kept) / seconds, 3) if seconds else None,  # captioned
+            "tokens_generated": self.tokens,
+            "rows_kept": self.kept,  # ok rows of unchanged images kept from the earlier output
+            "truncated": self.flags["re_truncated"],
+            "flag_rates": {  # over captioned (ok) rows
+                column: round(self.flags[column] / ok, 4) if ok else None for column in self.flag_columns
+            },
+            # Loader waits, preparing (in loader workers: overlapping generation), generating, writing.
+            "stage_seconds": {k: round(v, 3) for k, v in sorted(self.stages.items())},
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **provenance,
+        })
         self.stages["write"] += time.perf_counter() - started
         return ShardResult(name, source, DONE, rows, dict(self.counts), seconds, self.tokens,
                            stage_seconds=dict(self.stages), counts=dict(self.flags))
@@ -191,7 +186,6 @@ class CaptionPipeline:
         self._loader_wait: Counter = Counter()  # shard -> seconds the loop waited for its items
         self.provenance = {**run_provenance(caption, run), "recaption_version": __version__}
 
-    # -- running ----------------------------------------------------------------------------
     def run(self, shards: list[Shard]) -> RunSummary:
         todo, done = plan_shards(shards, self.caption, self.run_config)
         self.progress.run_started(todo)

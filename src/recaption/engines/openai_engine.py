@@ -47,13 +47,9 @@ class OpenAIPreparer(Preparer):
     The server applies the chat template, so `render` keeps the instruction as it is."""
 
     def prepare(self, images: list, prompts: list[str]) -> list[list[dict]]:
-        return [
-            [{"role": "user", "content": [
-                {"type": "image_url", "image_url": {"url": image_data_url(img)}},
-                {"type": "text", "text": prompt},
-            ]}]
-            for img, prompt in zip(images, prompts, strict=True)
-        ]
+        return [[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_data_url(i)}},
+                                              {"type": "text", "text": prompt}]}]
+                for i, prompt in zip(images, prompts, strict=True)]
 
 
 class _RequestFailed(Exception):
@@ -81,11 +77,10 @@ class OpenAICaptioner(Engine):
         self._secrets = [v for e in config.server.endpoints for v in url_secrets(e)]
 
     def redact(self, text: str | None) -> str | None:
-        """`text` without this client's secrets (API key, endpoint credentials) or token-like
-        strings: for every message that is stored, logged or printed."""
+        """`text` without this client's secrets or token-like strings: for every message shown."""
         return redact(text, self._secrets)
 
-    # -- lifecycle: one event loop thread and one HTTP session serve every batch -----------------
+    # one event loop thread and one HTTP session serve every batch
     def setup(self) -> None:
         self._api_key = os.environ.get(self.server.api_key_env) if self.server.api_key_env else None
         self._secrets.append(self._api_key)
@@ -130,7 +125,6 @@ class OpenAICaptioner(Engine):
         except Exception:
             pass
 
-    # -- generation -------------------------------------------------------------------------------
     def generate(self, inputs: list[list[dict]], decoding: Decoding | None = None) -> list[Generation]:
         """Thread-safe: several pipeline threads may wait on batches at once."""
         decoding = self.decoding(decoding)

@@ -59,10 +59,6 @@ class FolderShard(Shard):
         self.max_image_bytes = max_image_bytes
         self._fingerprint = self._compute_fingerprint()
 
-    @property
-    def files(self) -> list[str]:
-        return [f.path for f in self.images]
-
     def fingerprint(self) -> dict:
         return self._fingerprint
 

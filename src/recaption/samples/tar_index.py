@@ -43,8 +43,7 @@ class Member:
     size: int
 
     def read(self) -> bytes:
-        """The member's bytes: one seek and one read (the tar opened the safe way, spine/files.py),
-        after checking that the tar header just before them is this member's."""
+        """The member's bytes: one seek and one read, the tar header just before them checked."""
         with open_input(self.tar) as f:
             f.seek(self.offset - tarfile.BLOCKSIZE)
             block = f.read(tarfile.BLOCKSIZE + self.size)
@@ -59,17 +58,15 @@ class Member:
             info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
         except tarfile.TarError:  # bad checksum, empty block: not a header at all
             return False
-        # The plain header keeps at most 100 bytes of a longer name, and in a PAX tar (Python's
-        # default) a non-ASCII name as ASCII with `?` (the full name is in the PAX header before).
+        # The plain header keeps 100 bytes of a longer name, a non-ASCII one as ASCII with `?` (pax).
         named = normalise_member_name(info.name)
         spellings = {self.name, self.name.encode("ascii", "replace").decode("ascii")}
         return info.size == self.size and any(n == named or n.startswith(named[:90]) for n in spellings)
 
 
 def fingerprint(tar: str) -> dict:
-    """What says a tar is the one an index was built from: its size and modification time, and
-    for a local file its inode and change time too (a tar rewritten with its old size and
-    modification time put back still gets a new change time)."""
+    """What says a tar is the one an index was built from: size, modification time, and for a
+    local file inode and change time (a rewrite with old size and mtime put back still differs)."""
     fs, path = fsspec.core.url_to_fs(tar)
     info = fs.info(path)
     mtime = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
@@ -119,8 +116,7 @@ _COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x28\xb5\x2f\xfd")  # gzip, b
 
 
 def _unreadable(tar: str, exc: tarfile.ReadError) -> str:
-    """Why tarfile could not read it: compressed (only plain tars have offsets), or cut short /
-    corrupt."""
+    """Why tarfile could not read it: compressed (only plain tars have offsets), or cut short."""
     try:
         with open_input(tar) as f:
             start = f.read(6)
@@ -142,16 +138,14 @@ def _json_key(data: bytes) -> str | None:
 
 
 def index_file(folder: str, tar: str) -> str:
-    """The index of `tar` in `folder`: the tar's name and a hash of its full path (two tars of
-    one name in two folders get two indexes)."""
+    """The index of `tar` in `folder`: the tar's name and a hash of its full path."""
     stem = posixpath.basename(tar.rstrip("/")).rsplit(".", 1)[0]
     digest = hashlib.sha256(tar.encode("utf-8")).hexdigest()[:12]
     return f"{folder.rstrip('/')}/{stem}-{digest}.parquet"
 
 
 def _forget_moved(fs, written: str) -> None:
-    """Remove the indexes beside `written` of tars of the same name that no longer exist (a
-    folder moved or copied is indexed under its new path: the old path's index would stay)."""
+    """Remove the indexes beside `written` of same-named tars that no longer exist (moved folders)."""
     stem = posixpath.basename(written).rsplit("-", 1)[0]
     for other in fs.glob(f"{fs._parent(written)}/{stem}-*.parquet"):
         if posixpath.basename(other) == posixpath.basename(written):
@@ -194,12 +188,10 @@ class TarIndex:
     @classmethod
     def load(cls, tar: str, folder: str | None = None,
              written: list[tuple[str, int, int]] | None = None) -> TarIndex:
-        """The index of `tar`: read from `folder` when it was built from this very file (same size
-        and modification time), else built from the tar and written there atomically (a folder
-        that cannot be written keeps it in memory only, with a warning). `folder` None: in memory.
-        `written`: the members (name, data offset, size) as the writer of this tar wrote them,
-        each sample keyed by its member names (a writer that keyed them otherwise in their .json
-        leaves it None): the index is made from them instead of reading the tar."""
+        """The index of `tar`: read from `folder` when built from this very file, else built and
+        written there atomically (in memory only, with a warning, when it cannot be; `folder`
+        None: in memory). `written`: the members as this tar's writer wrote them, each sample
+        keyed by its member names: the index is made from them instead of reading the tar."""
         stamp = {"version": INDEX_VERSION, "tar": tar, **fingerprint(tar)}
         if folder is None:
             return cls(tar, scan(tar) if written is None else of_members(written))
