@@ -119,9 +119,8 @@ class _ShardInProgress:
                            stage_seconds=dict(self.stages), counts=dict(self.flags))
 
 
-def plan_shards(
-    shards: list[Shard], caption: CaptionConfig, run: RunConfig
-) -> tuple[list[Shard], list[Shard]]:
+def plan_shards(shards: list[Shard], caption: CaptionConfig,
+                run: RunConfig) -> tuple[list[Shard], list[Shard]]:
     """(to do, already done) by the markers in run.output (ledger.plan: ConfigMismatchError for a
     done shard made with other settings). A done shard is redone when its input changed, or with
     --retry-failed when it holds caption_error rows."""
@@ -171,10 +170,8 @@ class CaptionPipeline:
     """Captions planned shards on one engine: `run(shards)` plans then runs; executors that
     planned already call `run_planned(todo)`."""
 
-    def __init__(
-        self, caption: CaptionConfig, run: RunConfig, captioner: Engine | None = None,
-        progress: Progress | None = None,
-    ):
+    def __init__(self, caption: CaptionConfig, run: RunConfig, captioner: Engine | None = None,
+                 progress: Progress | None = None):
         self.caption = caption
         self.run_config = run
         self.captioner = captioner or make_engine(caption)

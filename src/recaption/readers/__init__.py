@@ -194,12 +194,8 @@ def _location(source: str) -> str:
     return os.path.realpath(name) + sep + part
 
 
-def discover_shards(
-    inputs: list[str],
-    columns: ColumnConfig = ColumnConfig(),
-    folder_shard_size: int = FOLDER_SHARD_SIZE,
-    writes_by_name: bool = True,
-) -> list[Shard]:
+def discover_shards(inputs: list[str], columns: ColumnConfig = ColumnConfig(),
+                    folder_shard_size: int = FOLDER_SHARD_SIZE, writes_by_name: bool = True) -> list[Shard]:
     """Expand inputs into shards in a stable order. With `writes_by_name` each shard's output is
     named after it, so names must not collide; without (training, evaluation) two folders of
     00000.tar may be read, but not one shard twice."""

@@ -103,25 +103,19 @@ class ImageHeader:
     picture_box: tuple[float, float, float, float] | None = None
 
 
-def decode_image(
-    data: bytes | None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    max_side: int | None = DEFAULT_MAX_SIDE,
-    pixels_hint: str = MAX_PIXELS_HINT,
-    shrink_to: Callable[[int, int], tuple[int, int]] | None = None,
-) -> Image.Image:
-    """Decode bytes to an RGB image no larger than max_side on its longest edge (see
-    `decode_with_header`)."""
+Shrink = Callable[[int, int], tuple[int, int]]  # (width, height) -> the size the caller resizes to
+
+
+def decode_image(data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 max_side: int | None = DEFAULT_MAX_SIDE, pixels_hint: str = MAX_PIXELS_HINT,
+                 shrink_to: Shrink | None = None) -> Image.Image:
+    """`decode_with_header`'s image."""
     return decode_with_header(data, max_pixels, max_side, pixels_hint, shrink_to)[0]
 
 
-def decode_with_header(
-    data: bytes | None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    max_side: int | None = DEFAULT_MAX_SIDE,
-    pixels_hint: str = MAX_PIXELS_HINT,
-    shrink_to: Callable[[int, int], tuple[int, int]] | None = None,
-) -> tuple[Image.Image, ImageHeader]:
+def decode_with_header(data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                       max_side: int | None = DEFAULT_MAX_SIDE, pixels_hint: str = MAX_PIXELS_HINT,
+                       shrink_to: Shrink | None = None) -> tuple[Image.Image, ImageHeader]:
     """Decode bytes to an RGB image no larger than max_side on its longest edge, with the header
     it was decoded from. `shrink_to(width, height)`: the size the caller will resize to; a JPEG
     is then decoded at the largest DCT reduction that stays at or above it. Raises
