@@ -48,16 +48,14 @@ class CaptionConfig:
     conditional: bool = False  # also write re_caption_condition_diverse_topk
     conditional_prompt: str = CONDITIONAL_PROMPT  # `{caption}` is replaced by the alt-text
     top_k: int = 0  # conditional mode only; 0 means greedy
-    # Named passes added to the paper's one (passes.CaptionPass, "NAME=PROMPT", or dicts as in a
-    # passes file), each into re_caption_<NAME>; `passes_file` adds those of a YAML file.
+    # Named passes after the paper's one (CaptionPass, "NAME=PROMPT" or a passes file's dicts);
+    # `passes_file` adds those of a YAML file.
     passes: list = field(default_factory=list)
     passes_file: str | None = None
-    # A preset shipped with the package (presets.py: paper, paper-v2, short, dense, fused): its
-    # passes come first, then `passes` and `passes_file`; paper-v2 turns on the conditional pass.
+    # A shipped preset (presets.py): its passes come first; it may turn on the conditional pass.
     preset: str | None = None
     seed: int = 0
-    # Settings for the model's processor, given to from_pretrained (`--processor-option KEY=VALUE`:
-    # Qwen-VL's min_pixels / max_pixels, Gemma 3's do_pan_and_scan); values as JSON, else text.
+    # The processor's from_pretrained settings (`--processor-option KEY=VALUE`: JSON, else text).
     processor_options: dict = field(default_factory=dict)
     engine: str = "transformers"  # a module engines/<name>_engine.py: transformers | vllm | openai
     # Engine-specific options, each engine reading its own.
@@ -74,8 +72,6 @@ class CaptionConfig:
             raise ValueError("top_k must be 0 (greedy) or positive")
         from .passes import check_dependencies, check_unique, parse_pass, read_passes_file
 
-        if self.conditional and "{caption}" not in self.conditional_prompt:
-            raise ValueError("the conditional prompt must contain {caption}")
         if isinstance(self.passes, (str, dict)):
             self.passes = [self.passes]
         self.passes = [parse_pass(p) for p in self.passes or []]
@@ -91,7 +87,7 @@ class CaptionConfig:
         if self.passes_file:
             self.passes += read_passes_file(self.passes_file)
             self.passes_file = None  # read once: the passes are what the run keeps
-        check_unique(self.caption_passes)
+        check_unique(self.caption_passes)  # (the conditional prompt without {caption}: PassError)
         check_dependencies(self.caption_passes)  # reads of later, unknown or own outputs; cycles
         self.processor_options = parse_processor_options(self.processor_options)
         if self.processor_options and self.engine == "openai":
@@ -105,9 +101,8 @@ class CaptionConfig:
             raise ValueError(f"--dtype {self.dtype}: unknown; choose {DTYPE_CHOICES}")
         self.dtype = DTYPES[self.dtype]  # fp16 -> float16: the name every engine takes
         if not re.fullmatch(f"auto|{DEVICE_PATTERN}", str(self.device)):
-            raise ValueError(
-                f"--device {self.device}: unknown; choose auto, cpu, cuda, cuda:N (N: a GPU number) or mps"
-            )
+            raise ValueError(f"--device {self.device}: unknown; choose auto, cpu, cuda, cuda:N (N: a GPU "
+                             "number) or mps")
 
     @property
     def caption_passes(self) -> list:
@@ -141,20 +136,18 @@ class RunConfig:
 
     output: str
     overwrite: bool = False
-    # Redo complete shards that hold caption_error rows (a server that failed some requests):
-    # the whole shard, so its rows stay in one file made in one pass.
+    # Redo complete shards that hold caption_error rows (whole: one file made in one pass).
     retry_failed: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_side: int | None = DEFAULT_MAX_SIDE
-    # Loader processes that read, decode and preprocess; 0: in the main process; None: 0 when
-    # the model runs on CPU, up to 4 when it runs on a GPU.
+    # Loader processes; 0: in the main process; None: 0 on CPU, up to 4 on a GPU.
     workers: int | None = None
     prefetch_batches: int = 2  # batches each worker keeps ready
     row_group_rows: int = 1000
     clip_model: str | None = None  # score in the same pass (images decoded once): CLIP id or folder
     clip_long_text: str = "truncate"  # captions over the CLIP's window: truncate or chunk (long_text.py)
-    # A file of sha256 digests of known placeholder images (samples/placeholders.py): such rows get
-    # status placeholder and are not captioned. Read once, here, so a bad file fails before a model loads.
+    # sha256 digests of placeholder images (samples/placeholders.py), never captioned; read here,
+    # so a bad file fails before a model loads.
     placeholders: str | None = None
     # (an init field: `replace(run, ...)` on a Ray worker keeps the list read by the driver)
     placeholder_digests: frozenset = field(default=frozenset(), repr=False)
@@ -241,11 +234,9 @@ def caption_option_names() -> list[str]:
 
 
 def caption_settings(output: str, **options) -> CaptionSettings:
-    """Build and validate a run's settings from CLI-style options (`model="tiny"`, `key_col="id"`,
-    `devices="0,1"`, `endpoint="http://a,http://b"`, `score=True, clip_model=...`).
-
-    Raises TypeError for an option that does not exist (naming the ones that do) and ValueError
-    for a value that is wrong."""
+    """Build and validate a run's settings from CLI-style options (`key_col="id"`, `devices="0,1"`,
+    `endpoint="http://a,http://b"`, `score=True`): TypeError for an unknown option, ValueError for
+    a wrong value."""
     from .readers.base import ColumnConfig
 
     unknown = sorted(set(options) - set(caption_option_names()))

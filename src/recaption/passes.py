@@ -1,16 +1,7 @@
-"""Caption passes: each prompt a run asks of every image is data, not code.
-
-A pass names its instruction, how it decodes and which columns it writes. The paper's run is one
-pass into `re_caption`; `--conditional` adds the dataset's later alt-text-conditioned pass into
-`re_caption_condition_diverse_topk`; `--pass NAME=PROMPT` (or `--passes passes.yaml`) adds named
-passes into `re_caption_<NAME>`. Every pass of an image shares one decode (and, where the engine
-can, one image preprocessing); each pass's prompts are batched together.
-
-A prompt may read an earlier pass's output (`{re_caption}`, `{re_caption_<name>}`) besides the
-alt-text (`{caption}`): passes run in the order given, and a reference to a later pass, to itself
-or to no pass is refused when the settings are read (`check_dependencies`). A pass with `model:`
-is text-only: a text LLM (its own `engine:`, else the run's) reads the earlier outputs and the
-alt-text, never the image (the fusion step of CapsFusion / BLIP3-KALE)."""
+"""Caption passes: each prompt a run asks of every image is data, not code. A pass names its
+instruction, how it decodes and the columns it writes; a prompt may read the alt-text
+(`{caption}`) and earlier passes' outputs (`{re_caption...}`), and a pass with `model:` is
+text-only, on a text LLM (docs/recipes.md)."""
 
 from __future__ import annotations
 
@@ -90,9 +81,8 @@ class CaptionPass:
         if self.fixed:
             return self.prompt
         values = {ALT_TEXT: alt_text, **{"{" + c + "}": (outputs or {}).get(c) for c in self.reads}}
-        # One pass over the prompt: a text put in is never searched for placeholders itself (an
-        # alt-text holding "{re_caption}" stays as written), and each is capped (web text can be
-        # any length; the prompt must fit the model).
+        # One pass over the prompt: a text put in is never searched for placeholders itself, and
+        # each is capped (web text can be any length; the prompt must fit the model).
         return _PLACEHOLDER.sub(lambda m: (values.get(m.group(0)) or "").strip()[:MAX_INSERTED_CHARS]
                                 if m.group(0) in values else m.group(0), self.prompt)
 
@@ -187,9 +177,8 @@ def _whole(value, field: str, example: str) -> int | None:
 
 
 def read_passes_file(path: str | Path) -> list[CaptionPass]:
-    """A YAML (or JSON) list of passes: `- {name: short, prompt: "...", top_k: 0, max_new_tokens: 40}`;
-    a mapping `passes: [...]` works too. Read with the bounded loader (no aliases, depth and size
-    capped); each entry's fields are checked by type, the error naming the file and the entry."""
+    """A YAML (or JSON) list of passes, or a mapping `passes: [...]`, read with the bounded loader;
+    each entry checked by type, an error naming the file and the entry."""
     try:
         data = load_yaml(path, "--passes")
     except UserFileError as exc:
@@ -198,12 +187,17 @@ def read_passes_file(path: str | Path) -> list[CaptionPass]:
         data = data.get("passes")
     if not isinstance(data, list) or not data:
         raise PassError(f"--passes {path}: expected a list of passes, each with name and prompt")
+    return parse_passes(data, f"--passes {path}")
+
+
+def parse_passes(items: list, where: str, error: type[PassError] = PassError) -> list[CaptionPass]:
+    """A passes file's entries, an error naming `where` and the entry."""
     passes = []
-    for number, item in enumerate(data, 1):
+    for number, item in enumerate(items, 1):
         try:
             passes.append(parse_pass(item if isinstance(item, dict) else {"entry": item}))
         except PassError as exc:
-            raise PassError(f"--passes {path}: pass {number}: {exc}") from None
+            raise error(f"{where}: pass {number}: {exc}") from None
     return passes
 
 
@@ -214,7 +208,7 @@ def written_columns(p: CaptionPass) -> list[str]:
 
 def check_unique(passes: list[CaptionPass]) -> None:
     """PassError when two passes would write one column (`a` and `a_length` both write
-    re_caption_a_length): said when the settings are read, before any model loads."""
+    re_caption_a_length), before any model loads."""
     owner: dict[str, str] = {}
     for p in passes:
         for column in written_columns(p):
@@ -228,9 +222,8 @@ def check_unique(passes: list[CaptionPass]) -> None:
 
 def check_dependencies(passes: list[CaptionPass]) -> None:
     """PassError, in one line naming the fix, unless every `{re_caption...}` a prompt names is the
-    column of a pass that runs before it (passes run in the order given: the paper's first, the
-    named ones as listed, the conditional one last). A cycle is named as one; so is a text-only
-    pass that reads nothing (it would write one text for every sample)."""
+    column of a pass that runs before it; a cycle is named as one, and so is a text-only pass that
+    reads nothing (it would write one text for every sample)."""
     by_column = {p.column: p for p in passes}
     position = {p.name: i for i, p in enumerate(passes)}
     for p in passes:

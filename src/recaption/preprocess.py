@@ -1,12 +1,7 @@
-"""Fast paths for image preprocessing: CLIP-style (CLIP, LLaVA-1.5 pad-to-square) and Qwen2-VL
-dynamic resolution (Qwen2-VL, Qwen2.5-VL).
-
-transformers' PIL image processors do the same steps in several float64 numpy passes per image;
-here the padding and resizing stay in uint8 PIL (C code that releases the GIL) and rescale +
-normalise is one float32 pass. It reads every setting from the model's own image processor and
-is used only when those settings are ones it reproduces; otherwise the processor runs as is.
-Tests check it against the processor's output.
-"""
+"""Fast image preprocessing for CLIP-style processors (CLIP, LLaVA-1.5 pad-to-square) and Qwen2-VL
+dynamic resolution: uint8 PIL resizing and one fused float32 normalise pass instead of several
+float64 numpy passes. Used only where the processor's settings are ones it reproduces (tests
+compare it with the processor)."""
 
 from __future__ import annotations
 

@@ -1,16 +1,7 @@
 """Caption presets: passes files shipped with the package (`data/presets/<name>.yaml`), chosen
-with `recap caption --preset NAME` (and `recap run`), listed by `recap models`.
-
-A preset file is a passes file in its mapping form, with what the run sets besides the passes:
-
-    description: one line for the listing
-    source: the paper (and table or column) the format comes from
-    conditional: true       # optional: also the dataset's conditional pass
-    top_k: 50               # optional: its top-k
-    passes: [...]           # as in a --passes file
-
-It is read through the bounded YAML loader like every settings file; what a run records (its
-passes and decoding) is what the preset made, so a preset changed later is a settings change."""
+with `--preset NAME`, listed by `recap models`. A preset is a passes file in its mapping form
+(`description`, `source`, optional `conditional` and `top_k`, `passes`), read through the bounded
+YAML loader; a run records the passes it made, so a preset changed later is a settings change."""
 
 from __future__ import annotations
 
@@ -18,7 +9,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from .passes import CaptionPass, PassError, parse_pass
+from .passes import CaptionPass, PassError, parse_passes
 from .spine.user_yaml import UserFileError, load_yaml
 
 _KEYS = {"description", "source", "conditional", "top_k", "passes"}
@@ -62,12 +53,7 @@ def load_preset(name: str) -> Preset:
     top_k = data.get("top_k", 0)
     if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 0:
         raise PresetError(f"--preset {name}: top_k {top_k!r} is not a whole number 0 or more")
-    passes = []
-    for number, item in enumerate(data.get("passes") or [], 1):
-        try:
-            passes.append(parse_pass(item if isinstance(item, dict) else {"entry": item}))
-        except PassError as exc:
-            raise PresetError(f"--preset {name}: pass {number}: {exc}") from None
+    passes = parse_passes(data.get("passes") or [], f"--preset {name}", PresetError)
     return Preset(name, str(data.get("description", "")), str(data.get("source", "")), str(path),
                   tuple(passes), bool(data.get("conditional", False)), top_k)
 

@@ -1,10 +1,6 @@
-"""Read -> decode -> preprocess, as a stream of model-ready batches built in loader workers.
-
-A torch DataLoader runs `BatchStream` in worker processes (no GIL shared with generation;
-tensors travel through shared memory; pinned when the model is on a GPU), prefetching a few
-batches ahead. Each worker takes its own shards; the stream marks where each shard starts and
-ends so the consumer can commit or abort per shard.
-"""
+"""Read -> decode -> preprocess, as a stream of model-ready batches built in DataLoader workers
+(no GIL shared with generation), with markers where each shard starts and ends so the consumer
+can commit or abort per shard."""
 
 from __future__ import annotations
 
@@ -29,9 +25,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Batch:
-    """Up to batch_size decodable samples of one shard, plus any failed samples that came between
-    them, so rows are written in input order. `inputs` holds the model inputs for the ok samples,
-    one entry per caption pass (by pass name)."""
+    """Up to batch_size samples to caption of one shard, with the failed ones between them (rows
+    stay in input order); `inputs`: the model inputs of each pass, by pass name."""
 
     shard: str
     index: int
@@ -46,8 +41,7 @@ class Batch:
         return [s for s in self.samples if s.to_caption]
 
     def pin_memory(self) -> Batch:
-        """Called by the DataLoader when pin_memory=True: page-locked host memory lets the copy
-        to the GPU run asynchronously."""
+        """The DataLoader's pin_memory=True: page-locked memory copies to the GPU asynchronously."""
         for name, value in self.inputs.items():
             if hasattr(value, "items"):
                 self.inputs[name] = type(value)({k: v.pin_memory() for k, v in value.items()})
@@ -92,9 +86,8 @@ class BatchStream(IterableDataset):
         self.preparer = preparer
         self.batch_size = batch_size
         self.passes = passes  # passes.CaptionPass, each prepared from the same decoded images
-        # Prepared here: the passes that read only the image and the alt-text. A pass that reads
-        # an earlier pass's output is prepared once that output exists (pipeline._caption_batch),
-        # from the images kept for it when it reads the image too (decoded once all the same).
+        # Prepared here: passes that read only the image and alt-text; the others once the outputs
+        # they read exist (pipeline._caption_batch), from images kept for them.
         self.early = [p for p in passes if not p.reads and not p.text_only]
         self.keep_images = any(p.reads and not p.text_only for p in passes)
         # Rendered once: a pass without {caption} asks every image the same thing.
@@ -114,9 +107,7 @@ class BatchStream(IterableDataset):
                 yield from self._batches(shard)
             except ShardError as exc:
                 yield ShardEnd(shard.name, exc.message)
-            except Exception as exc:  # one shard's surprise must not end the run (in a loader
-                # worker it would end every worker's shards): fail this shard, naming the error;
-                # the traceback with --verbose.
+            except Exception as exc:  # one shard's surprise fails that shard, not the run
                 log.info("%s failed while reading", shard.source, exc_info=True)
                 yield ShardEnd(shard.name, f"unexpected error while reading: {type(exc).__name__}: {exc}")
             else:
@@ -153,10 +144,8 @@ class BatchStream(IterableDataset):
 
 
 class FedBatchStream(BatchStream):
-    """A BatchStream whose shards arrive while it runs: each loader worker takes the next shard
-    from `feed` (a multiprocessing queue) when it is free, until it takes a None. A long-lived
-    caption worker keeps one such loader for its whole life, so the next shard is read and
-    decoded while the current one generates, and no loader process is started per shard."""
+    """A BatchStream whose shards arrive while it runs: each loader worker takes the next from
+    `feed` (a queue) until a None, so a long-lived worker keeps one loader for life."""
 
     def __init__(self, feed, *args, **kwargs):
         super().__init__([], *args, **kwargs)
@@ -172,8 +161,8 @@ def _as_is(item):
 
 
 def default_workers(device: str) -> int:
-    """On a GPU, CPU workers keep it fed. On a CPU the model's threads already use every core:
-    a worker process only preempts them (measured in docs/benchmarks.md), so prepare in-line."""
+    """On a GPU, CPU workers keep it fed; on a CPU they only preempt the model's threads
+    (docs/benchmarks.md)."""
     if not str(device).startswith("cuda"):
         return 0
     return min(4, max(1, (os.cpu_count() or 2) - 1))

@@ -1,18 +1,8 @@
-"""Captioning a shard again keeps the rows of images that did not change.
-
-A folder that gained one photo is a changed slice (readers/changes.py), and a changed slice is
-captioned again; without this, every photo of it would be captioned again too and lose its
-scores. Here the shard's earlier output, and the rows of neighbouring slices whose images
-moved into it (an insertion shifts every later slice by one), are matched to the new input by
-image: the same url, the same bytes (sha256) and the same original caption. A match is written
-as it was, scores and judge ratings included, and never decoded or captioned; everything else
-is captioned as usual. Only `ok` rows are kept, so failed rows are tried again.
-
-The markers refused other settings already (ledger.plan), so every kept row was made the way
-this run would make it. Scores and ratings are kept only where the file they come from was
-scored (or judged) the way the new file says; the new file's stamp says `partial` when some
-rows may lack them, and `recap score` / `recap judge` then fill only those rows.
-"""
+"""Captioning a shard again keeps the rows of images that did not change: its earlier output, and
+a folder's neighbouring slices' rows of images now in it, are matched to the new input by url,
+sha256 and original caption; a match is written as it was (scores and ratings kept where the
+stamps agree; otherwise the new file's stamp says `partial`). Only `ok` rows are kept; the
+markers already refused other settings (ledger.plan)."""
 
 from __future__ import annotations
 
@@ -48,10 +38,9 @@ STAMPED_COLUMNS = {SCORES_METADATA_KEY: SCORE_COLUMNS, JUDGE_METADATA_KEY: JUDGE
 
 @dataclass
 class Carry:
-    """What a shard being captioned again may keep. `previous`: its own earlier output (read
-    when the shard starts: only this shard's commit replaces that file); `borrowed`: rows of
-    neighbouring slices whose images are now in this one, read at planning, before any slice
-    is rewritten. `stamps`: each source file's score and judge stamps."""
+    """What a shard captioned again may keep: `previous`, its own earlier output (read when the
+    shard starts); `borrowed`, neighbouring slices' rows of its images (read at planning, before
+    any slice is rewritten); `stamps`, each source file's score and judge stamps."""
 
     output: str
     previous: str | None
@@ -72,8 +61,7 @@ class Carry:
             yield (row["url"], row["sha256"], row["org_caption"]), (source, row)
 
     def targets(self, scoring: dict | None) -> dict[bytes, dict]:
-        """The stamp the new file will carry for each kind: the run's own scorer when it scores,
-        else the shard's earlier file's (a neighbour's when it has none)."""
+        """The new file's stamp of each kind: the run's scorer's, else the earlier file's."""
         order = [n for n in (self.previous, *sorted(self.stamps)) if n is not None]
         first = self.stamps.get(order[0], {}) if order else {}
         targets = {key: first.get(key, {}) for key in STAMPED_COLUMNS}
@@ -82,9 +70,7 @@ class Carry:
         return targets
 
     def metadata(self, targets: dict[bytes, dict], scoring: bool) -> dict[bytes, dict]:
-        """The stamps of the new file. A stamp is partial unless every row is sure to have what
-        it vouches for: new rows are unscored (unless the run scores) and unjudged, and rows from a
-        file stamped otherwise lose their values."""
+        """The new file's stamps, partial unless every row is sure to have what it vouches for."""
         stamps = {}
         for key, target in targets.items():
             if not target:
@@ -96,8 +82,7 @@ class Carry:
         return stamps
 
     def row(self, sample: Sample, targets: dict[bytes, dict]) -> dict:
-        """The kept row of a carried sample, under its new key, with the values of any stamp
-        its file does not share with the new file cleared."""
+        """A carried sample's kept row, under its new key, values of unshared stamps cleared."""
         source, row = sample.carried
         row = {**row, "key": sample.key}
         for key, columns in STAMPED_COLUMNS.items():
@@ -107,18 +92,16 @@ class Carry:
 
 
 def attach_carry(out: OutputDir, todo: list[Shard], every: list[Shard]) -> None:
-    """Give each shard to caption again (`todo`) what it may keep (`shard.carry`): its own
-    earlier rows, and for a folder slice the rows its neighbours hold of its images."""
+    """Give each shard of `todo` what it may keep (`shard.carry`): its earlier rows, and for a
+    folder slice its neighbours' rows of its images."""
     done = {s.name for s in every if out.is_done(s.name)}
     slices = [s for s in every if isinstance(s, FolderShard)]
     for shard in todo:
         previous = shard.name if shard.name in done and out.fs.exists(out.parquet(shard.name)) else None
         changed = previous and input_change(shard, out.done_provenance(previous) or {})
         if changed and not isinstance(shard, FolderShard):
-            # A tar's or parquet's sha256 may be the metadata's (the server's bytes), not the
-            # bytes captioned: a shard downloaded again with other settings would match its old
-            # rows. Only a folder slice hashes the very bytes; other shards keep rows only when
-            # their file is the one captioned (--retry-failed).
+            # A tar's or parquet's sha256 may be the metadata's, not the bytes captioned: only
+            # a folder slice hashes the very bytes, so a changed file keeps nothing.
             previous = None
         borrowed: list[tuple[str, dict]] = []
         if isinstance(shard, FolderShard):

@@ -1,8 +1,6 @@
-"""The local executor: read -> decode -> caption -> write, one shard at a time, resumable.
-
-A shard is the unit of work and of failure: a broken shard is reported and skipped, its output
-never appears, and the run goes on. Broken images inside a good shard become rows with a status.
-"""
+"""Read -> decode -> caption -> write, one shard at a time, resumable. A shard is the unit of
+work and of failure (a broken one is reported and skipped, its output never appears); broken
+images inside a good shard become rows with a status."""
 
 from __future__ import annotations
 
@@ -38,9 +36,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# What `recap caption` writes (the output contract, spine/contract.py). Older output is known by
-# its markers recording the model; settings its markers hold only since later versions compare
-# equal to the value output made before had.
+# What `recap caption` writes (spine/contract.py): known by its markers recording the model;
+# settings recorded only since later versions compare equal to the value older output had.
 CAPTION = Step(
     "caption",
     recognise=marker_has("model", without=("filter",)),
@@ -78,65 +75,55 @@ class _ShardInProgress:
         self.first_caption_error = self.first_caption_error or next(failed, None)
 
     def _columns(self) -> dict | None:
-        """How the input was read (--key-col, --image-col, ...): `recap score` reads it again alike."""
+        """How the input was read (--key-col, ...; a folder slice: its read limit), for `recap score`."""
         columns = getattr(self.shard, "columns", None)
         if is_dataclass(columns):
             return asdict(columns)
-        limit = getattr(self.shard, "max_image_bytes", None)  # folder slices: their read limit
+        limit = getattr(self.shard, "max_image_bytes", None)
         return None if limit is None else {"max_image_bytes": limit}
 
     def finish(self, error: str | None, provenance: dict) -> ShardResult:
         seconds = time.perf_counter() - self.started
         name, source = self.shard.name, self.shard.source
         if error is None and self.counts.get(CAPTION_ERROR) and not self.counts.get(OK, 0) - self.kept:
-            # Not one caption came back (a server down, a model that cannot run): that is the
-            # engine failing, not the data. Leave the shard to do, so a rerun captions it.
-            error = (
-                f"every caption failed ({self.counts[CAPTION_ERROR]} rows), so the shard is left to redo; "
-                f"first error: {self.first_caption_error}"
-            )
+            # Not one caption came back: the engine failed, not the data. Left to do for a rerun.
+            error = (f"every caption failed ({self.counts[CAPTION_ERROR]} rows), so the shard is left to "
+                     f"redo; first error: {self.first_caption_error}")
         if error is not None:
             self.writer.abort()
             return ShardResult(name, source, FAILED, error=error, seconds=seconds)
         rows = sum(self.counts.values())
         ok = self.counts.get(OK, 0)
         started = time.perf_counter()
-        self.writer.commit(
-            {
-                "shard": name,
-                "source": source,
-                "columns": self._columns(),
-                "rows": rows,
-                "status_counts": dict(sorted(self.counts.items())),
-                "seconds": round(seconds, 3),
-                # images captioned, not kept, per second
-                "images_per_second": round((ok - self.kept) / seconds, 3) if seconds else None,
-                "tokens_generated": self.tokens,
-                "rows_kept": self.kept,  # ok rows of unchanged images kept from the earlier output
-                "truncated": self.flags["re_truncated"],
-                "flag_rates": {  # over captioned (ok) rows
-                    column: round(self.flags[column] / ok, 4) if ok else None for column in self.flag_columns
-                },
-                # Where the shard's time went: waiting on the loader for batches, preparing them
-                # (reading, decoding, preprocessing; in loader workers, overlapping generation when
-                # there are any), generating, writing rows.
-                "stage_seconds": {k: round(v, 3) for k, v in sorted(self.stages.items())},
-                "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                **provenance,
-            }
-        )
+        self.writer.commit({
+            "shard": name,
+            "source": source,
+            "columns": self._columns(),
+            "rows": rows,
+            "status_counts": dict(sorted(self.counts.items())),
+            "seconds": round(seconds, 3),
+            "images_per_second": round((ok - self.kept) / seconds, 3) if seconds else None,  # captioned
+            "tokens_generated": self.tokens,
+            "rows_kept": self.kept,  # ok rows of unchanged images kept from the earlier output
+            "truncated": self.flags["re_truncated"],
+            "flag_rates": {  # over captioned (ok) rows
+                column: round(self.flags[column] / ok, 4) if ok else None for column in self.flag_columns
+            },
+            # Loader waits, preparing (in loader workers: overlapping generation), generating, writing.
+            "stage_seconds": {k: round(v, 3) for k, v in sorted(self.stages.items())},
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **provenance,
+        })
         self.stages["write"] += time.perf_counter() - started
         return ShardResult(name, source, DONE, rows, dict(self.counts), seconds, self.tokens,
                            stage_seconds=dict(self.stages), counts=dict(self.flags))
 
 
-def plan_shards(
-    shards: list[Shard], caption: CaptionConfig, run: RunConfig
-) -> tuple[list[Shard], list[Shard]]:
-    """Split shards into (to do, already done) by their completion markers in run.output
-    (ledger.plan). Raises ConfigMismatchError when a done shard was made with other settings:
-    mixing them would corrupt the output folder. A done shard is redone when its input changed
-    (a folder slice), or with --retry-failed when it holds caption_error rows."""
+def plan_shards(shards: list[Shard], caption: CaptionConfig,
+                run: RunConfig) -> tuple[list[Shard], list[Shard]]:
+    """(to do, already done) by the markers in run.output (ledger.plan: ConfigMismatchError for a
+    done shard made with other settings). A done shard is redone when its input changed, or with
+    --retry-failed when it holds caption_error rows."""
     out = OutputDir(run.output)
     by_name = {s.name: s for s in shards}
 
@@ -159,8 +146,7 @@ def plan_shards(
 
 def run_provenance(caption: CaptionConfig, run: RunConfig) -> dict:
     """Every setting that changes a shard's rows, as its .done marker records them: the
-    captioner's (model, passes, decoding, engine, dtype) and the image limits (a smaller
-    --max-side captions a smaller image; --max-pixels decides which images are too_large)."""
+    captioner's and the image limits (--max-side, --max-pixels)."""
     return {**caption.provenance(), "max_pixels": run.max_pixels, "max_side": run.max_side,
             "placeholders": list_provenance(run.placeholder_digests)}
 
@@ -175,8 +161,7 @@ def _caption_errors(out: OutputDir, name: str) -> int:
 
 
 def batch_seed(seed: int, shard: str, batch_index: int) -> int:
-    """A per-batch seed that depends only on the shard and position, so a resumed shard samples
-    exactly as an uninterrupted one does."""
+    """A seed from the shard and position only: a resumed shard samples as an uninterrupted one."""
     digest = hashlib.sha256(f"{seed}:{shard}:{batch_index}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
@@ -185,10 +170,8 @@ class CaptionPipeline:
     """Captions planned shards on one engine: `run(shards)` plans then runs; executors that
     planned already call `run_planned(todo)`."""
 
-    def __init__(
-        self, caption: CaptionConfig, run: RunConfig, captioner: Engine | None = None,
-        progress: Progress | None = None,
-    ):
+    def __init__(self, caption: CaptionConfig, run: RunConfig, captioner: Engine | None = None,
+                 progress: Progress | None = None):
         self.caption = caption
         self.run_config = run
         self.captioner = captioner or make_engine(caption)
@@ -200,7 +183,6 @@ class CaptionPipeline:
         self._loader_wait: Counter = Counter()  # shard -> seconds the loop waited for its items
         self.provenance = {**run_provenance(caption, run), "recaption_version": __version__}
 
-    # -- running ----------------------------------------------------------------------------
     def run(self, shards: list[Shard]) -> RunSummary:
         todo, done = plan_shards(shards, self.caption, self.run_config)
         self.progress.run_started(todo)
@@ -226,9 +208,9 @@ class CaptionPipeline:
         return summary
 
     def serve(self, feed, on_result) -> None:
-        """Caption the shards put on `feed` (a multiprocessing queue; None ends it, one per
-        loader worker) with one loader for the whole time, calling `on_result(ShardResult)` as
-        each shard finishes. The engine must be set up (a long-lived worker owns it)."""
+        """Caption the shards put on `feed` (a queue; one None per loader worker ends it) with one
+        loader for the whole time, calling `on_result(ShardResult)` per shard. The engine must
+        be set up (a long-lived worker owns it)."""
         from .batching import FedBatchStream
 
         self._consume(FedBatchStream(feed, *self._stream_settings()), on_result)
@@ -298,9 +280,8 @@ class CaptionPipeline:
                     engine.teardown()
 
     def _check_prompts_fit(self) -> None:
-        """Each pass's prompt (its placeholders empty) and new tokens within its model's context,
-        before any row: a prompt over it fails every row, and its attention can take the
-        machine's memory first."""
+        """Each pass's prompt and new tokens within its model's context, before any row (a prompt
+        over it would fail every row, and might take the machine's memory first)."""
         for p in self.passes:
             engine = self.text_engines.get(p.name, self.captioner)
             new_tokens = p.decoding(self.caption.max_new_tokens).max_new_tokens
@@ -329,9 +310,7 @@ class CaptionPipeline:
             self.progress.shard_finished(result)
 
     def _open_writer(self, shard: Shard) -> ShardWriter:
-        # The shard's previous output (a rerun with --overwrite or --retry-failed, a changed
-        # folder) stays until the new one commits over it: a failed or stopped redo loses nothing.
-        # The marker also records what the input covered (a folder slice's files), for resume.
+        # A previous output stays until the new one commits over it: a failed redo loses nothing.
         provenance = {**self.provenance, **input_provenance(shard)}
         stamps = {}
         if self.run_config.clip_model:  # scored in this pass: record which CLIP, as `recap score` does
@@ -347,16 +326,14 @@ class CaptionPipeline:
         return ShardWriter(self.out, shard.name, self.passes, provenance, rows, metadata, keep)
 
     def _caption_batch(self, batch: Batch) -> tuple[int, float]:
-        """Caption the batch's ok samples in place, pass by pass; returns (tokens generated,
-        seconds generating)."""
+        """Caption the batch's ok samples in place, pass by pass: (tokens generated, seconds)."""
         started = time.perf_counter()
         ok = batch.ok_samples
         if not ok:
             return 0, 0.0
         tokens = 0
         for p in self.passes:  # in dependency order (passes.check_dependencies)
-            # A sampled pass draws from a seed fixed by shard, pass and batch: a resumed shard
-            # samples exactly as an uninterrupted one (the conditional pass keeps its old seeds).
+            # A seed fixed by shard, pass and batch (the conditional pass keeps its old seeds).
             salt = batch.shard if p.name == CONDITIONAL else f"{batch.shard}/{p.name}"
             seed = batch_seed(self.caption.seed, salt, batch.index)
             decoding = p.decoding(self.caption.max_new_tokens, seed)
@@ -379,7 +356,7 @@ class CaptionPipeline:
     @staticmethod
     def _can_read(p: CaptionPass, samples: list[Sample]) -> list[Sample]:
         """The samples whose outputs `p` reads are all there; the others keep `p`'s column null,
-        saying why in `error` (a failed earlier pass already did, and its status says so)."""
+        saying why in `error`."""
         ready = []
         for s in samples:
             if not s.ok:
@@ -393,8 +370,8 @@ class CaptionPipeline:
         return ready
 
     def _late_inputs(self, p: CaptionPass, samples: list[Sample], engine: Engine):
-        """Inputs of a pass that reads earlier outputs, prepared here once they exist: text alone
-        for a text LLM, else with the images decoded for the batch (kept for this)."""
+        """Inputs of a pass that reads earlier outputs: text alone for a text LLM, else with the
+        batch's images (kept for this)."""
         prompts = [engine.preparer.render(p.instruction(s.org_caption, s.captions)) for s in samples]
         if p.text_only:
             return engine.preparer.prepare_text(prompts)

@@ -1,7 +1,5 @@
-"""One output row per sample: the published columns, each caption pass's columns, outcome columns.
-
-Quality flags are computed here, once per caption; the shard's flag rates are counted from the
-rows written (pipeline._ShardInProgress), not computed again."""
+"""One output row per sample: the published columns, each pass's columns, outcome columns; quality
+flags computed here, once per caption."""
 
 from __future__ import annotations
 

@@ -1,12 +1,6 @@
-"""One parquet file per input shard, written atomically, with stats and a completion marker.
-
-Layout in OUTDIR for input shard `00042.tar`:
-  00042.parquet        the rows (visible only once complete: written under a temporary name, renamed)
-  00042_stats.json     counts by status, throughput, tokens
-  00042.done           completion marker, written last; holds the run's provenance
-A shard is complete iff its marker exists. Anything else is redone on the next run. The folder
-and the commit protocol are the shard ledger's (ledger.OutputDir, ledger.ShardCommit).
-"""
+"""One parquet file per input shard, written atomically, with stats and a completion marker
+(`{shard}.parquet`, `{shard}_stats.json`, `{shard}.done` last), through the shard ledger
+(ledger.OutputDir, ledger.ShardCommit)."""
 
 from __future__ import annotations
 
@@ -24,8 +18,8 @@ __all__ = ["OutputDir", "ShardWriter"]
 
 
 class ShardWriter:
-    """Streams rows into the shard's parquet under a temporary name (`tmp_path`), in row groups;
-    `commit` makes it visible with its stats and marker, `abort` drops it."""
+    """Streams rows into the shard's parquet under a temporary name, in row groups; `commit` makes
+    it visible with its stats and marker, `abort` drops it."""
 
     def __init__(self, out: OutputDir, shard: str, passes: list | None, provenance: dict,
                  row_group_rows: int = 1000, metadata: dict[bytes, bytes] | None = None,
@@ -62,8 +56,7 @@ class ShardWriter:
             self._pending = []
 
     def commit(self, stats: dict) -> None:
-        """Close the file, then the ledger's commit: an earlier marker removed, the parquet
-        renamed into place, the stats, the marker (last)."""
+        """Close the file, then the ledger's commit (the marker last)."""
         self._flush()
         self._writer.close()
         self.transaction.commit(stats, self.provenance)

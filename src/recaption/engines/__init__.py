@@ -17,10 +17,14 @@ def engine_names() -> list[str]:
     return sorted(m.name[: -len(_SUFFIX)] for m in pkgutil.iter_modules(__path__) if m.name.endswith(_SUFFIX))
 
 
-def engine_class(name: str) -> type[Engine]:
+def _engine_module(name: str, label: str):
     if name not in engine_names():
-        raise ValueError(f"--engine {name}: unknown; choose one of {', '.join(engine_names())}")
-    return importlib.import_module(f"{__name__}.{name}{_SUFFIX}").ENGINE
+        raise ValueError(f"{label}: unknown; choose one of {', '.join(engine_names())}")
+    return importlib.import_module(f"{__name__}.{name}{_SUFFIX}")
+
+
+def engine_class(name: str) -> type[Engine]:
+    return _engine_module(name, f"--engine {name}").ENGINE
 
 
 def make_engine(config) -> Engine:
@@ -30,10 +34,7 @@ def make_engine(config) -> Engine:
 
 def text_engine_class(name: str, pass_name: str = "") -> type[Engine]:
     """The text-only generator of engine `name` (its module's TEXT_ENGINE): for passes with `model:`."""
-    if name not in engine_names():
-        raise ValueError(f"pass {pass_name}: engine {name} is unknown; "
-                         f"choose one of {', '.join(engine_names())}")
-    module = importlib.import_module(f"{__name__}.{name}{_SUFFIX}")
+    module = _engine_module(name, f"pass {pass_name}: engine {name}")
     if not hasattr(module, "TEXT_ENGINE"):
         raise ValueError(f"pass {pass_name}: engine {name} has no text-only generator; choose one of "
                          f"{', '.join(n for n in engine_names() if n != name)}")

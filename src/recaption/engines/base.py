@@ -1,25 +1,7 @@
-"""What every captioning engine gives the pipeline: the `Engine` and `Preparer` contracts.
-
-An engine has two halves. Its `preparer` does the CPU work (prompt rendering, image encoding or
-preprocessing) and is picklable, so loader workers run it in parallel with generation. The
-engine itself turns prepared inputs into `Generation`s on a GPU, through vLLM or over HTTP.
-
-    engine.setup()                       load weights / open connections (once, in the worker)
-    engine.teardown()                    release them (the pipeline calls it for engines it set up)
-    engine.ready                         True between setup() and teardown()
-    engine.preparer.render(instruction)  the instruction in the form `prepare` expects
-    engine.preparer.prepare(images, prompts) -> inputs
-    engine.preparer.prepare_passes(images, [prompts, ...]) -> [inputs, ...]  (images shared)
-    engine.preparer.prepare_text(prompts) -> inputs   (a text engine: a text-only pass, no images)
-    engine.generate(inputs, Decoding(max_new_tokens, top_k, seed)) -> list[Generation]
-    engine.device                        "cuda:0", "cpu", or "remote"
-    engine.batch_size                    images per batch (known after setup)
-    engine.batches_in_flight             how many batches the pipeline may hand over at once
-
-A new engine is one file, `engines/<name>_engine.py`, defining `ENGINE = <its Engine class>`;
-`--engine <name>` finds it (engines/__init__.py). `TEXT_ENGINE` there, when defined, is its
-text-only generator, for passes that name a text LLM (`model:` in a passes file).
-"""
+"""What every captioning engine gives the pipeline: the `Engine` and `Preparer` contracts
+(docs/architecture.md). The picklable `preparer` does the CPU work in loader workers; the engine
+turns prepared inputs into `Generation`s. A new engine is one file, `engines/<name>_engine.py`,
+defining `ENGINE` (and `TEXT_ENGINE`, its text-only generator, when it has one)."""
 
 from __future__ import annotations
 
@@ -37,8 +19,7 @@ class Generation:
 
 
 class Preparer:
-    """The CPU half of an engine; picklable. Subclasses implement `prepare` and, when the engine
-    wraps instructions in a chat template, `render`."""
+    """The CPU half of an engine; picklable. Subclasses implement `prepare` (and `render`)."""
 
     def render(self, instruction: str) -> str:
         """The instruction as `prepare` takes it (a chat template applied, an image placeholder)."""
@@ -53,14 +34,12 @@ class Preparer:
                                   "text engine")
 
     def prepare_passes(self, images: list, prompt_lists: list[list[str]]) -> list:
-        """Inputs for several passes over the same images. Engines whose image preprocessing
-        does not depend on the prompt override this to do it once."""
+        """Inputs for several passes over the same images (overridden to preprocess them once)."""
         return [self.prepare(images, prompts) for prompts in prompt_lists]
 
 
 class ChatTextPreparer(Preparer):
-    """A text LLM's CPU half: the instruction in the model's chat template (when it has one);
-    each engine says how prompts become its inputs (`prepare_text`)."""
+    """A text LLM's CPU half: the instruction in the model's chat template (when it has one)."""
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
@@ -80,13 +59,12 @@ class ChatTextPreparer(Preparer):
 
 
 class Engine:
-    """Base of the captioning engines. Constructed from a CaptionConfig without loading anything
-    (so it can be pickled to a worker); `setup()` loads, `teardown()` releases."""
+    """Built from a CaptionConfig without loading anything (picklable to a worker); `setup()`
+    loads, `teardown()` releases."""
 
     device: str = "cpu"
     batches_in_flight: int = 1
-    # The model is weights this process loads (checked before a run starts: a folder or a hub id
-    # that is here); False for engines that send requests to a server naming the model.
+    # The model is weights this process loads (checked before a run); False: a server's model.
     loads_weights: bool = True
     preparer: Preparer
 
@@ -105,8 +83,7 @@ class Engine:
         raise NotImplementedError
 
     def rows(self, inputs, start: int, stop: int):
-        """Rows start..stop of a prepared batch, as a batch (the pipeline retries a failed batch
-        one row at a time). Engines whose inputs are not one entry per row override it."""
+        """Rows start..stop of a prepared batch, as a batch (a failed batch is retried row by row)."""
         if isinstance(inputs, list):
             return inputs[start:stop]
         return type(inputs)({k: v[start:stop] for k, v in inputs.items()})
@@ -116,8 +93,8 @@ class Engine:
         return decoding or Decoding(self.config.max_new_tokens)
 
     def prompt_overflow(self, instruction: str, max_new_tokens: int) -> str | None:
-        """Why this instruction and `max_new_tokens` cannot fit the model's context (None: they
-        fit, or the engine cannot tell: a server checks its own)."""
+        """Why this instruction and `max_new_tokens` cannot fit the model's context (None: they fit,
+        or the engine cannot tell)."""
         return None
 
 
@@ -136,9 +113,8 @@ def batch_rows(inputs) -> int:
     return int(inputs["input_ids"].shape[0])
 
 
-# One token this many times in a row is a loop, never a caption (",,,,", "a a a a"): generation of
-# that caption stops there instead of spending the whole max_new_tokens budget. The caption keeps
-# the loop's start, marked truncated; its text flags (degenerate, repetition) say what it is.
+# One token this many times in a row is a loop, never a caption: generation stops there, keeping
+# the loop's start, marked truncated (its text flags say what it is).
 LOOP_RUN = 16
 
 

@@ -1,19 +1,8 @@
-"""The OpenAI-compatible server engine (`--engine openai --endpoint URL [URL...]`).
-
-Sends one chat-completions request per image to one or more vLLM / SGLang / hosted servers:
-the paper's prompt with the image as a base64 data URL, greedy (temperature 0), max_tokens =
-max_new_tokens. The server applies the model's chat template.
-
-Many requests are in flight at once (`concurrency`, shared by all batches the pipeline hands
-over), each going to the endpoint with the fewest requests outstanding. A request that times
-out, fails to connect, or gets 429 / 5xx is retried with exponential backoff (honouring
-Retry-After), on another endpoint when there is one. A request that still fails becomes that
-one row's caption_error; the rest of the batch is kept.
-
-Error messages are stored (the `error` column) and logged, so they go through `redact` first: the
-API key (a server may echo it in an error body), credentials in an endpoint URL
-(`http://user:pass@host/v1`, sent as basic auth) and token-like strings are masked.
-"""
+"""The OpenAI-compatible server engine (`--engine openai --endpoint URL [URL...]`): one
+chat-completions request per image, `concurrency` in flight over all endpoints (the least busy
+first), retried with backoff (Retry-After honoured) on timeouts, connection errors, 429 and 5xx;
+a request that still fails is that row's caption_error. Error messages are stored and logged,
+so they go through `redact` first (API key, endpoint credentials, token-like strings)."""
 
 from __future__ import annotations
 
@@ -57,18 +46,10 @@ class OpenAIPreparer(Preparer):
     """Chat messages with the image inlined; built in loader workers (JPEG encoding is CPU work).
     The server applies the chat template, so `render` keeps the instruction as it is."""
 
-    def __init__(self, config: CaptionConfig):
-        self.config = config
-        self.plain_prompt = config.prompt
-
     def prepare(self, images: list, prompts: list[str]) -> list[list[dict]]:
-        return [
-            [{"role": "user", "content": [
-                {"type": "image_url", "image_url": {"url": image_data_url(img)}},
-                {"type": "text", "text": prompt},
-            ]}]
-            for img, prompt in zip(images, prompts, strict=True)
-        ]
+        return [[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_data_url(i)}},
+                                              {"type": "text", "text": prompt}]}]
+                for i, prompt in zip(images, prompts, strict=True)]
 
 
 class _RequestFailed(Exception):
@@ -87,7 +68,7 @@ class OpenAICaptioner(Engine):
         super().__init__(config)
         self.server = config.server
         self.device = "remote"
-        self.preparer = OpenAIPreparer(config)
+        self.preparer = OpenAIPreparer()
         self.batch_size = config.batch_size or 32
         # Enough batches in flight to keep `concurrency` requests busy, plus one being prepared.
         self.batches_in_flight = max(1, -(-config.server.concurrency // self.batch_size)) + 1
@@ -96,11 +77,10 @@ class OpenAICaptioner(Engine):
         self._secrets = [v for e in config.server.endpoints for v in url_secrets(e)]
 
     def redact(self, text: str | None) -> str | None:
-        """`text` without this client's secrets (API key, endpoint credentials) or token-like
-        strings: for every message that is stored, logged or printed."""
+        """`text` without this client's secrets or token-like strings: for every message shown."""
         return redact(text, self._secrets)
 
-    # -- lifecycle: one event loop thread and one HTTP session serve every batch -----------------
+    # one event loop thread and one HTTP session serve every batch
     def setup(self) -> None:
         self._api_key = os.environ.get(self.server.api_key_env) if self.server.api_key_env else None
         self._secrets.append(self._api_key)
@@ -145,7 +125,6 @@ class OpenAICaptioner(Engine):
         except Exception:
             pass
 
-    # -- generation -------------------------------------------------------------------------------
     def generate(self, inputs: list[list[dict]], decoding: Decoding | None = None) -> list[Generation]:
         """Thread-safe: several pipeline threads may wait on batches at once."""
         decoding = self.decoding(decoding)
@@ -223,11 +202,8 @@ def _parse_reply(url: str, reply: dict) -> Generation:
     except (KeyError, IndexError, TypeError) as exc:
         raise _RequestFailed(f"{url}: reply has no choices[0].message.content", retry=False) from exc
     usage = reply.get("usage") or {}
-    return Generation(
-        text=(text or "").strip(),
-        num_tokens=int(usage.get("completion_tokens") or 0),
-        truncated=choice.get("finish_reason") == "length",
-    )
+    return Generation(text=(text or "").strip(), num_tokens=int(usage.get("completion_tokens") or 0),
+                      truncated=choice.get("finish_reason") == "length")
 
 
 def _seconds(value: str | None) -> float | None:
@@ -253,7 +229,7 @@ class OpenAITextGenerator(OpenAICaptioner):
             raise ValueError(f"a text-only pass on engine openai (model {config.model}) needs a server: "
                              "give it endpoint: URL, or the run --endpoint URL")
         super().__init__(config)
-        self.preparer = OpenAITextPreparer(config)
+        self.preparer = OpenAITextPreparer()
 
 
 ENGINE = OpenAICaptioner

@@ -1,7 +1,5 @@
-"""The transformers engine: batched, left-padded generation through the model's chat template.
-
-On a GPU it backs off on out-of-memory: a batch that does not fit is split in halves (and the
-smaller size kept for later batches) instead of crashing the run."""
+"""The transformers engine: batched, left-padded generation through the model's chat template;
+a batch that runs out of GPU memory is halved (and the smaller size kept) instead of crashing."""
 
 from __future__ import annotations
 
@@ -50,8 +48,7 @@ def auto_batch_size(model, device: str, config: CaptionConfig) -> int:
 
 
 class BatchPreparer(Preparer):
-    """The CPU half of captioning: prompts and processor, no model. Small and picklable, so
-    loader workers get a copy and prepare batches in parallel with generation."""
+    """The CPU half of captioning: prompts and processor, no model; picklable, for loader workers."""
 
     def __init__(self, processor, family: ModelFamily, config: CaptionConfig):
         self.processor = processor
@@ -78,11 +75,9 @@ class BatchPreparer(Preparer):
         return self.prepare_passes(images, [prompts])[0]
 
     def prepare_passes(self, images: list, prompt_lists: list[list[str]]) -> list:
-        """Model inputs for each pass over a batch (resize, normalise, tokenise, pad).
-
-        When the family's image token count is fixed, the images go through the fast CLIP-style
-        path once for all passes, and a pass whose prompts are all the same has its token ids
-        computed once; both give what the processor gives (tests check), only faster."""
+        """Model inputs for each pass over a batch. With a fixed image token count, the images go
+        through the fast CLIP-style path once for all passes, and a pass of one prompt has its
+        token ids computed once: what the processor gives (tests check), faster."""
         if self.fast_images is None or not self.family.fixed_image_tokens:
             return [self._processor(images, prompts) for prompts in prompt_lists]
         try:
@@ -114,8 +109,7 @@ class BatchPreparer(Preparer):
         return self.processor(images=images, text=prompts, return_tensors="pt", padding=True)
 
     def _expand_image_tokens(self, prompts: list[str]) -> list[str]:
-        """Prompts with the image placeholder expanded to the model's image token count, as the
-        processor would expand it (fixed-count families only)."""
+        """Prompts with the image placeholder expanded as the processor would (fixed counts only)."""
         probe = self._tokens_for(prompts[0])["input_ids"][0].tolist()
         image_id = self.processor.tokenizer.convert_tokens_to_ids(self.processor.image_token)
         count = probe.count(image_id)
@@ -132,8 +126,7 @@ class BatchPreparer(Preparer):
 
 
 class TransformersCaptioner(Engine):
-    """Loads once in `setup()` (so it stays picklable until then). `preparer` does the CPU work
-    (in loader workers); `generate` runs the model on its device."""
+    """Loads in `setup()` (picklable until then); `generate` runs the model on its device."""
 
     def __init__(self, config: CaptionConfig):
         super().__init__(config)
@@ -148,23 +141,29 @@ class TransformersCaptioner(Engine):
         import transformers
         from transformers import AutoConfig
 
-        source = resolve_model(self.config.model)  # ModelError: not here, in one line
-        self.device = pick_device(self.config.device)
-        self.dtype = pick_dtype(self.config.dtype, self.device)
-        try:
+        def load(source: str):
             model_type = AutoConfig.from_pretrained(source).model_type
             family = family_for(model_type)
             processor = load_processor(
                 source, model_type, **{**family.processor_kwargs, **self.config.processor_options})
             auto_class = getattr(transformers, family.auto_class)
-            model = auto_class.from_pretrained(source, **self._load_options())
-        except (OSError, ValueError, KeyError, TypeError, ImportError) as exc:
-            # Not found, offline, not a model of a kind transformers knows, missing files,
-            # flash-attn not installed: one line naming the model, not a traceback.
-            raise load_error(self.config.model, exc) from exc
-        model = model.to(self.device).eval()
+            return auto_class.from_pretrained(source, **self._load_options()), processor, family
+
+        source, model, (processor, family) = self._load(load)
         self.attach(model, processor, family)
         log.info("loaded %s (%s family) on %s as %s", source, family.name, self.device, self.dtype)
+
+    def _load(self, load) -> tuple:
+        """(source, model on its device, *what else `load(source)` returned). Not found, offline,
+        not a model transformers knows, flash-attn missing: one line naming the model (ModelError)."""
+        source = resolve_model(self.config.model)  # ModelError: not here, in one line
+        self.device = pick_device(self.config.device)
+        self.dtype = pick_dtype(self.config.dtype, self.device)
+        try:
+            model, *rest = load(source)
+        except (OSError, ValueError, KeyError, TypeError, ImportError) as exc:
+            raise load_error(self.config.model, exc) from exc
+        return source, model.to(self.device).eval(), rest
 
     @classmethod
     def from_model(cls, model, processor, config: CaptionConfig) -> TransformersCaptioner:
@@ -199,9 +198,8 @@ class TransformersCaptioner(Engine):
                 f"{context}-token context")
 
     def _bind_tokens(self, model, tokenizer, encoder_decoder: bool) -> None:
-        """Padding side, pad token and the ids that end an answer, from the model and tokenizer.
-        Decoder-only batching pads on the left, so every row's answer starts at the same place;
-        an encoder-decoder (Florence-2) pads its encoder input on the right, as it was trained."""
+        """Padding side (left for decoder-only batching; right for an encoder-decoder, as trained),
+        pad token and the ids that end an answer."""
         self.encoder_decoder = encoder_decoder
         tokenizer.padding_side = "right" if encoder_decoder else "left"
         if tokenizer.pad_token is None:
@@ -227,8 +225,7 @@ class TransformersCaptioner(Engine):
         return self.preparer.prepare(images, prompts)
 
     def generate(self, inputs, decoding: Decoding | None = None) -> list[Generation]:
-        """Captions for a prepared batch, split into chunks of at most `max_rows` rows; a chunk
-        that runs out of GPU memory is halved and `max_rows` lowered for the rest of the run."""
+        """Captions in chunks of at most `max_rows` rows; out of GPU memory, `max_rows` is halved."""
         import torch
 
         decoding = self.decoding(decoding)
@@ -249,9 +246,8 @@ class TransformersCaptioner(Engine):
             return self.generate(inputs, decoding)
 
     def rows(self, inputs, start: int, stop: int):
-        """Rows start..stop of a prepared batch. Where the pixel values are not one per row but
-        the images' patches or tiles one after another (Qwen-VL, InternVL), each row's share is
-        in proportion to its image tokens."""
+        """Rows start..stop of a prepared batch; pixel values that are patches or tiles one after
+        another (Qwen-VL, InternVL) are shared in proportion to each row's image tokens."""
         rows = batch_rows(inputs)
         part = {k: v[start:stop] for k, v in inputs.items() if k != "pixel_values"}
         pixels = inputs.get("pixel_values")
@@ -311,15 +307,16 @@ class TransformersCaptioner(Engine):
 
     def _finish(self, tokens: list[int], max_new_tokens: int) -> Generation:
         end = next((i for i, t in enumerate(tokens) if t in self.eos_ids), None)
-        looped = loop_end(tokens if end is None else tokens[:end])
-        tokenizer = getattr(self.processor, "tokenizer", self.processor)  # a text LLM's is its tokenizer
-        if looped is not None:  # stopped early on a run of one token: cut there, not at the budget
-            text = tokenizer.decode(tokens[:looped], skip_special_tokens=True).strip()
-            return Generation(text=text, num_tokens=looped, truncated=True)
         kept = tokens if end is None else tokens[:end]
+        looped = loop_end(kept)
+        if looped is not None:  # stopped early on a run of one token: cut there, not at the budget
+            kept, num_tokens, truncated = tokens[:looped], looped, True
+        else:
+            num_tokens = len(tokens) if end is None else end + 1
+            truncated = end is None and len(tokens) >= max_new_tokens
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)  # a text LLM's is its tokenizer
         text = tokenizer.decode(kept, skip_special_tokens=True).strip()
-        truncated = end is None and len(tokens) >= max_new_tokens
-        return Generation(text=text, num_tokens=len(tokens) if end is None else end + 1, truncated=truncated)
+        return Generation(text=text, num_tokens=num_tokens, truncated=truncated)
 
 
 def stop_on_token_run(prompt_length: int):
@@ -355,16 +352,12 @@ class TransformersTextGenerator(TransformersCaptioner):
     def setup(self) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        source = resolve_model(self.config.model)  # tiny-text, a folder or a hub id; ModelError
-        self.device = pick_device(self.config.device)
-        self.dtype = pick_dtype(self.config.dtype, self.device)
-        try:
+        def load(source: str):
             tokenizer = AutoTokenizer.from_pretrained(source)
-            model = AutoModelForCausalLM.from_pretrained(source, **self._load_options())
-        except (OSError, ValueError, KeyError, TypeError, ImportError) as exc:
-            raise load_error(self.config.model, exc) from exc
-        self.model = model.to(self.device).eval()
-        self.processor = tokenizer
+            return AutoModelForCausalLM.from_pretrained(source, **self._load_options()), tokenizer
+
+        source, model, (tokenizer,) = self._load(load)
+        self.model, self.processor = model, tokenizer
         self._bind_tokens(model, tokenizer, encoder_decoder=False)
         self.preparer = TextPreparer(tokenizer)
         self.batch_size = self.config.batch_size or auto_batch_size(model, self.device, self.config)

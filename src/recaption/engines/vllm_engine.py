@@ -1,14 +1,6 @@
-"""The vLLM engine (`--engine vllm`): `LLM.generate` with `multi_modal_data`, in-process.
-
-A thin adapter: the prompt comes from the same model-family table as the transformers engine
-(rendered by the model's own chat template, so it carries the image placeholder vLLM expects),
-decoding is greedy (temperature 0) with max_tokens = max_new_tokens, and outputs become the same
-`Generation`s. vLLM schedules its own continuous batching and preprocessing; the pipeline's
-batches just hand it work.
-
-vLLM is not installable on the machines this project is built on: the adapter is tested against
-a stand-in with vLLM's call signature (tests/test_engines.py), not against vLLM itself.
-"""
+"""The vLLM engine (`--engine vllm`): `LLM.generate` with `multi_modal_data`, in-process, prompts
+from the same model-family table as the transformers engine. vLLM is not installable where this
+project is built: the adapter is tested against a stand-in with vLLM's call signature."""
 
 from __future__ import annotations
 
@@ -26,11 +18,9 @@ log = logging.getLogger(__name__)
 class VLLMPreparer(Preparer):
     """Prompt strings and PIL images as vLLM takes them; picklable."""
 
-    def __init__(self, processor, family: ModelFamily, config: CaptionConfig):
+    def __init__(self, processor, family: ModelFamily):
         self.processor = processor
         self.family = family
-        self.config = config
-        self.plain_prompt = self.render(config.prompt)
 
     def render(self, instruction: str) -> str:
         return self.family.render_prompt(self.processor, instruction)
@@ -47,33 +37,40 @@ class VLLMCaptioner(Engine):
         self.device = "cuda"
 
     def setup(self) -> None:
-        try:
-            import vllm
-        except ImportError as exc:
-            raise RuntimeError("--engine vllm needs vLLM: pip install vllm (on a GPU machine)") from exc
         from transformers import AutoConfig
 
         from ..models.processors import load_processor
 
-        source = resolve_model(self.config.model)  # ModelError: not here, in one line
-        dtype = "auto" if self.config.dtype == "auto" else self.config.dtype
-        try:
+        def load(vllm, source: str, **options):
             model_type = AutoConfig.from_pretrained(source).model_type
             family = family_for(model_type)
             processor_options = {**family.processor_kwargs, **self.config.processor_options}
             processor = load_processor(source, model_type, **processor_options)
             # vLLM runs the model's processor itself: the same options, as mm_processor_kwargs.
             extra = {"mm_processor_kwargs": processor_options} if processor_options else {}
-            self.llm = vllm.LLM(model=source, dtype=dtype, seed=self.config.seed,
-                                limit_mm_per_prompt={"image": 1}, **extra)
+            self.preparer = VLLMPreparer(processor, family)
+            self.preparer.render(self.config.prompt)  # a prompt the family refuses: now, in one line
+            llm = vllm.LLM(limit_mm_per_prompt={"image": 1}, **options, **extra)
+            log.info("vLLM loaded %s (%s family)", source, family.name)
+            return llm
+
+        self._load(load)
+
+    def _load(self, load) -> None:
+        """`load(vllm, source, model=, dtype=, seed=)` makes the LLM (and sets the preparer); a
+        model that cannot load is one line (ModelError), as in the transformers engine."""
+        try:
+            import vllm
+        except ImportError as exc:
+            raise RuntimeError("--engine vllm needs vLLM: pip install vllm (on a GPU machine)") from exc
+        source = resolve_model(self.config.model)  # ModelError: not here, in one line
+        try:
+            self.llm = load(vllm, source, model=source, dtype=self.config.dtype, seed=self.config.seed)
         except (OSError, ValueError, KeyError, TypeError, ImportError) as exc:
-            # As the transformers engine: a model that cannot load is one line, not a traceback.
             raise load_error(self.config.model, exc) from exc
         self._sampling_params = vllm.SamplingParams
-        self.preparer = VLLMPreparer(processor, family, self.config)
         self.batch_size = self.config.batch_size or 256  # vLLM schedules within what it is given
         self.ready = True
-        log.info("vLLM loaded %s (%s family)", source, family.name)
 
     def teardown(self) -> None:
         self.llm = None
@@ -99,11 +96,8 @@ class VLLMCaptioner(Engine):
         if looped is not None:  # the same cut as the transformers engine's early stop (base.LOOP_RUN)
             text = self.llm.get_tokenizer().decode(tokens[:looped], skip_special_tokens=True).strip()
             return Generation(text=text, num_tokens=len(tokens), truncated=True)
-        return Generation(
-            text=completion.text.strip(),
-            num_tokens=len(tokens),
-            truncated=completion.finish_reason == "length",
-        )
+        return Generation(text=completion.text.strip(), num_tokens=len(tokens),
+                          truncated=completion.finish_reason == "length")
 
 
 class VLLMTextPreparer(ChatTextPreparer):
@@ -117,21 +111,13 @@ class VLLMTextGenerator(VLLMCaptioner):
     """A text-only pass's LLM in vLLM (tested against a stand-in only, as the captioner)."""
 
     def setup(self) -> None:
-        try:
-            import vllm
-        except ImportError as exc:
-            raise RuntimeError("engine vllm needs vLLM: pip install vllm (on a GPU machine)") from exc
-        source = resolve_model(self.config.model)
-        dtype = "auto" if self.config.dtype == "auto" else self.config.dtype
-        try:
-            self.llm = vllm.LLM(model=source, dtype=dtype, seed=self.config.seed)
-        except (OSError, ValueError, KeyError, TypeError, ImportError) as exc:
-            raise load_error(self.config.model, exc) from exc
-        self._sampling_params = vllm.SamplingParams
-        self.preparer = VLLMTextPreparer(self.llm.get_tokenizer())
-        self.batch_size = self.config.batch_size or 256
-        self.ready = True
-        log.info("vLLM loaded text model %s", source)
+        def load(vllm, source: str, **options):
+            llm = vllm.LLM(**options)
+            self.preparer = VLLMTextPreparer(llm.get_tokenizer())
+            log.info("vLLM loaded text model %s", source)
+            return llm
+
+        self._load(load)
 
 
 ENGINE = VLLMCaptioner

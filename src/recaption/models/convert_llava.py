@@ -1,29 +1,8 @@
 """`recap convert-llava`: a LLaVA-repo checkpoint (llava_llama) -> a transformers
-LlavaForConditionalGeneration folder.
-
-The paper's captioner (tennant/llava-llama-3-8b-hqedit) is stored the way the original LLaVA
-repository saves models: `model_type: llava_llama`, LLaMA weights under `model.*`, the projector as
-`model.mm_projector.{0,2}.*` (mlp2x_gelu), the vision tower inside the checkpoint
-(`model.vision_tower.vision_tower.vision_model.*`) or only named by `mm_vision_tower`, and its
-settings in `mm_*` config fields. transformers cannot load that. This writes:
-
-  config.json              LlavaConfig: the LLaMA text config (every field of the source config
-                           but the LLaVA repo's own, through transformers' LlamaConfig, so
-                           rope_theta / rope_scaling survive in either style: top-level
-                           `rope_theta` or transformers 5's `rope_parameters`), the CLIP vision
-                           config, the image token, vision_feature_layer = mm_vision_select_layer,
-                           feature strategy
-  model-0000k-of-0000n.safetensors (+ index)   tensors renamed, streamed one source shard at a
-                           time (an 8B model converts in a few GB of RAM), embeddings and LM head
-                           grown by one row for the added <image> token (initialised to the mean)
-  tokenizer + processor    the `<image>` token added, the LLaMA-3 chat template, CLIP ViT-L/14-336
-                           preprocessing with LLaVA-1.5's pad-to-square (image_aspect_ratio: pad)
-Pickle checkpoints (.bin, .pt) are refused unless allow_pickle, and even then read with
-torch.load(weights_only=True). Everything is written into a temporary folder beside DST, which is
-renamed to DST at the end: DST is a whole converted model or absent. Wrong inputs (no such folder,
-not a LLaVA-repo checkpoint, a vision tower or tokenizer that cannot be loaded, a DST that is not
-empty) raise ConversionError with one line saying so.
-"""
+LlavaForConditionalGeneration folder (docs/models.md). Tensors are renamed and streamed one
+source shard at a time; pickle checkpoints are refused unless allow_pickle (then read with
+weights_only); the output is built in a temporary folder beside DST and renamed at the end, so
+DST is a whole converted model or absent. Wrong inputs raise ConversionError, in one line."""
 
 from __future__ import annotations
 
@@ -46,29 +25,14 @@ IMAGE_TOKEN = "<image>"
 # Fields of a LLaVA-repo config.json that are not the language model's (besides every `mm_*`
 # field): the multimodal settings, the training script's, and what describes the file rather than
 # the model (dtype is a loading choice, left to the loader as for any converted model).
-LLAVA_REPO_FIELDS = frozenset(
-    {
-        "architectures",
-        "model_type",
-        "auto_map",
-        "transformers_version",
-        "_name_or_path",
-        "torch_dtype",
-        "dtype",
-        "image_aspect_ratio",
-        "image_grid_pinpoints",
-        "tokenizer_model_max_length",
-        "tokenizer_padding_side",
-        "tune_mm_mlp_adapter",
-        "freeze_mm_mlp_adapter",
-        "use_mm_proj",
-        "unfreeze_mm_vision_tower",
-        "s2",
-        "s2_scales",
-        "s2_max_split_size",
-    }
-)
+LLAVA_REPO_FIELDS = frozenset({
+    "architectures", "model_type", "auto_map", "transformers_version", "_name_or_path", "torch_dtype",
+    "dtype", "image_aspect_ratio", "image_grid_pinpoints", "tokenizer_model_max_length",
+    "tokenizer_padding_side", "tune_mm_mlp_adapter", "freeze_mm_mlp_adapter", "use_mm_proj",
+    "unfreeze_mm_vision_tower", "s2", "s2_scales", "s2_max_split_size",
+})
 VISION_PREFIX_IN_CHECKPOINT = "model.vision_tower.vision_tower.vision_model."
+VOCABULARY_ROWS = ("language_model.model.embed_tokens.weight", "language_model.lm_head.weight")
 
 
 class ConversionError(RecaptionError, ValueError):
@@ -79,10 +43,8 @@ def rename(key: str) -> str | None:
     """LLaVA-repo name -> the name transformers' LlavaForConditionalGeneration files use."""
     if key.startswith("model.mm_projector."):
         index, rest = key[len("model.mm_projector.") :].split(".", 1)
-        return {
-            "0": f"multi_modal_projector.linear_1.{rest}",
-            "2": f"multi_modal_projector.linear_2.{rest}",
-        }.get(index)
+        linear = {"0": "linear_1", "2": "linear_2"}.get(index)
+        return f"multi_modal_projector.{linear}.{rest}" if linear else None
     if key.startswith(VISION_PREFIX_IN_CHECKPOINT):
         return "vision_tower." + key[len(VISION_PREFIX_IN_CHECKPOINT) :]
     if key.startswith("model.vision_tower."):
@@ -215,13 +177,8 @@ def text_config_from(config: dict):
     return text
 
 
-def convert_llava(
-    src: str | Path,
-    dst: str | Path,
-    vision_tower: str | None = None,
-    tokenizer: str | None = None,
-    allow_pickle: bool = False,
-) -> Path:
+def convert_llava(src: str | Path, dst: str | Path, vision_tower: str | None = None,
+                  tokenizer: str | None = None, allow_pickle: bool = False) -> Path:
     """Convert SRC into DST (which must not exist or be empty); see the module docstring."""
     src, dst = Path(src).expanduser(), Path(dst).expanduser()
     config = read_source_config(src)
@@ -243,7 +200,7 @@ def convert_llava(
 
 
 def _convert(src: Path, dst: Path, config: dict, text, shards: list[Path], vision_tower, tokenizer) -> None:
-    from transformers import AutoConfig, AutoTokenizer, CLIPVisionConfig, LlavaConfig
+    from transformers import AutoConfig, AutoTokenizer, CLIPVisionConfig
 
     # Everything named (vision tower, tokenizer) is checked before the weights are streamed.
     tower = vision_tower or config.get("mm_vision_tower")
@@ -273,54 +230,51 @@ def _convert(src: Path, dst: Path, config: dict, text, shards: list[Path], visio
             name = rename(key)
             if name is None:
                 continue
-            if (
-                name in ("language_model.model.embed_tokens.weight", "language_model.lm_head.weight")
-                and tensor.shape[0] < new_vocab
-            ):
-                extra = (
-                    tensor.float()
-                    .mean(0, keepdim=True)
-                    .to(tensor.dtype)
-                    .expand(new_vocab - tensor.shape[0], -1)
-                )
-                tensor = torch.cat([tensor, extra])
+            if name in VOCABULARY_ROWS and tensor.shape[0] < new_vocab:  # new rows: the mean row
+                extra = tensor.float().mean(0, keepdim=True).to(tensor.dtype)
+                tensor = torch.cat([tensor, extra.expand(new_vocab - tensor.shape[0], -1)])
             tensors[name] = tensor
         _save_part(dst, number, tensors, outputs)
         log.info("converted %s (%d tensors)", shard.name, len(tensors))
         del tensors
     found = {name for _, shapes in outputs for name in shapes}
-    for needed, what in (
-        ("multi_modal_projector.linear_1.weight", "projector (model.mm_projector.*)"),
-        ("language_model.model.embed_tokens.weight", "language model (model.embed_tokens.*)"),
-    ):
+    for needed, what in (("multi_modal_projector.linear_1.weight", "projector (model.mm_projector.*)"),
+                         (VOCABULARY_ROWS[0], "language model (model.embed_tokens.*)")):
         if needed not in found:
-            raise ConversionError(
-                f"{src}: no {what} weights; a full LLaVA-repo checkpoint is needed (not a "
-                "projector-only or LoRA one)"
-            )
+            raise ConversionError(f"{src}: no {what} weights; a full LLaVA-repo checkpoint is needed (not a "
+                                  "projector-only or LoRA one)")
     # The vision config comes from the named tower's config, its weights too unless in the checkpoint.
     vision_config = CLIPVisionConfig(**getattr(tower_config, "vision_config", tower_config).to_dict())
     if not vision_in_checkpoint:
         _save_part(dst, len(shards), vision_tensors(tower), outputs)
     _finalise_names(dst, outputs)
-
     text.vocab_size = new_vocab
+    _write_configs(dst, config, text, tok, vision_config)
+
+
+def _write_configs(dst: Path, config: dict, text, tok, vision_config) -> None:
+    """The LlavaConfig, generation config and processor of the converted model."""
+    from transformers import GenerationConfig, LlavaConfig
+
+    from .llava_parts import llava_processor
+
     text.pad_token_id = tok.pad_token_id
     patches = (vision_config.image_size // vision_config.patch_size) ** 2
     strategy = "default" if config.get("mm_vision_select_feature", "patch") == "patch" else "full"
-    llava = LlavaConfig(
-        vision_config=vision_config.to_dict(),
-        text_config=text.to_dict(),
-        image_token_index=tok.convert_tokens_to_ids(IMAGE_TOKEN),
-        projector_hidden_act="gelu",
-        vision_feature_layer=config.get("mm_vision_select_layer", -2),
-        vision_feature_select_strategy=strategy,
-        image_seq_length=patches,
-    )
+    llava = LlavaConfig(vision_config=vision_config.to_dict(), text_config=text.to_dict(),
+                        image_token_index=tok.convert_tokens_to_ids(IMAGE_TOKEN), projector_hidden_act="gelu",
+                        vision_feature_layer=config.get("mm_vision_select_layer", -2),
+                        vision_feature_select_strategy=strategy, image_seq_length=patches)
     llava.architectures = ["LlavaForConditionalGeneration"]
     llava.save_pretrained(dst)
-    _write_generation_config(dst, tok)
-    _write_processor(dst, tok, vision_config, strategy, pad=config.get("image_aspect_ratio", "pad") == "pad")
+    eot = tok.convert_tokens_to_ids("<|eot_id|>")
+    with_eot = isinstance(eot, int) and eot not in (tok.unk_token_id, tok.eos_token_id)
+    eos = [tok.eos_token_id, eot] if with_eot else [tok.eos_token_id]
+    GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=eos if len(eos) > 1 else eos[0],
+                     pad_token_id=tok.pad_token_id).save_pretrained(dst)
+    pad = config.get("image_aspect_ratio", "pad") == "pad"
+    llava_processor(tok, vision_config.image_size, vision_config.patch_size, LLAMA3_CHAT_TEMPLATE, pad=pad,
+                    strategy=strategy).save_pretrained(dst)
 
 
 def _save_part(dst: Path, number: int, tensors: dict, outputs: list) -> None:
@@ -339,34 +293,5 @@ def _finalise_names(dst: Path, outputs: list) -> None:
         final = f"model-{number:05d}-of-{total:05d}.safetensors"
         (dst / filename).rename(dst / final)
         weight_map.update(dict.fromkeys(shapes, final))
-    (dst / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2)
-    )
-
-
-def _write_generation_config(dst: Path, tok) -> None:
-    from transformers import GenerationConfig
-
-    eot = tok.convert_tokens_to_ids("<|eot_id|>")
-    eos = [tok.eos_token_id] + (
-        [eot] if isinstance(eot, int) and eot != tok.unk_token_id and eot != tok.eos_token_id else []
-    )
-    GenerationConfig(
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=eos if len(eos) > 1 else eos[0],
-        pad_token_id=tok.pad_token_id,
-    ).save_pretrained(dst)
-
-
-def _write_processor(dst: Path, tok, vision_config, strategy: str, pad: bool) -> None:
-    from .llava_parts import llava_processor
-
-    processor = llava_processor(
-        tok,
-        vision_config.image_size,
-        vision_config.patch_size,
-        LLAMA3_CHAT_TEMPLATE,
-        pad=pad,
-        strategy=strategy,
-    )
-    processor.save_pretrained(dst)
+    (dst / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map},
+                                                                  indent=2))

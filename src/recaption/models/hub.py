@@ -1,8 +1,7 @@
-"""The Hugging Face hub, looked up one way for every model we load (captioners, CLIPs): a name
-is a hub id or not; a cached copy is used with no network access; with the hub switched off
-(HF_HUB_OFFLINE) an uncached id fails at once; else one quick request (HUB_PROBE_TIMEOUT s, no
-retries) asks the hub whether it has the model before from_pretrained downloads it. Each
-failure is one line, in the caller's error type, naming the option and what works here."""
+"""The Hugging Face hub, looked up one way for every model we load: a cached copy is used with no
+network access; with the hub off (HF_HUB_OFFLINE) an uncached id fails at once; else one quick
+request (HUB_PROBE_TIMEOUT s) asks the hub before from_pretrained downloads. Failures are one
+line, in the caller's error type."""
 
 from __future__ import annotations
 
@@ -16,9 +15,8 @@ def hub_offline() -> bool:
     from huggingface_hub import constants
 
     flags = (os.environ.get("HF_HUB_OFFLINE"), os.environ.get("TRANSFORMERS_OFFLINE"))
-    return constants.is_offline_mode() or any(
-        (f or "").strip().upper() in ("1", "ON", "YES", "TRUE") for f in flags
-    )
+    on = ("1", "ON", "YES", "TRUE")
+    return constants.is_offline_mode() or any((f or "").strip().upper() in on for f in flags)
 
 
 def is_hub_id(name: str) -> bool:
@@ -44,17 +42,15 @@ def in_hub_cache(name: str) -> bool:
 
 
 def cached_snapshot(name: str, required: tuple[tuple[str, ...], ...] = ()) -> Path | None:
-    """The model's folder in the local cache if it holds config.json and, for each group in
-    `required`, one of its files (read with no network access)."""
+    """The model's cached folder if it holds config.json and one file of each `required` group."""
     from huggingface_hub import snapshot_download
 
     try:
         folder = Path(snapshot_download(name, local_files_only=True))
     except (OSError, ValueError):
         return None
-    complete = (folder / "config.json").is_file() and all(
-        any((folder / f).is_file() for f in group) for group in required
-    )
+    complete = (folder / "config.json").is_file() and all(any((folder / f).is_file() for f in group)
+                                                           for group in required)
     return folder if complete else None
 
 
@@ -64,17 +60,14 @@ def probe_hub(name: str) -> str | None:
     from huggingface_hub.utils import build_hf_headers, get_session
 
     try:
-        response = get_session().head(
-            hf_hub_url(name, "config.json"), headers=build_hf_headers(), timeout=HUB_PROBE_TIMEOUT
-        )
+        response = get_session().head(hf_hub_url(name, "config.json"), headers=build_hf_headers(),
+                                      timeout=HUB_PROBE_TIMEOUT)
     except Exception as exc:  # no route, no DNS, refused, timed out: all say "no network"
         said = " ".join(str(exc).split()) or type(exc).__name__
         return f"the hub ({constants.ENDPOINT}) cannot be reached ({said})"
     if response.status_code in (401, 403, 404):
-        return (
-            f"the hub has no model {name} this machine may read (HTTP {response.status_code}; a "
-            "gated or private model needs `hf auth login`)"
-        )
+        return (f"the hub has no model {name} this machine may read (HTTP {response.status_code}; a "
+                "gated or private model needs `hf auth login`)")
     if response.status_code >= 400:
         return f"the hub answered HTTP {response.status_code}"
     return None
@@ -82,9 +75,8 @@ def probe_hub(name: str) -> str | None:
 
 def require_on_hub(name: str, label: str, choices: str, error: type[Exception], *,
                    probe: bool = True) -> None:
-    """The ladder's last rungs for a hub id not in the cache: refused at once when the hub is
-    switched off, else (with `probe`) when one quick request says the hub cannot give it.
-    `label` starts the message ("--model X", "CLIP model X"); `choices` ends it."""
+    """For a hub id not in the cache: refused when the hub is off, else (with `probe`) when one
+    quick request says the hub cannot give it. `label` starts the message, `choices` ends it."""
     if hub_offline():
         raise error(f"{label}: not in the local Hugging Face cache and the hub is switched off "
                     f"(HF_HUB_OFFLINE). {choices}")

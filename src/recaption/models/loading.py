@@ -1,16 +1,6 @@
-"""Resolve `--model` (tiny, a local folder, or a hub id) to something from_pretrained takes.
-
-A model that cannot be used here fails at once, in one line (ModelError, a ValueError) that
-names --model and what to give instead, before any process starts or any weights load:
-
-  tiny, tiny-random   built in; nothing is downloaded (tiny-text: the built-in text LLM)
-  a folder            must hold config.json (a transformers model folder)
-  a path that is not there (/x, ./x, ~/x, a/b/c)            "no such folder"
-  a hub id            read from the local Hugging Face cache when it is there; else, with the hub
-                      switched off (HF_HUB_OFFLINE), refused; else one quick request asks the hub
-                      whether it has the model (`check_model`, before the run) before
-                      from_pretrained downloads it.
-"""
+"""Resolve `--model` (tiny, tiny-random, tiny-text, a local folder, or a hub id) to what
+from_pretrained takes. A model that cannot be used here fails at once, in one line (ModelError)
+naming --model and what to give instead; hub ids follow the ladder of models/hub.py."""
 
 from __future__ import annotations
 
@@ -55,8 +45,8 @@ def first_line(exc: BaseException, limit: int = 160) -> str:
 
 
 def local_folder_or_name(name: str, option: str, error: type[ValueError] = ValueError, hint: str = "") -> str:
-    """A local model folder (it must hold config.json), or `name` as it is when it is not a path
-    (a hub id, for from_pretrained); anything else is `error`, one line naming `option`."""
+    """A local model folder (holding config.json), or `name` when it is not a path (a hub id);
+    anything else is `error`, one line naming `option`."""
     path = Path(name).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -71,8 +61,8 @@ def local_folder_or_name(name: str, option: str, error: type[ValueError] = Value
 
 
 def load_or_explain(load, source: str, label: str, error: type[ValueError] = ValueError, hint: str = ""):
-    """`load(source)` (a from_pretrained), with "not found" and "not that kind of model" turned into
-    one line (`error`) starting with `label` (the option and the name the user gave)."""
+    """`load(source)` (a from_pretrained), "not found" and "not that kind of model" as one line
+    (`error`) starting with `label`."""
     try:
         return load(source)
     except OSError as exc:
@@ -87,11 +77,8 @@ def load_or_explain(load, source: str, label: str, error: type[ValueError] = Val
 
 
 def resolve_model(name_or_path: str) -> str:
-    """`tiny`: the shipped trained captioner (the random one if it is missing); `tiny-random`:
-    the random-weight tiny LLaVA at 336 px; else a local folder or a hub id.
-
-    Raises ModelError for a folder that is not there or not a model folder, a name that is
-    neither, and a hub id that is not in the local cache while the hub is switched off."""
+    """`tiny` (the shipped trained captioner, else the random one), `tiny-random`, `tiny-text`, a
+    local folder or a hub id; ModelError for anything else, or an uncached id with the hub off."""
     if name_or_path == TINY_MODEL_NAME:  # the trained captioner shipped in recaption/data/tiny-captioner
         shipped = Path(str(resources.files("recaption") / "data" / "tiny-captioner"))
         return str(shipped if (shipped / "config.json").is_file() else tiny_model_path())
@@ -113,8 +100,8 @@ def resolve_model(name_or_path: str) -> str:
 
 
 def check_model(name: str) -> None:
-    """Fail now, in seconds and in one line (ModelError), if `--model name` cannot load here;
-    for a hub id neither cached nor offline, one quick request asks the hub whether it has it."""
+    """Fail now, in one line (ModelError), if `--model name` cannot load here (an uncached hub id:
+    one quick request to the hub)."""
     if name in (TINY_MODEL_NAME, TINY_RANDOM_NAME, TINY_TEXT_NAME):
         return  # built in (built on first use, by the run itself)
     source = resolve_model(name)

@@ -1,10 +1,6 @@
-"""Loading a model's processor, with the options `--processor-option` gives it.
-
-transformers' Qwen-VL and InternVL processors take a video processor, and without torchvision
-none can be built (its base class is only defined with torchvision), so `AutoProcessor` fails
-for them on a machine without it. Captioning sends images only: there the processor is built
-without its video half (`image_only`), from the same folder files.
-"""
+"""Loading a model's processor, with the options `--processor-option` gives it. Qwen-VL's and
+InternVL's processors need torchvision for their video half; without it they are built image-only
+(`image_only`), from the same files: captioning sends images only."""
 
 from __future__ import annotations
 
@@ -33,8 +29,7 @@ def load_processor(source: str, model_type: str, **kwargs):
 
 
 def _settings(processor) -> set[str]:
-    """The settings a processor takes: its image processor's keyword arguments and its own
-    (empty when they cannot be told)."""
+    """The settings a processor takes (empty when they cannot be told)."""
     image_processor = getattr(processor, "image_processor", None)
     declared = getattr(type(image_processor), "valid_kwargs", None)
     if declared is None:
@@ -55,9 +50,8 @@ def _processor_class(model_type: str):
 
 @cache
 def image_only(cls):
-    """`cls` (a processor class) whose only parts are its image processor and tokenizer.
-
-    It keeps the class's name, so a folder it saves loads as `cls` where torchvision is."""
+    """`cls` (a processor class) with only its image processor and tokenizer, under its own name
+    (a folder it saves loads as `cls` where torchvision is)."""
 
     # transformers reads the settings a saved processor passes back from this function's own
     # parameters (its code object): chat_template, and InternVL's image_seq_length.

@@ -1,11 +1,6 @@
-"""The built-in offline model: a tiny LLaVA-1.5 built deterministically from config.
-
-It has the real architecture (CLIP ViT vision tower at 336 px / patch 14 -> 576 image tokens,
-2-layer GELU MLP projector, Llama language model, LLaMA-3 chat template) at toy widths, with
-seeded random weights and a word-level tokenizer built from a fixed corpus. Its captions carry no
-meaning; it exists so the pipeline, tests, demo and benchmarks run with no download.
-It is built once into the cache directory and loaded from there like any local model folder.
-"""
+"""The built-in offline model: a tiny LLaVA-1.5 (the real architecture at toy widths, seeded random
+weights, a word-level tokenizer over a fixed corpus), built once into the cache directory, so the
+pipeline, tests, demo and benchmarks run with no download. Its captions carry no meaning."""
 
 from __future__ import annotations
 
@@ -21,29 +16,17 @@ IMAGE_SIZE = 336
 PATCH_SIZE = 14
 
 LLAMA3_CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{% for message in messages %}"
+    "{{ bos_token }}{% for message in messages %}"
     "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>' }}{{ '\n\n' }}"
     "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for item in message['content'] %}"
-    "{% if item['type'] == 'image' %}{{ '<image>' }}{{ '\n' }}"
-    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "{{ '<|eot_id|>' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}"
-    "{{ '<|start_header_id|>assistant<|end_header_id|>' }}{{ '\n\n' }}"
-    "{% endif %}"
+    "{% else %}{% for item in message['content'] %}{% if item['type'] == 'image' %}{{ '<image>' }}{{ '\n' }}"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "{{ '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>' }}{{ '\n\n' }}{% endif %}"
 )
 
-_SPECIAL_TOKENS = [
-    "<|begin_of_text|>",
-    "<|eot_id|>",
-    "<|pad|>",
-    "<|start_header_id|>",
-    "<|end_header_id|>",
-    "<image>",
-]
+_SPECIAL_TOKENS = ["<|begin_of_text|>", "<|eot_id|>", "<|pad|>", "<|start_header_id|>", "<|end_header_id|>",
+                   "<image>"]
 
 # Words a captioner would use; the tokenizer learns its merges from these.
 _CORPUS = """
@@ -93,11 +76,8 @@ def shapes_vocabulary() -> str:
 
 
 def _build_tokenizer(special_tokens: tuple[str, ...] = (), named_tokens: dict[str, str] | None = None):
-    """A word-level tokenizer over the corpus words: random weights then emit real words.
-
-    `special_tokens` are added after ours (a model family's chat and image markers);
-    `named_tokens` names some of them as the family's processor looks them up
-    (`{"image_token": "<|image_pad|>"}` makes `tokenizer.image_token` that token)."""
+    """A word-level tokenizer over the corpus words (random weights then emit real words), with
+    `special_tokens` added after ours and `named_tokens` (`{"image_token": "<|image_pad|>"}`)."""
     named = {"image_token": "<image>", **(named_tokens or {})}
     extra = [t for t in (*special_tokens, *named.values()) if t not in _SPECIAL_TOKENS]
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -112,15 +92,9 @@ def _build_tokenizer(special_tokens: tuple[str, ...] = (), named_tokens: dict[st
     # Join words with spaces but none before punctuation ("left, a" rather than "left , a").
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<|begin_of_text|>",
-        eos_token="<|eot_id|>",
-        pad_token="<|pad|>",
-        unk_token="<unk>",
-        extra_special_tokens=named,
-        padding_side="left",
-        chat_template=LLAMA3_CHAT_TEMPLATE,
-    )
+        tokenizer_object=tok, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", pad_token="<|pad|>",
+        unk_token="<unk>", extra_special_tokens=named, padding_side="left",
+        chat_template=LLAMA3_CHAT_TEMPLATE)
 
 
 def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
@@ -131,9 +105,8 @@ def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
 
     tokenizer = _build_tokenizer()
     vision = toy_vision_config(IMAGE_SIZE, PATCH_SIZE, intermediate=128, projection_dim=64)
-    model = small_llava(
-        tokenizer, vision, width=64, layers=2, intermediate=128, heads=2, max_positions=2048, seed=seed
-    ).eval()
+    model = small_llava(tokenizer, vision, width=64, layers=2, intermediate=128, heads=2, max_positions=2048,
+                        seed=seed).eval()
     with torch.no_grad():
         # Random weights: keep the end token's logit at 0 so it (almost) never wins and every
         # caption runs to max_new_tokens, as before; a trained model learns when to stop.
@@ -153,9 +126,8 @@ def tiny_text_model_path(cache_dir: Path | None = None) -> Path:
 
 
 def build_tiny_text_model(out_dir: Path, seed: int = 1) -> Path:
-    """Write a tiny Llama text LLM (AutoModelForCausalLM, LLaMA-3 chat template, the captioner's
-    word-level tokenizer) with seeded random weights: ~0.6 MB, deterministic. Its answers carry
-    no meaning; it lets the text-only passes (fusion of a caption with the alt-text) run offline."""
+    """Write a tiny Llama text LLM (seeded random weights, the captioner's tokenizer) so text-only
+    passes run offline; its answers carry no meaning."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 

@@ -1,17 +1,7 @@
-"""The built-in offline CLIPs: `tiny-clip` (trained on the shapes world, shipped) and
-`tiny-clip-random` (seeded random weights, built into the cache).
-
-`tiny-clip` is a transformers CLIPModel at toy widths trained contrastively on the synthetic
-shapes world (docs/shapes.md): images against their true descriptions and, a quarter of the time,
-their noisy alt-text. `benchmarks/train_tiny_clip.py` retrains and measures it; the settings are in
-`recaption/data/tiny-clip/training.json`. It knows the shapes world's few dozen words and 64 px
-images of flat shapes, nothing else: every other word is one unknown token to it, so its scores rank
-shapes-world captions and mean nothing for real photos (`TINY_CLIP_NOTE`, printed wherever its
-scores are shown).
-
-`tiny-clip-random` is the old random-weight model of the same architecture; its scores carry no
-meaning at all (tests of the plumbing only).
-"""
+"""The built-in offline CLIPs: `tiny-clip`, trained on the synthetic shapes world and shipped
+(`benchmarks/train_tiny_clip.py` retrains it; its scores mean nothing for real photos:
+TINY_CLIP_NOTE), and `tiny-clip-random`, seeded random weights built into the cache (plumbing
+tests only)."""
 
 from __future__ import annotations
 
@@ -41,8 +31,7 @@ def shipped_tiny_clip() -> Path:
 
 
 def builtin_clip(name: str) -> tuple[Path, str, str] | None:
-    """(folder, version, note) of a built-in CLIP, what `--clip-model NAME` loads with no
-    download (tiny-clip-random is built into the cache on first use); None for other names."""
+    """(folder, version, note) of a built-in CLIP (tiny-clip-random built on first use), else None."""
     facts = builtin_clip_facts(name)
     if facts is None:
         return None
@@ -66,50 +55,29 @@ def build_tiny_clip_random(folder: Path) -> None:
         part.save_pretrained(folder)
 
 
-def small_clip(
-    width: int,
-    intermediate: int,
-    heads: int,
-    layers: int,
-    image_size: int,
-    patch_size: int,
-    projection_dim: int,
-    text_length: int,
-    seed: int,
-):
-    """(CLIPModel, tokenizer, image processor) at toy widths with random weights from `seed`.
-
-    The tokenizer is the tiny captioner's word-level one, made to wrap every text in begin ...
-    end tokens (CLIP pools the text at its end token) and to pad on the right."""
+def small_clip(width: int, intermediate: int, heads: int, layers: int, image_size: int, patch_size: int,
+               projection_dim: int, text_length: int, seed: int):
+    """(CLIPModel, tokenizer, image processor) at toy widths, random weights from `seed`; the tiny
+    captioner's tokenizer, wrapping texts in begin ... end (CLIP pools at the end token)."""
     import torch
     from tokenizers.processors import TemplateProcessing
     from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_path())
     bos, eos = tokenizer.bos_token, tokenizer.eos_token
-    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
-        single=f"{bos} $A {eos}",
-        special_tokens=[(bos, tokenizer.bos_token_id), (eos, tokenizer.eos_token_id)],
-    )
+    special = [(bos, tokenizer.bos_token_id), (eos, tokenizer.eos_token_id)]
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(single=f"{bos} $A {eos}",
+                                                                    special_tokens=special)
     tokenizer.padding_side = "right"
     tokenizer.model_max_length = text_length
-    tower = dict(
-        hidden_size=width, intermediate_size=intermediate, num_hidden_layers=layers, num_attention_heads=heads
-    )
-    config = CLIPConfig(
-        text_config=dict(
-            **tower,
-            vocab_size=len(tokenizer),
-            max_position_embeddings=text_length,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        ),
-        vision_config=dict(**tower, image_size=image_size, patch_size=patch_size),
-        projection_dim=projection_dim,
-    )
+    tower = dict(hidden_size=width, intermediate_size=intermediate, num_hidden_layers=layers,
+                 num_attention_heads=heads)
+    text = dict(**tower, vocab_size=len(tokenizer), max_position_embeddings=text_length,
+                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id)
+    vision = dict(**tower, image_size=image_size, patch_size=patch_size)
+    config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim)
     torch.manual_seed(seed)
-    image_processor = CLIPImageProcessor(
-        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
-    )
+    image_processor = CLIPImageProcessor(size={"shortest_edge": image_size},
+                                         crop_size={"height": image_size, "width": image_size})
     return CLIPModel(config), tokenizer, image_processor

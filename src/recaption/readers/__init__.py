@@ -60,9 +60,8 @@ def open_shard(url: str, columns: ColumnConfig = ColumnConfig()) -> Shard:
 
 @dataclass
 class _FolderListing:
-    """What a recursive scan of a folder found. Hidden files (`.DS_Store`, `._cat.jpg`) and
-    whatever lies in hidden folders under it (`.recap-index`, `.git`) are left out; `.txt` /
-    `.json` files are sidecars; anything else is `skipped`, by extension."""
+    """What a recursive scan of a folder found, hidden files and folders left out; `.txt` / `.json`
+    files are sidecars, anything else not an image is `skipped`, by extension."""
 
     images: list[FolderFile] = field(default_factory=list)
     captions: dict[str, FolderFile] = field(default_factory=dict)  # stem -> its .txt (any case)
@@ -89,10 +88,11 @@ class _FolderListing:
                 found.skipped[f".{ext}" if ext else "(no extension)"] += 1
         return found
 
-    def skipped_text(self) -> str:
-        """`.pdf x2, .mov x1`: the most common first."""
+    def skipped_text(self) -> tuple[str, str]:
+        """`.pdf x2, .mov x1`: the most common first; then what Pillow here cannot read."""
         by_count = sorted(self.skipped.items(), key=lambda e: (-e[1], e[0]))
-        return ", ".join(f"{ext} x{n}" for ext, n in by_count)
+        note = unreadable_types_note(ext.lstrip(".") for ext in self.skipped)
+        return ", ".join(f"{ext} x{n}" for ext, n in by_count), note
 
 
 def _plural(n: int, word: str) -> str:
@@ -113,9 +113,8 @@ def _folder_shards(fs, root: str, found: _FolderListing, folder_shard_size: int,
 
 
 def _shard_files(paths: list[str]) -> list[str]:
-    """Tars, and the parquet files that are not a tar's metadata. img2dataset writes a metadata
-    parquet with no images beside each tar (00000.tar + 00000.parquet): the tar is the shard.
-    Any other parquet may hold images and is kept (whether it does is `_holds_images`)."""
+    """Tars, and the parquet files that are not a tar's metadata (img2dataset's 00000.parquet
+    beside 00000.tar); any other parquet may hold images (`_holds_images`)."""
     tars = sorted(p for p in paths if p.endswith(TAR_SUFFIXES))
     tar_stems = {posixpath.join(posixpath.dirname(p), shard_name(p)) for p in tars}
     parquets = sorted(p for p in paths if p.endswith(PARQUET_SUFFIXES)
@@ -155,12 +154,11 @@ def _expand_folder(fs, pattern: str, path: str, columns: ColumnConfig, folder_sh
         skipped = sum(found.skipped.values())
         if skipped:
             what = "1 file that is not an image" if skipped == 1 else f"{skipped} files that are not images"
-            note = unreadable_types_note(ext.lstrip(".") for ext in found.skipped)
-            log.warning("%s: skipped %s (%s)%s", pattern, what, found.skipped_text(), note)
+            log.warning("%s: skipped %s (%s)%s", pattern, what, *found.skipped_text())
         shards += _folder_shards(fs, path, found, folder_shard_size, columns)
     if not shards:
-        note = unreadable_types_note(ext.lstrip(".") for ext in found.skipped)
-        has = f" (it has {found.skipped_text()}){note}" if found.skipped else ""
+        text, note = found.skipped_text()
+        has = f" (it has {text}){note}" if found.skipped else ""
         raise InputError(f"{pattern}: folder holds no shards (.tar, .parquet) and no images{has}")
     root = full_url(fs, path)
     for shard in shards:
@@ -196,16 +194,11 @@ def _location(source: str) -> str:
     return os.path.realpath(name) + sep + part
 
 
-def discover_shards(
-    inputs: list[str],
-    columns: ColumnConfig = ColumnConfig(),
-    folder_shard_size: int = FOLDER_SHARD_SIZE,
-    writes_by_name: bool = True,
-) -> list[Shard]:
-    """Expand inputs into shards in a stable order. `writes_by_name` (recap caption, filter, ...):
-    each shard's output is named after it, so names must not collide; readers that write nothing
-    per shard (training, evaluation) pass False and may read two folders of 00000.tar, but not
-    one shard twice."""
+def discover_shards(inputs: list[str], columns: ColumnConfig = ColumnConfig(),
+                    folder_shard_size: int = FOLDER_SHARD_SIZE, writes_by_name: bool = True) -> list[Shard]:
+    """Expand inputs into shards in a stable order. With `writes_by_name` each shard's output is
+    named after it, so names must not collide; without (training, evaluation) two folders of
+    00000.tar may be read, but not one shard twice."""
     shards: list[Shard] = []
     for item in inputs:
         for pattern in braceexpand(item):
@@ -215,21 +208,17 @@ def discover_shards(
         if not writes_by_name:
             where = _location(shard.source)
             if where in seen:
-                raise InputError(
-                    f"{shard.source} is given twice (as {seen[where]} too; its samples would count "
-                    "double); name it once"
-                )
+                raise InputError(f"{shard.source} is given twice (as {seen[where]} too; its samples would "
+                                 "count double); name it once")
             seen[where] = shard.source
         elif shard.name in seen:
-            raise InputError(
-                f"two inputs would write the same output {shard.name}.parquet: "
-                f"{seen[shard.name]} and {shard.source}; caption them into separate output folders"
-            )
+            raise InputError(f"two inputs would write the same output {shard.name}.parquet: "
+                             f"{seen[shard.name]} and {shard.source}; caption them into separate output "
+                             "folders")
         seen[shard.name] = shard.source
     if not shards:
         raise InputError("no input shards found")
     return shards
-
 
 
 def input_locations(shards: list[Shard]) -> list[str]:

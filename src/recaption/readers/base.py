@@ -10,12 +10,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from ..samples.sample import MISSING_IMAGE, READ_ERROR, TOO_LARGE, Sample
-from ..spine.files import NotRegularFile, open_regular
+from ..spine.files import NotRegularFile, open_input, open_regular
 
 MiB = 1 << 20
-# Largest file (tar member, folder image, parquet image path) a reader loads into memory. An
-# image file this big is almost never a real photo; a member that claims more is refused from
-# its header or listing, before anything is read.
+# Largest file a reader loads into memory (one claiming more is refused from its header or listing).
 DEFAULT_MAX_IMAGE_BYTES = 64 * MiB
 
 
@@ -30,8 +28,7 @@ class ShardError(Exception):
 
 @dataclass(frozen=True)
 class ColumnConfig:
-    """Where readers find each field, and how much of one file they read. `None` for
-    image/caption means: try the usual names."""
+    """Where readers find each field, and how much of one file they read (None: the usual names)."""
 
     image: str | None = None
     caption: str | None = None
@@ -40,8 +37,7 @@ class ColumnConfig:
     sha256: str = "sha256"
     extra: tuple[str, ...] = field(default_factory=tuple)
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
-    # Image paths in a parquet resolve under this folder (default: the parquet file's own);
-    # any_image_path lets rows name any file this process can read (absolute, ../, file://).
+    # Parquet image paths resolve under this folder (default: the parquet's); any_image_path: anywhere.
     image_root: str | None = None
     any_image_path: bool = False
 
@@ -65,9 +61,8 @@ def listed_version(info: dict) -> str | None:
 
 
 def file_fingerprint(source: str) -> dict | None:
-    """A tar or parquet shard's size and version, for its marker: a shard file replaced since
-    it was captioned (a rerun of `recap download` that fetched more rows) is captioned again.
-    None when the file cannot be listed (reading it then says why)."""
+    """A tar or parquet shard's size and version, for its marker (a replaced file is captioned
+    again); None when the file cannot be listed."""
     from fsspec.core import url_to_fs
 
     try:
@@ -79,9 +74,8 @@ def file_fingerprint(source: str) -> dict | None:
 
 
 class Shard:
-    """An input shard. `name` is the stem its outputs are named after (00042.tar -> 00042).
-    `scanned_root`: the folder given as input that this shard was found in by a recursive scan
-    (None for a file, glob or pattern named directly): an output folder inside it is refused."""
+    """An input shard. `name`: the stem its outputs are named after (00042.tar -> 00042).
+    `scanned_root`: the input folder a recursive scan found it in (an output inside is refused)."""
 
     name: str
     source: str
@@ -91,13 +85,40 @@ class Shard:
         raise NotImplementedError
 
     def fingerprint(self) -> dict | None:
-        """What this shard covered when it was listed, for its `.done` marker: a rerun whose
-        fingerprint differs captions the shard again. None: the input is taken as immutable
-        (a tar or parquet file is replaced, not edited; use --overwrite after replacing one)."""
+        """What this shard covered when listed, for its `.done` marker: a rerun whose fingerprint
+        differs captions it again. None: the input is taken as immutable."""
         return None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.source!r})"
+
+
+class FileShard(Shard):
+    """A tar or parquet file: read whole, or a ShardError saying why not."""
+
+    def __init__(self, source: str, name: str, columns: ColumnConfig = ColumnConfig()):
+        self.source = source
+        self.name = name
+        self.columns = columns
+        self._fingerprint: dict | None = None
+
+    def fingerprint(self) -> dict | None:
+        """The file's size and version when first asked (file_fingerprint)."""
+        if self._fingerprint is None:
+            self._fingerprint = file_fingerprint(self.source)
+        return self._fingerprint
+
+    def __iter__(self) -> Iterator[Sample]:
+        try:
+            with open_input(self.source) as raw:
+                yield from self._read_file(raw)
+        except FileNotFoundError as exc:
+            raise ShardError(self.source, f"file not found: {exc}") from exc
+        except OSError as exc:  # a directory, no permission, an I/O error: the whole file is unreadable
+            raise ShardError(self.source, f"cannot read the file: {exc}") from exc
+
+    def _read_file(self, raw) -> Iterator[Sample]:
+        raise NotImplementedError
 
 
 # Image file types worth captioning, by extension; kept only where this Pillow reads them.
@@ -111,8 +132,8 @@ SIDECAR_EXTENSIONS = ("txt", "json")
 
 @functools.cache
 def image_extensions() -> frozenset[str]:
-    """Lower-case extensions (no dot) of the image files readers take: those of `_IMAGE_TYPES`
-    that the installed Pillow decodes (AVIF with libavif, HEIC only with a registered plugin)."""
+    """Lower-case extensions of the image files readers take: those of `_IMAGE_TYPES` this Pillow
+    decodes."""
     from PIL import Image, features
 
     Image.init()
@@ -125,8 +146,7 @@ def image_extensions() -> frozenset[str]:
 
 
 def unreadable_types_note(extensions: Iterable[str]) -> str:
-    """`; Pillow here cannot read heic: convert those files to JPEG or PNG` for image types among
-    `extensions` that this Pillow does not decode, else ``."""
+    """`; Pillow here cannot read heic: ...` for image types this Pillow does not decode, else ``."""
     readable = image_extensions()
     unreadable = sorted({e for e in extensions if e in _IMAGE_TYPES and e not in readable})
     if not unreadable:
@@ -146,11 +166,9 @@ def is_hidden(name: str) -> bool:
 
 
 class UniqueKeys:
-    """Keys unique within a shard, the same on every read (`recap score` joins rows by key).
-
-    The first sample with a key keeps it; a repeat gets `_1`, `_2`, ...: the lowest suffix that
-    no earlier sample took and that is not among `reserved` (the keys the input itself holds,
-    when known up front), so a suffix never steals a later sample's own key."""
+    """Keys unique within a shard, the same on every read (`recap score` joins rows by key): a
+    repeat gets the lowest suffix `_1`, `_2`, ... no earlier sample took and not `reserved` (the
+    input's own keys, when known up front)."""
 
     def __init__(self, reserved: Iterable[str] = ()):
         self.reserved = set(reserved)
@@ -194,11 +212,8 @@ def too_large(what: str, size: int | None, limit: int) -> UnreadableImage:
 
 
 def read_bounded(fs, path: str, limit: int, size: int | None = None) -> bytes:
-    """The bytes of one file, never reading more than `limit`: the size from a listing (or a
-    stat) is checked first, and the read itself is capped in case the file grew since.
-
-    Raises UnreadableImage: missing_image for a missing file or dangling link, too_large over
-    the limit, read_error for anything else the filesystem refuses."""
+    """The bytes of one file, never more than `limit` (the listed size checked first, the read
+    capped too). UnreadableImage: missing_image, too_large, or read_error."""
     try:
         if is_local(fs):  # only a regular file, opened without blocking (a FIFO never hangs a run)
             with open_regular(path) as f:
@@ -233,9 +248,12 @@ def sha256_hex(data: bytes | None) -> str | None:
     return hashlib.sha256(data).hexdigest() if data else None
 
 
+def protocols(fs) -> tuple[str, ...]:
+    return fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+
+
 def is_local(fs) -> bool:
-    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    return "file" in protocols
+    return "file" in protocols(fs)
 
 
 def full_url(fs, path: str) -> str:
@@ -244,9 +262,8 @@ def full_url(fs, path: str) -> str:
 
 
 def inside(root: str, path: str, local: bool) -> bool:
-    """Whether `path` (after `..` and, for a local path, symlinks are resolved) is `root` or
-    lies under it: the one rule for files an input names (a parquet's image paths, a folder's
-    images and captions), so a link never reads a file from elsewhere."""
+    """Whether `path` (`..` and local symlinks resolved) is `root` or under it: the one rule for
+    files an input names, so a link never reads a file from elsewhere."""
     root, path = posixpath.normpath(root), posixpath.normpath(path)
     if local:
         root, path = os.path.realpath(root), os.path.realpath(path)

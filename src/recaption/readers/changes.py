@@ -1,6 +1,5 @@
-"""Has a shard's input changed since its output was made? A folder slice's marker records the
-fingerprint of its files (`input_provenance`); a rerun compares it (`input_change`), and the
-slices of a folder that shrank are forgotten once per run (`forget_vanished_slices`)."""
+"""Has a shard's input changed since its output was made? Markers record fingerprints
+(`input_provenance`), reruns compare them (`input_change`)."""
 
 from __future__ import annotations
 
@@ -15,11 +14,8 @@ log = logging.getLogger(__name__)
 
 
 def forget_vanished_slices(shards: list[Shard], out: OutputDir) -> None:
-    """A folder that shrank has fewer slices of 10,000 than when it was captioned: the output of
-    a slice that no longer exists would count its images twice. Remove it, saying so.
-
-    `shards` must be every shard of the run (the driver calls this once, under the folder's
-    lock): a worker given a subset would take the others' slices for vanished ones."""
+    """Remove, saying so, the output of slices a shrunk folder no longer has (it would count its
+    images twice). `shards` must be every shard of the run (called once, under the lock)."""
     current = {s.name for s in shards}
     slices = [s for s in shards if isinstance(s, FolderShard)]
     roots = {(s.source.rsplit(" [", 1)[0], s.name.rsplit("-", 1)[0]) for s in slices}
@@ -39,15 +35,13 @@ def forget_vanished_slices(shards: list[Shard], out: OutputDir) -> None:
 
 
 def input_provenance(shard: Shard) -> dict:
-    """What a shard's .done marker records about its input, beside the settings: the shard's
-    fingerprint (a folder slice's files), so a rerun notices when the input changed."""
+    """What a shard's .done marker records about its input: its fingerprint."""
     fingerprint = shard.fingerprint()
     return {} if fingerprint is None else {INPUT_FINGERPRINT: fingerprint}
 
 
 def input_change(shard: Shard, marker: dict) -> str | None:
-    """How a done shard's input differs from what its marker recorded, or None. A marker
-    without a fingerprint (older versions) is trusted."""
+    """How a done shard's input differs from its marker's record, or None (none recorded: trusted)."""
     then, now = marker.get(INPUT_FINGERPRINT), shard.fingerprint()
     if not isinstance(then, dict) or now is None or then == now:
         return None

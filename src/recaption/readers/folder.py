@@ -41,10 +41,8 @@ class FolderFile:
 
 
 class FolderShard(Shard):
-    """A fixed slice of a folder's sorted image list, so shard names stay stable across reruns.
-
-    Keys are paths relative to the folder without the extension (`sub/cat`); a second image of
-    one stem (`cat.png` beside `cat.jpg`) gets a suffix (`cat_1`), see UniqueKeys."""
+    """A fixed slice of a folder's sorted image list (names stable across reruns); keys are paths
+    relative to the folder without the extension (`sub/cat`), made unique (UniqueKeys)."""
 
     def __init__(self, fs, root: str, images: list[FolderFile], name: str,
                  sidecars: dict[str, FolderFile] | None = None,
@@ -60,10 +58,6 @@ class FolderShard(Shard):
         self.sidecars = {s: sidecars[s] for s in map(_stem, images) if s in sidecars}
         self.max_image_bytes = max_image_bytes
         self._fingerprint = self._compute_fingerprint()
-
-    @property
-    def files(self) -> list[str]:
-        return [f.path for f in self.images]
 
     def fingerprint(self) -> dict:
         return self._fingerprint
@@ -90,8 +84,7 @@ class FolderShard(Shard):
             yield Sample(key=key, url=url, org_caption=caption, sha256=sha256_hex(data), image_bytes=data)
 
     def _read(self, file: FolderFile) -> bytes:
-        """A file of the folder, never one a link leads to outside it (a folder someone sent
-        could otherwise copy /etc/passwd into the output)."""
+        """A file of the folder, never one a link leads to outside it."""
         if is_local(self.fs) and os.path.exists(file.path) and not inside(self.root, file.path, local=True):
             raise UnreadableImage(READ_ERROR, f"{as_text(file.path)} links to a file outside "
                                   f"{as_text(self.root)}: not read; copy the file into the folder")

@@ -1,12 +1,6 @@
-"""`recap lookup SHARDS VALUE...`: find samples of an img2dataset-layout folder (what `recap download`
-and img2dataset write: `00042.tar` beside `00042.parquet`) by key, by id or by URL, without
-scanning the tars.
-
-Each shard's parquet is read for the one column asked about (with a filter, so row groups whose
-statistics rule the values out are skipped); a match's tar members are then found through the
-tar's index (samples/tar_index.py: built once, kept in `.recap-index` beside the shards, as
-`recap download` leaves it), so reading a sample is one seek per member.
-"""
+"""`recap lookup SHARDS VALUE...`: samples of an img2dataset-layout folder (`00042.tar` beside
+`00042.parquet`) by key, id or URL, without scanning the tars: one filtered parquet column per
+shard, then the match's members through the tar's index (samples/tar_index.py)."""
 
 from __future__ import annotations
 
@@ -34,9 +28,8 @@ class ShardLookupError(RecaptionError, ValueError):
 
 @dataclass
 class Found:
-    """One row that matched: its shard, its row (every column of the shard's parquet) and the
-    members of its sample in the tar ([] for a row that failed to download; None when the tar
-    cannot be read, which a warning says)."""
+    """A matched row (every column) and its sample's tar members ([]: failed to download; None:
+    the tar cannot be read)."""
 
     value: str
     shard: str
@@ -46,7 +39,7 @@ class Found:
 
 def lookup(folder: str, values: list[str], by: str = "key") -> tuple[list[Found], list[str]]:
     """(the rows whose column `by` holds one of `values`, in shard order; the values found
-    nowhere). Raises ShardLookupError for a folder without shards or a column none of them has."""
+    nowhere). ShardLookupError for a folder without shards or a column none has."""
     out = OutputDir(folder)
     shards = sorted(p.rsplit("/", 1)[-1][: -len(".parquet")] for p in out.fs.glob(out.path("*.parquet")))
     if not shards:
@@ -119,9 +112,8 @@ def _index(out: OutputDir, name: str, written: list[tuple[str, int, int]] | None
 
 
 def index_shard(folder: str, name: str, written: list[tuple[str, int, int]] | None = None) -> None:
-    """Build the tar index of a finished shard (download does, after each commit; `written`: its
-    members as the tar writer wrote them, so the tar is not read again): a cache, so a failure
-    is a warning, never the shard's."""
+    """Build a finished shard's tar index (`written`: its members as written, so the tar is not
+    read again): a cache, so a failure is a warning."""
     out = OutputDir(folder)
     try:
         _index(out, name, written)

@@ -1,19 +1,6 @@
 """Parquet shards with an image column: raw bytes, the HF `datasets` Image struct {bytes, path},
-or file paths.
-
-Image column types:
-  binary                     the image file's bytes
-  struct {bytes, path}       what `datasets` writes: the bytes, or (bytes null) only the path of a
-                             file, as `Dataset.cast_column("image", Image()).to_parquet()` does
-                             for images on disk
-  string                     a path per row
-A path is data, so it stays inside its root: the parquet file's folder (or `image_root`,
---image-root), relative paths from there. An absolute path elsewhere, a `..` escape, a symlink
-out, or a path with another protocol is that row's read_error naming the fix (--image-root DIR,
-or --any-image-path to let rows name any file). Only regular files are opened (a FIFO is a
-read_error, never a hang). A row whose file is missing or unreadable is a row with that status,
-not a failed shard. http(s) URLs are not fetched here: `recap download` fetches them safely.
-"""
+or file paths. A path stays inside its root (the parquet's folder, or --image-root) unless
+--any-image-path; a row whose image cannot be read is a row with that status (docs/security.md)."""
 
 from __future__ import annotations
 
@@ -28,15 +15,15 @@ from ..samples.sample import MISSING_IMAGE, READ_ERROR, Sample, as_text
 from ..spine.files import open_input
 from .base import (
     ColumnConfig,
-    Shard,
+    FileShard,
     ShardError,
     UniqueKeys,
     UnreadableImage,
     failed_sample,
-    file_fingerprint,
     full_url,
     inside,
     is_local,
+    protocols,
     read_bounded,
     sha256_hex,
 )
@@ -73,29 +60,13 @@ def _image_kind(column: str, arrow_type: pa.DataType, source: str) -> str:
         return "path"
     if pa.types.is_struct(arrow_type) and {"bytes", "path"} & {f.name for f in arrow_type}:
         return "struct"
-    raise ShardError(
-        source,
-        f"column {column!r} holds {arrow_type}, not images (binary bytes, a {{bytes, path}} struct "
-        "or file paths); name the image column with --image-col",
-    )
+    raise ShardError(source, f"column {column!r} holds {arrow_type}, not images (binary bytes, a "
+                             "{bytes, path} struct or file paths); name the image column with --image-col")
 
 
-class ParquetShard(Shard):
-    def __init__(self, source: str, name: str, columns: ColumnConfig = ColumnConfig()):
-        self.source = source
-        self.name = name
-        self.columns = columns
-        self._fingerprint: dict | None = None
-
-    def fingerprint(self) -> dict | None:
-        """The file's size and version when first asked (readers.base.file_fingerprint)."""
-        if self._fingerprint is None:
-            self._fingerprint = file_fingerprint(self.source)
-        return self._fingerprint
-
+class ParquetShard(FileShard):
     def column_names(self) -> list[str] | None:
-        """The file's columns, from its footer; None if it cannot be read (reading the shard
-        then says why)."""
+        """The file's columns, from its footer; None if it cannot be read."""
         try:
             with open_input(self.source) as raw:
                 return pq.read_schema(raw).names
@@ -106,9 +77,8 @@ class ParquetShard(Shard):
         return _pick(names, self.columns.image, ColumnConfig.IMAGE_CANDIDATES)
 
     def _identity_column(self, names: list[str], field: str) -> str | None:
-        """The key / url / sha256 column. The default name is optional (matched ignoring case);
-        a name the user chose that the file lacks fails the shard rather than leave the field
-        empty unnoticed."""
+        """The key / url / sha256 column: the default name is optional (matched ignoring case), a
+        name the user chose that the file lacks fails the shard."""
         wanted = getattr(self.columns, field)
         default = getattr(ColumnConfig, field)
         if not wanted:
@@ -117,24 +87,18 @@ class ParquetShard(Shard):
             return _pick(names, None, (default,))
         if wanted in names:
             return wanted
-        raise ShardError(
-            self.source,
-            f"no {field} column {wanted!r} (columns: {', '.join(names)}); "
-            f"name it with {_IDENTITY_FLAGS[field]}",
-        )
+        raise self._no_column(field, wanted, names, _IDENTITY_FLAGS[field])
 
-    def __iter__(self) -> Iterator[Sample]:
+    def _no_column(self, field: str, wanted: str, names: list[str], flag: str) -> ShardError:
+        return ShardError(self.source, f"no {field} column {wanted!r} (columns: {', '.join(names)}); "
+                          f"name it with {flag}")
+
+    def _read_file(self, raw) -> Iterator[Sample]:
         try:
-            with open_input(self.source) as raw:
-                try:
-                    pf = pq.ParquetFile(raw)
-                except (pa.ArrowInvalid, OSError) as exc:
-                    raise ShardError(self.source, f"not a readable parquet file: {exc}") from exc
-                yield from self._rows(pf)
-        except FileNotFoundError as exc:
-            raise ShardError(self.source, f"file not found: {exc}") from exc
-        except OSError as exc:  # a directory, no permission, an I/O error: the whole file is unreadable
-            raise ShardError(self.source, f"cannot read the file: {exc}") from exc
+            pf = pq.ParquetFile(raw)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise ShardError(self.source, f"not a readable parquet file: {exc}") from exc
+        yield from self._rows(pf)
 
     def _rows(self, pf: pq.ParquetFile) -> Iterator[Sample]:
         schema = pf.schema_arrow
@@ -142,18 +106,11 @@ class ParquetShard(Shard):
         image_col = self.image_column(names)
         if image_col is None:
             wanted = self.columns.image or " or ".join(ColumnConfig.IMAGE_CANDIDATES)
-            raise ShardError(
-                self.source,
-                f"no image column {wanted!r} (columns: {', '.join(names)}); name it with --image-col",
-            )
+            raise self._no_column("image", wanted, names, "--image-col")
         kind = _image_kind(image_col, schema.field(image_col).type, self.source)
         caption_col = _pick(names, self.columns.caption, ColumnConfig.CAPTION_CANDIDATES)
         if self.columns.caption and caption_col is None:
-            raise ShardError(
-                self.source,
-                f"no caption column {self.columns.caption!r} (columns: {', '.join(names)}); "
-                "name it with --caption-col",
-            )
+            raise self._no_column("caption", self.columns.caption, names, "--caption-col")
         cols = {"image": image_col, "caption": caption_col,
                 **{f: self._identity_column(names, f) for f in _IDENTITY_FLAGS}}
         optional = [cols["caption"], cols["url"], cols["key"], cols["sha256"], *self.columns.extra]
@@ -208,13 +165,11 @@ class ParquetShard(Shard):
 
     def _read_path(self, path: str) -> bytes:
         if path.lower().startswith(_WEB):
-            raise UnreadableImage(
-                MISSING_IMAGE, f"image is a web URL ({path}); fetch URLs with `recap download` first"
-            )
+            raise UnreadableImage(MISSING_IMAGE,
+                                  f"image is a web URL ({path}); fetch URLs with `recap download` first")
         if any(p in _NETWORK_PROTOCOLS for p in protocols_of(path)):
-            raise UnreadableImage(
-                READ_ERROR, f"image path {path} names a network location; fetch URLs with `recap download`"
-            )
+            raise UnreadableImage(READ_ERROR, f"image path {path} names a network location; fetch URLs with "
+                                              "`recap download`")
         try:
             fs, resolved = self._resolve(path)
         except UnreadableImage:
@@ -224,10 +179,8 @@ class ParquetShard(Shard):
         return read_bounded(fs, resolved, self.columns.max_image_bytes)
 
     def _resolve(self, path: str):
-        """(filesystem, path) of an image path from a row: under the image root (the parquet
-        file's folder, or --image-root), relative paths from there; a path that leaves the root
-        (absolute elsewhere, ../, another protocol, a link out) is that row's read_error, unless
-        --any-image-path."""
+        """(filesystem, path) of a row's image path under the image root; one that leaves it is
+        that row's read_error, unless --any-image-path."""
         if "\x00" in path:
             raise UnreadableImage(READ_ERROR, f"image path {path!r} holds a NUL byte")
         if self.columns.any_image_path:
@@ -240,7 +193,7 @@ class ParquetShard(Shard):
         # A path with a protocol is judged by its text before any filesystem is built for it
         # (building one may connect): only the root's own protocol, never a chain (zip://x::...).
         named = protocols_of(path)
-        if "::" in path or (named and named[0] not in _protocols(root_fs)):
+        if "::" in path or (named and named[0] not in protocols(root_fs)):
             fs, resolved = None, path  # refused below
         else:
             fs, resolved = url_to_fs(path) if named else (root_fs, posixpath.join(root, path))
@@ -261,7 +214,3 @@ _NETWORK_PROTOCOLS = {"http", "https", "ftp", "sftp", "ssh", "smb", "webdav", "w
 def protocols_of(path: str) -> list[str]:
     """Every protocol a path names, chained ones too (`zip://x::http://h/a.zip` -> zip, http)."""
     return [part.split("://", 1)[0].lower() for part in path.split("::") if "://" in part]
-
-
-def _protocols(fs) -> tuple[str, ...]:
-    return fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)

@@ -13,13 +13,12 @@ from ..samples.sample import MISSING_IMAGE, Sample, as_text, caption_text
 from ..samples.tars import normalise_member_name, split_member_name
 from ..spine.files import open_input
 from .base import (
-    ColumnConfig,
+    FileShard,
     Shard,
     ShardError,
     UniqueKeys,
     UnreadableImage,
     failed_sample,
-    file_fingerprint,
     image_extensions,
     is_hidden,
     sha256_hex,
@@ -31,47 +30,25 @@ log = logging.getLogger(__name__)
 
 
 def _has_end_of_archive(tar: tarfile.TarFile) -> bool:
-    """tarfile stops quietly at a cut-off header, so a tar truncated between members would lose
-    its tail unnoticed. A complete tar has a zero block where the member headers end."""
+    """A zero block where the member headers end (tarfile stops quietly at a cut-off header)."""
     tar.fileobj.seek(tar.offset)
     block = tar.fileobj.read(tarfile.BLOCKSIZE)
     return len(block) == tarfile.BLOCKSIZE and not block.strip(b"\0")
 
 
-class TarShard(Shard):
-    """Reads the tar's headers first (cheap: data blocks are skipped by seeking), then yields
-    one sample per key in order of first appearance, reading members on demand. So members of
-    a sample may appear in any order while memory stays bounded by one sample.
+class TarShard(FileShard):
+    """Reads the tar's headers first (data blocks skipped by seeking), then yields one sample per
+    key in order of first appearance, reading members on demand: a sample's members may come in
+    any order, memory stays bounded by one sample. Every image member gives a row (a second
+    `x.jpg` is a second sample), keys made unique (UniqueKeys); a member over the read limit is
+    never read (a too_large row)."""
 
-    Every member gives a row: a second `x.jpg` in one tar is a second sample (the n-th member of
-    a key and extension joins the n-th sample of that key), and keys are made unique within the
-    shard (see UniqueKeys): `a/x.jpg` and `b/x.jpg` are keys `x` and `x_1`. A member bigger
-    than the read limit is never read: its sample is a too_large row."""
-
-    def __init__(self, source: str, name: str, columns: ColumnConfig = ColumnConfig()):
-        self.source = source
-        self.name = name
-        self.columns = columns
-        self._fingerprint: dict | None = None
-
-    def fingerprint(self) -> dict | None:
-        """The file's size and version when first asked (readers.base.file_fingerprint)."""
-        if self._fingerprint is None:
-            self._fingerprint = file_fingerprint(self.source)
-        return self._fingerprint
-
-    def __iter__(self) -> Iterator[Sample]:
-        try:
-            with open_input(self.source) as raw:
-                tar, members = self._headers(raw)
-                groups = _group_members(members)
-                unique = UniqueKeys(posixpath.basename(key) for key, _ in groups)
-                for key, parts in groups:
-                    yield from self._samples(tar, key, parts, unique)
-        except FileNotFoundError as exc:
-            raise ShardError(self.source, f"file not found: {exc}") from exc
-        except OSError as exc:  # a directory, no permission, an I/O error: the whole file is unreadable
-            raise ShardError(self.source, f"cannot read the file: {exc}") from exc
+    def _read_file(self, raw) -> Iterator[Sample]:
+        tar, members = self._headers(raw)
+        groups = _group_members(members)
+        unique = UniqueKeys(posixpath.basename(key) for key, _ in groups)
+        for key, parts in groups:
+            yield from self._samples(tar, key, parts, unique)
 
     def _headers(self, raw) -> tuple[tarfile.TarFile, list[tarfile.TarInfo]]:
         try:
@@ -81,18 +58,14 @@ class TarShard(Shard):
         except (tarfile.TarError, EOFError, OSError) as exc:
             raise ShardError(self.source, f"unreadable or truncated tar: {exc}") from exc
         if not ends_cleanly:
-            raise ShardError(
-                self.source,
-                f"truncated tar: no end-of-archive block after {len(members)} members "
-                "(was it still being written, or cut short?)",
-            )
+            raise ShardError(self.source, f"truncated tar: no end-of-archive block after {len(members)} "
+                                          "members (was it still being written, or cut short?)")
         return tar, members
 
     def _read(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
         if member.issym() or member.islnk():  # a link's target may be anything, anywhere
-            raise UnreadableImage(
-                MISSING_IMAGE, f"tar member {member.name} is a link to {member.linkname}; links are not read"
-            )
+            raise UnreadableImage(MISSING_IMAGE, f"tar member {member.name} is a link to {member.linkname}; "
+                                                 "links are not read")
         if member.size > self.columns.max_image_bytes:  # from the header: nothing read yet
             raise too_large(f"tar member {member.name}", member.size, self.columns.max_image_bytes)
         try:
@@ -105,17 +78,16 @@ class TarShard(Shard):
         return data
 
     def _image_members(self, parts: dict[str, tarfile.TarInfo]) -> list[str]:
-        """The extensions of the sample's images, in tar order: the one named with --image-col
-        if the sample has it, else every member whose last dot-part is an image type
-        (`jpg`, `avif`, `edited.jpg`)."""
+        """The sample's image extensions, in tar order: --image-col's if present, else every
+        member whose last dot-part is an image type (`jpg`, `edited.jpg`)."""
         if self.columns.image and self.columns.image in parts:
             return [self.columns.image]
         return [ext for ext in parts if ext.rpartition(".")[2] in image_extensions()]
 
     def _samples(self, tar: tarfile.TarFile, key: str, parts: dict[str, tarfile.TarInfo],
                  unique: UniqueKeys) -> Iterator[Sample]:
-        """One sample per image member (a key with `.jpg` and `.png` gives two rows, the second
-        under a suffixed key), or one missing_image row naming what the key has instead."""
+        """One sample per image member (the second under a suffixed key), or one missing_image
+        row naming what the key has instead."""
         try:
             meta = self._meta(tar, parts)
             caption = self._caption(tar, parts, meta)
@@ -172,8 +144,8 @@ class TarShard(Shard):
 
 
 def _group_members(members: list[tarfile.TarInfo]) -> list[tuple[str, dict[str, tarfile.TarInfo]]]:
-    """(key, {extension: member}) per sample, in order of first appearance. A repeated
-    (key, extension) starts the key's next sample instead of replacing the first member."""
+    """(key, {extension: member}) per sample, in order of first appearance; a repeated
+    (key, extension) starts the key's next sample."""
     groups: list[tuple[str, dict[str, tarfile.TarInfo]]] = []
     of_key: dict[str, list[dict[str, tarfile.TarInfo]]] = {}
     seen: Counter = Counter()
@@ -194,9 +166,8 @@ def _group_members(members: list[tarfile.TarInfo]) -> list[tuple[str, dict[str, 
 
 
 def rows_without_image(shards: list[Shard]) -> Counter:
-    """How many rows the download parquet beside these tar shards (`00000.parquet` next to
-    `00000.tar`, as img2dataset and `recap download` write) lists with no image in the tar, by
-    status: rows a caption run never sees, said so that every input row is accounted for."""
+    """Rows the download parquet beside each tar (`00000.parquet`) lists with no image in the tar,
+    by status: rows a caption run never sees, counted so every input row is accounted for."""
     import pyarrow.parquet as pq
 
     counts: Counter = Counter()

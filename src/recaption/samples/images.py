@@ -1,4 +1,4 @@
-"""Decode image bytes into RGB PIL images, turning every failure into a status instead of a crash."""
+"""Decode image bytes into RGB PIL images, every failure a status instead of a crash."""
 
 from __future__ import annotations
 
@@ -53,10 +53,8 @@ def too_many_pixels(pixels: int, max_pixels: int, size: tuple[int, int] | None =
 
 
 def _allow_pixels(max_pixels: int) -> None:
-    """Pillow refuses images over its own bomb limit (a warning past MAX_IMAGE_PIXELS, an error
-    past twice that) whatever we ask for. A --max-pixels over the default (Pillow's own default)
-    raises Pillow's limit to it, so the limit the user chose is the one; it is never lowered (our
-    own check enforces a smaller limit), and a process that lowered it keeps it for the default."""
+    """Pillow refuses images over its own bomb limit whatever we ask for: a --max-pixels over the
+    default raises Pillow's limit to it (never lowers it: our own check enforces a smaller one)."""
     current = Image.MAX_IMAGE_PIXELS
     if current is not None and max_pixels > max(current, DEFAULT_MAX_PIXELS):
         Image.MAX_IMAGE_PIXELS = max_pixels
@@ -69,12 +67,10 @@ def _stable(message: str) -> str:
 
 
 def with_end_marker(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
-    """A JPEG whose data is all there but whose end marker (FF D9) is missing, as some servers
-    send it, with the marker added (browsers and OpenCV show such files; Pillow calls them
-    truncated); any other bytes as they are. The test is libjpeg's own, at 1/8 scale: the file
-    with the marker added reads without a warning only if every block is there, so a file cut
-    inside its data is still refused as truncated. An end marker after the last scan's start
-    (bytes follow it: a server's padding) needs no decode: entropy-coded data never holds FF D9."""
+    """A JPEG with all its data but no end marker (FF D9), as some servers send it, with the
+    marker added; any other bytes as they are. libjpeg's strict decode at 1/8 scale checks that
+    every block is there (a file cut inside its data stays truncated). An end marker after the
+    last scan's start needs no decode: entropy-coded data never holds FF D9."""
     if not data.startswith(b"\xff\xd8") or data.rfind(b"\xff\xd9") > data.rfind(b"\xff\xda"):
         return data
     try:
@@ -96,49 +92,35 @@ def jpeg_or_format(pillow_format: str | None) -> str | None:
 
 @dataclass(frozen=True)
 class ImageHeader:
-    """What the file says about itself: format, mode and size as stored (a reduced decode changes
-    the image's size and mode: these stay what was sent), and its EXIF orientation (1: upright)."""
+    """Format, mode and size as stored (not as a reduced decode made them), EXIF orientation."""
 
     format: str | None
     mode: str
     size: tuple[int, int]
     orientation: int
-    # The part of the decoded (upright) image the picture fills, where a reduced decode rounded
-    # the size up (a 1001 px side at 1/4 is 251 px holding 250.25 px of picture): a resize
-    # from the whole image would stretch it by up to a pixel (5-8 dB from full-size Lanczos).
+    # The part of the decoded (upright) image the picture fills where a reduced decode rounded
+    # the size up (1001 px at 1/4: 251 px holding 250.25): resizing all of it would stretch it.
     picture_box: tuple[float, float, float, float] | None = None
 
 
-def decode_image(
-    data: bytes | None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    max_side: int | None = DEFAULT_MAX_SIDE,
-    pixels_hint: str = MAX_PIXELS_HINT,
-    shrink_to: Callable[[int, int], tuple[int, int]] | None = None,
-) -> Image.Image:
-    """Decode bytes to an RGB image no larger than max_side on its longest edge (see
-    `decode_with_header`)."""
+Shrink = Callable[[int, int], tuple[int, int]]  # (width, height) -> the size the caller resizes to
+
+
+def decode_image(data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 max_side: int | None = DEFAULT_MAX_SIDE, pixels_hint: str = MAX_PIXELS_HINT,
+                 shrink_to: Shrink | None = None) -> Image.Image:
+    """`decode_with_header`'s image."""
     return decode_with_header(data, max_pixels, max_side, pixels_hint, shrink_to)[0]
 
 
-def decode_with_header(
-    data: bytes | None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    max_side: int | None = DEFAULT_MAX_SIDE,
-    pixels_hint: str = MAX_PIXELS_HINT,
-    shrink_to: Callable[[int, int], tuple[int, int]] | None = None,
-) -> tuple[Image.Image, ImageHeader]:
+def decode_with_header(data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                       max_side: int | None = DEFAULT_MAX_SIDE, pixels_hint: str = MAX_PIXELS_HINT,
+                       shrink_to: Shrink | None = None) -> tuple[Image.Image, ImageHeader]:
     """Decode bytes to an RGB image no larger than max_side on its longest edge, with the header
-    it was decoded from (parsed once: a caller needing the size as sent does not open it again).
-
-    `shrink_to(width, height)`: the size the caller will resize the image to; a JPEG is then
-    decoded at the largest DCT reduction (1/2, 1/4, 1/8) that stays at or above it, which is
-    far cheaper than decoding at full size and shrinking afterwards.
-
-    Raises ImageDecodeError with a status kind for empty, undecodable or oversized input (over
-    `max_pixels`: too_large, its message ending with `pixels_hint`, how to raise the limit).
-    Animated images yield their first frame; EXIF orientation is applied.
-    """
+    it was decoded from. `shrink_to(width, height)`: the size the caller will resize to; a JPEG
+    is then decoded at the largest DCT reduction that stays at or above it. Raises
+    ImageDecodeError with a status (over `max_pixels`: too_large, ending with `pixels_hint`).
+    Animated images yield their first frame; EXIF orientation is applied."""
     if data is None:
         raise ImageDecodeError(MISSING_IMAGE, "the sample has no image (a null image cell, or no image file)")
     if len(data) == 0:
@@ -157,10 +139,8 @@ def decode_with_header(
                 shrink_to = partial(_fit_long_side, max_side)
             reduced_box = None
             if shrink_to is not None and stored[0] == "JPEG":
-                # Let libjpeg decode at 1/2, 1/4 or 1/8 scale, never below the size we shrink
-                # to anyway. Draft keeps both sides >= the request, so ask for the shrunk size
-                # itself (asking for a square would stop it at 1/1). EXIF rotation comes after:
-                # the target is proportional, so the raw orientation asks for the same scale.
+                # libjpeg decodes at 1/2, 1/4 or 1/8, keeping both sides >= the shrunk size
+                # asked for (proportional, so EXIF rotation afterwards asks the same scale).
                 drafted = img.draft("RGB", shrink_to(width, height))
                 reduced_box = drafted[1] if drafted else None
             img.load()
@@ -214,9 +194,7 @@ def _picture_box(size: tuple[int, int], reduced_box: tuple[int, int, float, floa
 
 
 def _fit_within(img: Image.Image, header: ImageHeader, side: int) -> tuple[Image.Image, ImageHeader]:
-    """The image shrunk to fit `side` (never enlarged), from its picture box: the result is all
-    picture, also where a reduced decode already fits (1024x769 at 1/2: 385 rows, 384.5 of them
-    picture)."""
+    """The image shrunk to fit `side` (never enlarged), from its picture box: all picture."""
     box = header.picture_box
     if box is None:
         img.thumbnail((side, side), Image.Resampling.BICUBIC)

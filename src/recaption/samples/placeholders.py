@@ -1,17 +1,7 @@
-"""Placeholder images: a host's "image unavailable" picture, served with status 200 for URLs whose
-photo is gone. Stored as photos they would be captioned as photos (and they are where duplicate
-sha256 values in web datasets come from), so they are caught:
-
-- by list: a sha256 the user names (`--placeholders FILE`: one hex digest per line, `#` comments),
-  at once, in download and in caption;
-- by repetition: the same bytes from `min_urls` or more distinct paths of one host within a
-  download shard. A photo reposted across the web is on many hosts; a placeholder is one host's.
-  URLs that differ only in their query (`p.jpg?w=1`, `p.jpg?w=2`: one photo in CDN variants,
-  or with masked tokens) count once.
-
-A row judged a placeholder gets the `placeholder` outcome (download) or status (caption), its
-sha256 and a message saying why, and no image in the shard.
-"""
+"""Placeholder images: a host's "image unavailable" picture served with status 200. Caught by list
+(`--placeholders FILE` of sha256 digests) and by repetition (the same bytes from `min_urls` or
+more distinct paths of one host within a download shard; query strings ignored); such a row gets
+the `placeholder` outcome or status and no image (docs/download.md)."""
 
 from __future__ import annotations
 
@@ -90,26 +80,21 @@ def repeated_placeholders(rows: list[dict], min_urls: int) -> dict[str, str]:
     urls: dict[tuple[str, str], set[str]] = defaultdict(set)
     for row in rows:  # rows judged placeholders before (a --retry-failed rerun) count too
         if row.get("sha256") and row.get("outcome") in ("ok", PLACEHOLDER):
-            urls[(row["sha256"], _host(row["url"]))].add(_path(row["url"]))
+            host, path = _host_path(row["url"])
+            urls[(row["sha256"], host)].add(path)
     repeated = {group: len(found) for group, found in urls.items() if len(found) >= min_urls}
     return {
         row["key"]: (f"the same image (sha256 {row['sha256'][:16]}...) came from {count} paths on "
                      f"{host or 'one host'}: a placeholder (--placeholder-min-urls {min_urls}; 0 keeps them)")
         for row in rows
         if row.get("outcome") == "ok"
-        and (count := repeated.get((row.get("sha256"), host := _host(row["url"])))) is not None
+        and (count := repeated.get((row.get("sha256"), host := _host_path(row["url"])[0]))) is not None
     }
 
 
-def _path(url: str | None) -> str:
+def _host_path(url: str | None) -> tuple[str, str]:
     try:
-        return urlsplit(url or "").path
+        parts = urlsplit(url or "")
+        return (parts.hostname or "").lower(), parts.path
     except ValueError:
-        return url or ""
-
-
-def _host(url: str | None) -> str:
-    try:
-        return (urlsplit(url or "").hostname or "").lower()
-    except ValueError:
-        return ""
+        return "", url or ""

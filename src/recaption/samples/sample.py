@@ -17,11 +17,8 @@ CAPTION_ERROR = "caption_error"
 
 @dataclass
 class Sample:
-    """One row of input as a reader yields it, and everything later stages learn about it.
-
-    Readers fill the identity fields and `image_bytes`; the decode stage fills `image` or marks
-    the sample failed; the captioner fills `captions` (one per pass, by output column).
-    """
+    """One row of input as a reader yields it (identity fields, `image_bytes`), and what later
+    stages learn: the decoded `image` or a failure, `captions` by output column."""
 
     key: str
     url: str | None = None
@@ -72,10 +69,9 @@ class Sample:
 
 
 def as_text(value) -> str | None:
-    """A text field (url, caption, key, sha256) from whatever a column holds: a string as it is;
-    bytes decoded as UTF-8 (invalid bytes become U+FFFD, so the value shows it was not text);
-    a number as its digits; None stays None. Never a Python repr such as "b'http://...'". Lone
-    surrogates (a JSON `"\\ud800"`) become U+FFFD: they cannot be written as UTF-8."""
+    """A text field from whatever a column holds: a string as it is, bytes as UTF-8, a number as
+    its digits, None as None; never a repr such as "b'...'". Invalid bytes and lone surrogates
+    become U+FFFD (they cannot be written as UTF-8)."""
     if value is None:
         return value
     if isinstance(value, str):

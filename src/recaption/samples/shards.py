@@ -26,11 +26,9 @@ def img2dataset_key(shard_id: int, index: int, shard_digits: int = 5, index_digi
 
 
 def write_webdataset_shard(path: str | Path, records: list[ShardRecord], shard_id: int = 0) -> list[str]:
-    """Write records as one tar shard, atomically (temporary name, then rename). Returns keys.
-
-    Members per sample, in webdataset's TarWriter order (sorted by extension): `{key}.{ext}`
-    (the image), `{key}.json` (url, key, status, caption, sha256, extra), `{key}.txt` (the
-    caption, when there is one)."""
+    """Write records as one tar shard, atomically; returns the keys. Members per sample, sorted by
+    extension as webdataset's TarWriter does: the image, `.json` (url, key, status, caption,
+    sha256, extra), `.txt` (the caption, when there is one)."""
     from fsspec.implementations.local import LocalFileSystem
 
     writer = TarShardWriter(LocalFileSystem(), str(Path(path).absolute()))
@@ -38,14 +36,8 @@ def write_webdataset_shard(path: str | Path, records: list[ShardRecord], shard_i
     try:
         for index, record in enumerate(records):
             key = img2dataset_key(shard_id, index)
-            meta = {
-                "url": record.url,
-                "key": key,
-                "status": "success",
-                "caption": record.caption,
-                "sha256": hashlib.sha256(record.image).hexdigest(),
-                **record.extra,
-            }
+            meta = {"url": record.url, "key": key, "status": "success", "caption": record.caption,
+                    "sha256": hashlib.sha256(record.image).hexdigest(), **record.extra}
             members = {record.extension: record.image, "json": json.dumps(meta).encode()}
             if record.caption is not None:
                 members["txt"] = record.caption.encode()
@@ -62,12 +54,6 @@ def bundled_samples() -> list[ShardRecord]:
     """The sample photos shipped with the package (public domain / CC0, see samples.json)."""
     folder = resources.files("recaption") / "data" / "samples"
     meta = json.loads((folder / "samples.json").read_text())
-    return [
-        ShardRecord(
-            image=(folder / m["file"]).read_bytes(),
-            caption=m["caption"],
-            url=f"https://example.org/samples/{m['file']}",
-            extra={"license": m["license"]},
-        )
-        for m in meta
-    ]
+    return [ShardRecord(image=(folder / m["file"]).read_bytes(), caption=m["caption"],
+                        url=f"https://example.org/samples/{m['file']}", extra={"license": m["license"]})
+            for m in meta]

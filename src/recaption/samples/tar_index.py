@@ -1,14 +1,7 @@
 """Where each member of a tar shard lies: key -> (tar file, member, offset, size), so one image
-is read with one seek instead of a scan of the whole tar.
-
-An index is built once per tar from the tar's member headers (tarfile's `offset_data`: no image
-is read; a sample's small `.json`, when it has one, is read for the key it records, as the tar
-reader keys its rows) and kept as a parquet file in an index folder (`spine.contract.INDEX_NAME`
-beside the shards of an output folder), written atomically. It is used again while the tar's
-size and modification time are those it was built from, and rebuilt otherwise. `recap view`
-reads thumbnails through it; any step that fetches single samples by key can do the same.
-
-Only uncompressed tars can be indexed: the offsets are positions in the file."""
+is read with one seek instead of a scan of the whole tar. Built once from the member headers
+(and each sample's small `.json`, for the key it records), kept as parquet in an index folder,
+used while the tar's size and times are those it was built from. Only uncompressed tars."""
 
 from __future__ import annotations
 
@@ -50,8 +43,7 @@ class Member:
     size: int
 
     def read(self) -> bytes:
-        """The member's bytes: one seek and one read (the tar opened the safe way, spine/files.py),
-        after checking that the tar header just before them is this member's."""
+        """The member's bytes: one seek and one read, the tar header just before them checked."""
         with open_input(self.tar) as f:
             f.seek(self.offset - tarfile.BLOCKSIZE)
             block = f.read(tarfile.BLOCKSIZE + self.size)
@@ -66,17 +58,15 @@ class Member:
             info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
         except tarfile.TarError:  # bad checksum, empty block: not a header at all
             return False
-        # The plain header keeps at most 100 bytes of a longer name, and in a PAX tar (Python's
-        # default) a non-ASCII name as ASCII with `?` (the full name is in the PAX header before).
+        # The plain header keeps 100 bytes of a longer name, a non-ASCII one as ASCII with `?` (pax).
         named = normalise_member_name(info.name)
         spellings = {self.name, self.name.encode("ascii", "replace").decode("ascii")}
         return info.size == self.size and any(n == named or n.startswith(named[:90]) for n in spellings)
 
 
 def fingerprint(tar: str) -> dict:
-    """What says a tar is the one an index was built from: its size and modification time, and
-    for a local file its inode and change time too (a tar rewritten with its old size and
-    modification time put back still gets a new change time)."""
+    """What says a tar is the one an index was built from: size, modification time, and for a
+    local file inode and change time (a rewrite with old size and mtime put back still differs)."""
     fs, path = fsspec.core.url_to_fs(tar)
     info = fs.info(path)
     mtime = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
@@ -90,23 +80,15 @@ def scan(tar: str) -> pa.Table:
     """Every regular member's key, name, extension, data offset and size, in tar order. The key
     is the sample's `.json` "key" when it records one, else the member name's key (webdataset's
     rule, `split_member_name`) without its folder, as the tar reader keys rows."""
-    keys, names, exts, offsets, sizes = [], [], [], [], []
     recorded: dict[str, str] = {}
     try:
         with open_input(tar) as raw:
-            with tarfile.open(fileobj=raw, mode="r:") as archive:
-                for member in archive:
-                    if not member.isfile():  # links, folders: never followed
-                        continue
-                    prefix, ext = split_member_name(member.name)
-                    keys.append(prefix)
-                    names.append(normalise_member_name(member.name))
-                    exts.append(ext)
-                    offsets.append(member.offset_data)
-                    sizes.append(member.size)
+            with tarfile.open(fileobj=raw, mode="r:") as archive:  # links, folders: never followed
+                members = [(m.name, m.offset_data, m.size) for m in archive if m.isfile()]
             # The samples' .json after the headers, each by its offset (20x faster than
             # extracting them during the header scan).
-            for prefix, ext, offset, size in zip(keys, exts, offsets, sizes, strict=True):
+            for name, offset, size in members:
+                prefix, ext = split_member_name(name)
                 if ext == "json" and size <= _MAX_JSON:
                     raw.seek(offset)
                     found = _json_key(raw.read(size))
@@ -116,30 +98,25 @@ def scan(tar: str) -> pa.Table:
         raise TarIndexError(f"{tar}: {_unreadable(tar, exc)}") from None
     except (tarfile.TarError, EOFError) as exc:
         raise TarIndexError(f"{tar}: unreadable tar ({exc})") from None
-    keys = [recorded.get(prefix) or posixpath.basename(prefix) for prefix in keys]
-    return pa.table([keys, names, exts, offsets, sizes], schema=SCHEMA)
+    return of_members(members, recorded)
 
 
-def of_members(written: list[tuple[str, int, int]]) -> pa.Table:
-    """`scan`'s table from the members a writer wrote (name, data offset, size), each keyed by
-    its member name's key (what `scan` finds for a sample whose .json records that key)."""
-    keys, names, exts = [], [], []
-    for name, _, _ in written:
+def of_members(written: list[tuple[str, int, int]], recorded: dict[str, str] | None = None) -> pa.Table:
+    """`scan`'s table from members (name, data offset, size): each keyed by the key `recorded`
+    gives its member name's key, else by that key without its folder."""
+    rows = []
+    for name, offset, size in written:
         prefix, ext = split_member_name(name)
-        keys.append(posixpath.basename(prefix))
-        names.append(normalise_member_name(name))
-        exts.append(ext)
-    offsets = [offset for _, offset, _ in written]
-    sizes = [size for _, _, size in written]
-    return pa.table([keys, names, exts, offsets, sizes], schema=SCHEMA)
+        key = (recorded or {}).get(prefix) or posixpath.basename(prefix)
+        rows.append((key, normalise_member_name(name), ext, offset, size))
+    return pa.Table.from_pylist([dict(zip(SCHEMA.names, row, strict=True)) for row in rows], schema=SCHEMA)
 
 
 _COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x28\xb5\x2f\xfd")  # gzip, bzip2, xz, zstd
 
 
 def _unreadable(tar: str, exc: tarfile.ReadError) -> str:
-    """Why tarfile could not read it: compressed (only plain tars have offsets), or cut short /
-    corrupt."""
+    """Why tarfile could not read it: compressed (only plain tars have offsets), or cut short."""
     try:
         with open_input(tar) as f:
             start = f.read(6)
@@ -161,16 +138,14 @@ def _json_key(data: bytes) -> str | None:
 
 
 def index_file(folder: str, tar: str) -> str:
-    """The index of `tar` in `folder`: the tar's name and a hash of its full path (two tars of
-    one name in two folders get two indexes)."""
+    """The index of `tar` in `folder`: the tar's name and a hash of its full path."""
     stem = posixpath.basename(tar.rstrip("/")).rsplit(".", 1)[0]
     digest = hashlib.sha256(tar.encode("utf-8")).hexdigest()[:12]
     return f"{folder.rstrip('/')}/{stem}-{digest}.parquet"
 
 
 def _forget_moved(fs, written: str) -> None:
-    """Remove the indexes beside `written` of tars of the same name that no longer exist (a
-    folder moved or copied is indexed under its new path: the old path's index would stay)."""
+    """Remove the indexes beside `written` of same-named tars that no longer exist (moved folders)."""
     stem = posixpath.basename(written).rsplit("-", 1)[0]
     for other in fs.glob(f"{fs._parent(written)}/{stem}-*.parquet"):
         if posixpath.basename(other) == posixpath.basename(written):
@@ -213,12 +188,10 @@ class TarIndex:
     @classmethod
     def load(cls, tar: str, folder: str | None = None,
              written: list[tuple[str, int, int]] | None = None) -> TarIndex:
-        """The index of `tar`: read from `folder` when it was built from this very file (same size
-        and modification time), else built from the tar and written there atomically (a folder
-        that cannot be written keeps it in memory only, with a warning). `folder` None: in memory.
-        `written`: the members (name, data offset, size) as the writer of this tar wrote them,
-        each sample keyed by its member names (a writer that keyed them otherwise in their .json
-        leaves it None): the index is made from them instead of reading the tar."""
+        """The index of `tar`: read from `folder` when built from this very file, else built and
+        written there atomically (in memory only, with a warning, when it cannot be; `folder`
+        None: in memory). `written`: the members as this tar's writer wrote them, each sample
+        keyed by its member names: the index is made from them instead of reading the tar."""
         stamp = {"version": INDEX_VERSION, "tar": tar, **fingerprint(tar)}
         if folder is None:
             return cls(tar, scan(tar) if written is None else of_members(written))

@@ -1,9 +1,6 @@
 """The one tar writer: WebDataset shards (`{key}.{ext}` members, a sample's members together),
-written under a temporary name and renamed into place on commit.
-
-The stdlib writes webdataset's convention directly (webdataset's own TarWriter would import
-torch into the downloader); `webdataset`, open_clip, img2dataset and `recap caption` read the
-result unchanged."""
+written under a temporary name and renamed into place on commit; with the stdlib (webdataset's
+own TarWriter would import torch into the downloader)."""
 
 from __future__ import annotations
 
@@ -15,9 +12,8 @@ from typing import IO
 
 from ..spine.atomic import temporary_name
 
-# What a tar member's key cannot hold: a path separator, a dot (webdataset splits a member name
-# at its first dot), control characters (NUL, newline), and invisible or direction-changing code
-# points (zero-width, bidi overrides) that make a listed name lie about itself.
+# What a member key cannot hold: a path separator, a dot (webdataset splits at the first one),
+# control characters, invisible or direction-changing code points (a listed name would lie).
 _UNSAFE_KEY = re.compile(r"[./\\\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
 
 
@@ -35,18 +31,16 @@ def normalise_member_name(name: str) -> str:
 
 
 def split_member_name(name: str) -> tuple[str, str]:
-    """Split a member name into (key, extension) the way webdataset does: at the first dot of
-    the basename, so `dir/000001.seg.png` is key `dir/000001`, extension `seg.png`; a leading
-    `./` or `/` is not part of the key. The one rule for the tar reader and the tar index."""
+    """(key, extension) as webdataset splits a member name: at the basename's first dot
+    (`dir/000001.seg.png` -> `dir/000001`, `seg.png`); the one rule for the reader and the index."""
     directory, base = posixpath.split(normalise_member_name(name))
     stem, _, ext = base.partition(".")
     return posixpath.join(directory, stem) if directory else stem, ext.lower()
 
 
 def _header(member: tarfile.TarInfo) -> bytes:
-    """The header of a member this writer made, as tarfile writes it by default (pax format,
-    UTF-8): a plain ustar header for a short ASCII name, pax records before it for anything a
-    ustar header cannot hold (a long or non-ASCII name, an 8 GiB member)."""
+    """The header tarfile writes by default (pax, UTF-8): plain ustar for a short ASCII name, pax
+    records before it for what ustar cannot hold (a long or non-ASCII name, an 8 GiB member)."""
     if member.name.isascii() and len(member.name) <= tarfile.LENGTH_NAME:
         try:  # (the pax writer's own result for such a member, at a third of its cost)
             return member.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
@@ -56,11 +50,9 @@ def _header(member: tarfile.TarInfo) -> bytes:
 
 
 class TarShardWriter:
-    """Members go to `{path}` under a temporary name; `commit()` renames it into place, `abort()`
-    removes it. `fs` is an fsspec filesystem (local or remote).
-
-    `TarShardWriter.into(stream)` writes into a file someone else renames instead (one of a
-    ledger.ShardCommit's files, beside a parquet): `close()` finishes the tar there."""
+    """Members go to `{path}` (on fsspec `fs`) under a temporary name; `commit()` renames it into
+    place, `abort()` removes it. `into(stream)` writes into a file its owner renames (one of a
+    ledger.ShardCommit's files): `close()` finishes the tar there."""
 
     def __init__(self, fs, path: str):
         self.fs, self.path = fs, path
@@ -104,9 +96,8 @@ class TarShardWriter:
         self._add(member.name, member.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"), data)
 
     def _add(self, name: str, header: bytes, data: bytes) -> None:
-        # tarfile's own header and layout (what TarFile.addfile writes, byte for byte: tested),
-        # without its per-member copy of the TarInfo and stream buffering, which made the tar
-        # a tenth of the download's event-loop time.
+        # What TarFile.addfile writes, byte for byte (tested), without its per-member TarInfo
+        # copy and buffering (a tenth of the download's event-loop time).
         self._write(header)
         self.members.append((name, self._written, len(data)))
         self._write(data)
