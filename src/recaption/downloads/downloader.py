@@ -78,7 +78,8 @@ def download(inputs: list[str], config: DownloadConfig, progress: Progress | Non
     paths = expand_metadata_inputs(inputs)
     reader.chosen = columns or reader.choose(paths)
     placeholders = read_placeholder_list(config.placeholders)  # a bad list: one line, no folder made
-    # (temporaries a worker killed mid-shard (Ray) leaves are removed when the run ends)
+    # The output contract: never among the metadata files or in another step's folder, one run at a
+    # time; temporaries a worker killed mid-shard (Ray) leaves are removed when the run ends.
     with open_output(config.output, DOWNLOAD, paths):
         run = ShardDownloads(config, reader.chosen, progress or Progress(), placeholders)
         planned = run.plan(reader.read(paths))
