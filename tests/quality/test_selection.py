@@ -219,3 +219,25 @@ def test_filter_of_real_caption_output(tmp_path, captioner):
     samples = [s.key for s in input_shard(OutputDir(str(dest)), "00000")]  # the images are found
     assert set(expected) <= set(samples)
     assert recaption.stats(dest)["rows"] == len(expected)
+
+
+@pytest.mark.parametrize("damage", ["fifo", "list", "gone"])
+def test_a_shard_whose_stats_file_is_a_fifo_or_damaged_fails_alone(output, tmp_path, damage):
+    """A FIFO dropped in place of a shard's stats file is refused, never waited on (the ledger opens
+    an output's own files as the readers open inputs); filter and export fail that shard alone."""
+    import os
+
+    stats = output / "00000_stats.json"
+    stats.unlink()
+    if damage == "fifo":
+        os.mkfifo(stats)
+    elif damage == "list":
+        stats.write_text("[1, 2]")
+    filtered = recaption.filter_output(output, "re_clip_score > 25", tmp_path / "filtered")
+    assert [r.name for r in filtered.failed] == ["00000"] and filtered.done == ["00001"]
+    assert "00000's stats file cannot be read" in filtered.errors["00000"]
+    assert not (tmp_path / "filtered" / "00000.done").exists()
+    exported = recaption.export(output, tmp_path / "tars")
+    assert "00000" in exported.errors
+    if damage == "fifo":
+        assert "FIFO" in filtered.errors["00000"] and "FIFO" in exported.errors["00000"]

@@ -154,7 +154,7 @@ def run_provenance(caption: CaptionConfig, run: RunConfig) -> dict:
 def _caption_errors(out: OutputDir, name: str) -> int:
     """caption_error rows of a complete shard, from its stats."""
     try:
-        with out.fs.open(out.stats(name), "r") as f:
+        with out.open(out.stats(name), "r") as f:
             return int(json.load(f).get("status_counts", {}).get(CAPTION_ERROR, 0))
     except (FileNotFoundError, json.JSONDecodeError, ValueError):
         return 0

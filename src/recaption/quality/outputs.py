@@ -114,7 +114,7 @@ def done_shards(out: OutputDir) -> list[str]:
 def shard_stats(out: OutputDir, name: str) -> dict:
     """A shard's `{name}_stats.json` ({}: missing or unreadable)."""
     try:
-        with out.fs.open(out.stats(name), "r") as f:
+        with out.open(out.stats(name), "r") as f:
             stats = json.load(f)
     except (OSError, ValueError):
         return {}
@@ -177,7 +177,7 @@ def caption_rows(table: pa.Table) -> dict[str, dict]:
 def input_shard(out: OutputDir, name: str) -> Shard:
     """The input shard an output came from (its `source` in `{name}_stats.json`): a tar or parquet
     file, or a slice of an image folder."""
-    with out.fs.open(out.stats(name), "r") as f:
+    with out.open(out.stats(name), "r") as f:
         stats = json.load(f)
     source, columns = stats["source"], recorded_columns(stats)
     try:

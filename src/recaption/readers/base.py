@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from ..samples.sample import MISSING_IMAGE, READ_ERROR, TOO_LARGE, Sample
-from ..spine.files import NotRegularFile, open_input, open_regular
+from ..spine.files import NotRegularFile, is_local, open_input, open_regular
 
 MiB = 1 << 20
 # Largest file a reader loads into memory (one claiming more is refused from its header or listing).
@@ -250,10 +250,6 @@ def sha256_hex(data: bytes | None) -> str | None:
 
 def protocols(fs) -> tuple[str, ...]:
     return fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-
-
-def is_local(fs) -> bool:
-    return "file" in protocols(fs)
 
 
 def full_url(fs, path: str) -> str:

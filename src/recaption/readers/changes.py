@@ -25,7 +25,7 @@ def forget_vanished_slices(shards: list[Shard], out: OutputDir) -> None:
             if name in current or not name.rsplit("-", 1)[-1].isdigit():
                 continue
             try:
-                with out.fs.open(out.stats(name), "r") as f:
+                with out.open(out.stats(name), "r") as f:
                     source = json.load(f).get("source", "")
             except (FileNotFoundError, json.JSONDecodeError):
                 continue

@@ -40,6 +40,7 @@ from .atomic import (
     write_to_url_atomic,
 )
 from .errors import RecaptionError
+from .files import is_local
 from .ledger import MARKER_SUFFIX, STATS_SUFFIX, OutputDir, commits_in
 
 log = logging.getLogger(__name__)
@@ -103,14 +104,9 @@ def location(url: str) -> str:
         fs, path = url_to_fs(url)
     except (ImportError, ValueError):  # a protocol whose file system is not installed: as written
         return url.rstrip("/")
-    if _is_local(fs):
+    if is_local(fs):
         return os.path.realpath(path)
     return fs.unstrip_protocol(path.rstrip("/"))
-
-
-def _is_local(fs) -> bool:
-    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    return "file" in protocols or "local" in protocols
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -346,7 +342,7 @@ def check_output(url: str, step: Step, inputs: Iterable[str] = ()) -> OutputDir:
 def _refuse_unusable_path(out: OutputDir) -> None:
     """A dangling link, a file where the folder (or a folder on its path) should be, or a
     folder that cannot be written (a read-only mount): one line, before any work."""
-    if not _is_local(out.fs):
+    if not is_local(out.fs):
         return
     path = os.path.abspath(out.root)
     if os.path.islink(path) and not os.path.exists(path):

@@ -28,6 +28,12 @@ def kind_of(mode: int) -> str:
     return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
 
+def is_local(fs) -> bool:
+    """An fsspec file system of this machine's files."""
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocols or "local" in protocols
+
+
 def local_path(url: str) -> str | None:
     """The local path a name refers to (plain path or file://), None for a remote URL."""
     if "://" not in url:

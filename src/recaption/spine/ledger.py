@@ -29,6 +29,7 @@ from typing import IO
 from fsspec.core import url_to_fs
 
 from .atomic import temporary_name, write_json_atomic
+from .files import NotRegularFile, is_local, open_input
 from .results import ConfigMismatchError
 
 log = logging.getLogger(__name__)
@@ -71,12 +72,19 @@ class OutputDir:
     def is_done(self, shard: str) -> bool:
         return self.fs.exists(self.marker(shard))
 
+    def open(self, path: str, mode: str = "rb"):
+        """A file of this folder for reading; a local one only if it is a regular file (a FIFO
+        dropped in place of a marker or stats file is refused, never waited on: spine/files.py)."""
+        if is_local(self.fs):
+            return open_input(path, mode)
+        return self.fs.open(path, mode)
+
     def done_provenance(self, shard: str) -> dict | None:
         """What the shard's marker records (None: not finished, or an unreadable marker)."""
         try:
-            with self.fs.open(self.marker(shard), "r") as f:
+            with self.open(self.marker(shard), "r") as f:
                 marker = json.load(f)
-        except (FileNotFoundError, IsADirectoryError, ValueError, UnicodeDecodeError):
+        except (FileNotFoundError, IsADirectoryError, NotRegularFile, ValueError, UnicodeDecodeError):
             return None
         return marker if isinstance(marker, dict) else None  # `[1, 2]`: not a marker we wrote
 

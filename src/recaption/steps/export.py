@@ -292,7 +292,7 @@ class ImageSources:
         has its image)."""
         if self.images is None:
             return [input_shard(self.src, name)], True
-        with self.src.fs.open(self.src.stats(name), "r") as f:
+        with self.src.open(self.src.stats(name), "r") as f:
             shards = self._discover(recorded_columns(json.load(f)))  # the input as read when captioned
         same = [s for s in shards if s.name == name]
         if not same:

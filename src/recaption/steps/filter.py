@@ -197,12 +197,19 @@ def _skipped(dest: OutputDir, name: str) -> ShardResult:
 def _filter_shard(src: OutputDir, dest: OutputDir, name: str, where: str, source: str, con) -> ShardResult:
     try:
         table = read_output(src, name)
+        with src.open(src.stats(name), "r") as f:
+            stats = json.load(f)  # carried over: export finds the images by its `source`
+        if not isinstance(stats, dict):
+            raise ValueError("not a JSON object")
     except BrokenShardError as exc:  # that shard fails, the others are filtered
         log.error("%s", exc)
         return ShardResult(name, name, FAILED, error=str(exc))
+    except (OSError, ValueError) as exc:  # a stats file gone, damaged, or a FIFO in its place
+        error = (f"{src.url}: shard {name}'s stats file cannot be read ({exc}); caption it again or "
+                 f"delete {name}.done")
+        log.error("%s", error)
+        return ShardResult(name, name, FAILED, error=error)
     kept = matching_rows(table, where, con, name)
-    with src.fs.open(src.stats(name), "r") as f:
-        stats = json.load(f)
     provenance = src.done_provenance(name) or {}
     record = _record(src, name, where, source)
     # (read_output: every shard has a status column)
