@@ -17,6 +17,16 @@ def _paths(value) -> list[str]:
     return [os.fspath(v) for v in value]
 
 
+def _config(cls, options: dict, **given):
+    """`cls(**given, **options)`: an unknown option is a TypeError listing the real ones."""
+    from dataclasses import fields
+
+    from .config import check_option_names
+
+    check_option_names(options, [f.name for f in fields(cls) if f.name not in given])
+    return cls(**given, **options)
+
+
 def caption(inputs: PathLike | list[PathLike], output: PathLike, **options: Any):
     """Caption every image of `inputs` (tar / parquet shards, image folders, globs, `{00000..00009}`
     ranges, fsspec URLs) into one Recap-DataComp-1B-schema parquet per shard in `output`.
@@ -43,7 +53,7 @@ def download(inputs: PathLike | list[PathLike], output: PathLike, **options: Any
     from .downloads import DownloadConfig
     from .downloads import download as _download
 
-    return _download(_paths(inputs), DownloadConfig(output=os.fspath(output), **options))
+    return _download(_paths(inputs), _config(DownloadConfig, options, output=os.fspath(output)))
 
 
 def lookup(shards: PathLike, values: list[str], by: str = "key"):
@@ -82,19 +92,20 @@ def run(inputs: PathLike | list[PathLike], output: PathLike, **options: Any):
 
 
 def score(output: PathLike, clip_model: str | None = None, device: str = "auto", batch_size: int = 64,
-          overwrite: bool = False, long_text: str = "truncate"):
+          overwrite: bool = False, clip_long_text: str = "truncate", long_text: str | None = None):
     """Fill re_clip_score / org_clip_score of finished shards in `output` (`recap score`).
 
     `clip_model`: a transformers CLIP/SigLIP folder or hub id (default: the paper's CLIP-L),
     `tiny-clip` (built in, shapes world only), or an open_clip model (`open_clip:FOLDER`,
-    `open_clip:ARCH:PRETRAINED`). `long_text`: truncate or chunk captions over the CLIP's window.
+    `open_clip:ARCH:PRETRAINED`). `clip_long_text` (`long_text`, its earlier name): truncate or
+    chunk captions over the CLIP's window.
     Returns a `RunSummary` (`.done`: shards scored, `.skipped`: scored already, `.errors`)."""
     from .quality.clip import DEFAULT_CLIP_MODEL
     from .quality.score import score_output
     from .quality.scorers import make_scorer
 
     scorer = make_scorer(clip_model or DEFAULT_CLIP_MODEL, device=device, batch_size=batch_size,
-                         long_text=long_text)
+                         long_text=long_text or clip_long_text)
     return score_output(os.fspath(output), scorer, overwrite)
 
 
@@ -107,7 +118,7 @@ def judge(output: PathLike, **options: Any):
 
     if "endpoint" in options:
         options["endpoints"] = split_list(options.pop("endpoint"))
-    return judge_output(os.fspath(output), JudgeConfig(**options))
+    return judge_output(os.fspath(output), _config(JudgeConfig, options))
 
 
 def stats(output: PathLike) -> dict:
@@ -198,7 +209,8 @@ def train_captioner(data: PathLike | list[PathLike], output: PathLike, **options
     from .training.captioner_train import CaptionerTrainConfig
     from .training.captioner_train import train_captioner as _train_captioner
 
-    return _train_captioner(CaptionerTrainConfig(data=_paths(data), output=os.fspath(output), **options))
+    config = _config(CaptionerTrainConfig, options, data=_paths(data), output=os.fspath(output))
+    return _train_captioner(config)
 
 
 def eval_captioner(model: str, images: int = 200, seed: int = 0, start: int = 200_000, device: str = "auto"):
@@ -215,7 +227,7 @@ def train_dit(data: PathLike | list[PathLike], output: PathLike, **options: Any)
     from .dit.train import DitTrainConfig
     from .dit.train import train_dit as _train_dit
 
-    return _train_dit(DitTrainConfig(data=_paths(data), output=os.fspath(output), **options))
+    return _train_dit(_config(DitTrainConfig, options, data=_paths(data), output=os.fspath(output)))
 
 
 def generate(model: PathLike, prompts, output: PathLike, **options: Any) -> dict:
@@ -290,7 +302,7 @@ def train_clip(data: PathLike | list[PathLike], output: PathLike, **options: Any
     from .training.clip_train import ClipTrainConfig
     from .training.clip_train import train_clip as _train_clip
 
-    return _train_clip(ClipTrainConfig(data=_paths(data), output=os.fspath(output), **options))
+    return _train_clip(_config(ClipTrainConfig, options, data=_paths(data), output=os.fspath(output)))
 
 
 def eval_retrieval(model: str, data: PathLike | list[PathLike], **options: Any):

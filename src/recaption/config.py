@@ -227,6 +227,14 @@ _OPTION_CLASSES = (CaptionConfig, TransformersOptions, ServerOptions, RunConfig,
 _SUB_CONFIGS = {"transformers", "server"}  # CaptionConfig fields built from their own options
 
 
+def check_option_names(options: dict, known: list[str]) -> None:
+    """TypeError naming the unknown options and listing the real ones (a misspelt keyword of the
+    Python API), for every command's options."""
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise TypeError(f"unknown option(s) {', '.join(unknown)}; options: {', '.join(sorted(known))}")
+
+
 def caption_option_names() -> list[str]:
     """Every option `caption_settings` (and so `recaption.caption`) accepts."""
     names = {f.name for cls in _OPTION_CLASSES for f in fields(cls)}
@@ -239,11 +247,7 @@ def caption_settings(output: str, **options) -> CaptionSettings:
     a wrong value."""
     from .readers.base import ColumnConfig
 
-    unknown = sorted(set(options) - set(caption_option_names()))
-    if unknown:
-        raise TypeError(
-            f"unknown option(s) {', '.join(unknown)}; options: {', '.join(caption_option_names())}"
-        )
+    check_option_names(options, caption_option_names())
     options = dict(options)
     endpoint = options.pop("endpoint", None)
     if endpoint is not None:

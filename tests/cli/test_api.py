@@ -37,6 +37,16 @@ def test_unknown_option_names_the_real_ones():
         caption_settings("out", keycol="id")
 
 
+@pytest.mark.parametrize("function,real", [("download", "url_col"), ("judge", "fraction"),
+                                           ("train_clip", "batch_size"), ("train_captioner", "stage2_steps"),
+                                           ("train_dit", "batch_size")])
+def test_every_function_names_the_real_options_for_an_unknown_one(tmp_path, function, real):
+    args = [tmp_path] if function == "judge" else [tmp_path / "in", tmp_path / "out"]
+    with pytest.raises(TypeError, match=f"unknown option.*no_such_option; options: .*{real}"):
+        getattr(recaption, function)(*args, no_such_option=1)
+    assert not (tmp_path / "out").exists()
+
+
 def test_cli_style_values_are_understood():
     s = caption_settings("out", devices="0,cuda:3", endpoint=["http://a:1,http://b:2"], engine="openai",
                          score=True, clip_model="tiny-clip", image_col="png")
@@ -126,6 +136,9 @@ def test_score_reads_the_input_as_caption_did(tmp_path):
     assert result.exit_code == 0, result.output
     scores = pq.read_table(tmp_path / "out" / "photos.parquet").column("re_clip_score").to_pylist()
     assert all(s is not None for s in scores), scores
+    # From Python, under the flag's name (--clip-long-text): rescored, the choice recorded
+    summary = recaption.score(tmp_path / "out", clip_model="tiny-clip-random", clip_long_text="chunk")
+    assert summary.done == ["photos"] and summary.settings["clip_long_text"] == "chunk"
 
 
 def test_the_api_functions_stay_functions_after_their_packages_load():

@@ -517,6 +517,18 @@ def test_a_named_column_that_is_missing_is_a_one_line_error(tmp_path):
     assert result.exit_code == 0 and "caption: none" in result.output, result.output
 
 
+def test_spaces_around_a_url_are_no_part_of_it(tmp_path):
+    with ImageServer() as server:
+        rows = [{"url": f"  {server.url}/img/0.jpg \t", "text": "padded"}, {"url": " \n", "text": "blank"}]
+        meta = write_metadata(tmp_path / "urls.parquet", rows)
+        result = recap("download", meta, "-o", tmp_path / "out", "--image-size", "16", "--allow-private-network")
+        assert result.exit_code == 0, result.output
+        assert dict(server.hits) == {"/img/0.jpg": 1}
+    got = table(tmp_path / "out")
+    assert [r["outcome"] for r in got.values()] == ["ok", "bad_url"]
+    assert [r["url"] for r in got.values()] == [row["url"] for row in rows]  # recorded as listed
+
+
 def test_refused_rows_are_named_and_a_rerun_with_the_flag_fetches_only_them(tmp_path):
     with ImageServer() as server:
         rows = [{"url": f"{server.url}/img/{i}.jpg", "text": f"t{i}"} for i in range(3)]

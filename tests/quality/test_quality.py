@@ -468,6 +468,13 @@ def test_preferences_leave_out_degenerate_recaptions_and_say_how_many(tmp_path):
     assert (pref["n"], pref["re_higher"], pref["org_higher"], pref["left_out_degenerate"]) == (2, 1, 1, 2)
     line = next(line for line in comparison(summary) if line.measure.startswith("CLIP prefers"))
     assert "2 images whose recaption is degenerate left out" in line.made_by
+    # Every pair left out: the measure stays, with no shares and the reason, not silently gone
+    write_output(tmp_path / "junk", "00000", rows[2:])
+    summary = collect(str(tmp_path / "junk")).summary()
+    assert summary["clip_preference"]["n"] == 0 and summary["clip_preference"]["re_higher_share"] is None
+    line = next(line for line in comparison(summary) if line.measure.startswith("CLIP prefers"))
+    assert (line.re, line.org) == ("-", "-") and "over 0 images" in line.made_by
+    assert "2 images whose recaption is degenerate left out" in line.made_by
 
 
 def test_the_caption_summary_puts_flags_beside_statuses_and_names_junk(capsys):

@@ -40,6 +40,20 @@ def test_links_out_of_the_folder_are_not_read(tmp_path, caplog):
     assert got["d"].image_bytes == (photos / "sub" / "c.jpg").read_bytes()
 
 
+def test_a_link_to_a_folder_is_not_followed_and_said_so(tmp_path, caplog):
+    photos, elsewhere = tmp_path / "photos", tmp_path / "elsewhere"
+    photos.mkdir()
+    elsewhere.mkdir()
+    (photos / "a.jpg").write_bytes(image_bytes(seed=1))
+    (elsewhere / "b.jpg").write_bytes(image_bytes(seed=2))
+    os.symlink(elsewhere, photos / "more")
+    with caplog.at_level(logging.WARNING):
+        got = samples_of(photos)
+    assert set(got) == {"a"}
+    assert "1 link to a folder not followed (more)" in caplog.text and "as an input of its own" in caplog.text
+    assert "not an image" not in caplog.text  # not counted as a file without an extension
+
+
 def test_a_name_that_is_not_utf8_is_one_row_and_the_others_are_captioned(tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()

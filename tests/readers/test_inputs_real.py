@@ -372,8 +372,10 @@ def test_score_refuses_a_folder_that_changed_since_captioning(tmp_path):
     (photos / "0.jpg").write_bytes(image_bytes(width=70, seed=5))
     result = runner.invoke(app, ["score", str(out), "--clip-model", PLUMBING_CLIP])
     assert result.exit_code == 1
-    assert "photos-00000: folder changed since it was captioned" in flat(result.output)
-    assert "recap caption" in flat(result.output)
+    said = flat(result.output)
+    assert "FAILED photos-00000: folder changed since it was captioned" in said
+    assert said.count("photos-00000:") == 1 and "InputChangedError" not in said  # named once, in words
+    assert "recap caption" in said
     assert all(r["re_clip_score"] is None for r in rows(out / "photos-00000.parquet"))
 
 

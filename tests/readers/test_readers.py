@@ -203,6 +203,16 @@ def test_parquet_exact_column_names_win_over_ones_of_another_case(tmp_path):
     assert (s.org_caption, s.key) == ("exact", "k9")
 
 
+def test_a_url_list_given_as_images_is_sent_to_download(tmp_path):
+    urls = _parquet(tmp_path / "urls.parquet", pa.table({"URL": ["http://example.org/a.jpg"], "caption": ["a"]}))
+    with pytest.raises(ShardError, match=r"no image column .*--image-col; or, if it lists image URLs, fetch "
+                                         r"them first with `recap download`"):
+        list(open_shard(urls))
+    other = _parquet(tmp_path / "o.parquet", pa.table({"caption": ["a"]}))
+    with pytest.raises(ShardError, match=r"name it with --image-col\Z"):  # no URLs: no such advice
+        list(open_shard(other))
+
+
 def test_parquet_named_sha256_or_caption_column_that_is_missing_names_the_columns(tmp_path):
     path = _parquet(tmp_path / "s.parquet", pa.table({"jpg": [image_bytes()], "hash": ["h"]}))
     with pytest.raises(ShardError, match=r"no sha256 column 'sha' \(columns: jpg, hash\)"):

@@ -39,6 +39,11 @@ def failed_line(text: str) -> None:
     _red_line("FAILED", text)
 
 
+def failed_shard(name: str, error: str) -> None:
+    """A shard that failed, named once (an error may begin with its name already)."""
+    failed_line(f"{name}: {error.removeprefix(f'{name}: ')}")
+
+
 def exit_code_of(exc: BaseException) -> int:
     """2 for a user error; what the error says otherwise (1: an output that failed after part of
     the run was written, spine/contract.py)."""

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .common import console, failed_line, split_values
+from .common import console, failed_shard, split_values
 
 
 def score_cmd(
@@ -37,7 +37,7 @@ def score_cmd(
     if scorer.note:  # the built-in shapes-world CLIP: say what its numbers are worth
         console.print(f"[yellow]note:[/yellow] {escape(scorer.note)}", soft_wrap=True)
     for name, error in summary.errors.items():
-        failed_line(f"{name}: {error}")
+        failed_shard(name, error)
     raise typer.Exit(1 if summary.failed else 0)
 
 
@@ -69,7 +69,7 @@ def judge_cmd(
                   f"(--fraction {fraction} of the captioned rows, chosen by --seed {seed}); "
                   f"skipped {len(summary.skipped)} already judged", soft_wrap=True)
     for name, error in summary.errors.items():
-        failed_line(f"{name}: {error}")
+        failed_shard(name, error)
     raise typer.Exit(1 if summary.failed else 0)
 
 

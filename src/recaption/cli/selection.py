@@ -13,8 +13,9 @@ from .common import console, failed_line
 def print_lines(lines: list[str], summary) -> int:
     """A step's lines, FAILED ones in red; the exit code (1 when a shard failed)."""
     for line in lines:
-        if "FAILED" in line:
-            failed_line(line)
+        name, _, failure = line.partition(": FAILED, ")  # shard_lines' failed shard
+        if failure:
+            failed_line(f"{name}: {failure}")
         else:
             console.print(line, soft_wrap=True, markup=False)
     return 1 if summary.failed else 0

@@ -145,6 +145,7 @@ class Fetcher:
     def _target(self, url: str | None) -> URL | str:
         """The URL as the connection will use it (yarl: IDNA, lower case, no percent
         tricks left for later), or why it must not be fetched."""
+        url = url.strip() if url else url  # spaces around a URL in a list are no part of it
         if not url:
             return "no URL"
         try:

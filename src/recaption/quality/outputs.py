@@ -53,7 +53,7 @@ def over_finished(output: str, step: Step, *, destination: str | None = None, in
 def shard_lines(summary: RunSummary, did: str, line: Callable[[ShardResult], str]) -> list[str]:
     """What a step that writes a new folder prints per shard: FAILED, or `line(result)` (noted
     when it was `did` already)."""
-    return [f"{r.name}: FAILED, nothing {did}: {r.error}" if r.outcome == FAILED
+    return [f"{r.name}: FAILED, nothing {did}: {r.error.removeprefix(f'{r.name}: ')}" if r.outcome == FAILED
             else line(r) + (f" (already {did})" if r.outcome == SKIPPED else "") for r in summary.results]
 
 
@@ -106,8 +106,8 @@ def done_shards(out: OutputDir) -> list[str]:
                             "give a folder that `recap caption` or `recap filter` wrote")
     names = out.done_names()
     if not names:
-        raise NoOutputError(f"{out.url} holds no finished shards ({{name}}.done): is it a `recap caption` "
-                            "output folder?")
+        raise NoOutputError(f"{out.url} holds no finished shards (no .done markers): is it a "
+                            "`recap caption` output folder?")
     return names
 
 

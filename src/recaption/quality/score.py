@@ -14,7 +14,7 @@ from ..readers.base import Shard
 from ..samples.images import decode_sample
 from ..schema import PARTIAL, SCORE_COLUMNS, SCORES_METADATA_KEY, word_count
 from ..spine.ledger import OutputDir
-from ..spine.results import DONE, FAILED, RunSummary, ShardResult
+from ..spine.results import DONE, FAILED, RunSummary, ShardResult, error_text
 from .clip import ClipScorer
 from .outputs import caption_rows, file_stamp, in_place, input_shard, read_output, rewrite_output
 
@@ -51,8 +51,8 @@ def score_output(output: str, scorer: ClipScorer, overwrite: bool = False, on_sh
                 fill = scored_by(file_stamp(out, name, SCORES_METADATA_KEY), scorer) and not overwrite
                 scores = _scores_for(scorer, input_shard(out, name), table, only_missing=fill)
             except Exception as exc:  # a missing or broken input shard: say which, go on
-                log.error("cannot score %s: %s", name, exc)
-                summary.results.append(ShardResult(name, name, FAILED, error=f"{type(exc).__name__}: {exc}"))
+                log.info("cannot score %s: %s", name, exc)  # reported by the summary (FAILED)
+                summary.results.append(ShardResult(name, name, FAILED, error=error_text(exc)))
                 continue
             scored_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
             _rewrite(out, name, table, scores, {**scorer.provenance(), "scored_at": scored_at})

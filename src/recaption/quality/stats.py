@@ -1,7 +1,7 @@
 """Numbers about an output folder: statuses, lengths, CLIP and judge scores, vocabulary, flags, and
 the models that made them, beside the paper's (docs/quality.md, "Stats and report", says each
 measure). Reads only the columns it needs, one parquet file at a time; recaption and original are
-compared over the same rows: the captioned (status ok) ones.
+compared over the captioned (status ok) rows, each side over those that have it (counts shown).
 """
 
 from __future__ import annotations
@@ -112,14 +112,16 @@ def describe(values: list) -> dict | None:
 def preference(pairs: list[tuple[float, float]], left_out: int = 0) -> dict | None:
     """Per image: does the recaption score higher than the original, lower, or the same?
     `left_out`: images with both scores whose recaption is degenerate (",,,," scores higher
-    than many alt-texts: counting it would call junk a win), said beside the shares."""
-    if not pairs:
+    than many alt-texts: counting it would call junk a win), said beside the shares (also when
+    they leave no image to compare: shares None). None: no image with both scores."""
+    if not pairs and not left_out:
         return None
     n = len(pairs)
     re_higher = sum(r > o for r, o in pairs)
     org_higher = sum(o > r for r, o in pairs)
+    share = (lambda k: k / n) if n else (lambda k: None)
     return {"n": n, "re_higher": re_higher, "org_higher": org_higher, "ties": n - re_higher - org_higher,
-            "re_higher_share": re_higher / n, "org_higher_share": org_higher / n,
+            "re_higher_share": share(re_higher), "org_higher_share": share(org_higher),
             "left_out_degenerate": left_out}
 
 
@@ -385,5 +387,5 @@ def comparison(summary: dict) -> list[Line]:
     lines.append(Line("share of the combined vocabulary", pct(vocab["re_share_of_combined"]),
                       pct(vocab["org_share_of_combined"]),
                       f"{PAPER['re_share_of_combined_vocabulary_pct']}% / -",
-                      "|V| / |V_re U V_org| over the same rows"))
+                      "|V| / |V_re U V_org| over the captioned rows"))
     return lines

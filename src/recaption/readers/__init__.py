@@ -68,6 +68,7 @@ class _FolderListing:
     tars: list[str] = field(default_factory=list)
     parquets: list[str] = field(default_factory=list)
     skipped: Counter = field(default_factory=Counter)
+    linked_folders: list[str] = field(default_factory=list)  # links to folders: not followed
 
     @classmethod
     def scan(cls, infos: dict, root: str) -> _FolderListing:
@@ -76,7 +77,9 @@ class _FolderListing:
             ext = extension(path)
             if any(is_hidden(part) for part in posixpath.relpath(path, root).split("/")):
                 continue
-            if path.endswith(TAR_SUFFIXES):
+            if infos[path].get("islink") and os.path.isdir(path):  # listed as one entry, unread
+                found.linked_folders.append(posixpath.relpath(path, root))
+            elif path.endswith(TAR_SUFFIXES):
                 found.tars.append(path)
             elif path.endswith(PARQUET_SUFFIXES):
                 found.parquets.append(path)
@@ -142,6 +145,10 @@ def _expand_folder(fs, pattern: str, path: str, columns: ColumnConfig, folder_sh
     """The shard files under a folder (tars if any, else parquet files) and its loose images
     (in slices); both when it holds both, saying so."""
     found = _FolderListing.scan(fs.find(path, detail=True), path)
+    if found.linked_folders:
+        log.warning("%s: %s not followed (%s): give the folder a link leads to as an input of its own",
+                    pattern, _plural(len(found.linked_folders), "link to a folder"),
+                    ", ".join(found.linked_folders[:5]) + (", ..." if len(found.linked_folders) > 5 else ""))
     shards = [open_shard(full_url(fs, m), columns) for m in _shard_files(found.tars + found.parquets)]
     if found.tars or found.images:  # a parquet beside them may be metadata: only one with images
         shards = [s for s in shards if _holds_images(s, pattern)]

@@ -89,9 +89,9 @@ class ParquetShard(FileShard):
             return wanted
         raise self._no_column(field, wanted, names, _IDENTITY_FLAGS[field])
 
-    def _no_column(self, field: str, wanted: str, names: list[str], flag: str) -> ShardError:
+    def _no_column(self, field: str, wanted: str, names: list[str], flag: str, hint: str = "") -> ShardError:
         return ShardError(self.source, f"no {field} column {wanted!r} (columns: {', '.join(names)}); "
-                          f"name it with {flag}")
+                          f"name it with {flag}{hint}")
 
     def _read_file(self, raw) -> Iterator[Sample]:
         try:
@@ -106,7 +106,10 @@ class ParquetShard(FileShard):
         image_col = self.image_column(names)
         if image_col is None:
             wanted = self.columns.image or " or ".join(ColumnConfig.IMAGE_CANDIDATES)
-            raise self._no_column("image", wanted, names, "--image-col")
+            url_list = "url" in {n.lower() for n in names}  # the images are not here yet
+            raise self._no_column("image", wanted, names, "--image-col",
+                                  "; or, if it lists image URLs, fetch them first with `recap download` "
+                                  "(or `recap run`: download, then caption)" if url_list else "")
         kind = _image_kind(image_col, schema.field(image_col).type, self.source)
         caption_col = _pick(names, self.columns.caption, ColumnConfig.CAPTION_CANDIDATES)
         if self.columns.caption and caption_col is None:

@@ -12,6 +12,12 @@ from .errors import RecaptionError
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
 
 
+def error_text(exc: BaseException) -> str:
+    """A failed shard's error as reported: ours (RecaptionError) as its message, which says what
+    to do; anything else with its type, which may be all it says."""
+    return str(exc) if isinstance(exc, RecaptionError) else f"{type(exc).__name__}: {exc}"
+
+
 @dataclass
 class ShardResult:
     name: str

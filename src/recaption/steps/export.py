@@ -38,7 +38,7 @@ from ..spine import __version__
 from ..spine.contract import Step, location, marker_has
 from ..spine.errors import RecaptionError
 from ..spine.ledger import OutputDir, ShardCommit
-from ..spine.results import DONE, FAILED, SKIPPED, RunSummary, ShardResult
+from ..spine.results import DONE, FAILED, SKIPPED, RunSummary, ShardResult, error_text
 from ..training.captions import CaptionMix, MixError, keyed_draw
 
 log = logging.getLogger(__name__)
@@ -383,8 +383,8 @@ def _export_shard(src: OutputDir, dest: OutputDir, name: str, choice: CaptionCho
             reasons[IMAGE_NOT_FOUND] += len(wanted)
             writer.close()
         except Exception as exc:  # a missing or broken input shard, a changed folder: say which, go on
-            log.error("cannot export %s: %s", name, exc)
-            return ShardResult(name, name, FAILED, error=f"{type(exc).__name__}: {exc}")
+            log.info("cannot export %s: %s", name, exc)  # reported by the summary (FAILED)
+            return ShardResult(name, name, FAILED, error=error_text(exc))
         reasons_not = {r: reasons[r] for r in REASONS if reasons[r]}
         stats = {"shard": name, "output": settings["from"], "images_from": [s.source for s in shards],
                  "caption": choice.spec, "seed": seed, "rows": len(rows), "exported": writer.samples,

@@ -201,13 +201,11 @@ def _filter_shard(src: OutputDir, dest: OutputDir, name: str, where: str, source
             stats = json.load(f)  # carried over: export finds the images by its `source`
         if not isinstance(stats, dict):
             raise ValueError("not a JSON object")
-    except BrokenShardError as exc:  # that shard fails, the others are filtered
-        log.error("%s", exc)
+    except BrokenShardError as exc:  # that shard fails (the summary says so), the others are filtered
         return ShardResult(name, name, FAILED, error=str(exc))
     except (OSError, ValueError) as exc:  # a stats file gone, damaged, or a FIFO in its place
         error = (f"{src.url}: shard {name}'s stats file cannot be read ({exc}); caption it again or "
                  f"delete {name}.done")
-        log.error("%s", error)
         return ShardResult(name, name, FAILED, error=error)
     kept = matching_rows(table, where, con, name)
     provenance = src.done_provenance(name) or {}
