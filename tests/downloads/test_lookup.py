@@ -149,3 +149,35 @@ def test_an_unreadable_shard_is_skipped_with_a_warning_naming_it_and_the_others_
     assert gone.members == []
     result = CliRunner().invoke(app, ["lookup", str(out), "uid-gone", "--by", "uid"])
     assert "none (not downloaded)" in " ".join(result.output.split())
+
+
+def test_lookup_writes_nothing_into_a_download_it_did_not_make(tmp_path):
+    """img2dataset's folder is someone else's: its index lives in memory, the folder is untouched."""
+    import shutil
+    from pathlib import Path
+
+    folder = tmp_path / "i2d"
+    shutil.copytree(Path(__file__).parent.parent / "data" / "img2dataset", folder)
+    before = sorted(p.name for p in folder.iterdir())
+    found, missing = recaption.lookup(folder, ["000000001"])
+    assert missing == [] and found[0].members and found[0].members[0].read()
+    assert sorted(p.name for p in folder.iterdir()) == before
+
+
+def test_a_tampered_or_special_index_file_is_never_believed_nor_waited_on(tmp_path):
+    import os
+
+    import pyarrow as pa
+
+    out = downloaded(tmp_path)
+    tar = str(out / "00001.tar")
+    path = index_file(str(out / INDEX_NAME), tar)
+    true = recaption.lookup(out, ["uid-004"], by="uid")[0][0].members
+    stored = pq.read_table(path)
+    bent = stored.set_column(3, "offset", pa.array([-7] * stored.num_rows, pa.int64()))
+    pq.write_table(bent.replace_schema_metadata(stored.schema.metadata), path)  # same stamp, wrong places
+    assert recaption.lookup(out, ["uid-004"], by="uid")[0][0].members == true  # rebuilt from the tar
+    os.remove(path)
+    os.mkfifo(path)
+    result = CliRunner().invoke(app, ["lookup", str(out), "uid-004", "--by", "uid"])  # hangs if opened
+    assert result.exit_code == 0 and "uid-004" in result.output

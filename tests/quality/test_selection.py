@@ -241,3 +241,40 @@ def test_a_shard_whose_stats_file_is_a_fifo_or_damaged_fails_alone(output, tmp_p
     assert "00000" in exported.errors
     if damage == "fifo":
         assert "FIFO" in filtered.errors["00000"] and "FIFO" in exported.errors["00000"]
+
+
+@pytest.mark.parametrize("damage", ["fifo", "truncated", "dev-zero"])
+def test_a_first_shard_whose_parquet_is_a_fifo_or_damaged_fails_alone(output, tmp_path, damage):
+    """The first shard's parquet, which filter and export check their settings against, broken or
+    a special file: never waited on, never a traceback; that shard fails and the other is done."""
+    import os
+
+    from recaption.quality.outputs import BrokenShardError
+
+    parquet = output / "00000.parquet"
+    if damage == "truncated":
+        parquet.write_bytes(parquet.read_bytes()[:100])
+    else:
+        parquet.unlink()
+        os.mkfifo(parquet) if damage == "fifo" else os.symlink("/dev/zero", parquet)
+    filtered = recaption.filter_output(output, "re_clip_score > 25", tmp_path / "filtered")
+    assert [r.name for r in filtered.failed] == ["00000"] and filtered.done == ["00001"]
+    exported = recaption.export(output, tmp_path / "tars")
+    assert "00000" in exported.errors  # (this output's images are not there: 00001 fails too)
+    for errors in (filtered.errors, exported.errors):
+        assert "caption it again" in errors["00000"] and "delete 00000.done" in errors["00000"]
+    if damage != "truncated":
+        assert ("FIFO" if damage == "fifo" else "character device") in filtered.errors["00000"]
+    with pytest.raises(BrokenShardError, match="00000 is marked finished but its parquet cannot be read"):
+        recaption.stats(output)
+
+
+@pytest.mark.parametrize("stats", ["[1, 2]", "null", '{"source": 5}'])
+def test_score_and_export_name_a_stats_file_that_names_no_input(output, stats):
+    (output / "00000_stats.json").write_text(stats)
+    exported = recaption.export(output, output.parent / "tars")
+    scored = recaption.score(output, clip_model="tiny-clip-random")
+    for summary in (exported, scored):
+        assert summary.errors["00000"].endswith(
+            "shard 00000's stats file cannot be read (not a JSON object naming its source); caption it again "
+            "or delete 00000.done")

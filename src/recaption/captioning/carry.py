@@ -146,7 +146,7 @@ def _borrowed(out: OutputDir, shard: FolderShard, names: list[str]) -> list[tupl
 def _ok_rows(out: OutputDir, name: str) -> pa.Table:
     """The ok rows of a finished shard; none when its file cannot be read (it is redone whole)."""
     try:
-        with out.fs.open(out.parquet(name), "rb") as f:
+        with out.open(out.parquet(name)) as f:
             table = pq.read_table(f)
     except (OSError, pa.ArrowInvalid) as exc:
         log.warning("%s: earlier rows not kept (%s)", name, exc)

@@ -337,7 +337,7 @@ class ShardDownloads:
 
     def _carry_over(self, writer: DownloadShardWriter, name: str, todo: list, again: Refetch) -> list | None:
         """Keep a done shard's rows; return the (key, row) pairs to fetch again (None: none)."""
-        with self.out.fs.open(self.out.parquet(name), "rb") as f:
+        with self.out.open(self.out.parquet(name)) as f:
             previous = {r["key"]: r for r in pq.read_table(f).to_pylist()}
         redo = {k for k, r in previous.items() if again(r)}
         if not redo:

@@ -60,7 +60,7 @@ def shard_lines(summary: RunSummary, did: str, line: Callable[[ShardResult], str
 def file_stamp(out: OutputDir, name: str, key: bytes) -> dict:
     """`schema_stamp` of a shard file, read from its footer."""
     try:
-        with out.fs.open(out.parquet(name), "rb") as f:
+        with out.open(out.parquet(name)) as f:
             return schema_stamp(pq.read_schema(f), key)
     except (OSError, pa.ArrowInvalid):  # gone or broken: not done; its work says why
         return {}
@@ -151,7 +151,7 @@ def read_output(out: OutputDir, name: str, columns: list[str] | None = None, *,
     """A finished shard's rows (`columns` only; with `present_only`, those of them it has).
     BrokenShardError, naming the shard and the fix, when its file is gone or unreadable."""
     try:
-        with out.fs.open(out.parquet(name), "rb") as f:
+        with out.open(out.parquet(name)) as f:
             names = pq.read_schema(f).names
             lacking = [c for c in ROW_IDENTITY if c not in names]
             if lacking:  # another parquet put in its place: not rows of this toolkit's
@@ -169,6 +169,33 @@ def read_output(out: OutputDir, name: str, columns: list[str] | None = None, *,
                                f"{name}.done") from None
 
 
+def first_schema(out: OutputDir, names: list[str]) -> tuple[str, pa.Schema] | None:
+    """The first of `names` whose parquet reads, and its schema, to check a command's settings
+    against before anything is written; None when none reads (each then fails alone, saying why)."""
+    for name in names:
+        try:
+            with out.open(out.parquet(name)) as f:
+                return name, pq.read_schema(f)
+        except (OSError, pa.ArrowInvalid):
+            continue
+    return None
+
+
+def recorded_stats(out: OutputDir, name: str) -> dict:
+    """A finished shard's `{name}_stats.json`, which names its input; BrokenShardError naming the
+    fix when it is gone, unreadable (a FIFO in its place too), or not an object naming a source."""
+    try:
+        with out.open(out.stats(name), "r") as f:
+            stats = json.load(f)
+        why = "not a JSON object naming its source"
+    except (OSError, ValueError) as exc:
+        stats, why = None, " ".join(str(exc).split())[:200]
+    if not isinstance(stats, dict) or not isinstance(stats.get("source"), str):
+        raise BrokenShardError(f"{out.url}: shard {name}'s stats file cannot be read ({why}); caption it "
+                               f"again or delete {name}.done")
+    return stats
+
+
 def caption_rows(table: pa.Table) -> dict[str, dict]:
     """key -> {key, re_caption, org_caption, status}."""
     return {r["key"]: r for r in table.select(["key", "re_caption", "org_caption", "status"]).to_pylist()}
@@ -177,8 +204,7 @@ def caption_rows(table: pa.Table) -> dict[str, dict]:
 def input_shard(out: OutputDir, name: str) -> Shard:
     """The input shard an output came from (its `source` in `{name}_stats.json`): a tar or parquet
     file, or a slice of an image folder."""
-    with out.open(out.stats(name), "r") as f:
-        stats = json.load(f)
+    stats = recorded_stats(out, name)
     source, columns = stats["source"], recorded_columns(stats)
     try:
         return open_shard(source, columns)

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 
 from ..redact import strip_url_secrets
 from ..samples.tar_index import Member, TarIndex, TarIndexError
-from ..spine.contract import INDEX_NAME
+from ..spine.contract import INDEX_NAME, read_stamp
 from ..spine.errors import RecaptionError
 from ..spine.files import open_input
 from ..spine.ledger import OutputDir
@@ -104,8 +104,11 @@ def _index(out: OutputDir, name: str, written: list[tuple[str, int, int]] | None
     tar = out.path(f"{name}.tar")
     if not out.fs.exists(tar):
         return None
+    # Kept on disk only in a folder this toolkit wrote (its stamp): never written into someone
+    # else's download (img2dataset's); there the index lives in memory for this lookup.
+    folder = full_url(out.fs, out.path(INDEX_NAME)) if read_stamp(out) is not None else None
     try:
-        return TarIndex.load(full_url(out.fs, tar), full_url(out.fs, out.path(INDEX_NAME)), written)
+        return TarIndex.load(full_url(out.fs, tar), folder, written)
     except TarIndexError as exc:
         log.warning("%s: its members cannot be located (%s)", name, exc)
         return None

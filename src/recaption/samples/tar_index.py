@@ -14,10 +14,11 @@ from dataclasses import dataclass
 
 import fsspec
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..spine.atomic import open_atomic
-from ..spine.files import open_input
+from ..spine.files import open_file, open_input
 from .tars import normalise_member_name, split_member_name
 
 log = logging.getLogger(__name__)
@@ -151,7 +152,7 @@ def _forget_moved(fs, written: str) -> None:
         if posixpath.basename(other) == posixpath.basename(written):
             continue
         try:
-            with fs.open(other, "rb") as f:
+            with open_file(fs, other) as f:
                 metadata = pq.read_schema(f).metadata or {}
             tar = json.loads(metadata.get(b"recaption_tar_index", b"{}")).get("tar")
             if not tar:
@@ -161,6 +162,18 @@ def _forget_moved(fs, written: str) -> None:
                 fs.rm(other)
         except (OSError, ValueError, pa.ArrowInvalid):
             continue  # someone else's file, or one being written: left alone
+
+
+def _within(table: pa.Table, tar_size: int) -> bool:
+    """A stored index is used only if it could be one of this tar: our columns, and every member
+    after its header and inside the tar (a tampered cache is rebuilt, never believed)."""
+    if table.schema.remove_metadata() != SCHEMA or any(column.null_count for column in table.columns):
+        return False
+    if not table.num_rows:
+        return True
+    offsets, sizes = table.column("offset"), table.column("size")
+    return (pc.min(offsets).as_py() >= tarfile.BLOCKSIZE and pc.min(sizes).as_py() >= 0
+            and pc.max(pc.add(offsets, sizes)).as_py() <= tar_size)
 
 
 class TarIndex:
@@ -198,12 +211,13 @@ class TarIndex:
         path = index_file(folder, tar)
         fs, local = fsspec.core.url_to_fs(path)
         try:
-            with fs.open(local, "rb") as f:
+            with open_file(fs, local) as f:  # a FIFO in its place is refused, never waited on
                 table = pq.read_table(f)
-            if json.loads((table.schema.metadata or {}).get(b"recaption_tar_index", b"{}")) == stamp:
+            if (json.loads((table.schema.metadata or {}).get(b"recaption_tar_index", b"{}")) == stamp
+                    and _within(table, stamp["size"])):
                 return cls(tar, table)
         except (OSError, ValueError, pa.ArrowInvalid):
-            pass  # none yet, or unreadable: build it again
+            pass  # none yet, unreadable, or not an index of this tar: build it again
         table = scan(tar) if written is None else of_members(written)
         table = table.replace_schema_metadata({b"recaption_tar_index": json.dumps(stamp).encode()})
         try:

@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import socket
+import stat
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from contextlib import contextmanager
 from fsspec.core import url_to_fs
 
 from .errors import RecaptionError
+from .files import NotRegularFile, kind_of, open_file
 
 TMP_SUFFIX = ".tmp"
 LOCK_NAME = ".recap.lock"
@@ -135,7 +137,21 @@ def output_lock(url: str, command: str = "recap") -> Iterator[None]:
 def _flock(path: str, info: dict, url: str) -> Iterator[None]:
     import fcntl
 
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    # Never through a link (a planted `.recap.lock -> /etc/x` would be truncated), never a FIFO.
+    flags = os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+        mode = os.fstat(fd).st_mode
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENXIO):
+            raise
+        fd, mode = None, None
+    if mode is None or not stat.S_ISREG(mode):
+        if fd is not None:
+            os.close(fd)
+        what = "a link" if mode is None else kind_of(mode)
+        raise OutputLockedError(f"{path} is {what}, not the lock file this toolkit writes: remove it, "
+                                "then run again")
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -172,9 +188,9 @@ def _exclusive_file_lock(fs, path: str, info: dict, url: str) -> Iterator[None]:
             break
         except FileExistsError:
             try:
-                with fs.open(path, "rb") as f:
+                with open_file(fs, path) as f:  # a FIFO in its place is refused, never waited on
                     holder = json.loads(f.read() or b"{}")
-            except (FileNotFoundError, json.JSONDecodeError):
+            except (FileNotFoundError, NotRegularFile, json.JSONDecodeError):
                 holder = {}
             stale = holder.get("host") == info["host"] and not _pid_alive(int(holder.get("pid", 0) or 0))
             if stale:

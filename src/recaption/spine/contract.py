@@ -40,7 +40,7 @@ from .atomic import (
     write_to_url_atomic,
 )
 from .errors import RecaptionError
-from .files import is_local
+from .files import NotRegularFile, is_local
 from .ledger import MARKER_SUFFIX, STATS_SUFFIX, OutputDir, commits_in
 
 log = logging.getLogger(__name__)
@@ -158,9 +158,9 @@ def _not_ours(names: list[str]) -> list[str]:
 def read_stamp(out: OutputDir) -> dict | None:
     """The folder's stamp ({"step": ...}), None when it has none or an unreadable one."""
     try:
-        with out.fs.open(out.path(STAMP_NAME), "r") as f:
+        with out.open(out.path(STAMP_NAME), "r") as f:
             stamp = json.load(f)
-    except (FileNotFoundError, ValueError, UnicodeDecodeError, IsADirectoryError):
+    except (FileNotFoundError, ValueError, UnicodeDecodeError, IsADirectoryError, NotRegularFile):
         return None
     return stamp if isinstance(stamp, dict) and isinstance(stamp.get("step"), str) else None
 

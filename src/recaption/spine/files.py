@@ -73,6 +73,13 @@ def open_input(url: str | os.PathLike, mode: str = "rb", compression: str | None
     return io.TextIOWrapper(stream, encoding="utf-8") if "b" not in mode else stream
 
 
+def open_file(fs, path: str, mode: str = "rb"):
+    """A file of an fsspec file system for reading: a local one through `open_input` (regular
+    files only, never blocking), any other through fsspec. For the files a folder of ours holds
+    (markers, stats, parquet, lock, index), which anyone could have replaced."""
+    return open_input(path, mode) if is_local(fs) else fs.open(path, mode)
+
+
 def read_input(url: str | os.PathLike, limit: int | None = None) -> bytes:
     """The bytes of a user- or data-named file, at most `limit` + 1 of them (the caller checks)."""
     with open_input(url) as f:

@@ -29,7 +29,7 @@ from typing import IO
 from fsspec.core import url_to_fs
 
 from .atomic import temporary_name, write_json_atomic
-from .files import NotRegularFile, is_local, open_input
+from .files import NotRegularFile, open_file
 from .results import ConfigMismatchError
 
 log = logging.getLogger(__name__)
@@ -75,9 +75,7 @@ class OutputDir:
     def open(self, path: str, mode: str = "rb"):
         """A file of this folder for reading; a local one only if it is a regular file (a FIFO
         dropped in place of a marker or stats file is refused, never waited on: spine/files.py)."""
-        if is_local(self.fs):
-            return open_input(path, mode)
-        return self.fs.open(path, mode)
+        return open_file(self.fs, path, mode)
 
     def done_provenance(self, shard: str) -> dict | None:
         """What the shard's marker records (None: not finished, or an unreadable marker)."""

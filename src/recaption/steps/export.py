@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ..quality.outputs import (
     done_shards,
+    first_schema,
     input_shard,
     over_finished,
     read_output,
@@ -262,8 +262,9 @@ def export(output: str, destination: str, *, images: list[str] | None = None, ca
         raise ExportError(f"--format {format}: choose {', '.join(IMAGE_FORMATS)} (keep: each image's bytes)")
     src = OutputDir(output)
     names = done_shards(src)
-    with src.fs.open(src.parquet(names[0]), "rb") as f:
-        choice.check(pq.read_schema(f), f"{output} shard {names[0]}")
+    first = first_schema(src, names)
+    if first is not None:
+        choice.check(first[1], f"{output} shard {first[0]}")
     sources = ImageSources(src, images)
     settings = {"caption": choice.spec, "seed": seed, "format": format, "from": location(output)}
     summary = RunSummary(settings={**settings, "destination": destination})

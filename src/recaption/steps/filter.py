@@ -19,8 +19,10 @@ import pyarrow.parquet as pq
 from ..quality.outputs import (
     BrokenShardError,
     done_shards,
+    first_schema,
     over_finished,
     read_output,
+    recorded_stats,
     shard_lines,
     shard_stats,
 )
@@ -161,8 +163,9 @@ def filter_output(output: str, where: str, destination: str, *, overwrite: bool 
     names = done_shards(src)
     con = connect()
     # A bad condition is refused now, against the first shard's columns, before any lock or write.
-    with src.fs.open(src.parquet(names[0]), "rb") as f:
-        matching_rows(pq.read_schema(f).empty_table(), where, con, names[0])
+    first = first_schema(src, names)
+    if first is not None:
+        matching_rows(first[1].empty_table(), where, con, first[0])
     where, source = where.strip(), location(src.url)
     settings = lambda name: {"filter": _record(src, name, where, source)}  # noqa: E731
     with over_finished(output, FILTER, destination=destination, settings=settings, overwrite=overwrite,
@@ -188,7 +191,7 @@ def _skipped(dest: OutputDir, name: str) -> ShardResult:
     record = shard_stats(dest, name).get("filter") or {}
     rows_in, rows_kept = record.get("rows_in"), record.get("rows_kept")
     if rows_kept is None:
-        with dest.fs.open(dest.parquet(name), "rb") as f:
+        with dest.open(dest.parquet(name)) as f:
             rows_kept = pq.read_metadata(f).num_rows
     counts = {"rows_in": int(rows_in if rows_in is not None else rows_kept), "rows_kept": int(rows_kept)}
     return ShardResult(name, name, SKIPPED, int(rows_kept), counts=counts)
@@ -197,16 +200,9 @@ def _skipped(dest: OutputDir, name: str) -> ShardResult:
 def _filter_shard(src: OutputDir, dest: OutputDir, name: str, where: str, source: str, con) -> ShardResult:
     try:
         table = read_output(src, name)
-        with src.open(src.stats(name), "r") as f:
-            stats = json.load(f)  # carried over: export finds the images by its `source`
-        if not isinstance(stats, dict):
-            raise ValueError("not a JSON object")
+        stats = recorded_stats(src, name)  # carried over: export finds the images by its `source`
     except BrokenShardError as exc:  # that shard fails (the summary says so), the others are filtered
         return ShardResult(name, name, FAILED, error=str(exc))
-    except (OSError, ValueError) as exc:  # a stats file gone, damaged, or a FIFO in its place
-        error = (f"{src.url}: shard {name}'s stats file cannot be read ({exc}); caption it again or "
-                 f"delete {name}.done")
-        return ShardResult(name, name, FAILED, error=error)
     kept = matching_rows(table, where, con, name)
     provenance = src.done_provenance(name) or {}
     record = _record(src, name, where, source)
