@@ -521,7 +521,8 @@ def test_spaces_around_a_url_are_no_part_of_it(tmp_path):
     with ImageServer() as server:
         rows = [{"url": f"  {server.url}/img/0.jpg \t", "text": "padded"}, {"url": " \n", "text": "blank"}]
         meta = write_metadata(tmp_path / "urls.parquet", rows)
-        result = recap("download", meta, "-o", tmp_path / "out", "--image-size", "16", "--allow-private-network")
+        result = recap("download", meta, "-o", tmp_path / "out", "--image-size", "16",
+                       "--allow-private-network")
         assert result.exit_code == 0, result.output
         assert dict(server.hits) == {"/img/0.jpg": 1}
     got = table(tmp_path / "out")

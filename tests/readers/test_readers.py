@@ -204,7 +204,8 @@ def test_parquet_exact_column_names_win_over_ones_of_another_case(tmp_path):
 
 
 def test_a_url_list_given_as_images_is_sent_to_download(tmp_path):
-    urls = _parquet(tmp_path / "urls.parquet", pa.table({"URL": ["http://example.org/a.jpg"], "caption": ["a"]}))
+    urls = _parquet(tmp_path / "urls.parquet",
+                    pa.table({"URL": ["http://example.org/a.jpg"], "caption": ["a"]}))
     with pytest.raises(ShardError, match=r"no image column .*--image-col; or, if it lists image URLs, fetch "
                                          r"them first with `recap download`"):
         list(open_shard(urls))

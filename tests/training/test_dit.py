@@ -188,6 +188,15 @@ def test_generation_is_seeded_and_written_as_a_shard(trained, tmp_path):
     assert a[f"{key}.txt"].decode() == prompts[0].text == meta["caption"]
     assert meta["spec"] == prompts[0].spec and meta["style"] == "human" and meta["seed"] == 7
     assert (tmp_path / "a-contact-sheet.png").is_file()
+    # A file of someone else's where the sheet would go is refused before any work, kept as it was;
+    # the sheet an earlier run into the same folder wrote is replaced.
+    (tmp_path / "f-contact-sheet.png").write_bytes(b"mine")
+    with pytest.raises(TrainingInputError, match="f-contact-sheet.png: something is there already"):
+        generate(model, prompts, tmp_path / "f", seed=7, **options)
+    with pytest.raises(TrainingInputError, match="--sheet .*something is there already"):
+        generate(model, prompts, tmp_path / "g", sheet=str(tmp_path / "f-contact-sheet.png"), **options)
+    assert (tmp_path / "f-contact-sheet.png").read_bytes() == b"mine" and not (tmp_path / "f").exists()
+    generate(model, prompts, tmp_path / "a", seed=7, overwrite=True, **options)
     # The checker reads the shard back: every image scored, by complexity 1-4.
     report = eval_shapes([str(tmp_path / "a")])
     assert report["overall"]["images"] == 4 and set(report["by_complexity"]) == {1, 2, 3, 4}

@@ -138,6 +138,24 @@ def check_output_folder(output, owner: str, overwrite: bool) -> tuple[Path, list
     return out, old
 
 
+def sheet_path(out: Path, sheet: str | None) -> Path:
+    """Where the contact sheet goes (`sheet`, or OUTPUT-contact-sheet.png beside the folder);
+    refused before any work when a file is there that no earlier run into `out` wrote (a user's
+    picture, the prompt file, a link): it is outside the output folder the contract guards."""
+    base = out.absolute()
+    path = Path(sheet).expanduser().absolute() if sheet else base.with_name(f"{base.name}-contact-sheet.png")
+    if path.exists() or path.is_symlink():
+        try:
+            ours = json.loads((out / GENERATE_JSON).read_text()).get("contact_sheet")
+        except (OSError, ValueError, AttributeError):
+            ours = None
+        if ours != str(path) or path.is_symlink() or not path.is_file():
+            flag = "--sheet" if sheet else "the contact sheet"
+            raise TrainingInputError(f"{flag} {path}: something is there already that an earlier generate "
+                                     f"into {out} did not write; move it, or give --sheet another path")
+    return path
+
+
 def _made_by_generate(out) -> bool:
     """The folder holds generate.json and nothing else but the shards it lists (how the
     contract knows generate's folders from before they were stamped)."""
@@ -202,6 +220,7 @@ def generate(model: str | Path, prompts, output: str | Path, *, column: str | No
     inputs = [str(folder), *([str(prompts)] if isinstance(prompts, (str, Path)) else [])]
     check_contract(str(output), GENERATE, inputs)
     out, old_shards = check_output_folder(output, "recap generate", overwrite)
+    sheet_file = sheet_path(out, sheet)
     device = check_device(device)
     # Said once every input has passed, so a refusal stays the only line.
     if note:
@@ -241,10 +260,8 @@ def generate(model: str | Path, prompts, output: str | Path, *, column: str | No
         grid = contact_sheet([r.image for r in records[:sheet_images]], columns)
         buf = io.BytesIO()
         grid.save(buf, format="PNG")
-        base = out.resolve()
-        sheet_path = Path(sheet).expanduser() if sheet else base.with_name(f"{base.name}-contact-sheet.png")
-        write_bytes_atomic(fs, str(sheet_path.absolute()), buf.getvalue())
-        summary.update(shards=shards, contact_sheet=str(sheet_path), image_size=dit.image_size)
+        write_bytes_atomic(fs, str(sheet_file), buf.getvalue())
+        summary.update(shards=shards, contact_sheet=str(sheet_file), image_size=dit.image_size)
         write_json_atomic(fs, str((out / GENERATE_JSON).absolute()), summary)
         return summary
 
