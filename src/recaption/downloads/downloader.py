@@ -38,7 +38,7 @@ from ..samples.placeholders import (
 from ..samples.shards import img2dataset_key
 from ..samples.tars import member_key
 from ..spine import __version__
-from ..spine.contract import Step, check_output, marker_has, open_output
+from ..spine.contract import Step, check_output, is_output_failure, marker_has, open_output
 from ..spine.ledger import OutputDir, require_same_settings
 from ..spine.results import DONE, FAILED, SKIPPED, ConfigMismatchError, Progress, RunSummary, ShardResult
 from . import outcomes as oc
@@ -288,7 +288,7 @@ class ShardDownloads:
             )
         except BaseException as exc:
             writer.abort()
-            if isinstance(exc, Exception):
+            if isinstance(exc, Exception) and not is_output_failure(exc, self.out.url):
                 result = ShardResult(name, name, FAILED, error=redact(f"{type(exc).__name__}: {exc}"),
                                      seconds=time.perf_counter() - started)
                 self.progress.shard_finished(result)

@@ -316,6 +316,12 @@ def output_errors(url: str, *, writes_shards: bool = True) -> Iterator[None]:
                                exit_code=1 if written else 2) from None
 
 
+def is_output_failure(exc: BaseException, url: str) -> bool:
+    """An OS error about the output folder `url` itself (full, read-only, gone): a step's per-shard
+    handler re-raises it rather than fail one shard of many, and `output_errors` says it in one line."""
+    return isinstance(exc, OSError) and _about_output(exc, url_to_fs(url)[1])
+
+
 def _markers(url: str) -> int:
     """Finished shards in the folder now (worker processes commit too); 0 when it cannot be read."""
     try:

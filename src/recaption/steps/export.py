@@ -35,7 +35,7 @@ from ..readers.base import Shard
 from ..samples.tars import TarShardWriter, member_key
 from ..schema import NOT_CAPTIONS
 from ..spine import __version__
-from ..spine.contract import Step, location, marker_has
+from ..spine.contract import Step, is_output_failure, location, marker_has
 from ..spine.errors import RecaptionError
 from ..spine.ledger import OutputDir, ShardCommit
 from ..spine.results import DONE, FAILED, SKIPPED, RunSummary, ShardResult, error_text
@@ -384,6 +384,8 @@ def _export_shard(src: OutputDir, dest: OutputDir, name: str, choice: CaptionCho
             reasons[IMAGE_NOT_FOUND] += len(wanted)
             writer.close()
         except Exception as exc:  # a missing or broken input shard, a changed folder: say which, go on
+            if is_output_failure(exc, dest.url):
+                raise
             log.info("cannot export %s: %s", name, exc)  # reported by the summary (FAILED)
             return ShardResult(name, name, FAILED, error=error_text(exc))
         reasons_not = {r: reasons[r] for r in REASONS if reasons[r]}
