@@ -84,6 +84,13 @@ def test_a_resume_with_another_p_is_refused_and_with_more_steps_goes_on(trained,
     (lambda s: s["optimizer"].update(state={"__items__": [[1]]}), "unreadable trainer state"),
     (lambda s: s["extra"].update(stream=5), "data position is unreadable"),
     (lambda s: s["scheduler"].update(base_lrs=[1000.0]), "learning rates [1000.0] are not this run's"),
+    (lambda s: s["optimizer"]["param_groups"][0].update(lr=float("nan")),
+     "optimizer.param_groups[0].lr is NaN, not a usable float"),
+    (lambda s: s["optimizer"]["param_groups"][0].update(betas="x"), "optimizer.param_groups[0].betas is"),
+    (lambda s: s["scheduler"].update(last_epoch=-100), "scheduler.last_epoch is -100, not a usable int"),
+    (lambda s: s["scheduler"].update(last_epoch="x"), "scheduler.last_epoch is \"x\", not a usable int"),
+    (lambda s: s["optimizer"]["state"]["__items__"][0][1].update(exp_avg={"__pickle__": "x"}),
+     "optimizer state"),
 ])  # fmt: skip
 def test_a_tampered_structure_is_one_line_not_a_traceback(trained, tmp_path, edit, says):
     run, checkpoint = copy_run(trained, tmp_path)

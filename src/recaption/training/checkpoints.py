@@ -262,9 +262,63 @@ def require_same_recipe(folder: str | Path, recorded: Mapping | None, current: M
                                  "train into a new --output, or give the same settings to resume it")
 
 
+def _altered(folder, field: str, what: str) -> CheckpointError:
+    return CheckpointError(f"{Path(folder) / STATE_JSON}: {field} is {what}; the checkpoint was altered or "
+                           "is damaged: delete that checkpoint folder to resume from an earlier one, or "
+                           "train into a new --output")
+
+
+def _shown(value) -> str:
+    return json.dumps(value, default=str)[:40]
+
+
+def _check_like(folder, value, fresh, field: str) -> None:
+    """`value` (from a checkpoint) shaped as `fresh` (this run's own state): the same kinds, numbers
+    finite and not negative where ours are not, field by field (keys only one side has are the
+    other torch version's, filled in by torch). A NaN learning rate trained NaN; a string crashed."""
+    if isinstance(fresh, Mapping):
+        if not isinstance(value, Mapping):
+            raise _altered(folder, field, "not a mapping")
+        for key in fresh.keys() & value.keys():
+            _check_like(folder, value[key], fresh[key], f"{field}.{key}")
+    elif isinstance(fresh, list | tuple):
+        if not isinstance(value, list | tuple) or len(value) != len(fresh):
+            raise _altered(folder, field, f"not a list of {len(fresh)}")
+        for i, (v, f) in enumerate(zip(value, fresh, strict=True)):
+            _check_like(folder, v, f, f"{field}[{i}]")
+    elif fresh is None:  # a torch option left unset (foreach, fused): None or a flag
+        if value is not None and not isinstance(value, bool):
+            raise _altered(folder, field, f"{_shown(value)}, not a flag")
+    elif isinstance(fresh, bool | str):
+        if type(value) is not type(fresh):
+            raise _altered(folder, field, f"{_shown(value)}, not a {type(fresh).__name__}")
+    elif isinstance(fresh, int | float):
+        number = (int,) if isinstance(fresh, int) else (int, float)
+        if isinstance(value, bool) or not isinstance(value, number) or not math.isfinite(value) or (
+                value < 0 <= fresh):
+            raise _altered(folder, field, f"{_shown(value)}, not a usable "
+                                          f"{type(fresh).__name__}")
+
+
+def _check_moments(folder, optimizer) -> None:
+    """Each parameter's restored optimizer state: finite tensors of its shape (or plain numbers)."""
+    for i, (param, moments) in enumerate(optimizer.state.items()):
+        for name, value in moments.items():
+            if isinstance(value, torch.Tensor):
+                fits = value.ndim == 0 or value.shape == param.shape
+                if fits and bool(torch.isfinite(value).all()):
+                    continue
+            elif not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value):
+                continue
+            raise _altered(folder, f"optimizer state {name} of parameter {i}",
+                           "not a finite tensor of its shape")
+
+
 def restore_optimizer(folder: str | Path, state: dict, optimizer, scheduler) -> None:
-    """Load a checkpoint's optimizer and scheduler states; states that do not fit: one line."""
+    """Load a checkpoint's optimizer and scheduler states, each checked against this run's own
+    first; states that do not fit or were altered: one line naming the field."""
     planned = list(getattr(scheduler, "base_lrs", []))  # this run's learning rates
+    fresh_groups, fresh_scheduler = optimizer.state_dict()["param_groups"], scheduler.state_dict()
     try:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -272,6 +326,10 @@ def restore_optimizer(folder: str | Path, state: dict, optimizer, scheduler) -> 
         raise CheckpointError(f"{folder}: its optimizer state does not fit this model "
                               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
                               "train into a new --output") from None
+    # torch takes any values: checked once loaded (a group count that differs failed above)
+    _check_like(folder, optimizer.state_dict()["param_groups"], fresh_groups, "optimizer.param_groups")
+    _check_like(folder, scheduler.state_dict(), fresh_scheduler, "scheduler")
+    _check_moments(folder, optimizer)
     if planned and list(scheduler.base_lrs) != planned:
         raise CheckpointError(f"{folder}: its scheduler's learning rates {list(scheduler.base_lrs)} are not "
                               f"this run's {planned}; the checkpoint was altered or is damaged: delete that "
