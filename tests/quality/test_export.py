@@ -252,6 +252,8 @@ def test_reruns_and_destinations(tmp_path):
         recaption.export(out, out)
     with pytest.raises(OutputAmongInputsError, match="the input .*in"):  # the images' folder
         recaption.export(out, tmp_path / "in")
+    with pytest.raises(OutputAmongInputsError, match="lies inside the input .*in"):  # read back as images
+        recaption.export(out, tmp_path / "in" / "sub")
     assert sorted(p.name for p in (tmp_path / "in").iterdir()) == ["00000.tar"]
     dest = tmp_path / "wds"
     recaption.export(out, dest, caption="org_caption")

@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import logging
+import posixpath
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -268,7 +269,10 @@ def export(output: str, destination: str, *, images: list[str] | None = None, ca
     sources = ImageSources(src, images)
     settings = {"caption": choice.spec, "seed": seed, "format": format, "from": location(output)}
     summary = RunSummary(settings={**settings, "destination": destination})
-    inputs = [*(images or []), *recorded_sources(src, names)]  # the images too: never written over
+    # The images too, and the folders their shards lie in: tars written there would be read back
+    # as images by the next caption run over that folder.
+    read_from = [*(images or []), *recorded_sources(src, names)]
+    inputs = [*read_from, *(posixpath.dirname(s) for s in read_from if s.endswith((".tar", ".parquet")))]
     with over_finished(output, EXPORT, destination=destination, inputs=inputs, settings=lambda _: settings,
                        overwrite=overwrite, names=names) as (src, dest, todo, done):
         summary.results += [_skipped(dest, name) for name in done]
