@@ -314,24 +314,26 @@ def test_a_disk_that_fills_at_the_first_shard_is_one_line_not_a_failed_shard(
     """The folder opened and stamped, then the disk fills as the first shard is written: the run
     stops with the disk's one line, exit 2, not a FAILED shard per shard and exit 1."""
     urls = tmp_path / "urls.txt"
-    urls.write_text("ftp://example.org/a.jpg\n")
+    urls.write_text("".join(f"ftp://example.org/{i}.jpg\n" for i in range(8)))
     out = tmp_path / "out"
     guard = Unwritable(monkeypatch, out, errno.ENOSPC)
     guard.on = False
-    open_file = ledger.ShardCommit.open
+    open_file, opened = ledger.ShardCommit.open, set()
 
     def fill_then_open(self, *args, **kwargs):
         guard.on = True  # the disk is full from now on
+        opened.add(self.name)
         return open_file(self, *args, **kwargs)
 
     monkeypatch.setattr(ledger.ShardCommit, "open", fill_then_open)
     args = {"export": ("export", captioned / "captions", "-o", out),
-            "download": ("download", urls, "-o", out)}
+            "download": ("download", urls, "-o", out, "--shard-size", 1)}
     result = recap(*args[command])
     assert result.exit_code == 2, result.output
     line = result.output.strip().splitlines()[-1]
     assert line.startswith(f"error: cannot write to {out}") and "disk is full" in line, result.output
     assert "FAILED" not in result.output
+    assert len(opened) <= 3, opened  # no shard is started once the disk is known full (2 in flight)
 
 
 def test_os_errors_about_other_paths_are_not_blamed_on_the_output(tmp_path):

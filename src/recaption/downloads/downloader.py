@@ -196,20 +196,23 @@ class ShardDownloads:
         self.progress.run_started([])
         shard_slots = asyncio.Semaphore(self.cfg.shards_in_flight)
         tasks: list[asyncio.Task] = []
-        try:
-            async with self._session():
+        async with self._session():
+            try:
                 for item in planned:
                     if isinstance(item, ShardResult):
                         summary.results.append(item)
                         continue
                     await shard_slots.acquire()  # at most shards_in_flight shards' rows in memory
+                    if any(t.done() and not t.cancelled() and t.exception() for t in tasks):
+                        break  # the output failed under a shard (a full disk): start no more
                     task = asyncio.create_task(self._shard(item))
                     task.add_done_callback(lambda _t: shard_slots.release())
                     tasks.append(task)
                 summary.results += await asyncio.gather(*tasks)
-        finally:
-            for task in tasks:
-                task.cancel()
+            finally:  # while the connections and threads are still open
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
         return summary
 
     def download_shard(self, shard: PlannedShard) -> ShardResult:

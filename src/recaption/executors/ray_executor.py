@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from ..redact import redact
+from ..spine.contract import is_output_failure
 from ..spine.errors import RecaptionError
 from ..spine.results import FAILED, Progress, RunSummary, ShardResult
 from .base import Executor
@@ -315,6 +316,8 @@ def _collect_download(ray, running: dict, results: dict, run: ShardDownloads) ->
         result, node = ray.get(ready[0])
         log.info("ray: shard %s downloaded on node %s", shard.name, node)
     except ray.exceptions.RayError as exc:  # its workers kept dying, or the task could not run
+        if is_output_failure(getattr(exc, "cause", None), run.out.url):
+            raise exc.cause from None  # the output's disk, not this shard: the contract's one line
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         log.error("ray: shard %s failed: %s", shard.name, reason)
         result = ShardResult(shard.name, shard.name, FAILED, error=redact(f"ray worker failed: {reason}"))
