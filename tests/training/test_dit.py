@@ -197,6 +197,10 @@ def test_generation_is_seeded_and_written_as_a_shard(trained, tmp_path):
         generate(model, prompts, tmp_path / "g", sheet=str(tmp_path / "f-contact-sheet.png"), **options)
     assert (tmp_path / "f-contact-sheet.png").read_bytes() == b"mine" and not (tmp_path / "f").exists()
     generate(model, prompts, tmp_path / "a", seed=7, overwrite=True, **options)
+    # A run stopped while writing (its generate.json says incomplete) is redone over its own sheet
+    recorded = json.loads((tmp_path / "a" / "generate.json").read_text())
+    (tmp_path / "a" / "generate.json").write_text(json.dumps({**recorded, "incomplete": "stopped"}))
+    generate(model, prompts, tmp_path / "a", seed=7, overwrite=True, **options)
     # The checker reads the shard back: every image scored, by complexity 1-4.
     report = eval_shapes([str(tmp_path / "a")])
     assert report["overall"]["images"] == 4 and set(report["by_complexity"]) == {1, 2, 3, 4}

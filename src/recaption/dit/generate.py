@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,7 @@ from ..samples.shards import ShardRecord, write_webdataset_shard
 from ..spine.atomic import TMP_SUFFIX, write_bytes_atomic, write_json_atomic
 from ..spine.contract import Step, open_output
 from ..spine.contract import check_output as check_contract
+from ..spine.files import open_input
 from ..training.inputs import TrainingInputError, check_device
 from .model import EMA, SCHEDULER, LoadedDit, component, load_dit, pad_features, read_meta
 from .prompt_files import load_prompts, looks_like_prompt_file, read_prompts
@@ -145,25 +147,33 @@ def sheet_path(out: Path, sheet: str | None) -> Path:
     base = out.absolute()
     path = Path(sheet).expanduser().absolute() if sheet else base.with_name(f"{base.name}-contact-sheet.png")
     if path.exists() or path.is_symlink():
-        try:
-            ours = json.loads((out / GENERATE_JSON).read_text()).get("contact_sheet")
-        except (OSError, ValueError, AttributeError):
-            ours = None
-        if ours != str(path) or path.is_symlink() or not path.is_file():
+        ours = _recorded(out).get("contact_sheet")
+        same = isinstance(ours, str) and os.path.realpath(ours) == os.path.realpath(path)
+        if not same or path.is_symlink() or not path.is_file():
             flag = "--sheet" if sheet else "the contact sheet"
             raise TrainingInputError(f"{flag} {path}: something is there already that an earlier generate "
                                      f"into {out} did not write; move it, or give --sheet another path")
     return path
 
 
+def _recorded(out: Path) -> dict:
+    """The folder's generate.json ({}: none, unreadable, a FIFO in its place)."""
+    try:
+        with open_input(out / GENERATE_JSON, "r") as f:
+            recorded = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
+
+
 def _made_by_generate(out) -> bool:
     """The folder holds generate.json and nothing else but the shards it lists (how the
     contract knows generate's folders from before they were stamped)."""
     folder = Path(out.root)
-    try:
-        listed = set(json.loads((folder / GENERATE_JSON).read_text()).get("shards") or [])
-    except (OSError, ValueError, AttributeError):
+    listed = _recorded(folder).get("shards")
+    if not isinstance(listed, list):
         return False
+    listed = {name for name in listed if isinstance(name, str)}
     # what a user sees in the folder: no hidden files, no temporaries a crash left
     visible = (p for p in folder.iterdir() if not p.name.startswith(".") and not p.name.endswith(TMP_SUFFIX))
     return all(p.name == GENERATE_JSON or p.name in listed for p in visible)
@@ -247,6 +257,7 @@ def generate(model: str | Path, prompts, output: str | Path, *, column: str | No
         planned = [f"{i:05d}.tar" for i in range(math.ceil(len(records) / shard_size))]
         write_json_atomic(fs, str((out / GENERATE_JSON).absolute()),
                           {**summary, "shards": sorted({*planned, *(p.name for p in old_shards)}),
+                           "contact_sheet": str(sheet_file),
                            "incomplete": "stopped while writing shards; run again with --overwrite"})
         shards = []
         for shard_id, first in enumerate(range(0, len(records), shard_size)):
