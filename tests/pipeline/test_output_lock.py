@@ -174,13 +174,14 @@ def test_without_flock_the_lock_is_an_exclusive_file(tmp_path, monkeypatch):
     assert not (tmp_path / ".recap.lock.excl").exists()
 
 
-@pytest.mark.parametrize("planted", ["fifo", "link"])
+@pytest.mark.parametrize("planted", ["fifo", "link", "hard link"])
 def test_a_lock_file_that_is_a_fifo_or_a_link_is_refused_and_nothing_is_written_through_it(tmp_path, planted):
     out, victim = tmp_path / "out", tmp_path / "victim.txt"
     out.mkdir()
     victim.write_text("keep me")
     lock = out / ".recap.lock"
-    os.mkfifo(lock) if planted == "fifo" else os.symlink(victim, lock)
+    {"fifo": lambda: os.mkfifo(lock), "link": lambda: os.symlink(victim, lock),
+     "hard link": lambda: os.link(victim, lock)}[planted]()
     with pytest.raises(OutputLockedError, match=r"\.recap\.lock is (a FIFO|a link).*remove it"):
         with output_lock(str(out), "caption"):
             pass

@@ -89,6 +89,7 @@ def test_a_resume_with_another_p_is_refused_and_with_more_steps_goes_on(trained,
     (lambda s: s["optimizer"]["param_groups"][0].update(betas="x"), "optimizer.param_groups[0].betas is"),
     (lambda s: s["scheduler"].update(last_epoch=-100), "scheduler.last_epoch is -100, not a usable int"),
     (lambda s: s["scheduler"].update(last_epoch="x"), "scheduler.last_epoch is \"x\", not a usable int"),
+    (lambda s: s["scheduler"].update(last_epoch=10**400), "scheduler.last_epoch is"),
     (lambda s: s["optimizer"]["state"]["__items__"][0][1].update(exp_avg={"__pickle__": "x"}),
      "optimizer state"),
 ])  # fmt: skip

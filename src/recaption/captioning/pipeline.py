@@ -156,7 +156,7 @@ def _caption_errors(out: OutputDir, name: str) -> int:
     try:
         with out.open(out.stats(name), "r") as f:
             return int(json.load(f).get("status_counts", {}).get(CAPTION_ERROR, 0))
-    except (FileNotFoundError, json.JSONDecodeError, ValueError):
+    except (OSError, ValueError, AttributeError, TypeError):  # gone, damaged, a FIFO: none counted
         return 0
 
 

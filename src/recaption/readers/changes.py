@@ -27,7 +27,7 @@ def forget_vanished_slices(shards: list[Shard], out: OutputDir) -> None:
             try:
                 with out.open(out.stats(name), "r") as f:
                     source = json.load(f).get("source", "")
-            except (FileNotFoundError, json.JSONDecodeError):
+            except (OSError, ValueError, AttributeError):  # gone, damaged, a FIFO: not ours to judge
                 continue
             if source == f"{root} [{name}]":  # a slice of this very folder
                 log.warning("%s: %s no longer has this slice (it shrank); removing its output", name, root)

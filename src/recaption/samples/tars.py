@@ -11,6 +11,7 @@ import time
 from typing import IO
 
 from ..spine.atomic import temporary_name
+from ..spine.files import open_file
 
 # What a member key cannot hold: a path separator, a dot (webdataset splits at the first one),
 # control characters, invisible or direction-changing code points (a listed name would lie).
@@ -112,7 +113,7 @@ class TarShardWriter:
         """Copy the members of these keys from an existing tar, as they are; returns how many
         members were copied."""
         copied = 0
-        with fs.open(tar_path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as old:
+        with open_file(fs, tar_path) as f, tarfile.open(fileobj=f, mode="r|") as old:
             for member in old:
                 key = member.name.split("/")[-1].split(".", 1)[0]
                 if member.isfile() and key in keys:

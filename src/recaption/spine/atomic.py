@@ -141,15 +141,22 @@ def _flock(path: str, info: dict, url: str) -> Iterator[None]:
     flags = os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
     try:
         fd = os.open(path, flags, 0o644)
-        mode = os.fstat(fd).st_mode
     except OSError as exc:
-        if exc.errno not in (errno.ELOOP, errno.ENXIO):
+        if exc.errno not in (errno.ELOOP, errno.ENXIO):  # a link (O_NOFOLLOW), a socket
             raise
-        fd, mode = None, None
-    if mode is None or not stat.S_ISREG(mode):
+        fd = None
+    try:
+        info = os.fstat(fd) if fd is not None else os.lstat(path)
+    except BaseException:
         if fd is not None:
             os.close(fd)
-        what = "a link" if mode is None else kind_of(mode)
+        raise
+    # A hard link would be another file's name too: truncating it would truncate that file.
+    if fd is None or not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
+        if fd is not None:
+            os.close(fd)
+        what = ("a link" if stat.S_ISLNK(info.st_mode) or stat.S_ISREG(info.st_mode)
+                else kind_of(info.st_mode))
         raise OutputLockedError(f"{path} is {what}, not the lock file this toolkit writes: remove it, "
                                 "then run again")
     try:

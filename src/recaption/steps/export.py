@@ -31,7 +31,7 @@ from ..quality.outputs import (
     shard_lines,
     shard_stats,
 )
-from ..readers import ColumnConfig, discover_shards
+from ..readers import PARQUET_SUFFIXES, TAR_SUFFIXES, ColumnConfig, discover_shards
 from ..readers.base import Shard
 from ..samples.tars import TarShardWriter, member_key
 from ..schema import NOT_CAPTIONS
@@ -272,7 +272,8 @@ def export(output: str, destination: str, *, images: list[str] | None = None, ca
     # The images too, and the folders their shards lie in: tars written there would be read back
     # as images by the next caption run over that folder.
     read_from = [*(images or []), *recorded_sources(src, names)]
-    inputs = [*read_from, *(posixpath.dirname(s) for s in read_from if s.endswith((".tar", ".parquet")))]
+    shard_files = [s for s in read_from if s.endswith(TAR_SUFFIXES + PARQUET_SUFFIXES)]
+    inputs = [*read_from, *(posixpath.dirname(s) for s in shard_files)]
     with over_finished(output, EXPORT, destination=destination, inputs=inputs, settings=lambda _: settings,
                        overwrite=overwrite, names=names) as (src, dest, todo, done):
         summary.results += [_skipped(dest, name) for name in done]

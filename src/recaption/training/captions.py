@@ -161,15 +161,23 @@ def _blank(text: str | None) -> bool:
     return text is None or not str(text).strip()
 
 
+def _caption_schema(path: str):
+    """The schema of a folder's first finished shard that reads (None: no such shard); its files
+    opened the one safe way (a FIFO is skipped, never waited on)."""
+    from ..quality.outputs import first_schema
+    from ..spine.ledger import OutputDir
+
+    out = OutputDir(path)
+    found = first_schema(out, out.done_names())
+    return found[1] if found else None
+
+
 def is_caption_output(path: str) -> bool:
     """A `recap caption` output folder (parquet with re_caption beside .done markers)."""
-    import pyarrow.parquet as pq
-
-    folder = Path(path)
-    if not folder.is_dir() or not list(folder.glob("*.done")):
+    if not Path(path).is_dir() or not list(Path(path).glob("*.done")):
         return False
-    first = next(iter(sorted(folder.glob("*.parquet"))), None)
-    return first is not None and "re_caption" in pq.read_schema(first).names
+    schema = _caption_schema(path)
+    return schema is not None and "re_caption" in schema.names
 
 
 def is_export(place: str) -> bool:
@@ -238,10 +246,8 @@ def check_mix_columns(data: list[str], mix: CaptionMix, recaption_field: str | N
         item = str(item)
         if is_caption_output(item):
             import pyarrow as pa
-            import pyarrow.parquet as pq
 
-            first = sorted(Path(item).glob("*.parquet"))[0]
-            have = {f.name for f in pq.read_schema(first) if pa.types.is_string(f.type)
+            have = {f.name for f in _caption_schema(item) if pa.types.is_string(f.type)
                     or pa.types.is_large_string(f.type)} - NOT_CAPTIONS  # caption columns, as export takes
             missing = [c for c in mix.columns if c not in have]
         else:

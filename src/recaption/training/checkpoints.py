@@ -293,9 +293,11 @@ def _check_like(folder, value, fresh, field: str) -> None:
         if type(value) is not type(fresh):
             raise _altered(folder, field, f"{_shown(value)}, not a {type(fresh).__name__}")
     elif isinstance(fresh, int | float):
-        number = (int,) if isinstance(fresh, int) else (int, float)
-        if isinstance(value, bool) or not isinstance(value, number) or not math.isfinite(value) or (
-                value < 0 <= fresh):
+        whole = isinstance(fresh, int)  # a counter: a float only if it is a whole number
+        usable = not isinstance(value, bool) and (
+            isinstance(value, int) and abs(value) < 2**53  # a float holds it (a huge one overflowed)
+            or isinstance(value, float) and math.isfinite(value) and (not whole or value.is_integer()))
+        if not usable or value < 0 <= fresh:
             raise _altered(folder, field, f"{_shown(value)}, not a usable "
                                           f"{type(fresh).__name__}")
 
@@ -305,7 +307,7 @@ def _check_moments(folder, optimizer) -> None:
     for i, (param, moments) in enumerate(optimizer.state.items()):
         for name, value in moments.items():
             if isinstance(value, torch.Tensor):
-                fits = value.ndim == 0 or value.shape == param.shape
+                fits = value.shape == param.shape or (name == "step" and value.ndim == 0)
                 if fits and bool(torch.isfinite(value).all()):
                     continue
             elif not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value):

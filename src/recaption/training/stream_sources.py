@@ -20,6 +20,7 @@ from pathlib import Path
 from ..readers import ColumnConfig, discover_shards
 from ..readers.base import Shard, file_fingerprint
 from ..spine.contract import location
+from ..spine.files import open_file
 from .captions import ORIGINAL, RECAPTION, is_caption_output, offered_captions, reader_fields
 from .inputs import TrainingInputError, shard_errors
 
@@ -179,7 +180,7 @@ def _img2dataset_successes(shard: Shard) -> int | None:
         fs, path = url_to_fs(stats)
         if not fs.exists(path):
             return None
-        with fs.open(path, "r") as f:
+        with open_file(fs, path, "r") as f:  # a FIFO in its place: refused, never waited on
             successes = json.load(f).get("successes")
     except (OSError, ValueError, AttributeError):
         return None
