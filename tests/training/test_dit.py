@@ -193,7 +193,7 @@ def test_generation_is_seeded_and_written_as_a_shard(trained, tmp_path):
     (tmp_path / "f-contact-sheet.png").write_bytes(b"mine")
     with pytest.raises(TrainingInputError, match="f-contact-sheet.png: something is there already"):
         generate(model, prompts, tmp_path / "f", seed=7, **options)
-    with pytest.raises(TrainingInputError, match="--sheet .*something is there already"):
+    with pytest.raises(TrainingInputError, match="f-contact-sheet.png: something is there already"):
         generate(model, prompts, tmp_path / "g", sheet=str(tmp_path / "f-contact-sheet.png"), **options)
     assert (tmp_path / "f-contact-sheet.png").read_bytes() == b"mine" and not (tmp_path / "f").exists()
     generate(model, prompts, tmp_path / "a", seed=7, overwrite=True, **options)

@@ -150,9 +150,9 @@ def sheet_path(out: Path, sheet: str | None) -> Path:
         ours = _recorded(out).get("contact_sheet")
         same = isinstance(ours, str) and os.path.realpath(ours) == os.path.realpath(path)
         if not same or path.is_symlink() or not path.is_file():
-            flag = "--sheet" if sheet else "the contact sheet"
-            raise TrainingInputError(f"{flag} {path}: something is there already that an earlier generate "
-                                     f"into {out} did not write; move it, or give --sheet another path")
+            raise TrainingInputError(f"the contact sheet {path}: something is there already that an earlier "
+                                     f"generate into {out} did not write; move it, or choose another output "
+                                     "folder (Python: or another sheet=)")
     return path
 
 
