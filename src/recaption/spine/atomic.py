@@ -146,17 +146,17 @@ def _flock(path: str, info: dict, url: str) -> Iterator[None]:
             raise
         fd = None
     try:
-        info = os.fstat(fd) if fd is not None else os.lstat(path)
+        st = os.fstat(fd) if fd is not None else os.lstat(path)
     except BaseException:
         if fd is not None:
             os.close(fd)
         raise
     # A hard link would be another file's name too: truncating it would truncate that file.
-    if fd is None or not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
+    if fd is None or not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
         if fd is not None:
             os.close(fd)
-        what = ("a link" if stat.S_ISLNK(info.st_mode) or stat.S_ISREG(info.st_mode)
-                else kind_of(info.st_mode))
+        what = ("a link" if stat.S_ISLNK(st.st_mode) or stat.S_ISREG(st.st_mode)
+                else kind_of(st.st_mode))
         raise OutputLockedError(f"{path} is {what}, not the lock file this toolkit writes: remove it, "
                                 "then run again")
     try:
