@@ -312,6 +312,8 @@ def test_a_row_naming_another_protocol_never_connects_and_fails_only_itself(tmp_
             samples = list(open_shard(str(tmp_path / "rows.parquet"), columns))
         assert samples[0].ok
         assert [s.status for s in samples[1:]] != [] and all(not s.ok for s in samples[1:])
+        # no_hang's alarm, caught as a row's error, would pass unseen: no row may have waited for it
+        assert not any("blocked for" in (s.error or "") for s in samples), [s.error for s in samples]
     with pytest.raises(BlockingIOError):
         listener.accept()  # nothing ever connected
     listener.close()

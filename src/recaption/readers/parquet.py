@@ -4,6 +4,7 @@ or file paths. A path stays inside its root (the parquet's folder, or --image-ro
 
 from __future__ import annotations
 
+import os
 import posixpath
 from collections.abc import Iterator
 
@@ -12,7 +13,7 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 from ..samples.sample import MISSING_IMAGE, READ_ERROR, Sample, as_text
-from ..spine.files import open_input
+from ..spine.files import kind_of, local_path, open_input
 from .base import (
     ColumnConfig,
     FileShard,
@@ -187,6 +188,13 @@ class ParquetShard(FileShard):
         if "\x00" in path:
             raise UnreadableImage(READ_ERROR, f"image path {path!r} holds a NUL byte")
         if self.columns.any_image_path:
+            # A chain's inner file is opened as its filesystem is built (zip://x::file:///f.zip):
+            # only a regular one (a FIFO there blocked the whole shard).
+            for part in path.split("::")[1:]:
+                local = local_path(part)
+                if local is not None and os.path.lexists(local) and not os.path.isfile(local):
+                    raise UnreadableImage(READ_ERROR, f"image path {path}: {local} is "
+                                                      f"{kind_of(os.stat(local).st_mode)}, not a file")
             if "://" in path:
                 return url_to_fs(path)
             fs, parquet_path = url_to_fs(self.source)  # fsspec caches filesystem instances: cheap
