@@ -17,6 +17,16 @@ def _paths(value) -> list[str]:
     return [os.fspath(v) for v in value]
 
 
+def _said(summary):
+    """The summary, after one warning per failed shard (the CLI prints them as FAILED lines; here
+    the `recaption` logger says them, so a script that ignores `.failed` still shows why)."""
+    import logging
+
+    for name, why in summary.errors.items():
+        logging.getLogger("recaption").warning("FAILED %s: %s", name, why)
+    return summary
+
+
 def _config(cls, options: dict, **given):
     """`cls(**given, **options)`: an unknown option is a TypeError listing the real ones."""
     from dataclasses import fields
@@ -42,7 +52,7 @@ def caption(inputs: PathLike | list[PathLike], output: PathLike, **options: Any)
 
     settings = caption_settings(os.fspath(output), **options)
     shards = discover_shards(_paths(inputs), settings.columns)
-    return run_caption(shards, settings.caption, settings.run, settings.executor)
+    return _said(run_caption(shards, settings.caption, settings.run, settings.executor))
 
 
 def download(inputs: PathLike | list[PathLike], output: PathLike, **options: Any):
@@ -53,7 +63,7 @@ def download(inputs: PathLike | list[PathLike], output: PathLike, **options: Any
     from .downloads import DownloadConfig
     from .downloads import download as _download
 
-    return _download(_paths(inputs), _config(DownloadConfig, options, output=os.fspath(output)))
+    return _said(_download(_paths(inputs), _config(DownloadConfig, options, output=os.fspath(output))))
 
 
 def lookup(shards: PathLike, values: list[str], by: str = "key"):
@@ -106,7 +116,7 @@ def score(output: PathLike, clip_model: str | None = None, device: str = "auto",
 
     scorer = make_scorer(clip_model or DEFAULT_CLIP_MODEL, device=device, batch_size=batch_size,
                          long_text=long_text or clip_long_text)
-    return score_output(os.fspath(output), scorer, overwrite)
+    return _said(score_output(os.fspath(output), scorer, overwrite))
 
 
 def judge(output: PathLike, **options: Any):
@@ -118,7 +128,7 @@ def judge(output: PathLike, **options: Any):
 
     if "endpoint" in options:
         options["endpoints"] = split_list(options.pop("endpoint"))
-    return judge_output(os.fspath(output), _config(JudgeConfig, options))
+    return _said(judge_output(os.fspath(output), _config(JudgeConfig, options)))
 
 
 def stats(output: PathLike) -> dict:
@@ -169,7 +179,7 @@ def filter_output(output: PathLike, where: str, destination: PathLike, *, overwr
     `quality.outputs.NoOutputError` (no finished shards), `spine.atomic.OutputLockedError`."""
     from .steps.filter import filter_output as _filter_output
 
-    return _filter_output(os.fspath(output), where, os.fspath(destination), overwrite=overwrite)
+    return _said(_filter_output(os.fspath(output), where, os.fspath(destination), overwrite=overwrite))
 
 
 def export(output: PathLike, destination: PathLike, *, images: PathLike | list[PathLike] | None = None,
@@ -190,8 +200,8 @@ def export(output: PathLike, destination: PathLike, *, images: PathLike | list[P
     from .steps.export import export as _export
 
     found = None if images is None else _paths(images)
-    return _export(os.fspath(output), os.fspath(destination), images=found, caption=caption, seed=seed,
-                   overwrite=overwrite, format=format)
+    return _said(_export(os.fspath(output), os.fspath(destination), images=found, caption=caption,
+                         seed=seed, overwrite=overwrite, format=format))
 
 
 def make_shapes(output: PathLike, images: int = 10_000, seed: int = 0, image_size: int = 64,

@@ -61,11 +61,14 @@ def run_demo(output: Path, console: Console, rows: int = 5, *, caption: CaptionC
         return code or 1
     table = pq.read_table(parquet).to_pylist()
     world = ShapesWorld(DEMO_SEED)
-    view = Table(title=f"first {rows} rows of {parquet}")
+    shown = table[:rows] + [r for r in table[rows:] if r["status"] != "ok"]
+    failed = len(shown) - len(table[:rows])
+    then = f", then {failed} that failed" if failed else ""
+    view = Table(title=f"first {len(table[:rows])} rows of {parquet}{then}")
     passes = [p.column for p in config.caption_passes if p.column != "re_caption"]
     for column in ("key", "alt-text (org_caption)", "recaption (re_caption)", *passes, "truth", "status"):
         view.add_column(column, overflow="fold")
-    for row in table[:rows] + [r for r in table if r["status"] != "ok"]:
+    for row in shown:
         index = int(row["url"].rsplit("/", 1)[1]) if row["url"].startswith("shapes://") else None
         truth = world.sample(index).description if index is not None else ""
         view.add_row(row["key"], row["org_caption"], row["re_caption"] or "", *(row[c] or "" for c in passes),

@@ -106,6 +106,15 @@ def test_credentials_in_an_input_url_are_never_printed(tmp_path):
     assert "Traceback" not in result.output
 
 
+def test_a_failed_shard_is_said_from_python_too(tmp_path, caplog):
+    source = tmp_path / "photos.parquet"
+    pq.write_table(pa.table({"image": [image_bytes()]}), source)
+    with caplog.at_level("WARNING", logger="recaption"):
+        summary = recaption.caption(source, tmp_path / "out", key_col="id")
+    assert list(summary.errors) == ["photos"]
+    assert f"FAILED photos: {summary.errors['photos']}" in caplog.text and "'id'" in caplog.text
+
+
 def test_a_shard_with_nothing_captioned_says_so(tmp_path):
     from typer.testing import CliRunner
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 import typer
 from typer.testing import CliRunner
 
@@ -104,3 +105,15 @@ def test_sigterm_exits_143_and_ctrl_c_130(monkeypatch, tmp_path):
     monkeypatch.setattr(filtering, "filter_output", terminated)
     result = CliRunner().invoke(app, ["filter", str(tmp_path), "--where", "true", "-o", str(tmp_path / "k")])
     assert result.exit_code == 143 and "rerun the same command to resume" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("columns", ["80", "200"])
+def test_help_shows_every_option_name_whole_in_any_terminal(columns):
+    runner = CliRunner()
+    for name, command in _commands().items():
+        shown = runner.invoke(app, [name, "--help"], env={"COLUMNS": columns}).output
+        for param in command.params:
+            for opt in [*param.opts, *param.secondary_opts]:
+                if opt.startswith("--"):
+                    whole = re.search(rf"{re.escape(opt)}(?![\w-])", shown)
+                    assert whole, f"recap {name} --help at {columns} columns: {opt}"

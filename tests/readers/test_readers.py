@@ -73,16 +73,23 @@ def test_tar_sample_without_image_is_kept(tmp_path):
     assert sample.image_bytes is None and sample.org_caption == "orphan caption"
 
 
-def test_tar_json_that_is_not_an_object_is_ignored(tmp_path):
+def test_tar_json_that_is_not_an_object_is_ignored_saying_so(tmp_path, caplog):
     path = tmp_path / "odd.tar"
     with tarfile.open(path, "w") as tar:
         _add(tar, "a.jpg", image_bytes())
         _add(tar, "a.json", b"[1, 2, 3]")
         _add(tar, "b.jpg", image_bytes())
         _add(tar, "b.json", json.dumps({"url": 12345}).encode())
-    a, b = list(open_shard(str(path)))
-    assert (a.key, a.url) == ("a", None)
+        _add(tar, "c.jpg", image_bytes())
+        _add(tar, "c.json", b"{not json")
+    with caplog.at_level("WARNING"):
+        a, b, c = list(open_shard(str(path)))
+    assert (a.key, a.url) == ("a", None) and c.key == "c"
     assert b.url == "12345"  # the output's url column is text
+    warned = [r.getMessage() for r in caplog.records]
+    assert any("a.json is not a JSON object" in w for w in warned)
+    assert any("c.json is not JSON" in w for w in warned)
+    assert not any("b.json" in w for w in warned)
 
 
 def test_truncated_tar_is_a_shard_error_naming_the_file(tmp_path):
@@ -174,6 +181,17 @@ def test_discover_rejects_missing_inputs_and_name_collisions(tmp_path):
     write_shards(tmp_path / "b", 1, 1)
     with pytest.raises(InputError, match="same output 00000.parquet"):
         discover_shards([str(tmp_path / "a"), str(tmp_path / "b")])
+
+
+def test_an_image_file_or_a_glob_of_images_is_pointed_to_its_folder(tmp_path):
+    (tmp_path / "cat.jpg").write_bytes(image_bytes())
+    (tmp_path / "dog.JPG").write_bytes(image_bytes(seed=2))
+    with pytest.raises(InputError, match="cat.jpg: one image, not a shard: give the folder"):
+        discover_shards([str(tmp_path / "cat.jpg")])
+    with pytest.raises(InputError, match=r"no .tar or .parquet files match \(2 images do: give their folder"):
+        discover_shards([str(tmp_path / "*")])
+    with pytest.raises(InputError, match=r"no .tar or .parquet files match$"):
+        discover_shards([str(tmp_path / "*.png")])
 
 
 def test_records_helper_is_deterministic():

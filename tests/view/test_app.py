@@ -468,3 +468,39 @@ def test_a_tar_replaced_while_the_view_runs_is_indexed_again(captioned, tmp_path
         os.utime(tar, (time.time() + 5, time.time() + 5))
         after = c.get("/api/image", params={"shard": "00000", "key": key})
     assert after.status_code == 200 and after.content != before
+
+
+def test_an_image_folders_rows_show_their_files_and_only_files_under_that_folder(tmp_path, tiny_model_dir):
+    """A folder of images (the laptop's input) is viewed from the folder itself; a file since
+    swapped for a link to elsewhere, or a FIFO, is not read."""
+    import recaption
+    from recaption.shapes import ShapesWorld
+
+    photos, elsewhere = tmp_path / "photos", tmp_path / "elsewhere"
+    (photos / "sub dir").mkdir(parents=True)
+    elsewhere.mkdir()
+    world = ShapesWorld(0)
+    for i, name in enumerate(["a.png", "b.png", "c.png", "sub dir/d.png"]):
+        (photos / name).write_bytes(world.sample(i).image)
+    (elsewhere / "secret.png").write_bytes(world.sample(9).image)
+    out = tmp_path / "out"
+    assert not recaption.caption(photos, out, model="tiny", max_new_tokens=4).failed
+    os.remove(photos / "b.png")
+    os.symlink(elsewhere / "secret.png", photos / "b.png")
+    os.remove(photos / "c.png")
+    os.mkfifo(photos / "c.png")
+    shard, base = "photos-00000", "http://127.0.0.1"
+    with TestClient(make_app(str(out), index_folder=str(tmp_path / "index")), base_url=base) as c:
+        assert c.get("/api/meta").json()["images"] == {shard: True}
+        asked = {key: c.get("/api/image", params={"shard": shard, "key": key, "size": 96}).status_code
+                 for key in ("a", "b", "c", "sub dir/d", "nope")}
+        assert asked == {"a": 200, "b": 404, "c": 404, "sub dir/d": 200, "nope": 404}
+        rows = {r["key"]: r for r in all_rows(out)}
+        row = rows["sub dir/d"]["__row"]
+        source = c.get("/api/row", params={"shard": shard, "row": row}).json()["source"]
+        assert source["file"] == str(photos / "sub dir" / "d.png") and source["tar"] is None
+    shutil.rmtree(photos)  # gone since: said in the row's note, no image
+    with TestClient(make_app(str(out), index_folder=str(tmp_path / "index")), base_url=base) as c:
+        meta = c.get("/api/meta").json()
+        assert meta["images"] == {shard: False}
+        assert "not a local tar or image folder; `recap export`" in meta["image_notes"][shard]

@@ -6,6 +6,8 @@ error (RecaptionError) raised anywhere under it is one red line and exit code 2.
 
 from __future__ import annotations
 
+import shutil
+
 import typer
 from typer.core import TyperCommand
 
@@ -57,6 +59,7 @@ COMMANDS = {
 METAVARS = {"inputs": "INPUTS", "output": "CAPTIONS", "data": "DATA", "model": "MODEL", "prompts": "PROMPTS",
             "generated": "GENERATED", "src": "SRC", "dst": "DST"}
 PER_COMMAND = {("download", "inputs"): "METADATA", ("run", "inputs"): "METADATA"}
+RICH_HELP_COLUMNS = 120  # the narrowest terminal where rich shows every option name whole
 
 
 class _RecapCommand(TyperCommand):
@@ -71,6 +74,17 @@ class _RecapCommand(TyperCommand):
                 shown = name + ("..." if param.nargs != 1 else "")
                 param.metavar = name  # the Arguments panel and error hints name it so too
                 param._usage_display_name = lambda shown=shown: shown
+
+    def format_help(self, ctx, formatter) -> None:
+        """Rich's option table cuts long flag names short (`--allow-private-n…`) in a terminal
+        under RICH_HELP_COLUMNS wide; there, click's plain help, which wraps and keeps every name."""
+        if shutil.get_terminal_size().columns >= RICH_HELP_COLUMNS:
+            return super().format_help(ctx, formatter)
+        mode, self.rich_markup_mode = self.rich_markup_mode, None
+        try:
+            return super().format_help(ctx, formatter)
+        finally:
+            self.rich_markup_mode = mode
 
 
 for _name, _command in COMMANDS.items():

@@ -55,6 +55,9 @@ def open_shard(url: str, columns: ColumnConfig = ColumnConfig()) -> Shard:
         return TarShard(url, shard_name(url), columns)
     if url.endswith(PARQUET_SUFFIXES):
         return ParquetShard(url, shard_name(url), columns)
+    if extension(url) in image_extensions():
+        raise InputError(f"{url}: one image, not a shard: give the folder it is in (a folder of images "
+                         "is captioned as shards of up to --folder-shard-size images)")
     raise InputError(f"{url}: not a .tar, .tar.gz or .parquet shard")
 
 
@@ -176,9 +179,12 @@ def _expand_folder(fs, pattern: str, path: str, columns: ColumnConfig, folder_sh
 def _expand_one(pattern: str, columns: ColumnConfig, folder_shard_size: int) -> list[Shard]:
     fs, path = url_to_fs(pattern)
     if any(ch in path for ch in "*?["):
-        matches = _shard_files(fs.glob(path))
+        globbed = fs.glob(path)
+        matches = _shard_files(globbed)
         if not matches:
-            raise InputError(f"{pattern}: no .tar or .parquet files match")
+            images = sum(extension(m) in image_extensions() for m in globbed)
+            hint = f" ({_plural(images, 'image')} do: give their folder instead)" if images else ""
+            raise InputError(f"{pattern}: no .tar or .parquet files match{hint}")
         shards = [open_shard(full_url(fs, m), columns) for m in matches]
         mixed = any(isinstance(s, TarShard) for s in shards)
         return [s for s in shards if not mixed or _holds_images(s, pattern)]

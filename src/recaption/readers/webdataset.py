@@ -126,9 +126,14 @@ class TarShard(FileShard):
             return {}
         try:
             meta = json.loads(self._read(tar, parts["json"]))
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            meta = exc
+        if not isinstance(meta, dict):  # a JSON list or number holds no fields either
+            why = f"is not JSON ({meta})" if isinstance(meta, Exception) else "is not a JSON object"
+            log.warning("%s: metadata %s %s: its fields (url, key, sha256, caption) are not read",
+                        self.source, parts["json"].name, why)
             return {}
-        return meta if isinstance(meta, dict) else {}  # a JSON list or number holds no fields
+        return meta
 
     def _caption(self, tar: tarfile.TarFile, parts: dict[str, tarfile.TarInfo], meta: dict) -> str | None:
         """A caption field the user named wins; else img2dataset's {key}.txt; else json "caption"."""

@@ -142,7 +142,7 @@ def make_app(output: str, images: list[str] | None = None, *, hosts: list[str] |
     images from `images` (tars or folders of them; default: the inputs the shards' stats record).
     `hosts`: the Host names answered (default: the loopback names)."""
     rows = Rows(output)
-    pictures = Images(rows.out, rows.names, images, index_folder)
+    pictures = Images(rows.out, rows.names, images, index_folder, rows.files)
 
     def page(request: Request) -> Response:
         return Response(_asset("index.html"), media_type=ASSETS["index.html"])
@@ -154,7 +154,7 @@ def make_app(output: str, images: list[str] | None = None, *, hosts: list[str] |
         return Response(_asset(name), media_type=ASSETS[name])
 
     def meta(request: Request) -> Response:
-        return _json({**rows.meta(), "images": {name: name in pictures.tars for name in rows.names},
+        return _json({**rows.meta(), "images": {name: pictures.has_images(name) for name in rows.names},
                       "image_notes": pictures.notes, "thumbnail_sides": THUMBNAIL_SIDES})
 
     def listing(request: Request) -> Response:
@@ -181,6 +181,7 @@ def make_app(output: str, images: list[str] | None = None, *, hosts: list[str] |
             return _error("no such row", 404)
         member = pictures.member(shard, str(row.get("key")))
         where = {"shard": shard, "row": number, "parquet": rows.files[shard], "tar": pictures.tars.get(shard),
+                 "file": pictures.folder_file(shard, str(row.get("key"))),
                  "member": member.name if member else None, "offset": member.offset if member else None,
                  "size": member.size if member else None, "note": pictures.notes.get(shard)}
         return _json({"row": row, "source": where})

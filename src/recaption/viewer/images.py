@@ -1,6 +1,7 @@
 """The images beside the rows: each shard's input tar (`--images`, or what its stats record), read
-one member at a time through its tar index, re-encoded as JPEG, kept in an LRU cache. A request
-names a shard and a key, never a path."""
+one member at a time through its tar index, or its input image folder, read one file at a time
+(the row's recorded path, only under that folder); re-encoded as JPEG, kept in an LRU cache. A
+request names a shard and a key, never a path."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 from ..quality.outputs import recorded_source
-from ..readers.base import image_extensions
+from ..readers.base import image_extensions, inside
 from ..samples.images import ImageDecodeError, decode_image
 from ..samples.tar_index import Member, TarIndex, fingerprint
 from ..spine.contract import INDEX_NAME
-from ..spine.files import local_path
+from ..spine.files import local_path, open_input
 from ..spine.ledger import OutputDir
 from ..steps.filter import one_line
 from .rows import ViewError
@@ -64,8 +67,11 @@ class Images:
     """Where each shard's images are, and the images themselves as JPEG bytes."""
 
     def __init__(self, out: OutputDir, names: list[str], images: list[str] | None = None,
-                 index_folder: str | None = None):
+                 index_folder: str | None = None, files: dict[str, str] | None = None):
         self.out = out
+        self.files = files or {}  # shard -> its parquet file: a folder row's image path is its url
+        self.folders: dict[str, str] = {}  # shard -> the image folder it was captioned from
+        self._urls: dict[str, dict[str, str]] = {}
         self.index_folder = index_folder if index_folder is not None else out.path(INDEX_NAME)
         self.cache = LRUBytes()
         self._indexes: OrderedDict[str, TarIndex] = OrderedDict()
@@ -84,9 +90,13 @@ class Images:
                 if source and source.endswith(".tar") and local_path(source) and os.path.isfile(source):
                     self.tars[name] = source
                     self.roots.append(os.path.realpath(source))  # that file, nothing beside it
+                elif source and "://" not in source and os.path.isdir(source) and name in self.files:
+                    self.folders[name] = os.path.realpath(source)  # files under it, nothing beside
                 else:
-                    said = f"its input {source} is not a local tar" if source else "its stats record no input"
-                    self.notes[name] = f"{said}; give the shards with --images"
+                    said = f"its input {source} is not a local tar or image folder" if source else \
+                        "its stats record no input"
+                    self.notes[name] = (f"{said}; `recap export` writes its images as tars, then give "
+                                        "those with --images")
 
     def allowed(self, tar: str) -> bool:
         """Whether `tar` lies under a folder given (or is a file given)."""
@@ -134,20 +144,60 @@ class Images:
         readable = image_extensions()
         return next((m for m in index.members(key) if m.ext.rpartition(".")[2] in readable), None)
 
+    def has_images(self, shard: str) -> bool:
+        return shard in self.tars or shard in self.folders
+
+    def folder_file(self, shard: str, key: str) -> str | None:
+        """The image file of the row `key` of a folder shard: the path its row records, only if
+        that lies under the shard's folder (links resolved)."""
+        root = self.folders.get(shard)
+        if root is None:
+            return None
+        with self._lock:
+            if shard not in self._urls:
+                try:
+                    with open_input(self.files[shard]) as f:
+                        table = pq.read_table(f, columns=["key", "url"])
+                    keys, urls = (table.column(c).to_pylist() for c in ("key", "url"))
+                    self._urls[shard] = dict(zip(keys, urls, strict=True))
+                except Exception as exc:  # noqa: BLE001 - a parquet file replaced since: no images
+                    self._urls[shard] = {}
+                    self.notes[shard] = one_line(exc)
+            url = self._urls[shard].get(key)
+        path = local_path(url) if url else None
+        return path if path and inside(root, path, local=True) else None
+
+    def _bytes(self, shard: str, key: str) -> tuple[bytes | None, tuple | None]:
+        """The row's encoded image and a stamp of where it came from (None: no such image)."""
+        path = self.folder_file(shard, key)
+        if path is not None:
+            try:
+                with open_input(path) as f:  # regular files only, never blocking
+                    info = os.fstat(f.fileno())
+                    data = f.read(MAX_MEMBER_BYTES + 1)
+            except OSError:
+                return None, None
+            return (data if len(data) <= MAX_MEMBER_BYTES else None), (info.st_size, info.st_mtime_ns)
+        member = self.member(shard, key)
+        if member is None or member.size > MAX_MEMBER_BYTES:
+            return None, None
+        return member.read(), getattr(self.index(shard), "stamp", None)
+
     def jpeg(self, shard: str, key: str, side: int) -> bytes | None:
         """The image at most `side` pixels on its longest edge, as JPEG (None: no such image, or
         it does not decode)."""
-        index = self.index(shard)
-        stamp = getattr(index, "stamp", None)  # thumbnails of a tar since replaced are not shown
-        cached = self.cache.get((shard, key, side, stamp))
+        try:
+            data, stamp = self._bytes(shard, key)
+        except OSError:
+            return None
+        if data is None:
+            return None
+        cached = self.cache.get((shard, key, side, stamp))  # an image since replaced: not shown
         if cached is not None:
             return cached
-        member = self.member(shard, key)
-        if member is None or member.size > MAX_MEMBER_BYTES:
-            return None
         try:
             with DECODERS:
-                image = decode_image(member.read(), max_pixels=MAX_PIXELS, max_side=side)
+                image = decode_image(data, max_pixels=MAX_PIXELS, max_side=side)
         except (ImageDecodeError, OSError):
             return None
         buffer = io.BytesIO()

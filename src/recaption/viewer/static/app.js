@@ -195,8 +195,9 @@ async function openDetail(shard, row) {
   const source = el("dl", { class: "source" },
     el("dt", {}, "shard"), el("dd", {}, `${s.shard}, row ${s.row}`),
     el("dt", {}, "parquet"), el("dd", {}, shown(s.parquet)),
-    el("dt", {}, "tar"), el("dd", {}, shown(s.tar)),
-    el("dt", {}, "member"), el("dd", {}, s.member ? `${s.member} (offset ${s.offset}, ${s.size} bytes)` : shown(s.note)));
+    ...(s.file ? [el("dt", {}, "file"), el("dd", {}, s.file)] : [
+      el("dt", {}, "tar"), el("dd", {}, shown(s.tar)),
+      el("dt", {}, "member"), el("dd", {}, s.member ? `${s.member} (offset ${s.offset}, ${s.size} bytes)` : shown(s.note))]));
   $("detail-body").replaceChildren(el("div", { class: "detail-image" }, image),
     el("div", { class: "detail-text" }, captions(r), source, table));
   $("detail").hidden = false;
