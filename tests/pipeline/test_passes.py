@@ -159,6 +159,8 @@ def test_shard_stats_time_each_stage_and_the_summary_says_what_bound_the_run(tmp
     slow_loader = RunSummary([ShardResult("a", "a", "done", stage_seconds={"loader_wait": 3, "generate": 1})])
     assert slow_loader.bound_by().startswith("bound by the loader") and "75%" in slow_loader.bound_by()
     assert RunSummary().bound_by() is None
+    nothing_reached_the_model = ShardResult("a", "a", "done", stage_seconds={"loader_wait": 3, "write": 1})
+    assert RunSummary([nothing_reached_the_model]).bound_by() is None  # no advice to add --workers
 
 
 def test_image_limits_are_settings_of_the_output(tmp_path, captioner):

@@ -156,7 +156,7 @@ def test_every_row_is_accounted_for_and_a_missing_input_fails_only_its_shard(tmp
     assert summary.done == ["00000"] and list(summary.errors) == ["00001"]
     assert "00001.tar" in summary.errors["00001"]
     assert any(line.startswith("00001: FAILED") for line in export_lines(summary))
-    assert "1 shards FAILED (00001)" in export_lines(summary)[-1]
+    assert "; 1 shard FAILED, their rows not counted (00001)" in export_lines(summary)[-1]
     assert summary.status_counts["exported"] == 2 and not_exported(summary) == {
         "status_not_ok": 1, "no_caption": 1, "image_not_found": 1
     }

@@ -181,6 +181,8 @@ def test_discover_rejects_missing_inputs_and_name_collisions(tmp_path):
     write_shards(tmp_path / "b", 1, 1)
     with pytest.raises(InputError, match="same output 00000.parquet"):
         discover_shards([str(tmp_path / "a"), str(tmp_path / "b")])
+    with pytest.raises(InputError, match="given twice .*; name it once"):  # not: separate folders
+        discover_shards([str(tmp_path / "a"), str(tmp_path / "a" / ".." / "a")])
 
 
 def test_an_image_file_or_a_glob_of_images_is_pointed_to_its_folder(tmp_path):

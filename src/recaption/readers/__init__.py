@@ -57,7 +57,7 @@ def open_shard(url: str, columns: ColumnConfig = ColumnConfig()) -> Shard:
         return ParquetShard(url, shard_name(url), columns)
     if extension(url) in image_extensions():
         raise InputError(f"{url}: one image, not a shard: give the folder it is in (a folder of images "
-                         "is captioned as shards of up to --folder-shard-size images)")
+                         f"is captioned in shards of up to {FOLDER_SHARD_SIZE:,} images)")
     raise InputError(f"{url}: not a .tar, .tar.gz or .parquet shard")
 
 
@@ -216,15 +216,15 @@ def discover_shards(inputs: list[str], columns: ColumnConfig = ColumnConfig(),
     for item in inputs:
         for pattern in braceexpand(item):
             shards.extend(_expand_one(pattern, columns, folder_shard_size))
-    seen: dict[str, str] = {}
+    seen: dict[str, str] = {}  # output name -> source
+    places: dict[str, str] = {}  # one spelling of each source -> as given
     for shard in shards:
-        if not writes_by_name:
-            where = _location(shard.source)
-            if where in seen:
-                raise InputError(f"{shard.source} is given twice (as {seen[where]} too; its samples would "
-                                 "count double); name it once")
-            seen[where] = shard.source
-        elif shard.name in seen:
+        where = _location(shard.source)
+        if where in places:
+            raise InputError(f"{shard.source} is given twice (as {places[where]} too; its samples would "
+                             "count double); name it once")
+        places[where] = shard.source
+        if writes_by_name and shard.name in seen:
             raise InputError(f"two inputs would write the same output {shard.name}.parquet: "
                              f"{seen[shard.name]} and {shard.source}; caption them into separate output "
                              "folders")

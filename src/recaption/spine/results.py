@@ -56,9 +56,11 @@ class RunSummary:
         return {r.name: r.error or "" for r in self.failed}
 
     def failed_note(self) -> str:
-        """`; 2 shards FAILED (00001, 00007)` for a step's closing line; "" when none failed."""
+        """`; 2 shards FAILED, their rows not counted (00001, 00007)` for a step's closing line,
+        whose totals are those of the shards read; "" when none failed."""
         failed = self.errors
-        return f"; {len(failed)} shards FAILED ({', '.join(failed)})" if failed else ""
+        shards = "1 shard" if len(failed) == 1 else f"{len(failed)} shards"
+        return f"; {shards} FAILED, their rows not counted ({', '.join(failed)})" if failed else ""
 
     def count(self, key: str) -> int:
         """A step's count (`ShardResult.counts`) over every shard, skipped ones included."""
@@ -93,7 +95,7 @@ class RunSummary:
         stages = self.stage_seconds
         wait, generate, write = (stages.get(k, 0.0) for k in ("loader_wait", "generate", "write"))
         total = wait + generate + write
-        if total <= 0:
+        if total <= 0 or generate <= 0:  # no image reached the model: nothing bound it
             return None
         shares = (f"waiting for batches {wait / total:.0%}, generating {generate / total:.0%}, "
                   f"writing {write / total:.0%} of {total:.1f} s")
