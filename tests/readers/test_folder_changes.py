@@ -64,3 +64,24 @@ def test_a_folder_on_remote_storage_can_be_scored_after_captioning(tmp_path):
     assert summary.done == ["imgs-00000"] and not summary.failed
     scores = pq.read_table(out / "imgs-00000.parquet").column("re_clip_score").to_pylist()
     assert all(s is not None for s in scores)
+
+
+def test_what_a_folder_listing_skips_is_said_at_caption_not_by_each_later_step(tmp_path, captioner, caplog):
+    from recaption.quality.outputs import input_shard
+    from recaption.spine.ledger import OutputDir
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(image_bytes(seed=1))
+    (photos / "notes.md").write_text("not an image")
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING"):
+        run_caption(discover_shards([str(photos)]), CaptionConfig(max_new_tokens=4), RunConfig(str(out)))
+    assert "skipped 1 file that is not an image (.md x1)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        shard = input_shard(OutputDir(str(out)), "photos-00000")  # as score, report, export find it
+    assert [s.key for s in shard] == ["a"] and "skipped" not in caplog.text
+    with caplog.at_level("WARNING"):
+        discover_shards([str(photos)])  # a new listing still says it
+    assert "skipped 1 file" in caplog.text

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..readers import ColumnConfig, discover_shards, open_shard
+from ..readers import ColumnConfig, discover_shards, open_shard, relisting
 from ..readers.base import Shard
 from ..readers.changes import input_change
 from ..schema import schema_stamp
@@ -210,7 +210,8 @@ def input_shard(out: OutputDir, name: str) -> Shard:
         return open_shard(source, columns)
     except ValueError:
         folder = source.rsplit(" [", 1)[0]
-        shard = next((s for s in discover_shards([folder], columns) if s.name == name), None)
+        with relisting():  # what the folder's listing skips was said when it was captioned
+            shard = next((s for s in discover_shards([folder], columns) if s.name == name), None)
     # A folder slice is matched to its rows by key: if its files changed since captioning, keys
     # could now name other images. Refuse rather than join rows to the wrong pictures.
     if shard is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import os
 import posixpath
@@ -28,13 +30,31 @@ from .folder import FolderFile, FolderShard
 from .parquet import ParquetShard
 from .webdataset import TarShard
 
-__all__ = ["ColumnConfig", "InputError", "Shard", "ShardError", "discover_shards", "open_shard"]
+__all__ = ["ColumnConfig", "InputError", "Shard", "ShardError", "discover_shards", "open_shard", "relisting"]
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 PARQUET_SUFFIXES = (".parquet",)
 FOLDER_SHARD_SIZE = 10_000
 
 log = logging.getLogger(__name__)
+# Set while a folder captioned before is listed again (score, report, export): what its listing
+# skips or leaves out was said when it was captioned, not again by every later step.
+_RELISTING = contextvars.ContextVar("relisting", default=False)
+
+
+def _said(message: str, *args) -> None:
+    if not _RELISTING.get():
+        log.warning(message, *args)
+
+
+@contextlib.contextmanager
+def relisting():
+    """List inputs again quietly: what a listing finds is said once, when it is captioned."""
+    token = _RELISTING.set(True)
+    try:
+        yield
+    finally:
+        _RELISTING.reset(token)
 
 
 class InputError(RecaptionError, ValueError):
@@ -136,7 +156,7 @@ def _holds_images(shard: Shard, pattern: str) -> bool:
     names = shard.column_names()
     if names is None or shard.image_column(names) is not None:
         return True  # unreadable: reading it as a shard says why
-    log.warning(
+    _said(
         "%s: %s has no image column (columns: %s): taken as metadata beside the images and not "
         "captioned (name its image column with --image-col to caption it)",
         pattern, shard.source, ", ".join(names),
@@ -149,7 +169,7 @@ def _expand_folder(fs, pattern: str, path: str, columns: ColumnConfig, folder_sh
     (in slices); both when it holds both, saying so."""
     found = _FolderListing.scan(fs.find(path, detail=True), path)
     if found.linked_folders:
-        log.warning("%s: %s not followed (%s): give the folder a link leads to as an input of its own",
+        _said("%s: %s not followed (%s): give the folder a link leads to as an input of its own",
                     pattern, _plural(len(found.linked_folders), "link to a folder"),
                     ", ".join(found.linked_folders[:5]) + (", ..." if len(found.linked_folders) > 5 else ""))
     shards = [open_shard(full_url(fs, m), columns) for m in _shard_files(found.tars + found.parquets)]
@@ -157,14 +177,14 @@ def _expand_folder(fs, pattern: str, path: str, columns: ColumnConfig, folder_sh
         shards = [s for s in shards if _holds_images(s, pattern)]
     if found.images:
         if shards:
-            log.warning(
+            _said(
                 "%s: %s and %s; captioning both (name shard files or a subfolder to take only some)",
                 pattern, _plural(len(shards), "shard file"), _plural(len(found.images), "image"),
             )
         skipped = sum(found.skipped.values())
         if skipped:
             what = "1 file that is not an image" if skipped == 1 else f"{skipped} files that are not images"
-            log.warning("%s: skipped %s (%s)%s", pattern, what, *found.skipped_text())
+            _said("%s: skipped %s (%s)%s", pattern, what, *found.skipped_text())
         shards += _folder_shards(fs, path, found, folder_shard_size, columns)
     if not shards:
         text, note = found.skipped_text()
