@@ -392,3 +392,15 @@ def test_the_demo_does_not_import_the_cli():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("command", [["stats"], ["report"], ["view", "--port", "0"],
+                                     ["filter", "--where", "true"], ["export"]])
+def test_a_file_or_nothing_where_the_caption_folder_goes_is_one_line(tmp_path, command):
+    pq.write_table(pa.table({"key": ["a"]}), tmp_path / "00000.parquet")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    rest = ["-o", str(tmp_path / "dest")] if command[0] in ("filter", "export") else []
+    wrong = (("00000.parquet", "not a folder"), ("loop", "not a folder"), ("gone", "no such folder"))
+    for given, what in wrong:
+        result = runner.invoke(app, [command[0], str(tmp_path / given), *command[1:], *rest])
+        one_error_line(result, f"{given}: {what}; give the folder `recap caption -o`")

@@ -4,12 +4,14 @@ the converted model's logits equal a reference forward pass written from the LLa
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
 from PIL import Image
 
 from recaption.models.convert_llava import ConversionError, convert_llava
+from recaption.spine.errors import RecaptionError
 
 
 def llama3_tokenizer(folder):
@@ -272,3 +274,35 @@ def test_wrong_inputs_of_convert_llava_are_one_line(tmp_path):
         {k: v.contiguous() for k, v in tensors.items() if "mm_projector" in k}, str(src / "model.safetensors")
     )
     one_error_line(recap("convert-llava", src, tmp_path / "c"), "no language model", "projector-only")
+
+
+def test_convert_llava_reads_only_its_folder_and_writes_only_outside_it(tmp_path):
+    """An index naming weights elsewhere, DST inside SRC, a FIFO for weights: one line each; a
+    link to an empty folder as DST takes the model where it leads."""
+    src, _, _, _ = write_llava_repo_checkpoint(tmp_path, vision_inside=True)
+    index = src / "model.safetensors.index.json"
+    original = index.read_text()
+    with pytest.raises(RecaptionError, match="lies inside the input"):
+        convert_llava(src, src / "converted")
+    assert not (src / "converted").exists()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shard = sorted(src.glob("model-0000*.safetensors"))[-1]
+    shard.rename(elsewhere / shard.name)
+    weight_map = json.loads(original)["weight_map"]
+    moved = {k: (str(elsewhere / v) if v == shard.name else v) for k, v in weight_map.items()}
+    index.write_text(json.dumps({"weight_map": moved}))
+    with pytest.raises(ConversionError, match=f"names {elsewhere / shard.name}, which is not in"):
+        convert_llava(src, tmp_path / "a")
+    index.write_text(original)
+    os.mkfifo(shard)
+    with pytest.raises(ConversionError, match="is a FIFO"):  # at once, not blocked on the FIFO
+        convert_llava(src, tmp_path / "b")
+    assert not list(tmp_path.glob("b*")), "nothing half-written"
+    shard.unlink()
+    (elsewhere / shard.name).rename(shard)
+    target = tmp_path / "target"
+    target.mkdir()
+    (tmp_path / "link").symlink_to(target)
+    convert_llava(src, tmp_path / "link")
+    assert (target / "config.json").exists() and (tmp_path / "link").is_symlink()

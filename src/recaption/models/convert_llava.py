@@ -15,7 +15,9 @@ from pathlib import Path
 import torch
 
 from ..spine.atomic import temporary_name
+from ..spine.contract import Step, check_output, location, output_errors
 from ..spine.errors import RecaptionError
+from ..spine.files import NotRegularFile, check_regular, open_input
 from .loading import first_line, load_or_explain
 from .tiny import LLAMA3_CHAT_TEMPLATE
 
@@ -60,10 +62,16 @@ def source_shards(src: Path, allow_pickle: bool) -> list[Path]:
     index = src / "model.safetensors.index.json"
     if index.exists():
         try:
-            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
+            with open_input(index, "r") as f:
+                files = sorted(set(json.load(f)["weight_map"].values()))
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError,
+                RecursionError, NotRegularFile) as exc:
             raise ConversionError(f"{index}: not a safetensors index ({first_line(exc)})") from None
-        missing = [f for f in files if not (src / f).is_file()]
+        outside = [f for f in files if not location(str(src / f)).startswith(location(str(src)) + os.sep)]
+        if outside:
+            raise ConversionError(f"{index}: names {outside[0]}, which is not in {src}; a checkpoint's "
+                                  "weights are read from its own folder only")
+        missing = [f for f in files if not (src / f).exists()]
         if missing:
             raise ConversionError(f"{src}: {', '.join(missing)} named in {index.name} but missing")
         return [src / f for f in files]
@@ -132,7 +140,7 @@ def read_source_config(src: Path) -> dict:
         raise ConversionError(f"{src}: no config.json; not a LLaVA-repo checkpoint folder")
     try:
         config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise ConversionError(f"{path}: not valid JSON ({first_line(exc)})") from None
     if not isinstance(config, dict):
         raise ConversionError(f"{path}: not a config (a JSON object)")
@@ -177,6 +185,9 @@ def text_config_from(config: dict):
     return text
 
 
+CONVERT = Step("convert-llava")  # a new or empty folder: the converted model, renamed into place
+
+
 def convert_llava(src: str | Path, dst: str | Path, vision_tower: str | None = None,
                   tokenizer: str | None = None, allow_pickle: bool = False) -> Path:
     """Convert SRC into DST (which must not exist or be empty); see the module docstring."""
@@ -185,17 +196,26 @@ def convert_llava(src: str | Path, dst: str | Path, vision_tower: str | None = N
     text = text_config_from(config)
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise ConversionError(f"{dst}: already exists and is not an empty folder; choose a new output folder")
+    check_output(str(dst), CONVERT, [str(src)])  # not inside SRC, a writable place, no dangling link
+    if dst.is_symlink():  # a link to an empty folder: the model goes where it leads
+        dst = Path(os.path.realpath(dst))
     shards = source_shards(src, allow_pickle)
+    for shard in shards:
+        try:
+            check_regular(shard)  # a FIFO would block the read forever
+        except NotRegularFile as exc:
+            raise ConversionError(str(exc)) from None
     work = Path(temporary_name(str(dst)))
-    work.mkdir(parents=True)
-    try:
-        _convert(src, work, config, text, shards, vision_tower, tokenizer)
-        if dst.exists():
-            dst.rmdir()  # empty, checked above
-        os.replace(work, dst)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+    with output_errors(str(dst), writes_shards=False):
+        work.mkdir(parents=True)
+        try:
+            _convert(src, work, config, text, shards, vision_tower, tokenizer)
+            if dst.exists():
+                dst.rmdir()  # empty, checked above
+            os.replace(work, dst)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
     return dst
 
 

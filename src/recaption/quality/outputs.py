@@ -100,6 +100,14 @@ def unfinished_shards(out: OutputDir) -> list[str]:
 def done_shards(out: OutputDir) -> list[str]:
     """Names of the finished shards in a `recap caption` output folder; an error if there are none,
     or if the folder's stamp says another command made it (a download's or an export's)."""
+    try:
+        folder = out.fs.isdir(out.root)
+    except OSError:  # a link loop, a name too long: no folder either
+        folder = False
+    if not folder:
+        what = "not a folder" if out.fs.lexists(out.root) else "no such folder"
+        raise NoOutputError(f"{out.url}: {what}; give the folder `recap caption -o` (or `recap filter`) "
+                            "wrote")
     stamp = read_stamp(out)
     if stamp is not None and stamp["step"] not in CAPTION_OUTPUT:
         raise NoOutputError(f"{out.url} holds the output of `recap {stamp['step']}`, not caption output: "

@@ -160,7 +160,8 @@ def read_stamp(out: OutputDir) -> dict | None:
     try:
         with out.open(out.path(STAMP_NAME), "r") as f:
             stamp = json.load(f)
-    except (FileNotFoundError, ValueError, UnicodeDecodeError, IsADirectoryError, NotRegularFile):
+    except (FileNotFoundError, NotADirectoryError, ValueError, UnicodeDecodeError, IsADirectoryError,
+            NotRegularFile, RecursionError):  # RecursionError: JSON nested past Python's limit
         return None
     return stamp if isinstance(stamp, dict) and isinstance(stamp.get("step"), str) else None
 

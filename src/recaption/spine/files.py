@@ -41,12 +41,18 @@ def local_path(url: str) -> str | None:
     return url.removeprefix("file://") if url.startswith("file://") else None
 
 
+def check_regular(path: str | os.PathLike) -> None:
+    """NotRegularFile unless `path` is a regular file now (for readers that take only a name:
+    safetensors maps the file itself); FileNotFoundError / OSError as the OS says."""
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise NotRegularFile(f"{os.fspath(path)} is {kind_of(mode)}, not a file; name a regular file")
+
+
 def open_regular(path: str | os.PathLike) -> IO[bytes]:
     """A local regular file opened for binary reading; NotRegularFile for anything else (raised
     without blocking), FileNotFoundError / PermissionError / OSError as the OS says."""
-    mode = os.stat(path).st_mode  # first by name: a socket's open fails (ENXIO) before any fstat
-    if not stat.S_ISREG(mode):
-        raise NotRegularFile(f"{os.fspath(path)} is {kind_of(mode)}, not a file; name a regular file")
+    check_regular(path)  # first by name: a socket's open fails (ENXIO) before any fstat
     flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
     fd = os.open(path, flags)  # non-blocking: swapped for a FIFO since the stat, it still returns
     try:
