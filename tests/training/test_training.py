@@ -455,3 +455,18 @@ def test_concat_and_clips_need_recaptions_and_say_why(shapes, tmp_path):
     clips = recap("train-clip", shapes / "train", "-o", tmp_path / "b", "--recipe", "clips", "--p", 1,
                   "--steps", 1, "--device", "cpu")
     one_error_line(clips, "--recipe clips contrasts each image with its recaption too")
+
+
+def test_retrieval_leaves_out_samples_without_a_caption_and_says_how_many(tmp_path):
+    """An empty text would tie with every image, and ties count as hits: such rows are not pairs."""
+    from recaption.samples.shards import ShardRecord, write_webdataset_shard
+    from recaption.shapes import ShapesWorld
+    from recaption.training.retrieval import evaluate
+
+    world = ShapesWorld(0)
+    records = [ShardRecord(world.sample(i).image, world.sample(i).description if i % 2 else None,
+                           f"https://example.org/{i}.png", "png") for i in range(6)]
+    write_webdataset_shard(tmp_path / "00000.tar", records, shard_id=0)
+    result = evaluate("tiny-clip", [str(tmp_path / "00000.tar")], device="cpu")
+    assert (result.n, result.without_caption) == (3, 3)
+    assert result.metrics["image_to_text_R@10"] == 1.0  # 3 candidates: all within 10

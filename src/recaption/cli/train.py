@@ -133,9 +133,10 @@ def eval_retrieval_cmd(
     with clear_error(ValueError):
         result = evaluate(model, data, caption_field, label_field, device=device, limit=limit)
     if as_json:
-        print(json.dumps({"n": result.n, **result.metrics}, indent=2))
+        print(json.dumps({"n": result.n, "without_caption": result.without_caption, **result.metrics}, indent=2))
         return
-    table = Table(title=f"retrieval on {result.n} pairs", show_header=False)
+    left_out = f" ({result.without_caption} samples without a caption left out)" if result.without_caption else ""
+    table = Table(title=f"retrieval on {result.n} image-text pairs{left_out}", show_header=False)
     for name, value in result.metrics.items():
         table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
     console.print(table)

@@ -35,8 +35,9 @@ def recall_at_k(similarity: torch.Tensor, ks: tuple[int, ...] = KS) -> dict[str,
 
 @dataclass
 class EvalResult:
-    n: int
+    n: int  # image-text pairs evaluated
     metrics: dict[str, float]
+    without_caption: int = 0  # samples read but left out: no caption to retrieve
 
 
 def evaluate(model: str, data: list[str], caption_field: str | None = None, label_field: str | None = None,
@@ -55,9 +56,11 @@ def evaluate(model: str, data: list[str], caption_field: str | None = None, labe
     if not pairs:
         raise TrainingInputError(f"no readable image-text pairs in {', '.join(data)}")
     check_fields(pairs, data, caption=caption_field, label=label_field)
-    if all(p.org is None for p in pairs):
+    captioned = [p for p in pairs if p.org is not None]  # an empty text would tie, and ties count as hits
+    if not captioned:
         raise TrainingInputError(f"no sample in {', '.join(data)} has a caption: nothing to retrieve")
-    images, texts, labels = [p.image for p in pairs], [p.org or "" for p in pairs], [p.label for p in pairs]
+    images, texts, labels = ([p.image for p in captioned], [p.org for p in captioned],
+                             [p.label for p in captioned])
 
     def embedded(embed, items: list) -> torch.Tensor:
         starts = range(0, len(items), batch_size)
@@ -74,4 +77,4 @@ def evaluate(model: str, data: list[str], caption_field: str | None = None, labe
             classes[p] == y for p, y in zip(predicted, labels, strict=True)
         ) / len(labels)
         metrics["zero_shot_classes"] = len(classes)
-    return EvalResult(len(images), metrics)
+    return EvalResult(len(images), metrics, len(pairs) - len(captioned))
