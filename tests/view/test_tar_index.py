@@ -131,6 +131,18 @@ def test_an_index_folder_that_cannot_be_written_keeps_the_index_in_memory(tmp_pa
     assert len(index) == 2 and "kept in memory only" in caplog.text
 
 
+def test_an_index_folder_that_is_a_link_is_not_followed(tmp_path, caplog):
+    """A `.recap-index` planted as a link to elsewhere: nothing is written (or read) there."""
+    tar = tmp_path / "00000.tar"
+    write_webdataset_shard(tar, make_records(2))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / ".recap-index").symlink_to(elsewhere)
+    index = TarIndex.load(str(tar), str(tmp_path / ".recap-index"))
+    assert len(index) == 2 and "is a link, not followed" in caplog.text
+    assert list(elsewhere.iterdir()) == []
+
+
 def test_the_index_of_a_tar_that_moved_away_is_removed_when_its_new_one_is_written(tmp_path):
     first, second = tmp_path / "a" / "00000.tar", tmp_path / "b" / "00000.tar"
     for tar in (first, second):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import posixpath
 import tarfile
 from dataclasses import dataclass
@@ -206,7 +207,10 @@ class TarIndex:
         None: in memory). `written`: the members as this tar's writer wrote them, each sample
         keyed by its member names: the index is made from them instead of reading the tar."""
         stamp = {"version": INDEX_VERSION, "tar": tar, **fingerprint(tar)}
-        if folder is None:
+        linked = folder is not None and "://" not in folder and os.path.islink(folder.rstrip("/"))
+        if linked:  # planted in the output: an index is written in the folder itself, never elsewhere
+            log.warning("the index of %s is kept in memory only: %s is a link, not followed", tar, folder)
+        if folder is None or linked:
             return cls(tar, scan(tar) if written is None else of_members(written))
         path = index_file(folder, tar)
         fs, local = fsspec.core.url_to_fs(path)
