@@ -354,6 +354,22 @@ def test_another_host_than_loopback_warns(captioned, monkeypatch, caplog):
     assert "http://0.0.0.0:" in said and served["sockets"]
 
 
+@pytest.mark.parametrize("host", ["127.0.0.2", "localhost", "::1", "10.1.2.3"])
+def test_the_host_listened_on_is_a_host_name_answered(captioned, monkeypatch, host):
+    from recaption.viewer import serve
+
+    answered = {}
+
+    def app(output, images, hosts):
+        answered["hosts"] = hosts
+        raise KeyboardInterrupt  # stop before any socket
+
+    monkeypatch.setattr(serve, "make_app", app)
+    with pytest.raises(KeyboardInterrupt):
+        serve.serve(str(captioned[0]), host=host, port=0)
+    assert host in answered["hosts"] and "127.0.0.1" in answered["hosts"]
+
+
 def test_the_command_serves_over_real_http_on_loopback(captioned):
     """`recaption.view` on a free port, asked by a real HTTP client; stopped as Ctrl-C would."""
     import httpx

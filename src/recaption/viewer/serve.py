@@ -63,11 +63,11 @@ def serve(output: str, images: list[str] | None = None, host: str = DEFAULT_HOST
     `on_ready(url)` is called once the socket listens."""
     import uvicorn
 
-    hosts = list(LOOPBACK_NAMES)
+    hosts = list(dict.fromkeys([*LOOPBACK_NAMES, host.strip("[]")]))  # 127.0.0.2 is loopback too
     if not is_loopback(host):
         log.warning("--host %s: the captions and images are served to anyone who can reach this machine "
                     "on that address (no login); the default, 127.0.0.1, serves only this machine", host)
-        hosts = ["*"] if host in ("0.0.0.0", "::", "[::]") else [*hosts, host.strip("[]")]
+        hosts = ["*"] if host in ("0.0.0.0", "::", "[::]") else hosts
     app = make_app(output, images, hosts=hosts)  # not caption output: one line, before any socket
     sock = bind(host, port)
     bound = sock.getsockname()[1]
