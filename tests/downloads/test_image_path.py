@@ -337,3 +337,15 @@ def test_a_jpeg_over_pillows_bomb_limit_is_refused_by_pillows_rule_without_a_war
             process_image(data, None, config(image_size=32))
     assert refused.value.outcome == "too_many_pixels" and "Pillow's limit" in str(refused.value)
     assert not [w for w in seen if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+@pytest.mark.parametrize("options, piece", [
+    ({"timeout": float("nan")}, "--timeout must be a positive number"),
+    ({"timeout": float("inf")}, "--timeout must be a positive number"),
+    ({"max_bytes": 0}, "--max-bytes must be at least 1"),
+    ({"max_aspect_ratio": float("nan")}, "--max-aspect-ratio must be at least 1"),
+    ({"retry_backoff": -1.0}, "retry backoff"),
+])
+def test_numbers_no_download_could_use_are_refused_before_any_work(options, piece):
+    with pytest.raises(ValueError, match=piece):
+        config(**options)

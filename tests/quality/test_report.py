@@ -470,3 +470,10 @@ def test_slices_of_one_folder_count_as_one_captioner(tmp_path, captioner):
     pipeline.run(discover_shards([str(photos)], folder_shard_size=2))
     captioners = collect(str(tmp_path / "out")).summary()["models"]["captioner"]
     assert len(captioners) == 1, captioners
+
+
+def test_a_negative_gallery_is_one_line_before_any_work(scored, tmp_path):
+    result = runner.invoke(app, ["report", str(scored), "-o", str(tmp_path / "r.html"), "--gallery", "-5"])
+    assert result.exit_code == 2
+    assert result.output.strip() == "error: --gallery -5: must be 0 (no gallery) or more"
+    assert not (tmp_path / "r.html").exists()

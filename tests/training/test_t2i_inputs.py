@@ -430,6 +430,7 @@ def test_two_generate_folders_with_the_same_shard_names_are_read_together(model,
         (["--image-size", "0"], "--image-size 0: must be at least 8"),
         (["--shard-size", "0"], "--shard-size 0: must be at least 1"),
         (["--start", "-1"], "--start -1: must be at least 0"),
+        (["--image-size", "100000000"], "--image-size 100000000: must be at most 2048"),
     ],
 )
 def test_shapes_counts_below_their_least_are_one_line(tmp_path, args, piece):

@@ -390,6 +390,7 @@ def test_wrong_inputs_of_train_and_eval_are_one_line(shapes, tmp_path, tiny_mode
          ["--label-field no_label", "no sample"]),
         (["eval-captioner", tmp_path / "no-captioner", "--images", 2, "--device", "cpu"], ["no such folder"]),
         (["eval-captioner", clip_folder, "--images", 2, "--device", "cpu"], ["a-clip", "model"]),
+        (["eval-captioner", "tiny", "--start", -100, "--device", "cpu"], ["--start at least 0"]),
     ]  # fmt: skip
     for args, phrases in cases:
         one_error_line(recap(*args), *phrases)

@@ -17,7 +17,7 @@ def shapes_cmd(
     images: Annotated[int, typer.Option(help="Samples to write (at least 1).")] = 10_000,
     seed: Annotated[int, typer.Option(help="World seed: sample i depends only on (seed, i).")] = 0,
     start: Annotated[int, typer.Option(help="First sample index (make disjoint splits with it).")] = 0,
-    image_size: Annotated[int, typer.Option(help="Image side in pixels (at least 8).")] = 64,
+    image_size: Annotated[int, typer.Option(help="Image side in pixels (8 to 2048).")] = 64,
     shard_size: Annotated[int, typer.Option(help="Samples per shard.")] = 1000,
     overwrite: Annotated[bool, typer.Option(help="Replace the shapes-world shards already in --output (and remove those of the old set the new one does not replace); never other files.")] = False,
 ) -> None:

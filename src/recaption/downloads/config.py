@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from ..samples.images import DEFAULT_MAX_PIXELS
@@ -68,8 +69,14 @@ class DownloadConfig:
             self.extra_cols = [*self.extra_cols, self.id_col]  # read it, and keep it in every row
         if self.shard_size < 1 or self.concurrency < 1 or self.per_host_concurrency < 1:
             raise ValueError("--shard-size, --concurrency and --per-host-concurrency must be positive")
-        if self.timeout <= 0 or self.retries < 0:
-            raise ValueError("--timeout must be positive and --retries at least 0")
+        if not (math.isfinite(self.timeout) and self.timeout > 0) or self.retries < 0:  # nan: not > 0
+            raise ValueError("--timeout must be a positive number of seconds and --retries at least 0")
+        if not (math.isfinite(self.retry_backoff) and self.retry_backoff >= 0) or self.max_redirects < 0:
+            raise ValueError("the retry backoff must be 0 or more seconds and --max-redirects at least 0")
+        if self.max_bytes < 1:
+            raise ValueError("--max-bytes must be at least 1 (every image would be too_large)")
+        if self.max_aspect_ratio is not None and not self.max_aspect_ratio >= 1:  # nan too
+            raise ValueError("--max-aspect-ratio must be at least 1 (long side over short side)")
         if self.image_size < 1 and self.resize != "none":
             raise ValueError("--image-size must be at least 1 (or --resize none)")
         if self.max_pixels < 1:

@@ -35,6 +35,10 @@ FLAG_MEANINGS = {  # the caption flags' meanings are flags.py's
 REPORT_PACKAGES = {"matplotlib": "matplotlib", "jinja2": "jinja2"}
 
 
+class ReportOptionError(RecaptionError, ValueError):
+    """A report option out of range."""
+
+
 class MissingDependencyError(RecaptionError, ImportError):
     """A package the report needs cannot be imported; the message names the pip command."""
 
@@ -232,5 +236,7 @@ def render_report(output: str, gallery_size: int = 24, seed: int = 0,
 def write_report(output: str, path: str, gallery_size: int = 24, seed: int = 0) -> None:
     """Render and write the report to a local path or fsspec URL (an .html file), atomically,
     through the output contract's file rules (never over a shard or another kind of file)."""
+    if gallery_size < 0:
+        raise ReportOptionError(f"--gallery {gallery_size}: must be 0 (no gallery) or more")
     html = render_report(output, gallery_size, seed)
     write_file_output(path, html, what="report", suffixes=(".html", ".htm"), inputs=[output])

@@ -172,6 +172,7 @@ def write_tars(folder: str | Path, items, shard_size: int, record) -> list[Path]
 
 
 MIN_IMAGE_SIZE = 8  # below this the shapes are a pixel or two: nothing to caption or check
+MAX_IMAGE_SIZE = 2048
 
 
 class ShapesOutputError(RecaptionError, ValueError):
@@ -183,6 +184,8 @@ def _check_counts(count: int, image_size: int, shard_size: int, start: int) -> N
                                ("shard-size", shard_size, 1), ("start", start, 0)):
         if value < least:
             raise ShapesOutputError(f"--{name} {value}: must be at least {least}")
+    if image_size > MAX_IMAGE_SIZE:  # drawn at 4x, then shrunk: 2048 is a 200 MB canvas
+        raise ShapesOutputError(f"--image-size {image_size}: must be at most {MAX_IMAGE_SIZE}")
 
 
 def only_shapes_shards(out) -> bool:

@@ -77,8 +77,8 @@ def evaluate_captioner(model: str, images: int = 200, seed: int = 0, start: int 
     from ..shapes import ShapesWorld
     from .inputs import TrainingInputError, check_device, load_pretrained, model_source
 
-    if images < 1:
-        raise TrainingInputError("--images must be at least 1")
+    if images < 1 or start < 0:
+        raise TrainingInputError("--images must be at least 1 and --start at least 0")
     check_device(device)
     if model not in (TINY_MODEL_NAME, TINY_RANDOM_NAME):
         model_source(model, "model")
