@@ -8,6 +8,8 @@ import re
 
 import pytest
 import typer
+from hypothesis import given
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from recaption.cli import COMMANDS, app
@@ -117,3 +119,23 @@ def test_help_shows_every_option_name_whole_in_any_terminal(columns):
                 if opt.startswith("--"):
                     whole = re.search(rf"{re.escape(opt)}(?![\w-])", shown)
                     assert whole, f"recap {name} --help at {columns} columns: {opt}"
+
+
+@given(st.text())
+def test_data_text_reaches_the_terminal_without_control_characters(text):
+    from rich.text import Text
+
+    from recaption.cli.common import printable
+
+    shown = Text.from_markup(printable(text)).plain  # what rich prints after markup
+    assert not any(ord(c) < 32 and c not in "\t\n" or 0x7F <= ord(c) <= 0x9F for c in shown)
+    if not any(ord(c) < 32 and c not in "\t\n" or 0x7F <= ord(c) <= 0x9F for c in text):
+        assert shown == text  # text without control characters is shown as it is, markup included
+
+
+def test_a_result_holding_an_escape_sequence_prints_it_as_text(capsys):
+    from recaption.cli.common import print_result
+
+    print_result({"first": "x \x1b]0;PWNED\x07 [bold]y[/bold]"}, False, "t")
+    out = capsys.readouterr().out
+    assert "\x1b]0" not in out and "\\x1b]0;PWNED\\x07" in out and "[bold]y[/bold]" in out

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -20,14 +21,24 @@ from ..spine.results import DONE
 console = Console()
 
 
-def _red_line(label: str, text: str) -> None:
-    """One line, unwrapped (so it stays one line in logs), markup in the text shown as is,
-    secrets (URL credentials, keys) masked."""
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0 but tab and newline, DEL, C1
+
+
+def printable(text: object) -> str:
+    """Text from data (keys, URLs, captions, file names) as it may reach the terminal: rich
+    markup shown as is, control characters as `\x1b` (an escape sequence could retitle, recolour
+    or rewrite the terminal)."""
     from rich.markup import escape
 
+    return escape(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text)))
+
+
+def _red_line(label: str, text: str) -> None:
+    """One line, unwrapped (so it stays one line in logs), markup and control characters in the
+    text shown as text, secrets (URL credentials, keys) masked."""
     from ..redact import redact
 
-    console.print(f"[red]{label}[/red] {escape(redact(text))}", soft_wrap=True)
+    console.print(f"[red]{label}[/red] {printable(redact(text))}", soft_wrap=True)
 
 
 def error_line(exc: BaseException) -> None:
@@ -226,7 +237,7 @@ def print_result(result: dict, as_json: bool, title: str) -> None:
         return
     table = Table(title=title, show_header=False)
     for key, value in _flat(result):
-        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+        table.add_row(printable(key), f"{value:.4g}" if isinstance(value, float) else printable(value))
     console.print(table)
 
 

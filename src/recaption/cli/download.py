@@ -7,7 +7,15 @@ from typing import Annotated
 import typer
 
 from ..spine.errors import RecaptionError
-from .common import clear_error, console, error_line, exit_code_of, print_download_summary, split_values
+from .common import (
+    clear_error,
+    console,
+    error_line,
+    exit_code_of,
+    print_download_summary,
+    printable,
+    split_values,
+)
 
 
 def download_cmd(
@@ -114,7 +122,6 @@ def lookup_cmd(
     one column, then the tar's index (kept in .recap-index) says where the sample's members lie."""
     import json
 
-    from rich.markup import escape
     from rich.table import Table
 
     from ..api import lookup
@@ -129,15 +136,15 @@ def lookup_cmd(
         console.print(json.dumps({"found": rows, "missing": missing}, indent=2, default=str), soft_wrap=True,
                       markup=False)
     else:
-        table = Table(title=f"recap lookup --by {escape(by)}: {len(found)} found, {len(missing)} missing")
+        table = Table(title=f"recap lookup --by {printable(by)}: {len(found)} found, {len(missing)} missing")
         for column in ("value", "shard", "key", "outcome", "members (offset)"):
             table.add_column(column)
         for f in found:
             outcome = str(f.row.get("outcome") or f.row.get("status"))
-            table.add_row(escape(f.value), f.shard, escape(str(f.row.get("key"))), escape(outcome),
-                          escape(_members_text(f.members, outcome)))
+            table.add_row(printable(f.value), printable(f.shard), printable(f.row.get("key")), printable(outcome),
+                          printable(_members_text(f.members, outcome)))
         if found:
             console.print(table)
         for value in missing:
-            console.print(f"not found: {escape(value)}", soft_wrap=True)
+            console.print(f"not found: {printable(value)}", soft_wrap=True)
     raise typer.Exit(1 if missing else 0)
