@@ -400,6 +400,18 @@ def test_odd_outputs_are_one_line_not_a_traceback(captioned, tmp_path):
     one_error_line(recap("shapes", "-o", long_name, "--images", 1), "name is too long")
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="no /proc on this system")
+def test_an_output_where_the_file_system_makes_nothing_is_one_line(captioned):
+    """/proc: the folder is missing and can never be made; said once, for the path the user gave."""
+    caption_output = captioned / "captions"
+    for args in (["shapes", "-o", "/proc/recap-out", "--images", 1],
+                 ["filter", caption_output, "--where", "true", "-o", "/proc/recap-out"],
+                 ["export", caption_output, "-o", "/proc/recap-out"],
+                 ["report", caption_output, "-o", "/proc/recap-report.html"]):
+        line = one_error_line(recap(*args), "makes no files or folders there", "choose another output")
+        assert f"cannot write to /proc/recap-{'report.html' if args[0] == 'report' else 'out'}:" in line
+
+
 def test_errors_elsewhere_are_not_blamed_on_the_output(tmp_path):
     from recaption.spine.contract import _about_output
 

@@ -262,7 +262,8 @@ def _about_output(exc: OSError, root: str) -> bool:
     here = os.path.abspath(root)
     if not names:  # a write on an open file: full disks and read-only mounts say no name
         return exc.errno in (*_FULL, errno.EROFS) and _disk_says(here, exc.errno)
-    if exc.errno == errno.ENOENT and all(os.path.isdir(os.path.dirname(n)) for n in names):
+    made = [n for n in names if n == here or _temporary_of(n, here)]  # the output itself, being made
+    if exc.errno == errno.ENOENT and not made and all(os.path.isdir(os.path.dirname(n)) for n in names):
         return False  # a file that is not there was read (a shard's parquet gone): not the disk's fault
     missing = not os.path.exists(here)
     return any(n == here or _inside(n, here) or _temporary_of(n, here)
@@ -310,7 +311,12 @@ def output_errors(url: str, *, writes_shards: bool = True) -> Iterator[None]:
             raise
         written = max(commits_in(root) - before, _markers(url) - markers_before if writes_shards else 0)
         path = exc.filename or url
+        if _temporary_of(os.path.abspath(str(path)), os.path.abspath(root)):
+            path = url  # a file written whole, then renamed: named as the user did
         fix = _FIXES.get(exc.errno, _ANY)
+        if exc.errno == errno.ENOENT and os.path.isdir(os.path.dirname(os.path.abspath(str(path)))):
+            fix = ("that file system makes no files or folders there (/proc, /sys): "
+                   "choose another output folder")
         if written:
             fix += f"; {written} shard(s) were written before this: a rerun resumes from them"
         raise OutputWriteError(f"cannot write to {path}: {exc.strerror or exc}; {fix}",
