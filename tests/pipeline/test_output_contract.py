@@ -547,3 +547,21 @@ def test_a_fifo_is_no_report_file_and_an_unwritable_folder_is_said_before_any_wo
     )
     one_error_line(recap("shapes", "-o", tmp_path / "new", "--images", 1), f"{tmp_path} is not writable")
     assert not (tmp_path / "new").exists()
+
+
+def test_json_nested_past_what_python_parses_is_an_unreadable_file_not_a_crash(captioned, tmp_path):
+    import shutil
+
+    from recaption.quality.outputs import recorded_stats, shard_stats
+    from recaption.spine.errors import RecaptionError
+    from recaption.spine.ledger import OutputDir
+
+    out = tmp_path / "captions"
+    shutil.copytree(captioned / "captions", out)
+    (out / "00000.done").write_text("[" * 100_000 + "]" * 100_000)
+    (out / "00001_stats.json").write_text('{"a":' * 50_000 + "1" + "}" * 50_000)
+    folder = OutputDir(str(out))
+    assert folder.done_provenance("00000") is None and shard_stats(folder, "00001") == {}
+    with pytest.raises(RecaptionError, match="00001's stats file cannot be read"):
+        recorded_stats(folder, "00001")
+    assert recap("stats", out).exit_code == 0

@@ -124,7 +124,7 @@ def shard_stats(out: OutputDir, name: str) -> dict:
     try:
         with out.open(out.stats(name), "r") as f:
             stats = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: JSON nested past what Python parses
         return {}
     return stats if isinstance(stats, dict) else {}
 
@@ -196,7 +196,7 @@ def recorded_stats(out: OutputDir, name: str) -> dict:
         with out.open(out.stats(name), "r") as f:
             stats = json.load(f)
         why = "not a JSON object naming its source"
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         stats, why = None, " ".join(str(exc).split())[:200]
     if not isinstance(stats, dict) or not isinstance(stats.get("source"), str):
         raise BrokenShardError(f"{out.url}: shard {name}'s stats file cannot be read ({why}); caption it "

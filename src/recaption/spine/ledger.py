@@ -82,7 +82,8 @@ class OutputDir:
         try:
             with self.open(self.marker(shard), "r") as f:
                 marker = json.load(f)
-        except (FileNotFoundError, IsADirectoryError, NotRegularFile, ValueError, UnicodeDecodeError):
+        except (FileNotFoundError, IsADirectoryError, NotRegularFile, ValueError, UnicodeDecodeError,
+                RecursionError):  # RecursionError: JSON nested past what Python parses
             return None
         return marker if isinstance(marker, dict) else None  # `[1, 2]`: not a marker we wrote
 

@@ -198,8 +198,8 @@ def load_state(folder: str | Path, rank: int = 0, world_size: int = 1,
     try:
         payload = json.loads((folder / STATE_JSON).read_text())
         tensors = load_file(str(folder / STATE_TENSORS))
-    except (json.JSONDecodeError, UnicodeDecodeError, SafetensorError, OSError) as exc:
-        raise CheckpointError(f"{folder}: unreadable trainer state ({exc})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, SafetensorError, OSError, RecursionError) as exc:
+        raise CheckpointError(f"{folder}: unreadable trainer state ({exc or type(exc).__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{folder / STATE_JSON}: not a recaption trainer state")
     if payload.get("version") != VERSION:
