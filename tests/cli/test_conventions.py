@@ -139,3 +139,13 @@ def test_a_result_holding_an_escape_sequence_prints_it_as_text(capsys):
     print_result({"first": "x \x1b]0;PWNED\x07 [bold]y[/bold]"}, False, "t")
     out = capsys.readouterr().out
     assert "\x1b]0" not in out and "\\x1b]0;PWNED\\x07" in out and "[bold]y[/bold]" in out
+
+
+def test_log_lines_show_control_characters_from_data_as_text():
+    import logging
+
+    from recaption.cli.common import _Lines
+
+    hostile = ("k\x1b]0;PWNED\x07",)
+    record = logging.LogRecord("recaption", logging.WARNING, __file__, 1, "%s: bad", hostile, None)
+    assert _Lines("%(message)s").format(record) == "warning: k\\x1b]0;PWNED\\x07: bad"

@@ -486,6 +486,12 @@ def test_a_tar_replaced_while_the_view_runs_is_indexed_again(captioned, tmp_path
     assert after.status_code == 200 and after.content != before
 
 
+def _distance(a, b) -> float:
+    """Mean absolute pixel difference of two images of one size (a JPEG of a PNG: small)."""
+    pairs = zip(a.convert("RGB").getdata(), b.convert("RGB").getdata(), strict=True)
+    return sum(abs(x - y) for p, q in pairs for x, y in zip(p, q, strict=True)) / (3 * a.width * a.height)
+
+
 def test_an_image_folders_rows_show_their_files_and_only_files_under_that_folder(tmp_path, tiny_model_dir):
     """A folder of images (the laptop's input) is viewed from the folder itself; a file since
     swapped for a link to elsewhere, or a FIFO, is not read."""
@@ -511,6 +517,10 @@ def test_an_image_folders_rows_show_their_files_and_only_files_under_that_folder
         asked = {key: c.get("/api/image", params={"shard": shard, "key": key, "size": 96}).status_code
                  for key in ("a", "b", "c", "sub dir/d", "nope")}
         assert asked == {"a": 200, "b": 404, "c": 404, "sub dir/d": 200, "nope": 404}
+        for key, index in (("a", 0), ("sub dir/d", 3)):  # each row shows its own file
+            shown = Image.open(io.BytesIO(c.get("/api/image", params={"shard": shard, "key": key}).content))
+            distances = [_distance(shown, Image.open(io.BytesIO(world.sample(i).image))) for i in range(4)]
+            assert min(range(4), key=distances.__getitem__) == index, distances
         rows = {r["key"]: r for r in all_rows(out)}
         row = rows["sub dir/d"]["__row"]
         source = c.get("/api/row", params={"shard": shard, "row": row}).json()["source"]

@@ -24,13 +24,18 @@ console = Console()
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0 but tab and newline, DEL, C1
 
 
+def _visible(text: str) -> str:
+    """Control characters as `\x1b` (an escape sequence could retitle, recolour or rewrite the
+    terminal)."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def printable(text: object) -> str:
-    """Text from data (keys, URLs, captions, file names) as it may reach the terminal: rich
-    markup shown as is, control characters as `\x1b` (an escape sequence could retitle, recolour
-    or rewrite the terminal)."""
+    """Text from data (keys, URLs, captions, file names) as it may reach the terminal through
+    rich: markup shown as is, control characters visible (`_visible`)."""
     from rich.markup import escape
 
-    return escape(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text)))
+    return escape(_visible(str(text)))
 
 
 def _red_line(label: str, text: str) -> None:
@@ -85,7 +90,7 @@ class _Lines(logging.Formatter):
     """`warning: message` (the level in words, no logger name): one formatter for every command."""
 
     def format(self, record: logging.LogRecord) -> str:
-        message = super().format(record)
+        message = _visible(super().format(record))  # names from data may hold escape sequences
         return message if record.levelno == logging.INFO else f"{record.levelname.lower()}: {message}"
 
 

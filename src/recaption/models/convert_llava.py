@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..spine.atomic import temporary_name
-from ..spine.contract import Step, check_output, location, output_errors
+from ..spine.contract import Step, check_output, output_errors
 from ..spine.errors import RecaptionError
 from ..spine.files import NotRegularFile, check_regular, open_input
 from .loading import first_line, load_or_explain
@@ -67,7 +67,11 @@ def source_shards(src: Path, allow_pickle: bool) -> list[Path]:
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError,
                 RecursionError, NotRegularFile) as exc:
             raise ConversionError(f"{index}: not a safetensors index ({first_line(exc)})") from None
-        outside = [f for f in files if not location(str(src / f)).startswith(location(str(src)) + os.sep)]
+        # By name (`..`, an absolute path), not by link: a hub cache's snapshot links each file to
+        # its blob beside the snapshot folder.
+        folder = os.path.normpath(os.path.abspath(src))
+        outside = [f for f in files
+                   if not os.path.normpath(os.path.join(folder, f)).startswith(folder + os.sep)]
         if outside:
             raise ConversionError(f"{index}: names {outside[0]}, which is not in {src}; a checkpoint's "
                                   "weights are read from its own folder only")

@@ -47,8 +47,12 @@ class TarShard(FileShard):
         tar, members = self._headers(raw)
         groups = _group_members(members)
         unique = UniqueKeys(posixpath.basename(key) for key, _ in groups)
+        self._bad_meta: list[str] = []  # .json members that hold no fields: said once per read
         for key, parts in groups:
             yield from self._samples(tar, key, parts, unique)
+        if self._bad_meta:
+            log.warning("%s: %d .json member(s) are not JSON objects (first: %s): their fields (url, key, "
+                        "sha256, caption) are not read", self.source, len(self._bad_meta), self._bad_meta[0])
 
     def _headers(self, raw) -> tuple[tarfile.TarFile, list[tarfile.TarInfo]]:
         try:
@@ -126,12 +130,10 @@ class TarShard(FileShard):
             return {}
         try:
             meta = json.loads(self._read(tar, parts["json"]))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            meta = exc
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            meta = None
         if not isinstance(meta, dict):  # a JSON list or number holds no fields either
-            why = f"is not JSON ({meta})" if isinstance(meta, Exception) else "is not a JSON object"
-            log.warning("%s: metadata %s %s: its fields (url, key, sha256, caption) are not read",
-                        self.source, parts["json"].name, why)
+            self._bad_meta.append(parts["json"].name)
             return {}
         return meta
 

@@ -71,7 +71,7 @@ class Images:
         self.out = out
         self.files = files or {}  # shard -> its parquet file: a folder row's image path is its url
         self.folders: dict[str, str] = {}  # shard -> the image folder it was captioned from
-        self._urls: dict[str, dict[str, str]] = {}
+        self._urls: dict[str, tuple[tuple, dict[str, str]]] = {}  # shard -> (parquet stamp, key -> url)
         self.index_folder = index_folder if index_folder is not None else out.path(INDEX_NAME)
         self.cache = LRUBytes()
         self._indexes: OrderedDict[str, TarIndex] = OrderedDict()
@@ -148,55 +148,76 @@ class Images:
         return shard in self.tars or shard in self.folders
 
     def folder_file(self, shard: str, key: str) -> str | None:
-        """The image file of the row `key` of a folder shard: the path its row records, only if
-        that lies under the shard's folder (links resolved)."""
+        """The image file of the row `key` of a folder shard: the path its row records, links
+        resolved, only if that lies under the shard's folder."""
         root = self.folders.get(shard)
-        if root is None:
-            return None
-        with self._lock:
-            if shard not in self._urls:
-                try:
-                    with open_input(self.files[shard]) as f:
-                        table = pq.read_table(f, columns=["key", "url"])
-                    keys, urls = (table.column(c).to_pylist() for c in ("key", "url"))
-                    self._urls[shard] = dict(zip(keys, urls, strict=True))
-                except Exception as exc:  # noqa: BLE001 - a parquet file replaced since: no images
-                    self._urls[shard] = {}
-                    self.notes[shard] = one_line(exc)
-            url = self._urls[shard].get(key)
+        url = self._folder_urls(shard).get(key) if root is not None else None
         path = local_path(url) if url else None
-        return path if path and inside(root, path, local=True) else None
+        if not path:
+            return None
+        real = os.path.realpath(path)
+        return real if inside(root, real, local=True) else None
 
-    def _bytes(self, shard: str, key: str) -> tuple[bytes | None, tuple | None]:
-        """The row's encoded image and a stamp of where it came from (None: no such image)."""
+    def _folder_urls(self, shard: str) -> dict[str, str]:
+        """key -> url of a folder shard's rows, read again when its parquet file changes (a
+        shard captioned again must not show the old rows' files)."""
+        try:
+            info = os.stat(self.files[shard])
+            stamp = (info.st_size, info.st_mtime_ns, info.st_ino)
+        except OSError as exc:
+            self.notes[shard] = one_line(exc)
+            return {}
+        with self._lock:
+            known = self._urls.get(shard)
+            if known is not None and known[0] == stamp:
+                return known[1]
+            try:
+                with open_input(self.files[shard]) as f:
+                    table = pq.read_table(f, columns=["key", "url"])
+                keys, urls = (table.column(c).to_pylist() for c in ("key", "url"))
+            except Exception as exc:  # noqa: BLE001 - a parquet file replaced since: no images for now
+                self.notes[shard] = one_line(exc)
+                return {}
+            self._urls[shard] = (stamp, dict(zip(keys, urls, strict=True)))
+            return self._urls[shard][1]
+
+    def _source(self, shard: str, key: str) -> tuple[object, tuple] | None:
+        """Where the row's image is (a folder file's path, or a tar member) and a stamp of its
+        version, found without reading it (None: no such image)."""
         path = self.folder_file(shard, key)
         if path is not None:
             try:
-                with open_input(path) as f:  # regular files only, never blocking
-                    info = os.fstat(f.fileno())
-                    data = f.read(MAX_MEMBER_BYTES + 1)
+                info = os.stat(path)
             except OSError:
-                return None, None
-            return (data if len(data) <= MAX_MEMBER_BYTES else None), (info.st_size, info.st_mtime_ns)
+                return None
+            return path, (path, info.st_size, info.st_mtime_ns, info.st_ino)
         member = self.member(shard, key)
-        if member is None or member.size > MAX_MEMBER_BYTES:
-            return None, None
-        return member.read(), getattr(self.index(shard), "stamp", None)
+        return (member, getattr(self.index(shard), "stamp", None)) if member is not None else None
+
+    @staticmethod
+    def _read(source) -> bytes | None:
+        """The encoded image, at most MAX_MEMBER_BYTES (None: larger, or unreadable)."""
+        if isinstance(source, str):
+            with open_input(source) as f:  # regular files only, never blocking on a FIFO
+                data = f.read(MAX_MEMBER_BYTES + 1)
+            return data if len(data) <= MAX_MEMBER_BYTES else None
+        return source.read() if source.size <= MAX_MEMBER_BYTES else None
 
     def jpeg(self, shard: str, key: str, side: int) -> bytes | None:
         """The image at most `side` pixels on its longest edge, as JPEG (None: no such image, or
         it does not decode)."""
-        try:
-            data, stamp = self._bytes(shard, key)
-        except OSError:
+        found = self._source(shard, key)
+        if found is None:
             return None
-        if data is None:
-            return None
+        source, stamp = found
         cached = self.cache.get((shard, key, side, stamp))  # an image since replaced: not shown
         if cached is not None:
             return cached
         try:
-            with DECODERS:
+            with DECODERS:  # reads too: at most DECODERS images in memory at once
+                data = self._read(source)
+                if data is None:
+                    return None
                 image = decode_image(data, max_pixels=MAX_PIXELS, max_side=side)
         except (ImageDecodeError, OSError):
             return None
