@@ -344,7 +344,7 @@ def test_a_jpeg_over_pillows_bomb_limit_is_refused_by_pillows_rule_without_a_war
     ({"timeout": float("inf")}, "--timeout must be a positive number"),
     ({"max_bytes": 0}, "--max-bytes must be at least 1"),
     ({"max_aspect_ratio": float("nan")}, "--max-aspect-ratio must be at least 1"),
-    ({"retry_backoff": -1.0}, "retry backoff"),
+    ({"retry_backoff": -1.0}, "retry_backoff must be 0 or more"),
 ])
 def test_numbers_no_download_could_use_are_refused_before_any_work(options, piece):
     with pytest.raises(ValueError, match=piece):

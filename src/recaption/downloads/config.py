@@ -72,7 +72,7 @@ class DownloadConfig:
         if not (math.isfinite(self.timeout) and self.timeout > 0) or self.retries < 0:  # nan: not > 0
             raise ValueError("--timeout must be a positive number of seconds and --retries at least 0")
         if not (math.isfinite(self.retry_backoff) and self.retry_backoff >= 0) or self.max_redirects < 0:
-            raise ValueError("the retry backoff must be 0 or more seconds and --max-redirects at least 0")
+            raise ValueError("retry_backoff must be 0 or more seconds and max_redirects at least 0")
         if self.max_bytes < 1:
             raise ValueError("--max-bytes must be at least 1 (every image would be too_large)")
         if self.max_aspect_ratio is not None and not self.max_aspect_ratio >= 1:  # nan too
