@@ -83,7 +83,7 @@ def run(inputs: PathLike | list[PathLike], output: PathLike, **options: Any):
     max_pixels) go to both. Returns (download RunSummary, caption RunSummary)."""
     from dataclasses import fields
 
-    from .config import caption_option_names
+    from .config import caption_option_names, check_option_names
     from .downloads import DownloadConfig
     from .readers import pattern_places
     from .spine.contract import open_output
@@ -91,9 +91,7 @@ def run(inputs: PathLike | list[PathLike], output: PathLike, **options: Any):
 
     base = os.fspath(output).rstrip("/")
     fetching = {f.name for f in fields(DownloadConfig)} - {"output"}
-    unknown = sorted(set(options) - fetching - set(caption_option_names()))
-    if unknown:
-        raise TypeError(f"unknown option(s) {', '.join(unknown)}; options: those of download() and caption()")
+    check_option_names(options, sorted(fetching | set(caption_option_names())))
     captioning = {k: v for k, v in options.items() if k in caption_option_names()}
     with open_output(base, RUN, pattern_places(_paths(inputs))):
         fetched = download(inputs, f"{base}/{IMAGES}", **{k: v for k, v in options.items() if k in fetching})

@@ -39,7 +39,7 @@ def test_unknown_option_names_the_real_ones():
 
 @pytest.mark.parametrize("function,real", [("download", "url_col"), ("judge", "fraction"),
                                            ("train_clip", "batch_size"), ("train_captioner", "stage2_steps"),
-                                           ("train_dit", "batch_size")])
+                                           ("train_dit", "batch_size"), ("run", "url_col")])
 def test_every_function_names_the_real_options_for_an_unknown_one(tmp_path, function, real):
     args = [tmp_path] if function == "judge" else [tmp_path / "in", tmp_path / "out"]
     with pytest.raises(TypeError, match=f"unknown option.*no_such_option; options: .*{real}"):

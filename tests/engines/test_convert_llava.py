@@ -294,6 +294,9 @@ def test_convert_llava_reads_only_its_folder_and_writes_only_outside_it(tmp_path
     index.write_text(json.dumps({"weight_map": moved}))
     with pytest.raises(ConversionError, match=f"names {elsewhere / shard.name}, which is not in"):
         convert_llava(src, tmp_path / "a")
+    index.write_text(json.dumps({"weight_map": {"w": 1}}))
+    with pytest.raises(ConversionError, match="not a safetensors index .*something other than files"):
+        convert_llava(src, tmp_path / "a")
     index.write_text(original)
     os.mkfifo(shard)
     with pytest.raises(ConversionError, match="is a FIFO"):  # at once, not blocked on the FIFO

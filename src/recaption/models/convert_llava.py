@@ -64,6 +64,8 @@ def source_shards(src: Path, allow_pickle: bool) -> list[Path]:
         try:
             with open_input(index, "r") as f:
                 files = sorted(set(json.load(f)["weight_map"].values()))
+            if not all(isinstance(name, str) for name in files):
+                raise TypeError("its weight_map names something other than files")
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError,
                 RecursionError, NotRegularFile) as exc:
             raise ConversionError(f"{index}: not a safetensors index ({first_line(exc)})") from None

@@ -170,8 +170,8 @@ def _expand_folder(fs, pattern: str, path: str, columns: ColumnConfig, folder_sh
     found = _FolderListing.scan(fs.find(path, detail=True), path)
     if found.linked_folders:
         _said("%s: %s not followed (%s): give the folder a link leads to as an input of its own",
-                    pattern, _plural(len(found.linked_folders), "link to a folder"),
-                    ", ".join(found.linked_folders[:5]) + (", ..." if len(found.linked_folders) > 5 else ""))
+              pattern, _plural(len(found.linked_folders), "link to a folder"),
+              ", ".join(found.linked_folders[:5]) + (", ..." if len(found.linked_folders) > 5 else ""))
     shards = [open_shard(full_url(fs, m), columns) for m in _shard_files(found.tars + found.parquets)]
     if found.tars or found.images:  # a parquet beside them may be metadata: only one with images
         shards = [s for s in shards if _holds_images(s, pattern)]

@@ -193,8 +193,8 @@ class ParquetShard(FileShard):
             for part in path.split("::")[1:]:
                 local = local_path(part)
                 if local is not None and os.path.lexists(local) and not os.path.isfile(local):
-                    raise UnreadableImage(READ_ERROR, f"image path {path}: {local} is "
-                                                      f"{kind_of(os.stat(local).st_mode)}, not a file")
+                    what = kind_of(os.stat(local).st_mode) if os.path.exists(local) else "a link to nothing"
+                    raise UnreadableImage(READ_ERROR, f"image path {path}: {local} is {what}, not a file")
             if "://" in path:
                 return url_to_fs(path)
             fs, parquet_path = url_to_fs(self.source)  # fsspec caches filesystem instances: cheap
